@@ -1,0 +1,287 @@
+"""Configuration: one frozen object, read from the environment and `.env`, checked as a whole.
+
+Network names stay compatible with the system hearth replaces (`INTERNAL_NETWORK`, `BRIDGE_DEVICE`, `BRIDGE_IP`,
+`IP_POOL_START`, `IP_POOL_END`); hearth's own settings carry the `HEARTH_` prefix. A variable that looks like one of
+ours but is not read (the seed's `VM_IP_POOL_START`) is an error that names the variable we do read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hearth.errors import ConfigError
+
+DriverName = Literal["auto", "netns", "qemu", "firecracker"]
+
+# Variables read without the HEARTH_ prefix (seed compatibility), plus other unprefixed knobs.
+PLAIN_NAMES = (
+    "INTERNAL_NETWORK",
+    "BRIDGE_DEVICE",
+    "BRIDGE_IP",
+    "IP_POOL_START",
+    "IP_POOL_END",
+    "OAUTH_FLOW_TIMEOUT",
+    "MAX_BROWSER_SESSIONS",
+    "MAX_SESSIONS_PER_USER",
+)
+
+# Names the seed system used (or its operators believed it used) that were never read; value = what to use.
+LEGACY_NAMES = {
+    "VM_IP_POOL_START": "IP_POOL_START",
+    "VM_IP_POOL_END": "IP_POOL_END",
+    "VM_BRIDGE_DEVICE": "BRIDGE_DEVICE",
+    "VM_BRIDGE_IP": "BRIDGE_IP",
+    "VM_INTERNAL_NETWORK": "INTERNAL_NETWORK",
+    "VM_NETWORK": "INTERNAL_NETWORK",
+    "BRIDGE_NAME": "BRIDGE_DEVICE",
+    "DEBUG_PRESERVE_VMS": "HEARTH_KEEP_FAILED",
+}
+
+# Unprefixed variables that look like network settings: anything matching is checked against the known names.
+_NETWORKISH = re.compile(r"^(VM_|FC_|FIRECRACKER_)?(IP_POOL|BRIDGE|INTERNAL_NET|TAP_|GUEST_IP)")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/hearth")
+    return Path.home() / ".local" / "share" / "hearth"
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Frozen: pass it in, never mutate it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTH_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- seed-compatible network names (no prefix) -------------------------------------------------
+    internal_network: IPv4Network = Field(
+        IPv4Network("192.168.100.0/24"), validation_alias=AliasChoices("INTERNAL_NETWORK")
+    )
+    bridge_device: str = Field("br0", validation_alias=AliasChoices("BRIDGE_DEVICE"))
+    bridge_ip: IPv4Address = Field(IPv4Address("192.168.100.1"), validation_alias=AliasChoices("BRIDGE_IP"))
+    ip_pool_start: IPv4Address = Field(
+        IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START")
+    )
+    ip_pool_end: IPv4Address = Field(
+        IPv4Address("192.168.100.254"), validation_alias=AliasChoices("IP_POOL_END")
+    )
+    oauth_flow_timeout: float = Field(600.0, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
+    max_browser_sessions: int = Field(16, ge=1, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
+    max_sessions_per_user: int = Field(2, ge=1, validation_alias=AliasChoices("MAX_SESSIONS_PER_USER"))
+
+    # --- hearth's own (HEARTH_ prefix) -----------------------------------------------------------------
+    api_listen: str = "127.0.0.1:4000"
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    public_url: str = ""
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    fabric_netns: str = "hearth"
+    driver: DriverName = "auto"
+    egress: bool = False
+    uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
+    sandbox_uid: int = Field(65534, ge=1)
+    sandbox_gid: int = Field(65534, ge=1)
+    screen: str = "1280x800x24"
+    start_url: str = "about:blank"
+    chromium: bool = True
+    ready_timeout: float = Field(45.0, gt=0)
+    viewer_wait: float = Field(30.0, gt=0)
+    ws_ping_interval: float = Field(20.0, gt=0, le=25)
+    session_ttl: float = Field(1800.0, gt=0)
+    idle_timeout: float = Field(300.0, gt=0)
+    token_ttl: float = Field(900.0, gt=0)
+    token_secret: str = ""
+    keep_failed: bool = False
+    rfb_port: int = 5900
+    agent_port: int = 8080
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    # ---- derived, pure ----------------------------------------------------------------------------
+    @property
+    def prefixlen(self) -> int:
+        return self.internal_network.prefixlen
+
+    @property
+    def pool_size(self) -> int:
+        return int(self.ip_pool_end) - int(self.ip_pool_start) + 1
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'hearth.db'}"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.api_listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where one effective setting came from."""
+
+    field: str
+    variable: str
+    value: str
+    source: str  # "env", ".env" or "default"
+
+
+def _variable_for(name: str) -> str:
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        assert isinstance(first, str)
+        return first
+    return f"HEARTH_{name.upper()}"
+
+
+def known_variables() -> dict[str, str]:
+    """Environment variable name → settings field."""
+    return {_variable_for(name): name for name in Settings.model_fields}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a dotenv file (comments and blanks skipped)."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def unknown_variable_problems(variables: Mapping[str, str]) -> list[str]:
+    """Problems for variables that look like hearth's or the network's but are not read."""
+    known = known_variables()
+    problems = []
+    for name in sorted(variables):
+        if name in known:
+            continue
+        if name in LEGACY_NAMES:
+            problems.append(f"{name} is set but not read; did you mean {LEGACY_NAMES[name]}?")
+        elif name.startswith("HEARTH_") or _NETWORKISH.match(name):
+            guess = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]}?" if guess else "; known names: see `hearth config check`"
+            problems.append(f"{name} is set but not read{hint}")
+    return problems
+
+
+def consistency_problems(s: Settings) -> list[str]:
+    """Cross-field checks of the network settings; each message names the fix."""
+    net = s.internal_network
+    problems = []
+    if not _IFNAME.match(s.bridge_device):
+        problems.append(
+            f"BRIDGE_DEVICE={s.bridge_device!r} is not a valid interface name "
+            "(1-15 characters of letters, digits, '.', '-', '_'); use e.g. br0"
+        )
+    if s.bridge_ip not in net:
+        problems.append(
+            f"BRIDGE_IP={s.bridge_ip} is outside INTERNAL_NETWORK={net}; "
+            f"set BRIDGE_IP to an address in {net}, e.g. {next(net.hosts())}"
+        )
+    elif s.bridge_ip in (net.network_address, net.broadcast_address):
+        problems.append(
+            f"BRIDGE_IP={s.bridge_ip} is the network or broadcast address of {net}; pick a host address"
+        )
+    if int(s.ip_pool_start) > int(s.ip_pool_end):
+        problems.append(f"IP_POOL_START={s.ip_pool_start} is after IP_POOL_END={s.ip_pool_end}; swap them")
+    for var, addr in (("IP_POOL_START", s.ip_pool_start), ("IP_POOL_END", s.ip_pool_end)):
+        if addr not in net:
+            problems.append(
+                f"{var}={addr} is outside INTERNAL_NETWORK={net}; keep the pool inside the network"
+            )
+    if int(s.ip_pool_start) <= int(s.ip_pool_end) and s.ip_pool_start in net and s.ip_pool_end in net:
+        lo, hi = int(s.ip_pool_start), int(s.ip_pool_end)
+        for label, addr in (
+            ("the network address", net.network_address),
+            ("the broadcast address", net.broadcast_address),
+            ("BRIDGE_IP", s.bridge_ip),
+        ):
+            if lo <= int(addr) <= hi:
+                problems.append(
+                    f"the pool IP_POOL_START..IP_POOL_END ({s.ip_pool_start}..{s.ip_pool_end}) contains "
+                    f"{label} {addr}; move the pool so it excludes it"
+                )
+    if not re.match(r"^[A-Za-z0-9_.\-]{1,40}$", s.fabric_netns):
+        problems.append(
+            f"HEARTH_FABRIC_NETNS={s.fabric_netns!r} is not a valid namespace name; use e.g. hearth"
+        )
+    if s.uplink_network.prefixlen != 30:
+        problems.append("HEARTH_UPLINK_NETWORK must be a /30 (two addresses: root side and fabric side)")
+    if s.uplink_network.overlaps(net):
+        problems.append("HEARTH_UPLINK_NETWORK overlaps INTERNAL_NETWORK; choose a separate /30")
+    host, _, port = s.api_listen.rpartition(":")
+    if not host or not port.isdigit():
+        problems.append(f"HEARTH_API_LISTEN={s.api_listen!r} must be HOST:PORT, e.g. 127.0.0.1:4000")
+    return problems
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env"), **overrides: Any
+) -> Settings:
+    """Read, validate and check the configuration; raise ConfigError listing every problem and its fix."""
+    env = dict(os.environ if environ is None else environ)
+    file_vars = read_env_file(env_file) if env_file is not None else {}
+    problems = unknown_variable_problems({**file_vars, **env})
+    known = known_variables()
+    merged = {known[k]: v for k, v in {**file_vars, **env}.items() if k in known}
+    try:
+        settings = Settings.model_validate({**merged, **overrides})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = str(err["loc"][0]) if err["loc"] else "?"
+            var = _variable_for(loc) if loc in Settings.model_fields else loc
+            problems.append(f"{var}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(problems) from None
+    problems += consistency_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def origins(
+    settings: Settings, environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> list[Origin]:
+    """Each setting, its variable, its value and where it came from."""
+    env = os.environ if environ is None else environ
+    file_vars = read_env_file(env_file) if env_file is not None else {}
+    out = []
+    for name in Settings.model_fields:
+        var = _variable_for(name)
+        source = "env" if var in env else ".env" if var in file_vars else "default"
+        value: Any = getattr(settings, name)
+        if name in ("api_keys", "token_secret") and value:
+            shown = "<set, hidden>"
+        elif isinstance(value, tuple):
+            shown = ",".join(value)
+        else:
+            shown = str(value)
+        out.append(Origin(name, var, shown, source))
+    return out

@@ -1,0 +1,78 @@
+"""hearth's own exceptions. Every failure names the hop of the session path that failed and the fix.
+
+Foreign errors (netlink, nftables, QMP, Firecracker API, sockets) are converted into these at the boundary.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Hop(StrEnum):
+    """The hops of one session's path, in the order `hearth doctor` walks them."""
+
+    CONFIG = "config"
+    FABRIC = "fabric"
+    BRIDGE = "bridge"
+    FORWARDING = "forwarding"
+    NAT = "nat"
+    LINK = "link"
+    ARP = "arp"
+    ICMP = "icmp"
+    AGENT = "agent"
+    VNC = "vnc"
+    RFB = "rfb"
+    GATEWAY = "gateway"
+    DRIVER = "driver"
+
+
+class HearthError(Exception):
+    """A failure at one hop, with a concrete hint for the fix."""
+
+    def __init__(self, hop: Hop, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hop = hop
+        self.message = message
+        self.hint = hint
+
+    @property
+    def reason(self) -> str:
+        """One line suitable for a session's failure reason or a WebSocket close reason."""
+        text = f"[{self.hop.value}] {self.message}"
+        if self.hint:
+            text += f" — fix: {self.hint}"
+        return text
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ConfigError(HearthError):
+    """Configuration is inconsistent; `problems` lists every problem found, each naming the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(Hop.CONFIG, "; ".join(problems), "")
+        self.problems = problems
+
+
+class FabricError(HearthError):
+    """The fabric namespace, bridge, forwarding or NAT could not be built or is broken."""
+
+
+class PoolExhausted(HearthError):
+    """No free address is left in the IP pool."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            Hop.FABRIC,
+            f"IP pool exhausted: all {size} addresses are leased",
+            "cancel idle sessions or widen IP_POOL_START..IP_POOL_END inside INTERNAL_NETWORK",
+        )
+
+
+class DriverError(HearthError):
+    """The sandbox driver failed to start, inspect or stop a sandbox."""
+
+
+class NotReady(HearthError):
+    """A readiness gate did not open in time."""

@@ -1,0 +1,81 @@
+"""Open TCP connections from inside a network namespace without moving the controller into it.
+
+A socket belongs to the namespace it was created in. We create it on a short-lived thread that has joined the
+namespace (setns affects only the calling thread, and the thread ends right after), then connect it from the event
+loop. So the controller reaches 192.168.100.x inside the fabric while the root namespace never routes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import socket
+import threading
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = Path("/run/netns")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def socket_in_netns(
+    netns: str | None, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0
+) -> socket.socket:
+    """A new socket created in namespace `netns` (None: the caller's own namespace)."""
+    if netns is None:
+        return socket.socket(family, kind, proto)
+    path = NETNS_RUN_DIR / netns
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            box["err"] = exc
+            return
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                box["err"] = OSError(err, f"setns({path}): {os.strerror(err)}")
+                return
+            box["sock"] = socket.socket(family, kind, proto)
+        except OSError as exc:
+            box["err"] = exc
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=work, name=f"netns-{netns}", daemon=True)
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]  # type: ignore[misc]
+    sock = box["sock"]
+    assert isinstance(sock, socket.socket)
+    return sock
+
+
+async def connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:
+    """A connected, non-blocking TCP socket to host:port from inside `netns`. Raises OSError / TimeoutError."""
+    sock = await asyncio.to_thread(socket_in_netns, netns)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_connection(
+    netns: str | None, host: str, port: int, timeout: float, limit: int = 2**20
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over a TCP connection opened from inside `netns`."""
+    sock = await connect(netns, host, port, timeout)
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(sock=sock, limit=limit), timeout)
+    except BaseException:
+        sock.close()
+        raise

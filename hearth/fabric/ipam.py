@@ -1,0 +1,87 @@
+"""IP address management: one lease per sandbox, in the state store.
+
+Uniqueness of slot, address and owner is enforced by the database, so concurrent creates (threads or processes)
+can never share an address: a losing insert violates a constraint and retries with the next free slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hearth.config import Settings
+from hearth.errors import PoolExhausted
+from hearth.fabric.slot import Slot, slot_for
+from hearth.store.db import Database
+from hearth.store.models import LeaseRow
+
+
+@dataclass(frozen=True)
+class Lease:
+    session_id: str
+    slot: Slot
+
+
+class Ipam:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._s = settings
+        self._db = db
+
+    def slot(self, index: int) -> Slot:
+        s = self._s
+        return slot_for(s.fabric_netns, s.internal_network, s.bridge_ip, s.ip_pool_start, index)
+
+    @property
+    def size(self) -> int:
+        return self._s.pool_size
+
+    def acquire_sync(self, session_id: str, attempts: int = 64) -> Lease:
+        """Lease the lowest free slot for `session_id` (idempotent: an existing lease is returned)."""
+        fabric = self._s.fabric_netns
+        for _ in range(attempts):
+
+            def take(db: Session) -> Lease | None:
+                mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == session_id))
+                if mine is not None:
+                    return Lease(session_id, self.slot(mine.slot))
+                used = set(db.scalars(select(LeaseRow.slot).where(LeaseRow.fabric == fabric)))
+                free = next((i for i in range(self.size) if i not in used), None)
+                if free is None:
+                    raise PoolExhausted(self.size)
+                slot = self.slot(free)
+                db.add(LeaseRow(fabric=fabric, slot=free, ip=str(slot.ip), session_id=session_id))
+                db.flush()
+                return Lease(session_id, slot)
+
+            try:
+                lease = self._db.call(take)
+            except IntegrityError:
+                continue  # another creator took that slot first; look again
+            if lease is not None:
+                return lease
+        raise PoolExhausted(self.size)
+
+    async def acquire(self, session_id: str) -> Lease:
+        import asyncio
+
+        return await asyncio.to_thread(self.acquire_sync, session_id)
+
+    async def release(self, session_id: str) -> None:
+        """Release the lease of `session_id`; releasing nothing is success."""
+        await self._db.run(lambda db: db.execute(delete(LeaseRow).where(LeaseRow.session_id == session_id)))
+
+    async def leases(self) -> list[Lease]:
+        fabric = self._s.fabric_netns
+
+        def q(db: Session) -> list[Lease]:
+            rows = db.scalars(select(LeaseRow).where(LeaseRow.fabric == fabric).order_by(LeaseRow.slot))
+            return [Lease(r.session_id, self.slot(r.slot)) for r in rows]
+
+        return await self._db.run(q)
+
+    def index_of(self, ip: IPv4Address) -> int:
+        return int(ip) - int(self._s.ip_pool_start)

@@ -1,0 +1,1 @@
+"""Sandbox drivers: `netns` (namespace desktop), `qemu`, `firecracker` — one small protocol."""

@@ -1,0 +1,53 @@
+"""The driver seam: three methods. Readiness (agent, VNC, RFB) is checked by the session service, not here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from hearth.fabric.slot import Slot
+
+StageMark = Callable[[str], None]
+"""Called by a driver when a boot stage completes (e.g. "namespace", "process"); the service times it."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to create — or, after a crash, to destroy — one sandbox. Names derive from the slot."""
+
+    session_id: str
+    slot: Slot
+    workdir: Path  # per-sandbox directory (logs, home, overlay); derived from the slot
+    secret: str  # per-sandbox agent secret, never logged
+    screen: str = "1280x800x24"
+    start_url: str = "about:blank"
+    chromium: bool = True
+    rfb_port: int = 5900
+    agent_port: int = 8080
+
+
+@dataclass
+class SandboxInfo:
+    """What the driver reports after a successful start."""
+
+    pid: int
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class Driver(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
+        """Create and boot the sandbox. On any failure, undo everything acquired, then raise a HearthError."""
+
+    @abstractmethod
+    async def destroy(self, spec: SandboxSpec) -> None:
+        """Stop the sandbox and remove all it holds (processes, links, namespaces, files). Idempotent."""
+
+    @abstractmethod
+    async def alive(self, spec: SandboxSpec) -> bool:
+        """Whether the sandbox's top process still runs."""

@@ -1,0 +1,1 @@
+"""State store: SQLAlchemy (SQLite by default, Postgres by URL)."""

@@ -1,0 +1,70 @@
+"""Tables: sessions, leases (one per sandbox, uniqueness enforced by the database) and the per-session timeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hop: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    driver: Mapped[str] = mapped_column(String(32))
+    fabric: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sandbox_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LeaseRow(Base):
+    """One address per sandbox. `slot` and `ip` are unique per fabric, `session_id` owns at most one lease."""
+
+    __tablename__ = "leases"
+    __table_args__ = (
+        UniqueConstraint("fabric", "slot", name="uq_lease_slot"),
+        UniqueConstraint("fabric", "ip", name="uq_lease_ip"),
+        UniqueConstraint("session_id", name="uq_lease_owner"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fabric: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[int] = mapped_column(Integer)
+    ip: Mapped[str] = mapped_column(String(45))
+    session_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EventRow(Base):
+    """The per-session timeline: every state change and stage, with its time and reason."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))  # "state" | "stage" | "note"
+    name: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
