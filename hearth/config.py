@@ -75,12 +75,8 @@ class Settings(BaseSettings):
     )
     bridge_device: str = Field("br0", validation_alias=AliasChoices("BRIDGE_DEVICE"))
     bridge_ip: IPv4Address = Field(IPv4Address("192.168.100.1"), validation_alias=AliasChoices("BRIDGE_IP"))
-    ip_pool_start: IPv4Address = Field(
-        IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START")
-    )
-    ip_pool_end: IPv4Address = Field(
-        IPv4Address("192.168.100.254"), validation_alias=AliasChoices("IP_POOL_END")
-    )
+    ip_pool_start: IPv4Address = Field(IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START"))
+    ip_pool_end: IPv4Address = Field(IPv4Address("192.168.100.254"), validation_alias=AliasChoices("IP_POOL_END"))
     oauth_flow_timeout: float = Field(600.0, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
     max_browser_sessions: int = Field(16, ge=1, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
     max_sessions_per_user: int = Field(2, ge=1, validation_alias=AliasChoices("MAX_SESSIONS_PER_USER"))
@@ -207,16 +203,12 @@ def consistency_problems(s: Settings) -> list[str]:
             f"set BRIDGE_IP to an address in {net}, e.g. {next(net.hosts())}"
         )
     elif s.bridge_ip in (net.network_address, net.broadcast_address):
-        problems.append(
-            f"BRIDGE_IP={s.bridge_ip} is the network or broadcast address of {net}; pick a host address"
-        )
+        problems.append(f"BRIDGE_IP={s.bridge_ip} is the network or broadcast address of {net}; pick a host address")
     if int(s.ip_pool_start) > int(s.ip_pool_end):
         problems.append(f"IP_POOL_START={s.ip_pool_start} is after IP_POOL_END={s.ip_pool_end}; swap them")
     for var, addr in (("IP_POOL_START", s.ip_pool_start), ("IP_POOL_END", s.ip_pool_end)):
         if addr not in net:
-            problems.append(
-                f"{var}={addr} is outside INTERNAL_NETWORK={net}; keep the pool inside the network"
-            )
+            problems.append(f"{var}={addr} is outside INTERNAL_NETWORK={net}; keep the pool inside the network")
     if int(s.ip_pool_start) <= int(s.ip_pool_end) and s.ip_pool_start in net and s.ip_pool_end in net:
         lo, hi = int(s.ip_pool_start), int(s.ip_pool_end)
         for label, addr in (
@@ -230,9 +222,7 @@ def consistency_problems(s: Settings) -> list[str]:
                     f"{label} {addr}; move the pool so it excludes it"
                 )
     if not re.match(r"^[A-Za-z0-9_.\-]{1,40}$", s.fabric_netns):
-        problems.append(
-            f"HEARTH_FABRIC_NETNS={s.fabric_netns!r} is not a valid namespace name; use e.g. hearth"
-        )
+        problems.append(f"HEARTH_FABRIC_NETNS={s.fabric_netns!r} is not a valid namespace name; use e.g. hearth")
     if s.uplink_network.prefixlen != 30:
         problems.append("HEARTH_UPLINK_NETWORK must be a /30 (two addresses: root side and fabric side)")
     if s.uplink_network.overlaps(net):

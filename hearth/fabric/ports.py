@@ -45,9 +45,7 @@ def add_veth_sync(settings: Settings, slot: Slot) -> None:
         sb.link("set", index=lo, state="up")
         eth = netlink.link_index(sb, GUEST_IFNAME)
         if eth is None:
-            raise FabricError(
-                Hop.LINK, f"{GUEST_IFNAME} did not appear in {slot.netns}", "see `hearth doctor`"
-            )
+            raise FabricError(Hop.LINK, f"{GUEST_IFNAME} did not appear in {slot.netns}", "see `hearth doctor`")
         sb.addr("add", index=eth, address=str(slot.ip), prefixlen=slot.prefixlen)
         sb.link("set", index=eth, state="up")
         sb.route("add", dst="0.0.0.0/0", gateway=str(slot.gateway))

@@ -81,8 +81,6 @@ def link_index(name: str) -> tuple[str, int] | None:
     return ("veth" if m.group(1) == "v" else "tap", int(m.group(2)))
 
 
-def slot_for(
-    fabric: str, network: IPv4Network, gateway: IPv4Address, pool_start: IPv4Address, index: int
-) -> Slot:
+def slot_for(fabric: str, network: IPv4Network, gateway: IPv4Address, pool_start: IPv4Address, index: int) -> Slot:
     """The slot with the given index: its address is `pool_start + index`."""
     return Slot(fabric=fabric, index=index, ip=pool_start + index, network=network, gateway=gateway)
