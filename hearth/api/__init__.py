@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI): sessions, viewer WebSocket, health. OpenAPI at /docs."""

@@ -1,0 +1,113 @@
+"""The application factory: wires config, store, fabric, driver, session service, gateway and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hearth import __version__
+from hearth.api import sessions
+from hearth.api.auth import ApiKeys
+from hearth.api.schemas import Health
+from hearth.config import Settings
+from hearth.errors import HearthError, PoolExhausted
+from hearth.fabric.fabric import Fabric
+from hearth.gateway import routes as gateway_routes
+from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.sandbox.base import Driver
+from hearth.sandbox.select import choose_driver
+from hearth.session.service import LimitExceeded, SessionNotFound, SessionService
+from hearth.session.states import IllegalTransition
+from hearth.store.db import Database
+
+log = logging.getLogger("hearth.api")
+
+
+@dataclass
+class Controller:
+    """Everything one running controller holds; built by `build`, torn down by `close`."""
+
+    settings: Settings
+    db: Database
+    fabric: Fabric
+    driver: Driver
+    service: SessionService
+    tokens: SignedTokens
+
+    async def close(self) -> None:
+        await self.service.shutdown()
+        self.db.dispose()
+
+
+def build(settings: Settings, driver: Driver | None = None) -> Controller:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    drv = driver or choose_driver(settings).driver
+    service = SessionService(settings, db, drv)
+    key = (
+        settings.token_secret.encode() if settings.token_secret else load_or_create_key(settings.data_dir / "token.key")
+    )
+    return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key))
+
+
+async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await ctl.service.check_alive()
+            await ctl.service.expire_due()
+        except Exception:
+            log.exception("housekeeping pass failed")
+
+
+def create_app(ctl: Controller) -> FastAPI:
+    settings = ctl.settings
+    keys = ApiKeys(settings.api_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await ctl.fabric.up()
+        keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await ctl.close()
+
+    app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
+    app.state.controller = ctl
+
+    @app.exception_handler(HearthError)
+    async def hearth_error(_r: Request, exc: HearthError) -> JSONResponse:
+        code = 503 if isinstance(exc, PoolExhausted) else 502
+        return JSONResponse({"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint}, status_code=code)
+
+    @app.exception_handler(SessionNotFound)
+    async def not_found(_r: Request, exc: SessionNotFound) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(LimitExceeded)
+    async def limited(_r: Request, exc: LimitExceeded) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers={"Retry-After": "5"})
+
+    @app.exception_handler(IllegalTransition)
+    async def conflict(_r: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.get("/health", response_model=Health, tags=["health"])
+    async def health() -> Health:
+        """Liveness; no authentication."""
+        active = await ctl.service.list_active()
+        return Health(ok=True, driver=ctl.driver.name, fabric=settings.fabric_netns, active_sessions=len(active))
+
+    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys))
+    app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
+    return app

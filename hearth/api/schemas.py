@@ -1,0 +1,80 @@
+"""Request and response bodies (they shape the OpenAPI schema). Credentials never appear here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hearth.session.service import SessionView
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@:\-]+$", examples=["user-42"])
+    provider: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9_]+$", examples=["claude_code"])
+
+
+class StartResponse(BaseModel):
+    session_id: str
+    status: str
+    viewer_token: str
+    viewer_url: str
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    user_id: str
+    provider: str | None
+    status: str
+    reason: str | None
+    hop: str | None
+    driver: str
+    sandbox_ip: str | None
+    timings: dict[str, float] = Field(description="seconds from creation until each boot stage completed")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, v: SessionView) -> SessionOut:
+        return cls(
+            session_id=v.id,
+            user_id=v.user_id,
+            provider=v.provider,
+            status=v.status.value,
+            reason=v.reason,
+            hop=v.hop,
+            driver=v.driver,
+            sandbox_ip=v.sandbox_ip,
+            timings=v.timings,
+            created_at=v.created_at,
+            updated_at=v.updated_at,
+        )
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scope: str = Field("control", pattern=r"^(view|control)$")
+
+
+class TokenResponse(BaseModel):
+    viewer_token: str
+    viewer_url: str
+    scope: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    hop: str | None = None
+    hint: str | None = None
+
+
+class Health(BaseModel):
+    ok: bool
+    driver: str
+    fabric: str
+    active_sessions: int
+    detail: dict[str, Any] = Field(default_factory=dict)

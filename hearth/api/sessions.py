@@ -1,0 +1,75 @@
+"""Session routes: start, status, cancel, heartbeat, timeline, new viewer token."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+
+from hearth.api.auth import ApiKeys
+from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse, TokenRequest, TokenResponse
+from hearth.config import Settings
+from hearth.gateway.tokens.base import Scope, TokenStore
+from hearth.session.service import SessionService
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or invalid API key"},
+    404: {"model": ErrorOut, "description": "unknown session"},
+}
+
+
+def viewer_url(settings: Settings, request: Request, session_id: str, token: str) -> str:
+    base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
+    return f"{base}/api/auth/session/{session_id}/novnc?token={quote(token)}"
+
+
+def make_router(settings: Settings, service: SessionService, tokens: TokenStore, keys: ApiKeys) -> APIRouter:
+    router = APIRouter(prefix="/api/auth", dependencies=[Depends(keys)], tags=["sessions"], responses=_ERRORS)
+
+    @router.post(
+        "/start",
+        response_model=StartResponse,
+        status_code=201,
+        responses={429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    )
+    async def start(body: StartRequest, request: Request) -> StartResponse:
+        """Create a browser session; its sandbox boots in the background (poll or follow its status)."""
+        view = await service.start(body.user_id, body.provider)
+        token = tokens.issue(view.id, Scope.CONTROL, settings.token_ttl)
+        return StartResponse(
+            session_id=view.id,
+            status=view.status.value,
+            viewer_token=token,
+            viewer_url=viewer_url(settings, request, view.id, token),
+        )
+
+    @router.get("/session/{session_id}", response_model=SessionOut)
+    async def get(session_id: str) -> SessionOut:
+        return SessionOut.of(await service.get(session_id))
+
+    @router.post("/session/{session_id}/cancel", response_model=SessionOut)
+    async def cancel(session_id: str) -> SessionOut:
+        return SessionOut.of(await service.cancel(session_id))
+
+    @router.post("/session/{session_id}/heartbeat", response_model=SessionOut)
+    async def heartbeat(session_id: str) -> SessionOut:
+        """Keep a ready session from idling out."""
+        return SessionOut.of(await service.heartbeat(session_id))
+
+    @router.get("/session/{session_id}/events")
+    async def events(session_id: str) -> list[dict[str, Any]]:
+        """Every state change and boot stage, with timestamps and reasons."""
+        return await service.events(session_id)
+
+    @router.post("/session/{session_id}/token", response_model=TokenResponse)
+    async def token(session_id: str, body: TokenRequest, request: Request) -> TokenResponse:
+        """A fresh viewer token (`view` hides input, `control` allows it)."""
+        await service.get(session_id)
+        scope = Scope(body.scope)
+        tok = tokens.issue(session_id, scope, settings.token_ttl)
+        return TokenResponse(
+            viewer_token=tok, viewer_url=viewer_url(settings, request, session_id, tok), scope=scope.value
+        )
+
+    return router

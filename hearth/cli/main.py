@@ -1,0 +1,63 @@
+"""`hearth` — the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import typer
+from rich.console import Console
+
+from hearth import log
+from hearth.cli.common import settings_or_exit
+from hearth.cli.config_cmd import config_app
+from hearth.cli.fabric import fabric_app
+
+app = typer.Typer(
+    help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(fabric_app, name="fabric")
+
+
+@app.command()
+def serve() -> None:
+    """Run the controller (API, gateway, fabric) until stopped."""
+    from hearth.api.app import build, create_app
+    from hearth.cli.serve import server
+
+    settings = settings_or_exit()
+    log.setup()
+    if not settings.api_keys:
+        Console(stderr=True).print("[red]error:[/] HEARTH_API_KEYS is empty; set at least one API key")
+        raise typer.Exit(2)
+    server(settings, create_app(build(settings))).run()
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(None, help="stop after this many seconds instead of waiting for Ctrl-C"),
+    user: str = typer.Option("demo-user", help="user id for the demo session"),
+) -> None:
+    """Set up what is missing, start the controller with one live session, print the viewer URL and timings."""
+    from hearth.cli.demo import demo_key, run_demo
+
+    settings = settings_or_exit()
+    key = settings.api_keys[0] if settings.api_keys else demo_key()
+    if not settings.api_keys:
+        settings = settings.model_copy(update={"api_keys": (key,)})
+    log.setup("WARNING")
+    sys.exit(asyncio.run(run_demo(settings, key, duration, user)))
+
+
+@app.command()
+def drivers() -> None:
+    """Which sandbox driver `auto` picks on this host, and why the others were skipped."""
+    from hearth.sandbox.select import choose_driver
+
+    settings = settings_or_exit()
+    choice = choose_driver(settings)
+    out = Console()
+    out.print(f"[green]selected:[/] {choice.driver.name}")
+    for name, why in choice.skipped.items():
+        out.print(f"[yellow]skipped:[/] {name}: {why}")

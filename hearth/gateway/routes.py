@@ -1,0 +1,92 @@
+"""The viewer WebSocket: `/api/auth/session/{id}/novnc/websock?token=…` (subprotocol `binary`, as noVNC uses).
+
+Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
+4401 bad token, 4404 unknown session, 4408 not ready in time, 4502 sandbox unreachable (naming the hop),
+1000 on sandbox EOF or a normal end.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from hearth.config import Settings
+from hearth.errors import HearthError, Hop
+from hearth.fabric.dial import open_connection
+from hearth.gateway.relay import Ended, relay
+from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
+from hearth.log import bind_session
+from hearth.session.service import SessionNotFound, SessionService
+from hearth.session.states import Status
+
+log = logging.getLogger("hearth.gateway")
+
+BAD_TOKEN, UNKNOWN, NOT_READY, UNREACHABLE = 4401, 4404, 4408, 4502
+
+
+def close_reason(text: str) -> str:
+    """WebSocket close reasons are limited to 123 UTF-8 bytes."""
+    raw = text.encode("utf-8")
+    if len(raw) <= 123:
+        return text
+    return raw[:120].decode("utf-8", "ignore") + "..."
+
+
+def make_router(settings: Settings, service: SessionService, tokens: TokenStore) -> APIRouter:
+    router = APIRouter()
+    gauge = service.viewers
+
+    @router.websocket("/api/auth/session/{session_id}/novnc/websock")
+    async def websock(ws: WebSocket, session_id: str, token: str = "") -> None:
+        offered = ws.scope.get("subprotocols") or []
+        await ws.accept(subprotocol="binary" if "binary" in offered else None)
+
+        async def close(code: int, reason: str) -> None:
+            log.info("viewer closed", extra={"code": code, "close_reason": reason})
+            await ws.close(code, close_reason(reason))
+
+        with bind_session(session_id):
+            try:
+                claims = tokens.verify(token, session_id)
+            except TokenError as exc:
+                return await close(BAD_TOKEN, f"unauthorized: {exc}")
+            try:
+                view = await service.wait_until(session_id, settings.viewer_wait)
+            except SessionNotFound:
+                return await close(UNKNOWN, f"unknown session {session_id}")
+            if view.status is Status.STARTING:
+                return await close(NOT_READY, f"sandbox not ready within {settings.viewer_wait:.0f}s; retry")
+            if view.status.terminal:
+                code = UNREACHABLE if view.status is Status.FAILED else 1000
+                return await close(code, f"session {view.status.value}: {view.reason or ''}".strip())
+            target = service.target(view)
+            try:
+                reader, writer = await open_connection(target.netns, target.ip, target.rfb_port, 5.0)
+            except (OSError, TimeoutError) as exc:
+                err = HearthError(Hop.VNC, f"sandbox {target.ip}:{target.rfb_port} unreachable ({type(exc).__name__})")
+                reason = await service.explain(session_id, err)
+                return await close(UNREACHABLE, reason)
+            stop = service.stop_event(session_id)
+            gauge.add(session_id)
+            try:
+                outcome = await relay(ws, reader, writer, stop, view_only=claims.scope is Scope.VIEW)
+            finally:
+                gauge.remove(session_id)
+            log.info(
+                "relay ended",
+                extra={"ended": outcome.ended.value, "rx": outcome.stats.to_sandbox, "tx": outcome.stats.to_client},
+            )
+            if outcome.ended is Ended.CLIENT_GONE:
+                return None
+            if outcome.ended is Ended.SANDBOX_EOF:
+                return await close(1000, outcome.detail)
+            latest = await service.get(session_id)
+            if outcome.ended is Ended.STOPPED and latest.status is not Status.FAILED:
+                return await close(1000, f"session {latest.status.value}")
+            reason = latest.reason or await service.explain(
+                session_id, HearthError(Hop.GATEWAY, f"relay to sandbox failed: {outcome.detail}")
+            )
+            return await close(UNREACHABLE, reason)
+
+    return router

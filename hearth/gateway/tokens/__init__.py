@@ -1,0 +1,1 @@
+"""Viewer tokens: short-lived, signed, bound to one session and a scope."""

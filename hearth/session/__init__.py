@@ -1,0 +1,1 @@
+"""Session service: the state machine and readiness gates of one browser session."""

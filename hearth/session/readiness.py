@@ -1,0 +1,118 @@
+"""Readiness gates: no fixed sleeps. A session is ready only after the controller itself completed an RFB
+handshake with the sandbox from inside the fabric.
+
+Each gate retries with a short, growing back-off until its deadline, and on timeout raises NotReady naming the hop
+whose check never passed and the last thing observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hearth.errors import Hop, NotReady
+from hearth.fabric.dial import open_connection
+from hearth.rfb.client import RfbError, ServerInit, handshake
+
+_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.25)
+
+
+@dataclass(frozen=True)
+class Target:
+    netns: str | None
+    ip: str
+    rfb_port: int
+    agent_port: int
+
+
+async def http_get_json(netns: str | None, ip: str, port: int, path: str, timeout: float) -> tuple[int, Any]:
+    """A minimal HTTP/1.0 GET from inside `netns`; returns (status, parsed JSON body)."""
+    reader, writer = await open_connection(netns, ip, port, timeout)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\nAccept: application/json\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(1 << 20), timeout)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, json.loads(body) if body else None
+
+
+async def rfb_handshake(netns: str | None, ip: str, port: int, timeout: float) -> ServerInit:
+    reader, writer = await open_connection(netns, ip, port, timeout)
+    try:
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        async def read(n: int) -> bytes:
+            return await asyncio.wait_for(reader.readexactly(n), timeout)
+
+        return await handshake(read, write)
+    finally:
+        writer.close()
+
+
+async def _retry(deadline: float, hop: Hop, what: str, hint: str, attempt: Any) -> Any:
+    last = "no attempt made"
+    for i in range(1_000_000):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            return await attempt(min(remaining, 3.0))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, RfbError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        await asyncio.sleep(min(_BACKOFF[min(i, len(_BACKOFF) - 1)], max(0.0, deadline - time.monotonic())))
+    raise NotReady(hop, f"{what} not ready in time (last: {last})", hint)
+
+
+async def wait_display(t: Target, deadline: float) -> dict[str, Any]:
+    """Agent answers /health and reports the X display running."""
+
+    async def attempt(timeout: float) -> dict[str, Any]:
+        status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
+        if status != 200 or not isinstance(body, dict):
+            raise ValueError(f"agent /health answered HTTP {status}")
+        xvfb = body.get("services", {}).get("xvfb", {})
+        if xvfb.get("state") != "running":
+            raise ValueError(f"display state {xvfb.get('state')!r}")
+        return body
+
+    result: dict[str, Any] = await _retry(
+        deadline,
+        Hop.AGENT,
+        f"agent at {t.ip}:{t.agent_port}",
+        "check the sandbox's agent log (GET /api/auth/session/{id}/events) and `hearth doctor --session`",
+        attempt,
+    )
+    return result
+
+
+async def wait_vnc(t: Target, deadline: float) -> None:
+    """The VNC port accepts a TCP connection."""
+
+    async def attempt(timeout: float) -> None:
+        _, writer = await open_connection(t.netns, t.ip, t.rfb_port, timeout)
+        writer.close()
+
+    await _retry(
+        deadline, Hop.VNC, f"VNC port {t.ip}:{t.rfb_port}", "x11vnc is not listening; see the agent log", attempt
+    )
+
+
+async def wait_rfb(t: Target, deadline: float) -> ServerInit:
+    """A full RFB handshake (security None) completes."""
+
+    async def attempt(timeout: float) -> ServerInit:
+        return await rfb_handshake(t.netns, t.ip, t.rfb_port, timeout)
+
+    result: ServerInit = await _retry(
+        deadline, Hop.RFB, f"RFB handshake with {t.ip}:{t.rfb_port}", "the VNC server did not complete RFB", attempt
+    )
+    return result

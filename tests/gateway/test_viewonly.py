@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import struct
+
+from hearth.gateway.viewonly import InputFilter
+
+PREAMBLE = b"RFB 003.008\n" + b"\x01" + b"\x01"
+SET_ENCODINGS = struct.pack(">BxHii", 2, 2, 0, -223)
+FB_REQUEST = struct.pack(">BBHHHH", 3, 1, 0, 0, 800, 600)
+KEY = struct.pack(">BBxxI", 4, 1, 0x61)
+POINTER = struct.pack(">BBHH", 5, 1, 10, 10)
+CUT = struct.pack(">BxxxI", 6, 5) + b"hello"
+
+
+def test_input_dropped_everything_else_kept() -> None:
+    f = InputFilter()
+    stream = PREAMBLE + SET_ENCODINGS + KEY + FB_REQUEST + POINTER + CUT + FB_REQUEST
+    assert f.feed(stream) == PREAMBLE + SET_ENCODINGS + FB_REQUEST + FB_REQUEST
+
+
+def test_split_across_messages_bytewise() -> None:
+    f = InputFilter()
+    stream = PREAMBLE + KEY + FB_REQUEST + POINTER + SET_ENCODINGS
+    out = b"".join(f.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert out == PREAMBLE + FB_REQUEST + SET_ENCODINGS
+
+
+def test_unknown_message_is_not_forwarded() -> None:
+    f = InputFilter()
+    assert f.feed(PREAMBLE + bytes([99, 1, 2, 3]) + KEY) == PREAMBLE
