@@ -29,7 +29,9 @@ def test_defaults_match_the_seed_network() -> None:
 
 
 def test_hearth_prefixed_values_are_read() -> None:
-    s = load_settings({"HEARTH_API_KEYS": "k1, k2,", "HEARTH_DRIVER": "netns", "HEARTH_FABRIC_NETNS": "hx"}, env_file=None)
+    s = load_settings(
+        {"HEARTH_API_KEYS": "k1, k2,", "HEARTH_DRIVER": "netns", "HEARTH_FABRIC_NETNS": "hx"}, env_file=None
+    )
     assert s.api_keys == ("k1", "k2")
     assert s.driver == "netns"
     assert s.fabric_netns == "hx"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
 from hearth.api import sessions
@@ -19,6 +20,7 @@ from hearth.config import Settings
 from hearth.errors import HearthError, PoolExhausted
 from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
+from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
 from hearth.sandbox.base import Driver
 from hearth.sandbox.select import choose_driver
@@ -110,4 +112,6 @@ def create_app(ctl: Controller) -> FastAPI:
 
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
+    app.include_router(viewer.make_router(ctl.service, ctl.tokens))
+    app.mount("/static", StaticFiles(directory=viewer.STATIC, check_dir=False), name="static")
     return app

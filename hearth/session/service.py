@@ -170,7 +170,7 @@ class SessionService:
         sid = str(uuid.uuid4())
         active = [t.value for t in TERMINAL]
 
-        def create(db: Db) -> SessionRow:
+        def check_limits(db: Db) -> None:
             total = db.scalar(select(func.count()).select_from(SessionRow).where(SessionRow.status.not_in(active)))
             if (total or 0) >= s.max_browser_sessions:
                 raise LimitExceeded(
@@ -185,6 +185,12 @@ class SessionService:
                 raise LimitExceeded(
                     429, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
                 )
+
+        await self.db.run(check_limits)
+        t0 = time.monotonic()
+        lease = await self.ipam.acquire(sid)  # PoolExhausted → 503 with nothing created
+
+        def create(db: Db) -> SessionRow:
             row = SessionRow(
                 id=sid,
                 user_id=user_id,
@@ -192,14 +198,20 @@ class SessionService:
                 status=Status.STARTING.value,
                 driver=self.driver.name,
                 fabric=s.fabric_netns,
+                slot=lease.slot.index,
+                sandbox_ip=str(lease.slot.ip),
                 timings={},
             )
             db.add(row)
             db.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
             return row
 
-        row = await self.db.run(create)
-        self._boots[sid] = asyncio.create_task(self._boot(sid, time.monotonic()), name=f"boot-{sid}")
+        try:
+            row = await self.db.run(create)
+        except BaseException:
+            await self.ipam.release(sid)
+            raise
+        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, t0), name=f"boot-{sid}")
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -295,7 +307,7 @@ class SessionService:
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, t0: float) -> None:
+    async def _boot(self, sid: str, slot: Slot, t0: float) -> None:
         s = self.settings
         timings: dict[str, float] = {}
 
@@ -305,15 +317,13 @@ class SessionService:
         with bind_session(sid):
             try:
                 async with AsyncExitStack() as undo:
-                    lease = await self.ipam.acquire(sid)
                     undo.push_async_callback(self.ipam.release, sid)
                     mark("lease")
-                    spec = self.spec(sid, lease.slot)
+                    spec = self.spec(sid, slot)
                     undo.push_async_callback(self._destroy_quietly, spec)
-                    await self._record(sid, slot=lease.slot.index, sandbox_ip=str(lease.slot.ip))
                     info = await self.driver.start(spec, mark)
                     await self._record(sid, pid=info.pid, timings=timings)
-                    target = readiness.Target(s.fabric_netns, str(lease.slot.ip), s.rfb_port, s.agent_port)
+                    target = readiness.Target(s.fabric_netns, str(slot.ip), s.rfb_port, s.agent_port)
                     deadline = time.monotonic() + s.ready_timeout
                     await readiness.wait_display(target, deadline)
                     mark("display")

@@ -15,9 +15,7 @@ from hearth.store.db import Database
 
 
 def settings(tmp_path: Path, start: str = "192.168.100.2", end: str = "192.168.100.254") -> Settings:
-    return load_settings(
-        {"HEARTH_DATA_DIR": str(tmp_path), "IP_POOL_START": start, "IP_POOL_END": end}, env_file=None
-    )
+    return load_settings({"HEARTH_DATA_DIR": str(tmp_path), "IP_POOL_START": start, "IP_POOL_END": end}, env_file=None)
 
 
 def test_lowest_free_slot_and_derived_names(tmp_path: Path) -> None:

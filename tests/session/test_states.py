@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from hearth.session.states import TERMINAL, TRANSITIONS, IllegalTransition, Status, check_transition
 
 
 def test_happy_path_is_legal() -> None:
-    path = [Status.STARTING, Status.READY, Status.AWAITING_USER, Status.CREDENTIALS_CAPTURED, Status.DELIVERED,
-            Status.COMPLETED]
-    for a, b in zip(path, path[1:], strict=False):
+    path = [
+        Status.STARTING,
+        Status.READY,
+        Status.AWAITING_USER,
+        Status.CREDENTIALS_CAPTURED,
+        Status.DELIVERED,
+        Status.COMPLETED,
+    ]
+    for a, b in itertools.pairwise(path):
         check_transition(a, b)
 
 

@@ -1,0 +1,101 @@
+"""Create→first-frame over N sessions: each session is created through the API and its first framebuffer update
+is fetched through the gateway WebSocket. Prints each run and the median / max.
+
+    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2]
+
+Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import socket
+import statistics
+import tempfile
+import time
+
+import httpx
+
+from hearth.api.app import build, create_app
+from hearth.cli.serve import server
+from hearth.config import load_settings
+from hearth.rfb.ws import first_frame
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, float, bool]:
+    t0 = time.monotonic()
+    r = await http.post("/api/auth/start", json={"user_id": user})
+    r.raise_for_status()
+    body = r.json()
+    sid = body["session_id"]
+    frame = await first_frame(f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}", 120)
+    total = time.monotonic() - t0
+    ready = (await http.get(f"/api/auth/session/{sid}")).json()["timings"].get("rfb", float("nan"))
+    await http.post(f"/api/auth/session/{sid}/cancel")
+    return total, ready, frame.non_blank
+
+
+async def main(n: int, parallel: int, chromium: bool) -> None:
+    data = tempfile.mkdtemp(prefix="hearth-bench-")
+    settings = load_settings(
+        {
+            "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
+            "HEARTH_DATA_DIR": data,
+            "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+            "HEARTH_API_KEYS": "bench",
+            "HEARTH_DRIVER": "netns",
+            "HEARTH_CHROMIUM": "true" if chromium else "false",
+            "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
+        },
+        env_file=None,
+    )
+    ctl = build(settings)
+    srv = server(settings, create_app(ctl))
+    task = asyncio.create_task(srv.serve())
+    host, port = settings.listen_host_port
+    try:
+        while not srv.started:
+            await asyncio.sleep(0.05)
+        results: list[tuple[float, float, bool]] = []
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=60
+        ) as http:
+            for i in range(0, n, parallel):
+                batch = await asyncio.gather(
+                    *(one(http, f"ws://{host}:{port}", f"bench{j}") for j in range(i, min(n, i + parallel)))
+                )
+                for total, ready, non_blank in batch:
+                    results.append((total, ready, non_blank))
+                    print(
+                        f"run {len(results):3d}: create→ready {ready:6.3f}s  create→first-frame {total:6.3f}s"
+                        f"  {'non-blank' if non_blank else 'BLANK'}"
+                    )
+        totals = [r[0] for r in results]
+        readies = [r[1] for r in results]
+        print(f"\nsessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
+        print(f"create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
+        print(f"create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s")
+    finally:
+        srv.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        await ctl.fabric.down(force=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=5, help="number of sessions")
+    ap.add_argument("--parallel", type=int, default=1, help="sessions created at once")
+    ap.add_argument("--no-chromium", action="store_true", help="desktop without Chromium")
+    args = ap.parse_args()
+    asyncio.run(main(args.n, args.parallel, not args.no_chromium))
