@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
@@ -103,6 +103,14 @@ def create_app(ctl: Controller) -> FastAPI:
     @app.exception_handler(IllegalTransition)
     async def conflict(_r: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=409)
+
+    ctl.service.metrics.track_state(ctl.service.counts_by_state, ctl.service.pool_usage)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics (no authentication; bind the API to a private address or filter at the proxy)."""
+        body = await asyncio.to_thread(ctl.service.metrics.render)
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/health", response_model=Health, tags=["health"])
     async def health() -> Health:

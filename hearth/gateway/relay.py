@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,11 +47,13 @@ async def relay(
     writer: asyncio.StreamWriter,
     stop: asyncio.Event,
     view_only: bool = False,
-    on_activity: object = None,
+    on_first_frame: Callable[[], None] | None = None,
+    on_bytes: Callable[[str, int], None] | None = None,
 ) -> Outcome:
     """Relay until one side ends or `stop` is set; returns who ended it."""
     stats = RelayStats()
-    filt = InputFilter() if view_only else None
+    filt = InputFilter(drop_input=view_only)
+    first_frame_pending = on_first_frame is not None
 
     async def downstream() -> Outcome:
         while True:
@@ -62,6 +65,12 @@ async def relay(
                 return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
             await ws.send_bytes(data)
             stats.to_client += len(data)
+            if on_bytes is not None:
+                on_bytes("to_client", len(data))
+            nonlocal first_frame_pending
+            if first_frame_pending and filt.saw_update_request and on_first_frame is not None:
+                first_frame_pending = False
+                on_first_frame()
 
     async def upstream() -> Outcome:
         while True:
@@ -75,10 +84,9 @@ async def relay(
             if data is None:
                 text = msg.get("text")
                 data = text.encode("latin-1", "replace") if isinstance(text, str) else b""
-            if filt is not None:
-                kept = filt.feed(data)
-                stats.dropped_input += len(data) - len(kept)
-                data = kept
+            kept = filt.feed(data)
+            stats.dropped_input += len(data) - len(kept)
+            data = kept
             if not data:
                 continue
             writer.write(data)
@@ -87,6 +95,8 @@ async def relay(
             except (OSError, TimeoutError) as exc:
                 return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
             stats.to_sandbox += len(data)
+            if on_bytes is not None:
+                on_bytes("to_sandbox", len(data))
 
     async def stopped() -> Outcome:
         await stop.wait()

@@ -36,6 +36,10 @@ def close_reason(text: str) -> str:
 def make_router(settings: Settings, service: SessionService, tokens: TokenStore) -> APIRouter:
     router = APIRouter()
     gauge = service.viewers
+    metrics = service.metrics
+
+    def count_bytes(direction: str, n: int) -> None:
+        metrics.gateway_bytes.labels(direction).inc(n)
 
     @router.websocket("/api/auth/session/{session_id}/novnc/websock")
     async def websock(ws: WebSocket, session_id: str, token: str = "") -> None:
@@ -44,6 +48,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
 
         async def close(code: int, reason: str) -> None:
             log.info("viewer closed", extra={"code": code, "close_reason": reason})
+            metrics.gateway_closes.labels(str(code)).inc()
             await ws.close(code, close_reason(reason))
 
         with bind_session(session_id):
@@ -69,15 +74,26 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(UNREACHABLE, reason)
             stop = service.stop_event(session_id)
             gauge.add(session_id)
+            metrics.gateway_connections.inc()
             try:
-                outcome = await relay(ws, reader, writer, stop, view_only=claims.scope is Scope.VIEW)
+                outcome = await relay(
+                    ws,
+                    reader,
+                    writer,
+                    stop,
+                    view_only=claims.scope is Scope.VIEW,
+                    on_first_frame=lambda: service.first_frame(view),
+                    on_bytes=count_bytes,
+                )
             finally:
                 gauge.remove(session_id)
+                metrics.gateway_connections.dec()
             log.info(
                 "relay ended",
                 extra={"ended": outcome.ended.value, "rx": outcome.stats.to_sandbox, "tx": outcome.stats.to_client},
             )
             if outcome.ended is Ended.CLIENT_GONE:
+                metrics.gateway_closes.labels("client").inc()
                 return None
             if outcome.ended is Ended.SANDBOX_EOF:
                 return await close(1000, outcome.detail)

@@ -15,12 +15,19 @@ _INPUT = {KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, QEMU_CLIENT}
 
 
 class InputFilter:
-    def __init__(self) -> None:
+    """Frames the client→server stream. With `drop_input` (view scope) input messages are removed; either way it
+    notes when the viewer first asked for a framebuffer update (for the create→first-frame metric)."""
+
+    def __init__(self, drop_input: bool = True) -> None:
+        self.drop_input = drop_input
+        self.saw_update_request = False
         self._buf = b""
         self._preamble = 12 + 1 + 1  # version, security type, ClientInit (security None: no auth exchange)
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward; input messages are removed, incomplete messages are held back."""
+        if self._preamble < 0:  # framing abandoned (control scope only)
+            return data
         self._buf += data
         out = bytearray()
         if self._preamble:
@@ -30,13 +37,20 @@ class InputFilter:
             self._preamble -= take
         while self._buf:
             size = self._size(self._buf)
-            if size == -1:  # an unframeable message in view-only mode: drop everything from here on
+            if size == -1:  # an unframeable message
+                if self.drop_input:  # view-only: drop everything from here on
+                    self._buf = b""
+                    break
+                out += self._buf  # control: stop framing, pass everything through
                 self._buf = b""
+                self._preamble = -1
                 break
             if size is None or len(self._buf) < size:
                 break
             msg, self._buf = self._buf[:size], self._buf[size:]
-            if msg[0] not in _INPUT:
+            if msg[0] == 3:
+                self.saw_update_request = True
+            if not (self.drop_input and msg[0] in _INPUT):
                 out += msg
         return bytes(out)
 

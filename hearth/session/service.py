@@ -26,12 +26,13 @@ from hearth.errors import HearthError, Hop
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.log import bind_session
+from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import readiness
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
-from hearth.store.models import EventRow, SessionRow, utcnow
+from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
 
 log = logging.getLogger("hearth.session")
 
@@ -82,8 +83,10 @@ class SessionView:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, db: Database, driver: Driver) -> None:
+    def __init__(self, settings: Settings, db: Database, driver: Driver, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._framed: set[str] = set()
         self.db = db
         self.driver = driver
         self.ipam = Ipam(settings, db)
@@ -125,6 +128,24 @@ class SessionService:
         if ev is None:
             ev = self._stops[session_id] = asyncio.Event()
         return ev
+
+    def first_frame(self, view: SessionView) -> None:
+        """Record create→first-frame once per session (called by the gateway)."""
+        if view.id in self._framed:
+            return
+        self._framed.add(view.id)
+        self.metrics.create_to_first_frame.observe(max(0.0, time.time() - _aware(view.created_at).timestamp()))
+
+    def counts_by_state(self) -> dict[str, int]:
+        def q(db: Db) -> dict[str, int]:
+            rows = db.execute(select(SessionRow.status, func.count()).group_by(SessionRow.status))
+            return {str(status): int(n) for status, n in rows}
+
+        return self.db.call(q)
+
+    def pool_usage(self) -> tuple[int, int]:
+        used = self.db.call(lambda db: db.scalar(select(func.count()).select_from(LeaseRow)) or 0)
+        return int(used), self.ipam.size
 
     async def explain(self, session_id: str, err: HearthError) -> str:
         """A failure reason that names the first broken hop: the doctor's verdict when it finds one, else `err`."""
@@ -333,6 +354,9 @@ class SessionService:
                     mark("rfb")
                     await self._record(sid, timings=timings)
                     await self._transition(sid, Status.READY, None, None, timings)
+                    self.metrics.create_to_ready.observe(timings["rfb"])
+                    for stage, at in timings.items():
+                        self.metrics.stage.labels(stage).observe(at)
                     log.info("session ready", extra={"timings": timings})
                     undo.pop_all()  # success: the session owns its resources now
             except asyncio.CancelledError:
@@ -368,6 +392,7 @@ class SessionService:
             await self._destroy_quietly(self.spec(view.id, self.ipam.slot(view.slot)))
         await self.ipam.release(view.id)
         self._secrets.pop(view.id, None)
+        self._framed.discard(view.id)
 
     async def _record(self, sid: str, **fields: Any) -> None:
         def upd(db: Db) -> None:
@@ -399,6 +424,8 @@ class SessionService:
 
         view = await self.db.run(move)
         self.changes.notify(sid)
+        if target is Status.FAILED:
+            self.metrics.failures.labels(hop.value if hop else "unknown").inc()
         if view.status.terminal:
             self.stop_event(sid).set()
             self._stops.pop(sid, None)
