@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     token_ttl: float = Field(900.0, gt=0)
     token_secret: str = ""
     keep_failed: bool = False
+    reconcile_interval: float = Field(60.0, gt=0)
     rfb_port: int = 5900
     agent_port: int = 8080
 

@@ -22,6 +22,7 @@ from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import Driver
 from hearth.sandbox.select import choose_driver
 from hearth.session.service import LimitExceeded, SessionNotFound, SessionService
@@ -59,13 +60,20 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
 
 
 async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
+    """Watchdog and expiry every `period`; the reconciler at once (in the background) and then periodically."""
+    reconciler = Reconciler(ctl.service)
+    next_reconcile = 0.0
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(period)
         try:
+            if loop.time() >= next_reconcile:
+                next_reconcile = loop.time() + ctl.settings.reconcile_interval
+                await reconciler.run_once()
             await ctl.service.check_alive()
             await ctl.service.expire_due()
         except Exception:
             log.exception("housekeeping pass failed")
+        await asyncio.sleep(period)
 
 
 def create_app(ctl: Controller) -> FastAPI:

@@ -129,6 +129,14 @@ class SessionService:
             ev = self._stops[session_id] = asyncio.Event()
         return ev
 
+    def is_booting(self, session_id: str) -> bool:
+        """Whether this controller is booting that session right now."""
+        task = self._boots.get(session_id)
+        return task is not None and not task.done()
+
+    def forget(self, session_id: str) -> None:
+        self._secrets.pop(session_id, None)
+
     def first_frame(self, view: SessionView) -> None:
         """Record create→first-frame once per session (called by the gateway)."""
         if view.id in self._framed:
