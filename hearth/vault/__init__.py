@@ -1,0 +1,1 @@
+"""Credential vault: AES-256-GCM sealed records, key id per record, rotation."""
