@@ -1,0 +1,79 @@
+"""The provider definition schema. One definition serves both sides: the paths the CLI writes in the browser
+sandbox and where they are installed in the user's CLI sandbox (the seed watched and injected different paths)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _relative_path(value: str) -> str:
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts or not value:
+        raise ValueError(f"{value!r} must be a path relative to the home directory, without '..'")
+    return str(p)
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+class Prompt(BaseModel):
+    """When the CLI's output matches `expect`, type `send` (escapes like \\r are interpreted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expect: str
+    send: str
+    once: bool = True
+
+    @field_validator("expect")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _regex(v)
+
+
+class CredentialFileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="written by the CLI in the browser sandbox, relative to HOME")
+    target: str = Field(description="installed in the user's CLI sandbox, relative to HOME")
+    mode: int = Field(0o600, ge=0, le=0o777)
+    require_json: bool = Field(True, description="complete only once the file parses as JSON")
+
+    @field_validator("source", "target")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        return _relative_path(v)
+
+
+class Provider(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    display_name: str
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    prompts: list[Prompt] = Field(default_factory=list)
+    url_pattern: str = Field(r"https?://[^\s\x1b\"'<>]+", description="regex that finds the OAuth URL in the output")
+    url_must_contain: str = Field("", description="substring an OAuth URL must contain (filters other links)")
+    credential_files: list[CredentialFileSpec] = Field(min_length=1)
+    timeout: float = Field(600, gt=0)
+
+    @field_validator("url_pattern")
+    @classmethod
+    def _url_regex(cls, v: str) -> str:
+        return _regex(v)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Provider:
+        targets = [f.target for f in self.credential_files]
+        if len(set(targets)) != len(targets):
+            raise ValueError("credential_files targets must be unique")
+        return self

@@ -1,0 +1,167 @@
+"""Example OAuth 2.0 authorization server: authorization code + PKCE (S256 only), in-memory, stdlib only.
+
+python3 -m hearth_example.idp --listen 192.168.100.1:9400 [--auto-approve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import html
+import json
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+@dataclass
+class Grant:
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    expires: float
+
+
+@dataclass
+class IdpState:
+    auto_approve: bool = False
+    codes: dict[str, Grant] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log(self, kind: str, **detail: Any) -> None:
+        with self.lock:
+            self.events.append({"t": time.time(), "kind": kind, **detail})
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: IdpServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any) -> None:
+        self._send(code, json.dumps(obj).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        q = dict(urllib.parse.parse_qsl(url.query))
+        st = self.server.state
+        if url.path == "/events":
+            with st.lock:
+                return self._json(200, st.events)
+        if url.path != "/authorize":
+            return self._json(404, {"error": "not_found"})
+        missing = [k for k in ("client_id", "redirect_uri", "code_challenge", "state") if not q.get(k)]
+        if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" or missing:
+            return self._json(400, {"error": "invalid_request", "missing": missing})
+        st.log("authorize_page", user_agent=self.headers.get("User-Agent", ""), client_id=q["client_id"])
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in q.items()
+        )
+        auto = "<script>setTimeout(()=>document.forms[0].submit(), 300)</script>" if st.auto_approve else ""
+        page = (
+            "<!doctype html><meta charset=utf-8><title>Example sign-in</title>"
+            "<body style='font:20px sans-serif;padding:3em;background:#fff7e0'>"
+            f"<h1>Example provider</h1><p>Allow <b>{html.escape(q['client_id'])}</b> to sign in?</p>"
+            f"<form method=post action=/approve>{hidden}<button id=approve>Approve</button></form>{auto}"
+        )
+        self._send(200, page.encode(), "text/html; charset=utf-8")
+
+    def _form(self) -> dict[str, str]:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > 65536:
+            raise ValueError("body too large")
+        return dict(urllib.parse.parse_qsl(self.rfile.read(n).decode()))
+
+    def do_POST(self) -> None:
+        st = self.server.state
+        try:
+            form = self._form()
+        except ValueError:
+            return self._json(413, {"error": "too_large"})
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/approve":
+            code = secrets.token_urlsafe(24)
+            with st.lock:
+                st.codes[code] = Grant(
+                    form["client_id"], form["redirect_uri"], form["code_challenge"], time.time() + 120
+                )
+            st.log("approved", client_id=form["client_id"])
+            target = form["redirect_uri"] + "?" + urllib.parse.urlencode({"code": code, "state": form["state"]})
+            return self._send(302, b"", "text/plain", {"Location": target})
+        if path == "/token":
+            with st.lock:
+                grant = st.codes.pop(form.get("code", ""), None)
+            if (
+                form.get("grant_type") != "authorization_code"
+                or grant is None
+                or grant.expires < time.time()
+                or grant.redirect_uri != form.get("redirect_uri")
+                or grant.client_id != form.get("client_id")
+                or s256(form.get("code_verifier", "")) != grant.challenge
+            ):
+                st.log("token_refused")
+                return self._json(400, {"error": "invalid_grant"})
+            st.log("token_issued", client_id=grant.client_id)
+            return self._json(
+                200,
+                {
+                    "access_token": "ex-at-" + secrets.token_urlsafe(24),
+                    "refresh_token": "ex-rt-" + secrets.token_urlsafe(24),
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                },
+            )
+        return self._json(404, {"error": "not_found"})
+
+
+class IdpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sock_or_addr: socket.socket | tuple[str, int], state: IdpState) -> None:
+        self.state = state
+        if isinstance(sock_or_addr, socket.socket):
+            super().__init__(sock_or_addr.getsockname()[:2], Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = sock_or_addr
+            self.server_address = sock_or_addr.getsockname()[:2]
+            self.socket.listen(16)
+        else:
+            super().__init__(sock_or_addr, Handler)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--listen", default="127.0.0.1:9400")
+    ap.add_argument("--auto-approve", action="store_true")
+    args = ap.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    server = IdpServer((host, int(port)), IdpState(auto_approve=args.auto_approve))
+    print(f"example IdP on http://{args.listen}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
