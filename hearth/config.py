@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(60.0, gt=0)
     rfb_port: int = 5900
     agent_port: int = 8080
+    callback_port: int = Field(8700, ge=1, le=65535)  # agent → controller, on BRIDGE_IP inside the fabric only
+    master_key: str = ""
+    example_issuer: str = ""
+    cli_idle_timeout: float = Field(900.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -268,7 +272,7 @@ def origins(
         var = _variable_for(name)
         source = "env" if var in env else ".env" if var in file_vars else "default"
         value: Any = getattr(settings, name)
-        if name in ("api_keys", "token_secret") and value:
+        if name in ("api_keys", "token_secret", "master_key") and value:
             shown = "<set, hidden>"
         elif isinstance(value, tuple):
             shown = ",".join(value)
