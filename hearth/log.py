@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,27 @@ def bind_session(session_id: str) -> Iterator[None]:
         yield
     finally:
         _session.reset(reset)
+
+
+_TOKEN_RE = re.compile(r"((?:token|key|secret)=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactFilter(logging.Filter):
+    """Removes token values from messages of loggers we do not own (uvicorn logs WebSocket URLs with the query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(_TOKEN_RE.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN_RE.sub(r"\1<redacted>", record.msg)
+        return True
+
+
+def install_redaction() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "httpx"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactFilter) for f in logger.filters):
+            logger.addFilter(RedactFilter())
 
 
 class _SessionFilter(logging.Filter):
@@ -78,6 +100,8 @@ def setup(level: str = "INFO", json_lines: bool | None = None) -> None:
     handler.addFilter(_SessionFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    handler.addFilter(RedactFilter())
     root.setLevel(level)
+    install_redaction()
     for noisy in ("uvicorn.access", "httpx", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,24 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+def data_dir() -> Iterator[Path]:
+    """A data dir the unprivileged sandbox user can traverse (pytest's tmp dirs are 0700), removed afterwards."""
+    root = Path("/var/tmp/hearth-tests")
+    root.mkdir(mode=0o711, exist_ok=True)
+    path = root / secrets.token_hex(4)
+    path.mkdir(mode=0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_settings(data_dir: Path) -> Callable[..., Settings]:
     """Settings for an isolated hearth instance: unique fabric namespace, own data dir, own API port."""
 
     def make(**env: str) -> Settings:
         base = {
             "HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}",
-            "HEARTH_DATA_DIR": str(tmp_path / "data"),
+            "HEARTH_DATA_DIR": str(data_dir),
             "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
             "HEARTH_API_KEYS": "test-key",
             "HEARTH_DRIVER": "netns",

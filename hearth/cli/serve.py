@@ -6,9 +6,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from hearth.config import Settings
+from hearth.log import install_redaction
 
 
 def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
+    install_redaction()  # uvicorn logs WebSocket request lines with their query string: never the viewer token
     host, port = settings.listen_host_port
     config = uvicorn.Config(
         app,

@@ -3,67 +3,89 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pyroute2 import NetlinkError, NetNS, netns
+from pyroute2 import IPRoute, NetlinkError
 
 from hearth.errors import FabricError, Hop
+from hearth.fabric.dial import NETNS_RUN_DIR, socket_in_netns
+
+NETLINK_ROUTE = 0
 
 
 def netns_exists(name: str) -> bool:
-    return name in netns.listnetns()
+    return (NETNS_RUN_DIR / name).exists()
 
 
 def list_netns() -> list[str]:
-    return list(netns.listnetns())
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def _ip_netns(*args: str) -> subprocess.CompletedProcess[str]:
+    # `ip netns add/del` only creates/removes the bind mount under /run/netns; its output is never parsed.
+    return subprocess.run(["ip", "netns", *args], capture_output=True, text=True, timeout=10, check=False)
 
 
 def create_netns(name: str) -> bool:
     """Create namespace `name`; False when it already existed."""
     if netns_exists(name):
         return False
-    try:
-        netns.create(name)
-    except OSError as exc:
-        if exc.errno == errno.EEXIST:
+    done = _ip_netns("add", name)
+    if done.returncode != 0:
+        if netns_exists(name):
             return False
         raise FabricError(
             Hop.FABRIC,
-            f"cannot create network namespace {name}: {exc}",
+            f"cannot create network namespace {name}: {done.stderr.strip()}",
             "run as root (CAP_SYS_ADMIN) with /run/netns writable",
-        ) from exc
+        )
     return True
 
 
 def remove_netns(name: str) -> None:
     """Delete namespace `name`; already gone is success."""
-    try:
-        netns.remove(name)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EINVAL):
-            raise FabricError(
-                Hop.FABRIC,
-                f"cannot delete network namespace {name}: {exc}",
-                "check for processes still holding it (`ip netns pids`)",
-            ) from exc
+    if not netns_exists(name):
+        return
+    done = _ip_netns("delete", name)
+    if done.returncode != 0 and netns_exists(name):
+        raise FabricError(
+            Hop.FABRIC,
+            f"cannot delete network namespace {name}: {done.stderr.strip()}",
+            "check for processes still holding it",
+        )
 
 
 @contextmanager
 def ns(name: str, hop: Hop = Hop.FABRIC) -> Iterator[Any]:
-    """A pyroute2 handle inside namespace `name`; netlink errors become FabricError naming `hop`."""
-    if not netns_exists(name):
+    """A pyroute2 handle inside namespace `name`; netlink errors become FabricError naming `hop`.
+
+    The netlink socket is created by a thread that joined the namespace (see `dial.socket_in_netns`) and handed to
+    pyroute2 by file descriptor: no helper processes, and the namespace is never created implicitly.
+    Call from a worker thread (pyroute2's synchronous API refuses a thread with a running event loop).
+    """
+    try:
+        sock = socket_in_netns(name, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    except FileNotFoundError:
         raise FabricError(
             Hop.FABRIC,
             f"network namespace {name} does not exist",
             "run `hearth fabric up` (the controller does this at start)",
-        )
+        ) from None
+    handle = IPRoute(fileno=sock.detach())
     try:
-        with NetNS(name) as handle:
-            yield handle
+        yield handle
     except NetlinkError as exc:
         raise FabricError(hop, f"netlink error in namespace {name}: {exc}", "see `hearth doctor`") from exc
+    finally:
+        handle.close()
 
 
 def link_index(handle: Any, ifname: str) -> int | None:

@@ -32,9 +32,11 @@ async def http_get_json(netns: str | None, ip: str, port: int, path: str, timeou
     """A minimal HTTP/1.0 GET from inside `netns`; returns (status, parsed JSON body)."""
     reader, writer = await open_connection(netns, ip, port, timeout)
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\nAccept: application/json\r\n\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.0\r\nHost: {ip}\r\nAccept: application/json\r\nConnection: close\r\n\r\n".encode()
+        )
         await writer.drain()
-        raw = await asyncio.wait_for(reader.read(1 << 20), timeout)
+        raw = await asyncio.wait_for(reader.read(-1), timeout)  # HTTP/1.0: the agent closes after the body
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")

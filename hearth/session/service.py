@@ -232,6 +232,7 @@ class SessionService:
                 timings={},
             )
             db.add(row)
+            db.flush()
             db.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
             return row
 

@@ -105,7 +105,7 @@ async def test_session_streams_a_desktop_and_cancels_clean(make_settings: Callab
             assert ws.close_code == 1000
 
         # Nothing left: namespace, veth, lease, directory, process.
-        assert leftovers(settings, 0) == []
+        assert await asyncio.to_thread(leftovers, settings, 0) == []
         assert not Path(f"/proc/{agent_pid}").exists(), "sandbox process survived cancel"
         assert await ctl.ctl.service.ipam.leases() == []
         events = (await http.get(f"/api/auth/session/{sid}/events", headers=ctl.headers)).json()

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hearth.fabric.fabric import Fabric
 
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
@@ -131,8 +131,10 @@ def test_kill_9_during_creates_then_restart_leaves_nothing(crash_settings: Setti
     netlink.create_netns(orphan)
     try:
         before = scan_sync(s)
-        print(f"\nafter kill -9: {len(before.netns)} sandbox netns, {sum(map(len, before.links.values()))} ports, "
-              f"{len(before.workdirs)} dirs, {len(sandbox_pids(s))} sandbox processes")
+        print(
+            f"\nafter kill -9: {len(before.netns)} sandbox netns, {sum(map(len, before.links.values()))} ports, "
+            f"{len(before.workdirs)} dirs, {len(sandbox_pids(s))} sandbox processes"
+        )
         proc = start_controller(s, log)
         try:
             wait_health(base, proc)  # /health does not wait for the reconciler
@@ -160,8 +162,10 @@ def test_kill_9_during_creates_then_restart_leaves_nothing(crash_settings: Setti
             assert netlink.netns_exists(foreign)
             if not ready:
                 assert sandbox_pids(s) == []
-            print(f"after restart + reconcile: {len(ready)} ready, {len(rows) - len(ready)} failed with a reason, "
-                  f"leaks: 0")
+            print(
+                f"after restart + reconcile: {len(ready)} ready, {len(rows) - len(ready)} failed with a reason, "
+                f"leaks: 0"
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

@@ -1,0 +1,458 @@
+"""The Firecracker driver: one microVM per sandbox, its TAP on the fabric bridge, configured over the API socket.
+
+`start` acquires in this order and registers each undo the moment the thing exists (LIFO on failure):
+workdir (+ jail) → files (config drive, log, rootfs copy) → TAP → VMM process. Unwinding therefore kills the
+process and *waits for it to exit* before the TAP is deleted (a TAP held by a live process cannot be reused: EBUSY),
+then deletes the files. `destroy(spec)` needs nothing but the spec: the process is found by its argv in /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TypeVar
+
+from hearth.config import Settings
+from hearth.errors import DriverError, HearthError, Hop
+from hearth.fabric import netlink
+from hearth.fabric.ports import add_tap, remove_port
+from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.firecracker import disk, proc
+from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
+from hearth.sandbox.firecracker.plan import (
+    CONFIG_DRIVE,
+    INITRD,
+    KERNEL,
+    LOG,
+    METRICS,
+    ROOTFS,
+    JailerConfig,
+    Layout,
+    LogLevel,
+    MachineShape,
+    Plan,
+    is_vmm_cmdline,
+    kernel_of,
+    layout_for,
+    plan,
+    socket_path_problem,
+)
+from hearth.sandbox.image import GuestImage
+
+log = logging.getLogger("hearth.sandbox.firecracker")
+T = TypeVar("T")
+_ELF = b"\x7fELF"
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # the cgroup v2 hierarchy (v1 controllers are found in /proc/mounts)
+
+
+def _tail(path: Path, keep: tuple[str, ...] = (), limit: int = 300) -> str:
+    """The last meaningful line(s) of a log for an error message (only lines containing one of `keep`, if given)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and (not keep or any(k in ln for k in keep))]
+    return " | ".join(lines[-2:])[-limit:]
+
+
+class FirecrackerDriver(Driver):
+    """Sandboxes as Firecracker microVMs. Needs root, /dev/kvm, the fabric, and the firecracker binary.
+
+    `image` is the guest (uncompressed `vmlinux`, optional initrd, ext4 rootfs); `binary` the firecracker
+    executable (a name on PATH or a path); `jailer` runs it through Firecracker's jailer instead of `nsenter`.
+    """
+
+    name = "firecracker"
+
+    def __init__(
+        self,
+        settings: Settings,
+        image: GuestImage,
+        binary: str = "firecracker",
+        jailer: JailerConfig | None = None,
+        *,
+        machine: MachineShape | None = None,
+        log_level: LogLevel = "Info",
+        metrics: bool = False,
+        extra_boot_args: str = "",
+        kvm_device: Path | None = Path("/dev/kvm"),
+        start_timeout: float = 10.0,
+        api_timeout: float = 5.0,
+        boot_timeout: float = 15.0,
+        shutdown_grace: float = 2.0,
+        kill_timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.image = image
+        self.binary = binary
+        self.jailer = jailer
+        self.machine = machine or MachineShape()
+        self.machine.check()  # a fractional vCPU count fails here, at construction, naming the setting
+        self.log_level: LogLevel = log_level
+        self.metrics = metrics
+        self.extra_boot_args = extra_boot_args
+        self.kvm_device = kvm_device
+        self.start_timeout = start_timeout
+        self.api_timeout = api_timeout
+        self.boot_timeout = boot_timeout
+        self.shutdown_grace = shutdown_grace
+        self.kill_timeout = kill_timeout
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    # ---- pure ------------------------------------------------------------------------------------
+    def plan(self, spec: SandboxSpec, binary: str | None = None, jailer_binary: str | None = None) -> Plan:
+        """What `start(spec)` will do (layout, argv, API calls), without touching the host."""
+        return plan(
+            spec,
+            self.image,
+            self.settings.fabric_netns,
+            self.machine,
+            binary=binary or self.binary,
+            jailer=self.jailer,
+            jailer_binary=jailer_binary,
+            log_level=self.log_level,
+            metrics=self.metrics,
+            extra_boot_args=self.extra_boot_args,
+        )
+
+    def layout(self, spec: SandboxSpec) -> Layout:
+        return layout_for(spec, self.image, self.jailer, Path(self.binary).name)
+
+    def _matcher(self, layout: Layout) -> proc.Matcher:
+        return functools.partial(is_vmm_cmdline, api_socket=str(layout.api_socket), ident=layout.vm_id)
+
+    # ---- checks before acquiring anything ----------------------------------------------------------
+    @staticmethod
+    def _resolve(name: str, what: str, setting: str, fix: str) -> str:
+        found = name if "/" in name else shutil.which(name)
+        if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
+            where = "is not an executable file" if "/" in name else "is not on PATH"
+            raise DriverError(Hop.DRIVER, f"{what} binary not found: {name!r} {where}", f"{fix}, or set {setting}")
+        return os.path.abspath(found)
+
+    def preflight(self, fabric: bool = True) -> tuple[str, str | None]:
+        """Fail fast, before anything is created, naming the fix; returns the resolved (firecracker, jailer).
+
+        `fabric=False` skips the fabric check (for choosing a driver before the fabric is up)."""
+        fc = self._resolve(
+            self.binary,
+            "firecracker",
+            "HEARTH_FIRECRACKER_BIN to its path",
+            "install the firecracker release binary (docs/firecracker.md)",
+        )
+        jl = None
+        if self.jailer is not None:
+            jl = self._resolve(
+                self.jailer.binary,
+                "jailer",
+                "HEARTH_JAILER_BIN to its path",
+                "install the jailer binary of the same firecracker release (docs/firecracker.md)",
+            )
+            if "firecracker" not in Path(fc).name:
+                raise DriverError(
+                    Hop.DRIVER,
+                    f"the jailer only execs binaries whose file name contains 'firecracker'; got {fc}",
+                    "install or link the binary as e.g. /usr/local/bin/firecracker",
+                )
+        else:
+            self._resolve("nsenter", "nsenter", "PATH", "install util-linux (apt-get install util-linux)")
+        if self.kvm_device is not None and not os.access(self.kvm_device, os.R_OK | os.W_OK):
+            raise DriverError(
+                Hop.DRIVER,
+                f"{self.kvm_device} is missing or not read/writable",
+                "run on a KVM host (bare metal or nested virtualisation on), load kvm_intel/kvm_amd, run as root",
+            )
+        kernel = kernel_of(self.image)
+        try:
+            with open(kernel, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise DriverError(
+                Hop.DRIVER,
+                f"guest kernel {kernel} cannot be read: {exc.strerror}",
+                "build the image (HEARTH_IMAGE_DIR)",
+            ) from exc
+        if magic != _ELF:
+            raise DriverError(
+                Hop.DRIVER,
+                f"guest kernel {kernel} is not an uncompressed ELF vmlinux (Firecracker cannot boot a bzImage)",
+                "build `make vmlinux` (docs/firecracker.md) and point the image at it",
+            )
+        for label, path in (("initrd", self.image.initrd), ("root filesystem", self.image.rootfs)):
+            if path is not None and not path.is_file():
+                raise DriverError(
+                    Hop.DRIVER, f"guest {label} {path} does not exist", "build the image (HEARTH_IMAGE_DIR)"
+                )
+        if fabric and not netlink.netns_exists(self.settings.fabric_netns):
+            raise DriverError(
+                Hop.FABRIC,
+                f"fabric namespace {self.settings.fabric_netns} does not exist",
+                "run `hearth fabric up` (the controller does this at start)",
+            )
+        return fc, jl
+
+    # ---- the Driver seam ---------------------------------------------------------------------------
+    async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
+        fc, jl = self.preflight()
+        p = self.plan(spec, binary=fc, jailer_binary=jl)
+        lay = p.layout
+        too_long = socket_path_problem(lay)
+        if too_long:
+            raise DriverError(
+                Hop.CONFIG, too_long, "use a shorter HEARTH_DATA_DIR (e.g. /var/lib/hearth) or jailer chroot base dir"
+            )
+        await self._reclaim(lay)  # leftovers of this slot (a crashed controller) are ours to replace
+        async with AsyncExitStack() as undo:
+            undo.push_async_callback(self._remove_files, lay)
+            try:
+                await asyncio.to_thread(self._make_dirs, lay)
+                copy = await self._make_files(p)
+            except OSError as exc:
+                raise DriverError(
+                    Hop.DRIVER,
+                    f"cannot prepare the sandbox files in {lay.root}: {exc}",
+                    "check free space and permissions of HEARTH_DATA_DIR",
+                ) from exc
+            undo.push_async_callback(remove_port, self.settings, spec.slot.tap_name)  # idempotent: register first
+            await add_tap(self.settings, spec.slot)
+            child = await self._spawn(p)
+            undo.push_async_callback(self._kill_child, lay, child)
+            await self._until_exit(child, lay, self._wait_socket(lay, child), "opening its API socket")
+            async with FirecrackerApi(lay.api_socket, self.api_timeout) as api:
+                version = await self._until_exit(child, lay, api.version(), "answering GET /version")
+                for call in p.calls:
+                    timeout = self.boot_timeout if call.path == "/actions" else None
+                    await self._until_exit(child, lay, api.call(call, timeout), f"answering {call.method} {call.path}")
+            mark("process")
+            undo.pop_all()  # success: destroy(spec) owns everything now
+        log.info("microVM started", extra={"pid": child.pid, "vm_id": lay.vm_id, "rootfs_copy": copy})
+        return SandboxInfo(
+            pid=child.pid,
+            details={
+                "vm_id": lay.vm_id,
+                "api_socket": str(lay.api_socket),
+                "console_log": str(lay.console_log),
+                "firecracker_log": str(lay.host(LOG)),
+                "rootfs": str(lay.host(ROOTFS)),
+                "rootfs_copy": copy,
+                "firecracker_version": version,
+                "jailed": "yes" if lay.jailed else "no",
+            },
+        )
+
+    async def destroy(self, spec: SandboxSpec) -> None:
+        lay = self.layout(spec)
+        await self._stop(lay, graceful=True)  # raises if a process survives SIGKILL: its TAP is then kept
+        await remove_port(self.settings, spec.slot.tap_name)
+        await self._remove_files(lay)
+
+    async def alive(self, spec: SandboxSpec) -> bool:
+        lay = self.layout(spec)
+        match = self._matcher(lay)
+        child = self._children.get(lay.vm_id)
+        if child is not None and child.returncode is None:  # cheap path: our own child, still the same process
+            argv = proc.cmdline(child.pid)
+            if argv and match(argv) and not proc.is_zombie(child.pid):
+                return True
+        return bool(await asyncio.to_thread(proc.find_pids, match))  # after a restart: by argv
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    async def _reclaim(self, lay: Layout) -> None:
+        if await asyncio.to_thread(proc.find_pids, self._matcher(lay)):
+            log.warning("killing a leftover VMM of this slot", extra={"vm_id": lay.vm_id})
+        await self._stop(lay, graceful=False)
+        await self._remove_files(lay)  # includes a stale API socket (firecracker refuses to bind over it)
+
+    @staticmethod
+    def _make_dirs(lay: Layout) -> None:
+        lay.workdir.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        lay.workdir.mkdir(mode=0o700)
+        lay.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def _make_files(self, p: Plan) -> str:
+        lay = p.layout
+        await asyncio.to_thread(disk.write_private, lay.host(CONFIG_DRIVE), p.config_drive)
+        await asyncio.to_thread(disk.touch_private, lay.host(LOG))
+        if self.metrics:
+            await asyncio.to_thread(disk.touch_private, lay.host(METRICS))
+        copy = await disk.clone_rootfs(lay.rootfs_src, lay.host(ROOTFS))
+        if self.jailer is not None:
+            await asyncio.to_thread(self._fill_jail, lay, self.jailer)
+        return copy
+
+    def _fill_jail(self, lay: Layout, jailer: JailerConfig) -> None:
+        """The jailer copies only the binary: link the kernel/initrd in, hand the writable files to uid:gid."""
+        disk.link_or_copy(lay.kernel_src, lay.host(KERNEL))
+        if lay.initrd_src is not None:
+            disk.link_or_copy(lay.initrd_src, lay.host(INITRD))
+        for name in (ROOTFS, CONFIG_DRIVE, LOG, *((METRICS,) if self.metrics else ())):
+            os.chown(lay.host(name), jailer.uid, jailer.gid)
+
+    async def _spawn(self, p: Plan) -> asyncio.subprocess.Process:
+        lay = p.layout
+        fd = os.open(lay.console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            child = await asyncio.create_subprocess_exec(
+                *p.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd=lay.workdir,
+                env={"PATH": os.environ.get("PATH", _DEFAULT_PATH)},  # none of the controller's secrets
+                start_new_session=True,  # not killed by a Ctrl-C of the controller; destroy(spec) ends it
+            )
+        except OSError as exc:
+            raise DriverError(
+                Hop.DRIVER, f"cannot launch {p.argv[0]}: {exc}", "check HEARTH_FIRECRACKER_BIN / HEARTH_JAILER_BIN"
+            ) from exc
+        finally:
+            os.close(fd)
+        self._children[lay.vm_id] = child
+        return child
+
+    async def _wait_socket(self, lay: Layout, child: asyncio.subprocess.Process) -> None:
+        """Until the API socket accepts a connection (bounded; the caller races this against the process)."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                _, writer = await asyncio.open_unix_connection(str(lay.api_socket))
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise DriverError(
+                        Hop.DRIVER,
+                        f"firecracker (pid {child.pid}) did not open {lay.api_socket} within {self.start_timeout:g}s",
+                        f"see {lay.console_log}",
+                    ) from None
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def _until_exit(self, child: asyncio.subprocess.Process, lay: Layout, work: Awaitable[T], doing: str) -> T:
+        """Run `work`, but fail at once — with the exit code and the VMM's last words — if the process exits."""
+        task = asyncio.ensure_future(work)
+        exited = asyncio.ensure_future(child.wait())
+        try:
+            await asyncio.wait({task, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                try:
+                    return task.result()
+                except ApiUnreachable:
+                    # The socket broke: if that is because the process is exiting, say so instead.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(exited), 1.0)
+                    if child.returncode is None:
+                        raise
+            raise self._exited(child, lay, doing)
+        finally:
+            for t in (task, exited):
+                if not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+
+    def _exited(self, child: asyncio.subprocess.Process, lay: Layout, doing: str) -> DriverError:
+        rc = child.returncode
+        how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
+        # stderr and the guest's serial console (a kernel panic shows here), then Firecracker's own errors
+        last = _tail(lay.console_log) or "no output"
+        errors = _tail(lay.host(LOG), keep=(":ERROR", ":WARN"))
+        if errors:
+            last += f" | firecracker.log: {errors}"
+        return DriverError(
+            Hop.DRIVER,
+            f"firecracker {how} while {doing}: {last}",
+            f"see {lay.console_log} and {lay.host(LOG)}",
+        )
+
+    async def _kill_child(self, lay: Layout, child: asyncio.subprocess.Process) -> None:
+        """Undo for the process: SIGKILL, then wait for the exit, so the TAP is free before it is deleted."""
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        try:
+            await asyncio.wait_for(child.wait(), self.kill_timeout)
+        except TimeoutError:
+            log.error("firecracker pid %s survived SIGKILL for %ss", child.pid, self.kill_timeout)
+        self._children.pop(lay.vm_id, None)
+
+    async def _stop(self, lay: Layout, graceful: bool) -> None:
+        """End this slot's VMM (found by argv): SendCtrlAltDel and a short grace, then SIGKILL and wait."""
+        match = self._matcher(lay)
+        pids = await asyncio.to_thread(proc.find_pids, match)
+        fds = {pid: fd for pid in pids if (fd := proc.open_pidfd(pid, match)) is not None}
+        try:
+            if not fds:
+                return
+            if graceful and self.shutdown_grace > 0 and lay.api_socket.exists():
+                await self._ctrl_alt_del(lay)
+                await asyncio.gather(*(proc.wait_exit(fd, self.shutdown_grace) for fd in fds.values()))
+            for fd in fds.values():
+                proc.send(fd, signal.SIGKILL)
+            for pid, fd in fds.items():
+                if not await proc.wait_exit(fd, self.kill_timeout):
+                    raise DriverError(
+                        Hop.DRIVER,
+                        f"firecracker pid {pid} ({lay.vm_id}) did not exit {self.kill_timeout:g}s after SIGKILL",
+                        "it is stuck in the kernel (see dmesg); its TAP and files are kept until it exits",
+                    )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        child = self._children.pop(lay.vm_id, None)
+        if child is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.wait(), self.kill_timeout)  # reap our own child
+
+    async def _ctrl_alt_del(self, lay: Layout) -> None:
+        """Ask the guest to shut down (needs i8042 + AT keyboard in the guest kernel; Firecracker exits on reset)."""
+        try:
+            async with FirecrackerApi(lay.api_socket, min(1.0, self.shutdown_grace)) as api:
+                await api.request("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+        except HearthError as exc:
+            log.debug("SendCtrlAltDel not accepted: %s", exc.message)
+
+    async def _remove_files(self, lay: Layout) -> None:
+        """Workdir, jail and the jail's cgroups (the jailer leaves them behind); gone already is success."""
+        await asyncio.to_thread(disk.remove_tree, lay.workdir)
+        if lay.jail_dir is not None and not lay.jail_dir.is_relative_to(lay.workdir):
+            await asyncio.to_thread(disk.remove_tree, lay.jail_dir)
+        for cg in await asyncio.to_thread(self._jail_cgroups, lay):
+            try:
+                cg.rmdir()  # a cgroup directory is removed with rmdir, its control files go with it
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove the jail's cgroup %s: %s", cg, exc)
+
+    def _jail_cgroups(self, lay: Layout) -> list[Path]:
+        """Cgroup directories the jailer creates for `--cgroup` values: <hierarchy>/<exec name>/<vm id>."""
+        j = self.jailer
+        if j is None or not j.cgroups:
+            return []
+        parent = Path(self.binary).name  # the jailer's default --parent-cgroup
+        if j.cgroup_version == 2:
+            return [CGROUP_ROOT / parent / lay.vm_id]
+        wanted = {c.split(".", 1)[0] for c in j.cgroups}  # cpuset.cpus=0 → cpuset
+        out = []
+        with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == "cgroup" and wanted & set(fields[3].split(",")):
+                    out.append(Path(fields[1]) / parent / lay.vm_id)
+        return out

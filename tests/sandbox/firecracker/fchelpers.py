@@ -1,0 +1,60 @@
+"""Helpers shared by the Firecracker driver tests (plain functions; fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth.config import Settings, load_settings
+from hearth.fabric.slot import Slot, slot_for
+from hearth.sandbox.base import SandboxSpec
+
+HERE = Path(__file__).resolve().parent
+FAKE = HERE / "fake_firecracker.py"
+FAKE_JAILER = HERE / "fake_jailer.py"
+
+
+def new_settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        {"HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}", "HEARTH_DATA_DIR": str(tmp_path / "data")},
+        env_file=None,
+    )
+
+
+def make_slot(settings: Settings, index: int = 0) -> Slot:
+    return slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, index)
+
+
+def make_spec(settings: Settings, index: int = 0) -> SandboxSpec:
+    slot = make_slot(settings, index)
+    return SandboxSpec(
+        session_id=f"sess-{secrets.token_hex(4)}",
+        slot=slot,
+        workdir=settings.data_dir / "sandboxes" / slot.netns,
+        secret=f"SECRET-{secrets.token_urlsafe(24)}",
+    )
+
+
+@dataclass
+class Fake:
+    """The stand-in binary: `binary` is a script named `firecracker`; `record` lists the requests it received."""
+
+    binary: Path
+    record: Path
+    pidfile: Path
+
+    def requests(self) -> list[dict[str, object]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+    def pid(self) -> int | None:
+        return int(self.pidfile.read_text()) if self.pidfile.exists() else None
+
+
+def pid_running(pid: int | None) -> bool:
+    """Whether `pid` exists at all (a zombie counts: it was not reaped)."""
+    return pid is not None and os.path.exists(f"/proc/{pid}")
