@@ -12,21 +12,26 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
-def socket_in_netns(
-    netns: str | None, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0
-) -> socket.socket:
-    """A new socket created in namespace `netns` (None: the caller's own namespace)."""
+def call_in_netns(netns: str | None, fn: Callable[[], T], timeout: float = 10.0) -> T:
+    """Run `fn()` on a short-lived thread that joined namespace `netns` (None: the caller's own namespace).
+
+    setns(2) affects only the calling thread, and that thread ends right after, so nothing else ever runs in the
+    wrong namespace. Sockets, netlink handles and /proc/sys/net files opened by `fn` belong to `netns`.
+    """
     if netns is None:
-        return socket.socket(family, kind, proto)
+        return fn()
     path = NETNS_RUN_DIR / netns
-    box: dict[str, object] = {}
+    box: dict[str, Any] = {}
 
     def work() -> None:
         try:
@@ -39,20 +44,28 @@ def socket_in_netns(
                 err = ctypes.get_errno()
                 box["err"] = OSError(err, f"setns({path}): {os.strerror(err)}")
                 return
-            box["sock"] = socket.socket(family, kind, proto)
-        except OSError as exc:
+            box["ok"] = fn()
+        except BaseException as exc:
             box["err"] = exc
         finally:
             os.close(fd)
 
     t = threading.Thread(target=work, name=f"netns-{netns}", daemon=True)
     t.start()
-    t.join()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"work inside namespace {netns} did not finish within {timeout:.0f}s")
     if "err" in box:
-        raise box["err"]  # type: ignore[misc]
-    sock = box["sock"]
-    assert isinstance(sock, socket.socket)
-    return sock
+        raise box["err"]
+    result: T = box["ok"]
+    return result
+
+
+def socket_in_netns(
+    netns: str | None, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0
+) -> socket.socket:
+    """A new socket created in namespace `netns` (None: the caller's own namespace)."""
+    return call_in_netns(netns, lambda: socket.socket(family, kind, proto))
 
 
 async def connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -18,36 +17,10 @@ from hearth.config import Settings
 from hearth.errors import FabricError, HearthError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.base import FabricBackend, FabricStatus
-from hearth.fabric.dial import CLONE_NEWNET, NETNS_RUN_DIR, _libc
+from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import UPLINK_INNER, link_index, uplink_outer
 
 log = logging.getLogger("hearth.fabric")
-
-
-def _in_netns(netns: str, fn: Any) -> Any:
-    """Run `fn()` on a fresh thread that joined `netns` (for /proc/sys writes that are per-namespace)."""
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        fd = os.open(NETNS_RUN_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                box["err"] = OSError(f"setns into {netns} failed")
-                return
-            box["ok"] = fn()
-        except BaseException as exc:
-            box["err"] = exc
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(10)
-    if "err" in box:
-        raise box["err"]
-    return box.get("ok")
 
 
 def _sysctl(path: str, value: str | None = None) -> str:
@@ -130,7 +103,7 @@ class Fabric(FabricBackend):
             # Strict reverse-path filtering drops replies on asymmetric paths (a seed failure mode): loose.
             _sysctl("net/ipv4/conf/all/rp_filter", "2")
 
-        _in_netns(self.s.fabric_netns, write)
+        call_in_netns(self.s.fabric_netns, write)
 
     def _uplink_sync(self) -> bool:
         s = self.s
@@ -239,7 +212,9 @@ class Fabric(FabricBackend):
                 problems.append(f"bridge {s.bridge_device} is down: run `hearth fabric up`")
             if want not in addrs:
                 problems.append(f"bridge carries {addrs or 'no address'}, expected {want}: run `hearth fabric up`")
-        forwarding = await asyncio.to_thread(_in_netns, s.fabric_netns, lambda: _sysctl("net/ipv4/ip_forward")) == "1"
+        forwarding = (
+            await asyncio.to_thread(call_in_netns, s.fabric_netns, lambda: _sysctl("net/ipv4/ip_forward")) == "1"
+        )
         if not forwarding:
             problems.append("IPv4 forwarding is off in the fabric namespace: run `hearth fabric up`")
         try:

@@ -7,40 +7,69 @@ hearth's own table and nothing else.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
+from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import UPLINK_INNER
 
 TABLE = "hearth"
 FAMILY = "inet"
 
 
+_NFT_CTX_OUTPUT_JSON = 1 << 4
+
+
+class _Lib:
+    """libnftables (the library behind `nft`), loaded once per call site; JSON in, JSON out."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        lib = self.lib
+        ctx = lib.nft_ctx_new(0)
+        try:
+            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON)
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            rc = int(lib.nft_run_cmd_from_buffer(ctx, command.encode()))
+            out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+            return rc, out, err
+        finally:
+            lib.nft_ctx_free(ctx)
+
+
 async def nft(netns: str | None, payload: dict[str, Any] | None, *args: str, timeout: float = 10.0) -> Any:
-    """Run `nft -j [args]` (with `payload` as JSON on stdin via `-f -`) in `netns`; returns parsed JSON output."""
-    cmd = ["nft", "-j", *args] if payload is None else ["nft", "-j", "-f", "-"]
-    if netns:
-        cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", *cmd]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    """Apply `payload` (nftables JSON, one atomic transaction) or run `args` (e.g. `list table inet hearth`) inside
+    `netns` through libnftables; returns the parsed JSON output."""
+    command = json.dumps(payload) if payload is not None else " ".join(args)
     try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(json.dumps(payload).encode() if payload is not None else None), timeout
-        )
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise FabricError(
-            Hop.NAT, f"nft did not answer within {timeout:.0f}s", "check the nftables kernel modules"
-        ) from None
-    if proc.returncode != 0:
+        lib = _Lib()
+    except OSError as exc:
+        raise FabricError(Hop.NAT, f"libnftables not available: {exc}", "install nftables (scripts/setup.sh)") from exc
+    rc, out, err = await asyncio.to_thread(call_in_netns, netns, lambda: lib.run(command), timeout)
+    if rc != 0:
         raise FabricError(
             Hop.NAT,
-            f"nft failed in namespace {netns or 'root'}: {err.decode(errors='replace').strip()[:300]}",
-            "install nftables (scripts/setup.sh) and run as root",
+            f"nftables refused in namespace {netns or 'root'}: {err.strip()[:300]}",
+            "check the nftables kernel support and run as root",
         )
     return json.loads(out) if out.strip() else None
 

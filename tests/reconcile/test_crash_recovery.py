@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hearth.fabric.fabric import Fabric
 
 from hearth.config import Settings
 from hearth.fabric import netlink
+from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
