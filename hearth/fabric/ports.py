@@ -6,10 +6,14 @@ Every port is a member of the fabric bridge with `isolated` set, so sandboxes ca
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import struct
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink
+from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
 
 GUEST_IFNAME = "eth0"
@@ -51,11 +55,36 @@ def add_veth_sync(settings: Settings, slot: Slot) -> None:
         sb.route("add", dst="0.0.0.0/0", gateway=str(slot.gateway))
 
 
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+def _create_tap(name: str) -> None:
+    """A persistent TAP device (vnet_hdr, as virtio-net wants), created by ioctl in the calling thread's namespace."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+
+
 def add_tap_sync(settings: Settings, slot: Slot) -> None:
-    """Create the VM's TAP in the fabric namespace (vnet_hdr on, as virtio-net wants) and put it on the bridge."""
+    """Create the VM's TAP in the fabric namespace and put it on the bridge.
+
+    TUN/TAP devices are created by ioctl (not netlink), in the namespace of the calling thread: so the ioctl runs on
+    a thread that joined the fabric namespace — never in the host's root namespace.
+    """
     with netlink.ns(settings.fabric_netns, Hop.LINK) as fab:
         netlink.delete_link(fab, slot.tap_name)
-        fab.link("add", ifname=slot.tap_name, kind="tuntap", mode="tap", vnet_hdr=True)
+    try:
+        call_in_netns(settings.fabric_netns, lambda: _create_tap(slot.tap_name))
+    except OSError as exc:
+        raise FabricError(
+            Hop.LINK, f"cannot create TAP {slot.tap_name}: {exc}", "load the tun module (modprobe tun) and run as root"
+        ) from exc
+    with netlink.ns(settings.fabric_netns, Hop.LINK) as fab:
         _bridge_port(fab, settings, slot.tap_name)
 
 
