@@ -77,8 +77,8 @@ async def run_demo(settings: Settings, api_key: str, duration: float | None, use
             f"first frame: {frame.init.width}x{frame.init.height} '{frame.init.name}', "
             f"{'non-blank pixels' if frame.non_blank else '[yellow]blank[/]'}"
         )
-        out.print(f"\n[bold green]viewer:[/] {started['viewer_url']}")
-        out.print(f"[bold]WebSocket:[/] {ws_url}")
+        out.print(f"\n[bold green]viewer:[/] {started['viewer_url']}", soft_wrap=True)
+        out.print(f"[bold]WebSocket:[/] {ws_url}", soft_wrap=True)
         out.print(f"[bold]API key (demo only):[/] {api_key}")
         out.print(
             "Press Ctrl-C to stop; everything created is removed." if duration is None else f"Running {duration:.0f}s."

@@ -61,8 +61,8 @@ class InputFilter:
             return _FIXED[kind]
         if kind == 2:  # SetEncodings
             return None if len(buf) < 4 else 4 + 4 * struct.unpack(">H", buf[2:4])[0]
-        if kind == CLIENT_CUT_TEXT:
-            return None if len(buf) < 8 else 8 + struct.unpack(">I", buf[4:8])[0]
+        if kind == CLIENT_CUT_TEXT:  # signed length: negative = extended clipboard (noVNC sends its caps at once)
+            return None if len(buf) < 8 else 8 + abs(struct.unpack(">i", buf[4:8])[0])
         if kind == 251:  # SetDesktopSize
             return None if len(buf) < 8 else 8 + 16 * buf[6]
         if kind == 248:  # ClientFence

@@ -28,3 +28,13 @@ def test_split_across_messages_bytewise() -> None:
 def test_unknown_message_is_not_forwarded() -> None:
     f = InputFilter()
     assert f.feed(PREAMBLE + bytes([99, 1, 2, 3]) + KEY) == PREAMBLE
+
+
+def test_extended_clipboard_with_negative_length_keeps_framing() -> None:
+    """noVNC announces extended clipboard caps with a negative ClientCutText length right after connecting."""
+    caps = bytes.fromhex("06000000fffffff81f00000100000000")
+    for drop in (True, False):
+        f = InputFilter(drop_input=drop)
+        out = f.feed(PREAMBLE + caps + FB_REQUEST)
+        assert out.endswith(FB_REQUEST)
+        assert f.saw_update_request

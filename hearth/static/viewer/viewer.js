@@ -30,7 +30,13 @@ let ended = false;
 let retries = 0;
 let lastStatus = "starting";
 
-function setState(text, cls) { stateEl.textContent = text; stateEl.className = cls; window.hearthState = text; }
+window.hearthStates = [];
+function setState(text, cls) {
+  stateEl.textContent = text;
+  stateEl.className = cls;
+  window.hearthState = text;
+  window.hearthStates.push(text);
+}
 function showMessage(text, detail) {
   messageEl.innerHTML = "";
   messageEl.append(document.createTextNode(text));

@@ -1,0 +1,93 @@
+"""The viewer page in a real browser: Playwright drives Debian's Chromium (/usr/bin/chromium; no browser download)
+against a live controller and sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.sandbox.netns import pids_in_netns
+from tests.conftest import running_controller
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+PAGE = "data:text/html,<body style='background:%23c0392b;color:white;font:90px sans-serif'>hearth viewer test</body>"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# Counts distinct colours on noVNC's canvas (a drawn desktop has many; a blank one has one).
+CANVAS_COLOURS = """() => {
+  const c = document.querySelector('#screen canvas');
+  if (!c || !c.width) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const seen = new Set();
+  for (let i = 0; i < d.length; i += 4 * 97) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+  return seen.size;
+}"""
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Callable[..., Settings]) -> None:
+    from playwright.async_api import async_playwright
+
+    settings = make_settings(HEARTH_START_URL=PAGE)
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 860})
+            started = (await http.post("/api/auth/start", json={"user_id": "viewer"})).json()
+            await page.goto(started["viewer_url"])  # at once: the sandbox is still starting
+            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            states = await page.evaluate("window.hearthStates")
+            assert "starting" in states or "connecting" in states, states  # status shown while the sandbox started
+            colours = 0
+            for _ in range(150):  # Chromium inside the sandbox paints a few seconds after the desktop is up
+                colours = await page.evaluate(CANVAS_COLOURS)
+                if colours > 3:
+                    break
+                await asyncio.sleep(0.2)
+            assert colours > 3, f"remote desktop canvas looks blank ({colours} colours)"
+            png = await page.screenshot()
+            assert len(png) > 10_000
+
+            # Kill the sandbox: the watchdog fails the session, the page says so in plain words.
+            body = (await http.get(f"/api/auth/session/{started['session_id']}")).json()
+            netns = f"{settings.fabric_netns}-s{int(body['sandbox_ip'].rsplit('.', 1)[1]) - 2}"
+            for pid in await asyncio.to_thread(pids_in_netns, netns):
+                with contextlib.suppress(ProcessLookupError):  # the pid namespace takes the rest down with it
+                    os.kill(pid, signal.SIGKILL)
+            await page.wait_for_function(
+                "document.getElementById('message').textContent.includes('failed')", timeout=30_000
+            )
+            message = await page.inner_text("#message")
+            assert "The browser sandbox failed." in message
+            assert "[driver]" in message  # the reason names the hop
+            assert (await http.get(f"/api/auth/session/{started['session_id']}")).json()["status"] == "failed"
+        finally:
+            await browser.close()
+
+
+async def test_viewer_refuses_a_bad_token_in_plain_words(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(HEARTH_CHROMIUM="false")
+    async with running_controller(settings) as ctl, httpx.AsyncClient(base_url=ctl.base_url, timeout=30) as http:
+        r = await http.get("/api/auth/session/whatever/novnc?token=forged")
+        assert r.status_code == 401
+        assert "This link is not valid" in r.text
