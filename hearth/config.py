@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     master_key: str = ""
     example_issuer: str = ""
     cli_idle_timeout: float = Field(900.0, gt=0)
+    image_dir: Path | None = None  # default <data_dir>/image: vmlinux, bzImage, initrd.img, rootfs.ext4
+    firecracker_bin: str = "firecracker"
+    jailer_bin: str = ""
+    jailer_uid: int = Field(65534, ge=1)
+    jailer_gid: int = Field(65534, ge=1)
+    vm_vcpus: int = Field(2, ge=1, le=32)
+    vm_mem_mib: int = Field(2048, ge=512)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -131,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'hearth.db'}"
+
+    @property
+    def images(self) -> Path:
+        return self.image_dir or self.data_dir / "image"
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hearth.config import Settings, load_settings
 from hearth.errors import ConfigError, HearthError
@@ -14,7 +15,7 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -24,7 +25,7 @@ def settings_or_exit(**overrides: Any) -> Settings:
     except ConfigError as exc:
         console.print("[bold red]configuration problems:[/]")
         for p in exc.problems:
-            console.print(f"  • {p}")
+            console.print(f"  • {escape(p)}")
         raise typer.Exit(2) from None
 
 

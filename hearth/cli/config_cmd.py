@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hearth.config import load_settings, origins
@@ -30,7 +31,7 @@ def check(
         else:
             Console(stderr=True).print("[bold red]configuration problems:[/]")
             for p in exc.problems:
-                Console(stderr=True).print(f"  • {p}")
+                Console(stderr=True).print(f"  • {escape(p)}")
         raise typer.Exit(2) from None
     rows = origins(settings, env_file=env_file)
     if as_json:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,13 +53,13 @@ async def run_demo(settings: Settings, api_key: str, duration: float | None, use
             t0 = time.monotonic()
             r = await http.post("/api/auth/start", json={"user_id": user})
             if r.status_code != 201:
-                out.print(f"[red]start failed:[/] HTTP {r.status_code} {r.text}")
+                out.print(f"[red]start failed:[/] HTTP {r.status_code} {escape(r.text)}")
                 return 1
             started = r.json()
             sid = started["session_id"]
             body = await _follow(http, sid, out, settings.ready_timeout + 15)
             if body["status"] != "ready":
-                out.print(f"[red]session {body['status']}:[/] {body.get('reason')}")
+                out.print(f"[red]session {body['status']}:[/] {escape(str(body.get('reason')))}")
                 return 1
             ws_url = (
                 base.replace("http", "ws", 1) + f"/api/auth/session/{sid}/novnc/websock?token={started['viewer_token']}"
@@ -90,7 +91,7 @@ async def run_demo(settings: Settings, api_key: str, duration: float | None, use
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
     except Exception as exc:
-        out.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}")
+        out.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}")
         code = 1
     finally:
         out.print("stopping: ending sessions, removing sandboxes…")

@@ -7,6 +7,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hearth.cli.common import fail, settings_or_exit
@@ -55,5 +56,5 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
         t.add_row("ports", ", ".join(f"{p['name']}({p['state']})" for p in st.ports) or "none")
         Console().print(t)
         for p in st.problems:
-            Console().print(f"[red]•[/] {p}")
+            Console().print(f"[red]•[/] {escape(p)}")
     raise typer.Exit(0 if st.ok else 1)

@@ -7,17 +7,20 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hearth import log
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
 from hearth.cli.fabric import fabric_app
+from hearth.cli.sandbox import sandbox_app
 
 app = typer.Typer(
     help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
 app.add_typer(fabric_app, name="fabric")
+app.add_typer(sandbox_app, name="sandbox")
 
 
 @app.command()
@@ -60,4 +63,4 @@ def drivers() -> None:
     out = Console()
     out.print(f"[green]selected:[/] {choice.driver.name}")
     for name, why in choice.skipped.items():
-        out.print(f"[yellow]skipped:[/] {name}: {why}")
+        out.print(f"[yellow]skipped:[/] {name}: {escape(why)}")

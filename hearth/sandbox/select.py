@@ -1,13 +1,15 @@
-"""Driver choice: `HEARTH_DRIVER=auto` picks the first driver that really works on this host, and says why the
-others were skipped."""
+"""Driver choice: `HEARTH_DRIVER=auto` picks the first driver that really works on this host — firecracker, then
+qemu with KVM, then netns — and says why the others were skipped (`hearth drivers`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hearth.config import Settings
-from hearth.errors import DriverError, Hop
+from hearth.errors import DriverError, HearthError, Hop
 from hearth.sandbox.base import Driver
+from hearth.sandbox.image import GuestImage
 
 
 @dataclass(frozen=True)
@@ -16,17 +18,66 @@ class Choice:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def choose_driver(settings: Settings) -> Choice:
+def vm_image(settings: Settings) -> GuestImage:
+    d = settings.images
+    initrd = d / "initrd.img"
+    return GuestImage(
+        kernel=d / "bzImage",
+        initrd=initrd if initrd.exists() else None,
+        rootfs=d / "rootfs.ext4",
+        vmlinux=d / "vmlinux",
+        rootfs_dir=d / "rootfs" if (d / "rootfs").is_dir() else None,
+    )
+
+
+def _firecracker(settings: Settings) -> Driver:
+    from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineShape
+
+    jailer = (
+        JailerConfig(binary=settings.jailer_bin, uid=settings.jailer_uid, gid=settings.jailer_gid)
+        if settings.jailer_bin
+        else None
+    )
+    drv = FirecrackerDriver(
+        settings,
+        vm_image(settings),
+        settings.firecracker_bin,
+        jailer,
+        machine=MachineShape(settings.vm_vcpus, settings.vm_mem_mib),
+    )
+    drv.preflight(fabric=False)
+    return drv
+
+
+def _qemu(settings: Settings) -> Driver:
+    try:
+        from hearth.sandbox.qemu.select import qemu_driver  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise DriverError(Hop.DRIVER, "the QEMU driver is not part of this build", "use HEARTH_DRIVER=netns") from None
+    drv: Driver = qemu_driver(settings, vm_image(settings), require_kvm=settings.driver == "auto")
+    return drv
+
+
+def _netns(settings: Settings) -> Driver:
     from hearth.sandbox.netns import NetnsDriver
 
+    return NetnsDriver(settings)
+
+
+BUILDERS: dict[str, Callable[[Settings], Driver]] = {"firecracker": _firecracker, "qemu": _qemu, "netns": _netns}
+
+
+def choose_driver(settings: Settings) -> Choice:
+    if settings.driver != "auto":
+        return Choice(BUILDERS[settings.driver](settings))
     skipped: dict[str, str] = {}
-    if settings.driver in ("auto", "netns"):
-        if settings.driver == "auto":
-            skipped["firecracker"] = "not available in this build yet"
-            skipped["qemu"] = "not available in this build yet"
-        return Choice(NetnsDriver(settings), skipped)
+    for name in ("firecracker", "qemu", "netns"):
+        try:
+            return Choice(BUILDERS[name](settings), skipped)
+        except HearthError as exc:
+            skipped[name] = exc.reason
     raise DriverError(
         Hop.DRIVER,
-        f"HEARTH_DRIVER={settings.driver} is not available in this build",
-        "set HEARTH_DRIVER=netns (or auto)",
+        "no sandbox driver works on this host: " + "; ".join(skipped.values()),
+        "run scripts/setup.sh (bubblewrap for netns)",
     )
