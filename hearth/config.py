@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     agent_port: int = 8080
     callback_port: int = Field(8700, ge=1, le=65535)  # agent → controller, on BRIDGE_IP inside the fabric only
     master_key: str = ""
+    fabric_open_ports: Annotated[tuple[int, ...], NoDecode] = ()  # extra TCP ports sandboxes may reach on BRIDGE_IP
     example_issuer: str = ""
     cli_idle_timeout: float = Field(900.0, gt=0)
     image_dir: Path | None = None  # default <data_dir>/image: vmlinux, bzImage, initrd.img, rootfs.ext4
@@ -119,9 +120,9 @@ class Settings(BaseSettings):
     vm_vcpus: int = Field(2, ge=1, le=32)
     vm_mem_mib: int = Field(2048, ge=512)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "fabric_open_ports", mode="before")
     @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value

@@ -13,21 +13,29 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
-from hearth.api import sessions
+from hearth.agentlink import callbacks as agent_callbacks
+from hearth.api import sessions, users
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import Health
+from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.errors import HearthError, PoolExhausted
 from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.providers.model import Provider
+from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import Driver
+from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.select import choose_driver
 from hearth.session.service import LimitExceeded, SessionNotFound, SessionService
+from hearth.session.signin import SignInFlow
 from hearth.session.states import IllegalTransition
 from hearth.store.db import Database
+from hearth.vault.keys import KeyRing
+from hearth.vault.store import Vault
 
 log = logging.getLogger("hearth.api")
 
@@ -42,6 +50,10 @@ class Controller:
     driver: Driver
     service: SessionService
     tokens: SignedTokens
+    vault: Vault
+    clis: CliSandboxes
+    providers: dict[str, Provider]
+    signin: SignInFlow
 
     async def close(self) -> None:
         await self.service.shutdown()
@@ -56,7 +68,12 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     key = (
         settings.token_secret.encode() if settings.token_secret else load_or_create_key(settings.data_dir / "token.key")
     )
-    return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key))
+    vault = Vault(db, KeyRing.load(settings.master_key, settings.data_dir / "vault.keys"))
+    # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
+    clis = CliSandboxes(settings, db, drv if isinstance(drv, NetnsDriver) else NetnsDriver(settings), service.ipam)
+    providers = load_providers()
+    signin = SignInFlow(service, vault, clis, providers)
+    return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
 
 
 async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
@@ -71,6 +88,7 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
                 await reconciler.run_once()
             await ctl.service.check_alive()
             await ctl.service.expire_due()
+            await ctl.clis.stop_idle()
         except Exception:
             log.exception("housekeeping pass failed")
         await asyncio.sleep(period)
@@ -83,6 +101,8 @@ def create_app(ctl: Controller) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctl.fabric.up()
+        callbacks, callbacks_task = await agent_callbacks.serve(settings, ctl.signin)
+        await ctl.clis.recover()
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         try:
             yield
@@ -91,6 +111,12 @@ def create_app(ctl: Controller) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await ctl.close()
+            for user in await ctl.clis.running_users():
+                with contextlib.suppress(Exception):
+                    await ctl.clis.stop(user)
+            callbacks.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(callbacks_task, 10)
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
@@ -126,7 +152,8 @@ def create_app(ctl: Controller) -> FastAPI:
         active = await ctl.service.list_active()
         return Health(ok=True, driver=ctl.driver.name, fabric=settings.fabric_netns, active_sessions=len(active))
 
-    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys))
+    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers))
+    app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
     app.include_router(viewer.make_router(ctl.service, ctl.tokens))
     app.mount("/static", StaticFiles(directory=viewer.STATIC, check_dir=False), name="static")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse, TokenRequest, TokenResponse
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope, TokenStore
+from hearth.providers.model import Provider
 from hearth.session.service import SessionService
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -24,7 +25,9 @@ def viewer_url(settings: Settings, request: Request, session_id: str, token: str
     return f"{base}/api/auth/session/{session_id}/novnc?token={quote(token)}"
 
 
-def make_router(settings: Settings, service: SessionService, tokens: TokenStore, keys: ApiKeys) -> APIRouter:
+def make_router(
+    settings: Settings, service: SessionService, tokens: TokenStore, keys: ApiKeys, providers: dict[str, Provider]
+) -> APIRouter:
     router = APIRouter(prefix="/api/auth", dependencies=[Depends(keys)], tags=["sessions"], responses=_ERRORS)
 
     @router.post(
@@ -34,7 +37,12 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore,
         responses={429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     )
     async def start(body: StartRequest, request: Request) -> StartResponse:
-        """Create a browser session; its sandbox boots in the background (poll or follow its status)."""
+        """Create a browser session; its sandbox boots in the background (poll or follow its status).
+
+        With a `provider`, the session runs that CLI's sign-in and delivers the credentials to the user's CLI
+        sandbox: ready → awaiting_user → credentials_captured → delivered → completed."""
+        if body.provider is not None and body.provider not in providers:
+            raise HTTPException(422, f"unknown provider {body.provider!r}; known: {', '.join(sorted(providers))}")
         view = await service.start(body.user_id, body.provider)
         token = tokens.issue(view.id, Scope.CONTROL, settings.token_ttl)
         return StartResponse(

@@ -107,3 +107,29 @@ def delete_link(handle: Any, ifname: str) -> None:
 
 def attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name) if hasattr(msg, "get_attr") else msg.get(name)
+
+
+@contextmanager
+def root(hop: Hop = Hop.FABRIC) -> Iterator[Any]:
+    """A pyroute2 handle in the caller's own (host) namespace; netlink errors become FabricError naming `hop`.
+
+    Call from a worker thread, like `ns`.
+    """
+    handle = IPRoute()
+    try:
+        yield handle
+    except NetlinkError as exc:
+        raise FabricError(hop, f"netlink error in the host namespace: {exc}", "see `hearth doctor`") from exc
+    finally:
+        handle.close()
+
+
+def link_kind(handle: Any, index: int) -> str | None:
+    """The link's kind ("bridge", "veth", "tun", …); None for kinds without link info (e.g. lo)."""
+    info = attr(handle.get_links(index)[0], "IFLA_LINKINFO")
+    return str(attr(info, "IFLA_INFO_KIND")) if info is not None and attr(info, "IFLA_INFO_KIND") else None
+
+
+def ipv4_addresses(handle: Any, index: int) -> list[str]:
+    """The link's IPv4 addresses as "ip/prefix"."""
+    return [f"{attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}" for a in handle.get_addr(index=index, family=socket.AF_INET)]

@@ -154,7 +154,7 @@ def ruleset(settings: Settings, table_exists: bool) -> dict[str, Any]:
                 "match": {
                     "op": "==",
                     "left": {"payload": {"protocol": "tcp", "field": "dport"}},
-                    "right": settings.callback_port,
+                    "right": {"set": sorted({settings.callback_port, *settings.fabric_open_ports})},
                 }
             },
             {"accept": None},

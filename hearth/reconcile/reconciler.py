@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
+from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
 from hearth.errors import Hop
 from hearth.fabric import netlink, ports
 from hearth.reconcile.inventory import scan
@@ -94,8 +95,8 @@ class Reconciler:
             leases = db.scalars(select(LeaseRow).where(LeaseRow.fabric == fabric))
             out = []
             for lease in leases:
-                if lease.session_id.startswith(QUARANTINE):
-                    continue
+                if lease.session_id.startswith((QUARANTINE, CLI_OWNER)):
+                    continue  # quarantine leases and running CLI sandboxes are not sessions
                 row = db.get(SessionRow, lease.session_id)
                 if row is None or row.status in ended:
                     out.append(lease.session_id)

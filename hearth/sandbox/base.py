@@ -27,6 +27,8 @@ class SandboxSpec:
     chromium: bool = True
     rfb_port: int = 5900
     agent_port: int = 8080
+    desktop: bool = True  # False: a CLI sandbox (agent only, no display)
+    home: Path | None = None  # persistent home kept across destroy (CLI sandboxes); None: inside workdir
 
 
 @dataclass

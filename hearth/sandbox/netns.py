@@ -80,7 +80,7 @@ class NetnsDriver(Driver):
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
-            "--bind", str(wd / "home"), GUEST_HOME,
+            "--bind", str(spec.home or wd / "home"), GUEST_HOME,
             "--ro-bind", str(wd / "run"), "/run/hearth",
             "--ro-bind", str(guest), "/opt/hearth",
             "--setenv", "HOME", GUEST_HOME, "--setenv", "PYTHONPATH", "/opt/hearth", "--setenv", "USER", "hearth",
@@ -131,8 +131,8 @@ class NetnsDriver(Driver):
                 )
         (spec.workdir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(spec.workdir, 0o711)
-        home = spec.workdir / "home"
-        home.mkdir(mode=0o700, exist_ok=True)
+        home = spec.home or spec.workdir / "home"
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chown(home, uid, gid)
         run = spec.workdir / "run"
         run.mkdir(mode=0o700, exist_ok=True)
@@ -140,7 +140,7 @@ class NetnsDriver(Driver):
         cfg = {
             "ip": str(spec.slot.ip), "agent_port": spec.agent_port, "rfb_port": spec.rfb_port, "screen": spec.screen,
             "start_url": spec.start_url, "chromium": spec.chromium, "secret": spec.secret,
-            "session_id": spec.session_id,
+            "session_id": spec.session_id, "desktop": spec.desktop,
             "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
         }  # fmt: skip
         path = run / "agent.json"

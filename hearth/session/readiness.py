@@ -8,11 +8,11 @@ whose check never passed and the last thing observed.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from hearth.agentlink.client import http_json
 from hearth.errors import Hop, NotReady
 from hearth.fabric.dial import open_connection
 from hearth.rfb.client import RfbError, ServerInit, handshake
@@ -29,19 +29,8 @@ class Target:
 
 
 async def http_get_json(netns: str | None, ip: str, port: int, path: str, timeout: float) -> tuple[int, Any]:
-    """A minimal HTTP/1.0 GET from inside `netns`; returns (status, parsed JSON body)."""
-    reader, writer = await open_connection(netns, ip, port, timeout)
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.0\r\nHost: {ip}\r\nAccept: application/json\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(-1), timeout)  # HTTP/1.0: the agent closes after the body
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
-    return status, json.loads(body) if body else None
+    """GET `path` from inside `netns`; returns (status, parsed JSON body)."""
+    return await http_json(netns, ip, port, "GET", path, timeout)
 
 
 async def rfb_handshake(netns: str | None, ip: str, port: int, timeout: float) -> ServerInit:

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,6 +95,8 @@ class SessionService:
         self._secrets: dict[str, str] = {}
         self._closing = False
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
+        self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
         # Set by the app when `hearth doctor` is available: walks the session's path, returns the first failure.
@@ -133,6 +135,28 @@ class SessionService:
         """Whether this controller is booting that session right now."""
         task = self._boots.get(session_id)
         return task is not None and not task.done()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task the service keeps a reference to until it finishes."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def secret_of(self, session_id: str) -> str | None:
+        """The agent secret of a live sandbox of this controller (None when unknown or ended)."""
+        return self._secrets.get(session_id)
+
+    async def advance(self, session_id: str, target: Status, detail: str | None = None) -> SessionView:
+        """A non-terminal step of the flow (e.g. ready → awaiting_user); illegal steps raise IllegalTransition."""
+        return await self._transition(session_id, target, detail, None)
+
+    async def note(self, session_id: str, name: str, detail: str | None = None) -> None:
+        """Add a timeline entry (no state change)."""
+        await self.db.run(
+            lambda db: db.add(EventRow(session_id=session_id, kind="note", name=name[:64], detail=detail))
+        )
+        self.changes.notify(session_id)
 
     def forget(self, session_id: str) -> None:
         self._secrets.pop(session_id, None)
@@ -364,6 +388,9 @@ class SessionService:
                     await self._record(sid, timings=timings)
                     await self._transition(sid, Status.READY, None, None, timings)
                     self.metrics.create_to_ready.observe(timings["rfb"])
+                    ready_view = await self.get(sid)
+                    for callback in self.on_ready:
+                        self.spawn(callback(ready_view), f"on-ready-{sid}")
                     for stage, at in timings.items():
                         self.metrics.stage.labels(stage).observe(at)
                     log.info("session ready", extra={"timings": timings})
@@ -426,6 +453,8 @@ class SessionService:
             row.hop = hop.value if hop else None
             if target is Status.READY:
                 row.last_seen_at = utcnow()
+            if not target.terminal:
+                row.reason = None if target is Status.READY else row.reason
             for stage, at in (timings or {}).items():
                 db.add(EventRow(session_id=sid, kind="stage", name=stage, detail=f"{at:.3f}s"))
             db.add(EventRow(session_id=sid, kind="state", name=target.value, detail=reason))

@@ -85,3 +85,19 @@ class CredentialRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CliSandboxRow(Base):
+    """The user's persistent CLI sandbox: its home survives stops; it runs only while in use."""
+
+    __tablename__ = "cli_sandboxes"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(64), unique=True)  # lease owner while running: "cli-<hex>"
+    state: Mapped[str] = mapped_column(String(16), default="stopped")  # running | stopped
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sandbox_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    home: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,1 @@
+"""The user's persistent CLI sandbox, where delivered credentials are installed (through its agent)."""

@@ -1,0 +1,217 @@
+"""One persistent CLI sandbox per user: created on demand, stopped when idle (its home is kept), resumed on use.
+
+Credentials are installed through the sandbox's own agent (`POST /v1/files`, mode 0600) — never by mounting its
+disk from the host. Runs with the namespace driver and a persistent home directory; the lease owner is
+`cli-<hex>`, so the reconciler recognises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as Db
+
+from hearth.agentlink.client import AgentClient
+from hearth.config import Settings
+from hearth.errors import DriverError, HearthError, Hop
+from hearth.fabric.ipam import Ipam
+from hearth.sandbox.base import Driver, SandboxSpec
+from hearth.session import readiness
+from hearth.store.db import Database
+from hearth.store.models import CliSandboxRow, utcnow
+from hearth.vault.store import CredentialFile
+
+log = logging.getLogger("hearth.clisandbox")
+OWNER_PREFIX = "cli-"
+
+
+@dataclass(frozen=True)
+class CliView:
+    user_id: str
+    state: str
+    sandbox_ip: str | None
+    created_at: datetime
+    last_used_at: datetime
+
+
+def _view(r: CliSandboxRow) -> CliView:
+    return CliView(r.user_id, r.state, r.sandbox_ip if r.state == "running" else None, r.created_at, r.last_used_at)
+
+
+class CliSandboxes:
+    def __init__(self, settings: Settings, db: Database, driver: Driver, ipam: Ipam) -> None:
+        self.s = settings
+        self.db = db
+        self.driver = driver
+        self.ipam = ipam
+        self._secrets: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def home_of(self, user_id: str) -> Path:
+        return self.s.data_dir / "users" / hashlib.sha256(user_id.encode()).hexdigest()[:24] / "home"
+
+    def _lock(self, user_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(user_id, asyncio.Lock())
+
+    def _spec(self, row: CliSandboxRow) -> SandboxSpec:
+        assert row.slot is not None
+        slot = self.ipam.slot(row.slot)
+        return SandboxSpec(
+            session_id=row.owner_id,
+            slot=slot,
+            workdir=self.s.data_dir / "sandboxes" / slot.netns,
+            secret=self._secrets.setdefault(row.owner_id, secrets.token_urlsafe(32)),
+            chromium=False,
+            desktop=False,
+            agent_port=self.s.agent_port,
+            home=Path(row.home),
+        )
+
+    async def get(self, user_id: str) -> CliView | None:
+        row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+        return _view(row) if row else None
+
+    async def ensure(self, user_id: str) -> CliSandboxRow:
+        """The user's CLI sandbox, running (created or resumed as needed)."""
+        async with self._lock(user_id):
+
+            def load(db: Db) -> CliSandboxRow:
+                row = db.get(CliSandboxRow, user_id)
+                if row is None:
+                    row = CliSandboxRow(
+                        user_id=user_id,
+                        owner_id=OWNER_PREFIX + secrets.token_hex(8),
+                        state="stopped",
+                        home=str(self.home_of(user_id)),
+                    )
+                    db.add(row)
+                    db.flush()
+                return row
+
+            row = await self.db.run(load)
+            if row.state == "running" and row.slot is not None and await self.driver.alive(self._spec(row)):
+                await self._touch(user_id)
+                return row
+            lease = await self.ipam.acquire(row.owner_id)
+            row.slot, row.sandbox_ip = lease.slot.index, str(lease.slot.ip)
+            spec = self._spec(row)
+            try:
+                info = await self.driver.start(spec, lambda _stage: None)
+                target = readiness.Target(self.s.fabric_netns, str(lease.slot.ip), self.s.rfb_port, self.s.agent_port)
+                await _wait_agent(target, time.monotonic() + self.s.ready_timeout)
+            except BaseException:
+                await self.driver.destroy(spec)
+                await self.ipam.release(row.owner_id)
+                raise
+
+            def save(db: Db) -> CliSandboxRow:
+                r = db.get(CliSandboxRow, user_id)
+                assert r is not None
+                r.state, r.slot, r.sandbox_ip = "running", spec.slot.index, str(spec.slot.ip)
+                r.pid, r.last_used_at = info.pid, utcnow()
+                return r
+
+            log.info("CLI sandbox started", extra={"user": user_id})
+            return await self.db.run(save)
+
+    async def deliver(self, user_id: str, files: list[CredentialFile]) -> list[str]:
+        """Install `files` in the user's CLI sandbox through its agent; returns the installed targets."""
+        row = await self.ensure(user_id)
+        spec = self._spec(row)
+        client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        body = {
+            "files": [{"target": f.path, "mode": f.mode, "data_b64": base64.b64encode(f.data).decode()} for f in files]
+        }
+        out = await client.call("POST", "/v1/files", body)
+        await self._touch(user_id)
+        installed = out.get("installed") if isinstance(out, dict) else None
+        if not isinstance(installed, list):
+            raise HearthError(Hop.AGENT, "CLI sandbox agent did not confirm the installed files", "see its agent log")
+        return [str(t) for t in installed]
+
+    async def stop(self, user_id: str) -> None:
+        """Stop the processes and free the address; the home directory stays."""
+        async with self._lock(user_id):
+            row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+            if row is None or row.state != "running" or row.slot is None:
+                return
+            await self.driver.destroy(self._spec(row))
+            await self.ipam.release(row.owner_id)
+            self._secrets.pop(row.owner_id, None)
+
+            def mark(db: Db) -> None:
+                r = db.get(CliSandboxRow, user_id)
+                if r is not None:
+                    r.state, r.pid, r.sandbox_ip = "stopped", None, None
+
+            await self.db.run(mark)
+
+    async def delete(self, user_id: str) -> bool:
+        """Stop it and remove its home for good."""
+        await self.stop(user_id)
+        row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+        if row is None:
+            return False
+        await asyncio.to_thread(shutil.rmtree, Path(row.home).parent, True)
+        await self.db.run(lambda db: db.delete(db.get(CliSandboxRow, user_id)))
+        return True
+
+    async def stop_idle(self) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.s.cli_idle_timeout)
+        rows = await self.db.run(
+            lambda db: list(db.scalars(select(CliSandboxRow).where(CliSandboxRow.state == "running")))
+        )
+        n = 0
+        for r in rows:
+            last = r.last_used_at if r.last_used_at.tzinfo else r.last_used_at.replace(tzinfo=UTC)
+            if last < cutoff:
+                await self.stop(r.user_id)
+                n += 1
+        return n
+
+    async def recover(self) -> None:
+        """After a controller restart the agents' secrets are gone: stop what still runs (homes are kept)."""
+        rows = await self.db.run(
+            lambda db: list(db.scalars(select(CliSandboxRow).where(CliSandboxRow.state == "running")))
+        )
+        for r in rows:
+            try:
+                await self.stop(r.user_id)
+            except HearthError:
+                log.exception("stopping a CLI sandbox after restart failed", extra={"user": r.user_id})
+
+    async def running_users(self) -> list[str]:
+        return await self.db.run(
+            lambda db: list(db.scalars(select(CliSandboxRow.user_id).where(CliSandboxRow.state == "running")))
+        )
+
+    async def _touch(self, user_id: str) -> None:
+        def touch(db: Db) -> None:
+            r = db.get(CliSandboxRow, user_id)
+            if r is not None:
+                r.last_used_at = utcnow()
+
+        await self.db.run(touch)
+
+
+async def _wait_agent(t: readiness.Target, deadline: float) -> None:
+    while True:
+        try:
+            status, _ = await readiness.http_get_json(t.netns, t.ip, t.agent_port, "/health", 2)
+            if status == 200:
+                return
+        except (OSError, TimeoutError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise DriverError(Hop.AGENT, f"CLI sandbox agent at {t.ip} did not answer", "see its agent log")
+        await asyncio.sleep(0.05)
