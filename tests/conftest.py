@@ -81,7 +81,6 @@ async def running_controller(settings: Settings) -> AsyncIterator[Running]:
 
     ctl = build(settings)
     srv = server(settings, create_app(ctl))
-    srv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(srv.serve())
     try:
         for _ in range(600):
