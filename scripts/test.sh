@@ -1,18 +1,39 @@
 #!/usr/bin/env bash
-# The test command: lint, format check, strict typing, then the whole test suite (root tests included when root).
+# The test command: lint, format check, strict typing, then the whole test suite (the root/netns tests too when root).
+# Every step runs even if an earlier one fails; the exit status is non-zero if any failed. Extra args go to pytest.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 V=.venv/bin
-status=0
-run() { printf '\n== %s\n' "$*"; "$@" || status=1; }
+[ -x "$V/python" ] || {
+  echo "test.sh: no .venv here; run scripts/setup.sh first" >&2
+  exit 1
+}
+PATHS=(hearth hearth_agent hearth_example tests bench)
+failed=()
+run() {
+  local name=$1
+  shift
+  printf '\n== %s\n' "$name"
+  "$@" || failed+=("$name")
+}
 
-run "$V/ruff" check hearth hearth_agent hearth_example tests bench
-run "$V/ruff" format --check hearth hearth_agent hearth_example tests bench
-run "$V/mypy"
+run "ruff check" "$V/ruff" check "${PATHS[@]}"
+run "ruff format" "$V/ruff" format --check "${PATHS[@]}"
+run "mypy" "$V/mypy"
+
 printf '\n== pytest\n'
 "$V/python" -m pytest -q -ra "$@"
 rc=$?
-if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; rc=1; fi
-[ $rc -eq 0 ] || status=1
-if [ $status -eq 0 ]; then echo "test.sh: all checks passed"; else echo "test.sh: FAILED" >&2; fi
-exit $status
+if [ $rc -eq 5 ]; then
+  echo "test.sh: pytest collected no tests; that counts as a failure" >&2
+fi
+[ $rc -eq 0 ] || failed+=("pytest (exit $rc)")
+
+echo
+if ((${#failed[@]} == 0)); then
+  echo "test.sh: all checks passed (ruff check, ruff format, mypy, pytest)"
+  exit 0
+fi
+IFS=,
+echo "test.sh: FAILED: ${failed[*]}" >&2
+exit 1
