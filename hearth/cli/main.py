@@ -14,6 +14,7 @@ from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
 from hearth.cli.fabric import fabric_app
 from hearth.cli.sandbox import sandbox_app
+from hearth.cli.vault import vault_app
 
 app = typer.Typer(
     help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(fabric_app, name="fabric")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(vault_app, name="vault")
 
 
 @app.command()
