@@ -1,4 +1,5 @@
-"""hearth guest agent (stdlib only): starts and supervises the desktop, serves /health, runs sign-in flows.
+"""hearth guest agent (stdlib only): starts and supervises the desktop, serves /health and a small authenticated API.
 
-Runs identically in a namespace sandbox (under bubblewrap) and inside VM images (under Debian's python3).
+Runs identically in a namespace sandbox (under bubblewrap) and inside VM images (under Debian's /usr/bin/python3).
+Modules: `config` (the JSON config), `supervisor` (Xvfb → openbox → x11vnc → chromium, restarts), `server` (HTTP).
 """

@@ -1,4 +1,7 @@
-"""`python3 -m hearth_agent --config /run/hearth/agent.json`"""
+"""`python3 -m hearth_agent --config /run/hearth/agent.json`
+
+Logs JSON lines to stderr (never the secret). SIGTERM/SIGINT: stop every child (TERM, KILL after 3 s), then exit.
+"""
 
 from __future__ import annotations
 
@@ -6,70 +9,102 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 import threading
 import time
+from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
-from hearth_agent.server import AgentServer
-from hearth_agent.supervisor import Supervisor, install_signals, load_config
+from hearth_agent.config import AgentConfig, ConfigError, load_config
+from hearth_agent.server import AgentServer, HttpError
+from hearth_agent.supervisor import Supervisor, Unavailable
+
+log = logging.getLogger("hearth_agent")
+EXTENSIONS = ("hearth_agent.signin",)  # optional modules with `register(server, supervisor, config)`
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": round(time.time(), 3),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        for k in ("service", "pid", "code", "error", "provider", "event"):
-            if hasattr(record, k):
-                body[k] = getattr(record, k)
-        return json.dumps(body)
+        body: dict[str, Any] = {"ts": round(time.time(), 3), "level": record.levelname.lower()}
+        body["msg"] = record.getMessage()
+        body.update({k: v for k, v in vars(record).items() if k not in _STD and not k.startswith("_")})
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="hearth_agent")
-    ap.add_argument("--config", required=True)
-    args = ap.parse_args()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    log = logging.getLogger("hearth_agent")
-    cfg = load_config(args.config)
-    sup = Supervisor(cfg)
-    server = AgentServer((cfg["ip"], int(cfg.get("agent_port", 8080))), cfg["secret"], sup.health)
-    register = _routes(sup, server, cfg)
-    register()
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    install_signals(sup, server.shutdown)
-    log.info("agent started")
-    try:
-        sup.run()
-    except Exception as exc:
-        log.error("supervisor failed", extra={"error": str(exc)})
-        sup.stop()
-        return 1
-    return 0
-
-
-def _routes(sup: Supervisor, server: AgentServer, cfg: dict[str, Any]) -> Any:
+def open_url_route(sup: Supervisor) -> Any:
     def open_url(body: dict[str, Any]) -> tuple[int, Any]:
-        url = str(body["url"])
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("only http(s) URLs can be opened")
-        sup.open_url(url)
+        url = body.get("url")
+        if not isinstance(url, str) or len(url) > 8192:
+            raise HttpError(400, "url must be a string")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise HttpError(400, "only absolute http(s) URLs can be opened")
+        try:
+            sup.open_url(url)
+        except Unavailable as exc:
+            raise HttpError(409, str(exc)) from None
         return 200, {"opened": True}
 
-    def register() -> None:
-        server.route("POST", "/v1/open-url", open_url)
-        try:
-            signin = importlib.import_module("hearth_agent.signin")
-        except ImportError:
-            return
-        signin.register(server, sup, cfg)
+    return open_url
 
-    return register
+
+def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
+    server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
+    server.route("POST", "/v1/open-url", open_url_route(sup))
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                log.error("extension failed to import", extra={"extension": name, "error": str(exc)})
+            continue
+        module.register(server, sup, cfg)
+        log.info("extension registered", extra={"extension": name})
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hearth_agent")
+    ap.add_argument("--config", required=True, help="path of the agent's JSON config")
+    args = ap.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        log.error(str(exc))
+        return 2
+    sup = Supervisor(cfg)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        sup.request_stop(signal.Signals(signum).name)  # only sets an event: nothing that could deadlock here
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = build_server(cfg, sup)
+    except OSError as exc:
+        log.error("cannot listen", extra={"ip": cfg.ip, "port": cfg.agent_port, "error": str(exc)})
+        return 3
+    http = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+    http.start()
+    log.info("agent listening", extra={"ip": cfg.ip, "port": cfg.agent_port, "desktop": cfg.desktop})
+    try:
+        sup.run()
+    except Exception:
+        log.exception("supervisor failed")
+        return 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    log.info("agent stopped")
+    return 0
 
 
 if __name__ == "__main__":

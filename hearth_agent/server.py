@@ -1,6 +1,8 @@
 """The agent's HTTP API on <sandbox ip>:<agent port>.
 
-`GET /health` is open (it holds no secrets); everything else needs `Authorization: Bearer <per-sandbox secret>`.
+`GET /health` is open (it holds no secrets); every other request needs `Authorization: Bearer <per-sandbox secret>`
+(compared in constant time) — an unauthenticated caller learns nothing, not even which routes exist.
+Extensions add routes with `AgentServer.route`; a route returns (status, JSON body) or raises `HttpError`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ from typing import Any
 
 log = logging.getLogger("hearth_agent")
 MAX_BODY = 1 << 20
+IO_TIMEOUT = 10.0  # per socket operation: a stalled client never holds a thread for long
 
 Route = Callable[[dict[str, Any]], tuple[int, Any]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -23,59 +33,81 @@ class AgentServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr: tuple[str, int], secret: str, health: Callable[[], dict[str, Any]]) -> None:
-        super().__init__(addr, Handler)
-        self.secret = secret
+        if not secret:
+            raise ValueError("the agent needs a secret")
+        self._secret = secret.encode()
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
+        super().__init__(addr, Handler)
 
     def route(self, method: str, path: str, fn: Route) -> None:
-        self.routes[(method, path)] = fn
+        self.routes[(method.upper(), path)] = fn
+
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, value = (header or "").partition(" ")
+        ok = hmac.compare_digest(value.strip().encode(errors="replace"), self._secret)
+        return scheme.lower() == "bearer" and ok
 
 
 class Handler(BaseHTTPRequestHandler):
     server: AgentServer
     protocol_version = "HTTP/1.1"
+    timeout = IO_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
-        return
+        return  # requests are logged by _handle, without headers
 
     def _reply(self, code: int, body: Any) -> None:
         raw = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
+        self.send_header("Cache-Control", "no-store")
+        if code >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(raw)
 
-    def _authorized(self) -> bool:
-        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.server.secret.encode())
+    def _body(self) -> dict[str, Any]:
+        raw_length = self.headers.get("Content-Length") or "0"
+        if not raw_length.isdigit():
+            raise HttpError(400, "invalid Content-Length")
+        length = int(raw_length)
+        if length > MAX_BODY:
+            raise HttpError(413, "body too large")
+        if not length:
+            return {}
+        try:
+            body = json.loads(self.rfile.read(length))
+        except ValueError as exc:
+            raise HttpError(400, f"invalid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return body
 
     def _handle(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         if method == "GET" and path == "/health":
-            return self._reply(200, self.server.health())
-        if not self._authorized():
-            return self._reply(401, {"error": "missing or wrong agent secret"})
+            self._reply(200, self.server.health())
+            return
+        if not self.server.authorized(self.headers.get("Authorization")):
+            log.warning("request refused: missing or wrong secret", extra={"method": method, "path": path})
+            self._reply(401, {"error": "missing or wrong agent secret"})
+            return
         fn = self.server.routes.get((method, path))
-        if fn is None:
-            return self._reply(404, {"error": f"no route {method} {path}"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._reply(413, {"error": "body too large"})
         try:
-            body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-        except ValueError as exc:
-            return self._reply(400, {"error": f"invalid JSON: {exc}"})
-        try:
-            code, out = fn(body)
+            if fn is None:
+                raise HttpError(404, f"no route {method} {path}")
+            code, out = fn(self._body())
+        except HttpError as exc:
+            code, out = exc.status, {"error": exc.message}
         except (KeyError, ValueError, TypeError) as exc:
             code, out = 400, {"error": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:
-            log.exception("route failed")
-            code, out = 500, {"error": f"{type(exc).__name__}"}
+            log.exception("route failed", extra={"method": method, "path": path})
+            code, out = 500, {"error": type(exc).__name__}
+        log.info("request", extra={"method": method, "path": path, "status": code})
         self._reply(code, out)
 
     def do_GET(self) -> None:
@@ -83,3 +115,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")

@@ -1,16 +1,18 @@
 """Start the desktop services in order and keep them running.
 
-Xvfb (ready when it writes its display number to -displayfd) → openbox → x11vnc (ready when its port accepts) →
-chromium. A service that dies is restarted with back-off; when Xvfb restarts, everything drawn on it restarts too.
+Xvfb (ready when it writes its display number to -displayfd) → openbox → x11vnc (ready when its port accepts a
+TCP connection) → chromium. A service that dies is restarted with back-off (0.25 s doubling to 5 s while it keeps
+dying within 10 s of its start); when Xvfb restarts, everything drawn on it is restarted too.
+
+One thread (the one calling `run`) owns every child process; HTTP threads only read snapshots under the lock and
+queue short-lived helpers (`open_url`), which the same thread reaps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
-import signal
 import socket
 import subprocess
 import threading
@@ -18,9 +20,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hearth_agent.config import AgentConfig
+
 log = logging.getLogger("hearth_agent")
 
-CHROMIUM_FLAGS = [
+ORDER = ("xvfb", "openbox", "x11vnc", "chromium")
+MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.25, 5.0, 10.0
+READY_TIMEOUT = 15.0  # Xvfb display number / x11vnc port
+STOP_GRACE = 3.0  # TERM, then KILL
+HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
+TICK = 0.1
+
+CHROMIUM_FLAGS = (
     "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
@@ -32,8 +43,13 @@ CHROMIUM_FLAGS = [
     "--disable-features=Translate,MediaRouter",
     "--password-store=basic",
     "--noerrdialogs",
+    "--hide-crash-restore-bubble",
     "--start-maximized",
-]
+)
+
+
+class Unavailable(RuntimeError):
+    """The service an action needs is not running (HTTP 409)."""
 
 
 @dataclass
@@ -42,8 +58,12 @@ class Service:
     state: str = "stopped"  # stopped | starting | running | failed
     pid: int | None = None
     restarts: int = 0
-    ready_at: float | None = None
+    ready_at: float | None = None  # monotonic
     last_exit: int | None = None
+    attempted: bool = False  # a later start is a restart
+    started_at: float = 0.0
+    backoff: float = 0.0
+    next_try: float = 0.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def snapshot(self, t0: float) -> dict[str, Any]:
@@ -57,94 +77,138 @@ class Service:
 
 
 class Supervisor:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: AgentConfig, home: str | None = None) -> None:
         self.cfg = config
         self.t0 = time.monotonic()
+        self.home = home or os.environ.get("HOME") or "/tmp"
         self.display = ""
-        self.services = {n: Service(n) for n in ("xvfb", "openbox", "x11vnc", "chromium")}
-        if not config.get("chromium", True):
-            del self.services["chromium"]
+        names = ORDER if config.desktop else ()
+        self.services = {n: Service(n) for n in names if n != "chromium" or config.chromium}
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self.home = os.environ.get("HOME", "/tmp")
+        self._stop_reason = ""
+        self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def run(self) -> None:
-        """Start everything in order, then keep it running until stopped. A service that fails to start or dies is
-        retried with back-off (0.2 s doubling to 5 s); when Xvfb goes, everything drawn on it is restarted."""
-        backoff = {name: 0.2 for name in self.services}
-        next_try = {name: 0.0 for name in self.services}
-        started = set()
-        while not self._stop.is_set():
-            for svc in self.services.values():  # reap
-                if svc.proc is not None and svc.proc.poll() is not None:
-                    code = svc.proc.returncode
-                    with self._lock:
-                        svc.last_exit, svc.state, svc.pid, svc.proc = code, "failed", None, None
-                    log.warning("service exited", extra={"service": svc.name, "code": code})
-                    if svc.name == "xvfb":
-                        self._stop_services([n for n in self.services if n != "xvfb"])
-            now = time.monotonic()
-            for name, svc in self.services.items():  # (re)start in order
-                if svc.proc is not None:
-                    continue
-                if name != "xvfb" and self.services["xvfb"].state != "running":
-                    break
-                if now < next_try[name]:
-                    break
-                try:
-                    self._start(name, restart=name in started)
-                    started.add(name)
-                    backoff[name] = 0.2
-                except Exception as exc:
-                    with self._lock:
-                        svc.state = "failed"
-                        if name in started:
-                            svc.restarts += 0
-                    log.error("service failed to start", extra={"service": name, "error": str(exc)})
-                    next_try[name] = now + backoff[name]
-                    backoff[name] = min(backoff[name] * 2, 5.0)
-                    break
-            self._stop.wait(0.2)
+        """Start everything in order and keep it running until `request_stop`; then stop every child."""
+        try:
+            while not self._stop.is_set():
+                self._reap(time.monotonic())
+                self._start_due()
+                self._stop.wait(TICK)
+        finally:
+            log.info("stopping", extra={"reason": self._stop_reason or "supervisor loop ended"})
+            self._shutdown()
 
-    def stop(self) -> None:
+    def request_stop(self, reason: str = "") -> None:
+        """Ask `run` to stop the children and return (safe from signal handlers and other threads)."""
+        self._stop_reason = self._stop_reason or reason
         self._stop.set()
-        self._stop_services(list(reversed(self.services)))
 
-    def _stop_services(self, names: list[str]) -> None:
-        procs = []
-        for name in names:
-            svc = self.services.get(name)
-            if svc and svc.proc and svc.proc.poll() is None:
-                svc.proc.terminate()
-                procs.append(svc)
-        deadline = time.monotonic() + 3
-        for svc in procs:
-            assert svc.proc is not None
-            try:
-                svc.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                svc.proc.kill()
-                svc.proc.wait(3)
-            with self._lock:
-                svc.state, svc.pid, svc.proc = "stopped", None, None
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
-    # ---- services -----------------------------------------------------------------------------
-    def _start(self, name: str, restart: bool = False) -> None:
-        svc = self.services[name]
+    def _reap(self, now: float) -> None:
+        for svc in self.services.values():
+            if svc.proc is None or svc.proc.poll() is None:
+                continue
+            self._exited(svc, svc.proc.returncode, now)
+            if svc.name == "xvfb":  # everything drawn on the display restarts with it
+                for dep in self.services.values():
+                    if dep is not svc and dep.proc is not None:
+                        self._stop_procs([dep])
+                        log.info("service stopped: display restarting", extra={"service": dep.name})
+        with self._lock:
+            keep = []
+            for proc, since in self._helpers:
+                if proc.poll() is not None:
+                    continue
+                if now - since > HELPER_TTL:
+                    proc.kill()
+                    _wait(proc, 1.0)
+                    continue
+                keep.append((proc, since))
+            self._helpers = keep
+
+    def _exited(self, svc: Service, code: int, now: float) -> None:
+        up = now - svc.started_at
+        with self._lock:
+            svc.backoff = MIN_BACKOFF if up >= STABLE_AFTER else min(max(svc.backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
+            svc.next_try = now + svc.backoff
+            svc.state, svc.pid, svc.proc, svc.last_exit = "failed", None, None, code
+        log.warning("service exited", extra={"service": svc.name, "code": code, "retry_in": svc.backoff})
+
+    def _start_due(self) -> None:
+        for name, svc in self.services.items():
+            if self._stop.is_set():
+                return
+            if svc.proc is not None or time.monotonic() < svc.next_try:
+                continue
+            if name != "xvfb" and self.services["xvfb"].state != "running":
+                continue
+            self._start(svc)
+
+    def _start(self, svc: Service) -> None:
         with self._lock:
             svc.state = "starting"
-            if restart:
+            if svc.attempted:
                 svc.restarts += 1
-        getattr(self, f"_start_{name}")(svc)
+            svc.attempted = True
+            svc.started_at = time.monotonic()
+        try:
+            getattr(self, f"_start_{svc.name}")(svc)
+        except Exception as exc:
+            if svc.proc is not None and svc.proc.poll() is None:
+                svc.proc.kill()
+                _wait(svc.proc, 2.0)
+            now = time.monotonic()
+            with self._lock:
+                svc.backoff = min(max(svc.backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
+                svc.next_try = now + svc.backoff
+                svc.state, svc.pid, svc.proc = "failed", None, None
+            log.error("service failed to start", extra={"service": svc.name, "error": str(exc)})
+            return
         with self._lock:
             svc.state = "running"
             svc.ready_at = time.monotonic()
-        log.info("service ready", extra={"service": name, "pid": svc.pid})
+        log.info("service ready", extra={"service": svc.name, "pid": svc.pid, "restarts": svc.restarts})
 
-    def _spawn(self, svc: Service, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "DISPLAY": self.display} if self.display else dict(os.environ)
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, **kw)
+    def _shutdown(self) -> None:
+        with self._lock:
+            helpers = [p for p, _ in self._helpers]
+            self._helpers = []
+        self._stop_procs([*reversed(self.services.values())], helpers)
+        log.info("all services stopped")
+
+    def _stop_procs(self, services: list[Service], extra: list[subprocess.Popen[bytes]] | None = None) -> None:
+        """TERM, wait up to STOP_GRACE, KILL; mark the services stopped."""
+        procs = [s.proc for s in services if s.proc is not None] + (extra or [])
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            if not _wait(proc, max(0.0, deadline - time.monotonic())):
+                proc.kill()
+                _wait(proc, 2.0)
+        with self._lock:
+            for svc in services:
+                if svc.proc is not None:
+                    svc.last_exit = svc.proc.returncode
+                svc.state, svc.pid, svc.proc = "stopped", None, None
+
+    # ---- services -----------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.display:
+            env["DISPLAY"] = self.display
+        return env
+
+    def _spawn(self, svc: Service, argv: list[str], quiet: bool, **kw: Any) -> subprocess.Popen[bytes]:
+        out = subprocess.DEVNULL if quiet else None
+        proc = subprocess.Popen(argv, env=self._env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out, **kw)
         with self._lock:
             svc.proc, svc.pid = proc, proc.pid
         return proc
@@ -153,134 +217,88 @@ class Supervisor:
         os.makedirs("/tmp/.X11-unix", mode=0o1777, exist_ok=True)
         r, w = os.pipe()
         try:
-            proc = self._spawn(
-                svc,
-                [
-                    "Xvfb",
-                    "-displayfd",
-                    str(w),
-                    "-screen",
-                    "0",
-                    self.cfg.get("screen", "1280x800x24"),
-                    "-nolisten",
-                    "tcp",
-                    "-dpi",
-                    "96",
-                    "+extension",
-                    "RANDR",
-                ],
-                pass_fds=(w,),
-                stdout=subprocess.DEVNULL,
-            )
+            argv = ["Xvfb", "-displayfd", str(w), "-screen", "0", self.cfg.screen, "-nolisten", "tcp", "-noreset"]
+            proc = self._spawn(svc, [*argv, "-dpi", "96", "+extension", "RANDR"], quiet=False, pass_fds=(w,))
         finally:
             os.close(w)
         data = b""
-        deadline = time.monotonic() + 15
-        try:  # read up to the newline: closing early makes Xvfb's second write fail ("Cannot write display")
-            while not data.endswith(b"\n") and time.monotonic() < deadline:
-                ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-                chunk = os.read(r, 64) if ready else b""
-                if not chunk:
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:  # read up to the newline: closing early makes Xvfb's write fail ("Cannot write display")
+            while not data.endswith(b"\n") and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                data += chunk
+                ready, _, _ = select.select([r], [], [], min(left, TICK))
+                if ready:
+                    chunk = os.read(r, 64)
+                    if not chunk:  # Xvfb exited (its end of the pipe closed)
+                        break
+                    data += chunk
         finally:
             os.close(r)
-        if not data.strip():
-            proc.kill()
-            proc.wait(3)
-            raise RuntimeError("Xvfb did not report a display within 15 s")
-        self.display = ":" + data.decode().strip()
+        number = data.strip().decode(errors="replace")
+        if not number.isdigit():
+            code = proc.poll()
+            why = f"exited with {code}" if code is not None else f"reported no display within {READY_TIMEOUT:.0f}s"
+            raise RuntimeError(f"Xvfb {why}")
+        self.display = ":" + number
 
     def _start_openbox(self, svc: Service) -> None:
-        self._spawn(svc, ["openbox"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._spawn(svc, ["openbox"], quiet=True)
 
     def _start_x11vnc(self, svc: Service) -> None:
-        ip, port = self.cfg["ip"], int(self.cfg.get("rfb_port", 5900))
-        proc = self._spawn(
-            svc,
-            [
-                "x11vnc",
-                "-display",
-                self.display,
-                "-listen",
-                ip,
-                "-rfbport",
-                str(port),
-                "-nopw",
-                "-forever",
-                "-shared",
-                "-noxdamage",
-                "-quiet",
-                "-norc",
-                "-nossl",
-                "-noipv6",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        ip, port = self.cfg.ip, self.cfg.rfb_port
+        argv = ["x11vnc", "-display", self.display, "-listen", ip, "-rfbport", str(port), "-nopw", "-forever"]
+        proc = self._spawn(svc, [*argv, "-shared", "-noxdamage", "-quiet", "-norc", "-noipv6"], quiet=False)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline and not self._stop.is_set():
             if proc.poll() is not None:
-                with self._lock:
-                    svc.proc, svc.pid = None, None
                 raise RuntimeError(f"x11vnc exited with {proc.returncode}")
             try:
                 with socket.create_connection((ip, port), timeout=0.5):
                     return
             except OSError:
-                time.sleep(0.05)
-        proc.kill()
-        proc.wait(3)
-        raise RuntimeError("x11vnc did not listen within 15 s")
+                self._stop.wait(0.05)
+        raise RuntimeError(f"x11vnc did not listen on {ip}:{port} within {READY_TIMEOUT:.0f}s")
 
     def _start_chromium(self, svc: Service) -> None:
-        self._spawn(
-            svc,
-            self.chromium_argv(self.cfg.get("start_url", "about:blank")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._spawn(svc, self.chromium_argv(self.cfg.start_url), quiet=True)
 
     def chromium_argv(self, url: str) -> list[str]:
-        return ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.home}/.chromium", url]
+        return ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.home}/chromium", url]
 
+    # ---- actions (HTTP threads) ---------------------------------------------------------------
     def open_url(self, url: str) -> None:
-        """Open `url` in the running Chromium (a second invocation hands it to the first)."""
-        subprocess.Popen(
-            self.chromium_argv(url),
-            env={**os.environ, "DISPLAY": self.display},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        """Open `url` in the running Chromium: a second invocation on the same profile hands it to the first."""
+        with self._lock:
+            svc = self.services.get("chromium")
+            if svc is None or svc.state != "running" or self._stop.is_set():
+                raise Unavailable("chromium is not running")
+            proc = subprocess.Popen(
+                self.chromium_argv(url),
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self._helpers.append((proc, time.monotonic()))
+        log.info("url handed to chromium", extra={"pid": proc.pid})
 
     def health(self) -> dict[str, Any]:
         with self._lock:
             services = {n: s.snapshot(self.t0) for n, s in self.services.items()}
         return {
-            "ok": all(s["state"] == "running" for s in services.values()),
+            "ok": all(s["state"] == "running" for s in services.values()) and not self._stop.is_set(),
             "services": services,
             "display": self.display,
             "uptime": round(time.monotonic() - self.t0, 3),
         }
 
 
-def load_config(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        cfg: dict[str, Any] = json.load(f)
-    for key in ("ip", "secret"):
-        if not cfg.get(key):
-            raise ValueError(f"agent config {path} lacks {key!r}")
-    return cfg
-
-
-def install_signals(sup: Supervisor, on_stop: Any) -> None:
-    def stop_all() -> None:
-        sup.stop()
-        on_stop()
-
-    def handler(_sig: int, _frame: Any) -> None:
-        threading.Thread(target=stop_all, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for `proc` up to `timeout`; True when it has exited."""
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False

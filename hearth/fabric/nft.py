@@ -1,231 +1,328 @@
-"""nftables through its JSON interface only (`nft -j`), inside a given network namespace.
+"""nftables through its JSON interface only: `nft -j -f -` (JSON in) and `nft -j list …` (JSON out).
 
-The ruleset is computed purely from the settings (`ruleset`), then applied in one atomic transaction that replaces
-hearth's own table and nothing else.
+Compute, then act: `fabric_ruleset` / `root_ruleset` build hearth's tables purely from the settings; `replace_table`
+wraps them into one atomic transaction that swaps hearth's own table and touches nothing else; `apply` and
+`list_table` run `nft` (inside a namespace through `nsenter --net=/run/netns/<name>`), each with a timeout.
+nft's text output is never parsed; its stderr only ends up in error messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import json
+import os
+import shutil
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
-from hearth.fabric.dial import call_in_netns
-from hearth.fabric.slot import UPLINK_INNER
+from hearth.fabric.dial import NETNS_RUN_DIR
+from hearth.fabric.slot import UPLINK_INNER, uplink_outer
 
-TABLE = "hearth"
-FAMILY = "inet"
+FABRIC_FAMILY = "inet"
+FABRIC_TABLE = "hearth"
+ROOT_FAMILY = "ip"
+OWNED_PREFIX = "hearth"  # every table this module may write is named hearth or hearth_<fabric>
+NFT_TIMEOUT = 10.0
+_INSTALL_HINT = "install nftables and util-linux (apt-get install nftables util-linux) and run as root"
 
-
-_NFT_CTX_OUTPUT_JSON = 1 << 4
-
-
-class _Lib:
-    """libnftables (the library behind `nft`), loaded once per call site; JSON in, JSON out."""
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        self.lib = lib
-
-    def run(self, command: str) -> tuple[int, str, str]:
-        lib = self.lib
-        ctx = lib.nft_ctx_new(0)
-        try:
-            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON)
-            lib.nft_ctx_buffer_output(ctx)
-            lib.nft_ctx_buffer_error(ctx)
-            rc = int(lib.nft_run_cmd_from_buffer(ctx, command.encode()))
-            out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
-            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
-            return rc, out, err
-        finally:
-            lib.nft_ctx_free(ctx)
+Obj = dict[str, Any]
 
 
-async def nft(netns: str | None, payload: dict[str, Any] | None, *args: str, timeout: float = 10.0) -> Any:
-    """Apply `payload` (nftables JSON, one atomic transaction) or run `args` (e.g. `list table inet hearth`) inside
-    `netns` through libnftables; returns the parsed JSON output."""
-    command = json.dumps(payload) if payload is not None else " ".join(args)
-    try:
-        lib = _Lib()
-    except OSError as exc:
-        raise FabricError(Hop.NAT, f"libnftables not available: {exc}", "install nftables (scripts/setup.sh)") from exc
-    rc, out, err = await asyncio.to_thread(call_in_netns, netns, lambda: lib.run(command), timeout)
-    if rc != 0:
-        raise FabricError(
-            Hop.NAT,
-            f"nftables refused in namespace {netns or 'root'}: {err.strip()[:300]}",
-            "check the nftables kernel support and run as root",
-        )
-    return json.loads(out) if out.strip() else None
+def root_table(fabric: str) -> str:
+    """hearth's table in the host namespace for the egress uplink of fabric `fabric`."""
+    return f"{OWNED_PREFIX}_{fabric}"
 
 
-async def list_table(netns: str | None, family: str = FAMILY, table: str = TABLE) -> list[dict[str, Any]] | None:
-    """The objects of one table, or None when it does not exist."""
-    try:
-        out = await nft(netns, None, "list", "table", family, table)
-    except FabricError as exc:
-        if "No such file" in exc.message or "does not exist" in exc.message:
-            return None
-        raise
-    items: list[dict[str, Any]] = out.get("nftables", []) if out else []
-    return items
+# ---- pure builders ----------------------------------------------------------------------------------------
 
 
-async def list_ruleset(netns: str | None) -> list[dict[str, Any]]:
-    out = await nft(netns, None, "list", "ruleset")
-    items: list[dict[str, Any]] = out.get("nftables", []) if out else []
-    return items
+def _meta(key: str, value: Any, op: str = "==") -> Obj:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
 
 
-def _rule(chain: str, *expr: dict[str, Any]) -> dict[str, Any]:
-    return {"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": list(expr)}}}
+def _payload(proto: str, fld: str, value: Any, op: str = "==") -> Obj:
+    return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": fld}}, "right": value}}
 
 
-def _chain(name: str, hook: str, ctype: str = "filter", prio: int = 0, policy: str = "accept") -> dict[str, Any]:
-    return {
-        "add": {
-            "chain": {
-                "family": FAMILY,
-                "table": TABLE,
-                "name": name,
-                "type": ctype,
-                "hook": hook,
-                "prio": prio,
-                "policy": policy,
-            }
-        }
-    }
+def _prefix(net: Any) -> Obj:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def _match(field: str, value: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": {"meta": {"key": field}}, "right": value}}
+_ESTABLISHED: Obj = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+_ACCEPT: Obj = {"accept": None}
+_DROP: Obj = {"drop": None}
+_COUNTER: Obj = {"counter": None}
 
 
-def ruleset(settings: Settings, table_exists: bool) -> dict[str, Any]:
-    """hearth's table for the fabric namespace (pure).
+class _Table:
+    """Collects the objects of one table (pure)."""
 
-    - forward: sandboxes cannot reach each other even routed through the bridge address (bridge → bridge drop);
-      egress (bridge → uplink) only when enabled, replies always.
-    - input: the fabric namespace runs no services for sandboxes except the agent callback port.
-    - postrouting: masquerade INTERNAL_NETWORK out of the uplink when egress is on.
+    def __init__(self, family: str, name: str) -> None:
+        self.family, self.name = family, name
+        self.objects: list[Obj] = [{"table": {"family": family, "name": name}}]
+
+    def chain(self, name: str, hook: str, kind: str = "filter", prio: int = 0, policy: str = "accept") -> None:
+        base = {"family": self.family, "table": self.name, "name": name}
+        self.objects.append({"chain": {**base, "type": kind, "hook": hook, "prio": prio, "policy": policy}})
+
+    def rule(self, chain: str, *expr: Obj) -> None:
+        self.objects.append({"rule": {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}})
+
+
+def fabric_ruleset(settings: Settings) -> list[Obj]:
+    """Table `inet hearth` of the fabric namespace (pure).
+
+    forward (policy accept):
+      - bridge → bridge: drop. Sandboxes cannot reach each other even routed through BRIDGE_IP (L2 is blocked by
+        port isolation already). First, so connections tracked before the table existed are cut too.
+      - from the bridge with a source outside INTERNAL_NETWORK: drop (anti-spoofing; strict rp_filter as well).
+      - when egress is on, from the uplink only replies come in (new connections towards sandboxes: drop).
+    input — the fabric namespace runs no services for sandboxes; from the bridge only:
+      established/related, ICMP (ping of the gateway, PMTU), and TCP to BRIDGE_IP on HEARTH_CALLBACK_PORT and
+      HEARTH_FABRIC_OPEN_PORTS; everything else from the bridge (and new traffic from the uplink) is dropped.
+    postrouting (nat, egress only): masquerade INTERNAL_NETWORK out of the uplink.
     """
-    br = settings.bridge_device
-    net = settings.internal_network
-    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    if table_exists:
-        cmds.append({"delete": {"table": {"family": FAMILY, "name": TABLE}}})
-        cmds.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
-    established = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
-    cmds += [
-        _chain("forward", "forward", policy="drop"),
-        _rule("forward", established, {"accept": None}),
-        _rule("forward", _match("iifname", br), _match("oifname", br), {"counter": None}, {"drop": None}),
-    ]
+    br, net = settings.bridge_device, settings.internal_network
+    t = _Table(FABRIC_FAMILY, FABRIC_TABLE)
+    t.chain("forward", "forward")
+    t.rule("forward", _meta("iifname", br), _meta("oifname", br), _COUNTER, _DROP)
+    t.rule("forward", _meta("iifname", br), _payload("ip", "saddr", _prefix(net), "!="), _COUNTER, _DROP)
     if settings.egress:
-        cmds.append(_rule("forward", _match("iifname", br), _match("oifname", UPLINK_INNER), {"accept": None}))
-    cmds += [
-        _chain("input", "input", policy="accept"),
-        _rule("input", _match("iifname", br), established, {"accept": None}),
-        _rule(
-            "input",
-            _match("iifname", br),
-            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "icmp"}},
-            {"accept": None},
-        ),
-        _rule(
-            "input",
-            _match("iifname", br),
-            {
-                "match": {
-                    "op": "==",
-                    "left": {"payload": {"protocol": "tcp", "field": "dport"}},
-                    "right": {"set": sorted({settings.callback_port, *settings.fabric_open_ports})},
-                }
-            },
-            {"accept": None},
-        ),
-        _rule("input", _match("iifname", br), {"counter": None}, {"drop": None}),
-    ]
+        t.rule("forward", _meta("iifname", UPLINK_INNER), _ESTABLISHED, _ACCEPT)
+        t.rule("forward", _meta("iifname", UPLINK_INNER), _COUNTER, _DROP)
+    t.chain("input", "input")
+    t.rule("input", _meta("iifname", br), _ESTABLISHED, _ACCEPT)
+    t.rule("input", _meta("iifname", br), _meta("l4proto", {"set": ["icmp", "ipv6-icmp"]}), _ACCEPT)
+    ports = sorted({settings.callback_port, *settings.fabric_open_ports})
+    t.rule(
+        "input",
+        _meta("iifname", br),
+        _payload("ip", "daddr", str(settings.bridge_ip)),
+        _payload("tcp", "dport", {"set": ports} if len(ports) > 1 else ports[0]),
+        _ACCEPT,
+    )
+    t.rule("input", _meta("iifname", br), _COUNTER, _DROP)
     if settings.egress:
-        cmds += [
-            _chain("postrouting", "postrouting", ctype="nat", prio=100),
-            _rule(
-                "postrouting",
-                {
-                    "match": {
-                        "op": "==",
-                        "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                        "right": {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}},
-                    }
-                },
-                _match("oifname", UPLINK_INNER),
-                {"masquerade": None},
-            ),
-        ]
+        t.rule("input", _meta("iifname", UPLINK_INNER), _ESTABLISHED, _ACCEPT)
+        t.rule("input", _meta("iifname", UPLINK_INNER), _COUNTER, _DROP)
+        t.chain("postrouting", "postrouting", kind="nat", prio=100)
+        t.rule(
+            "postrouting", _payload("ip", "saddr", _prefix(net)), _meta("oifname", UPLINK_INNER), {"masquerade": None}
+        )
+    return t.objects
+
+
+def root_ruleset(settings: Settings) -> list[Obj]:
+    """Table `ip hearth_<fabric>` of the host namespace, only with egress on (pure).
+
+    - postrouting: masquerade the uplink /30 out of any other host interface.
+    - forward: from the uplink only the uplink's own source address passes (anti-spoofing), and never to
+      169.254.0.0/16 (cloud metadata services and other link-local neighbours of the host).
+    - input: sandboxes cannot open connections to the host itself through the uplink (replies and ICMP only).
+    A drop here is final; an accept does not override another table's drop (e.g. a host firewall with forward
+    policy drop still blocks egress — allow the uplink there).
+    """
+    up, outer = settings.uplink_network, uplink_outer(settings.fabric_netns)
+    link_local = {"prefix": {"addr": "169.254.0.0", "len": 16}}
+    t = _Table(ROOT_FAMILY, root_table(settings.fabric_netns))
+    t.chain("forward", "forward")
+    t.rule("forward", _meta("iifname", outer), _payload("ip", "saddr", _prefix(up), "!="), _COUNTER, _DROP)
+    t.rule("forward", _meta("iifname", outer), _payload("ip", "daddr", link_local), _COUNTER, _DROP)
+    t.chain("input", "input")
+    t.rule("input", _meta("iifname", outer), _ESTABLISHED, _ACCEPT)
+    t.rule("input", _meta("iifname", outer), _meta("l4proto", "icmp"), _ACCEPT)
+    t.rule("input", _meta("iifname", outer), _COUNTER, _DROP)
+    t.chain("postrouting", "postrouting", kind="nat", prio=100)
+    t.rule("postrouting", _payload("ip", "saddr", _prefix(up)), _meta("oifname", outer, "!="), {"masquerade": None})
+    return t.objects
+
+
+def replace_table(objects: list[Obj]) -> Obj:
+    """One atomic transaction that (re)creates the table described by `objects` (first object: the table).
+
+    `add table` (a no-op when it exists) then `delete table` then the new contents: works whether or not the table
+    existed, never leaves a moment without rules, and fails as a whole.
+    """
+    table = objects[0]["table"]
+    ident = {"family": table["family"], "name": table["name"]}
+    cmds: list[Obj] = [{"add": {"table": ident}}, {"delete": {"table": ident}}]
+    cmds += [{"add": obj} for obj in objects]
     return {"nftables": cmds}
 
 
-def root_ruleset(settings: Settings, table: str, outer: str, exists: bool) -> dict[str, Any]:
-    """Root-namespace table for egress: masquerade the uplink /30 out of the host's other interfaces."""
-    up = settings.uplink_network
-    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": "ip", "name": table}}}]
-    if exists:
-        cmds += [
-            {"delete": {"table": {"family": "ip", "name": table}}},
-            {"add": {"table": {"family": "ip", "name": table}}},
-        ]
-    cmds += [
-        {
-            "add": {
-                "chain": {
-                    "family": "ip",
-                    "table": table,
-                    "name": "postrouting",
-                    "type": "nat",
-                    "hook": "postrouting",
-                    "prio": 100,
-                    "policy": "accept",
-                }
-            }
-        },
-        {
-            "add": {
-                "rule": {
-                    "family": "ip",
-                    "table": table,
-                    "chain": "postrouting",
-                    "expr": [
-                        {
-                            "match": {
-                                "op": "==",
-                                "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                                "right": {"prefix": {"addr": str(up.network_address), "len": up.prefixlen}},
-                            }
-                        },
-                        {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": outer}},
-                        {"masquerade": None},
-                    ],
-                }
-            }
-        },
-    ]
-    return {"nftables": cmds}
+def delete_table(family: str, name: str) -> Obj:
+    """One transaction that removes a table; succeeds when it is already gone (add is a no-op if it exists)."""
+    ident = {"family": family, "name": name}
+    return {"nftables": [{"add": {"table": ident}}, {"delete": {"table": ident}}]}
 
 
-def has_masquerade(items: list[dict[str, Any]]) -> bool:
-    return any("masquerade" in e for item in items if "rule" in item for e in item["rule"].get("expr", []))
+def _table_of(obj: Obj) -> str:
+    kind, body = next(iter(obj.items()))
+    return str(body["name"] if kind == "table" else body["table"])
+
+
+def check_ours(payload: Obj) -> None:
+    """Refuse (ValueError: a bug, not an operational failure) a transaction that touches a table not named hearth…."""
+    for cmd in payload["nftables"]:
+        for obj in cmd.values():
+            name = _table_of(obj)
+            if name != OWNED_PREFIX and not name.startswith(f"{OWNED_PREFIX}_"):
+                raise ValueError(f"refusing to touch nftables table {name!r}: hearth only writes its own tables")
+
+
+def normalize(items: Iterable[Obj]) -> list[Obj]:
+    """The table, chains and rules of a listing or of a built ruleset, comparable with `==`.
+
+    Drops what the kernel adds (handles, counter values, metainfo) and sorts chains by name; rule order within a
+    chain is kept (it matters).
+    """
+    out: list[Obj] = []
+    for item in items:
+        kind, body = next(iter(item.items()))
+        if kind not in ("table", "chain", "rule"):
+            continue
+        body = {k: v for k, v in body.items() if k != "handle"}
+        if kind == "rule":
+            body["expr"] = [{"counter": None} if "counter" in e else e for e in body.get("expr", [])]
+        out.append({kind: body})
+    order = {"table": 0, "chain": 1, "rule": 2}
+    return sorted(out, key=lambda o: (order[next(iter(o))], _sort_name(o)))  # stable: rule order kept
+
+
+def _sort_name(obj: Obj) -> str:
+    kind, body = next(iter(obj.items()))
+    return str(body["chain"] if kind == "rule" else body["name"])
+
+
+def rules(items: Iterable[Obj], chain: str) -> list[list[Obj]]:
+    return [i["rule"]["expr"] for i in items if "rule" in i and i["rule"].get("chain") == chain]
+
+
+def has_masquerade(items: Iterable[Obj]) -> bool:
+    return any("masquerade" in e for expr in rules(items, "postrouting") for e in expr)
+
+
+def has_isolation(items: Iterable[Obj], bridge: str) -> bool:
+    """The forward chain drops bridge → bridge traffic."""
+    want = [_meta("iifname", bridge), _meta("oifname", bridge)]
+    return any(expr[:2] == want and _DROP in expr for expr in rules(items, "forward"))
+
+
+# ---- acting -------------------------------------------------------------------------------------------------
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        (f"{d}/{name}" for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin") if shutil.which(f"{d}/{name}")), None
+    )
+    if found is None:
+        raise FabricError(Hop.FORWARDING, f"`{name}` not found", _INSTALL_HINT)
+    return found
+
+
+def argv(netns: str | None, *args: str) -> list[str]:
+    """The command line for `nft -j <args>`, inside `netns` (None: the caller's own namespace)."""
+    cmd = [_binary("nft"), "-j", *args]
+    if netns is None:
+        return cmd
+    return [_binary("nsenter"), f"--net={NETNS_RUN_DIR / netns}", "--", *cmd]
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 5)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """Write `data` to a pipe and close it (on a worker thread; a killed reader ends it with EPIPE)."""
+    try:
+        with open(fd, "wb", closefd=True) as pipe:
+            pipe.write(data)
+    except BrokenPipeError:
+        pass  # nft exited without reading all of it: its exit status and stderr say why
+
+
+async def _run(netns: str | None, args: list[str], stdin: bytes | None, hop: Hop, timeout: float) -> bytes:
+    """Run nft with a timeout (killed when it expires or the caller is cancelled); its stdout, or FabricError.
+
+    stdin is a real pipe made here: `nft -f -` opens /dev/stdin, which fails (ENXIO) on the socketpair that uvloop's
+    subprocess support would hand it.
+    """
+    where = f"namespace {netns}" if netns else "the host namespace"
+    if netns is not None and not (NETNS_RUN_DIR / netns).exists():
+        raise FabricError(Hop.FABRIC, f"network namespace {netns} does not exist", "run `hearth fabric up`")
+    rfd, wfd = os.pipe() if stdin is not None else (-1, -1)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv(netns, *args),
+            stdin=rfd if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        if stdin is not None:
+            os.close(wfd)
+        raise FabricError(hop, f"cannot run nft in {where}: {exc}", _INSTALL_HINT) from exc
+    finally:
+        if stdin is not None:
+            os.close(rfd)
+    work: list[Awaitable[Any]] = [proc.communicate()]
+    if stdin is not None:
+        work.append(asyncio.to_thread(_feed, wfd, stdin))
+    try:
+        (out, err), *_ = await asyncio.wait_for(asyncio.gather(*work), timeout)
+    except TimeoutError:
+        await _kill(proc)
+        raise FabricError(
+            hop, f"nft {' '.join(args)} did not finish within {timeout:g}s in {where}", "check `dmesg`"
+        ) from None
+    except BaseException:  # cancelled: never leave nft running
+        await _kill(proc)
+        raise
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip().replace("\n", " ")[:400]
+        raise FabricError(hop, f"nft {' '.join(args)} failed in {where}: {detail}", _INSTALL_HINT)
+    out_bytes: bytes = out
+    return out_bytes
+
+
+async def apply(netns: str | None, payload: Obj, *, hop: Hop = Hop.FORWARDING, timeout: float = NFT_TIMEOUT) -> None:
+    """Run one JSON transaction (`nft -j -f -`) inside `netns`; all of it or nothing. Only hearth's tables."""
+    check_ours(payload)
+    await _run(netns, ["-f", "-"], json.dumps(payload).encode(), hop, timeout)
+
+
+async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float) -> list[Obj]:
+    out = await _run(netns, ["list", *args], None, hop, timeout)
+    try:
+        data = json.loads(out) if out.strip() else {}
+    except ValueError as exc:
+        raise FabricError(hop, f"nft -j list {' '.join(args)} returned no JSON: {exc}", _INSTALL_HINT) from exc
+    items: list[Obj] = data.get("nftables", [])
+    return items
+
+
+async def table_exists(
+    netns: str | None, family: str, name: str, *, hop: Hop = Hop.FORWARDING, timeout: float = NFT_TIMEOUT
+) -> bool:
+    items = await _list(netns, ["tables", family], hop, timeout)
+    return any(i.get("table", {}).get("name") == name for i in items)
+
+
+async def list_table(
+    netns: str | None, family: str, name: str, *, hop: Hop = Hop.FORWARDING, timeout: float = NFT_TIMEOUT
+) -> list[Obj] | None:
+    """The objects of one table (`nft -j list table`), or None when it does not exist."""
+    if not await table_exists(netns, family, name, hop=hop, timeout=timeout):
+        return None
+    try:
+        return await _list(netns, ["table", family, name], hop, timeout)
+    except FabricError:
+        if not await table_exists(netns, family, name, hop=hop, timeout=timeout):
+            return None  # removed in between
+        raise

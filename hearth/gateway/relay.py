@@ -59,6 +59,8 @@ async def relay(
         while True:
             try:
                 data = await reader.read(CHUNK)
+            except ConnectionResetError:  # the VNC server closed with unread input (e.g. a viewer's garbage)
+                return Outcome(Ended.SANDBOX_EOF, "the sandbox reset the VNC connection", stats)
             except OSError as exc:
                 return Outcome(Ended.SANDBOX_ERROR, f"{type(exc).__name__}: {exc}", stats)
             if not data:
@@ -92,6 +94,8 @@ async def relay(
             writer.write(data)
             try:
                 await asyncio.wait_for(writer.drain(), 30)
+            except (ConnectionResetError, BrokenPipeError):  # the VNC server closed this connection
+                return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
             except (OSError, TimeoutError) as exc:
                 return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
             stats.to_sandbox += len(data)

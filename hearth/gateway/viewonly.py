@@ -12,50 +12,70 @@ KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT = 4, 5, 6
 QEMU_CLIENT = 255  # QEMU extended key event (input)
 _FIXED = {0: 20, 3: 10, KEY_EVENT: 8, POINTER_EVENT: 6, 150: 10, QEMU_CLIENT: 12}
 _INPUT = {KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, QEMU_CLIENT}
+HEADER_MAX = 9  # bytes that determine any framed message's length (ClientFence needs the most)
 
 
 class InputFilter:
     """Frames the client→server stream. With `drop_input` (view scope) input messages are removed; either way it
-    notes when the viewer first asked for a framebuffer update (for the create→first-frame metric)."""
+    notes when the viewer first asked for a framebuffer update (for the create→first-frame metric).
+
+    Streaming: a message is forwarded (or dropped) as its bytes arrive; only an incomplete header (at most 8 bytes)
+    is ever held back. So a ClientCutText announcing gigabytes costs the gateway no memory, and the VNC server sees
+    (and refuses) it at once instead of the gateway buffering it.
+    """
 
     def __init__(self, drop_input: bool = True) -> None:
         self.drop_input = drop_input
         self.saw_update_request = False
-        self._buf = b""
+        self._buf = b""  # an incomplete message header (< HEADER_MAX bytes)
+        self._left = 0  # bytes of the current message still to pass or drop
+        self._keep = True  # whether the current message is forwarded
+        self._dead = False  # view-only framing lost: everything from here on is dropped
         self._preamble = 12 + 1 + 1  # version, security type, ClientInit (security None: no auth exchange)
 
     def feed(self, data: bytes) -> bytes:
-        """Bytes to forward; input messages are removed, incomplete messages are held back."""
+        """Bytes to forward; input messages are removed, an incomplete header is held back."""
         if self._preamble < 0:  # framing abandoned (control scope only)
             return data
-        self._buf += data
+        if self._dead:
+            return b""
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
         out = bytearray()
+        pos = 0
         if self._preamble:
-            take = min(self._preamble, len(self._buf))
-            out += self._buf[:take]
-            self._buf = self._buf[take:]
-            self._preamble -= take
-        while self._buf:
-            size = self._size(self._buf)
+            pos = min(self._preamble, len(buf))
+            out += buf[:pos]
+            self._preamble -= pos
+        while pos < len(buf):
+            if self._left:
+                n = min(self._left, len(buf) - pos)
+                if self._keep:
+                    out += buf[pos : pos + n]
+                pos += n
+                self._left -= n
+                continue
+            size = self._size(buf[pos : pos + HEADER_MAX])
             if size == -1:  # an unframeable message
                 if self.drop_input:  # view-only: drop everything from here on
-                    self._buf = b""
+                    self._dead = True
                     break
-                out += self._buf  # control: stop framing, pass everything through
-                self._buf = b""
+                out += buf[pos:]  # control: stop framing, pass everything through
                 self._preamble = -1
                 break
-            if size is None or len(self._buf) < size:
+            if size is None:  # header incomplete: keep it for the next chunk
+                self._buf = bytes(buf[pos:])
                 break
-            msg, self._buf = self._buf[:size], self._buf[size:]
-            if msg[0] == 3:
+            kind = buf[pos]
+            if kind == 3:
                 self.saw_update_request = True
-            if not (self.drop_input and msg[0] in _INPUT):
-                out += msg
+            self._keep = not (self.drop_input and kind in _INPUT)
+            self._left = size
         return bytes(out)
 
     @staticmethod
     def _size(buf: bytes) -> int | None:
+        """The whole message's length from its first bytes; None when more are needed, -1 when unknown."""
         kind = buf[0]
         if kind in _FIXED:
             return _FIXED[kind]

@@ -2,59 +2,68 @@
 
 Per sandbox: netns `<fabric>-s<slot>`, a veth whose outer end is an isolated port of the fabric bridge, the leased
 address with a default route via BRIDGE_IP; inside, the guest agent (which starts and supervises Xvfb, Openbox,
-x11vnc and Chromium) runs as an unprivileged user with a private /tmp and HOME. Everything derives from the slot,
-so `destroy` needs nothing but the spec — also after a controller crash.
+x11vnc and Chromium) runs as the unprivileged sandbox user with private PID/IPC/UTS namespaces, /tmp and HOME, and
+an environment built from scratch (the controller's secrets never reach it). Everything derives from the slot, so
+`destroy` needs nothing but the spec — also after a controller crash.
+
+Work directory (`spec.workdir`, 0711 root): `home/` (0700, sandbox user; HOME inside, unless `spec.home` is given),
+`run/` (0700, sandbox user; `agent.json` 0600 with the per-sandbox secret, bound read-only at /run/hearth) and
+`logs/` (0700 root; `agent.log`, the launcher's and agent's stdout/stderr — outside the sandbox's reach).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
+import stat
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
-import hearth_agent
-import hearth_example
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
-from hearth.fabric import netlink, ports
-from hearth.fabric.dial import NETNS_RUN_DIR, socket_in_netns
+from hearth.fabric import dial, netlink, ports
+from hearth.sandbox import guestpkg
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+
+__all__ = ["NetnsDriver", "pids_in_netns"]
 
 log = logging.getLogger("hearth.sandbox.netns")
 GUEST_HOME = "/home/hearth"
+GUEST_LIB = "/opt/hearth"
+LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+AGENT_LISTEN_TIMEOUT = 20.0
 
 
-def pids_in_netns(name: str) -> list[int]:
-    """Processes whose network namespace is `name` (compared by inode; no `ip` text parsing)."""
+def _tail(path: Path, limit: int = 600) -> str:
     try:
-        target = os.stat(NETNS_RUN_DIR / name)
-    except FileNotFoundError:
-        return []
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry.name}/ns/net")
-        except OSError:
-            continue
-        if st.st_ino == target.st_ino and st.st_dev == target.st_dev:
-            out.append(int(entry.name))
-    return out
-
-
-def _tail(path: Path, limit: int = 400) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def _can_traverse(path: Path, uid: int, gid: int) -> bool:
+    st = os.stat(path)
+    bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+    return bool(st.st_mode & bit)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a tree; already gone is success, anything else is an error."""
+
+    def onerror(_fn: Any, _path: str, exc: Any) -> None:
+        if not isinstance(exc[1], FileNotFoundError):
+            raise exc[1]
+
+    shutil.rmtree(path, onerror=onerror)
 
 
 class NetnsDriver(Driver):
@@ -64,196 +73,195 @@ class NetnsDriver(Driver):
         self.s = settings
         self.bwrap = bwrap
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._guest: Path | None = None
 
     # ---- pure -----------------------------------------------------------------------------------
-    def guest_dir(self) -> Path:
-        return self.s.data_dir / "guest"
+    def home_dir(self, spec: SandboxSpec) -> Path:
+        return spec.home or spec.workdir / "home"
 
-    def argv(self, spec: SandboxSpec) -> list[str]:
-        guest, wd = self.guest_dir(), spec.workdir
+    def log_path(self, spec: SandboxSpec) -> Path:
+        return spec.workdir / "logs" / "agent.log"
+
+    def agent_config(self, spec: SandboxSpec) -> dict[str, Any]:
+        """The agent's config document (holds the secret: written 0600 for the sandbox user, never logged)."""
+        return {
+            "ip": str(spec.slot.ip),
+            "agent_port": spec.agent_port,
+            "rfb_port": spec.rfb_port,
+            "screen": spec.screen,
+            "start_url": spec.start_url,
+            "chromium": spec.chromium,
+            "desktop": spec.desktop,
+            "secret": spec.secret,
+            "session_id": spec.session_id,
+            "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
+        }
+
+    def argv(self, spec: SandboxSpec, bwrap: str, guest: Path) -> list[str]:
+        """nsenter (into the sandbox netns) → setpriv (drop to the sandbox user) → bwrap → the agent."""
         return [
-            "nsenter", f"--net={NETNS_RUN_DIR / spec.slot.netns}", "--",
-            "setpriv", f"--reuid={self.s.sandbox_uid}", f"--regid={self.s.sandbox_gid}", "--clear-groups", "--",
-            self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session",
-            "--hostname", spec.slot.netns,
+            "nsenter", f"--net={dial.NETNS_RUN_DIR / spec.slot.netns}", "--",
+            "setpriv", f"--reuid={self.s.sandbox_uid}", f"--regid={self.s.sandbox_gid}", "--clear-groups",
+            "--no-new-privs", "--",
+            bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
-            "--bind", str(spec.home or wd / "home"), GUEST_HOME,
-            "--ro-bind", str(wd / "run"), "/run/hearth",
-            "--ro-bind", str(guest), "/opt/hearth",
-            "--setenv", "HOME", GUEST_HOME, "--setenv", "PYTHONPATH", "/opt/hearth", "--setenv", "USER", "hearth",
-            "--setenv", "BROWSER", "/opt/hearth/hearth_agent/browser_hook.py",
+            "--bind", str(self.home_dir(spec)), GUEST_HOME,
+            "--ro-bind", str(spec.workdir / "run"), "/run/hearth",
+            "--ro-bind", str(guest), GUEST_LIB,
+            "--setenv", "HOME", GUEST_HOME, "--setenv", "USER", "hearth", "--setenv", "LOGNAME", "hearth",
+            "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "PYTHONPATH", GUEST_LIB, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+            "--setenv", "BROWSER", f"{GUEST_LIB}/hearth_agent/browser_hook.py",
             "--chdir", GUEST_HOME,
-            "/usr/bin/python3", "-m", "hearth_agent", "--config", "/run/hearth/agent.json",
+            "/usr/bin/python3", "-P", "-m", "hearth_agent", "--config", "/run/hearth/agent.json",
         ]  # fmt: skip
 
-    # ---- lifecycle ------------------------------------------------------------------------------
+    # ---- start ----------------------------------------------------------------------------------
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
-        if shutil.which(self.bwrap) is None:
+        bwrap = shutil.which(self.bwrap)
+        if bwrap is None:
             raise DriverError(Hop.DRIVER, f"{self.bwrap} not found", "install bubblewrap (scripts/setup.sh)")
+        netns = spec.slot.netns
         try:
             async with AsyncExitStack() as undo:
-                if not await asyncio.to_thread(netlink.create_netns, spec.slot.netns):
-                    await self.destroy(spec)  # leftovers of this slot (crash): ours to replace
-                    await asyncio.to_thread(netlink.create_netns, spec.slot.netns)
-                undo.push_async_callback(asyncio.to_thread, netlink.remove_netns, spec.slot.netns)
+                if netlink.netns_exists(netns):
+                    log.warning("replacing leftovers of this slot", extra={"netns": netns})
+                    await self.destroy(spec)
+                if not await asyncio.to_thread(netlink.create_netns, netns):
+                    raise DriverError(
+                        Hop.DRIVER, f"namespace {netns} appeared concurrently", "is the slot leased twice?"
+                    )
+                undo.push_async_callback(asyncio.to_thread, netlink.remove_netns, netns)
                 undo.push_async_callback(ports.remove_port, self.s, spec.slot.veth_host)
                 await ports.add_veth(self.s, spec.slot)
                 mark("namespace")
-                undo.push_async_callback(asyncio.to_thread, shutil.rmtree, spec.workdir, True)
-                await asyncio.to_thread(self._prepare_dirs, spec)
-                undo.push_async_callback(self._kill, spec)
-                proc = await self._spawn(spec)
-                await self._wait_agent_port(spec, proc)
+                guest = await asyncio.to_thread(self._guest_dir)
+                undo.push_async_callback(asyncio.to_thread, _rmtree, spec.workdir)
+                await asyncio.to_thread(self._prepare_dirs, spec, guest)
+                undo.push_async_callback(self._stop_processes, spec)
+                proc = await self._launch(spec, bwrap, guest)
+                await self._wait_agent(spec, proc, min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT))
                 mark("process")
                 undo.pop_all()
-                return SandboxInfo(pid=proc.pid, details={"netns": spec.slot.netns, "veth": spec.slot.veth_host})
         except HearthError:
             raise
         except Exception as exc:
             raise DriverError(
                 Hop.DRIVER,
-                f"netns sandbox start failed: {type(exc).__name__}: {exc}",
-                "see the agent log in the sandbox directory",
+                f"netns sandbox {netns} failed to start: {type(exc).__name__}: {exc}",
+                f"see {self.log_path(spec)}",
             ) from exc
+        details = {"netns": netns, "veth": spec.slot.veth_host, "ip": str(spec.slot.ip)}
+        details |= {"workdir": str(spec.workdir), "log": str(self.log_path(spec))}
+        return SandboxInfo(pid=proc.pid, details=details)
 
-    def _prepare_dirs(self, spec: SandboxSpec) -> None:
+    def _guest_dir(self) -> Path:
+        if self._guest is None or not self._guest.is_dir():
+            self._guest = guestpkg.install(self.s.data_dir / "guest")
+        return self._guest
+
+    def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:
         uid, gid = self.s.sandbox_uid, self.s.sandbox_gid
-        self._install_guest()
-        for anc in [*reversed(spec.workdir.parents)]:
-            if anc.exists() and not os.stat(anc).st_mode & 0o001:
+        wd = spec.workdir
+        if not wd.is_absolute() or wd in (Path("/"), self.s.data_dir):
+            raise DriverError(Hop.DRIVER, f"refusing work directory {wd}", "derive it from the slot")
+        wd.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(wd, 0o711)
+        (wd / "logs").mkdir(mode=0o700, exist_ok=True)
+        home = self.home_dir(spec)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(home, uid, gid, follow_symlinks=False)
+        run = wd / "run"
+        if run.exists():  # a leftover of a crashed start of this slot
+            _rmtree(run)
+        run.mkdir(mode=0o700)
+        os.chown(run, uid, gid)
+        for anc in sorted({a for p in (home, run, guest) for a in p.parents}):
+            if not _can_traverse(anc, uid, gid):
                 raise DriverError(
                     Hop.DRIVER,
                     f"{anc} is not traversable by the sandbox user (uid {uid})",
                     f"chmod o+x {anc}, or set HEARTH_DATA_DIR to a directory whose parents are traversable",
                 )
-        (spec.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        os.chmod(spec.workdir, 0o711)
-        home = spec.home or spec.workdir / "home"
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chown(home, uid, gid)
-        run = spec.workdir / "run"
-        run.mkdir(mode=0o700, exist_ok=True)
-        os.chown(run, uid, gid)
-        cfg = {
-            "ip": str(spec.slot.ip), "agent_port": spec.agent_port, "rfb_port": spec.rfb_port, "screen": spec.screen,
-            "start_url": spec.start_url, "chromium": spec.chromium, "secret": spec.secret,
-            "session_id": spec.session_id, "desktop": spec.desktop,
-            "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
-        }  # fmt: skip
-        path = run / "agent.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(run / "agent.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(cfg, f)
-        os.chown(path, uid, gid)
+            os.fchown(f.fileno(), uid, gid)
+            json.dump(self.agent_config(spec), f)
 
-    def _install_guest(self) -> None:
-        """Copy the guest packages (stdlib only) to a world-readable place the sandbox user can bind."""
-        dest = self.guest_dir()
-        for pkg in (hearth_agent, hearth_example):
-            src = Path(next(iter(pkg.__path__)))
-            target = dest / src.name
-            tmp = dest / f".{src.name}.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__"))
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        for root, dirs, files in os.walk(dest):
-            os.chmod(root, 0o755)
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o755)
-            for f in files:
-                os.chmod(os.path.join(root, f), 0o755 if f.endswith("_hook.py") else 0o644)
-        p = dest
-        while p != p.parent:
-            if p.exists() and not os.stat(p).st_mode & 0o001:
-                os.chmod(p, os.stat(p).st_mode | 0o001)  # hearth's own data dirs only become traversable
-            p = p.parent
-            if p == self.s.data_dir.parent:
-                break
-
-    async def _spawn(self, spec: SandboxSpec) -> asyncio.subprocess.Process:
-        logf = open(spec.workdir / "logs" / "agent.log", "ab")  # noqa: ASYNC230 - handed to the child
+    async def _launch(self, spec: SandboxSpec, bwrap: str, guest: Path) -> asyncio.subprocess.Process:
+        fd = os.open(self.log_path(spec), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec), stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+                *self.argv(spec, bwrap, guest),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=LAUNCH_ENV,
+                cwd="/",
             )
         finally:
-            logf.close()
+            os.close(fd)
         self._procs[spec.slot.netns] = proc
+        log.info("sandbox launched", extra={"netns": spec.slot.netns, "pid": proc.pid})
         return proc
 
-    async def _wait_agent_port(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
-        """Until the agent listens (its first act), or fail fast with its log when it exits."""
+    async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float) -> None:
+        """Until the agent listens (its first act), failing fast — with its log — when it exits."""
+        ip, port = str(spec.slot.ip), spec.agent_port
         deadline = time.monotonic() + timeout
         delay = 0.01
-        while time.monotonic() < deadline:
+        while True:
             if proc.returncode is not None:
                 raise DriverError(
-                    Hop.AGENT,
-                    f"the sandbox agent exited with {proc.returncode}: "
-                    f"{_tail(spec.workdir / 'logs' / 'agent.log') or 'no output'}",
-                    "check bubblewrap (unprivileged user namespaces) and the agent log",
+                    Hop.DRIVER,
+                    f"the sandbox agent exited with {proc.returncode} during start: "
+                    f"{_tail(self.log_path(spec)) or 'no output'}",
+                    f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
-            if await asyncio.to_thread(self._port_open, spec):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                sock = await dial.connect(self.s.fabric_netns, ip, port, min(0.5, left))
+                sock.close()
                 return
-            await asyncio.sleep(delay)
+            except (OSError, TimeoutError):
+                pass
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
         raise DriverError(
-            Hop.AGENT,
-            f"agent did not listen on {spec.slot.ip}:{spec.agent_port} within {timeout:.0f}s",
-            "see the agent log",
+            Hop.DRIVER,
+            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {_tail(self.log_path(spec))}",
+            f"see {self.log_path(spec)}",
         )
 
-    def _port_open(self, spec: SandboxSpec) -> bool:
-        sock = socket_in_netns(self.s.fabric_netns)
-        try:
-            sock.settimeout(0.5)
-            return sock.connect_ex((str(spec.slot.ip), spec.agent_port)) == 0
-        finally:
-            sock.close()
-
-    async def _kill(self, spec: SandboxSpec, grace: float = 2.0) -> None:
-        """TERM every process of the sandbox, KILL what is left after `grace`, and wait until all are gone."""
-        proc = self._procs.pop(spec.slot.netns, None)
-        pids = set(await asyncio.to_thread(pids_in_netns, spec.slot.netns))
-        if proc is not None and proc.returncode is None:
-            pids.add(proc.pid)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if proc is not None and proc.returncode is None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(proc.wait(), 0.05)
-                pids = {p for p in pids if _running(p)} | set(await asyncio.to_thread(pids_in_netns, spec.slot.netns))
-                if not pids:
-                    return
-                await asyncio.sleep(0.05)
-        if pids:
-            raise DriverError(Hop.DRIVER, f"sandbox processes {sorted(pids)} did not exit", "kill them by hand")
+    # ---- stop -----------------------------------------------------------------------------------
+    async def _stop_processes(self, spec: SandboxSpec) -> None:
+        await stop_sandbox_processes(spec.slot.netns, self._procs.get(spec.slot.netns))
+        self._procs.pop(spec.slot.netns, None)
 
     async def destroy(self, spec: SandboxSpec) -> None:
-        await self._kill(spec)
-        await ports.remove_port(self.s, spec.slot.veth_host)
-        await asyncio.to_thread(netlink.remove_netns, spec.slot.netns)
-        await asyncio.to_thread(shutil.rmtree, spec.workdir, True)
+        """Processes (found by namespace), the bridge port, the namespace, the work directory. Idempotent."""
+        try:
+            await self._stop_processes(spec)
+            await ports.remove_port(self.s, spec.slot.veth_host)
+            await asyncio.to_thread(netlink.remove_netns, spec.slot.netns)
+            await asyncio.to_thread(_rmtree, spec.workdir)
+        except HearthError:
+            raise
+        except Exception as exc:
+            raise DriverError(
+                Hop.DRIVER,
+                f"cannot destroy netns sandbox {spec.slot.netns}: {type(exc).__name__}: {exc}",
+                "retry `hearth sandbox destroy`; see `hearth doctor`",
+            ) from exc
 
     async def alive(self, spec: SandboxSpec) -> bool:
         proc = self._procs.get(spec.slot.netns)
-        if proc is not None:
-            return proc.returncode is None
+        if proc is not None and proc.returncode is None:
+            return True
         return bool(await asyncio.to_thread(pids_in_netns, spec.slot.netns))
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False

@@ -38,3 +38,36 @@ def test_extended_clipboard_with_negative_length_keeps_framing() -> None:
         out = f.feed(PREAMBLE + caps + FB_REQUEST)
         assert out.endswith(FB_REQUEST)
         assert f.saw_update_request
+
+
+def test_huge_cut_text_is_streamed_not_buffered() -> None:
+    """A ClientCutText announcing 2 GiB: control scope forwards its bytes as they come (the VNC server sees the
+    length at once and can refuse it); view scope drops them; neither holds more than a header back."""
+    header = struct.pack(">BxxxI", 6, 0x7FFFFFFF)
+    junk = bytes(range(256)) * 256  # 64 KiB
+    control, view = InputFilter(drop_input=False), InputFilter(drop_input=True)
+    assert control.feed(PREAMBLE + header) == PREAMBLE + header
+    assert view.feed(PREAMBLE + header) == PREAMBLE
+    for _ in range(16):  # 1 MiB of "clipboard"
+        assert control.feed(junk) == junk
+        assert view.feed(junk) == b""
+    for f in (control, view):
+        assert len(f._buf) < 9
+
+
+def test_any_chunking_gives_the_same_output() -> None:
+    import random
+
+    rng = random.Random(7)
+    stream = PREAMBLE + SET_ENCODINGS + KEY + CUT + FB_REQUEST + POINTER + struct.pack(">BxxxIB", 248, 0, 2) + b"ab" + FB_REQUEST
+    for drop in (True, False):
+        whole = InputFilter(drop_input=drop).feed(stream)
+        for _ in range(50):
+            f = InputFilter(drop_input=drop)
+            out, i = b"", 0
+            while i < len(stream):
+                n = rng.randint(1, 12)
+                out += f.feed(stream[i : i + n])
+                i += n
+            assert out == whole
+            assert f.saw_update_request

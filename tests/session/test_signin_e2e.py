@@ -97,8 +97,12 @@ async def test_example_sign_in_end_to_end(
             assert path.stat().st_uid == settings.sandbox_uid
             assert json.loads(path.read_text())["access_token"] == secret_token
 
-            # The browser sandbox is gone after completion.
+            # The browser sandbox is removed right after completion (teardown follows the state change).
             slot = int(str(body["sandbox_ip"]).rsplit(".", 1)[1]) - 2
+            for _ in range(100):
+                if not netlink.netns_exists(f"{settings.fabric_netns}-s{slot}"):
+                    break
+                await asyncio.sleep(0.1)
             assert not netlink.netns_exists(f"{settings.fabric_netns}-s{slot}")
 
             # A wrong agent secret is refused at the callback endpoint (from inside the fabric).

@@ -1,0 +1,171 @@
+"""How long `hearth doctor` takes for one session: N diagnoses on a healthy path, then N with each fault injected
+(link down, guest ignoring ARP, agent stopped — the slowest, it costs a timeout). Prints median / max per case,
+for the full report (with the end-to-end gateway check) and for the verdict the gateway attaches to a 4502.
+
+    sudo .venv/bin/python bench/doctor.py -n 20 [--fault link --fault arp --fault agent]
+
+Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hearth.api.app import Controller, build, create_app
+from hearth.cli.serve import server
+from hearth.config import load_settings
+from hearth.doctor import diagnose, diagnose_session, install
+from hearth.doctor.probes import processes_in
+from hearth.fabric import netlink
+from hearth.fabric.dial import call_in_netns
+from hearth.fabric.slot import Slot
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _link(netns: str, port: str, state: str) -> None:
+    with netlink.ns(netns) as h:
+        h.link("set", index=netlink.link_index(h, port), state=state)
+
+
+def _forget(netns: str, ip: str, bridge: str) -> None:
+    with netlink.ns(netns) as h, contextlib.suppress(Exception):
+        h.neigh("del", dst=ip, ifindex=netlink.link_index(h, bridge))
+
+
+def _arp_ignore(netns: str, value: str) -> None:
+    call_in_netns(netns, lambda: Path("/proc/sys/net/ipv4/conf/eth0/arp_ignore").write_text(value))
+
+
+def faults(ctl: Controller, slot: Slot) -> dict[str, Callable[[], AbstractAsyncContextManager[None]]]:
+    s = ctl.settings
+
+    @contextlib.asynccontextmanager
+    async def link() -> AsyncIterator[None]:
+        await asyncio.to_thread(_link, s.fabric_netns, slot.veth_host, "down")
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(_link, s.fabric_netns, slot.veth_host, "up")
+
+    @contextlib.asynccontextmanager
+    async def arp() -> AsyncIterator[None]:
+        await asyncio.to_thread(_arp_ignore, slot.netns, "8")
+        await asyncio.to_thread(_forget, s.fabric_netns, str(slot.ip), s.bridge_device)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(_arp_ignore, slot.netns, "0")
+
+    @contextlib.asynccontextmanager
+    async def agent() -> AsyncIterator[None]:
+        procs = processes_in(slot.netns)
+        pid = next(p.pid for p in procs if p.comm.startswith("python") and "hearth_agent" in p.cmdline)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    return {"link": link, "arp": arp, "agent": agent}
+
+
+async def measure(label: str, n: int, run: Callable[[], Awaitable[Any]]) -> None:
+    times, verdicts = [], set()
+    for _ in range(n):
+        t0 = time.monotonic()
+        out = await run()
+        times.append(time.monotonic() - t0)
+        first = getattr(out, "first_failure", out)
+        verdicts.add(getattr(first, "hop", None) and f"{first.hop.value}")
+    print(
+        f"{label:28s} n={n:3d}  median {statistics.median(times) * 1000:7.1f} ms  max {max(times) * 1000:7.1f} ms"
+        f"  first failure: {', '.join(sorted(str(v) for v in verdicts))}"
+    )
+
+
+async def wait_healthy(ctl: Controller, sid: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (await diagnose(ctl, sid)).first_failure is not None:
+        if time.monotonic() > deadline:
+            raise SystemExit("the path did not become healthy again")
+        await asyncio.sleep(0.25)
+
+
+async def main(n: int, chosen: list[str]) -> None:
+    data = tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp")
+    os.chmod(data, 0o711)  # the unprivileged sandbox user must traverse it
+    settings = load_settings(
+        {
+            "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
+            "HEARTH_DATA_DIR": data,
+            "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+            "HEARTH_API_KEYS": "bench",
+            "HEARTH_DRIVER": "netns",
+            "HEARTH_CHROMIUM": "false",
+        },
+        env_file=None,
+    )
+    ctl = build(settings)
+    install(ctl)
+    srv = server(settings, create_app(ctl))
+    task = asyncio.create_task(srv.serve())
+    host, port = settings.listen_host_port
+    try:
+        while not srv.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=60
+        ) as http:
+            r = await http.post("/api/auth/start", json={"user_id": "bench"})
+            r.raise_for_status()
+            sid = r.json()["session_id"]
+            view = await ctl.service.wait_until(sid, 90)
+            assert view.status.value == "ready" and view.slot is not None, view
+            slot = ctl.service.ipam.slot(view.slot)
+            await measure("healthy: report", n, lambda: diagnose(ctl, sid))
+            await measure("healthy: verdict", n, lambda: diagnose_session(ctl, sid))
+            for name in chosen:
+                await wait_healthy(ctl, sid)
+                async with faults(ctl, slot)[name]():
+                    await measure(f"{name}: report", n, lambda: diagnose(ctl, sid))
+                    await measure(f"{name}: verdict", n, lambda: diagnose_session(ctl, sid))
+            await wait_healthy(ctl, sid)
+            await http.post(f"/api/auth/session/{sid}/cancel")
+    finally:
+        srv.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        await ctl.fabric.down(force=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=20, help="diagnoses per case")
+    p.add_argument("--fault", action="append", choices=["link", "arp", "agent"], help="default: all three")
+    args = p.parse_args()
+    asyncio.run(main(args.n, args.fault or ["link", "arp", "agent"]))

@@ -1,0 +1,217 @@
+"""API hardening for `/api/*` HTTP routes: a request body size limit and a per-client rate limit.
+
+One ASGI middleware, installed per app (`install(app, settings)`); all state lives in that app's instance (no
+module-level state). `/health`, `/metrics`, static files and the viewer WebSocket are not affected.
+
+- Body: a `Content-Length` above the limit is refused at once; a body without one (chunked) is read up to the limit
+  and refused as soon as it goes beyond — the app never sees more than `max_body` bytes. 413 with a JSON reason.
+- Rate: a token bucket per client — per valid API key (by its digest; the key itself is never kept), else per client
+  address, so presenting random keys gives an attacker no fresh buckets. 429 with `Retry-After` and a JSON reason.
+  The bucket map is bounded (least recently used clients are forgotten first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hearth.api.auth import ApiKeys, digest
+from hearth.config import Settings
+
+DEFAULT_MAX_BODY = 64 * 1024
+DEFAULT_RATE = 20.0  # requests per second, per client
+DEFAULT_BURST = 40.0  # requests at once, per client
+MAX_CLIENTS = 10_000  # buckets kept; beyond, the least recently seen client is forgotten (a full bucket again)
+PREFIX = "/api/"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body: int = DEFAULT_MAX_BODY
+    rate: float = DEFAULT_RATE  # <= 0: no rate limit
+    burst: float = DEFAULT_BURST
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """HEARTH_MAX_BODY, HEARTH_RATE_LIMIT and HEARTH_RATE_BURST (defaults until the settings define them)."""
+        return cls(
+            max_body=int(getattr(settings, "max_body", DEFAULT_MAX_BODY)),
+            rate=float(getattr(settings, "rate_limit", DEFAULT_RATE)),
+            burst=float(getattr(settings, "rate_burst", DEFAULT_BURST)),
+        )
+
+
+class TokenBucket:
+    """`burst` tokens, refilled at `rate` per second; time is passed in (pure)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, max(burst, 1.0)
+        self.tokens, self.stamp = self.burst, now
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one will be there (nothing is taken)."""
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """Token buckets by client key, at most `max_clients` of them (least recently used forgotten first)."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
+        self.rate, self.burst, self.clock, self.max_clients = rate, burst, clock, max_clients
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def check(self, client: str) -> float:
+        """0.0 when `client` may go ahead, else the seconds it has to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(self.rate, self.burst, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(client)
+        wait = bucket.take(now)
+        if wait:
+            self.refused += 1
+        return wait
+
+
+def client_key(scope: Scope, keys: ApiKeys) -> tuple[str, str]:
+    """(bucket key, what it is for the reason): a valid API key's digest, else the client address."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            scheme, _, presented = value.decode("latin-1").partition(" ")
+            presented = presented.strip()
+            if scheme.lower() == "bearer" and presented and keys.check(presented):
+                return "key:" + digest(presented).hex()[:32], "API key"
+            break
+    client = scope.get("client")
+    return f"ip:{client[0] if client else 'unknown'}", "client address"
+
+
+async def _json(
+    send: Send, status: int, body: dict[str, object], headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    raw = json.dumps(body).encode()
+    base = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": base})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class LimitsMiddleware:
+    """Body limit and rate limit for `/api/*` HTTP requests (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, limits: Limits, limiter: RateLimiter, keys: ApiKeys) -> None:
+        self.app, self.limits, self.limiter, self.keys = app, limits, limiter, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        key, what = client_key(scope, self.keys)
+        wait = self.limiter.check(key)
+        if wait:
+            lim = self.limits
+            after = max(1, math.ceil(wait))
+            await _json(
+                send,
+                429,
+                {
+                    "error": f"rate limit exceeded: {lim.rate:g} requests/s with bursts of {lim.burst:g} per {what}; "
+                    f"retry after {after}s",
+                    "hint": "slow down, or raise HEARTH_RATE_LIMIT / HEARTH_RATE_BURST",
+                },
+                ((b"retry-after", str(after).encode()),),
+            )
+            return
+        max_body = self.limits.max_body
+        declared = None
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await _json(send, 400, {"error": "invalid Content-Length header"})
+                    return
+        if declared is not None and declared > max_body:
+            await _too_large(send, f"{declared} bytes", max_body)
+            return
+        # Read the body here (at most max_body bytes), then hand it to the app in one message.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_body:
+                await _too_large(send, f"more than {max_body} bytes", max_body)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Send, got: str, limit: int) -> None:
+    await _json(
+        send,
+        413,
+        {
+            "error": f"request body too large: {got}, the limit is {limit} bytes",
+            "hint": "API request bodies are small JSON objects (HEARTH_MAX_BODY)",
+        },
+        ((b"connection", b"close"),),
+    )
+
+
+def add(app: FastAPI, limits: Limits, keys: ApiKeys, clock: Callable[[], float] = time.monotonic) -> RateLimiter:
+    """Install the middleware with explicit limits; returns this app's limiter (also at `app.state.rate_limiter`)."""
+    limiter = RateLimiter(limits.rate, limits.burst, clock)
+    app.add_middleware(LimitsMiddleware, limits=limits, limiter=limiter, keys=keys)
+    app.state.rate_limiter = limiter
+    return limiter
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Body size and rate limits for the app's `/api/*` HTTP routes, from the settings."""
+    add(app, Limits.from_settings(settings), ApiKeys(settings.api_keys))

@@ -1,0 +1,138 @@
+"""The diagnoses: host (`diagnose(ctl)`), one session (`diagnose(ctl, session_id)`), and the verdict the session
+service and the gateway attach to failures (`diagnose_session`).
+
+Order is the contract: host checks first (config → fabric → bridge → forwarding → NAT → firewall), then the session
+(state → lease → driver → link → ARP → ICMP → agent → VNC → RFB → gateway), then advisories that never explain a
+running session's failure (ruleset drift, port isolation, pool capacity). So the first failure is the root cause:
+with the link down, ARP, ICMP and VNC are not even tried, and `first_failure.hop == "link"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from ipaddress import IPv4Address
+from typing import Any
+
+from hearth.doctor import host, session
+from hearth.doctor.context import BUDGET, Context, ControllerLike, Parts, Target, parts_of, run_steps
+from hearth.doctor.report import CheckResult, Report
+from hearth.errors import HearthError, Hop
+from hearth.sandbox.base import Driver, SandboxSpec
+from hearth.sandbox.select import BUILDERS
+from hearth.session.service import SessionNotFound, SessionService
+
+HOST_STEPS = [*host.STEPS, *host.ADVISORIES]
+SESSION_STEPS = [*host.STEPS, *session.STEPS, host.ADVISORIES[0], *session.ADVISORIES, *host.ADVISORIES[1:]]
+
+
+def _driver_for(parts: Parts, name: str) -> tuple[Driver | None, str]:
+    if parts.driver is not None and parts.driver.name == name:
+        return parts.driver, ""
+    builder = BUILDERS.get(name)
+    if builder is None:
+        return None, f"unknown driver {name!r}"
+    try:
+        return builder(parts.settings), ""
+    except HearthError as exc:
+        return None, exc.reason
+
+
+async def resolve(parts: Parts, service: SessionService, session_id: str) -> Target:
+    """The session's view and slot, the spec its driver derives everything from, and that driver."""
+    view = await service.get(session_id)  # SessionNotFound propagates
+    s = parts.settings
+    if view.slot is not None:
+        index = view.slot
+    elif view.sandbox_ip:
+        index = service.ipam.index_of(IPv4Address(view.sandbox_ip))
+    else:
+        index = 0
+    slot = service.ipam.slot(index)
+    spec = SandboxSpec(
+        session_id=view.id,
+        slot=slot,
+        workdir=s.data_dir / "sandboxes" / slot.netns,
+        secret=service.secret_of(view.id) or "",
+        screen=s.screen,
+        start_url=s.start_url,
+        chromium=s.chromium,
+        rfb_port=s.rfb_port,
+        agent_port=s.agent_port,
+    )
+    drv, problem = _driver_for(parts, view.driver)
+    return Target(view, slot, view.sandbox_ip or str(slot.ip), spec, drv, problem)
+
+
+async def diagnose(source: ControllerLike | Parts, session_id: str | None = None, *, budget: float = BUDGET) -> Report:
+    """Walk the host's path (and the session's, with `session_id`); raises SessionNotFound for an unknown id."""
+    parts = parts_of(source)
+    t0 = time.monotonic()
+    ctx = Context(parts, deadline=t0 + budget)
+    info: dict[str, Any] | None = None
+    if session_id is None:
+        steps = HOST_STEPS
+    else:
+        if parts.service is None:
+            raise ValueError("diagnosing a session needs the state database (Parts.service)")
+        ctx.target = await resolve(parts, parts.service, session_id)
+        v = ctx.target.view
+        info = {
+            "status": v.status.value,
+            "driver": v.driver,
+            "slot": v.slot,
+            "sandbox_ip": ctx.target.ip,
+            "netns": ctx.target.slot.netns,
+            "port": ctx.target.port,
+            "reason": v.reason,
+        }
+        steps = SESSION_STEPS
+    checks = await run_steps(ctx, steps)
+    report = Report(checks, time.monotonic() - t0, session_id, info)
+    first = report.first_failure
+    if first is not None and parts.service is not None:
+        parts.service.metrics.doctor_failures.labels(first.hop.value).inc()
+    return report
+
+
+def config_report(problems: list[str], duration_s: float = 0.0) -> Report:
+    """The report when the configuration is too broken to even build settings (the CLI's case)."""
+    check = CheckResult(
+        Hop.CONFIG,
+        "config",
+        False,
+        "; ".join(problems),
+        "fix the settings named above (`hearth config check` lists every effective setting)",
+    )
+    return Report([check], duration_s)
+
+
+_inflight: dict[tuple[int, str], asyncio.Task[Report]] = {}
+
+
+async def diagnose_session(source: ControllerLike | Parts, session_id: str) -> HearthError | None:
+    """The first failing hop of a session's path as a HearthError (None when every hop passes or the session is
+    unknown). For `SessionService.diagnose`: runs only checks on the path, and never the gateway check (the
+    gateway calls this on a failed relay — no recursion). Concurrent calls for one session share one diagnosis."""
+    parts = dataclasses.replace(parts_of(source), gateway=False, verdict=True)
+    key = (id(parts.service), session_id)
+    task = _inflight.get(key)
+    if task is None or task.done():
+        task = asyncio.ensure_future(diagnose(parts, session_id))
+        _inflight[key] = task
+        task.add_done_callback(lambda _t: _inflight.pop(key, None) if _inflight.get(key) is _t else None)
+    try:
+        report = await asyncio.shield(task)
+    except SessionNotFound:
+        return None
+    return report.error()
+
+
+def install(ctl: ControllerLike) -> None:
+    """Let the session service name the first broken hop in failure reasons and 4502 close reasons."""
+
+    async def verdict(session_id: str) -> HearthError | None:
+        return await diagnose_session(ctl, session_id)
+
+    ctl.service.diagnose = verdict

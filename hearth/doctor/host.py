@@ -1,0 +1,292 @@
+"""Host checks, in path order: configuration, fabric namespace, bridge, forwarding, NAT, firewall — and the
+advisories that never break a running session (fabric ruleset drift, pool capacity)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
+from hearth.config import LEGACY_NAMES, consistency_problems, read_env_file, unknown_variable_problems
+from hearth.doctor import probes
+from hearth.doctor.context import Context, Step
+from hearth.doctor.report import Finding
+from hearth.errors import Hop
+from hearth.fabric import nft
+from hearth.fabric.slot import UPLINK_INNER, link_index, uplink_outer
+from hearth.reconcile.reconciler import QUARANTINE
+
+UP = "run `hearth fabric up` (the controller does this at start; it repairs drift)"
+
+
+# ---- config -----------------------------------------------------------------------------------------------
+async def config(ctx: Context) -> Finding:
+    parts, s = ctx.parts, ctx.settings
+    env = dict(os.environ if parts.environ is None else parts.environ)
+    file_vars = await asyncio.to_thread(read_env_file, parts.env_file) if parts.env_file is not None else {}
+    problems = unknown_variable_problems({**file_vars, **env}) + consistency_problems(s)
+    if not problems:
+        return Finding.good(
+            f"{s.internal_network}, bridge {s.bridge_device} {s.bridge_ip}/{s.prefixlen}, "
+            f"pool {s.ip_pool_start}..{s.ip_pool_end} ({s.pool_size}), fabric {s.fabric_netns}, driver {s.driver}"
+        )
+    fixes = []
+    for name in sorted({**file_vars, **env}):
+        if name in LEGACY_NAMES:
+            where = ".env" if name in file_vars and name not in env else "the environment"
+            fixes.append(f"rename {name} to {LEGACY_NAMES[name]} in {where} (hearth never reads {name})")
+    fixes += [p for p in problems if " is set but not read" not in p]
+    return Finding.bad("; ".join(problems), "; ".join(fixes) or "; ".join(problems), data={"problems": problems})
+
+
+# ---- fabric namespace -------------------------------------------------------------------------------------
+async def fabric(ctx: Context) -> Finding:
+    ns = ctx.fabric
+    if not probes.netns_exists(ns):
+        return Finding.bad(f"network namespace {ns} does not exist", UP)
+    links = await asyncio.to_thread(probes.links, ns)
+    ports = sorted(n for n in links if link_index(n) is not None)
+    ctx.memo["fabric_links"] = links
+    lo = links.get("lo")
+    shown = ", ".join(ports[:8]) + (" …" if len(ports) > 8 else "")
+    return Finding.good(
+        f"namespace {ns} present, lo {'UP' if lo and lo.up else 'DOWN'}, {len(ports)} sandbox port(s)"
+        + (f": {shown}" if ports else ""),
+        data={"ports": ports},
+    )
+
+
+# ---- bridge -----------------------------------------------------------------------------------------------
+async def bridge(ctx: Context) -> Finding:
+    s, ns = ctx.settings, ctx.fabric
+    links: dict[str, probes.LinkInfo] = ctx.memo.get("fabric_links") or {}
+    if not links:
+        links = await asyncio.to_thread(probes.links, ns)
+    br = links.get(s.bridge_device)
+    want = f"{s.bridge_ip}/{s.prefixlen}"
+    if br is None:
+        return Finding.bad(f"bridge {s.bridge_device} missing in namespace {ns}", UP)
+    data: dict[str, Any] = {"addresses": br.addresses, "up": br.up, "kind": br.kind}
+    if br.kind != "bridge":
+        return Finding.bad(
+            f"{s.bridge_device} in {ns} is a {br.kind or 'plain'} link, not a bridge",
+            f"delete it (ip -n {ns} link del {s.bridge_device}) or set BRIDGE_DEVICE to another name, then {UP}",
+            data=data,
+        )
+    found = ", ".join(br.addresses) or "no IPv4 address"
+    if want not in br.addresses:
+        by_hand = "; ".join(f"ip -n {ns} addr del {a} dev {s.bridge_device}" for a in br.addresses)
+        return Finding.bad(
+            f"{s.bridge_device} carries {found}; expected {want} (BRIDGE_IP / prefix of INTERNAL_NETWORK "
+            f"{s.internal_network})",
+            f"re-address the bridge: {UP} — by hand: "
+            + (f"{by_hand}; " if by_hand else "")
+            + f"ip -n {ns} addr add {want} dev {s.bridge_device}",
+            data=data,
+        )
+    if not br.up:
+        return Finding.bad(
+            f"{s.bridge_device} is administratively DOWN (carries {found})",
+            f"ip -n {ns} link set {s.bridge_device} up, or {UP}",
+            data=data,
+        )
+    extra = [a for a in br.addresses if a != want]
+    note = f" (also {', '.join(extra)}: drift, `hearth fabric up` removes it)" if extra else ""
+    return Finding.good(f"{s.bridge_device} UP with {want}{note}", data=data)
+
+
+# ---- forwarding -------------------------------------------------------------------------------------------
+async def forwarding(ctx: Context) -> Finding:
+    ns, s = ctx.fabric, ctx.settings
+    values: dict[str, Any] = {}
+    for key in ("net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter", f"net/ipv4/conf/{s.bridge_device}/rp_filter"):
+        values[key] = await asyncio.to_thread(probes.sysctl, ns, key)
+    shown = ", ".join(f"{k.removeprefix('net/ipv4/').replace('/', '.')}={v}" for k, v in values.items())
+    if values["net/ipv4/ip_forward"] != "1" and s.egress:
+        return Finding.bad(
+            f"IPv4 forwarding is off in {ns} while egress is on ({shown})",
+            f"ip netns exec {ns} sysctl -w net.ipv4.ip_forward=1, or {UP}",
+            data=values,
+        )
+    return Finding.good(shown + ("" if s.egress else " (egress off: sandboxes are only reached, never routed)"))
+
+
+# ---- nftables: one listing shared by the NAT, firewall and ruleset checks ---------------------------------
+async def ruleset_of(ctx: Context, timeout: float = 1.0) -> list[dict[str, Any]]:
+    if "ruleset" not in ctx.memo:
+        ctx.memo["ruleset"] = await probes.nft_ruleset(ctx.fabric, timeout)
+    items: list[dict[str, Any]] = ctx.memo["ruleset"]
+    return items
+
+
+def _table_items(items: list[dict[str, Any]], family: str, name: str) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        kind, body = next(iter(item.items()))
+        table = body.get("name") if kind == "table" else body.get("table")
+        if body.get("family") == family and table == name:
+            out.append(item)
+    return out
+
+
+def _masquerades(items: list[dict[str, Any]], ctx: Context) -> list[str]:
+    """Descriptions of the masquerade rules of table inet hearth that cover INTERNAL_NETWORK out of the uplink."""
+    net = ctx.settings.internal_network
+    found = []
+    for expr in nft.rules(_table_items(items, nft.FABRIC_FAMILY, nft.FABRIC_TABLE), "postrouting"):
+        if not any("masquerade" in e for e in expr):
+            continue
+        matches = [e["match"] for e in expr if "match" in e]
+        saddr: Any = next(
+            (m["right"] for m in matches if m.get("left", {}).get("payload", {}).get("field") == "saddr"), {}
+        )
+        oif = next((m["right"] for m in matches if m.get("left", {}).get("meta", {}).get("key") == "oifname"), None)
+        prefix = saddr.get("prefix", {}) if isinstance(saddr, dict) else {}
+        if prefix.get("addr") == str(net.network_address) and prefix.get("len") == net.prefixlen:
+            found.append(f"masquerade {net} oifname {oif}")
+    return found
+
+
+async def nat(ctx: Context) -> Finding:
+    s, ns = ctx.settings, ctx.fabric
+    items = await ruleset_of(ctx)
+    masq = _masquerades(items, ctx)
+    links = await asyncio.to_thread(probes.links, ns, (UPLINK_INNER,))
+    inner = links.get(UPLINK_INNER)
+    seen = [
+        f"masquerade for {s.internal_network}: {'; '.join(masq) if masq else 'none'}",
+        f"uplink {UPLINK_INNER}: {inner.describe() if inner else 'missing'}",
+    ]
+    if not masq:
+        return Finding.bad(
+            f"egress is on but table inet hearth in {ns} has no masquerade rule for {s.internal_network} "
+            f"({'; '.join(seen)})",
+            f"{UP} — it restores `ip saddr {s.internal_network} oifname {UPLINK_INNER} masquerade` in chain "
+            "inet hearth postrouting",
+        )
+    if inner is None or not inner.up:
+        return Finding.bad(
+            f"egress is on but the uplink is {'missing' if inner is None else 'down'} ({'; '.join(seen)})",
+            f"{UP} (recreates the uplink {uplink_outer(ns)} ↔ {UPLINK_INNER})",
+        )
+    root = await nft.list_table(None, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT, timeout=1.0)
+    if root is None or not nft.has_masquerade(root):
+        return Finding.bad(
+            f"host table ip {nft.root_table(ns)} {'is missing' if root is None else 'has no masquerade'}",
+            f"{UP} (restores the host-side masquerade of {s.uplink_network})",
+        )
+    return Finding.good("; ".join(seen) + f"; host table ip {nft.root_table(ns)} masquerades {s.uplink_network}")
+
+
+# ---- firewall in the path ---------------------------------------------------------------------------------
+def _drops(items: list[dict[str, Any]]) -> list[str]:
+    """Drop policies and drop/reject rules, as "family table: what"."""
+    out = []
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            if c.get("hook") and c.get("policy") == "drop":
+                out.append(f"{c['family']} {c['table']}: chain {c['name']} (hook {c['hook']}) policy drop")
+        elif "rule" in item:
+            r = item["rule"]
+            verdicts = [k for e in r.get("expr", []) for k in e if k in ("drop", "reject")]
+            if verdicts:
+                out.append(f"{r['family']} {r['table']}: chain {r['chain']} rule {r.get('handle', '?')} {verdicts[0]}")
+    return out
+
+
+async def firewall(ctx: Context) -> Finding:
+    ns, s = ctx.fabric, ctx.settings
+    items = await ruleset_of(ctx)
+    tables = sorted({(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i})
+    foreign = [t for t in tables if t != (nft.FABRIC_FAMILY, nft.FABRIC_TABLE)]
+    findings = []
+    for family, name in foreign:
+        findings += _drops(_table_items(items, family, name))
+    ours = _table_items(items, nft.FABRIC_FAMILY, nft.FABRIC_TABLE)
+    wanted = nft.normalize(nft.fabric_ruleset(s))
+    findings += [d for d in _drops([o for o in nft.normalize(ours) if o not in wanted])]
+    brnf = await asyncio.to_thread(probes.sysctl, ns, "net/bridge/bridge-nf-call-iptables")
+    brnf_note = (
+        "br_netfilter not loaded"
+        if brnf is None
+        else f"br_netfilter bridge-nf-call-iptables={brnf}"
+        + (" (bridged frames also traverse ip/inet hooks)" if brnf == "1" else "")
+    )
+    shown = ", ".join(f"{f} {n}" for f, n in tables) or "none"
+    if findings:
+        deletes = "; ".join(f"nsenter --net=/run/netns/{ns} nft delete table {f} {n}" for f, n in foreign)
+        return Finding.bad(
+            f"firewall rules in the fabric namespace {ns} drop traffic: {'; '.join(findings)} "
+            f"(tables: {shown}; {brnf_note})",
+            (f"remove the foreign table(s): {deletes}" if deletes else UP)
+            + " — hearth owns the fabric namespace; its own rules live in table inet hearth only",
+            data={"tables": [f"{f} {n}" for f, n in tables], "drops": findings},
+        )
+    return Finding.good(f"tables: {shown}; no foreign drop rules; {brnf_note}")
+
+
+# ---- advisories -------------------------------------------------------------------------------------------
+async def ruleset(ctx: Context) -> Finding:
+    s, ns = ctx.settings, ctx.fabric
+    ours = _table_items(await ruleset_of(ctx), nft.FABRIC_FAMILY, nft.FABRIC_TABLE)
+    if not ours:
+        return Finding.bad(f"table inet hearth missing in {ns}: sandboxes are not isolated at L3", UP)
+    if not nft.has_isolation(ours, s.bridge_device):
+        return Finding.bad("table inet hearth does not drop bridge → bridge traffic (sandboxes could talk)", UP)
+    if nft.normalize(ours) != nft.normalize(nft.fabric_ruleset(s)):
+        return Finding.bad("table inet hearth differs from the ruleset computed from the settings", UP)
+    return Finding.good("table inet hearth matches the settings (isolation, input lockdown)")
+
+
+async def pool(ctx: Context) -> Finding:
+    service = ctx.parts.service
+    assert service is not None
+    s = ctx.settings
+    leases = await service.ipam.leases()
+    size = service.ipam.size
+    quarantined = sum(1 for lease in leases if lease.session_id.startswith(QUARANTINE))
+    clis = sum(1 for lease in leases if lease.session_id.startswith(CLI_OWNER))
+    used = len(leases)
+    shown = (
+        f"{used}/{size} addresses of {s.ip_pool_start}..{s.ip_pool_end} leased "
+        f"({used - quarantined - clis} browser sessions, {clis} CLI sandboxes, {quarantined} quarantined)"
+    )
+    if used >= size:
+        return Finding.bad(
+            f"IP pool exhausted: {shown}",
+            "cancel idle sessions or widen IP_POOL_START..IP_POOL_END inside INTERNAL_NETWORK "
+            f"{s.internal_network}"
+            + (
+                f"; {quarantined} quarantined slot(s) are freed once the reconciler reclaims them"
+                if quarantined
+                else ""
+            ),
+            data={"used": used, "size": size},
+        )
+    return Finding.good(shown, data={"used": used, "size": size})
+
+
+def _no_egress(ctx: Context) -> str | None:
+    return None if ctx.settings.egress else "egress is off (HEARTH_EGRESS=false): no NAT on the path"
+
+
+def _no_store(ctx: Context) -> str | None:
+    return None if ctx.parts.service is not None else "no state database to read leases from"
+
+
+NFT_HINT = "install nftables and util-linux (scripts/setup.sh) and run as root"
+
+STEPS = [
+    Step("config", Hop.CONFIG, config, 0.5, timeout_hint="check the environment and .env with `hearth config check`"),
+    Step("fabric namespace", Hop.FABRIC, fabric, 0.5, timeout_hint=UP),
+    Step("bridge", Hop.BRIDGE, bridge, 0.5, needs=("fabric namespace",), timeout_hint=UP),
+    Step("forwarding", Hop.FORWARDING, forwarding, 0.5, needs=("fabric namespace",), timeout_hint=UP),
+    Step("nat", Hop.NAT, nat, 1.0, needs=("fabric namespace",), timeout_hint=NFT_HINT, skip=_no_egress),
+    Step("firewall", Hop.FORWARDING, firewall, 1.0, needs=("fabric namespace",), timeout_hint=NFT_HINT),
+]
+ADVISORIES = [
+    Step("fabric ruleset", Hop.FORWARDING, ruleset, 1.0, needs=("fabric namespace",), on_path=False),
+    Step("pool", Hop.FABRIC, pool, 0.5, on_path=False, skip=_no_store),
+]

@@ -1,0 +1,53 @@
+"""The config drive: how a VM guest receives its per-sandbox settings and secret (every VM driver, one format).
+
+A small raw, read-only virtio disk (the second one: `/dev/vdb` in the guest; the kernel command line says
+`hearth.config=/dev/vdb`): `HEARTHCFG1\\n` + one JSON object + `\\n`, NUL-padded to a multiple of 4 KiB. The same
+format as `hearth.sandbox.firecracker.plan.config_drive`. The secret never appears on the kernel command line
+(`/proc/cmdline` is world-readable in the guest and VMMs log it).
+
+The guest (`hearth_boot.py`) adds what it knows itself: `ip` from the kernel's `ip=` argument, and a default
+`callback` URL on the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hearth.sandbox.base import SandboxSpec
+
+MAGIC = b"HEARTHCFG1\n"
+BLOCK = 4096
+DEVICE = "/dev/vdb"
+
+
+def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
+    """The agent configuration for `spec` (what the netns driver writes to agent.json, minus nothing)."""
+    return {
+        "version": 1,
+        "session_id": spec.session_id,
+        "secret": spec.secret,
+        "ip": str(spec.slot.ip),
+        "screen": spec.screen,
+        "start_url": spec.start_url,
+        "chromium": spec.chromium,
+        "rfb_port": spec.rfb_port,
+        "agent_port": spec.agent_port,
+        "desktop": spec.desktop,
+        "callback": f"http://{spec.slot.gateway}:{callback_port}",
+    }
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    raw = MAGIC + json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+    size = -(-len(raw) // BLOCK) * BLOCK
+    return raw.ljust(size, b"\0")
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    if not data.startswith(MAGIC):
+        raise ValueError("not a hearth config drive (bad magic)")
+    doc = json.loads(data[len(MAGIC) :].split(b"\0", 1)[0])
+    if not isinstance(doc, dict):
+        raise ValueError("the hearth config drive does not hold a JSON object")
+    return doc

@@ -1,0 +1,73 @@
+"""The guest packages (stdlib only: `hearth_agent`, `hearth_example`) as a directory a sandbox user can bind.
+
+The installed source may sit where the unprivileged sandbox user cannot reach it (a checkout under /root), and
+bubblewrap resolves bind sources as that user. So the packages are copied — once per content — to
+`<data_dir>/guest/<digest>/`, world-readable and never modified afterwards: content-addressed, installed by an
+atomic rename, so concurrent starts and running sandboxes never see a half-written or replaced tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import hearth_agent
+import hearth_example
+
+PACKAGES: tuple[ModuleType, ...] = (hearth_agent, hearth_example)
+_SKIP = ("__pycache__",)
+
+
+def _files(pkgs: tuple[ModuleType, ...]) -> list[tuple[str, Path]]:
+    out = []
+    for pkg in pkgs:
+        src = Path(next(iter(pkg.__path__)))
+        for root, dirs, files in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = Path(root) / name
+                    out.append((f"{src.name}/{path.relative_to(src)}", path))
+    return out
+
+
+def install(base: Path, pkgs: tuple[ModuleType, ...] = PACKAGES) -> Path:
+    """A directory under `base` holding `pkgs` (import root for PYTHONPATH); created if missing."""
+    files = _files(pkgs)
+    digest = hashlib.sha256()
+    blobs = []
+    for rel, path in files:
+        data = path.read_bytes()
+        blobs.append((rel, data))
+        digest.update(rel.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    dest = base / digest.hexdigest()[:16]
+    if dest.is_dir():
+        return dest
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    tmp = base / f".tmp-{secrets.token_hex(6)}"
+    try:
+        tmp.mkdir(mode=0o755)
+        for rel, data in blobs:
+            target = tmp / rel
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            target.write_bytes(data)
+            os.chmod(target, 0o755 if rel.endswith("_hook.py") else 0o644)
+        for root, dirs, _ in os.walk(tmp):
+            for d in dirs:
+                os.chmod(Path(root) / d, 0o755)
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not "another start installed the same content first"
+                raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+    return dest

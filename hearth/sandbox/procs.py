@@ -1,0 +1,143 @@
+"""The processes of a namespace sandbox, found from kernel facts alone — no in-memory state, no `ip` text parsing —
+and stopped.
+
+A process belongs to the sandbox when its network namespace is the sandbox's (same device and inode as the bind
+mount `/run/netns/<name>`), or when it lives in a PID namespace that a sandbox process lives in (other than the
+controller's own): a sandboxed program that unshared a network namespace of its own is still found. Zombies
+count as gone. Signals go through pidfds, re-checked after opening, so a recycled PID is
+never signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from hearth.errors import DriverError, Hop
+from hearth.fabric.dial import NETNS_RUN_DIR
+
+NsId = tuple[int, int]  # (st_dev, st_ino) of a namespace file
+
+
+def ns_id(path: str | os.PathLike[str]) -> NsId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def pids_in_netns(name: str) -> list[int]:
+    """Live processes whose network namespace is `name` (compared by inode)."""
+    target = ns_id(NETNS_RUN_DIR / name)
+    if target is None:
+        return []
+    return sorted(pid for pid, net, _ in _scan() if net == target)
+
+
+def _dead(pid: int) -> bool:
+    """Exited: gone, or a zombie (bwrap's PID-namespace init can linger as one until the host's init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _scan() -> list[tuple[int, NsId, NsId | None]]:
+    """(pid, netns, pidns) of every live process; a zombie's namespace links may still resolve, so check state."""
+    out: list[tuple[int, NsId, NsId | None]] = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            net, pidns = ns_id(f"/proc/{entry.name}/ns/net"), ns_id(f"/proc/{entry.name}/ns/pid")
+            if net is not None and not _dead(int(entry.name)):
+                out.append((int(entry.name), net, pidns))
+    return out
+
+
+@dataclass
+class SandboxProcesses:
+    """The processes of sandbox netns `netns`; PID namespaces seen are remembered across scans."""
+
+    netns: str
+    pidns: set[NsId] = field(default_factory=set)
+    own_pidns: NsId | None = field(default_factory=lambda: ns_id("/proc/self/ns/pid"))
+
+    def scan(self) -> set[int]:
+        target = ns_id(NETNS_RUN_DIR / self.netns)
+        rows = _scan()
+        if target is not None:
+            for _, net, pidns in rows:
+                if net == target and pidns is not None and pidns != self.own_pidns:
+                    self.pidns.add(pidns)
+        return {
+            pid
+            for pid, net, pidns in rows
+            if (target is not None and net == target) or (pidns is not None and pidns in self.pidns)
+        }
+
+    def _belongs(self, pid: int) -> bool:
+        target = ns_id(NETNS_RUN_DIR / self.netns)
+        net, pidns = ns_id(f"/proc/{pid}/ns/net"), ns_id(f"/proc/{pid}/ns/pid")
+        return (target is not None and net == target) or (pidns is not None and pidns in self.pidns)
+
+    def signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone
+            try:
+                if self._belongs(pid):  # the pidfd pins this process: it is the one we found, not a recycled PID
+                    signal.pidfd_send_signal(fd, sig)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+async def stop_sandbox_processes(
+    netns: str, extra: asyncio.subprocess.Process | None = None, grace: float = 3.0, kill_wait: float = 5.0
+) -> None:
+    """TERM every process of the sandbox, KILL whatever is left after `grace`, wait until every one is gone.
+
+    The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM, and `--die-with-parent` then KILLs
+    the sandbox's PID namespace: a disposable sandbox goes at once. `extra` is the launcher this controller started
+    (if it still knows it): it is signalled and awaited too. Raises DriverError when something survives SIGKILL.
+    """
+    procs = SandboxProcesses(netns)
+
+    async def remaining() -> set[int]:
+        found = await asyncio.to_thread(procs.scan)
+        if extra is not None and extra.returncode is None:
+            found.add(extra.pid)
+        return found
+
+    found = await remaining()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        if not found:
+            return
+        await asyncio.to_thread(procs.signal, sorted(found), sig)
+        if extra is not None and extra.returncode is None:
+            extra.send_signal(sig)  # our unreaped child: its PID cannot have been recycled
+        deadline = time.monotonic() + wait
+        while True:
+            if extra is not None and extra.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(extra.wait(), 0.02)
+            else:
+                await asyncio.sleep(0.02)
+            found = await remaining()
+            if not found or time.monotonic() >= deadline:
+                break
+    if not found:
+        return
+    raise DriverError(
+        Hop.DRIVER,
+        f"processes {sorted(found)} of sandbox {netns} survived SIGKILL for {kill_wait:.0f}s",
+        "look for processes stuck in uninterruptible sleep (state D) and retry `hearth sandbox destroy`",
+    )

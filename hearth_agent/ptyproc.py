@@ -1,0 +1,241 @@
+"""A CLI in a pseudo-terminal, and the terminal text it prints.
+
+`PtyProcess` runs a command with a PTY as its stdin/stdout/stderr, in a new session whose controlling terminal is
+that PTY (some CLIs open /dev/tty), reads its output on a thread and can end its whole process group.
+`TermText` turns raw terminal output into plain text for prompt and URL matching, and yields the answers to the
+terminal queries CLIs block on (cursor position `ESC[6n`, device attributes `ESC[c`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+
+# The child's first act: make the PTY (its stdin) the controlling terminal of its new session, then exec the CLI.
+# (subprocess's start_new_session gives the session; Python 3.11 has no safe way to acquire the terminal before
+# exec without preexec_fn, which is unsafe in a threaded server.)
+_CTTY = (
+    "import fcntl,os,sys,termios\n"
+    "try:\n fcntl.ioctl(0, termios.TIOCSCTTY, 0)\nexcept OSError:\n pass\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+ANSI = re.compile(
+    r"""
+      \x1b\][^\x07\x1b]*(?:\x07|\x1b\\)     # OSC ... BEL or ST (titles, OSC 8 hyperlinks)
+    | \x1b\[[0-?]*[\x20-/]*[@-~]            # CSI
+    | \x1b[PX^_][^\x1b]*\x1b\\              # DCS / SOS / PM / APC ... ST
+    | \x1b[\x20-/]*[0-OQ-WYZ\\`-~]          # other escapes (charset, keypad modes; not the introducers P X [ ] ^ _)
+    """,
+    re.VERBOSE,
+)
+_OSC8 = re.compile(r"\x1b\]8;[^;\x07\x1b]*;([^\x07\x1b]*)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEWLINES = re.compile(r"\r\n?")
+# replies to the terminal queries a CLI may wait on
+_REPLIES = {
+    "\x1b[6n": "\x1b[1;1R",  # cursor position report (Codex asks before drawing)
+    "\x1b[?6n": "\x1b[?1;1R",
+    "\x1b[c": "\x1b[?1;2c",  # primary device attributes (VT100 with advanced video)
+    "\x1b[0c": "\x1b[?1;2c",
+}
+_HOLD_MAX = 4096
+
+
+def _plain(m: re.Match[str]) -> str:
+    seq = m.group(0)
+    link = _OSC8.match(seq)
+    if link:  # a hyperlink's target may differ from its visible text: put it on a line of its own
+        return f"\n{link.group(1)}\n" if link.group(1) else ""
+    if seq.startswith("\x1b["):
+        final = seq[-1]
+        if final == "C":  # cursor forward: a visual gap
+            return " "
+        if final in "ABEFGHfd":  # cursor positioning: what follows is elsewhere on the screen
+            return "\n"
+    return ""
+
+
+class TermText:
+    """Incremental terminal output → plain text (ANSI removed, newlines normalised) + query replies."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""
+
+    def feed(self, raw: bytes) -> tuple[str, list[str]]:
+        text = self._held + self._decoder.decode(raw)
+        self._held = ""
+        cut = self._incomplete_escape(text)
+        if cut is None and text.endswith("\r"):
+            cut = len(text) - 1  # a CR may be the first half of CR LF
+        if cut is not None:
+            text, self._held = text[:cut], text[cut:]
+        replies = [_REPLIES[m.group(0)] for m in ANSI.finditer(text) if m.group(0) in _REPLIES]
+        return self.clean(text), replies
+
+    def flush(self) -> str:
+        text, self._held = self._held + self._decoder.decode(b"", final=True), ""
+        return self.clean(text)
+
+    @staticmethod
+    def clean(text: str) -> str:
+        return _NEWLINES.sub("\n", _CONTROL.sub("", ANSI.sub(_plain, text)))
+
+    @staticmethod
+    def _incomplete_escape(text: str) -> int | None:
+        """Where an escape sequence cut off by the end of this read starts (it is completed by the next read)."""
+        start = max(0, len(text) - _HOLD_MAX)
+        pos = text.find("\x1b", start)
+        while pos != -1:
+            if ANSI.match(text, pos) is None and "\n" not in text[pos:]:
+                return pos
+            pos = text.find("\x1b", pos + 1)
+        return None
+
+
+class PtyProcess:
+    """`argv` in a PTY; `on_output(bytes)` is called from the reader thread for every read."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        on_output: Callable[[bytes], None],
+        cols: int = 1000,  # wide: CLIs that wrap to the terminal width must not break the sign-in URL
+        rows: int = 50,
+    ) -> None:
+        self.argv, self.env, self.cwd, self.on_output = argv, env, cwd, on_output
+        self.cols, self.rows = cols, rows
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self._master = -1
+        self._wlock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        master, slave = pty.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.rows, self.cols, 0, 0))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _CTTY, *self.argv],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)  # only the child holds the slave: its exit makes the master read EIO
+        os.set_blocking(master, False)  # a CLI that stops reading must not block our writes (or the reader)
+        self._master = master
+        self._reader = threading.Thread(target=self._read_loop, name="login-pty", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.2)
+                if not ready:
+                    continue
+                data = os.read(self._master, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: every holder of the slave side is gone
+                break
+            if not data:
+                break
+            self.on_output(data)
+
+    def write(self, text: str) -> bool:
+        """Type `text`; False when the CLI is gone or has not read its input for a second (the rest is dropped)."""
+        data = text.encode()
+        deadline = time.monotonic() + 1.0
+        with self._wlock:
+            while data and self._master >= 0:
+                try:
+                    data = data[os.write(self._master, data) :]
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+                except OSError:
+                    break
+        return not data
+
+    def output_closed(self, timeout: float) -> bool:
+        """Wait until the reader saw the end of the output (all of it was passed to `on_output`)."""
+        if self._reader is not None:
+            self._reader.join(timeout)
+            return not self._reader.is_alive()
+        return True
+
+    def exited(self) -> int | None:
+        """The exit status if the CLI has exited, without reaping it (so its pid cannot be reused yet)."""
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            res = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.reap()
+        if res is None:
+            return None
+        return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
+    def reap(self) -> int:
+        """After the CLI exited: kill what is left of its process group (helpers it started), then reap it."""
+        assert self.proc is not None
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the leader is a zombie: its pid is still ours
+            self.returncode = self.proc.wait()
+        return self.returncode
+
+    def terminate(self, grace: float = 2.0) -> int:
+        """SIGTERM the process group, SIGKILL it after `grace`, reap. Returns the exit status."""
+        if self.proc is None:
+            return -1
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if self.exited() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            deadline = time.monotonic() + wait
+            while self.exited() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return self.reap()
+
+    def close(self) -> None:
+        """Stop reading and release the PTY (call after the CLI was reaped)."""
+        self._closing.set()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(2)
+        with self._wlock:
+            if self._master >= 0:
+                os.close(self._master)
+                self._master = -1

@@ -1,0 +1,60 @@
+"""Fault injection with egress on and a one-address pool: the masquerade rule deleted (hop nat) and the pool
+exhausted by the one session (hop fabric, an advisory that never explains a session's failure)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from hearth.doctor import diagnose_session
+from hearth.errors import Hop
+from tests.doctor.conftest import Live, first, live_session, nft_json, nft_list
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def live() -> AsyncIterator[Live]:
+    """Egress on (NAT on the path) and a pool of one address, held by the one session."""
+    uplink = f"169.254.{secrets.randbelow(200) + 1}.{secrets.randbelow(60) * 4}/30"
+    async with live_session(
+        HEARTH_EGRESS="true", HEARTH_UPLINK_NETWORK=uplink, IP_POOL_START="192.168.100.2", IP_POOL_END="192.168.100.2"
+    ) as live:
+        yield live
+
+
+class TestCapacityAndNat:
+    async def test_pool_exhausted(self, live: Live) -> None:
+        rep = await live.wait_healthy()
+        f = first(rep)
+        assert f.hop is Hop.FABRIC and f.name == "pool", f
+        assert "1/1 addresses" in f.evidence
+        assert "widen IP_POOL_START..IP_POOL_END" in f.hint
+        assert rep.check("nat").ok is True
+        assert await diagnose_session(live.ctl, live.session_id) is None  # a full pool never explains a session
+        host = (await live.http.get("/api/diagnostics")).json()
+        assert host["first_failure"]["name"] == "pool"
+
+    async def test_masquerade_rule_missing(self, live: Live) -> None:
+        await live.wait_healthy()
+        items = await nft_list(live.fabric, "table", "inet", "hearth")
+        handles = [
+            i["rule"]["handle"]
+            for i in items
+            if "rule" in i and i["rule"]["chain"] == "postrouting" and any("masquerade" in e for e in i["rule"]["expr"])
+        ]
+        assert handles, items
+        rule = {"family": "inet", "table": "hearth", "chain": "postrouting", "handle": handles[0]}
+        await nft_json(live.fabric, {"nftables": [{"delete": {"rule": rule}}]})
+        try:
+            f = first(await live.report())
+            assert f.hop is Hop.NAT and f.name == "nat", f
+            assert "no masquerade rule for 192.168.100.0/24" in f.evidence
+            assert "hearth fabric up" in f.hint and "masquerade" in f.hint
+        finally:
+            await live.ctl.fabric.up()  # converges table inet hearth back to the settings
+        rep = await live.wait_healthy()
+        assert rep.check("nat").ok is True
