@@ -6,6 +6,7 @@ reconciler can map any leftover `hearth…` resource back to its owner, and neve
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -63,8 +64,9 @@ class Slot:
 
 
 def uplink_outer(fabric: str) -> str:
-    """Root-namespace end of the optional egress uplink (global name: derived from the fabric, ≤ 15 chars)."""
-    return f"hup-{fabric}"[:15]
+    """Root-namespace end of the optional egress uplink: a global name, so derived from a hash of the fabric name
+    (two fabrics sharing a long prefix must not collide) and ≤ 15 characters: `hup-<10 hex>`."""
+    return f"hup-{hashlib.sha256(fabric.encode()).hexdigest()[:10]}"
 
 
 def sandbox_netns_index(fabric: str, name: str) -> int | None:

@@ -12,7 +12,7 @@ import pytest
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink, nft
-from hearth.fabric.slot import UPLINK_INNER
+from hearth.fabric.slot import UPLINK_INNER, uplink_outer
 
 Obj = dict[str, Any]
 
@@ -95,8 +95,9 @@ def test_root_ruleset_is_hearths_own_table(make_settings_for: Callable[..., Sett
     assert tables(objs) == {("ip", "hearth_hearth-tabc123")}
     post = nft.rules(objs, "postrouting")
     assert post[0][0]["match"]["right"] == {"prefix": {"addr": "169.254.150.4", "len": 30}}
-    assert post[0][1] == meta("oifname", "hup-hearth-tabc", "!=") and post[0][2] == {"masquerade": None}
-    assert nft.rules(objs, "input")[-1] == [meta("iifname", "hup-hearth-tabc"), {"counter": None}, {"drop": None}]
+    outer = uplink_outer("hearth-tabc123")
+    assert post[0][1] == meta("oifname", outer, "!=") and post[0][2] == {"masquerade": None}
+    assert nft.rules(objs, "input")[-1] == [meta("iifname", outer), {"counter": None}, {"drop": None}]
 
 
 def test_replace_is_one_atomic_transaction(make_settings_for: Callable[..., Settings]) -> None:
@@ -208,3 +209,8 @@ def test_apply_works_under_uvloop(scratch_netns: str, make_settings_for: Callabl
 
     listed = uvloop.run(roundtrip())
     assert listed is not None and nft.normalize(listed) == nft.normalize(objs)
+
+
+def test_uplink_names_of_similar_fabrics_do_not_collide() -> None:
+    a, b = uplink_outer("hearth-test-aaaaaaa1"), uplink_outer("hearth-test-aaaaaaa2")
+    assert a != b and len(a) <= 15 and len(b) <= 15
