@@ -41,11 +41,27 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class ClientNoiseFilter(logging.Filter):
+    """uvicorn logs a viewer's invalid UTF-8 text frame as an ERROR with a traceback (then closes it with 1007, as it
+    should): a client's garbage is not a controller error, and must not let any client flood the error log."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage() in self.MESSAGES:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def install_redaction() -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "httpx"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactFilter) for f in logger.filters):
             logger.addFilter(RedactFilter())
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientNoiseFilter) for f in errors.filters):
+        errors.addFilter(ClientNoiseFilter())
 
 
 class _SessionFilter(logging.Filter):

@@ -158,6 +158,8 @@ class CliSandboxes:
 
     async def delete(self, user_id: str) -> bool:
         """Stop it and remove its home for good."""
+        if await self.db.run(lambda db: db.get(CliSandboxRow, user_id)) is None:
+            return False  # checked first: an unknown id (any string a client sends) must not leave a lock behind
         await self.stop(user_id)
         row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
         if row is None:

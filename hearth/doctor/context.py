@@ -173,6 +173,10 @@ async def _run_one(ctx: Context, step: Step, results: dict[str, CheckResult]) ->
     try:
         found = await asyncio.wait_for(step.fn(ctx), timeout)
     except TimeoutError:
+        if timeout < step.timeout:  # cut short by the budget, not by the hop: no verdict either way
+            return CheckResult(
+                step.hop, step.name, None, f"not finished: only {timeout:.2f}s of the diagnosis budget were left"
+            )
         found = Finding.bad(f"no answer within {timeout:.2f}s", step.timeout_hint)
     except HearthError as exc:
         found = Finding.bad(exc.message, exc.hint or step.timeout_hint)

@@ -28,6 +28,8 @@ from hearth.rfb.ws import WsByteStream
 from hearth.session.readiness import http_get_json, rfb_handshake
 
 OK_NEIGHBOUR = ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT")
+# x11vnc answers a new client after 0.1, 0.3 or (now and then) 1.1 s — it accepts between screen polls.
+RFB_TIMEOUT = 1.5
 
 
 def _agent_log(t: Target) -> str:
@@ -239,7 +241,7 @@ async def agent(ctx: Context) -> Finding:
     t, s = ctx.need_target(), ctx.settings
     where = f"{t.ip}:{s.agent_port}"
     try:
-        status, body = await http_get_json(ctx.fabric, t.ip, s.agent_port, "/health", 0.7)
+        status, body = await asyncio.wait_for(http_get_json(ctx.fabric, t.ip, s.agent_port, "/health", 0.7), 0.7)
     except (OSError, TimeoutError, ValueError) as exc:
         proc = await asyncio.to_thread(_agent_proc, ctx, t)
         what = "connection refused" if isinstance(exc, ConnectionRefusedError) else type(exc).__name__
@@ -294,7 +296,7 @@ async def vnc(ctx: Context) -> Finding:
 async def rfb(ctx: Context) -> Finding:
     t, s = ctx.need_target(), ctx.settings
     try:
-        init = await rfb_handshake(ctx.fabric, t.ip, s.rfb_port, 0.7)
+        init = await asyncio.wait_for(rfb_handshake(ctx.fabric, t.ip, s.rfb_port, RFB_TIMEOUT), RFB_TIMEOUT)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, RfbError) as exc:
         return Finding.bad(
             f"{t.ip}:{s.rfb_port} accepts TCP but RFB does not complete ({type(exc).__name__}: {exc})",
@@ -347,7 +349,7 @@ async def gateway(ctx: Context) -> Finding:
             open_timeout=1.0,
             max_size=None,
         ) as ws:
-            banner = await read_banner(WsByteStream(ws, 1.0).read)
+            banner = await read_banner(WsByteStream(ws, RFB_TIMEOUT).read)
             proto = ws.subprotocol
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd else 1006
@@ -414,7 +416,7 @@ STEPS = [
     Step("icmp", Hop.ICMP, icmp, 0.5, needs=("neighbour",), skip=_gone),
     Step("agent", Hop.AGENT, agent, 0.9, needs=("neighbour",), skip=_gone, timeout_hint="the agent is hung"),
     Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=_gone),
-    Step("rfb", Hop.RFB, rfb, 0.8, needs=("vnc",), skip=_gone, timeout_hint="x11vnc is hung"),
-    Step("gateway", Hop.GATEWAY, gateway, 1.2, needs=("rfb",), skip=_no_gateway),
+    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=_gone, timeout_hint="x11vnc is hung"),
+    Step("gateway", Hop.GATEWAY, gateway, RFB_TIMEOUT + 0.2, needs=("rfb",), skip=_no_gateway),
 ]
 ADVISORIES = [Step("port isolation", Hop.LINK, isolation, 0.3, needs=("link",), on_path=False, skip=_gone)]

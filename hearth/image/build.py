@@ -450,6 +450,10 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
     )
     _write(root, "etc/apt/sources.list", sources.encode(), 0o644)
     _write(root, "usr/sbin/policy-rc.d", b"#!/bin/sh\nexit 101\n", 0o755)  # no service starts during the build
+    pins = "".join(
+        f"Package: {p}\nPin: release *\nPin-Priority: -1\n\n" for p in FORBIDDEN_PACKAGES
+    )  # apt must never pick a second network manager (or systemd, which carries systemd-networkd)
+    _write(root, "etc/apt/preferences.d/hearth-no-network-managers", pins.encode(), 0o644)
     shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
     opts = " ".join(_APT_OPTS)
     progress.stage("apt-get update")
@@ -474,7 +478,8 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
     kpkg = m.group(1)
     _chroot(
         root,
-        "rm -rf /var/tmp/hearth-debs && mkdir -p /var/tmp/hearth-debs && cd /var/tmp/hearth-debs && "
+        "rm -rf /var/tmp/hearth-debs /var/tmp/hearth-x && mkdir -p /var/tmp/hearth-debs /var/tmp/hearth-x && "
+        "chown _apt /var/tmp/hearth-debs && cd /var/tmp/hearth-debs && "
         f"apt-get {opts} download {kpkg} {BUSYBOX_PACKAGE} && "
         'for d in *.deb; do dpkg-deb -x "$d" "/var/tmp/hearth-x/${d%%_*}"; done && '
         "dpkg-deb -f " + kpkg + "_*.deb Version > /var/tmp/hearth-x/kernel.version",

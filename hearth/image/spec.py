@@ -33,6 +33,7 @@ BASE_PACKAGES: tuple[str, ...] = (
     "x11vnc",
     "fonts-dejavu-core",
     "iproute2",  # hearth-init applies the kernel's ip= argument with `ip`
+    "dbus-x11",  # provides dbus-session-bus (dconf, via chromium), which would otherwise pull in systemd
 )
 CHROMIUM_PACKAGES: tuple[str, ...] = ("chromium",)
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 
 class Changes:
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        # Weak: an event lives only while someone waits on it. A waiter taken after a session's last change (a viewer
+        # or status stream of an ended session) would otherwise stay here forever — one per session id, unbounded.
+        self._events: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
 
     def waiter(self, session_id: str) -> asyncio.Event:
-        """An event set at the next change of `session_id`. Take it *before* reading state to miss nothing."""
+        """An event set at the next change of `session_id`. Take it *before* reading state to miss nothing; keep a
+        reference to it while waiting."""
         ev = self._events.get(session_id)
         if ev is None:
-            ev = self._events[session_id] = asyncio.Event()
+            ev = asyncio.Event()
+            self._events[session_id] = ev
         return ev
 
     def notify(self, session_id: str) -> None:

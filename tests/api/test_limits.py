@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -200,3 +202,30 @@ async def test_over_real_tcp_a_huge_upload_is_cut_and_the_server_stays_up() -> N
     finally:
         srv.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
+    """The real app (`hearth.api.app.create_app`, driven over ASGI: no fabric, no root) refuses an oversized body
+    and rate-limits /api/* — i.e. `limits.install(app, settings)` is wired in."""
+    from hearth.api.app import build, create_app
+
+    settings = load_settings(
+        {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None
+    )
+    ctl = build(settings)
+    try:
+        app = create_app(ctl)
+        assert isinstance(getattr(app.state, "rate_limiter", None), limits.RateLimiter), (
+            "limits.install(app, settings) is not wired in hearth/api/app.py"
+        )
+        async with asgi_client(app) as http:
+            big = await http.post("/api/auth/start", content=b"{" + b" " * (1 << 20) + b"}", headers=bearer("k"))
+            assert big.status_code == 413, big.text
+            codes = Counter(
+                [(await http.get("/api/auth/session/nope", headers=bearer("k"))).status_code for _ in range(200)]
+            )
+            print(f"\n200 rapid requests with one key: {dict(codes)}")
+            assert codes[404] >= 1 and codes[429] >= 1 and set(codes) == {404, 429}
+            assert (await http.get("/health")).status_code == 200
+    finally:
+        ctl.db.dispose()

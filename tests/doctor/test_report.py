@@ -86,6 +86,13 @@ async def test_timeouts_errors_and_skips_become_results() -> None:
 async def test_budget_and_verdict_mode() -> None:
     results = await run_steps(ctx(budget=0.0), [step("a", Hop.CONFIG)])
     assert results[0].ok is None and "budget" in results[0].evidence
+
+    async def slow(_ctx: Context) -> Finding:
+        await asyncio.sleep(5)
+        return Finding.good("never")
+
+    cut = await run_steps(ctx(budget=0.2), [Step("rfb", Hop.RFB, slow, 1.0)])
+    assert cut[0].ok is None and "budget" in cut[0].evidence  # cut short by the budget: no verdict
     steps = [step("path", Hop.LINK), step("pool", Hop.FABRIC, Finding.bad("full", "widen"), on_path=False)]
     assert [r.name for r in await run_steps(ctx(verdict=True), steps)] == ["path"]
     assert [r.name for r in await run_steps(ctx(), steps)] == ["path", "pool"]

@@ -1,0 +1,353 @@
+"""The QEMU driver: each sandbox is a VM booting the golden image, on a TAP port of the fabric bridge.
+
+`start` acquires, in order, registering each undo as it goes: the workdir (0700) with the config drive and a qcow2
+overlay on the golden ext4 (copy-on-write: never a full copy), the TAP `hearth-t<slot>` (vnet_hdr, isolated port),
+then QEMU itself — inside the fabric namespace — and its QMP connection (stage `process`). It returns once the
+serial console shows the guest's init running (stage `kernel`); the session service then waits for the agent, VNC
+and RFB like for any driver. No sleeps: every wait polls a real signal with a bound, and fails fast (with the
+console's last lines) when QEMU exits or the guest panics.
+
+`destroy` needs only the spec: QEMU is found by its pidfile (checked against its command line) or by the QMP socket
+path in `/proc/*/cmdline`; it is asked to `quit` over QMP, SIGKILLed after a bound, and **waited for** before the TAP
+is deleted (a TAP still held by a process cannot be reused). Anything already gone is success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from qemu.qmp import QMPClient, QMPError
+
+from hearth.config import Settings
+from hearth.errors import DriverError, HearthError, Hop
+from hearth.fabric import ports
+from hearth.image import configdrive, guest
+from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.image import GuestImage
+from hearth.sandbox.qemu import accel as accel_probe
+from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
+from hearth.sandbox.qemu.console import ConsoleWatch, console_tail, fatal_line
+
+log = logging.getLogger("hearth.sandbox.qemu")
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect chatter is not ours to log
+
+QMP_TIMEOUT = 15.0
+QUIT_GRACE = 3.0
+KILL_WAIT = 5.0
+BOOT_TIMEOUT = {"kvm": 30.0, "tcg": 120.0}
+IMAGE_HINT = "run `hearth image build` (then `hearth image list`), or set HEARTH_IMAGE_DIR to a built image"
+
+
+def image_problems(image: GuestImage) -> list[str]:
+    """What is missing from the image for QEMU (kernel, initramfs, root disk)."""
+    out = []
+    for label, path in (("kernel", image.kernel), ("initramfs", image.initrd), ("root disk", image.rootfs)):
+        if path is None or not path.is_file():
+            out.append(f"{label} {path}")
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _is_our_qemu(pid: int, files: Files) -> bool:
+    qmp = str(files.qmp)
+    return any(qmp in a for a in _cmdline(pid))
+
+
+def find_qemu(files: Files) -> int | None:
+    """The pid of the QEMU serving `files` (pidfile first, then a scan of /proc), or None."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(files.pidfile.read_text().strip())
+        if _is_our_qemu(pid, files) and _running(pid):
+            return pid
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if pid != os.getpid() and _is_our_qemu(pid, files) and _running(pid):
+                return pid
+    return None
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+
+    def __init__(
+        self,
+        settings: Settings,
+        image: GuestImage,
+        accel: Accel | None = None,
+        *,
+        binary: str = "qemu-system-x86_64",
+        qemu_img: str = "qemu-img",
+        runas: str | None = "nobody",
+        boot_timeout: float | None = None,
+        extra_append: str = "",
+    ) -> None:
+        self.s = settings
+        self.image = image
+        self.binary = binary
+        self.qemu_img = qemu_img
+        self.runas = runas
+        self.extra_append = extra_append
+        if accel is None:
+            found = accel_probe.probe(settings.data_dir, image, binary)
+            accel = found.accel or "tcg"
+            self.accel_reason = found.reason
+        else:
+            self.accel_reason = f"{accel} (given)"
+        self.accel: Accel = accel
+        self.boot_timeout = boot_timeout or BOOT_TIMEOUT[accel]
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+
+    # ---- pure -----------------------------------------------------------------------------------
+    def machine(self) -> Machine:
+        return Machine(self.accel, self.s.vm_vcpus, self.s.vm_mem_mib)
+
+    def argv(self, spec: SandboxSpec) -> list[str]:
+        return argv(
+            spec,
+            self.image,
+            self.machine(),
+            self.s.fabric_netns,
+            binary=self.binary,
+            runas=self.runas,
+            extra_append=self.extra_append,
+        )
+
+    def console_tail(self, spec: SandboxSpec, limit: int = 8192) -> str:
+        """The end of the sandbox's serial console (kernel messages, init, the agent's log lines)."""
+        return console_tail(spec.workdir, limit)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Check what start needs before acquiring anything; each failure names the fix."""
+        missing = image_problems(self.image)
+        if missing:
+            raise DriverError(Hop.DRIVER, f"the guest image is incomplete: missing {', '.join(missing)}", IMAGE_HINT)
+        for tool, pkg in ((self.binary, "qemu-system-x86"), (self.qemu_img, "qemu-utils"), ("nsenter", "util-linux")):
+            if shutil.which(tool) is None:
+                raise DriverError(Hop.DRIVER, f"{tool} not found", f"install {pkg} (scripts/setup.sh)")
+
+    async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
+        self.preflight()
+        files = Files(spec.workdir)
+        try:
+            async with AsyncExitStack() as undo:
+                if spec.workdir.exists() or await asyncio.to_thread(find_qemu, files) is not None:
+                    await self.destroy(spec)  # leftovers of this slot (crash): ours to replace
+                undo.push_async_callback(asyncio.to_thread, shutil.rmtree, spec.workdir, True)
+                await asyncio.to_thread(self._prepare, spec, files)
+                await self._overlay(files)
+                undo.push_async_callback(ports.remove_port, self.s, spec.slot.tap_name)
+                await ports.add_tap(self.s, spec.slot)
+                undo.push_async_callback(self._stop, spec)  # runs before the TAP goes: exit first, then the port
+                proc = await self._spawn(spec, files)
+                await self._connect_qmp(files, proc)
+                mark("process")
+                await self._wait_console(files, proc, guest.MARK_INIT, self.boot_timeout)
+                mark("kernel")
+                undo.pop_all()
+                return SandboxInfo(
+                    pid=proc.pid,
+                    details={
+                        "accel": self.accel,
+                        "machine": "microvm" if self.accel == "kvm" else "q35",
+                        "tap": spec.slot.tap_name,
+                        "overlay": str(files.overlay),
+                        "console": str(files.console),
+                        "qmp": str(files.qmp),
+                    },
+                )
+        except HearthError:
+            raise
+        except Exception as exc:
+            raise DriverError(
+                Hop.DRIVER,
+                f"qemu sandbox start failed: {type(exc).__name__}: {exc}",
+                f"see {files.log} and {files.console} (HEARTH_KEEP_FAILED=true keeps them)",
+            ) from exc
+
+    def _prepare(self, spec: SandboxSpec, files: Files) -> None:
+        spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(spec.workdir, 0o700)
+        data = configdrive.encode(configdrive.document(spec, self.s.callback_port))
+        fd = os.open(files.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        for path in (files.console, files.log):
+            path.touch(mode=0o600)
+
+    async def _overlay(self, files: Files) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *overlay_argv(self.image, files, self.qemu_img),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise DriverError(
+                Hop.DRIVER,
+                f"qemu-img could not create the overlay on {self.image.rootfs}: {out.decode(errors='replace').strip()}",
+                IMAGE_HINT,
+            )
+
+    async def _spawn(self, spec: SandboxSpec, files: Files) -> asyncio.subprocess.Process:
+        logf = open(files.log, "ab")  # noqa: ASYNC230 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(spec), stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+            )
+        finally:
+            logf.close()
+        self._procs[spec.slot.netns] = proc
+        log.info("qemu started", extra={"pid": proc.pid, "accel": self.accel, "tap": spec.slot.tap_name})
+        return proc
+
+    def _exited(self, files: Files, proc: asyncio.subprocess.Process, what: str) -> DriverError:
+        said = accel_probe.tail(_read(files.log), 4) or accel_probe.tail(console_tail(files.workdir, 2048), 4)
+        return DriverError(
+            Hop.DRIVER,
+            f"QEMU exited with {proc.returncode} {what}: {said or 'no output'}",
+            f"see {files.log} and {files.console}",
+        )
+
+    async def _connect_qmp(self, files: Files, proc: asyncio.subprocess.Process) -> None:
+        """Until QMP answers query-status (QEMU is up), or fail fast when QEMU exits."""
+        deadline = time.monotonic() + QMP_TIMEOUT
+        delay = 0.01
+        last = "socket not there yet"
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise self._exited(files, proc, "before QMP answered")
+            if files.qmp.exists():
+                qmp = QMPClient("hearth")
+                try:
+                    await asyncio.wait_for(qmp.connect(str(files.qmp)), 2.0)
+                    status = await asyncio.wait_for(qmp.execute("query-status"), 2.0)
+                    if isinstance(status, dict) and status.get("status") in ("running", "prelaunch"):
+                        return
+                    last = f"status {status!r}"
+                except (QMPError, OSError, TimeoutError) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                finally:
+                    with contextlib.suppress(Exception):
+                        await qmp.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), delay)
+            delay = min(delay * 2, 0.1)
+        raise DriverError(Hop.DRIVER, f"QMP at {files.qmp} did not answer within {QMP_TIMEOUT:.0f}s ({last})", "")
+
+    async def _wait_console(
+        self, files: Files, proc: asyncio.subprocess.Process, marker: str, timeout: float
+    ) -> list[str]:
+        """Until `marker` appears on the serial console; fail fast on a panic, our init's FATAL, or QEMU's exit."""
+        watch = ConsoleWatch(files.console)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = await asyncio.to_thread(watch.poll)
+            bad = fatal_line(lines)
+            if bad is not None:
+                raise DriverError(
+                    Hop.DRIVER,
+                    f"the guest failed to boot: {bad}",
+                    f"see the console: {accel_probe.tail(chr(10).join(watch.seen[-12:]), 6)}",
+                )
+            if any(marker in ln for ln in lines):
+                return watch.seen
+            if proc.returncode is not None:
+                raise self._exited(files, proc, "while the guest booted")
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    Hop.DRIVER,
+                    f"the guest did not reach {marker!r} within {timeout:.0f}s ({self.accel})",
+                    f"console: {accel_probe.tail(chr(10).join(watch.seen), 4) or 'empty'}",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+
+    async def _stop(self, spec: SandboxSpec) -> None:
+        """QMP quit, SIGKILL after QUIT_GRACE, and wait until QEMU is gone. Raises if it survives SIGKILL."""
+        files = Files(spec.workdir)
+        proc = self._procs.pop(spec.slot.netns, None)
+        pid = proc.pid if proc is not None and proc.returncode is None else None
+        if pid is None:
+            pid = await asyncio.to_thread(find_qemu, files)
+        if pid is None:
+            if proc is not None:
+                await proc.wait()
+            return
+        if files.qmp.exists():
+            qmp = QMPClient("hearth-stop")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(qmp.connect(str(files.qmp)), 1.0)
+                await asyncio.wait_for(qmp.execute("quit"), 1.0)
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+        if await self._wait_gone(pid, proc, QUIT_GRACE):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if await self._wait_gone(pid, proc, KILL_WAIT):
+            return
+        raise DriverError(
+            Hop.DRIVER,
+            f"QEMU (pid {pid}) did not exit after SIGKILL; its TAP {spec.slot.tap_name} is kept",
+            f"the process is stuck in the kernel (D state); check `cat /proc/{pid}/stack`",
+        )
+
+    async def _wait_gone(self, pid: int, proc: asyncio.subprocess.Process | None, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.02)
+                if proc.returncode is not None:
+                    return True
+            elif not _running(pid):
+                return True
+            else:
+                await asyncio.sleep(0.02)
+            if time.monotonic() > deadline:
+                return False
+
+    async def destroy(self, spec: SandboxSpec) -> None:
+        await self._stop(spec)
+        await ports.remove_port(self.s, spec.slot.tap_name)  # no fabric (or no TAP) is success
+        await asyncio.to_thread(shutil.rmtree, spec.workdir, True)
+
+    async def alive(self, spec: SandboxSpec) -> bool:
+        proc = self._procs.get(spec.slot.netns)
+        if proc is not None:
+            return proc.returncode is None
+        return await asyncio.to_thread(find_qemu, Files(spec.workdir)) is not None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return ""
