@@ -30,7 +30,7 @@ import httpx
 from hearth.api.app import Controller, build, create_app
 from hearth.cli.serve import server
 from hearth.config import load_settings
-from hearth.doctor import diagnose, diagnose_session, install
+from hearth.doctor import Report, diagnose, diagnose_session, install
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns
@@ -91,18 +91,26 @@ def faults(ctl: Controller, slot: Slot) -> dict[str, Callable[[], AbstractAsyncC
     return {"link": link, "arp": arp, "agent": agent}
 
 
-async def measure(label: str, n: int, run: Callable[[], Awaitable[Any]]) -> None:
-    times, verdicts = [], set()
+async def measure(label: str, n: int, run: Callable[[], Awaitable[Any]], verbose: bool = False) -> None:
+    times, verdicts, slowest = [], set(), (0.0, "")
     for _ in range(n):
         t0 = time.monotonic()
         out = await run()
-        times.append(time.monotonic() - t0)
+        took = time.monotonic() - t0
+        times.append(took)
         first = getattr(out, "first_failure", out)
         verdicts.add(getattr(first, "hop", None) and f"{first.hop.value}")
+        if took > slowest[0] and isinstance(out, Report):
+            slowest = (
+                took,
+                ", ".join(f"{c.name} {c.duration_s * 1000:.0f}" for c in out.checks if c.duration_s > 0.05),
+            )
     print(
         f"{label:28s} n={n:3d}  median {statistics.median(times) * 1000:7.1f} ms  max {max(times) * 1000:7.1f} ms"
         f"  first failure: {', '.join(sorted(str(v) for v in verdicts))}"
     )
+    if verbose and slowest[1]:
+        print(f"{'':28s} slowest run, checks over 50 ms: {slowest[1]}")
 
 
 async def wait_healthy(ctl: Controller, sid: str, timeout: float = 60) -> None:
@@ -113,7 +121,7 @@ async def wait_healthy(ctl: Controller, sid: str, timeout: float = 60) -> None:
         await asyncio.sleep(0.25)
 
 
-async def main(n: int, chosen: list[str]) -> None:
+async def main(n: int, chosen: list[str], verbose: bool) -> None:
     data = tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp")
     os.chmod(data, 0o711)  # the unprivileged sandbox user must traverse it
     settings = load_settings(
@@ -146,12 +154,12 @@ async def main(n: int, chosen: list[str]) -> None:
             view = await ctl.service.wait_until(sid, 90)
             assert view.status.value == "ready" and view.slot is not None, view
             slot = ctl.service.ipam.slot(view.slot)
-            await measure("healthy: report", n, lambda: diagnose(ctl, sid))
+            await measure("healthy: report", n, lambda: diagnose(ctl, sid), verbose)
             await measure("healthy: verdict", n, lambda: diagnose_session(ctl, sid))
             for name in chosen:
                 await wait_healthy(ctl, sid)
                 async with faults(ctl, slot)[name]():
-                    await measure(f"{name}: report", n, lambda: diagnose(ctl, sid))
+                    await measure(f"{name}: report", n, lambda: diagnose(ctl, sid), verbose)
                     await measure(f"{name}: verdict", n, lambda: diagnose_session(ctl, sid))
             await wait_healthy(ctl, sid)
             await http.post(f"/api/auth/session/{sid}/cancel")
@@ -167,5 +175,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", type=int, default=20, help="diagnoses per case")
     p.add_argument("--fault", action="append", choices=["link", "arp", "agent"], help="default: all three")
+    p.add_argument("-v", "--verbose", action="store_true", help="per-check times of the slowest report")
     args = p.parse_args()
-    asyncio.run(main(args.n, args.fault or ["link", "arp", "agent"]))
+    asyncio.run(main(args.n, args.fault or ["link", "arp", "agent"], args.verbose))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
+import shutil
 import socket
 import statistics
 import tempfile
@@ -46,7 +48,8 @@ async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, 
 
 
 async def main(n: int, parallel: int, chromium: bool) -> None:
-    data = tempfile.mkdtemp(prefix="hearth-bench-")
+    data = tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp")
+    os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
     settings = load_settings(
         {
             "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
@@ -90,6 +93,7 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 60)
         await ctl.fabric.down(force=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

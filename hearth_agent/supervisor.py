@@ -249,7 +249,7 @@ class Supervisor:
     def _start_x11vnc(self, svc: Service) -> None:
         ip, port = self.cfg.ip, self.cfg.rfb_port
         argv = ["x11vnc", "-display", self.display, "-listen", ip, "-rfbport", str(port), "-nopw", "-forever"]
-        proc = self._spawn(svc, [*argv, "-shared", "-noxdamage", "-quiet", "-norc", "-noipv6"], quiet=False)
+        proc = self._spawn(svc, [*argv, "-shared", "-noxdamage", "-nonap", "-quiet", "-norc", "-noipv6"], quiet=False)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline and not self._stop.is_set():
             if proc.poll() is not None:

@@ -14,11 +14,12 @@ from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
-from hearth.api import sessions, users
+from hearth.api import diagnostics, limits, sessions, users
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import Health
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
+from hearth.doctor import install as install_doctor
 from hearth.errors import HearthError, PoolExhausted
 from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
@@ -119,6 +120,7 @@ def create_app(ctl: Controller) -> FastAPI:
                 await asyncio.wait_for(callbacks_task, 10)
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
+    limits.install(app, settings)  # request size limit and per-client rate limiting on /api/*
     app.state.controller = ctl
 
     @app.exception_handler(HearthError)
@@ -138,6 +140,7 @@ def create_app(ctl: Controller) -> FastAPI:
     async def conflict(_r: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=409)
 
+    install_doctor(ctl)  # failure reasons and 4502 closes carry the doctor's first failing hop
     ctl.service.metrics.track_state(ctl.service.counts_by_state, ctl.service.pool_usage)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
@@ -154,6 +157,7 @@ def create_app(ctl: Controller) -> FastAPI:
 
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
+    app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
     app.include_router(viewer.make_router(ctl.service, ctl.tokens))
     app.mount("/static", StaticFiles(directory=viewer.STATIC, check_dir=False), name="static")

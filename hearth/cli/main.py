@@ -12,6 +12,7 @@ from rich.markup import escape
 from hearth import log
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
+from hearth.cli.doctor import doctor
 from hearth.cli.fabric import fabric_app
 from hearth.cli.sandbox import sandbox_app
 from hearth.cli.vault import vault_app
@@ -23,6 +24,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(fabric_app, name="fabric")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
+app.command()(doctor)
 
 
 @app.command()

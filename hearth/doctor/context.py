@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.config import Settings
+from hearth.doctor.probes import netns_exists
 from hearth.doctor.report import CheckResult, Finding
 from hearth.errors import HearthError, Hop
 from hearth.fabric.slot import Slot
@@ -133,6 +134,14 @@ class Context:
 
 
 CheckFn = Callable[[Context], Awaitable[Finding]]
+
+
+def sandbox_gone(ctx: Context) -> str | None:
+    """Why a session check cannot run: the session ended and its sandbox was removed (None: it can run)."""
+    t = ctx.need_target()
+    if t.view.status.terminal and not (t.guest_netns and netns_exists(t.guest_netns)):
+        return "the session has ended and its sandbox was removed"
+    return None
 
 
 @dataclass(frozen=True)

@@ -201,12 +201,15 @@ async def firewall(ctx: Context) -> Finding:
     items = await ruleset_of(ctx)
     tables = sorted({(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i})
     foreign = [t for t in tables if t != (nft.FABRIC_FAMILY, nft.FABRIC_TABLE)]
-    findings = []
+    findings: list[str] = []
+    culprits = []
     for family, name in foreign:
-        findings += _drops(_table_items(items, family, name))
+        if drops := _drops(_table_items(items, family, name)):
+            findings += drops
+            culprits.append((family, name))
     ours = _table_items(items, nft.FABRIC_FAMILY, nft.FABRIC_TABLE)
     wanted = nft.normalize(nft.fabric_ruleset(s))
-    findings += [d for d in _drops([o for o in nft.normalize(ours) if o not in wanted])]
+    findings += _drops([o for o in nft.normalize(ours) if o not in wanted])  # drops someone added to our table
     brnf = await asyncio.to_thread(probes.sysctl, ns, "net/bridge/bridge-nf-call-iptables")
     brnf_note = (
         "br_netfilter not loaded"
@@ -216,7 +219,7 @@ async def firewall(ctx: Context) -> Finding:
     )
     shown = ", ".join(f"{f} {n}" for f, n in tables) or "none"
     if findings:
-        deletes = "; ".join(f"nsenter --net=/run/netns/{ns} nft delete table {f} {n}" for f, n in foreign)
+        deletes = "; ".join(f"nsenter --net=/run/netns/{ns} nft delete table {f} {n}" for f, n in culprits)
         return Finding.bad(
             f"firewall rules in the fabric namespace {ns} drop traffic: {'; '.join(findings)} "
             f"(tables: {shown}; {brnf_note})",

@@ -63,8 +63,17 @@ class CheckResult:
         return out
 
     def error(self) -> HearthError:
-        """This failure as hearth's error (a session failure reason / gateway close reason)."""
-        return HearthError(self.hop, f"{self.name}: {self.evidence}", self.hint)
+        """This failure as hearth's error (a session failure reason / gateway close reason, which WebSocket limits
+        to 123 bytes): the evidence's headline, then the fix; the full evidence is in the report."""
+        return HearthError(self.hop, f"{self.name}: {headline(self.evidence)}", self.hint)
+
+
+def headline(evidence: str, limit: int = 80) -> str:
+    """The evidence without its parenthesised details (and, if still long, without its later clauses)."""
+    head = evidence.split(" (", 1)[0] if evidence.find(" (") > 10 else evidence
+    if len(head) > limit and head.find("; ") > 10:
+        head = head.split("; ", 1)[0]
+    return head
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ def render(report: Report, console: Console) -> None:
         console.print(f"[bold green]all checks passed[/] in {report.duration_s:.3f}s")
     else:
         console.print(
-            f"[bold red]first failure:[/] [{first.hop.value}] {escape(first.name)}: {escape(first.evidence)}\n"
+            f"[bold red]first failure:[/] {escape(f'[{first.hop.value}]')} {escape(first.name)}: {escape(first.evidence)}\n"
             f"[bold]fix:[/] {escape(first.hint or 'see the evidence above')}\n"
             f"diagnosed in {report.duration_s:.3f}s"
         )

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import quote
-
-import httpx
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from hearth.doctor import probes
-from hearth.doctor.context import Context, Step, Target
+from hearth.doctor.context import Context, Step, Target, sandbox_gone
+from hearth.doctor.gateway import GATEWAY_STEP, RFB_TIMEOUT
 from hearth.doctor.report import Finding
 from hearth.errors import Hop
 from hearth.fabric.dial import connect
 from hearth.fabric.ports import GUEST_IFNAME
-from hearth.gateway.tokens.base import Scope
-from hearth.rfb.client import RfbError, read_banner
-from hearth.rfb.ws import WsByteStream
+from hearth.rfb.client import RfbError
 from hearth.session.readiness import http_get_json, rfb_handshake
 
 OK_NEIGHBOUR = ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT")
-# x11vnc answers a new client after 0.1, 0.3 or (now and then) 1.1 s — it accepts between screen polls.
-RFB_TIMEOUT = 1.5
 
 
 def _agent_log(t: Target) -> str:
@@ -48,7 +40,7 @@ async def session(ctx: Context) -> Finding:
     if not v.status.terminal:
         note = " (still booting: later failures may be transient)" if v.status.value == "starting" else ""
         return Finding.good(shown + note)
-    hop = Hop(v.hop) if v.hop is not None and v.hop in Hop._value2member_map_ else Hop.DRIVER
+    hop = Hop(v.hop) if v.hop in {h.value for h in Hop} else Hop.DRIVER
     if v.status.value != "failed":
         return Finding.bad(f"the session has ended ({shown})", "start a new session", hop=hop)
     keep = "" if ctx.settings.keep_failed else "; HEARTH_KEEP_FAILED=true keeps failed sandboxes for `hearth doctor`"
@@ -98,6 +90,8 @@ async def link(ctx: Context) -> Finding:
     seen = await asyncio.to_thread(probes.links, ns, (t.port, s.bridge_device))
     port = seen.get(t.port)
     if port is None:
+        if t.view.status.value == "starting":
+            return Finding.bad(f"port {t.port} not created yet in {ns}", "the session is still booting: retry shortly")
         return Finding.bad(
             f"port {t.port} missing in fabric namespace {ns}", f"the sandbox lost its port: {_recreate(t)}"
         )
@@ -115,7 +109,7 @@ async def link(ctx: Context) -> Finding:
         return Finding.bad(
             f"{t.port} is not on bridge {s.bridge_device} (master: {port.master or 'none'}; {shown})",
             f"ip -n {ns} link set {t.port} master {s.bridge_device} && "
-            f"ip -n {ns} link set {t.port} type bridge_slave isolated on (or {'`hearth fabric up`'}, which re-attaches)",
+            f"ip -n {ns} link set {t.port} type bridge_slave isolated on (or `hearth fabric up`, which re-attaches)",
             data=data,
         )
     if not port.carrier:
@@ -127,7 +121,7 @@ async def link(ctx: Context) -> Finding:
     if port.port_state not in (None, "forwarding"):
         return Finding.bad(
             f"bridge port {t.port} is in state {port.port_state} ({shown})",
-            f"disable STP on {s.bridge_device} or wait for it to forward: {'`hearth fabric up`'}",
+            f"the bridge runs STP: wait for forwarding, or ip -n {ns} link set {s.bridge_device} type bridge stp_state 0",
             data=data,
         )
     want = f"{t.ip}/{t.slot.prefixlen}"
@@ -305,70 +299,6 @@ async def rfb(ctx: Context) -> Finding:
     return Finding.good(f"{init.version}, {init.width}x{init.height}, desktop {init.name!r}")
 
 
-# ---- gateway ----------------------------------------------------------------------------------------------
-async def _viewer_token(ctx: Context, t: Target) -> str:
-    p = ctx.parts
-    if p.tokens is not None:
-        return p.tokens.issue(t.view.id, Scope.VIEW, 60)
-    assert p.api_url and p.api_key
-    async with httpx.AsyncClient(base_url=p.api_url, timeout=0.8) as http:
-        r = await http.post(
-            f"/api/auth/session/{quote(t.view.id)}/token",
-            json={"scope": "view"},
-            headers={"Authorization": f"Bearer {p.api_key}"},
-        )
-    if r.status_code != 200:
-        raise ValueError(f"POST /api/auth/session/…/token answered HTTP {r.status_code}")
-    token: str = r.json()["viewer_token"]
-    return token
-
-
-_CLOSE_HINTS = {
-    4401: "the gateway refused a fresh viewer token: every controller instance needs the same HEARTH_TOKEN_SECRET",
-    4404: "the gateway does not know this session: is --api pointing at the controller that owns it?",
-    4408: "the session is not ready: wait for status ready (GET /api/auth/session/{id})",
-}
-
-
-async def gateway(ctx: Context) -> Finding:
-    t, p = ctx.need_target(), ctx.parts
-    assert p.api_url
-    base = p.api_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    path = f"/api/auth/session/{quote(t.view.id)}/novnc/websock"
-    try:
-        token = await _viewer_token(ctx, t)
-    except (OSError, httpx.HTTPError, ValueError, KeyError) as exc:
-        return Finding.bad(
-            f"could not get a viewer token from {p.api_url} ({type(exc).__name__}: {exc})",
-            "start the controller (`hearth serve`) or pass --api with its URL, and set HEARTH_API_KEYS",
-        )
-    try:
-        async with ws_connect(
-            f"{base}{path}?token={quote(token)}",
-            subprotocols=["binary"],  # type: ignore[list-item]
-            open_timeout=1.0,
-            max_size=None,
-        ) as ws:
-            banner = await read_banner(WsByteStream(ws, RFB_TIMEOUT).read)
-            proto = ws.subprotocol
-    except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else 1006
-        reason = exc.rcvd.reason if exc.rcvd else "no close frame"
-        hint = _CLOSE_HINTS.get(code, "the close reason names the broken hop; fix that hop")
-        return Finding.bad(f"{base}{path}: 101 Switching Protocols, then closed {code}: {reason}", hint)
-    except InvalidStatus as exc:
-        return Finding.bad(
-            f"{base}{path}: upgrade refused with HTTP {exc.response.status_code}",
-            "a proxy in front of hearth must pass `Upgrade`/`Connection` headers (see README, Behind nginx)",
-        )
-    except (OSError, TimeoutError, InvalidHandshake, RfbError) as exc:
-        return Finding.bad(
-            f"{base}{path}: {type(exc).__name__}: {exc}",
-            f"the controller's gateway at {p.api_url} is unreachable or hung: check `hearth serve` and --api",
-        )
-    return Finding.good(f"{base}{path}: 101 (subprotocol {proto}), then {banner!r} from the sandbox")
-
-
 # ---- advisory ---------------------------------------------------------------------------------------------
 async def isolation(ctx: Context) -> Finding:
     t, ns = ctx.need_target(), ctx.fabric
@@ -384,39 +314,23 @@ async def isolation(ctx: Context) -> Finding:
 
 
 # ---- when to skip -----------------------------------------------------------------------------------------
-def _gone(ctx: Context) -> str | None:
-    t = ctx.need_target()
-    if t.view.status.terminal and not (t.guest_netns and probes.netns_exists(t.guest_netns)):
-        return "the session has ended and its sandbox was removed"
-    return None
-
-
-def _no_gateway(ctx: Context) -> str | None:
-    p = ctx.parts
-    if not p.gateway:
-        return "inside the gateway's own verdict (no recursion)"
-    if not p.api_url:
-        return "no controller URL (--api)"
-    if p.tokens is None and not p.api_key:
-        return "no API key (HEARTH_API_KEYS) to request a viewer token"
-    return _gone(ctx)
-
-
 def _no_store(ctx: Context) -> str | None:
-    return "no state database" if ctx.parts.service is None else _gone(ctx)
+    return "no state database" if ctx.parts.service is None else sandbox_gone(ctx)
 
 
 STEPS = [
     Step("session", Hop.DRIVER, session, 0.3),
     Step("lease", Hop.FABRIC, lease, 0.5, skip=_no_store),
-    Step("driver", Hop.DRIVER, driver, 0.5, skip=_gone, timeout_hint="the sandbox does not respond to inspection"),
-    Step("link", Hop.LINK, link, 0.5, needs=("fabric namespace",), skip=_gone),
-    Step("neighbour", Hop.ARP, neighbour, 0.8, needs=("bridge", "link"), skip=_gone),
-    Step("address conflict", Hop.ARP, conflict, 0.4, needs=("neighbour",), skip=_gone),
-    Step("icmp", Hop.ICMP, icmp, 0.5, needs=("neighbour",), skip=_gone),
-    Step("agent", Hop.AGENT, agent, 0.9, needs=("neighbour",), skip=_gone, timeout_hint="the agent is hung"),
-    Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=_gone),
-    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=_gone, timeout_hint="x11vnc is hung"),
-    Step("gateway", Hop.GATEWAY, gateway, RFB_TIMEOUT + 0.2, needs=("rfb",), skip=_no_gateway),
+    Step(
+        "driver", Hop.DRIVER, driver, 0.5, skip=sandbox_gone, timeout_hint="the sandbox does not respond to inspection"
+    ),
+    Step("link", Hop.LINK, link, 0.5, needs=("fabric namespace",), skip=sandbox_gone),
+    Step("neighbour", Hop.ARP, neighbour, 0.8, needs=("bridge", "link"), skip=sandbox_gone),
+    Step("address conflict", Hop.ARP, conflict, 0.4, needs=("neighbour",), skip=sandbox_gone),
+    Step("icmp", Hop.ICMP, icmp, 0.5, needs=("neighbour",), skip=sandbox_gone),
+    Step("agent", Hop.AGENT, agent, 0.9, needs=("neighbour",), skip=sandbox_gone, timeout_hint="the agent is hung"),
+    Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=sandbox_gone),
+    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=sandbox_gone, timeout_hint="x11vnc is hung"),
+    GATEWAY_STEP,
 ]
-ADVISORIES = [Step("port isolation", Hop.LINK, isolation, 0.3, needs=("link",), on_path=False, skip=_gone)]
+ADVISORIES = [Step("port isolation", Hop.LINK, isolation, 0.3, needs=("link",), on_path=False, skip=sandbox_gone)]

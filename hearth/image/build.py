@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import time
 from collections import deque
@@ -258,6 +260,7 @@ def _run(
         text=True,
         errors="replace",
         env=env,
+        start_new_session=True,  # its own process group: an interrupted build kills apt/dpkg too, not just unshare
     )
     deadline = time.monotonic() + timeout
     try:
@@ -272,9 +275,9 @@ def _run(
                 raise BuildError(f"{what}: timed out after {timeout:.0f}s")
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         raise
     if code != 0:
         last = "\n".join(tail)
@@ -311,13 +314,19 @@ def _counter(progress: Progress, pattern: str, total_pattern: str | None = None)
 
 
 def _du(path: Path) -> int:
+    """Bytes allocated under `path`, hard links counted once (like du)."""
     total = 0
+    seen: set[int] = set()
     for root, dirs, files in os.walk(path):
         for name in files + dirs:
             try:
                 st = os.lstat(os.path.join(root, name))
             except OSError:
                 continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
             total += st.st_blocks * 512
     return total
 

@@ -75,6 +75,7 @@ mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
+mkdir -m 1777 /tmp/.X11-unix /tmp/.ICE-unix
 echo "hearth-init: started"
 fatal() { echo "hearth-init: FATAL: $*"; exit 1; }
 ip link set lo up

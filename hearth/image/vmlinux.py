@@ -59,7 +59,7 @@ def _bunzip2(data: bytes) -> bytes:
 
 def _unlz4_legacy(data: bytes) -> bytes:
     """Legacy LZ4 frame: magic, then `<u32 size><block>` until the input ends or a size cannot be a block."""
-    import lz4.block  # type: ignore[import-untyped,unused-ignore]
+    import lz4.block
 
     if len(data) < 4 or struct.unpack_from("<I", data, 0)[0] != LZ4_LEGACY_MAGIC:
         raise ExtractError("not a legacy LZ4 frame")

@@ -179,6 +179,15 @@ class SessionService:
         used = self.db.call(lambda db: db.scalar(select(func.count()).select_from(LeaseRow)) or 0)
         return int(used), self.ipam.size
 
+    async def _verdict(self, session_id: str) -> HearthError | None:
+        if self.diagnose is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.diagnose(session_id), 5)
+        except Exception:
+            log.exception("diagnosis failed", extra={"session_id": session_id})
+            return None
+
     async def explain(self, session_id: str, err: HearthError) -> str:
         """A failure reason that names the first broken hop: the doctor's verdict when it finds one, else `err`."""
         if self.diagnose is not None:
@@ -379,12 +388,17 @@ class SessionService:
                     await self._record(sid, pid=info.pid, timings=timings)
                     target = readiness.Target(s.fabric_netns, str(slot.ip), s.rfb_port, s.agent_port)
                     deadline = time.monotonic() + s.ready_timeout
-                    await readiness.wait_display(target, deadline)
-                    mark("display")
-                    await readiness.wait_vnc(target, deadline)
-                    mark("vnc")
-                    await readiness.wait_rfb(target, deadline)
-                    mark("rfb")
+                    try:
+                        await readiness.wait_display(target, deadline)
+                        mark("display")
+                        await readiness.wait_vnc(target, deadline)
+                        mark("vnc")
+                        await readiness.wait_rfb(target, deadline)
+                        mark("rfb")
+                    except HearthError as exc:
+                        # Diagnose while the sandbox still exists (the undo stack removes it): the failure reason
+                        # then names the first broken hop of the path, not just the gate that timed out.
+                        raise (await self._verdict(sid) or exc) from exc
                     await self._record(sid, timings=timings)
                     await self._transition(sid, Status.READY, None, None, timings)
                     self.metrics.create_to_ready.observe(timings["rfb"])

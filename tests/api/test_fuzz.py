@@ -19,6 +19,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -34,63 +36,74 @@ from hearth.config import Settings
 from hearth.rfb.client import handshake
 from hearth.rfb.ws import WsByteStream, first_frame
 from tests import rawws
-from tests.conftest import Running, running_controller
+from tests.conftest import running_controller
 from tests.live import leaks, scaled, start_ready
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 EXAMPLES = scaled(30)  # per operation and generation mode
 
 
-def fuzz_schema(base: str, headers: dict[str, str], schema: dict[str, Any]) -> tuple[Counter[str], list[str], int]:
-    """Run every operation's cases (blocking: on a worker thread while the controller serves on the loop).
-    Returns status counts per operation, the 5xx found, and how many sessions were started (and cancelled)."""
-    api = schemathesis.openapi.from_dict(schema)
-    seen: Counter[str] = Counter()
-    server_errors: list[str] = []
-    started = 0
-    with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
-        for result in api.get_all_operations():
-            op = result.ok()
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+@dataclass
+class Tally:
+    seen: Counter[str] = field(default_factory=Counter)  # "METHOD path status" → requests
+    server_errors: list[str] = field(default_factory=list)
+    started: int = 0  # sessions started (and cancelled at once)
 
-                @settings(
-                    max_examples=EXAMPLES,
-                    derandomize=True,
-                    database=None,
-                    deadline=None,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=list(HealthCheck),
-                )
-                @given(case=op.as_strategy(generation_mode=mode))
-                def run(case: schemathesis.Case) -> None:
-                    nonlocal started
-                    for _ in range(20):
-                        response = case.call(base_url=base, headers=headers, timeout=60)
-                        if response.status_code != 429 or "rate limit" not in response.text:
-                            break
-                        time.sleep(float(response.headers.get("retry-after", ["1"])[0]))  # as the limiter says
-                    code = response.status_code
-                    seen[f"{op.label} {code}"] += 1
-                    if code >= 500:
-                        server_errors.append(f"{op.label} → {code}: {response.text[:300]} ({case.as_curl_command()})")
-                    if code == 201 and op.path == "/api/auth/start":
-                        started += 1
-                        sid = response.json()["session_id"]
-                        assert http.post(f"/api/auth/session/{sid}/cancel").status_code == 200
 
-                try:
-                    run()
-                except Unsatisfiable:  # nothing invalid can be made for it (e.g. no parameters at all)
-                    assert mode is GenerationMode.NEGATIVE, op.label
-    return seen, server_errors, started
+def fuzz_operation(op: Any, mode: GenerationMode, base: str, headers: dict[str, str], tally: Tally) -> None:
+    """Up to EXAMPLES generated requests for one operation (blocking)."""
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=op.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        for _ in range(20):
+            response = case.call(base_url=base, headers=headers, timeout=60)
+            if response.status_code != 429 or "rate limit" not in response.text:
+                break
+            time.sleep(float(response.headers.get("retry-after", ["1"])[0]))  # as the limiter says
+        code = response.status_code
+        tally.seen[f"{op.label} {code}"] += 1
+        if code >= 500:
+            tally.server_errors.append(f"{op.label} → {code}: {response.text[:300]} ({case.as_curl_command()})")
+        if code == 201 and op.path == "/api/auth/start":
+            tally.started += 1
+            sid = response.json()["session_id"]
+            r = httpx.post(f"{base}/api/auth/session/{sid}/cancel", headers=headers, timeout=60)
+            assert r.status_code == 200, r.text
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing invalid can be made for it (e.g. no parameters at all)
+        assert mode is GenerationMode.NEGATIVE, op.label
+
+
+def fuzz_schema(base: str, headers: dict[str, str], schema: dict[str, Any]) -> Tally:
+    """Every operation, valid and invalid cases (blocking: on a worker thread while the controller serves)."""
+    tally = Tally()
+    for result in schemathesis.openapi.from_dict(schema).get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # the app's own schema must load
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            fuzz_operation(result.ok(), mode, base, headers, tally)
+    return tally
 
 
 async def test_openapi_fuzz_never_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
-    s = make_settings(HEARTH_CHROMIUM="false", MAX_SESSIONS_PER_USER="4")
+    # The rate limiter stays on (the fuzzer waits out 429s as told), only with more room than the default.
+    faster = {"HEARTH_RATE_LIMIT": "200", "HEARTH_RATE_BURST": "200"} if "rate_limit" in Settings.model_fields else {}
+    s = make_settings(HEARTH_CHROMIUM="false", MAX_SESSIONS_PER_USER="4", **faster)
     async with running_controller(s) as ctl, httpx.AsyncClient(base_url=ctl.base_url, timeout=30) as http:
         schema = (await http.get("/openapi.json")).json()
         operations = sum(len(v) for v in schema["paths"].values())
-        seen, errors, started = await asyncio.to_thread(fuzz_schema, ctl.base_url, ctl.headers, schema)
+        tally = await asyncio.to_thread(fuzz_schema, ctl.base_url, ctl.headers, schema)
+        seen, errors, started = tally.seen, tally.server_errors, tally.started
         total = sum(seen.values())
         print(f"\nfuzz: {operations} operations, {total} requests, {started} sessions started and cancelled")
         for key in sorted(seen):

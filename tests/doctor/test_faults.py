@@ -155,6 +155,7 @@ class TestPathFaults:
             # the gateway's 4502 close reason carries the doctor's verdict
             code, reason = await live.viewer_close()
             assert code == 4502 and reason.startswith("[link]"), (code, reason)
+            assert f"link set {port} up" in reason  # the fix reaches the viewer
         finally:
             await in_ns(live.fabric, lambda h: set_state(h, "up"))
 

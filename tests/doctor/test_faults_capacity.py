@@ -37,6 +37,8 @@ class TestCapacityAndNat:
         assert await diagnose_session(live.ctl, live.session_id) is None  # a full pool never explains a session
         host = (await live.http.get("/api/diagnostics")).json()
         assert host["first_failure"]["name"] == "pool"
+        metrics = (await live.http.get("/metrics")).text
+        assert 'hearth_doctor_failures_total{hop="fabric"}' in metrics
 
     async def test_masquerade_rule_missing(self, live: Live) -> None:
         await live.wait_healthy()

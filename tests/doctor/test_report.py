@@ -111,7 +111,7 @@ def test_report_json_and_rendering() -> None:
     console = Console(record=True, width=200)
     render(report, console)
     text = console.export_text()
-    assert "first failure" in text and "arp_ignore=0" in text and "INCOMPLETE" in text
+    assert "first failure: [arp] neighbour" in text and "arp_ignore=0" in text and "INCOMPLETE" in text
     healthy = Report([ok], 0.1)
     assert (
         healthy.as_dict()["first_failure"] is None and healthy.exit_code == 0 and "session_id" not in healthy.as_dict()
@@ -119,6 +119,10 @@ def test_report_json_and_rendering() -> None:
     render(healthy, console)
     assert "all checks passed" in console.export_text()
     assert config_report(["BRIDGE_IP: invalid"]).first_failure is not None
+    long = CheckResult(
+        Hop.LINK, "link", False, "hearth-v0 is administratively DOWN (hearth-v0: DOWN, carrier no)", "up"
+    )
+    assert long.error().reason == "[link] link: hearth-v0 is administratively DOWN — fix: up"
 
 
 def test_path_order() -> None:

@@ -29,6 +29,7 @@ import pytest
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns, socket_in_netns
+from hearth.fabric.ports import GUEST_IFNAME
 from tests.conftest import running_controller
 from tests.live import start_ready
 
@@ -102,7 +103,7 @@ def udp_probe(netns: str, host: str, port: int, timeout: float = PROBE_TIMEOUT) 
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -223,7 +224,7 @@ async def test_sandboxes_reach_only_the_callback_port(make_settings: Callable[..
             assert (await run(rfb_banner, fabric, live.sandbox_ip, s.rfb_port)).startswith(b"RFB ")
             assert (await run(tcp_scan, fabric, live.sandbox_ip, [s.agent_port]))[s.agent_port] == "open"
         # … and A reaches the bridge: ARP, ICMP, and the callback port is not dropped.
-        assert await run(arp, a.netns, "eth0", a.sandbox_ip, bridge), "A gets no ARP answer from the bridge"
+        assert await run(arp, a.netns, GUEST_IFNAME, a.sandbox_ip, bridge), "A gets no ARP answer from the bridge"
         assert await run(ping, a.netns, bridge), "A cannot ping the bridge"
         callback = (await run(tcp_scan, a.netns, bridge, [s.callback_port]))[s.callback_port]
         assert callback in ("open", "refused"), f"callback port {s.callback_port}: {callback} (dropped?)"
@@ -237,7 +238,7 @@ async def test_sandboxes_reach_only_the_callback_port(make_settings: Callable[..
         for port, got in to_b.items():
             assert got in ("timeout", "EHOSTUNREACH"), f"A reached B:{port} ({got})"
         assert not await run(ping, a.netns, b.sandbox_ip), "A pinged B"
-        assert not await run(arp, a.netns, "eth0", a.sandbox_ip, b.sandbox_ip), "B answered A's ARP"
+        assert not await run(arp, a.netns, GUEST_IFNAME, a.sandbox_ip, b.sandbox_ip), "B answered A's ARP"
 
         # A → B routed through the bridge address (a sandbox with root could set this route): nftables drops it.
         await run(route_via_bridge, a.netns, b.sandbox_ip, bridge, True)

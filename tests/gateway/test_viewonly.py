@@ -59,7 +59,17 @@ def test_any_chunking_gives_the_same_output() -> None:
     import random
 
     rng = random.Random(7)
-    stream = PREAMBLE + SET_ENCODINGS + KEY + CUT + FB_REQUEST + POINTER + struct.pack(">BxxxIB", 248, 0, 2) + b"ab" + FB_REQUEST
+    stream = (
+        PREAMBLE
+        + SET_ENCODINGS
+        + KEY
+        + CUT
+        + FB_REQUEST
+        + POINTER
+        + struct.pack(">BxxxIB", 248, 0, 2)
+        + b"ab"
+        + FB_REQUEST
+    )
     for drop in (True, False):
         whole = InputFilter(drop_input=drop).feed(stream)
         for _ in range(50):

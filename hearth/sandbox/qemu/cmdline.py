@@ -107,9 +107,9 @@ def argv(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     ]  # fmt: skip
     if kvm:
-        out += ["-machine", "microvm,accel=kvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on", "-cpu", "host"]
+        out += ["-machine", "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host"]
     else:
-        out += ["-machine", "q35,accel=tcg", "-accel", "tcg,thread=multi", "-cpu", "max"]
+        out += ["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"]
     out += [
         "-m", str(machine.mem_mib), "-smp", str(machine.vcpus),
         "-kernel", str(image.kernel.absolute()),
@@ -128,7 +128,7 @@ def argv(
         "-serial", "chardev:console",
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
         "-pidfile", str(files.pidfile),
-        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",  # set*id stays: -runas drops after
     ]  # fmt: skip
     if runas:
         out += ["-runas", runas]
@@ -140,9 +140,9 @@ def probe_argv(image: GuestImage, accel: Accel, console: Path, binary: str = "qe
     kvm = accel == "kvm"
     bus = "device" if kvm else "pci"
     machine = (
-        ["-machine", "microvm,accel=kvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on", "-cpu", "host"]
+        ["-machine", "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on", "-accel", "kvm", "-cpu", "host"]
         if kvm
-        else ["-machine", "q35,accel=tcg", "-cpu", "max"]
+        else ["-machine", "q35", "-accel", "tcg", "-cpu", "max"]
     )
     out = [
         binary,

@@ -50,7 +50,9 @@ def image_problems(image: GuestImage) -> list[str]:
     """What is missing from the image for QEMU (kernel, initramfs, root disk)."""
     out = []
     for label, path in (("kernel", image.kernel), ("initramfs", image.initrd), ("root disk", image.rootfs)):
-        if path is None or not path.is_file():
+        if path is None:
+            out.append(label)
+        elif not path.is_file():
             out.append(f"{label} {path}")
     return out
 

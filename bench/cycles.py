@@ -1,0 +1,142 @@
+"""Session churn: N create → ready → cancel cycles through the API against an in-process controller. Prints
+cycles/s, create→ready (median, max), controller memory (VmRSS) and open file descriptors before/after, and what
+was left behind (namespaces, fabric ports, sandbox directories, leases).
+
+    sudo .venv/bin/python bench/cycles.py -n 200 [--parallel 4] [--chromium]
+
+Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from hearth.api.app import build, create_app
+from hearth.cli.serve import server
+from hearth.config import Settings, load_settings
+from hearth.reconcile.inventory import scan_sync
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def call(http: httpx.AsyncClient, method: str, url: str, **kw: object) -> httpx.Response:
+    """One API call, waiting out rate limiting (429 + Retry-After) the way a well-behaved client does."""
+    while True:
+        r = await http.request(method, url, **kw)  # type: ignore[arg-type]
+        if r.status_code != 429 or "rate limit" not in r.text:
+            return r
+        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+
+
+async def cycle(http: httpx.AsyncClient, user: str) -> float:
+    """Create, wait until ready (polling the API), cancel; returns create→ready in seconds."""
+    t0 = time.monotonic()
+    r = await call(http, "POST", "/api/auth/start", json={"user_id": user})
+    r.raise_for_status()
+    sid = r.json()["session_id"]
+    while True:
+        body = (await call(http, "GET", f"/api/auth/session/{sid}")).json()
+        if body["status"] != "starting":
+            break
+        await asyncio.sleep(0.1)
+    ready = time.monotonic() - t0
+    if body["status"] != "ready":
+        raise RuntimeError(f"session {sid} ended {body['status']}: {body.get('reason')}")
+    (await call(http, "POST", f"/api/auth/session/{sid}/cancel")).raise_for_status()
+    return ready
+
+
+async def main(n: int, parallel: int, chromium: bool) -> None:
+    data = tempfile.mkdtemp(prefix="hearth-bench-")
+    os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
+    env = {
+        "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
+        "HEARTH_DATA_DIR": data,
+        "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+        "HEARTH_API_KEYS": "bench",
+        "HEARTH_DRIVER": "netns",
+        "HEARTH_CHROMIUM": "true" if chromium else "false",
+        "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
+        "MAX_BROWSER_SESSIONS": str(max(parallel, 1) + 1),
+    }
+    if "rate_limit" in Settings.model_fields:
+        env["HEARTH_RATE_LIMIT"] = "0"  # the benchmark measures churn, not the API's rate limit
+    settings = load_settings(env, env_file=None)
+    ctl = build(settings)
+    srv = server(settings, create_app(ctl))
+    task = asyncio.create_task(srv.serve())
+    host, port = settings.listen_host_port
+    try:
+        while not srv.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=120
+        ) as http:
+            await cycle(http, "warmup")
+            rss0, fds0 = rss_mib(), fds()
+            readies: list[float] = []
+            t0 = time.monotonic()
+            for i in range(0, n, parallel):
+                batch = range(i, min(n, i + parallel))
+                readies += await asyncio.gather(*(cycle(http, "bench") for _ in batch))
+                done = len(readies)
+                if done % max(1, n // 10) < parallel or done == n:
+                    rate = done / (time.monotonic() - t0)
+                    print(f"{done:6d} cycles  {rate:6.2f}/s  RSS {rss_mib():7.1f} MiB  fds {fds()}")
+            elapsed = time.monotonic() - t0
+            rss1, fds1 = rss_mib(), fds()
+        inv = await asyncio.to_thread(scan_sync, settings)
+        leases = len(await ctl.service.ipam.leases())
+        ports = sum(len(names) for names in inv.links.values())
+        left = len(inv.netns) + len(inv.workdirs) + ports + leases
+        print(f"\ncycles: {n}  parallel: {parallel}  chromium: {chromium}  in {elapsed:.1f}s  → {n / elapsed:.2f}/s")
+        print(f"create→ready  median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
+        print(f"RSS  before {rss0:.1f} MiB  after {rss1:.1f} MiB  ({rss1 - rss0:+.1f} MiB)")
+        print(f"fds  before {fds0}  after {fds1}")
+        print(f"left behind: {left} (netns {len(inv.netns)}, ports {ports}, ", end="")
+        print(f"dirs {len(inv.workdirs)}, leases {leases})")
+    finally:
+        srv.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        await ctl.fabric.down(force=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=50, help="number of cycles")
+    ap.add_argument("--parallel", type=int, default=1, help="cycles run at once")
+    ap.add_argument("--chromium", action="store_true", help="with Chromium in the desktop (slower)")
+    args = ap.parse_args()
+    asyncio.run(main(args.n, max(1, args.parallel), args.chromium))
