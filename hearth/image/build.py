@@ -213,17 +213,21 @@ def point_current(link: Path, image_dir: Path) -> bool:
     return True
 
 
-def gc(cache: Path, keep: set[str]) -> list[Path]:
-    """Remove every cached image whose hash is not in `keep`, and leftovers of dead builds. Returns what went."""
+def gc(cache: Path, keep: set[str], unused_for: float = 0.0) -> list[Path]:
+    """Remove every cached image whose hash is not in `keep` (and, with `unused_for`, that nobody marked as used —
+    `touch` — for that many seconds: another process may be running it), and leftovers of dead builds."""
     removed: list[Path] = []
     if not cache.is_dir():
         return removed
+    now = time.time()
     for entry in sorted(cache.iterdir()):
         if entry.name.startswith(BUILD_PREFIX):
             pid = entry.name.rsplit("-", 1)[-1]
             if pid.isdigit() and Path(f"/proc/{pid}").exists():
                 continue  # a build in progress
         elif entry.name.startswith(".") or not entry.is_dir() or entry.name in keep:
+            continue
+        elif unused_for and now - entry.stat().st_mtime < unused_for:
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
@@ -514,9 +518,8 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
         f"--shell /usr/sbin/nologin {guest.GUEST_USER}",
         "useradd",
     )
-    for path, data in guest.guest_files().items():
-        if path.startswith("/") and " " not in path:
-            _write(root, path, data, 0o755 if path == guest.INIT_PATH else 0o644)
+    for path, data in guest.rootfs_files().items():
+        _write(root, path, data, 0o755 if path == guest.INIT_PATH else 0o644)
     init_link = root / "sbin/init"
     if init_link.is_symlink() or not init_link.exists():
         with contextlib.suppress(FileNotFoundError):

@@ -104,10 +104,11 @@ exec /usr/bin/python3 -I -S /opt/hearth/hearth_boot.py
 BOOT_SOURCE = Path(__file__).with_name("hearth_boot.py")
 
 
+def rootfs_files() -> dict[str, bytes]:
+    """Path in the root filesystem → content, for the files hearth writes there (besides the agent packages)."""
+    return {INIT_PATH: HEARTH_INIT.encode(), BOOT_PATH: BOOT_SOURCE.read_bytes()}
+
+
 def guest_files() -> dict[str, bytes]:
-    """Image path → content of every file hearth writes into the image itself (not the agent packages)."""
-    return {
-        INIT_PATH: HEARTH_INIT.encode(),
-        BOOT_PATH: BOOT_SOURCE.read_bytes(),
-        "/init (initramfs)": INITRAMFS_INIT.encode(),
-    }
+    """Every file hearth writes into the image (root filesystem and initramfs): inputs of the content hash."""
+    return {**rootfs_files(), "initramfs:/init": INITRAMFS_INIT.encode()}

@@ -1,7 +1,8 @@
 """The golden image for tests: built once per session, cached across runs on the same machine.
 
 Cache: `$HEARTH_IMAGE_CACHE`, else `<repo>/.cache/hearth-images`. An unchanged source tree reuses the image (the
-content hash covers every input); when the hash changes the default cache keeps only the newest image.
+content hash covers every input). The default cache drops images no session used for 6 hours; a younger one may
+belong to a concurrent test session of another source tree state (several engineers, one machine).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def golden_image() -> BuiltImage:
     cache, default = cache_dir()
     img, built = ensure(cache, current_spec(), progress=PrintProgress())
     print(f"\nguest image {img.hash}: {'built in ' + str(img.manifest['build_seconds']) + 's' if built else 'cached'}")
+    os.utime(img.path)  # "in use": concurrent sessions on this machine (another source tree state) keep it
     if default:
-        gc(cache, keep={img.hash})
+        gc(cache, keep={img.hash}, unused_for=6 * 3600)
     return img
