@@ -14,7 +14,9 @@ from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
 from hearth.cli.doctor import doctor
 from hearth.cli.fabric import fabric_app
+from hearth.cli.image import image_app
 from hearth.cli.sandbox import sandbox_app
+from hearth.cli.selftest import selftest
 from hearth.cli.vault import vault_app
 
 app = typer.Typer(
@@ -25,6 +27,8 @@ app.add_typer(fabric_app, name="fabric")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
 app.command()(doctor)
+app.command()(selftest)
+app.add_typer(image_app, name="image")
 
 
 @app.command()

@@ -239,13 +239,22 @@ def print_result(out: Console, res: Result) -> None:
 
 
 def selftest(
-    driver: str = typer.Option(..., "--driver", help="netns | qemu | firecracker"),
+    driver: str = typer.Option("", "--driver", help="netns | qemu | firecracker: boot one sandbox"),
+    flow: str = typer.Option("", "--flow", help="example: run the whole sign-in flow"),
     ready_timeout: float = typer.Option(0, help="seconds for the sandbox to become ready (0: by driver)"),
     chromium: bool = typer.Option(True, "--chromium/--no-chromium", help="start Chromium in the sandbox"),
 ) -> None:
-    """Boot one sandbox with DRIVER through the real controller path, print stage timings, check nothing is left."""
+    """Boot one sandbox with DRIVER through the real controller path (or run the sign-in FLOW), print stage timings,
+    check nothing is left. Exit 0 only if all of that held."""
     from hearth.cli.common import settings_or_exit
 
+    if bool(driver) == bool(flow):
+        Console(stderr=True).print("[red]give exactly one of --driver or --flow[/]")
+        raise typer.Exit(2)
+    if flow:
+        from hearth.cli.selftest_flow import run_flow_selftest
+
+        raise typer.Exit(asyncio.run(run_flow_selftest(flow)))
     if driver not in ("netns", "qemu", "firecracker"):
         Console(stderr=True).print(f"[red]unknown driver {escape(driver)!r}[/] (netns, qemu, firecracker)")
         raise typer.Exit(2)

@@ -97,6 +97,22 @@ class NetnsDriver(Driver):
             "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
         }
 
+    def image_root(self) -> Path | None:
+        """The golden image's root filesystem when one is built (`hearth image build`): then this driver runs the
+        very userspace the VM drivers boot (agent included). Without an image, the host's /usr and /etc."""
+        root = self.s.images / "rootfs"
+        return root if (root / "usr" / "bin" / "python3").exists() and (root / "opt" / "hearth").is_dir() else None
+
+    def root_binds(self, guest: Path) -> list[str]:
+        root = self.image_root()
+        if root is not None:
+            return ["--ro-bind", str(root), "/"]
+        return [
+            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
+            "--ro-bind", str(guest), GUEST_LIB,
+        ]  # fmt: skip
+
     def argv(self, spec: SandboxSpec, bwrap: str, guest: Path) -> list[str]:
         """nsenter (into the sandbox netns) → setpriv (drop to the sandbox user) → bwrap → the agent."""
         return [
@@ -105,12 +121,10 @@ class NetnsDriver(Driver):
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
-            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
+            *self.root_binds(guest),
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
             "--bind", str(self.home_dir(spec)), GUEST_HOME,
             "--ro-bind", str(spec.workdir / "run"), "/run/hearth",
-            "--ro-bind", str(guest), GUEST_LIB,
             "--setenv", "HOME", GUEST_HOME, "--setenv", "USER", "hearth", "--setenv", "LOGNAME", "hearth",
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONPATH", GUEST_LIB, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",

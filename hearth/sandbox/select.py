@@ -51,7 +51,7 @@ def _firecracker(settings: Settings) -> Driver:
 
 def _qemu(settings: Settings) -> Driver:
     try:
-        from hearth.sandbox.qemu.select import qemu_driver  # type: ignore[import-not-found,unused-ignore]
+        from hearth.sandbox.qemu.select import qemu_driver
     except ImportError:
         raise DriverError(Hop.DRIVER, "the QEMU driver is not part of this build", "use HEARTH_DRIVER=netns") from None
     drv: Driver = qemu_driver(settings, vm_image(settings), require_kvm=settings.driver == "auto")
