@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
@@ -69,6 +70,18 @@ def make_router(
     async def events(session_id: str) -> list[dict[str, Any]]:
         """Every state change and boot stage, with timestamps and reasons."""
         return await service.events(session_id)
+
+    @router.get("/session/{session_id}/console")
+    async def console(session_id: str, limit: int = 8192) -> dict[str, Any]:
+        """The tail of the guest's serial console (VM drivers), while the sandbox exists (or is kept on failure)."""
+        view = await service.get(session_id)
+        tail = getattr(service.driver, "console_tail", None)
+        if tail is None or view.slot is None:
+            raise HTTPException(404, f"the {service.driver.name} driver has no guest console")
+        text = await asyncio.to_thread(
+            tail, service.spec(view.id, service.ipam.slot(view.slot)), max(256, min(limit, 1 << 20))
+        )
+        return {"driver": service.driver.name, "console": text}
 
     @router.post("/session/{session_id}/token", response_model=TokenResponse)
     async def token(session_id: str, body: TokenRequest, request: Request) -> TokenResponse:
