@@ -425,6 +425,8 @@ class SessionService:
                 self._boots.pop(sid, None)
 
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:
+        if not self.settings.keep_failed:
+            self.forget(sid)  # the sandbox is gone (undo stack): so is any use for its agent secret
         with contextlib.suppress(IllegalTransition, SessionNotFound):
             await self._record(sid, timings=timings)
             await self._transition(sid, Status.FAILED, reason, hop)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from hearth.config import load_settings
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
@@ -31,10 +29,6 @@ class FailingDriver(Driver):
         return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionService._fail_quietly keeps the failed session's agent secret (fix: self.forget(sid) there)",
-)
 async def test_failed_boots_forget_their_secrets(tmp_path: Path) -> None:
     settings = load_settings({"HEARTH_DATA_DIR": str(tmp_path)}, env_file=None)
     driver = FailingDriver()
