@@ -27,7 +27,6 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "version": 1,
         "session_id": spec.session_id,
         "secret": spec.secret,
-        "ip": str(spec.slot.ip),
         "screen": spec.screen,
         "start_url": spec.start_url,
         "chromium": spec.chromium,

@@ -72,7 +72,7 @@ def agent_config(drive: dict[str, Any], cmdline: dict[str, str]) -> dict[str, An
     """The agent's configuration: the drive's settings, plus what the command line says about the network."""
     cfg = dict(drive)
     ip = parse_ip_arg(cmdline.get("ip", ""))
-    if not cfg.get("ip") and ip["client"]:
+    if ip["client"]:  # the guest's address has one source only: the kernel's ip= argument
         cfg["ip"] = ip["client"]
     if not cfg.get("callback") and ip["gateway"]:
         cfg["callback"] = f"http://{ip['gateway']}:{CALLBACK_PORT}"

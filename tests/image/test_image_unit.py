@@ -179,7 +179,8 @@ def test_config_drive_format_is_shared_with_firecracker() -> None:
     assert len(data) % configdrive.BLOCK == 0 and data.startswith(configdrive.MAGIC)
     doc = configdrive.decode(data)
     assert doc == read_config_drive(data)  # the Firecracker driver's decoder reads ours
-    assert doc["secret"] == "s3cret" and doc["ip"] == "192.168.100.5" and doc["chromium"] is False
+    assert doc["secret"] == "s3cret" and doc["chromium"] is False
+    assert "ip" not in doc  # one guest network mechanism: the kernel ip= argument
     assert doc["callback"] == "http://192.168.100.1:8700"
 
 
@@ -197,7 +198,7 @@ def test_boot_script_builds_the_agent_config(tmp_path: Path) -> None:
     ours = configdrive.document(_spec(), 8711)
     drive.write_bytes(configdrive.encode(ours))
     cfg = hearth_boot.agent_config(hearth_boot.read_drive(str(drive), timeout=0.1), cmd)
-    assert cfg["ip"] == "192.168.100.5" and cfg["callback"].endswith(":8711")  # the drive wins
+    assert cfg["ip"] == "192.168.100.9" and cfg["callback"].endswith(":8711")  # ip= always; the drive's callback
     drive.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="magic"):
         hearth_boot.read_drive(str(drive), timeout=0.1)

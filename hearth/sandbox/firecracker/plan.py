@@ -23,13 +23,13 @@ Decisions recorded here (see docs/firecracker.md):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hearth.errors import ConfigError
+from hearth.image import configdrive
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.image import GuestImage
 
@@ -50,8 +50,9 @@ CONFIG_DRIVE_ID = "config"
 CONFIG_DEVICE = "/dev/vdb"
 IFACE_ID = "eth0"
 NETNS_DIR = Path("/run/netns")
-CONFIG_MAGIC = b"HEARTHCFG1\n"
-CONFIG_BLOCK = 4096
+CONFIG_MAGIC = configdrive.MAGIC
+CONFIG_BLOCK = configdrive.BLOCK
+DEFAULT_CALLBACK_PORT = 8700
 
 BASE_BOOT_ARGS = (
     "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw rootfstype=ext4 "
@@ -245,32 +246,14 @@ def boot_args(spec: SandboxSpec, extra: str = "") -> str:
     return " ".join(parts)
 
 
-def config_drive(spec: SandboxSpec) -> bytes:
-    """The config drive's bytes: magic line, one JSON object, newline, NUL padding to a 4 KiB multiple."""
-    doc = {
-        "version": 1,
-        "session_id": spec.session_id,
-        "secret": spec.secret,
-        "screen": spec.screen,
-        "start_url": spec.start_url,
-        "chromium": spec.chromium,
-        "rfb_port": spec.rfb_port,
-        "agent_port": spec.agent_port,
-    }
-    raw = CONFIG_MAGIC + json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n"
-    size = -(-len(raw) // CONFIG_BLOCK) * CONFIG_BLOCK
-    return raw.ljust(size, b"\0")
+def config_drive(spec: SandboxSpec, callback_port: int = DEFAULT_CALLBACK_PORT) -> bytes:
+    """The config drive's bytes: one format for every VM driver (`hearth.image.configdrive`)."""
+    return configdrive.encode(configdrive.document(spec, callback_port))
 
 
 def read_config_drive(data: bytes) -> dict[str, Any]:
-    """Inverse of `config_drive` (what the guest agent does with `/dev/vdb`)."""
-    if not data.startswith(CONFIG_MAGIC):
-        raise ValueError("not a hearth config drive (bad magic)")
-    body = data[len(CONFIG_MAGIC) :].split(b"\0", 1)[0]
-    doc = json.loads(body)
-    if not isinstance(doc, dict):
-        raise ValueError("hearth config drive does not hold a JSON object")
-    return doc
+    """Inverse of `config_drive` (what the guest does with `/dev/vdb`)."""
+    return configdrive.decode(data)
 
 
 def api_calls(
