@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -23,17 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.app import build, create_app
-from hearth.cli.serve import server
+from hearth.api.local import free_port, local_controller
 from hearth.config import Settings, load_settings
 from hearth.reconcile.inventory import scan_sync
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rss_mib() -> float:
@@ -80,7 +70,7 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
     env = {
         "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
         "HEARTH_DATA_DIR": data,
-        "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+        "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
         "HEARTH_API_KEYS": "bench",
         "HEARTH_DRIVER": "netns",
         "HEARTH_CHROMIUM": "true" if chromium else "false",
@@ -90,18 +80,12 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
     if "rate_limit" in Settings.model_fields:
         env["HEARTH_RATE_LIMIT"] = "0"  # the benchmark measures churn, not the API's rate limit
     settings = load_settings(env, env_file=None)
-    ctl = build(settings)
-    srv = server(settings, create_app(ctl))
-    task = asyncio.create_task(srv.serve())
-    host, port = settings.listen_host_port
     try:
-        while not srv.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(
-            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=120
-        ) as http:
+        async with (
+            local_controller(settings) as lc,
+            httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=120) as http,
+        ):
+            ctl = lc.ctl
             await cycle(http, "warmup")
             rss0, fds0 = rss_mib(), fds()
             readies: list[float] = []
@@ -115,21 +99,19 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
                     print(f"{done:6d} cycles  {rate:6.2f}/s  RSS {rss_mib():7.1f} MiB  fds {fds()}")
             elapsed = time.monotonic() - t0
             rss1, fds1 = rss_mib(), fds()
-        inv = await asyncio.to_thread(scan_sync, settings)
-        leases = len(await ctl.service.ipam.leases())
-        ports = sum(len(names) for names in inv.links.values())
-        left = len(inv.netns) + len(inv.workdirs) + ports + leases
-        print(f"\ncycles: {n}  parallel: {parallel}  chromium: {chromium}  in {elapsed:.1f}s  → {n / elapsed:.2f}/s")
-        print(f"create→ready  median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
-        print(f"RSS  before {rss0:.1f} MiB  after {rss1:.1f} MiB  ({rss1 - rss0:+.1f} MiB)")
-        print(f"fds  before {fds0}  after {fds1}")
-        print(f"left behind: {left} (netns {len(inv.netns)}, ports {ports}, ", end="")
-        print(f"dirs {len(inv.workdirs)}, leases {leases})")
+            inv = await asyncio.to_thread(scan_sync, settings)
+            leases = len(await ctl.service.ipam.leases())
+            ports = sum(len(names) for names in inv.links.values())
+            left = len(inv.netns) + len(inv.workdirs) + ports + leases
+            print(
+                f"\ncycles: {n}  parallel: {parallel}  chromium: {chromium}  in {elapsed:.1f}s  → {n / elapsed:.2f}/s"
+            )
+            print(f"create→ready  median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
+            print(f"RSS  before {rss0:.1f} MiB  after {rss1:.1f} MiB  ({rss1 - rss0:+.1f} MiB)")
+            print(f"fds  before {fds0}  after {fds1}")
+            print(f"left behind: {left} (netns {len(inv.netns)}, ports {ports}, ", end="")
+            print(f"dirs {len(inv.workdirs)}, leases {leases})")
     finally:
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import tempfile
 import time
@@ -27,21 +26,14 @@ from typing import Any
 
 import httpx
 
-from hearth.api.app import Controller, build, create_app
-from hearth.cli.serve import server
+from hearth.api.app import Controller
+from hearth.api.local import free_port, local_controller
 from hearth.config import load_settings
-from hearth.doctor import Report, diagnose, diagnose_session, install
+from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _link(netns: str, port: str, state: str) -> None:
@@ -128,26 +120,19 @@ async def main(n: int, chosen: list[str], verbose: bool) -> None:
         {
             "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
             "HEARTH_DATA_DIR": data,
-            "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+            "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
             "HEARTH_API_KEYS": "bench",
             "HEARTH_DRIVER": "netns",
             "HEARTH_CHROMIUM": "false",
         },
         env_file=None,
     )
-    ctl = build(settings)
-    install(ctl)
-    srv = server(settings, create_app(ctl))
-    task = asyncio.create_task(srv.serve())
-    host, port = settings.listen_host_port
     try:
-        while not srv.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(
-            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=60
-        ) as http:
+        async with (
+            local_controller(settings) as lc,
+            httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
+        ):
+            ctl = lc.ctl
             r = await http.post("/api/auth/start", json={"user_id": "bench"})
             r.raise_for_status()
             sid = r.json()["session_id"]
@@ -164,10 +149,6 @@ async def main(n: int, chosen: list[str], verbose: bool) -> None:
             await wait_healthy(ctl, sid)
             await http.post(f"/api/auth/session/{sid}/cancel")
     finally:
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
         shutil.rmtree(data, ignore_errors=True)
 
 

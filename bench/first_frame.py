@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 
 import httpx
 
-from hearth.api.app import build, create_app
-from hearth.cli.serve import server
+from hearth.api.local import free_port, local_controller
 from hearth.config import load_settings
 from hearth.rfb.ws import first_frame
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, float, bool]:
@@ -54,7 +44,7 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         {
             "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
             "HEARTH_DATA_DIR": data,
-            "HEARTH_API_LISTEN": f"127.0.0.1:{_port()}",
+            "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
             "HEARTH_API_KEYS": "bench",
             "HEARTH_DRIVER": "netns",
             "HEARTH_CHROMIUM": "true" if chromium else "false",
@@ -62,20 +52,15 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         },
         env_file=None,
     )
-    ctl = build(settings)
-    srv = server(settings, create_app(ctl))
-    task = asyncio.create_task(srv.serve())
-    host, port = settings.listen_host_port
     try:
-        while not srv.started:
-            await asyncio.sleep(0.05)
-        results: list[tuple[float, float, bool]] = []
-        async with httpx.AsyncClient(
-            base_url=f"http://{host}:{port}", headers={"Authorization": "Bearer bench"}, timeout=60
-        ) as http:
+        async with (
+            local_controller(settings) as lc,
+            httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
+        ):
+            results: list[tuple[float, float, bool]] = []
             for i in range(0, n, parallel):
                 batch = await asyncio.gather(
-                    *(one(http, f"ws://{host}:{port}", f"bench{j}") for j in range(i, min(n, i + parallel)))
+                    *(one(http, lc.ws_base, f"bench{j}") for j in range(i, min(n, i + parallel)))
                 )
                 for total, ready, non_blank in batch:
                     results.append((total, ready, non_blank))
@@ -89,10 +74,6 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         print(f"create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
         print(f"create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s")
     finally:
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
         shutil.rmtree(data, ignore_errors=True)
 
 

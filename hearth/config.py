@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     keep_failed: bool = False
     reconcile_interval: float = Field(60.0, gt=0)
     max_body: int = Field(64 * 1024, ge=1024)  # bytes per API request body
-    rate_limit: float = Field(20.0, gt=0)  # API requests per second per client
+    rate_limit: float = Field(20.0, ge=0)  # API requests per second per client; 0: no limit
     rate_burst: float = Field(40.0, ge=1)
     rfb_port: int = 5900
     agent_port: int = 8080

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from hearth.api.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
 
 
@@ -25,13 +22,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -64,42 +54,11 @@ def make_settings(data_dir: Path) -> Callable[..., Settings]:
     return make
 
 
-@dataclass
-class Running:
-    settings: Settings
-    base_url: str
-    ws_base: str
-    ctl: Any
-    headers: dict[str, str]
+Running = LocalController
 
 
 @contextlib.asynccontextmanager
 async def running_controller(settings: Settings) -> AsyncIterator[Running]:
     """A real controller (uvicorn on loopback) with its fabric; everything is removed on exit."""
-    from hearth.api.app import build, create_app
-    from hearth.cli.serve import server
-
-    ctl = build(settings)
-    srv = server(settings, create_app(ctl))
-    task = asyncio.create_task(srv.serve())
-    try:
-        for _ in range(600):
-            if srv.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        if task.done():
-            task.result()
-        assert srv.started, "controller did not start"
-        host, port = settings.listen_host_port
-        yield Running(
-            settings,
-            f"http://{host}:{port}",
-            f"ws://{host}:{port}",
-            ctl,
-            {"Authorization": f"Bearer {settings.api_keys[0]}"},
-        )
-    finally:
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
+    async with local_controller(settings) as lc:
+        yield lc

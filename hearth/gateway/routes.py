@@ -7,9 +7,10 @@ Every refusal or failure is an explicit close with a code and a reason — never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
@@ -49,7 +50,8 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
         async def close(code: int, reason: str) -> None:
             log.info("viewer closed", extra={"code": code, "close_reason": reason})
             metrics.gateway_closes.labels(str(code)).inc()
-            await ws.close(code, close_reason(reason))
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the viewer already went away
+                await ws.close(code, close_reason(reason))
 
         with bind_session(session_id):
             try:

@@ -27,16 +27,14 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from hearth.api.auth import ApiKeys
-from hearth.api.diagnostics import make_router
 from hearth.config import Settings, load_settings
-from hearth.doctor import Report, diagnose, install
+from hearth.doctor import Report, diagnose
 from hearth.doctor.probes import Proc, processes_in
 from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
-from tests.conftest import Running, free_port
+from tests.conftest import Running, free_port, running_controller
 
 T = TypeVar("T")
 DATA_ROOT = Path("/var/tmp/hearth-tests")
@@ -58,37 +56,6 @@ def new_env(**extra: str) -> tuple[dict[str, str], Path]:
         **extra,
     }
     return env, data
-
-
-@contextlib.asynccontextmanager
-async def doctor_controller(settings: Settings) -> AsyncIterator[Running]:
-    """`tests.conftest.running_controller`, plus the doctor wired in as production wires it."""
-    from hearth.api.app import build, create_app
-    from hearth.cli.serve import server
-
-    ctl = build(settings)
-    install(ctl)  # SessionService.diagnose → verdicts in failure and 4502 close reasons
-    app = create_app(ctl)
-    app.include_router(make_router(ctl, ApiKeys(settings.api_keys)))
-    srv = server(settings, app)
-    task = asyncio.create_task(srv.serve())
-    try:
-        for _ in range(600):
-            if srv.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        if task.done():
-            task.result()
-        assert srv.started, "controller did not start"
-        host, port = settings.listen_host_port
-        yield Running(
-            settings, f"http://{host}:{port}", f"ws://{host}:{port}", ctl, {"Authorization": "Bearer test-key"}
-        )
-    finally:
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
 
 
 @dataclass
@@ -171,7 +138,7 @@ async def live_session(**extra: str) -> AsyncIterator[Live]:
     settings = load_settings(env, env_file=None)
     try:
         async with (
-            doctor_controller(settings) as run,
+            running_controller(settings) as run,  # the app wires the doctor in, as in production
             httpx.AsyncClient(base_url=run.base_url, headers=run.headers, timeout=30) as http,
         ):
             r = await http.post("/api/auth/start", json={"user_id": "doctor"})

@@ -31,6 +31,7 @@ let retries = 0;
 let lastStatus = "starting";
 
 window.hearthStates = [];
+const TERMINAL = ["failed", "cancelled", "completed", "expired"];
 function setState(text, cls) {
   stateEl.textContent = text;
   stateEl.className = cls;
@@ -67,7 +68,8 @@ function connect() {
     const code = window.hearthLastClose?.code;
     const reason = window.hearthLastClose?.reason || "";
     if (e.detail.clean && code === 1000 && reason.includes("cancelled")) { ended = true; }
-    if ([4401, 4404].includes(code) || ended || ["failed", "cancelled", "completed", "expired"].includes(lastStatus)) {
+    if (TERMINAL.includes(lastStatus)) return;  // the status channel already said why, in plain words
+    if ([4401, 4404].includes(code) || ended) {
       ended = true;
       setState(code === 1000 ? "ended" : "closed", "closed");
       showMessage(PLAIN[code] || "Disconnected.", reason);
@@ -101,7 +103,7 @@ function followStatus() {
     if (s.status === "starting") {
       setState("starting", "starting");
       showMessage("Starting your browser…", Object.keys(s.timings || {}).join(" → "));
-    } else if (s.status === "failed" || s.status === "expired" || s.status === "cancelled" || s.status === "completed") {
+    } else if (TERMINAL.includes(s.status)) {
       ended = s.status !== "ready";
       setState(s.status, s.status === "completed" ? "ready" : "failed");
       showMessage(s.status === "failed" ? "The browser sandbox failed." : `The session is ${s.status}.`, s.reason || "");
