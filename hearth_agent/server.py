@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socketserver
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +40,12 @@ class AgentServer(ThreadingHTTPServer):
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
         super().__init__(addr, Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's `socket.getfqdn(host)`: that reverse DNS lookup of the sandbox address goes to
+        a resolver the sandbox may not reach, and stalled the agent's start by the resolver timeout (5 s)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def route(self, method: str, path: str, fn: Route) -> None:
         self.routes[(method.upper(), path)] = fn

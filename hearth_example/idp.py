@@ -12,6 +12,7 @@ import html
 import json
 import secrets
 import socket
+import socketserver
 import threading
 import time
 import urllib.parse
@@ -150,6 +151,11 @@ class IdpServer(ThreadingHTTPServer):
             self.socket.listen(16)
         else:
             super().__init__(sock_or_addr, Handler)
+
+    def server_bind(self) -> None:
+        """No reverse DNS lookup of the listen address (HTTPServer's getfqdn): it can stall for the resolver timeout."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 def main() -> None:

@@ -59,6 +59,12 @@ def make_router(
 
     @router.post("/session/{session_id}/cancel", response_model=SessionOut)
     async def cancel(session_id: str) -> SessionOut:
+        """End the session and remove its sandbox (ending an ended session is a no-op)."""
+        return SessionOut.of(await service.cancel(session_id))
+
+    @router.delete("/session/{session_id}", response_model=SessionOut)
+    async def delete(session_id: str) -> SessionOut:
+        """The same as `POST …/cancel`, for clients that delete resources."""
         return SessionOut.of(await service.cancel(session_id))
 
     @router.post("/session/{session_id}/heartbeat", response_model=SessionOut)

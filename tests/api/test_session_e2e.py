@@ -112,6 +112,7 @@ async def test_session_streams_a_desktop_and_cancels_clean(make_settings: Callab
         assert [e["name"] for e in events if e["kind"] == "state"] == ["starting", "ready", "cancelled"]
         # cancelling again is harmless
         assert (await http.post(f"/api/auth/session/{sid}/cancel", headers=ctl.headers)).json()["status"] == "cancelled"
+        assert (await http.delete(f"/api/auth/session/{sid}", headers=ctl.headers)).json()["status"] == "cancelled"
 
 
 def body_pid(ctl: Running, sid: str) -> int:
