@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from hearth.api.local import free_port, local_controller
-from hearth.config import Settings, load_settings
+from hearth.api.local import local_controller, scratch_settings
 from hearth.reconcile.inventory import scan_sync
 
 
@@ -65,22 +61,13 @@ async def cycle(http: httpx.AsyncClient, user: str) -> float:
 
 
 async def main(n: int, parallel: int, chromium: bool) -> None:
-    data = tempfile.mkdtemp(prefix="hearth-bench-")
-    os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
     env = {
-        "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
-        "HEARTH_DATA_DIR": data,
-        "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
-        "HEARTH_API_KEYS": "bench",
-        "HEARTH_DRIVER": "netns",
         "HEARTH_CHROMIUM": "true" if chromium else "false",
         "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
         "MAX_BROWSER_SESSIONS": str(max(parallel, 1) + 1),
+        "HEARTH_RATE_LIMIT": "0",  # the benchmark measures churn, not the API's rate limit
     }
-    if "rate_limit" in Settings.model_fields:
-        env["HEARTH_RATE_LIMIT"] = "0"  # the benchmark measures churn, not the API's rate limit
-    settings = load_settings(env, env_file=None)
-    try:
+    with scratch_settings(env, "hearth-b") as settings:
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=120) as http,
@@ -111,8 +98,6 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
             print(f"fds  before {fds0}  after {fds1}")
             print(f"left behind: {left} (netns {len(inv.netns)}, ports {ports}, ", end="")
             print(f"dirs {len(inv.workdirs)}, leases {leases})")
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

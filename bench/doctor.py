@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -27,8 +24,7 @@ from typing import Any
 import httpx
 
 from hearth.api.app import Controller
-from hearth.api.local import free_port, local_controller
-from hearth.config import load_settings
+from hearth.api.local import local_controller, scratch_settings
 from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink
@@ -114,20 +110,7 @@ async def wait_healthy(ctl: Controller, sid: str, timeout: float = 60) -> None:
 
 
 async def main(n: int, chosen: list[str], verbose: bool) -> None:
-    data = tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp")
-    os.chmod(data, 0o711)  # the unprivileged sandbox user must traverse it
-    settings = load_settings(
-        {
-            "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
-            "HEARTH_DATA_DIR": data,
-            "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
-            "HEARTH_API_KEYS": "bench",
-            "HEARTH_DRIVER": "netns",
-            "HEARTH_CHROMIUM": "false",
-        },
-        env_file=None,
-    )
-    try:
+    with scratch_settings({"HEARTH_CHROMIUM": "false"}, "hearth-b") as settings:
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
@@ -148,8 +131,6 @@ async def main(n: int, chosen: list[str], verbose: bool) -> None:
                     await measure(f"{name}: verdict", n, lambda: diagnose_session(ctl, sid))
             await wait_healthy(ctl, sid)
             await http.post(f"/api/auth/session/{sid}/cancel")
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

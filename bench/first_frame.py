@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
-import shutil
 import statistics
-import tempfile
 import time
 
 import httpx
 
-from hearth.api.local import free_port, local_controller
-from hearth.config import load_settings
+from hearth.api.local import local_controller, scratch_settings
 from hearth.rfb.ws import first_frame
 
 
@@ -38,21 +33,11 @@ async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, 
 
 
 async def main(n: int, parallel: int, chromium: bool) -> None:
-    data = tempfile.mkdtemp(prefix="hearth-bench-", dir="/var/tmp")
-    os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
-    settings = load_settings(
-        {
-            "HEARTH_FABRIC_NETNS": f"hearth-b{secrets.token_hex(3)}",
-            "HEARTH_DATA_DIR": data,
-            "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
-            "HEARTH_API_KEYS": "bench",
-            "HEARTH_DRIVER": "netns",
-            "HEARTH_CHROMIUM": "true" if chromium else "false",
-            "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
-        },
-        env_file=None,
-    )
-    try:
+    env = {
+        "HEARTH_CHROMIUM": "true" if chromium else "false",
+        "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
+    }
+    with scratch_settings(env, "hearth-b") as settings:
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
@@ -73,8 +58,6 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         print(f"\nsessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
         print(f"create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
         print(f"create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s")
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

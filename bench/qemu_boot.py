@@ -52,12 +52,7 @@ async def boot_once(drv: QemuDriver, spec: SandboxSpec, netns: str) -> dict[str,
                 raise TimeoutError("the agent never answered")
             await asyncio.sleep(0.02)
         mark("agent")
-        await readiness.wait_display(target, deadline)
-        mark("display")
-        await readiness.wait_vnc(target, deadline)
-        mark("vnc")
-        await readiness.wait_rfb(target, deadline)
-        mark("rfb")
+        await readiness.wait_desktop(target, deadline, mark)
     finally:
         t1 = time.monotonic()
         await drv.destroy(spec)

@@ -8,13 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import shutil
 import socket
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from hearth.api.app import Controller, build, create_app
-from hearth.cli.serve import server
-from hearth.config import Settings
+from hearth.cli.serve import check_listen, serve_until_stopped, server
+from hearth.config import Settings, load_settings
+
+
+@contextlib.contextmanager
+def scratch_settings(env: Mapping[str, str], prefix: str = "hearth-x") -> Iterator[Settings]:
+    """Settings for a throw-away hearth on this host: its own data directory under /var/tmp (removed on exit), its
+    own fabric namespace `<prefix><hex>`, a free loopback port, a random API key, the netns driver; `env` overrides."""
+    data = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp"))
+    os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
+    base = {
+        "HEARTH_FABRIC_NETNS": f"{prefix}{secrets.token_hex(3)}",
+        "HEARTH_DATA_DIR": str(data),
+        "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
+        "HEARTH_API_KEYS": f"{prefix}-{secrets.token_hex(8)}",
+        "HEARTH_DRIVER": "netns",
+    }
+    try:
+        yield load_settings(base | dict(env), env_file=None)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -35,10 +59,14 @@ class LocalController:
 
 
 @contextlib.asynccontextmanager
-async def local_controller(settings: Settings, start_timeout: float = 60.0) -> AsyncIterator[LocalController]:
+async def local_controller(
+    settings: Settings, start_timeout: float = 60.0, remove_fabric: bool = True
+) -> AsyncIterator[LocalController]:
+    """`remove_fabric=False` leaves a fabric namespace in place (the demo keeps one it found at start)."""
+    check_listen(settings)
     ctl = build(settings)
     srv = server(settings, create_app(ctl))
-    task = asyncio.create_task(srv.serve(), name="uvicorn")
+    task = asyncio.create_task(serve_until_stopped(srv), name="uvicorn")
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + start_timeout
@@ -58,4 +86,5 @@ async def local_controller(settings: Settings, start_timeout: float = 60.0) -> A
         srv.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 60)
-        await ctl.fabric.down(force=True)
+        if remove_fabric:
+            await ctl.fabric.down(force=True)

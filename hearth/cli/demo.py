@@ -20,9 +20,9 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hearth.api.app import build, create_app
-from hearth.cli.serve import server
+from hearth.api.local import LocalController, local_controller
 from hearth.config import Settings
+from hearth.errors import HearthError
 from hearth.fabric import netlink
 from hearth.rfb.ws import first_frame
 
@@ -32,76 +32,74 @@ STAGES = ("lease", "namespace", "process", "display", "vnc", "rfb")
 async def run_demo(settings: Settings, api_key: str, duration: float | None, user: str) -> int:
     out = Console()
     fabric_existed = netlink.netns_exists(settings.fabric_netns)
-    ctl = build(settings)
-    app = create_app(ctl)
-    srv = server(settings, app)
-    host, port = settings.listen_host_port
-    base = f"http://{host}:{port}"
-    serve_task = asyncio.create_task(srv.serve(), name="uvicorn")
-    code = 0
     try:
-        while not srv.started:
-            if serve_task.done():
-                out.print("[red]the controller did not start[/] (is the port in use? set HEARTH_API_LISTEN)")
-                return 1
-            await asyncio.sleep(0.05)
-        out.print(
-            f"[bold]hearth[/] controller on {base}  driver={ctl.driver.name}  fabric netns={settings.fabric_netns}"
-        )
-        headers = {"Authorization": f"Bearer {api_key}"}
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
-            t0 = time.monotonic()
-            r = await http.post("/api/auth/start", json={"user_id": user})
-            if r.status_code != 201:
-                out.print(f"[red]start failed:[/] HTTP {r.status_code} {escape(r.text)}")
-                return 1
-            started = r.json()
-            sid = started["session_id"]
-            body = await _follow(http, sid, out, settings.ready_timeout + 15)
-            if body["status"] != "ready":
-                out.print(f"[red]session {body['status']}:[/] {escape(str(body.get('reason')))}")
-                return 1
-            ws_url = (
-                base.replace("http", "ws", 1) + f"/api/auth/session/{sid}/novnc/websock?token={started['viewer_token']}"
+        async with local_controller(settings, remove_fabric=not fabric_existed) as lc:
+            out.print(
+                f"[bold]hearth[/] controller on {lc.base_url}  driver={lc.ctl.driver.name}  "
+                f"fabric netns={settings.fabric_netns}"
             )
-            frame = await first_frame(ws_url)
-            first_frame_s = time.monotonic() - t0
-        table = Table(title=f"session {sid}")
-        table.add_column("stage")
-        table.add_column("done at (s since create)", justify="right")
-        for stage in STAGES:
-            if stage in body["timings"]:
-                table.add_row(stage, f"{body['timings'][stage]:.3f}")
-        table.add_row("first frame via gateway", f"{first_frame_s:.3f}")
-        out.print(table)
-        out.print(
-            f"first frame: {frame.init.width}x{frame.init.height} '{frame.init.name}', "
-            f"{'non-blank pixels' if frame.non_blank else '[yellow]blank[/]'}"
-        )
-        out.print(f"\n[bold green]viewer:[/] {started['viewer_url']}", soft_wrap=True)
-        out.print(f"[bold]WebSocket:[/] {ws_url}", soft_wrap=True)
-        out.print(f"[bold]API key (demo only):[/] {api_key}")
-        out.print(
-            "Press Ctrl-C to stop; everything created is removed." if duration is None else f"Running {duration:.0f}s."
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
-    except Exception as exc:
-        out.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}")
-        code = 1
+            try:
+                return await _session(lc, api_key, duration, user, out)
+            except Exception as exc:
+                out.print(f"[red]demo failed:[/] {type(exc).__name__}: {escape(str(exc))}")
+                return 1
+            finally:
+                out.print("stopping: ending sessions, removing sandboxes…")
+    except HearthError as exc:
+        out.print(f"[red]the controller did not start:[/] {escape(exc.reason)}")
+        return 1
+    except (OSError, RuntimeError) as exc:
+        out.print(f"[red]the controller did not start:[/] {escape(str(exc))}")
+        return 1
     finally:
-        out.print("stopping: ending sessions, removing sandboxes…")
-        srv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serve_task, 60)
-        if not fabric_existed:
-            await ctl.fabric.down(force=True)
-            out.print(f"removed fabric namespace {settings.fabric_netns}")
-    return code
+        if not fabric_existed and not netlink.netns_exists(settings.fabric_netns):
+            out.print(f"no fabric namespace {settings.fabric_netns} left behind")
+
+
+async def _session(lc: LocalController, api_key: str, duration: float | None, user: str, out: Console) -> int:
+    """Create one session, follow its stages, prove a first frame through the gateway, then wait."""
+    settings = lc.settings
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=lc.base_url, headers=headers, timeout=10) as http:
+        t0 = time.monotonic()
+        r = await http.post("/api/auth/start", json={"user_id": user})
+        if r.status_code != 201:
+            out.print(f"[red]start failed:[/] HTTP {r.status_code} {escape(r.text)}")
+            return 1
+        started = r.json()
+        sid = started["session_id"]
+        body = await _follow(http, sid, out, settings.ready_timeout + 15)
+        if body["status"] != "ready":
+            out.print(f"[red]session {body['status']}:[/] {escape(str(body.get('reason')))}")
+            return 1
+        ws_url = f"{lc.ws_base}/api/auth/session/{sid}/novnc/websock?token={started['viewer_token']}"
+        frame = await first_frame(ws_url)
+        first_frame_s = time.monotonic() - t0
+    table = Table(title=f"session {sid}")
+    table.add_column("stage")
+    table.add_column("done at (s since create)", justify="right")
+    for stage in STAGES:
+        if stage in body["timings"]:
+            table.add_row(stage, f"{body['timings'][stage]:.3f}")
+    table.add_row("first frame via gateway", f"{first_frame_s:.3f}")
+    out.print(table)
+    out.print(
+        f"first frame: {frame.init.width}x{frame.init.height} '{frame.init.name}', "
+        f"{'non-blank pixels' if frame.non_blank else '[yellow]blank[/]'}"
+    )
+    out.print(f"\n[bold green]viewer:[/] {started['viewer_url']}", soft_wrap=True)
+    out.print(f"[bold]WebSocket:[/] {ws_url}", soft_wrap=True)
+    out.print(f"[bold]API key (demo only):[/] {api_key}")
+    out.print(
+        "Press Ctrl-C to stop; everything created is removed." if duration is None else f"Running {duration:.0f}s."
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+    return 0
 
 
 async def _follow(http: httpx.AsyncClient, sid: str, out: Console, timeout: float) -> dict[str, Any]:

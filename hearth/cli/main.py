@@ -18,6 +18,7 @@ from hearth.cli.image import image_app
 from hearth.cli.sandbox import sandbox_app
 from hearth.cli.selftest import selftest
 from hearth.cli.vault import vault_app
+from hearth.errors import HearthError
 
 app = typer.Typer(
     help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
@@ -35,13 +36,18 @@ app.add_typer(image_app, name="image")
 def serve() -> None:
     """Run the controller (API, gateway, fabric) until stopped."""
     from hearth.api.app import build, create_app
-    from hearth.cli.serve import server
+    from hearth.cli.serve import check_listen, server
 
     settings = settings_or_exit()
     log.setup()
     if not settings.api_keys:
         Console(stderr=True).print("[red]error:[/] HEARTH_API_KEYS is empty; set at least one API key")
         raise typer.Exit(2)
+    try:
+        check_listen(settings)
+    except HearthError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
+        raise typer.Exit(2) from None
     server(settings, create_app(build(settings))).run()
 
 

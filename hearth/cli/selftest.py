@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hearth.config import Settings, load_settings
+from hearth.api.local import LocalController, local_controller, scratch_settings
+from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink
 from hearth.rfb.ws import first_frame
@@ -34,13 +32,6 @@ from hearth.session.readiness import http_get_json
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 STAGES = ("lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb", "first_frame")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -52,14 +43,9 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def selftest_settings(
-    driver: str, base: Settings, data: Path, fabric: str, ready_timeout: float, chromium: bool
-) -> Settings:
-    env = {
-        "HEARTH_FABRIC_NETNS": fabric,
-        "HEARTH_DATA_DIR": str(data),
-        "HEARTH_API_LISTEN": f"127.0.0.1:{_free_port()}",
-        "HEARTH_API_KEYS": "selftest-" + secrets.token_hex(8),
+def selftest_env(driver: str, base: Settings, ready_timeout: float, chromium: bool) -> dict[str, str]:
+    """What a driver selftest sets on top of `scratch_settings`: the driver, its timeouts, the host's image."""
+    return {
         "HEARTH_DRIVER": driver,
         "HEARTH_READY_TIMEOUT": str(int(ready_timeout)),
         "HEARTH_VIEWER_WAIT": str(int(ready_timeout)),
@@ -68,7 +54,6 @@ def selftest_settings(
         "HEARTH_VM_VCPUS": str(base.vm_vcpus),
         "HEARTH_VM_MEM_MIB": str(base.vm_mem_mib),
     }
-    return load_settings(env, env_file=None)
 
 
 def qemu_processes(marker: str) -> list[int]:
@@ -124,95 +109,72 @@ async def _poll_agent(settings: Settings, ip: str, t0: float, timings: dict[str,
 async def run_driver_selftest(
     driver: str, base: Settings, ready_timeout: float, chromium: bool, out: Console
 ) -> Result:
-    from hearth.api.app import build, create_app
-    from hearth.cli.serve import server
-
     res = Result()
-    data = Path("/var/tmp") / f"hearth-selftest-{secrets.token_hex(3)}"
-    data.mkdir(mode=0o711, parents=True)
-    fabric = f"hearth-st{secrets.token_hex(3)}"
-    settings = selftest_settings(driver, base, data, fabric, ready_timeout, chromium)
-    probe_cache = base.data_dir / "qemu-accel.json"  # the host's KVM verdict: no second probe boot
-    if probe_cache.is_file():
-        shutil.copyfile(probe_cache, data / probe_cache.name)
-    out.print(f"driver {driver}, fabric namespace {fabric}, data {data}")
-    ctl = None
-    task: asyncio.Task[None] | None = None
-    srv = None
-    try:
+    with scratch_settings(selftest_env(driver, base, ready_timeout, chromium), "hearth-st") as settings:
+        probe_cache = base.data_dir / "qemu-accel.json"  # the host's KVM verdict: no second probe boot
+        if probe_cache.is_file():
+            shutil.copyfile(probe_cache, settings.data_dir / probe_cache.name)
+        out.print(f"driver {driver}, fabric namespace {settings.fabric_netns}, data {settings.data_dir}")
         try:
-            ctl = build(settings)
+            async with local_controller(settings) as lc:
+                ctl = lc.ctl
+                res.details["driver"] = ctl.driver.name
+                for attr in ("accel", "accel_reason"):
+                    if hasattr(ctl.driver, attr):
+                        res.details[attr] = getattr(ctl.driver, attr)
+                await _session(lc, ready_timeout, res)
         except HearthError as exc:
             res.problems.append(exc.reason)
-            return res
-        res.details["driver"] = ctl.driver.name
-        for attr in ("accel", "accel_reason"):
-            if hasattr(ctl.driver, attr):
-                res.details[attr] = getattr(ctl.driver, attr)
-        srv = server(settings, create_app(ctl))
-        task = asyncio.create_task(srv.serve())
-        while not srv.started:
-            if task.done():
-                task.result()
-                res.problems.append("the controller did not start")
-                return res
-            await asyncio.sleep(0.05)
-        host, port = settings.listen_host_port
-        headers = {"Authorization": f"Bearer {settings.api_keys[0]}"}
-        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", headers=headers, timeout=30) as http:
-            t0 = time.monotonic()
-            r = await http.post("/api/auth/start", json={"user_id": "selftest"})
-            if r.status_code != 201:
-                res.problems.append(f"POST /api/auth/start answered {r.status_code}: {r.text}")
-                return res
-            started = r.json()
-            sid = started["session_id"]
-            ip = str(ctl.service.ipam.slot(0).ip)
-            agent_task = asyncio.create_task(_poll_agent(settings, ip, t0, res.timings))
-            status = "starting"
-            body: dict[str, Any] = {}
-            while time.monotonic() - t0 < ready_timeout + 120:
-                body = (await http.get(f"/api/auth/session/{sid}")).json()
-                status = body["status"]
-                if status != "starting":
-                    break
-                await asyncio.sleep(0.1)
-            agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent_task
-            res.timings.update({k: float(v) for k, v in (body.get("timings") or {}).items()})
-            if status != "ready":
-                res.problems.append(f"session {status}: {body.get('reason')}")
-            else:
-                url = f"ws://{host}:{port}/api/auth/session/{sid}/novnc/websock?token={started['viewer_token']}"
-                try:
-                    frame = await first_frame(url, timeout=60)
-                    res.timings["first_frame"] = round(time.monotonic() - t0, 3)
-                    res.details["screen"] = f"{frame.init.width}x{frame.init.height}"
-                    res.details["frame_non_blank"] = frame.non_blank
-                except Exception as exc:
-                    res.problems.append(f"no first frame through the gateway: {type(exc).__name__}: {exc}")
-            if hasattr(ctl.driver, "console_tail") and status != "ready":
-                spec = ctl.service.spec(sid, ctl.service.ipam.slot(0))
-                res.details["console"] = ctl.driver.console_tail(spec, 1500)
-            cancelled = (await http.post(f"/api/auth/session/{sid}/cancel")).json()
-            res.details["final_status"] = cancelled.get("status")
-            res.leftovers += [f"after cancel: {x}" for x in await asyncio.to_thread(leftovers, settings, 0, False)]
-    except Exception as exc:
-        res.problems.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        if srv is not None:
-            srv.should_exit = True
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 60)
-        if ctl is not None:
-            with contextlib.suppress(Exception):
-                await ctl.fabric.down(force=True)
-        res.leftovers += [f"after shutdown: {x}" for x in await asyncio.to_thread(leftovers, settings, 0, True)]
-        shutil.rmtree(data, ignore_errors=True)
+        except Exception as exc:
+            res.problems.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            res.leftovers += [f"after shutdown: {x}" for x in await asyncio.to_thread(leftovers, settings, 0, True)]
     res.ok = not res.problems and not res.leftovers
     return res
+
+
+async def _session(lc: LocalController, ready_timeout: float, res: Result) -> None:
+    """One session through the API: ready, a first frame through the gateway, cancel, nothing left."""
+    ctl, settings = lc.ctl, lc.settings
+    async with httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=30) as http:
+        t0 = time.monotonic()
+        r = await http.post("/api/auth/start", json={"user_id": "selftest"})
+        if r.status_code != 201:
+            res.problems.append(f"POST /api/auth/start answered {r.status_code}: {r.text}")
+            return
+        started = r.json()
+        sid = started["session_id"]
+        ip = str(ctl.service.ipam.slot(0).ip)
+        agent_task = asyncio.create_task(_poll_agent(settings, ip, t0, res.timings))
+        status = "starting"
+        body: dict[str, Any] = {}
+        while time.monotonic() - t0 < ready_timeout + 120:
+            body = (await http.get(f"/api/auth/session/{sid}")).json()
+            status = body["status"]
+            if status != "starting":
+                break
+            await asyncio.sleep(0.1)
+        agent_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
+        res.timings.update({k: float(v) for k, v in (body.get("timings") or {}).items()})
+        if status != "ready":
+            res.problems.append(f"session {status}: {body.get('reason')}")
+        else:
+            url = f"{lc.ws_base}/api/auth/session/{sid}/novnc/websock?token={started['viewer_token']}"
+            try:
+                frame = await first_frame(url, timeout=60)
+                res.timings["first_frame"] = round(time.monotonic() - t0, 3)
+                res.details["screen"] = f"{frame.init.width}x{frame.init.height}"
+                res.details["frame_non_blank"] = frame.non_blank
+            except Exception as exc:
+                res.problems.append(f"no first frame through the gateway: {type(exc).__name__}: {exc}")
+        if hasattr(ctl.driver, "console_tail") and status != "ready":
+            spec = ctl.service.spec(sid, ctl.service.ipam.slot(0))
+            res.details["console"] = ctl.driver.console_tail(spec, 1500)
+        cancelled = (await http.post(f"/api/auth/session/{sid}/cancel")).json()
+        res.details["final_status"] = cancelled.get("status")
+        res.leftovers += [f"after cancel: {x}" for x in await asyncio.to_thread(leftovers, settings, 0, False)]
 
 
 def print_result(out: Console, res: Result) -> None:

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
 from hearth.config import Settings
+from hearth.errors import HearthError, Hop
 from hearth.log import install_redaction
+
+
+def check_listen(settings: Settings) -> None:
+    """Fail before anything is built when HEARTH_API_LISTEN cannot be bound (in use, or not an address of this
+    host): uvicorn would otherwise find out after the fabric is up and exit with a bare errno."""
+    host, port = settings.listen_host_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc})"
+            raise HearthError(
+                Hop.CONFIG,
+                f"HEARTH_API_LISTEN {host}:{port} {why}",
+                "stop the other process (ss -ltnp) or set HEARTH_API_LISTEN to a free address of this host",
+            ) from exc
+
+
+async def serve_until_stopped(srv: uvicorn.Server) -> None:
+    """`srv.serve()` with uvicorn's startup `sys.exit` turned into an error the caller can handle (a SystemExit
+    escaping a task would stop the whole event loop)."""
+    try:
+        await srv.serve()
+    except SystemExit as exc:
+        raise RuntimeError(f"the API server stopped during startup (exit {exc.code}); see the log above") from None
 
 
 def server(settings: Settings, app: FastAPI) -> uvicorn.Server:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,3 +108,14 @@ async def wait_rfb(t: Target, deadline: float) -> ServerInit:
         deadline, Hop.RFB, f"RFB handshake with {t.ip}:{t.rfb_port}", "the VNC server did not complete RFB", attempt
     )
     return result
+
+
+async def wait_desktop(t: Target, deadline: float, mark: Callable[[str], None]) -> ServerInit:
+    """The three gates in order — display, vnc, rfb — marking each as it passes; the first that times out raises."""
+    await wait_display(t, deadline)
+    mark("display")
+    await wait_vnc(t, deadline)
+    mark("vnc")
+    init = await wait_rfb(t, deadline)
+    mark("rfb")
+    return init

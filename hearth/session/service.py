@@ -389,12 +389,7 @@ class SessionService:
                     target = readiness.Target(s.fabric_netns, str(slot.ip), s.rfb_port, s.agent_port)
                     deadline = time.monotonic() + s.ready_timeout
                     try:
-                        await readiness.wait_display(target, deadline)
-                        mark("display")
-                        await readiness.wait_vnc(target, deadline)
-                        mark("vnc")
-                        await readiness.wait_rfb(target, deadline)
-                        mark("rfb")
+                        await readiness.wait_desktop(target, deadline, mark)
                     except HearthError as exc:
                         # Diagnose while the sandbox still exists (the undo stack removes it): the failure reason
                         # then names the first broken hop of the path, not just the gate that timed out.
