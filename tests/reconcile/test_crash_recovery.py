@@ -24,9 +24,10 @@ from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
+from tests.live import scaled
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-SESSIONS = int(os.environ.get("HEARTH_CHAOS_SESSIONS", "6"))
+SESSIONS = int(os.environ.get("HEARTH_CHAOS_SESSIONS", str(scaled(20))))  # 20 at HEARTH_CHAOS_SCALE=1
 
 
 def controller_env(settings: Settings) -> dict[str, str]:
@@ -41,6 +42,7 @@ def controller_env(settings: Settings) -> dict[str, str]:
         MAX_BROWSER_SESSIONS=str(SESSIONS + 5),
         MAX_SESSIONS_PER_USER=str(SESSIONS + 5),
         HEARTH_RECONCILE_INTERVAL="3600",
+        HEARTH_RATE_LIMIT="0",  # creates as fast as the test can send them
     )
     return env
 
