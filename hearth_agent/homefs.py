@@ -168,3 +168,37 @@ def _install_one(parent: int, f: NewFile) -> None:
             pass
         raise
     os.fsync(parent)
+
+
+def remove(home: str, targets: Any) -> tuple[list[str], list[str]]:
+    """Delete each HOME-relative target (a revoked credential); returns (removed, already absent).
+
+    Parents are walked without following symlinks; a symlink *as* the target is removed itself (unlink never follows
+    it). A directory or any other non-file is refused. All paths are validated before anything is deleted.
+    """
+    if not isinstance(targets, list) or not targets:
+        raise ValueError("targets must be a non-empty list of paths relative to the home directory")
+    batch = [relative_parts(t) for t in targets]
+    removed: list[str] = []
+    absent: list[str] = []
+    for parts in batch:
+        target = "/".join(parts)
+        try:
+            parent = _open_parent(home, parts, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            absent.append(target)
+            continue
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                absent.append(target)
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise PathRefused(f"{target} is not a file")
+            os.unlink(parts[-1], dir_fd=parent)
+            os.fsync(parent)
+            removed.append(target)
+        finally:
+            os.close(parent)
+    return removed, absent

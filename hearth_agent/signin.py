@@ -375,6 +375,15 @@ class SignIn:
         log.info(f"installed {', '.join(installed)}")
         return 200, {"installed": installed}
 
+    def remove_files(self, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            removed, absent = homefs.remove(self.home, body.get("targets"))
+        except OSError as exc:
+            return 500, {"error": f"could not remove the files: {exc.strerror or type(exc).__name__}"}
+        if removed:
+            log.info(f"removed {', '.join(removed)}")
+        return 200, {"removed": removed, "absent": absent}
+
     def shutdown(self) -> None:
         run = self._run
         if run is not None and run.active:
@@ -387,5 +396,6 @@ def register(server: AgentServer, sup: Supervisor, cfg: Config) -> SignIn:
     server.route("GET", "/v1/login", signin.status)
     server.route("POST", "/v1/cancel-login", signin.cancel)
     server.route("POST", "/v1/files", signin.files)
+    server.route("POST", "/v1/files/remove", signin.remove_files)
     atexit.register(signin.shutdown)  # a running CLI (its own session) must not outlive the agent
     return signin

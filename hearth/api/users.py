@@ -21,6 +21,11 @@ class CredentialOut(BaseModel):
     delivered_at: datetime | None
 
 
+class RevokedOut(BaseModel):
+    provider: str
+    removed_from_cli_sandbox: list[str]
+
+
 class CliSandboxOut(BaseModel):
     user_id: str
     state: str
@@ -47,12 +52,17 @@ def make_router(vault: Vault, clis: CliSandboxes, keys: ApiKeys) -> APIRouter:
             for m in await vault.list(user_id)
         ]
 
-    @router.delete("/api/auth/credentials/{user_id}/{provider}", status_code=204)
-    async def revoke(user_id: str, provider: str) -> None:
-        """Delete the sealed credentials of one provider (files already installed in the CLI sandbox stay there
-        until the CLI sandbox is deleted)."""
-        if not await vault.revoke(user_id, provider):
+    @router.delete("/api/auth/credentials/{user_id}/{provider}", response_model=RevokedOut)
+    async def revoke(user_id: str, provider: str) -> RevokedOut:
+        """Revoke one provider's credentials: first remove the delivered files from the user's CLI sandbox (through
+        its agent), then delete the sealed record. If the removal fails, the record stays and the call can be
+        retried: nothing is half-revoked."""
+        meta = next((m for m in await vault.list(user_id) if m.provider == provider), None)
+        if meta is None:
             raise HTTPException(404, f"no credentials of {provider!r} for user {user_id!r}")
+        removed = await clis.remove(user_id, meta.files)
+        await vault.revoke(user_id, provider)
+        return RevokedOut(provider=provider, removed_from_cli_sandbox=removed)
 
     @router.get("/api/users/{user_id}/cli-sandbox", response_model=CliSandboxOut)
     async def cli_sandbox(user_id: str) -> CliSandboxOut:

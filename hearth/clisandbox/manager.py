@@ -139,6 +139,21 @@ class CliSandboxes:
             raise HearthError(Hop.AGENT, "CLI sandbox agent did not confirm the installed files", "see its agent log")
         return [str(t) for t in installed]
 
+    async def remove(self, user_id: str, targets: list[str]) -> list[str]:
+        """Delete `targets` (home-relative) from the user's CLI sandbox through its agent, resuming it if stopped;
+        returns those that were there. A user without a CLI sandbox has nothing to remove."""
+        if not targets or await self.get(user_id) is None:
+            return []
+        row = await self.ensure(user_id)
+        spec = self._spec(row)
+        client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        out = await client.call("POST", "/v1/files/remove", {"targets": targets})
+        await self._touch(user_id)
+        removed = out.get("removed") if isinstance(out, dict) else None
+        if not isinstance(removed, list):
+            raise HearthError(Hop.AGENT, "CLI sandbox agent did not confirm the removal", "see its agent log")
+        return [str(t) for t in removed]
+
     async def stop(self, user_id: str) -> None:
         """Stop the processes and free the address; the home directory stays."""
         async with self._lock(user_id):

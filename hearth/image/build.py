@@ -137,6 +137,19 @@ def current_spec(chromium: bool = True, extra_packages: tuple[str, ...] = ()) ->
     return ImageSpec(chromium=chromium, extra_packages=extra_packages, guest_files=files, agent_files=agent)
 
 
+def agent_drift(path: Path) -> list[str]:
+    """Guest-package files (agent, example CLI) that differ between the image at `path` and this source tree: an
+    image built before hearth was upgraded runs an older agent. Empty when current, or when `path` holds no image."""
+    try:
+        built = json.loads((path / MANIFEST).read_text())["inputs"]["agent_files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(built, dict):
+        return []
+    now = current_spec().agent_files
+    return sorted(k for k in set(built) | set(now) if built.get(k) != now.get(k))
+
+
 # ---- the cache ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BuiltImage:

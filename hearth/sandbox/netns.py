@@ -105,8 +105,8 @@ class NetnsDriver(Driver):
 
     def root_binds(self, guest: Path) -> list[str]:
         root = self.image_root()
-        if root is not None:
-            return ["--ro-bind", str(root), "/"]
+        if root is not None:  # the image's userspace, with this controller's agent (never an older one baked in)
+            return ["--ro-bind", str(root), "/", "--ro-bind", str(guest), GUEST_LIB]
         return [
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",

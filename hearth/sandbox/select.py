@@ -3,6 +3,7 @@ qemu with KVM, then netns — and says why the others were skipped (`hearth driv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.sandbox.base import Driver
 from hearth.sandbox.image import GuestImage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,35 @@ def _netns(settings: Settings) -> Driver:
 BUILDERS: dict[str, Callable[[Settings], Driver]] = {"firecracker": _firecracker, "qemu": _qemu, "netns": _netns}
 
 
+def warn_if_stale(settings: Settings, driver: Driver) -> None:
+    """VM drivers boot the agent baked into the image: say so when the image predates this hearth's agent."""
+    if driver.name == "netns":
+        return  # runs the controller's own guest package over the image's
+    from hearth.image.build import agent_drift
+
+    drift = agent_drift(settings.images)
+    if drift:
+        log.warning(
+            "the guest image's agent differs from this hearth's (%d files, e.g. %s): run `hearth image build`",
+            len(drift),
+            drift[0],
+        )
+
+
 def choose_driver(settings: Settings) -> Choice:
     if settings.driver != "auto":
-        return Choice(BUILDERS[settings.driver](settings))
+        drv = BUILDERS[settings.driver](settings)
+        warn_if_stale(settings, drv)
+        return Choice(drv)
     skipped: dict[str, str] = {}
     for name in ("firecracker", "qemu", "netns"):
         try:
-            return Choice(BUILDERS[name](settings), skipped)
+            drv = BUILDERS[name](settings)
         except HearthError as exc:
             skipped[name] = exc.reason
+        else:
+            warn_if_stale(settings, drv)
+            return Choice(drv, skipped)
     raise DriverError(
         Hop.DRIVER,
         "no sandbox driver works on this host: " + "; ".join(skipped.values()),

@@ -17,7 +17,7 @@ import lz4.block
 import pytest
 
 from hearth.fabric.slot import slot_for
-from hearth.image import configdrive, cpio, guest, hearth_boot, initramfs
+from hearth.image import build, configdrive, cpio, guest, hearth_boot, initramfs
 from hearth.image.build import current_spec
 from hearth.image.spec import ImageSpec, content_hash, tree_digests
 from hearth.image.vmlinux import ELF_MAGIC, LZ4_LEGACY_MAGIC, ExtractError, extract_vmlinux
@@ -235,3 +235,17 @@ def test_one_network_mechanism_in_the_guest_files() -> None:
     files = b"\n".join(guest.guest_files().values()).decode()
     for other in ("dhclient", "udhcpc", "networkctl", "ifup ", "nmcli", "netplan", "systemd-networkd"):
         assert other not in files
+
+
+def test_agent_drift_names_the_files_an_older_image_lacks(tmp_path: Path) -> None:
+    assert build.agent_drift(tmp_path) == []  # no image: nothing to compare
+    spec = build.current_spec()
+    (tmp_path / build.MANIFEST).write_text(json.dumps({"inputs": spec.inputs()}))
+    assert build.agent_drift(tmp_path) == []  # built from this tree
+    older = dict(spec.agent_files)
+    changed = sorted(older)[0]
+    older[changed] = "0" * 64
+    gone = "hearth_agent/only_in_the_old_image.py"
+    older[gone] = "1" * 64
+    (tmp_path / build.MANIFEST).write_text(json.dumps({"inputs": {"agent_files": older}}))
+    assert build.agent_drift(tmp_path) == sorted([changed, gone])

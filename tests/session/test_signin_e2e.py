@@ -118,9 +118,18 @@ async def test_example_sign_in_end_to_end(
             )
             assert status in (401, 404)
 
+            # Revoking removes the delivered file from the CLI sandbox (through its agent), then the sealed record.
+            r = await http.delete("/api/auth/credentials/alice/example")
+            assert r.status_code == 200, r.text
+            assert r.json() == {"provider": "example", "removed_from_cli_sandbox": [".example/credentials.json"]}
+            assert not path.exists()
+            assert path.parent.is_dir()  # only the credential goes; the rest of the home stays
+            assert (await http.get("/api/auth/credentials/alice")).json() == []
+            assert (await http.delete("/api/auth/credentials/alice/example")).status_code == 404
+
             # The CLI sandbox can be deleted, home included.
             assert (await http.delete("/api/users/alice/cli-sandbox")).status_code == 204
-            assert not path.exists()
+            assert not ctl.ctl.clis.home_of("alice").exists()
         finally:
             server.shutdown()
             server.server_close()
