@@ -20,6 +20,7 @@ run() {
 run "ruff check" "$V/ruff" check "${PATHS[@]}"
 run "ruff format" "$V/ruff" format --check "${PATHS[@]}"
 run "mypy" "$V/mypy"
+run "mypy tests" "$V/mypy" --strict --explicit-package-bases tests bench
 
 printf '\n== pytest\n'
 "$V/python" -m pytest -q -ra "$@"
@@ -31,7 +32,7 @@ fi
 
 echo
 if ((${#failed[@]} == 0)); then
-  echo "test.sh: all checks passed (ruff check, ruff format, mypy, pytest)"
+  echo "test.sh: all checks passed (ruff check, ruff format, mypy, mypy tests, pytest)"
   exit 0
 fi
 IFS=,

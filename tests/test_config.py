@@ -113,4 +113,4 @@ def test_legacy_name_in_dotenv_is_also_refused(tmp_path: Path) -> None:
 def test_settings_are_frozen() -> None:
     s = load_settings({}, env_file=None)
     with pytest.raises(Exception, match="frozen"):
-        s.bridge_device = "x"  # type: ignore[misc]
+        s.bridge_device = "x"

@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 
 from hearth.api import limits
 from hearth.api.auth import ApiKeys
+from hearth.api.local import free_port
 from hearth.config import Settings, load_settings
-from tests.conftest import free_port
 
 KEYS = ("key-a", "key-b")
 

@@ -27,6 +27,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from hearth.api.local import free_port
 from hearth.config import Settings, load_settings
 from hearth.doctor import Report, diagnose
 from hearth.doctor.probes import Proc, processes_in
@@ -34,7 +35,7 @@ from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
-from tests.conftest import Running, free_port, running_controller
+from tests.conftest import Running, running_controller
 
 T = TypeVar("T")
 DATA_ROOT = Path("/var/tmp/hearth-tests")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -156,7 +157,7 @@ def test_nft_readers() -> None:
     assert _masquerades(wanted, loop_ctx) == ["masquerade 192.168.100.0/24 oifname hearth-up"]
     without = [o for o in wanted if not ("rule" in o and o["rule"]["chain"] == "postrouting")]
     assert _masquerades(without, loop_ctx) == []
-    foreign = [
+    foreign: list[dict[str, Any]] = [
         {"table": {"family": "inet", "name": "testfw"}},
         {"chain": {"family": "inet", "table": "testfw", "name": "fwd", "hook": "forward", "policy": "drop"}},
         {"rule": {"family": "inet", "table": "testfw", "chain": "fwd", "handle": 3, "expr": [{"reject": None}]}},

@@ -152,6 +152,7 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
 
     def fabric_side(h: Any) -> tuple[list[str], list[Any]]:
         idx = netlink.link_index(h, UPLINK_INNER)
+        assert idx is not None
         routes = [netlink.attr(r, "RTA_GATEWAY") for r in h.get_routes(family=2, table=254) if r["dst_len"] == 0]
         return netlink.ipv4_addresses(h, idx), routes
 
@@ -269,7 +270,7 @@ async def test_a_non_bridge_link_with_the_bridge_name_is_refused(fabric_settings
         await Fabric(s).up()
     assert err.value.hop is Hop.BRIDGE and "not a bridge" in err.value.message and "BRIDGE_DEVICE" in err.value.hint
     assert netlink.netns_exists(s.fabric_netns)
-    assert await fabric_do(s, lambda h: netlink.link_kind(h, netlink.link_index(h, "br0"))) == "veth"
+    assert await fabric_do(s, lambda h: netlink.link_kind(h, netlink.link_index(h, "br0") or 0)) == "veth"
     assert not await nft.table_exists(s.fabric_netns, "inet", "hearth")
     st = await Fabric(s).status()
     assert st.bridge_kind == "veth" and not st.bridge_exists

@@ -13,9 +13,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from hearth.api.local import free_port
 from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import running_controller
+from tests.prefixproxy import prefix_proxy
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -81,6 +83,48 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
             assert "The browser sandbox failed." in message
             assert "[driver]" in message  # the reason names the hop
             assert (await http.get(f"/api/auth/session/{started['session_id']}")).json()["status"] == "failed"
+        finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_settings: Callable[..., Settings]) -> None:
+    """The README's nginx setup, with a Python stand-in: everything under /hearth/, HEARTH_PUBLIC_URL set. The API
+    returns prefixed viewer URLs, and the page, noVNC, the status stream and the WebSocket all work through it."""
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    public = f"http://127.0.0.1:{port}/hearth"
+    settings = make_settings(HEARTH_START_URL=PAGE, HEARTH_PUBLIC_URL=public)
+    async with (
+        running_controller(settings) as ctl,
+        prefix_proxy(ctl.base_url, "/hearth", port) as base,
+        httpx.AsyncClient(base_url=base, headers=ctl.headers, timeout=30) as http,
+        async_playwright() as pw,
+    ):
+        started = (await http.post("/api/auth/start", json={"user_id": "proxied"})).json()
+        assert started["viewer_url"].startswith(f"{public}/api/auth/session/{started['session_id']}/novnc?token=")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1024, "height": 700})
+            failed: list[str] = []
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+            await page.goto(started["viewer_url"])
+            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            colours = 0
+            for _ in range(150):
+                colours = await page.evaluate(CANVAS_COLOURS)
+                if colours > 3:
+                    break
+                await asyncio.sleep(0.2)
+            assert colours > 3, f"remote desktop canvas looks blank ({colours} colours)"
+            assert failed == [], failed  # every asset, the status stream and the WebSocket went through the prefix
+            urls = await page.evaluate(
+                "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
+                ".map(e => e.name)"
+            )
+            assert len(urls) > 5 and [u for u in urls if not u.startswith(public)] == []
         finally:
             await browser.close()
 

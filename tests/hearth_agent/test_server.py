@@ -22,7 +22,7 @@ def test_agent_server_binds_without_reverse_dns(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(socket, "gethostbyaddr", _no_lookup)
     server = AgentServer(("127.0.0.1", 0), "s3cret", lambda: {"ok": True})
     try:
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), int(server.server_address[1])
         assert (server.server_name, server.server_port) == (host, port)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()

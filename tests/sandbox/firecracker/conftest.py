@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # fcspec, fchelpers and the stand-ins live beside the tests
-
-from fchelpers import FAKE, FAKE_JAILER, Fake, make_spec, new_settings  # noqa: E402
-from fcspec import FirecrackerSpec  # noqa: E402
-
-from hearth.config import Settings  # noqa: E402
-from hearth.sandbox.base import SandboxSpec  # noqa: E402
-from hearth.sandbox.firecracker import proc  # noqa: E402
-from hearth.sandbox.image import GuestImage  # noqa: E402
+from hearth.config import Settings
+from hearth.sandbox.base import SandboxSpec
+from hearth.sandbox.firecracker import proc
+from hearth.sandbox.image import GuestImage
+from tests.sandbox.firecracker.fchelpers import FAKE, FAKE_JAILER, Fake, make_spec, new_settings
+from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fcspec import FirecrackerSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # run as a script: the repository root
+from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000

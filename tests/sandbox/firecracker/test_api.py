@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fchelpers import FAKE
 
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
 from hearth.sandbox.firecracker.plan import ApiCall
+from tests.sandbox.firecracker.fchelpers import FAKE
 
 
 @contextlib.asynccontextmanager

@@ -19,16 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fchelpers import FAKE, Fake, make_spec, new_settings, pid_running
-from fcspec import FirecrackerSpec
 
 import hearth.sandbox.firecracker.driver as D
 from hearth.config import Settings
 from hearth.errors import ConfigError, DriverError, Hop
-from hearth.fabric import netlink
+from hearth.fabric import netlink, ports
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineShape, proc
 from hearth.sandbox.image import GuestImage
+from tests.sandbox.firecracker.fchelpers import FAKE, Fake, make_spec, new_settings, pid_running
+from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 
 MakeFake = Callable[..., Fake]
 
@@ -177,7 +177,7 @@ async def test_api_error_unwinds_in_order(
     fake = make_fake("--fake-fail", "PUT", "/machine-config", msg)
     drv = driver(fabric, image, fake)
     at_tap_removal: list[tuple[str, bool]] = []
-    real_remove_port = D.remove_port
+    real_remove_port = ports.remove_port  # what the driver imported
 
     async def spy(settings: Settings, ifname: str) -> None:
         at_tap_removal.append((ifname, pid_running(fake.pid())))
@@ -303,7 +303,9 @@ async def test_jailed_start_puts_every_file_in_the_chroot(
     assert lay.root == spec.workdir / "jail" / "firecracker" / spec.slot.netns / "root"
     for r in fake.requests():
         assert fc_spec.errors(str(r["method"]), str(r["path"]), r["body"]) == []
-        for value in (r["body"] or {}).values():  # type: ignore[union-attr]
+        body = r["body"]
+        assert body is None or isinstance(body, dict)
+        for value in (body or {}).values():
             if isinstance(value, str) and value.startswith("/") and " " not in value:
                 assert (lay.root / value.lstrip("/")).exists(), f"{value} is not in the jail"
     assert (lay.root / "vmlinux").stat().st_ino == image.kernel.stat().st_ino, "kernel hard-linked, not copied"
@@ -326,7 +328,7 @@ async def test_jailed_start_fails_if_files_are_not_handed_to_the_jail_uid(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Control for the test above: without the chown the jailed VMM cannot open its disk, and the stand-in says so."""
-    monkeypatch.setattr(D.os, "chown", lambda *a, **k: None)
+    monkeypatch.setattr(os, "chown", lambda *a, **k: None)  # the driver calls os.chown
     drv = driver(fabric, image, make_fake(), jailer=JailerConfig(binary=str(fake_jailer), uid=64000, gid=64000))
     with pytest.raises(DriverError, match=r"firecracker\.log|rootfs\.ext4"):
         await drv.start(spec, lambda _: None)

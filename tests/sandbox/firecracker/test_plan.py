@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from fchelpers import make_spec, new_settings
-from fcspec import FirecrackerSpec, SpecViolation
 from typer.testing import CliRunner
 
 from hearth.config import Settings
@@ -16,6 +14,8 @@ from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import plan as P
 from hearth.sandbox.firecracker.plan import ApiCall, JailerConfig, MachineShape
 from hearth.sandbox.image import GuestImage
+from tests.sandbox.firecracker.fchelpers import make_spec, new_settings
+from tests.sandbox.firecracker.fcspec import FirecrackerSpec, SpecViolation
 
 IMAGE = GuestImage(
     kernel=Path("/img/bzImage"),
@@ -115,7 +115,7 @@ def test_bodies_derive_from_slot_image_and_machine(tmp_path: Path) -> None:
     settings = new_settings(tmp_path)
     spec = make_spec(settings, 3)
     p = P.plan(spec, IMAGE, settings.fabric_netns, MachineShape(vcpus=4, mem_mib=3072))
-    by = {c.path: c.body for c in p.calls}
+    by = {c.path: c.body or {} for c in p.calls}
     assert by["/machine-config"] == {"vcpu_count": 4, "mem_size_mib": 3072, "smt": False}
     assert isinstance(by["/machine-config"]["vcpu_count"], int)
     boot = by["/boot-source"]
