@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from hearth.childproc import kill_and_reap
 from hearth.fabric import netlink, nft
 from hearth.fabric.dial import NETNS_RUN_DIR, call_in_netns, socket_in_netns
 
@@ -290,10 +291,8 @@ async def nft_ruleset(netns: str, timeout: float) -> list[dict[str, Any]]:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 2)
+            await kill_and_reap(proc, 2)
         raise
     if proc.returncode != 0:
         raise OSError(f"nft -j list ruleset failed in {netns}: {err.decode(errors='replace').strip()[:300]}")

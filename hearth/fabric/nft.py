@@ -9,13 +9,13 @@ nft's text output is never parsed; its stderr only ends up in error messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+from hearth.childproc import kill_and_reap
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR
@@ -232,10 +232,7 @@ def argv(netns: str | None, *args: str) -> list[str]:
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 5)
+    await kill_and_reap(proc, 5)
 
 
 def _feed(fd: int, data: bytes) -> None:

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from hearth.childproc import signal_child
 from hearth.errors import DriverError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR
 
@@ -123,7 +124,7 @@ async def stop_sandbox_processes(
             return
         await asyncio.to_thread(procs.signal, sorted(found), sig)
         if extra is not None and extra.returncode is None:
-            extra.send_signal(sig)  # our unreaped child: its PID cannot have been recycled
+            signal_child(extra, sig)  # our unreaped child: its PID cannot have been recycled
         deadline = time.monotonic() + wait
         while True:
             if extra is not None and extra.returncode is None:

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from hearth.childproc import signal_child
 from hearth.errors import DriverError, Hop
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int): share all blocks of another file (XFS with reflink, btrfs, bcachefs)
@@ -48,9 +49,8 @@ async def sparse_copy(src: Path, dst: Path, mode: int = 0o600) -> None:
     try:
         _, err = await proc.communicate()
     except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        signal_child(proc)
+        await proc.wait()
         raise
     if proc.returncode != 0:
         raise DriverError(

@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TypeVar
 
+from hearth.childproc import signal_child
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import netlink
@@ -382,9 +383,7 @@ class FirecrackerDriver(Driver):
 
     async def _kill_child(self, lay: Layout, child: asyncio.subprocess.Process) -> None:
         """Undo for the process: SIGKILL, then wait for the exit, so the TAP is free before it is deleted."""
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
+        signal_child(child)
         try:
             await asyncio.wait_for(child.wait(), self.kill_timeout)
         except TimeoutError:
