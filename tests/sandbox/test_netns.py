@@ -21,25 +21,14 @@ from hearth.config import Settings
 from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.dial import open_connection, socket_in_netns
-from hearth.fabric.slot import slot_for
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import SandboxProcesses, pids_in_netns
+from tests.sandbox.specs import spec_for
 
 pytestmark = [pytest.mark.netns]
 T = TypeVar("T")
 SERVICES = ("xvfb", "openbox", "x11vnc", "chromium")
-
-
-def spec_for(settings: Settings, index: int = 0, **kw: Any) -> SandboxSpec:
-    slot = slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, index)
-    return SandboxSpec(
-        session_id=f"test-{index}",
-        slot=slot,
-        workdir=settings.data_dir / "sandboxes" / slot.netns,
-        secret=secrets.token_urlsafe(32),
-        **kw,
-    )
 
 
 async def http(

@@ -16,7 +16,8 @@ from hearth.image.build import BuiltImage
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import pids_in_netns
 from tests.image.golden import golden_image
-from tests.sandbox.test_netns import eventually, health, leftovers, rfb_banner, spec_for
+from tests.sandbox.specs import spec_for
+from tests.sandbox.test_netns import eventually, health, leftovers, rfb_banner
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

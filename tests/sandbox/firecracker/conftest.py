@@ -22,8 +22,9 @@ from hearth.config import Settings
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import proc
 from hearth.sandbox.image import GuestImage
-from tests.sandbox.firecracker.fchelpers import FAKE, FAKE_JAILER, Fake, make_spec, new_settings
+from tests.sandbox.firecracker.fchelpers import FAKE, FAKE_JAILER, Fake, new_settings
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec
+from tests.sandbox.specs import spec_for
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,7 @@ def settings() -> Iterator[Settings]:
 
 @pytest.fixture
 def spec(settings: Settings) -> SandboxSpec:
-    return make_spec(settings)
+    return spec_for(settings)
 
 
 @pytest.fixture

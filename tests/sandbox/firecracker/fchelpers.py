@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.config import Settings, load_settings
-from hearth.fabric.slot import Slot, slot_for
-from hearth.sandbox.base import SandboxSpec
 
 HERE = Path(__file__).resolve().parent
 FAKE = HERE / "fake_firecracker.py"
@@ -21,20 +19,6 @@ def new_settings(tmp_path: Path) -> Settings:
     return load_settings(
         {"HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}", "HEARTH_DATA_DIR": str(tmp_path / "data")},
         env_file=None,
-    )
-
-
-def make_slot(settings: Settings, index: int = 0) -> Slot:
-    return slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, index)
-
-
-def make_spec(settings: Settings, index: int = 0) -> SandboxSpec:
-    slot = make_slot(settings, index)
-    return SandboxSpec(
-        session_id=f"sess-{secrets.token_hex(4)}",
-        slot=slot,
-        workdir=settings.data_dir / "sandboxes" / slot.netns,
-        secret=f"SECRET-{secrets.token_urlsafe(24)}",
     )
 
 

@@ -27,8 +27,9 @@ from hearth.fabric import netlink, ports
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineShape, proc
 from hearth.sandbox.image import GuestImage
-from tests.sandbox.firecracker.fchelpers import FAKE, Fake, make_spec, new_settings, pid_running
+from tests.sandbox.firecracker.fchelpers import FAKE, Fake, new_settings, pid_running
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec
+from tests.sandbox.specs import spec_for
 
 MakeFake = Callable[..., Fake]
 
@@ -235,9 +236,9 @@ async def test_destroy_twice_and_destroy_of_nothing(
     await drv.destroy(spec)
     await drv.destroy(spec)
     assert await leftovers(fabric, drv, spec) == []
-    await drv.destroy(make_spec(fabric, 9))  # never started
+    await drv.destroy(spec_for(fabric, 9))  # never started
     gone = new_settings(tmp_path / "other")  # a fabric that does not exist at all
-    await driver(gone, image, make_fake()).destroy(make_spec(gone, 0))
+    await driver(gone, image, make_fake()).destroy(spec_for(gone, 0))
 
 
 @pytest.mark.netns
@@ -273,7 +274,7 @@ async def test_start_reclaims_a_leftover_vmm_holding_the_slot(
 
 @pytest.mark.netns
 async def test_two_sandboxes_do_not_touch_each_other(fabric: Settings, image: GuestImage, make_fake: MakeFake) -> None:
-    a, b = make_spec(fabric, 1), make_spec(fabric, 10)
+    a, b = spec_for(fabric, 1), spec_for(fabric, 10)
     drv = driver(fabric, image, make_fake())
     await asyncio.gather(drv.start(a, lambda _: None), drv.start(b, lambda _: None))
     await drv.destroy(a)
@@ -371,7 +372,7 @@ async def test_socket_path_over_the_unix_limit_is_refused_up_front(
     fabric: Settings, image: GuestImage, make_fake: MakeFake
 ) -> None:
     deep = fabric.model_copy(update={"data_dir": fabric.data_dir / ("d" * 80)})
-    spec = make_spec(deep)
+    spec = spec_for(deep)
     drv = driver(deep, image, make_fake())
     with pytest.raises(DriverError, match="over the 107-byte limit") as err:
         await drv.start(spec, lambda _: None)
@@ -404,7 +405,7 @@ async def test_destroy_removes_the_jails_cgroup(
     """The jailer leaves `<cgroup root>/<exec name>/<id>` behind when given --cgroup; destroy removes it."""
     monkeypatch.setattr(D, "CGROUP_ROOT", tmp_path / "cgroup")
     settings = new_settings(tmp_path)  # no fabric needed: destroy treats a missing one as already clean
-    spec = make_spec(settings, 4)
+    spec = spec_for(settings, 4)
     jail = JailerConfig(cgroup_version=2, cgroups=("cpu.max=100000 100000",))
     drv = driver(settings, image, make_fake(), jailer=jail)
     cg = tmp_path / "cgroup" / "firecracker" / spec.slot.netns

@@ -14,8 +14,9 @@ from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import plan as P
 from hearth.sandbox.firecracker.plan import ApiCall, JailerConfig, MachineShape
 from hearth.sandbox.image import GuestImage
-from tests.sandbox.firecracker.fchelpers import make_spec, new_settings
+from tests.sandbox.firecracker.fchelpers import new_settings
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec, SpecViolation
+from tests.sandbox.specs import spec_for
 
 IMAGE = GuestImage(
     kernel=Path("/img/bzImage"),
@@ -81,7 +82,7 @@ def test_the_seeds_fractional_vcpu_is_refused_twice(fc_spec: FirecrackerSpec) ->
 @pytest.mark.parametrize("jailed", [False, True])
 def test_every_planned_call_is_valid_per_the_spec(fc_spec: FirecrackerSpec, tmp_path: Path, jailed: bool) -> None:
     settings = new_settings(tmp_path)
-    spec = make_spec(settings, 7)
+    spec = spec_for(settings, 7)
     p = planned(settings, spec, metrics=True, jailer=JailerConfig() if jailed else None)
     assert p.calls, "nothing planned"
     for call in p.calls:
@@ -91,7 +92,7 @@ def test_every_planned_call_is_valid_per_the_spec(fc_spec: FirecrackerSpec, tmp_
 
 def test_order_logger_first_instance_start_last(tmp_path: Path) -> None:
     settings = new_settings(tmp_path)
-    calls = planned(settings, make_spec(settings), metrics=True).calls
+    calls = planned(settings, spec_for(settings), metrics=True).calls
     paths = [c.path for c in calls]
     assert paths[0] == "/logger", "log first, so every later refusal is in firecracker.log"
     assert calls[-1] == ApiCall("PUT", "/actions", {"action_type": "InstanceStart"})
@@ -113,7 +114,7 @@ def test_order_logger_first_instance_start_last(tmp_path: Path) -> None:
 
 def test_bodies_derive_from_slot_image_and_machine(tmp_path: Path) -> None:
     settings = new_settings(tmp_path)
-    spec = make_spec(settings, 3)
+    spec = spec_for(settings, 3)
     p = P.plan(spec, IMAGE, settings.fabric_netns, MachineShape(vcpus=4, mem_mib=3072))
     by = {c.path: c.body or {} for c in p.calls}
     assert by["/machine-config"] == {"vcpu_count": 4, "mem_size_mib": 3072, "smt": False}
@@ -153,7 +154,7 @@ def test_bodies_derive_from_slot_image_and_machine(tmp_path: Path) -> None:
 def test_no_initrd_means_no_initrd_path(tmp_path: Path, fc_spec: FirecrackerSpec) -> None:
     settings = new_settings(tmp_path)
     image = GuestImage(kernel=Path("/img/vmlinux"), initrd=None, rootfs=Path("/img/rootfs.ext4"))
-    p = P.plan(make_spec(settings), image, settings.fabric_netns, MachineShape())
+    p = P.plan(spec_for(settings), image, settings.fabric_netns, MachineShape())
     boot = next(c for c in p.calls if c.path == "/boot-source")
     assert "initrd_path" not in (boot.body or {})
     assert fc_spec.errors("PUT", "/boot-source", boot.body) == []
@@ -162,7 +163,7 @@ def test_no_initrd_means_no_initrd_path(tmp_path: Path, fc_spec: FirecrackerSpec
 def test_secret_only_in_the_config_drive(tmp_path: Path) -> None:
     """Not on the kernel command line (world-readable /proc/cmdline; Firecracker logs PUT bodies at Info)."""
     settings = new_settings(tmp_path)
-    spec = make_spec(settings)
+    spec = spec_for(settings)
     p = planned(settings, spec)
     everything = json.dumps(p.as_dict()) + " ".join(p.argv)
     assert spec.secret not in everything
@@ -177,7 +178,7 @@ def test_secret_only_in_the_config_drive(tmp_path: Path) -> None:
 
 def test_jailed_paths_are_inside_the_chroot(tmp_path: Path) -> None:
     settings = new_settings(tmp_path)
-    spec = make_spec(settings, 2)
+    spec = spec_for(settings, 2)
     jail = JailerConfig(
         binary="/usr/local/bin/jailer",
         uid=123,
@@ -214,7 +215,7 @@ def test_jailed_paths_are_inside_the_chroot(tmp_path: Path) -> None:
 
 def test_vm_id_is_a_valid_firecracker_id(tmp_path: Path) -> None:
     settings = new_settings(tmp_path).model_copy(update={"fabric_netns": "my_fab.ric"})
-    spec = make_spec(settings, 12)
+    spec = spec_for(settings, 12)
     assert P.vm_id(spec) == "my-fab-ric-s12"
 
 

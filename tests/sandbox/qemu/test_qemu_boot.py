@@ -12,7 +12,6 @@ fast with the reason and leave nothing behind.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,6 @@ from hearth.config import Settings
 from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric
-from hearth.fabric.slot import slot_for
 from hearth.image import cpio
 from hearth.image.build import BuiltImage
 from hearth.sandbox.base import SandboxSpec
@@ -34,6 +32,7 @@ from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Files
 from hearth.sandbox.qemu.driver import find_qemu
 from hearth.session import readiness
+from tests.sandbox.specs import spec_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -47,17 +46,6 @@ async def fabric(make_settings: Callable[..., Settings]) -> AsyncIterator[Settin
         yield settings
     finally:
         await fab.down(force=True)
-
-
-def make_spec(settings: Settings, index: int = 0, chromium: bool = False) -> SandboxSpec:
-    slot = slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, index)
-    return SandboxSpec(
-        session_id=f"t-{secrets.token_hex(3)}",
-        slot=slot,
-        workdir=settings.data_dir / "sandboxes" / slot.netns,
-        secret=secrets.token_urlsafe(16),
-        chromium=chromium,
-    )
 
 
 def leftovers(settings: Settings, spec: SandboxSpec) -> list[str]:
@@ -87,7 +75,7 @@ async def test_real_boot_agent_rfb_then_nothing_left(fabric: Settings, image: Bu
         if not found.kvm_ok:
             pytest.skip(f"KVM does not boot guests here: {found.reason}")
     drv = QemuDriver(settings, image.guest_image, accel=accel)  # type: ignore[arg-type]
-    spec = make_spec(settings)
+    spec = spec_for(settings)
     t0 = time.monotonic()
     stages: dict[str, float] = {}
 
@@ -129,7 +117,7 @@ async def test_real_boot_agent_rfb_then_nothing_left(fabric: Settings, image: Bu
 async def test_destroy_from_the_spec_alone(fabric: Settings, image: BuiltImage) -> None:
     """A controller that crashed and restarted knows only the spec: a fresh driver finds and stops the VM."""
     settings = fabric
-    spec = make_spec(settings, index=1)
+    spec = spec_for(settings, 1)
     first = QemuDriver(settings, image.guest_image, accel="tcg")
     info = await first.start(spec, lambda _stage: None)
     try:
@@ -147,7 +135,7 @@ async def test_missing_image_names_the_build_command(fabric: Settings, tmp_path:
     settings = fabric
     missing = GuestImage(kernel=tmp_path / "bzImage", initrd=tmp_path / "initrd.img", rootfs=tmp_path / "rootfs.ext4")
     drv = QemuDriver(settings, missing, accel="tcg")
-    spec = make_spec(settings)
+    spec = spec_for(settings)
     with pytest.raises(DriverError) as err:
         await drv.start(spec, lambda _stage: None)
     assert "hearth image build" in err.value.reason
@@ -162,7 +150,7 @@ async def test_qemu_that_cannot_start_fails_fast_and_leaves_nothing(
     bogus.write_bytes(b"not a kernel" * 100)
     img = GuestImage(kernel=bogus, initrd=image.guest_image.initrd, rootfs=image.guest_image.rootfs)
     drv = QemuDriver(settings, img, accel="tcg")
-    spec = make_spec(settings)
+    spec = spec_for(settings)
     t0 = time.monotonic()
     with pytest.raises(DriverError) as err:
         await drv.start(spec, lambda _stage: None)
@@ -181,7 +169,7 @@ async def test_guest_panic_fails_fast_with_the_console_line(
     initrd = tmp_path / "empty.img"
     initrd.write_bytes(cpio.archive([cpio.directory("dev")]))
     drv = QemuDriver(settings, GuestImage(kernel=base.kernel, initrd=initrd, rootfs=base.rootfs), accel="tcg")
-    spec = make_spec(settings)
+    spec = spec_for(settings)
     marks: list[str] = []
     with pytest.raises(DriverError) as err:
         await drv.start(spec, marks.append)
