@@ -13,6 +13,7 @@ import pytest
 
 from hearth.api.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
+from tests.image.golden import TESTS_BASE
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,9 +28,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """A data dir the unprivileged sandbox user can traverse (pytest's tmp dirs are 0700), removed afterwards."""
-    root = Path("/var/tmp/hearth-tests")
-    root.mkdir(mode=0o711, exist_ok=True)
-    path = root / secrets.token_hex(4)
+    TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
+    path = TESTS_BASE / secrets.token_hex(4)
     path.mkdir(mode=0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes
@@ -13,6 +13,8 @@ from hearth.vault.store import Vault
 
 
 class CredentialOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from the vault's CredentialMeta (user_id left out)
+
     provider: str
     key_id: str
     files: list[str]
@@ -27,6 +29,8 @@ class RevokedOut(BaseModel):
 
 
 class CliSandboxOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from the manager's CliView
+
     user_id: str
     state: str
     sandbox_ip: str | None
@@ -40,17 +44,7 @@ def make_router(vault: Vault, clis: CliSandboxes, keys: ApiKeys) -> APIRouter:
     @router.get("/api/auth/credentials/{user_id}", response_model=list[CredentialOut])
     async def credentials(user_id: str) -> list[CredentialOut]:
         """Metadata of the user's sealed credentials, per provider. Contents are never returned."""
-        return [
-            CredentialOut(
-                provider=m.provider,
-                key_id=m.key_id,
-                files=m.files,
-                created_at=m.created_at,
-                updated_at=m.updated_at,
-                delivered_at=m.delivered_at,
-            )
-            for m in await vault.list(user_id)
-        ]
+        return [CredentialOut.model_validate(m) for m in await vault.list(user_id)]
 
     @router.delete("/api/auth/credentials/{user_id}/{provider}", response_model=RevokedOut)
     async def revoke(user_id: str, provider: str) -> RevokedOut:
@@ -69,7 +63,7 @@ def make_router(vault: Vault, clis: CliSandboxes, keys: ApiKeys) -> APIRouter:
         view = await clis.get(user_id)
         if view is None:
             raise HTTPException(404, f"user {user_id!r} has no CLI sandbox yet (one is created on first delivery)")
-        return CliSandboxOut(**view.__dict__)
+        return CliSandboxOut.model_validate(view)
 
     @router.delete("/api/users/{user_id}/cli-sandbox", status_code=204)
     async def delete_cli_sandbox(user_id: str) -> None:

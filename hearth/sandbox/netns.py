@@ -200,6 +200,16 @@ class NetnsDriver(Driver):
                     f"{anc} is not traversable by the sandbox user (uid {uid})",
                     f"chmod o+x {anc}, or set HEARTH_DATA_DIR to a directory whose parents are traversable",
                 )
+        root = self.image_root()
+        if root is not None:  # bubblewrap binds it as the sandbox user: the real path must be reachable by that user
+            real = root.resolve()
+            for anc in (*sorted(real.parents), real):
+                if not _can_traverse(anc, uid, gid):
+                    raise DriverError(
+                        Hop.DRIVER,
+                        f"the guest image root {real} is not reachable by the sandbox user (uid {uid}) at {anc}",
+                        f"chmod o+x {anc}, or keep the image under a traversable directory (HEARTH_IMAGE_DIR)",
+                    )
         fd = os.open(run / "agent.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             os.fchown(f.fileno(), uid, gid)

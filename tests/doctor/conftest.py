@@ -36,9 +36,10 @@ from hearth.fabric import netlink, nft
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
 from tests.conftest import Running, running_controller
+from tests.image.golden import TESTS_BASE
 
 T = TypeVar("T")
-DATA_ROOT = Path("/var/tmp/hearth-tests")
+DATA_ROOT = TESTS_BASE
 
 
 def new_env(**extra: str) -> tuple[dict[str, str], Path]:

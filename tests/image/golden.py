@@ -1,6 +1,7 @@
 """The golden image for tests: built once per session, cached across runs on the same machine.
 
-Cache: `$HEARTH_IMAGE_CACHE`, else `<repo>/.cache/hearth-images`. An unchanged source tree reuses the image (the
+Cache: `$HEARTH_IMAGE_CACHE`, else `/var/tmp/hearth-tests/images` (beside the tests' data directories, traversable
+by the sandbox user: the netns driver runs the image's rootfs as that user, and a checkout's parents may not be). An unchanged source tree reuses the image (the
 content hash covers every input). The default cache drops images no session used for 6 hours; a younger one may
 belong to a concurrent test session of another source tree state (several engineers, one machine).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from hearth.image.build import BuiltImage, PrintProgress, current_spec, ensure, gc
 
-REPO = Path(__file__).resolve().parents[2]
+TESTS_BASE = Path("/var/tmp/hearth-tests")  # 0711: the tests' data directories and the image cache live here
 
 
 def cache_dir() -> tuple[Path, bool]:
@@ -20,7 +21,8 @@ def cache_dir() -> tuple[Path, bool]:
     env = os.environ.get("HEARTH_IMAGE_CACHE")
     if env:
         return Path(env).absolute(), False
-    return REPO / ".cache" / "hearth-images", True
+    TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
+    return TESTS_BASE / "images", True
 
 
 def golden_image() -> BuiltImage:
