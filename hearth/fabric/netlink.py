@@ -79,11 +79,17 @@ def ns(name: str, hop: Hop = Hop.FABRIC) -> Iterator[Any]:
             f"network namespace {name} does not exist",
             "run `hearth fabric up` (the controller does this at start)",
         ) from None
-    handle = IPRoute(fileno=sock.detach())
+    with _guarded(IPRoute(fileno=sock.detach()), f"namespace {name}", hop) as handle:
+        yield handle
+
+
+@contextmanager
+def _guarded(handle: Any, where: str, hop: Hop) -> Iterator[Any]:
+    """Yield `handle`, close it after; netlink errors become FabricError naming `hop` and `where`."""
     try:
         yield handle
     except NetlinkError as exc:
-        raise FabricError(hop, f"netlink error in namespace {name}: {exc}", "see `hearth doctor`") from exc
+        raise FabricError(hop, f"netlink error in {where}: {exc}", "see `hearth doctor`") from exc
     finally:
         handle.close()
 
@@ -115,13 +121,8 @@ def root(hop: Hop = Hop.FABRIC) -> Iterator[Any]:
 
     Call from a worker thread, like `ns`.
     """
-    handle = IPRoute()
-    try:
+    with _guarded(IPRoute(), "the host namespace", hop) as handle:
         yield handle
-    except NetlinkError as exc:
-        raise FabricError(hop, f"netlink error in the host namespace: {exc}", "see `hearth doctor`") from exc
-    finally:
-        handle.close()
 
 
 def link_kind(handle: Any, index: int) -> str | None:
