@@ -29,7 +29,16 @@ class HttpError(Exception):
         self.message = message
 
 
-class AgentServer(ThreadingHTTPServer):
+class NoLookupBind(socketserver.TCPServer):
+    """HTTPServer's bind without its `socket.getfqdn(host)`: that reverse DNS lookup of a sandbox-side address goes
+    to a resolver the sandbox may not reach, and stalled the agent's start by the resolver timeout (5 s)."""
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class AgentServer(NoLookupBind, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -40,12 +49,6 @@ class AgentServer(ThreadingHTTPServer):
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
         super().__init__(addr, Handler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's `socket.getfqdn(host)`: that reverse DNS lookup of the sandbox address goes to
-        a resolver the sandbox may not reach, and stalled the agent's start by the resolver timeout (5 s)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def route(self, method: str, path: str, fn: Route) -> None:
         self.routes[(method.upper(), path)] = fn

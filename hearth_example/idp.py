@@ -12,13 +12,14 @@ import html
 import json
 import secrets
 import socket
-import socketserver
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from hearth_agent.server import NoLookupBind
 
 
 def s256(verifier: str) -> str:
@@ -138,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": "not_found"})
 
 
-class IdpServer(ThreadingHTTPServer):
+class IdpServer(NoLookupBind, ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, sock_or_addr: socket.socket | tuple[str, int], state: IdpState) -> None:
@@ -151,11 +152,6 @@ class IdpServer(ThreadingHTTPServer):
             self.socket.listen(16)
         else:
             super().__init__(sock_or_addr, Handler)
-
-    def server_bind(self) -> None:
-        """No reverse DNS lookup of the listen address (HTTPServer's getfqdn): it can stall for the resolver timeout."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 def main() -> None:

@@ -231,10 +231,6 @@ def argv(netns: str | None, *args: str) -> list[str]:
     return [_binary("nsenter"), f"--net={NETNS_RUN_DIR / netns}", "--", *cmd]
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    await kill_and_reap(proc, 5)
-
-
 def _feed(fd: int, data: bytes) -> None:
     """Write `data` to a pipe and close it (on a worker thread; a killed reader ends it with EPIPE)."""
     try:
@@ -274,12 +270,12 @@ async def _run(netns: str | None, args: list[str], stdin: bytes | None, hop: Hop
     try:
         (out, err), *_ = await asyncio.wait_for(asyncio.gather(*work), timeout)
     except TimeoutError:
-        await _kill(proc)
+        await kill_and_reap(proc, 5)
         raise FabricError(
             hop, f"nft {' '.join(args)} did not finish within {timeout:g}s in {where}", "check `dmesg`"
         ) from None
     except BaseException:  # cancelled: never leave nft running
-        await _kill(proc)
+        await kill_and_reap(proc, 5)
         raise
     if proc.returncode != 0:
         detail = err.decode(errors="replace").strip().replace("\n", " ")[:400]

@@ -56,6 +56,11 @@ def _can_traverse(path: Path, uid: int, gid: int) -> bool:
     return bool(st.st_mode & bit)
 
 
+def _untraversable(dirs: list[Path], uid: int, gid: int) -> Path | None:
+    """The first of `dirs` the user cannot traverse, or None."""
+    return next((d for d in dirs if not _can_traverse(d, uid, gid)), None)
+
+
 def _rmtree(path: Path) -> None:
     """Remove a tree; already gone is success, anything else is an error."""
 
@@ -193,23 +198,23 @@ class NetnsDriver(Driver):
             _rmtree(run)
         run.mkdir(mode=0o700)
         os.chown(run, uid, gid)
-        for anc in sorted({a for p in (home, run, guest) for a in p.parents}):
-            if not _can_traverse(anc, uid, gid):
-                raise DriverError(
-                    Hop.DRIVER,
-                    f"{anc} is not traversable by the sandbox user (uid {uid})",
-                    f"chmod o+x {anc}, or set HEARTH_DATA_DIR to a directory whose parents are traversable",
-                )
+        blocked = _untraversable(sorted({a for p in (home, run, guest) for a in p.parents}), uid, gid)
+        if blocked is not None:
+            raise DriverError(
+                Hop.DRIVER,
+                f"{blocked} is not traversable by the sandbox user (uid {uid})",
+                f"chmod o+x {blocked}, or set HEARTH_DATA_DIR to a directory whose parents are traversable",
+            )
         root = self.image_root()
         if root is not None:  # bubblewrap binds it as the sandbox user: the real path must be reachable by that user
             real = root.resolve()
-            for anc in (*sorted(real.parents), real):
-                if not _can_traverse(anc, uid, gid):
-                    raise DriverError(
-                        Hop.DRIVER,
-                        f"the guest image root {real} is not reachable by the sandbox user (uid {uid}) at {anc}",
-                        f"chmod o+x {anc}, or keep the image under a traversable directory (HEARTH_IMAGE_DIR)",
-                    )
+            blocked = _untraversable([*sorted(real.parents), real], uid, gid)
+            if blocked is not None:
+                raise DriverError(
+                    Hop.DRIVER,
+                    f"the guest image root {real} is not reachable by the sandbox user (uid {uid}) at {blocked}",
+                    f"chmod o+x {blocked}, or keep the image under a traversable directory (HEARTH_IMAGE_DIR)",
+                )
         fd = os.open(run / "agent.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             os.fchown(f.fileno(), uid, gid)

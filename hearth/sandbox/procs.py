@@ -123,7 +123,7 @@ async def stop_sandbox_processes(
         if not found:
             return
         await asyncio.to_thread(procs.signal, sorted(found), sig)
-        if extra is not None and extra.returncode is None:
+        if extra is not None:
             signal_child(extra, sig)  # our unreaped child: its PID cannot have been recycled
         deadline = time.monotonic() + wait
         while True:
