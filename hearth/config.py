@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from hearth.errors import ConfigError
 
 DriverName = Literal["auto", "netns", "qemu", "firecracker"]
+SigninModeName = Literal["remote_browser", "direct"]
 
 # Variables read without the HEARTH_ prefix (seed compatibility), plus other unprefixed knobs.
 PLAIN_NAMES = (
@@ -114,6 +115,7 @@ class Settings(BaseSettings):
     master_key: str = ""
     fabric_open_ports: Annotated[tuple[int, ...], NoDecode] = ()  # extra TCP ports sandboxes may reach on BRIDGE_IP
     example_issuer: str = ""
+    signin_mode: SigninModeName = "remote_browser"  # default of POST /api/auth/start (per-request `mode` overrides)
     cli_idle_timeout: float = Field(900.0, gt=0)
     image_dir: Path | None = None  # default <data_dir>/image: vmlinux, bzImage, initrd.img, rootfs.ext4
     firecracker_bin: str = "firecracker"

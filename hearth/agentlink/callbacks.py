@@ -1,7 +1,8 @@
 """The only controller endpoint sandboxes can reach: agent → controller callbacks, served on BRIDGE_IP inside the
 fabric namespace (the public API stays on its own address in the root namespace, out of the sandboxes' reach).
 
-`POST /agent/v1/sessions/{id}/events` and `POST /agent/v1/sessions/{id}/credentials`, each authenticated by that
+`POST /agent/v1/sessions/{id}/events`, `…/credentials` and `…/signin` (what the person must see to sign in in their
+own browser: the full URL, so it is kept in memory by the handler and never logged), each authenticated by that
 sandbox's own secret.
 """
 
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
+from hearth.session.prompts import PromptError, SigninPrompt, parse_prompt
 from hearth.vault.store import CredentialFile
 
 log = logging.getLogger("hearth.agentlink")
@@ -37,6 +39,8 @@ class CallbackHandler(Protocol):
     async def on_event(self, session_id: str, event: str, detail: str) -> None: ...
 
     async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> None: ...
+
+    async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None: ...
 
 
 def make_app(handler: CallbackHandler) -> Starlette:
@@ -87,8 +91,21 @@ def make_app(handler: CallbackHandler) -> Starlette:
         await handler.on_credentials(sid, str(data.get("provider", "")), files)
         return JSONResponse({"ok": True})
 
+    async def signin(request: Request) -> JSONResponse:
+        got = await authorized(request)
+        if isinstance(got, JSONResponse):
+            return got
+        sid, data = got
+        try:
+            prompt = parse_prompt(data)
+        except PromptError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        await handler.on_signin(sid, prompt)
+        return JSONResponse({"ok": True})
+
     return Starlette(
         routes=[
+            Route("/agent/v1/sessions/{session_id}/signin", signin, methods=["POST"]),
             Route("/agent/v1/sessions/{session_id}/events", events, methods=["POST"]),
             Route("/agent/v1/sessions/{session_id}/credentials", credentials, methods=["POST"]),
         ]

@@ -46,6 +46,15 @@ async def http_json(
     return status, json.loads(content) if content.strip() else None
 
 
+class AgentRefused(HearthError):
+    """The agent answered with an HTTP error; `status` and `detail` are the agent's own."""
+
+    def __init__(self, status: int, detail: str, message: str) -> None:
+        super().__init__(Hop.AGENT, message, "see the agent log")
+        self.status = status
+        self.detail = detail
+
+
 class AgentClient:
     """Authenticated calls to one sandbox's agent."""
 
@@ -62,6 +71,6 @@ class AgentClient:
                 "see `hearth doctor --session`",
             ) from exc
         if status >= 400:
-            detail = out.get("error") if isinstance(out, dict) else out
-            raise HearthError(Hop.AGENT, f"agent refused {method} {path}: HTTP {status} {detail}", "see the agent log")
+            detail = str(out.get("error") if isinstance(out, dict) else out)
+            raise AgentRefused(status, detail, f"agent refused {method} {path}: HTTP {status} {detail}")
         return out

@@ -155,10 +155,10 @@ def create_app(ctl: Controller) -> FastAPI:
         active = await ctl.service.list_active()
         return Health(ok=True, driver=ctl.driver.name, fabric=settings.fabric_netns, active_sessions=len(active))
 
-    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers))
+    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
     app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
-    app.include_router(viewer.make_router(ctl.service, ctl.tokens))
+    app.include_router(viewer.make_router(ctl.service, ctl.tokens, ctl.signin, keys))
     app.mount("/static", StaticFiles(directory=viewer.STATIC, check_dir=False), name="static")
     return app

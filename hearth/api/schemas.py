@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionView
 
 
@@ -15,6 +16,13 @@ class StartRequest(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@:\-]+$", examples=["user-42"])
     provider: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9_]+$", examples=["claude_code"])
+    mode: str | None = Field(
+        None,
+        max_length=32,
+        description="remote_browser (sign in through the sandbox's browser) or direct (in the person's own browser); "
+        "default HEARTH_SIGNIN_MODE",
+        examples=["direct"],
+    )
 
 
 class StartResponse(BaseModel):
@@ -24,10 +32,27 @@ class StartResponse(BaseModel):
     viewer_url: str
 
 
+class SigninOut(BaseModel):
+    """What the person must see to sign in in their own browser (direct mode)."""
+
+    flow: str
+    url: str
+    user_code: str | None
+    awaiting_code: bool
+    message: str | None
+
+
+class CodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="the code the provider showed the person (at most 512 characters)")
+
+
 class SessionOut(BaseModel):
     session_id: str
     user_id: str
     provider: str | None
+    mode: str
     status: str
     reason: str | None
     hop: str | None
@@ -36,13 +61,15 @@ class SessionOut(BaseModel):
     timings: dict[str, float] = Field(description="seconds from creation until each boot stage completed")
     created_at: datetime
     updated_at: datetime
+    signin: SigninOut | None = Field(None, description="direct mode: the sign-in link (and code) to show the person")
 
     @classmethod
-    def of(cls, v: SessionView) -> SessionOut:
+    def of(cls, v: SessionView, signin: SigninPrompt | None = None) -> SessionOut:
         return cls(
             session_id=v.id,
             user_id=v.user_id,
             provider=v.provider,
+            mode=v.mode.value,
             status=v.status.value,
             reason=v.reason,
             hop=v.hop,
@@ -51,6 +78,7 @@ class SessionOut(BaseModel):
             timings=v.timings,
             created_at=v.created_at,
             updated_at=v.updated_at,
+            signin=SigninOut(**signin.public()) if signin is not None else None,
         )
 
 

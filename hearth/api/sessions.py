@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +14,8 @@ from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope, TokenStore
 from hearth.providers.model import Provider
+from hearth.session.modes import ModeError, SigninMode, parse_mode
+from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionService
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -26,8 +29,30 @@ def viewer_url(settings: Settings, request: Request, session_id: str, token: str
     return f"{base}/api/auth/session/{session_id}/novnc?token={quote(token)}"
 
 
+def choose_mode(settings: Settings, provider: Provider | None, requested: str | None) -> SigninMode:
+    """The session's sign-in mode: the request's, else HEARTH_SIGNIN_MODE; it must be one the provider can do."""
+    mode = parse_mode(requested if requested is not None else settings.signin_mode)
+    if provider is None:
+        if mode is SigninMode.DIRECT:
+            raise ModeError("direct mode signs in to a provider's CLI: give a provider, or use mode remote_browser")
+        return mode
+    can = provider.modes()
+    if mode.value not in can:
+        source = "requested" if requested is not None else "the default (HEARTH_SIGNIN_MODE)"
+        raise ModeError(
+            f"{provider.display_name} cannot sign in in mode {mode.value!r} ({source}); "
+            f"modes it can do: {', '.join(can)}"
+        )
+    return mode
+
+
 def make_router(
-    settings: Settings, service: SessionService, tokens: TokenStore, keys: ApiKeys, providers: dict[str, Provider]
+    settings: Settings,
+    service: SessionService,
+    tokens: TokenStore,
+    keys: ApiKeys,
+    providers: dict[str, Provider],
+    prompt_of: Callable[[str], SigninPrompt | None],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/auth", dependencies=[Depends(keys)], tags=["sessions"], responses=_ERRORS)
 
@@ -35,16 +60,22 @@ def make_router(
         "/start",
         response_model=StartResponse,
         status_code=201,
-        responses={429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+        responses={400: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     )
     async def start(body: StartRequest, request: Request) -> StartResponse:
-        """Create a browser session; its sandbox boots in the background (poll or follow its status).
+        """Create a session; its sandbox boots in the background (poll or follow its status).
 
         With a `provider`, the session runs that CLI's sign-in and delivers the credentials to the user's CLI
-        sandbox: ready → awaiting_user → credentials_captured → delivered → completed."""
+        sandbox: ready → awaiting_user → credentials_captured → delivered → completed. `mode` (default
+        HEARTH_SIGNIN_MODE): `remote_browser` — a desktop whose browser the person uses through the viewer;
+        `direct` — no desktop; the person opens `signin.url` in their own browser (400 when the provider cannot)."""
         if body.provider is not None and body.provider not in providers:
             raise HTTPException(422, f"unknown provider {body.provider!r}; known: {', '.join(sorted(providers))}")
-        view = await service.start(body.user_id, body.provider)
+        try:
+            mode = choose_mode(settings, providers[body.provider] if body.provider else None, body.mode)
+        except ModeError as exc:
+            raise HTTPException(400, str(exc)) from None
+        view = await service.start(body.user_id, body.provider, mode)
         token = tokens.issue(view.id, Scope.CONTROL, settings.token_ttl)
         return StartResponse(
             session_id=view.id,
@@ -55,7 +86,8 @@ def make_router(
 
     @router.get("/session/{session_id}", response_model=SessionOut)
     async def get(session_id: str) -> SessionOut:
-        return SessionOut.of(await service.get(session_id))
+        """Status, reason, timings; in direct mode `signin` holds the link (and code) to show the person."""
+        return SessionOut.of(await service.get(session_id), prompt_of(session_id))
 
     @router.post("/session/{session_id}/cancel", response_model=SessionOut)
     async def cancel(session_id: str) -> SessionOut:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient
 from hearth.config import Settings
-from hearth.errors import DriverError, HearthError, Hop
+from hearth.errors import HearthError, Hop
 from hearth.fabric.ipam import Ipam
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import readiness
@@ -107,8 +107,8 @@ class CliSandboxes:
             spec = self._spec(row)
             try:
                 info = await self.driver.start(spec, lambda _stage: None)
-                target = readiness.Target(self.s.fabric_netns, str(lease.slot.ip), self.s.rfb_port, self.s.agent_port)
-                await _wait_agent(target, time.monotonic() + self.s.ready_timeout)
+                target = readiness.Target.of(spec, self.s.fabric_netns)
+                await readiness.wait_ready(target, time.monotonic() + self.s.ready_timeout, lambda _stage: None)
             except BaseException:
                 await self.driver.destroy(spec)
                 await self.ipam.release(row.owner_id)
@@ -219,16 +219,3 @@ class CliSandboxes:
                 r.last_used_at = utcnow()
 
         await self.db.run(touch)
-
-
-async def _wait_agent(t: readiness.Target, deadline: float) -> None:
-    while True:
-        try:
-            status, _ = await readiness.http_get_json(t.netns, t.ip, t.agent_port, "/health", 2)
-            if status == 200:
-                return
-        except (OSError, TimeoutError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise DriverError(Hop.AGENT, f"CLI sandbox agent at {t.ip} did not answer", "see its agent log")
-        await asyncio.sleep(0.05)

@@ -1,8 +1,8 @@
 """The viewer WebSocket: `/api/auth/session/{id}/novnc/websock?token=…` (subprotocol `binary`, as noVNC uses).
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
-4401 bad token, 4404 unknown session, 4408 not ready in time, 4502 sandbox unreachable (naming the hop),
-1000 on sandbox EOF or a normal end.
+4401 bad token, 4404 unknown session, 4408 not ready in time, 4410 no desktop (a direct-mode session: the person
+signs in in their own browser), 4502 sandbox unreachable (naming the hop), 1000 on sandbox EOF or a normal end.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from hearth.fabric.dial import open_connection
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.log import bind_session
+from hearth.session.modes import SigninMode
 from hearth.session.service import SessionNotFound, SessionService
 from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
-BAD_TOKEN, UNKNOWN, NOT_READY, UNREACHABLE = 4401, 4404, 4408, 4502
+BAD_TOKEN, UNKNOWN, NOT_READY, NO_DESKTOP, UNREACHABLE = 4401, 4404, 4408, 4410, 4502
 
 
 def close_reason(text: str) -> str:
@@ -59,6 +60,8 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
             except TokenError as exc:
                 return await close(BAD_TOKEN, f"unauthorized: {exc}")
             try:
+                if (await service.get(session_id)).mode is SigninMode.DIRECT:
+                    return await close(NO_DESKTOP, "no desktop: this session signs in in your own browser (direct)")
                 view = await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")

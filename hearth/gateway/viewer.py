@@ -1,4 +1,9 @@
-"""The viewer page and its live status channel (server-sent events), both authorised by the viewer token."""
+"""The page a person signs in on, its live status channel (server-sent events) and the code a person pastes back,
+authorised by the viewer token (the code also by an API key).
+
+The status carries what the page says in plain words: the mode, the provider's name and — in direct mode — the
+sign-in link, the device code and whether the CLI waits for a pasted code (with the CLI's own message).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,67 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from hearth.gateway.tokens.base import TokenError, TokenStore
+from hearth.api.auth import ApiKeys
+from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
+from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionNotFound, SessionService, SessionView
+from hearth.session.signin import CodeRefused, SignInFlow
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def status_json(view: SessionView) -> str:
+def status_json(view: SessionView, provider_name: str | None = None, prompt: SigninPrompt | None = None) -> str:
     return json.dumps(
-        {"status": view.status.value, "reason": view.reason, "hop": view.hop, "timings": view.timings},
+        {
+            "status": view.status.value,
+            "reason": view.reason,
+            "hop": view.hop,
+            "timings": view.timings,
+            "mode": view.mode.value,
+            "provider": view.provider,
+            "provider_name": provider_name,
+            "signin": prompt.public() if prompt is not None else None,
+        },
         separators=(",", ":"),
     )
 
 
-def make_router(service: SessionService, tokens: TokenStore, keepalive: float = 15.0) -> APIRouter:
+def make_router(
+    service: SessionService, tokens: TokenStore, signin: SignInFlow, keys: ApiKeys, keepalive: float = 15.0
+) -> APIRouter:
     router = APIRouter(tags=["viewer"])
+
+    def provider_name(view: SessionView) -> str | None:
+        p = signin.providers.get(view.provider or "")
+        return p.display_name if p is not None else None
+
+    @router.post("/api/auth/session/{session_id}/code")
+    async def code(session_id: str, request: Request, token: str = "") -> JSONResponse:
+        """The code the person pasted (paste-code flows of direct mode), typed into the CLI by the agent.
+        Authorised by a control viewer token (`?token=`) or an API key; control characters or more than 512
+        characters → 400 before anything is sent; 409 when the CLI is not waiting for a code."""
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if token:
+            try:
+                claims = tokens.verify(token, session_id)
+            except TokenError as exc:
+                return JSONResponse({"error": f"unauthorized: {exc}"}, status_code=401)
+            if claims.scope is not Scope.CONTROL:
+                return JSONResponse({"error": "a view-only link cannot submit a code"}, status_code=403)
+        elif scheme.lower() != "bearer" or not keys.check(presented.strip()):
+            return JSONResponse({"error": "send a viewer token (?token=) or an API key"}, status_code=401)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        try:
+            await signin.submit_code(session_id, body.get("code") if isinstance(body, dict) else None)
+        except CodeRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"sent": True})
 
     @router.get("/api/auth/session/{session_id}/novnc", response_class=HTMLResponse)
     async def page(session_id: str, token: str = "") -> HTMLResponse:
@@ -60,7 +108,7 @@ def make_router(service: SessionService, tokens: TokenStore, keepalive: float = 
             while True:
                 waiter = service.changes.waiter(session_id)
                 view = await service.get(session_id)
-                now = status_json(view)
+                now = status_json(view, provider_name(view), signin.prompt(session_id))
                 if now != last:
                     yield f"data: {now}\n\n"
                     last = now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +54,10 @@ class CredentialFileSpec(BaseModel):
         return _relative_path(v)
 
 
+def _loopback_only() -> dict[str, dict[str, Any]]:
+    return {"loopback": {}}
+
+
 class Provider(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,6 +70,23 @@ class Provider(BaseModel):
     url_must_contain: str = Field("", description="substring an OAuth URL must contain (filters other links)")
     credential_files: list[CredentialFileSpec] = Field(min_length=1)
     timeout: float = Field(600, gt=0)
+    # Interim (i10b) until part A's flow definitions land: flow name → its settings (contract CONTRACT10.md).
+    flows: dict[str, dict[str, Any]] = Field(default_factory=_loopback_only)
+
+    def modes(self) -> list[str]:
+        """Sign-in modes this provider can do: remote_browser needs `loopback`; direct needs device or paste code."""
+        out = ["remote_browser"] if "loopback" in self.flows else []
+        return out + (["direct"] if {"device_code", "paste_code"} & self.flows.keys() else [])
+
+    def flow_for(self, mode: str) -> str:
+        """The flow a mode runs (KeyError when the provider cannot do that mode)."""
+        if mode == "remote_browser" and "loopback" in self.flows:
+            return "loopback"
+        if mode == "direct":
+            for flow in ("device_code", "paste_code"):
+                if flow in self.flows:
+                    return flow
+        raise KeyError(mode)
 
     @field_validator("url_pattern")
     @classmethod

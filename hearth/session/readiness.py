@@ -1,5 +1,6 @@
-"""Readiness gates: no fixed sleeps. A session is ready only after the controller itself completed an RFB
-handshake with the sandbox from inside the fabric.
+"""Readiness gates: no fixed sleeps. A desktop session is ready only after the controller itself completed an RFB
+handshake with the sandbox from inside the fabric; a sandbox without a desktop (direct sign-in, CLI sandboxes) once
+its agent answers /health.
 
 Each gate retries with a short, growing back-off until its deadline, and on timeout raises NotReady naming the hop
 whose check never passed and the last thing observed.
@@ -17,6 +18,7 @@ from hearth.agentlink.client import http_json
 from hearth.errors import Hop, NotReady
 from hearth.fabric.dial import open_connection
 from hearth.rfb.client import RfbError, ServerInit, handshake
+from hearth.sandbox.base import SandboxSpec
 
 _BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.25)
 
@@ -27,6 +29,11 @@ class Target:
     ip: str
     rfb_port: int
     agent_port: int
+    desktop: bool = True  # False: only the agent runs (no display, no VNC)
+
+    @classmethod
+    def of(cls, spec: SandboxSpec, netns: str | None) -> Target:
+        return cls(netns, str(spec.slot.ip), spec.rfb_port, spec.agent_port, spec.desktop)
 
 
 async def http_get_json(netns: str | None, ip: str, port: int, path: str, timeout: float) -> tuple[int, Any]:
@@ -108,6 +115,35 @@ async def wait_rfb(t: Target, deadline: float) -> ServerInit:
         deadline, Hop.RFB, f"RFB handshake with {t.ip}:{t.rfb_port}", "the VNC server did not complete RFB", attempt
     )
     return result
+
+
+async def wait_agent(t: Target, deadline: float) -> dict[str, Any]:
+    """Agent answers /health (HTTP 200)."""
+
+    async def attempt(timeout: float) -> dict[str, Any]:
+        status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
+        if status != 200 or not isinstance(body, dict):
+            raise ValueError(f"agent /health answered HTTP {status}")
+        return body
+
+    result: dict[str, Any] = await _retry(
+        deadline,
+        Hop.AGENT,
+        f"agent at {t.ip}:{t.agent_port}",
+        "check the sandbox's agent log (GET /api/auth/session/{id}/events) and `hearth doctor --session`",
+        attempt,
+    )
+    return result
+
+
+async def wait_ready(t: Target, deadline: float, mark: Callable[[str], None]) -> str:
+    """The gates of this sandbox — `agent` without a desktop, else display, vnc, rfb; returns the last stage."""
+    if not t.desktop:
+        await wait_agent(t, deadline)
+        mark("agent")
+        return "agent"
+    await wait_desktop(t, deadline, mark)
+    return "rfb"
 
 
 async def wait_desktop(t: Target, deadline: float, mark: Callable[[str], None]) -> ServerInit:

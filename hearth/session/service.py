@@ -29,6 +29,7 @@ from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import readiness
+from hearth.session.modes import SigninMode
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
@@ -54,6 +55,7 @@ class SessionView:
     id: str
     user_id: str
     provider: str | None
+    mode: SigninMode
     status: Status
     reason: str | None
     hop: str | None
@@ -70,6 +72,7 @@ class SessionView:
             row.id,
             row.user_id,
             row.provider,
+            SigninMode(row.mode),
             Status(row.status),
             row.reason,
             row.hop,
@@ -103,7 +106,8 @@ class SessionService:
         self.diagnose: Callable[[str], Awaitable[HearthError | None]] | None = None
 
     # ---- naming (pure) ---------------------------------------------------------------------------
-    def spec(self, session_id: str, slot: Slot) -> SandboxSpec:
+    def spec(self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER) -> SandboxSpec:
+        """The sandbox of a session; `mode` decides whether it has a desktop (destroying needs only the slot)."""
         s = self.settings
         secret = self._secrets.setdefault(session_id, secrets.token_urlsafe(32))
         return SandboxSpec(
@@ -113,16 +117,15 @@ class SessionService:
             secret=secret,
             screen=s.screen,
             start_url=s.start_url,
-            chromium=s.chromium,
+            chromium=s.chromium and mode.desktop,
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
+            desktop=mode.desktop,
         )
 
     def target(self, view: SessionView) -> readiness.Target:
-        assert view.sandbox_ip is not None
-        return readiness.Target(
-            self.settings.fabric_netns, view.sandbox_ip, self.settings.rfb_port, self.settings.agent_port
-        )
+        assert view.slot is not None
+        return readiness.Target.of(self.spec(view.id, self.ipam.slot(view.slot), view.mode), self.settings.fabric_netns)
 
     def stop_event(self, session_id: str) -> asyncio.Event:
         """Set when the session ends: viewers relaying it close."""
@@ -224,7 +227,9 @@ class SessionService:
         return await self.db.run(q)
 
     # ---- commands --------------------------------------------------------------------------------
-    async def start(self, user_id: str, provider: str | None) -> SessionView:
+    async def start(
+        self, user_id: str, provider: str | None, mode: SigninMode = SigninMode.REMOTE_BROWSER
+    ) -> SessionView:
         """Create a session and boot its sandbox in the background; returns at once with status `starting`."""
         if self._closing:
             raise LimitExceeded(503, "controller is shutting down; retry on another instance")
@@ -257,6 +262,7 @@ class SessionService:
                 id=sid,
                 user_id=user_id,
                 provider=provider,
+                mode=mode.value,
                 status=Status.STARTING.value,
                 driver=self.driver.name,
                 fabric=s.fabric_netns,
@@ -274,7 +280,7 @@ class SessionService:
         except BaseException:
             await self.ipam.release(sid)
             raise
-        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, t0), name=f"boot-{sid}")
+        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0), name=f"boot-{sid}")
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -364,13 +370,13 @@ class SessionService:
         for view in await self.list_active():
             if view.status is Status.STARTING or view.slot is None:
                 continue
-            if not await self.driver.alive(self.spec(view.id, self.ipam.slot(view.slot))):
+            if not await self.driver.alive(self.spec(view.id, self.ipam.slot(view.slot), view.mode)):
                 await self.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
                 failed += 1
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, slot: Slot, t0: float) -> None:
+    async def _boot(self, sid: str, slot: Slot, mode: SigninMode, t0: float) -> None:
         s = self.settings
         timings: dict[str, float] = {}
 
@@ -382,21 +388,20 @@ class SessionService:
                 async with AsyncExitStack() as undo:
                     undo.push_async_callback(self.ipam.release, sid)
                     mark("lease")
-                    spec = self.spec(sid, slot)
+                    spec = self.spec(sid, slot, mode)
                     undo.push_async_callback(self._destroy_quietly, spec)
                     info = await self.driver.start(spec, mark)
                     await self._record(sid, pid=info.pid, timings=timings)
-                    target = readiness.Target(s.fabric_netns, str(slot.ip), s.rfb_port, s.agent_port)
                     deadline = time.monotonic() + s.ready_timeout
                     try:
-                        await readiness.wait_desktop(target, deadline, mark)
+                        last = await readiness.wait_ready(readiness.Target.of(spec, s.fabric_netns), deadline, mark)
                     except HearthError as exc:
                         # Diagnose while the sandbox still exists (the undo stack removes it): the failure reason
                         # then names the first broken hop of the path, not just the gate that timed out.
                         raise (await self._verdict(sid) or exc) from exc
                     await self._record(sid, timings=timings)
                     await self._transition(sid, Status.READY, None, None, timings)
-                    self.metrics.create_to_ready.observe(timings["rfb"])
+                    self.metrics.create_to_ready.observe(timings[last])
                     ready_view = await self.get(sid)
                     for callback in self.on_ready:
                         self.spawn(callback(ready_view), f"on-ready-{sid}")
@@ -436,7 +441,7 @@ class SessionService:
 
     async def _teardown(self, view: SessionView) -> None:
         if view.slot is not None:
-            await self._destroy_quietly(self.spec(view.id, self.ipam.slot(view.slot)))
+            await self._destroy_quietly(self.spec(view.id, self.ipam.slot(view.slot), view.mode))
         await self.ipam.release(view.id)
         self._secrets.pop(view.id, None)
         self._framed.discard(view.id)

@@ -1,9 +1,13 @@
 """The sign-in flow of a session with a provider:
 
-ready → (agent starts the provider's CLI in a PTY, captures the OAuth URL, opens it in Chromium) → awaiting_user →
-(the user signs in; the CLI writes its credentials; the agent pushes them) → credentials_captured (sealed in the
-vault) → delivered (installed in the user's CLI sandbox through its agent) → completed; the browser sandbox is then
-destroyed. Or failed | expired, with the reason. The agent calls the controller; the controller never polls it.
+ready → (agent starts the provider's CLI in a PTY with the flow of the session's mode, captures the OAuth URL) →
+awaiting_user → (the user signs in; the CLI writes its credentials; the agent pushes them) → credentials_captured
+(sealed in the vault) → delivered (installed in the user's CLI sandbox through its agent) → completed; the sign-in
+sandbox is then destroyed. Or failed | expired, with the reason. The agent calls the controller; the controller never
+polls it — except to forward a code the person pasted (direct mode, paste_code flow).
+
+remote_browser: the agent opens the URL in the sandbox's Chromium. direct: the agent pushes a `signin_prompt` (URL,
+device code, whether it waits for a pasted code, the CLI's message) that the API and the viewer page show.
 """
 
 from __future__ import annotations
@@ -13,16 +17,26 @@ import contextlib
 import logging
 from typing import Any
 
-from hearth.agentlink.client import AgentClient
+from hearth.agentlink.client import AgentClient, AgentRefused
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.errors import HearthError, Hop
 from hearth.log import bind_session
 from hearth.providers.model import Provider
+from hearth.session.modes import SigninMode
+from hearth.session.prompts import PromptError, SigninPrompt, check_code
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
 from hearth.vault.store import CredentialFile, Vault
 
 log = logging.getLogger("hearth.signin")
+
+
+class CodeRefused(Exception):
+    """A pasted code cannot be taken now or at all; `status` is the HTTP status for the API."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SignInFlow:
@@ -34,6 +48,7 @@ class SignInFlow:
         self.clis = clis
         self.providers = providers
         self._timers: dict[str, asyncio.Task[None]] = {}
+        self._prompts: dict[str, SigninPrompt] = {}  # memory only: holds the full sign-in URL
         service.on_ready.append(self.begin)
         service.on_terminal.append(self._ended)
 
@@ -49,6 +64,59 @@ class SignInFlow:
                     await self.service.advance(session_id, Status.AWAITING_USER, detail)
             elif event == "login_failed":
                 await self.service.end(session_id, Status.FAILED, f"[agent] sign-in failed: {detail}", Hop.AGENT)
+
+    async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None:
+        """The agent's `signin_prompt`: what the person must see changed. Events name the step, never the URL."""
+        with bind_session(session_id):
+            view = await self.service.get(session_id)
+            if view.status.terminal:
+                return
+            before = self._prompts.get(session_id)
+            self._prompts[session_id] = prompt
+            if before is None or before.url != prompt.url:
+                await self.service.note(session_id, "sign-in link shown", f"{prompt.flow} flow")
+            if before is not None and before.awaiting_code is False and prompt.awaiting_code and prompt.message:
+                await self.service.note(session_id, "code asked again", "the CLI did not accept the code")
+            if view.status is Status.READY:
+                with contextlib.suppress(IllegalTransition):
+                    await self.service.advance(session_id, Status.AWAITING_USER, "sign-in link shown")
+            self.service.changes.notify(session_id)
+
+    def prompt(self, session_id: str) -> SigninPrompt | None:
+        return self._prompts.get(session_id)
+
+    async def submit_code(self, session_id: str, code: object) -> None:
+        """Forward a pasted code to the agent (which types it into the CLI). Bad codes are refused before sending."""
+        try:
+            text = check_code(code)
+        except PromptError as exc:
+            raise CodeRefused(400, str(exc)) from None
+        view = await self.service.get(session_id)
+        prompt = self._prompts.get(session_id)
+        if view.status.terminal:
+            raise CodeRefused(409, f"the session is {view.status.value}; start a new sign-in")
+        if view.mode is not SigninMode.DIRECT or prompt is None or prompt.flow != "paste_code":
+            raise CodeRefused(409, "this sign-in does not take a pasted code")
+        if not prompt.awaiting_code:
+            raise CodeRefused(409, "the CLI is not waiting for a code (yet); wait for the page to ask for it")
+        agent = self._agent(view)
+        with bind_session(session_id):
+            try:
+                await agent.call("POST", "/v1/login/code", {"code": text})
+            except AgentRefused as exc:
+                if exc.status in (400, 409):
+                    raise CodeRefused(exc.status, exc.detail) from None
+                raise
+            # The agent pushes a new prompt (awaiting_code again with the CLI's error, or nothing while it works).
+            self._prompts[session_id] = SigninPrompt(prompt.flow, prompt.url, prompt.user_code, False, None)
+            await self.service.note(session_id, "code submitted")
+
+    def _agent(self, view: SessionView) -> AgentClient:
+        s = self.service.settings
+        secret = self.service.secret_of(view.id)
+        if view.sandbox_ip is None or secret is None:
+            raise CodeRefused(409, "the sign-in sandbox is not running")
+        return AgentClient(s.fabric_netns, view.sandbox_ip, s.agent_port, secret)
 
     async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> None:
         with bind_session(session_id):
@@ -89,14 +157,12 @@ class SignInFlow:
         provider = self.providers[view.provider]
         s = self.service.settings
         self._timers[view.id] = asyncio.create_task(self._timeout(view.id, s.oauth_flow_timeout))
-        assert view.sandbox_ip is not None
-        secret = self.service.secret_of(view.id)
-        assert secret is not None
-        agent = AgentClient(s.fabric_netns, view.sandbox_ip, s.agent_port, secret)
+        agent = self._agent(view)
         env: dict[str, Any] = {"HEARTH_EXAMPLE_ISSUER": s.example_issuer} if s.example_issuer else {}
+        body = {"provider": provider.model_dump(), "flow": provider.flow_for(view.mode.value), "env": env}
         with bind_session(view.id):
             try:
-                await agent.call("POST", "/v1/login", {"provider": provider.model_dump(), "env": env})
+                await agent.call("POST", "/v1/login", body)
             except HearthError as exc:
                 await self.service.end(view.id, Status.FAILED, exc.reason, exc.hop)
 
@@ -126,6 +192,7 @@ class SignInFlow:
         )
 
     async def _ended(self, view: SessionView) -> None:
+        self._prompts.pop(view.id, None)
         timer = self._timers.pop(view.id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()

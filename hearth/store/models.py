@@ -23,6 +23,7 @@ class SessionRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(200), index=True)
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mode: Mapped[str] = mapped_column(String(16), default="remote_browser", server_default="remote_browser")
     status: Mapped[str] = mapped_column(String(32), index=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     hop: Mapped[str | None] = mapped_column(String(32), nullable=True)
