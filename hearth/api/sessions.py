@@ -14,7 +14,7 @@ from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope, TokenStore
 from hearth.providers.model import Provider
-from hearth.session.modes import ModeError, SigninMode, parse_mode
+from hearth.session.modes import ModeError, choose_mode
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionService
 
@@ -27,23 +27,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def viewer_url(settings: Settings, request: Request, session_id: str, token: str) -> str:
     base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
     return f"{base}/api/auth/session/{session_id}/novnc?token={quote(token)}"
-
-
-def choose_mode(settings: Settings, provider: Provider | None, requested: str | None) -> SigninMode:
-    """The session's sign-in mode: the request's, else HEARTH_SIGNIN_MODE; it must be one the provider can do."""
-    mode = parse_mode(requested if requested is not None else settings.signin_mode)
-    if provider is None:
-        if mode is SigninMode.DIRECT:
-            raise ModeError("direct mode signs in to a provider's CLI: give a provider, or use mode remote_browser")
-        return mode
-    can = provider.modes()
-    if mode.value not in can:
-        source = "requested" if requested is not None else "the default (HEARTH_SIGNIN_MODE)"
-        raise ModeError(
-            f"{provider.display_name} cannot sign in in mode {mode.value!r} ({source}); "
-            f"modes it can do: {', '.join(can)}"
-        )
-    return mode
 
 
 def make_router(
@@ -72,7 +55,7 @@ def make_router(
         if body.provider is not None and body.provider not in providers:
             raise HTTPException(422, f"unknown provider {body.provider!r}; known: {', '.join(sorted(providers))}")
         try:
-            mode = choose_mode(settings, providers[body.provider] if body.provider else None, body.mode)
+            mode = choose_mode(settings.signin_mode, providers[body.provider] if body.provider else None, body.mode)
         except ModeError as exc:
             raise HTTPException(400, str(exc)) from None
         view = await service.start(body.user_id, body.provider, mode)

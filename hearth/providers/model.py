@@ -4,10 +4,26 @@ sandbox and where they are installed in the user's CLI sandbox (the seed watched
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class FlowName(StrEnum):
+    LOOPBACK = "loopback"  # redirect to a callback inside the sandbox: the in-sandbox browser completes it
+    PASTE_CODE = "paste_code"  # the provider's page shows a code the person pastes back into the CLI
+    DEVICE_CODE = "device_code"  # the person enters the CLI's code on the provider's page
+
+
+class SigninMode(StrEnum):
+    REMOTE_BROWSER = "remote_browser"  # desktop + Chromium in the sandbox, streamed to the person
+    DIRECT = "direct"  # no desktop: the person opens the URL in their own browser
+
+
+class UnsupportedMode(ValueError):
+    """The provider's CLI cannot sign in in the requested mode; the message lists the modes it can do."""
 
 
 def _relative_path(value: str) -> str:
@@ -70,23 +86,31 @@ class Provider(BaseModel):
     url_must_contain: str = Field("", description="substring an OAuth URL must contain (filters other links)")
     credential_files: list[CredentialFileSpec] = Field(min_length=1)
     timeout: float = Field(600, gt=0)
-    # Interim (i10b) until part A's flow definitions land: flow name → its settings (contract CONTRACT10.md).
+    # Interim (i10b) until part A's flow definitions land, with part A's API (CONTRACT10.md): flow name → settings.
     flows: dict[str, dict[str, Any]] = Field(default_factory=_loopback_only)
 
-    def modes(self) -> list[str]:
-        """Sign-in modes this provider can do: remote_browser needs `loopback`; direct needs device or paste code."""
-        out = ["remote_browser"] if "loopback" in self.flows else []
-        return out + (["direct"] if {"device_code", "paste_code"} & self.flows.keys() else [])
+    def modes(self) -> list[SigninMode]:
+        out = []
+        if FlowName.LOOPBACK in self.flows:
+            out.append(SigninMode.REMOTE_BROWSER)
+        if FlowName.DEVICE_CODE in self.flows or FlowName.PASTE_CODE in self.flows:
+            out.append(SigninMode.DIRECT)
+        return out
 
-    def flow_for(self, mode: str) -> str:
-        """The flow a mode runs (KeyError when the provider cannot do that mode)."""
-        if mode == "remote_browser" and "loopback" in self.flows:
-            return "loopback"
-        if mode == "direct":
-            for flow in ("device_code", "paste_code"):
-                if flow in self.flows:
-                    return flow
-        raise KeyError(mode)
+    def flow_for(self, mode: SigninMode | str) -> FlowName:
+        """The flow a session in `mode` runs; UnsupportedMode (naming the modes this provider can do) otherwise."""
+        try:
+            m = SigninMode(mode)
+        except ValueError:
+            raise UnsupportedMode(
+                f"unknown sign-in mode {mode!r}; use one of: {', '.join(x.value for x in SigninMode)}"
+            ) from None
+        order = [FlowName.LOOPBACK] if m is SigninMode.REMOTE_BROWSER else [FlowName.DEVICE_CODE, FlowName.PASTE_CODE]
+        for flow in order:
+            if flow in self.flows:
+                return flow
+        can = ", ".join(x.value for x in self.modes())
+        raise UnsupportedMode(f"{self.display_name} cannot sign in in mode {m.value!r}; it can: {can}")
 
     @field_validator("url_pattern")
     @classmethod

@@ -29,7 +29,7 @@ from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import readiness
-from hearth.session.modes import SigninMode
+from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
@@ -117,10 +117,10 @@ class SessionService:
             secret=secret,
             screen=s.screen,
             start_url=s.start_url,
-            chromium=s.chromium and mode.desktop,
+            chromium=s.chromium and has_desktop(mode),
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
-            desktop=mode.desktop,
+            desktop=has_desktop(mode),
         )
 
     def target(self, view: SessionView) -> readiness.Target:

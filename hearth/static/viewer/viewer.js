@@ -1,6 +1,9 @@
-// hearth viewer: follows the session's live status, connects noVNC through the gateway when the sandbox is ready,
-// reconnects after network drops, and shows close reasons in plain words. Paths are relative, so the page works
-// behind a reverse proxy under any path prefix.
+// The page a person signs in on: follows the session's live status and says what is happening in plain words for
+// this provider. remote_browser: connects noVNC through the gateway when the sandbox is ready (the remote desktop
+// follows this window's size; Ctrl/Cmd+V pastes this computer's clipboard into the remote browser), reconnects
+// after network drops, shows close reasons in plain words. direct: no desktop; shows the sign-in link, the device
+// code, and a field for a code to paste back. Stage timings sit behind "Details". Paths are relative, so the page
+// works behind a reverse proxy under any path prefix.
 import RFB from "../novnc/core/rfb.js";
 
 const params = new URLSearchParams(location.search);
@@ -10,11 +13,14 @@ const pagePath = location.pathname.replace(/\/$/, ""); // <prefix>/api/auth/sess
 const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + pagePath + "/websock?token="
   + encodeURIComponent(token);
 const statusUrl = pagePath.replace(/\/novnc$/, "/status") + "?token=" + encodeURIComponent(token);
+const codeUrl = pagePath.replace(/\/novnc$/, "/code") + "?token=" + encodeURIComponent(token);
 
 const stateEl = document.getElementById("state");
 const stagesEl = document.getElementById("stages");
 const messageEl = document.getElementById("message");
 const screenEl = document.getElementById("screen");
+const headlineEl = document.getElementById("headline");
+const $ = (id) => document.getElementById(id);
 
 const PLAIN = {
   4401: "This link is not valid any more (the viewer token is wrong or expired). Ask for a new link.",
@@ -45,6 +51,12 @@ function showMessage(text, detail) {
   messageEl.style.display = text ? "block" : "none";
 }
 
+function setHeadline(text) {
+  headlineEl.textContent = text;
+  document.title = text;
+  window.hearthHeadline = text;
+}
+
 function showStages(timings) {
   const order = ["lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb"];
   stagesEl.textContent = order.filter((k) => k in (timings || {}))
@@ -56,11 +68,12 @@ function connect() {
   setState("connecting", "starting");
   rfb = new RFB(screenEl, wsUrl, { wsProtocols: ["binary"], shared: true });
   rfb.scaleViewport = true;
-  rfb.resizeSession = false;
+  rfb.resizeSession = !viewOnly;  // the remote desktop follows this window (SetDesktopSize)
   rfb.viewOnly = viewOnly;
   rfb.addEventListener("connect", () => {
     retries = 0;
-    setState(viewOnly ? "ready (view only)" : "ready", "ready");
+    const waiting = window.hearthStatus?.provider ? " — waiting for you to finish signing in" : "";
+    setState(viewOnly ? "ready (view only)" : `ready${waiting}`, "ready");
     showMessage("");
   });
   rfb.addEventListener("disconnect", (e) => {
@@ -94,19 +107,109 @@ window.WebSocket = function (url, protocols) {
 window.WebSocket.prototype = NativeWS.prototype;
 Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
 
+// Ctrl/Cmd+V in the viewer: this computer's clipboard goes to the remote desktop first (RFB ClientCutText; the
+// VNC server sets the X selection), then the keystroke, so the remote browser pastes it (password managers).
+window.addEventListener("keydown", (ev) => {
+  if (!rfb || viewOnly || !(ev.ctrlKey || ev.metaKey) || ev.key.toLowerCase() !== "v") return;
+  if (!navigator.clipboard || !navigator.clipboard.readText) return;  // no Clipboard API: noVNC sends the keys
+  ev.preventDefault();
+  ev.stopImmediatePropagation();
+  navigator.clipboard.readText().then((text) => {
+    if (!rfb) return;
+    if (text) rfb.clipboardPasteFrom(text);
+    rfb.sendKey(0xffe3, "ControlLeft", true);
+    rfb.sendKey(0x0076, "KeyV");
+    rfb.sendKey(0xffe3, "ControlLeft", false);
+    window.hearthPasted = (window.hearthPasted || 0) + 1;
+  }).catch(() => {});
+}, true);
+
+function nameOf(s) { return s.provider_name || "your account"; }
+
+// What the person reads, per mode and state.
+function headlineFor(s) {
+  const name = nameOf(s);
+  if (s.status === "completed") return s.provider ? `Done — ${name} is signed in in your workspace` : "Done";
+  if (s.status === "credentials_captured" || s.status === "delivered") return `Saving your ${name} sign-in to your workspace…`;
+  if (s.status === "failed") return s.provider ? `Signing in to ${name} failed` : "The browser sandbox failed";
+  if (s.status === "cancelled" || s.status === "expired") return `This sign-in has ${s.status === "expired" ? "expired" : "been cancelled"}`;
+  if (s.mode === "direct") {
+    if (!s.signin) return `Getting your sign-in link for ${name}…`;
+    return `Sign in to ${name} in your own browser`;
+  }
+  if (s.status === "starting") return s.provider ? `Preparing your sign-in to ${name}…` : "Starting your browser…";
+  return s.provider ? `Sign in to ${name} in the window below` : "Your remote browser";
+}
+
+function showDirect(s) {
+  $("direct").style.display = "block";
+  const p = s.signin;
+  const live = !TERMINAL.includes(s.status) && s.status !== "credentials_captured" && s.status !== "delivered";
+  $("open-step").hidden = !p || !live;
+  $("code-step").hidden = !p || !p.user_code || !live;
+  $("paste").hidden = !p || !p.awaiting_code || !live;
+  $("waiting").hidden = !p || p.awaiting_code || !live;
+  if (!p) return;
+  if ($("link").href !== p.url) { $("link").href = p.url; $("link").textContent = p.url; }
+  $("code").textContent = p.user_code || "";
+  $("cli-message").hidden = !p.message;
+  $("cli-message").textContent = p.message || "";
+  if (p.awaiting_code && document.activeElement !== $("paste-input")) $("paste-input").focus();
+}
+
+$("paste").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const input = $("paste-input");
+  const button = $("paste").querySelector("button");
+  button.disabled = true;
+  try {
+    const r = await fetch(codeUrl, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ code: input.value }),
+    });
+    const out = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      $("cli-message").hidden = false;
+      $("cli-message").textContent = out.error || `The code was not accepted (HTTP ${r.status}).`;
+    } else {
+      input.value = "";
+      $("paste").hidden = true;
+      $("waiting").hidden = false;
+      $("waiting").textContent = "Checking your code… Waiting for you to finish signing in";
+    }
+  } finally {
+    button.disabled = false;
+  }
+});
+
 function followStatus() {
   const es = new EventSource(statusUrl);
   es.onmessage = (ev) => {
     const s = JSON.parse(ev.data);
     lastStatus = s.status;
+    window.hearthStatus = s;
     showStages(s.timings);
+    setHeadline(headlineFor(s));
+    if (s.mode === "direct") {
+      ended = true;  // no desktop to connect to
+      setState(s.status, TERMINAL.includes(s.status) && s.status !== "completed" ? "failed" : "ready");
+      showDirect(s);
+      if (TERMINAL.includes(s.status)) {
+        showMessage(s.status === "completed" ? headlineFor(s) : `${headlineFor(s)}.`, s.status === "completed" ? "" : s.reason || "");
+        es.close();
+      } else {
+        showMessage(s.signin ? "" : "Preparing your sign-in…");
+      }
+      return;
+    }
     if (s.status === "starting") {
       setState("starting", "starting");
       showMessage("Starting your browser…", Object.keys(s.timings || {}).join(" → "));
     } else if (TERMINAL.includes(s.status)) {
       ended = s.status !== "ready";
       setState(s.status, s.status === "completed" ? "ready" : "failed");
-      showMessage(s.status === "failed" ? "The browser sandbox failed." : `The session is ${s.status}.`, s.reason || "");
+      if (s.status === "completed") showMessage(headlineFor(s), "");
+      else if (s.status === "failed") showMessage(s.provider ? `${headlineFor(s)}.` : "The browser sandbox failed.", s.reason || "");
+      else showMessage(`The session is ${s.status}.`, s.reason || "");
       if (rfb) rfb.disconnect();
       es.close();
     } else {
