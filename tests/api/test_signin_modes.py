@@ -1,0 +1,119 @@
+"""Sign-in modes through the real API and a real controller: modes are checked against the provider, a direct-mode
+sandbox runs no desktop (only the agent and the CLI), its viewer WebSocket is closed with 4410, and pasted codes are
+checked before anything is sent. Nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.fabric.dial import socket_in_netns
+from hearth.providers.model import FlowName
+from hearth.sandbox.netns import pids_in_netns
+from hearth_example.idp import IdpServer, IdpState
+from tests import rawws
+from tests.conftest import running_controller
+from tests.live import descendants, leaks, wait_status
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+IDP_PORT = 9401
+DESKTOP = {"Xvfb", "x11vnc", "openbox", "chromium"}
+
+
+def start_idp(settings: Settings) -> IdpServer:
+    """The example IdP on BRIDGE_IP inside the fabric namespace (reachable by sandboxes)."""
+    sock = socket_in_netns(settings.fabric_netns)
+    sock.bind((str(settings.bridge_ip), IDP_PORT))
+    server = IdpServer(sock, IdpState(auto_approve=True))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def process_names(netns: str) -> set[str]:
+    names = set()
+    for pid in pids_in_netns(netns):
+        try:
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            pass  # exited meanwhile
+    return names
+
+
+async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT), HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}"
+    )
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        before = await asyncio.to_thread(descendants)
+        server = await asyncio.to_thread(start_idp, settings)
+        try:
+            example = ctl.ctl.providers["example"]
+            ctl.ctl.providers["loopback_only"] = example.model_copy(
+                update={"name": "loopback_only", "flows": {FlowName.LOOPBACK: example.flows[FlowName.LOOPBACK]}}
+            )
+
+            # Modes are checked before anything is created.
+            r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "loopback_only", "mode": "direct"})
+            assert r.status_code == 400 and "it can: remote_browser" in r.json()["detail"], r.text
+            r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "example", "mode": "fax"})
+            assert r.status_code == 400 and "valid modes: remote_browser, direct" in r.json()["detail"], r.text
+            r = await http.post("/api/auth/start", json={"user_id": "m", "mode": "direct"})
+            assert r.status_code == 400 and "give a provider" in r.json()["detail"], r.text
+            assert await ctl.ctl.service.list_active() == []
+
+            # A direct session: the agent (and the CLI) only; ready once the agent answers.
+            r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "example", "mode": "direct"})
+            assert r.status_code == 201, r.text
+            started = r.json()
+            sid, token = started["session_id"], started["viewer_token"]
+            body = await wait_status(http, sid)
+            assert body["status"] in ("ready", "awaiting_user"), body
+            assert body["mode"] == "direct"
+            timings = body["timings"]
+            assert isinstance(timings, dict) and "agent" in timings and not {"display", "vnc", "rfb"} & set(timings)
+            slot = int(str(body["sandbox_ip"]).rsplit(".", 1)[1]) - 2
+            names = await asyncio.to_thread(process_names, f"{settings.fabric_netns}-s{slot}")
+            assert "python3" in names and not DESKTOP & names, names
+
+            # No viewer WebSocket for a session without a desktop: an explicit close naming why.
+            host, port = settings.listen_host_port
+            got = await asyncio.to_thread(
+                rawws.exchange, host, port, f"/api/auth/session/{sid}/novnc/websock?token={token}", []
+            )
+            assert got.close_code == 4410 and "own browser" in got.close_reason, got.frames
+
+            # The code endpoint: authorised by a control viewer token or an API key; bad codes never leave.
+            code_path = f"/api/auth/session/{sid}/code"
+            async with httpx.AsyncClient(base_url=ctl.base_url, timeout=30) as anon:
+                assert (await anon.post(code_path, json={"code": "abc"})).status_code == 401
+                view = (await http.post(f"/api/auth/session/{sid}/token", json={"scope": "view"})).json()
+                r = await anon.post(f"{code_path}?token={view['viewer_token']}", json={"code": "abc"})
+                assert r.status_code == 403, r.text
+                for bad in ("abc\r\nrm -rf ~", "", "x" * 513, "\x1b[2J"):
+                    r = await anon.post(f"{code_path}?token={token}", json={"code": bad})
+                    assert r.status_code == 400, (bad, r.text)
+                r = await http.post(code_path, json={"code": "a\x00b"})
+                assert r.status_code == 400 and "control characters" in r.json()["error"]
+                # A device-code sign-in takes no pasted code.
+                r = await anon.post(f"{code_path}?token={token}", json={"code": "ABCD-EFGH"})
+                assert r.status_code == 409, r.text
+            events = (await http.get(f"/api/auth/session/{sid}/events")).json()
+            assert not [e for e in events if e["name"] == "code submitted"]
+
+            assert (await http.post(f"/api/auth/session/{sid}/cancel")).json()["status"] == "cancelled"
+            r = await http.post(code_path, json={"code": "ABCD-EFGH"})
+            assert r.status_code == 409 and "cancelled" in r.json()["error"]
+        finally:
+            server.shutdown()
+            server.server_close()
+        left = await leaks(ctl, before)
+        assert left.total == 0, left
