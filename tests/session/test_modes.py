@@ -29,7 +29,7 @@ def test_the_request_overrides_the_default_and_both_are_checked() -> None:
 def test_a_mode_the_provider_cannot_do_names_the_modes_it_can() -> None:
     example = load()["example"]
     loopback_only = example.model_copy(update={"flows": {FlowName.LOOPBACK: example.flows[FlowName.LOOPBACK]}})
-    with pytest.raises(ModeError, match="cannot sign in in mode 'direct'; it can: remote_browser$"):
+    with pytest.raises(ModeError, match=r"cannot sign in in mode 'direct'; it can: remote_browser$"):
         choose_mode("remote_browser", loopback_only, "direct")
     with pytest.raises(ModeError, match=r"it can: remote_browser \(the default, HEARTH_SIGNIN_MODE\)"):
         choose_mode("direct", loopback_only, None)
