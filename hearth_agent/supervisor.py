@@ -44,7 +44,8 @@ CHROMIUM_FLAGS = (
     "--password-store=basic",
     "--noerrdialogs",
     "--hide-crash-restore-bubble",
-    "--start-maximized",
+    "--kiosk",  # one window filling the desktop: no tab strip, no address bar; later URLs open as its active tab
+    "--test-type",  # no "unsupported command-line flag" bar (for --no-sandbox, which the sandbox user needs)
 )
 
 

@@ -1,4 +1,5 @@
-"""View-only scope: parse the client→server RFB stream and drop input (key, pointer, clipboard) messages.
+"""View-only scope: parse the client→server RFB stream and drop input (key, pointer, clipboard, desktop size)
+messages.
 
 The filter follows the RFB 3.8 client side: version (12 bytes), security choice (1 byte), ClientInit (1 byte), then
 typed messages whose lengths are known, so input events can be removed without breaking framing.
@@ -11,7 +12,8 @@ import struct
 KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT = 4, 5, 6
 QEMU_CLIENT = 255  # QEMU extended key event (input)
 _FIXED = {0: 20, 3: 10, KEY_EVENT: 8, POINTER_EVENT: 6, 150: 10, QEMU_CLIENT: 12}
-_INPUT = {KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, QEMU_CLIENT}
+SET_DESKTOP_SIZE = 251
+_INPUT = {KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, QEMU_CLIENT, SET_DESKTOP_SIZE}  # a watcher changes nothing
 HEADER_MAX = 9  # bytes that determine any framed message's length (ClientFence needs the most)
 
 
@@ -83,7 +85,7 @@ class InputFilter:
             return None if len(buf) < 4 else 4 + 4 * struct.unpack(">H", buf[2:4])[0]
         if kind == CLIENT_CUT_TEXT:  # signed length: negative = extended clipboard (noVNC sends its caps at once)
             return None if len(buf) < 8 else 8 + abs(struct.unpack(">i", buf[4:8])[0])
-        if kind == 251:  # SetDesktopSize
+        if kind == SET_DESKTOP_SIZE:
             return None if len(buf) < 8 else 8 + 16 * buf[6]
         if kind == 248:  # ClientFence
             return None if len(buf) < 9 else 9 + buf[8]

@@ -135,3 +135,90 @@ async def test_viewer_refuses_a_bad_token_in_plain_words(make_settings: Callable
         r = await http.get("/api/auth/session/whatever/novnc?token=forged")
         assert r.status_code == 401
         assert "This link is not valid" in r.text
+
+
+# The sandbox's start page: a textarea on a red page that turns green once it holds the pasted text (blue if the
+# view-only viewer's text ever arrives) — observed through the viewer's canvas.
+PASTE_PAGE = (
+    "data:text/html,<body style='margin:0;background:%23c0392b'><textarea autofocus "
+    "style='position:fixed;top:60px;left:60px;width:600px;height:300px' oninput=\"document.body.style.background="
+    "this.value.includes('VIEWONLY')?'%230000ff':this.value.includes('pasted-from-person')?'%2300ff00':'%23c0392b'"
+    "\"></textarea></body>"
+)
+
+
+# The share of the remote desktop's top rows in one colour (a tab strip or an infobar would be grey).
+TOP_ROWS = """(rgb) => {
+  const c = document.querySelector('#screen canvas');
+  if (!c || !c.width) return -1;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, 30).data;
+  let hit = 0, all = 0;
+  const near = (a, b) => Math.abs(a - b) < 40;
+  for (let i = 0; i < d.length; i += 4 * 13) {
+    all++;
+    if (near(d[i], rgb[0]) && near(d[i + 1], rgb[1]) && near(d[i + 2], rgb[2])) hit++;
+  }
+  return hit / all;
+}"""
+RED, GREEN, BLUE = (0xC0, 0x39, 0x2B), (0, 0xFF, 0), (0, 0, 0xFF)
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Chromium runs as one kiosk window (the page's colour reaches the top edge: no tab strip, no flag bar), and
+    Ctrl+V in the viewer pastes the person's clipboard into the remote page. A view-only viewer's paste is dropped by
+    the gateway (its page is told nothing about view-only here, so noVNC does send it)."""
+    from playwright.async_api import async_playwright
+
+    settings = make_settings(HEARTH_START_URL=PASTE_PAGE)
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            started = (await http.post("/api/auth/start", json={"user_id": "paste"})).json()
+            sid = started["session_id"]
+            context = await browser.new_context(
+                viewport={"width": 1280, "height": 860}, permissions=["clipboard-read", "clipboard-write"]
+            )
+            page = await context.new_page()
+
+            async def open_viewer(url: str) -> None:
+                await page.goto(url)
+                await page.wait_for_function(
+                    "window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000
+                )
+
+            async def paste(text: str) -> None:
+                await page.evaluate("(t) => navigator.clipboard.writeText(t)", text)
+                await page.mouse.click(300, 250)  # into the remote textarea
+                await page.keyboard.press("Control+V")
+                await page.wait_for_function("window.hearthPasted >= 1", timeout=10_000)  # per page load
+
+            view = (await http.post(f"/api/auth/session/{sid}/token", json={"scope": "view"})).json()
+            await open_viewer(view["viewer_url"])
+            await paste("VIEWONLY-SECRET")
+
+            async def top_rows(rgb: tuple[int, int, int]) -> float:
+                share = 0.0
+                for _ in range(150):  # Chromium paints a few seconds after the desktop is up
+                    share = float(await page.evaluate(TOP_ROWS, list(rgb)))
+                    if share > 0.95:
+                        break
+                    await asyncio.sleep(0.2)
+                return share
+
+            await open_viewer(started["viewer_url"])
+            reds = await top_rows(RED)
+            assert reds > 0.95, f"the remote page does not reach the top of the desktop ({reds:.0%} red)"
+
+            await paste("pasted-from-person")
+            greens = await top_rows(GREEN)
+            assert greens > 0.95, f"the pasted text did not arrive in the remote page ({greens:.0%} green)"
+            assert await page.evaluate(TOP_ROWS, list(BLUE)) == 0  # the view-only viewer's paste never arrived
+        finally:
+            await browser.close()

@@ -81,3 +81,9 @@ def test_any_chunking_gives_the_same_output() -> None:
                 i += n
             assert out == whole
             assert f.saw_update_request
+
+
+def test_a_watcher_cannot_resize_the_desktop() -> None:
+    resize = struct.pack(">BxHHBx", 251, 1024, 700, 1) + struct.pack(">IHHHHI", 0, 0, 0, 1024, 700, 0)
+    assert InputFilter().feed(PREAMBLE + resize + FB_REQUEST) == PREAMBLE + FB_REQUEST
+    assert InputFilter(drop_input=False).feed(PREAMBLE + resize + FB_REQUEST) == PREAMBLE + resize + FB_REQUEST
