@@ -39,7 +39,7 @@ from hearth_agent.supervisor import Supervisor
 log = logging.getLogger("hearth_agent")
 
 DEFAULT_HOOK = "/opt/hearth/hearth_agent/browser_hook.py"
-CLIS_BIN = "/opt/hearth/clis/node_modules/.bin"  # the pinned provider CLIs (image, or the netns driver's bind)
+CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"  # the pinned provider CLIs (hearth/providers/clis.py GUEST_CLIS)
 HOOK_DIR = ".hearth/bin"  # first on the CLI's PATH: `xdg-open` → the browser hook
 __all__ = ["SPOOL", "LoginRun", "SignIn", "register"]
 
@@ -86,10 +86,10 @@ class SignIn:
         env.pop("DISPLAY", None)
         env.update(flow.env)
         env.update(extra)
-        path = [self._hook_dir(), *env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":")]
-        if os.path.isdir(self.clis_bin):
+        path = [self._hook_dir()]
+        if os.path.isdir(self.clis_bin):  # first: its pinned `node` runs the CLIs, not an older system one
             path.append(self.clis_bin)
-        env["PATH"] = ":".join(path)
+        env["PATH"] = ":".join([*path, *env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":")])
         env["HOME"], env["BROWSER"] = self.home, flow.env.get("BROWSER", self.hook)
         display = getattr(self.sup, "display", "")
         if flow.display and display:
