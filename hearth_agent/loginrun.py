@@ -81,8 +81,10 @@ class LoginRun:
         self._screen = Screen()
         self._last_output = time.monotonic()
         self._seen_since = [0.0] * len(flow.prompts)  # when each prompt's text appeared (0: not on screen)
-        self._answered_at = [(0.0, -1)] * len(flow.prompts)  # (when, screen version) of the last answer
+        self._answered_at: list[tuple[float, int]] = [(0.0, -1)] * len(flow.prompts)  # (when, screen version)
         self._answers = [0] * len(flow.prompts)
+        self._baseline = [0] * len(flow.prompts)  # occurrences on screen when last answered
+        self._retries = [0] * len(flow.prompts)
         self._url: str | None = None
         self.user_code: str | None = None
         self.awaiting_code = False
@@ -170,43 +172,47 @@ class LoginRun:
         return [ln.strip() for ln in self._screen.visible().splitlines() if _ERROR_LINE.search(ln)]
 
     def _answer_prompts(self, now: float, visible: str) -> None:
+        """A prompt is answered when a new occurrence of it is on screen (Ink redraws in place: same count; a
+        line-based CLI asking again: one more), once it stayed PROMPT_SETTLE; typed again when the screen did not
+        react at all for PROMPT_RETRY (a TUI that was not reading its input yet), at most twice."""
         for i, prompt in enumerate(self.flow.prompts):
-            if not prompt.expect.search(visible):
-                self._seen_since[i] = 0.0
+            n = len(prompt.expect.findall(visible))
+            if n == 0:
+                self._seen_since[i], self._baseline[i] = 0.0, 0
+                continue
+            when, version = self._answered_at[i]
+            if n <= self._baseline[i]:
+                ignored = when and version == self._screen.version and now - when >= PROMPT_RETRY
+                if ignored and self._retries[i] < 2:
+                    self._retries[i] += 1
+                    self._type_answer(i, now)
+                continue
+            if prompt.once and self._answers[i]:
                 continue
             if not self._seen_since[i]:
                 self._seen_since[i] = now
-            if now - self._seen_since[i] < PROMPT_SETTLE:
-                continue
-            when, version = self._answered_at[i]
-            if when:  # answered while on screen: again only if the screen ignored it (or the prompt came back)
-                if version != self._screen.version or now - when < PROMPT_RETRY or self._answers[i] >= 3:
-                    continue
-            elif prompt.once and self._answers[i]:
-                continue
-            if self._pty.write(prompt.send):
-                self.answered += 1
-                self._answers[i] += 1
-                log.info("prompt answered", extra={"provider": self.p.name, "event": f"prompt {i + 1}"})
-            self._answered_at[i] = (now, self._screen.version)
+            if now - self._seen_since[i] >= PROMPT_SETTLE:
+                self._baseline[i], self._seen_since[i], self._retries[i] = n, 0.0, 0
+                self._type_answer(i, now)
 
-    def _forget_answers(self, visible: str) -> None:
-        for i, prompt in enumerate(self.flow.prompts):
-            if self._answered_at[i][0] and not prompt.expect.search(visible):
-                self._answered_at[i] = (0.0, -1)  # the prompt left the screen: a re-appearance is a new prompt
+    def _type_answer(self, i: int, now: float) -> None:
+        if self._pty.write(self.flow.prompts[i].send):
+            self.answered += 1
+            self._answers[i] += 1
+            log.info("prompt answered", extra={"provider": self.p.name, "event": f"prompt {i + 1}"})
+        self._answered_at[i] = (now, self._screen.version)
 
     def _scan_screen(self, now: float) -> None:
         visible = self._screen.visible()
-        self._forget_answers(visible)
         self._answer_prompts(now, visible)
         quiet = now - self._last_output >= URL_QUIET
         if self._url is None:
             for link in self._term.links:
                 self._candidate(link, "terminal hyperlink")
         if self._url is None:
-            text = self._screen.joined()
+            text, cursor = self._screen.joined(), self._screen.cursor_offset()
             for m in self.flow.url_pattern.finditer(text):
-                if quiet or text[m.end() :].strip():  # more text follows: the URL is drawn completely
+                if quiet or m.end() < cursor or text[m.end() :].strip():  # the CLI moved on: drawn completely
                     self._candidate(m.group(0).rstrip(_TRAILING), "screen")
         if self.flow.code_pattern is not None and self.user_code is None:
             found = self.flow.code_pattern.search(self._screen.joined())

@@ -31,7 +31,7 @@ class Screen:
         self._screen = _Screen(cols, rows, history=history, ratio=0.5)
         self._stream = pyte.ByteStream(self._screen)
         self.version = 0  # bumps on every feed: "the screen changed"
-        self._joined: tuple[int, str] = (-1, "")
+        self._joined: tuple[int, str, int] = (-1, "", 0)
 
     def feed(self, raw: bytes) -> None:
         self.version += 1
@@ -55,11 +55,22 @@ class Screen:
 
     def joined(self) -> str:
         """`lines()` with rows that fill the whole width joined to the next (soft-wrapped text is one line again)."""
+        return self._join()[0]
+
+    def cursor_offset(self) -> int:
+        """Where the line holding the cursor starts in `joined()`: text before it is complete (the CLI moved on)."""
+        return self._join()[1]
+
+    def _join(self) -> tuple[str, int]:
         if self._joined[0] == self.version:
-            return self._joined[1]
+            return self._joined[1], self._joined[2]
+        history = [self._render(line) for line in self._screen.history.top]
+        cursor_row = len(history) + self._screen.cursor.y
         out: list[str] = []
-        carry = ""
-        for line in self.lines():
+        carry, cursor_line = "", -1
+        for row, line in enumerate(history + [line.rstrip() for line in self._screen.display]):
+            if row == cursor_row:
+                cursor_line = len(out)
             if len(line) >= self.cols:
                 carry += line
                 continue
@@ -67,8 +78,9 @@ class Screen:
             carry = ""
         if carry:
             out.append(carry)
-        self._joined = (self.version, "\n".join(out))
-        return self._joined[1]
+        offset = sum(len(line) + 1 for line in out[:cursor_line]) if cursor_line >= 0 else 0
+        self._joined = (self.version, "\n".join(out), offset)
+        return self._joined[1], offset
 
     def tail(self, n: int = 12) -> list[str]:
         """The last `n` non-blank rows, spaces collapsed (box-drawing borders kept)."""
