@@ -60,6 +60,7 @@ class Controller:
     url: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     credentials: list[dict[str, Any]] = field(default_factory=list)
+    signin: list[dict[str, Any]] = field(default_factory=list)  # what the person must see (full URL, codes)
     auth_seen: list[str] = field(default_factory=list)
     credential_attempts: int = 0
     fail_credentials: int = 0  # answer the first N credential pushes with 503
@@ -80,7 +81,7 @@ def controller() -> Iterator[Controller]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             auth = self.headers.get("Authorization", "")
-            m = re.fullmatch(r"/agent/v1/sessions/([^/]+)/(events|credentials)", self.path)
+            m = re.fullmatch(r"/agent/v1/sessions/([^/]+)/(events|credentials|signin)", self.path)
             with lock:
                 ctl.auth_seen.append(auth)
                 code = 200
@@ -90,6 +91,8 @@ def controller() -> Iterator[Controller]:
                     code = 404
                 elif m.group(2) == "events":
                     ctl.events.append(body)
+                elif m.group(2) == "signin":
+                    ctl.signin.append(body)
                 else:
                     ctl.credential_attempts += 1
                     if ctl.credential_attempts <= ctl.fail_credentials:
