@@ -2,8 +2,9 @@
 
 `PtyProcess` runs a command with a PTY as its stdin/stdout/stderr, in a new session whose controlling terminal is
 that PTY (some CLIs open /dev/tty), reads its output on a thread and can end its whole process group.
-`TermText` turns raw terminal output into plain text for prompt and URL matching, and yields the answers to the
-terminal queries CLIs block on (cursor position `ESC[6n`, device attributes `ESC[c`).
+`TermText` turns raw terminal output into plain text, collects OSC 8 hyperlink targets, and yields the answers to
+the terminal queries CLIs block on (cursor position `ESC[6n`, device attributes `ESC[c`). What a person sees — the
+rendered screen — is hearth_agent/screen.py.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class TermText:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
+        self.links: list[str] = []  # OSC 8 hyperlink targets seen so far (complete even when the text wraps)
 
     def feed(self, raw: bytes) -> tuple[str, list[str]]:
         text = self._held + self._decoder.decode(raw)
@@ -85,6 +87,7 @@ class TermText:
         if cut is not None:
             text, self._held = text[:cut], text[cut:]
         replies = [_REPLIES[m.group(0)] for m in ANSI.finditer(text) if m.group(0) in _REPLIES]
+        self.links += [m.group(1) for m in _OSC8.finditer(text) if m.group(1)]
         return self.clean(text), replies
 
     def flush(self) -> str:

@@ -1,9 +1,15 @@
-"""Example provider CLI: behaves like the real ones.
+"""Example provider CLI: behaves like the real ones, in each of their sign-in flows.
 
-    HEARTH_EXAMPLE_ISSUER=http://192.168.100.1:9400 python3 -m hearth_example.cli login
+    HEARTH_EXAMPLE_ISSUER=http://192.168.100.1:9400 python3 -m hearth_example.cli login [--flow F]
 
-Asks to continue (a PTY prompt the agent answers), prints the sign-in URL, opens it with $BROWSER when set, waits
-for the redirect on a localhost callback, exchanges the code with PKCE, writes ~/.example/credentials.json (0600).
+Asks to continue (a PTY prompt the agent answers), then per flow:
+- `loopback` (default): prints the sign-in URL, opens it with $BROWSER when set, waits for the redirect on a
+  localhost callback, exchanges the code with PKCE (like `codex login`).
+- `paste_code`: prints a URL whose redirect is the IdP's /code page (it shows the code), asks "Paste the
+  authorization code:", exchanges it; a refused code prints the IdP's error and asks again (like Claude Code).
+- `device_code`: asks the IdP for a device code, prints "open <issuer>/device and enter the code XXXX-XXXX",
+  polls the token endpoint until the person approved (like `codex login --device-auth`).
+Then writes ~/.example/credentials.json (0600).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -25,9 +33,93 @@ from typing import Any
 CLIENT_ID = "hearth-example-cli"
 
 
+FLOWS = ("loopback", "paste_code", "device_code")
+USAGE = "usage: python3 -m hearth_example.cli login [--flow loopback|paste_code|device_code]"
+
+
+def _post(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode())
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.load(exc)
+
+
+def _save(issuer: str, tokens: dict[str, Any]) -> int:
+    path = Path.home() / ".example" / "credentials.json"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"issuer": issuer, **tokens}, f)
+    os.replace(tmp, path)
+    print("Signed in.", flush=True)
+    return 0
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def _authorize_url(issuer: str, redirect: str, state: str, challenge: str) -> str:
+    query = {
+        "response_type": "code",
+        "client_id": CLIENT_ID,
+        "redirect_uri": redirect,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    return issuer + "/authorize?" + urllib.parse.urlencode(query)
+
+
+def paste_code(issuer: str) -> int:
+    verifier, challenge = _pkce()
+    redirect = issuer + "/code"
+    url = _authorize_url(issuer, redirect, secrets.token_urlsafe(16), challenge)
+    print(f"Open this URL in your browser and sign in:\n{url}", flush=True)
+    for _ in range(5):
+        code = input("Paste the authorization code: ").strip()
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": CLIENT_ID}
+        status, body = _post(issuer + "/token", {**form, "code_verifier": verifier})
+        if status == 200:
+            return _save(issuer, body)
+        print(f"Invalid code ({body.get('error', status)}). Check the code and try again.", flush=True)
+    print("too many invalid codes", file=sys.stderr)
+    return 1
+
+
+def device_code(issuer: str) -> int:
+    status, dev = _post(issuer + "/device/code", {"client_id": CLIENT_ID})
+    if status != 200:
+        print(f"device authorization failed: {dev.get('error', status)}", file=sys.stderr)
+        return 1
+    print(f"To sign in, open {dev['verification_uri']} and enter the code {dev['user_code']}", flush=True)
+    deadline = time.monotonic() + float(dev.get("expires_in", 300))
+    grant = "urn:ietf:params:oauth:grant-type:device_code"
+    while time.monotonic() < deadline:
+        time.sleep(float(dev.get("interval", 1)))
+        status, body = _post(
+            issuer + "/token", {"grant_type": grant, "device_code": dev["device_code"], "client_id": CLIENT_ID}
+        )
+        if status == 200:
+            return _save(issuer, body)
+        if body.get("error") != "authorization_pending":
+            print(f"device sign-in failed: {body.get('error', status)}", file=sys.stderr)
+            return 1
+    print("the device code expired", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["login"]:
-        print("usage: python3 -m hearth_example.cli login", file=sys.stderr)
+    flow = "loopback"
+    if argv[1:3][:1] == ["--flow"] and len(argv) == 3:
+        flow = argv[2]
+    if argv[:1] != ["login"] or flow not in FLOWS or len(argv) not in (1, 3):
+        print(USAGE, file=sys.stderr)
         return 2
     issuer = os.environ.get("HEARTH_EXAMPLE_ISSUER", "").rstrip("/")
     if not issuer:
@@ -37,6 +129,10 @@ def main(argv: list[str]) -> int:
     if answer not in ("", "y", "yes"):
         print("aborted")
         return 1
+    if flow == "paste_code":
+        return paste_code(issuer)
+    if flow == "device_code":
+        return device_code(issuer)
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     state = secrets.token_urlsafe(16)
@@ -96,15 +192,7 @@ def main(argv: list[str]) -> int:
     ).encode()
     with urllib.request.urlopen(urllib.request.Request(issuer + "/token", data=data), timeout=15) as resp:
         tokens = json.load(resp)
-    path = Path.home() / ".example" / "credentials.json"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"issuer": issuer, **tokens}, f)
-    os.replace(tmp, path)
-    print("Signed in.", flush=True)
-    return 0
+    return _save(issuer, tokens)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Example OAuth 2.0 authorization server: authorization code + PKCE (S256 only), in-memory, stdlib only.
+"""Example OAuth 2.0 authorization server, in-memory, stdlib only: authorization code + PKCE (S256 only) with a
+loopback redirect or the /code page (shows the code to paste back), and the device authorization grant
+(RFC 8628: POST /device/code, the /device page where the person enters the user code, polling at /token).
 
 python3 -m hearth_example.idp --listen 192.168.100.1:9400 [--auto-approve]
 """
@@ -35,15 +37,33 @@ class Grant:
 
 
 @dataclass
+class Device:
+    client_id: str
+    user_code: str
+    expires: float
+    approved: bool = False
+
+
+@dataclass
 class IdpState:
     auto_approve: bool = False
     codes: dict[str, Grant] = field(default_factory=dict)
+    devices: dict[str, Device] = field(default_factory=dict)  # device_code → pending device authorization
     events: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def log(self, kind: str, **detail: Any) -> None:
         with self.lock:
             self.events.append({"t": time.time(), "kind": kind, **detail})
+
+
+def _tokens() -> dict[str, Any]:
+    return {
+        "access_token": "ex-at-" + secrets.token_urlsafe(24),
+        "refresh_token": "ex-rt-" + secrets.token_urlsafe(24),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -73,6 +93,22 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/events":
             with st.lock:
                 return self._json(200, st.events)
+        if url.path == "/code":  # the paste-code redirect target: shows the code for the person to copy
+            st.log("code_page")
+            page = (
+                "<!doctype html><meta charset=utf-8><title>Example sign-in code</title>"
+                "<body style='font:20px sans-serif;padding:3em'><p>Paste this code into the CLI:</p>"
+                f"<p><code id=code>{html.escape(q.get('code', ''))}</code></p>"
+            )
+            return self._send(200, page.encode(), "text/html; charset=utf-8")
+        if url.path == "/device":
+            page = (
+                "<!doctype html><meta charset=utf-8><title>Example device sign-in</title>"
+                "<body style='font:20px sans-serif;padding:3em'><h1>Enter the code your CLI shows</h1>"
+                "<form method=post action=/device/approve><input name=user_code id=user_code>"
+                "<button id=approve>Approve</button></form>"
+            )
+            return self._send(200, page.encode(), "text/html; charset=utf-8")
         if url.path != "/authorize":
             return self._json(404, {"error": "not_found"})
         missing = [k for k in ("client_id", "redirect_uri", "code_challenge", "state") if not q.get(k)]
@@ -113,6 +149,46 @@ class Handler(BaseHTTPRequestHandler):
             st.log("approved", client_id=form["client_id"])
             target = form["redirect_uri"] + "?" + urllib.parse.urlencode({"code": code, "state": form["state"]})
             return self._send(302, b"", "text/plain", {"Location": target})
+        if path == "/device/code":
+            device = secrets.token_urlsafe(24)
+            alphabet = "BCDFGHJKLMNPQRSTVWXZ23456789"
+            user = "".join(secrets.choice(alphabet) for _ in range(8))
+            user = f"{user[:4]}-{user[4:]}"
+            with st.lock:
+                st.devices[device] = Device(form.get("client_id", ""), user, time.time() + 300)
+            st.log("device_code", client_id=form.get("client_id", ""))
+            host = self.headers.get("Host", "")
+            return self._json(
+                200,
+                {
+                    "device_code": device,
+                    "user_code": user,
+                    "verification_uri": f"http://{host}/device",
+                    "expires_in": 300,
+                    "interval": 1,
+                },
+            )
+        if path == "/device/approve":
+            wanted = form.get("user_code", "").strip().upper()
+            with st.lock:
+                match = [d for d in st.devices.values() if d.user_code == wanted and d.expires > time.time()]
+                for d in match:
+                    d.approved = True
+            st.log("device_approved" if match else "device_refused")
+            if not match:
+                return self._send(400, b"<p>Unknown or expired code</p>", "text/html; charset=utf-8")
+            return self._send(200, b"<p>Approved. Return to your CLI.</p>", "text/html; charset=utf-8")
+        if path == "/token" and form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
+            with st.lock:
+                dev = st.devices.get(form.get("device_code", ""))
+                if dev is not None and dev.approved:
+                    del st.devices[form.get("device_code", "")]
+            if dev is None or dev.expires < time.time() or dev.client_id != form.get("client_id"):
+                return self._json(400, {"error": "expired_token" if dev else "invalid_grant"})
+            if not dev.approved:
+                return self._json(400, {"error": "authorization_pending"})
+            st.log("token_issued", client_id=dev.client_id)
+            return self._json(200, _tokens())
         if path == "/token":
             with st.lock:
                 grant = st.codes.pop(form.get("code", ""), None)
@@ -127,15 +203,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.log("token_refused")
                 return self._json(400, {"error": "invalid_grant"})
             st.log("token_issued", client_id=grant.client_id)
-            return self._json(
-                200,
-                {
-                    "access_token": "ex-at-" + secrets.token_urlsafe(24),
-                    "refresh_token": "ex-rt-" + secrets.token_urlsafe(24),
-                    "token_type": "Bearer",
-                    "expires_in": 3600,
-                },
-            )
+            return self._json(200, _tokens())
         return self._json(404, {"error": "not_found"})
 
 

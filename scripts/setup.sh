@@ -3,6 +3,7 @@
 #   1. Debian packages: the sandbox desktop (Xvfb, Openbox, x11vnc, Chromium), bubblewrap, nftables, QEMU, tools
 #   2. .venv with hearth and its pinned dependencies (pyproject.toml, extra "dev")
 #   3. noVNC from the npm registry (exact version pinned in web/package-lock.json), copied into hearth/static/novnc
+#   4. the provider CLIs (Node + claude, codex, gemini; clis/package-lock.json) into /var/cache/hearth/clis/<hash>
 # Nothing is fetched at run time: hearth serves noVNC itself. Only apt, PyPI and npm are used, by package name.
 # See docs/setup-notes.md for why each package is here.
 set -euo pipefail
@@ -108,5 +109,27 @@ if [ "$(cat "$DEST/.lock-sha256" 2>/dev/null)" != "$lock" ] || [ ! -f "$DEST/cor
 else
   note "noVNC $(node -p 'require("./'"$DEST"'/package.json").version') already built"
 fi
+
+# ---- 4. provider CLIs ----------------------------------------------------------------------------------------------
+HEARTH_CLIS_CACHE=${HEARTH_CLIS_CACHE:-/var/cache/hearth/clis}
+step "provider CLIs: Node + claude, codex, gemini pinned in clis/package-lock.json -> $HEARTH_CLIS_CACHE/<lock hash>"
+# Outside the repo, world-readable (the sandbox user runs them; the netns driver binds the directory read-only at
+# /opt/hearth/clis, `hearth image build` copies it into the image). Cached by lock hash: no download per test run.
+clis_hash=$(cat clis/package.json clis/package-lock.json | sha | cut -c1-16)
+CLIS="$HEARTH_CLIS_CACHE/$clis_hash"
+if [ ! -x "$CLIS/node_modules/.bin/claude" ] || [ ! -x "$CLIS/node_modules/.bin/node" ]; then
+  mkdir -p "$HEARTH_CLIS_CACHE"
+  chmod a+rx "$HEARTH_CLIS_CACHE" "$(dirname "$HEARTH_CLIS_CACHE")"
+  tmp=$(mktemp -d "$HEARTH_CLIS_CACHE/.tmp-XXXXXX")
+  cp clis/package.json clis/package-lock.json "$tmp/"
+  (cd "$tmp" && quiet npm ci --no-audit --no-fund --loglevel=error)
+  chmod -R a+rX "$tmp"
+  rm -rf "$CLIS"
+  mv "$tmp" "$CLIS"
+fi
+for b in node claude codex gemini; do
+  [ -x "$CLIS/node_modules/.bin/$b" ] || die "npm ci did not install $b into $CLIS"
+done
+note "$(PATH="$CLIS/node_modules/.bin:$PATH" bash -c 'echo "node $(node --version), claude $(claude --version | cut -d" " -f1), codex $(codex --version | cut -d" " -f2), gemini $(gemini --version)"')"
 
 step "setup done in $((SECONDS - START))s"

@@ -148,8 +148,20 @@ def _show(out: Console, img: builder.BuiltImage) -> None:
     for label, key in (("rootfs", "rootfs_dir"), ("ext4", "rootfs_ext4"), ("vmlinux", "vmlinux"), ("initrd", "initrd")):
         if key in sizes:
             out.print(f"  {label:<8} {_human(sizes[key])}")
+    out.print(f"  CLIs     {_cli_versions(m)}")
     if "rootfs_ext4_allocated" in sizes:
         out.print(f"  ext4 allocated on disk: {_human(sizes['rootfs_ext4_allocated'])}")
+
+
+def _cli_versions(m: dict[str, Any]) -> str:
+    """The provider CLIs (and Node) an image carries, from its manifest: `claude-code 2.1.328, codex 0.169.0, …`."""
+    versions = m.get("versions", {})
+    shown = [
+        f"{name.rsplit('/', 1)[-1]} {v}"
+        for name, v in sorted(versions.items())
+        if name.startswith("@") or name.startswith("node-")
+    ]
+    return escape(", ".join(shown)) or "none (rebuild)"
 
 
 @image_app.command("list")
@@ -160,7 +172,7 @@ def list_cmd(cache: Path | None = typer.Option(None, help="image cache directory
     current = builder.current_link_target(settings.images)
     wanted = builder.current_spec().hash
     table = Table(title=f"images in {where}")
-    for col in ("hash", "created", "chromium", "ext4", "rootfs", "kernel", ""):
+    for col in ("hash", "created", "chromium", "ext4", "rootfs", "kernel", "CLIs", ""):
         table.add_column(col)
     for img in builder.list_images(where):
         m = img.manifest
@@ -177,6 +189,7 @@ def list_cmd(cache: Path | None = typer.Option(None, help="image cache directory
             _human(sizes.get("rootfs_ext4", 0)),
             _human(sizes.get("rootfs_dir", 0)),
             str(m.get("kernel", {}).get("release", "?")),
+            _cli_versions(m),
             ", ".join(flags),
         )
     Console().print(table)

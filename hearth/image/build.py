@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import hearth_agent
-import hearth_example
 from hearth.errors import DriverError, Hop
 from hearth.image import guest, initramfs
 from hearth.image.spec import (
@@ -46,6 +44,8 @@ from hearth.image.spec import (
     tree_digests,
 )
 from hearth.image.vmlinux import extract_vmlinux
+from hearth.providers import clis
+from hearth.sandbox import guestpkg
 from hearth.sandbox.image import GuestImage
 
 MANIFEST = "manifest.json"
@@ -130,11 +130,13 @@ def _package_dir(pkg: Any) -> Path:
 def current_spec(chromium: bool = True, extra_packages: tuple[str, ...] = ()) -> ImageSpec:
     """The spec of the image this source tree builds (guest files and agent sources digested)."""
     agent: dict[str, str] = {}
-    for pkg in (hearth_agent, hearth_example):
+    for pkg in guestpkg.PACKAGES:
         src = _package_dir(pkg)
         agent.update(tree_digests(src, src.name))
     files = {path: digest(data) for path, data in guest.guest_files().items()}
-    return ImageSpec(chromium=chromium, extra_packages=extra_packages, guest_files=files, agent_files=agent)
+    return ImageSpec(
+        chromium=chromium, extra_packages=extra_packages, guest_files=files, agent_files=agent, clis=clis.lock_hash()
+    )
 
 
 def agent_drift(path: Path) -> list[str]:
@@ -358,17 +360,29 @@ def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
 def _copy_agent(root: Path) -> None:
     opt = root / "opt" / "hearth"
     opt.mkdir(parents=True, exist_ok=True)
-    for pkg in (hearth_agent, hearth_example):
+    for pkg in guestpkg.PACKAGES:
         src = _package_dir(pkg)
         dest = opt / src.name
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     for dirpath, dirs, files in os.walk(opt):
         os.chmod(dirpath, 0o755)
         for d in dirs:
             os.chmod(os.path.join(dirpath, d), 0o755)
         for f in files:
             os.chmod(os.path.join(dirpath, f), 0o755 if f.endswith("_hook.py") else 0o644)
+
+
+def _copy_clis(root: Path) -> dict[str, str]:
+    """Node + the provider CLIs pinned in clis/package-lock.json, as installed on this host by scripts/setup.sh."""
+    try:
+        src = clis.require()
+    except clis.ClisMissing as exc:
+        raise BuildError(str(exc), "run `bash scripts/setup.sh`, then `hearth image build`") from None
+    dest = root / clis.GUEST_CLIS.lstrip("/")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest, symlinks=True)
+    return clis.versions(dest)
 
 
 def _trim(root: Path) -> None:
@@ -539,6 +553,7 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
             init_link.unlink()
         init_link.symlink_to("hearth-init")  # kernels booted without init= (or without our initramfs) land here
     _copy_agent(root)
+    cli_versions = _copy_clis(root)
     _chroot(root, "python3 -m compileall -q /opt/hearth >/dev/null", "compile the agent")
     _write(root, "etc/hostname", b"hearth\n", 0o644)
     _write(root, "etc/hosts", b"127.0.0.1\tlocalhost\n127.0.1.1\thearth\n::1\tlocalhost ip6-localhost\n", 0o644)
@@ -606,7 +621,7 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
             "initramfs_modules": [name for name, _ in mods.ordered],
             "builtin": list(mods.builtin),
         },
-        "versions": {p: versions[p] for p in (*spec.packages, "python3.11") if p in versions},
+        "versions": {p: versions[p] for p in (*spec.packages, "python3.11") if p in versions} | cli_versions,
         "sizes": {
             "rootfs_dir": used,
             "rootfs_ext4": size,

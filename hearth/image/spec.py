@@ -55,7 +55,7 @@ FORBIDDEN_PACKAGES: tuple[str, ...] = (
 # listed so a kernel that has it as a module still boots.
 INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "ext4")
 
-GUEST_PACKAGES: tuple[str, ...] = ("hearth_agent", "hearth_example")
+GUEST_PACKAGES: tuple[str, ...] = ("hearth_agent", "hearth_example", "pyte", "wcwidth")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ImageSpec:
     build_version: int = BUILD_VERSION
     guest_files: dict[str, str] = field(default_factory=dict)  # image path → content digest (init scripts …)
     agent_files: dict[str, str] = field(default_factory=dict)  # path under /opt/hearth → content digest
+    clis: str = ""  # lock hash of clis/package-lock.json (Node + provider CLIs at /opt/hearth-clis)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -91,6 +92,7 @@ class ImageSpec:
             "chromium": self.chromium,
             "guest_files": dict(sorted(self.guest_files.items())),
             "agent_files": dict(sorted(self.agent_files.items())),
+            "clis": self.clis,
         }
 
     @property

@@ -1,12 +1,17 @@
 """The provider definition schema. One definition serves both sides: the paths the CLI writes in the browser
-sandbox and where they are installed in the user's CLI sandbox (the seed watched and injected different paths)."""
+sandbox and where they are installed in the user's CLI sandbox (the seed watched and injected different paths).
+
+A definition declares the sign-in *flows* its CLI offers (`loopback`, `paste_code`, `device_code`), each with its
+own command, environment, PTY prompts and URL filter. The sign-in *modes* a session can ask for derive from the
+flows (`Provider.modes()`, `Provider.flow_for(mode)`): `remote_browser` needs `loopback`; `direct` takes
+`device_code`, else `paste_code`. The guest agent checks the same schema with the stdlib (hearth_agent/providerdef.py).
+"""
 
 from __future__ import annotations
 
 import re
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -42,7 +47,7 @@ def _regex(value: str) -> str:
 
 
 class Prompt(BaseModel):
-    """When the CLI's output matches `expect`, type `send` (escapes like \\r are interpreted)."""
+    """When the rendered screen shows `expect`, type `send` (escapes like \\r are interpreted)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,8 +75,38 @@ class CredentialFileSpec(BaseModel):
         return _relative_path(v)
 
 
-def _loopback_only() -> dict[str, dict[str, Any]]:
-    return {"loopback": {}}
+class CliSpec(BaseModel):
+    """The npm package that provides the CLI (pinned in clis/package-lock.json) and the binary it installs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    package: str = Field(pattern=r"^(@[a-z0-9._-]+/)?[a-z0-9._-]+$")
+    bin: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class Flow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    prompts: list[Prompt] = Field(default_factory=list)
+    url_pattern: str = Field(r"https?://[^\s\x1b\"'<>]+", description="regex that finds the sign-in URL on screen")
+    url_must_contain: str = Field("", description="substring the sign-in URL must contain (filters other links)")
+    display: bool = Field(False, description="give the CLI the sandbox's DISPLAY (it opens the URL itself)")
+    code_pattern: str | None = Field(None, description="device_code: regex with (?P<code>...) finding the code")
+    code_prompt: str | None = Field(None, description="paste_code: regex matching the screen waiting for the code")
+
+    @field_validator("url_pattern", "code_prompt")
+    @classmethod
+    def _regexes(cls, v: str | None) -> str | None:
+        return None if v is None else _regex(v)
+
+    @field_validator("code_pattern")
+    @classmethod
+    def _code_group(cls, v: str | None) -> str | None:
+        if v is not None and "code" not in re.compile(_regex(v)).groupindex:
+            raise ValueError("code_pattern needs a named group (?P<code>...)")
+        return v
 
 
 class Provider(BaseModel):
@@ -79,15 +114,22 @@ class Provider(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
     display_name: str
-    command: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    prompts: list[Prompt] = Field(default_factory=list)
-    url_pattern: str = Field(r"https?://[^\s\x1b\"'<>]+", description="regex that finds the OAuth URL in the output")
-    url_must_contain: str = Field("", description="substring an OAuth URL must contain (filters other links)")
+    cli: CliSpec | None = Field(None, description="absent for CLIs that are not npm packages (example)")
     credential_files: list[CredentialFileSpec] = Field(min_length=1)
     timeout: float = Field(600, gt=0)
-    # Interim (i10b) until part A's flow definitions land, with part A's API (CONTRACT10.md): flow name → settings.
-    flows: dict[str, dict[str, Any]] = Field(default_factory=_loopback_only)
+    flows: dict[FlowName, Flow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Provider:
+        targets = [f.target for f in self.credential_files]
+        if len(set(targets)) != len(targets):
+            raise ValueError("credential_files targets must be unique")
+        for name, flow in self.flows.items():
+            if name is FlowName.DEVICE_CODE and flow.code_pattern is None:
+                raise ValueError("flows.device_code needs code_pattern (a regex with (?P<code>...))")
+            if name is FlowName.PASTE_CODE and flow.code_prompt is None:
+                raise ValueError("flows.paste_code needs code_prompt (a regex matching the code prompt)")
+        return self
 
     def modes(self) -> list[SigninMode]:
         out = []
@@ -111,15 +153,3 @@ class Provider(BaseModel):
                 return flow
         can = ", ".join(x.value for x in self.modes())
         raise UnsupportedMode(f"{self.display_name} cannot sign in in mode {m.value!r}; it can: {can}")
-
-    @field_validator("url_pattern")
-    @classmethod
-    def _url_regex(cls, v: str) -> str:
-        return _regex(v)
-
-    @model_validator(mode="after")
-    def _unique_targets(self) -> Provider:
-        targets = [f.target for f in self.credential_files]
-        if len(set(targets)) != len(targets):
-            raise ValueError("credential_files targets must be unique")
-        return self

@@ -1,4 +1,5 @@
-"""The guest packages (stdlib only: `hearth_agent`, `hearth_example`) as a directory a sandbox user can bind.
+"""The guest packages (`hearth_agent`, `hearth_example`, and the agent's only dependencies: `pyte` and `wcwidth`,
+pure Python, pinned in pyproject.toml) as a directory a sandbox user can bind.
 
 The installed source may sit where the unprivileged sandbox user cannot reach it (a checkout under /root), and
 bubblewrap resolves bind sources as that user. So the packages are copied — once per content — to
@@ -16,10 +17,13 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+import pyte
+import wcwidth
+
 import hearth_agent
 import hearth_example
 
-PACKAGES: tuple[ModuleType, ...] = (hearth_agent, hearth_example)
+PACKAGES: tuple[ModuleType, ...] = (hearth_agent, hearth_example, pyte, wcwidth)
 _SKIP = ("__pycache__",)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
+from hearth.providers import clis
+from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox import guestpkg
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
@@ -110,12 +112,17 @@ class NetnsDriver(Driver):
 
     def root_binds(self, guest: Path) -> list[str]:
         root = self.image_root()
+        host_clis = clis.installed()  # the pinned provider CLIs of this host (scripts/setup.sh), bound read-only
         if root is not None:  # the image's userspace, with this controller's agent (never an older one baked in)
-            return ["--ro-bind", str(root), "/", "--ro-bind", str(guest), GUEST_LIB]
+            binds = ["--ro-bind", str(root), "/", "--ro-bind", str(guest), GUEST_LIB]
+            if host_clis is not None and (root / GUEST_CLIS.lstrip("/")).is_dir():
+                binds += ["--ro-bind", str(host_clis), GUEST_CLIS]
+            return binds
         return [
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
             "--ro-bind", str(guest), GUEST_LIB,
+            *(["--ro-bind", str(host_clis), GUEST_CLIS] if host_clis is not None else []),
         ]  # fmt: skip
 
     def argv(self, spec: SandboxSpec, bwrap: str, guest: Path) -> list[str]:

@@ -153,8 +153,8 @@ def test_backoff_grows_while_a_service_keeps_dying_and_resets_when_stable() -> N
     assert svc.next_try - now == MIN_BACKOFF and svc.state == "failed" and svc.last_exit == 1
 
 
-def test_agent_is_stdlib_only() -> None:
-    allowed = set(sys.stdlib_module_names) | {"hearth_agent"}
+def test_agent_imports_only_the_stdlib_and_the_guest_packages() -> None:
+    allowed = set(sys.stdlib_module_names) | {m.__name__ for m in guestpkg.PACKAGES} - {"hearth_example"}
     for path in Path(next(iter(hearth_agent.__path__))).glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -206,6 +206,7 @@ def test_agent_process_under_system_python(tmp_path: Path, guest_path: Path) -> 
     err = proc.stderr.read().decode()
     lines = [json.loads(line) for line in err.splitlines()]  # JSON lines only
     assert any(line["msg"] == "agent stopped" for line in lines)
+    assert any(line.get("extension") == "hearth_agent.signin" for line in lines)  # pyte imports in the guest copy
     assert SECRET not in err
 
 

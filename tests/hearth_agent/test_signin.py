@@ -60,6 +60,7 @@ class Controller:
     url: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     credentials: list[dict[str, Any]] = field(default_factory=list)
+    signin: list[dict[str, Any]] = field(default_factory=list)  # what the person must see (full URL, codes)
     auth_seen: list[str] = field(default_factory=list)
     credential_attempts: int = 0
     fail_credentials: int = 0  # answer the first N credential pushes with 503
@@ -80,7 +81,7 @@ def controller() -> Iterator[Controller]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             auth = self.headers.get("Authorization", "")
-            m = re.fullmatch(r"/agent/v1/sessions/([^/]+)/(events|credentials)", self.path)
+            m = re.fullmatch(r"/agent/v1/sessions/([^/]+)/(events|credentials|signin)", self.path)
             with lock:
                 ctl.auth_seen.append(auth)
                 code = 200
@@ -90,6 +91,8 @@ def controller() -> Iterator[Controller]:
                     code = 404
                 elif m.group(2) == "events":
                     ctl.events.append(body)
+                elif m.group(2) == "signin":
+                    ctl.signin.append(body)
                 else:
                     ctl.credential_attempts += 1
                     if ctl.credential_attempts <= ctl.fail_credentials:
@@ -248,14 +251,14 @@ def login_body(issuer: str) -> dict[str, Any]:
     return {"provider": example_provider(), "env": {"HEARTH_EXAMPLE_ISSUER": issuer, "PYTHONPATH": str(REPO)}}
 
 
-def fake_provider(script: str, timeout: float = 60, **extra: Any) -> dict[str, Any]:
+def fake_provider(script: str, timeout: float = 60, flow: str = "loopback", **extra: Any) -> dict[str, Any]:
+    """A definition whose one flow runs `script` (extra keys go into the flow: prompts, url_must_contain, …)."""
     return {
         "name": "fake",
         "display_name": "Fake CLI",
-        "command": [sys.executable, "-c", script],
         "credential_files": [{"source": ".fake/creds.json", "target": ".fake/creds.json", "mode": 0o600}],
         "timeout": timeout,
-        **extra,
+        "flows": {flow: {"command": [sys.executable, "-c", script], **extra}},
     }
 
 
@@ -318,7 +321,8 @@ def test_cli_exiting_without_credentials_fails_with_a_redacted_reason(agent: Age
     status = agent.finished()
     assert status["state"] == "failed"
     reason = status["reason"]
-    assert reason.startswith("CLI exited with 1: fatal: cannot reach the server, token=[redacted]"), reason
+    expected = "CLI exited with 1 while waiting for the sign-in URL: fatal: cannot reach the server, token=[redacted]"
+    assert reason.startswith(expected), reason  # the step, then the rendered screen's last lines
     assert "abcdef0123456789xyz" not in reason
     ctl = agent.controller
     wait_for(lambda: "login_failed" in ctl.names(), what="login_failed")
@@ -338,7 +342,7 @@ def test_timeout_kills_the_cli_and_its_children(agent: Agent) -> None:
     assert agent.call("POST", "/v1/login", {"provider": fake_provider(script, timeout=1.5)})[0] == 202
     status = agent.finished()
     assert status["state"] == "failed"
-    assert status["reason"] == "timed out after 1.5 s waiting for the sign-in URL"
+    assert status["reason"] == "timed out after 1.5 s waiting for the sign-in URL (screen: waiting for nothing)"
     wait_for(lambda: "login_failed" in agent.controller.names(), what="login_failed")
     pids = [int(p) for p in (agent.home / "pids").read_text().split()]
 
@@ -432,9 +436,14 @@ def test_cancel_ends_a_running_login(agent: Agent) -> None:
 def test_login_requests_are_checked(agent: Agent) -> None:
     code, out = agent.call("POST", "/v1/login", {"provider": fake_provider("pass")}, secret="wrong-secret-000000")
     assert code == 401
-    missing = {**fake_provider("pass"), "command": ["no-such-cli-hearth"]}
+    missing = {**fake_provider("pass"), "flows": {"loopback": {"command": ["no-such-cli-hearth"]}}}
     code, out = agent.call("POST", "/v1/login", {"provider": missing})
-    assert code == 400 and "not installed" in out["error"]
+    assert code == 424 and "not installed" in out["error"]
+    npm_cli = {**missing, "cli": {"package": "@example/no-such-cli", "bin": "no-such-cli-hearth"}}
+    code, out = agent.call("POST", "/v1/login", {"provider": npm_cli})
+    assert code == 424 and "run `hearth image build`" in out["error"]
+    code, out = agent.call("POST", "/v1/login", {"provider": fake_provider("pass"), "flow": "device_code"})
+    assert code == 400 and out["error"] == "fake has no 'device_code' flow; it has: loopback"
     escape = {**fake_provider("pass"), "credential_files": [{"source": "../x", "target": "x"}]}
     assert agent.call("POST", "/v1/login", {"provider": escape})[0] == 400
     assert agent.call("POST", "/v1/login", {"provider": fake_provider("pass"), "env": {"A": 1}})[0] == 400
@@ -553,8 +562,13 @@ def test_every_builtin_definition_is_accepted_as_the_controller_sends_it() -> No
     from hearth.providers.registry import load
 
     for name, provider in load().items():
-        parsed = parse_provider(provider.model_dump())  # what the controller posts to /v1/login
-        assert (parsed.name, parsed.command, parsed.timeout) == (name, provider.command, provider.timeout)
+        parsed = parse_provider(provider.model_dump(mode="json"))  # what the controller posts to /v1/login
+        assert (parsed.name, parsed.timeout) == (name, provider.timeout)
+        assert parsed.cli_bin == (provider.cli.bin if provider.cli else None)
         assert [f.target for f in parsed.files] == [f.target for f in provider.credential_files]
-        assert [p.send for p in parsed.prompts] == [p.send for p in provider.prompts]
+        assert sorted(parsed.flows) == sorted(f.value for f in provider.flows)
+        for flow_name, flow in provider.flows.items():
+            got = parsed.flow(flow_name.value)
+            assert (got.command, got.env, got.display) == (flow.command, flow.env, flow.display)
+            assert [p.send for p in got.prompts] == [p.send for p in flow.prompts]
     assert unescape("y\\r") == "y\r" and unescape("\\x1b[B\\n") == "\x1b[B\n"

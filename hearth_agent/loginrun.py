@@ -1,0 +1,417 @@
+"""One CLI sign-in attempt: the provider's CLI in a PTY, read the way a person reads it.
+
+The PTY output feeds a VT screen (hearth_agent/screen.py). A watcher thread, every POLL, looks at the rendered
+screen: answers the flow's prompts (once a prompt has stayed on screen for PROMPT_SETTLE — a TUI may not take
+input before it finished drawing), finds the sign-in URL (BROWSER/xdg-open hook spool, OSC 8 hyperlinks, the
+rendered screen), the device code (`code_pattern`) or the code prompt (`code_prompt`), and watches the credential
+files. What the person must see is pushed to the controller as a `signin` message whenever it changes; the full
+URL goes only there (events and logs get scheme://host/path).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hearth_agent import homefs
+from hearth_agent.controller import Outbox, redact, url_host, url_summary
+from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
+from hearth_agent.ptyproc import PtyProcess, TermText
+from hearth_agent.screen import COLS, ROWS, Screen
+
+log = logging.getLogger("hearth_agent")
+
+SPOOL = ".hearth/browser-urls"  # written by browser_hook.py (as $BROWSER and as xdg-open): "<unix time> <url>\n"
+POLL = 0.1
+PROMPT_SETTLE = 0.3  # a prompt is answered once it has been on screen this long
+PROMPT_RETRY = 3.0  # an answer the screen did not react to is typed again after this long (twice at most)
+URL_QUIET = 1.0  # a URL at the very end of the screen is taken once the CLI was quiet this long
+CODE_RESULT_QUIET = 0.5  # after a pasted code: the screen settled this long before reading the CLI's verdict
+EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
+CREDENTIALS_BUDGET = 30.0
+MAX_CODE = 512
+_TRAILING = ".,;:!?'\")]}>│┃|"
+_ERROR_LINE = re.compile(r"(?i)\b(invalid|error|failed|failure|expired|wrong|denied|incorrect|try again)\b")
+
+
+def _digest(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.sha256(data).digest()
+
+
+class CodeRefused(Exception):
+    """A pasted code cannot be sent now (HTTP 409) or is malformed (HTTP 400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_code(code: Any) -> str:
+    if not isinstance(code, str) or not code.strip():
+        raise CodeRefused(400, "code must be a non-empty string")
+    code = code.strip()
+    if len(code) > MAX_CODE:
+        raise CodeRefused(400, f"code is longer than {MAX_CODE} characters; paste only the code the page shows")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in code):
+        raise CodeRefused(400, "code contains control characters; paste only the code the page shows")
+    return str(code)
+
+
+class LoginRun:
+    def __init__(
+        self,
+        p: ProviderDef,
+        flow: FlowDef,
+        env: dict[str, str],
+        home: str,
+        open_url: Callable[[str], None] | None,
+        outbox: Outbox,
+    ) -> None:
+        self.p, self.flow, self.home, self._open_url, self._outbox = p, flow, home, open_url, outbox
+        self.state, self.reason, self.url_host, self.answered = "running", "", "", 0
+        self._lock = threading.Lock()
+        self._term = TermText()
+        self._screen = Screen()
+        self._last_output = time.monotonic()
+        self._seen_since = [0.0] * len(flow.prompts)  # when each prompt's text appeared (0: not on screen)
+        self._answered_at: list[tuple[float, int]] = [(0.0, -1)] * len(flow.prompts)  # (when, screen version)
+        self._answers = [0] * len(flow.prompts)
+        self._baseline = [0] * len(flow.prompts)  # occurrences on screen when last answered
+        self._retries = [0] * len(flow.prompts)
+        self._url: str | None = None
+        self.user_code: str | None = None
+        self.awaiting_code = False
+        self.message: str | None = None
+        self._code_sent: tuple[int, set[str]] | None = None  # (screen version, error lines shown) at submission
+        self._pushed: dict[str, Any] | None = None
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        spool = self._read(SPOOL, 1 << 20, note=False)
+        self._spool_off = len(spool or b"")
+        self._initial = {f.source: _digest(self._read(f.source)) for f in p.files}  # only new content counts
+        self._snapshot: list[bytes | None] | None = None
+        self._problem = ""
+        self._pty = PtyProcess(flow.command, env, home, self._on_output, cols=COLS, rows=ROWS)
+        self._t0 = time.monotonic()
+
+    # ---- public ----
+    def start(self) -> None:
+        self._pty.start()  # OSError when it cannot be started
+        log.info("login started", extra={"provider": self.p.name, "flow": self.flow.name, "pid": self._pty.pid})
+        self._outbox.event("login_started", redact(f"{self.p.name} ({self.flow.name}): {' '.join(self.flow.command)}"))
+        threading.Thread(target=self._main, name=f"login-{self.p.name}", daemon=True).start()
+
+    @property
+    def active(self) -> bool:
+        return not self._done.is_set()
+
+    def cancel(self, wait: float = 10.0) -> None:
+        self._cancel.set()
+        self._done.wait(wait)
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def screen_tail(self, n: int = 12) -> str:
+        with self._lock:
+            return "\n".join(redact(line, 300) for line in self._screen.tail(n))
+
+    def status(self) -> dict[str, Any]:
+        tail = self.screen_tail()
+        with self._lock:
+            return {
+                "state": self.state,
+                "provider": self.p.name,
+                "flow": self.flow.name,
+                "url_host": self.url_host or None,
+                "reason": self.reason or None,
+                "prompts_answered": self.answered,
+                "awaiting_code": self.awaiting_code,
+                "screen_tail": tail,
+            }
+
+    def submit_code(self, code: Any) -> None:
+        """Type a pasted code + Enter into the CLI (paste_code flows waiting for it)."""
+        code = check_code(code)
+        with self._lock:
+            if self.flow.name != "paste_code":
+                raise CodeRefused(409, f"this sign-in is a {self.flow.name} flow; it takes no pasted code")
+            if not self.active or self.state not in ("running", "url_captured"):
+                raise CodeRefused(409, f"the sign-in is {self.state}; start a new one")
+            if not self.awaiting_code:
+                raise CodeRefused(409, "the CLI is not waiting for a code now")
+            self.awaiting_code, self.message = False, None
+            self._code_sent = (self._screen.version, set(self._error_lines()))
+        ok = self._pty.write(code)
+        time.sleep(0.2)  # a TUI takes text and Enter in one read as a paste: Enter comes on its own
+        ok = self._pty.write("\r") and ok
+        if not ok:
+            raise CodeRefused(409, "the CLI did not take the code (it stopped reading its input)")
+        log.info("code typed into the CLI", extra={"provider": self.p.name})
+        self._outbox.event("code_submitted", self.flow.name)
+        self._push_prompt()
+
+    # ---- PTY output (reader thread) ----
+    def _on_output(self, raw: bytes) -> None:
+        _, replies = self._term.feed(raw)
+        for reply in replies:
+            self._pty.write(reply)
+        with self._lock:
+            self._last_output = time.monotonic()
+            self._screen.feed(raw)
+
+    # ---- reading the screen (watcher thread, under the lock) ----
+    def _error_lines(self) -> list[str]:
+        return [ln.strip() for ln in self._screen.visible().splitlines() if _ERROR_LINE.search(ln)]
+
+    def _answer_prompts(self, now: float, visible: str) -> None:
+        """A prompt is answered when a new occurrence of it is on screen (Ink redraws in place: same count; a
+        line-based CLI asking again: one more), once it stayed PROMPT_SETTLE; typed again when the screen did not
+        react at all for PROMPT_RETRY (a TUI that was not reading its input yet), at most twice."""
+        for i, prompt in enumerate(self.flow.prompts):
+            n = len(prompt.expect.findall(visible))
+            if n == 0:
+                self._seen_since[i], self._baseline[i] = 0.0, 0
+                continue
+            when, version = self._answered_at[i]
+            if n <= self._baseline[i]:
+                ignored = when and version == self._screen.version and now - when >= PROMPT_RETRY
+                if ignored and self._retries[i] < 2:
+                    self._retries[i] += 1
+                    self._type_answer(i, now)
+                continue
+            if prompt.once and self._answers[i]:
+                continue
+            if not self._seen_since[i]:
+                self._seen_since[i] = now
+            if now - self._seen_since[i] >= PROMPT_SETTLE:
+                self._baseline[i], self._seen_since[i], self._retries[i] = n, 0.0, 0
+                self._type_answer(i, now)
+
+    def _type_answer(self, i: int, now: float) -> None:
+        if self._pty.write(self.flow.prompts[i].send):
+            self.answered += 1
+            self._answers[i] += 1
+            log.info("prompt answered", extra={"provider": self.p.name, "event": f"prompt {i + 1}"})
+        self._answered_at[i] = (now, self._screen.version)
+
+    def _scan_screen(self, now: float) -> None:
+        visible = self._screen.visible()
+        self._answer_prompts(now, visible)
+        quiet = now - self._last_output >= URL_QUIET
+        if self._url is None:
+            for link in self._term.links:
+                self._candidate(link, "terminal hyperlink")
+        if self._url is None:
+            text, cursor = self._screen.joined(), self._screen.cursor_offset()
+            for m in self.flow.url_pattern.finditer(text):
+                if quiet or m.end() < cursor or text[m.end() :].strip():  # the CLI moved on: drawn completely
+                    self._candidate(m.group(0).rstrip(_TRAILING), "screen")
+        if self.flow.code_pattern is not None and self.user_code is None:
+            found = self.flow.code_pattern.search(self._screen.joined())
+            if found is not None and found.group("code"):
+                self.user_code = found.group("code")
+                log.info("device code shown", extra={"provider": self.p.name})
+        if self.flow.code_prompt is not None and self._url is not None:
+            self._check_code_prompt(now, visible)
+
+    def _check_code_prompt(self, now: float, visible: str) -> None:
+        assert self.flow.code_prompt is not None
+        on_screen = self.flow.code_prompt.search(visible) is not None
+        if self._code_sent is None:
+            if on_screen and not self.awaiting_code:
+                self.awaiting_code = True
+            return
+        version, errors_before = self._code_sent
+        if self._screen.version == version or now - self._last_output < CODE_RESULT_QUIET or not on_screen:
+            return
+        new_errors = [ln for ln in self._error_lines() if ln not in errors_before]
+        if new_errors:  # the CLI refused the code and asks again: show its own words
+            self.awaiting_code, self.message, self._code_sent = True, redact(new_errors[-1], 300), None
+            log.info("the CLI refused the code", extra={"provider": self.p.name})
+
+    def _candidate(self, url: str, source: str) -> None:
+        """The first http(s) URL containing url_must_contain is the sign-in URL (opened in Chromium for loopback)."""
+        must = self.flow.url_must_contain
+        if self._url is not None or not url.startswith(("http://", "https://")) or must not in url:
+            return
+        if any(c.isspace() or ord(c) < 0x20 for c in url):
+            return
+        self._url, self.url_host = url, url_host(url)
+        if self.state == "running":
+            self.state = "url_captured"
+        summary = url_summary(url)
+        log.info(f"sign-in URL captured from the {source}: {summary}", extra={"provider": self.p.name})
+        self._outbox.event("url_captured", summary)
+        if self._open_url is not None:
+            threading.Thread(target=self._open, args=(url,), name="open-url", daemon=True).start()
+
+    def _open(self, url: str) -> None:
+        assert self._open_url is not None
+        try:
+            self._open_url(url)
+        except Exception as exc:  # the message may hold the URL: log the type only
+            log.warning("opening the sign-in URL failed", extra={"error": type(exc).__name__})
+
+    def _push_prompt(self) -> None:
+        """Tell the controller what the person must see, when it changed (the full URL goes only here)."""
+        with self._lock:
+            if self._url is None or (self.flow.code_pattern is not None and self.user_code is None):
+                return
+            body = {
+                "flow": self.flow.name,
+                "url": self._url,
+                "user_code": self.user_code,
+                "awaiting_code": self.awaiting_code,
+                "message": self.message,
+            }
+            if body == self._pushed:
+                return
+            self._pushed = body
+        self._outbox.submit("signin", body, 15.0)
+
+    # ---- the watcher (its own thread) ----
+    def _main(self) -> None:
+        try:
+            outcome = self._watch()
+        except Exception as exc:
+            log.error("login watcher failed", extra={"provider": self.p.name, "error": type(exc).__name__})
+            outcome = f"agent error: {type(exc).__name__}"
+        try:
+            if isinstance(outcome, list):
+                self._deliver(outcome)
+            else:
+                self._pty.terminate()
+                self._finish("failed", outcome or "cancelled", push=outcome is not None)
+        finally:
+            self._pty.terminate()
+            self._pty.close()
+            self._done.set()
+
+    def _watch(self) -> list[tuple[FileDef, bytes]] | str | None:
+        """Files when complete; a failure reason; None when cancelled."""
+        exited_at: float | None = None
+        code, version = 0, -1
+        while not self._cancel.wait(POLL):
+            now = time.monotonic()
+            self._read_spool()
+            with self._lock:
+                if self._screen.version != version or now - self._last_output < URL_QUIET + POLL:
+                    version = self._screen.version
+                    self._scan_screen(now)
+                elif self._code_sent is not None or any(self._seen_since):
+                    self._scan_screen(now)
+            self._push_prompt()
+            found = self._check_files()
+            if found is not None:
+                return found
+            if exited_at is None:
+                status = self._pty.exited()
+                if status is not None:
+                    exited_at, code = now, status
+            elif now - exited_at >= EXIT_GRACE:
+                return self._exit_reason(code)
+            if now - self._t0 >= self.p.timeout:
+                return f"timed out after {self.p.timeout:g} s waiting for {self._step()} (screen: {self._last_lines()})"
+        return None
+
+    def _step(self) -> str:
+        if self._url is None:
+            return "the sign-in URL"
+        if self.flow.name == "paste_code" and self._code_sent is None:
+            return "the pasted code"
+        return "the credentials (sign-in not finished)"
+
+    def _last_lines(self, n: int = 3) -> str:
+        with self._lock:
+            lines = self._screen.tail(n)
+        return redact(" | ".join(lines), 300) if lines else "no output"
+
+    def _exit_reason(self, code: int) -> str:
+        self._pty.output_closed(1.0)
+        step = self._step()
+        return f"CLI exited with {code} while waiting for {step}: {self._last_lines()} ({self._problem or 'no credentials'})"
+
+    def _read(self, path: str, limit: int = homefs.MAX_FILE, note: bool = True) -> bytes | None:
+        try:
+            return homefs.read_file(self.home, path, limit)
+        except homefs.PathRefused as exc:
+            if note:
+                self._problem = str(exc)
+            return None
+
+    def _read_spool(self) -> None:
+        if self._url is not None:
+            return
+        data = self._read(SPOOL, 1 << 20, note=False) or b""
+        if len(data) < self._spool_off:  # replaced: read it from the start
+            self._spool_off = 0
+        end = data.rfind(b"\n") + 1
+        if end <= self._spool_off:
+            return
+        lines = data[self._spool_off : end].decode(errors="replace").splitlines()
+        self._spool_off = end
+        with self._lock:
+            for line in lines:
+                self._candidate(line.partition(" ")[2].strip(), "browser hook")
+
+    def _check_files(self) -> list[tuple[FileDef, bytes]] | None:
+        """All files present, non-empty, new, valid JSON where required, and unchanged since the last poll."""
+        contents = [self._read(f.source) for f in self.p.files]
+        for f, data in zip(self.p.files, contents, strict=True):
+            problem = ""
+            if data is None:
+                problem = "missing"
+            elif not data.strip():
+                problem = "empty"
+            elif _digest(data) == self._initial[f.source]:
+                problem = "not rewritten"
+            elif f.require_json:
+                try:
+                    json.loads(data)
+                except ValueError:
+                    problem = "not JSON yet"
+            if problem:
+                self._problem, self._snapshot = f"{f.source}: {problem}", None
+                return None
+        previous, self._snapshot = self._snapshot, contents
+        if previous != contents:
+            return None  # stable for one poll first
+        return [(f, d) for f, d in zip(self.p.files, contents, strict=True) if d is not None]
+
+    def _deliver(self, found: list[tuple[FileDef, bytes]]) -> None:
+        targets = ", ".join(f.target for f, _ in found)
+        log.info(f"credentials found: {targets}", extra={"provider": self.p.name})
+        self._outbox.event("credentials_found", targets)
+        body = {
+            "provider": self.p.name,
+            "files": [{"target": f.target, "mode": f.mode, "data_b64": base64.b64encode(d).decode()} for f, d in found],
+        }
+        pushed = self._outbox.submit("credentials", body, CREDENTIALS_BUDGET)
+        deadline = time.monotonic() + 2.0  # the CLI may finish on its own (it has what it needs)
+        while self._pty.exited() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._pty.terminate()
+        try:
+            pushed.result(timeout=CREDENTIALS_BUDGET + 60)
+        except Exception as exc:
+            self._finish("failed", f"could not deliver the credentials to the controller: {exc}")
+            return
+        self._finish("captured", "")
+        log.info("credentials pushed to the controller", extra={"provider": self.p.name})
+
+    def _finish(self, state: str, reason: str, push: bool = True) -> None:
+        with self._lock:
+            self.state, self.reason = state, reason
+            self.awaiting_code = False
+        if state == "failed":
+            log.warning(f"login failed: {reason}", extra={"provider": self.p.name})
+            if push:
+                self._outbox.event("login_failed", reason)
