@@ -143,7 +143,7 @@ PASTE_PAGE = (
     "data:text/html,<body style='margin:0;background:%23c0392b'><textarea autofocus "
     "style='position:fixed;top:60px;left:60px;width:600px;height:300px' oninput=\"document.body.style.background="
     "this.value.includes('VIEWONLY')?'%230000ff':this.value.includes('pasted-from-person')?'%2300ff00':'%23c0392b'"
-    "\"></textarea></body>"
+    '"></textarea></body>'
 )
 
 
