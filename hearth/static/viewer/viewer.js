@@ -107,19 +107,33 @@ window.WebSocket = function (url, protocols) {
 window.WebSocket.prototype = NativeWS.prototype;
 Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
 
-// Ctrl/Cmd+V in the viewer: this computer's clipboard goes to the remote desktop first (RFB ClientCutText; the
-// VNC server sets the X selection), then the keystroke, so the remote browser pastes it (password managers).
+// Ctrl/Cmd+V in the viewer pastes this computer's clipboard into the remote browser (password managers). x11vnc
+// (0.9.16) takes RFB ClientCutText but does not serve it to X clients as a selection, so the text is typed: one key
+// event pair per character (keysym = Latin-1 code point, else 0x01000000 + code point), after the clipboard message.
+const PASTE_MAX = 4096;
+function keysymOf(ch) {
+  const cp = ch.codePointAt(0);
+  if (ch === "\n") return 0xff0d;
+  if (ch === "\t") return 0xff09;
+  return cp < 0x100 ? cp : 0x01000000 + cp;
+}
 window.addEventListener("keydown", (ev) => {
   if (!rfb || viewOnly || !(ev.ctrlKey || ev.metaKey) || ev.key.toLowerCase() !== "v") return;
   if (!navigator.clipboard || !navigator.clipboard.readText) return;  // no Clipboard API: noVNC sends the keys
   ev.preventDefault();
   ev.stopImmediatePropagation();
   navigator.clipboard.readText().then((text) => {
-    if (!rfb) return;
-    if (text) rfb.clipboardPasteFrom(text);
-    rfb.sendKey(0xffe3, "ControlLeft", true);
-    rfb.sendKey(0x0076, "KeyV");
-    rfb.sendKey(0xffe3, "ControlLeft", false);
+    if (!rfb || !text) return;
+    const chars = Array.from(text.replace(/\r\n?/g, "\n")).slice(0, PASTE_MAX);
+    rfb.clipboardPasteFrom(chars.join(""));
+    // The Ctrl/Cmd key of this shortcut went to the remote desktop already: release it there before typing.
+    for (const [sym, code] of [[0xffe3, "ControlLeft"], [0xffe4, "ControlRight"], [0xffe7, "MetaLeft"], [0xffe8, "MetaRight"], [0xffeb, "OSLeft"], [0xffec, "OSRight"]]) {
+      rfb.sendKey(sym, code, false);
+    }
+    for (const ch of chars) {
+      if (ch.codePointAt(0) < 0x20 && ch !== "\n" && ch !== "\t") continue;
+      rfb.sendKey(keysymOf(ch), null);
+    }
     window.hearthPasted = (window.hearthPasted || 0) + 1;
   }).catch(() => {});
 }, true);
