@@ -18,6 +18,7 @@ from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import running_controller
 from tests.prefixproxy import prefix_proxy
+from tests.session import test_signin_direct_e2e as direct
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -222,3 +223,62 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
             assert await page.evaluate(TOP_ROWS, list(BLUE)) == 0  # the view-only viewer's paste never arrived
         finally:
             await browser.close()
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_settings: Callable[..., Settings]) -> None:
+    """The page of a direct-mode sign-in, in a real browser: the link and the device code in plain words; for a
+    paste-code sign-in a field whose value the agent types into the CLI — a wrong code shows the CLI's own error,
+    the right one finishes with "Done — … is signed in in your workspace". (The provider's pages are visited by the
+    test from inside the fabric namespace, where the example IdP listens.)"""
+    from playwright.async_api import async_playwright
+
+    settings = make_settings(HEARTH_FABRIC_OPEN_PORTS=str(direct.IDP_PORT), HEARTH_EXAMPLE_ISSUER=direct.ISSUER)
+    netns = settings.fabric_netns
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        async_playwright() as pw,
+    ):
+        server, _ = await asyncio.to_thread(direct.start_idp, settings)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1000, "height": 700})
+            name = ctl.ctl.providers["example"].display_name
+            start = {"user_id": "pat", "provider": "example", "mode": "direct"}
+            started = (await http.post("/api/auth/start", json=start)).json()
+            await page.goto(started["viewer_url"])
+            await page.wait_for_function("document.getElementById('code').textContent.length === 9", timeout=60_000)
+            assert await page.inner_text("#headline") == f"Sign in to {name} in your own browser"
+            assert (await page.inner_text("#open-step")).startswith("Open this link and sign in: http://")
+            code = await page.inner_text("#code")
+            assert await page.inner_text("#code-step") == f"Enter this code: {code}"
+            assert await page.get_attribute("#link", "href") == f"{direct.ISSUER}/device"
+            assert await page.is_visible("#waiting") and not await page.is_visible("#paste")
+            assert not await page.is_visible("#details #stages")  # timings only behind the toggle
+            await asyncio.to_thread(direct.browse, netns, f"{direct.ISSUER}/device/approve", {"user_code": code})
+            done = f"Done — {name} is signed in in your workspace"
+            await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
+
+            example = ctl.ctl.providers["example"]
+            flows = {k: v for k, v in example.flows.items() if k != "device_code"}
+            ctl.ctl.providers["example"] = example.model_copy(update={"flows": flows})
+            started = (await http.post("/api/auth/start", json=start)).json()
+            await page.goto(started["viewer_url"])
+            await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
+            url = await page.get_attribute("#link", "href")
+            assert url is not None and url.startswith(f"{direct.ISSUER}/authorize?")
+            await page.fill("#paste-input", "not-the-code")
+            await page.click("#paste button")
+            await page.wait_for_selector("#cli-message", state="visible", timeout=60_000)
+            assert (await page.inner_text("#cli-message")).startswith("Invalid code")
+            assert await page.is_visible("#paste-input")  # the person can retry
+            right = await asyncio.to_thread(direct.approve_and_read_code, netns, url)
+            await page.fill("#paste-input", right)
+            await page.click("#paste button")
+            await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
+            assert await page.inner_text("#message") == done
+        finally:
+            await browser.close()
+            server.shutdown()
+            server.server_close()

@@ -157,6 +157,7 @@ function headlineFor(s) {
 
 function showDirect(s) {
   $("direct").style.display = "block";
+  screenEl.style.display = "none";  // no remote desktop in direct mode
   const p = s.signin;
   const live = !TERMINAL.includes(s.status) && s.status !== "credentials_captured" && s.status !== "delivered";
   $("open-step").hidden = !p || !live;
