@@ -19,7 +19,7 @@ from hearth.doctor import host, session
 from hearth.doctor.context import BUDGET, Context, ControllerLike, Parts, Target, parts_of, run_steps
 from hearth.doctor.report import CheckResult, Report
 from hearth.errors import HearthError, Hop
-from hearth.sandbox.base import Driver, SandboxSpec
+from hearth.sandbox.base import Driver
 from hearth.sandbox.select import BUILDERS
 from hearth.session.service import SessionNotFound, SessionService
 
@@ -42,7 +42,6 @@ def _driver_for(parts: Parts, name: str) -> tuple[Driver | None, str]:
 async def resolve(parts: Parts, service: SessionService, session_id: str) -> Target:
     """The session's view and slot, the spec its driver derives everything from, and that driver."""
     view = await service.get(session_id)  # SessionNotFound propagates
-    s = parts.settings
     if view.slot is not None:
         index = view.slot
     elif view.sandbox_ip:
@@ -50,17 +49,7 @@ async def resolve(parts: Parts, service: SessionService, session_id: str) -> Tar
     else:
         index = 0
     slot = service.ipam.slot(index)
-    spec = SandboxSpec(
-        session_id=view.id,
-        slot=slot,
-        workdir=s.data_dir / "sandboxes" / slot.netns,
-        secret=service.secret_of(view.id) or "",
-        screen=s.screen,
-        start_url=s.start_url,
-        chromium=s.chromium,
-        rfb_port=s.rfb_port,
-        agent_port=s.agent_port,
-    )
+    spec = service.spec(view.id, slot, view.mode)  # the one builder (it also knows the agent secret)
     drv, problem = _driver_for(parts, view.driver)
     return Target(view, slot, view.sandbox_ip or str(slot.ip), spec, drv, problem)
 

@@ -144,6 +144,13 @@ def sandbox_gone(ctx: Context) -> str | None:
     return None
 
 
+def no_desktop(ctx: Context) -> str | None:
+    """Why a desktop check (VNC, RFB, gateway) does not apply: a direct-mode sandbox has no desktop."""
+    if not ctx.need_target().spec.desktop:
+        return "a direct-mode session has no desktop (no VNC, no RFB, no viewer)"
+    return sandbox_gone(ctx)
+
+
 @dataclass(frozen=True)
 class Step:
     name: str

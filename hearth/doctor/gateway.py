@@ -9,7 +9,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from hearth.doctor.context import Context, Step, Target, sandbox_gone
+from hearth.doctor.context import Context, Step, Target, no_desktop
 from hearth.doctor.report import Finding
 from hearth.errors import Hop
 from hearth.gateway.tokens.base import Scope
@@ -92,7 +92,7 @@ def _no_gateway(ctx: Context) -> str | None:
         return "no controller URL (--api)"
     if p.tokens is None and not p.api_key:
         return "no API key (HEARTH_API_KEYS) to request a viewer token"
-    return sandbox_gone(ctx)
+    return no_desktop(ctx)
 
 
 GATEWAY_STEP = Step("gateway", Hop.GATEWAY, gateway, RFB_TIMEOUT + 0.2, needs=("rfb",), skip=_no_gateway)

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from hearth.doctor import probes
-from hearth.doctor.context import Context, Step, Target, sandbox_gone
+from hearth.doctor.context import Context, Step, Target, no_desktop, sandbox_gone
 from hearth.doctor.gateway import GATEWAY_STEP, RFB_TIMEOUT
 from hearth.doctor.report import Finding
 from hearth.errors import Hop
@@ -329,8 +329,8 @@ STEPS = [
     Step("address conflict", Hop.ARP, conflict, 0.4, needs=("neighbour",), skip=sandbox_gone),
     Step("icmp", Hop.ICMP, icmp, 0.5, needs=("neighbour",), skip=sandbox_gone),
     Step("agent", Hop.AGENT, agent, 0.9, needs=("neighbour",), skip=sandbox_gone, timeout_hint="the agent is hung"),
-    Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=sandbox_gone),
-    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=sandbox_gone, timeout_hint="x11vnc is hung"),
+    Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=no_desktop),
+    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=no_desktop, timeout_hint="x11vnc is hung"),
     GATEWAY_STEP,
 ]
 ADVISORIES = [Step("port isolation", Hop.LINK, isolation, 0.3, needs=("link",), on_path=False, skip=sandbox_gone)]

@@ -107,9 +107,10 @@ class SessionService:
 
     # ---- naming (pure) ---------------------------------------------------------------------------
     def spec(self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER) -> SandboxSpec:
-        """The sandbox of a session; `mode` decides whether it has a desktop (destroying needs only the slot)."""
+        """The sandbox of a session; `mode` decides whether it has a desktop (destroying needs only the slot). The
+        agent secret is the live sandbox's (made at boot), empty for one this controller does not run."""
         s = self.settings
-        secret = self._secrets.setdefault(session_id, secrets.token_urlsafe(32))
+        secret = self._secrets.get(session_id, "")
         return SandboxSpec(
             session_id=session_id,
             slot=slot,
@@ -388,6 +389,7 @@ class SessionService:
                 async with AsyncExitStack() as undo:
                     undo.push_async_callback(self.ipam.release, sid)
                     mark("lease")
+                    self._secrets.setdefault(sid, secrets.token_urlsafe(32))
                     spec = self.spec(sid, slot, mode)
                     undo.push_async_callback(self._destroy_quietly, spec)
                     info = await self.driver.start(spec, mark)

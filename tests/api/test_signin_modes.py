@@ -84,6 +84,13 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             names = await asyncio.to_thread(process_names, f"{settings.fabric_netns}-s{slot}")
             assert "python3" in names and not DESKTOP & names, names
 
+            # `hearth doctor` walks the path up to the agent; the desktop hops do not apply.
+            report = (await http.get(f"/api/diagnostics/{sid}")).json()
+            checks = {c["name"]: c for c in report["checks"]}
+            assert report["first_failure"] is None and checks["agent"]["ok"] is True, report
+            assert checks["vnc"]["ok"] is None and "no desktop" in checks["vnc"]["evidence"], checks["vnc"]
+            assert checks["rfb"]["ok"] is None and checks["gateway"]["ok"] is None
+
             # No viewer WebSocket for a session without a desktop: an explicit close naming why.
             host, port = settings.listen_host_port
             got = await asyncio.to_thread(
