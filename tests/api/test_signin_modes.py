@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.model import FlowName
@@ -83,6 +84,28 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             slot = int(str(body["sandbox_ip"]).rsplit(".", 1)[1]) - 2
             names = await asyncio.to_thread(process_names, f"{settings.fabric_netns}-s{slot}")
             assert "python3" in names and not DESKTOP & names, names
+
+            # The signin callback (agent → controller, inside the fabric) takes only this sandbox's secret and a
+            # well-formed prompt.
+            async def push(body: dict[str, object], secret: str) -> int:
+                status, _ = await http_json(
+                    settings.fabric_netns,
+                    str(settings.bridge_ip),
+                    settings.callback_port,
+                    "POST",
+                    f"/agent/v1/sessions/{sid}/signin",
+                    5,
+                    body,
+                    secret,
+                )
+                return status
+
+            good = {"flow": "paste_code", "url": "https://idp.test/authorize?x=1", "awaiting_code": True}
+            assert await push(good, "not-the-secret-0000") == 401
+            secret = ctl.ctl.service.secret_of(sid)
+            assert secret is not None
+            assert await push({**good, "url": "javascript:alert(1)"}, secret) == 400
+            assert await push({**good, "flow": "fax"}, secret) == 400
 
             # `hearth doctor` walks the path up to the agent; the desktop hops do not apply.
             report = (await http.get(f"/api/diagnostics/{sid}")).json()
