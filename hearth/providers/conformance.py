@@ -134,10 +134,11 @@ def run_flow(
     complete: Callable[[str, str, Pushes, SignIn], None] | None = None,
     credentials_timeout: float = 60.0,
     extra_env: dict[str, str] | None = None,
+    prepare: Callable[[str], contextlib.AbstractContextManager[dict[str, str]]] | None = None,
 ) -> FlowResult:
     """One flow of one provider, as described in the module docstring. `complete(netns, url, pushes, signin)` does
     what the person would (follow the redirect, type a code) against local stand-ins; without it the run stops
-    after the URL."""
+    after the URL. `prepare(netns)` starts stand-ins inside the namespace and yields extra environment for the CLI."""
     res = FlowResult(provider.name, flow.value)
     bin_dir = (clis_dir / "node_modules" / ".bin") if clis_dir is not None else None
     definition = provider.model_dump(mode="json")
@@ -152,7 +153,12 @@ def run_flow(
     os.chmod(home, 0o700)
     old_bin = os.environ.get("HEARTH_CLIS_BIN")
     try:
-        with offline_netns(netns_prefix) as ns, controller_standin() as (callback, pushes):
+        with contextlib.ExitStack() as stack:
+            ns = stack.enter_context(offline_netns(netns_prefix))
+            callback, pushes = stack.enter_context(controller_standin())
+            env = dict(extra_env or {})
+            if prepare is not None:
+                env.update(stack.enter_context(prepare(ns)))
             definition["flows"][flow.value]["command"] = ["nsenter", f"--net=/run/netns/{ns}", "--", *command]
             if bin_dir is not None:
                 os.environ["HEARTH_CLIS_BIN"] = str(bin_dir)
@@ -163,7 +169,7 @@ def run_flow(
             hook.chmod(0o755)
             signin = SignIn(_Desk(home, opened.append), cfg, home=home, hook=str(hook))  # type: ignore[arg-type]
             t0 = time.monotonic()
-            code, out = signin.login({"provider": definition, "flow": flow.value, "env": extra_env or {}})
+            code, out = signin.login({"provider": definition, "flow": flow.value, "env": env})
             if code != 202:
                 res.failed_step = f"start: HTTP {code}: {out.get('error')}"
                 return res
