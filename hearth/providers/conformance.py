@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hearth.providers.model import FlowName, Provider
+from hearth.providers.standin import DEVICE_USER_CODE, Net, get_in_netns, wrap
+from hearth.providers.standin import provider_net as standin_net
 from hearth_agent.signin import SignIn
 
 HOOK = Path(__file__).resolve().parents[2] / "hearth_agent" / "browser_hook.py"
@@ -59,6 +62,18 @@ class Pushes:
     events: list[dict[str, Any]] = field(default_factory=list)
     signin: list[dict[str, Any]] = field(default_factory=list)
     credentials: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """What a completion step (the person's part) gets: the namespace, the sign-in URL, the pushes so far, the
+    agent's sign-in routes (to type a code) and the provider stand-in (None without `standin`)."""
+
+    netns: str
+    url: str
+    pushes: Pushes
+    signin: SignIn
+    net: Net | None
 
 
 @contextlib.contextmanager
@@ -131,14 +146,16 @@ def run_flow(
     *,
     netns_prefix: str = "hearth-t",
     url_timeout: float = 60.0,
-    complete: Callable[[str, str, Pushes, SignIn], None] | None = None,
+    complete: Callable[[Step], None] | None = None,
     credentials_timeout: float = 60.0,
     extra_env: dict[str, str] | None = None,
     prepare: Callable[[str], contextlib.AbstractContextManager[dict[str, str]]] | None = None,
+    standin: bool = False,
 ) -> FlowResult:
-    """One flow of one provider, as described in the module docstring. `complete(netns, url, pushes, signin)` does
+    """One flow of one provider, as described in the module docstring. `complete(step)` does
     what the person would (follow the redirect, type a code) against local stand-ins; without it the run stops
-    after the URL. `prepare(netns)` starts stand-ins inside the namespace and yields extra environment for the CLI."""
+    after the URL. `prepare(netns)` starts stand-ins inside the namespace and yields extra environment for the CLI;
+    `standin` runs the providers' network stand-in (hearth/providers/standin.py) there and points the CLI at it."""
     res = FlowResult(provider.name, flow.value)
     bin_dir = (clis_dir / "node_modules" / ".bin") if clis_dir is not None else None
     definition = provider.model_dump(mode="json")
@@ -159,6 +176,10 @@ def run_flow(
             env = dict(extra_env or {})
             if prepare is not None:
                 env.update(stack.enter_context(prepare(ns)))
+            net = stack.enter_context(standin_net(ns)) if standin else None
+            if net is not None:
+                env.update(net.env)
+                command = wrap(command, net.hosts_file)
             definition["flows"][flow.value]["command"] = ["nsenter", f"--net=/run/netns/{ns}", "--", *command]
             if bin_dir is not None:
                 os.environ["HEARTH_CLIS_BIN"] = str(bin_dir)
@@ -174,11 +195,13 @@ def run_flow(
                 res.failed_step = f"start: HTTP {code}: {out.get('error')}"
                 return res
             try:
-                _follow(res, signin, pushes, opened, t0, url_timeout, ns, complete, credentials_timeout)
+                _follow(res, signin, pushes, opened, t0, url_timeout, ns, complete, credentials_timeout, net)
             finally:
-                signin.shutdown()
                 _, status = signin.status({})
                 res.screen_tail = str(status.get("screen_tail", ""))
+                signin.shutdown()
+                if net is not None:
+                    res.extra["requests"] = net.paths()
     finally:
         if old_bin is None:
             os.environ.pop("HEARTH_CLIS_BIN", None)
@@ -196,8 +219,9 @@ def _follow(
     t0: float,
     url_timeout: float,
     ns: str,
-    complete: Callable[[str, str, Pushes, SignIn], None] | None,
+    complete: Callable[[Step], None] | None,
     credentials_timeout: float,
+    net: Net | None,
 ) -> None:
     deadline = t0 + url_timeout
     status: dict[str, Any] = {}
@@ -220,7 +244,7 @@ def _follow(
         return
     res.credentials_written = False
     try:
-        complete(ns, url, pushes, signin)
+        complete(Step(ns, url, pushes, signin, net))
     except Exception as exc:
         res.failed_step = f"complete: {type(exc).__name__}: {exc}"
         return
@@ -233,3 +257,64 @@ def _follow(
         return
     res.credentials_written = True
     res.extra["files"] = [(f["target"], f["mode"]) for f in pushes.credentials[0]["files"]]
+
+
+# ---- the person's part, per real CLI and flow (against hearth/providers/standin.py) ----------------------------
+def _query(url: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+
+
+def follow_redirect(step: Step) -> None:
+    """Loopback: the provider redirects the browser to the CLI's callback with a code (GET inside the namespace)."""
+    q = _query(step.url)
+    target = q["redirect_uri"] + "?" + urllib.parse.urlencode({"code": "test-code", "state": q.get("state", "")})
+    status, _ = get_in_netns(step.netns, target)
+    if status >= 400:
+        raise RuntimeError(f"the CLI's callback answered HTTP {status}")
+
+
+def paste(template: str) -> Callable[[Step], None]:
+    """Paste code: the provider's page shows a code; the person pastes it (typed by the agent's code route)."""
+
+    def run(step: Step) -> None:
+        code, out = step.signin.code({"code": template.format(state=_query(step.url).get("state", ""))})
+        if code != 200:
+            raise RuntimeError(f"POST /v1/login/code → {code}: {out.get('error')}")
+
+    return run
+
+
+def approve_device(step: Step) -> None:
+    """Device code: the person enters the shown code on the provider's page (the stand-in's approval)."""
+    shown = step.pushes.signin[-1]["user_code"] if step.pushes.signin else None
+    if shown != DEVICE_USER_CODE:
+        raise RuntimeError(f"the device code pushed was {shown!r}, the provider issued {DEVICE_USER_CODE!r}")
+    assert step.net is not None
+    step.net.approved.set()
+
+
+COMPLETIONS: dict[tuple[str, FlowName], Callable[[Step], None]] = {
+    ("claude_code", FlowName.LOOPBACK): follow_redirect,
+    ("claude_code", FlowName.PASTE_CODE): paste("test-code#{state}"),  # Claude's page shows code#state
+    ("codex", FlowName.LOOPBACK): follow_redirect,
+    ("codex", FlowName.DEVICE_CODE): approve_device,
+    ("gemini_cli", FlowName.LOOPBACK): follow_redirect,
+    ("gemini_cli", FlowName.PASTE_CODE): paste("test-code"),
+}
+
+
+def check(provider: Provider, flow: FlowName, clis_dir: Path | None, netns_prefix: str = "hearth-t") -> FlowResult:
+    """The whole conformance of one real CLI flow: URL, the person's part, credentials pushed with their modes."""
+    res = run_flow(
+        provider,
+        flow,
+        clis_dir,
+        netns_prefix=netns_prefix,
+        standin=True,
+        complete=COMPLETIONS.get((provider.name, flow)),
+    )
+    if res.credentials_written:
+        want = sorted((f.target, f.mode) for f in provider.credential_files)
+        if sorted(res.extra.get("files", [])) != want:
+            res.failed_step = f"credentials: pushed {res.extra.get('files')}, the definition declares {want}"
+    return res
