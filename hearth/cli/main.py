@@ -15,6 +15,7 @@ from hearth.cli.config_cmd import config_app
 from hearth.cli.doctor import doctor
 from hearth.cli.fabric import fabric_app
 from hearth.cli.image import image_app
+from hearth.cli.providers import providers_app
 from hearth.cli.sandbox import sandbox_app
 from hearth.cli.selftest import selftest
 from hearth.cli.vault import vault_app
@@ -30,6 +31,7 @@ app.add_typer(vault_app, name="vault")
 app.command()(doctor)
 app.command()(selftest)
 app.add_typer(image_app, name="image")
+app.add_typer(providers_app, name="providers")
 
 
 @app.command()
