@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 from hearth.store.models import Base
 
@@ -32,6 +33,7 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def call(self, fn: Callable[[Session], T]) -> T:
@@ -45,6 +47,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Columns added to an existing table since its database was created (e.g. `sessions.mode`), added in place.
+    Only columns that can be added to rows that exist — nullable or with a server default — are added this way."""
+    insp = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have or not (column.nullable or column.server_default is not None):
+                    continue
+                ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
