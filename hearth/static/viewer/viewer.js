@@ -26,6 +26,7 @@ const PLAIN = {
   4401: "This link is not valid any more (the viewer token is wrong or expired). Ask for a new link.",
   4404: "This session does not exist.",
   4408: "The browser took too long to start. Reload to try again.",
+  4410: "This sign-in has no remote desktop: open the link shown on this page in your own browser.",
   4502: "The browser sandbox cannot be reached.",
   1000: "The session has ended.",
   1006: "The connection dropped without a reason.",
