@@ -11,8 +11,6 @@ URL goes only there (events and logs get scheme://host/path).
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import logging
 import re
 import threading
@@ -22,6 +20,7 @@ from typing import Any
 
 from hearth_agent import homefs
 from hearth_agent.controller import Outbox, redact, url_host, url_summary
+from hearth_agent.credfiles import CredentialFiles
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.screen import COLS, ROWS, Screen
@@ -43,10 +42,6 @@ _ERROR_LINE = re.compile(
     r"(?i)\b(invalid|error|failed|failure|expired|wrong|denied|incorrect|try again|not accepted|wasn't accepted|"
     r"couldn't|could not)\b"
 )
-
-
-def _digest(data: bytes | None) -> bytes | None:
-    return None if data is None else hashlib.sha256(data).digest()
 
 
 class CodeRefused(Exception):
@@ -87,11 +82,9 @@ class LoginRun:
         self._pushed: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._done = threading.Event()
+        self._files = CredentialFiles(home, p.files)
         spool = self._read(SPOOL, 1 << 20, note=False)
         self._spool_off = len(spool or b"")
-        self._initial = {f.source: _digest(self._read(f.source)) for f in p.files}  # only new content counts
-        self._snapshot: list[bytes | None] | None = None
-        self._problem = ""
         self._pty = PtyProcess(flow.command, env, home, self._on_output, cols=COLS, rows=ROWS)
         self._t0 = time.monotonic()
 
@@ -357,7 +350,7 @@ class LoginRun:
                 elif self._code_sent is not None or any(self._seen_since):
                     self._scan_screen(now)
             self._push_prompt()
-            found = self._check_files()
+            found = self._files.check()
             if found is not None:
                 return found
             if exited_at is None:
@@ -388,15 +381,10 @@ class LoginRun:
     def _exit_reason(self, code: int) -> str:
         self._pty.output_closed(1.0)
         step = self._step()
-        return f"CLI exited with {code} while waiting for {step}: {self._last_lines()} ({self._problem or 'no credentials'})"
+        return f"CLI exited with {code} while waiting for {step}: {self._last_lines()} ({self._files.problem or 'no credentials'})"
 
     def _read(self, path: str, limit: int = homefs.MAX_FILE, note: bool = True) -> bytes | None:
-        try:
-            return homefs.read_file(self.home, path, limit)
-        except homefs.PathRefused as exc:
-            if note:
-                self._problem = str(exc)
-            return None
+        return self._files.read(path, limit, note)
 
     def _read_spool(self) -> None:
         if self._url is not None:
@@ -412,30 +400,6 @@ class LoginRun:
         with self._lock:
             for line in lines:
                 self._candidate(line.partition(" ")[2].strip(), "browser hook")
-
-    def _check_files(self) -> list[tuple[FileDef, bytes]] | None:
-        """All files present, non-empty, new, valid JSON where required, and unchanged since the last poll."""
-        contents = [self._read(f.source) for f in self.p.files]
-        for f, data in zip(self.p.files, contents, strict=True):
-            problem = ""
-            if data is None:
-                problem = "missing"
-            elif not data.strip():
-                problem = "empty"
-            elif _digest(data) == self._initial[f.source]:
-                problem = "not rewritten"
-            elif f.require_json:
-                try:
-                    json.loads(data)
-                except ValueError:
-                    problem = "not JSON yet"
-            if problem:
-                self._problem, self._snapshot = f"{f.source}: {problem}", None
-                return None
-        previous, self._snapshot = self._snapshot, contents
-        if previous != contents:
-            return None  # stable for one poll first
-        return [(f, d) for f, d in zip(self.p.files, contents, strict=True) if d is not None]
 
     def _deliver(self, found: list[tuple[FileDef, bytes]]) -> None:
         targets = ", ".join(f.target for f, _ in found)
