@@ -11,8 +11,6 @@ URL goes only there (events and logs get scheme://host/path).
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import logging
 import re
 import threading
@@ -22,6 +20,7 @@ from typing import Any
 
 from hearth_agent import homefs
 from hearth_agent.controller import Outbox, redact, url_host, url_summary
+from hearth_agent.credfiles import CredentialFiles
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.screen import COLS, ROWS, Screen
@@ -36,13 +35,13 @@ URL_QUIET = 1.0  # a URL at the very end of the screen is taken once the CLI was
 CODE_RESULT_QUIET = 0.5  # after a pasted code: the screen settled this long before reading the CLI's verdict
 EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
 CREDENTIALS_BUDGET = 30.0
+MAX_RESTARTS = 3  # paste-code CLIs that exit on a wrong code are started again this often
 MAX_CODE = 512
 _TRAILING = ".,;:!?'\")]}>│┃|"
-_ERROR_LINE = re.compile(r"(?i)\b(invalid|error|failed|failure|expired|wrong|denied|incorrect|try again)\b")
-
-
-def _digest(data: bytes | None) -> bytes | None:
-    return None if data is None else hashlib.sha256(data).digest()
+_ERROR_LINE = re.compile(
+    r"(?i)\b(invalid|error|failed|failure|expired|wrong|denied|incorrect|try again|not accepted|wasn't accepted|"
+    r"couldn't|could not)\b"
+)
 
 
 class CodeRefused(Exception):
@@ -77,29 +76,58 @@ class LoginRun:
         self.p, self.flow, self.home, self._open_url, self._outbox = p, flow, home, open_url, outbox
         self.state, self.reason, self.url_host, self.answered = "running", "", "", 0
         self._lock = threading.Lock()
-        self._term = TermText()
-        self._screen = Screen()
-        self._last_output = time.monotonic()
-        self._seen_since = [0.0] * len(flow.prompts)  # when each prompt's text appeared (0: not on screen)
-        self._answered_at: list[tuple[float, int]] = [(0.0, -1)] * len(flow.prompts)  # (when, screen version)
-        self._answers = [0] * len(flow.prompts)
-        self._baseline = [0] * len(flow.prompts)  # occurrences on screen when last answered
-        self._retries = [0] * len(flow.prompts)
-        self._url: str | None = None
-        self.user_code: str | None = None
-        self.awaiting_code = False
+        self._env, self.restarts = env, 0
         self.message: str | None = None
-        self._code_sent: tuple[int, set[str]] | None = None  # (screen version, error lines shown) at submission
+        self._fresh_terminal()
         self._pushed: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._done = threading.Event()
+        self._files = CredentialFiles(home, p.files)
         spool = self._read(SPOOL, 1 << 20, note=False)
         self._spool_off = len(spool or b"")
-        self._initial = {f.source: _digest(self._read(f.source)) for f in p.files}  # only new content counts
-        self._snapshot: list[bytes | None] | None = None
-        self._problem = ""
         self._pty = PtyProcess(flow.command, env, home, self._on_output, cols=COLS, rows=ROWS)
         self._t0 = time.monotonic()
+
+    def _fresh_terminal(self) -> None:
+        """The state of one CLI run: its screen, prompt answers, URL, codes."""
+        n = len(self.flow.prompts)
+        self._term = TermText()
+        self._screen = Screen()
+        self._last_output = time.monotonic()
+        self._seen_since = [0.0] * n  # when each prompt's text appeared (0: not on screen)
+        self._answered_at: list[tuple[float, int]] = [(0.0, -1)] * n  # (when, screen version) of the last answer
+        self._answers = [0] * n
+        self._baseline = [0] * n  # occurrences on screen when last answered
+        self._retries = [0] * n
+        self._url: str | None = None
+        self.user_code: str | None = None
+        self.awaiting_code = False
+        self._code_sent: tuple[int, set[str]] | None = None  # (screen version, error lines shown) at submission
+
+    def _restart(self) -> None:
+        """A paste-code CLI that exits after refusing a code (Claude Code does) is started again, so the person gets
+        a new URL and can retry; its refusal stays in `message`."""
+        self._pty.reap()
+        self._pty.close()
+        with self._lock:
+            self._fresh_terminal()
+            self.restarts += 1
+            self._pty = PtyProcess(self.flow.command, self._env, self.home, self._on_output, cols=COLS, rows=ROWS)
+        self._pty.start()
+        log.info("CLI started again after a refused code", extra={"provider": self.p.name, "pid": self._pty.pid})
+        self._outbox.event("login_restarted", "the CLI refused the code and exited; started again")
+
+    def _refused_and_gone(self) -> bool:
+        """The CLI exited after refusing a pasted code (its own words kept in `message`)."""
+        with self._lock:
+            if self.flow.name != "paste_code" or self.state != "url_captured" or self.restarts >= MAX_RESTARTS:
+                return False
+            if self._code_sent is not None:
+                new = [ln for ln in self._error_lines() if ln not in self._code_sent[1]]
+                if not new:
+                    return False
+                self.message = redact(new[-1], 300)
+            return self.message is not None
 
     # ---- public ----
     def start(self) -> None:
@@ -160,16 +188,17 @@ class LoginRun:
 
     # ---- PTY output (reader thread) ----
     def _on_output(self, raw: bytes) -> None:
-        _, replies = self._term.feed(raw)
-        for reply in replies:
-            self._pty.write(reply)
         with self._lock:
+            _, replies = self._term.feed(raw)
             self._last_output = time.monotonic()
             self._screen.feed(raw)
+        for reply in replies:
+            self._pty.write(reply)
 
     # ---- reading the screen (watcher thread, under the lock) ----
     def _error_lines(self) -> list[str]:
-        return [ln.strip() for ln in self._screen.visible().splitlines() if _ERROR_LINE.search(ln)]
+        """Lines (wrapped rows joined) that read like an error: what the CLI says when it refuses a code."""
+        return [ln.strip() for ln in self._screen.joined().splitlines() if _ERROR_LINE.search(ln)]
 
     def _answer_prompts(self, now: float, visible: str) -> None:
         """A prompt is answered when a new occurrence of it is on screen (Ink redraws in place: same count; a
@@ -226,16 +255,28 @@ class LoginRun:
         assert self.flow.code_prompt is not None
         on_screen = self.flow.code_prompt.search(visible) is not None
         if self._code_sent is None:
-            if on_screen and not self.awaiting_code:
+            if on_screen and not self.awaiting_code and self._pty.exited() is None:
                 self.awaiting_code = True
             return
         version, errors_before = self._code_sent
         if self._screen.version == version or now - self._last_output < CODE_RESULT_QUIET or not on_screen:
             return
         new_errors = [ln for ln in self._error_lines() if ln not in errors_before]
-        if new_errors:  # the CLI refused the code and asks again: show its own words
+        if new_errors and self._pty.exited() is None:  # the CLI refused the code and asks again: its own words
             self.awaiting_code, self.message, self._code_sent = True, redact(new_errors[-1], 300), None
             log.info("the CLI refused the code", extra={"provider": self.p.name})
+            self._latest_url()
+
+    def _latest_url(self) -> None:
+        """A CLI asking again may show a new URL (Gemini starts a new PKCE request): the last one on screen counts."""
+        latest = None
+        for m in self.flow.url_pattern.finditer(self._screen.joined()):
+            url = m.group(0).rstrip(_TRAILING)
+            if self.flow.url_must_contain in url and not any(c.isspace() or ord(c) < 0x20 for c in url):
+                latest = url
+        if latest is not None and latest != self._url:
+            self._url = latest
+            log.info(f"the CLI shows a new sign-in URL: {url_summary(latest)}", extra={"provider": self.p.name})
 
     def _candidate(self, url: str, source: str) -> None:
         """The first http(s) URL containing url_must_contain is the sign-in URL (opened in Chromium for loopback)."""
@@ -309,7 +350,7 @@ class LoginRun:
                 elif self._code_sent is not None or any(self._seen_since):
                     self._scan_screen(now)
             self._push_prompt()
-            found = self._check_files()
+            found = self._files.check()
             if found is not None:
                 return found
             if exited_at is None:
@@ -317,7 +358,10 @@ class LoginRun:
                 if status is not None:
                     exited_at, code = now, status
             elif now - exited_at >= EXIT_GRACE:
-                return self._exit_reason(code)
+                if not self._refused_and_gone():
+                    return self._exit_reason(code)
+                self._restart()
+                exited_at, version = None, -1
             if now - self._t0 >= self.p.timeout:
                 return f"timed out after {self.p.timeout:g} s waiting for {self._step()} (screen: {self._last_lines()})"
         return None
@@ -337,15 +381,10 @@ class LoginRun:
     def _exit_reason(self, code: int) -> str:
         self._pty.output_closed(1.0)
         step = self._step()
-        return f"CLI exited with {code} while waiting for {step}: {self._last_lines()} ({self._problem or 'no credentials'})"
+        return f"CLI exited with {code} while waiting for {step}: {self._last_lines()} ({self._files.problem or 'no credentials'})"
 
     def _read(self, path: str, limit: int = homefs.MAX_FILE, note: bool = True) -> bytes | None:
-        try:
-            return homefs.read_file(self.home, path, limit)
-        except homefs.PathRefused as exc:
-            if note:
-                self._problem = str(exc)
-            return None
+        return self._files.read(path, limit, note)
 
     def _read_spool(self) -> None:
         if self._url is not None:
@@ -361,30 +400,6 @@ class LoginRun:
         with self._lock:
             for line in lines:
                 self._candidate(line.partition(" ")[2].strip(), "browser hook")
-
-    def _check_files(self) -> list[tuple[FileDef, bytes]] | None:
-        """All files present, non-empty, new, valid JSON where required, and unchanged since the last poll."""
-        contents = [self._read(f.source) for f in self.p.files]
-        for f, data in zip(self.p.files, contents, strict=True):
-            problem = ""
-            if data is None:
-                problem = "missing"
-            elif not data.strip():
-                problem = "empty"
-            elif _digest(data) == self._initial[f.source]:
-                problem = "not rewritten"
-            elif f.require_json:
-                try:
-                    json.loads(data)
-                except ValueError:
-                    problem = "not JSON yet"
-            if problem:
-                self._problem, self._snapshot = f"{f.source}: {problem}", None
-                return None
-        previous, self._snapshot = self._snapshot, contents
-        if previous != contents:
-            return None  # stable for one poll first
-        return [(f, d) for f, d in zip(self.p.files, contents, strict=True) if d is not None]
 
     def _deliver(self, found: list[tuple[FileDef, bytes]]) -> None:
         targets = ", ".join(f.target for f, _ in found)

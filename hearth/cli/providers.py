@@ -1,10 +1,10 @@
 """`hearth providers list|check`: the provider definitions, and the conformance of the real CLIs on this host.
 
-`check` drives each provider's installed CLI (the host's pinned CLIs from scripts/setup.sh, or `--image`: the ones
-in the built guest image) through the agent's sign-in code in an offline namespace of its own, per flow, and prints
-the CLI version, whether the sign-in URL was captured (and the person's prompt pushed), whether credentials were
-written (when a completion step exists) and the failing step — so a CLI upgrade that changed its screens or paths
-shows at once. Exit status 1 when a flow failed.
+`check` runs the provider conformance (hearth/providers/conformance.py, the same as tests/providers/
+test_conformance.py) against the installed CLIs — the host's pinned CLIs from scripts/setup.sh, or `--image`: the
+ones in the built guest image — in offline namespaces of its own with the providers' network stood in, and prints per
+provider and flow the CLI version, whether the sign-in URL was captured, whether the credentials were written and
+pushed, and the failing step — so a CLI upgrade that changed its screens or paths shows at once. Exit 1 on a failure.
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ def check(
     flow: str = typer.Option("", "--flow", help="only this flow (loopback, paste_code, device_code)"),
     image: bool = typer.Option(False, "--image", help="check the CLIs in the built guest image, not the host's"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    timeout: float = typer.Option(90.0, help="seconds to wait for each sign-in URL"),
 ) -> None:
     """Run the provider conformance on this host (needs root: it creates its own network namespaces)."""
-    from hearth.providers.conformance import run_flow
+    from hearth.providers.conformance import check as check_flow
 
     if os.geteuid() != 0:
         fail("hearth providers check needs root (it creates network namespaces)", 2)
@@ -74,7 +73,7 @@ def check(
             if f not in p.flows:
                 rows.append({"provider": p.name, "flow": f.value, "failed_step": f"definition: no {f.value} flow"})
                 continue
-            res = run_flow(p, f, where, netns_prefix="hearth-k", url_timeout=timeout)
+            res = check_flow(p, f, where, netns_prefix="hearth-k")
             rows.append(
                 {
                     "provider": res.provider,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.providers.model import FlowName, Provider
-from hearth.providers.standin import DEVICE_USER_CODE, Net, get_in_netns, wrap
+from hearth.providers.standin import DEVICE_USER_CODE, REFUSED_CODE, Net, get_in_netns, wrap
 from hearth.providers.standin import provider_net as standin_net
 from hearth_agent.signin import SignIn
 
@@ -318,3 +318,26 @@ def check(provider: Provider, flow: FlowName, clis_dir: Path | None, netns_prefi
         if sorted(res.extra.get("files", [])) != want:
             res.failed_step = f"credentials: pushed {res.extra.get('files')}, the definition declares {want}"
     return res
+
+
+def refused_then_pasted(template: str) -> Callable[[Step], None]:
+    """Paste code, as a person who first pastes a wrong code: the CLI's own refusal is pushed, it asks again (maybe
+    with a new URL), and the right code then signs in."""
+
+    def run(step: Step) -> None:
+        first = paste(template.replace("test-code", REFUSED_CODE))
+        first(step)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            again = [p for p in step.pushes.signin if p.get("message")]
+            if again and again[-1]["awaiting_code"]:
+                break
+            if step.signin.status({})[1]["state"] == "failed":
+                raise RuntimeError("the CLI gave up after one wrong code")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the CLI's refusal of a wrong code was not pushed")
+        retry = Step(step.netns, again[-1]["url"], step.pushes, step.signin, step.net)
+        paste(template)(retry)
+
+    return run

@@ -126,12 +126,15 @@ def fake_jwt(claims: dict[str, Any]) -> str:
 
 
 DEVICE_USER_CODE = "TEST-CODE9"
+REFUSED_CODE = "wrong-code"
 
 
 def default_responder(net: Net, method: str, host: str, path: str, body: bytes) -> tuple[int, Any]:
     """Token endpoints of the three CLIs answered with test tokens; everything else 404 (recorded)."""
     now = int(time.time())
     p = path.split("?")[0]
+    if REFUSED_CODE.encode() in body:  # a wrong code the person pasted
+        return 400, {"error": "invalid_grant", "error_description": "Invalid authorization code"}
     if host == "auth.openai.com" and p == "/api/accounts/deviceauth/usercode":
         return 200, {"device_auth_id": "dev-test", "user_code": DEVICE_USER_CODE, "interval": "1"}
     if host == "auth.openai.com" and p == "/api/accounts/deviceauth/token":

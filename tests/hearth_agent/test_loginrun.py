@@ -132,3 +132,30 @@ def test_a_cli_that_prints_no_url_fails_naming_the_step(agent: Agent) -> None:
         "CLI exited with 3 while waiting for the sign-in URL: Welcome! Nothing to see here."
     ), status
     assert agent.controller.signin == []
+
+
+FAKE_EXITS_ON_WRONG_CODE = r"""
+import json, os, secrets, sys
+print("visit: https://auth.test/authorize?state=" + secrets.token_hex(8), flush=True)
+code = input("Paste code here > ")
+if code != "good":
+    print("Couldn't log in: That code wasn't accepted.", flush=True)
+    sys.exit(1)
+os.makedirs(os.path.expanduser("~/.fake"), exist_ok=True)
+with open(os.path.expanduser("~/.fake/creds.json"), "w") as f:
+    json.dump({"token": "t"}, f)
+"""
+
+
+def test_a_paste_cli_that_exits_on_a_wrong_code_is_started_again(agent: Agent) -> None:
+    ctl = agent.controller
+    prov = fake_provider(FAKE_EXITS_ON_WRONG_CODE, flow="paste_code", code_prompt="Paste code here >")
+    assert agent.call("POST", "/v1/login", {"provider": prov})[0] == 202
+    first = wait_for(lambda: next((s for s in ctl.signin if s["awaiting_code"]), None), what="code prompt")
+    assert agent.call("POST", "/v1/login/code", {"code": "bad"}) == (200, {"sent": True})
+    again = wait_for(lambda: next((s for s in ctl.signin if s["message"]), None), what="the refusal, after a restart")
+    assert again["awaiting_code"] and again["message"] == "Couldn't log in: That code wasn't accepted."
+    assert again["url"] != first["url"]  # the new run's URL (a new state)
+    assert "login_restarted" in ctl.names()
+    assert agent.call("POST", "/v1/login/code", {"code": "good"}) == (200, {"sent": True})
+    assert agent.finished()["state"] == "captured"

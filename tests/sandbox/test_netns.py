@@ -301,3 +301,37 @@ async def test_an_image_the_sandbox_user_cannot_reach_is_named(fabric_settings: 
         assert await asyncio.to_thread(leftovers, settings, spec) == []
     finally:
         await driver.destroy(spec)
+
+
+@pytest.mark.slow
+async def test_the_pinned_clis_run_in_the_sandbox(fabric_settings: Settings) -> None:
+    """The host's pinned CLIs are bound into the sandbox: the sandbox user runs Claude Code's sign-in (paste_code:
+    no desktop, no network before the URL) and the agent reads its code prompt off the rendered screen."""
+    from hearth.providers import clis
+    from hearth.providers.registry import load
+
+    if clis.installed() is None:
+        pytest.skip("the pinned CLIs are not installed (bash scripts/setup.sh)")
+    s = fabric_settings
+    spec = spec_for(s, 8, desktop=False, chromium=False)
+    claude = load()["claude_code"].model_dump(mode="json")
+    try:
+        await NetnsDriver(s).start(spec, lambda _: None)
+        await eventually(lambda: health(s, spec), 10, "agent health")
+        missing = {**claude, "flows": {"loopback": {"command": ["claude-not-here"]}}}
+        status, raw = await http(s, spec, "POST", "/v1/login", {"provider": missing}, spec.secret)
+        assert status == 424 and b"run `hearth image build`" in raw
+        body = {"provider": claude, "flow": "paste_code"}
+        assert (await http(s, spec, "POST", "/v1/login", body, spec.secret))[0] == 202
+
+        async def waiting() -> dict[str, Any] | None:
+            code, raw = await http(s, spec, "GET", "/v1/login", None, spec.secret)
+            out: dict[str, Any] = json.loads(raw)
+            assert out["state"] != "failed", out
+            return out if code == 200 and out["awaiting_code"] else None
+
+        out = await eventually(waiting, 60, "Claude Code's code prompt")
+        assert out["url_host"] == "claude.com" and "Paste code here if prompted" in out["screen_tail"]
+    finally:
+        await NetnsDriver(s).destroy(spec)
+    assert await asyncio.to_thread(leftovers, s, spec) == []

@@ -1,0 +1,62 @@
+"""Watching for the credential files a CLI writes during its sign-in (in HOME, through homefs: no symlinks).
+
+Complete when every declared file is present, non-empty, new (not the content it had when the sign-in started),
+valid JSON where required, and unchanged for one poll (the CLI finished writing it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from hearth_agent import homefs
+from hearth_agent.providerdef import FileDef
+
+
+def _digest(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.sha256(data).digest()
+
+
+class CredentialFiles:
+    def __init__(self, home: str, files: list[FileDef]) -> None:
+        self.home, self.files = home, files
+        self.problem = ""  # why the files are not complete yet (for failure reasons)
+        self._snapshot: list[bytes | None] | None = None
+        self._refused: dict[str, str] = {}
+        self._initial = {f.source: _digest(self.read(f.source)) for f in files}  # only new content counts
+
+    def read(self, path: str, limit: int = homefs.MAX_FILE, note: bool = True) -> bytes | None:
+        try:
+            return homefs.read_file(self.home, path, limit)
+        except homefs.PathRefused as exc:
+            if note:
+                self.problem = self._refused[path] = str(exc)
+            return None
+
+    def check(self) -> list[tuple[FileDef, bytes]] | None:
+        """The files with their contents when complete, else None (`problem` says why)."""
+        self._refused = {}
+        contents = [self.read(f.source) for f in self.files]
+        for f, data in zip(self.files, contents, strict=True):
+            problem = ""
+            if f.source in self._refused:
+                self.problem, self._snapshot = self._refused[f.source], None
+                return None
+            if data is None:
+                problem = "missing"
+            elif not data.strip():
+                problem = "empty"
+            elif _digest(data) == self._initial[f.source]:
+                problem = "not rewritten"
+            elif f.require_json:
+                try:
+                    json.loads(data)
+                except ValueError:
+                    problem = "not JSON yet"
+            if problem:
+                self.problem, self._snapshot = f"{f.source}: {problem}", None
+                return None
+        previous, self._snapshot = self._snapshot, contents
+        if previous != contents:
+            return None  # stable for one poll first
+        return [(f, d) for f, d in zip(self.files, contents, strict=True) if d is not None]
