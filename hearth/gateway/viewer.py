@@ -24,7 +24,9 @@ from hearth.session.signin import CodeRefused, SignInFlow
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def status_json(view: SessionView, provider_name: str | None = None, prompt: SigninPrompt | None = None) -> str:
+def status_json(
+    view: SessionView, provider_name: str | None = None, prompt: SigninPrompt | None = None, watching: bool = False
+) -> str:
     return json.dumps(
         {
             "status": view.status.value,
@@ -35,6 +37,7 @@ def status_json(view: SessionView, provider_name: str | None = None, prompt: Sig
             "provider": view.provider,
             "provider_name": provider_name,
             "signin": prompt.public() if prompt is not None else None,
+            "watching": watching,  # a view-only token: no sign-in link or code, no input
         },
         separators=(",", ":"),
     )
@@ -87,9 +90,10 @@ def make_router(
 
     @router.get("/api/auth/session/{session_id}/status")
     async def status(session_id: str, token: str = "") -> StreamingResponse:
-        """Server-sent events: one `data:` line with the session's status on every change, until it ends."""
+        """Server-sent events: one `data:` line with the session's status on every change, until it ends. The
+        sign-in link and code (direct mode) go to control tokens only: whoever has them can complete the sign-in."""
         try:
-            tokens.verify(token, session_id)
+            claims = tokens.verify(token, session_id)
         except TokenError as exc:
             return StreamingResponse(
                 iter([f"event: error\ndata: {json.dumps(str(exc))}\n\n"]),
@@ -108,7 +112,8 @@ def make_router(
             while True:
                 waiter = service.changes.waiter(session_id)
                 view = await service.get(session_id)
-                now = status_json(view, provider_name(view), signin.prompt(session_id))
+                watching = claims.scope is not Scope.CONTROL
+                now = status_json(view, provider_name(view), None if watching else signin.prompt(session_id), watching)
                 if now != last:
                     yield f"data: {now}\n\n"
                     last = now

@@ -256,6 +256,13 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             assert await page.get_attribute("#link", "href") == f"{direct.ISSUER}/device"
             assert await page.is_visible("#waiting") and not await page.is_visible("#paste")
             assert not await page.is_visible("#details #stages")  # timings only behind the toggle
+            view = (await http.post(f"/api/auth/session/{started['session_id']}/token", json={"scope": "view"})).json()
+            watcher = await browser.new_page()
+            await watcher.goto(view["viewer_url"])  # a view-only link shows neither the link nor the code
+            await watcher.wait_for_function("window.hearthStatus && window.hearthStatus.watching", timeout=30_000)
+            assert await watcher.inner_text("#headline") == f"Signing in to {name} happens in the person's own browser"
+            assert code not in await watcher.content() and "/device" not in await watcher.content()
+            await watcher.close()
             await asyncio.to_thread(direct.browse, netns, f"{direct.ISSUER}/device/approve", {"user_code": code})
             done = f"Done — {name} is signed in in your workspace"
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)

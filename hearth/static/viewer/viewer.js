@@ -149,6 +149,7 @@ function headlineFor(s) {
   if (s.status === "failed") return s.provider ? `Signing in to ${name} failed` : "The browser sandbox failed";
   if (s.status === "cancelled" || s.status === "expired") return `This sign-in has ${s.status === "expired" ? "expired" : "been cancelled"}`;
   if (s.mode === "direct") {
+    if (s.watching) return `Signing in to ${name} happens in the person's own browser`;
     if (!s.signin) return `Getting your sign-in link for ${name}…`;
     return `Sign in to ${name} in your own browser`;
   }
@@ -213,7 +214,7 @@ function followStatus() {
         showMessage(s.status === "completed" ? headlineFor(s) : `${headlineFor(s)}.`, s.status === "completed" ? "" : s.reason || "");
         es.close();
       } else {
-        showMessage(s.signin ? "" : "Preparing your sign-in…");
+        showMessage(s.signin || s.watching ? "" : "Preparing your sign-in…");
       }
       return;
     }
