@@ -107,8 +107,13 @@ def make_router(
                 iter(['event: error\ndata: "unknown session"\n\n']), status_code=404, media_type="text/event-stream"
             )
 
+        # An open sign-in page is activity (a direct-mode session has no viewer WebSocket to count): a heartbeat at
+        # every keepalive, often enough for HEARTH_IDLE_TIMEOUT.
+        beat = min(keepalive, service.settings.idle_timeout / 3)
+
         async def events() -> AsyncIterator[str]:
             last = ""
+            await service.heartbeat(session_id)
             while True:
                 waiter = service.changes.waiter(session_id)
                 view = await service.get(session_id)
@@ -120,8 +125,9 @@ def make_router(
                 if view.status.terminal:
                     return
                 try:
-                    await asyncio.wait_for(waiter.wait(), keepalive)
+                    await asyncio.wait_for(waiter.wait(), beat)
                 except TimeoutError:
+                    await service.heartbeat(session_id)
                     yield ": keepalive\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

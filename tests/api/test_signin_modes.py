@@ -147,3 +147,44 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             server.server_close()
         left = await leaks(ctl, before)
         assert left.total == 0, left
+
+
+async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A direct-mode session has no viewer WebSocket; the person's open page (its status stream) is its activity."""
+    settings = make_settings(
+        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
+        HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}",
+        HEARTH_IDLE_TIMEOUT="2",
+    )
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        server = await asyncio.to_thread(start_idp, settings)
+        try:
+            r = await http.post("/api/auth/start", json={"user_id": "i", "provider": "example", "mode": "direct"})
+            started = r.json()
+            sid = started["session_id"]
+            body = await wait_status(http, sid)
+            assert body["status"] in ("ready", "awaiting_user"), body
+            status_url = f"/api/auth/session/{sid}/status?token={started['viewer_token']}"
+            keepalives = 0
+            async with httpx.AsyncClient(base_url=ctl.base_url, timeout=30) as page:
+                async with page.stream("GET", status_url) as stream:
+                    async for line in stream.aiter_lines():
+                        keepalives += line.startswith(": keepalive")
+                        if keepalives >= 6:  # three idle timeouts with the page open
+                            break
+            body = (await http.get(f"/api/auth/session/{sid}")).json()
+            assert body["status"] == "awaiting_user", body
+            for _ in range(300):  # page closed: the session idles out (housekeeping runs every 2 s)
+                body = (await http.get(f"/api/auth/session/{sid}")).json()
+                if body["status"] != "awaiting_user":
+                    break
+                await asyncio.sleep(0.1)
+            assert body["status"] == "expired" and "idle" in str(body["reason"]), body
+        finally:
+            server.shutdown()
+            server.server_close()
