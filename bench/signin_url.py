@@ -5,7 +5,8 @@ namespace of its own (`hearth-b<hex>`), N runs each; prints median / max seconds
 
     sudo .venv/bin/python bench/signin_url.py -n 5 [--provider codex] [--flow loopback]
 
-The example provider's IdP runs inside the namespace (its device flow asks the IdP before it shows anything).
+The example provider's IdP, and the real providers' network stand-in (hearth/providers/standin.py), run inside the
+namespace (device flows ask the provider before they show anything).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> int:
                     where,
                     netns_prefix="hearth-b",
                     prepare=example_idp if name == "example" else None,
+                    standin=p.cli is not None,  # codex's device flow asks the provider before it shows anything
                 )
                 if res.seconds_to_url is not None and res.ok:
                     times.append(res.seconds_to_url)
