@@ -12,6 +12,7 @@ from rich.markup import escape
 from hearth import log
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
+from hearth.cli.db import db_app
 from hearth.cli.doctor import doctor
 from hearth.cli.fabric import fabric_app
 from hearth.cli.image import image_app
@@ -24,6 +25,7 @@ app = typer.Typer(
     help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
 app.add_typer(fabric_app, name="fabric")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
