@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from sqlalchemy import create_engine
 
 from hearth.cli.common import fail, settings_or_exit
 from hearth.errors import HearthError, StoreError
 from hearth.store import schema
 from hearth.store.db import describe, sqlite_path
+
+DB_HINT = "check HEARTH_DATABASE_URL (server up, credentials) or HEARTH_DATA_DIR, then retry"
 
 db_app = typer.Typer(help="The state store's schema (SQLite or PostgreSQL).", no_args_is_help=True)
 
@@ -27,14 +28,13 @@ def upgrade() -> None:
     except HearthError as exc:
         fail(exc.reason, 2)
     except Exception as exc:
-        fail(StoreError(f"the state store is unavailable: {describe(exc)}").reason, 1)
+        fail(StoreError(f"the state store is unavailable: {describe(exc)}", DB_HINT).reason, 1)
     finally:
         engine.dispose()
-    out = Console()
     if before == after:
-        out.print(f"the store is at {after} already")
+        typer.echo(f"the store is at {after} already")
     else:
-        out.print(f"[green]upgraded[/] the store from {before or 'hearth 0.1 (no version)'} to {after}")
+        typer.echo(f"upgraded the store from {before or 'hearth 0.1 (no version)'} to {after}")
 
 
 @db_app.command()
@@ -46,13 +46,11 @@ def status() -> None:
         with engine.connect() as conn:
             rev, tables = schema.state(conn)
     except Exception as exc:
-        fail(StoreError(f"the state store is unavailable: {describe(exc)}").reason, 1)
+        fail(StoreError(f"the state store is unavailable: {describe(exc)}", DB_HINT).reason, 1)
     finally:
         engine.dispose()
     want = schema.head()
     shown = rev or ("hearth 0.1 (no version)" if tables else "empty")
-    Console().print(
-        f"store: {shown}; this hearth needs: {want}" + ("" if rev == want else " — run `hearth db upgrade`")
-    )
+    typer.echo(f"store: {shown}; this hearth needs: {want}" + ("" if rev == want else " — run `hearth db upgrade`"))
     if rev != want:
         raise typer.Exit(1)
