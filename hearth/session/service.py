@@ -322,7 +322,7 @@ class SessionService:
             if session_id not in self._slots:
                 raise
             await self._end_unrecorded(session_id, status, reason, hop)
-            raise
+            raise _unrecorded_error() from None
         if view.status.terminal:
             return view
         boot = self._boots.get(session_id)
@@ -336,7 +336,7 @@ class SessionService:
             return await self.get(session_id)
         except StoreError:
             await self._end_unrecorded(session_id, status, reason, hop, view.slot)
-            raise
+            raise _unrecorded_error() from None
         if status is Status.FAILED and self.settings.keep_failed:
             log.warning("keeping failed sandbox for debugging (HEARTH_KEEP_FAILED)", extra={"session_id": session_id})
         else:
@@ -597,6 +597,14 @@ class ViewerGauge:
 
     def total(self) -> int:
         return sum(self._n.values())
+
+
+def _unrecorded_error() -> StoreError:
+    return StoreError(
+        "the session ended and its sandbox was removed, but the state store cannot record it right now",
+        "nothing to do: hearth records the end once the store is back (until then the session may still show as "
+        "active)",
+    )
 
 
 def _aware(dt: datetime) -> datetime:

@@ -119,9 +119,11 @@ class Database:
         except IntegrityError:
             raise  # a constraint decided (e.g. a lease slot taken): the caller handles it
         except (DBAPIError, PoolTimeout) as exc:
-            raise StoreError(f"the state store is unavailable: {describe(exc)}") from exc
+            what = describe(exc)
+            raise StoreError(f"the state store is unavailable: {what}", HINTS.get(what, "")) from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"the state store failed: {describe(exc)}") from exc
+            what = describe(exc)
+            raise StoreError(f"the state store failed: {what}", HINTS.get(what, "")) from exc
         except OSError as exc:  # the SQLite file or its directory
             raise StoreError(f"the state store is unavailable: {exc.strerror or 'I/O error'}") from exc
 
@@ -141,6 +143,14 @@ class Database:
 def lock(db: Session, name: str) -> None:
     """Take the lock row `name` for the rest of the transaction (a write: row lock / SQLite's write lock)."""
     db.execute(update(LockRow).where(LockRow.name == name).values(generation=LockRow.generation + 1))
+
+
+HINTS = {
+    "its disk is full": "free space on the database's disk (HEARTH_DATA_DIR for SQLite); hearth resumes on its own",
+    "it is read-only": "make the database writable again; hearth resumes on its own",
+    "the database server cannot be reached": "start the database server or fix HEARTH_DATABASE_URL; hearth "
+    "reconnects on its own",
+}
 
 
 def describe(exc: BaseException) -> str:
