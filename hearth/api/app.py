@@ -59,7 +59,12 @@ class Controller:
     signin: SignInFlow
 
     async def close(self) -> None:
+        """End every session, stop the CLI sandboxes, then close the store (its executor goes last)."""
         await self.service.shutdown()
+        with contextlib.suppress(StoreError):
+            for user in await self.clis.running_users():
+                with contextlib.suppress(Exception):
+                    await self.clis.stop(user)
         self.db.dispose()
 
 
@@ -142,9 +147,6 @@ def create_app(ctl: Controller) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await ctl.close()
-            for user in await ctl.clis.running_users():
-                with contextlib.suppress(Exception):
-                    await ctl.clis.stop(user)
             callbacks.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(callbacks_task, 10)

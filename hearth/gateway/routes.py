@@ -2,7 +2,8 @@
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
 4401 bad token, 4404 unknown session, 4408 not ready in time, 4502 sandbox unreachable (naming the hop),
-1000 on sandbox EOF or a normal end.
+4503 temporarily unavailable — the controller is shutting down or its store is down — reconnect, 1000 on sandbox EOF
+or a normal end. (1012 is uvicorn's own, only if a viewer outlives the 4503 drain.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from hearth.config import Settings
-from hearth.errors import HearthError, Hop
+from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
@@ -23,7 +24,8 @@ from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
-BAD_TOKEN, UNKNOWN, NOT_READY, UNREACHABLE = 4401, 4404, 4408, 4502
+BAD_TOKEN, UNKNOWN, NOT_READY, UNREACHABLE, UNAVAILABLE = 4401, 4404, 4408, 4502, 4503
+SHUTTING_DOWN = "controller shutting down — reconnect"
 
 
 def close_reason(text: str) -> str:
@@ -58,10 +60,14 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 claims = tokens.verify(token, session_id)
             except TokenError as exc:
                 return await close(BAD_TOKEN, f"unauthorized: {exc}")
+            if service.draining:
+                return await close(UNAVAILABLE, SHUTTING_DOWN)
             try:
                 view = await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")
+            except StoreError:
+                return await close(UNAVAILABLE, "[store] state store unavailable — reconnect shortly")
             if view.status is Status.STARTING:
                 return await close(NOT_READY, f"sandbox not ready within {settings.viewer_wait:.0f}s; retry")
             if view.status.terminal:
@@ -99,7 +105,12 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return None
             if outcome.ended is Ended.SANDBOX_EOF:
                 return await close(1000, outcome.detail)
-            latest = await service.get(session_id)
+            if outcome.ended is Ended.STOPPED and service.draining:
+                return await close(UNAVAILABLE, SHUTTING_DOWN)
+            try:
+                latest = await service.get(session_id)
+            except StoreError:  # ended while the store is down (the end is recorded later)
+                return await close(1000, "session ended")
             if outcome.ended is Ended.STOPPED and latest.status is not Status.FAILED:
                 return await close(1000, f"session {latest.status.value}")
             reason = latest.reason or await service.explain(

@@ -97,6 +97,7 @@ class SessionService:
         self._slots: dict[str, int] = {}  # slot of each session this controller runs: teardown without the store
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
+        self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -128,11 +129,19 @@ class SessionService:
         )
 
     def stop_event(self, session_id: str) -> asyncio.Event:
-        """Set when the session ends: viewers relaying it close."""
+        """Set when the session ends or the controller drains: viewers relaying it close."""
         ev = self._stops.get(session_id)
         if ev is None:
             ev = self._stops[session_id] = asyncio.Event()
+        if self.draining:
+            ev.set()
         return ev
+
+    def drain(self) -> None:
+        """Graceful shutdown begins: refuse new sessions, close every viewer (4503, reconnect)."""
+        self._closing = self.draining = True
+        for ev in self._stops.values():
+            ev.set()
 
     def is_booting(self, session_id: str) -> bool:
         """Whether this controller is booting that session right now."""
@@ -289,17 +298,19 @@ class SessionService:
             raise LimitExceeded(
                 503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
             )
-        node_limit = s.max_sessions_per_node or s.pool_size
-        here = (
-            db.scalar(select(func.count()).select_from(SessionRow).where(active, SessionRow.fabric == s.fabric_netns))
-            or 0
-        )
-        if here >= node_limit:
-            raise LimitExceeded(
-                503,
-                f"this node (fabric {s.fabric_netns}) runs its limit of {node_limit} sessions "
-                "(HEARTH_MAX_SESSIONS_PER_NODE / the IP pool); retry later or on another node",
+        if s.max_sessions_per_node:  # else the IP pool bounds this node (PoolExhausted from the lease)
+            here = (
+                db.scalar(
+                    select(func.count()).select_from(SessionRow).where(active, SessionRow.fabric == s.fabric_netns)
+                )
+                or 0
             )
+            if here >= s.max_sessions_per_node:
+                raise LimitExceeded(
+                    503,
+                    f"this node (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
+                    "(HEARTH_MAX_SESSIONS_PER_NODE); retry later or on another node",
+                )
         mine = db.scalar(select(func.count()).select_from(SessionRow).where(active, SessionRow.user_id == user_id)) or 0
         if mine >= s.max_sessions_per_user:
             raise LimitExceeded(
@@ -581,9 +592,12 @@ class ViewerGauge:
 
     def __init__(self) -> None:
         self._n: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add(self, session_id: str) -> None:
         self._n[session_id] = self._n.get(session_id, 0) + 1
+        self._idle.clear()
 
     def remove(self, session_id: str) -> None:
         left = self._n.get(session_id, 1) - 1
@@ -591,6 +605,16 @@ class ViewerGauge:
             self._n[session_id] = left
         else:
             self._n.pop(session_id, None)
+        if not self._n:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no viewer is connected; whether that happened."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def count(self, session_id: str) -> int:
         return self._n.get(session_id, 0)
