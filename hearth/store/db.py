@@ -41,7 +41,8 @@ class Database:
     def __init__(self, url: str, data_dir: Path | None = None, workers: int = DB_WORKERS) -> None:
         self.url = url
         self.data_dir = data_dir
-        self._anchor = _identity(data_dir) if data_dir is not None else None
+        # An open handle on the data dir: its inode cannot be reused while held, so "same inode" stays meaningful.
+        self._dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if data_dir is not None else None
         self.file = sqlite_path(url)
         connect_args: dict[str, Any]
         if url.startswith("sqlite"):
@@ -67,11 +68,12 @@ class Database:
 
     def check_data_dir(self) -> None:
         """Raise StoreError when the data directory vanished or was replaced since the store opened it."""
-        if self.data_dir is None or self._anchor is None:
+        if self.data_dir is None or self._dir_fd is None:
             return
+        held = os.fstat(self._dir_fd)
         now = _identity(self.data_dir)
-        if now != self._anchor:
-            gone = "was removed" if now is None else "was replaced by another directory"
+        if held.st_nlink == 0 or now != (held.st_dev, held.st_ino):
+            gone = "was removed" if held.st_nlink == 0 or now is None else "was replaced by another directory"
             raise StoreError(
                 f"the data directory {self.data_dir} {gone} while hearth was running; no new work is accepted",
                 "restore the data directory (or its backup) and restart hearth",
@@ -111,6 +113,9 @@ class Database:
     def dispose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def _guard(self, work: Callable[[], T]) -> T:
         self.check_data_dir()

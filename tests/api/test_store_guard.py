@@ -54,8 +54,22 @@ def test_a_vanished_data_dir_stops_every_write(tmp_path: Path) -> None:
             db.probe()
         assert caught.value.reason.startswith("[store] the data directory") and "was removed" in caught.value.reason
         data.mkdir()  # a new, empty directory at the same path is not the store's directory
-        with pytest.raises(StoreError, match="replaced"):
+        with pytest.raises(StoreError, match="was removed"):
             add_session(db)
+    finally:
+        db.dispose()
+
+
+def test_a_replaced_data_dir_stops_every_write(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = Database(f"sqlite:///{data / 'hearth.db'}", data)
+    try:
+        add_session(db)
+        data.rename(tmp_path / "moved-away")
+        data.mkdir()  # e.g. a remount that hid the real directory
+        with pytest.raises(StoreError, match="was replaced by another directory"):
+            db.probe()
     finally:
         db.dispose()
 
