@@ -71,8 +71,9 @@ def fill(path: Path) -> Path:
 
 
 async def test_disk_full_and_freed(make_settings: Callable[..., Settings]) -> None:
+    """SQLite in the data dir on a full disk (on the PostgreSQL pass too: the database must be on that disk)."""
     with small_tmpfs(96) as data:
-        settings = make_settings(HEARTH_DATA_DIR=str(data), HEARTH_MIN_FREE_MB="2", **LIGHT)
+        settings = make_settings(HEARTH_DATA_DIR=str(data), HEARTH_DATABASE_URL="", HEARTH_MIN_FREE_MB="2", **LIGHT)
         async with running_controller(settings) as ctl:
             filler = data / "filler"
 
