@@ -31,7 +31,8 @@ from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import Driver
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.select import choose_driver
-from hearth.session.service import LimitExceeded, SessionNotFound, SessionService
+from hearth.session.admission import LimitExceeded
+from hearth.session.service import SessionNotFound, SessionService
 from hearth.session.signin import SignInFlow
 from hearth.session.states import IllegalTransition
 from hearth.store.db import Database

@@ -50,7 +50,12 @@ def serve() -> None:
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
-    server(settings, create_app(build(settings))).run()
+    try:
+        ctl = build(settings)  # refuses a store whose schema is behind/ahead, or keys missing over an old store
+    except HearthError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
+        raise typer.Exit(2) from None
+    server(settings, create_app(ctl)).run()
 
 
 @app.command()

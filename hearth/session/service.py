@@ -19,17 +19,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
-from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
-from hearth.fabric.ipam import Ipam, Lease
+from hearth.errors import HearthError, Hop, StoreError
+from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session import readiness
+from hearth.session import admission, readiness
+from hearth.session.admission import LimitExceeded
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
@@ -42,12 +42,6 @@ class SessionNotFound(Exception):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"no session {session_id}")
         self.session_id = session_id
-
-
-class LimitExceeded(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -255,67 +249,14 @@ class SessionService:
         s = self.settings
         sid = str(uuid.uuid4())
 
-        def admit(db: Db) -> tuple[SessionRow, Lease]:
-            self._check_limits(db, user_id)
-            lease = self.ipam.take(db, sid)  # PoolExhausted → 503 with nothing created
-            row = SessionRow(
-                id=sid,
-                user_id=user_id,
-                provider=provider,
-                status=Status.STARTING.value,
-                driver=self.driver.name,
-                fabric=s.fabric_netns,
-                slot=lease.slot.index,
-                sandbox_ip=str(lease.slot.ip),
-                timings={},
-            )
-            db.add(row)
-            db.flush()
-            db.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
-            return row, lease
-
-        def admit_retrying() -> tuple[SessionRow, Lease]:
-            for _ in range(16):
-                try:
-                    return self.db.admit(admit)
-                except IntegrityError:
-                    continue  # a writer outside the admission lock (the reconciler's quarantine) took that slot
-            raise PoolExhausted(self.ipam.size)
-
         t0 = time.monotonic()
         # Limits, lease and insert in one transaction under the admission lock: concurrent starts cannot all pass.
-        row, lease = await self.db.offload(admit_retrying)
+        row, lease = await self.db.offload(
+            lambda: admission.admit(self.db, self.ipam, s, sid, user_id, provider, self.driver.name)
+        )
         self._slots[sid] = lease.slot.index
         self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, t0), name=f"boot-{sid}")
         return SessionView.of(row)
-
-    def _check_limits(self, db: Db, user_id: str) -> None:
-        """Inside the admission transaction: global, per-node (this fabric) and per-user limits."""
-        s = self.settings
-        active = SessionRow.status.not_in([t.value for t in TERMINAL])
-        total = db.scalar(select(func.count()).select_from(SessionRow).where(active)) or 0
-        if total >= s.max_browser_sessions:
-            raise LimitExceeded(
-                503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
-            )
-        if s.max_sessions_per_node:  # else the IP pool bounds this node (PoolExhausted from the lease)
-            here = (
-                db.scalar(
-                    select(func.count()).select_from(SessionRow).where(active, SessionRow.fabric == s.fabric_netns)
-                )
-                or 0
-            )
-            if here >= s.max_sessions_per_node:
-                raise LimitExceeded(
-                    503,
-                    f"this node (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
-                    "(HEARTH_MAX_SESSIONS_PER_NODE); retry later or on another node",
-                )
-        mine = db.scalar(select(func.count()).select_from(SessionRow).where(active, SessionRow.user_id == user_id)) or 0
-        if mine >= s.max_sessions_per_user:
-            raise LimitExceeded(
-                429, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
-            )
 
     async def cancel(self, session_id: str) -> SessionView:
         return await self.end(session_id, Status.CANCELLED, "cancelled by the API client")
