@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from hearth.errors import StoreError
 from hearth.gateway.tokens.base import TokenError, TokenStore
 from hearth.session.service import SessionNotFound, SessionService, SessionView
 
@@ -59,7 +60,12 @@ def make_router(service: SessionService, tokens: TokenStore, keepalive: float = 
             last = ""
             while True:
                 waiter = service.changes.waiter(session_id)
-                view = await service.get(session_id)
+                try:
+                    view = await service.get(session_id)
+                except StoreError:  # the store is down: keep the stream, ask again after the keepalive
+                    yield ": store unavailable\n\n"
+                    await asyncio.sleep(keepalive)
+                    continue
                 now = status_json(view)
                 if now != last:
                     yield f"data: {now}\n\n"
