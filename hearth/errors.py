@@ -24,6 +24,7 @@ class Hop(StrEnum):
     RFB = "rfb"
     GATEWAY = "gateway"
     DRIVER = "driver"
+    STORE = "store"
 
 
 class HearthError(Exception):
@@ -76,3 +77,17 @@ class DriverError(HearthError):
 
 class NotReady(HearthError):
     """A readiness gate did not open in time."""
+
+
+class StoreError(HearthError):
+    """The state store (database or data directory) cannot be read or written right now: API answers 503."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(Hop.STORE, message, hint or "hearth retries on its own once the store is back")
+
+
+class SchemaError(HearthError):
+    """The database schema is not the one this hearth expects."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(Hop.STORE, message, hint)

@@ -42,6 +42,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio busybox-static zstd xz-utils
   # the control plane itself
   python3 python3-venv ca-certificates
+  # PostgreSQL 15: the second store the tests run against (scripts/test.sh starts a throwaway cluster)
+  postgresql
 )
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)

@@ -14,6 +14,7 @@ import pytest
 from hearth.api.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
 from tests.image.golden import TESTS_BASE
+from tests.pgcluster import fresh_database
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,7 +37,19 @@ def data_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_settings(data_dir: Path) -> Callable[..., Settings]:
+def database_url() -> Iterator[str]:
+    """ "" (SQLite in the data dir), or — when TEST_DATABASE_URL names a PostgreSQL server (scripts/test.sh's
+    second pass) — a fresh database of this test's own on it, dropped afterwards."""
+    admin = os.environ.get("TEST_DATABASE_URL", "")
+    if not admin:
+        yield ""
+        return
+    with fresh_database(admin) as url:
+        yield url
+
+
+@pytest.fixture
+def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
     """Settings for an isolated hearth instance: unique fabric namespace, own data dir, own API port."""
 
     def make(**env: str) -> Settings:
@@ -48,6 +61,8 @@ def make_settings(data_dir: Path) -> Callable[..., Settings]:
             "HEARTH_DRIVER": "netns",
             "HEARTH_READY_TIMEOUT": "60",
         }
+        if database_url:
+            base["HEARTH_DATABASE_URL"] = database_url
         base.update(env)
         return load_settings(base, env_file=None)
 

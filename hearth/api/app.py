@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import func, select
 
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
-from hearth.api import diagnostics, limits, sessions, users
+from hearth.api import diagnostics, health, limits, sessions, users
 from hearth.api.auth import ApiKeys
-from hearth.api.schemas import Health
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
-from hearth.errors import HearthError, PoolExhausted
+from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
@@ -31,14 +31,17 @@ from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import Driver
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.select import choose_driver
-from hearth.session.service import LimitExceeded, SessionNotFound, SessionService
+from hearth.session.admission import LimitExceeded
+from hearth.session.service import SessionNotFound, SessionService
 from hearth.session.signin import SignInFlow
 from hearth.session.states import IllegalTransition
 from hearth.store.db import Database
+from hearth.store.models import CredentialRow, SessionRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
 
 log = logging.getLogger("hearth.api")
+RETRY_AFTER = 5  # seconds, on 503 for an unavailable store
 
 
 @dataclass
@@ -57,13 +60,19 @@ class Controller:
     signin: SignInFlow
 
     async def close(self) -> None:
+        """End every session, stop the CLI sandboxes, then close the store (its executor goes last)."""
         await self.service.shutdown()
+        with contextlib.suppress(StoreError):
+            for user in await self.clis.running_users():
+                with contextlib.suppress(Exception):
+                    await self.clis.stop(user)
         self.db.dispose()
 
 
 def build(settings: Settings, driver: Driver | None = None) -> Controller:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.db_url)
+    db = Database(settings.db_url, settings.data_dir)
+    refuse_new_keys_over_old_store(settings, db)
     drv = driver or choose_driver(settings).driver
     service = SessionService(settings, db, drv)
     key = (
@@ -77,6 +86,30 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
 
 
+def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
+    """A missing key file is generated only for an empty store: new keys over existing sessions or sealed
+    credentials would silently invalidate every viewer token / make every credential unreadable."""
+    token_file, vault_file = settings.data_dir / "token.key", settings.data_dir / "vault.keys"
+    sessions_n, sealed_n = db.call(
+        lambda s: (
+            s.scalar(select(func.count()).select_from(SessionRow)) or 0,
+            s.scalar(select(func.count()).select_from(CredentialRow)) or 0,
+        )
+    )
+    missing = []
+    if not settings.token_secret and not token_file.exists() and sessions_n:
+        missing.append(f"{token_file} (the store holds {sessions_n} sessions)")
+    if not settings.master_key and not vault_file.exists() and sealed_n:
+        missing.append(f"{vault_file} (the store holds {sealed_n} sealed credentials)")
+    if missing:
+        raise HearthError(
+            Hop.STORE,
+            f"refusing to generate new keys over an existing store: missing {'; '.join(missing)}",
+            "restore the key files from the data dir's backup (or set HEARTH_TOKEN_SECRET / HEARTH_MASTER_KEY); "
+            "a wrong HEARTH_DATA_DIR or HEARTH_DATABASE_URL also shows this",
+        )
+
+
 async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
     """Watchdog and expiry every `period`; the reconciler at once (in the background) and then periodically."""
     reconciler = Reconciler(ctl.service)
@@ -84,12 +117,15 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
+            await ctl.service.record_pending()
             if loop.time() >= next_reconcile:
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
                 await reconciler.run_once()
             await ctl.service.check_alive()
             await ctl.service.expire_due()
             await ctl.clis.stop_idle()
+        except StoreError as exc:
+            log.warning("housekeeping pass skipped: %s", exc.reason)
         except Exception:
             log.exception("housekeeping pass failed")
         await asyncio.sleep(period)
@@ -112,9 +148,6 @@ def create_app(ctl: Controller) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await ctl.close()
-            for user in await ctl.clis.running_users():
-                with contextlib.suppress(Exception):
-                    await ctl.clis.stop(user)
             callbacks.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(callbacks_task, 10)
@@ -125,8 +158,18 @@ def create_app(ctl: Controller) -> FastAPI:
 
     @app.exception_handler(HearthError)
     async def hearth_error(_r: Request, exc: HearthError) -> JSONResponse:
-        code = 503 if isinstance(exc, PoolExhausted) else 502
-        return JSONResponse({"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint}, status_code=code)
+        body = {"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint}
+        if isinstance(exc, StoreError):
+            return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+        return JSONResponse(body, status_code=503 if isinstance(exc, PoolExhausted) else 502)
+
+    @app.exception_handler(Exception)
+    async def internal(_r: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)  # the details stay in the log; never in a user-facing reason
+        return JSONResponse(
+            {"error": "[controller] internal error; the controller log has the details", "hop": "controller"},
+            status_code=500,
+        )
 
     @app.exception_handler(SessionNotFound)
     async def not_found(_r: Request, exc: SessionNotFound) -> JSONResponse:
@@ -149,12 +192,7 @@ def create_app(ctl: Controller) -> FastAPI:
         body = await asyncio.to_thread(ctl.service.metrics.render)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    @app.get("/health", response_model=Health, tags=["health"])
-    async def health() -> Health:
-        """Liveness; no authentication."""
-        active = await ctl.service.list_active()
-        return Health(ok=True, driver=ctl.driver.name, fabric=settings.fabric_netns, active_sessions=len(active))
-
+    app.include_router(health.make_router(ctl))
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
     app.include_router(diagnostics.make_router(ctl, keys))

@@ -12,6 +12,7 @@ from rich.markup import escape
 from hearth import log
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
+from hearth.cli.db import db_app
 from hearth.cli.doctor import doctor
 from hearth.cli.fabric import fabric_app
 from hearth.cli.image import image_app
@@ -25,6 +26,7 @@ app = typer.Typer(
     help="hearth: disposable browser desktops streamed over one authenticated WebSocket.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
 app.add_typer(fabric_app, name="fabric")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
@@ -50,7 +52,12 @@ def serve() -> None:
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
-    server(settings, create_app(build(settings))).run()
+    try:
+        ctl = build(settings)  # refuses a store whose schema is behind/ahead, or keys missing over an old store
+    except HearthError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
+        raise typer.Exit(2) from None
+    server(settings, create_app(ctl)).run()
 
 
 @app.command()

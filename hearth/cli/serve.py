@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -11,6 +12,8 @@ from fastapi import FastAPI
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
 from hearth.log import install_redaction
+
+DRAIN_TIMEOUT = 5.0  # seconds for viewers to take their 4503 close on a graceful shutdown
 
 
 def check_listen(settings: Settings) -> None:
@@ -40,6 +43,18 @@ async def serve_until_stopped(srv: uvicorn.Server) -> None:
         raise RuntimeError(f"the API server stopped during startup (exit {exc.code}); see the log above") from None
 
 
+class Server(uvicorn.Server):
+    """uvicorn, but a graceful shutdown first closes every viewer itself — 4503 "controller shutting down —
+    reconnect" — instead of leaving them to uvicorn's bare 1012, then shuts down as uvicorn does."""
+
+    drain: Callable[[], Awaitable[None]] | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.drain is not None:
+            await self.drain()
+        await super().shutdown(sockets)
+
+
 def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
     install_redaction()  # uvicorn logs WebSocket request lines with their query string: never the viewer token
     host, port = settings.listen_host_port
@@ -55,4 +70,14 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
         log_config=None,
         access_log=False,
     )
-    return uvicorn.Server(config)
+    srv = Server(config)
+    ctl = getattr(app.state, "controller", None)
+    if ctl is not None:
+        service = ctl.service
+
+        async def drain() -> None:
+            service.drain()
+            await service.viewers.wait_idle(DRAIN_TIMEOUT)
+
+        srv.drain = drain
+    return srv

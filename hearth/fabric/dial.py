@@ -22,6 +22,31 @@ _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
+def _run_in_netns(path: Path, fn: Callable[[], T], box: dict[str, Any]) -> None:
+    """On a thread of its own: join the namespace at `path`, run `fn`, put its result or error into `box`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        box["err"] = exc
+        return
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            box["err"] = OSError(err, f"setns({path}): {os.strerror(err)}")
+            return
+        box["ok"] = fn()
+    except BaseException as exc:
+        box["err"] = exc
+    finally:
+        os.close(fd)
+
+
+def _unbox(box: dict[str, Any]) -> Any:
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]
+
+
 def call_in_netns(netns: str | None, fn: Callable[[], T], timeout: float = 10.0) -> T:
     """Run `fn()` on a short-lived thread that joined namespace `netns` (None: the caller's own namespace).
 
@@ -30,34 +55,41 @@ def call_in_netns(netns: str | None, fn: Callable[[], T], timeout: float = 10.0)
     """
     if netns is None:
         return fn()
-    path = NETNS_RUN_DIR / netns
     box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            box["err"] = exc
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                box["err"] = OSError(err, f"setns({path}): {os.strerror(err)}")
-                return
-            box["ok"] = fn()
-        except BaseException as exc:
-            box["err"] = exc
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=work, name=f"netns-{netns}", daemon=True)
+    t = threading.Thread(
+        target=_run_in_netns, args=(NETNS_RUN_DIR / netns, fn, box), name=f"netns-{netns}", daemon=True
+    )
     t.start()
     t.join(timeout)
     if t.is_alive():
         raise TimeoutError(f"work inside namespace {netns} did not finish within {timeout:.0f}s")
-    if "err" in box:
-        raise box["err"]
-    result: T = box["ok"]
+    result: T = _unbox(box)
+    return result
+
+
+async def acall_in_netns(netns: str | None, fn: Callable[[], T], timeout: float = 10.0) -> T:
+    """`call_in_netns` for the event loop without any shared thread pool: the namespace thread itself hands the
+    result back, so fabric dials never queue behind database work (or anything else) in the default executor."""
+    if netns is None:
+        return fn()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    box: dict[str, Any] = {}
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def work() -> None:
+        _run_in_netns(NETNS_RUN_DIR / netns, fn, box)
+        loop.call_soon_threadsafe(finish)
+
+    threading.Thread(target=work, name=f"netns-{netns}", daemon=True).start()
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"work inside namespace {netns} did not finish within {timeout:.0f}s") from None
+    result: T = _unbox(box)
     return result
 
 
@@ -70,7 +102,7 @@ def socket_in_netns(
 
 async def connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:
     """A connected, non-blocking TCP socket to host:port from inside `netns`. Raises OSError / TimeoutError."""
-    sock = await asyncio.to_thread(socket_in_netns, netns)
+    sock = await acall_in_netns(netns, socket.socket, timeout)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

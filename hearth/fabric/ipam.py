@@ -39,36 +39,33 @@ class Ipam:
     def size(self) -> int:
         return self._s.pool_size
 
-    def acquire_sync(self, session_id: str, attempts: int = 64) -> Lease:
-        """Lease the lowest free slot for `session_id` (idempotent: an existing lease is returned)."""
+    def take(self, db: Session, owner: str) -> Lease:
+        """Inside a transaction: the lease of `owner`, or a new one on the lowest free slot (PoolExhausted)."""
         fabric = self._s.fabric_netns
+        mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
+        if mine is not None:
+            return Lease(owner, self.slot(mine.slot))
+        used = set(db.scalars(select(LeaseRow.slot).where(LeaseRow.fabric == fabric)))
+        free = next((i for i in range(self.size) if i not in used), None)
+        if free is None:
+            raise PoolExhausted(self.size)
+        slot = self.slot(free)
+        db.add(LeaseRow(fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner))
+        db.flush()
+        return Lease(owner, slot)
+
+    def acquire_sync(self, session_id: str, attempts: int = 64) -> Lease:
+        """Lease the lowest free slot for `session_id` (idempotent: an existing lease is returned). Runs under the
+        admission lock, like session creates; a constraint still guards against writers that do not take it."""
         for _ in range(attempts):
-
-            def take(db: Session) -> Lease | None:
-                mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == session_id))
-                if mine is not None:
-                    return Lease(session_id, self.slot(mine.slot))
-                used = set(db.scalars(select(LeaseRow.slot).where(LeaseRow.fabric == fabric)))
-                free = next((i for i in range(self.size) if i not in used), None)
-                if free is None:
-                    raise PoolExhausted(self.size)
-                slot = self.slot(free)
-                db.add(LeaseRow(fabric=fabric, slot=free, ip=str(slot.ip), session_id=session_id))
-                db.flush()
-                return Lease(session_id, slot)
-
             try:
-                lease = self._db.call(take)
+                return self._db.admit(lambda db: self.take(db, session_id))
             except IntegrityError:
                 continue  # another creator took that slot first; look again
-            if lease is not None:
-                return lease
         raise PoolExhausted(self.size)
 
     async def acquire(self, session_id: str) -> Lease:
-        import asyncio
-
-        return await asyncio.to_thread(self.acquire_sync, session_id)
+        return await self._db.offload(lambda: self.acquire_sync(session_id))
 
     async def release(self, session_id: str) -> None:
         """Release the lease of `session_id`; releasing nothing is success."""

@@ -2,7 +2,9 @@
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
 4401 bad token, 4404 unknown session, 4408 not ready in time, 4410 no desktop (a direct-mode session: the person
-signs in in their own browser), 4502 sandbox unreachable (naming the hop), 1000 on sandbox EOF or a normal end.
+signs in in their own browser), 4502 sandbox unreachable (naming the hop), 4503 temporarily unavailable — the
+controller is shutting down or its store is down — reconnect, 1000 on sandbox EOF or a normal end. (1012 is
+uvicorn's own, only if a viewer outlives the 4503 drain.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from hearth.config import Settings
-from hearth.errors import HearthError, Hop
+from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
@@ -24,7 +26,8 @@ from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
-BAD_TOKEN, UNKNOWN, NOT_READY, NO_DESKTOP, UNREACHABLE = 4401, 4404, 4408, 4410, 4502
+BAD_TOKEN, UNKNOWN, NOT_READY, NO_DESKTOP, UNREACHABLE, UNAVAILABLE = 4401, 4404, 4408, 4410, 4502, 4503
+SHUTTING_DOWN = "controller shutting down — reconnect"
 
 
 def close_reason(text: str) -> str:
@@ -59,12 +62,16 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 claims = tokens.verify(token, session_id)
             except TokenError as exc:
                 return await close(BAD_TOKEN, f"unauthorized: {exc}")
+            if service.draining:
+                return await close(UNAVAILABLE, SHUTTING_DOWN)
             try:
                 if (await service.get(session_id)).mode is SigninMode.DIRECT:
                     return await close(NO_DESKTOP, "no desktop: this session signs in in your own browser (direct)")
                 view = await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")
+            except StoreError:
+                return await close(UNAVAILABLE, "[store] state store unavailable — reconnect shortly")
             if view.status is Status.STARTING:
                 return await close(NOT_READY, f"sandbox not ready within {settings.viewer_wait:.0f}s; retry")
             if view.status.terminal:
@@ -102,7 +109,12 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return None
             if outcome.ended is Ended.SANDBOX_EOF:
                 return await close(1000, outcome.detail)
-            latest = await service.get(session_id)
+            if outcome.ended is Ended.STOPPED and service.draining:
+                return await close(UNAVAILABLE, SHUTTING_DOWN)
+            try:
+                latest = await service.get(session_id)
+            except StoreError:  # ended while the store is down (the end is recorded later)
+                return await close(1000, "session ended")
             if outcome.ended is Ended.STOPPED and latest.status is not Status.FAILED:
                 return await close(1000, f"session {latest.status.value}")
             reason = latest.reason or await service.explain(

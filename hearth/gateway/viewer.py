@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from hearth.api.auth import ApiKeys
+from hearth.errors import StoreError
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionNotFound, SessionService, SessionView
@@ -116,7 +117,12 @@ def make_router(
             await service.heartbeat(session_id)
             while True:
                 waiter = service.changes.waiter(session_id)
-                view = await service.get(session_id)
+                try:
+                    view = await service.get(session_id)
+                except StoreError:  # the store is down: keep the stream, ask again after the keepalive
+                    yield ": store unavailable\n\n"
+                    await asyncio.sleep(keepalive)
+                    continue
                 watching = claims.scope is not Scope.CONTROL
                 now = status_json(view, provider_name(view), None if watching else signin.prompt(session_id), watching)
                 if now != last:

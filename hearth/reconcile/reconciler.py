@@ -71,7 +71,7 @@ class Reconciler:
     async def _sessions(self, report: Report) -> None:
         svc = self.service
         for view in await svc.list_active():
-            if svc.is_booting(view.id):
+            if svc.is_booting(view.id) or svc.is_unrecorded(view.id):
                 continue
             if view.status is Status.STARTING or view.slot is None:
                 await svc.end(
@@ -82,6 +82,7 @@ class Reconciler:
                 )
                 report.failed_sessions.append(view.id)
             elif await svc.driver.alive(svc.spec(view.id, svc.ipam.slot(view.slot))):
+                svc.adopt(view.id, view.slot)
                 report.adopted_sessions.append(view.id)
             else:
                 await svc.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)

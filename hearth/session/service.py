@@ -22,13 +22,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
-from hearth.errors import HearthError, Hop
+from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session import readiness
+from hearth.session import admission, readiness
+from hearth.session.admission import LimitExceeded
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
@@ -42,12 +43,6 @@ class SessionNotFound(Exception):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"no session {session_id}")
         self.session_id = session_id
-
-
-class LimitExceeded(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,10 @@ class SessionService:
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._secrets: dict[str, str] = {}
+        self._slots: dict[str, int] = {}  # slot of each session this controller runs: teardown without the store
+        self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
+        self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -129,16 +127,36 @@ class SessionService:
         return readiness.Target.of(self.spec(view.id, self.ipam.slot(view.slot), view.mode), self.settings.fabric_netns)
 
     def stop_event(self, session_id: str) -> asyncio.Event:
-        """Set when the session ends: viewers relaying it close."""
+        """Set when the session ends or the controller drains: viewers relaying it close."""
         ev = self._stops.get(session_id)
         if ev is None:
             ev = self._stops[session_id] = asyncio.Event()
+        if self.draining:
+            ev.set()
         return ev
+
+    def drain(self) -> None:
+        """Graceful shutdown begins: refuse new sessions, close every viewer (4503, reconnect)."""
+        self._closing = self.draining = True
+        for ev in self._stops.values():
+            ev.set()
 
     def is_booting(self, session_id: str) -> bool:
         """Whether this controller is booting that session right now."""
         task = self._boots.get(session_id)
         return task is not None and not task.done()
+
+    def adopt(self, session_id: str, slot: int) -> None:
+        """A live sandbox found by the reconciler is run by this controller from now on."""
+        self._slots[session_id] = slot
+
+    def live_sessions(self) -> list[str]:
+        """Sessions whose sandbox this controller runs (known without the store)."""
+        return list(self._slots)
+
+    def is_unrecorded(self, session_id: str) -> bool:
+        """Ended while the store was down; the end is not written yet."""
+        return session_id in self._unrecorded
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task the service keeps a reference to until it finishes."""
@@ -236,51 +254,13 @@ class SessionService:
             raise LimitExceeded(503, "controller is shutting down; retry on another instance")
         s = self.settings
         sid = str(uuid.uuid4())
-        active = [t.value for t in TERMINAL]
 
-        def check_limits(db: Db) -> None:
-            total = db.scalar(select(func.count()).select_from(SessionRow).where(SessionRow.status.not_in(active)))
-            if (total or 0) >= s.max_browser_sessions:
-                raise LimitExceeded(
-                    503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
-                )
-            mine = db.scalar(
-                select(func.count())
-                .select_from(SessionRow)
-                .where(SessionRow.user_id == user_id, SessionRow.status.not_in(active))
-            )
-            if (mine or 0) >= s.max_sessions_per_user:
-                raise LimitExceeded(
-                    429, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
-                )
-
-        await self.db.run(check_limits)
         t0 = time.monotonic()
-        lease = await self.ipam.acquire(sid)  # PoolExhausted → 503 with nothing created
-
-        def create(db: Db) -> SessionRow:
-            row = SessionRow(
-                id=sid,
-                user_id=user_id,
-                provider=provider,
-                mode=mode.value,
-                status=Status.STARTING.value,
-                driver=self.driver.name,
-                fabric=s.fabric_netns,
-                slot=lease.slot.index,
-                sandbox_ip=str(lease.slot.ip),
-                timings={},
-            )
-            db.add(row)
-            db.flush()
-            db.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
-            return row
-
-        try:
-            row = await self.db.run(create)
-        except BaseException:
-            await self.ipam.release(sid)
-            raise
+        # Limits, lease and insert in one transaction under the admission lock: concurrent starts cannot all pass.
+        row, lease = await self.db.offload(
+            lambda: admission.admit(self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name)
+        )
+        self._slots[sid] = lease.slot.index
         self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0), name=f"boot-{sid}")
         return SessionView.of(row)
 
@@ -290,8 +270,17 @@ class SessionService:
     async def end(
         self, session_id: str, status: Status, reason: str | None = None, hop: Hop | None = None
     ) -> SessionView:
-        """Move a session to a terminal status and remove its sandbox. Ending an ended session is a no-op."""
-        view = await self.get(session_id)
+        """Move a session to a terminal status and remove its sandbox. Ending an ended session is a no-op.
+
+        When the store cannot take the write, the sandbox is removed all the same (this controller knows its slot),
+        the end is kept in memory and recorded by `record_pending` once the store is back; StoreError is raised."""
+        try:
+            view = await self.get(session_id)
+        except StoreError:
+            if session_id not in self._slots:
+                raise
+            await self._end_unrecorded(session_id, status, reason, hop)
+            raise _unrecorded_error() from None
         if view.status.terminal:
             return view
         boot = self._boots.get(session_id)
@@ -303,11 +292,46 @@ class SessionService:
             view = await self._transition(session_id, status, reason, hop)
         except IllegalTransition:
             return await self.get(session_id)
+        except StoreError:
+            await self._end_unrecorded(session_id, status, reason, hop, view.slot)
+            raise _unrecorded_error() from None
         if status is Status.FAILED and self.settings.keep_failed:
             log.warning("keeping failed sandbox for debugging (HEARTH_KEEP_FAILED)", extra={"session_id": session_id})
         else:
             await self._teardown(view)
         return view
+
+    async def _end_unrecorded(
+        self, sid: str, status: Status, reason: str | None, hop: Hop | None, slot: int | None = None
+    ) -> None:
+        """End a session while its row cannot be written: stop the boot, close its viewers, remove its sandbox."""
+        log.warning("store unavailable: ending the session without recording it (yet)", extra={"session_id": sid})
+        self._unrecorded[sid] = (status, reason, hop)
+        boot = self._boots.get(sid)
+        if boot is not None and not boot.done():
+            boot.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await boot
+        self.stop_event(sid).set()
+        slot = slot if slot is not None else self._slots.get(sid)
+        if slot is not None and not (status is Status.FAILED and self.settings.keep_failed):
+            await self._destroy_quietly(self.spec(sid, self.ipam.slot(slot)))
+        self._slots.pop(sid, None)
+        self._secrets.pop(sid, None)
+
+    async def record_pending(self) -> int:
+        """Record ends that happened while the store was down (and release their leases); returns how many."""
+        done = 0
+        for sid, (status, reason, hop) in list(self._unrecorded.items()):
+            try:
+                with contextlib.suppress(IllegalTransition, SessionNotFound):
+                    await self._transition(sid, status, reason, hop)
+                await self.ipam.release(sid)
+            except StoreError:
+                return done  # still down: try again on the next pass
+            self._unrecorded.pop(sid, None)
+            done += 1
+        return done
 
     async def heartbeat(self, session_id: str) -> SessionView:
         view = await self.get(session_id)
@@ -337,10 +361,15 @@ class SessionService:
                 await asyncio.wait_for(waiter.wait(), remaining)
 
     async def shutdown(self) -> None:
-        """End every active session (used by the demo and on controller stop)."""
+        """End every active session (used by the demo and on controller stop), even while the store is down."""
         self._closing = True
-        for view in await self.list_active():
-            await self.end(view.id, Status.CANCELLED, "controller shutting down")
+        try:
+            ids = [v.id for v in await self.list_active()]
+        except StoreError:
+            ids = list(self._slots)
+        for sid in ids:
+            with contextlib.suppress(StoreError):
+                await self.end(sid, Status.CANCELLED, "controller shutting down")
 
     async def expire_due(self) -> int:
         """End sessions past their absolute lifetime or idle too long; returns how many."""
@@ -369,7 +398,7 @@ class SessionService:
         """Fail ready sessions whose sandbox died; returns how many."""
         failed = 0
         for view in await self.list_active():
-            if view.status is Status.STARTING or view.slot is None:
+            if view.status is Status.STARTING or view.slot is None or view.id in self._unrecorded:
                 continue
             if not await self.driver.alive(self.spec(view.id, self.ipam.slot(view.slot), view.mode)):
                 await self.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
@@ -387,7 +416,7 @@ class SessionService:
         with bind_session(sid):
             try:
                 async with AsyncExitStack() as undo:
-                    undo.push_async_callback(self.ipam.release, sid)
+                    undo.push_async_callback(self._release_quietly, sid)
                     mark("lease")
                     self._secrets.setdefault(sid, secrets.token_urlsafe(32))
                     spec = self.spec(sid, slot, mode)
@@ -418,10 +447,13 @@ class SessionService:
                 await self._fail_quietly(sid, exc.reason, exc.hop, timings)
             except IllegalTransition:
                 pass  # ended meanwhile (cancel/expire); the undo stack already cleaned up
-            except Exception as exc:
+            except Exception:
                 log.exception("session boot crashed")
                 await self._fail_quietly(
-                    sid, f"[driver] internal error: {type(exc).__name__}: {exc}", Hop.DRIVER, timings
+                    sid,
+                    "[driver] internal error while booting the sandbox; the controller log has the details",
+                    Hop.DRIVER,
+                    timings,
                 )
             finally:
                 self._boots.pop(sid, None)
@@ -429,9 +461,19 @@ class SessionService:
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:
         if not self.settings.keep_failed:
             self.forget(sid)  # the sandbox is gone (undo stack): so is any use for its agent secret
-        with contextlib.suppress(IllegalTransition, SessionNotFound):
-            await self._record(sid, timings=timings)
-            await self._transition(sid, Status.FAILED, reason, hop)
+        self._slots.pop(sid, None)  # the undo stack removed the sandbox
+        try:
+            with contextlib.suppress(IllegalTransition, SessionNotFound):
+                await self._record(sid, timings=timings)
+                await self._transition(sid, Status.FAILED, reason, hop)
+        except StoreError:
+            self._unrecorded[sid] = (Status.FAILED, reason, hop)  # recorded once the store is back
+
+    async def _release_quietly(self, sid: str) -> None:
+        try:
+            await self.ipam.release(sid)
+        except StoreError:
+            log.warning("lease not released (store unavailable); the reconciler will", extra={"session_id": sid})
 
     async def _destroy_quietly(self, spec: SandboxSpec) -> None:
         if self.settings.keep_failed:
@@ -444,7 +486,8 @@ class SessionService:
     async def _teardown(self, view: SessionView) -> None:
         if view.slot is not None:
             await self._destroy_quietly(self.spec(view.id, self.ipam.slot(view.slot), view.mode))
-        await self.ipam.release(view.id)
+        self._slots.pop(view.id, None)
+        await self._release_quietly(view.id)
         self._secrets.pop(view.id, None)
         self._framed.discard(view.id)
 
@@ -496,9 +539,12 @@ class ViewerGauge:
 
     def __init__(self) -> None:
         self._n: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add(self, session_id: str) -> None:
         self._n[session_id] = self._n.get(session_id, 0) + 1
+        self._idle.clear()
 
     def remove(self, session_id: str) -> None:
         left = self._n.get(session_id, 1) - 1
@@ -506,12 +552,30 @@ class ViewerGauge:
             self._n[session_id] = left
         else:
             self._n.pop(session_id, None)
+        if not self._n:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no viewer is connected; whether that happened."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def count(self, session_id: str) -> int:
         return self._n.get(session_id, 0)
 
     def total(self) -> int:
         return sum(self._n.values())
+
+
+def _unrecorded_error() -> StoreError:
+    return StoreError(
+        "the session ended and its sandbox was removed, but the state store cannot record it right now",
+        "nothing to do: hearth records the end once the store is back (until then the session may still show as "
+        "active)",
+    )
 
 
 def _aware(dt: datetime) -> datetime:

@@ -1,4 +1,5 @@
-"""Tables: sessions, leases (one per sandbox, uniqueness enforced by the database) and the per-session timeline."""
+"""Tables: sessions, leases (one per sandbox, uniqueness enforced by the database), the per-session timeline,
+sealed credentials, CLI sandboxes and lock rows. Every change needs an Alembic migration (hearth/store/migrations)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,13 @@ class CliSandboxRow(Base):
     home: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LockRow(Base):
+    """Named lock rows. Admission (limits + lease + insert) updates the `admission` row first, in the same
+    transaction: a row lock on PostgreSQL, the write lock on SQLite — so concurrent creates are serialized."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)

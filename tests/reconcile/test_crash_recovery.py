@@ -35,6 +35,7 @@ def controller_env(settings: Settings) -> dict[str, str]:
     env.update(
         HEARTH_FABRIC_NETNS=settings.fabric_netns,
         HEARTH_DATA_DIR=str(settings.data_dir),
+        HEARTH_DATABASE_URL=settings.database_url,
         HEARTH_API_LISTEN=settings.api_listen,
         HEARTH_API_KEYS=",".join(settings.api_keys),
         HEARTH_DRIVER="netns",

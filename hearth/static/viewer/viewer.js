@@ -28,6 +28,8 @@ const PLAIN = {
   4408: "The browser took too long to start. Reload to try again.",
   4410: "This sign-in has no remote desktop: open the link shown on this page in your own browser.",
   4502: "The browser sandbox cannot be reached.",
+  4503: "The service is restarting or briefly unavailable; reconnecting…",
+  1012: "The service is restarting; reconnecting…",
   1000: "The session has ended.",
   1006: "The connection dropped without a reason.",
 };

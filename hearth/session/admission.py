@@ -1,0 +1,93 @@
+"""Admission of a new session: limits, lease and insert in ONE transaction under the admission lock.
+
+`Database.admit` first updates the `admission` lock row — a row lock on PostgreSQL, SQLite's write lock — so
+concurrent starts (threads, workers or controllers sharing the store) are admitted one after another and the counts
+read here stay true until the insert commits: exactly the limit gets through, never more.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as Db
+
+from hearth.config import Settings
+from hearth.errors import PoolExhausted
+from hearth.fabric.ipam import Ipam, Lease
+from hearth.session.states import TERMINAL, Status
+from hearth.store.db import Database
+from hearth.store.models import EventRow, SessionRow
+
+ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first
+
+
+class LimitExceeded(Exception):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def check_limits(db: Db, s: Settings, user_id: str) -> None:
+    """Inside the admission transaction: global, per-node (this fabric) and per-user limits."""
+    active = SessionRow.status.not_in([t.value for t in TERMINAL])
+
+    def count(*where: object) -> int:
+        return int(db.scalar(select(func.count()).select_from(SessionRow).where(active, *where)) or 0)  # type: ignore[arg-type]
+
+    if count() >= s.max_browser_sessions:
+        raise LimitExceeded(
+            503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
+        )
+    # Without HEARTH_MAX_SESSIONS_PER_NODE the IP pool bounds this node (PoolExhausted from the lease).
+    if s.max_sessions_per_node and count(SessionRow.fabric == s.fabric_netns) >= s.max_sessions_per_node:
+        raise LimitExceeded(
+            503,
+            f"this node (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
+            "(HEARTH_MAX_SESSIONS_PER_NODE); retry later or on another node",
+        )
+    mine = count(SessionRow.user_id == user_id)
+    if mine >= s.max_sessions_per_user:
+        raise LimitExceeded(
+            429, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
+        )
+
+
+def admit(
+    db: Database,
+    ipam: Ipam,
+    s: Settings,
+    sid: str,
+    user_id: str,
+    provider: str | None,
+    mode: str,
+    driver: str,
+) -> tuple[SessionRow, Lease]:
+    """Check the limits, lease an address and insert the `starting` session, atomically (blocking: run it on the
+    store's executor). LimitExceeded / PoolExhausted leave nothing behind."""
+
+    def step(session: Db) -> tuple[SessionRow, Lease]:
+        check_limits(session, s, user_id)
+        lease = ipam.take(session, sid)
+        row = SessionRow(
+            id=sid,
+            user_id=user_id,
+            provider=provider,
+            mode=mode,
+            status=Status.STARTING.value,
+            driver=driver,
+            fabric=s.fabric_netns,
+            slot=lease.slot.index,
+            sandbox_ip=str(lease.slot.ip),
+            timings={},
+        )
+        session.add(row)
+        session.flush()
+        session.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
+        return row, lease
+
+    for _ in range(ATTEMPTS):
+        try:
+            return db.admit(step)
+        except IntegrityError:
+            continue
+    raise PoolExhausted(ipam.size)

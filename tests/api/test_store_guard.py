@@ -1,0 +1,89 @@
+"""`hearth.api.app.refuse_new_keys_over_old_store` and the store's data-dir watch (no root needed): real SQLite
+stores in real directories."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hearth.api.app import refuse_new_keys_over_old_store
+from hearth.config import Settings
+from hearth.errors import HearthError, StoreError
+from hearth.store.db import Database
+from hearth.store.models import CredentialRow, SessionRow
+
+
+def add_session(db: Database) -> None:
+    db.call(lambda s: s.add(SessionRow(id="s1", user_id="u", status="cancelled", driver="netns", fabric="f")))
+
+
+def test_keys_are_generated_for_an_empty_store_only(make_settings: Callable[..., Settings]) -> None:
+    s = make_settings()
+    db = Database(s.db_url, s.data_dir)
+    try:
+        refuse_new_keys_over_old_store(s, db)  # empty store: fine
+        add_session(db)
+        with pytest.raises(HearthError) as caught:
+            refuse_new_keys_over_old_store(s, db)
+        assert "token.key" in caught.value.reason and "1 sessions" in caught.value.reason
+        (s.data_dir / "token.key").write_bytes(b"k" * 32)
+        refuse_new_keys_over_old_store(s, db)  # the key is there: fine
+        db.call(
+            lambda d: d.add(
+                CredentialRow(user_id="u", provider="p", key_id="k", nonce=b"n" * 12, ciphertext=b"c", files=[])
+            )
+        )
+        with pytest.raises(HearthError, match=r"vault\.keys"):
+            refuse_new_keys_over_old_store(s, db)
+        refuse_new_keys_over_old_store(make_settings(HEARTH_MASTER_KEY="a" * 64), db)  # the key comes from env
+    finally:
+        db.dispose()
+
+
+def test_a_vanished_data_dir_stops_every_write(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = Database(f"sqlite:///{tmp_path / 'elsewhere.db'}", data)
+    try:
+        db.probe()
+        shutil.rmtree(data)
+        with pytest.raises(StoreError) as caught:
+            db.probe()
+        assert caught.value.reason.startswith("[store] the data directory") and "was removed" in caught.value.reason
+        data.mkdir()  # a new, empty directory at the same path is not the store's directory
+        with pytest.raises(StoreError, match="was removed"):
+            add_session(db)
+    finally:
+        db.dispose()
+
+
+def test_a_replaced_data_dir_stops_every_write(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = Database(f"sqlite:///{data / 'hearth.db'}", data)
+    try:
+        add_session(db)
+        data.rename(tmp_path / "moved-away")
+        data.mkdir()  # e.g. a remount that hid the real directory
+        with pytest.raises(StoreError, match="was replaced by another directory"):
+            db.probe()
+    finally:
+        db.dispose()
+
+
+def test_an_unreachable_database_is_a_store_error_without_library_text(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'h.db'}")
+    try:
+        (tmp_path / "h.db").unlink()
+        (tmp_path / "h.db").mkdir()  # the file is now a directory: SQLite cannot open it
+        db.engine.dispose()  # drop pooled connections so the next one opens the path again
+        with pytest.raises(StoreError) as caught:
+            db.probe()
+        text = caught.value.reason
+        assert text.startswith("[store] the state store is unavailable:"), text
+        assert "sqlalche" not in text and "OperationalError" not in text and "sqlite3" not in text
+    finally:
+        db.dispose()
