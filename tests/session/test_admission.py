@@ -31,7 +31,7 @@ def hammer(settings: Settings, users: list[str]) -> tuple[Counter[str], Database
     def one(user: str) -> str:
         barrier.wait()  # all at once
         try:
-            admission.admit(db, ipam, settings, str(uuid.uuid4()), user, None, "netns")
+            admission.admit(db, ipam, settings, str(uuid.uuid4()), user, None, "remote_browser", "netns")
         except admission.LimitExceeded as exc:
             named = re.search(r"\(([A-Z_]+)\)", str(exc))  # the setting the reason names
             return f"{exc.status_code}:{named.group(1) if named else str(exc)}"
