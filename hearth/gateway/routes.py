@@ -1,8 +1,9 @@
 """The viewer WebSocket: `/api/auth/session/{id}/novnc/websock?token=…` (subprotocol `binary`, as noVNC uses).
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
-4401 bad token, 4404 unknown session, 4408 not ready in time, 4502 sandbox unreachable (naming the hop),
-1000 on sandbox EOF or a normal end.
+4400 the viewer's RFB handshake was not RFB, 4401 bad token, 4403 a view-only viewer sent a message type that
+cannot be framed (input is dropped silently; anything unknown ends the connection), 4404 unknown session, 4408 not
+ready in time, 4502 sandbox unreachable (naming the hop), 1000 on sandbox EOF or a normal end.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
-BAD_TOKEN, UNKNOWN, NOT_READY, UNREACHABLE = 4401, 4404, 4408, 4502
+BAD_RFB, BAD_TOKEN, VIEW_ONLY, UNKNOWN, NOT_READY, UNREACHABLE = 4400, 4401, 4403, 4404, 4408, 4502
 
 
 def close_reason(text: str) -> str:
@@ -99,6 +100,11 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return None
             if outcome.ended is Ended.SANDBOX_EOF:
                 return await close(1000, outcome.detail)
+            if outcome.ended is Ended.BAD_VIEWER:
+                return await close(BAD_RFB, outcome.detail)
+            if outcome.ended is Ended.VIEW_ONLY:
+                log.warning("view-only viewer cut off", extra={"close_reason": outcome.detail})
+                return await close(VIEW_ONLY, outcome.detail)
             latest = await service.get(session_id)
             if outcome.ended is Ended.STOPPED and latest.status is not Status.FAILED:
                 return await close(1000, f"session {latest.status.value}")
