@@ -102,7 +102,7 @@ def create_app(ctl: Controller) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctl.fabric.up()
-        callbacks, callbacks_task = await agent_callbacks.serve(settings, ctl.signin)
+        callbacks = await agent_callbacks.serve(settings, ctl.signin)
         await ctl.clis.recover()
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         try:
@@ -115,9 +115,7 @@ def create_app(ctl: Controller) -> FastAPI:
             for user in await ctl.clis.running_users():
                 with contextlib.suppress(Exception):
                     await ctl.clis.stop(user)
-            callbacks.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(callbacks_task, 10)
+            await callbacks.close()
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
     limits.install(app, settings)  # request size limit and per-client rate limiting on /api/*

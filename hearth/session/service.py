@@ -147,9 +147,12 @@ class SessionService:
         """The agent secret of a live sandbox of this controller (None when unknown or ended)."""
         return self._secrets.get(session_id)
 
-    async def advance(self, session_id: str, target: Status, detail: str | None = None) -> SessionView:
-        """A non-terminal step of the flow (e.g. ready → awaiting_user); illegal steps raise IllegalTransition."""
-        return await self._transition(session_id, target, detail, None)
+    async def advance(
+        self, session_id: str, target: Status, detail: str | None = None, also: Callable[[Db], object] | None = None
+    ) -> SessionView:
+        """A non-terminal step of the flow (e.g. ready → awaiting_user); illegal steps raise IllegalTransition.
+        `also` runs in the same transaction, after the check: it is committed only with the step."""
+        return await self._transition(session_id, target, detail, None, also=also)
 
     async def note(self, session_id: str, name: str, detail: str | None = None) -> None:
         """Add a timeline entry (no state change)."""
@@ -452,13 +455,21 @@ class SessionService:
         await self.db.run(upd)
 
     async def _transition(
-        self, sid: str, target: Status, reason: str | None, hop: Hop | None, timings: dict[str, float] | None = None
+        self,
+        sid: str,
+        target: Status,
+        reason: str | None,
+        hop: Hop | None,
+        timings: dict[str, float] | None = None,
+        also: Callable[[Db], object] | None = None,
     ) -> SessionView:
         def move(db: Db) -> SessionView:
-            row = db.get(SessionRow, sid)
+            row = db.get(SessionRow, sid, with_for_update=True)
             if row is None:
                 raise SessionNotFound(sid)
             check_transition(Status(row.status), target)
+            if also is not None:
+                also(db)
             row.status = target.value
             row.reason = reason
             row.hop = hop.value if hop else None
