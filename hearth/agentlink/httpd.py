@@ -28,6 +28,8 @@ from typing import Any
 
 import h11
 
+from hearth.api.limits import TokenBucket
+
 log = logging.getLogger("hearth.agentlink")
 
 
@@ -74,9 +76,8 @@ App = Callable[[Request], Awaitable[Response]]
 
 @dataclass
 class _Source:
+    bucket: TokenBucket
     conns: set[asyncio.Task[None]] = field(default_factory=set)
-    tokens: float = 0.0
-    refilled: float = 0.0
     strikes: list[float] = field(default_factory=list)
     cut_until: float = 0.0
 
@@ -130,22 +131,13 @@ class BoundedServer:
                 if task is not current:
                     task.cancel()
 
-    def _take_token(self, src: _Source) -> bool:
-        now = time.monotonic()
-        if not src.refilled:
-            src.tokens, src.refilled = float(self.limits.burst), now
-        src.tokens = min(float(self.limits.burst), src.tokens + (now - src.refilled) * self.limits.rate)
-        src.refilled = now
-        if src.tokens < 1:
-            return False
-        src.tokens -= 1
-        return True
-
     # ---- one connection --------------------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) else "?"
-        src = self._sources.setdefault(source, _Source())
+        src = self._sources.get(source)
+        if src is None:
+            src = self._sources[source] = _Source(TokenBucket(self.limits.rate, self.limits.burst, time.monotonic()))
         task = asyncio.current_task()
         assert task is not None
         try:
@@ -171,13 +163,11 @@ class BoundedServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
-            if not src.conns and not src.strikes and src.cut_until <= time.monotonic() and self._full(src):
-                self._sources.pop(source, None)  # nothing to remember about this source
-
-    def _full(self, src: _Source) -> bool:
-        """Its token bucket is full again (forgetting the source gives nothing away)."""
-        elapsed = time.monotonic() - src.refilled
-        return src.tokens + elapsed * self.limits.rate >= self.limits.burst
+            now = time.monotonic()
+            src.strikes = [t for t in src.strikes if now - t < self.limits.strike_window]
+            full = src.bucket.tokens + (now - src.bucket.stamp) * src.bucket.rate >= src.bucket.burst
+            if not src.conns and not src.strikes and src.cut_until <= now and full:
+                self._sources.pop(source, None)  # nothing to remember: forgetting it gives nothing away
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str, src: _Source
@@ -222,7 +212,7 @@ class BoundedServer:
             if head_size > lim.max_head:  # it arrived in one read, so h11's own limit did not apply
                 raise HttpRefusal(431, f"request head larger than {lim.max_head} bytes")
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
-            if not self._take_token(src):
+            if src.bucket.take(time.monotonic()):
                 raise HttpRefusal(429, "too many requests from this sandbox; slow down")
             if "transfer-encoding" in headers:
                 raise HttpRefusal(411, "chunked bodies are refused; send Content-Length")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _private(Path(path))
             connect_args = {"timeout": 10, "check_same_thread": False}
         else:
             connect_args = {"connect_timeout": 10}
@@ -45,6 +47,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _private(path: Path) -> None:
+    """The database file (and so SQLite's -wal/-shm, which take its mode) is the controller's alone: 0600."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    os.chmod(path, 0o600)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
