@@ -19,10 +19,12 @@ from hearth.childproc import kill_and_reap
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR
-from hearth.fabric.slot import UPLINK_INNER, uplink_outer
+from hearth.fabric.slot import UPLINK_INNER, slot_for, uplink_outer
 
 FABRIC_FAMILY = "inet"
 FABRIC_TABLE = "hearth"
+L2_FAMILY = "bridge"  # table `bridge hearth` (same name, another family): what each bridge port may send
+L2_DROPS = ("arp_spoof", "ip_spoof", "not_ipv4")  # comments of the L2 drop rules (their counters go to the doctor)
 ROOT_FAMILY = "ip"
 OWNED_PREFIX = "hearth"  # every table this module may write is named hearth or hearth_<fabric>
 NFT_TIMEOUT = 10.0
@@ -47,6 +49,10 @@ def _payload(proto: str, fld: str, value: Any, op: str = "==") -> Obj:
     return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": fld}}, "right": value}}
 
 
+def _match(left: Obj, right: Any, op: str = "==") -> Obj:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
 def _prefix(net: Any) -> Obj:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
@@ -68,8 +74,11 @@ class _Table:
         base = {"family": self.family, "table": self.name, "name": name}
         self.objects.append({"chain": {**base, "type": kind, "hook": hook, "prio": prio, "policy": policy}})
 
-    def rule(self, chain: str, *expr: Obj) -> None:
-        self.objects.append({"rule": {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}})
+    def rule(self, chain: str, *expr: Obj, comment: str | None = None) -> None:
+        body: Obj = {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}
+        if comment is not None:
+            body["comment"] = comment
+        self.objects.append({"rule": body})
 
 
 def fabric_ruleset(settings: Settings) -> list[Obj]:
@@ -113,6 +122,59 @@ def fabric_ruleset(settings: Settings) -> list[Obj]:
             "postrouting", _payload("ip", "saddr", _prefix(net)), _meta("oifname", UPLINK_INNER), {"masquerade": None}
         )
     return t.objects
+
+
+def _concat(*parts: Any) -> Obj:
+    return {"concat": list(parts)}
+
+
+def _field(proto: str, fld: str) -> Obj:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def l2_ruleset(settings: Settings) -> list[Obj]:
+    """Table `bridge hearth` of the fabric namespace (pure): layer 2 pinned per bridge port.
+
+    Set `ports` holds (port name, MAC, address) for every slot of the pool — veth and TAP — as the pure functions of
+    hearth/fabric/slot.py give them, so it never changes while sandboxes come and go. On the bridge's prerouting
+    hook (every frame a port sends into the bridge, before the bridge or the fabric's IP stack sees it):
+      - ARP whose (port, sender MAC, sender address) or (port, Ethernet source, sender address) is not the slot's:
+        counted and dropped (`arp_spoof`) — a sandbox cannot claim another's address;
+      - IPv4 whose (port, Ethernet source, source address) is not the slot's: dropped (`ip_spoof`);
+      - anything but IPv4 and ARP (IPv6, raw Ethernet, …): dropped (`not_ipv4`).
+    A port hearth did not name matches no element, so everything it sends is dropped.
+    """
+    t = _Table(L2_FAMILY, FABRIC_TABLE)
+    elems: list[Obj] = []
+    for i in range(settings.pool_size):
+        slot = slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, i)
+        for port in (slot.veth_host, slot.tap_name):
+            elems.append(_concat(port, slot.mac, str(slot.ip)))
+    base = {"family": L2_FAMILY, "table": FABRIC_TABLE}
+    t.objects.append({"set": {**base, "name": "ports", "type": ["ifname", "ether_addr", "ipv4_addr"], "elem": elems}})
+    t.chain("prerouting", "prerouting", prio=-200)
+    iif = {"meta": {"key": "iifname"}}
+    arp_ip = _field("arp", "saddr ip")
+    for sender in (_field("arp", "saddr ether"), _field("ether", "saddr")):
+        t.rule("prerouting", _match(_concat(iif, sender, arp_ip), "@ports", "!="), _COUNTER, _DROP, comment=L2_DROPS[0])
+    ip_src = _concat(iif, _field("ether", "saddr"), _field("ip", "saddr"))
+    t.rule("prerouting", _match(ip_src, "@ports", "!="), _COUNTER, _DROP, comment=L2_DROPS[1])
+    ethertype = _field("ether", "type")
+    t.rule("prerouting", _match(ethertype, {"set": ["ip", "arp"]}, "!="), _COUNTER, _DROP, comment=L2_DROPS[2])
+    return t.objects
+
+
+def l2_drops(items: Iterable[Obj]) -> dict[str, int]:
+    """Packets dropped so far by each L2 rule of a `bridge hearth` listing (by comment)."""
+    out = dict.fromkeys(L2_DROPS, 0)
+    for item in items:
+        rule = item.get("rule")
+        if not rule or rule.get("comment") not in out:
+            continue
+        for e in rule.get("expr", []):
+            if isinstance(e.get("counter"), dict):
+                out[rule["comment"]] += int(e["counter"].get("packets", 0))
+    return out
 
 
 def root_ruleset(settings: Settings) -> list[Obj]:
@@ -182,13 +244,15 @@ def normalize(items: Iterable[Obj]) -> list[Obj]:
     out: list[Obj] = []
     for item in items:
         kind, body = next(iter(item.items()))
-        if kind not in ("table", "chain", "rule"):
+        if kind not in ("table", "set", "chain", "rule"):
             continue
         body = {k: v for k, v in body.items() if k != "handle"}
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body.get("expr", [])]
+        if kind == "set":
+            body["elem"] = sorted(body.get("elem", []), key=lambda e: json.dumps(e, sort_keys=True))
         out.append({kind: body})
-    order = {"table": 0, "chain": 1, "rule": 2}
+    order = {"table": 0, "set": 1, "chain": 2, "rule": 3}
     return sorted(out, key=lambda o: (order[next(iter(o))], _sort_name(o)))  # stable: rule order kept
 
 
