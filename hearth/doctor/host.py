@@ -249,7 +249,8 @@ async def ruleset(ctx: Context) -> Finding:
 async def layer2(ctx: Context) -> Finding:
     """Table bridge hearth is in place as computed, and whether a port has tried to send as someone else."""
     s, ns = ctx.settings, ctx.fabric
-    ours = _table_items(await ruleset_of(ctx), nft.L2_FAMILY, nft.FABRIC_TABLE)
+    # A fresh listing, not the memoised one: the counters must include what this run's own probes provoked.
+    ours = await nft.list_table(ns, nft.L2_FAMILY, nft.FABRIC_TABLE, hop=Hop.ARP, timeout=1.0) or []
     if not ours:
         return Finding.bad(f"table bridge hearth missing in {ns}: sandboxes could spoof ARP/IP of others", UP)
     if nft.normalize(ours) != nft.normalize(nft.l2_ruleset(s)):
