@@ -5,6 +5,8 @@ Unknown keys (e.g. display_name) are ignored; paths must be relative to HOME wit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,12 @@ def str_map(value: Any, what: str) -> dict[str, str]:
     ):
         raise ValueError(f"{what} must be an object of string names to string values")
     return dict(value)
+
+
+def definition_digest(d: Any) -> str:
+    """sha256 of a provider definition as canonical JSON (the controller names the ones an agent may run)."""
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_provider(d: Any) -> ProviderDef:

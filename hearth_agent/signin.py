@@ -32,7 +32,7 @@ from typing import Any
 from hearth_agent import homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox, redact, url_host, url_summary
-from hearth_agent.providerdef import FileDef, ProviderDef, parse_provider, str_map
+from hearth_agent.providerdef import FileDef, ProviderDef, definition_digest, parse_provider, str_map
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
@@ -303,6 +303,7 @@ class LoginRun:
 
 # ---- the routes -----------------------------------------------------------------------------------------------
 Config = AgentConfig | Mapping[str, Any]
+_EXTRA_ENV = re.compile(r"HEARTH_[A-Z0-9_]{1,64}")
 
 
 def setting(cfg: Config, key: str) -> str:
@@ -336,8 +337,16 @@ class SignIn:
         return env
 
     def login(self, body: dict[str, Any]) -> tuple[int, Any]:
+        raw = self.cfg if isinstance(self.cfg, Mapping) else self.cfg.raw
+        allowed = raw.get("providers")  # set by the controller for every sandbox; absent: a test's own agent
+        extra = str_map(body.get("env"), "env")
+        if allowed is not None:
+            if not isinstance(allowed, list) or definition_digest(body.get("provider")) not in allowed:
+                return 403, {"error": "this provider definition is not one the controller allowed for this sandbox"}
+            if any(not _EXTRA_ENV.fullmatch(k) for k in extra):
+                return 400, {"error": "env may only name HEARTH_* variables"}
         p = parse_provider(body.get("provider"))
-        env = self.child_env(p, str_map(body.get("env"), "env"))
+        env = self.child_env(p, extra)
         outbox = self.outbox()
         if shutil.which(p.command[0], path=env.get("PATH")) is None:
             return 400, {"error": f"{p.command[0]!r} is not installed in this sandbox (not found on PATH)"}

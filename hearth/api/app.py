@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from hearth.session.states import IllegalTransition
 from hearth.store.db import Database
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
+from hearth_agent.providerdef import definition_digest
 
 log = logging.getLogger("hearth.api")
 
@@ -73,6 +75,9 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
     clis = CliSandboxes(settings, db, drv if isinstance(drv, NetnsDriver) else NetnsDriver(settings), service.ipam)
     providers = load_providers()
+    service.provider_digests = {  # what the agent will receive: the definition as JSON (signin.begin sends it)
+        name: definition_digest(json.loads(json.dumps(p.model_dump()))) for name, p in providers.items()
+    }
     signin = SignInFlow(service, vault, clis, providers)
     return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
 

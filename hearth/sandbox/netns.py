@@ -106,6 +106,7 @@ class NetnsDriver(Driver):
             "secret": spec.secret,
             "session_id": spec.session_id,
             "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
+            "providers": list(spec.providers),
         }
 
     def image_root(self) -> Path | None:

@@ -101,10 +101,14 @@ class SessionService:
         self._stops: dict[str, asyncio.Event] = {}
         # Set by the app when `hearth doctor` is available: walks the session's path, returns the first failure.
         self.diagnose: Callable[[str], Awaitable[HearthError | None]] | None = None
+        # Set by the app: provider name → digest of its definition. A sandbox's agent runs only the definition
+        # whose digest its config names (that of the session's provider; none for sessions without one).
+        self.provider_digests: dict[str, str] = {}
 
     # ---- naming (pure) ---------------------------------------------------------------------------
-    def spec(self, session_id: str, slot: Slot) -> SandboxSpec:
+    def spec(self, session_id: str, slot: Slot, provider: str | None = None) -> SandboxSpec:
         s = self.settings
+        digest = self.provider_digests.get(provider or "")
         secret = self._secrets.setdefault(session_id, secrets.token_urlsafe(32))
         return SandboxSpec(
             session_id=session_id,
@@ -116,6 +120,7 @@ class SessionService:
             chromium=s.chromium,
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
+            providers=(digest,) if digest else (),
         )
 
     def target(self, view: SessionView) -> readiness.Target:
@@ -277,7 +282,7 @@ class SessionService:
         except BaseException:
             await self.ipam.release(sid)
             raise
-        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, t0), name=f"boot-{sid}")
+        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, t0, provider), name=f"boot-{sid}")
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -373,7 +378,7 @@ class SessionService:
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, slot: Slot, t0: float) -> None:
+    async def _boot(self, sid: str, slot: Slot, t0: float, provider: str | None = None) -> None:
         s = self.settings
         timings: dict[str, float] = {}
 
@@ -385,7 +390,7 @@ class SessionService:
                 async with AsyncExitStack() as undo:
                     undo.push_async_callback(self.ipam.release, sid)
                     mark("lease")
-                    spec = self.spec(sid, slot)
+                    spec = self.spec(sid, slot, provider)
                     undo.push_async_callback(self._destroy_quietly, spec)
                     info = await self.driver.start(spec, mark)
                     await self._record(sid, pid=info.pid, timings=timings)
