@@ -92,6 +92,9 @@ class CallbackApp:
 
     async def _event(self, sid: str, data: dict[str, Any]) -> Response:
         event, detail = str(data.get("event", ""))[:64], str(data.get("detail", ""))[:500]
+        if sid not in self._budgets and len(self._budgets) >= 1024:  # forget sessions that have ended
+            for gone in [k for k in self._budgets if self.handler.secret_for(k) is None]:
+                del self._budgets[gone]
         budget = self._budgets.setdefault(sid, _Budget())
         size = len(event.encode()) + len(detail.encode())
         if budget.spent or budget.events >= MAX_EVENTS or budget.size + size > MAX_EVENT_BYTES:
