@@ -247,25 +247,27 @@ async def ruleset(ctx: Context) -> Finding:
 
 
 async def layer2(ctx: Context) -> Finding:
-    """Table bridge hearth is in place as computed, and whether a port has tried to send as someone else."""
+    """Table bridge hearth is in place as computed, and whether a port tried to send as someone else since the
+    last look (the counters are read and reset: each attempt is reported once)."""
     s, ns = ctx.settings, ctx.fabric
-    # A fresh listing, not the memoised one: the counters must include what this run's own probes provoked.
-    ours = await nft.list_table(ns, nft.L2_FAMILY, nft.FABRIC_TABLE, hop=Hop.ARP, timeout=1.0) or []
+    ours = _table_items(await ruleset_of(ctx), nft.L2_FAMILY, nft.FABRIC_TABLE)
     if not ours:
         return Finding.bad(f"table bridge hearth missing in {ns}: sandboxes could spoof ARP/IP of others", UP)
     if nft.normalize(ours) != nft.normalize(nft.l2_ruleset(s)):
         return Finding.bad("table bridge hearth differs from the ruleset computed from the settings", UP)
-    drops = nft.l2_drops(ours)
+    drops = await nft.take_l2_drops(ns, timeout=1.0) or dict.fromkeys(nft.L2_DROPS, 0)
     if drops["arp_spoof"] or drops["ip_spoof"]:
         return Finding.bad(
             f"spoofing attempt seen: {drops['arp_spoof']} ARP and {drops['ip_spoof']} IPv4 frame(s) with another "
-            f"slot's MAC/address were dropped at the bridge ({drops['not_ipv4']} non-IPv4 frames dropped too)",
-            f"find the port: nsenter --net=/run/netns/{ns} nft list table bridge hearth, then `tcpdump -eni <port> "
-            "arp` in the fabric namespace; the sandbox behind it is hostile — end its session",
+            f"slot's MAC/address dropped at the bridge since the last check ({drops['not_ipv4']} non-IPv4 too)",
+            f"find the port: `tcpdump -eni <port> arp` in the fabric namespace ({ns}); the sandbox behind it is "
+            "hostile — end its session (reported once: the counters were reset)",
             hop=Hop.ARP,
             data=drops,
         )
-    return Finding.good(f"layer 2 pinned per port (MAC + address), no spoofed frames seen: {drops}", data=drops)
+    return Finding.good(
+        f"layer 2 pinned per port (MAC + address); nothing spoofed since the last check: {drops}", data=drops
+    )
 
 
 async def pool(ctx: Context) -> Finding:

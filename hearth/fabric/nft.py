@@ -74,11 +74,8 @@ class _Table:
         base = {"family": self.family, "table": self.name, "name": name}
         self.objects.append({"chain": {**base, "type": kind, "hook": hook, "prio": prio, "policy": policy}})
 
-    def rule(self, chain: str, *expr: Obj, comment: str | None = None) -> None:
-        body: Obj = {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}
-        if comment is not None:
-            body["comment"] = comment
-        self.objects.append({"rule": body})
+    def rule(self, chain: str, *expr: Obj) -> None:
+        self.objects.append({"rule": {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}})
 
 
 def fabric_ruleset(settings: Settings) -> list[Obj]:
@@ -152,28 +149,27 @@ def l2_ruleset(settings: Settings) -> list[Obj]:
             elems.append(_concat(port, slot.mac, str(slot.ip)))
     base = {"family": L2_FAMILY, "table": FABRIC_TABLE}
     t.objects.append({"set": {**base, "name": "ports", "type": ["ifname", "ether_addr", "ipv4_addr"], "elem": elems}})
+    for name in L2_DROPS:  # named counters: the doctor reads and resets them (take_l2_drops)
+        t.objects.append({"counter": {**base, "name": name}})
     t.chain("prerouting", "prerouting", prio=-200)
     iif = {"meta": {"key": "iifname"}}
     arp_ip = _field("arp", "saddr ip")
     for sender in (_field("arp", "saddr ether"), _field("ether", "saddr")):
-        t.rule("prerouting", _match(_concat(iif, sender, arp_ip), "@ports", "!="), _COUNTER, _DROP, comment=L2_DROPS[0])
+        t.rule("prerouting", _match(_concat(iif, sender, arp_ip), "@ports", "!="), {"counter": L2_DROPS[0]}, _DROP)
     ip_src = _concat(iif, _field("ether", "saddr"), _field("ip", "saddr"))
-    t.rule("prerouting", _match(ip_src, "@ports", "!="), _COUNTER, _DROP, comment=L2_DROPS[1])
+    t.rule("prerouting", _match(ip_src, "@ports", "!="), {"counter": L2_DROPS[1]}, _DROP)
     ethertype = _field("ether", "type")
-    t.rule("prerouting", _match(ethertype, {"set": ["ip", "arp"]}, "!="), _COUNTER, _DROP, comment=L2_DROPS[2])
+    t.rule("prerouting", _match(ethertype, {"set": ["ip", "arp"]}, "!="), {"counter": L2_DROPS[2]}, _DROP)
     return t.objects
 
 
 def l2_drops(items: Iterable[Obj]) -> dict[str, int]:
-    """Packets dropped so far by each L2 rule of a `bridge hearth` listing (by comment)."""
+    """Packets counted by the L2 drop counters in a `bridge hearth` listing (named counters)."""
     out = dict.fromkeys(L2_DROPS, 0)
     for item in items:
-        rule = item.get("rule")
-        if not rule or rule.get("comment") not in out:
-            continue
-        for e in rule.get("expr", []):
-            if isinstance(e.get("counter"), dict):
-                out[rule["comment"]] += int(e["counter"].get("packets", 0))
+        counter = item.get("counter")
+        if isinstance(counter, dict) and counter.get("name") in out:
+            out[counter["name"]] += int(counter.get("packets", 0))
     return out
 
 
@@ -244,15 +240,15 @@ def normalize(items: Iterable[Obj]) -> list[Obj]:
     out: list[Obj] = []
     for item in items:
         kind, body = next(iter(item.items()))
-        if kind not in ("table", "set", "chain", "rule"):
+        if kind not in ("table", "set", "counter", "chain", "rule"):
             continue
-        body = {k: v for k, v in body.items() if k != "handle"}
+        body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body.get("expr", [])]
         if kind == "set":
             body["elem"] = sorted(body.get("elem", []), key=lambda e: json.dumps(e, sort_keys=True))
         out.append({kind: body})
-    order = {"table": 0, "set": 1, "chain": 2, "rule": 3}
+    order = {"table": 0, "set": 1, "counter": 1, "chain": 2, "rule": 3}
     return sorted(out, key=lambda o: (order[next(iter(o))], _sort_name(o)))  # stable: rule order kept
 
 
@@ -354,14 +350,22 @@ async def apply(netns: str | None, payload: Obj, *, hop: Hop = Hop.FORWARDING, t
     await _run(netns, ["-f", "-"], json.dumps(payload).encode(), hop, timeout)
 
 
-async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float) -> list[Obj]:
-    out = await _run(netns, ["list", *args], None, hop, timeout)
+async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float, verb: str = "list") -> list[Obj]:
+    out = await _run(netns, [verb, *args], None, hop, timeout)
     try:
         data = json.loads(out) if out.strip() else {}
     except ValueError as exc:
-        raise FabricError(hop, f"nft -j list {' '.join(args)} returned no JSON: {exc}", _INSTALL_HINT) from exc
+        raise FabricError(hop, f"nft -j {verb} {' '.join(args)} returned no JSON: {exc}", _INSTALL_HINT) from exc
     items: list[Obj] = data.get("nftables", [])
     return items
+
+
+async def take_l2_drops(netns: str, *, timeout: float = NFT_TIMEOUT) -> dict[str, int] | None:
+    """The L2 drop counters since the last call, reset atomically (`nft reset counters`): each spoofing attempt is
+    reported once. None when table bridge hearth does not exist."""
+    if not await table_exists(netns, L2_FAMILY, FABRIC_TABLE, hop=Hop.ARP, timeout=timeout):
+        return None
+    return l2_drops(await _list(netns, ["counters", "table", L2_FAMILY, FABRIC_TABLE], Hop.ARP, timeout, "reset"))
 
 
 async def table_exists(

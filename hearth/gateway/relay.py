@@ -123,18 +123,38 @@ async def _relay(
         writer.write(data)
         await writer.drain()
 
+    async def handshakes() -> Outcome | None:
+        """Both sides' RFB handshakes; None when done, else why the relay ends before it began."""
+        try:
+            init = await asyncio.wait_for(handshake(sandbox_read, sandbox_write), HANDSHAKE_TIMEOUT)
+        except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            detail = f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}"
+            return Outcome(Ended.SANDBOX_ERROR, detail, stats)
+        try:
+            await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
+        except ViewerHandshakeError as exc:
+            return Outcome(Ended.BAD_VIEWER, str(exc), stats)
+        except TimeoutError:
+            return Outcome(Ended.BAD_VIEWER, f"no RFB handshake from the viewer within {HANDSHAKE_TIMEOUT:.0f}s", stats)
+        except (_ViewerGone, WebSocketDisconnect, RuntimeError):
+            return Outcome(Ended.CLIENT_GONE, "viewer disconnected during the RFB handshake", stats)
+        return None
+
+    setup = asyncio.create_task(handshakes())
+    ended = asyncio.create_task(stop.wait())
     try:
-        init = await asyncio.wait_for(handshake(sandbox_read, sandbox_write), HANDSHAKE_TIMEOUT)
-    except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        return Outcome(Ended.SANDBOX_ERROR, f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}", stats)
-    try:
-        await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
-    except ViewerHandshakeError as exc:
-        return Outcome(Ended.BAD_VIEWER, str(exc), stats)
-    except TimeoutError:
-        return Outcome(Ended.BAD_VIEWER, f"no RFB handshake from the viewer within {HANDSHAKE_TIMEOUT:.0f}s", stats)
-    except (_ViewerGone, WebSocketDisconnect, RuntimeError):
-        return Outcome(Ended.CLIENT_GONE, "viewer disconnected during the RFB handshake", stats)
+        await asyncio.wait((setup, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (setup, ended):
+            t.cancel()
+        for t in (setup, ended):
+            with contextlib.suppress(BaseException):
+                await t
+    if setup.cancelled():  # the session ended while the handshakes were under way
+        return Outcome(Ended.STOPPED, "session ended", stats)
+    early = setup.result()  # (re-raises anything unexpected)
+    if early is not None:
+        return early
     pending = bytes(viewer.buf)  # what the viewer sent after its ClientInit
 
     async def downstream() -> Outcome:

@@ -30,7 +30,12 @@ HEADER_MAX = 9  # bytes that determine any framed message's length (ClientFence 
 
 
 class ViewOnlyViolation(Exception):
-    """A view-scope viewer sent a message type the gateway cannot frame; the connection is closed (4403)."""
+    """A view-scope viewer sent a message type the gateway cannot frame; the connection is closed (4403).
+    `kept`: what the same chunk forwarded before the offending message (the end of an allowed message)."""
+
+    def __init__(self, reason: str, kept: bytes) -> None:
+        super().__init__(reason)
+        self.kept = kept
 
 
 class InputFilter:
@@ -52,7 +57,7 @@ class InputFilter:
 
     def feed(self, data: bytes) -> bytes:
         """Bytes to forward; in view scope input messages are removed. Raises ViewOnlyViolation (view scope) on a
-        message type that cannot be framed; nothing of that message or after it is returned."""
+        message type that cannot be framed; nothing of that message or after it is forwarded."""
         if self._through:
             return data
         buf = self._buf + data if self._buf else data
@@ -69,7 +74,9 @@ class InputFilter:
                 continue
             kind = buf[pos]
             if self.drop_input and kind not in VIEW_ALLOWED and kind not in VIEW_DROPPED:
-                raise ViewOnlyViolation(f"view-only viewer sent RFB message type {kind}, which is not allowed")
+                raise ViewOnlyViolation(
+                    f"view-only viewer sent RFB message type {kind}, which is not allowed", bytes(out)
+                )
             size = self._size(buf[pos : pos + HEADER_MAX])
             if size == -1:  # control scope, an unframeable message: stop framing, pass everything through
                 self._through = True
