@@ -87,6 +87,15 @@ class NetnsDriver(Driver):
         self._guest: Path | None = None
 
     # ---- pure -----------------------------------------------------------------------------------
+    def ids(self, spec: SandboxSpec) -> tuple[int, int]:
+        """The uid/gid a sandbox runs as: each browser sandbox its own, derived from its slot (base + 2*slot; the
+        odd neighbour is kept free for a separate agent uid), so no two live sandboxes share one; a CLI sandbox
+        (persistent home, `spec.home`) the stable HEARTH_SANDBOX_UID that owns its home across restarts."""
+        if spec.home is not None:
+            return self.s.sandbox_uid, self.s.sandbox_gid
+        uid = self.s.sandbox_uid_base + 2 * spec.slot.index
+        return uid, uid
+
     def home_dir(self, spec: SandboxSpec) -> Path:
         return spec.home or spec.workdir / "home"
 
@@ -134,7 +143,7 @@ class NetnsDriver(Driver):
         config from the inherited pipe `config_fd`."""
         return [
             "nsenter", f"--net={dial.NETNS_RUN_DIR / spec.slot.netns}", "--",
-            "setpriv", f"--reuid={self.s.sandbox_uid}", f"--regid={self.s.sandbox_gid}", "--clear-groups",
+            "setpriv", f"--reuid={self.ids(spec)[0]}", f"--regid={self.ids(spec)[1]}", "--clear-groups",
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
@@ -195,7 +204,7 @@ class NetnsDriver(Driver):
         return self._guest
 
     def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:
-        uid, gid = self.s.sandbox_uid, self.s.sandbox_gid
+        uid, gid = self.ids(spec)
         wd = spec.workdir
         if not wd.is_absolute() or wd in (Path("/"), self.s.data_dir):
             raise DriverError(Hop.DRIVER, f"refusing work directory {wd}", "derive it from the slot")

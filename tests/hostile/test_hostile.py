@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -38,11 +39,12 @@ from tests.live import Live, rss_kib, start_ready
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-def as_sandbox_user(settings: Settings, netns: str, script: str, *args: str, timeout: float = 120) -> dict[str, object]:
-    """Run `script` (system python, stdlib only) as the sandbox uid inside `netns`; its stdout is one JSON object."""
+def as_sandbox_user(settings: Settings, live: Live, script: str, *args: str, timeout: float = 120) -> dict[str, object]:
+    """Run `script` (system python, stdlib only) as `live`'s own uid inside its namespace; stdout: one JSON object."""
+    uid = settings.sandbox_uid_base + 2 * live.slot  # the slot's uid (hearth/sandbox/netns.py)
     argv = [
-        "nsenter", f"--net=/run/netns/{netns}", "--",
-        "setpriv", f"--reuid={settings.sandbox_uid}", f"--regid={settings.sandbox_gid}", "--clear-groups",
+        "nsenter", f"--net=/run/netns/{live.netns}", "--",
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
         "--no-new-privs", "--", "/usr/bin/python3", "-I", "-c", script, *args,
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
@@ -175,9 +177,15 @@ async def test_hostile_sandbox(make_settings: Callable[..., Settings], caplog: p
             if open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[:4]
             == [b"/usr/bin/python3", b"-P", b"-m", b"hearth_agent"]
         )  # fmt: skip  (the agent itself, not its bubblewrap launcher, whose argv names it too)
+        uids = {
+            x.slot: {os.stat(f"/proc/{p}").st_uid for p in await asyncio.to_thread(pids_in_netns, x.netns)}
+            for x in (a, b)
+        }
+        print(f"\n0. uids: A {uids[a.slot]}, B {uids[b.slot]}")
+        assert len(uids[a.slot]) == 1 and uids[a.slot].isdisjoint(uids[b.slot]), "two sandboxes share a uid"
         workdir = str(s.data_dir / "sandboxes" / a.netns)
-        seen = await asyncio.to_thread(as_sandbox_user, s, a.netns, READ_SECRET, str(agent), workdir)
-        print(f"\n1. secret: {len(seen)} paths tried as uid {s.sandbox_uid}; e.g. /proc/{agent}/mem → "
+        seen = await asyncio.to_thread(as_sandbox_user, s, a, READ_SECRET, str(agent), workdir)
+        print(f"\n1. secret: {len(seen)} paths tried as uid {s.sandbox_uid_base + 2 * a.slot}; e.g. /proc/{agent}/mem → "
               f"{seen[f'/proc/{agent}/mem']}, /proc/{agent}/environ → {seen[f'/proc/{agent}/environ']}")  # fmt: skip
         assert all(secret_a not in str(v) for v in seen.values()), "the sandbox user read the agent secret"
         for what in ("mem", "environ", "fd"):
@@ -221,9 +229,7 @@ async def test_hostile_sandbox(make_settings: Callable[..., Settings], caplog: p
         # 5. 250 idle connections + a chunked 400 MiB body from A, as the browser's user; B's pushes still work.
         rss0 = rss_kib()
         flood = asyncio.create_task(
-            asyncio.to_thread(
-                as_sandbox_user, s, a.netns, CALLBACK_FLOOD, str(s.bridge_ip), str(s.callback_port), "250"
-            )
+            asyncio.to_thread(as_sandbox_user, s, a, CALLBACK_FLOOD, str(s.bridge_ip), str(s.callback_port), "250")
         )
         pushes = []
         while not flood.done():

@@ -187,7 +187,7 @@ async def test_desktop_lifecycle(fabric_settings: Settings, monkeypatch: pytest.
             seen_pids |= set(procs.scan())
             assert len(seen_pids) >= 6, seen_pids
             for pid in seen_pids:
-                assert os.stat(f"/proc/{pid}").st_uid == s.sandbox_uid
+                assert os.stat(f"/proc/{pid}").st_uid == driver.ids(spec)[0] == s.sandbox_uid_base + 2 * 3
                 environ = Path(f"/proc/{pid}/environ").read_bytes()
                 assert b"controller-secret-canary" not in environ and spec.secret.encode() not in environ
 
@@ -314,7 +314,7 @@ async def test_an_image_the_sandbox_user_cannot_reach_is_named(fabric_settings: 
     try:
         with pytest.raises(DriverError) as err:
             await driver.start(spec, lambda _: None)
-        assert f"not reachable by the sandbox user (uid {s.sandbox_uid}) at {private}" in err.value.message
+        assert f"not reachable by the sandbox user (uid {driver.ids(spec)[0]}) at {private}" in err.value.message
         assert f"chmod o+x {private}" in err.value.hint and "HEARTH_IMAGE_DIR" in err.value.hint
         assert await asyncio.to_thread(leftovers, settings, spec) == []
     finally:
