@@ -34,6 +34,7 @@ from hearth.sandbox.netns import pids_in_netns
 from hearth.session.states import Status
 from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
+from tests.gateway.test_viewers import FRAME_REQUEST, INPUT, frame_of, open_viewer, settle
 from tests.live import Live, rss_kib, start_ready
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -243,6 +244,30 @@ async def test_hostile_sandbox(make_settings: Callable[..., Settings], caplog: p
         assert pushes and set(pushes) == {200}, pushes
         assert rss1 - rss0 < 64 * 1024, "the controller's memory grew with the flood"
         assert any("cut off" in r.getMessage() and getattr(r, "source", "") == a.sandbox_ip for r in caplog.records)
+
+        # 5b. A view-only token sending input with 3.3 and 3.7 handshakes: no input byte reaches B's VNC server.
+        r = await http.post(f"/api/auth/session/{b.session_id}/token", json={"scope": "view"})
+        view_token = r.json()["viewer_token"]
+        registry = service.metrics.registry
+
+        def to_sandbox() -> float:
+            return registry.get_sample_value("hearth_gateway_bytes_total", {"direction": "to_sandbox"}) or 0.0
+
+        def counted_since(start: float) -> Callable[[], bool]:  # the frame request relayed (messages keep order)
+            return lambda: to_sandbox() - start >= FRAME_REQUEST
+
+        for banner in (b"RFB 003.003\n", b"RFB 003.007\n"):
+            ws, stream, init = await open_viewer(b.ws_url(ctl, view_token), banner)
+            try:
+                start = to_sandbox()
+                await stream.write(INPUT * 10)
+                assert await frame_of(stream, init, 16, 16) > 0
+                assert await settle(counted_since(start))
+                relayed = to_sandbox() - start - FRAME_REQUEST
+            finally:
+                await ws.close()
+            print(f"5b. view token, {banner!r}: {len(INPUT) * 10} input bytes sent, {relayed:.0f} relayed")
+            assert relayed == 0
 
         # 6. The controller still streams B.
         frame = await first_frame(b.ws_url(ctl))
