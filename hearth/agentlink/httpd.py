@@ -243,6 +243,27 @@ class BoundedServer:
                 self._strike(source, src, f"http_{refusal.status}")
             with contextlib.suppress(h11.LocalProtocolError):
                 await respond(refusal.status, {"error": refusal.reason})
+            await _linger(reader, writer)
+
+
+LINGER_BYTES, LINGER_SECONDS = 256 * 1024, 1.0
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After a refusal: half-close, then read and discard a little of what the client is still sending, so closing
+    does not reset the connection before the client has read the answer (a client whose 413 is lost in a reset
+    retries). Bounded in bytes and time; nothing is kept."""
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    deadline = time.monotonic() + LINGER_SECONDS
+    left = LINGER_BYTES
+    with contextlib.suppress(OSError, TimeoutError):
+        while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+            data = await asyncio.wait_for(reader.read(min(left, 65536)), remaining)
+            if not data:
+                break
+            left -= len(data)
 
 
 async def serve(sock: socket.socket, app: App, limits: Limits) -> BoundedServer:
