@@ -94,8 +94,9 @@ class Settings(BaseSettings):
     driver: DriverName = "auto"
     egress: bool = False
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
-    sandbox_uid: int = Field(65534, ge=1)
+    sandbox_uid: int = Field(65534, ge=1)  # CLI sandboxes (their homes persist); browser sandboxes: below
     sandbox_gid: int = Field(65534, ge=1)
+    sandbox_uid_base: int = Field(2_000_000, ge=1000)  # browser sandbox of slot i runs as uid/gid base + 2*i
     screen: str = "1280x800x24"
     start_url: str = "about:blank"
     chromium: bool = True

@@ -1,4 +1,7 @@
-"""`python3 -m hearth_agent --config /run/hearth/agent.json`
+"""`python3 -m hearth_agent --config /run/hearth/agent.json` (or `--config /dev/fd/N`: a pipe, read once and closed)
+
+The agent makes itself non-dumpable at start (prctl PR_SET_DUMPABLE 0): processes of the same uid — the desktop and
+the browser in the netns driver — cannot ptrace it or read its memory, environment or descriptors through /proc.
 
 Logs JSON lines to stderr (never the secret). SIGTERM/SIGINT: stop every child (TERM, KILL after 3 s), then exit.
 """
@@ -6,6 +9,7 @@ Logs JSON lines to stderr (never the secret). SIGTERM/SIGINT: stop every child (
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import logging
@@ -68,6 +72,16 @@ def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     return server
 
 
+def shield() -> None:
+    """PR_SET_DUMPABLE 0: no ptrace, no /proc/<pid>/mem|environ|fd for other processes of this uid (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    except (OSError, AttributeError) as exc:
+        log.warning("could not make the agent non-dumpable", extra={"error": str(exc)})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hearth_agent")
     ap.add_argument("--config", required=True, help="path of the agent's JSON config")
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error(str(exc))
         return 2
+    shield()  # before any other process of this uid (desktop, browser) is started
     sup = Supervisor(cfg)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

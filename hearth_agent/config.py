@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,8 +95,11 @@ def parse_config(data: Any) -> AgentConfig:
 
 
 def load_config(path: str) -> AgentConfig:
+    """From a file, or from an inherited descriptor named `/dev/fd/N` (a pipe: read from the descriptor itself, never
+    reopened through /proc — the pipe belongs to the launcher — and closed after)."""
+    fd = path[len("/dev/fd/") :] if path.startswith("/dev/fd/") else ""
     try:
-        with open(path, encoding="utf-8") as f:
+        with os.fdopen(int(fd), encoding="utf-8") if fd.isdigit() else open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read agent config {path}: {exc.strerror}") from None

@@ -6,6 +6,8 @@ Unknown keys (e.g. display_name) are ignored; paths must be relative to HOME wit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +132,12 @@ def parse_flow(name: str, d: Any) -> FlowDef:
         code_pattern=code_pattern,
         code_prompt=code_prompt,
     )
+
+
+def definition_digest(d: Any) -> str:
+    """sha256 of a provider definition as canonical JSON (the controller names the ones an agent may run)."""
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_provider(d: Any) -> ProviderDef:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from hearth_agent import homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox
 from hearth_agent.loginrun import SPOOL, CodeRefused, LoginRun
-from hearth_agent.providerdef import FlowDef, ProviderDef, UnknownFlow, parse_provider, str_map
+from hearth_agent.providerdef import FlowDef, ProviderDef, UnknownFlow, definition_digest, parse_provider, str_map
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
 
@@ -44,6 +45,7 @@ HOOK_DIR = ".hearth/bin"  # first on the CLI's PATH: `xdg-open` → the browser 
 __all__ = ["SPOOL", "LoginRun", "SignIn", "register"]
 
 Config = AgentConfig | Mapping[str, Any]
+_EXTRA_ENV = re.compile(r"HEARTH_[A-Z0-9_]{1,64}")
 
 
 def setting(cfg: Config, key: str) -> str:
@@ -105,6 +107,14 @@ class SignIn:
         return f"{exe!r} is not installed in this sandbox (not found on PATH)"
 
     def login(self, body: dict[str, Any]) -> tuple[int, Any]:
+        raw = self.cfg if isinstance(self.cfg, Mapping) else self.cfg.raw
+        allowed = raw.get("providers")  # set by the controller for every sandbox; absent: a test's own agent
+        extra = str_map(body.get("env"), "env")
+        if allowed is not None:
+            if not isinstance(allowed, list) or definition_digest(body.get("provider")) not in allowed:
+                return 403, {"error": "this provider definition is not one the controller allowed for this sandbox"}
+            if any(not _EXTRA_ENV.fullmatch(k) for k in extra):
+                return 400, {"error": "env may only name HEARTH_* variables"}
         p = parse_provider(body.get("provider"))
         flow_name = body.get("flow")
         if flow_name is not None and not isinstance(flow_name, str):
@@ -113,7 +123,7 @@ class SignIn:
             flow = p.flow(flow_name)
         except UnknownFlow as exc:
             return 400, {"error": str(exc)}
-        env = self.child_env(flow, str_map(body.get("env"), "env"))
+        env = self.child_env(flow, extra)
         outbox = self.outbox()
         missing = self.missing_cli(p, flow, env)
         if missing is not None:

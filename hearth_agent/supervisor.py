@@ -32,7 +32,6 @@ HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is 
 TICK = 0.1
 
 CHROMIUM_FLAGS = (
-    "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--no-first-run",
@@ -47,6 +46,22 @@ CHROMIUM_FLAGS = (
     "--kiosk",  # one window filling the desktop: no tab strip, no address bar; later URLs open as its active tab
     "--test-type",  # no "unsupported command-line flag" bar (for --no-sandbox, which the sandbox user needs)
 )
+
+
+def chromium_sandbox_available() -> bool:
+    """Chromium's own sandbox needs unprivileged user namespaces here (Debian's chromium ships no setuid helper);
+    inside bubblewrap's user namespace a nested one works as long as the kernel allows any."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) <= 0:
+                return False
+    except (OSError, ValueError):
+        return False
+    try:
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as f:  # Debian's switch, absent upstream
+            return f.read().strip() != "0"
+    except OSError:
+        return True
 
 
 class Unavailable(RuntimeError):
@@ -89,6 +104,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
+        self.chromium_sandbox = chromium_sandbox_available()
+        if config.chromium and not self.chromium_sandbox:
+            log.warning("user namespaces unavailable: Chromium runs WITHOUT its sandbox (--no-sandbox)")
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -266,7 +284,8 @@ class Supervisor:
         self._spawn(svc, self.chromium_argv(self.cfg.start_url), quiet=True)
 
     def chromium_argv(self, url: str) -> list[str]:
-        return ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.home}/chromium", url]
+        unsandboxed = [] if self.chromium_sandbox else ["--no-sandbox"]
+        return ["chromium", *CHROMIUM_FLAGS, *unsandboxed, f"--user-data-dir={self.home}/chromium", url]
 
     # ---- actions (HTTP threads) ---------------------------------------------------------------
     def open_url(self, url: str) -> None:

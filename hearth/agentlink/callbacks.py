@@ -3,7 +3,10 @@ fabric namespace (the public API stays on its own address in the root namespace,
 
 `POST /agent/v1/sessions/{id}/events`, `…/credentials` and `…/signin` (what the person must see to sign in in their
 own browser: the full URL, so it is kept in memory by the handler and never logged), each authenticated by that
-sandbox's own secret.
+sandbox's own secret (checked from the headers, before any body is read). Served by hearth/agentlink/httpd.py, which
+bounds what any one sandbox can cost. Per session at most MAX_EVENTS events and MAX_EVENT_BYTES of event text are
+accepted (then 409); the handler refuses pushes the session is not in a state to expect (409). Bodies must be
+JSON objects of plain JSON: NaN/Infinity → 422.
 """
 
 from __future__ import annotations
@@ -11,105 +14,125 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
+import json
 import logging
+import re
 import socket
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
+from hearth.agentlink.httpd import BoundedServer, HttpRefusal, Limits, Request, Response
+from hearth.agentlink.httpd import serve as serve_http
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.session.prompts import PromptError, SigninPrompt, parse_prompt
 from hearth.vault.store import CredentialFile
 
 log = logging.getLogger("hearth.agentlink")
-MAX_BODY = 1 << 20
+MAX_EVENTS = 200  # per session
+MAX_EVENT_BYTES = 64 * 1024  # per session: event names + details as stored
+_ROUTE = re.compile(r"/agent/v1/sessions/([^/?#]{1,128})/(events|credentials|signin)")
 
 
 class CallbackHandler(Protocol):
     def secret_for(self, session_id: str) -> str | None: ...
 
-    async def on_event(self, session_id: str, event: str, detail: str) -> None: ...
+    async def on_event(self, session_id: str, event: str, detail: str) -> str | None:
+        """None when taken, else why it was refused."""
 
-    async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> None: ...
+    async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> str | None:
+        """None when taken, else why it was refused."""
 
     async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None: ...
 
 
-def make_app(handler: CallbackHandler) -> Starlette:
-    async def authorized(request: Request) -> tuple[str, dict[str, Any]] | JSONResponse:
-        sid = str(request.path_params["session_id"])
-        secret = handler.secret_for(sid)
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object; NaN, Infinity and -Infinity are refused (HttpRefusal 422), as is anything not an object."""
+    try:
+        data = json.loads(body, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise HttpRefusal(422, f"body must be a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise HttpRefusal(422, "body must be a JSON object")
+    return data
+
+
+@dataclass
+class _Budget:
+    events: int = 0
+    size: int = 0
+    spent: bool = False
+
+
+class CallbackApp:
+    def __init__(self, handler: CallbackHandler) -> None:
+        self.handler = handler
+        self._budgets: dict[str, _Budget] = {}
+
+    async def __call__(self, request: Request) -> Response:
+        m = _ROUTE.fullmatch(request.path)
+        if m is None:
+            return 404, {"error": "not found"}
+        if request.method != "POST":
+            return 405, {"error": "POST only"}
+        sid, kind = m[1], m[2]
+        secret = self.handler.secret_for(sid)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if secret is None:
-            return JSONResponse({"error": "unknown or ended session"}, status_code=404)
+            self._budgets.pop(sid, None)
+            return 404, {"error": "unknown or ended session"}
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), secret.encode()):
             log.warning("agent callback with a wrong secret refused", extra={"session_id": sid})
-            return JSONResponse({"error": "wrong agent secret"}, status_code=401)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+            raise HttpRefusal(401, "wrong agent secret")
+        data = parse_json_object(await request.body())
+        if kind == "events":
+            return await self._event(sid, data)
+        if kind == "signin":
+            return await self._signin(sid, data)
+        return await self._credentials(sid, data)
+
+    async def _signin(self, sid: str, data: dict[str, Any]) -> Response:
         try:
-            data = await request.json()
-            if not isinstance(data, dict):
-                raise ValueError
-        except ValueError:
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        return sid, data
+            prompt = parse_prompt(data)
+        except PromptError as exc:
+            return 400, {"error": str(exc)}
+        await self.handler.on_signin(sid, prompt)
+        return 200, {"ok": True}
 
-    async def events(request: Request) -> JSONResponse:
-        got = await authorized(request)
-        if isinstance(got, JSONResponse):
-            return got
-        sid, data = got
-        await handler.on_event(sid, str(data.get("event", ""))[:64], str(data.get("detail", ""))[:500])
-        return JSONResponse({"ok": True})
+    async def _event(self, sid: str, data: dict[str, Any]) -> Response:
+        event, detail = str(data.get("event", ""))[:64], str(data.get("detail", ""))[:500]
+        if sid not in self._budgets and len(self._budgets) >= 1024:  # forget sessions that have ended
+            for gone in [k for k in self._budgets if self.handler.secret_for(k) is None]:
+                del self._budgets[gone]
+        budget = self._budgets.setdefault(sid, _Budget())
+        size = len(event.encode()) + len(detail.encode())
+        if budget.spent or budget.events >= MAX_EVENTS or budget.size + size > MAX_EVENT_BYTES:
+            if not budget.spent:
+                log.warning("agent event budget exhausted", extra={"session_id": sid, "events": budget.events})
+                budget.spent = True
+            return 409, {"error": f"event budget of this session exhausted ({MAX_EVENTS} events, {MAX_EVENT_BYTES} B)"}
+        budget.events += 1
+        budget.size += size
+        refused = await self.handler.on_event(sid, event, detail)
+        return (409, {"error": refused}) if refused else (200, {"ok": True})
 
-    async def credentials(request: Request) -> JSONResponse:
-        got = await authorized(request)
-        if isinstance(got, JSONResponse):
-            return got
-        sid, data = got
+    async def _credentials(self, sid: str, data: dict[str, Any]) -> Response:
         try:
             files = [
                 CredentialFile(str(f["target"]), int(f["mode"]), base64.b64decode(str(f["data_b64"]), validate=True))
                 for f in data["files"]
             ]
         except (KeyError, TypeError, ValueError, binascii.Error):
-            return JSONResponse({"error": "files must be [{target, mode, data_b64}]"}, status_code=400)
+            return 400, {"error": "files must be [{target, mode, data_b64}]"}
         if not files:
-            return JSONResponse({"error": "no files"}, status_code=400)
-        await handler.on_credentials(sid, str(data.get("provider", "")), files)
-        return JSONResponse({"ok": True})
-
-    async def signin(request: Request) -> JSONResponse:
-        got = await authorized(request)
-        if isinstance(got, JSONResponse):
-            return got
-        sid, data = got
-        try:
-            prompt = parse_prompt(data)
-        except PromptError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        await handler.on_signin(sid, prompt)
-        return JSONResponse({"ok": True})
-
-    return Starlette(
-        routes=[
-            Route("/agent/v1/sessions/{session_id}/signin", signin, methods=["POST"]),
-            Route("/agent/v1/sessions/{session_id}/events", events, methods=["POST"]),
-            Route("/agent/v1/sessions/{session_id}/credentials", credentials, methods=["POST"]),
-        ]
-    )
+            return 400, {"error": "no files"}
+        refused = await self.handler.on_credentials(sid, str(data.get("provider", "")), files)
+        return (409, {"error": refused}) if refused else (200, {"ok": True})
 
 
 def listening_socket(settings: Settings) -> socket.socket:
@@ -126,24 +149,10 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """Runs beside the main API server in the same process: the main server owns the signal handlers."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def serve(settings: Settings, handler: CallbackHandler) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+async def serve(settings: Settings, handler: CallbackHandler, limits: Limits | None = None) -> BoundedServer:
     sock = await asyncio.to_thread(listening_socket, settings)
-    config = uvicorn.Config(
-        make_app(handler),
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=5,
-        limit_concurrency=200,
-        lifespan="off",
-    )
-    server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="agent-callbacks")
-    return server, task
+    try:
+        return await serve_http(sock, CallbackApp(handler), limits or Limits())
+    except BaseException:
+        sock.close()
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
+from hearth_agent.providerdef import definition_digest
 
 log = logging.getLogger("hearth.api")
 RETRY_AFTER = 5  # seconds, on 503 for an unavailable store
@@ -82,6 +84,9 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
     clis = CliSandboxes(settings, db, drv if isinstance(drv, NetnsDriver) else NetnsDriver(settings), service.ipam)
     providers = load_providers()
+    service.provider_digests = {  # what the agent will receive: the definition as JSON (signin.begin sends it)
+        name: definition_digest(json.loads(json.dumps(p.model_dump()))) for name, p in providers.items()
+    }
     signin = SignInFlow(service, vault, clis, providers)
     return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
 
@@ -138,7 +143,7 @@ def create_app(ctl: Controller) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctl.fabric.up()
-        callbacks, callbacks_task = await agent_callbacks.serve(settings, ctl.signin)
+        callbacks = await agent_callbacks.serve(settings, ctl.signin)
         await ctl.clis.recover()
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         try:
@@ -148,9 +153,7 @@ def create_app(ctl: Controller) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await ctl.close()
-            callbacks.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(callbacks_task, 10)
+            await callbacks.close()
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
     limits.install(app, settings)  # request size limit and per-client rate limiting on /api/*

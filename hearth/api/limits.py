@@ -5,6 +5,8 @@ module-level state). `/health`, `/metrics`, static files and the viewer WebSocke
 
 - Body: a `Content-Length` above the limit is refused at once; a body without one (chunked) is read up to the limit
   and refused as soon as it goes beyond — the app never sees more than `max_body` bytes. 413 with a JSON reason.
+- JSON: a body holding NaN, Infinity or -Infinity (Python's json accepts them, JSON does not) → 422 before the app
+  sees it (pydantic would take NaN for a number, or fail to render its own error about it: a 500).
 - Rate: a token bucket per client — per valid API key (by its digest; the key itself is never kept), else per client
   address, so presenting random keys gives an attacker no fresh buckets. 429 with `Retry-After` and a JSON reason.
   The bucket map is bounded (least recently used clients are forgotten first).
@@ -180,6 +182,10 @@ class LimitsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        constant = non_json_number(body)
+        if constant is not None:
+            await _json(send, 422, {"error": f"request body is not JSON: {constant} is not a JSON number"})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -190,6 +196,28 @@ class LimitsMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class _NonJsonNumber(Exception):
+    pass
+
+
+def _refuse_constant(name: str) -> object:
+    raise _NonJsonNumber(name)
+
+
+def non_json_number(body: bytes) -> str | None:
+    """The first NaN/Infinity/-Infinity in a JSON body, None when there is none (or the body is not JSON at all:
+    the app reports that)."""
+    if not body:
+        return None
+    try:
+        json.loads(body, parse_constant=_refuse_constant)
+    except _NonJsonNumber as exc:
+        return str(exc)
+    except ValueError:
+        return None
+    return None
 
 
 async def _too_large(send: Send, got: str, limit: int) -> None:

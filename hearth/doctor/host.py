@@ -200,7 +200,7 @@ async def firewall(ctx: Context) -> Finding:
     ns, s = ctx.fabric, ctx.settings
     items = await ruleset_of(ctx)
     tables = sorted({(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i})
-    foreign = [t for t in tables if t != (nft.FABRIC_FAMILY, nft.FABRIC_TABLE)]
+    foreign = [t for t in tables if t not in ((nft.FABRIC_FAMILY, nft.FABRIC_TABLE), (nft.L2_FAMILY, nft.FABRIC_TABLE))]
     findings: list[str] = []
     culprits = []
     for family, name in foreign:
@@ -210,6 +210,9 @@ async def firewall(ctx: Context) -> Finding:
     ours = _table_items(items, nft.FABRIC_FAMILY, nft.FABRIC_TABLE)
     wanted = nft.normalize(nft.fabric_ruleset(s))
     findings += _drops([o for o in nft.normalize(ours) if o not in wanted])  # drops someone added to our table
+    l2 = _table_items(items, nft.L2_FAMILY, nft.FABRIC_TABLE)
+    wanted = nft.normalize(nft.l2_ruleset(s))
+    findings += _drops([o for o in nft.normalize(l2) if o not in wanted])
     brnf = await asyncio.to_thread(probes.sysctl, ns, "net/bridge/bridge-nf-call-iptables")
     brnf_note = (
         "br_netfilter not loaded"
@@ -241,6 +244,30 @@ async def ruleset(ctx: Context) -> Finding:
     if nft.normalize(ours) != nft.normalize(nft.fabric_ruleset(s)):
         return Finding.bad("table inet hearth differs from the ruleset computed from the settings", UP)
     return Finding.good("table inet hearth matches the settings (isolation, input lockdown)")
+
+
+async def layer2(ctx: Context) -> Finding:
+    """Table bridge hearth is in place as computed, and whether a port tried to send as someone else since the
+    last look (the counters are read and reset: each attempt is reported once)."""
+    s, ns = ctx.settings, ctx.fabric
+    ours = _table_items(await ruleset_of(ctx), nft.L2_FAMILY, nft.FABRIC_TABLE)
+    if not ours:
+        return Finding.bad(f"table bridge hearth missing in {ns}: sandboxes could spoof ARP/IP of others", UP)
+    if nft.normalize(ours) != nft.normalize(nft.l2_ruleset(s)):
+        return Finding.bad("table bridge hearth differs from the ruleset computed from the settings", UP)
+    drops = await nft.take_l2_drops(ns, timeout=1.0) or dict.fromkeys(nft.L2_DROPS, 0)
+    if drops["arp_spoof"] or drops["ip_spoof"]:
+        return Finding.bad(
+            f"spoofing attempt seen: {drops['arp_spoof']} ARP and {drops['ip_spoof']} IPv4 frame(s) with another "
+            f"slot's MAC/address dropped at the bridge since the last check ({drops['not_ipv4']} non-IPv4 too)",
+            f"find the port: `tcpdump -eni <port> arp` in the fabric namespace ({ns}); the sandbox behind it is "
+            "hostile — end its session (reported once: the counters were reset)",
+            hop=Hop.ARP,
+            data=drops,
+        )
+    return Finding.good(
+        f"layer 2 pinned per port (MAC + address); nothing spoofed since the last check: {drops}", data=drops
+    )
 
 
 async def pool(ctx: Context) -> Finding:
@@ -291,5 +318,6 @@ STEPS = [
 ]
 ADVISORIES = [
     Step("fabric ruleset", Hop.FORWARDING, ruleset, 1.0, needs=("fabric namespace",), on_path=False),
+    Step("layer 2", Hop.ARP, layer2, 1.0, needs=("fabric namespace",), on_path=False),
     Step("pool", Hop.FABRIC, pool, 0.5, on_path=False, skip=_no_store),
 ]

@@ -9,6 +9,10 @@ Sysctls of the fabric namespace (and why):
   net.ipv4.conf.all/default.rp_filter=1  strict: the topology is symmetric (bridge ↔ INTERNAL_NETWORK, default route
                                      ↔ uplink), so strict reverse-path filtering only drops spoofed sources
   net.ipv4.conf.{all,default,BRIDGE}.send_redirects=0  the fabric never tells one sandbox to talk to another directly
+Layer 2 is pinned: table `bridge hearth` (nft.l2_ruleset) lets each port send only from its slot's MAC and address
+(ARP and IPv4), ports.py makes the neighbour entry of every attached slot permanent, and the bridge's MAC is set
+explicitly (BRIDGE_MAC) so it never changes when ports come and go.
+
 Egress (HEARTH_EGRESS, off by default) also sets net.ipv4.ip_forward=1 in the host namespace when it is off, with a
 warning; hearth never turns it back off (other software on the host may rely on it by then).
 """
@@ -35,6 +39,7 @@ log = logging.getLogger("hearth.fabric")
 T = TypeVar("T")
 IFF_UP = 0x1
 IP_FORWARD = "net/ipv4/ip_forward"
+BRIDGE_MAC = "02:68:62:00:00:01"  # locally administered ('h','b'); slots use 02:68:74:… (slot.py)
 
 
 def fabric_sysctls(bridge: str) -> dict[str, str]:
@@ -108,7 +113,7 @@ def _bridge_sync(s: Settings) -> tuple[bool, list[str]]:
         idx = netlink.link_index(h, br)
         created = idx is None
         if idx is None:
-            h.link("add", ifname=br, kind="bridge")
+            h.link("add", ifname=br, kind="bridge", address=BRIDGE_MAC)
             idx = netlink.link_index(h, br)
             assert idx is not None
         elif (kind := netlink.link_kind(h, idx)) != "bridge":
@@ -117,6 +122,9 @@ def _bridge_sync(s: Settings) -> tuple[bool, list[str]]:
                 f"{br} in namespace {s.fabric_netns} is a {kind or 'non-bridge'} link, not a bridge",
                 f"delete it (ip -n {s.fabric_netns} link del {br}) or set BRIDGE_DEVICE to another name",
             )
+        if str(netlink.attr(h.get_links(idx)[0], "IFLA_ADDRESS")).lower() != BRIDGE_MAC:
+            h.link("set", index=idx, address=BRIDGE_MAC)
+            changes.append(f"{br}: MAC set to {BRIDGE_MAC}")
         changes += _converge_addr(h, idx, f"{s.bridge_ip}/{s.prefixlen}", br) + _set_up(h, idx, br)
         if created:
             changes = [f"created bridge {br} with {s.bridge_ip}/{s.prefixlen}"]
@@ -304,6 +312,10 @@ class Fabric(FabricBackend):
         if done == "created":
             self._undo(undo, "delete table inet hearth", lambda: self._drop_table(ns, "inet", "hearth", Hop.FORWARDING))
         _report([f"nftables table inet hearth {done}"] if done else [], fresh)
+        done = await self._converge_table(ns, nft.l2_ruleset(s), Hop.ARP)
+        if done == "created":
+            self._undo(undo, "delete table bridge hearth", lambda: self._drop_table(ns, "bridge", "hearth", Hop.ARP))
+        _report([f"nftables table bridge hearth {done}"] if done else [], fresh)
         if s.egress:
             done = await self._converge_table(None, nft.root_ruleset(s), Hop.NAT)
             if done == "created":
@@ -348,6 +360,8 @@ class Fabric(FabricBackend):
             # Explicitly, so a namespace kept alive by a stray reference after the unmount is disarmed too.
             if await self._drop_table(ns, nft.FABRIC_FAMILY, nft.FABRIC_TABLE, Hop.FORWARDING):
                 removed.append("table inet hearth removed")
+            if await self._drop_table(ns, nft.L2_FAMILY, nft.FABRIC_TABLE, Hop.ARP):
+                removed.append("table bridge hearth removed")
             await self._thread(Hop.BRIDGE, "delete links", _delete_links_sync, ns, [*ports, s.bridge_device])
             await self._thread(Hop.FABRIC, f"remove namespace {ns}", netlink.remove_netns, ns)
             removed.append(f"namespace {ns} removed (bridge {s.bridge_device}, {len(ports)} port(s))")

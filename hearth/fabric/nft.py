@@ -19,10 +19,12 @@ from hearth.childproc import kill_and_reap
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR
-from hearth.fabric.slot import UPLINK_INNER, uplink_outer
+from hearth.fabric.slot import UPLINK_INNER, slot_for, uplink_outer
 
 FABRIC_FAMILY = "inet"
 FABRIC_TABLE = "hearth"
+L2_FAMILY = "bridge"  # table `bridge hearth` (same name, another family): what each bridge port may send
+L2_DROPS = ("arp_spoof", "ip_spoof", "not_ipv4")  # comments of the L2 drop rules (their counters go to the doctor)
 ROOT_FAMILY = "ip"
 OWNED_PREFIX = "hearth"  # every table this module may write is named hearth or hearth_<fabric>
 NFT_TIMEOUT = 10.0
@@ -45,6 +47,10 @@ def _meta(key: str, value: Any, op: str = "==") -> Obj:
 
 def _payload(proto: str, fld: str, value: Any, op: str = "==") -> Obj:
     return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": fld}}, "right": value}}
+
+
+def _match(left: Obj, right: Any, op: str = "==") -> Obj:
+    return {"match": {"op": op, "left": left, "right": right}}
 
 
 def _prefix(net: Any) -> Obj:
@@ -115,6 +121,58 @@ def fabric_ruleset(settings: Settings) -> list[Obj]:
     return t.objects
 
 
+def _concat(*parts: Any) -> Obj:
+    return {"concat": list(parts)}
+
+
+def _field(proto: str, fld: str) -> Obj:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def l2_ruleset(settings: Settings) -> list[Obj]:
+    """Table `bridge hearth` of the fabric namespace (pure): layer 2 pinned per bridge port.
+
+    Set `ports` holds (port name, MAC, address) for every slot of the pool — veth and TAP — as the pure functions of
+    hearth/fabric/slot.py give them, so it never changes while sandboxes come and go. On the bridge's prerouting
+    hook (every frame a port sends into the bridge, before the bridge or the fabric's IP stack sees it):
+      - ARP whose (port, sender MAC, sender address) or (port, Ethernet source, sender address) is not the slot's:
+        counted and dropped (`arp_spoof`) — a sandbox cannot claim another's address;
+      - IPv4 whose (port, Ethernet source, source address) is not the slot's: dropped (`ip_spoof`);
+      - anything but IPv4 and ARP (IPv6, raw Ethernet, …): dropped (`not_ipv4`).
+    A port hearth did not name matches no element, so everything it sends is dropped.
+    """
+    t = _Table(L2_FAMILY, FABRIC_TABLE)
+    elems: list[Obj] = []
+    for i in range(settings.pool_size):
+        slot = slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, i)
+        for port in (slot.veth_host, slot.tap_name):
+            elems.append(_concat(port, slot.mac, str(slot.ip)))
+    base = {"family": L2_FAMILY, "table": FABRIC_TABLE}
+    t.objects.append({"set": {**base, "name": "ports", "type": ["ifname", "ether_addr", "ipv4_addr"], "elem": elems}})
+    for name in L2_DROPS:  # named counters: the doctor reads and resets them (take_l2_drops)
+        t.objects.append({"counter": {**base, "name": name}})
+    t.chain("prerouting", "prerouting", prio=-200)
+    iif = {"meta": {"key": "iifname"}}
+    arp_ip = _field("arp", "saddr ip")
+    for sender in (_field("arp", "saddr ether"), _field("ether", "saddr")):
+        t.rule("prerouting", _match(_concat(iif, sender, arp_ip), "@ports", "!="), {"counter": L2_DROPS[0]}, _DROP)
+    ip_src = _concat(iif, _field("ether", "saddr"), _field("ip", "saddr"))
+    t.rule("prerouting", _match(ip_src, "@ports", "!="), {"counter": L2_DROPS[1]}, _DROP)
+    ethertype = _field("ether", "type")
+    t.rule("prerouting", _match(ethertype, {"set": ["ip", "arp"]}, "!="), {"counter": L2_DROPS[2]}, _DROP)
+    return t.objects
+
+
+def l2_drops(items: Iterable[Obj]) -> dict[str, int]:
+    """Packets counted by the L2 drop counters in a `bridge hearth` listing (named counters)."""
+    out = dict.fromkeys(L2_DROPS, 0)
+    for item in items:
+        counter = item.get("counter")
+        if isinstance(counter, dict) and counter.get("name") in out:
+            out[counter["name"]] += int(counter.get("packets", 0))
+    return out
+
+
 def root_ruleset(settings: Settings) -> list[Obj]:
     """Table `ip hearth_<fabric>` of the host namespace, only with egress on (pure).
 
@@ -182,13 +240,15 @@ def normalize(items: Iterable[Obj]) -> list[Obj]:
     out: list[Obj] = []
     for item in items:
         kind, body = next(iter(item.items()))
-        if kind not in ("table", "chain", "rule"):
+        if kind not in ("table", "set", "counter", "chain", "rule"):
             continue
-        body = {k: v for k, v in body.items() if k != "handle"}
+        body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body.get("expr", [])]
+        if kind == "set":
+            body["elem"] = sorted(body.get("elem", []), key=lambda e: json.dumps(e, sort_keys=True))
         out.append({kind: body})
-    order = {"table": 0, "chain": 1, "rule": 2}
+    order = {"table": 0, "set": 1, "counter": 1, "chain": 2, "rule": 3}
     return sorted(out, key=lambda o: (order[next(iter(o))], _sort_name(o)))  # stable: rule order kept
 
 
@@ -290,14 +350,22 @@ async def apply(netns: str | None, payload: Obj, *, hop: Hop = Hop.FORWARDING, t
     await _run(netns, ["-f", "-"], json.dumps(payload).encode(), hop, timeout)
 
 
-async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float) -> list[Obj]:
-    out = await _run(netns, ["list", *args], None, hop, timeout)
+async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float, verb: str = "list") -> list[Obj]:
+    out = await _run(netns, [verb, *args], None, hop, timeout)
     try:
         data = json.loads(out) if out.strip() else {}
     except ValueError as exc:
-        raise FabricError(hop, f"nft -j list {' '.join(args)} returned no JSON: {exc}", _INSTALL_HINT) from exc
+        raise FabricError(hop, f"nft -j {verb} {' '.join(args)} returned no JSON: {exc}", _INSTALL_HINT) from exc
     items: list[Obj] = data.get("nftables", [])
     return items
+
+
+async def take_l2_drops(netns: str, *, timeout: float = NFT_TIMEOUT) -> dict[str, int] | None:
+    """The L2 drop counters since the last call, reset atomically (`nft reset counters`): each spoofing attempt is
+    reported once. None when table bridge hearth does not exist."""
+    if not await table_exists(netns, L2_FAMILY, FABRIC_TABLE, hop=Hop.ARP, timeout=timeout):
+        return None
+    return l2_drops(await _list(netns, ["counters", "table", L2_FAMILY, FABRIC_TABLE], Hop.ARP, timeout, "reset"))
 
 
 async def table_exists(

@@ -6,20 +6,25 @@ Every port is a member of the fabric bridge with `isolated` set, so sandboxes ca
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import struct
+
+from pyroute2 import NetlinkError
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns
-from hearth.fabric.slot import Slot
+from hearth.fabric.slot import Slot, link_index, slot_for
 
 GUEST_IFNAME = "eth0"
+NUD_PERMANENT = 0x80
 
 
-def _bridge_port(handle: object, settings: Settings, ifname: str) -> None:
+def _bridge_port(handle: object, settings: Settings, ifname: str, slot: Slot) -> None:
+    """Attach, isolate, and pin the slot's neighbour entry (address → MAC, permanent: no ARP reply can move it)."""
     br = netlink.link_index(handle, settings.bridge_device)
     if br is None:
         raise FabricError(
@@ -31,6 +36,24 @@ def _bridge_port(handle: object, settings: Settings, ifname: str) -> None:
     assert idx is not None
     handle.link("set", index=idx, master=br, state="up")  # type: ignore[attr-defined]
     handle.brport("set", index=idx, isolated=1)  # type: ignore[attr-defined]
+    handle.neigh(  # type: ignore[attr-defined]
+        "replace", dst=str(slot.ip), lladdr=slot.mac, ifindex=br, state=NUD_PERMANENT
+    )
+
+
+def _unpin(handle: object, settings: Settings, ifname: str) -> None:
+    """Remove the permanent neighbour entry of the slot a port belongs to (already gone is success)."""
+    parsed = link_index(ifname)
+    br = netlink.link_index(handle, settings.bridge_device)
+    if parsed is None or br is None:
+        return
+    s = settings
+    slot = slot_for(s.fabric_netns, s.internal_network, s.bridge_ip, s.ip_pool_start, parsed[1])
+    try:
+        handle.neigh("del", dst=str(slot.ip), ifindex=br)  # type: ignore[attr-defined]
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
 
 
 def add_veth_sync(settings: Settings, slot: Slot) -> None:
@@ -43,7 +66,7 @@ def add_veth_sync(settings: Settings, slot: Slot) -> None:
             kind="veth",
             peer={"ifname": GUEST_IFNAME, "net_ns_fd": slot.netns, "address": slot.mac},
         )
-        _bridge_port(fab, settings, slot.veth_host)
+        _bridge_port(fab, settings, slot.veth_host, slot)
     with netlink.ns(slot.netns, Hop.LINK) as sb:
         lo = netlink.link_index(sb, "lo")
         sb.link("set", index=lo, state="up")
@@ -85,7 +108,7 @@ def add_tap_sync(settings: Settings, slot: Slot) -> None:
             Hop.LINK, f"cannot create TAP {slot.tap_name}: {exc}", "load the tun module (modprobe tun) and run as root"
         ) from exc
     with netlink.ns(settings.fabric_netns, Hop.LINK) as fab:
-        _bridge_port(fab, settings, slot.tap_name)
+        _bridge_port(fab, settings, slot.tap_name, slot)
 
 
 def remove_port_sync(settings: Settings, ifname: str) -> None:
@@ -94,6 +117,7 @@ def remove_port_sync(settings: Settings, ifname: str) -> None:
         return
     with netlink.ns(settings.fabric_netns, Hop.LINK) as fab:
         netlink.delete_link(fab, ifname)
+        _unpin(fab, settings, ifname)
 
 
 async def add_veth(settings: Settings, slot: Slot) -> None:

@@ -1,10 +1,11 @@
 """The viewer WebSocket: `/api/auth/session/{id}/novnc/websock?token=…` (subprotocol `binary`, as noVNC uses).
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
-4401 bad token, 4404 unknown session, 4408 not ready in time, 4410 no desktop (a direct-mode session: the person
-signs in in their own browser), 4502 sandbox unreachable (naming the hop), 4503 temporarily unavailable — the
-controller is shutting down or its store is down — reconnect, 1000 on sandbox EOF or a normal end. (1012 is
-uvicorn's own, only if a viewer outlives the 4503 drain.)
+4400 the viewer's RFB handshake was not RFB, 4401 bad token, 4403 a view-only viewer sent a message type that
+cannot be framed (input is dropped silently; anything unknown ends the connection), 4404 unknown session, 4408 not
+ready in time, 4410 no desktop (a direct-mode session: the person signs in in their own browser), 4502 sandbox
+unreachable (naming the hop), 4503 temporarily unavailable — the controller is shutting down or its store is down —
+reconnect, 1000 on sandbox EOF or a normal end. (1012 is uvicorn's own, only if a viewer outlives the 4503 drain.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
-BAD_TOKEN, UNKNOWN, NOT_READY, NO_DESKTOP, UNREACHABLE, UNAVAILABLE = 4401, 4404, 4408, 4410, 4502, 4503
+BAD_RFB, BAD_TOKEN, VIEW_ONLY, UNKNOWN, NOT_READY = 4400, 4401, 4403, 4404, 4408
+NO_DESKTOP, UNREACHABLE, UNAVAILABLE = 4410, 4502, 4503
 SHUTTING_DOWN = "controller shutting down — reconnect"
 
 
@@ -109,6 +111,11 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return None
             if outcome.ended is Ended.SANDBOX_EOF:
                 return await close(1000, outcome.detail)
+            if outcome.ended is Ended.BAD_VIEWER:
+                return await close(BAD_RFB, outcome.detail)
+            if outcome.ended is Ended.VIEW_ONLY:
+                log.warning("view-only viewer cut off", extra={"close_reason": outcome.detail})
+                return await close(VIEW_ONLY, outcome.detail)
             if outcome.ended is Ended.STOPPED and service.draining:
                 return await close(UNAVAILABLE, SHUTTING_DOWN)
             try:

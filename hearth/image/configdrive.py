@@ -34,6 +34,7 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "agent_port": spec.agent_port,
         "desktop": spec.desktop,
         "callback": f"http://{spec.slot.gateway}:{callback_port}",
+        "providers": list(spec.providers),
     }
 
 

@@ -5,9 +5,10 @@ mechanism). This script then:
 
 1. reads the config drive named by `hearth.config=` (default /dev/vdb; root-only device node) — the secret and the
    desktop settings — and adds `ip` (from `ip=`) and a default `callback` on the gateway;
-2. writes /run/hearth/agent.json (0600, owned by the sandbox user);
-3. starts `python3 -m hearth_agent --config /run/hearth/agent.json` as the unprivileged user `hearth`, its output on
-   the serial console;
+2. writes Chromium's managed policies (hearth_agent/policy.py) to /etc/chromium, root-owned;
+3. starts `python3 -m hearth_agent --config /dev/fd/N` as the unprivileged user `hearth`, its output on the serial
+   console — the config (with the secret) goes through a pipe the agent reads once, never a file the desktop user
+   (the same uid) could read;
 4. reaps every orphan (it is PID 1), and when the agent exits — or on SIGTERM/SIGINT — stops it and reboots, which
    ends the VM (QEMU runs with -no-reboot; Firecracker exits on reboot).
 """
@@ -26,7 +27,6 @@ from typing import Any
 
 MAGIC = b"HEARTHCFG1\n"
 CONFIG_DEFAULT = "/dev/vdb"
-AGENT_JSON = "/run/hearth/agent.json"
 GUEST_USER = "hearth"
 CALLBACK_PORT = 8700
 RB_AUTOBOOT = 0x01234567
@@ -80,16 +80,17 @@ def agent_config(drive: dict[str, Any], cmdline: dict[str, str]) -> dict[str, An
     return cfg
 
 
-def write_config(cfg: dict[str, Any], uid: int, gid: int, path: str = AGENT_JSON) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    os.chown(os.path.dirname(path), uid, gid)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(cfg, f)
-    os.chown(path, uid, gid)
+def config_pipe(cfg: dict[str, Any]) -> int:
+    """A pipe holding the agent's config; returns its read end (the write end is closed: the agent reads to EOF)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, json.dumps(cfg).encode())  # far below a pipe's capacity
+    finally:
+        os.close(w)
+    return r
 
 
-def start_agent(user: pwd.struct_passwd) -> int:
+def start_agent(user: pwd.struct_passwd, config_fd: int) -> int:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": user.pw_dir,
@@ -108,10 +109,13 @@ def start_agent(user: pwd.struct_passwd) -> int:
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
             os.chdir(user.pw_dir)
-            os.execve("/usr/bin/python3", ["python3", "-m", "hearth_agent", "--config", AGENT_JSON], env)
+            os.set_inheritable(config_fd, True)
+            argv = ["python3", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}"]
+            os.execve("/usr/bin/python3", argv, env)
         except BaseException as exc:
             sys.stderr.write(f"hearth-boot: cannot start the agent: {exc}\n")
         os._exit(127)
+    os.close(config_fd)
     return pid
 
 
@@ -131,12 +135,18 @@ def main() -> int:
     user = pwd.getpwnam(GUEST_USER)
     try:
         cfg = agent_config(read_drive(cmdline.get("hearth.config") or CONFIG_DEFAULT), cmdline)
-        write_config(cfg, user.pw_uid, user.pw_gid)
+        config_fd = config_pipe(cfg)
     except (OSError, ValueError) as exc:
         say(f"FATAL: {exc}")
         end_vm(1)
         return 1
-    agent = start_agent(user)
+    try:
+        from hearth_agent.policy import write_policy  # /opt/hearth, beside this script
+
+        write_policy("/etc/chromium")
+    except (ImportError, OSError) as exc:
+        say(f"WARNING: Chromium policies not written: {exc}")
+    agent = start_agent(user, config_fd)
     say(f"agent started pid={agent} ip={cfg.get('ip')}")
     stopping = {"flag": False}
 

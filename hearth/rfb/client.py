@@ -19,6 +19,9 @@ ENC_RAW = 0
 PIXEL_FORMAT_32 = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 
 
+MAX_TEXT = 64 * 1024  # a desktop name or refusal reason longer than this is a hostile server, not a long name
+
+
 class RfbError(Exception):
     """The peer did not speak RFB as expected."""
 
@@ -29,6 +32,7 @@ class ServerInit:
     width: int
     height: int
     name: str
+    raw: bytes = b""  # the ServerInit message as the server sent it (the gateway hands it on to the viewer)
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,13 @@ async def handshake(read: ReadExactly, write: Write, shared: bool = True) -> Ser
     if result != 0:
         raise RfbError(f"security handshake failed: {await _reason(read)}")
     await write(bytes([1 if shared else 0]))
-    width, height = struct.unpack(">HH", await read(4))
-    await read(16)  # server pixel format; we set our own below
-    (name_len,) = struct.unpack(">I", await read(4))
-    name = (await read(name_len)).decode("utf-8", "replace")
-    return ServerInit(version, width, height, name)
+    head = await read(24)  # width, height, server pixel format (we set our own below), name length
+    width, height = struct.unpack(">HH", head[:4])
+    (name_len,) = struct.unpack(">I", head[20:24])
+    if name_len > MAX_TEXT:
+        raise RfbError(f"server announced a {name_len}-byte desktop name (more than {MAX_TEXT})")
+    raw_name = await read(name_len)
+    return ServerInit(version, width, height, raw_name.decode("utf-8", "replace"), head + raw_name)
 
 
 async def request_frame(read: ReadExactly, write: Write, init: ServerInit, max_messages: int = 50) -> list[Rect]:
@@ -110,4 +116,6 @@ async def request_frame(read: ReadExactly, write: Write, init: ServerInit, max_m
 
 async def _reason(read: ReadExactly) -> str:
     (n,) = struct.unpack(">I", await read(4))
+    if n > MAX_TEXT:
+        return f"(a {n}-byte reason, not read)"
     return (await read(n)).decode("utf-8", "replace")

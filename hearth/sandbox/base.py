@@ -29,6 +29,7 @@ class SandboxSpec:
     agent_port: int = 8080
     desktop: bool = True  # False: a CLI sandbox (agent only, no display)
     home: Path | None = None  # persistent home kept across destroy (CLI sandboxes); None: inside workdir
+    providers: tuple[str, ...] = ()  # digests of the provider definitions its agent may run (none: no logins)
 
 
 @dataclass

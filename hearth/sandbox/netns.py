@@ -7,8 +7,13 @@ an environment built from scratch (the controller's secrets never reach it). Eve
 `destroy` needs nothing but the spec — also after a controller crash.
 
 Work directory (`spec.workdir`, 0711 root): `home/` (0700, sandbox user; HOME inside, unless `spec.home` is given),
-`run/` (0700, sandbox user; `agent.json` 0600 with the per-sandbox secret, bound read-only at /run/hearth) and
-`logs/` (0700 root; `agent.log`, the launcher's and agent's stdout/stderr — outside the sandbox's reach).
+`run/` (0700, sandbox user; bound read-only at /run/hearth), `chromium-etc/` (root, 0755: the root's /etc/chromium
+plus hearth's managed policies, hearth_agent/policy.py — bound read-only over /etc/chromium) and `logs/` (0700 root;
+`agent.log`, the launcher's and agent's stdout/stderr — outside the sandbox's reach).
+
+The agent's config (with the per-sandbox secret) is never a file: it goes through a pipe the agent reads once at
+start (`--config /dev/fd/N`), and the agent then makes itself non-dumpable, so the desktop and browser — same uid —
+can read neither the secret nor the agent's memory (/proc/<agent>/mem, environ, fd: root-owned for it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox import guestpkg
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
 
@@ -83,6 +89,15 @@ class NetnsDriver(Driver):
         self._guest: Path | None = None
 
     # ---- pure -----------------------------------------------------------------------------------
+    def ids(self, spec: SandboxSpec) -> tuple[int, int]:
+        """The uid/gid a sandbox runs as: each browser sandbox its own, derived from its slot (base + 2*slot; the
+        odd neighbour is kept free for a separate agent uid), so no two live sandboxes share one; a CLI sandbox
+        (persistent home, `spec.home`) the stable HEARTH_SANDBOX_UID that owns its home across restarts."""
+        if spec.home is not None:
+            return self.s.sandbox_uid, self.s.sandbox_gid
+        uid = self.s.sandbox_uid_base + 2 * spec.slot.index
+        return uid, uid
+
     def home_dir(self, spec: SandboxSpec) -> Path:
         return spec.home or spec.workdir / "home"
 
@@ -102,6 +117,7 @@ class NetnsDriver(Driver):
             "secret": spec.secret,
             "session_id": spec.session_id,
             "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
+            "providers": list(spec.providers),
         }
 
     def image_root(self) -> Path | None:
@@ -125,15 +141,20 @@ class NetnsDriver(Driver):
             *(["--ro-bind", str(host_clis), GUEST_CLIS] if host_clis is not None else []),
         ]  # fmt: skip
 
-    def argv(self, spec: SandboxSpec, bwrap: str, guest: Path) -> list[str]:
-        """nsenter (into the sandbox netns) → setpriv (drop to the sandbox user) → bwrap → the agent."""
+    def policy_binds(self, spec: SandboxSpec) -> list[str]:
+        etc = spec.workdir / "chromium-etc"
+        return ["--ro-bind", str(etc), "/etc/chromium"] if etc.is_dir() else []
+
+    def argv(self, spec: SandboxSpec, bwrap: str, guest: Path, config_fd: int) -> list[str]:
+        """nsenter (into the sandbox netns) → setpriv (drop to the sandbox user) → bwrap → the agent, which reads its
+        config from the inherited pipe `config_fd`."""
         return [
             "nsenter", f"--net={dial.NETNS_RUN_DIR / spec.slot.netns}", "--",
-            "setpriv", f"--reuid={self.s.sandbox_uid}", f"--regid={self.s.sandbox_gid}", "--clear-groups",
+            "setpriv", f"--reuid={self.ids(spec)[0]}", f"--regid={self.ids(spec)[1]}", "--clear-groups",
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
-            *self.root_binds(guest),
+            *self.root_binds(guest), *self.policy_binds(spec),
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
             "--bind", str(self.home_dir(spec)), GUEST_HOME,
             "--ro-bind", str(spec.workdir / "run"), "/run/hearth",
@@ -142,7 +163,7 @@ class NetnsDriver(Driver):
             "--setenv", "PYTHONPATH", GUEST_LIB, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--setenv", "BROWSER", f"{GUEST_LIB}/hearth_agent/browser_hook.py",
             "--chdir", GUEST_HOME,
-            "/usr/bin/python3", "-P", "-m", "hearth_agent", "--config", "/run/hearth/agent.json",
+            "/usr/bin/python3", "-P", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
         ]  # fmt: skip
 
     # ---- start ----------------------------------------------------------------------------------
@@ -190,7 +211,7 @@ class NetnsDriver(Driver):
         return self._guest
 
     def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:
-        uid, gid = self.s.sandbox_uid, self.s.sandbox_gid
+        uid, gid = self.ids(spec)
         wd = spec.workdir
         if not wd.is_absolute() or wd in (Path("/"), self.s.data_dir):
             raise DriverError(Hop.DRIVER, f"refusing work directory {wd}", "derive it from the slot")
@@ -200,6 +221,14 @@ class NetnsDriver(Driver):
         home = self.home_dir(spec)
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chown(home, uid, gid, follow_symlinks=False)
+        etc = wd / "chromium-etc"
+        if etc.exists():  # a leftover of a crashed start of this slot
+            _rmtree(etc)
+        shipped = (self.image_root() or Path("/")) / "etc" / "chromium"
+        if shipped.is_dir():  # bubblewrap can only mount over a directory that exists in the root
+            shutil.copytree(shipped, etc, symlinks=True, ignore=shutil.ignore_patterns("policies"))
+            os.chmod(etc, 0o755)
+            write_policy(str(etc))
         run = wd / "run"
         if run.exists():  # a leftover of a crashed start of this slot
             _rmtree(run)
@@ -222,25 +251,30 @@ class NetnsDriver(Driver):
                     f"the guest image root {real} is not reachable by the sandbox user (uid {uid}) at {blocked}",
                     f"chmod o+x {blocked}, or keep the image under a traversable directory (HEARTH_IMAGE_DIR)",
                 )
-        fd = os.open(run / "agent.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            os.fchown(f.fileno(), uid, gid)
-            json.dump(self.agent_config(spec), f)
 
     async def _launch(self, spec: SandboxSpec, bwrap: str, guest: Path) -> asyncio.subprocess.Process:
+        config = json.dumps(self.agent_config(spec)).encode()  # far below a pipe's capacity: the write cannot block
         fd = os.open(self.log_path(spec), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        r, w = os.pipe()
         try:
+            os.write(w, config)
+            os.close(w)
+            w = -1
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec, bwrap, guest),
+                *self.argv(spec, bwrap, guest, r),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 env=LAUNCH_ENV,
                 cwd="/",
+                pass_fds=(r,),
             )
         finally:
             os.close(fd)
+            os.close(r)
+            if w >= 0:
+                os.close(w)
         self._procs[spec.slot.netns] = proc
         log.info("sandbox launched", extra={"netns": spec.slot.netns, "pid": proc.pid})
         return proc

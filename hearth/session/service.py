@@ -102,13 +102,19 @@ class SessionService:
         self._stops: dict[str, asyncio.Event] = {}
         # Set by the app when `hearth doctor` is available: walks the session's path, returns the first failure.
         self.diagnose: Callable[[str], Awaitable[HearthError | None]] | None = None
+        # Set by the app: provider name → digest of its definition. A sandbox's agent runs only the definition
+        # whose digest its config names (that of the session's provider; none for sessions without one).
+        self.provider_digests: dict[str, str] = {}
 
     # ---- naming (pure) ---------------------------------------------------------------------------
-    def spec(self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER) -> SandboxSpec:
+    def spec(
+        self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER, provider: str | None = None
+    ) -> SandboxSpec:
         """The sandbox of a session; `mode` decides whether it has a desktop (destroying needs only the slot). The
         agent secret is the live sandbox's (made at boot), empty for one this controller does not run."""
         s = self.settings
         secret = self._secrets.get(session_id, "")
+        digest = self.provider_digests.get(provider or "")
         return SandboxSpec(
             session_id=session_id,
             slot=slot,
@@ -120,6 +126,7 @@ class SessionService:
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
             desktop=has_desktop(mode),
+            providers=(digest,) if digest else (),
         )
 
     def target(self, view: SessionView) -> readiness.Target:
@@ -169,9 +176,12 @@ class SessionService:
         """The agent secret of a live sandbox of this controller (None when unknown or ended)."""
         return self._secrets.get(session_id)
 
-    async def advance(self, session_id: str, target: Status, detail: str | None = None) -> SessionView:
-        """A non-terminal step of the flow (e.g. ready → awaiting_user); illegal steps raise IllegalTransition."""
-        return await self._transition(session_id, target, detail, None)
+    async def advance(
+        self, session_id: str, target: Status, detail: str | None = None, also: Callable[[Db], object] | None = None
+    ) -> SessionView:
+        """A non-terminal step of the flow (e.g. ready → awaiting_user); illegal steps raise IllegalTransition.
+        `also` runs in the same transaction, after the check: it is committed only with the step."""
+        return await self._transition(session_id, target, detail, None, also=also)
 
     async def note(self, session_id: str, name: str, detail: str | None = None) -> None:
         """Add a timeline entry (no state change)."""
@@ -261,7 +271,7 @@ class SessionService:
             lambda: admission.admit(self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name)
         )
         self._slots[sid] = lease.slot.index
-        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0), name=f"boot-{sid}")
+        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0, provider), name=f"boot-{sid}")
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -406,7 +416,7 @@ class SessionService:
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, slot: Slot, mode: SigninMode, t0: float) -> None:
+    async def _boot(self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None) -> None:
         s = self.settings
         timings: dict[str, float] = {}
 
@@ -419,7 +429,7 @@ class SessionService:
                     undo.push_async_callback(self._release_quietly, sid)
                     mark("lease")
                     self._secrets.setdefault(sid, secrets.token_urlsafe(32))
-                    spec = self.spec(sid, slot, mode)
+                    spec = self.spec(sid, slot, mode, provider)
                     undo.push_async_callback(self._destroy_quietly, spec)
                     info = await self.driver.start(spec, mark)
                     await self._record(sid, pid=info.pid, timings=timings)
@@ -502,13 +512,21 @@ class SessionService:
         await self.db.run(upd)
 
     async def _transition(
-        self, sid: str, target: Status, reason: str | None, hop: Hop | None, timings: dict[str, float] | None = None
+        self,
+        sid: str,
+        target: Status,
+        reason: str | None,
+        hop: Hop | None,
+        timings: dict[str, float] | None = None,
+        also: Callable[[Db], object] | None = None,
     ) -> SessionView:
         def move(db: Db) -> SessionView:
-            row = db.get(SessionRow, sid)
+            row = db.get(SessionRow, sid, with_for_update=True)
             if row is None:
                 raise SessionNotFound(sid)
             check_transition(Status(row.status), target)
+            if also is not None:
+                also(db)
             row.status = target.value
             row.reason = reason
             row.hop = hop.value if hop else None

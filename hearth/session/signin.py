@@ -27,6 +27,7 @@ from hearth.session.prompts import PromptError, SigninPrompt, check_code
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
 from hearth.vault.store import CredentialFile, Vault
+from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
 
 log = logging.getLogger("hearth.signin")
 
@@ -56,14 +57,18 @@ class SignInFlow:
     def secret_for(self, session_id: str) -> str | None:
         return self.service.secret_of(session_id)
 
-    async def on_event(self, session_id: str, event: str, detail: str) -> None:
+    async def on_event(self, session_id: str, event: str, detail: str) -> str | None:
         with bind_session(session_id):
+            view = await self.service.get(session_id)
+            if view.status.terminal:
+                return f"session is {view.status.value}: no more events"
             await self.service.note(session_id, f"agent:{event}", detail)
             if event == "url_captured":
                 with contextlib.suppress(IllegalTransition):
                     await self.service.advance(session_id, Status.AWAITING_USER, detail)
             elif event == "login_failed":
                 await self.service.end(session_id, Status.FAILED, f"[agent] sign-in failed: {detail}", Hop.AGENT)
+            return None
 
     async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None:
         """The agent's `signin_prompt`: what the person must see changed. Events name the step, never the URL."""
@@ -118,36 +123,41 @@ class SignInFlow:
             raise CodeRefused(409, "the sign-in sandbox is not running")
         return AgentClient(s.fabric_netns, view.sandbox_ip, s.agent_port, secret)
 
-    async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> None:
+    async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> str | None:
+        """Seal and store the pushed credentials — only while the session expects them (ready/awaiting_user), and
+        in the same transaction as the step to credentials_captured, so a push the session refuses (ended, kept
+        failed, already captured) or one that fails validation never replaces the user's stored record."""
         with bind_session(session_id):
             view = await self.service.get(session_id)
+            if view.status not in (Status.READY, Status.AWAITING_USER):
+                log.warning("credential push refused", extra={"status": view.status.value})
+                return f"session is {view.status.value}: credentials are not expected"
             expected = self.providers.get(view.provider or "")
             if expected is None or provider != expected.name:
-                await self.service.end(
-                    session_id,
-                    Status.FAILED,
-                    f"[agent] credentials for {provider!r}, session is for {view.provider!r}",
-                    Hop.AGENT,
-                )
-                return
+                wrong = f"[agent] credentials for {provider!r}, session is for {view.provider!r}"
+                await self.service.end(session_id, Status.FAILED, wrong, Hop.AGENT)
+                return wrong
             allowed = {f.target: f.mode for f in expected.credential_files}
             files = [CredentialFile(f.path, allowed[f.path], f.data) for f in files if f.path in allowed]
+            reason: str | None = None
             if len(files) != len(allowed):
-                await self.service.end(
-                    session_id,
-                    Status.FAILED,
-                    "[agent] pushed credential files do not match the provider definition",
-                    Hop.AGENT,
-                )
-                return
+                reason = "[agent] pushed credential files do not match the provider definition"
+            elif any(len(f.data) > MAX_CREDENTIAL_FILE for f in files):
+                reason = f"[agent] a pushed credential file exceeds {MAX_CREDENTIAL_FILE} bytes (the CLI sandbox limit)"
+            if reason is not None:
+                await self.service.end(session_id, Status.FAILED, reason, Hop.AGENT)
+                return reason
             try:
                 if view.status is Status.READY:
                     await self.service.advance(session_id, Status.AWAITING_USER, "credentials arrived")
-                await self.vault.put(view.user_id, provider, files, session_id)
-                await self.service.advance(session_id, Status.CREDENTIALS_CAPTURED, f"{len(files)} file(s) sealed")
+                store = self.vault.upsert(view.user_id, provider, files, session_id)
+                await self.service.advance(
+                    session_id, Status.CREDENTIALS_CAPTURED, f"{len(files)} file(s) sealed", also=store
+                )
             except IllegalTransition:
-                return  # the session ended meanwhile
+                return "the session ended meanwhile; credentials not stored"
             self.service.spawn(self._deliver(view, provider), f"deliver-{session_id}")
+            return None
 
     # ---- flow ---------------------------------------------------------------------------------
     async def begin(self, view: SessionView) -> None:

@@ -48,7 +48,7 @@ class Database:
         if url.startswith("sqlite"):
             if self.file is not None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(self.file, os.O_CREAT | os.O_RDWR, 0o600))  # never world-readable, not even once
+                _private(self.file)  # never world-readable, not even once
             connect_args = {"timeout": 10, "check_same_thread": False}
         else:
             connect_args = {"connect_timeout": 10, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
@@ -188,3 +188,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _private(path: Path) -> None:
+    """The database file (and so SQLite's -wal/-shm, which take its mode) is the controller's alone: 0600."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    os.chmod(path, 0o600)

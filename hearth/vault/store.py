@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,6 +60,13 @@ class Vault:
     async def put(
         self, user_id: str, provider: str, files: list[CredentialFile], session_id: str | None
     ) -> CredentialMeta:
+        return await self.db.run(self.upsert(user_id, provider, files, session_id))
+
+    def upsert(
+        self, user_id: str, provider: str, files: list[CredentialFile], session_id: str | None
+    ) -> Callable[[Db], CredentialMeta]:
+        """Seal now; the returned function stores (replacing the previous record) inside the caller's transaction,
+        so the replacement is committed only with whatever else that transaction does."""
         sealed = seal(self.ring, _encode(files), user_id, provider)
 
         def upsert(db: Db) -> CredentialMeta:
@@ -76,7 +84,7 @@ class Vault:
             db.flush()
             return _meta(row)
 
-        return await self.db.run(upsert)
+        return upsert
 
     async def open(self, user_id: str, provider: str) -> list[CredentialFile] | None:
         row = await self.db.run(

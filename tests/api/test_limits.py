@@ -229,3 +229,23 @@ async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
             assert (await http.get("/health")).status_code == 200
     finally:
         ctl.db.dispose()
+
+
+@pytest.mark.parametrize("body", [b'{"user_id": NaN}', b'{"user_id": "a", "x": Infinity}', b'{"user_id": -Infinity}'])
+async def test_non_json_numbers_are_refused_422(tmp_path: Path, body: bytes) -> None:
+    """`{"user_id": NaN}` was a 500 with a traceback (the validation error could not be rendered)."""
+    from hearth.api.app import build, create_app
+
+    settings = load_settings(
+        {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None
+    )
+    ctl = build(settings)
+    try:
+        async with asgi_client(create_app(ctl)) as http:
+            r = await http.post(
+                "/api/auth/start", content=body, headers={**bearer("k"), "Content-Type": "application/json"}
+            )
+            assert r.status_code == 422, r.text
+            assert "not a JSON number" in r.json()["error"]
+    finally:
+        ctl.db.dispose()

@@ -40,10 +40,30 @@ def viewer_settings(make_settings: Callable[..., Settings]) -> Settings:
     )
 
 
-async def open_viewer(url: str) -> tuple[ClientConnection, WsByteStream, ServerInit]:
+async def open_viewer(url: str, banner: bytes = b"RFB 003.008\n") -> tuple[ClientConnection, WsByteStream, ServerInit]:
     ws = await connect(url, subprotocols=["binary"], max_size=None, ping_interval=None)  # type: ignore[list-item]
     stream = WsByteStream(ws, 30)
-    return ws, stream, await handshake(stream.read, stream.write)
+    if banner == b"RFB 003.008\n":
+        return ws, stream, await handshake(stream.read, stream.write)
+    return ws, stream, await legacy_handshake(stream, banner)
+
+
+async def legacy_handshake(stream: WsByteStream, banner: bytes) -> ServerInit:
+    """An older viewer's side of the handshake: 3.7 (security list, no SecurityResult) or 3.3 (the server picks
+    the security type) — any version other than 3.7/3.8 is 3.3 per the RFB specification."""
+    offered = await stream.read(12)
+    await stream.write(banner)
+    if banner == b"RFB 003.007\n":
+        count = (await stream.read(1))[0]
+        assert 1 in await stream.read(count)
+        await stream.write(b"\x01")
+    else:
+        assert struct.unpack(">I", await stream.read(4))[0] == 1
+    await stream.write(b"\x01")  # ClientInit
+    head = await stream.read(24)
+    width, height = struct.unpack(">HH", head[:4])
+    name = await stream.read(struct.unpack(">I", head[20:24])[0])
+    return ServerInit(offered.decode().strip(), width, height, name.decode())
 
 
 async def frame_of(stream: WsByteStream, init: ServerInit, w: int = 0, h: int = 0) -> int:
@@ -187,8 +207,8 @@ async def test_view_only_token_drops_input_at_the_rfb_level(
         def to_sandbox() -> float:
             return registry.get_sample_value("hearth_gateway_bytes_total", {"direction": "to_sandbox"}) or 0.0
 
-        async def relayed_input(token: str) -> float:
-            ws, stream, init = await open_viewer(live.ws_url(ctl, token))
+        async def relayed_input(token: str, banner: bytes = b"RFB 003.008\n") -> float:
+            ws, stream, init = await open_viewer(live.ws_url(ctl, token), banner)
             try:
                 before = to_sandbox()
                 await stream.write(INPUT)
@@ -209,3 +229,7 @@ async def test_view_only_token_drops_input_at_the_rfb_level(
         print(f"\ninput bytes relayed to the sandbox: view scope {viewed:.0f}, control scope {controlled:.0f}")
         assert viewed == 0
         assert controlled == len(INPUT)
+        # Older handshakes (3.7; 3.3 and the odd versions read as 3.3) against the real x11vnc: same result.
+        for banner in (b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.889\n"):
+            assert await relayed_input(view_token, banner) == 0, banner
+            assert await relayed_input(live.viewer_token, banner) == len(INPUT), banner

@@ -31,7 +31,7 @@ import pytest
 
 from hearth_agent.config import parse_config
 from hearth_agent.controller import redact, url_summary
-from hearth_agent.providerdef import parse_provider, unescape
+from hearth_agent.providerdef import definition_digest, parse_provider, unescape
 from hearth_agent.ptyproc import TermText
 from hearth_agent.server import AgentServer
 from hearth_agent.signin import SignIn, register
@@ -572,3 +572,20 @@ def test_every_builtin_definition_is_accepted_as_the_controller_sends_it() -> No
             assert (got.command, got.env, got.display) == (flow.command, flow.env, flow.display)
             assert [p.send for p in got.prompts] == [p.send for p in flow.prompts]
     assert unescape("y\\r") == "y\r" and unescape("\\x1b[B\\n") == "\x1b[B\n"
+
+
+# ---- only the provider definitions the controller named -----------------------------------------------------------
+def test_login_runs_only_the_definition_named_in_the_config(tmp_path: Path) -> None:
+    """A controller-configured agent (config key `providers`) refuses any other definition — a caller holding the
+    secret cannot make it run an arbitrary command — and extra env beyond HEARTH_*; nothing is started."""
+    allowed = fake_provider("pass")
+    cfg = {"ip": "127.0.0.1", "secret": SECRET, "desktop": False, "providers": [definition_digest(allowed)]}
+    sup = Supervisor(parse_config(cfg), home=str(tmp_path))
+    signin = SignIn(sup, cfg, home=str(tmp_path))
+    evil = fake_provider("import os; os.system('touch /tmp/pwned')")
+    assert signin.login({"provider": evil})[0] == 403
+    assert signin.login({"provider": {**allowed, "command": ["/bin/sh", "-c", "id"]}})[0] == 403
+    assert signin.login({"provider": allowed, "env": {"LD_PRELOAD": "/tmp/x.so"}})[0] == 400
+    assert signin._run is None
+    none_allowed = {**cfg, "providers": []}  # a session without a provider: no logins at all
+    assert SignIn(sup, none_allowed, home=str(tmp_path)).login({"provider": allowed})[0] == 403

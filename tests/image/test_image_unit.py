@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import lzma
+import os
 import shutil
 import struct
 import subprocess
@@ -204,9 +205,9 @@ def test_boot_script_builds_the_agent_config(tmp_path: Path) -> None:
         hearth_boot.read_drive(str(drive), timeout=0.1)
     with pytest.raises(FileNotFoundError):
         hearth_boot.read_drive(str(tmp_path / "missing"), timeout=0.05)
-    out = tmp_path / "run" / "agent.json"
-    hearth_boot.write_config(cfg, 0, 0, str(out))
-    assert json.loads(out.read_text())["secret"] == "s3cret" and out.stat().st_mode & 0o777 == 0o600
+    fd = hearth_boot.config_pipe(cfg)  # no file: a pipe the agent reads once
+    with os.fdopen(fd) as pipe:
+        assert json.loads(pipe.read())["secret"] == "s3cret"
 
 
 def test_ip_argument_parsing() -> None:

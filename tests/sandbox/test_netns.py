@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
@@ -24,6 +25,8 @@ from hearth.fabric.dial import open_connection, socket_in_netns
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import SandboxProcesses, pids_in_netns
+from hearth_agent.policy import POLICY
+from tests.live import descendants
 from tests.sandbox.specs import spec_for
 
 pytestmark = [pytest.mark.netns]
@@ -184,9 +187,24 @@ async def test_desktop_lifecycle(fabric_settings: Settings, monkeypatch: pytest.
             seen_pids |= set(procs.scan())
             assert len(seen_pids) >= 6, seen_pids
             for pid in seen_pids:
-                assert os.stat(f"/proc/{pid}").st_uid == s.sandbox_uid
+                assert os.stat(f"/proc/{pid}").st_uid == driver.ids(spec)[0] == s.sandbox_uid_base + 2 * 3
                 environ = Path(f"/proc/{pid}/environ").read_bytes()
                 assert b"controller-secret-canary" not in environ and spec.secret.encode() not in environ
+
+            # Chromium runs with its own sandbox (seccomp-bpf renderers, no --no-sandbox) and hearth's managed
+            # policies, root-owned and read-only inside the sandbox.
+            argvs = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in procs.scan()}
+            chromium = [pid for pid, argv in argvs.items() if argv[0].endswith(b"chromium")]
+            assert chromium and not any(b"--no-sandbox" in argvs[pid] for pid in chromium)
+            # Renderers live in namespaces of their own (Chromium's sandbox): found as the browser's descendants.
+            family = set().union(*(descendants(pid) for pid in chromium))
+            renderers = [pid for pid in family if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            assert renderers and all("Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text() for pid in renderers), (
+                "renderers without seccomp: Chromium's sandbox is off"
+            )
+            policy = Path(f"/proc/{chromium[0]}/root/etc/chromium/policies/managed/hearth.json")
+            assert json.loads(policy.read_text()) == POLICY
+            assert policy.stat().st_uid == 0 and stat.S_IMODE(policy.stat().st_mode) == 0o644
 
             # x11vnc dies → restarted (once), the banner comes back
             os.kill(host_pid(spec.slot.netns, body["services"]["x11vnc"]["pid"]), signal.SIGKILL)
@@ -296,7 +314,7 @@ async def test_an_image_the_sandbox_user_cannot_reach_is_named(fabric_settings: 
     try:
         with pytest.raises(DriverError) as err:
             await driver.start(spec, lambda _: None)
-        assert f"not reachable by the sandbox user (uid {s.sandbox_uid}) at {private}" in err.value.message
+        assert f"not reachable by the sandbox user (uid {driver.ids(spec)[0]}) at {private}" in err.value.message
         assert f"chmod o+x {private}" in err.value.hint and "HEARTH_IMAGE_DIR" in err.value.hint
         assert await asyncio.to_thread(leftovers, settings, spec) == []
     finally:

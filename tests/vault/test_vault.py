@@ -83,3 +83,23 @@ def test_rotate_with_env_key_requires_new_key(tmp_path: Path) -> None:
         Vault(db, env_ring).rotate_sync()
     new_ring, _ = Vault(db, env_ring).rotate_sync(MasterKey.of(secrets.token_bytes(32)))
     assert len(new_ring.ids()) == 1
+
+
+async def test_replacement_is_committed_only_with_its_transaction(tmp_path: Path) -> None:
+    """`upsert` seals first and stores inside the caller's transaction: when that transaction fails (the session
+    did not accept the push), the user's previous good record is untouched."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    vault = Vault(db, ring(tmp_path))
+    good = [CredentialFile(".codex/auth.json", 0o600, SECRET)]
+    await vault.put("alice", "codex", good, "s1")
+    store = vault.upsert("alice", "codex", [CredentialFile(".codex/auth.json", 0o600, b"bad")], "s2")
+
+    def refused(d: object) -> None:
+        store(d)  # type: ignore[arg-type]
+        raise RuntimeError("the session ended meanwhile")
+
+    with pytest.raises(RuntimeError):
+        db.call(refused)
+    assert await vault.open("alice", "codex") == good
+    db.call(store)
+    assert await vault.open("alice", "codex") == [CredentialFile(".codex/auth.json", 0o600, b"bad")]

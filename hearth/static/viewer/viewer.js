@@ -23,6 +23,8 @@ const headlineEl = document.getElementById("headline");
 const $ = (id) => document.getElementById(id);
 
 const PLAIN = {
+  4400: "This viewer did not speak the remote-desktop protocol.",
+  4403: "This link only lets you watch; the viewer sent input and was disconnected.",
   4401: "This link is not valid any more (the viewer token is wrong or expired). Ask for a new link.",
   4404: "This session does not exist.",
   4408: "The browser took too long to start. Reload to try again.",
@@ -85,7 +87,7 @@ function connect() {
     const reason = window.hearthLastClose?.reason || "";
     if (e.detail.clean && code === 1000 && reason.includes("cancelled")) { ended = true; }
     if (TERMINAL.includes(lastStatus)) return;  // the status channel already said why, in plain words
-    if ([4401, 4404].includes(code) || ended) {
+    if ([4400, 4401, 4403, 4404, 4410].includes(code) || ended) {
       ended = true;
       setState(code === 1000 ? "ended" : "closed", "closed");
       showMessage(PLAIN[code] || "Disconnected.", reason);
