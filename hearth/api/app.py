@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
-from hearth_agent.providerdef import definition_digest
 
 log = logging.getLogger("hearth.api")
 RETRY_AFTER = 5  # seconds, on 503 for an unavailable store
@@ -84,9 +82,7 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
     clis = CliSandboxes(settings, db, drv if isinstance(drv, NetnsDriver) else NetnsDriver(settings), service.ipam)
     providers = load_providers()
-    service.provider_digests = {  # what the agent will receive: the definition as JSON (signin.begin sends it)
-        name: definition_digest(json.loads(json.dumps(p.model_dump()))) for name, p in providers.items()
-    }
+    service.providers = providers
     signin = SignInFlow(service, vault, clis, providers)
     return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
 

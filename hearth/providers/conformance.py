@@ -158,7 +158,7 @@ def run_flow(
     `standin` runs the providers' network stand-in (hearth/providers/standin.py) there and points the CLI at it."""
     res = FlowResult(provider.name, flow.value)
     bin_dir = (clis_dir / "node_modules" / ".bin") if clis_dir is not None else None
-    definition = provider.model_dump(mode="json")
+    definition = provider.agent_document()
     command = definition["flows"][flow.value]["command"]
     if provider.cli is not None:
         if bin_dir is None or not (bin_dir / provider.cli.bin).exists():

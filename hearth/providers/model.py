@@ -9,11 +9,15 @@ flows (`Provider.modes()`, `Provider.flow_for(mode)`): `remote_browser` needs `l
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hearth_agent.providerdef import definition_digest
 
 
 class FlowName(StrEnum):
@@ -130,6 +134,15 @@ class Provider(BaseModel):
             if name is FlowName.PASTE_CODE and flow.code_prompt is None:
                 raise ValueError("flows.paste_code needs code_prompt (a regex matching the code prompt)")
         return self
+
+    def agent_document(self) -> dict[str, Any]:
+        """The definition as the agent receives it (`POST /v1/login`): plain JSON."""
+        doc: dict[str, Any] = json.loads(self.model_dump_json())
+        return doc
+
+    def agent_digest(self) -> str:
+        """What a sandbox's agent config names as the one definition it may run (see hearth_agent.providerdef)."""
+        return definition_digest(self.agent_document())
 
     def modes(self) -> list[SigninMode]:
         out = []

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +27,7 @@ from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
+from hearth.providers.model import Provider
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import admission, readiness
 from hearth.session.admission import LimitExceeded
@@ -102,9 +103,9 @@ class SessionService:
         self._stops: dict[str, asyncio.Event] = {}
         # Set by the app when `hearth doctor` is available: walks the session's path, returns the first failure.
         self.diagnose: Callable[[str], Awaitable[HearthError | None]] | None = None
-        # Set by the app: provider name → digest of its definition. A sandbox's agent runs only the definition
-        # whose digest its config names (that of the session's provider; none for sessions without one).
-        self.provider_digests: dict[str, str] = {}
+        # Set by the app (the controller's one providers dict): a sandbox's agent runs only the definition whose
+        # digest its config names — that of the session's provider as it is when the sandbox boots.
+        self.providers: Mapping[str, Provider] = {}
 
     # ---- naming (pure) ---------------------------------------------------------------------------
     def spec(
@@ -114,7 +115,8 @@ class SessionService:
         agent secret is the live sandbox's (made at boot), empty for one this controller does not run."""
         s = self.settings
         secret = self._secrets.get(session_id, "")
-        digest = self.provider_digests.get(provider or "")
+        known = self.providers.get(provider or "")
+        digest = known.agent_digest() if known is not None else None
         return SandboxSpec(
             session_id=session_id,
             slot=slot,

@@ -169,7 +169,7 @@ class SignInFlow:
         self._timers[view.id] = asyncio.create_task(self._timeout(view.id, s.oauth_flow_timeout))
         agent = self._agent(view)
         env: dict[str, Any] = {"HEARTH_EXAMPLE_ISSUER": s.example_issuer} if s.example_issuer else {}
-        body = {"provider": provider.model_dump(), "flow": provider.flow_for(view.mode), "env": env}
+        body = {"provider": provider.agent_document(), "flow": provider.flow_for(view.mode), "env": env}
         with bind_session(view.id):
             try:
                 await agent.call("POST", "/v1/login", body)
