@@ -327,16 +327,20 @@ async def test_the_pinned_clis_run_in_the_sandbox(fabric_settings: Settings) -> 
     no desktop, no network before the URL) and the agent reads its code prompt off the rendered screen."""
     from hearth.providers import clis
     from hearth.providers.registry import load
+    from hearth_agent.providerdef import definition_digest
 
     if clis.installed() is None:
         pytest.skip("the pinned CLIs are not installed (bash scripts/setup.sh)")
     s = fabric_settings
-    spec = spec_for(s, 8, desktop=False, chromium=False)
-    claude = load()["claude_code"].model_dump(mode="json")
+    claude = load()["claude_code"].agent_document()
+    missing = {**claude, "flows": {"loopback": {"command": ["claude-not-here"]}}}
+    # The agent runs only definitions the controller named in its config (by digest): name both.
+    spec = spec_for(
+        s, 8, desktop=False, chromium=False, providers=(definition_digest(claude), definition_digest(missing))
+    )
     try:
         await NetnsDriver(s).start(spec, lambda _: None)
         await eventually(lambda: health(s, spec), 10, "agent health")
-        missing = {**claude, "flows": {"loopback": {"command": ["claude-not-here"]}}}
         status, raw = await http(s, spec, "POST", "/v1/login", {"provider": missing}, spec.secret)
         assert status == 424 and b"run `hearth image build`" in raw
         body = {"provider": claude, "flow": "paste_code"}
