@@ -25,7 +25,7 @@ from hearth.fabric.slot import slot_for
 from hearth.image.build import guest_image
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.qemu import QemuDriver
-from hearth.session import readiness
+from hearth.lifecycle import readiness
 
 STAGES = ("process", "kernel", "agent", "display", "vnc", "rfb", "destroy")
 

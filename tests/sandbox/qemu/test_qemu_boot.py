@@ -31,7 +31,7 @@ from hearth.sandbox.qemu import QemuDriver
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Files
 from hearth.sandbox.qemu.driver import find_qemu
-from hearth.session import readiness
+from hearth.lifecycle import readiness
 from tests.sandbox.specs import spec_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
