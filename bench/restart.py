@@ -86,7 +86,7 @@ async def run(sessions: int, port: int) -> int:
                 await http.post(f"/api/auth/session/{sid}/cancel")
             await http.delete("/api/users/signer/cli-sandbox")
         ctl.stop(signal.SIGTERM)
-        inv = scan_sync(s)
+        inv = await asyncio.to_thread(scan_sync, s)
         leases = db.call(lambda d: d.query(LeaseRow).count())
         rows = db.call(lambda d: d.query(SandboxRow).count())
         print(f"after cancel: {len(inv.slots())} sandbox slots, {leases} leases, {rows} sandbox rows left")
