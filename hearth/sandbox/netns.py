@@ -201,7 +201,9 @@ class NetnsDriver(Driver):
         if self._guest is None:  # the first start of this controller: say which userspace sandboxes run
             log.warning("netns sandboxes run %s", self.root_choice())
         if self._guest is None or not self._guest.is_dir():
-            self._guest = guestpkg.install(self.s.data_dir / "guest")
+            # The test identity provider only where it is configured (HEARTH_EXAMPLE_ISSUER: tests, selftest).
+            pkgs = guestpkg.packages(for_tests=bool(self.s.example_issuer))
+            self._guest = guestpkg.install(self.s.data_dir / "guest", pkgs)
         return self._guest
 
     def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:
