@@ -109,6 +109,8 @@ class SessionService:
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
+        # Called (in the background) for each session whose sandbox a restarted controller adopted.
+        self.on_adopted: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
