@@ -32,10 +32,11 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
-from hearth.image import configdrive
+from hearth.guest import configdrive
+from hearth.guest import packages as guestpkg
+from hearth.guest.layout import GuestImage
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
-from hearth.sandbox import guestpkg
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
@@ -97,7 +98,7 @@ class NetnsDriver(Driver):
         return spec.workdir / "logs" / "agent.log"
 
     def agent_config(self, spec: SandboxSpec) -> dict[str, Any]:
-        """The agent's config document — the one every driver gives its agent (`hearth.image.configdrive.document`)
+        """The agent's config document — the one every driver gives its agent (`hearth.guest.configdrive.document`)
         plus the address the agent binds (a VM guest learns it from the kernel's `ip=`). Holds the secret: it goes
         through a pipe, never a file, and is never logged."""
         return configdrive.document(spec, self.s.callback_port) | {"ip": str(spec.slot.ip)}
@@ -105,7 +106,7 @@ class NetnsDriver(Driver):
     def image_root(self) -> Path | None:
         """The golden image's root filesystem when one is built (`hearth image build`): then this driver runs the
         very userspace the VM drivers boot (agent included). Without an image, the host's /usr and /etc."""
-        root = self.s.images / "rootfs"
+        root = GuestImage.at(self.s.images).rootfs_dir or self.s.images
         return root if (root / "usr" / "bin" / "python3").exists() and (root / "opt" / "hearth").is_dir() else None
 
     def root_choice(self) -> str:
@@ -114,7 +115,7 @@ class NetnsDriver(Driver):
         if root is not None:
             return f"the built guest image at {root}"
         return (
-            f"the host's /usr and /etc: no built image at {self.s.images / 'rootfs'} "
+            f"the host's /usr and /etc: no built image at {GuestImage.at(self.s.images).rootfs_dir} "
             "(`hearth image build` makes one; HEARTH_IMAGE_DIR points elsewhere)"
         )
 

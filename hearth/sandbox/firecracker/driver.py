@@ -26,6 +26,7 @@ from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.ports import add_tap, remove_port
+from hearth.guest.layout import GuestImage
 from hearth.sandbox import procs as proc
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.firecracker import disk
@@ -48,7 +49,6 @@ from hearth.sandbox.firecracker.plan import (
     plan,
     socket_path_problem,
 )
-from hearth.sandbox.image import GuestImage
 
 log = logging.getLogger("hearth.sandbox.firecracker")
 T = TypeVar("T")

@@ -29,10 +29,11 @@ from qemu.qmp import QMPClient, QMPError
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import ports
-from hearth.image import configdrive, guest
+from hearth.guest import configdrive
+from hearth.guest import files as guest
+from hearth.guest.layout import GuestImage
 from hearth.sandbox import procs
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.image import GuestImage
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
 from hearth.sandbox.qemu.console import ConsoleWatch, console_tail, fatal_line
