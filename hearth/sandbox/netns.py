@@ -35,6 +35,7 @@ from hearth.fabric import dial, netlink, ports
 from hearth.guest import configdrive
 from hearth.guest import packages as guestpkg
 from hearth.guest.layout import GuestImage
+from hearth.lifecycle import readiness
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
@@ -277,11 +278,10 @@ class NetnsDriver(Driver):
         return proc
 
     async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float) -> None:
-        """Until the agent listens (its first act), failing fast — with its log — when it exits."""
-        ip, port = str(spec.slot.ip), spec.agent_port
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
+        """Until the agent listens (its first act) — the one agent wait (`lifecycle.readiness`) — failing fast, with
+        its log, when it exits."""
+
+        def exited() -> None:
             if proc.returncode is not None:
                 raise DriverError(
                     Hop.DRIVER,
@@ -289,22 +289,9 @@ class NetnsDriver(Driver):
                     f"{tail(self.log_path(spec)) or 'no output'}",
                     f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                sock = await dial.connect(self.s.fabric_netns, ip, port, min(0.5, left))
-                sock.close()
-                return
-            except (OSError, TimeoutError):
-                pass
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.1)
-        raise DriverError(
-            Hop.DRIVER,
-            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {tail(self.log_path(spec))}",
-            f"see {self.log_path(spec)}",
-        )
+
+        target = readiness.Target.of(spec, self.s.fabric_netns)
+        await readiness.wait_listening(target, time.monotonic() + timeout, exited, f"see {self.log_path(spec)}")
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:
