@@ -74,7 +74,7 @@ def _rmtree(path: Path) -> None:
 
 class NetnsDriver(Driver):
     name = "netns"
-    offers = Offers(persistent_home=True)
+    offers = Offers(persistent_home=True, guest_netns=True, controller_agent=True)
 
     def __init__(self, settings: Settings, bwrap: str = "bwrap") -> None:
         self.s = settings

@@ -64,7 +64,7 @@ BUILDERS: dict[str, Callable[[Settings], Driver]] = {"firecracker": _firecracker
 
 def warn_if_stale(settings: Settings, driver: Driver) -> None:
     """VM drivers boot the agent baked into the image: say so when the image predates this hearth's agent."""
-    if driver.name == "netns":
+    if driver.offers.controller_agent:
         return  # runs the controller's own guest package over the image's
     from hearth.image.build import agent_drift
 
