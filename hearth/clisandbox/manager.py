@@ -90,6 +90,7 @@ class CliSandboxes:
                 if row is None:
                     row = CliSandboxRow(
                         user_id=user_id,
+                        node_id=self.s.node_id,  # its home lives on this host: placement's affinity
                         owner_id=OWNER_PREFIX + secrets.token_hex(8),
                         state="stopped",
                         home=str(self.home_of(user_id)),
