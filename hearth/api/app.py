@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -18,6 +18,7 @@ from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, sessions, users
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes
+from hearth.cluster.beat import run_node
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
@@ -58,6 +59,7 @@ class Controller:
     clis: CliSandboxes
     providers: dict[str, Provider]
     signin: SignInFlow
+    reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
 
     async def close(self) -> None:
         """End every session, stop the CLI sandboxes, then close the store (its executor goes last)."""
@@ -119,7 +121,8 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
     while True:
         try:
             await ctl.service.record_pending()
-            if loop.time() >= next_reconcile:
+            if loop.time() >= next_reconcile or ctl.reconcile_soon.is_set():
+                ctl.reconcile_soon.clear()
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
                 await reconciler.run_once()
             await ctl.service.check_alive()
@@ -142,12 +145,17 @@ def create_app(ctl: Controller) -> FastAPI:
         callbacks = await agent_callbacks.serve(settings, ctl.signin)
         await ctl.clis.recover()
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
+        beat = asyncio.create_task(
+            run_node(settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set),
+            name="node-heartbeat",
+        )
         try:
             yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (beat, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await ctl.close()
             await callbacks.close()
 
