@@ -55,7 +55,7 @@ def test_place_through_the_store_spreads_and_follows_the_cli_sandbox(make_settin
             nodes.heartbeat(db, nodes.Registration(n, f"http://{n}", 4, 4, ("netns",), "0.1.0"))
         picked = []
         for i in range(6):
-            n = db.call(lambda s: place(s, f"user{i}"))
+            n = db.call(lambda s, i=i: place(s, f"user{i}"))  # type: ignore[misc]
             picked.append(n.id)
             db.call(
                 lambda s, n=n, i=i: s.add(  # type: ignore[misc]
