@@ -67,7 +67,7 @@ def test_a_silent_node_is_marked_down_its_sessions_end_naming_it(
 
     assert nodes.sweep(db, 10) == {}  # both beat just now
     later = datetime.now(UTC) + timedelta(seconds=11)
-    db.call(lambda x: x.get(NodeRow, "h1").__setattr__("heartbeat_at", later))  # type: ignore[union-attr]
+    db.call(lambda x: x.get(NodeRow, "h1").__setattr__("heartbeat_at", later))
     assert nodes.sweep(db, 10, now=later) == {"h0": 1}
     assert nodes.sweep(db, 10, now=later) == {}  # idempotent
 
@@ -94,7 +94,7 @@ def test_drain_and_undrain(db: Database) -> None:
     assert nodes.set_state(db, "h0", NodeState.UP) is NodeState.UP
     with pytest.raises(nodes.NodeUnknown, match="hearth node list"):
         nodes.set_state(db, "nope", NodeState.DRAINING)
-    db.call(lambda x: x.get(NodeRow, "h0").__setattr__("state", "down"))  # type: ignore[union-attr]
+    db.call(lambda x: x.get(NodeRow, "h0").__setattr__("state", "down"))
     with pytest.raises(HearthError, match="comes back up by itself"):
         nodes.set_state(db, "h0", NodeState.DRAINING)
 

@@ -51,8 +51,8 @@ def test_no_node_names_why_each_was_passed_over() -> None:
 def test_place_through_the_store_spreads_and_follows_the_cli_sandbox(make_settings: Callable[..., Settings]) -> None:
     db = Database(make_settings().db_url)
     try:
-        for n in ("h0", "h1", "h2"):
-            nodes.heartbeat(db, nodes.Registration(n, f"http://{n}", 4, 4, ("netns",), "0.1.0"))
+        for name in ("h0", "h1", "h2"):
+            nodes.heartbeat(db, nodes.Registration(name, f"http://{name}", 4, 4, ("netns",), "0.1.0"))
         picked = []
         for i in range(6):
             n = db.call(lambda s, i=i: place(s, f"user{i}"))  # type: ignore[misc]
