@@ -266,6 +266,14 @@ def consistency_problems(s: Settings) -> list[str]:
         problems.append(
             f"HEARTH_NODE_ADDRESS={s.node_address!r} must be http(s)://HOST:PORT, e.g. http://10.0.0.5:4000"
         )
+    if s.token_secret:
+        from hearth.gateway.tokens.signed import parse_ring
+
+        try:
+            if any(len(k) < 16 for k in parse_ring(s.token_secret).values()):
+                problems.append("HEARTH_TOKEN_SECRET: each key must be at least 16 bytes (e.g. openssl rand -hex 32)")
+        except ValueError as exc:
+            problems.append(str(exc))
     if s.node_dead_after <= 2 * s.node_heartbeat:
         problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
     return problems

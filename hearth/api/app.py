@@ -25,7 +25,7 @@ from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
-from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
@@ -78,7 +78,9 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     drv = driver or choose_driver(settings).driver
     service = SessionService(settings, db, drv)
     key = (
-        settings.token_secret.encode() if settings.token_secret else load_or_create_key(settings.data_dir / "token.key")
+        parse_ring(settings.token_secret)
+        if settings.token_secret
+        else load_or_create_key(settings.data_dir / "token.key")
     )
     vault = Vault(db, KeyRing.load(settings.master_key, settings.data_dir / "vault.keys"))
     # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
