@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hearth import log
+from hearth.cli.cluster import edge, node_app
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
 from hearth.cli.db import db_app
@@ -28,6 +29,8 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(fabric_app, name="fabric")
+app.add_typer(node_app, name="node")
+app.command()(edge)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
 app.command()(doctor)
