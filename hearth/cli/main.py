@@ -40,8 +40,14 @@ app.add_typer(providers_app, name="providers")
 
 
 @app.command()
-def serve() -> None:
-    """Run the controller (API, gateway, fabric) until stopped."""
+def serve(
+    drain: bool = typer.Option(
+        False,
+        "--drain",
+        help="on stop, end every session and CLI sandbox (default: they keep running for the next controller to adopt)",
+    ),
+) -> None:
+    """Run the controller (API, gateway, fabric) until stopped. Sandboxes outlive it unless --drain."""
     from hearth.api.app import build, create_app
     from hearth.cli.serve import check_listen, server
 
@@ -60,6 +66,7 @@ def serve() -> None:
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
+    ctl.drain = drain
     server(settings, create_app(ctl)).run()
 
 

@@ -35,8 +35,8 @@ from hearth.fabric import dial, netlink, ports
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox import guestpkg
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
@@ -46,16 +46,6 @@ GUEST_HOME = "/home/hearth"
 GUEST_LIB = "/opt/hearth"
 LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 AGENT_LISTEN_TIMEOUT = 20.0
-
-
-def _tail(path: Path, limit: int = 600) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _can_traverse(path: Path, uid: int, gid: int) -> bool:
@@ -81,6 +71,7 @@ def _rmtree(path: Path) -> None:
 
 class NetnsDriver(Driver):
     name = "netns"
+    offers = Offers(persistent_home=True)
 
     def __init__(self, settings: Settings, bwrap: str = "bwrap") -> None:
         self.s = settings
@@ -153,7 +144,7 @@ class NetnsDriver(Driver):
             "setpriv", f"--reuid={self.ids(spec)[0]}", f"--regid={self.ids(spec)[1]}", "--clear-groups",
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
+            "--new-session", "--clearenv", "--hostname", spec.slot.netns,
             *self.root_binds(guest), *self.policy_binds(spec),
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
             "--bind", str(self.home_dir(spec)), GUEST_HOME,
@@ -289,7 +280,7 @@ class NetnsDriver(Driver):
                 raise DriverError(
                     Hop.DRIVER,
                     f"the sandbox agent exited with {proc.returncode} during start: "
-                    f"{_tail(self.log_path(spec)) or 'no output'}",
+                    f"{tail(self.log_path(spec)) or 'no output'}",
                     f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
             left = deadline - time.monotonic()
@@ -305,7 +296,7 @@ class NetnsDriver(Driver):
             delay = min(delay * 2, 0.1)
         raise DriverError(
             Hop.DRIVER,
-            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {_tail(self.log_path(spec))}",
+            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {tail(self.log_path(spec))}",
             f"see {self.log_path(spec)}",
         )
 

@@ -40,6 +40,32 @@ def pids_in_netns(name: str) -> list[int]:
     return sorted(pid for pid, net, _ in _scan() if net == target)
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the PID it names one
+    process for good — a recycled PID has another start time. None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """Whether `pid` still is the live process that started at `started` (not a zombie, not a recycled PID)."""
+    return started is not None and start_time(pid) == started and not _dead(pid)
+
+
+def tail(path: str | os.PathLike[str], limit: int = 600) -> str:
+    """The last `limit` bytes of a log file, decoded; empty when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _dead(pid: int) -> bool:
     """Exited: gone, or a zombie (bwrap's PID-namespace init can linger as one until the host's init reaps it)."""
     try:
@@ -106,8 +132,8 @@ async def stop_sandbox_processes(
 ) -> None:
     """TERM every process of the sandbox, KILL whatever is left after `grace`, wait until every one is gone.
 
-    The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM, and `--die-with-parent` then KILLs
-    the sandbox's PID namespace: a disposable sandbox goes at once. `extra` is the launcher this controller started
+    The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM; the sandbox's PID namespace ends with
+    its init (the agent), which is signalled too (found by namespace). `extra` is the launcher this controller started
     (if it still knows it): it is signalled and awaited too. Raises DriverError when something survives SIGKILL.
     """
     procs = SandboxProcesses(netns)

@@ -26,7 +26,7 @@ from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.ports import add_tap, remove_port
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.firecracker import disk, proc
 from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
 from hearth.sandbox.firecracker.plan import (
@@ -77,6 +77,7 @@ class FirecrackerDriver(Driver):
     """
 
     name = "firecracker"
+    offers = Offers(ports=("tap",))
 
     def __init__(
         self,

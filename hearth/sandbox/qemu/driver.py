@@ -30,7 +30,7 @@ from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import ports
 from hearth.image import configdrive, guest
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.image import GuestImage
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
@@ -95,6 +95,7 @@ def find_qemu(files: Files) -> int | None:
 
 class QemuDriver(Driver):
     name = "qemu"
+    offers = Offers(console_tail=True, ports=("tap",))
 
     def __init__(
         self,

@@ -1,8 +1,8 @@
-"""nodes: one row per `hearth node`; sessions, leases and CLI sandboxes carry the node they live on, and lease
+"""nodes: one row per `hearth node`; sessions, leases, sandboxes and CLI sandboxes carry the node they live on, and lease
 slots/addresses are unique per node (each host's fabric is its own address space)
 
-Revision ID: 0004_nodes
-Revises: 0003_session_mode
+Revision ID: 0005_nodes
+Revises: 0004_sandboxes
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_nodes"
-down_revision = "0003_session_mode"
+revision = "0005_nodes"
+down_revision = "0004_sandboxes"
 branch_labels = None
 depends_on = None
 
@@ -45,6 +45,9 @@ def upgrade() -> None:
         with op.batch_alter_table("sessions") as t:
             t.add_column(_node_id())
             t.create_index("ix_sessions_node_id", ["node_id"])
+    if not has("sandboxes"):
+        with op.batch_alter_table("sandboxes") as t:
+            t.add_column(_node_id())
     if not has("cli_sandboxes"):
         with op.batch_alter_table("cli_sandboxes") as t:
             t.add_column(_node_id())
@@ -65,6 +68,8 @@ def downgrade() -> None:
         t.create_unique_constraint("uq_lease_ip", ["fabric", "ip"])
         t.drop_column("node_id")
     with op.batch_alter_table("cli_sandboxes") as t:
+        t.drop_column("node_id")
+    with op.batch_alter_table("sandboxes") as t:
         t.drop_column("node_id")
     with op.batch_alter_table("sessions") as t:
         t.drop_index("ix_sessions_node_id")
