@@ -34,7 +34,9 @@ def _shared(s: Settings, role: str) -> None:
 
 
 @node_app.command("run")
-def run() -> None:
+def run(
+    drain: bool = typer.Option(False, "--drain", help="on stop, end this node's sessions (default: they are adopted)"),
+) -> None:
     """Run this host's node: fabric, drivers, gateway, agent callbacks, its reconciler; registers and heartbeats."""
     from hearth.api.app import build, create_app
     from hearth.cli.serve import check_listen, server
@@ -49,6 +51,7 @@ def run() -> None:
         ctl = build(s)
     except HearthError as exc:
         fail(exc.reason, 2)
+    ctl.drain = drain
     server(s, create_app(ctl)).run()
 
 

@@ -55,7 +55,7 @@ class Registration:
 
 class NodeUnknown(HearthError):
     def __init__(self, node_id: str) -> None:
-        super().__init__(Hop.NODE, f"[node] no node {node_id!r} is registered", "`hearth node list` shows the ids")
+        super().__init__(Hop.NODE, f"no node {node_id!r} is registered", "`hearth node list` shows the ids")
 
 
 def _aware(dt: datetime) -> datetime:
@@ -63,7 +63,7 @@ def _aware(dt: datetime) -> datetime:
 
 
 def down_reason(node_id: str, last: datetime) -> str:
-    return f"[node] node {node_id} stopped heartbeating (last beat {_aware(last).isoformat(timespec='seconds')})"
+    return f"[node] node {node_id} is down: no heartbeat since {_aware(last).isoformat(timespec='seconds')}"
 
 
 def heartbeat(db: Database, reg: Registration) -> NodeState | None:
@@ -104,7 +104,7 @@ def set_state(db: Database, node_id: str, target: NodeState, reason: str | None 
         if not allowed(current, target):
             raise HearthError(
                 Hop.NODE,
-                f"[node] node {node_id} is {current.value}; it cannot become {target.value}",
+                f"node {node_id} is {current.value}; it cannot become {target.value}",
                 "a down node comes back up by itself when its `hearth node` heartbeats again",
             )
         row.state, row.reason = target.value, reason

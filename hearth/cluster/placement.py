@@ -22,7 +22,7 @@ class NoNode(HearthError):
         detail = "; ".join(why) if why else "no node is registered"
         super().__init__(
             Hop.NODE,
-            f"[node] no node can take a new session: {detail}",
+            f"no node can take a new session: {detail}",
             "start a `hearth node`, undrain one (`hearth node undrain ID`) or wait for sessions to end",
         )
 

@@ -195,7 +195,7 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
                     await store.run(lambda s: route_session(s, session_id))
                     return None
                 view = next((n for n in await store.run(list_nodes) if n.id == node.id), None)
-                return f"is down: {view.reason}" if view is not None and view.reason else None
+                return (view.reason or "").removeprefix(f"[node] node {node.id} ") or None if view else None
 
             await relay_viewer(ws, node.id, node.address, session_id, token, why_down)
 

@@ -19,7 +19,7 @@ class NodeDown(HearthError):
     """The session's node is down or unreachable (502 / close 4502, the reason names the node)."""
 
     def __init__(self, node_id: str, why: str) -> None:
-        super().__init__(Hop.NODE, f"[node] node {node_id} {why}", f"`hearth node list`; restart hearth on {node_id}")
+        super().__init__(Hop.NODE, f"node {node_id} {why}", f"`hearth node list`; restart hearth on {node_id}")
 
 
 def route_session(s: Db, session_id: str) -> NodeView:
@@ -46,5 +46,6 @@ def _live(s: Db, node_id: str) -> NodeView:
     if node is None:
         raise NodeDown(node_id, "is not registered")
     if node.state is NodeState.DOWN:
-        raise NodeDown(node_id, f"is down: {node.reason or 'no heartbeat'}")
+        detail = (node.reason or "").removeprefix(f"[node] node {node_id} is down: ")
+        raise NodeDown(node_id, f"is down: {detail or 'no heartbeat'}")
     return node
