@@ -1,5 +1,5 @@
-"""Shared by the cluster benchmarks: a throwaway PostgreSQL (TEST_DATABASE_URL, or a local cluster started the way
-scripts/test.sh does) and a `hearth.cluster.lab.Lab` on it; everything is removed afterwards."""
+"""Shared by the cluster benchmarks: a throwaway PostgreSQL database (on TEST_DATABASE_URL's server, or a local
+cluster started the way scripts/test.sh does) and a `hearth.cluster.lab.Lab` on it; everything is removed afterwards."""
 
 from __future__ import annotations
 
@@ -9,21 +9,13 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from hearth.api.local import free_port
 from hearth.cluster.lab import Lab
-from tests.pgcluster import available, cluster, fresh_database
+from hearth.store.pglocal import scratch_database
 
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    admin = os.environ.get("TEST_DATABASE_URL", "")
-    if admin:
-        with fresh_database(admin) as url:
-            yield url
-        return
-    if not available():
-        raise SystemExit("needs PostgreSQL: set TEST_DATABASE_URL or install postgresql-15 (scripts/setup.sh)")
-    with cluster(free_port()) as c, fresh_database(c.url) as url:
+    with scratch_database(os.environ.get("TEST_DATABASE_URL", "")) as url:
         yield url
 
 

@@ -74,8 +74,16 @@ def serve(
 def demo(
     duration: float = typer.Option(None, help="stop after this many seconds instead of waiting for Ctrl-C"),
     user: str = typer.Option("demo-user", help="user id for the demo session"),
+    nodes: int = typer.Option(
+        0, "--nodes", help="N > 0: a cluster on this machine (N nodes + 2 edges in namespaces, PostgreSQL)", max=8
+    ),
 ) -> None:
     """Set up what is missing, start the controller with one live session, print the viewer URL and timings."""
+    if nodes:
+        from hearth.cli.demo_nodes import run_cluster_demo
+
+        log.setup("WARNING")
+        sys.exit(asyncio.run(run_cluster_demo(settings_or_exit(), nodes, duration)))
     from hearth.cli.demo import demo_key, run_demo
 
     settings = settings_or_exit()
