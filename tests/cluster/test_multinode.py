@@ -109,6 +109,14 @@ async def test_placement_routing_drain_death_and_edge_failover(lab: Lab) -> None
         frame = await first_frame(ws_url(lab, 0, on_h1), 60)
         assert frame.init.width > 0 and frame.rects
         via_e1 = await first_frame(ws_url(lab, 1, on_h1), 60)  # any edge: one key ring
+        forged = {
+            **on_h1,
+            "viewer_token": on_h1["viewer_token"][:-4] + "AAAA",
+        }  # the node checks it: 4401 passes through
+        async with connect(ws_url(lab, 0, forged), subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+            with pytest.raises(ConnectionClosed) as refused:
+                await ws.recv()
+        assert refused.value.rcvd is not None and refused.value.rcvd.code == 4401
         assert (via_e1.init.width, via_e1.init.height) == (frame.init.width, frame.init.height)
 
         # -- an edge killed mid-stream: the viewer reconnects through the other edge to the same desktop --------
