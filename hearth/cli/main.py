@@ -103,5 +103,8 @@ def drivers() -> None:
     choice = choose_driver(settings)
     out = Console()
     out.print(f"[green]selected:[/] {choice.driver.name}")
+    from hearth.sandbox.netns import NetnsDriver  # netns sandboxes (and every CLI sandbox) run this userspace
+
+    out.print(f"[green]netns sandboxes run:[/] {escape(NetnsDriver(settings).root_choice())}")
     for name, why in choice.skipped.items():
         out.print(f"[yellow]skipped:[/] {name}: {escape(why)}")

@@ -41,7 +41,7 @@ from hearth.vault.seal import Sealed, SealError, seal, unseal
 log = logging.getLogger("hearth.lifecycle")
 DESTROY_TIMEOUT = 30.0
 ADOPT_TIMEOUT = 5.0
-_AAD_PURPOSE = "agent-secret"  # the sealed secret is bound to ("sandbox:<owner>", this)
+AAD_PURPOSE = "agent-secret"  # the sealed secret is bound to ("sandbox:<owner>", this)
 
 
 def _noop(_stage: str) -> None:
@@ -245,7 +245,7 @@ class SandboxManager:
         kind = Kind(row.kind)
         try:
             secret = unseal(
-                self.ring, Sealed(row.key_id, row.nonce, row.ciphertext), f"sandbox:{row.owner_id}", _AAD_PURPOSE
+                self.ring, Sealed(row.key_id, row.nonce, row.ciphertext), f"sandbox:{row.owner_id}", AAD_PURPOSE
             ).decode()
         except (SealError, VaultKeyError, ValueError) as exc:
             return f"its stored agent secret cannot be opened ({type(exc).__name__}); was the vault key changed?"
@@ -273,7 +273,7 @@ class SandboxManager:
 
     # ---- internals ---------------------------------------------------------------------------------------------
     async def _save(self, sb: Sandbox, driver: Driver) -> None:
-        sealed = seal(self.ring, sb.secret.encode(), f"sandbox:{sb.owner}", _AAD_PURPOSE)
+        sealed = seal(self.ring, sb.secret.encode(), f"sandbox:{sb.owner}", AAD_PURPOSE)
         started = await asyncio.to_thread(start_time, sb.pid) if sb.pid is not None else None
         fabric = self.s.fabric_netns
 
@@ -288,6 +288,10 @@ class SandboxManager:
             row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
 
         await self.db.run(upsert)
+
+    def forget_all(self) -> None:
+        """Drop this controller's memory of its sandboxes (they keep running): what a restart does; for tests."""
+        self._live.clear()
 
     def _forget_now(self, owner: str) -> None:
         sb = self._live.pop(owner, None)

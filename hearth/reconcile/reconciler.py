@@ -63,6 +63,7 @@ class Reconciler:
         async with self._lock:
             report = Report()
             await self._sandboxes(report)
+            self.service.adopting = False  # every surviving sandbox is adopted (or removed): unknown means unknown
             await self._sessions(report)
             await self._leases(report)
             await self._orphans(report)

@@ -32,6 +32,7 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
+from hearth.image import configdrive
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox import guestpkg
@@ -96,26 +97,26 @@ class NetnsDriver(Driver):
         return spec.workdir / "logs" / "agent.log"
 
     def agent_config(self, spec: SandboxSpec) -> dict[str, Any]:
-        """The agent's config document (holds the secret: written 0600 for the sandbox user, never logged)."""
-        return {
-            "ip": str(spec.slot.ip),
-            "agent_port": spec.agent_port,
-            "rfb_port": spec.rfb_port,
-            "screen": spec.screen,
-            "start_url": spec.start_url,
-            "chromium": spec.chromium,
-            "desktop": spec.desktop,
-            "secret": spec.secret,
-            "session_id": spec.session_id,
-            "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
-            "providers": list(spec.providers),
-        }
+        """The agent's config document — the one every driver gives its agent (`hearth.image.configdrive.document`)
+        plus the address the agent binds (a VM guest learns it from the kernel's `ip=`). Holds the secret: it goes
+        through a pipe, never a file, and is never logged."""
+        return configdrive.document(spec, self.s.callback_port) | {"ip": str(spec.slot.ip)}
 
     def image_root(self) -> Path | None:
         """The golden image's root filesystem when one is built (`hearth image build`): then this driver runs the
         very userspace the VM drivers boot (agent included). Without an image, the host's /usr and /etc."""
         root = self.s.images / "rootfs"
         return root if (root / "usr" / "bin" / "python3").exists() and (root / "opt" / "hearth").is_dir() else None
+
+    def root_choice(self) -> str:
+        """Which userspace this driver runs, in words (`hearth drivers` shows it; the first start logs it)."""
+        root = self.image_root()
+        if root is not None:
+            return f"the built guest image at {root}"
+        return (
+            f"the host's /usr and /etc: no built image at {self.s.images / 'rootfs'} "
+            "(`hearth image build` makes one; HEARTH_IMAGE_DIR points elsewhere)"
+        )
 
     def root_binds(self, guest: Path) -> list[str]:
         root = self.image_root()
@@ -197,8 +198,12 @@ class NetnsDriver(Driver):
         return SandboxInfo(pid=proc.pid, details=details)
 
     def _guest_dir(self) -> Path:
+        if self._guest is None:  # the first start of this controller: say which userspace sandboxes run
+            log.warning("netns sandboxes run %s", self.root_choice())
         if self._guest is None or not self._guest.is_dir():
-            self._guest = guestpkg.install(self.s.data_dir / "guest")
+            # The test identity provider only where it is configured (HEARTH_EXAMPLE_ISSUER: tests, selftest).
+            pkgs = guestpkg.packages(for_tests=bool(self.s.example_issuer))
+            self._guest = guestpkg.install(self.s.data_dir / "guest", pkgs)
         return self._guest
 
     def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:

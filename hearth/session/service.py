@@ -105,6 +105,7 @@ class SessionService:
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
+        self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []

@@ -54,6 +54,9 @@ class SignInFlow:
         service.on_terminal.append(self._ended)
 
     # ---- CallbackHandler (agent → controller) ---------------------------------------------------
+    def adopting(self) -> bool:
+        return self.service.adopting
+
     def secret_for(self, session_id: str) -> str | None:
         return self.service.secret_of(session_id)
 

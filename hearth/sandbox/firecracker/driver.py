@@ -128,6 +128,7 @@ class FirecrackerDriver(Driver):
             log_level=self.log_level,
             metrics=self.metrics,
             extra_boot_args=self.extra_boot_args,
+            callback_port=self.settings.callback_port,
         )
 
     def layout(self, spec: SandboxSpec) -> Layout:

@@ -370,14 +370,16 @@ def plan(
     log_level: LogLevel = "Info",
     metrics: bool = False,
     extra_boot_args: str = "",
+    callback_port: int = DEFAULT_CALLBACK_PORT,
 ) -> Plan:
-    """Everything `FirecrackerDriver.start` will do for `spec`, computed without touching the host."""
+    """Everything `FirecrackerDriver.start` will do for `spec`, computed without touching the host. The agent's
+    callback URL uses `callback_port` (HEARTH_CALLBACK_PORT)."""
     layout = layout_for(spec, image, jailer, Path(binary).name)
     return Plan(
         layout=layout,
         argv=launch_argv(fabric_netns, layout, binary, jailer, jailer_binary),
         calls=api_calls(spec, layout, machine, log_level=log_level, metrics=metrics, extra_boot_args=extra_boot_args),
-        config_drive=config_drive(spec),
+        config_drive=config_drive(spec, callback_port),
     )
 
 
