@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
+from hearth.api import limits
 from hearth.api.auth import ApiKeys
 from hearth.cluster.beat import run_sweeper
 from hearth.cluster.nodes import NodeView, list_nodes
@@ -63,6 +64,9 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     app = FastAPI(title="hearth edge", version=__version__, lifespan=lifespan)
     app.state.store = store
+    # Per-client body size and rate limits live here, where clients connect (nodes see only the edges: in a cluster
+    # they run with HEARTH_RATE_LIMIT=0).
+    limits.install(app, settings)
 
     @app.exception_handler(HearthError)
     async def hearth_error(_r: Request, exc: HearthError) -> JSONResponse:
