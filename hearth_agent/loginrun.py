@@ -301,6 +301,14 @@ class LoginRun:
         except Exception as exc:  # the message may hold the URL: log the type only
             log.warning("opening the sign-in URL failed", extra={"error": type(exc).__name__})
 
+    def repush(self) -> bool:
+        """Push the current prompt again (a restarted controller lost its memory of it); whether there is one."""
+        with self._lock:
+            self._pushed = None
+        self._push_prompt()
+        with self._lock:
+            return self._pushed is not None
+
     def _push_prompt(self) -> None:
         """Tell the controller what the person must see, when it changed (the full URL goes only here)."""
         with self._lock:

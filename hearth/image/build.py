@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.errors import DriverError, Hop
-from hearth.image import guest, initramfs
+from hearth.guest import files as guest
+from hearth.guest import packages as guestpkg
+from hearth.guest.layout import INITRD, KERNEL, ROOTFS_DIR, ROOTFS_EXT4, VMLINUX, GuestImage
+from hearth.image import initramfs
 from hearth.image.spec import (
     BUSYBOX_PACKAGE,
     FORBIDDEN_PACKAGES,
@@ -45,15 +48,8 @@ from hearth.image.spec import (
 )
 from hearth.image.vmlinux import extract_vmlinux
 from hearth.providers import clis
-from hearth.sandbox import guestpkg
-from hearth.sandbox.image import GuestImage
 
 MANIFEST = "manifest.json"
-KERNEL = "bzImage"
-VMLINUX = "vmlinux"
-INITRD = "initrd.img"
-ROOTFS_EXT4 = "rootfs.ext4"
-ROOTFS_DIR = "rootfs"
 BUILD_PREFIX = ".build-"
 EXT4_HEADROOM = 768 << 20  # free space inside the guest's root fs (home, Chromium profile, /var)
 NETWORK_UNITS = ("systemd-networkd.service", "systemd-networkd.socket", "NetworkManager.service", "networking.service")
@@ -172,13 +168,7 @@ class BuiltImage:
 
 
 def guest_image(path: Path) -> GuestImage:
-    return GuestImage(
-        kernel=path / KERNEL,
-        initrd=path / INITRD,
-        rootfs=path / ROOTFS_EXT4,
-        vmlinux=path / VMLINUX,
-        rootfs_dir=path / ROOTFS_DIR,
-    )
+    return GuestImage.at(path)
 
 
 def load(path: Path) -> BuiltImage | None:

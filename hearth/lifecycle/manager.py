@@ -251,7 +251,8 @@ class SandboxManager:
             return f"its stored agent secret cannot be opened ({type(exc).__name__}); was the vault key changed?"
         if row.slot >= self.ipam.size:
             return f"its slot {row.slot} is outside today's address pool"
-        spec = self.spec(row.owner_id, self.ipam.slot(row.slot), desktop=row.desktop, secret=secret)
+        home = Path(row.home) if row.home else None
+        spec = self.spec(row.owner_id, self.ipam.slot(row.slot), desktop=row.desktop, home=home, secret=secret)
         driver = self.driver_for(kind)
         launcher = row.pid is not None and await asyncio.to_thread(same_process, row.pid, row.pid_start)
         if not launcher and not await driver.alive(spec):
@@ -285,6 +286,7 @@ class SandboxManager:
             row.kind, row.state, row.fabric, row.slot = sb.kind.value, sb.state.value, fabric, sb.slot
             row.node_id = self.s.node_id
             row.driver, row.desktop, row.pid, row.pid_start = driver.name, sb.spec.desktop, sb.pid, started
+            row.home = str(sb.spec.home) if sb.spec.home is not None else None
             row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
 
         await self.db.run(upsert)

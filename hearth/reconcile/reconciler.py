@@ -30,7 +30,7 @@ from hearth.fabric import netlink, ports
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
-from hearth.session.service import SessionService
+from hearth.session.service import SessionService, SessionView
 from hearth.session.states import TERMINAL, Status
 from hearth.store.models import LeaseRow, SandboxRow, SessionRow
 
@@ -108,6 +108,9 @@ class Reconciler:
             reason = await mgr.adopt(row)
             if reason is None:
                 report.adopted_sessions.append(owner)
+                view = SessionView.of(session)
+                for callback in svc.on_adopted:
+                    svc.spawn(callback(view), f"on-adopted-{owner}")
                 continue
             log.warning("sandbox not adopted: %s", reason, extra={"session_id": owner})
             await svc.end(

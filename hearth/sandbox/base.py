@@ -47,6 +47,8 @@ class Offers:
     console_tail: bool = False  # `console_tail(spec, limit)`: the guest's serial console (VM drivers)
     persistent_home: bool = False  # `spec.home` is bound into the sandbox and survives destroy (CLI sandboxes)
     ports: tuple[str, ...] = ("veth",)  # the fabric port kinds it attaches (veth, tap)
+    guest_netns: bool = False  # the guest is a network namespace of its own (`slot.netns`), inspectable from here
+    controller_agent: bool = False  # runs this controller's agent (not the one baked into the guest image)
 
 
 class Driver(ABC):

@@ -32,10 +32,12 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
-from hearth.image import configdrive
+from hearth.guest import configdrive
+from hearth.guest import packages as guestpkg
+from hearth.guest.layout import GuestImage
+from hearth.lifecycle import readiness
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
-from hearth.sandbox import guestpkg
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
@@ -72,7 +74,7 @@ def _rmtree(path: Path) -> None:
 
 class NetnsDriver(Driver):
     name = "netns"
-    offers = Offers(persistent_home=True)
+    offers = Offers(persistent_home=True, guest_netns=True, controller_agent=True)
 
     def __init__(self, settings: Settings, bwrap: str = "bwrap") -> None:
         self.s = settings
@@ -97,7 +99,7 @@ class NetnsDriver(Driver):
         return spec.workdir / "logs" / "agent.log"
 
     def agent_config(self, spec: SandboxSpec) -> dict[str, Any]:
-        """The agent's config document — the one every driver gives its agent (`hearth.image.configdrive.document`)
+        """The agent's config document — the one every driver gives its agent (`hearth.guest.configdrive.document`)
         plus the address the agent binds (a VM guest learns it from the kernel's `ip=`). Holds the secret: it goes
         through a pipe, never a file, and is never logged."""
         return configdrive.document(spec, self.s.callback_port) | {"ip": str(spec.slot.ip)}
@@ -105,7 +107,7 @@ class NetnsDriver(Driver):
     def image_root(self) -> Path | None:
         """The golden image's root filesystem when one is built (`hearth image build`): then this driver runs the
         very userspace the VM drivers boot (agent included). Without an image, the host's /usr and /etc."""
-        root = self.s.images / "rootfs"
+        root = GuestImage.at(self.s.images).rootfs_dir or self.s.images
         return root if (root / "usr" / "bin" / "python3").exists() and (root / "opt" / "hearth").is_dir() else None
 
     def root_choice(self) -> str:
@@ -114,7 +116,7 @@ class NetnsDriver(Driver):
         if root is not None:
             return f"the built guest image at {root}"
         return (
-            f"the host's /usr and /etc: no built image at {self.s.images / 'rootfs'} "
+            f"the host's /usr and /etc: no built image at {GuestImage.at(self.s.images).rootfs_dir} "
             "(`hearth image build` makes one; HEARTH_IMAGE_DIR points elsewhere)"
         )
 
@@ -276,11 +278,10 @@ class NetnsDriver(Driver):
         return proc
 
     async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float) -> None:
-        """Until the agent listens (its first act), failing fast — with its log — when it exits."""
-        ip, port = str(spec.slot.ip), spec.agent_port
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
+        """Until the agent listens (its first act) — the one agent wait (`lifecycle.readiness`) — failing fast, with
+        its log, when it exits."""
+
+        def exited() -> None:
             if proc.returncode is not None:
                 raise DriverError(
                     Hop.DRIVER,
@@ -288,22 +289,9 @@ class NetnsDriver(Driver):
                     f"{tail(self.log_path(spec)) or 'no output'}",
                     f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                sock = await dial.connect(self.s.fabric_netns, ip, port, min(0.5, left))
-                sock.close()
-                return
-            except (OSError, TimeoutError):
-                pass
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.1)
-        raise DriverError(
-            Hop.DRIVER,
-            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {tail(self.log_path(spec))}",
-            f"see {self.log_path(spec)}",
-        )
+
+        target = readiness.Target.of(spec, self.s.fabric_netns)
+        await readiness.wait_listening(target, time.monotonic() + timeout, exited, f"see {self.log_path(spec)}")
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -36,7 +37,7 @@ from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
-from hearth.vault.keys import KeyRing
+from hearth.vault.keys import KeyRing, MasterKey
 
 log = logging.getLogger("hearth.session")
 
@@ -98,9 +99,7 @@ class SessionService:
         self.driver = driver
         self.ipam = sandboxes.ipam if sandboxes is not None else Ipam(settings, db)
         # The one owner of every sandbox (secret, slot, undo, keep/destroy): browser sessions and CLI sandboxes.
-        self.sandboxes = sandboxes or SandboxManager(
-            settings, db, driver, self.ipam, KeyRing.load(settings.master_key, settings.data_dir / "vault.keys")
-        )
+        self.sandboxes = sandboxes or SandboxManager(settings, db, driver, self.ipam, _ring(settings))
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
@@ -109,6 +108,8 @@ class SessionService:
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
+        # Called (in the background) for each session whose sandbox a restarted controller adopted.
+        self.on_adopted: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
@@ -586,6 +587,15 @@ def _unrecorded_error() -> StoreError:
         "nothing to do: hearth records the end once the store is back (until then the session may still show as "
         "active)",
     )
+
+
+def _ring(settings: Settings) -> KeyRing:
+    """The vault's key ring when there is one; else a ring in memory (a service built on its own — the doctor, tests
+    — must not create key files: `hearth serve` refuses new keys over an existing store)."""
+    path = settings.data_dir / "vault.keys"
+    if settings.master_key or path.exists():
+        return KeyRing.load(settings.master_key, path)
+    return KeyRing([MasterKey.of(secrets.token_bytes(32))], None)
 
 
 def _final(status: Status) -> Final:

@@ -137,6 +137,7 @@ class SandboxRow(Base):
     slot: Mapped[int] = mapped_column(Integer)
     driver: Mapped[str] = mapped_column(String(32))
     desktop: Mapped[bool] = mapped_column(Boolean, default=True)
+    home: Mapped[str | None] = mapped_column(Text, nullable=True)  # persistent home (CLI sandboxes)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # /proc/<pid>/stat field 22 (ticks)
     key_id: Mapped[str] = mapped_column(String(32))

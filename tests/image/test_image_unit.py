@@ -18,7 +18,9 @@ import lz4.block
 import pytest
 
 from hearth.fabric.slot import slot_for
-from hearth.image import build, configdrive, cpio, guest, hearth_boot, initramfs
+from hearth.guest import configdrive, hearth_boot
+from hearth.guest import files as guest
+from hearth.image import build, cpio, initramfs
 from hearth.image.build import current_spec
 from hearth.image.spec import ImageSpec, content_hash, tree_digests
 from hearth.image.vmlinux import ELF_MAGIC, LZ4_LEGACY_MAGIC, ExtractError, extract_vmlinux

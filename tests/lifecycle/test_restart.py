@@ -1,7 +1,7 @@
 """Sandboxes outlive the controller: 10 live sessions (9 desktops + 1 direct sign-in waiting for the person), the
 controller stopped by SIGTERM and started again, then killed by SIGKILL and started again → every session is still
-live on the same sandbox (same launcher PIDs), every desktop viewer gets frames again, the sign-in completes across
-the restarts (the agent retries its pushes until the controller answers), and after everything is cancelled nothing
+live on the same sandbox (same launcher PIDs), every desktop viewer gets frames again, the sign-in's device code is
+shown again, the sign-in completes across the restarts (the agent retries its pushes until the controller answers), and after everything is cancelled nothing
 is left. Then `--drain`: a drained stop ends every session."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -47,6 +48,16 @@ def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Setting
             netlink.remove_netns(name)
 
 
+async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = (await http.get(f"/api/auth/session/{sid}")).json().get("signin")
+        if isinstance(shown, dict) and shown.get("user_code"):
+            return shown
+        assert time.monotonic() < deadline, "the sign-in prompt was not shown again after the restart"
+        await asyncio.sleep(0.1)
+
+
 def launchers(db: Database) -> dict[str, int | None]:
     return db.call(lambda d: {r.owner_id: r.pid for r in d.query(SandboxRow).all()})
 
@@ -81,6 +92,9 @@ async def test_sessions_survive_sigterm_and_sigkill_of_the_controller(
                 for sid in [*fleet.desktops, fleet.signin]:
                     body = await wait_body(http, sid, ("ready", "awaiting_user"))
                     assert body["status"] in ("ready", "awaiting_user"), (sig.name, body)
+                # The person of the direct sign-in sees the same device code again (the agent re-pushed it).
+                shown = await wait_prompt(http, fleet.signin)
+                assert shown.get("user_code") == fleet.user_code, shown
             assert launchers(db) == before, "the same sandboxes, adopted"
             print(f"\nafter {sig.name}: {SESSIONS}/{SESSIONS} live; first frames {sorted(frames.values())[-1]:.2f}s")
 

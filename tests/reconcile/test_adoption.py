@@ -21,8 +21,9 @@ from hearth.fabric import netlink
 from hearth.lifecycle.manager import AAD_PURPOSE
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns
-from hearth.store.models import SandboxRow
+from hearth.store.models import CliSandboxRow, SandboxRow
 from hearth.vault.seal import seal
+from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
 from tests.live import start_ready
 
@@ -108,3 +109,28 @@ async def test_bad_input_is_reconciled_with_reasons(
         finally:
             netlink.remove_netns(foreign_ns)
         await http.post(f"/api/auth/session/{good.session_id}/cancel")
+
+
+async def test_a_cli_sandbox_is_adopted_with_its_home(make_settings: Callable[..., Settings]) -> None:
+    """A running CLI sandbox outlives the controller too: adopted by its stored secret, then used as it is (same
+    launcher, same home) — not restarted."""
+    settings = make_settings(HEARTH_CHROMIUM="false", HEARTH_RECONCILE_INTERVAL="3600")
+    async with running_controller(settings) as ctl:
+        clis, mgr = ctl.ctl.clis, ctl.ctl.service.sandboxes
+        await clis.deliver("carol", [CredentialFile(".tool/a.json", 0o600, b"{}")])
+        row = await ctl.ctl.db.run(lambda db: db.get(CliSandboxRow, "carol"))
+        assert row is not None and row.state == "running"
+        before = mgr.get(row.owner_id)
+        assert before is not None
+
+        mgr.forget_all()  # the restart
+        report = await Reconciler(ctl.ctl.service).run_once()
+        assert report.adopted_cli == [row.owner_id]
+        after = mgr.get(row.owner_id)
+        assert after is not None and after.pid == before.pid and after.secret == before.secret
+        assert after.spec.home == clis.home_of("carol")
+
+        await clis.deliver("carol", [CredentialFile(".tool/b.json", 0o600, b"{}")])  # through the adopted agent
+        assert mgr.get(row.owner_id) is after, "used as it is, not restarted"
+        assert (clis.home_of("carol") / ".tool" / "b.json").exists()
+        assert await clis.delete("carol")

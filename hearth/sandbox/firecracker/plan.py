@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hearth.errors import ConfigError
-from hearth.image import configdrive
+from hearth.guest import configdrive
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 
 LogLevel = Literal["Error", "Warning", "Info", "Debug", "Trace", "Off"]
 
@@ -247,7 +247,7 @@ def boot_args(spec: SandboxSpec, extra: str = "") -> str:
 
 
 def config_drive(spec: SandboxSpec, callback_port: int = DEFAULT_CALLBACK_PORT) -> bytes:
-    """The config drive's bytes: one format for every VM driver (`hearth.image.configdrive`)."""
+    """The config drive's bytes: one format for every VM driver (`hearth.guest.configdrive`)."""
     return configdrive.encode(configdrive.document(spec, callback_port))
 
 

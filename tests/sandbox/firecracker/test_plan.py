@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from hearth.config import Settings
 from hearth.errors import ConfigError
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import plan as P
 from hearth.sandbox.firecracker.plan import ApiCall, JailerConfig, MachineShape
-from hearth.sandbox.image import GuestImage
 from tests.sandbox.firecracker.fchelpers import new_settings
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec, SpecViolation
 from tests.sandbox.specs import spec_for

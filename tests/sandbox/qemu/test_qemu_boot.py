@@ -23,11 +23,11 @@ from hearth.config import Settings
 from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric
+from hearth.guest.layout import GuestImage
 from hearth.image import cpio
 from hearth.image.build import BuiltImage
 from hearth.lifecycle import readiness
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 from hearth.sandbox.qemu import QemuDriver
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Files

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("slot", sa.Integer(), nullable=False),
         sa.Column("driver", sa.String(length=32), nullable=False),
         sa.Column("desktop", sa.Boolean(), nullable=False),
+        sa.Column("home", sa.Text(), nullable=True),
         sa.Column("pid", sa.Integer(), nullable=True),
         sa.Column("pid_start", sa.BigInteger(), nullable=True),
         sa.Column("key_id", sa.String(length=32), nullable=False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hearth.sandbox import guestpkg
+from hearth.guest import packages as guestpkg
 
 
 def test_the_guest_packages_carry_hearth_example_only_for_tests(tmp_path: Path) -> None:
