@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str = ""
     fabric_netns: str = "hearth"
+    # --- many hosts (hearth/cluster): `hearth serve` is the single node `local` ------------------------------
+    node_id: str = "local"  # this host's id in the shared store; sessions, leases and slots carry it
+    node_address: str = ""  # http://host:port where edges reach this node's API + gateway (default: HEARTH_API_LISTEN)
+    node_heartbeat: float = Field(2.0, gt=0, le=60)  # seconds between a node's heartbeats
+    node_dead_after: float = Field(10.0, gt=0)  # a node silent this long is marked down, its sessions ended
     driver: DriverName = "auto"
     egress: bool = False
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
@@ -255,6 +260,22 @@ def consistency_problems(s: Settings) -> list[str]:
     host, _, port = s.api_listen.rpartition(":")
     if not host or not port.isdigit():
         problems.append(f"HEARTH_API_LISTEN={s.api_listen!r} must be HOST:PORT, e.g. 127.0.0.1:4000")
+    if not re.match(r"^[a-z0-9][a-z0-9.\-]{0,62}$", s.node_id):
+        problems.append(f"HEARTH_NODE_ID={s.node_id!r} must be 1-63 of a-z 0-9 . - (e.g. the host name)")
+    if s.node_address and not re.match(r"^https?://[^/\s]+$", s.node_address):
+        problems.append(
+            f"HEARTH_NODE_ADDRESS={s.node_address!r} must be http(s)://HOST:PORT, e.g. http://10.0.0.5:4000"
+        )
+    if s.token_secret:
+        from hearth.gateway.tokens.signed import parse_ring
+
+        try:
+            if any(len(k) < 16 for k in parse_ring(s.token_secret).values()):
+                problems.append("HEARTH_TOKEN_SECRET: each key must be at least 16 bytes (e.g. openssl rand -hex 32)")
+        except ValueError as exc:
+            problems.append(str(exc))
+    if s.node_dead_after <= 2 * s.node_heartbeat:
+        problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
     return problems
 
 

@@ -25,6 +25,7 @@ class Hop(StrEnum):
     GATEWAY = "gateway"
     DRIVER = "driver"
     STORE = "store"
+    NODE = "node"  # a host of a cluster (hearth/cluster): down, draining, unreachable from the edge
 
 
 class HearthError(Exception):

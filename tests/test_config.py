@@ -114,3 +114,20 @@ def test_settings_are_frozen() -> None:
     s = load_settings({}, env_file=None)
     with pytest.raises(Exception, match="frozen"):
         s.bridge_device = "x"
+
+
+def test_node_settings_name_the_fix() -> None:
+    for env, words in (
+        ({"HEARTH_NODE_ID": "Bad Name"}, "HEARTH_NODE_ID"),
+        ({"HEARTH_NODE_ADDRESS": "10.0.0.5:4000"}, "http(s)://HOST:PORT"),
+        ({"HEARTH_NODE_HEARTBEAT": "5", "HEARTH_NODE_DEAD_AFTER": "8"}, "twice HEARTH_NODE_HEARTBEAT"),
+        ({"HEARTH_TOKEN_SECRET": "k1:short"}, "at least 16 bytes"),
+        ({"HEARTH_TOKEN_SECRET": "k1:" + "a" * 20 + ",k1:" + "b" * 20}, "distinct non-empty key ids"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(env, env_file=None)
+        assert words in str(caught.value), (env, caught.value)
+    ok = load_settings(
+        {"HEARTH_NODE_ID": "h0", "HEARTH_TOKEN_SECRET": "k2:" + "x" * 32 + ",k1:" + "y" * 32}, env_file=None
+    )
+    assert ok.node_id == "h0"

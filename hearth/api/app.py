@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -18,6 +18,7 @@ from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, sessions, users
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes
+from hearth.cluster.beat import run_node
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
@@ -25,7 +26,7 @@ from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
-from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.lifecycle.manager import SandboxManager
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
@@ -60,6 +61,7 @@ class Controller:
     clis: CliSandboxes
     providers: dict[str, Provider]
     signin: SignInFlow
+    reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
@@ -89,7 +91,9 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     sandboxes = SandboxManager(settings, db, drv, Ipam(settings, db), ring, home_driver)
     service = SessionService(settings, db, drv, sandboxes=sandboxes)
     key = (
-        settings.token_secret.encode() if settings.token_secret else load_or_create_key(settings.data_dir / "token.key")
+        parse_ring(settings.token_secret)
+        if settings.token_secret
+        else load_or_create_key(settings.data_dir / "token.key")
     )
     vault = Vault(db, ring)
     clis = CliSandboxes(settings, db, sandboxes)
@@ -131,7 +135,8 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
     while True:
         try:
             await ctl.service.record_pending()
-            if loop.time() >= next_reconcile:
+            if loop.time() >= next_reconcile or ctl.reconcile_soon.is_set():
+                ctl.reconcile_soon.clear()
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
                 await reconciler.run_once()
             await ctl.service.check_alive()
@@ -153,12 +158,17 @@ def create_app(ctl: Controller) -> FastAPI:
         await ctl.fabric.up()
         callbacks = await agent_callbacks.serve(settings, ctl.signin)
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
+        beat = asyncio.create_task(
+            run_node(settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set),
+            name="node-heartbeat",
+        )
         try:
             yield
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (beat, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await ctl.close()
             await callbacks.close()
 

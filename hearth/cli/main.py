@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hearth import log
+from hearth.cli.cluster import edge, node_app
 from hearth.cli.common import settings_or_exit
 from hearth.cli.config_cmd import config_app
 from hearth.cli.db import db_app
@@ -28,6 +29,8 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(fabric_app, name="fabric")
+app.add_typer(node_app, name="node")
+app.command()(edge)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(vault_app, name="vault")
 app.command()(doctor)
@@ -71,8 +74,16 @@ def serve(
 def demo(
     duration: float = typer.Option(None, help="stop after this many seconds instead of waiting for Ctrl-C"),
     user: str = typer.Option("demo-user", help="user id for the demo session"),
+    nodes: int = typer.Option(
+        0, "--nodes", help="N > 0: a cluster on this machine (N nodes + 2 edges in namespaces, PostgreSQL)", max=8
+    ),
 ) -> None:
     """Set up what is missing, start the controller with one live session, print the viewer URL and timings."""
+    if nodes:
+        from hearth.cli.demo_nodes import run_cluster_demo
+
+        log.setup("WARNING")
+        sys.exit(asyncio.run(run_cluster_demo(settings_or_exit(), nodes, duration)))
     from hearth.cli.demo import demo_key, run_demo
 
     settings = settings_or_exit()

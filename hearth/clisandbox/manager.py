@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient
@@ -88,6 +88,7 @@ class CliSandboxes:
                 if row is None:
                     row = CliSandboxRow(
                         user_id=user_id,
+                        node_id=self.s.node_id,  # its home lives on this host: placement's affinity
                         owner_id=OWNER_PREFIX + secrets.token_hex(8),
                         state="stopped",
                         home=str(self.home_of(user_id)),
@@ -170,7 +171,7 @@ class CliSandboxes:
     async def stop_idle(self) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.s.cli_idle_timeout)
         rows = await self.db.run(
-            lambda db: list(db.scalars(select(CliSandboxRow).where(CliSandboxRow.state == "running")))
+            lambda db: list(db.scalars(select(CliSandboxRow).where(CliSandboxRow.state == "running", self._mine())))
         )
         n = 0
         for r in rows:
@@ -182,8 +183,14 @@ class CliSandboxes:
 
     async def running_users(self) -> list[str]:
         return await self.db.run(
-            lambda db: list(db.scalars(select(CliSandboxRow.user_id).where(CliSandboxRow.state == "running")))
+            lambda db: list(
+                db.scalars(select(CliSandboxRow.user_id).where(CliSandboxRow.state == "running", self._mine()))
+            )
         )
+
+    def _mine(self) -> ColumnElement[bool]:
+        """This node's CLI sandboxes only: a node never stops another host's."""
+        return CliSandboxRow.node_id == self.s.node_id
 
     async def _touch(self, user_id: str) -> None:
         def touch(db: Db) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,16 +41,16 @@ class Ipam:
 
     def take(self, db: Session, owner: str) -> Lease:
         """Inside a transaction: the lease of `owner`, or a new one on the lowest free slot (PoolExhausted)."""
-        fabric = self._s.fabric_netns
+        fabric, node = self._s.fabric_netns, self._s.node_id
         mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
         if mine is not None:
             return Lease(owner, self.slot(mine.slot))
-        used = set(db.scalars(select(LeaseRow.slot).where(LeaseRow.fabric == fabric)))
+        used = set(db.scalars(select(LeaseRow.slot).where(*self.mine(fabric, node))))
         free = next((i for i in range(self.size) if i not in used), None)
         if free is None:
             raise PoolExhausted(self.size)
         slot = self.slot(free)
-        db.add(LeaseRow(fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner))
+        db.add(LeaseRow(node_id=node, fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner))
         db.flush()
         return Lease(owner, slot)
 
@@ -71,11 +71,16 @@ class Ipam:
         """Release the lease of `session_id`; releasing nothing is success."""
         await self._db.run(lambda db: db.execute(delete(LeaseRow).where(LeaseRow.session_id == session_id)))
 
+    @staticmethod
+    def mine(fabric: str, node: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+        """The WHERE clauses of this node's leases: a node only ever counts, takes or releases its own."""
+        return LeaseRow.node_id == node, LeaseRow.fabric == fabric
+
     async def leases(self) -> list[Lease]:
-        fabric = self._s.fabric_netns
+        where = self.mine(self._s.fabric_netns, self._s.node_id)
 
         def q(db: Session) -> list[Lease]:
-            rows = db.scalars(select(LeaseRow).where(LeaseRow.fabric == fabric).order_by(LeaseRow.slot))
+            rows = db.scalars(select(LeaseRow).where(*where).order_by(LeaseRow.slot))
             return [Lease(r.session_id, self.slot(r.slot)) for r in rows]
 
         return await self._db.run(q)

@@ -137,9 +137,13 @@ class SandboxManager:
         return await self.driver_for(sb.kind).alive(sb.spec)
 
     async def stored(self) -> list[SandboxRow]:
-        """Every sandbox row of this fabric (what survived the last controller)."""
-        fabric = self.s.fabric_netns
-        return await self.db.run(lambda db: list(db.scalars(select(SandboxRow).where(SandboxRow.fabric == fabric))))
+        """Every sandbox row of this node's fabric (what survived the last controller; never another node's)."""
+        fabric, node = self.s.fabric_netns, self.s.node_id
+        return await self.db.run(
+            lambda db: list(
+                db.scalars(select(SandboxRow).where(SandboxRow.node_id == node, SandboxRow.fabric == fabric))
+            )
+        )
 
     # ---- boot --------------------------------------------------------------------------------------------------
     async def boot(
@@ -280,6 +284,7 @@ class SandboxManager:
                 row = SandboxRow(owner_id=sb.owner)
                 db.add(row)
             row.kind, row.state, row.fabric, row.slot = sb.kind.value, sb.state.value, fabric, sb.slot
+            row.node_id = self.s.node_id
             row.driver, row.desktop, row.pid, row.pid_start = driver.name, sb.spec.desktop, sb.pid, started
             row.home = str(sb.spec.home) if sb.spec.home is not None else None
             row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext

@@ -27,6 +27,7 @@ from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
 from hearth.clisandbox.manager import mark_stopped
 from hearth.errors import Hop
 from hearth.fabric import netlink, ports
+from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
 from hearth.session.service import SessionService, SessionView
@@ -135,10 +136,10 @@ class Reconciler:
 
     async def _leases(self, report: Report) -> None:
         ended = [t.value for t in TERMINAL]
-        fabric = self.settings.fabric_netns
+        where = Ipam.mine(self.settings.fabric_netns, self.settings.node_id)  # this node's leases only
 
         def stale(db: Db) -> list[str]:
-            leases = db.scalars(select(LeaseRow).where(LeaseRow.fabric == fabric))
+            leases = db.scalars(select(LeaseRow).where(*where))
             out = []
             kept = set(db.scalars(select(SandboxRow.owner_id).where(SandboxRow.state == SandboxState.KEPT.value)))
             for lease in leases:
@@ -157,12 +158,12 @@ class Reconciler:
 
     async def _orphans(self, report: Report) -> None:
         inv = await scan(self.settings)
-        fabric = self.settings.fabric_netns
+        fabric, node = self.settings.fabric_netns, self.settings.node_id
 
         def quarantine(db: Db) -> list[tuple[int, bool]]:
             """Orphan slots, each with whether a quarantine lease now holds it (slots outside today's pool are
             still ours by name but cannot be leased, so they need none)."""
-            leased = set(db.scalars(select(LeaseRow.slot).where(LeaseRow.fabric == fabric)))
+            leased = set(db.scalars(select(LeaseRow.slot).where(*Ipam.mine(fabric, node))))
             taken = []
             for index in sorted(inv.slots() - leased):
                 if index >= self.service.ipam.size:
@@ -171,7 +172,15 @@ class Reconciler:
                 slot = self.service.ipam.slot(index)
                 try:
                     with db.begin_nested():
-                        db.add(LeaseRow(fabric=fabric, slot=index, ip=str(slot.ip), session_id=f"{QUARANTINE}{index}"))
+                        db.add(
+                            LeaseRow(
+                                node_id=node,
+                                fabric=fabric,
+                                slot=index,
+                                ip=str(slot.ip),
+                                session_id=f"{QUARANTINE}{index}",
+                            )
+                        )
                 except IntegrityError:
                     continue  # a new session leased it meanwhile: it owns (and replaces) those names
                 taken.append((index, True))

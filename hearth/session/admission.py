@@ -39,10 +39,10 @@ def check_limits(db: Db, s: Settings, user_id: str) -> None:
             503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
         )
     # Without HEARTH_MAX_SESSIONS_PER_NODE the IP pool bounds this node (PoolExhausted from the lease).
-    if s.max_sessions_per_node and count(SessionRow.fabric == s.fabric_netns) >= s.max_sessions_per_node:
+    if s.max_sessions_per_node and count(SessionRow.node_id == s.node_id) >= s.max_sessions_per_node:
         raise LimitExceeded(
             503,
-            f"this node (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
+            f"node {s.node_id} (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
             "(HEARTH_MAX_SESSIONS_PER_NODE); retry later or on another node",
         )
     mine = count(SessionRow.user_id == user_id)
@@ -75,6 +75,7 @@ def admit(
             mode=mode,
             status=Status.STARTING.value,
             driver=driver,
+            node_id=s.node_id,
             fabric=s.fabric_netns,
             slot=lease.slot.index,
             sandbox_ip=str(lease.slot.ip),

@@ -198,13 +198,20 @@ class SessionService:
 
     def counts_by_state(self) -> dict[str, int]:
         def q(db: Db) -> dict[str, int]:
-            rows = db.execute(select(SessionRow.status, func.count()).group_by(SessionRow.status))
+            rows = db.execute(
+                select(SessionRow.status, func.count())
+                .where(SessionRow.node_id == self.settings.node_id)
+                .group_by(SessionRow.status)
+            )
             return {str(status): int(n) for status, n in rows}
 
         return self.db.call(q)
 
     def pool_usage(self) -> tuple[int, int]:
-        used = self.db.call(lambda db: db.scalar(select(func.count()).select_from(LeaseRow)) or 0)
+        node = self.settings.node_id
+        used = self.db.call(
+            lambda db: db.scalar(select(func.count()).select_from(LeaseRow).where(LeaseRow.node_id == node)) or 0
+        )
         return int(used), self.ipam.size
 
     async def _verdict(self, session_id: str) -> HearthError | None:
@@ -237,7 +244,11 @@ class SessionService:
 
     async def list_active(self) -> list[SessionView]:
         def q(db: Db) -> list[SessionView]:
-            rows = db.scalars(select(SessionRow).where(SessionRow.status.not_in([t.value for t in TERMINAL])))
+            rows = db.scalars(  # this node's only: a node never ends, adopts or expires another node's sessions
+                select(SessionRow).where(
+                    SessionRow.node_id == self.settings.node_id, SessionRow.status.not_in([t.value for t in TERMINAL])
+                )
+            )
             return [SessionView.of(r) for r in rows]
 
         return await self.db.run(q)

@@ -1,5 +1,7 @@
 """Tables: sessions, leases (one per sandbox, uniqueness enforced by the database), the per-session timeline,
-sealed credentials, CLI sandboxes, live sandboxes (sealed agent secret, pid + start time) and lock rows. Every change needs an Alembic migration (hearth/store/migrations)."""
+sealed credentials, CLI sandboxes, live sandboxes (sealed agent secret, pid + start time), lock rows and the nodes of
+a cluster. Sessions, leases, sandboxes and CLI sandboxes belong to one node (`node_id`; `local` for a single-host
+`hearth serve`). Every change needs an Alembic migration (hearth/store/migrations)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class SessionRow(Base):
     __tablename__ = "sessions"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local", index=True)
     user_id: Mapped[str] = mapped_column(String(200), index=True)
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     mode: Mapped[str] = mapped_column(String(16), default="remote_browser", server_default="remote_browser")
@@ -51,16 +54,18 @@ class SessionRow(Base):
 
 
 class LeaseRow(Base):
-    """One address per sandbox. `slot` and `ip` are unique per fabric, `session_id` owns at most one lease."""
+    """One address per sandbox. `slot` and `ip` are unique per node and fabric (two nodes may use the same address
+    space: each fabric is private to its host), `session_id` owns at most one lease."""
 
     __tablename__ = "leases"
     __table_args__ = (
-        UniqueConstraint("fabric", "slot", name="uq_lease_slot"),
-        UniqueConstraint("fabric", "ip", name="uq_lease_ip"),
+        UniqueConstraint("node_id", "fabric", "slot", name="uq_lease_slot"),
+        UniqueConstraint("node_id", "fabric", "ip", name="uq_lease_ip"),
         UniqueConstraint("session_id", name="uq_lease_owner"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
     fabric: Mapped[str] = mapped_column(String(64))
     slot: Mapped[int] = mapped_column(Integer)
     ip: Mapped[str] = mapped_column(String(45))
@@ -106,6 +111,7 @@ class CliSandboxRow(Base):
     __tablename__ = "cli_sandboxes"
 
     user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local")  # where its home lives
     owner_id: Mapped[str] = mapped_column(String(64), unique=True)  # lease owner while running: "cli-<hex>"
     state: Mapped[str] = mapped_column(String(16), default="stopped")  # running | stopped
     slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -124,6 +130,7 @@ class SandboxRow(Base):
     __tablename__ = "sandboxes"
 
     owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # session id, or "cli-<hex>"
+    node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
     kind: Mapped[str] = mapped_column(String(16))  # session | cli
     state: Mapped[str] = mapped_column(String(16))  # booting | running | kept
     fabric: Mapped[str] = mapped_column(String(64))
@@ -147,3 +154,21 @@ class LockRow(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class NodeRow(Base):
+    """One `hearth node` (one host): where edges reach it, what it can hold, and whether it is alive. Written by the
+    node itself (register + heartbeat); `state` also by `hearth node drain` and by whoever notices a missed heartbeat."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(255))  # http://host:port of its API + gateway, as edges reach it
+    state: Mapped[str] = mapped_column(String(16), default="up")  # up | draining | down
+    capacity: Mapped[int] = mapped_column(Integer, default=0)
+    free_slots: Mapped[int] = mapped_column(Integer, default=0)
+    drivers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -62,7 +62,7 @@ def test_a_store_behind_is_refused_naming_the_upgrade_then_upgraded(url: str) ->
 
 def test_a_hearth_01_store_without_version_is_adopted_by_upgrade(url: str) -> None:
     engine = create_engine(url)
-    legacy = [t for name, t in Base.metadata.tables.items() if name != "locks"]
+    legacy = [t for name, t in Base.metadata.tables.items() if name not in ("locks", "nodes")]
     Base.metadata.create_all(engine, tables=legacy)  # what hearth 0.1's create_all left behind
     with pytest.raises(SchemaError, match="hearth db upgrade"):
         Database(url)
@@ -89,7 +89,7 @@ def test_db_cli_upgrade_and_status(make_settings: Callable[..., Settings], monke
     for k, v in {"HEARTH_DATA_DIR": str(s.data_dir), "HEARTH_DATABASE_URL": s.database_url}.items():
         monkeypatch.setenv(k, v)
     engine = create_engine(s.db_url)
-    Base.metadata.create_all(engine, tables=[t for n, t in Base.metadata.tables.items() if n != "locks"])
+    Base.metadata.create_all(engine, tables=[t for n, t in Base.metadata.tables.items() if n not in ("locks", "nodes")])
     engine.dispose()
     runner = CliRunner()
     st = runner.invoke(cli, ["db", "status"])

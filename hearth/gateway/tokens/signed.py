@@ -1,4 +1,8 @@
-"""HMAC-SHA256 signed viewer tokens: `v1.<payload>.<signature>`, nothing stored server-side."""
+"""HMAC-SHA256 signed viewer tokens: `v1.<payload>.<signature>`, nothing stored server-side.
+
+One key ring for every replica (edges and nodes): `HEARTH_TOKEN_SECRET=new:<secret>,old:<secret>` signs with the
+first key and accepts each listed one by its id (`kid` in the payload), so a key is rotated without dropping a live
+viewer: add the new key first, roll the replicas, drop the old key after HEARTH_TOKEN_TTL."""
 
 from __future__ import annotations
 
@@ -35,18 +39,41 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
+def parse_ring(secret: str) -> dict[str, bytes]:
+    """`kid:secret,kid:secret` (the first signs), or one bare secret (key id ""). ValueError names the fix."""
+    if ":" not in secret:
+        return {"": secret.encode()}
+    ring: dict[str, bytes] = {}
+    for part in secret.split(","):
+        kid, sep, value = part.strip().partition(":")
+        if not sep or not kid or not value or kid in ring:
+            raise ValueError("HEARTH_TOKEN_SECRET must be `kid:secret[,kid:secret…]` with distinct non-empty key ids")
+        ring[kid] = value.encode()
+    return ring
+
+
 class SignedTokens(TokenStore):
-    def __init__(self, key: bytes, clock: Callable[[], float] = time.time) -> None:
-        if len(key) < 16:
+    def __init__(self, key: bytes | dict[str, bytes], clock: Callable[[], float] = time.time) -> None:
+        ring = {"": key} if isinstance(key, bytes) else dict(key)
+        if not ring or any(len(k) < 16 for k in ring.values()):
             raise ValueError("token signing key must be at least 16 bytes")
-        self._key = key
+        self._ring = ring
+        self._kid = next(iter(ring))  # the first key signs; every key verifies
         self._clock = clock
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
+    def _sign(self, payload: str, kid: str | None = None) -> str:
+        key = self._ring[self._kid if kid is None else kid]
+        return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, session_id: str, scope: Scope, ttl: float) -> str:
-        body = {"sid": session_id, "scp": scope.value, "exp": round(self._clock() + ttl, 3), "n": secrets.token_hex(4)}
+        body: dict[str, object] = {
+            "sid": session_id,
+            "scp": scope.value,
+            "exp": round(self._clock() + ttl, 3),
+            "n": secrets.token_hex(4),
+        }
+        if self._kid:
+            body["kid"] = self._kid
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"v1.{payload}.{self._sign(payload)}"
 
@@ -55,10 +82,16 @@ class SignedTokens(TokenStore):
         if len(parts) != 3 or parts[0] != "v1":
             raise TokenError("malformed viewer token")
         _, payload, sig = parts
-        if not hmac.compare_digest(sig, self._sign(payload)):
-            raise TokenError("viewer token signature invalid")
         try:
             body = json.loads(_unb64(payload))
+            kid = str(body.get("kid", "")) if isinstance(body, dict) else ""
+        except ValueError as exc:
+            raise TokenError("malformed viewer token") from exc
+        if kid not in self._ring:
+            raise TokenError("viewer token signed with a retired key; request a new one")
+        if not hmac.compare_digest(sig, self._sign(payload, kid)):
+            raise TokenError("viewer token signature invalid")
+        try:
             claims = Claims(str(body["sid"]), Scope(body["scp"]), float(body["exp"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenError("malformed viewer token") from exc

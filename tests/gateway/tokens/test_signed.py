@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hearth.gateway.tokens.base import Scope, TokenError
-from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 
 
 class Clock:
@@ -57,3 +57,28 @@ def test_key_file_created_private_and_reused(tmp_path: Path) -> None:
     key = load_or_create_key(path)
     assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
     assert load_or_create_key(path) == key
+
+
+def test_key_ring_rotation_keeps_old_tokens_valid_until_the_old_key_is_dropped() -> None:
+    old = SignedTokens(parse_ring("k1:" + "a" * 32))
+    token = old.issue("s1", Scope.CONTROL, 60)
+    both = SignedTokens(parse_ring("k2:" + "b" * 32 + ",k1:" + "a" * 32))  # new key first: it signs
+    assert both.verify(token, "s1").scope is Scope.CONTROL  # a live viewer's old token still opens
+    fresh = both.issue("s1", Scope.VIEW, 60)
+    # a replica not yet rolled (old ring only) refuses the new key's tokens, naming why:
+    with pytest.raises(TokenError, match="retired key"):
+        old.verify(fresh, "s1")
+    new_only = SignedTokens(parse_ring("k2:" + "b" * 32))
+    assert new_only.verify(fresh, "s1").scope is Scope.VIEW
+    with pytest.raises(TokenError, match="retired key"):
+        new_only.verify(token, "s1")
+    forged = SignedTokens(parse_ring("k2:" + "c" * 32)).issue("s1", Scope.CONTROL, 60)
+    with pytest.raises(TokenError, match="signature invalid"):
+        both.verify(forged, "s1")
+
+
+def test_a_bare_secret_is_one_key_and_a_bad_ring_names_the_format() -> None:
+    assert parse_ring("x" * 32) == {"": b"x" * 32}
+    for bad in ("k1:", ":abc", "k1:" + "a" * 20 + ",k1:" + "b" * 20):
+        with pytest.raises(ValueError, match="kid:secret"):
+            parse_ring(bad)

@@ -1,0 +1,56 @@
+"""Placement: which node gets a new session. Pure choice over the nodes' rows (`choose`), and the store query
+around it (`place`). The node's own admission (limits + lease + insert under the admission lock) stays the final
+word: an edge that loses a race to a full node gets its 503 and places again without that node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as Db
+
+from hearth.cluster.nodes import NodeView, list_nodes
+from hearth.cluster.states import NodeState
+from hearth.errors import HearthError, Hop
+from hearth.store.models import CliSandboxRow
+
+
+class NoNode(HearthError):
+    """No live node has room (503 at the API, with the per-node reasons)."""
+
+    def __init__(self, why: list[str]) -> None:
+        detail = "; ".join(why) if why else "no node is registered"
+        super().__init__(
+            Hop.NODE,
+            f"no node can take a new session: {detail}",
+            "start a `hearth node`, undrain one (`hearth node undrain ID`) or wait for sessions to end",
+        )
+
+
+def choose(nodes: Iterable[NodeView], affinity: str | None = None, exclude: frozenset[str] = frozenset()) -> NodeView:
+    """The node for a new session: the `affinity` node (where the user's CLI sandbox lives) when it is up and has
+    room, else the up node with the most room (ties: fewer active sessions, then id). NoNode names why each node
+    was passed over."""
+    why: list[str] = []
+    fit: list[NodeView] = []
+    for n in nodes:
+        if n.id in exclude:
+            why.append(f"{n.id} refused just now")
+        elif n.state is not NodeState.UP:
+            why.append(f"{n.id} is {n.state.value}")
+        elif n.room <= 0:
+            why.append(f"{n.id} is full ({n.active}/{n.capacity})")
+        else:
+            fit.append(n)
+    if not fit:
+        raise NoNode(why)
+    for n in fit:
+        if n.id == affinity:
+            return n
+    return min(fit, key=lambda n: (-n.room, n.active, n.id))
+
+
+def place(s: Db, user_id: str, exclude: frozenset[str] = frozenset()) -> NodeView:
+    """Inside a transaction: the node for `user_id`'s new session."""
+    affinity = s.scalar(select(CliSandboxRow.node_id).where(CliSandboxRow.user_id == user_id))
+    return choose(list_nodes(s), affinity, exclude)

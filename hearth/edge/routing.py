@@ -1,0 +1,51 @@
+"""Where a request goes: the node holding a session (or a user's CLI sandbox), or a refusal naming the node."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as Db
+
+from hearth.cluster.nodes import NodeView, list_nodes
+from hearth.cluster.states import NodeState
+from hearth.errors import HearthError, Hop
+from hearth.store.models import CliSandboxRow, SessionRow
+
+
+class Unknown(Exception):
+    """No such session (404 / close 4404)."""
+
+
+class NodeDown(HearthError):
+    """The session's node is down or unreachable (502 / close 4502, the reason names the node)."""
+
+    def __init__(self, node_id: str, why: str) -> None:
+        super().__init__(Hop.NODE, f"node {node_id} {why}", f"`hearth node list`; restart hearth on {node_id}")
+
+
+def route_session(s: Db, session_id: str) -> NodeView:
+    """The node holding `session_id` (a draining node still serves its sessions); NodeDown when it is down."""
+    node_id = s.scalar(select(SessionRow.node_id).where(SessionRow.id == session_id))
+    if node_id is None:
+        raise Unknown(session_id)
+    return _live(s, node_id)
+
+
+def route_user(s: Db, user_id: str) -> NodeView:
+    """The node holding `user_id`'s CLI sandbox, else any up node (users' routes: credentials, CLI sandbox)."""
+    node_id = s.scalar(select(CliSandboxRow.node_id).where(CliSandboxRow.user_id == user_id))
+    if node_id is not None:
+        return _live(s, node_id)
+    up = [n for n in list_nodes(s) if n.state is NodeState.UP]
+    if not up:
+        raise NodeDown("(any)", "— no node is up")
+    return up[0]
+
+
+def _live(s: Db, node_id: str) -> NodeView:
+    node = next((n for n in list_nodes(s) if n.id == node_id), None)
+    if node is None:
+        raise NodeDown(node_id, "is not registered")
+    if node.state is NodeState.DOWN:
+        detail = (node.reason or "").removeprefix(f"[node] node {node_id} is down: ")
+        raise NodeDown(node_id, f"is down: {detail or 'no heartbeat'}")
+    return node
