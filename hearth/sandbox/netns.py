@@ -114,6 +114,7 @@ class NetnsDriver(Driver):
             "start_url": spec.start_url,
             "chromium": spec.chromium,
             "desktop": spec.desktop,
+            "vnc_server": spec.vnc_server,
             "secret": spec.secret,
             "session_id": spec.session_id,
             "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",

@@ -128,6 +128,7 @@ class SessionService:
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
             desktop=has_desktop(mode),
+            vnc_server=s.vnc_server,
             providers=(digest,) if digest else (),
         )
 
