@@ -38,7 +38,7 @@ async def session(ctx: Context) -> Finding:
     v = t.view
     shown = f"status {v.status.value}, driver {v.driver}, slot {v.slot}, address {t.ip}"
     if not v.status.terminal:
-        note = " (still booting: later failures may be transient)" if v.status.value == "starting" else ""
+        note = " (still booting: later failures may be transient)" if v.status.booting else ""
         return Finding.good(shown + note)
     hop = Hop(v.hop) if v.hop in {h.value for h in Hop} else Hop.DRIVER
     if v.status.value != "failed":
@@ -90,7 +90,7 @@ async def link(ctx: Context) -> Finding:
     seen = await asyncio.to_thread(probes.links, ns, (t.port, s.bridge_device))
     port = seen.get(t.port)
     if port is None:
-        if t.view.status.value == "starting":
+        if t.view.status.booting:
             return Finding.bad(f"port {t.port} not created yet in {ns}", "the session is still booting: retry shortly")
         return Finding.bad(
             f"port {t.port} missing in fabric namespace {ns}", f"the sandbox lost its port: {_recreate(t)}"
@@ -256,7 +256,7 @@ async def agent(ctx: Context) -> Finding:
         return Finding.bad(f"agent at {where} answered HTTP {status}", f"see {_agent_log(t)}")
     # Xvfb (HEARTH_VNC_SERVER=x11vnc) is a hop of its own; Xvnc is the VNC server too: the vnc hop names it.
     xvfb = services.get("xvfb", {})
-    if t.view.status.value != "starting" and "xvfb" in services and xvfb.get("state") != "running":
+    if not t.view.status.booting and "xvfb" in services and xvfb.get("state") != "running":
         return Finding.bad(
             f"the display is not running ({shown}; xvfb restarts {xvfb.get('restarts')}, last exit "
             f"{xvfb.get('last_exit')})",

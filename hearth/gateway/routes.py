@@ -74,7 +74,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(UNKNOWN, f"unknown session {session_id}")
             except StoreError:
                 return await close(UNAVAILABLE, "[store] state store unavailable — reconnect shortly")
-            if view.status is Status.STARTING:
+            if view.status.booting:
                 return await close(NOT_READY, f"sandbox not ready within {settings.viewer_wait:.0f}s; retry")
             if view.status.terminal:
                 code = UNREACHABLE if view.status is Status.FAILED else 1000

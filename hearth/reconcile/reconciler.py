@@ -73,7 +73,7 @@ class Reconciler:
         for view in await svc.list_active():
             if svc.is_booting(view.id) or svc.is_unrecorded(view.id):
                 continue
-            if view.status is Status.STARTING or view.slot is None:
+            if view.status.booting or view.slot is None:
                 await svc.end(
                     view.id,
                     Status.FAILED,

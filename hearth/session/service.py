@@ -31,6 +31,7 @@ from hearth.providers.model import Provider
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import admission, readiness
 from hearth.session.admission import LimitExceeded
+from hearth.session.bootqueue import BootQueue
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
@@ -91,6 +92,7 @@ class SessionService:
         self.ipam = Ipam(settings, db)
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
+        self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
         self._secrets: dict[str, str] = {}
         self._slots: dict[str, int] = {}  # slot of each session this controller runs: teardown without the store
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
@@ -269,12 +271,21 @@ class SessionService:
         sid = str(uuid.uuid4())
 
         t0 = time.monotonic()
+        status = Status.STARTING if self.boot_queue.enter(sid) else Status.QUEUED
         # Limits, lease and insert in one transaction under the admission lock: concurrent starts cannot all pass.
-        row, lease = await self.db.offload(
-            lambda: admission.admit(self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name)
-        )
+        try:
+            row, lease = await self.db.offload(
+                lambda: admission.admit(
+                    self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name, status
+                )
+            )
+        except BaseException:
+            self.boot_queue.leave(sid)
+            raise
         self._slots[sid] = lease.slot.index
-        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0, provider), name=f"boot-{sid}")
+        self._boots[sid] = asyncio.create_task(
+            self._boot(sid, lease.slot, mode, t0, provider, row.status == Status.QUEUED), name=f"boot-{sid}"
+        )
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -365,7 +376,7 @@ class SessionService:
         while True:
             waiter = self.changes.waiter(session_id)
             view = await self.get(session_id)
-            if view.status is not Status.STARTING:
+            if not view.status.booting:
                 return view
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -400,7 +411,7 @@ class SessionService:
             if now - created > timedelta(seconds=s.session_ttl):
                 await self.end(view.id, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
                 count += 1
-            elif view.status is not Status.STARTING and now - seen > timedelta(seconds=s.idle_timeout):
+            elif not view.status.booting and now - seen > timedelta(seconds=s.idle_timeout):
                 await self.end(
                     view.id, Status.EXPIRED, f"idle for more than {s.idle_timeout:.0f}s (no viewer, no heartbeat)"
                 )
@@ -411,7 +422,7 @@ class SessionService:
         """Fail ready sessions whose sandbox died; returns how many."""
         failed = 0
         for view in await self.list_active():
-            if view.status is Status.STARTING or view.slot is None or view.id in self._unrecorded:
+            if view.status.booting or view.slot is None or view.id in self._unrecorded:
                 continue
             if not await self.driver.alive(self.spec(view.id, self.ipam.slot(view.slot), view.mode)):
                 await self.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
@@ -419,7 +430,9 @@ class SessionService:
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None) -> None:
+    async def _boot(
+        self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None, queued: bool = False
+    ) -> None:
         s = self.settings
         timings: dict[str, float] = {}
 
@@ -431,6 +444,10 @@ class SessionService:
                 async with AsyncExitStack() as undo:
                     undo.push_async_callback(self._release_quietly, sid)
                     mark("lease")
+                    if queued:
+                        await self.boot_queue.turn(sid)  # cancelled by `end` while waiting: the undo stack runs
+                        await self._transition(sid, Status.STARTING, None, None)
+                        mark("queued")
                     self._secrets.setdefault(sid, secrets.token_urlsafe(32))
                     spec = self.spec(sid, slot, mode, provider)
                     undo.push_async_callback(self._destroy_quietly, spec)
@@ -469,6 +486,7 @@ class SessionService:
                     timings,
                 )
             finally:
+                self.boot_queue.leave(sid)
                 self._boots.pop(sid, None)
 
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:
