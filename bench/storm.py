@@ -23,12 +23,12 @@ from hearth.api.local import local_controller, scratch_settings
 from hearth.rfb.ws import first_frame
 
 
-async def one(http: httpx.AsyncClient, ws_base: str, i: int) -> tuple[float, float, str, int]:
-    """(create→ready, create→first frame, failure or "", queue position at create)."""
+async def one(http: httpx.AsyncClient, ws_base: str, i: int) -> tuple[float, float, str, int, dict[str, float]]:
+    """(create→ready, create→first frame, failure or "", queue position at create, stage timings)."""
     t0 = time.monotonic()
     r = await http.post("/api/auth/start", json={"user_id": f"storm-{i}"})
     if r.status_code != 201:
-        return float("nan"), float("nan"), f"create {r.status_code}: {r.text[:120]}", 0
+        return float("nan"), float("nan"), f"create {r.status_code}: {r.text[:120]}", 0, {}
     body = r.json()
     sid, position = body["session_id"], body.get("queue_position") or 0
     url = f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}"
@@ -42,7 +42,7 @@ async def one(http: httpx.AsyncClient, ws_base: str, i: int) -> tuple[float, flo
     ready = float(view["timings"].get("rfb", float("nan")))
     if view["status"] != "ready" and not failure:
         failure = f"session {view['status']}: {view.get('reason')}"
-    return ready, total, failure, int(position)
+    return ready, total, failure, int(position), dict(view["timings"])
 
 
 async def storm(n: int, max_boots: int, label: str) -> float:
@@ -70,6 +70,15 @@ async def storm(n: int, max_boots: int, label: str) -> float:
         print(f"[{label}] create→ready        p50 {statistics.median(readies):6.2f}s  max {max(readies):6.2f}s")
     if totals:
         print(f"[{label}] create→first-frame  p50 {statistics.median(totals):6.2f}s  max {max(totals):6.2f}s")
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        prev = r[4].get("queued", 0.0)
+        for stage, at in sorted(r[4].items(), key=lambda kv: kv[1]):
+            if stage not in ("lease", "queued"):
+                stages.setdefault(stage, []).append(at - prev)
+                prev = at
+    shown = "  ".join(f"{k} {statistics.median(v):.3f}s" for k, v in stages.items())
+    print(f"[{label}] boot stages (p50 of each step, from its turn): {shown}")
     print(f"[{label}] queued at create: {len(queued)} (worst position {max(queued, default=0)})")
     print(f"[{label}] failures: {len(failures)}")
     for f in failures[:10]:

@@ -371,13 +371,16 @@ class SessionService:
         return view
 
     async def wait_until(self, session_id: str, timeout: float) -> SessionView:
-        """Wait (bounded) until the session is ready or has ended; returns its latest view."""
+        """Wait (bounded) until the session is ready or has ended; returns its latest view. Time spent `queued`
+        does not count: the bound starts when its boot does (every boot ahead of it has a deadline of its own)."""
         deadline = time.monotonic() + timeout
         while True:
             waiter = self.changes.waiter(session_id)
             view = await self.get(session_id)
             if not view.status.booting:
                 return view
+            if view.status is Status.QUEUED:
+                deadline = time.monotonic() + timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return view
