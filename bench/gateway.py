@@ -123,6 +123,11 @@ async def client(fd: int, url: str, rounds: int, mb: int) -> None:
 
 
 # ---- the driver ---------------------------------------------------------------------------------------------------
+def spawn(argv: list[str], fds: tuple[int, ...] = (), quiet: bool = False) -> subprocess.Popen[bytes]:
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(argv, pass_fds=fds, stdout=out, stderr=out)
+
+
 def cpu_of_self() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -183,9 +188,7 @@ async def main(rounds: int, mb: int, repeat: int) -> None:
                 except OSError:
                     await asyncio.sleep(0.05)
             listener.listen(16)
-            echo = subprocess.Popen(
-                [sys.executable, str(HERE), "echo-server", str(listener.fileno())], pass_fds=(listener.fileno(),)
-            )
+            echo = spawn([sys.executable, str(HERE), "echo-server", str(listener.fileno())], (listener.fileno(),))
             listener.close()
             ws_port = 16080
             results: dict[str, list[dict[str, float]]] = {"gateway": [], "websockify": []}
@@ -201,24 +204,22 @@ async def main(rounds: int, mb: int, repeat: int) -> None:
                     res["cpu_per_mb"] = (cpu_of_self() - before) / mb
                     results["gateway"].append(res)
                     # through websockify, in the fabric namespace, to the same ip:port
-                    ws = subprocess.Popen(
-                        ["ip", "netns", "exec", settings.fabric_netns, str(Path(sys.executable).parent / "websockify"),
-                         "--run-once", f"127.0.0.1:{ws_port}", f"{ip}:{port}"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
-                    sock = None
+                    websockify = str(Path(sys.executable).parent / "websockify")
+                    ns = ["ip", "netns", "exec", settings.fabric_netns]
+                    ws = spawn([*ns, websockify, "--run-once", f"127.0.0.1:{ws_port}", f"{ip}:{port}"], quiet=True)
+                    conn: socket.socket | None = None
                     for _ in range(200):
                         s = socket_in_netns(settings.fabric_netns)
                         try:
                             await asyncio.to_thread(call_in_netns, None, lambda s=s: s.connect(("127.0.0.1", ws_port)))
-                            sock = s
+                            conn = s
                             break
                         except OSError:
                             s.close()
                             await asyncio.sleep(0.05)
-                    assert sock is not None, "websockify did not listen"
+                    assert conn is not None, "websockify did not listen"
                     before = cpu_of_pid(ws.pid)  # after its start-up: only the connection's work is counted
-                    res = await run_client(sock, f"ws://127.0.0.1:{ws_port}/", rounds, mb)
+                    res = await run_client(conn, f"ws://127.0.0.1:{ws_port}/", rounds, mb)
                     _, status, ru = await asyncio.to_thread(os.wait4, ws.pid, 0)
                     ws.returncode = os.waitstatus_to_exitcode(status)
                     res["cpu_per_mb"] = (ru.ru_utime + ru.ru_stime - before) / mb
