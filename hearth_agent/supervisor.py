@@ -250,6 +250,9 @@ class Supervisor:
         argv = ["Xvnc", "-geometry", f"{width}x{height}", "-depth", depth, "-rfbport", str(port)]
         argv += ["-interface", ip, "-SecurityTypes", "None", "-AlwaysShared", "-AcceptSetDesktopSize"]
         argv += ["-SendCutText", "-AcceptCutText", "-SetPrimary"]
+        # Only the gateway connects (from the fabric) and it is the authentication: Xvnc's blacklist of hosts with
+        # many unauthenticated connections would refuse a burst of viewers of one session.
+        argv += ["-BlacklistThreshold", "1000000"]
         proc = self._start_x(svc, argv)
         self._wait_port(proc, "Xvnc", ip, port)
 
