@@ -1,6 +1,6 @@
 """Gateway overhead against websockify, in one run, on the same target.
 
-A real controller (in this process: its CPU is the gateway's) creates a real session; the sandbox's VNC server is then
+A real controller (in this process, on uvloop like `hearth serve`: its CPU is the gateway's) creates a real session; the sandbox's VNC server is then
 replaced by an RFB echo server (a child process, listening where Xvnc listened, in the sandbox's namespace): after
 the RFB handshake it echoes 64-byte messages and, on request, sends a bulk of bytes. The same client (a child
 process: its CPU is counted for neither) then runs
@@ -261,4 +261,6 @@ if __name__ == "__main__":
         ap.add_argument("--mb", type=int, default=128, help="MiB of bulk data per run")
         ap.add_argument("--repeat", type=int, default=3, help="runs per path (medians are printed)")
         a = ap.parse_args()
-        asyncio.run(main(a.rounds, a.mb, a.repeat))
+        import uvloop  # `hearth serve` runs on uvloop (uvicorn's default when installed): so does this controller
+
+        uvloop.run(main(a.rounds, a.mb, a.repeat))
