@@ -23,9 +23,9 @@ from hearth.config import load_settings
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.slot import slot_for
 from hearth.image.build import guest_image
+from hearth.lifecycle import readiness
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.qemu import QemuDriver
-from hearth.session import readiness
 
 STAGES = ("process", "kernel", "agent", "display", "vnc", "rfb", "destroy")
 

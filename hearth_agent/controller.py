@@ -78,6 +78,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # never carry the bearer secret to another location
 
 
+PUSH_BUDGET = 120.0  # seconds a push is retried: long enough to outlast a controller restart (sandboxes survive it)
+
+
 class Outbox:
     """Pushes to the controller, one at a time, in submission order."""
 
@@ -90,7 +93,7 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def event(self, event: str, detail: str = "", budget: float = 15.0) -> Future[None]:
+    def event(self, event: str, detail: str = "", budget: float = PUSH_BUDGET) -> Future[None]:
         log.info("login event", extra={"event": event})
         return self.submit("events", {"event": event, "detail": detail}, budget)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth_agent import homefs
-from hearth_agent.controller import Outbox, redact, url_host, url_summary
+from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
 from hearth_agent.credfiles import CredentialFiles
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
@@ -34,7 +34,7 @@ PROMPT_RETRY = 3.0  # an answer the screen did not react to is typed again after
 URL_QUIET = 1.0  # a URL at the very end of the screen is taken once the CLI was quiet this long
 CODE_RESULT_QUIET = 0.5  # after a pasted code: the screen settled this long before reading the CLI's verdict
 EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
-CREDENTIALS_BUDGET = 30.0
+CREDENTIALS_BUDGET = PUSH_BUDGET  # retried across a controller restart
 MAX_RESTARTS = 3  # paste-code CLIs that exit on a wrong code are started again this often
 MAX_CODE = 512
 _TRAILING = ".,;:!?'\")]}>│┃|"
@@ -301,6 +301,14 @@ class LoginRun:
         except Exception as exc:  # the message may hold the URL: log the type only
             log.warning("opening the sign-in URL failed", extra={"error": type(exc).__name__})
 
+    def repush(self) -> bool:
+        """Push the current prompt again (a restarted controller lost its memory of it); whether there is one."""
+        with self._lock:
+            self._pushed = None
+        self._push_prompt()
+        with self._lock:
+            return self._pushed is not None
+
     def _push_prompt(self) -> None:
         """Tell the controller what the person must see, when it changed (the full URL goes only here)."""
         with self._lock:
@@ -316,7 +324,7 @@ class LoginRun:
             if body == self._pushed:
                 return
             self._pushed = body
-        self._outbox.submit("signin", body, 15.0)
+        self._outbox.submit("signin", body, PUSH_BUDGET)
 
     # ---- the watcher (its own thread) ----
     def _main(self) -> None:

@@ -156,6 +156,11 @@ class SignIn:
             }
         return 200, run.status()
 
+    def replay(self, _body: dict[str, Any]) -> tuple[int, Any]:
+        """Push the current sign-in prompt to the controller again (it was restarted and adopted this sandbox)."""
+        run = self._run
+        return 200, {"replayed": run.repush() if run is not None else False}
+
     def code(self, body: dict[str, Any]) -> tuple[int, Any]:
         run = self._run
         try:
@@ -203,6 +208,7 @@ def register(server: AgentServer, sup: Supervisor, cfg: Config) -> SignIn:
     server.route("POST", "/v1/login", signin.login)
     server.route("GET", "/v1/login", signin.status)
     server.route("POST", "/v1/login/code", signin.code)
+    server.route("POST", "/v1/login/replay", signin.replay)
     server.route("POST", "/v1/cancel-login", signin.cancel)
     server.route("POST", "/v1/files", signin.files)
     server.route("POST", "/v1/files/remove", signin.remove_files)

@@ -38,6 +38,10 @@ _ROUTE = re.compile(r"/agent/v1/sessions/([^/?#]{1,128})/(events|credentials|sig
 class CallbackHandler(Protocol):
     def secret_for(self, session_id: str) -> str | None: ...
 
+    def adopting(self) -> bool:
+        """True while a restarted controller has not yet adopted the sandboxes that outlived the previous one: an
+        unknown session is then answered 503 (the agent retries) instead of 404."""
+
     async def on_event(self, session_id: str, event: str, detail: str) -> str | None:
         """None when taken, else why it was refused."""
 
@@ -85,6 +89,8 @@ class CallbackApp:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if secret is None:
             self._budgets.pop(sid, None)
+            if self.handler.adopting():
+                return 503, {"error": "the controller is adopting its sandboxes after a restart; retry"}
             return 404, {"error": "unknown or ended session"}
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), secret.encode()):
             log.warning("agent callback with a wrong secret refused", extra={"session_id": sid})

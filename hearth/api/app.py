@@ -22,9 +22,11 @@ from hearth.config import Settings
 from hearth.doctor import install as install_doctor
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
+from hearth.fabric.ipam import Ipam
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key
+from hearth.lifecycle.manager import SandboxManager
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
@@ -58,14 +60,21 @@ class Controller:
     clis: CliSandboxes
     providers: dict[str, Provider]
     signin: SignInFlow
+    drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
-        """End every session, stop the CLI sandboxes, then close the store (its executor goes last)."""
-        await self.service.shutdown()
-        with contextlib.suppress(StoreError):
-            for user in await self.clis.running_users():
-                with contextlib.suppress(Exception):
-                    await self.clis.stop(user)
+        """Close the store (its executor goes last). Sandboxes keep running for the next controller to adopt —
+        unless draining: then every session is ended and every CLI sandbox stopped first."""
+        if self.drain:
+            await self.service.shutdown()
+            with contextlib.suppress(StoreError):
+                for user in await self.clis.running_users():
+                    with contextlib.suppress(Exception):
+                        await self.clis.stop(user)
+        else:
+            self.service.drain()  # refuse new sessions, close viewers with 4503 (they reconnect to the next one)
+            await self.service.stop_boots()
+            log.info("controller stopping; sandboxes keep running", extra={"live": len(self.service.live_sessions())})
         self.db.dispose()
 
 
@@ -74,13 +83,16 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     db = Database(settings.db_url, settings.data_dir)
     refuse_new_keys_over_old_store(settings, db)
     drv = driver or choose_driver(settings).driver
-    service = SessionService(settings, db, drv)
+    ring = KeyRing.load(settings.master_key, settings.data_dir / "vault.keys")
+    # CLI sandboxes need a persistent home: the main driver's when it offers one, else the namespace driver's.
+    home_driver = None if drv.offers.persistent_home else NetnsDriver(settings)
+    sandboxes = SandboxManager(settings, db, drv, Ipam(settings, db), ring, home_driver)
+    service = SessionService(settings, db, drv, sandboxes=sandboxes)
     key = (
         settings.token_secret.encode() if settings.token_secret else load_or_create_key(settings.data_dir / "token.key")
     )
-    vault = Vault(db, KeyRing.load(settings.master_key, settings.data_dir / "vault.keys"))
-    # CLI sandboxes always use the namespace driver: persistent homes are bind-mounted directories.
-    clis = CliSandboxes(settings, db, drv if isinstance(drv, NetnsDriver) else NetnsDriver(settings), service.ipam)
+    vault = Vault(db, ring)
+    clis = CliSandboxes(settings, db, sandboxes)
     providers = load_providers()
     service.providers = providers
     signin = SignInFlow(service, vault, clis, providers)
@@ -140,7 +152,6 @@ def create_app(ctl: Controller) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctl.fabric.up()
         callbacks = await agent_callbacks.serve(settings, ctl.signin)
-        await ctl.clis.recover()
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         try:
             yield

@@ -60,11 +60,13 @@ class LocalController:
 
 @contextlib.asynccontextmanager
 async def local_controller(
-    settings: Settings, start_timeout: float = 60.0, remove_fabric: bool = True
+    settings: Settings, start_timeout: float = 60.0, remove_fabric: bool = True, drain: bool = True
 ) -> AsyncIterator[LocalController]:
-    """`remove_fabric=False` leaves a fabric namespace in place (the demo keeps one it found at start)."""
+    """`remove_fabric=False` leaves a fabric namespace in place (the demo keeps one it found at start); `drain=False`
+    leaves the sandboxes running on exit, as `hearth serve` does (for a next controller to adopt)."""
     check_listen(settings)
     ctl = build(settings)
+    ctl.drain = drain
     srv = server(settings, create_app(ctl))
     task = asyncio.create_task(serve_until_stopped(srv), name="uvicorn")
     try:

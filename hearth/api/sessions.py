@@ -99,11 +99,12 @@ def make_router(
     async def console(session_id: str, limit: int = 8192) -> dict[str, Any]:
         """The tail of the guest's serial console (VM drivers), while the sandbox exists (or is kept on failure)."""
         view = await service.get(session_id)
-        tail = getattr(service.driver, "console_tail", None)
-        if tail is None or view.slot is None:
+        if not service.driver.offers.console_tail or view.slot is None:
             raise HTTPException(404, f"the {service.driver.name} driver has no guest console")
         text = await asyncio.to_thread(
-            tail, service.spec(view.id, service.ipam.slot(view.slot)), max(256, min(limit, 1 << 20))
+            service.driver.console_tail,
+            service.spec(view.id, service.ipam.slot(view.slot)),
+            max(256, min(limit, 1 << 20)),
         )
         return {"driver": service.driver.name, "console": text}
 

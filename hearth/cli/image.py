@@ -80,6 +80,9 @@ class RichProgress:
 def build_cmd(
     force: bool = typer.Option(False, "--force", help="rebuild even when the cache holds this image"),
     chromium: bool = typer.Option(True, "--chromium/--no-chromium", help="include Chromium (the big part)"),
+    for_tests: bool = typer.Option(
+        False, "--for-tests", help="include the test identity provider hearth_example (never in production images)"
+    ),
     cache: Path | None = typer.Option(None, help="image cache directory (default <HEARTH_DATA_DIR>/images)"),
     mirror: str = typer.Option(MIRROR, help="Debian mirror for debootstrap and apt"),
     security_mirror: str = typer.Option(SECURITY_MIRROR, help="Debian security mirror"),
@@ -88,7 +91,7 @@ def build_cmd(
     ext4), unless the content-addressed cache already holds it; then point <HEARTH_DATA_DIR>/image at it."""
     settings = settings_or_exit()
     out = Console()
-    spec = builder.current_spec(chromium=chromium)
+    spec = builder.current_spec(chromium=chromium, for_tests=for_tests)
     where = cache_dir(settings, cache)
     out.print(f"image [bold]{spec.hash}[/] ({'with' if chromium else 'without'} Chromium) in {escape(str(where))}")
     try:

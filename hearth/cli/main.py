@@ -37,8 +37,14 @@ app.add_typer(providers_app, name="providers")
 
 
 @app.command()
-def serve() -> None:
-    """Run the controller (API, gateway, fabric) until stopped."""
+def serve(
+    drain: bool = typer.Option(
+        False,
+        "--drain",
+        help="on stop, end every session and CLI sandbox (default: they keep running for the next controller to adopt)",
+    ),
+) -> None:
+    """Run the controller (API, gateway, fabric) until stopped. Sandboxes outlive it unless --drain."""
     from hearth.api.app import build, create_app
     from hearth.cli.serve import check_listen, server
 
@@ -57,6 +63,7 @@ def serve() -> None:
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
+    ctl.drain = drain
     server(settings, create_app(ctl)).run()
 
 
@@ -85,5 +92,8 @@ def drivers() -> None:
     choice = choose_driver(settings)
     out = Console()
     out.print(f"[green]selected:[/] {choice.driver.name}")
+    from hearth.sandbox.netns import NetnsDriver  # netns sandboxes (and every CLI sandbox) run this userspace
+
+    out.print(f"[green]netns sandboxes run:[/] {escape(NetnsDriver(settings).root_choice())}")
     for name, why in choice.skipped.items():
         out.print(f"[yellow]skipped:[/] {name}: {escape(why)}")

@@ -14,8 +14,8 @@ from rich.table import Table
 from hearth.cli.common import fail, settings_or_exit
 from hearth.errors import ConfigError
 from hearth.fabric.slot import slot_for
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 
 sandbox_app = typer.Typer(help="Inspect sandbox drivers.", no_args_is_help=True)
 

@@ -27,8 +27,8 @@ from hearth.api.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink
+from hearth.lifecycle.readiness import http_get_json
 from hearth.rfb.ws import first_frame
-from hearth.session.readiness import http_get_json
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 STAGES = ("lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb", "first_frame")

@@ -1,7 +1,8 @@
 """One persistent CLI sandbox per user: created on demand, stopped when idle (its home is kept), resumed on use.
 
 Credentials are installed through the sandbox's own agent (`POST /v1/files`, mode 0600) — never by mounting its
-disk from the host. Runs with the namespace driver and a persistent home directory; the lease owner is
+disk from the host. The sandbox itself (boot, secret, lease release, destroy, adoption after a controller restart)
+belongs to the sandbox manager (hearth/lifecycle), with a driver that offers a persistent home; the owner id is
 `cli-<hex>`, so the reconciler recognises it.
 """
 
@@ -13,7 +14,6 @@ import hashlib
 import logging
 import secrets
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session as Db
 from hearth.agentlink.client import AgentClient
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
-from hearth.fabric.ipam import Ipam
-from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session import readiness
+from hearth.lifecycle.manager import SandboxManager
+from hearth.lifecycle.sandbox import Final, Kind
+from hearth.sandbox.base import SandboxSpec
 from hearth.store.db import Database
 from hearth.store.models import CliSandboxRow, utcnow
 from hearth.vault.store import CredentialFile
@@ -48,13 +48,19 @@ def _view(r: CliSandboxRow) -> CliView:
     return CliView(r.user_id, r.state, r.sandbox_ip if r.state == "running" else None, r.created_at, r.last_used_at)
 
 
+def mark_stopped(db: Db, owner_id: str) -> None:
+    """Record that the CLI sandbox of `owner_id` no longer runs (inside the caller's transaction)."""
+    r = db.scalar(select(CliSandboxRow).where(CliSandboxRow.owner_id == owner_id))
+    if r is not None:
+        r.state, r.pid, r.sandbox_ip = "stopped", None, None
+
+
 class CliSandboxes:
-    def __init__(self, settings: Settings, db: Database, driver: Driver, ipam: Ipam) -> None:
+    def __init__(self, settings: Settings, db: Database, sandboxes: SandboxManager) -> None:
         self.s = settings
         self.db = db
-        self.driver = driver
-        self.ipam = ipam
-        self._secrets: dict[str, str] = {}
+        self.sandboxes = sandboxes
+        self.ipam = sandboxes.ipam
         self._locks: dict[str, asyncio.Lock] = {}
 
     def home_of(self, user_id: str) -> Path:
@@ -64,18 +70,10 @@ class CliSandboxes:
         return self._locks.setdefault(user_id, asyncio.Lock())
 
     def _spec(self, row: CliSandboxRow) -> SandboxSpec:
-        assert row.slot is not None
-        slot = self.ipam.slot(row.slot)
-        return SandboxSpec(
-            session_id=row.owner_id,
-            slot=slot,
-            workdir=self.s.data_dir / "sandboxes" / slot.netns,
-            secret=self._secrets.setdefault(row.owner_id, secrets.token_urlsafe(32)),
-            chromium=False,
-            desktop=False,
-            agent_port=self.s.agent_port,
-            home=Path(row.home),
-        )
+        sb = self.sandboxes.get(row.owner_id)
+        if sb is None:
+            raise HearthError(Hop.DRIVER, "the CLI sandbox is not running", "retry: it is started on use")
+        return sb.spec
 
     async def get(self, user_id: str) -> CliView | None:
         row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
@@ -99,26 +97,20 @@ class CliSandboxes:
                 return row
 
             row = await self.db.run(load)
-            if row.state == "running" and row.slot is not None and await self.driver.alive(self._spec(row)):
+            owner = row.owner_id
+            if row.state == "running" and self.sandboxes.get(owner) is not None and await self.sandboxes.alive(owner):
                 await self._touch(user_id)
                 return row
-            lease = await self.ipam.acquire(row.owner_id)
-            row.slot, row.sandbox_ip = lease.slot.index, str(lease.slot.ip)
-            spec = self._spec(row)
-            try:
-                info = await self.driver.start(spec, lambda _stage: None)
-                target = readiness.Target.of(spec, self.s.fabric_netns)
-                await readiness.wait_ready(target, time.monotonic() + self.s.ready_timeout, lambda _stage: None)
-            except BaseException:
-                await self.driver.destroy(spec)
-                await self.ipam.release(row.owner_id)
-                raise
+            if row.state == "running" or self.sandboxes.get(owner) is not None:  # dead, or not adopted: replace it
+                await self.sandboxes.end(owner, Final.DONE, row.slot, Kind.CLI)
+            lease = await self.ipam.acquire(owner)
+            sb = await self.sandboxes.boot(owner, Kind.CLI, lease.slot, desktop=False, home=Path(row.home))
 
             def save(db: Db) -> CliSandboxRow:
                 r = db.get(CliSandboxRow, user_id)
                 assert r is not None
-                r.state, r.slot, r.sandbox_ip = "running", spec.slot.index, str(spec.slot.ip)
-                r.pid, r.last_used_at = info.pid, utcnow()
+                r.state, r.slot, r.sandbox_ip = "running", sb.slot, str(sb.spec.slot.ip)
+                r.pid, r.last_used_at = sb.pid, utcnow()
                 return r
 
             log.info("CLI sandbox started", extra={"user": user_id})
@@ -160,16 +152,8 @@ class CliSandboxes:
             row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
             if row is None or row.state != "running" or row.slot is None:
                 return
-            await self.driver.destroy(self._spec(row))
-            await self.ipam.release(row.owner_id)
-            self._secrets.pop(row.owner_id, None)
-
-            def mark(db: Db) -> None:
-                r = db.get(CliSandboxRow, user_id)
-                if r is not None:
-                    r.state, r.pid, r.sandbox_ip = "stopped", None, None
-
-            await self.db.run(mark)
+            await self.sandboxes.end(row.owner_id, Final.DONE, row.slot, Kind.CLI)
+            await self.db.run(lambda db: mark_stopped(db, row.owner_id))
 
     async def delete(self, user_id: str) -> bool:
         """Stop it and remove its home for good."""
@@ -195,17 +179,6 @@ class CliSandboxes:
                 await self.stop(r.user_id)
                 n += 1
         return n
-
-    async def recover(self) -> None:
-        """After a controller restart the agents' secrets are gone: stop what still runs (homes are kept)."""
-        rows = await self.db.run(
-            lambda db: list(db.scalars(select(CliSandboxRow).where(CliSandboxRow.state == "running")))
-        )
-        for r in rows:
-            try:
-                await self.stop(r.user_id)
-            except HearthError:
-                log.exception("stopping a CLI sandbox after restart failed", extra={"user": r.user_id})
 
     async def running_users(self) -> list[str]:
         return await self.db.run(

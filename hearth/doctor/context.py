@@ -104,12 +104,16 @@ class Target:
     @property
     def port(self) -> str:
         """The sandbox's port on the bridge: a veth for the namespace driver, a TAP for VM drivers."""
-        return self.slot.veth_host if self.view.driver == "netns" else self.slot.tap_name
+        if self.driver is not None:
+            return self.slot.veth_host if "veth" in self.driver.offers.ports else self.slot.tap_name
+        return self.slot.veth_host if self.view.driver == "netns" else self.slot.tap_name  # no driver: by the row
 
     @property
     def guest_netns(self) -> str | None:
         """The sandbox's own network namespace when the guest is a namespace (inspectable); None for VMs."""
-        return self.slot.netns if self.view.driver == "netns" else None
+        if self.driver is not None:
+            return self.slot.netns if self.driver.offers.guest_netns else None
+        return self.slot.netns if self.view.driver == "netns" else None  # no driver: by the row
 
 
 @dataclass

@@ -18,8 +18,8 @@ from hearth.doctor.report import Finding
 from hearth.errors import Hop
 from hearth.fabric.dial import connect
 from hearth.fabric.ports import GUEST_IFNAME
+from hearth.lifecycle.readiness import http_get_json, rfb_handshake
 from hearth.rfb.client import RfbError
-from hearth.session.readiness import http_get_json, rfb_handshake
 
 OK_NEIGHBOUR = ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT")
 

@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.errors import DriverError, Hop
-from hearth.image import guest, initramfs
+from hearth.guest import files as guest
+from hearth.guest import packages as guestpkg
+from hearth.guest.layout import INITRD, KERNEL, ROOTFS_DIR, ROOTFS_EXT4, VMLINUX, GuestImage
+from hearth.image import initramfs
 from hearth.image.spec import (
     BUSYBOX_PACKAGE,
     FORBIDDEN_PACKAGES,
@@ -45,15 +48,8 @@ from hearth.image.spec import (
 )
 from hearth.image.vmlinux import extract_vmlinux
 from hearth.providers import clis
-from hearth.sandbox import guestpkg
-from hearth.sandbox.image import GuestImage
 
 MANIFEST = "manifest.json"
-KERNEL = "bzImage"
-VMLINUX = "vmlinux"
-INITRD = "initrd.img"
-ROOTFS_EXT4 = "rootfs.ext4"
-ROOTFS_DIR = "rootfs"
 BUILD_PREFIX = ".build-"
 EXT4_HEADROOM = 768 << 20  # free space inside the guest's root fs (home, Chromium profile, /var)
 NETWORK_UNITS = ("systemd-networkd.service", "systemd-networkd.socket", "NetworkManager.service", "networking.service")
@@ -127,10 +123,11 @@ def _package_dir(pkg: Any) -> Path:
     return Path(next(iter(pkg.__path__)))
 
 
-def current_spec(chromium: bool = True, extra_packages: tuple[str, ...] = ()) -> ImageSpec:
-    """The spec of the image this source tree builds (guest files and agent sources digested)."""
+def current_spec(chromium: bool = True, extra_packages: tuple[str, ...] = (), for_tests: bool = False) -> ImageSpec:
+    """The spec of the image this source tree builds (guest files and agent sources digested); the test identity
+    provider `hearth_example` is in it only `for_tests` (`hearth image build --for-tests`, the test suite's image)."""
     agent: dict[str, str] = {}
-    for pkg in guestpkg.PACKAGES:
+    for pkg in guestpkg.packages(for_tests):
         src = _package_dir(pkg)
         agent.update(tree_digests(src, src.name))
     files = {path: digest(data) for path, data in guest.guest_files().items()}
@@ -148,7 +145,8 @@ def agent_drift(path: Path) -> list[str]:
         return []
     if not isinstance(built, dict):
         return []
-    now = current_spec().agent_files
+    for_tests = any(k.startswith("hearth_example/") for k in built)
+    now = current_spec(for_tests=for_tests).agent_files
     return sorted(k for k in set(built) | set(now) if built.get(k) != now.get(k))
 
 
@@ -170,13 +168,7 @@ class BuiltImage:
 
 
 def guest_image(path: Path) -> GuestImage:
-    return GuestImage(
-        kernel=path / KERNEL,
-        initrd=path / INITRD,
-        rootfs=path / ROOTFS_EXT4,
-        vmlinux=path / VMLINUX,
-        rootfs_dir=path / ROOTFS_DIR,
-    )
+    return GuestImage.at(path)
 
 
 def load(path: Path) -> BuiltImage | None:
@@ -357,11 +349,15 @@ def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
     os.chmod(dest, mode)
 
 
-def _copy_agent(root: Path) -> None:
+def _copy_agent(root: Path, spec: ImageSpec) -> None:
+    """The guest packages the spec digested (so `hearth_example` only in an image built for tests)."""
     opt = root / "opt" / "hearth"
     opt.mkdir(parents=True, exist_ok=True)
-    for pkg in guestpkg.PACKAGES:
+    wanted = {path.split("/", 1)[0] for path in spec.agent_files}
+    for pkg in guestpkg.packages(for_tests=True):
         src = _package_dir(pkg)
+        if src.name not in wanted:
+            continue
         dest = opt / src.name
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
@@ -552,7 +548,7 @@ def _build(work: Path, spec: ImageSpec, progress: Progress, mirror: str, securit
         with contextlib.suppress(FileNotFoundError):
             init_link.unlink()
         init_link.symlink_to("hearth-init")  # kernels booted without init= (or without our initramfs) land here
-    _copy_agent(root)
+    _copy_agent(root, spec)
     cli_versions = _copy_clis(root)
     _chroot(root, "python3 -m compileall -q /opt/hearth >/dev/null", "compile the agent")
     _write(root, "etc/hostname", b"hearth\n", 0o644)

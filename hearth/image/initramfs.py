@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.guest.files import INITRAMFS_INIT
 from hearth.image import cpio
-from hearth.image.guest import INITRAMFS_INIT
 
 _MODINFO_DEPENDS = re.compile(rb"(?:^|\x00)depends=([A-Za-z0-9_,\-]*)\x00")
 

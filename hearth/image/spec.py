@@ -56,7 +56,7 @@ FORBIDDEN_PACKAGES: tuple[str, ...] = (
 # listed so a kernel that has it as a module still boots.
 INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "ext4")
 
-GUEST_PACKAGES: tuple[str, ...] = ("hearth_agent", "hearth_example", "pyte", "wcwidth")
+GUEST_PACKAGES: tuple[str, ...] = ("hearth_agent", "pyte", "wcwidth")  # + hearth_example in images for tests
 
 
 @dataclass(frozen=True)

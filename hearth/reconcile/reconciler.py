@@ -1,8 +1,12 @@
 """The reconciler, run at startup (in the background: /health comes up at once) and periodically.
 
-1. Sessions the store calls active but this controller does not run: a boot interrupted by a crash is failed with
-   a reason; a ready session whose sandbox died is failed; a live ready one is adopted.
-2. Leases held by ended or unknown sessions are released.
+1. Sandboxes the store records (table `sandboxes`) but this controller does not run — they outlived the previous
+   controller: each one whose session is live, whose processes still run and whose agent answers with the stored
+   secret is adopted; any other is failed (its session, with the logged reason) and removed. A sandbox row with no
+   session row is removed with a logged reason. Kept (HEARTH_KEEP_FAILED) sandboxes are left alone.
+2. Sessions the store calls active but no sandbox backs: a boot interrupted by a restart, or a row with no sandbox,
+   is failed with a reason.
+3. Leases held by ended or unknown sessions are released (not those of kept sandboxes).
 3. Resources hearth named (namespaces, ports, directories) whose slot no active session leases are reclaimed. Their
    slots are quarantined by a lease first, so no new session can be handed a slot while its leftovers are being
    removed, and the quarantine is lifted only after the driver waited for the old processes to exit.
@@ -20,12 +24,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
 from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
+from hearth.clisandbox.manager import mark_stopped
 from hearth.errors import Hop
 from hearth.fabric import netlink, ports
+from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
-from hearth.session.service import SessionService
+from hearth.session.service import SessionService, SessionView
 from hearth.session.states import TERMINAL, Status
-from hearth.store.models import LeaseRow, SessionRow
+from hearth.store.models import LeaseRow, SandboxRow, SessionRow
 
 log = logging.getLogger("hearth.reconcile")
 QUARANTINE = "reclaim-"
@@ -35,13 +41,15 @@ QUARANTINE = "reclaim-"
 class Report:
     failed_sessions: list[str] = field(default_factory=list)
     adopted_sessions: list[str] = field(default_factory=list)
+    adopted_cli: list[str] = field(default_factory=list)
+    removed_sandboxes: dict[str, str] = field(default_factory=dict)  # owner → reason
     released_leases: list[str] = field(default_factory=list)
     reclaimed: dict[int, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     @property
     def actions(self) -> int:
-        return len(self.failed_sessions) + len(self.released_leases) + len(self.reclaimed)
+        return len(self.failed_sessions) + len(self.released_leases) + len(self.reclaimed) + len(self.removed_sandboxes)
 
 
 class Reconciler:
@@ -53,6 +61,8 @@ class Reconciler:
     async def run_once(self) -> Report:
         async with self._lock:
             report = Report()
+            await self._sandboxes(report)
+            self.service.adopting = False  # every surviving sandbox is adopted (or removed): unknown means unknown
             await self._sessions(report)
             await self._leases(report)
             await self._orphans(report)
@@ -68,25 +78,60 @@ class Reconciler:
                 log.info("reconciled", extra={"report": report.__dict__})
             return report
 
+    async def _sandboxes(self, report: Report) -> None:
+        svc = self.service
+        mgr = svc.sandboxes
+        for row in await mgr.stored():
+            owner = row.owner_id
+            if mgr.get(owner) is not None or svc.is_booting(owner) or row.state == SandboxState.KEPT.value:
+                continue
+            if row.kind == Kind.CLI.value:
+                reason = await mgr.adopt(row)
+                if reason is None:
+                    report.adopted_cli.append(owner)
+                    continue
+                log.warning("CLI sandbox not adopted: %s", reason, extra={"session_id": owner})
+                await mgr.end(owner, Final.DONE, row.slot, Kind.CLI)
+                await svc.db.run(lambda db, o=owner: mark_stopped(db, o))  # type: ignore[misc]
+                report.removed_sandboxes[owner] = reason
+                continue
+            session = await svc.db.run(lambda db, o=owner: db.get(SessionRow, o))  # type: ignore[misc]
+            if session is None or Status(session.status) in TERMINAL:
+                reason = "no session row" if session is None else f"its session is {session.status}"
+                log.warning("sandbox without a live session removed: %s", reason, extra={"session_id": owner})
+                await mgr.end(owner, Final.DONE, row.slot)
+                report.removed_sandboxes[owner] = reason
+                continue
+            if Status(session.status).booting or row.state != SandboxState.RUNNING.value:
+                continue  # a boot the restart interrupted: failed (and removed) by `_sessions`
+            reason = await mgr.adopt(row)
+            if reason is None:
+                report.adopted_sessions.append(owner)
+                view = SessionView.of(session)
+                for callback in svc.on_adopted:
+                    svc.spawn(callback(view), f"on-adopted-{owner}")
+                continue
+            log.warning("sandbox not adopted: %s", reason, extra={"session_id": owner})
+            await svc.end(
+                owner, Status.FAILED, f"[driver] not adopted after a controller restart: {reason}", Hop.DRIVER
+            )
+            await mgr.end(owner, Final.DONE, row.slot)  # failed for a reason of its own: never kept
+            report.failed_sessions.append(owner)
+            report.removed_sandboxes[owner] = reason
+
     async def _sessions(self, report: Report) -> None:
         svc = self.service
         for view in await svc.list_active():
-            if svc.is_booting(view.id) or svc.is_unrecorded(view.id):
+            if svc.is_booting(view.id) or svc.is_unrecorded(view.id) or svc.sandboxes.get(view.id) is not None:
                 continue
             if view.status.booting or view.slot is None:
-                await svc.end(
-                    view.id,
-                    Status.FAILED,
-                    "[driver] the controller restarted while this sandbox was booting",
-                    Hop.DRIVER,
-                )
-                report.failed_sessions.append(view.id)
-            elif await svc.driver.alive(svc.spec(view.id, svc.ipam.slot(view.slot))):
-                svc.adopt(view.id, view.slot)
-                report.adopted_sessions.append(view.id)
+                reason = "[driver] the controller restarted while this sandbox was booting"
             else:
-                await svc.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
-                report.failed_sessions.append(view.id)
+                reason = "[driver] no sandbox is recorded for this session (the controller cannot reach it)"
+            log.warning("active session without a sandbox failed: %s", reason, extra={"session_id": view.id})
+            await svc.end(view.id, Status.FAILED, reason, Hop.DRIVER)
+            await svc.sandboxes.end(view.id, Final.DONE, view.slot)
+            report.failed_sessions.append(view.id)
 
     async def _leases(self, report: Report) -> None:
         ended = [t.value for t in TERMINAL]
@@ -95,9 +140,10 @@ class Reconciler:
         def stale(db: Db) -> list[str]:
             leases = db.scalars(select(LeaseRow).where(LeaseRow.fabric == fabric))
             out = []
+            kept = set(db.scalars(select(SandboxRow.owner_id).where(SandboxRow.state == SandboxState.KEPT.value)))
             for lease in leases:
-                if lease.session_id.startswith((QUARANTINE, CLI_OWNER)):
-                    continue  # quarantine leases and running CLI sandboxes are not sessions
+                if lease.session_id.startswith((QUARANTINE, CLI_OWNER)) or lease.session_id in kept:
+                    continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
                 row = db.get(SessionRow, lease.session_id)
                 if row is None or row.status in ended:
                     out.append(lease.session_id)
@@ -148,10 +194,8 @@ class Reconciler:
         another driver may have left under the same derived names."""
         svc = self.service
         slot = svc.ipam.slot(index)
-        spec = svc.spec(f"{QUARANTINE}{index}", slot)
-        await asyncio.wait_for(svc.driver.destroy(spec), 60)
+        await svc.sandboxes.destroy_slot(f"{QUARANTINE}{index}", index)
         await ports.remove_port(self.settings, slot.veth_host)
         await ports.remove_port(self.settings, slot.tap_name)
         await asyncio.to_thread(netlink.remove_netns, slot.netns)
-        await asyncio.to_thread(shutil.rmtree, spec.workdir, True)
-        svc.forget(spec.session_id)
+        await asyncio.to_thread(shutil.rmtree, svc.sandboxes.spec(f"{QUARANTINE}{index}", slot).workdir, True)

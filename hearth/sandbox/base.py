@@ -21,7 +21,7 @@ class SandboxSpec:
     session_id: str
     slot: Slot
     workdir: Path  # per-sandbox directory (logs, home, overlay); derived from the slot
-    secret: str  # per-sandbox agent secret, never logged
+    secret: str = field(repr=False)  # per-sandbox agent secret, never logged
     screen: str = "1280x800x24"
     start_url: str = "about:blank"
     chromium: bool = True
@@ -41,8 +41,24 @@ class SandboxInfo:
     details: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Offers:
+    """What a driver offers, so callers never test isinstance or compare driver names."""
+
+    console_tail: bool = False  # `console_tail(spec, limit)`: the guest's serial console (VM drivers)
+    persistent_home: bool = False  # `spec.home` is bound into the sandbox and survives destroy (CLI sandboxes)
+    ports: tuple[str, ...] = ("veth",)  # the fabric port kinds it attaches (veth, tap)
+    guest_netns: bool = False  # the guest is a network namespace of its own (`slot.netns`), inspectable from here
+    controller_agent: bool = False  # runs this controller's agent (not the one baked into the guest image)
+
+
 class Driver(ABC):
     name: ClassVar[str]
+    offers: ClassVar[Offers] = Offers()
+
+    def console_tail(self, spec: SandboxSpec, limit: int) -> str:
+        """The tail of the guest's serial console; only drivers whose `offers.console_tail` is set have one."""
+        raise NotImplementedError(f"the {self.name} driver has no guest console")
 
     @abstractmethod
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:

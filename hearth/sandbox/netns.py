@@ -32,11 +32,14 @@ from typing import Any
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
+from hearth.guest import configdrive
+from hearth.guest import packages as guestpkg
+from hearth.guest.layout import GuestImage
+from hearth.lifecycle import readiness
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
-from hearth.sandbox import guestpkg
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
@@ -46,16 +49,6 @@ GUEST_HOME = "/home/hearth"
 GUEST_LIB = "/opt/hearth"
 LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 AGENT_LISTEN_TIMEOUT = 20.0
-
-
-def _tail(path: Path, limit: int = 600) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _can_traverse(path: Path, uid: int, gid: int) -> bool:
@@ -81,6 +74,7 @@ def _rmtree(path: Path) -> None:
 
 class NetnsDriver(Driver):
     name = "netns"
+    offers = Offers(persistent_home=True, guest_netns=True, controller_agent=True)
 
     def __init__(self, settings: Settings, bwrap: str = "bwrap") -> None:
         self.s = settings
@@ -105,27 +99,26 @@ class NetnsDriver(Driver):
         return spec.workdir / "logs" / "agent.log"
 
     def agent_config(self, spec: SandboxSpec) -> dict[str, Any]:
-        """The agent's config document (holds the secret: written 0600 for the sandbox user, never logged)."""
-        return {
-            "ip": str(spec.slot.ip),
-            "agent_port": spec.agent_port,
-            "rfb_port": spec.rfb_port,
-            "screen": spec.screen,
-            "start_url": spec.start_url,
-            "chromium": spec.chromium,
-            "desktop": spec.desktop,
-            "vnc_server": spec.vnc_server,
-            "secret": spec.secret,
-            "session_id": spec.session_id,
-            "callback": f"http://{spec.slot.gateway}:{self.s.callback_port}",
-            "providers": list(spec.providers),
-        }
+        """The agent's config document — the one every driver gives its agent (`hearth.guest.configdrive.document`)
+        plus the address the agent binds (a VM guest learns it from the kernel's `ip=`). Holds the secret: it goes
+        through a pipe, never a file, and is never logged."""
+        return configdrive.document(spec, self.s.callback_port) | {"ip": str(spec.slot.ip)}
 
     def image_root(self) -> Path | None:
         """The golden image's root filesystem when one is built (`hearth image build`): then this driver runs the
         very userspace the VM drivers boot (agent included). Without an image, the host's /usr and /etc."""
-        root = self.s.images / "rootfs"
+        root = GuestImage.at(self.s.images).rootfs_dir or self.s.images
         return root if (root / "usr" / "bin" / "python3").exists() and (root / "opt" / "hearth").is_dir() else None
+
+    def root_choice(self) -> str:
+        """Which userspace this driver runs, in words (`hearth drivers` shows it; the first start logs it)."""
+        root = self.image_root()
+        if root is not None:
+            return f"the built guest image at {root}"
+        return (
+            f"the host's /usr and /etc: no built image at {GuestImage.at(self.s.images).rootfs_dir} "
+            "(`hearth image build` makes one; HEARTH_IMAGE_DIR points elsewhere)"
+        )
 
     def root_binds(self, guest: Path) -> list[str]:
         root = self.image_root()
@@ -154,7 +147,7 @@ class NetnsDriver(Driver):
             "setpriv", f"--reuid={self.ids(spec)[0]}", f"--regid={self.ids(spec)[1]}", "--clear-groups",
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--clearenv", "--hostname", spec.slot.netns,
+            "--new-session", "--clearenv", "--hostname", spec.slot.netns,
             *self.root_binds(guest), *self.policy_binds(spec),
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
             "--bind", str(self.home_dir(spec)), GUEST_HOME,
@@ -207,8 +200,12 @@ class NetnsDriver(Driver):
         return SandboxInfo(pid=proc.pid, details=details)
 
     def _guest_dir(self) -> Path:
+        if self._guest is None:  # the first start of this controller: say which userspace sandboxes run
+            log.warning("netns sandboxes run %s", self.root_choice())
         if self._guest is None or not self._guest.is_dir():
-            self._guest = guestpkg.install(self.s.data_dir / "guest")
+            # The test identity provider only where it is configured (HEARTH_EXAMPLE_ISSUER: tests, selftest).
+            pkgs = guestpkg.packages(for_tests=bool(self.s.example_issuer))
+            self._guest = guestpkg.install(self.s.data_dir / "guest", pkgs)
         return self._guest
 
     def _prepare_dirs(self, spec: SandboxSpec, guest: Path) -> None:
@@ -281,34 +278,20 @@ class NetnsDriver(Driver):
         return proc
 
     async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float) -> None:
-        """Until the agent listens (its first act), failing fast — with its log — when it exits."""
-        ip, port = str(spec.slot.ip), spec.agent_port
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
+        """Until the agent listens (its first act) — the one agent wait (`lifecycle.readiness`) — failing fast, with
+        its log, when it exits."""
+
+        def exited() -> None:
             if proc.returncode is not None:
                 raise DriverError(
                     Hop.DRIVER,
                     f"the sandbox agent exited with {proc.returncode} during start: "
-                    f"{_tail(self.log_path(spec)) or 'no output'}",
+                    f"{tail(self.log_path(spec)) or 'no output'}",
                     f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                sock = await dial.connect(self.s.fabric_netns, ip, port, min(0.5, left))
-                sock.close()
-                return
-            except (OSError, TimeoutError):
-                pass
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.1)
-        raise DriverError(
-            Hop.DRIVER,
-            f"the sandbox agent did not listen on {ip}:{port} within {timeout:.0f}s: {_tail(self.log_path(spec))}",
-            f"see {self.log_path(spec)}",
-        )
+
+        target = readiness.Target.of(spec, self.s.fabric_netns)
+        await readiness.wait_listening(target, time.monotonic() + timeout, exited, f"see {self.log_path(spec)}")
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:

@@ -1,5 +1,12 @@
-"""The processes of a namespace sandbox, found from kernel facts alone — no in-memory state, no `ip` text parsing —
+"""The one process module of hearth: find processes (by network/PID namespace, or by argv), signal them through
+pidfds, wait for them, tell a process apart from a recycled PID (start time), and tail a log — used by every driver
+(netns, qemu, firecracker), the lifecycle (adoption after a restart) and the doctor.
+
+The processes of a namespace sandbox are found from kernel facts alone — no in-memory state, no `ip` text parsing —
 and stopped.
+
+After a controller restart a VMM is no longer our child: it is found by its argv in `/proc/*/cmdline`, and a pidfd
+is opened first, then the argv checked again, so a recycled pid is never signalled.
 
 A process belongs to the sandbox when its network namespace is the sandbox's (same device and inode as the bind
 mount `/run/netns/<name>`), or when it lives in a PID namespace that a sandbox process lives in (other than the
@@ -15,13 +22,17 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hearth.childproc import signal_child
 from hearth.errors import DriverError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR
 
 NsId = tuple[int, int]  # (st_dev, st_ino) of a namespace file
+PROC = Path("/proc")
+Matcher = Callable[[list[str]], bool]
 
 
 def ns_id(path: str | os.PathLike[str]) -> NsId | None:
@@ -38,6 +49,39 @@ def pids_in_netns(name: str) -> list[int]:
     if target is None:
         return []
     return sorted(pid for pid, net, _ in _scan() if net == target)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the PID it names one
+    process for good — a recycled PID has another start time. None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """Whether `pid` still is the live process that started at `started` (not a zombie, not a recycled PID)."""
+    return started is not None and start_time(pid) == started and not _dead(pid)
+
+
+def tail_lines(path: str | os.PathLike[str], keep: tuple[str, ...] = (), limit: int = 300) -> str:
+    """The last meaningful line(s) of a log for an error message (only lines containing one of `keep`, if given)."""
+    text = tail(path, 8192)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and (not keep or any(k in ln for k in keep))]
+    return " | ".join(lines[-2:])[-limit:]
+
+
+def tail(path: str | os.PathLike[str], limit: int = 600) -> str:
+    """The last `limit` bytes of a log file, decoded; empty when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _dead(pid: int) -> bool:
@@ -106,8 +150,8 @@ async def stop_sandbox_processes(
 ) -> None:
     """TERM every process of the sandbox, KILL whatever is left after `grace`, wait until every one is gone.
 
-    The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM, and `--die-with-parent` then KILLs
-    the sandbox's PID namespace: a disposable sandbox goes at once. `extra` is the launcher this controller started
+    The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM; the sandbox's PID namespace ends with
+    its init (the agent), which is signalled too (found by namespace). `extra` is the launcher this controller started
     (if it still knows it): it is signalled and awaited too. Raises DriverError when something survives SIGKILL.
     """
     procs = SandboxProcesses(netns)
@@ -142,3 +186,69 @@ async def stop_sandbox_processes(
         f"processes {sorted(found)} of sandbox {netns} survived SIGKILL for {kill_wait:.0f}s",
         "look for processes stuck in uninterruptible sleep (state D) and retry `hearth sandbox destroy`",
     )
+
+
+# ---- by argv (VMMs) -----------------------------------------------------------------------------------------
+def cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="surrogateescape") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
+def is_zombie(pid: int) -> bool:
+    """Exited (gone, zombie or dead): not running."""
+    return _dead(pid)
+
+
+def find_pids(match: Matcher) -> list[int]:
+    """Pids of running (non-zombie) processes whose argv matches, excluding ourselves."""
+    me = os.getpid()
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(PROC):
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            argv = cmdline(int(entry.name))
+            if argv and match(argv) and not is_zombie(int(entry.name)):
+                out.append(int(entry.name))
+    return sorted(out)
+
+
+def open_pidfd(pid: int, match: Matcher) -> int | None:
+    """A pidfd for `pid` if it still is the process `match` describes (checked after opening: no pid reuse)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    argv = cmdline(pid)
+    if not argv or not match(argv):
+        os.close(fd)
+        return None
+    return fd
+
+
+def send(fd: int, sig: int = signal.SIGKILL) -> None:
+    """Signal through a pidfd; a process that already exited is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(fd, sig)
+
+
+async def wait_exit(fd: int, timeout: float) -> bool:
+    """Wait until the process behind `fd` has exited (a pidfd polls readable then); False after `timeout`."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await asyncio.wait_for(done, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)

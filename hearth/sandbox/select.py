@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import Driver
-from hearth.sandbox.image import GuestImage
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,7 @@ class Choice:
 
 
 def vm_image(settings: Settings) -> GuestImage:
-    d = settings.images
-    initrd = d / "initrd.img"
-    return GuestImage(
-        kernel=d / "bzImage",
-        initrd=initrd if initrd.exists() else None,
-        rootfs=d / "rootfs.ext4",
-        vmlinux=d / "vmlinux",
-        rootfs_dir=d / "rootfs" if (d / "rootfs").is_dir() else None,
-    )
+    return GuestImage.at(settings.images, present_only=True)
 
 
 def _firecracker(settings: Settings) -> Driver:
@@ -72,7 +64,7 @@ BUILDERS: dict[str, Callable[[Settings], Driver]] = {"firecracker": _firecracker
 
 def warn_if_stale(settings: Settings, driver: Driver) -> None:
     """VM drivers boot the agent baked into the image: say so when the image predates this hearth's agent."""
-    if driver.name == "netns":
+    if driver.offers.controller_agent:
         return  # runs the controller's own guest package over the image's
     from hearth.image.build import agent_drift
 

@@ -1,1 +1,1 @@
-"""Session service: the state machine and readiness gates of one browser session."""
+"""Session service: the state machine and store of one browser session (its sandbox: hearth/lifecycle)."""

@@ -1,7 +1,6 @@
-"""The session service: creates sessions, boots their sandboxes through readiness gates, tears them down.
-
-Every multi-step create registers its undo as soon as a resource is acquired (AsyncExitStack); any failure unwinds
-in reverse, so a failed or cancelled session leaves no lease, namespace, link or process behind.
+"""The session service: the session state machine and its store. Sandboxes — boot, readiness, undo, secret, keep or
+destroy — belong to the sandbox manager (hearth/lifecycle); the service admits a session, asks the manager for its
+sandbox and records what happens.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,11 +23,14 @@ from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
+from hearth.lifecycle import readiness
+from hearth.lifecycle.manager import SandboxManager
+from hearth.lifecycle.sandbox import Final, Kind
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.providers.model import Provider
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session import admission, readiness
+from hearth.session import admission
 from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.modes import SigninMode, has_desktop
@@ -37,6 +38,7 @@ from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
+from hearth.vault.keys import KeyRing, MasterKey
 
 log = logging.getLogger("hearth.session")
 
@@ -83,23 +85,33 @@ class SessionView:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, db: Database, driver: Driver, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        driver: Driver,
+        metrics: Metrics | None = None,
+        sandboxes: SandboxManager | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._framed: set[str] = set()
         self.db = db
         self.driver = driver
-        self.ipam = Ipam(settings, db)
+        self.ipam = sandboxes.ipam if sandboxes is not None else Ipam(settings, db)
+        # The one owner of every sandbox (secret, slot, undo, keep/destroy): browser sessions and CLI sandboxes.
+        self.sandboxes = sandboxes or SandboxManager(settings, db, driver, self.ipam, _ring(settings))
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
-        self._secrets: dict[str, str] = {}
-        self._slots: dict[str, int] = {}  # slot of each session this controller runs: teardown without the store
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
+        self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
+        # Called (in the background) for each session whose sandbox a restarted controller adopted.
+        self.on_adopted: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
@@ -113,30 +125,18 @@ class SessionService:
     def spec(
         self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER, provider: str | None = None
     ) -> SandboxSpec:
-        """The sandbox of a session; `mode` decides whether it has a desktop (destroying needs only the slot). The
-        agent secret is the live sandbox's (made at boot), empty for one this controller does not run."""
-        s = self.settings
-        secret = self._secrets.get(session_id, "")
+        """The sandbox of a session (built by the manager's one builder); `mode` decides whether it has a desktop.
+        The agent secret is the live sandbox's, empty for one this controller does not run."""
+        return self.sandboxes.spec(session_id, slot, desktop=has_desktop(mode), providers=self._digests(provider))
+
+    def _digests(self, provider: str | None) -> tuple[str, ...]:
         known = self.providers.get(provider or "")
         digest = known.agent_digest() if known is not None else None
-        return SandboxSpec(
-            session_id=session_id,
-            slot=slot,
-            workdir=s.data_dir / "sandboxes" / slot.netns,
-            secret=secret,
-            screen=s.screen,
-            start_url=s.start_url,
-            chromium=s.chromium and has_desktop(mode),
-            rfb_port=s.rfb_port,
-            agent_port=s.agent_port,
-            desktop=has_desktop(mode),
-            vnc_server=s.vnc_server,
-            providers=(digest,) if digest else (),
-        )
+        return (digest,) if digest else ()
 
     def target(self, view: SessionView) -> readiness.Target:
         assert view.slot is not None
-        return readiness.Target.of(self.spec(view.id, self.ipam.slot(view.slot), view.mode), self.settings.fabric_netns)
+        return self.sandboxes.target(self.spec(view.id, self.ipam.slot(view.slot), view.mode))
 
     def stop_event(self, session_id: str) -> asyncio.Event:
         """Set when the session ends or the controller drains: viewers relaying it close."""
@@ -158,13 +158,9 @@ class SessionService:
         task = self._boots.get(session_id)
         return task is not None and not task.done()
 
-    def adopt(self, session_id: str, slot: int) -> None:
-        """A live sandbox found by the reconciler is run by this controller from now on."""
-        self._slots[session_id] = slot
-
     def live_sessions(self) -> list[str]:
         """Sessions whose sandbox this controller runs (known without the store)."""
-        return list(self._slots)
+        return [o for o in self.sandboxes.owners() if (sb := self.sandboxes.get(o)) and sb.kind is Kind.SESSION]
 
     def is_unrecorded(self, session_id: str) -> bool:
         """Ended while the store was down; the end is not written yet."""
@@ -179,7 +175,7 @@ class SessionService:
 
     def secret_of(self, session_id: str) -> str | None:
         """The agent secret of a live sandbox of this controller (None when unknown or ended)."""
-        return self._secrets.get(session_id)
+        return self.sandboxes.secret_of(session_id)
 
     async def advance(
         self, session_id: str, target: Status, detail: str | None = None, also: Callable[[Db], object] | None = None
@@ -194,9 +190,6 @@ class SessionService:
             lambda db: db.add(EventRow(session_id=session_id, kind="note", name=name[:64], detail=detail))
         )
         self.changes.notify(session_id)
-
-    def forget(self, session_id: str) -> None:
-        self._secrets.pop(session_id, None)
 
     def first_frame(self, view: SessionView) -> None:
         """Record create→first-frame once per session (called by the gateway)."""
@@ -282,7 +275,6 @@ class SessionService:
         except BaseException:
             self.boot_queue.leave(sid)
             raise
-        self._slots[sid] = lease.slot.index
         self._boots[sid] = asyncio.create_task(
             self._boot(sid, lease.slot, mode, t0, provider, row.status == Status.QUEUED), name=f"boot-{sid}"
         )
@@ -301,7 +293,7 @@ class SessionService:
         try:
             view = await self.get(session_id)
         except StoreError:
-            if session_id not in self._slots:
+            if self.sandboxes.slot_of(session_id) is None:
                 raise
             await self._end_unrecorded(session_id, status, reason, hop)
             raise _unrecorded_error() from None
@@ -319,10 +311,7 @@ class SessionService:
         except StoreError:
             await self._end_unrecorded(session_id, status, reason, hop, view.slot)
             raise _unrecorded_error() from None
-        if status is Status.FAILED and self.settings.keep_failed:
-            log.warning("keeping failed sandbox for debugging (HEARTH_KEEP_FAILED)", extra={"session_id": session_id})
-        else:
-            await self._teardown(view)
+        await self._teardown(view)
         return view
 
     async def _end_unrecorded(
@@ -337,11 +326,7 @@ class SessionService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await boot
         self.stop_event(sid).set()
-        slot = slot if slot is not None else self._slots.get(sid)
-        if slot is not None and not (status is Status.FAILED and self.settings.keep_failed):
-            await self._destroy_quietly(self.spec(sid, self.ipam.slot(slot)))
-        self._slots.pop(sid, None)
-        self._secrets.pop(sid, None)
+        await self.sandboxes.end(sid, _final(status), slot)
 
     async def record_pending(self) -> int:
         """Record ends that happened while the store was down (and release their leases); returns how many."""
@@ -388,15 +373,27 @@ class SessionService:
                 await asyncio.wait_for(waiter.wait(), remaining)
 
     async def shutdown(self) -> None:
-        """End every active session (used by the demo and on controller stop), even while the store is down."""
+        """End every active session (the demo, `hearth serve --drain`), even while the store is down. A plain
+        controller stop does not call this: sandboxes outlive the controller and the next one adopts them."""
         self._closing = True
         try:
             ids = [v.id for v in await self.list_active()]
         except StoreError:
-            ids = list(self._slots)
+            ids = self.live_sessions()
         for sid in ids:
             with contextlib.suppress(StoreError):
                 await self.end(sid, Status.CANCELLED, "controller shutting down")
+
+    async def stop_boots(self) -> None:
+        """Cancel boots in flight (a controller stop): their sandboxes are undone; the next controller fails those
+        sessions with a reason. Sandboxes that are up are left running."""
+        self._closing = True
+        tasks = [t for t in self._boots.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def expire_due(self) -> int:
         """End sessions past their absolute lifetime or idle too long; returns how many."""
@@ -427,7 +424,9 @@ class SessionService:
         for view in await self.list_active():
             if view.status.booting or view.slot is None or view.id in self._unrecorded:
                 continue
-            if not await self.driver.alive(self.spec(view.id, self.ipam.slot(view.slot), view.mode)):
+            if self.sandboxes.get(view.id) is None:
+                continue  # not (yet) adopted by this controller: the reconciler decides
+            if not await self.sandboxes.alive(view.id):
                 await self.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
                 failed += 1
         return failed
@@ -436,52 +435,53 @@ class SessionService:
     async def _boot(
         self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None, queued: bool = False
     ) -> None:
-        s = self.settings
         timings: dict[str, float] = {}
 
         def mark(stage: str) -> None:
             timings[stage] = round(time.monotonic() - t0, 3)
 
+        async def explain(exc: HearthError) -> HearthError:
+            # Diagnosed while the sandbox still exists (the manager then removes it): the failure reason names the
+            # first broken hop of the path, not just the gate that timed out.
+            return await self._verdict(sid) or exc
+
         with bind_session(sid):
             try:
-                async with AsyncExitStack() as undo:
-                    undo.push_async_callback(self._release_quietly, sid)
-                    mark("lease")
-                    if queued:
-                        await self.boot_queue.turn(sid)  # cancelled by `end` while waiting: the undo stack runs
-                        await self._transition(sid, Status.STARTING, None, None)
-                        mark("queued")
-                    self._secrets.setdefault(sid, secrets.token_urlsafe(32))
-                    spec = self.spec(sid, slot, mode, provider)
-                    undo.push_async_callback(self._destroy_quietly, spec)
-                    info = await self.driver.start(spec, mark)
-                    await self._record(sid, pid=info.pid, timings=timings)
-                    deadline = time.monotonic() + s.ready_timeout
-                    try:
-                        last = await readiness.wait_ready(readiness.Target.of(spec, s.fabric_netns), deadline, mark)
-                    except HearthError as exc:
-                        # Diagnose while the sandbox still exists (the undo stack removes it): the failure reason
-                        # then names the first broken hop of the path, not just the gate that timed out.
-                        raise (await self._verdict(sid) or exc) from exc
-                    await self._record(sid, timings=timings)
-                    await self._transition(sid, Status.READY, None, None, timings)
-                    self.metrics.create_to_ready.observe(timings[last])
-                    ready_view = await self.get(sid)
-                    for callback in self.on_ready:
-                        self.spawn(callback(ready_view), f"on-ready-{sid}")
-                    for stage, at in timings.items():
-                        self.metrics.stage.labels(stage).observe(at)
-                    log.info("session ready", extra={"timings": timings})
-                    undo.pop_all()  # success: the session owns its resources now
+                mark("lease")
+                if queued:
+                    await self.boot_queue.turn(sid)  # a cancel while waiting: `end` releases the lease
+                    await self._transition(sid, Status.STARTING, None, None)
+                    mark("queued")
+                await self.sandboxes.boot(
+                    sid,
+                    Kind.SESSION,
+                    slot,
+                    desktop=has_desktop(mode),
+                    providers=self._digests(provider),
+                    mark=mark,
+                    explain=explain,
+                )
+                sb = self.sandboxes.get(sid)
+                last = next(reversed(timings))
+                await self._record(sid, pid=sb.pid if sb else None, timings=timings)
+                await self._transition(sid, Status.READY, None, None, timings)
+                self.metrics.create_to_ready.observe(timings[last])
+                ready_view = await self.get(sid)
+                for callback in self.on_ready:
+                    self.spawn(callback(ready_view), f"on-ready-{sid}")
+                for stage, at in timings.items():
+                    self.metrics.stage.labels(stage).observe(at)
+                log.info("session ready", extra={"timings": timings})
             except asyncio.CancelledError:
                 raise
             except HearthError as exc:
                 log.warning("session failed: %s", exc.reason)
                 await self._fail_quietly(sid, exc.reason, exc.hop, timings)
-            except IllegalTransition:
-                pass  # ended meanwhile (cancel/expire); the undo stack already cleaned up
+            except (IllegalTransition, SessionNotFound):
+                await self.sandboxes.end(sid, Final.DONE)  # ended meanwhile (cancel/expire)
             except Exception:
                 log.exception("session boot crashed")
+                await self.sandboxes.end(sid, Final.FAILED)
                 await self._fail_quietly(
                     sid,
                     "[driver] internal error while booting the sandbox; the controller log has the details",
@@ -493,9 +493,6 @@ class SessionService:
                 self._boots.pop(sid, None)
 
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:
-        if not self.settings.keep_failed:
-            self.forget(sid)  # the sandbox is gone (undo stack): so is any use for its agent secret
-        self._slots.pop(sid, None)  # the undo stack removed the sandbox
         try:
             with contextlib.suppress(IllegalTransition, SessionNotFound):
                 await self._record(sid, timings=timings)
@@ -503,26 +500,8 @@ class SessionService:
         except StoreError:
             self._unrecorded[sid] = (Status.FAILED, reason, hop)  # recorded once the store is back
 
-    async def _release_quietly(self, sid: str) -> None:
-        try:
-            await self.ipam.release(sid)
-        except StoreError:
-            log.warning("lease not released (store unavailable); the reconciler will", extra={"session_id": sid})
-
-    async def _destroy_quietly(self, spec: SandboxSpec) -> None:
-        if self.settings.keep_failed:
-            return
-        try:
-            await asyncio.wait_for(self.driver.destroy(spec), 30)
-        except Exception:
-            log.exception("destroying sandbox failed; the reconciler will retry", extra={"session_id": spec.session_id})
-
     async def _teardown(self, view: SessionView) -> None:
-        if view.slot is not None:
-            await self._destroy_quietly(self.spec(view.id, self.ipam.slot(view.slot), view.mode))
-        self._slots.pop(view.id, None)
-        await self._release_quietly(view.id)
-        self._secrets.pop(view.id, None)
+        await self.sandboxes.end(view.id, _final(view.status), view.slot)
         self._framed.discard(view.id)
 
     async def _record(self, sid: str, **fields: Any) -> None:
@@ -618,6 +597,20 @@ def _unrecorded_error() -> StoreError:
         "nothing to do: hearth records the end once the store is back (until then the session may still show as "
         "active)",
     )
+
+
+def _ring(settings: Settings) -> KeyRing:
+    """The vault's key ring when there is one; else a ring in memory (a service built on its own — the doctor, tests
+    — must not create key files: `hearth serve` refuses new keys over an existing store)."""
+    path = settings.data_dir / "vault.keys"
+    if settings.master_key or path.exists():
+        return KeyRing.load(settings.master_key, path)
+    return KeyRing([MasterKey.of(secrets.token_bytes(32))], None)
+
+
+def _final(status: Status) -> Final:
+    """The sandbox's end, from the session's final status: only a failed session's sandbox may be kept."""
+    return Final.FAILED if status is Status.FAILED else Final.DONE
 
 
 def _aware(dt: datetime) -> datetime:

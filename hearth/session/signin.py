@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from hearth.agentlink.client import AgentClient, AgentRefused
@@ -51,9 +52,13 @@ class SignInFlow:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._prompts: dict[str, SigninPrompt] = {}  # memory only: holds the full sign-in URL
         service.on_ready.append(self.begin)
+        service.on_adopted.append(self.resume)
         service.on_terminal.append(self._ended)
 
     # ---- CallbackHandler (agent → controller) ---------------------------------------------------
+    def adopting(self) -> bool:
+        return self.service.adopting
+
     def secret_for(self, session_id: str) -> str | None:
         return self.service.secret_of(session_id)
 
@@ -176,6 +181,17 @@ class SignInFlow:
             except HearthError as exc:
                 await self.service.end(view.id, Status.FAILED, exc.reason, exc.hop)
 
+    async def resume(self, view: SessionView) -> None:
+        """A sign-in whose sandbox this (restarted) controller adopted: its flow timeout runs on from the session's
+        start, and the agent pushes its current prompt again (the link and code a direct-mode person must see)."""
+        if not view.provider or view.status.terminal:
+            return
+        s = self.service.settings
+        elapsed = (datetime.now(UTC) - _aware(view.created_at)).total_seconds()
+        self._timers[view.id] = asyncio.create_task(self._timeout(view.id, max(0.0, s.oauth_flow_timeout - elapsed)))
+        with bind_session(view.id), contextlib.suppress(HearthError, CodeRefused):
+            await self._agent(view).call("POST", "/v1/login/replay", {})
+
     async def _deliver(self, view: SessionView, provider: str) -> None:
         with bind_session(view.id):
             try:
@@ -206,3 +222,7 @@ class SignInFlow:
         timer = self._timers.pop(view.id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

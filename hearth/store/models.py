@@ -1,12 +1,23 @@
 """Tables: sessions, leases (one per sandbox, uniqueness enforced by the database), the per-session timeline,
-sealed credentials, CLI sandboxes and lock rows. Every change needs an Alembic migration (hearth/store/migrations)."""
+sealed credentials, CLI sandboxes, live sandboxes (sealed agent secret, pid + start time) and lock rows. Every change needs an Alembic migration (hearth/store/migrations)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -103,6 +114,29 @@ class CliSandboxRow(Base):
     home: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SandboxRow(Base):
+    """One live sandbox of any kind (browser session or CLI sandbox), written by the sandbox manager: what the next
+    controller needs to adopt it after a restart — its slot, its launcher's PID and start time, and its agent secret
+    sealed with the vault's key ring (bound to the owner id). Deleted when the sandbox is destroyed."""
+
+    __tablename__ = "sandboxes"
+
+    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # session id, or "cli-<hex>"
+    kind: Mapped[str] = mapped_column(String(16))  # session | cli
+    state: Mapped[str] = mapped_column(String(16))  # booting | running | kept
+    fabric: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[int] = mapped_column(Integer)
+    driver: Mapped[str] = mapped_column(String(32))
+    desktop: Mapped[bool] = mapped_column(Boolean, default=True)
+    home: Mapped[str | None] = mapped_column(Text, nullable=True)  # persistent home (CLI sandboxes)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # /proc/<pid>/stat field 22 (ticks)
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class LockRow(Base):

@@ -32,6 +32,9 @@ class Recorder:
     ended: set[str] = field(default_factory=set)
     prompts: list[tuple[str, SigninPrompt]] = field(default_factory=list)
 
+    def adopting(self) -> bool:
+        return False
+
     def secret_for(self, session_id: str) -> str | None:
         return SECRET if session_id.startswith("s") else None
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from hearth.config import Settings
+from hearth.lifecycle import readiness
 from hearth.rfb.ws import first_frame
-from hearth.session import readiness
 from hearth.store.db import DB_WORKERS
 from tests.conftest import running_controller
 from tests.live import start_ready

@@ -25,6 +25,7 @@ from hearth.doctor import diagnose_session
 from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.ports import GUEST_IFNAME
+from hearth.sandbox.procs import pids_in_netns
 from hearth.store.models import SessionRow
 from tests.doctor.conftest import (
     Live,
@@ -283,7 +284,11 @@ class TestPathFaults:
         monkeypatch.setattr(live.ctl.service, "check_alive", no_watchdog)
         row = await live.ctl.db.run(lambda db: db.get(SessionRow, live.session_id))
         assert row is not None and row.pid
-        os.killpg(row.pid, signal.SIGKILL)
+        # Every process of the sandbox (its launcher's group alone no longer takes the sandbox down: sandboxes run
+        # on their own, so that they outlive the controller).
+        for pid in pids_in_netns(live.slot.netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         spec = live.ctl.service.spec(live.session_id, live.slot)
         deadline = time.monotonic() + 20
         while await live.ctl.driver.alive(spec):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import hearth_agent
-from hearth.sandbox import guestpkg
+from hearth.guest import packages as guestpkg
 from hearth_agent.__main__ import build_server
 from hearth_agent.config import AgentConfig, ConfigError, parse_config
 from hearth_agent.server import AgentServer, HttpError

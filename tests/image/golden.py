@@ -27,7 +27,7 @@ def cache_dir() -> tuple[Path, bool]:
 
 def golden_image() -> BuiltImage:
     cache, default = cache_dir()
-    img, built = ensure(cache, current_spec(), progress=PrintProgress())
+    img, built = ensure(cache, current_spec(for_tests=True), progress=PrintProgress())
     print(f"\nguest image {img.hash}: {'built in ' + str(img.manifest['build_seconds']) + 's' if built else 'cached'}")
     os.utime(img.path)  # "in use": concurrent sessions on this machine (another source tree state) keep it
     if default:

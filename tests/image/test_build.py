@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.image import cpio, guest
+from hearth.guest import files as guest
+from hearth.image import cpio
 from hearth.image.build import BuiltImage, current_spec, ensure, list_images, load, point_current
 from hearth.image.spec import FORBIDDEN_PACKAGES, content_hash
 from hearth.providers import clis

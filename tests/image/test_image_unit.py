@@ -18,7 +18,9 @@ import lz4.block
 import pytest
 
 from hearth.fabric.slot import slot_for
-from hearth.image import build, configdrive, cpio, guest, hearth_boot, initramfs
+from hearth.guest import configdrive, hearth_boot
+from hearth.guest import files as guest
+from hearth.image import build, cpio, initramfs
 from hearth.image.build import current_spec
 from hearth.image.spec import ImageSpec, content_hash, tree_digests
 from hearth.image.vmlinux import ELF_MAGIC, LZ4_LEGACY_MAGIC, ExtractError, extract_vmlinux
@@ -250,3 +252,11 @@ def test_agent_drift_names_the_files_an_older_image_lacks(tmp_path: Path) -> Non
     older[gone] = "1" * 64
     (tmp_path / build.MANIFEST).write_text(json.dumps({"inputs": {"agent_files": older}}))
     assert build.agent_drift(tmp_path) == sorted([changed, gone])
+
+
+def test_hearth_example_only_in_images_built_for_tests() -> None:
+    prod, test = current_spec(), current_spec(for_tests=True)
+    assert not any(p.startswith("hearth_example/") for p in prod.agent_files)
+    assert any(p.startswith("hearth_example/") for p in test.agent_files)
+    assert any(p.startswith("hearth_agent/") for p in prod.agent_files)
+    assert prod.hash != test.hash

@@ -1,4 +1,6 @@
-"""Chaos: kill -9 the controller while sessions are being created, restart it, and find zero leaks after reconcile.
+"""Chaos: kill -9 the controller while sessions are being created, restart it, and find zero leaks after reconcile:
+sandboxes that were ready survive the crash and are adopted (their agents answer the stored secret), boots the
+crash interrupted are failed with a reason and removed; once every session is cancelled, nothing is left.
 
 The controller runs as a real separate process (`hearth serve`); sizes scale with HEARTH_CHAOS_SESSIONS (default 6,
 the issue's figure is 20).
@@ -145,7 +147,9 @@ def test_kill_9_during_creates_then_restart_leaves_nothing(crash_settings: Setti
             db = Database(s.db_url)
             while time.monotonic() < deadline:
                 rows = db.call(lambda d: [(r.id, r.status, r.reason) for r in d.query(SessionRow).all()])
-                if all(status in ("ready", "failed") for _, status, _ in rows) and not scan_sync(s).netns:
+                leased = db.call(lambda d: {r.slot for r in d.query(LeaseRow).all()})
+                settled = all(status in ("ready", "failed") for _, status, _ in rows)
+                if settled and scan_sync(s).slots() == leased and not netlink.netns_exists(orphan):
                     break
                 time.sleep(0.5)
             rows = db.call(lambda d: [(r.id, r.status, r.reason) for r in d.query(SessionRow).all()])
@@ -165,10 +169,15 @@ def test_kill_9_during_creates_then_restart_leaves_nothing(crash_settings: Setti
             assert netlink.netns_exists(foreign)
             if not ready:
                 assert sandbox_pids(s) == []
+            else:
+                assert sandbox_pids(s), "ready sandboxes outlive the controller"
             print(
-                f"after restart + reconcile: {len(ready)} ready, {len(rows) - len(ready)} failed with a reason, "
-                f"leaks: 0"
+                f"after restart + reconcile: {len(ready)} ready (survived, adopted), {len(rows) - len(ready)} failed "
+                f"with a reason, leaks: 0"
             )
+            with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+                for sid, _, _ in ready:  # the adopted sandboxes are this controller's: a cancel removes them
+                    assert http.post(f"/api/auth/session/{sid}/cancel").json()["status"] == "cancelled"
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

@@ -47,7 +47,7 @@ async def test_create_ready_cancel_cycles_leak_nothing(make_settings: Callable[.
         elapsed = time.monotonic() - t0
         found = await leaks(ctl, procs0)
         fds1, rss1 = open_fds(), rss_kib()
-        state = {"boots": len(svc._boots), "secrets": len(svc._secrets), "stops": len(svc._stops)}
+        state = {"boots": len(svc._boots), "sandboxes": len(svc.sandboxes.owners()), "stops": len(svc._stops)}
         state["viewers"] = svc.viewers.total()
         statuses = svc.counts_by_state()
         print(
@@ -58,6 +58,6 @@ async def test_create_ready_cancel_cycles_leak_nothing(make_settings: Callable[.
         )
         assert found.total == 0, found
         assert statuses == {"cancelled": CYCLES + WARMUP}
-        assert state == {"boots": 0, "secrets": 0, "stops": 0, "viewers": 0}
+        assert state == {"boots": 0, "sandboxes": 0, "stops": 0, "viewers": 0}
         assert fds1 <= fds0 + 10, f"file descriptors grew {fds0} → {fds1}"
         assert rss1 - rss0 < RSS_SLACK_MIB * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB"

@@ -26,8 +26,10 @@ from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.ports import add_tap, remove_port
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.firecracker import disk, proc
+from hearth.guest.layout import GuestImage
+from hearth.sandbox import procs as proc
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.firecracker import disk
 from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
 from hearth.sandbox.firecracker.plan import (
     CONFIG_DRIVE,
@@ -47,26 +49,12 @@ from hearth.sandbox.firecracker.plan import (
     plan,
     socket_path_problem,
 )
-from hearth.sandbox.image import GuestImage
 
 log = logging.getLogger("hearth.sandbox.firecracker")
 T = TypeVar("T")
 _ELF = b"\x7fELF"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # the cgroup v2 hierarchy (v1 controllers are found in /proc/mounts)
-
-
-def _tail(path: Path, keep: tuple[str, ...] = (), limit: int = 300) -> str:
-    """The last meaningful line(s) of a log for an error message (only lines containing one of `keep`, if given)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and (not keep or any(k in ln for k in keep))]
-    return " | ".join(lines[-2:])[-limit:]
 
 
 class FirecrackerDriver(Driver):
@@ -77,6 +65,7 @@ class FirecrackerDriver(Driver):
     """
 
     name = "firecracker"
+    offers = Offers(ports=("tap",))
 
     def __init__(
         self,
@@ -127,6 +116,7 @@ class FirecrackerDriver(Driver):
             log_level=self.log_level,
             metrics=self.metrics,
             extra_boot_args=self.extra_boot_args,
+            callback_port=self.settings.callback_port,
         )
 
     def layout(self, spec: SandboxSpec) -> Layout:
@@ -371,8 +361,8 @@ class FirecrackerDriver(Driver):
         rc = child.returncode
         how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
         # stderr and the guest's serial console (a kernel panic shows here), then Firecracker's own errors
-        last = _tail(lay.console_log) or "no output"
-        errors = _tail(lay.host(LOG), keep=(":ERROR", ":WARN"))
+        last = proc.tail_lines(lay.console_log) or "no output"
+        errors = proc.tail_lines(lay.host(LOG), keep=(":ERROR", ":WARN"))
         if errors:
             last += f" | firecracker.log: {errors}"
         return DriverError(

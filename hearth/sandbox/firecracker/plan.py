@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hearth.errors import ConfigError
-from hearth.image import configdrive
+from hearth.guest import configdrive
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 
 LogLevel = Literal["Error", "Warning", "Info", "Debug", "Trace", "Off"]
 
@@ -247,7 +247,7 @@ def boot_args(spec: SandboxSpec, extra: str = "") -> str:
 
 
 def config_drive(spec: SandboxSpec, callback_port: int = DEFAULT_CALLBACK_PORT) -> bytes:
-    """The config drive's bytes: one format for every VM driver (`hearth.image.configdrive`)."""
+    """The config drive's bytes: one format for every VM driver (`hearth.guest.configdrive`)."""
     return configdrive.encode(configdrive.document(spec, callback_port))
 
 
@@ -370,14 +370,16 @@ def plan(
     log_level: LogLevel = "Info",
     metrics: bool = False,
     extra_boot_args: str = "",
+    callback_port: int = DEFAULT_CALLBACK_PORT,
 ) -> Plan:
-    """Everything `FirecrackerDriver.start` will do for `spec`, computed without touching the host."""
+    """Everything `FirecrackerDriver.start` will do for `spec`, computed without touching the host. The agent's
+    callback URL uses `callback_port` (HEARTH_CALLBACK_PORT)."""
     layout = layout_for(spec, image, jailer, Path(binary).name)
     return Plan(
         layout=layout,
         argv=launch_argv(fabric_netns, layout, binary, jailer, jailer_binary),
         calls=api_calls(spec, layout, machine, log_level=log_level, metrics=metrics, extra_boot_args=extra_boot_args),
-        config_drive=config_drive(spec),
+        config_drive=config_drive(spec, callback_port),
     )
 
 

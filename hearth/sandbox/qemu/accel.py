@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearth.image import guest
-from hearth.sandbox.image import GuestImage
+from hearth.guest import files as guest
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.qemu.cmdline import Accel, probe_argv
 
 CACHE_FILE = "qemu-accel.json"

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hearth.image import configdrive, guest
+from hearth.guest import configdrive
+from hearth.guest import files as guest
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 
 Accel = Literal["kvm", "tcg"]
 NETNS_DIR = Path("/run/netns")

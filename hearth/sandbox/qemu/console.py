@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth.image import guest
+from hearth.guest import files as guest
 
 CONSOLE = "console.log"
 

@@ -29,9 +29,11 @@ from qemu.qmp import QMPClient, QMPError
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import ports
-from hearth.image import configdrive, guest
-from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.image import GuestImage
+from hearth.guest import configdrive
+from hearth.guest import files as guest
+from hearth.guest.layout import GuestImage
+from hearth.sandbox import procs
+from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
 from hearth.sandbox.qemu.console import ConsoleWatch, console_tail, fatal_line
@@ -57,44 +59,25 @@ def image_problems(image: GuestImage) -> list[str]:
     return out
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _is_our_qemu(pid: int, files: Files) -> bool:
     qmp = str(files.qmp)
-    return any(qmp in a for a in _cmdline(pid))
+    return any(qmp in a for a in procs.cmdline(pid) or [])
 
 
 def find_qemu(files: Files) -> int | None:
     """The pid of the QEMU serving `files` (pidfile first, then a scan of /proc), or None."""
     with contextlib.suppress(OSError, ValueError):
         pid = int(files.pidfile.read_text().strip())
-        if _is_our_qemu(pid, files) and _running(pid):
+        if _is_our_qemu(pid, files) and not procs.is_zombie(pid):
             return pid
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            if pid != os.getpid() and _is_our_qemu(pid, files) and _running(pid):
-                return pid
-    return None
+    qmp = str(files.qmp)
+    found = procs.find_pids(lambda argv: any(qmp in a for a in argv))
+    return found[0] if found else None
 
 
 class QemuDriver(Driver):
     name = "qemu"
+    offers = Offers(console_tail=True, ports=("tap",))
 
     def __init__(
         self,
@@ -329,7 +312,7 @@ class QemuDriver(Driver):
                     await asyncio.wait_for(proc.wait(), 0.02)
                 if proc.returncode is not None:
                     return True
-            elif not _running(pid):
+            elif procs.is_zombie(pid):
                 return True
             else:
                 await asyncio.sleep(0.02)

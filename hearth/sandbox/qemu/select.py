@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hearth.config import Settings
 from hearth.errors import DriverError, Hop
-from hearth.sandbox.image import GuestImage
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.driver import IMAGE_HINT, QemuDriver, image_problems
 

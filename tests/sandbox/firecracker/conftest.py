@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings
+from hearth.guest.layout import GuestImage
+from hearth.sandbox import procs as proc
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.firecracker import proc
-from hearth.sandbox.image import GuestImage
 from tests.sandbox.firecracker.fchelpers import FAKE, FAKE_JAILER, Fake, new_settings
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 from tests.sandbox.specs import spec_for

@@ -24,9 +24,10 @@ import hearth.sandbox.firecracker.driver as D
 from hearth.config import Settings
 from hearth.errors import ConfigError, DriverError, Hop
 from hearth.fabric import netlink, ports
+from hearth.guest.layout import GuestImage
+from hearth.sandbox import procs as proc
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineShape, proc
-from hearth.sandbox.image import GuestImage
+from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineShape
 from tests.sandbox.firecracker.fchelpers import FAKE, Fake, new_settings, pid_running
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 from tests.sandbox.specs import spec_for

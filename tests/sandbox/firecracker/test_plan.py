@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from hearth.config import Settings
 from hearth.errors import ConfigError
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.firecracker import plan as P
 from hearth.sandbox.firecracker.plan import ApiCall, JailerConfig, MachineShape
-from hearth.sandbox.image import GuestImage
 from tests.sandbox.firecracker.fchelpers import new_settings
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec, SpecViolation
 from tests.sandbox.specs import spec_for
@@ -259,3 +259,23 @@ def test_cli_plan_json_prints_the_calls_and_starts_nothing(tmp_path: Path, fc_sp
     assert frac.exit_code == 2
     other = CliRunner().invoke(sandbox_app, ["plan", "--driver", "netns"], env=env)
     assert other.exit_code == 2
+
+
+def test_the_driver_plan_honours_hearth_callback_port(tmp_path: Path) -> None:
+    """The agent's callback URL in the config drive carries HEARTH_CALLBACK_PORT, not the default."""
+    from hearth.config import load_settings
+    from hearth.sandbox.firecracker.driver import FirecrackerDriver
+
+    base = new_settings(tmp_path)
+    settings = load_settings(
+        {
+            "HEARTH_FABRIC_NETNS": base.fabric_netns,
+            "HEARTH_DATA_DIR": str(base.data_dir),
+            "HEARTH_CALLBACK_PORT": "8799",
+        },
+        env_file=None,
+    )
+    drv = FirecrackerDriver(settings, IMAGE, binary="/usr/bin/true", kvm_device=None)
+    doc = P.read_config_drive(drv.plan(spec_for(settings)).config_drive)
+    assert doc["callback"] == f"http://{settings.bridge_ip}:8799"
+    assert P.DEFAULT_CALLBACK_PORT != 8799

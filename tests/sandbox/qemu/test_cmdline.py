@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hearth.fabric.slot import slot_for
+from hearth.guest.layout import GuestImage
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 from hearth.sandbox.qemu.cmdline import Files, Machine, argv, kernel_append, overlay_argv, probe_argv
 
 IMAGE = GuestImage(

@@ -23,15 +23,15 @@ from hearth.config import Settings
 from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric
+from hearth.guest.layout import GuestImage
 from hearth.image import cpio
 from hearth.image.build import BuiltImage
+from hearth.lifecycle import readiness
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.image import GuestImage
 from hearth.sandbox.qemu import QemuDriver
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu.cmdline import Files
 from hearth.sandbox.qemu.driver import find_qemu
-from hearth.session import readiness
 from tests.sandbox.specs import spec_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

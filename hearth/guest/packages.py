@@ -1,5 +1,6 @@
-"""The guest packages (`hearth_agent`, `hearth_example`, and the agent's only dependencies: `pyte` and `wcwidth`,
-pure Python, pinned in pyproject.toml) as a directory a sandbox user can bind.
+"""The guest packages (`hearth_agent` and the agent's only dependencies: `pyte` and `wcwidth`, pure Python, pinned in
+pyproject.toml — plus the test identity provider `hearth_example` only where tests ask for it) as a directory a
+sandbox user can bind.
 
 The installed source may sit where the unprivileged sandbox user cannot reach it (a checkout under /root), and
 bubblewrap resolves bind sources as that user. So the packages are copied — once per content — to
@@ -23,7 +24,15 @@ import wcwidth
 import hearth_agent
 import hearth_example
 
-PACKAGES: tuple[ModuleType, ...] = (hearth_agent, hearth_example, pyte, wcwidth)
+PACKAGES: tuple[ModuleType, ...] = (hearth_agent, pyte, wcwidth)  # every guest
+TEST_PACKAGES: tuple[ModuleType, ...] = (hearth_example,)  # guests built or run for tests only
+
+
+def packages(for_tests: bool) -> tuple[ModuleType, ...]:
+    """The guest packages; `hearth_example` (the test identity provider and its CLI) only `for_tests`."""
+    return PACKAGES + TEST_PACKAGES if for_tests else PACKAGES
+
+
 _SKIP = ("__pycache__",)
 
 

@@ -141,6 +141,18 @@ async def wait_agent(t: Target, deadline: float) -> dict[str, Any]:
     return result
 
 
+async def wait_listening(t: Target, deadline: float, exited: Callable[[], None], hint: str) -> None:
+    """The agent's port accepts a connection (the agent's first act); `exited` is called before each attempt and
+    raises (a HearthError naming why) when the sandbox already ended — a failed start is noticed at once."""
+
+    async def attempt(timeout: float) -> None:
+        exited()
+        _, writer = await open_connection(t.netns, t.ip, t.agent_port, min(timeout, 0.5))
+        writer.close()
+
+    await _retry(deadline, Hop.DRIVER, f"the sandbox agent on {t.ip}:{t.agent_port}", hint, attempt)
+
+
 async def wait_ready(t: Target, deadline: float, mark: Callable[[str], None]) -> str:
     """The gates of this sandbox — `agent` without a desktop, else display, vnc, rfb; returns the last stage."""
     if not t.desktop:

@@ -1,0 +1,50 @@
+"""HEARTH_KEEP_FAILED keeps only failed sandboxes: a cancelled session's sandbox is removed all the same; a failed
+one stays — namespace, processes, lease and row — and the reconciler leaves it alone (it used to reclaim it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.fabric import netlink
+from hearth.lifecycle.sandbox import Final, SandboxState
+from hearth.reconcile.reconciler import Reconciler
+from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth.session.states import Status
+from hearth.store.models import LeaseRow, SandboxRow
+from tests.conftest import running_controller
+from tests.live import start_ready
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(HEARTH_CHROMIUM="false", HEARTH_KEEP_FAILED="true", HEARTH_RECONCILE_INTERVAL="3600")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        svc = ctl.ctl.service
+        cancelled, failed = [await start_ready(http, settings, f"k{i}") for i in range(2)]
+
+        assert (await http.post(f"/api/auth/session/{cancelled.session_id}/cancel")).json()["status"] == "cancelled"
+        assert not netlink.netns_exists(cancelled.netns)
+
+        await stop_sandbox_processes(failed.netns)  # its desktop dies: the watchdog fails the session
+        assert await svc.check_alive() == 1
+        assert (await svc.get(failed.session_id)).status is Status.FAILED
+        await Reconciler(svc).run_once()
+        assert netlink.netns_exists(failed.netns), "a failed sandbox is kept for debugging"
+        sb = svc.sandboxes.get(failed.session_id)
+        assert sb is not None and sb.state is SandboxState.KEPT
+        leases = await svc.db.run(lambda db: [r.session_id for r in db.query(LeaseRow).all()])
+        assert leases == [failed.session_id]
+        row = await svc.db.run(lambda db: db.get(SandboxRow, failed.session_id))
+        assert row is not None and row.state == "kept"
+
+        await svc.sandboxes.end(failed.session_id, Final.DONE)  # the operator is done debugging
+        assert not netlink.netns_exists(failed.netns) and not pids_in_netns(failed.netns)
+        assert await svc.db.run(lambda db: db.query(LeaseRow).count()) == 0

@@ -1,0 +1,227 @@
+"""A controller restarted under live sessions — shared by tests/lifecycle/test_restart.py and bench/restart.py.
+
+The controller is a real separate process (`python -m hearth serve`), stopped with SIGTERM or SIGKILL and started
+again on the same data dir and store. Sessions: desktops (Xvfb + x11vnc, no Chromium, to fit the shared machine)
+and one direct-mode sign-in with the `example` provider, whose IdP listens inside the fabric namespace; the person's
+own browser is played by plain HTTP requests from a socket in that namespace (the only stand-in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from hearth.config import Settings
+from hearth.fabric import netlink
+from hearth.fabric.dial import socket_in_netns
+from hearth.rfb.ws import first_frame
+from hearth_example.idp import IdpServer, IdpState
+
+IDP_PORT = 9407
+
+
+def controller_env(settings: Settings, sessions: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
+    env.update(
+        HEARTH_FABRIC_NETNS=settings.fabric_netns,
+        HEARTH_DATA_DIR=str(settings.data_dir),
+        HEARTH_DATABASE_URL=settings.database_url,
+        HEARTH_API_LISTEN=settings.api_listen,
+        HEARTH_API_KEYS=",".join(settings.api_keys),
+        HEARTH_DRIVER="netns",
+        HEARTH_CHROMIUM="false",
+        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
+        HEARTH_EXAMPLE_ISSUER=f"http://{settings.bridge_ip}:{IDP_PORT}",
+        MAX_BROWSER_SESSIONS=str(sessions + 5),
+        MAX_SESSIONS_PER_USER=str(sessions + 5),
+        HEARTH_RATE_LIMIT="0",
+    )
+    return env
+
+
+@dataclass
+class Controller:
+    """One `hearth serve` process at a time on the same data dir; `stop(sig)` then `start()` restarts it."""
+
+    settings: Settings
+    log: Path
+    sessions: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        host, port = self.settings.listen_host_port
+        return f"http://{host}:{port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.api_keys[0]}"}
+
+    def start(self, timeout: float = 60, drain: bool = False) -> float:
+        """Start it (`--drain`: its stop ends every sandbox) and wait until it answers /health; returns the monotonic
+        time it did."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hearth", "serve", *(["--drain"] if drain else [])],
+            env=controller_env(self.settings, self.sessions),
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.settings.data_dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"controller exited with {self.proc.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("controller never became healthy")
+
+    def stop(self, sig: signal.Signals, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
+    """The example IdP on BRIDGE_IP inside the fabric namespace; device codes are approved by `approve_device`."""
+    sock = socket_in_netns(settings.fabric_netns)
+    sock.bind((str(settings.bridge_ip), IDP_PORT))
+    state = IdpState(auto_approve=False)
+    server = IdpServer(sock, state)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, state
+
+
+def approve_device(settings: Settings, user_code: str) -> int:
+    """The person approves the device code in their own browser (a form POST to the IdP, from inside the fabric)."""
+    url = f"http://{settings.bridge_ip}:{IDP_PORT}/device/approve"
+    parts = urllib.parse.urlsplit(url)
+    sock = socket_in_netns(settings.fabric_netns)
+    sock.settimeout(10)
+    sock.connect((parts.hostname or "", parts.port or 80))
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
+    conn.sock = sock
+    try:
+        body = urllib.parse.urlencode({"user_code": user_code})
+        conn.request("POST", parts.path, body, {"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+        sock.close()
+
+
+@dataclass
+class Fleet:
+    desktops: dict[str, str] = field(default_factory=dict)  # session id → viewer token
+    signin: str = ""
+    user_code: str = ""
+
+
+async def wait_body(http: httpx.AsyncClient, sid: str, ok: tuple[str, ...], timeout: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        try:
+            body = (await http.get(f"/api/auth/session/{sid}")).json()
+        except httpx.HTTPError:
+            body = {}
+        if body.get("status") in ok or body.get("status") in ("failed", "cancelled", "expired", "completed"):
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"session {sid} not {ok} within {timeout:.0f}s; last {body}")
+
+
+async def start_fleet(http: httpx.AsyncClient, desktops: int) -> Fleet:
+    """`desktops` ready desktop sessions and one direct sign-in waiting for the person (device code shown)."""
+    fleet = Fleet()
+    for i in range(desktops):
+        r = await http.post("/api/auth/start", json={"user_id": f"desk{i}"})
+        assert r.status_code == 201, r.text
+        fleet.desktops[r.json()["session_id"]] = r.json()["viewer_token"]
+    r = await http.post("/api/auth/start", json={"user_id": "signer", "provider": "example", "mode": "direct"})
+    assert r.status_code == 201, r.text
+    fleet.signin = r.json()["session_id"]
+    for sid in fleet.desktops:
+        body = await wait_body(http, sid, ("ready",))
+        assert body["status"] == "ready", body
+    deadline = time.monotonic() + 120
+    while True:
+        body = (await http.get(f"/api/auth/session/{fleet.signin}")).json()
+        shown = body.get("signin")
+        if isinstance(shown, dict) and shown.get("user_code"):
+            fleet.user_code = str(shown["user_code"])
+            return fleet
+        assert body.get("status") in ("starting", "ready", "awaiting_user"), body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)
+
+
+async def viewer_frames(ws_base: str, fleet: Fleet, timeout: float = 60) -> dict[str, float]:
+    """Each desktop's viewer connects and gets a full frame (retrying while the controller comes up): the seconds
+    from the call to each first frame."""
+    t0 = time.monotonic()
+
+    async def one(sid: str, token: str) -> float:
+        url = f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={token}"
+        deadline = t0 + timeout
+        delay = 0.05
+        while True:
+            try:
+                frame = await first_frame(url, timeout=10)
+                assert frame.rects, "a frame with no rectangles"
+                return time.monotonic() - t0
+            except (OSError, TimeoutError, ConnectionError, EOFError, asyncio.IncompleteReadError, Exception):
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    times = await asyncio.gather(*(one(sid, tok) for sid, tok in fleet.desktops.items()))
+    return dict(zip(fleet.desktops, times, strict=True))
+
+
+def sandbox_pids(settings: Settings) -> list[int]:
+    """Processes living in any of this fabric's sandbox namespaces (compared by namespace inode)."""
+    inodes = set()
+    for name in netlink.list_netns():
+        if name.startswith(f"{settings.fabric_netns}-s"):
+            inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "net").st_ino in inodes:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_leftovers(settings: Settings) -> None:
+    """Test teardown: SIGKILL what still lives in this test's own sandbox namespaces (found by namespace)."""
+    for pid in sandbox_pids(settings):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
