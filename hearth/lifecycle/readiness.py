@@ -20,7 +20,7 @@ from hearth.fabric.dial import open_connection
 from hearth.rfb.client import RfbError, ServerInit, handshake
 from hearth.sandbox.base import SandboxSpec
 
-_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.25)
+_BACKOFF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.25)  # a desktop is up ~50 ms after its agent: look often early
 
 
 @dataclass(frozen=True)
