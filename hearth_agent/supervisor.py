@@ -34,7 +34,6 @@ READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
 STOP_GRACE = 3.0  # TERM, then KILL
 HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
 TICK = 0.1
-CHROMIUM_NICE = 10
 
 CHROMIUM_FLAGS = (
     "--disable-gpu",
@@ -311,9 +310,10 @@ class Supervisor:
         raise RuntimeError(f"{name} did not listen on {ip}:{port} within {READY_TIMEOUT:.0f}s")
 
     def _start_chromium(self, svc: Service) -> None:
-        # Niced: in a boot storm, the desktops that are booting (agent, Xvnc: what makes a session ready) get the CPU
-        # before the browsers already started; a lone browser on an idle machine is not slowed by it.
-        self._spawn(svc, ["nice", "-n", str(CHROMIUM_NICE), *self.chromium_argv(self.cfg.start_url)], quiet=True)
+        # SCHED_IDLE: the browser (dozens of processes) gets the CPU nothing else wants. In a boot storm the desktops
+        # that are booting (agent, Xvnc: what makes a session ready) and the relays go first; a browser on a machine
+        # that is not saturated is not slowed by it.
+        self._spawn(svc, ["chrt", "--idle", "0", *self.chromium_argv(self.cfg.start_url)], quiet=True)
 
     def chromium_argv(self, url: str) -> list[str]:
         unsandboxed = [] if self.chromium_sandbox else ["--no-sandbox"]
