@@ -359,13 +359,15 @@ class SessionService:
         """Wait (bounded) until the session is ready or has ended; returns its latest view. Time spent `queued`
         does not count: the bound starts when its boot does (every boot ahead of it has a deadline of its own)."""
         deadline = time.monotonic() + timeout
+        queued = False
         while True:
             waiter = self.changes.waiter(session_id)
             view = await self.get(session_id)
             if not view.status.booting:
                 return view
-            if view.status is Status.QUEUED:
+            if view.status is Status.QUEUED or queued:  # still in line, or its turn just came: the bound starts now
                 deadline = time.monotonic() + timeout
+            queued = view.status is Status.QUEUED
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return view
