@@ -25,7 +25,7 @@ async def follow(http: httpx.AsyncClient, sid: str, timeout: float) -> tuple[str
     deadline = time.monotonic() + timeout
     while True:
         body = (await http.get(f"/api/auth/session/{sid}")).json()
-        if body["status"] != "starting" or time.monotonic() > deadline:
+        if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
             return str(body["status"]), str(body.get("reason") or "")
         await asyncio.sleep(0.25)
 

@@ -50,7 +50,7 @@ async def cycle(http: httpx.AsyncClient, user: str) -> float:
     sid = r.json()["session_id"]
     while True:
         body = (await call(http, "GET", f"/api/auth/session/{sid}")).json()
-        if body["status"] != "starting":
+        if body["status"] not in ("queued", "starting"):
             break
         await asyncio.sleep(0.1)
     ready = time.monotonic() - t0

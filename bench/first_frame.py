@@ -1,7 +1,8 @@
 """Create→first-frame over N sessions: each session is created through the API and its first framebuffer update
-is fetched through the gateway WebSocket. Prints each run and the median / max.
+is fetched through the gateway WebSocket. Prints each run and the median / max, for each sandbox VNC server
+(HEARTH_VNC_SERVER: Xvnc, and the previous Xvfb + x11vnc) in the same run, with the ratio.
 
-    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2]
+    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc]
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -32,9 +33,11 @@ async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, 
     return total, ready, frame.non_blank
 
 
-async def main(n: int, parallel: int, chromium: bool) -> None:
+async def run(n: int, parallel: int, chromium: bool, vnc_server: str) -> tuple[float, float]:
+    """`n` sessions on a fresh controller whose sandboxes run `vnc_server`; (p50 create→ready, p50 first frame)."""
     env = {
         "HEARTH_CHROMIUM": "true" if chromium else "false",
+        "HEARTH_VNC_SERVER": vnc_server,
         "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
     }
     with scratch_settings(env, "hearth-b") as settings:
@@ -50,14 +53,23 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
                 for total, ready, non_blank in batch:
                     results.append((total, ready, non_blank))
                     print(
-                        f"run {len(results):3d}: create→ready {ready:6.3f}s  create→first-frame {total:6.3f}s"
-                        f"  {'non-blank' if non_blank else 'BLANK'}"
+                        f"[{vnc_server}] run {len(results):3d}: create→ready {ready:6.3f}s  "
+                        f"create→first-frame {total:6.3f}s  {'non-blank' if non_blank else 'BLANK'}"
                     )
-        totals = [r[0] for r in results]
-        readies = [r[1] for r in results]
-        print(f"\nsessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
-        print(f"create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
-        print(f"create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s")
+    totals = [r[0] for r in results]
+    readies = [r[1] for r in results]
+    print(f"\n[{vnc_server}] sessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
+    print(f"[{vnc_server}] create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
+    print(f"[{vnc_server}] create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s\n")
+    return statistics.median(readies), statistics.median(totals)
+
+
+async def main(n: int, parallel: int, chromium: bool, servers: list[str]) -> None:
+    got = {v: await run(n, parallel, chromium, v) for v in servers}
+    if "xvnc" in got and "x11vnc" in got:
+        (r_new, f_new), (r_old, f_old) = got["xvnc"], got["x11vnc"]
+        print(f"cold create→first-frame p50: xvnc {f_new:.3f}s  x11vnc {f_old:.3f}s  ratio {f_new / f_old:.2f}×")
+        print(f"cold create→ready       p50: xvnc {r_new:.3f}s  x11vnc {r_old:.3f}s  ratio {r_new / r_old:.2f}×")
 
 
 if __name__ == "__main__":
@@ -65,5 +77,8 @@ if __name__ == "__main__":
     ap.add_argument("-n", type=int, default=5, help="number of sessions")
     ap.add_argument("--parallel", type=int, default=1, help="sessions created at once")
     ap.add_argument("--no-chromium", action="store_true", help="desktop without Chromium")
+    ap.add_argument(
+        "--vnc", default="xvnc,x11vnc", help="VNC servers to measure in this run, in order (xvnc,x11vnc: with ratio)"
+    )
     args = ap.parse_args()
-    asyncio.run(main(args.n, args.parallel, not args.no_chromium))
+    asyncio.run(main(args.n, args.parallel, not args.no_chromium, args.vnc.split(",")))

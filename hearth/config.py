@@ -23,6 +23,7 @@ from hearth.errors import ConfigError
 
 DriverName = Literal["auto", "netns", "qemu", "firecracker"]
 SigninModeName = Literal["remote_browser", "direct"]
+VncServerName = Literal["xvnc", "x11vnc"]
 
 # Variables read without the HEARTH_ prefix (seed compatibility), plus other unprefixed knobs.
 PLAIN_NAMES = (
@@ -105,7 +106,10 @@ class Settings(BaseSettings):
     screen: str = "1280x800x24"
     start_url: str = "about:blank"
     chromium: bool = True
+    vnc_server: VncServerName = "xvnc"  # the sandbox desktop: TigerVNC Xvnc, or the older Xvfb + x11vnc
     ready_timeout: float = Field(45.0, gt=0)
+    # sandboxes booting at once on this controller; more wait in line (status `queued`): hearth/session/bootqueue.py
+    max_boots: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     viewer_wait: float = Field(30.0, gt=0)
     ws_ping_interval: float = Field(20.0, gt=0, le=25)
     session_ttl: float = Field(1800.0, gt=0)

@@ -15,6 +15,7 @@ from typing import Any
 
 _SCREEN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}x(8|15|16|24|30|32)$")
 MIN_SECRET = 16
+VNC_SERVERS = ("xvnc", "x11vnc")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,7 @@ class AgentConfig:
     start_url: str = "about:blank"
     chromium: bool = True
     desktop: bool = True  # False: no display at all (a CLI sandbox: the agent only)
+    vnc_server: str = "xvnc"  # "xvnc": TigerVNC's Xvnc (display + VNC in one); "x11vnc": Xvfb + x11vnc
     session_id: str = ""
     callback: str = ""  # controller URL for agent → controller calls (extensions)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # every key, for extensions
@@ -84,9 +86,12 @@ def parse_config(data: Any) -> AgentConfig:
         chromium=_flag(data.get("chromium", True), "chromium", problems),
         desktop=_flag(data.get("desktop", True), "desktop", problems),
         session_id=_text(data.get("session_id", ""), "session_id", problems),
+        vnc_server=_text(data.get("vnc_server", "xvnc"), "vnc_server", problems),
         callback=_text(data.get("callback", ""), "callback", problems),
         raw=dict(data),
     )
+    if cfg.vnc_server not in VNC_SERVERS:
+        problems.append(f"vnc_server must be one of {', '.join(VNC_SERVERS)}")
     if cfg.start_url.startswith("-"):
         problems.append("start_url must not start with '-'")
     if problems:

@@ -1,8 +1,11 @@
 """Start the desktop services in order and keep them running.
 
-Xvfb (ready when it writes its display number to -displayfd) → openbox → x11vnc (ready when its port accepts a
-TCP connection) → chromium. A service that dies is restarted with back-off (0.25 s doubling to 5 s while it keeps
-dying within 10 s of its start); when Xvfb restarts, everything drawn on it is restarted too.
+`vnc_server: xvnc` (default): TigerVNC's Xvnc — X server and VNC server in one process, damage-based, answering a
+new client at once, resizable by the viewer (SetDesktopSize) — ready when it wrote its display number to -displayfd
+and its RFB port accepts → openbox → chromium. `vnc_server: x11vnc` (the previous design, kept for comparison):
+Xvfb (ready at -displayfd) → openbox → x11vnc (ready when its port accepts) → chromium. A service that dies is
+restarted with back-off (0.25 s doubling to 5 s while it keeps dying within 10 s of its start); when the display
+server restarts, everything drawn on it is restarted too.
 
 One thread (the one calling `run`) owns every child process; HTTP threads only read snapshots under the lock and
 queue short-lived helpers (`open_url`), which the same thread reaps.
@@ -24,9 +27,10 @@ from hearth_agent.config import AgentConfig
 
 log = logging.getLogger("hearth_agent")
 
-ORDER = ("xvfb", "openbox", "x11vnc", "chromium")
+ORDER = {"xvnc": ("xvnc", "openbox", "chromium"), "x11vnc": ("xvfb", "openbox", "x11vnc", "chromium")}
+DISPLAY_SERVICES = ("xvnc", "xvfb")  # the service that owns the X display (and, for xvnc, the RFB port too)
 MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.25, 5.0, 10.0
-READY_TIMEOUT = 15.0  # Xvfb display number / x11vnc port
+READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
 STOP_GRACE = 3.0  # TERM, then KILL
 HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
 TICK = 0.1
@@ -98,7 +102,8 @@ class Supervisor:
         self.t0 = time.monotonic()
         self.home = home or os.environ.get("HOME") or "/tmp"
         self.display = ""
-        names = ORDER if config.desktop else ()
+        names = ORDER[config.vnc_server] if config.desktop else ()
+        self.display_service = names[0] if names else ""
         self.services = {n: Service(n) for n in names if n != "chromium" or config.chromium}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -134,7 +139,7 @@ class Supervisor:
             if svc.proc is None or svc.proc.poll() is None:
                 continue
             self._exited(svc, svc.proc.returncode, now)
-            if svc.name == "xvfb":  # everything drawn on the display restarts with it
+            if svc.name == self.display_service:  # everything drawn on the display restarts with it
                 for dep in self.services.values():
                     if dep is not svc and dep.proc is not None:
                         self._stop_procs([dep])
@@ -165,7 +170,7 @@ class Supervisor:
                 return
             if svc.proc is not None or time.monotonic() < svc.next_try:
                 continue
-            if name != "xvfb" and self.services["xvfb"].state != "running":
+            if name != self.display_service and self.services[self.display_service].state != "running":
                 continue
             self._start(svc)
 
@@ -233,16 +238,36 @@ class Supervisor:
         return proc
 
     def _start_xvfb(self, svc: Service) -> None:
+        argv = ["Xvfb", "-screen", "0", self.cfg.screen, "+extension", "RANDR"]
+        self._start_x(svc, argv)
+
+    def _start_xvnc(self, svc: Service) -> None:
+        """One process: the X display and the RFB server on ip:rfb_port only (never loopback/other addresses: the
+        sandbox's netns address is what the fabric dials); no VNC password — the gateway is the authentication."""
+        width, height, depth = self.cfg.screen.split("x")
+        ip, port = self.cfg.ip, self.cfg.rfb_port
+        argv = ["Xvnc", "-geometry", f"{width}x{height}", "-depth", depth, "-rfbport", str(port)]
+        argv += ["-interface", ip, "-SecurityTypes", "None", "-AlwaysShared", "-AcceptSetDesktopSize"]
+        argv += ["-SendCutText", "-AcceptCutText", "-SetPrimary"]
+        # Only the gateway connects (from the fabric) and it is the authentication: Xvnc's blacklist of hosts with
+        # many unauthenticated connections would refuse a burst of viewers of one session.
+        argv += ["-BlacklistThreshold", "1000000"]
+        proc = self._start_x(svc, argv)
+        self._wait_port(proc, "Xvnc", ip, port)
+
+    def _start_x(self, svc: Service, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start an X server that reports its display number on -displayfd; ready when it did."""
         os.makedirs("/tmp/.X11-unix", mode=0o1777, exist_ok=True)
+        name = argv[0]
         r, w = os.pipe()
         try:
-            argv = ["Xvfb", "-displayfd", str(w), "-screen", "0", self.cfg.screen, "-nolisten", "tcp", "-noreset"]
-            proc = self._spawn(svc, [*argv, "-dpi", "96", "+extension", "RANDR"], quiet=False, pass_fds=(w,))
+            extra = ["-displayfd", str(w), "-nolisten", "tcp", "-noreset", "-dpi", "96"]
+            proc = self._spawn(svc, [*argv, *extra], quiet=False, pass_fds=(w,))
         finally:
             os.close(w)
         data = b""
         deadline = time.monotonic() + READY_TIMEOUT
-        try:  # read up to the newline: closing early makes Xvfb's write fail ("Cannot write display")
+        try:  # read up to the newline: closing early makes the server's write fail ("Cannot write display")
             while not data.endswith(b"\n") and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -250,7 +275,7 @@ class Supervisor:
                 ready, _, _ = select.select([r], [], [], min(left, TICK))
                 if ready:
                     chunk = os.read(r, 64)
-                    if not chunk:  # Xvfb exited (its end of the pipe closed)
+                    if not chunk:  # the server exited (its end of the pipe closed)
                         break
                     data += chunk
         finally:
@@ -259,8 +284,9 @@ class Supervisor:
         if not number.isdigit():
             code = proc.poll()
             why = f"exited with {code}" if code is not None else f"reported no display within {READY_TIMEOUT:.0f}s"
-            raise RuntimeError(f"Xvfb {why}")
+            raise RuntimeError(f"{name} {why}")
         self.display = ":" + number
+        return proc
 
     def _start_openbox(self, svc: Service) -> None:
         self._spawn(svc, ["openbox"], quiet=True)
@@ -269,18 +295,23 @@ class Supervisor:
         ip, port = self.cfg.ip, self.cfg.rfb_port
         argv = ["x11vnc", "-display", self.display, "-listen", ip, "-rfbport", str(port), "-nopw", "-forever"]
         proc = self._spawn(svc, [*argv, "-shared", "-noxdamage", "-nonap", "-quiet", "-norc", "-noipv6"], quiet=False)
+        self._wait_port(proc, "x11vnc", ip, port)
+
+    def _wait_port(self, proc: subprocess.Popen[bytes], name: str, ip: str, port: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline and not self._stop.is_set():
             if proc.poll() is not None:
-                raise RuntimeError(f"x11vnc exited with {proc.returncode}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
             try:
                 with socket.create_connection((ip, port), timeout=0.5):
                     return
             except OSError:
-                self._stop.wait(0.05)
-        raise RuntimeError(f"x11vnc did not listen on {ip}:{port} within {READY_TIMEOUT:.0f}s")
+                self._stop.wait(0.02)
+        raise RuntimeError(f"{name} did not listen on {ip}:{port} within {READY_TIMEOUT:.0f}s")
 
     def _start_chromium(self, svc: Service) -> None:
+        # Normal priority: the browser is what the person types their password into (SCHED_IDLE was tried for boot
+        # storms; it did not shorten them and it froze browsers whenever anything else wanted the CPU).
         self._spawn(svc, self.chromium_argv(self.cfg.start_url), quiet=True)
 
     def chromium_argv(self, url: str) -> list[str]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything hearth needs on a Debian 12 machine (run as root). Idempotent; a second run takes about a second.
-#   1. Debian packages: the sandbox desktop (Xvfb, Openbox, x11vnc, Chromium), bubblewrap, nftables, QEMU, tools
+#   1. Debian packages: the sandbox desktop (Xvnc; or Xvfb + x11vnc; Openbox, Chromium), bubblewrap, nftables, QEMU, tools
 #   2. .venv with hearth and its pinned dependencies (pyproject.toml, extra "dev")
 #   3. noVNC from the npm registry (exact version pinned in web/package-lock.json), copied into hearth/static/novnc
 #   4. the provider CLIs (Node + claude, codex, gemini; clis/package-lock.json) into /var/cache/hearth/clis/<hash>
@@ -35,7 +35,7 @@ sha() { sha256sum "$@" | cut -d' ' -f1; }
 # ---- 1. Debian packages --------------------------------------------------------------------------------------------
 APT_PACKAGES=(
   # the desktop inside each sandbox
-  xvfb openbox x11vnc chromium fonts-dejavu-core xdotool
+  tigervnc-standalone-server xvfb openbox x11vnc chromium fonts-dejavu-core xdotool
   # sandboxing and networking
   bubblewrap nftables libnftables1 iproute2 util-linux procps kmod iputils-ping arping
   # the VM drivers and their guest image
@@ -64,7 +64,7 @@ if ((${#missing[@]})); then
 else
   note "all ${#APT_PACKAGES[@]} present"
 fi
-need=(Xvfb openbox x11vnc chromium xdotool bwrap nft ip nsenter setpriv ping arping qemu-system-x86_64 qemu-img node npm)
+need=(Xvnc Xvfb openbox x11vnc chromium xdotool bwrap nft ip nsenter setpriv ping arping qemu-system-x86_64 qemu-img node npm)
 absent=()
 for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || absent+=("$c"); done
 ((${#absent[@]} == 0)) || die "commands still missing after apt: ${absent[*]}"

@@ -40,7 +40,7 @@ async def wait_status(http: httpx.AsyncClient, sid: str, timeout: float = 90) ->
             await asyncio.sleep(float(r.headers.get("retry-after", "1")))
             continue
         body: dict[str, object] = r.json()
-        if body["status"] != "starting" or time.monotonic() > deadline:
+        if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
             return body
         await asyncio.sleep(0.1)  # 10 polls/s: well under the API's default rate limit
 

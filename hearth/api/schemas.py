@@ -28,6 +28,7 @@ class StartRequest(BaseModel):
 class StartResponse(BaseModel):
     session_id: str
     status: str
+    queue_position: int | None = Field(None, description="while `queued`: 1 = the next sandbox to boot")
     viewer_token: str
     viewer_url: str
 
@@ -62,10 +63,12 @@ class SessionOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     signin: SigninOut | None = Field(None, description="direct mode: the sign-in link (and code) to show the person")
+    queue_position: int | None = Field(None, description="while `queued`: 1 = the next sandbox to boot")
 
     @classmethod
-    def of(cls, v: SessionView, signin: SigninPrompt | None = None) -> SessionOut:
+    def of(cls, v: SessionView, signin: SigninPrompt | None = None, position: int | None = None) -> SessionOut:
         return cls(
+            queue_position=position,
             session_id=v.id,
             user_id=v.user_id,
             provider=v.provider,

@@ -63,6 +63,7 @@ def make_router(
         return StartResponse(
             session_id=view.id,
             status=view.status.value,
+            queue_position=service.boot_queue.position(view.id),
             viewer_token=token,
             viewer_url=viewer_url(settings, request, view.id, token),
         )
@@ -70,7 +71,9 @@ def make_router(
     @router.get("/session/{session_id}", response_model=SessionOut)
     async def get(session_id: str) -> SessionOut:
         """Status, reason, timings; in direct mode `signin` holds the link (and code) to show the person."""
-        return SessionOut.of(await service.get(session_id), prompt_of(session_id))
+        return SessionOut.of(
+            await service.get(session_id), prompt_of(session_id), service.boot_queue.position(session_id)
+        )
 
     @router.post("/session/{session_id}/cancel", response_model=SessionOut)
     async def cancel(session_id: str) -> SessionOut:

@@ -115,7 +115,7 @@ async def _follow(http: httpx.AsyncClient, sid: str, out: Console, timeout: floa
                 if stage in timings and stage not in seen:
                     seen.add(stage)
                     bar.update(task, description=f"{stage} ✓ ({timings[stage]:.2f}s)")
-            if body["status"] != "starting" or time.monotonic() > deadline:
+            if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
                 return body
             await asyncio.sleep(0.1)
 

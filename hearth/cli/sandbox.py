@@ -73,6 +73,7 @@ def plan_cmd(
         chromium=settings.chromium,
         rfb_port=settings.rfb_port,
         agent_port=settings.agent_port,
+        vnc_server=settings.vnc_server,
     )
     jail = JailerConfig(binary=jailer_binary, uid=jailer_uid, gid=jailer_gid) if jailer else None
     try:

@@ -151,7 +151,7 @@ async def _session(lc: LocalController, ready_timeout: float, res: Result) -> No
         while time.monotonic() - t0 < ready_timeout + 120:
             body = (await http.get(f"/api/auth/session/{sid}")).json()
             status = body["status"]
-            if status != "starting":
+            if status not in ("queued", "starting"):
                 break
             await asyncio.sleep(0.1)
         agent_task.cancel()

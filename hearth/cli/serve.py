@@ -65,6 +65,9 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_interval,
         ws_max_size=4 * 1024 * 1024,
+        # RFB framebuffer data is already compressed (Tight/ZRLE) or raw on a fast link: deflating it again per
+        # message costs the gateway CPU for little gain (websockify does not deflate either).
+        ws_per_message_deflate=False,
         limit_concurrency=1000,
         timeout_keep_alive=30,
         log_config=None,

@@ -38,7 +38,7 @@ async def session(ctx: Context) -> Finding:
     v = t.view
     shown = f"status {v.status.value}, driver {v.driver}, slot {v.slot}, address {t.ip}"
     if not v.status.terminal:
-        note = " (still booting: later failures may be transient)" if v.status.value == "starting" else ""
+        note = " (still booting: later failures may be transient)" if v.status.booting else ""
         return Finding.good(shown + note)
     hop = Hop(v.hop) if v.hop in {h.value for h in Hop} else Hop.DRIVER
     if v.status.value != "failed":
@@ -90,7 +90,7 @@ async def link(ctx: Context) -> Finding:
     seen = await asyncio.to_thread(probes.links, ns, (t.port, s.bridge_device))
     port = seen.get(t.port)
     if port is None:
-        if t.view.status.value == "starting":
+        if t.view.status.booting:
             return Finding.bad(f"port {t.port} not created yet in {ns}", "the session is still booting: retry shortly")
         return Finding.bad(
             f"port {t.port} missing in fabric namespace {ns}", f"the sandbox lost its port: {_recreate(t)}"
@@ -254,8 +254,9 @@ async def agent(ctx: Context) -> Finding:
     shown = ", ".join(f"{n} {v.get('state')}" for n, v in services.items()) or "no services"
     if status != 200:
         return Finding.bad(f"agent at {where} answered HTTP {status}", f"see {_agent_log(t)}")
+    # Xvfb (HEARTH_VNC_SERVER=x11vnc) is a hop of its own; Xvnc is the VNC server too: the vnc hop names it.
     xvfb = services.get("xvfb", {})
-    if t.view.status.value != "starting" and services and xvfb.get("state") != "running":
+    if not t.view.status.booting and "xvfb" in services and xvfb.get("state") != "running":
         return Finding.bad(
             f"the display is not running ({shown}; xvfb restarts {xvfb.get('restarts')}, last exit "
             f"{xvfb.get('last_exit')})",
@@ -264,11 +265,22 @@ async def agent(ctx: Context) -> Finding:
     return Finding.good(f"GET /health 200: {shown}")
 
 
+_PROGRAM = {"xvnc": "Xvnc", "x11vnc": "x11vnc"}
+
+
+def _vnc_name(ctx: Context) -> str:
+    """The sandbox's VNC server as the agent reports it: x11vnc (HEARTH_VNC_SERVER=x11vnc), else Xvnc."""
+    return "x11vnc" if "x11vnc" in ctx.memo.get("health", {}).get("services", {}) else "xvnc"
+
+
 def _x11vnc(ctx: Context) -> str:
-    v = ctx.memo.get("health", {}).get("services", {}).get("x11vnc")
+    name = _vnc_name(ctx)
+    v = ctx.memo.get("health", {}).get("services", {}).get(name)
     if not v:
         return ""
-    return f"agent reports x11vnc {v.get('state')}, {v.get('restarts')} restarts, last exit {v.get('last_exit')}"
+    return (
+        f"agent reports {_PROGRAM[name]} {v.get('state')}, {v.get('restarts')} restarts, last exit {v.get('last_exit')}"
+    )
 
 
 async def vnc(ctx: Context) -> Finding:
@@ -280,7 +292,7 @@ async def vnc(ctx: Context) -> Finding:
         agent_says = _x11vnc(ctx)
         return Finding.bad(
             f"nothing accepts {t.ip}:{s.rfb_port} ({what}{'; ' + agent_says if agent_says else ''})",
-            f"x11vnc is not listening: see {_agent_log(t)} (the agent restarts it with back-off); if it keeps "
+            f"{_PROGRAM[_vnc_name(ctx)]} is not listening: see {_agent_log(t)} (the agent restarts it with back-off); if it keeps "
             f"failing, something else may hold port {s.rfb_port} in {t.slot.netns}",
         )
     sock.close()
@@ -294,7 +306,7 @@ async def rfb(ctx: Context) -> Finding:
     except (OSError, TimeoutError, asyncio.IncompleteReadError, RfbError) as exc:
         return Finding.bad(
             f"{t.ip}:{s.rfb_port} accepts TCP but RFB does not complete ({type(exc).__name__}: {exc})",
-            f"x11vnc is hung or another server holds the port: see {_agent_log(t)}; {_recreate(t)}",
+            f"{_PROGRAM[_vnc_name(ctx)]} is hung or another server holds the port: see {_agent_log(t)}; {_recreate(t)}",
         )
     return Finding.good(f"{init.version}, {init.width}x{init.height}, desktop {init.name!r}")
 
@@ -330,7 +342,15 @@ STEPS = [
     Step("icmp", Hop.ICMP, icmp, 0.5, needs=("neighbour",), skip=sandbox_gone),
     Step("agent", Hop.AGENT, agent, 0.9, needs=("neighbour",), skip=sandbox_gone, timeout_hint="the agent is hung"),
     Step("vnc", Hop.VNC, vnc, 0.6, needs=("neighbour",), skip=no_desktop),
-    Step("rfb", Hop.RFB, rfb, RFB_TIMEOUT + 0.1, needs=("vnc",), skip=no_desktop, timeout_hint="x11vnc is hung"),
+    Step(
+        "rfb",
+        Hop.RFB,
+        rfb,
+        RFB_TIMEOUT + 0.1,
+        needs=("vnc",),
+        skip=no_desktop,
+        timeout_hint="the VNC server (Xvnc/x11vnc) is hung",
+    ),
     GATEWAY_STEP,
 ]
 ADVISORIES = [Step("port isolation", Hop.LINK, isolation, 0.3, needs=("link",), on_path=False, skip=sandbox_gone)]

@@ -22,6 +22,7 @@ from hearth.gateway.viewonly import InputFilter, ViewOnlyViolation
 from hearth.rfb.client import RfbError, handshake
 
 CHUNK = 64 * 1024
+HIGH_WATER = 64 * 1024  # upstream: wait for the sandbox to take its input only beyond this much queued
 HANDSHAKE_TIMEOUT = 30.0  # each side's RFB handshake
 
 
@@ -70,8 +71,8 @@ class _Viewer:
         data = msg.get("bytes")
         if data is None:
             text = msg.get("text")
-            data = text.encode("latin-1", "replace") if isinstance(text, str) else b""
-        return bytes(data)
+            return text.encode("latin-1", "replace") if isinstance(text, str) else b""
+        return data if isinstance(data, bytes) else bytes(data)
 
     async def read(self, n: int) -> bytes:
         while len(self.buf) < n:
@@ -92,10 +93,12 @@ async def relay(
     view_only: bool = False,
     on_first_frame: Callable[[], None] | None = None,
     on_bytes: Callable[[str, int], None] | None = None,
+    on_sandbox_handshake: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Relay until one side ends or `stop` is set; returns who ended it."""
+    """Relay until one side ends or `stop` is set; returns who ended it. `on_sandbox_handshake` is called once the
+    sandbox's RFB handshake is done (the route serialises dials to one sandbox until then)."""
     try:
-        return await _relay(ws, reader, writer, stop, view_only, on_first_frame, on_bytes)
+        return await _relay(ws, reader, writer, stop, view_only, on_first_frame, on_bytes, on_sandbox_handshake)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -110,6 +113,7 @@ async def _relay(
     view_only: bool,
     on_first_frame: Callable[[], None] | None,
     on_bytes: Callable[[str, int], None] | None,
+    on_sandbox_handshake: Callable[[], None] | None = None,
 ) -> Outcome:
     stats = RelayStats()
     filt = InputFilter(drop_input=view_only)
@@ -130,6 +134,8 @@ async def _relay(
         except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             detail = f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}"
             return Outcome(Ended.SANDBOX_ERROR, detail, stats)
+        if on_sandbox_handshake is not None:
+            on_sandbox_handshake()
         try:
             await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
         except ViewerHandshakeError as exc:
@@ -176,6 +182,8 @@ async def _relay(
                 first_frame_pending = False
                 on_first_frame()
 
+    transport = writer.transport
+
     async def upstream() -> Outcome:
         nonlocal pending
         while True:
@@ -194,13 +202,16 @@ async def _relay(
             data = kept
             if not data:
                 continue
-            writer.write(data)
-            try:
-                await asyncio.wait_for(writer.drain(), 30)
-            except (ConnectionResetError, BrokenPipeError):  # the VNC server closed this connection
+            if transport.is_closing():  # the VNC server closed this connection
                 return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
-            except (OSError, TimeoutError) as exc:
-                return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
+            writer.write(data)
+            if transport.get_write_buffer_size() > HIGH_WATER:  # else nothing to wait for: no timer per message
+                try:
+                    await asyncio.wait_for(writer.drain(), 30)
+                except (ConnectionResetError, BrokenPipeError):  # the VNC server closed this connection
+                    return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
+                except (OSError, TimeoutError) as exc:
+                    return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
             stats.to_sandbox += len(data)
             if on_bytes is not None:
                 on_bytes("to_sandbox", len(data))

@@ -10,8 +10,10 @@ reconnect, 1000 on sandbox EOF or a normal end. (1012 is uvicorn's own, only if 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import weakref
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -45,8 +47,15 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
     gauge = service.viewers
     metrics = service.metrics
 
+    # One dial at a time per sandbox, from connect until the sandbox's RFB handshake is done: Xvnc accepts one
+    # pending connection per wake-up of its listening socket, so a burst of simultaneous connects would leave some
+    # waiting in its backlog indefinitely (the gateway is its only client: serialising here is enough).
+    dial_gates: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    byte_counters = {d: metrics.gateway_bytes.labels(d) for d in ("to_client", "to_sandbox")}  # bound once
+
     def count_bytes(direction: str, n: int) -> None:
-        metrics.gateway_bytes.labels(direction).inc(n)
+        byte_counters[direction].inc(n)
 
     @router.websocket("/api/auth/session/{session_id}/novnc/websock")
     async def websock(ws: WebSocket, session_id: str, token: str = "") -> None:
@@ -74,15 +83,26 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(UNKNOWN, f"unknown session {session_id}")
             except StoreError:
                 return await close(UNAVAILABLE, "[store] state store unavailable — reconnect shortly")
-            if view.status is Status.STARTING:
+            if view.status.booting:
                 return await close(NOT_READY, f"sandbox not ready within {settings.viewer_wait:.0f}s; retry")
             if view.status.terminal:
                 code = UNREACHABLE if view.status is Status.FAILED else 1000
                 return await close(code, f"session {view.status.value}: {view.reason or ''}".strip())
             target = service.target(view)
+            gate = dial_gates.get(session_id)
+            if gate is None:
+                gate = dial_gates[session_id] = asyncio.Lock()
+            await gate.acquire()
+            held = [gate]
+
+            def dialled() -> None:
+                if held:
+                    held.pop().release()
+
             try:
                 reader, writer = await open_connection(target.netns, target.ip, target.rfb_port, 5.0)
             except (OSError, TimeoutError) as exc:
+                dialled()
                 err = HearthError(Hop.VNC, f"sandbox {target.ip}:{target.rfb_port} unreachable ({type(exc).__name__})")
                 reason = await service.explain(session_id, err)
                 return await close(UNREACHABLE, reason)
@@ -98,8 +118,10 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                     view_only=claims.scope is Scope.VIEW,
                     on_first_frame=lambda: service.first_frame(view),
                     on_bytes=count_bytes,
+                    on_sandbox_handshake=dialled,
                 )
             finally:
+                dialled()
                 gauge.remove(session_id)
                 metrics.gateway_connections.dec()
             log.info(

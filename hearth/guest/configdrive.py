@@ -33,6 +33,7 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "rfb_port": spec.rfb_port,
         "agent_port": spec.agent_port,
         "desktop": spec.desktop,
+        "vnc_server": spec.vnc_server,
         "callback": f"http://{spec.slot.gateway}:{callback_port}",
         "providers": list(spec.providers),
     }

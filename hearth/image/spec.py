@@ -28,7 +28,8 @@ BUSYBOX_PACKAGE = "busybox-static"
 # Userspace of every sandbox (all drivers): the desktop, the agent's interpreter, the guest's one network tool.
 BASE_PACKAGES: tuple[str, ...] = (
     "python3",  # Debian's 3.11; the agent is stdlib-only
-    "xvfb",
+    "tigervnc-standalone-server",  # Xvnc: the X display and the VNC server in one process (the default)
+    "xvfb",  # with x11vnc: the previous desktop, HEARTH_VNC_SERVER=x11vnc
     "openbox",
     "x11vnc",
     "fonts-dejavu-core",

@@ -93,6 +93,7 @@ class SandboxManager:
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
             desktop=desktop,
+            vnc_server=s.vnc_server,
             home=home,
             providers=providers,
         )

@@ -20,7 +20,7 @@ from hearth.fabric.dial import open_connection
 from hearth.rfb.client import RfbError, ServerInit, handshake
 from hearth.sandbox.base import SandboxSpec
 
-_BACKOFF = (0.02, 0.05, 0.1, 0.2, 0.25)
+_BACKOFF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.25)  # a desktop is up ~50 ms after its agent: look often early
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,10 @@ async def wait_display(t: Target, deadline: float) -> dict[str, Any]:
         status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
         if status != 200 or not isinstance(body, dict):
             raise ValueError(f"agent /health answered HTTP {status}")
-        xvfb = body.get("services", {}).get("xvfb", {})
-        if xvfb.get("state") != "running":
-            raise ValueError(f"display state {xvfb.get('state')!r}")
+        services = body.get("services", {})
+        display = services.get("xvnc") or services.get("xvfb") or {}  # Xvnc, or Xvfb (HEARTH_VNC_SERVER=x11vnc)
+        if display.get("state") != "running":
+            raise ValueError(f"display state {display.get('state')!r}")
         return body
 
     result: dict[str, Any] = await _retry(
@@ -101,7 +102,11 @@ async def wait_vnc(t: Target, deadline: float) -> None:
         writer.close()
 
     await _retry(
-        deadline, Hop.VNC, f"VNC port {t.ip}:{t.rfb_port}", "x11vnc is not listening; see the agent log", attempt
+        deadline,
+        Hop.VNC,
+        f"VNC port {t.ip}:{t.rfb_port}",
+        "the VNC server (Xvnc or x11vnc) is not listening; see the agent log",
+        attempt,
     )
 
 

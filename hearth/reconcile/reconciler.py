@@ -103,7 +103,7 @@ class Reconciler:
                 await mgr.end(owner, Final.DONE, row.slot)
                 report.removed_sandboxes[owner] = reason
                 continue
-            if Status(session.status) is Status.STARTING or row.state != SandboxState.RUNNING.value:
+            if Status(session.status).booting or row.state != SandboxState.RUNNING.value:
                 continue  # a boot the restart interrupted: failed (and removed) by `_sessions`
             reason = await mgr.adopt(row)
             if reason is None:
@@ -125,7 +125,7 @@ class Reconciler:
         for view in await svc.list_active():
             if svc.is_booting(view.id) or svc.is_unrecorded(view.id) or svc.sandboxes.get(view.id) is not None:
                 continue
-            if view.status is Status.STARTING or view.slot is None:
+            if view.status.booting or view.slot is None:
                 reason = "[driver] the controller restarted while this sandbox was booting"
             else:
                 reason = "[driver] no sandbox is recorded for this session (the controller cannot reach it)"

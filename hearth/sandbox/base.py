@@ -28,6 +28,7 @@ class SandboxSpec:
     rfb_port: int = 5900
     agent_port: int = 8080
     desktop: bool = True  # False: a CLI sandbox (agent only, no display)
+    vnc_server: str = "xvnc"  # "xvnc" (one process) or "x11vnc" (Xvfb + x11vnc), see hearth_agent/supervisor.py
     home: Path | None = None  # persistent home kept across destroy (CLI sandboxes); None: inside workdir
     providers: tuple[str, ...] = ()  # digests of the provider definitions its agent may run (none: no logins)
 

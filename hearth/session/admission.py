@@ -61,6 +61,7 @@ def admit(
     provider: str | None,
     mode: str,
     driver: str,
+    status: Status = Status.STARTING,
 ) -> tuple[SessionRow, Lease]:
     """Check the limits, lease an address and insert the `starting` session, atomically (blocking: run it on the
     store's executor). LimitExceeded / PoolExhausted leave nothing behind."""
@@ -73,7 +74,7 @@ def admit(
             user_id=user_id,
             provider=provider,
             mode=mode,
-            status=Status.STARTING.value,
+            status=status.value,
             driver=driver,
             node_id=s.node_id,
             fabric=s.fabric_netns,
@@ -83,7 +84,7 @@ def admit(
         )
         session.add(row)
         session.flush()
-        session.add(EventRow(session_id=sid, kind="state", name=Status.STARTING.value))
+        session.add(EventRow(session_id=sid, kind="state", name=status.value))
         return row, lease
 
     for _ in range(ATTEMPTS):

@@ -32,6 +32,7 @@ from hearth.providers.model import Provider
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import admission
 from hearth.session.admission import LimitExceeded
+from hearth.session.bootqueue import BootQueue
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
@@ -102,6 +103,7 @@ class SessionService:
         self.sandboxes = sandboxes or SandboxManager(settings, db, driver, self.ipam, _ring(settings))
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
+        self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
@@ -273,11 +275,20 @@ class SessionService:
         sid = str(uuid.uuid4())
 
         t0 = time.monotonic()
+        status = Status.STARTING if self.boot_queue.enter(sid) else Status.QUEUED
         # Limits, lease and insert in one transaction under the admission lock: concurrent starts cannot all pass.
-        row, lease = await self.db.offload(
-            lambda: admission.admit(self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name)
+        try:
+            row, lease = await self.db.offload(
+                lambda: admission.admit(
+                    self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name, status
+                )
+            )
+        except BaseException:
+            self.boot_queue.leave(sid)
+            raise
+        self._boots[sid] = asyncio.create_task(
+            self._boot(sid, lease.slot, mode, t0, provider, row.status == Status.QUEUED), name=f"boot-{sid}"
         )
-        self._boots[sid] = asyncio.create_task(self._boot(sid, lease.slot, mode, t0, provider), name=f"boot-{sid}")
         return SessionView.of(row)
 
     async def cancel(self, session_id: str) -> SessionView:
@@ -356,13 +367,18 @@ class SessionService:
         return view
 
     async def wait_until(self, session_id: str, timeout: float) -> SessionView:
-        """Wait (bounded) until the session is ready or has ended; returns its latest view."""
+        """Wait (bounded) until the session is ready or has ended; returns its latest view. Time spent `queued`
+        does not count: the bound starts when its boot does (every boot ahead of it has a deadline of its own)."""
         deadline = time.monotonic() + timeout
+        queued = False
         while True:
             waiter = self.changes.waiter(session_id)
             view = await self.get(session_id)
-            if view.status is not Status.STARTING:
+            if not view.status.booting:
                 return view
+            if view.status is Status.QUEUED or queued:  # still in line, or its turn just came: the bound starts now
+                deadline = time.monotonic() + timeout
+            queued = view.status is Status.QUEUED
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return view
@@ -408,7 +424,7 @@ class SessionService:
             if now - created > timedelta(seconds=s.session_ttl):
                 await self.end(view.id, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
                 count += 1
-            elif view.status is not Status.STARTING and now - seen > timedelta(seconds=s.idle_timeout):
+            elif not view.status.booting and now - seen > timedelta(seconds=s.idle_timeout):
                 await self.end(
                     view.id, Status.EXPIRED, f"idle for more than {s.idle_timeout:.0f}s (no viewer, no heartbeat)"
                 )
@@ -419,7 +435,7 @@ class SessionService:
         """Fail ready sessions whose sandbox died; returns how many."""
         failed = 0
         for view in await self.list_active():
-            if view.status is Status.STARTING or view.slot is None or view.id in self._unrecorded:
+            if view.status.booting or view.slot is None or view.id in self._unrecorded:
                 continue
             if self.sandboxes.get(view.id) is None:
                 continue  # not (yet) adopted by this controller: the reconciler decides
@@ -429,7 +445,9 @@ class SessionService:
         return failed
 
     # ---- internals -------------------------------------------------------------------------------
-    async def _boot(self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None) -> None:
+    async def _boot(
+        self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None, queued: bool = False
+    ) -> None:
         timings: dict[str, float] = {}
 
         def mark(stage: str) -> None:
@@ -443,6 +461,10 @@ class SessionService:
         with bind_session(sid):
             try:
                 mark("lease")
+                if queued:
+                    await self.boot_queue.turn(sid)  # a cancel while waiting: `end` releases the lease
+                    await self._transition(sid, Status.STARTING, None, None)
+                    mark("queued")
                 await self.sandboxes.boot(
                     sid,
                     Kind.SESSION,
@@ -480,6 +502,7 @@ class SessionService:
                     timings,
                 )
             finally:
+                self.boot_queue.leave(sid)
                 self._boots.pop(sid, None)
 
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:

@@ -6,6 +6,7 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
+    QUEUED = "queued"  # waiting for a boot slot (hearth/session/bootqueue.py); the API shows its position
     STARTING = "starting"
     READY = "ready"
     AWAITING_USER = "awaiting_user"
@@ -20,11 +21,17 @@ class Status(StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL
 
+    @property
+    def booting(self) -> bool:
+        """Not ready yet: waiting for a boot slot or booting."""
+        return self in (Status.QUEUED, Status.STARTING)
+
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 _ENDINGS = {Status.FAILED, Status.CANCELLED, Status.EXPIRED}
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.STARTING} | _ENDINGS),
     Status.STARTING: frozenset({Status.READY} | _ENDINGS),
     Status.READY: frozenset({Status.AWAITING_USER, Status.COMPLETED} | _ENDINGS),
     Status.AWAITING_USER: frozenset({Status.CREDENTIALS_CAPTURED} | _ENDINGS),

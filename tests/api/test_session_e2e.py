@@ -26,7 +26,7 @@ async def wait_status(http: httpx.AsyncClient, sid: str, want: str, timeout: flo
     deadline = time.monotonic() + timeout
     while True:
         body: dict[str, object] = (await http.get(f"/api/auth/session/{sid}")).json()
-        if body["status"] != "starting" or time.monotonic() > deadline:
+        if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
             assert body["status"] == want, body
             return body
         await asyncio.sleep(0.1)

@@ -24,7 +24,7 @@ from tests.live import descendants, leaks, wait_status
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9401
-DESKTOP = {"Xvfb", "x11vnc", "openbox", "chromium"}
+DESKTOP = {"Xvnc", "Xvfb", "x11vnc", "openbox", "chromium"}
 
 
 def start_idp(settings: Settings) -> IdpServer:

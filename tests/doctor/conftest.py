@@ -207,8 +207,9 @@ def is_agent(p: Proc) -> bool:
     return p.comm.startswith("python") and "hearth_agent" in p.cmdline
 
 
-def is_x11vnc(p: Proc) -> bool:
-    return p.comm == "x11vnc"
+def is_vnc_server(p: Proc) -> bool:
+    """The sandbox's VNC server: Xvnc (the default; the X display too) or x11vnc (HEARTH_VNC_SERVER=x11vnc)."""
+    return p.comm in ("Xvnc", "x11vnc")
 
 
 def resume(pid: int) -> None:

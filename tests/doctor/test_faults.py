@@ -34,7 +34,7 @@ from tests.doctor.conftest import (
     first,
     in_ns,
     is_agent,
-    is_x11vnc,
+    is_vnc_server,
     live_session,
     nft_json,
     resume,
@@ -255,18 +255,19 @@ class TestPathFaults:
     async def test_vnc_server_killed(self, live: Live) -> None:
         await live.wait_healthy()
         agent = await sandbox_proc(live, is_agent)
-        vnc = await sandbox_proc(live, is_x11vnc)
+        vnc = await sandbox_proc(live, is_vnc_server)
         blocker = None
         os.kill(agent.pid, signal.SIGSTOP)  # no restart while we take the port away
         try:
             os.kill(vnc.pid, signal.SIGKILL)
             blocker = await asyncio.to_thread(bind_blocker, live.slot.netns, live.ip, live.settings.rfb_port)
-            resume(agent.pid)  # the agent answers again, but every x11vnc it restarts finds the port taken
+            resume(agent.pid)  # the agent answers again, but every VNC server it restarts finds the port taken
             rep = await live.report()
             f = first(rep)
             assert f.hop is Hop.VNC and f.name == "vnc", f
-            assert "connection refused" in f.evidence and "x11vnc" in f.evidence
-            assert "x11vnc is not listening" in f.hint and f"port {live.settings.rfb_port}" in f.hint
+            program = "Xvnc" if vnc.comm == "Xvnc" else "x11vnc"
+            assert "connection refused" in f.evidence and f"agent reports {program}" in f.evidence
+            assert f"{program} is not listening" in f.hint and f"port {live.settings.rfb_port}" in f.hint
             assert rep.check("agent").ok is True and rep.check("rfb").ok is None
         finally:
             resume(agent.pid)

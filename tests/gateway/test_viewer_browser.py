@@ -43,6 +43,13 @@ CANVAS_COLOURS = """() => {
 }"""
 
 
+SCREEN_BOX = (
+    "() => { const r = document.getElementById('screen').getBoundingClientRect(); "
+    "return [Math.floor(r.width), Math.floor(r.height)]; }"
+)
+CANVAS_SIZE = "() => { const c = document.querySelector('#screen canvas'); return c ? [c.width, c.height] : [0, 0]; }"
+
+
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Callable[..., Settings]) -> None:
     from playwright.async_api import async_playwright
@@ -70,6 +77,24 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
             assert colours > 3, f"remote desktop canvas looks blank ({colours} colours)"
             png = await page.screenshot()
             assert len(png) > 10_000
+
+            # The remote desktop follows the person's window (noVNC resizeSession → SetDesktopSize → Xvnc's RandR):
+            # the framebuffer (noVNC's canvas) takes the size of the page's #screen, and again after a resize.
+            async def desktop_follows() -> tuple[list[int], list[int]]:
+                box, canvas = [0, 0], [-1, -1]
+                for _ in range(100):
+                    box = await page.evaluate(SCREEN_BOX)
+                    canvas = await page.evaluate(CANVAS_SIZE)
+                    if canvas == box:
+                        break
+                    await asyncio.sleep(0.1)
+                return box, canvas
+
+            box, canvas = await desktop_follows()
+            assert canvas == box and box != [1280, 800], (box, canvas)  # not the configured HEARTH_SCREEN
+            await page.set_viewport_size({"width": 900, "height": 640})
+            smaller, canvas = await desktop_follows()
+            assert canvas == smaller and smaller[0] < box[0] and smaller[1] < box[1], (box, smaller, canvas)
 
             # Kill the sandbox: the watchdog fails the session, the page says so in plain words.
             body = (await http.get(f"/api/auth/session/{started['session_id']}")).json()

@@ -37,3 +37,13 @@ def test_success_cannot_be_overwritten_by_cancel() -> None:
 def test_cannot_skip_readiness() -> None:
     with pytest.raises(IllegalTransition):
         check_transition(Status.STARTING, Status.AWAITING_USER)
+
+
+def test_a_queued_boot_starts_or_ends_but_is_never_ready_unbooted() -> None:
+    check_transition(Status.QUEUED, Status.STARTING)
+    check_transition(Status.QUEUED, Status.CANCELLED)
+    with pytest.raises(IllegalTransition):
+        check_transition(Status.QUEUED, Status.READY)
+    with pytest.raises(IllegalTransition):
+        check_transition(Status.STARTING, Status.QUEUED)
+    assert Status.QUEUED.booting and Status.STARTING.booting and not Status.READY.booting

@@ -112,9 +112,10 @@ window.WebSocket = function (url, protocols) {
 window.WebSocket.prototype = NativeWS.prototype;
 Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
 
-// Ctrl/Cmd+V in the viewer pastes this computer's clipboard into the remote browser (password managers). x11vnc
-// (0.9.16) takes RFB ClientCutText but does not serve it to X clients as a selection, so the text is typed: one key
-// event pair per character (keysym = Latin-1 code point, else 0x01000000 + code point), after the clipboard message.
+// Ctrl/Cmd+V in the viewer pastes this computer's clipboard into the remote browser (password managers). The
+// clipboard message goes first (Xvnc serves it to X clients as CLIPBOARD/PRIMARY); then the text is typed — one key
+// event pair per character (keysym = Latin-1 code point, else 0x01000000 + code point) — which also works with
+// x11vnc 0.9.16 (HEARTH_VNC_SERVER=x11vnc: it takes ClientCutText but serves no selection).
 const PASTE_MAX = 4096;
 function keysymOf(ch) {
   const cp = ch.codePointAt(0);

@@ -1,0 +1,109 @@
+"""Boot storm: N sessions created at once, each with a viewer connecting at once (as a person's page would).
+Prints create→ready and create→first-frame p50/max, how many sessions were `queued` and the worst queue position
+seen, and failures (a viewer refused with 4408 "not ready in time" counts as one) — with admission control
+(HEARTH_MAX_BOOTS, default the CPU count) and, in the same run, without it (HEARTH_MAX_BOOTS=N: every boot at once,
+the previous behaviour), with the ratio.
+
+    sudo .venv/bin/python bench/storm.py -n 60 [--only queued|unbounded] [--max-boots 2]
+
+Runs its own controllers with their own fabric namespaces (`hearth-b<hex>`) on loopback ports; removes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+import httpx
+
+from hearth.api.local import local_controller, scratch_settings
+from hearth.rfb.ws import first_frame
+
+
+async def one(http: httpx.AsyncClient, ws_base: str, i: int) -> tuple[float, float, str, int, dict[str, float]]:
+    """(create→ready, create→first frame, failure or "", queue position at create, stage timings)."""
+    t0 = time.monotonic()
+    r = await http.post("/api/auth/start", json={"user_id": f"storm-{i}"})
+    if r.status_code != 201:
+        return float("nan"), float("nan"), f"create {r.status_code}: {r.text[:120]}", 0, {}
+    body = r.json()
+    sid, position = body["session_id"], body.get("queue_position") or 0
+    url = f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}"
+    failure = ""
+    try:
+        await first_frame(url, 180)
+    except Exception as exc:  # a refused viewer (e.g. 4408) is what this bench counts
+        failure = f"viewer: {type(exc).__name__}: {str(exc)[:120]}"
+    total = time.monotonic() - t0
+    view = (await http.get(f"/api/auth/session/{sid}")).json()
+    ready = float(view["timings"].get("rfb", float("nan")))
+    if view["status"] != "ready" and not failure:
+        failure = f"session {view['status']}: {view.get('reason')}"
+    return ready, total, failure, int(position), dict(view["timings"])
+
+
+async def storm(n: int, max_boots: int, label: str) -> float:
+    env = {
+        "MAX_BROWSER_SESSIONS": str(n + 1),
+        "MAX_SESSIONS_PER_USER": "1",
+        "HEARTH_RATE_LIMIT": "0",
+        "HEARTH_READY_TIMEOUT": "120",
+        "HEARTH_MAX_BOOTS": str(max_boots),
+    }
+    with scratch_settings(env, prefix="hearth-b") as settings:
+        async with local_controller(settings) as lc:
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            async with httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=180, limits=limits) as http:
+                results = await asyncio.gather(*(one(http, lc.ws_base, i) for i in range(n)))
+                active = [v.id for v in await lc.ctl.service.list_active()]
+                for sid in active:
+                    await http.post(f"/api/auth/session/{sid}/cancel")
+    readies = [r[0] for r in results if r[0] == r[0]]
+    totals = [r[1] for r in results if not r[2]]
+    failures = [r[2] for r in results if r[2]]
+    queued = [r[3] for r in results if r[3]]
+    print(f"[{label}] {n} creates at once, HEARTH_MAX_BOOTS={max_boots}")
+    if readies:
+        print(f"[{label}] create→ready        p50 {statistics.median(readies):6.2f}s  max {max(readies):6.2f}s")
+    if totals:
+        print(f"[{label}] create→first-frame  p50 {statistics.median(totals):6.2f}s  max {max(totals):6.2f}s")
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        prev = r[4].get("queued", 0.0)
+        for stage, at in sorted(r[4].items(), key=lambda kv: kv[1]):
+            if stage not in ("lease", "queued"):
+                stages.setdefault(stage, []).append(at - prev)
+                prev = at
+    shown = "  ".join(f"{k} {statistics.median(v):.3f}s" for k, v in stages.items())
+    print(f"[{label}] boot stages (p50 of each step, from its turn): {shown}")
+    print(f"[{label}] queued at create: {len(queued)} (worst position {max(queued, default=0)})")
+    print(f"[{label}] failures: {len(failures)}")
+    for f in failures[:10]:
+        print(f"[{label}]   {f}")
+    print()
+    return statistics.median(readies) if readies else float("nan")
+
+
+async def main(n: int, max_boots: int, only: str) -> None:
+    got: dict[str, float] = {}
+    if only in ("", "queued"):
+        got["queued"] = await storm(n, max_boots, "queued")
+    if only in ("", "unbounded"):
+        got["unbounded"] = await storm(n, n, "unbounded")
+    if len(got) == 2:
+        print(
+            f"create→ready p50 under the storm: admission control {got['queued']:.2f}s, every boot at once "
+            f"{got['unbounded']:.2f}s, ratio {got['queued'] / got['unbounded']:.2f}×"
+        )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=60, help="sessions created at once")
+    ap.add_argument("--max-boots", type=int, default=max(1, os.cpu_count() or 1), help="HEARTH_MAX_BOOTS")
+    ap.add_argument("--only", choices=("queued", "unbounded"), default="")
+    a = ap.parse_args()
+    asyncio.run(main(a.n, a.max_boots, a.only))
