@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -68,6 +69,24 @@ def sandbox_row(db: Database, sid: str) -> tuple[int | None, int]:
     return db.call(get)
 
 
+async def adopted_logged(log: Path, offset: int, sid: str, timeout: float = 30) -> bool:
+    """Whether the controller logging to `log` (from `offset`) says it adopted `sid`'s sandbox (its reconciler's
+    first pass runs in the background once it listens)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if isinstance(rec, dict) and rec.get("msg") == "sandbox adopted" and rec.get("session_id") == sid:
+                    return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
 async def test_a_qemu_session_is_adopted_after_sigkill_of_the_controller(
     qemu_settings: Settings, tmp_path: Path
 ) -> None:
@@ -100,6 +119,7 @@ async def test_a_qemu_session_is_adopted_after_sigkill_of_the_controller(
         assert code == -signal.SIGKILL, code
         assert procs.same_process(pid, started), "the VM must outlive the controller"
 
+        offset = ctl.log.stat().st_size  # the new controller's log lines start here
         listening = await asyncio.to_thread(ctl.start, 120)
         frames = await viewer_frames(ws_base, fleet, timeout=60)  # through the new controller's gateway
         adopted_in = time.monotonic() - listening
@@ -109,6 +129,7 @@ async def test_a_qemu_session_is_adopted_after_sigkill_of_the_controller(
             assert sandbox_row(db, sid) == (pid, slot), "the same sandbox, adopted"
             assert procs.same_process(pid, started), "the same QEMU process"
             assert qemu_pids(s) == [pid]
+            assert await adopted_logged(ctl.log, offset, sid), "the new controller must log the adoption"
             print(
                 f"\nqemu adopted: first frame {adopted_in:.2f}s after the new controller listened ({frames[sid]:.2f}s)"
             )
