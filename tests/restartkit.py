@@ -31,7 +31,7 @@ from hearth_example.idp import IdpServer, IdpState
 IDP_PORT = 9407
 
 
-def controller_env(settings: Settings, sessions: int) -> dict[str, str]:
+def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     env.update(
         HEARTH_FABRIC_NETNS=settings.fabric_netns,
@@ -47,6 +47,7 @@ def controller_env(settings: Settings, sessions: int) -> dict[str, str]:
         MAX_SESSIONS_PER_USER=str(sessions + 5),
         HEARTH_RATE_LIMIT="0",
     )
+    env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py)
     return env
 
 
@@ -58,6 +59,7 @@ class Controller:
     log: Path
     sessions: int
     proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -73,7 +75,7 @@ class Controller:
         time it did."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hearth", "serve", *(["--drain"] if drain else [])],
-            env=controller_env(self.settings, self.sessions),
+            env=controller_env(self.settings, self.sessions, self.extra_env),
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             cwd=self.settings.data_dir,
