@@ -249,6 +249,8 @@ class Supervisor:
         argv = ["Xvnc", "-geometry", f"{width}x{height}", "-depth", depth, "-rfbport", str(port)]
         argv += ["-interface", ip, "-SecurityTypes", "None", "-AlwaysShared", "-AcceptSetDesktopSize"]
         argv += ["-SendCutText", "-AcceptCutText", "-SetPrimary"]
+        # The classic X root pattern (as Xvfb draws it), not black: the first frame shows a desktop, not a void.
+        argv += ["-retro"]
         # Only the gateway connects (from the fabric) and it is the authentication: Xvnc's blacklist of hosts with
         # many unauthenticated connections would refuse a burst of viewers of one session.
         argv += ["-BlacklistThreshold", "1000000"]

@@ -19,6 +19,7 @@ can read neither the secret nor the agent's memory (/proc/<agent>/mem, environ, 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -63,13 +64,21 @@ def _untraversable(dirs: list[Path], uid: int, gid: int) -> Path | None:
 
 
 def _rmtree(path: Path) -> None:
-    """Remove a tree; already gone is success, anything else is an error."""
+    """Remove a tree; already gone is success. A process of the sandbox that is still exiting may write one last
+    file while the tree goes (ENOTEMPTY): try again briefly before calling it an error."""
 
     def onerror(_fn: Any, _path: str, exc: Any) -> None:
         if not isinstance(exc[1], FileNotFoundError):
             raise exc[1]
 
-    shutil.rmtree(path, onerror=onerror)
+    for attempt in range(20):
+        try:
+            shutil.rmtree(path, onerror=onerror)
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or attempt == 19:
+                raise
+            time.sleep(0.05)
 
 
 class NetnsDriver(Driver):
@@ -190,9 +199,11 @@ class NetnsDriver(Driver):
         except HearthError:
             raise
         except Exception as exc:
+            first = exc.__context__ if isinstance(exc.__context__, Exception) else None
+            during = f" (while undoing after {type(first).__name__}: {first})" if first is not None else ""
             raise DriverError(
                 Hop.DRIVER,
-                f"netns sandbox {netns} failed to start: {type(exc).__name__}: {exc}",
+                f"netns sandbox {netns} failed to start: {type(exc).__name__}: {exc}{during}",
                 f"see {self.log_path(spec)}",
             ) from exc
         details = {"netns": netns, "veth": spec.slot.veth_host, "ip": str(spec.slot.ip)}

@@ -455,7 +455,8 @@ class SessionService:
 
         async def explain(exc: HearthError) -> HearthError:
             # Diagnosed while the sandbox still exists (the manager then removes it): the failure reason names the
-            # first broken hop of the path, not just the gate that timed out.
+            # first broken hop of the path, not just the gate that timed out. The gate's own words stay in the log.
+            log.warning("boot failed at a gate: %s", exc.reason)
             return await self._verdict(sid) or exc
 
         with bind_session(sid):
