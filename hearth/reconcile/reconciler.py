@@ -103,6 +103,7 @@ class Reconciler:
                 reason = (await mgr.adopt(row)) if pooled else "the pool is off or it was still booting"
                 if reason is None:
                     svc.pool.adopted(owner)
+                    log.info("pooled sandbox adopted", extra={"session_id": owner})
                     report.adopted_pooled.append(owner)
                     continue
                 log.warning("pooled sandbox removed: %s", reason, extra={"session_id": owner})

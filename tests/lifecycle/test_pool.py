@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hearth.config import ConfigError, Settings, parse_pool_sizes
+from hearth.config import Settings, parse_pool_sizes
+from hearth.errors import ConfigError
 from hearth.lifecycle.sandbox import TRANSITIONS, SandboxState
 
 
