@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     ready_timeout: float = Field(45.0, gt=0)
     # sandboxes booting at once on this controller; more wait in line (status `queued`): hearth/session/bootqueue.py
     max_boots: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
-    # warm pool (hearth/lifecycle/pool.py): pre-started sandboxes per sign-in mode, e.g. "remote_browser:2,direct:1";
+    # warm pool (hearth/session/pool.py): pre-started sandboxes per sign-in mode, e.g. "remote_browser:2,direct:1";
     # empty: off (the default)
     warm_pool: str = Field("", validation_alias=AliasChoices("HEARTH_POOL_SIZE"))
     pool_max_idle: float = Field(600.0, gt=0)  # a pooled sandbox older than this is recycled (seconds)

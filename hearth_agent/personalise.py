@@ -1,4 +1,4 @@
-"""`POST /v1/personalise`: a warm-pool sandbox becomes one person's (hearth/lifecycle/pool.py).
+"""`POST /v1/personalise`: a warm-pool sandbox becomes one person's (hearth/session/pool.py).
 
 Body: `{"secret": "<new agent secret>", "session_id": "...", "providers": ["<definition digest>", ...]}`. The request
 is authorised by the current (pool) secret; on success the agent answers only the new secret from then on, knows

@@ -195,7 +195,7 @@ class SandboxManager:
                         "internal error while booting the sandbox; the controller log has the details",
                         "see the controller log",
                     ) from exc
-                sb.move(ready)  # RUNNING, or POOLED for the warm pool (hearth/lifecycle/pool.py)
+                sb.move(ready)  # RUNNING, or POOLED for the warm pool (hearth/session/pool.py)
                 await self._save(sb, driver)
                 undo.pop_all()  # success: the sandbox owns its resources until `end`
         finally:

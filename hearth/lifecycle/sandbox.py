@@ -21,7 +21,7 @@ class Kind(enum.StrEnum):
 class SandboxState(enum.StrEnum):
     BOOTING = "booting"
     RUNNING = "running"
-    POOLED = "pooled"  # up and ready, owned by the warm pool until handed out (hearth/lifecycle/pool.py)
+    POOLED = "pooled"  # up and ready, owned by the warm pool until handed out (hearth/session/pool.py)
     KEPT = "kept"  # failed, kept for debugging (HEARTH_KEEP_FAILED)
     GONE = "gone"
 

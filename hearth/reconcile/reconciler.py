@@ -28,9 +28,9 @@ from hearth.clisandbox.manager import mark_stopped
 from hearth.errors import Hop
 from hearth.fabric import netlink, ports
 from hearth.fabric.ipam import Ipam
-from hearth.lifecycle.pool import POOL_OWNER
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
+from hearth.session.pool import POOL_OWNER
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import TERMINAL, Status
 from hearth.store.models import LeaseRow, SandboxRow, SessionRow

@@ -25,7 +25,6 @@ from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.lifecycle import readiness
 from hearth.lifecycle.manager import SandboxManager
-from hearth.lifecycle.pool import WarmPool
 from hearth.lifecycle.sandbox import Final, Kind
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
@@ -36,6 +35,7 @@ from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
+from hearth.session.pool import WarmPool
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow

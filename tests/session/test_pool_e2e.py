@@ -13,8 +13,8 @@ import pytest
 
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
-from hearth.lifecycle.pool import WarmPool
 from hearth.rfb.ws import first_frame
+from hearth.session.pool import WarmPool
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks, wait_status
 
