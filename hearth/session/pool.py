@@ -134,13 +134,14 @@ class WarmPool:
                 self.on_change()
 
     async def recycle(self) -> int:
-        """Destroy pooled sandboxes idle longer than HEARTH_POOL_MAX_IDLE; returns how many."""
+        """Destroy pooled sandboxes idle longer than HEARTH_POOL_MAX_IDLE, or whose processes exited (never handed
+        out dead); returns how many."""
         now, n = time.monotonic(), 0
         for mode in self.sizes:
             for sb in self.ready(mode):
-                if now - self._since.get(sb.owner, now) > self.s.pool_max_idle:
-                    if await self._retire(sb.owner):
-                        n += 1
+                too_old = now - self._since.get(sb.owner, now) > self.s.pool_max_idle
+                if (too_old or not await self.mgr.alive(sb.owner)) and await self._retire(sb.owner):
+                    n += 1
         return n
 
     async def _retire(self, owner: str) -> bool:
