@@ -2,7 +2,10 @@
 is fetched through the gateway WebSocket. Prints each run and the median / max, for each sandbox VNC server
 (HEARTH_VNC_SERVER: Xvnc, and the previous Xvfb + x11vnc) in the same run, with the ratio.
 
-    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc]
+    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc] [--pool]
+
+`--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<parallel>; each batch starts once the pool is
+full again), with the ratio against the cold Xvnc figure of the same run.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -16,7 +19,7 @@ import time
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import LocalController, local_controller, scratch_settings
 from hearth.rfb.ws import first_frame
 
 
@@ -28,18 +31,31 @@ async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, 
     sid = body["session_id"]
     frame = await first_frame(f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}", 120)
     total = time.monotonic() - t0
-    ready = (await http.get(f"/api/auth/session/{sid}")).json()["timings"].get("rfb", float("nan"))
+    timings = (await http.get(f"/api/auth/session/{sid}")).json()["timings"]
+    ready = timings.get("rfb", timings.get("pool", float("nan")))
     await http.post(f"/api/auth/session/{sid}/cancel")
     return total, ready, frame.non_blank
 
 
-async def run(n: int, parallel: int, chromium: bool, vnc_server: str) -> tuple[float, float]:
+async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> None:
+    pool = lc.ctl.service.pool
+    deadline = time.monotonic() + timeout
+    while len(pool.ready("remote_browser")) < size:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the warm pool did not fill: {pool.summary()}")
+        await asyncio.sleep(0.05)
+
+
+async def run(n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool = False) -> tuple[float, float]:
     """`n` sessions on a fresh controller whose sandboxes run `vnc_server`; (p50 create→ready, p50 first frame)."""
     env = {
         "HEARTH_CHROMIUM": "true" if chromium else "false",
         "HEARTH_VNC_SERVER": vnc_server,
         "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
     }
+    if pool:
+        env["HEARTH_POOL_SIZE"] = f"remote_browser:{max(parallel, 1)}"
+    label = f"{vnc_server} pool" if pool else vnc_server
     with scratch_settings(env, "hearth-b") as settings:
         async with (
             local_controller(settings) as lc,
@@ -47,25 +63,34 @@ async def run(n: int, parallel: int, chromium: bool, vnc_server: str) -> tuple[f
         ):
             results: list[tuple[float, float, bool]] = []
             for i in range(0, n, parallel):
+                if pool:
+                    await pool_full(lc, min(parallel, n - i))
                 batch = await asyncio.gather(
                     *(one(http, lc.ws_base, f"bench{j}") for j in range(i, min(n, i + parallel)))
                 )
                 for total, ready, non_blank in batch:
                     results.append((total, ready, non_blank))
                     print(
-                        f"[{vnc_server}] run {len(results):3d}: create→ready {ready:6.3f}s  "
+                        f"[{label}] run {len(results):3d}: create→ready {ready:6.3f}s  "
                         f"create→first-frame {total:6.3f}s  {'non-blank' if non_blank else 'BLANK'}"
                     )
     totals = [r[0] for r in results]
     readies = [r[1] for r in results]
-    print(f"\n[{vnc_server}] sessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
-    print(f"[{vnc_server}] create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
-    print(f"[{vnc_server}] create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s\n")
+    print(f"\n[{label}] sessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
+    print(f"[{label}] create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
+    print(f"[{label}] create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s\n")
     return statistics.median(readies), statistics.median(totals)
 
 
-async def main(n: int, parallel: int, chromium: bool, servers: list[str]) -> None:
+async def main(n: int, parallel: int, chromium: bool, servers: list[str], pool: bool) -> None:
     got = {v: await run(n, parallel, chromium, v) for v in servers}
+    if pool:
+        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True)
+        if "xvnc" in got:
+            f_cold = got["xvnc"][1]
+            print(f"create→first-frame p50: pool {f_pool:.3f}s  cold xvnc {f_cold:.3f}s  ratio {f_pool / f_cold:.2f}×")
+        else:
+            print(f"create→first-frame p50 from the pool: {f_pool:.3f}s")
     if "xvnc" in got and "x11vnc" in got:
         (r_new, f_new), (r_old, f_old) = got["xvnc"], got["x11vnc"]
         print(f"cold create→first-frame p50: xvnc {f_new:.3f}s  x11vnc {f_old:.3f}s  ratio {f_new / f_old:.2f}×")
@@ -80,5 +105,7 @@ if __name__ == "__main__":
     ap.add_argument(
         "--vnc", default="xvnc,x11vnc", help="VNC servers to measure in this run, in order (xvnc,x11vnc: with ratio)"
     )
+    ap.add_argument("--pool", action="store_true", help="also measure hand-outs from the warm pool")
     args = ap.parse_args()
-    asyncio.run(main(args.n, args.parallel, not args.no_chromium, args.vnc.split(",")))
+    servers = [v for v in args.vnc.split(",") if v]
+    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool))

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     ready_timeout: float = Field(45.0, gt=0)
     # sandboxes booting at once on this controller; more wait in line (status `queued`): hearth/session/bootqueue.py
     max_boots: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    # warm pool (hearth/session/pool.py): pre-started sandboxes per sign-in mode, e.g. "remote_browser:2,direct:1";
+    # empty: off (the default)
+    warm_pool: str = Field("", validation_alias=AliasChoices("HEARTH_POOL_SIZE"))
+    pool_max_idle: float = Field(600.0, gt=0)  # a pooled sandbox older than this is recycled (seconds)
     viewer_wait: float = Field(30.0, gt=0)
     ws_ping_interval: float = Field(20.0, gt=0, le=25)
     session_ttl: float = Field(1800.0, gt=0)
@@ -280,7 +284,32 @@ def consistency_problems(s: Settings) -> list[str]:
             problems.append(str(exc))
     if s.node_dead_after <= 2 * s.node_heartbeat:
         problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
+    try:
+        parse_pool_sizes(s.warm_pool)
+    except ValueError as exc:
+        problems.append(str(exc))
     return problems
+
+
+def parse_pool_sizes(value: str) -> dict[str, int]:
+    """HEARTH_POOL_SIZE → {sign-in mode: pooled sandboxes}; "" or "0" is off. Raises ValueError naming the fix."""
+    sizes: dict[str, int] = {}
+    text = value.strip()
+    if text in ("", "0", "off"):
+        return sizes
+    modes = ("remote_browser", "direct")
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        mode, sep, count = part.partition(":")
+        mode = mode.strip()
+        if not sep or mode not in modes or not count.strip().isdigit():
+            raise ValueError(
+                f"HEARTH_POOL_SIZE={value!r}: each entry must be MODE:COUNT with MODE one of {', '.join(modes)} "
+                "(e.g. remote_browser:2,direct:1)"
+            )
+        if mode in sizes:
+            raise ValueError(f"HEARTH_POOL_SIZE={value!r} names {mode} twice; give each mode once")
+        sizes[mode] = int(count)
+    return {m: n for m, n in sizes.items() if n > 0}
 
 
 def load_settings(

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hearth_agent.config import AgentConfig, ConfigError, load_config
+from hearth_agent.personalise import personalise_route
 from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import Supervisor, Unavailable
 
@@ -60,6 +61,7 @@ def open_url_route(sup: Supervisor) -> Any:
 def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
     server.route("POST", "/v1/open-url", open_url_route(sup))
+    server.route("POST", "/v1/personalise", personalise_route(server, cfg))
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)

@@ -50,6 +50,12 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
         self.routes: dict[tuple[str, str], Route] = {}
         super().__init__(addr, Handler)
 
+    def rekey(self, secret: str) -> None:
+        """From now on only `secret` is accepted (a warm-pool hand-out: hearth_agent/personalise.py)."""
+        if not secret:
+            raise ValueError("the agent needs a secret")
+        self._secret = secret.encode()
+
     def route(self, method: str, path: str, fn: Route) -> None:
         self.routes[(method.upper(), path)] = fn
 

@@ -62,13 +62,16 @@ class SignIn:
         self._lock = threading.Lock()
         self._run: LoginRun | None = None
         self._outbox: Outbox | None = None
+        self._outbox_for: tuple[str, ...] = ()
 
     def outbox(self) -> Outbox:
-        if self._outbox is None:
-            cb, sid, secret = (setting(self.cfg, k) for k in ("callback", "session_id", "secret"))
+        live = self.cfg if isinstance(self.cfg, Mapping) else self.cfg.raw or self.cfg  # raw: personalised live
+        key = tuple(setting(live, k) or setting(self.cfg, k) for k in ("callback", "session_id", "secret"))
+        if self._outbox is None or key != self._outbox_for:
+            cb, sid, secret = key
             if not (cb and sid and secret):
                 raise ValueError("this agent has no controller callback (config callback, session_id)")
-            self._outbox = Outbox(cb, sid, secret)
+            self._outbox, self._outbox_for = Outbox(cb, sid, secret), key
         return self._outbox
 
     def _hook_dir(self) -> str:

@@ -141,6 +141,7 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
                 await reconciler.run_once()
             await ctl.service.check_alive()
             await ctl.service.expire_due()
+            await ctl.service.pool_tick()
             await ctl.clis.stop_idle()
         except StoreError as exc:
             log.warning("housekeeping pass skipped: %s", exc.reason)

@@ -283,6 +283,14 @@ async def pool(ctx: Context) -> Finding:
         f"{used}/{size} addresses of {s.ip_pool_start}..{s.ip_pool_end} leased "
         f"({used - quarantined - clis} browser sessions, {clis} CLI sandboxes, {quarantined} quarantined)"
     )
+    warm = service.pool
+    if warm.enabled:
+        modes = ", ".join(
+            f"{m} {r['ready']}/{r['size']} ready ({r['filling']} filling)" for m, r in warm.summary().items()
+        )
+        shown += f"; warm pool: {modes}, {warm.hits} hits, {warm.misses} misses"
+    else:
+        shown += "; warm pool off (HEARTH_POOL_SIZE)"
     if used >= size:
         return Finding.bad(
             f"IP pool exhausted: {shown}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -158,6 +159,7 @@ class SandboxManager:
         home: Path | None = None,
         mark: StageMark = _noop,
         explain: Callable[[HearthError], Awaitable[HearthError]] | None = None,
+        ready: SandboxState = SandboxState.RUNNING,
     ) -> Sandbox:
         """Boot `owner`'s sandbox on `slot` (its lease is already held: the manager releases it when the sandbox
         ends) until it is ready. On failure every acquired resource is undone (or, for HEARTH_KEEP_FAILED, kept with
@@ -193,7 +195,7 @@ class SandboxManager:
                         "internal error while booting the sandbox; the controller log has the details",
                         "see the controller log",
                     ) from exc
-                sb.move(SandboxState.RUNNING)
+                sb.move(ready)  # RUNNING, or POOLED for the warm pool (hearth/session/pool.py)
                 await self._save(sb, driver)
                 undo.pop_all()  # success: the sandbox owns its resources until `end`
         finally:
@@ -268,10 +270,22 @@ class SandboxManager:
             return f"its agent does not answer: {exc.reason}"
         except (OSError, TimeoutError) as exc:
             return f"its agent does not answer: {type(exc).__name__}"
-        sb = Sandbox(row.owner_id, kind, spec, SandboxState.RUNNING, pid=row.pid)
+        state = SandboxState.POOLED if row.state == SandboxState.POOLED.value else SandboxState.RUNNING
+        sb = Sandbox(row.owner_id, kind, spec, state, pid=row.pid)
         self._live[row.owner_id] = sb
         log.info("sandbox adopted", extra={"session_id": row.owner_id, "slot": row.slot})
         return None
+
+    def hand_over(self, pooled: str, owner: str, secret: str, providers: tuple[str, ...]) -> Sandbox:
+        """The pooled sandbox `pooled` (claimed in the store by the pool) runs for `owner` from now on, with a new
+        agent secret and provider digests (the pool personalises the agent itself)."""
+        old = self._live.pop(pooled)
+        spec = dataclasses.replace(old.spec, session_id=owner, secret=secret, providers=providers)
+        sb = Sandbox(owner, old.kind, spec, SandboxState.POOLED, pid=old.pid)
+        sb.move(SandboxState.RUNNING)
+        old.state = SandboxState.GONE
+        self._live[owner] = sb
+        return sb
 
     # ---- internals ---------------------------------------------------------------------------------------------
     async def _save(self, sb: Sandbox, driver: Driver) -> None:

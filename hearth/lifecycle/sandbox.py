@@ -21,6 +21,7 @@ class Kind(enum.StrEnum):
 class SandboxState(enum.StrEnum):
     BOOTING = "booting"
     RUNNING = "running"
+    POOLED = "pooled"  # up and ready, owned by the warm pool until handed out (hearth/session/pool.py)
     KEPT = "kept"  # failed, kept for debugging (HEARTH_KEEP_FAILED)
     GONE = "gone"
 
@@ -33,7 +34,8 @@ class Final(enum.Enum):
 
 
 TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
-    SandboxState.BOOTING: frozenset({SandboxState.RUNNING, SandboxState.KEPT, SandboxState.GONE}),
+    SandboxState.BOOTING: frozenset({SandboxState.RUNNING, SandboxState.POOLED, SandboxState.KEPT, SandboxState.GONE}),
+    SandboxState.POOLED: frozenset({SandboxState.RUNNING, SandboxState.GONE}),
     SandboxState.RUNNING: frozenset({SandboxState.KEPT, SandboxState.GONE}),
     SandboxState.KEPT: frozenset({SandboxState.GONE}),
     SandboxState.GONE: frozenset(),

@@ -46,6 +46,13 @@ class Metrics:
             buckets=_BOOT_BUCKETS,
             registry=r,
         )
+        self.pool_handouts = Counter(
+            "hearth_pool_handouts",
+            "Session starts served by the warm pool (hit) or booted cold (miss)",
+            ["result"],
+            registry=r,
+        )
+        self.pool_size = Gauge("hearth_pool_size", "Warm-pool sandboxes ready to hand out", ["mode"], registry=r)
         self.failures = Counter("hearth_session_failures", "Failed sessions by hop", ["hop"], registry=r)
         self.gateway_bytes = Counter("hearth_gateway_bytes", "Bytes relayed by the gateway", ["direction"], registry=r)
         self.gateway_connections = Gauge("hearth_gateway_connections", "Open viewer connections", registry=r)

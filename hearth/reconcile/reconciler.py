@@ -30,6 +30,7 @@ from hearth.fabric import netlink, ports
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
+from hearth.session.pool import POOL_OWNER
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import TERMINAL, Status
 from hearth.store.models import LeaseRow, SandboxRow, SessionRow
@@ -43,6 +44,7 @@ class Report:
     failed_sessions: list[str] = field(default_factory=list)
     adopted_sessions: list[str] = field(default_factory=list)
     adopted_cli: list[str] = field(default_factory=list)
+    adopted_pooled: list[str] = field(default_factory=list)
     removed_sandboxes: dict[str, str] = field(default_factory=dict)  # owner → reason
     released_leases: list[str] = field(default_factory=list)
     reclaimed: dict[int, list[str]] = field(default_factory=dict)
@@ -96,6 +98,18 @@ class Reconciler:
                 await svc.db.run(lambda db, o=owner: mark_stopped(db, o))  # type: ignore[misc]
                 report.removed_sandboxes[owner] = reason
                 continue
+            if owner.startswith(POOL_OWNER):  # a warm-pool sandbox: adopted back into the pool, or removed
+                pooled = row.state == SandboxState.POOLED.value and svc.pool.enabled
+                reason = (await mgr.adopt(row)) if pooled else "the pool is off or it was still booting"
+                if reason is None:
+                    svc.pool.adopted(owner)
+                    log.info("pooled sandbox adopted", extra={"session_id": owner})
+                    report.adopted_pooled.append(owner)
+                    continue
+                log.warning("pooled sandbox removed: %s", reason, extra={"session_id": owner})
+                await mgr.end(owner, Final.DONE, row.slot)
+                report.removed_sandboxes[owner] = reason
+                continue
             session = await svc.db.run(lambda db, o=owner: db.get(SessionRow, o))  # type: ignore[misc]
             if session is None or Status(session.status) in TERMINAL:
                 reason = "no session row" if session is None else f"its session is {session.status}"
@@ -144,6 +158,10 @@ class Reconciler:
             kept = set(db.scalars(select(SandboxRow.owner_id).where(SandboxRow.state == SandboxState.KEPT.value)))
             for lease in leases:
                 if lease.session_id.startswith((QUARANTINE, CLI_OWNER)) or lease.session_id in kept:
+                    continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
+                if lease.session_id.startswith(POOL_OWNER):  # a pooled sandbox's: stale once it has no row
+                    if db.get(SandboxRow, lease.session_id) is None:
+                        out.append(lease.session_id)
                     continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
                 row = db.get(SessionRow, lease.session_id)
                 if row is None or row.status in ended:

@@ -35,6 +35,7 @@ from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
+from hearth.session.pool import WarmPool
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
@@ -104,6 +105,7 @@ class SessionService:
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
+        self.pool = WarmPool(settings, self.sandboxes, self.boot_queue)  # HEARTH_POOL_SIZE; off by default
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
@@ -156,7 +158,7 @@ class SessionService:
     def is_booting(self, session_id: str) -> bool:
         """Whether this controller is booting that session right now."""
         task = self._boots.get(session_id)
-        return task is not None and not task.done()
+        return (task is not None and not task.done()) or self.pool.is_filling(session_id)
 
     def live_sessions(self) -> list[str]:
         """Sessions whose sandbox this controller runs (known without the store)."""
@@ -389,6 +391,8 @@ class SessionService:
         """End every active session (the demo, `hearth serve --drain`), even while the store is down. A plain
         controller stop does not call this: sandboxes outlive the controller and the next one adopts them."""
         self._closing = True
+        with contextlib.suppress(StoreError):
+            await self.pool.drain()
         try:
             ids = [v.id for v in await self.list_active()]
         except StoreError:
@@ -401,6 +405,7 @@ class SessionService:
         """Cancel boots in flight (a controller stop): their sandboxes are undone; the next controller fails those
         sessions with a reason. Sandboxes that are up are left running."""
         self._closing = True
+        await self.pool.drain(end=False)  # refills in flight are undone; pooled sandboxes stay for the next one
         tasks = [t for t in self._boots.values() if not t.done()]
         for task in tasks:
             task.cancel()
@@ -462,19 +467,24 @@ class SessionService:
         with bind_session(sid):
             try:
                 mark("lease")
-                if queued:
-                    await self.boot_queue.turn(sid)  # a cancel while waiting: `end` releases the lease
-                    await self._transition(sid, Status.STARTING, None, None)
-                    mark("queued")
-                await self.sandboxes.boot(
-                    sid,
-                    Kind.SESSION,
-                    slot,
-                    desktop=has_desktop(mode),
-                    providers=self._digests(provider),
-                    mark=mark,
-                    explain=explain,
-                )
+                if await self._from_pool(sid, mode, provider):
+                    if queued:
+                        await self._transition(sid, Status.STARTING, None, None)
+                    mark("pool")
+                else:
+                    if queued:
+                        await self.boot_queue.turn(sid)  # a cancel while waiting: `end` releases the lease
+                        await self._transition(sid, Status.STARTING, None, None)
+                        mark("queued")
+                    await self.sandboxes.boot(
+                        sid,
+                        Kind.SESSION,
+                        slot,
+                        desktop=has_desktop(mode),
+                        providers=self._digests(provider),
+                        mark=mark,
+                        explain=explain,
+                    )
                 sb = self.sandboxes.get(sid)
                 last = next(reversed(timings))
                 await self._record(sid, pid=sb.pid if sb else None, timings=timings)
@@ -505,6 +515,26 @@ class SessionService:
             finally:
                 self.boot_queue.leave(sid)
                 self._boots.pop(sid, None)
+
+    async def _from_pool(self, sid: str, mode: SigninMode, provider: str | None) -> bool:
+        """A warm-pool sandbox handed to `sid` (its boot-queue place given up), or False on a miss / pool off."""
+        if not self.pool.enabled or mode.value not in self.pool.sizes:
+            return False
+        sb = await self.pool.claim(sid, mode.value, self._digests(provider))
+        self.metrics.pool_handouts.labels("hit" if sb is not None else "miss").inc()
+        if sb is None:
+            return False
+        self.boot_queue.leave(sid)
+        return True
+
+    async def pool_tick(self) -> None:
+        """Housekeeping for the warm pool: recycle the too-old, refill to size, publish the gauge."""
+        if not self.pool.enabled or self._closing or self.adopting:
+            return
+        await self.pool.recycle()
+        self.pool.refill()
+        for mode, row in self.pool.summary().items():
+            self.metrics.pool_size.labels(mode).set(row["ready"])
 
     async def _fail_quietly(self, sid: str, reason: str, hop: Hop, timings: dict[str, float]) -> None:
         try:

@@ -1,0 +1,252 @@
+"""The warm pool: pre-started sandboxes in state POOLED of the one sandbox lifecycle (hearth/lifecycle/sandbox.py),
+handed out to a new session in one step instead of a boot.
+
+- Size per sign-in mode (HEARTH_POOL_SIZE, e.g. `remote_browser:2,direct:1`; empty: off). Refills boot through the
+  boot queue at BACKGROUND priority (a person's boot always goes first) with the manager's one `boot`.
+- A pooled sandbox's owner is `pool-<hex>`; its lease and row are ordinary ones, so the reconciler adopts it after a
+  crash (or removes it) like any sandbox.
+- Hand-out is a claim in the database: `UPDATE sandboxes … WHERE owner_id=:pool AND state='pooled'` must change one
+  row — two controllers (or two concurrent starts) never get the same sandbox. The same transaction renames the row
+  and the lease to the session, stores the NEW agent secret (sealed) and the session's slot; then the agent is
+  personalised over its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
+- Older than HEARTH_POOL_MAX_IDLE: recycled (destroyed; the refill boots a fresh one). `drain` ends them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session as Db
+
+from hearth.agentlink.client import AgentClient
+from hearth.config import Settings, parse_pool_sizes
+from hearth.errors import HearthError, Hop
+from hearth.lifecycle.manager import AAD_PURPOSE, SandboxManager
+from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
+from hearth.session.bootqueue import BootQueue, Priority
+from hearth.store.models import LeaseRow, SandboxRow, SessionRow
+from hearth.vault.seal import seal
+
+log = logging.getLogger("hearth.pool")
+POOL_OWNER = "pool-"
+PERSONALISE_TIMEOUT = 5.0
+MODES = {"remote_browser": True, "direct": False}  # sign-in mode → the sandbox has a desktop
+
+
+def is_pooled_owner(owner: str) -> bool:
+    return owner.startswith(POOL_OWNER)
+
+
+class WarmPool:
+    def __init__(
+        self,
+        settings: Settings,
+        manager: SandboxManager,
+        queue: BootQueue,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.sizes = parse_pool_sizes(settings.warm_pool)
+        self.mgr = manager
+        self.queue = queue
+        self.on_change = on_change
+        self._filling: dict[str, tuple[str, asyncio.Task[None]]] = {}  # owner → (mode, its boot): a refill
+        self._since: dict[str, float] = {}  # owner → monotonic time it became POOLED (or was adopted)
+        self._claiming = asyncio.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sizes)
+
+    # ---- queries -----------------------------------------------------------------------------------------------
+    def ready(self, mode: str) -> list[Sandbox]:
+        """The POOLED sandboxes for `mode`, oldest first."""
+        desktop = MODES[mode]
+        out = []
+        for owner in self.mgr.owners():
+            sb = self.mgr.get(owner)
+            if sb and is_pooled_owner(owner) and sb.state is SandboxState.POOLED and sb.spec.desktop is desktop:
+                out.append(sb)
+        return sorted(out, key=lambda sb: self._since.get(sb.owner, 0.0))
+
+    def filling(self, mode: str) -> int:
+        return sum(1 for m, task in self._filling.values() if m == mode and not task.done())
+
+    def is_filling(self, owner: str) -> bool:
+        entry = self._filling.get(owner)
+        return entry is not None and not entry[1].done()
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {m: {"size": n, "ready": len(self.ready(m)), "filling": self.filling(m)} for m, n in self.sizes.items()}
+
+    # ---- refill and recycle ------------------------------------------------------------------------------------
+    def refill(self) -> int:
+        """Start the boots that bring every mode back to its size (never blocks); returns how many were started."""
+        started = 0
+        for mode, size in self.sizes.items():
+            missing = size - len(self.ready(mode)) - self.filling(mode)
+            for _ in range(max(0, missing)):
+                owner = f"{POOL_OWNER}{secrets.token_hex(8)}"
+                task = asyncio.create_task(self._fill(owner, mode), name=f"pool-fill-{owner}")
+                self._filling[owner] = (mode, task)
+                started += 1
+        return started
+
+    async def wait_filled(self) -> None:
+        """Wait for the refills in flight (tests, the bench)."""
+        while tasks := [t for _, t in self._filling.values() if not t.done()]:
+            await asyncio.wait(tasks)
+
+    async def _fill(self, owner: str, mode: str) -> None:
+        try:
+            lease = await self.mgr.ipam.acquire(owner)
+        except HearthError as exc:
+            log.warning("pool refill skipped: %s", exc.reason, extra={"session_id": owner})
+            self._filling.pop(owner, None)
+            return
+        try:
+            if not self.queue.enter(owner, Priority.BACKGROUND):
+                await self.queue.turn(owner)
+            await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
+            self._since[owner] = time.monotonic()
+            log.info("pooled sandbox ready", extra={"session_id": owner, "mode": mode})
+        except asyncio.CancelledError:
+            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+            raise
+        except HearthError as exc:
+            log.warning("pool refill failed: %s", exc.reason, extra={"session_id": owner})
+            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+        except Exception:
+            log.exception("pool refill crashed", extra={"session_id": owner})
+            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+        finally:
+            self.queue.leave(owner)
+            self._filling.pop(owner, None)
+            if self.on_change is not None:
+                self.on_change()
+
+    async def recycle(self) -> int:
+        """Destroy pooled sandboxes idle longer than HEARTH_POOL_MAX_IDLE, or whose processes exited (never handed
+        out dead); returns how many."""
+        now, n = time.monotonic(), 0
+        for mode in self.sizes:
+            for sb in self.ready(mode):
+                too_old = now - self._since.get(sb.owner, now) > self.s.pool_max_idle
+                if (too_old or not await self.mgr.alive(sb.owner)) and await self._retire(sb.owner):
+                    n += 1
+        return n
+
+    async def _retire(self, owner: str) -> bool:
+        """End a pooled sandbox — only if still pooled (the claim in the database decides against a hand-out)."""
+
+        def take(db: Db) -> bool:
+            res = db.execute(
+                update(SandboxRow)
+                .where(SandboxRow.owner_id == owner, SandboxRow.state == SandboxState.POOLED.value)
+                .values(state=SandboxState.RUNNING.value)
+            )
+            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+        async with self._claiming:
+            sb = self.mgr.get(owner)
+            if sb is None or sb.state is not SandboxState.POOLED or not await self.mgr.db.run(take):
+                return False
+            sb.move(SandboxState.RUNNING)
+        self._since.pop(owner, None)
+        await self.mgr.end(owner, Final.DONE)
+        return True
+
+    def adopted(self, owner: str) -> None:
+        """A pooled sandbox the reconciler adopted after a restart: its idle age starts now."""
+        self._since[owner] = time.monotonic()
+
+    # ---- hand-out ----------------------------------------------------------------------------------------------
+    async def claim(self, sid: str, mode: str, providers: tuple[str, ...]) -> Sandbox | None:
+        """Hand a pooled sandbox to session `sid` (which holds a lease and a session row): None on a miss. Raises
+        HearthError when the claimed sandbox cannot be personalised (it is then removed)."""
+        if mode not in self.sizes:
+            return None
+        secret = secrets.token_urlsafe(32)
+        sealed = seal(self.mgr.ring, secret.encode(), f"sandbox:{sid}", AAD_PURPOSE)
+        async with self._claiming:
+            candidates = [sb.owner for sb in self.ready(mode)]
+
+            def claim_tx(db: Db) -> str | None:
+                for owner in candidates:
+                    res = db.execute(
+                        update(SandboxRow)
+                        .where(SandboxRow.owner_id == owner, SandboxRow.state == SandboxState.POOLED.value)
+                        .values(
+                            owner_id=sid,
+                            state=SandboxState.RUNNING.value,
+                            key_id=sealed.key_id,
+                            nonce=sealed.nonce,
+                            ciphertext=sealed.ciphertext,
+                        )
+                    )
+                    if res.rowcount != 1:  # type: ignore[attr-defined]
+                        continue  # another controller took it first
+                    db.execute(delete(LeaseRow).where(LeaseRow.session_id == sid))
+                    db.flush()
+                    db.execute(update(LeaseRow).where(LeaseRow.session_id == owner).values(session_id=sid))
+                    lease = db.scalar(select(LeaseRow).where(LeaseRow.session_id == sid))
+                    session = db.get(SessionRow, sid)
+                    if session is not None and lease is not None:
+                        session.slot, session.sandbox_ip = lease.slot, lease.ip
+                    return owner
+                return None
+
+            owner = await self.mgr.db.run(claim_tx) if candidates else None
+            if owner is None:
+                self.misses += 1
+                self.refill()
+                return None
+            pool_secret = self.mgr.get(owner).secret  # type: ignore[union-attr]
+            sb = self.mgr.hand_over(owner, sid, secret, providers)
+        self._since.pop(owner, None)
+        self.hits += 1
+        self.refill()
+        agent = AgentClient(self.s.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, pool_secret)
+        try:
+            await agent.call(
+                "POST",
+                "/v1/personalise",
+                {"secret": secret, "session_id": sid, "providers": list(providers)},
+                timeout=PERSONALISE_TIMEOUT,
+            )
+        except Exception as exc:
+            log.warning("pooled sandbox not personalised: %s", type(exc).__name__, extra={"session_id": sid})
+            await self.mgr.end(sid, Final.DONE)
+            raise HearthError(
+                Hop.AGENT,
+                "the warm-pool sandbox did not accept its new configuration",
+                "retry; if it repeats set HEARTH_POOL_SIZE= (off) and see the controller log",
+            ) from exc
+        log.info("handed out a pooled sandbox", extra={"session_id": sid, "pool_owner": owner})
+        return sb
+
+    # ---- shutdown ----------------------------------------------------------------------------------------------
+    async def drain(self, end: bool = True) -> int:
+        """Stop refilling (the boots in flight are undone) and, with `end`, end every pooled sandbox (`hearth serve
+        --drain`; without: they keep running for the next controller to adopt); returns how many were ended."""
+        self.sizes = {}
+        tasks = [t for _, t in self._filling.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        n = 0
+        for owner in [o for o in self.mgr.owners() if is_pooled_owner(o) and end]:
+            sb = self.mgr.get(owner)
+            if sb is not None and sb.state is SandboxState.POOLED and await self._retire(owner):
+                n += 1
+        return n

@@ -1,0 +1,88 @@
+"""A pooled sandbox is reconciled after a crash like any sandbox: the controller is SIGKILLed with one sandbox in the
+pool, the next controller adopts it (same launcher PID) and hands it out; a `--drain` stop then ends it all."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.fabric import netlink
+from hearth.fabric.fabric import Fabric
+from hearth.lifecycle.sandbox import SandboxState
+from hearth.reconcile.inventory import scan_sync
+from hearth.store.db import Database
+from hearth.store.models import LeaseRow, SandboxRow
+from tests.live import wait_status
+from tests.restartkit import Controller, kill_leftovers
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+@pytest.fixture
+def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
+    settings = make_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    yield settings
+    kill_leftovers(settings)
+    asyncio.run(Fabric(settings).down(force=True))
+    for name in netlink.list_netns():
+        if name.startswith(f"{settings.fabric_netns}-s"):
+            netlink.remove_netns(name)
+
+
+def pooled_rows(db: Database) -> dict[str, int | None]:
+    return db.call(
+        lambda d: {r.owner_id: r.pid for r in d.query(SandboxRow).filter_by(state=SandboxState.POOLED.value).all()}
+    )
+
+
+async def wait_pooled(db: Database, timeout: float = 90) -> dict[str, int | None]:
+    deadline = time.monotonic() + timeout
+    while not (rows := pooled_rows(db)):
+        assert time.monotonic() < deadline, "no pooled sandbox was recorded"
+        await asyncio.sleep(0.1)
+    return rows
+
+
+async def test_pooled_sandbox_is_adopted_after_sigkill(restart_settings: Settings, tmp_path: Path) -> None:
+    s = restart_settings
+    ctl = Controller(s, tmp_path / "controller.log", 2, extra_env={"HEARTH_POOL_SIZE": "remote_browser:1"})
+    db = Database(s.db_url)
+    try:
+        await asyncio.to_thread(ctl.start)
+        before = await wait_pooled(db)
+        assert len(before) == 1
+        ctl.kill()  # SIGKILL: no drain, no cleanup
+        await asyncio.to_thread(ctl.start)
+        async with httpx.AsyncClient(base_url=ctl.base, headers=ctl.headers, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while "pooled sandbox adopted" not in (log := ctl.log.read_text(errors="replace")):
+                assert time.monotonic() < deadline, log[-3000:]
+                await asyncio.sleep(0.2)
+            assert pooled_rows(db) == before  # the same sandbox (same launcher PID), still pooled
+            r = await http.post("/api/auth/start", json={"user_id": "after-crash"})
+            assert r.status_code == 201, r.text
+            body = await wait_status(http, r.json()["session_id"])
+            assert body["status"] == "ready", body
+            rows = db.call(lambda d: {x.owner_id: x.pid for x in d.query(SandboxRow).all()})
+            assert rows.get(str(body["session_id"])) == next(iter(before.values()))  # the adopted one, handed out
+            metrics = (await http.get("/metrics")).text
+            assert 'hearth_pool_handouts_total{result="hit"} 1.0' in metrics
+        ctl.stop(signal.SIGTERM)
+        await asyncio.to_thread(ctl.start, 60, True)  # --drain: its stop ends the sessions and the pool
+        await wait_pooled(db)
+        await asyncio.to_thread(ctl.stop, signal.SIGTERM)
+        inv = await asyncio.to_thread(scan_sync, s)
+        assert inv.slots() == set(), inv
+        assert db.call(lambda d: d.query(SandboxRow).count()) == 0
+        assert db.call(lambda d: d.query(LeaseRow).count()) == 0
+    finally:
+        ctl.kill()
+        db.dispose()

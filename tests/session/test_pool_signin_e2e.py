@@ -1,0 +1,73 @@
+"""Sign-in (example provider) in a sandbox handed out by the warm pool: the pooled agent starts with no provider
+allowed and the pool secret; at hand-out it is personalised (new secret, the session's provider digest), so the
+sign-in completes with the NEW secret (the agent's pushes to the controller carry it) — and the pool secret is
+refused by the agent from then on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from hearth.agentlink.client import http_json
+from hearth.config import Settings
+from tests.conftest import running_controller
+from tests.session.test_signin_e2e import IDP_PORT, start_idp
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        HEARTH_POOL_SIZE="remote_browser:1",
+        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
+        HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}",
+        OAUTH_FLOW_TIMEOUT="150",
+    )
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        server, idp = await asyncio.to_thread(start_idp, settings)
+        pool = ctl.ctl.service.pool
+        try:
+            deadline = time.monotonic() + 120
+            while not pool.ready("remote_browser"):
+                assert time.monotonic() < deadline, pool.summary()
+                await asyncio.sleep(0.1)
+            pooled = pool.ready("remote_browser")[0]
+            pool_secret, ip = pooled.secret, str(pooled.spec.slot.ip)
+            r = await http.post("/api/auth/start", json={"user_id": "alice", "provider": "example"})
+            assert r.status_code == 201, r.text
+            sid = r.json()["session_id"]
+            body: dict[str, object] = {}
+            refused = False
+            deadline = time.monotonic() + 170
+            while time.monotonic() < deadline:
+                body = (await http.get(f"/api/auth/session/{sid}")).json()
+                if body["status"] in ("completed", "failed", "cancelled", "expired"):
+                    break
+                if body["status"] in ("ready", "awaiting_user") and not refused:
+                    # Mid-flight: the pool secret is refused by the handed-out agent.
+                    s = settings
+                    status, _ = await http_json(
+                        s.fabric_netns, ip, s.agent_port, "GET", "/v1/login", 5, None, pool_secret
+                    )
+                    assert status == 401
+                    refused = True
+                await asyncio.sleep(0.1)
+            assert body["status"] == "completed", body
+            assert refused  # the check above ran while the sandbox lived
+            assert body["sandbox_ip"] == ip  # the pooled sandbox served it
+            events = (await http.get(f"/api/auth/session/{sid}/events")).json()
+            assert "pool" in {e["name"] for e in events if e["kind"] == "stage"}
+            assert "token_issued" in [e["kind"] for e in idp.events]
+            assert pool.hits == 1
+            files = await ctl.ctl.vault.open("alice", "example")
+            assert files is not None and files[0].data
+        finally:
+            server.shutdown()
+            server.server_close()
