@@ -90,9 +90,14 @@ async def test_disk_full_and_freed(make_settings: Callable[..., Settings]) -> No
 async def test_data_dir_removed(make_settings: Callable[..., Settings], data_dir: Path) -> None:
     settings = make_settings(**LIGHT)
     async with running_controller(settings) as ctl:
+        gone = data_dir.with_name(data_dir.name + ".removed")
 
         async def removed() -> None:
-            shutil.rmtree(data_dir)
+            # The path vanishes at once (as `rm -rf` ends); the live sandbox may still write into the tree while it
+            # is being deleted, so the tree goes from where it was moved, as far as it can while the test runs.
+            data_dir.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
 
         await outage(ctl, removed, None, broken_check="data_dir")
+    shutil.rmtree(gone, ignore_errors=True)  # what the sandbox wrote meanwhile
     data_dir.mkdir(mode=0o711, exist_ok=True)  # the fixture removes it again
