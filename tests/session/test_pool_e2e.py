@@ -74,6 +74,10 @@ async def test_pool_hand_out_refill_recycle(make_settings: Callable[..., Setting
 
         # Max idle: a pooled sandbox past HEARTH_POOL_MAX_IDLE is recycled (its age set back instead of waiting).
         old = pool.ready("remote_browser")[0]
+        for _ in range(200):  # its refill task records the age just after the sandbox turned pooled
+            if old.owner in pool._since:
+                break
+            await asyncio.sleep(0.05)
         pool._since[old.owner] -= settings.pool_max_idle + 1
         assert await pool.recycle() == 1
         assert mgr.get(old.owner) is None
