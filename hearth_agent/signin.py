@@ -46,6 +46,28 @@ __all__ = ["SPOOL", "LoginRun", "SignIn", "register"]
 
 Config = AgentConfig | Mapping[str, Any]
 _EXTRA_ENV = re.compile(r"HEARTH_[A-Z0-9_]{1,64}")
+# A CI marker in the environment turns interactive CLIs headless (Gemini CLI then exits 41 "Please set an Auth
+# method" instead of showing its sign-in menu): a login is a person at a terminal, never a CI job.
+_CI_MARKERS = frozenset(
+    {
+        "CI",
+        "CONTINUOUS_INTEGRATION",
+        "BUILD_NUMBER",
+        "BUILD_ID",
+        "RUN_ID",
+        "GITHUB_ACTIONS",
+        "GITLAB_CI",
+        "BUILDKITE",
+        "TF_BUILD",
+        "TEAMCITY_VERSION",
+        "JENKINS_URL",
+        "CIRCLECI",
+    }
+)
+
+
+def _is_ci_marker(key: str) -> bool:
+    return key in _CI_MARKERS or key.startswith("CI_")
 
 
 def setting(cfg: Config, key: str) -> str:
@@ -86,7 +108,7 @@ class SignIn:
         return d
 
     def child_env(self, flow: FlowDef, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not _is_ci_marker(k)}
         env.setdefault("TERM", "xterm-256color")
         env.pop("DISPLAY", None)
         env.update(flow.env)

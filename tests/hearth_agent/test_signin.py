@@ -589,3 +589,16 @@ def test_login_runs_only_the_definition_named_in_the_config(tmp_path: Path) -> N
     assert signin._run is None
     none_allowed = {**cfg, "providers": []}  # a session without a provider: no logins at all
     assert SignIn(sup, none_allowed, home=str(tmp_path)).login({"provider": allowed})[0] == 403
+
+
+def test_the_clis_environment_carries_no_ci_markers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A login is a person at a terminal: CI markers inherited by the agent would make CLIs headless."""
+    markers = ("CI", "CI_JOB_ID", "CONTINUOUS_INTEGRATION", "GITHUB_ACTIONS", "BUILD_NUMBER")
+    for key in markers:
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("HEARTH_KEEP_ME", "yes")
+    cfg = {"ip": "127.0.0.1", "secret": SECRET, "desktop": False}
+    signin = SignIn(Supervisor(parse_config(cfg), home=str(tmp_path)), cfg, home=str(tmp_path))
+    env = signin.child_env(parse_provider(fake_provider("pass")).flow(None), {"HEARTH_X": "1"})
+    assert [k for k in env if k in markers or k.startswith("CI_")] == []
+    assert env["HEARTH_KEEP_ME"] == "yes" and env["HEARTH_X"] == "1" and env["HOME"] == str(tmp_path)

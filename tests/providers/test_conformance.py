@@ -87,3 +87,14 @@ def test_a_wrong_pasted_code_shows_the_clis_words_and_the_person_retries(name: s
     assert res.ok, f"{res.failed_step}\nscreen:\n{res.screen_tail}"
     assert res.credentials_written is True
     assert res.prompt is not None
+
+
+def test_ci_markers_in_the_environment_do_not_turn_a_login_headless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller run under CI (CI=true, CI_*) once made Gemini CLI exit 41 "Please set an Auth method" instead of
+    showing its menu: the agent gives the CLI a person's terminal environment, without CI markers."""
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CI_PIPELINE_ID", "1")
+    monkeypatch.setenv("CONTINUOUS_INTEGRATION", "1")
+    res = conformance.check(PROVIDERS["gemini_cli"], FlowName.PASTE_CODE, INSTALLED)
+    assert res.ok, f"{res.failed_step}\nscreen:\n{res.screen_tail}"
+    assert res.url_captured
