@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import pyroute2.netns
 import pytest
 
 from hearth.api.local import LocalController, free_port, local_controller
@@ -24,6 +25,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+def _hearth_netns() -> set[str]:
+    try:
+        return {n for n in os.listdir("/run/netns") if n.startswith("hearth-")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every root test deletes what it creates: a `hearth-…` namespace left after its teardown fails it (and is
+    removed here, so one leak does not cascade)."""
+    if "netns" not in request.keywords or os.geteuid() != 0:
+        yield
+        return
+    before = _hearth_netns()
+    yield
+    leaked = sorted(_hearth_netns() - before)
+    for name in leaked:
+        with contextlib.suppress(OSError):
+            pyroute2.netns.remove(name)
+    assert not leaked, f"this test left network namespaces behind: {leaked}"
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""Where the CPU of one sandbox boot goes: sessions are created one at a time through the API; every process in the
+sandbox's network namespace is sampled every 10 ms from create until --settle seconds after ready, and its CPU
+(user + system) is attributed by program: the agent (python3), the display (Xvnc or Xvfb + x11vnc), xkbcomp,
+openbox, Chromium (all its processes), bubblewrap and the rest; plus the controller's own CPU over the same time
+(this process: the controller runs in it, with the bench's HTTP client). This is the cost a boot storm pays per
+session on a machine with few cores.
+
+    sudo .venv/bin/python bench/boot_cpu.py [-n 5] [--settle 6] [--vnc xvnc|x11vnc] [--no-chromium]
+
+Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+from hearth.api.local import local_controller, scratch_settings
+from hearth.sandbox.procs import pids_in_netns
+
+TICK = os.sysconf("SC_CLK_TCK")
+GROUPS = {"python3": "agent", "Xvnc": "display", "Xvfb": "display", "x11vnc": "display", "xkbcomp": "xkbcomp"}
+
+
+def _sample(pid: int) -> tuple[str, float] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw.rsplit(")", 1)[1].split()
+    return comm, (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _group(comm: str) -> str:
+    if comm.startswith("chrom"):
+        return "chromium"
+    return GROUPS.get(comm, comm)
+
+
+async def one(http: httpx.AsyncClient, lc: object, settle: float, i: int) -> dict[str, float]:
+    svc = lc.ctl.service  # type: ignore[attr-defined]
+    cpu0 = os.times()
+    t0 = time.monotonic()
+    r = await http.post("/api/auth/start", json={"user_id": f"cpu-{i}"})
+    r.raise_for_status()
+    sid = r.json()["session_id"]
+    last: dict[int, tuple[str, float]] = {}
+    netns = ""
+    ready_at = 0.0
+    while True:
+        view = await svc.get(sid)
+        if not netns and view.slot is not None:
+            netns = svc.ipam.slot(view.slot).netns
+        if netns:
+            for pid in pids_in_netns(netns):
+                s = _sample(pid)
+                if s is not None:
+                    last[pid] = s
+        if not ready_at and view.status.value == "ready":
+            ready_at = time.monotonic() - t0
+        if view.status.value in ("failed", "cancelled", "expired"):
+            raise SystemExit(f"session {view.status.value}: {view.reason}")
+        if ready_at and time.monotonic() - t0 > ready_at + settle:
+            break
+        await asyncio.sleep(0.01)
+    cpu1 = os.times()
+    await http.post(f"/api/auth/session/{sid}/cancel")
+    out: dict[str, float] = defaultdict(float)
+    for comm, secs in last.values():
+        out[_group(comm)] += secs
+    out["sandbox total"] = sum(secs for _, secs in last.values())
+    out["controller"] = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    out["ready (s)"] = ready_at
+    return out
+
+
+async def main(n: int, settle: float, vnc: str, chromium: bool) -> None:
+    env = {"HEARTH_VNC_SERVER": vnc, "HEARTH_CHROMIUM": "1" if chromium else "0", "HEARTH_RATE_LIMIT": "0"}
+    with scratch_settings(env, "hearth-b") as settings:
+        async with (
+            local_controller(settings) as lc,
+            httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
+        ):
+            runs = [await one(http, lc, settle, i) for i in range(n)]
+            await asyncio.sleep(1)
+    keys = sorted({k for r in runs for k in r}, key=lambda k: (k in ("sandbox total", "controller", "ready (s)"), k))
+    print(f"CPU seconds per boot (median of {n}, create → ready + {settle:.0f} s; {vnc}, chromium={chromium}):")
+    for k in keys:
+        vals = [r.get(k, 0.0) for r in runs]
+        print(f"  {k:14s} median {statistics.median(vals):6.3f}   max {max(vals):6.3f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=5)
+    ap.add_argument("--settle", type=float, default=6.0)
+    ap.add_argument("--vnc", choices=("xvnc", "x11vnc"), default="xvnc")
+    ap.add_argument("--no-chromium", action="store_true")
+    a = ap.parse_args()
+    asyncio.run(main(a.n, a.settle, a.vnc, not a.no_chromium))
