@@ -23,7 +23,6 @@ run "ruff format" "$V/ruff" format --check "${PATHS[@]}"
 run "mypy" "$V/mypy"
 run "mypy tests" "$V/mypy" --strict --explicit-package-bases tests bench
 
-export HEARTH_TEST_LEAK_GUARD=1  # tests/conftest.py: a namespace left behind by a root test fails it
 printf '\n== pytest (SQLite)\n'
 "$V/python" -m pytest -q -ra "$@"
 rc=$?

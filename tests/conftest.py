@@ -13,6 +13,7 @@ import pytest
 
 from hearth.api.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
+from tests import nsnames
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
 
@@ -26,24 +27,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _hearth_netns() -> set[str]:
-    try:
-        return {n for n in os.listdir("/run/netns") if n.startswith("hearth-")}
-    except FileNotFoundError:
-        return set()
-
-
 @pytest.fixture(autouse=True)
 def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every root test deletes what it creates: with HEARTH_TEST_LEAK_GUARD=1 (scripts/test.sh, where nothing else
-    creates namespaces meanwhile) a `hearth-…` namespace that appeared during a test and is still there after its
-    teardown fails that test. Nothing is deleted here: another run on this machine may own it."""
-    if "netns" not in request.keywords or os.environ.get("HEARTH_TEST_LEAK_GUARD") != "1":
-        yield
-        return
-    before = _hearth_netns()
+    """Every root test deletes what it creates: a namespace this test named (tests/nsnames.py) — a fabric or one of
+    its sandboxes — still there after the test's teardown fails it. Nothing is deleted here."""
+    nsnames.take()
     yield
-    leaked = sorted(_hearth_netns() - before)
+    if "netns" not in request.keywords:
+        return
+    made = nsnames.take()
+    try:
+        present = os.listdir("/run/netns")
+    except FileNotFoundError:
+        present = []
+    leaked = sorted(n for n in present for p in made if n == p or n.startswith(p + "-"))
     assert not leaked, f"this test left network namespaces behind: {leaked}"
 
 
@@ -75,7 +72,7 @@ def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
 
     def make(**env: str) -> Settings:
         base = {
-            "HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}",
+            "HEARTH_FABRIC_NETNS": nsnames.new(),
             "HEARTH_DATA_DIR": str(data_dir),
             "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
             "HEARTH_API_KEYS": "test-key",

@@ -237,6 +237,14 @@ class SandboxManager:
         await self._release_quietly(owner)
         return False
 
+    async def end_kept(self) -> list[str]:
+        """Destroy every sandbox of this node kept for debugging (a drain ends everything; the reconciler when
+        HEARTH_KEEP_FAILED is off again); returns their owners."""
+        kept = [r for r in await self.stored() if r.state == SandboxState.KEPT.value]
+        for row in kept:
+            await self.end(row.owner_id, Final.DONE, row.slot, Kind(row.kind))
+        return [r.owner_id for r in kept]
+
     async def destroy_slot(self, owner: str, index: int) -> None:
         """Remove whatever runs on slot `index` (a leftover: no sandbox of this controller), raising on failure."""
         await asyncio.wait_for(self.driver.destroy(self.spec(owner, self.ipam.slot(index))), 60)

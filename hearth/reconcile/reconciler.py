@@ -84,6 +84,9 @@ class Reconciler:
     async def _sandboxes(self, report: Report) -> None:
         svc = self.service
         mgr = svc.sandboxes
+        if not svc.settings.keep_failed:  # kept for debugging while HEARTH_KEEP_FAILED was on; it is off now
+            for owner in await mgr.end_kept():
+                report.removed_sandboxes[owner] = "kept for debugging; HEARTH_KEEP_FAILED is off"
         for row in await mgr.stored():
             owner = row.owner_id
             if mgr.get(owner) is not None or svc.is_booting(owner) or row.state == SandboxState.KEPT.value:

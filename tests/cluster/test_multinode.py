@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -28,6 +27,7 @@ from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream, first_frame
 from hearth.store.models import CliSandboxRow, SessionRow
+from tests import nsnames
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
 
@@ -44,7 +44,7 @@ pytestmark = [
 async def lab() -> AsyncIterator[Lab]:
     with fresh_database(os.environ["TEST_DATABASE_URL"]) as url:
         TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
-        prefix = f"hearth-t{secrets.token_hex(3)}"
+        prefix = nsnames.new()
         lb = Lab(prefix, TESTS_BASE / prefix, url, env={"MAX_SESSIONS_PER_USER": "10", "MAX_BROWSER_SESSIONS": "30"})
         try:
             await lb.open()

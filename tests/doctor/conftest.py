@@ -35,6 +35,7 @@ from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
+from tests import nsnames
 from tests.conftest import Running, running_controller
 from tests.image.golden import TESTS_BASE
 
@@ -48,7 +49,7 @@ def new_env(**extra: str) -> tuple[dict[str, str], Path]:
     data = DATA_ROOT / f"doctor-{secrets.token_hex(4)}"
     data.mkdir(mode=0o711)
     env = {
-        "HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}",
+        "HEARTH_FABRIC_NETNS": nsnames.new(),
         "HEARTH_DATA_DIR": str(data),
         "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
         "HEARTH_API_KEYS": "test-key",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import pytest
 from hearth.config import Settings, load_settings
 from hearth.fabric import netlink, nft
 from hearth.fabric.fabric import Fabric
+from tests import nsnames
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
@@ -54,7 +54,7 @@ def make_settings_for(tmp_path: Path) -> Callable[..., Settings]:
 
     def make(netns: str | None = None, **env: str) -> Settings:
         base = {
-            "HEARTH_FABRIC_NETNS": netns or f"hearth-t{secrets.token_hex(3)}",
+            "HEARTH_FABRIC_NETNS": netns or nsnames.new(),
             "HEARTH_DATA_DIR": str(tmp_path / "data"),
         }
         return load_settings({**base, **env}, env_file=None)

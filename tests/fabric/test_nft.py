@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.slot import UPLINK_INNER, uplink_outer
+from tests import nsnames
 
 Obj = dict[str, Any]
 
@@ -150,7 +150,7 @@ def test_argv_enters_the_namespace_with_nsenter() -> None:
 
 @pytest.fixture
 def scratch_netns(root_only: None) -> Iterator[str]:
-    name = f"hearth-t{secrets.token_hex(3)}"
+    name = nsnames.new()
     netlink.create_netns(name)
     try:
         yield name

@@ -3,11 +3,13 @@ one stays — namespace, processes, lease and row — and the reconciler leaves 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from hearth.api.local import local_controller
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.lifecycle.sandbox import Final, SandboxState
@@ -48,3 +50,43 @@ async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[.
         await svc.sandboxes.end(failed.session_id, Final.DONE)  # the operator is done debugging
         assert not netlink.netns_exists(failed.netns) and not pids_in_netns(failed.netns)
         assert await svc.db.run(lambda db: db.query(LeaseRow).count()) == 0
+
+
+async def test_kept_sandboxes_end_with_a_drain_and_when_keeping_is_turned_off(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A kept sandbox is not forever: a drain (`hearth serve --drain`, the tests' controllers) ends it, and a
+    controller started with HEARTH_KEEP_FAILED off reclaims one an earlier controller kept."""
+    keep = make_settings(HEARTH_CHROMIUM="false", HEARTH_KEEP_FAILED="true", HEARTH_RECONCILE_INTERVAL="3600")
+    async with (
+        local_controller(keep, drain=False, remove_fabric=False) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        first = await start_ready(http, keep, "kept-1")
+        await stop_sandbox_processes(first.netns)
+        assert await ctl.ctl.service.check_alive() == 1
+    assert netlink.netns_exists(first.netns), "a plain stop leaves the kept sandbox"
+
+    off = keep.model_copy(update={"keep_failed": False})
+    async with running_controller(off) as ctl:
+        db = ctl.ctl.service.db
+
+        async def rows() -> tuple[int, int]:
+            return await db.run(lambda d: (d.query(SandboxRow).count(), d.query(LeaseRow).count()))
+
+        for _ in range(300):  # the reconciler runs at start, in the background; the row and lease go last
+            if await rows() == (0, 0):
+                break
+            await asyncio.sleep(0.1)
+        assert await rows() == (0, 0)
+        assert not netlink.netns_exists(first.netns) and not pids_in_netns(first.netns)
+
+    async with (
+        running_controller(keep) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        second = await start_ready(http, keep, "kept-2")
+        await stop_sandbox_processes(second.netns)
+        assert await ctl.ctl.service.check_alive() == 1
+        assert netlink.netns_exists(second.netns)
+    assert not netlink.netns_exists(second.netns), "a drain ends kept sandboxes too"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.config import Settings, load_settings
+from tests import nsnames
 
 HERE = Path(__file__).resolve().parent
 FAKE = HERE / "fake_firecracker.py"
@@ -17,7 +17,7 @@ FAKE_JAILER = HERE / "fake_jailer.py"
 
 def new_settings(tmp_path: Path) -> Settings:
     return load_settings(
-        {"HEARTH_FABRIC_NETNS": f"hearth-t{secrets.token_hex(3)}", "HEARTH_DATA_DIR": str(tmp_path / "data")},
+        {"HEARTH_FABRIC_NETNS": nsnames.new(), "HEARTH_DATA_DIR": str(tmp_path / "data")},
         env_file=None,
     )
 
