@@ -1,4 +1,5 @@
-"""A controller restarted under live sessions — shared by tests/lifecycle/test_restart.py and bench/restart.py.
+"""A controller run as its own process and restarted under live sessions — shared by tests/lifecycle/test_restart*.py,
+tests/session/test_pool_restart.py, tests/reconcile/test_crash_recovery.py and bench/restart.py.
 
 The controller is a real separate process (`python -m hearth serve`), stopped with SIGTERM or SIGKILL and started
 again on the same data dir and store. Sessions: desktops (Xvfb + x11vnc, no Chromium, to fit the shared machine)
@@ -25,7 +26,11 @@ import httpx
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import socket_in_netns
+from hearth.fabric.fabric import Fabric
+from hearth.reconcile.inventory import scan_sync
 from hearth.rfb.ws import first_frame
+from hearth.store.db import Database
+from hearth.store.models import LeaseRow, SandboxRow
 from hearth_example.idp import IdpServer, IdpState
 
 IDP_PORT = 9407
@@ -47,7 +52,7 @@ def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | No
         MAX_SESSIONS_PER_USER=str(sessions + 5),
         HEARTH_RATE_LIMIT="0",
     )
-    env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py)
+    env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py), a reconcile interval
     return env
 
 
@@ -227,3 +232,21 @@ def kill_leftovers(settings: Settings) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def remove_everything(settings: Settings) -> None:
+    """Test teardown: what still lives in this fabric's sandbox namespaces is killed, the fabric taken down and the
+    sandbox namespaces removed."""
+    kill_leftovers(settings)
+    asyncio.run(Fabric(settings).down(force=True))
+    for name in netlink.list_netns():
+        if name.startswith(f"{settings.fabric_netns}-s"):
+            netlink.remove_netns(name)
+
+
+def assert_nothing_left(settings: Settings, db: Database) -> None:
+    """After the last controller stopped with every session ended: no sandbox slot, lease or sandbox row is left."""
+    inv = scan_sync(settings)
+    assert inv.slots() == set(), inv
+    assert db.call(lambda d: d.query(LeaseRow).count()) == 0
+    assert db.call(lambda d: d.query(SandboxRow).count()) == 0

@@ -10,22 +10,18 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from hearth.config import Settings
-from hearth.fabric import netlink
-from hearth.fabric.fabric import Fabric
-from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
-from hearth.store.models import LeaseRow, SandboxRow, SessionRow
+from hearth.store.models import SandboxRow, SessionRow
 from tests.restartkit import (
     Controller,
     approve_device,
-    kill_leftovers,
+    assert_nothing_left,
     start_fleet,
     start_idp,
     viewer_frames,
@@ -34,18 +30,6 @@ from tests.restartkit import (
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 SESSIONS = int(os.environ.get("HEARTH_RESTART_SESSIONS", "10"))  # desktops + the sign-in
-
-
-@pytest.fixture
-def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
-    settings = make_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    yield settings
-    kill_leftovers(settings)
-    asyncio.run(Fabric(settings).down(force=True))
-    for name in netlink.list_netns():
-        if name.startswith(f"{settings.fabric_netns}-s"):
-            netlink.remove_netns(name)
 
 
 async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 60) -> dict[str, object]:
@@ -118,10 +102,7 @@ async def test_sessions_survive_sigterm_and_sigkill_of_the_controller(
         status = db.call(lambda d: d.get(SessionRow, last).status)  # type: ignore[union-attr]
         assert status == "cancelled", status
 
-        inv = await asyncio.to_thread(scan_sync, s)
-        assert inv.slots() == set(), inv
-        assert db.call(lambda d: d.query(LeaseRow).count()) == 0
-        assert db.call(lambda d: d.query(SandboxRow).count()) == 0
+        await asyncio.to_thread(assert_nothing_left, s, db)
     finally:
         ctl.kill()
         if server is not None:
