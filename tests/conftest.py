@@ -9,7 +9,6 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import pyroute2.netns
 import pytest
 
 from hearth.api.local import LocalController, free_port, local_controller
@@ -37,17 +36,15 @@ def _hearth_netns() -> set[str]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every root test deletes what it creates: a `hearth-…` namespace left after its teardown fails it (and is
-    removed here, so one leak does not cascade)."""
-    if "netns" not in request.keywords or os.geteuid() != 0:
+    """Every root test deletes what it creates: with HEARTH_TEST_LEAK_GUARD=1 (scripts/test.sh, where nothing else
+    creates namespaces meanwhile) a `hearth-…` namespace that appeared during a test and is still there after its
+    teardown fails that test. Nothing is deleted here: another run on this machine may own it."""
+    if "netns" not in request.keywords or os.environ.get("HEARTH_TEST_LEAK_GUARD") != "1":
         yield
         return
     before = _hearth_netns()
     yield
     leaked = sorted(_hearth_netns() - before)
-    for name in leaked:
-        with contextlib.suppress(OSError):
-            pyroute2.netns.remove(name)
     assert not leaked, f"this test left network namespaces behind: {leaked}"
 
 

@@ -10,14 +10,11 @@ own browser is played by plain HTTP requests from a socket in that namespace (th
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +22,13 @@ import httpx
 
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.fabric.dial import socket_in_netns
 from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
 from hearth.rfb.ws import first_frame
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SandboxRow
 from hearth_example.idp import IdpServer, IdpState
+from tests import signinkit
 
 IDP_PORT = 9407
 
@@ -46,8 +43,7 @@ def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | No
         HEARTH_API_KEYS=",".join(settings.api_keys),
         HEARTH_DRIVER="netns",
         HEARTH_CHROMIUM="false",
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
-        HEARTH_EXAMPLE_ISSUER=f"http://{settings.bridge_ip}:{IDP_PORT}",
+        **signinkit.idp_env(IDP_PORT, str(settings.bridge_ip)),
         MAX_BROWSER_SESSIONS=str(sessions + 5),
         MAX_SESSIONS_PER_USER=str(sessions + 5),
         HEARTH_RATE_LIMIT="0",
@@ -110,32 +106,14 @@ class Controller:
 
 def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
     """The example IdP on BRIDGE_IP inside the fabric namespace; device codes are approved by `approve_device`."""
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.bind((str(settings.bridge_ip), IDP_PORT))
-    state = IdpState(auto_approve=False)
-    server = IdpServer(sock, state)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
+    return signinkit.start_idp(settings, IDP_PORT, auto_approve=False)
 
 
 def approve_device(settings: Settings, user_code: str) -> int:
     """The person approves the device code in their own browser (a form POST to the IdP, from inside the fabric)."""
-    url = f"http://{settings.bridge_ip}:{IDP_PORT}/device/approve"
-    parts = urllib.parse.urlsplit(url)
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.settimeout(10)
-    sock.connect((parts.hostname or "", parts.port or 80))
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
-    conn.sock = sock
-    try:
-        body = urllib.parse.urlencode({"user_code": user_code})
-        conn.request("POST", parts.path, body, {"Content-Type": "application/x-www-form-urlencoded"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-        sock.close()
+    url = f"{signinkit.issuer(IDP_PORT, str(settings.bridge_ip))}/device/approve"
+    status, _, _ = signinkit.browse(settings.fabric_netns, url, {"user_code": user_code})
+    return status
 
 
 @dataclass

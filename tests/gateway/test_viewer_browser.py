@@ -18,9 +18,11 @@ from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import running_controller
 from tests.prefixproxy import prefix_proxy
-from tests.session import test_signin_direct_e2e as direct
+from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, start_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
+IDP_PORT = 9404
+ISSUER = issuer(IDP_PORT)
 CHROMIUM = "/usr/bin/chromium"
 PAGE = "data:text/html,<body style='background:%23c0392b;color:white;font:90px sans-serif'>hearth viewer test</body>"
 ARGS = [
@@ -258,14 +260,14 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
     test from inside the fabric namespace, where the example IdP listens.)"""
     from playwright.async_api import async_playwright
 
-    settings = make_settings(HEARTH_FABRIC_OPEN_PORTS=str(direct.IDP_PORT), HEARTH_EXAMPLE_ISSUER=direct.ISSUER)
+    settings = make_settings(**idp_env(IDP_PORT))
     netns = settings.fabric_netns
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
         async_playwright() as pw,
     ):
-        server, _ = await asyncio.to_thread(direct.start_idp, settings)
+        server, _ = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=False)
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
@@ -278,7 +280,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             assert (await page.inner_text("#open-step")).startswith("Open this link and sign in: http://")
             code = await page.inner_text("#code")
             assert await page.inner_text("#code-step") == f"Enter this code: {code}"
-            assert await page.get_attribute("#link", "href") == f"{direct.ISSUER}/device"
+            assert await page.get_attribute("#link", "href") == f"{ISSUER}/device"
             assert await page.is_visible("#waiting") and not await page.is_visible("#paste")
             assert not await page.is_visible("#details #stages")  # timings only behind the toggle
             view = (await http.post(f"/api/auth/session/{started['session_id']}/token", json={"scope": "view"})).json()
@@ -288,7 +290,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             assert await watcher.inner_text("#headline") == f"Signing in to {name} happens in the person's own browser"
             assert code not in await watcher.content() and "/device" not in await watcher.content()
             await watcher.close()
-            await asyncio.to_thread(direct.browse, netns, f"{direct.ISSUER}/device/approve", {"user_code": code})
+            await asyncio.to_thread(browse, netns, f"{ISSUER}/device/approve", {"user_code": code})
             done = f"Done — {name} is signed in in your workspace"
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
 
@@ -299,13 +301,13 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             await page.goto(started["viewer_url"])
             await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
             url = await page.get_attribute("#link", "href")
-            assert url is not None and url.startswith(f"{direct.ISSUER}/authorize?")
+            assert url is not None and url.startswith(f"{ISSUER}/authorize?")
             await page.fill("#paste-input", "not-the-code")
             await page.click("#paste button")
             await page.wait_for_selector("#cli-message", state="visible", timeout=60_000)
             assert (await page.inner_text("#cli-message")).startswith("Invalid code")
             assert await page.is_visible("#paste-input")  # the person can retry
-            right = await asyncio.to_thread(direct.approve_and_read_code, netns, url)
+            right = await asyncio.to_thread(approve_and_read_code, netns, url)
             await page.fill("#paste-input", right)
             await page.click("#paste button")
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
