@@ -5,10 +5,13 @@ stand-in)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import re
 import threading
 import urllib.parse
+from collections.abc import AsyncIterator
 
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
@@ -36,6 +39,17 @@ def start_idp(settings: Settings, port: int, auto_approve: bool) -> tuple[IdpSer
     server = IdpServer(sock, state)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, state
+
+
+@contextlib.asynccontextmanager
+async def running_idp(settings: Settings, port: int, auto_approve: bool) -> AsyncIterator[IdpState]:
+    """`start_idp` for the length of an `async with` (the fabric namespace must be up: start the controller first)."""
+    server, state = await asyncio.to_thread(start_idp, settings, port, auto_approve)
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def browse(netns: str, url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:

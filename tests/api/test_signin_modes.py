@@ -18,7 +18,7 @@ from hearth.sandbox.netns import pids_in_netns
 from tests import rawws
 from tests.conftest import running_controller
 from tests.live import descendants, leaks, wait_status
-from tests.signinkit import idp_env, start_idp
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9401
@@ -42,8 +42,7 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
         before = await asyncio.to_thread(descendants)
-        server, _ = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=True)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True):
             example = ctl.ctl.providers["example"]
             ctl.ctl.providers["loopback_only"] = example.model_copy(
                 update={"name": "loopback_only", "flows": {FlowName.LOOPBACK: example.flows[FlowName.LOOPBACK]}}
@@ -129,9 +128,6 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             assert (await http.post(f"/api/auth/session/{sid}/cancel")).json()["status"] == "cancelled"
             r = await http.post(code_path, json={"code": "ABCD-EFGH"})
             assert r.status_code == 409 and "cancelled" in r.json()["error"]
-        finally:
-            server.shutdown()
-            server.server_close()
         left = await leaks(ctl, before)
         assert left.total == 0, left
 
@@ -145,8 +141,7 @@ async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server, _ = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=True)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True):
             r = await http.post("/api/auth/start", json={"user_id": "i", "provider": "example", "mode": "direct"})
             started = r.json()
             sid = started["session_id"]
@@ -168,6 +163,3 @@ async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
                     break
                 await asyncio.sleep(0.1)
             assert body["status"] == "expired" and "idle" in str(body["reason"]), body
-        finally:
-            server.shutdown()
-            server.server_close()

@@ -8,7 +8,8 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,7 +19,10 @@ from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import running_controller
 from tests.prefixproxy import prefix_proxy
-from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, start_idp
+from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Playwright
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9404
@@ -33,6 +37,19 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+VIEWER_READY = "window.hearthState && window.hearthState.startsWith('ready')"  # the page shows the remote desktop
+
+
+@contextlib.asynccontextmanager
+async def chromium(pw: Playwright) -> AsyncIterator[Browser]:
+    """Debian's Chromium, launched headless by Playwright and closed afterwards."""
+    browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    try:
+        yield browser
+    finally:
+        await browser.close()
+
 
 # Counts distinct colours on noVNC's canvas (a drawn desktop has many; a blank one has one).
 CANVAS_COLOURS = """() => {
@@ -62,12 +79,11 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
         async_playwright() as pw,
     ):
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium(pw) as browser:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             started = (await http.post("/api/auth/start", json={"user_id": "viewer"})).json()
             await page.goto(started["viewer_url"])  # at once: the sandbox is still starting
-            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            await page.wait_for_function(VIEWER_READY, timeout=60_000)
             states = await page.evaluate("window.hearthStates")
             assert "starting" in states or "connecting" in states, states  # status shown while the sandbox started
             colours = 0
@@ -111,8 +127,6 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
             assert "The browser sandbox failed." in message
             assert "[driver]" in message  # the reason names the hop
             assert (await http.get(f"/api/auth/session/{started['session_id']}")).json()["status"] == "failed"
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
@@ -132,14 +146,13 @@ async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_sett
     ):
         started = (await http.post("/api/auth/start", json={"user_id": "proxied"})).json()
         assert started["viewer_url"].startswith(f"{public}/api/auth/session/{started['session_id']}/novnc?token=")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium(pw) as browser:
             page = await browser.new_page(viewport={"width": 1024, "height": 700})
             failed: list[str] = []
             page.on("requestfailed", lambda r: failed.append(r.url))
             page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
             await page.goto(started["viewer_url"])
-            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            await page.wait_for_function(VIEWER_READY, timeout=60_000)
             colours = 0
             for _ in range(150):
                 colours = await page.evaluate(CANVAS_COLOURS)
@@ -153,8 +166,6 @@ async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_sett
                 ".map(e => e.name)"
             )
             assert len(urls) > 5 and [u for u in urls if not u.startswith(public)] == []
-        finally:
-            await browser.close()
 
 
 async def test_viewer_refuses_a_bad_token_in_plain_words(make_settings: Callable[..., Settings]) -> None:
@@ -206,8 +217,7 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
         async_playwright() as pw,
     ):
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium(pw) as browser:
             started = (await http.post("/api/auth/start", json={"user_id": "paste"})).json()
             sid = started["session_id"]
             context = await browser.new_context(
@@ -217,9 +227,7 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
 
             async def open_viewer(url: str) -> None:
                 await page.goto(url)
-                await page.wait_for_function(
-                    "window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000
-                )
+                await page.wait_for_function(VIEWER_READY, timeout=60_000)
 
             async def paste(text: str) -> None:
                 await page.evaluate("(t) => navigator.clipboard.writeText(t)", text)
@@ -248,8 +256,6 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
             greens = await top_rows(GREEN)
             assert greens > 0.95, f"the pasted text did not arrive in the remote page ({greens:.0%} green)"
             assert await page.evaluate(TOP_ROWS, list(BLUE)) == 0  # the view-only viewer's paste never arrived
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
@@ -267,9 +273,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
         async_playwright() as pw,
     ):
-        server, _ = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=False)
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=False), chromium(pw) as browser:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
             name = ctl.ctl.providers["example"].display_name
             start = {"user_id": "pat", "provider": "example", "mode": "direct"}
@@ -312,7 +316,3 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             await page.click("#paste button")
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
             assert await page.inner_text("#message") == done
-        finally:
-            await browser.close()
-            server.shutdown()
-            server.server_close()

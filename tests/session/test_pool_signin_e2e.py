@@ -15,7 +15,7 @@ import pytest
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from tests.conftest import running_controller
-from tests.signinkit import idp_env, start_idp
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9400
@@ -27,9 +27,8 @@ async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., 
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server, idp = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=True)
         pool = ctl.ctl.service.pool
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True) as idp:
             deadline = time.monotonic() + 120
             while not pool.ready("remote_browser"):
                 assert time.monotonic() < deadline, pool.summary()
@@ -64,6 +63,3 @@ async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., 
             assert pool.hits == 1
             files = await ctl.ctl.vault.open("alice", "example")
             assert files is not None and files[0].data
-        finally:
-            server.shutdown()
-            server.server_close()

@@ -20,7 +20,7 @@ import pytest
 from hearth.config import Settings
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks
-from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, start_idp
+from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9404
@@ -68,8 +68,7 @@ async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
         before = await asyncio.to_thread(descendants)
-        server, idp = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=False)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=False) as idp:
             # device_code (HEARTH_SIGNIN_MODE=direct: no mode in the request): the link and the code to enter.
             r = await http.post("/api/auth/start", json={"user_id": "dora", "provider": "example"})
             assert r.status_code == 201, r.text
@@ -116,9 +115,6 @@ async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings
             # The full sign-in URL and the code are in no event.
             assert not [e for e in events if str(shown["url"]) in json.dumps(e) or code in json.dumps(e)]
             assert [e["kind"] for e in idp.events].count("token_issued") == 2
-        finally:
-            server.shutdown()
-            server.server_close()
         assert (await http.delete("/api/users/dora/cli-sandbox")).status_code == 204
         left = await leaks(ctl, before)
         for _ in range(100):  # the sign-in sandbox is removed right after completion, in the background

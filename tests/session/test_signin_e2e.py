@@ -19,7 +19,7 @@ from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from hearth.fabric import netlink
 from tests.conftest import running_controller
-from tests.signinkit import idp_env, start_idp
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9400
@@ -34,8 +34,7 @@ async def test_example_sign_in_end_to_end(
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server, idp = await asyncio.to_thread(start_idp, settings, IDP_PORT, auto_approve=True)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True) as idp:
             assert (
                 await http.post("/api/auth/start", json={"user_id": "alice", "provider": "nope"})
             ).status_code == 422
@@ -114,9 +113,6 @@ async def test_example_sign_in_end_to_end(
             # The CLI sandbox can be deleted, home included.
             assert (await http.delete("/api/users/alice/cli-sandbox")).status_code == 204
             assert not ctl.ctl.clis.home_of("alice").exists()
-        finally:
-            server.shutdown()
-            server.server_close()
 
         # The credential value appears in no log of the run: controller logs and every sandbox log file.
         assert secret_token not in caplog.text
