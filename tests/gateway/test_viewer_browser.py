@@ -22,7 +22,7 @@ from tests.prefixproxy import prefix_proxy
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Playwright
+    from playwright.async_api import Browser
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9404
@@ -42,13 +42,16 @@ VIEWER_READY = "window.hearthState && window.hearthState.startsWith('ready')"  #
 
 
 @contextlib.asynccontextmanager
-async def chromium(pw: Playwright) -> AsyncIterator[Browser]:
+async def chromium() -> AsyncIterator[Browser]:
     """Debian's Chromium, launched headless by Playwright and closed afterwards."""
-    browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    try:
-        yield browser
-    finally:
-        await browser.close()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 # Counts distinct colours on noVNC's canvas (a drawn desktop has many; a blank one has one).
@@ -71,15 +74,12 @@ CANVAS_SIZE = "() => { const c = document.querySelector('#screen canvas'); retur
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Callable[..., Settings]) -> None:
-    from playwright.async_api import async_playwright
-
     settings = make_settings(HEARTH_START_URL=PAGE)
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        async with chromium(pw) as browser:
+        async with chromium() as browser:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             started = (await http.post("/api/auth/start", json={"user_id": "viewer"})).json()
             await page.goto(started["viewer_url"])  # at once: the sandbox is still starting
@@ -133,8 +133,6 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
 async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_settings: Callable[..., Settings]) -> None:
     """The README's nginx setup, with a Python stand-in: everything under /hearth/, HEARTH_PUBLIC_URL set. The API
     returns prefixed viewer URLs, and the page, noVNC, the status stream and the WebSocket all work through it."""
-    from playwright.async_api import async_playwright
-
     port = free_port()
     public = f"http://127.0.0.1:{port}/hearth"
     settings = make_settings(HEARTH_START_URL=PAGE, HEARTH_PUBLIC_URL=public)
@@ -142,11 +140,10 @@ async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_sett
         running_controller(settings) as ctl,
         prefix_proxy(ctl.base_url, "/hearth", port) as base,
         httpx.AsyncClient(base_url=base, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
         started = (await http.post("/api/auth/start", json={"user_id": "proxied"})).json()
         assert started["viewer_url"].startswith(f"{public}/api/auth/session/{started['session_id']}/novnc?token=")
-        async with chromium(pw) as browser:
+        async with chromium() as browser:
             page = await browser.new_page(viewport={"width": 1024, "height": 700})
             failed: list[str] = []
             page.on("requestfailed", lambda r: failed.append(r.url))
@@ -209,15 +206,12 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
     """Chromium runs as one kiosk window (the page's colour reaches the top edge: no tab strip, no flag bar), and
     Ctrl+V in the viewer pastes the person's clipboard into the remote page. A view-only viewer's paste is dropped by
     the gateway (its page is told nothing about view-only here, so noVNC does send it)."""
-    from playwright.async_api import async_playwright
-
     settings = make_settings(HEARTH_START_URL=PASTE_PAGE)
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        async with chromium(pw) as browser:
+        async with chromium() as browser:
             started = (await http.post("/api/auth/start", json={"user_id": "paste"})).json()
             sid = started["session_id"]
             context = await browser.new_context(
@@ -264,16 +258,13 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
     paste-code sign-in a field whose value the agent types into the CLI — a wrong code shows the CLI's own error,
     the right one finishes with "Done — … is signed in in your workspace". (The provider's pages are visited by the
     test from inside the fabric namespace, where the example IdP listens.)"""
-    from playwright.async_api import async_playwright
-
     settings = make_settings(**idp_env(IDP_PORT))
     netns = settings.fabric_netns
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        async with running_idp(settings, IDP_PORT, auto_approve=False), chromium(pw) as browser:
+        async with running_idp(settings, IDP_PORT, auto_approve=False), chromium() as browser:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
             name = ctl.ctl.providers["example"].display_name
             start = {"user_id": "pat", "provider": "example", "mode": "direct"}
