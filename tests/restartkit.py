@@ -150,15 +150,21 @@ async def start_fleet(http: httpx.AsyncClient, desktops: int) -> Fleet:
     for sid in fleet.desktops:
         body = await wait_body(http, sid, ("ready",))
         assert body["status"] == "ready", body
-    deadline = time.monotonic() + 120
+    fleet.user_code = str((await wait_prompt(http, fleet.signin))["user_code"])
+    return fleet
+
+
+async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 120) -> dict[str, object]:
+    """Poll until the direct sign-in `sid` shows the person a device code (while it stays live); returns what the
+    API shows (`signin`)."""
+    deadline = time.monotonic() + timeout
     while True:
-        body = (await http.get(f"/api/auth/session/{fleet.signin}")).json()
+        body = (await http.get(f"/api/auth/session/{sid}")).json()
         shown = body.get("signin")
         if isinstance(shown, dict) and shown.get("user_code"):
-            fleet.user_code = str(shown["user_code"])
-            return fleet
+            return shown
         assert body.get("status") in ("starting", "ready", "awaiting_user"), body
-        assert time.monotonic() < deadline, body
+        assert time.monotonic() < deadline, f"no sign-in prompt within {timeout:.0f}s; last {body}"
         await asyncio.sleep(0.1)
 
 

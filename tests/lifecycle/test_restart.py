@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -26,20 +25,11 @@ from tests.restartkit import (
     start_idp,
     viewer_frames,
     wait_body,
+    wait_prompt,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 SESSIONS = int(os.environ.get("HEARTH_RESTART_SESSIONS", "10"))  # desktops + the sign-in
-
-
-async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shown = (await http.get(f"/api/auth/session/{sid}")).json().get("signin")
-        if isinstance(shown, dict) and shown.get("user_code"):
-            return shown
-        assert time.monotonic() < deadline, "the sign-in prompt was not shown again after the restart"
-        await asyncio.sleep(0.1)
 
 
 def launchers(db: Database) -> dict[str, int | None]:
@@ -77,7 +67,7 @@ async def test_sessions_survive_sigterm_and_sigkill_of_the_controller(
                     body = await wait_body(http, sid, ("ready", "awaiting_user"))
                     assert body["status"] in ("ready", "awaiting_user"), (sig.name, body)
                 # The person of the direct sign-in sees the same device code again (the agent re-pushed it).
-                shown = await wait_prompt(http, fleet.signin)
+                shown = await wait_prompt(http, fleet.signin, 60)
                 assert shown.get("user_code") == fleet.user_code, shown
             assert launchers(db) == before, "the same sandboxes, adopted"
             print(f"\nafter {sig.name}: {SESSIONS}/{SESSIONS} live; first frames {sorted(frames.values())[-1]:.2f}s")
