@@ -76,6 +76,17 @@ def _authorize_url(issuer: str, redirect: str, state: str, challenge: str) -> st
     return issuer + "/authorize?" + urllib.parse.urlencode(query)
 
 
+def _token_form(code: str, redirect: str, verifier: str) -> dict[str, str]:
+    """The authorization-code exchange (with the PKCE verifier) at the token endpoint."""
+    return {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect,
+        "client_id": CLIENT_ID,
+        "code_verifier": verifier,
+    }
+
+
 def paste_code(issuer: str) -> int:
     verifier, challenge = _pkce()
     redirect = issuer + "/code"
@@ -83,8 +94,7 @@ def paste_code(issuer: str) -> int:
     print(f"Open this URL in your browser and sign in:\n{url}", flush=True)
     for _ in range(5):
         code = input("Paste the authorization code: ").strip()
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "client_id": CLIENT_ID}
-        status, body = _post(issuer + "/token", {**form, "code_verifier": verifier})
+        status, body = _post(issuer + "/token", _token_form(code, redirect, verifier))
         if status == 200:
             return _save(issuer, body)
         print(f"Invalid code ({body.get('error', status)}). Check the code and try again.", flush=True)
@@ -133,8 +143,7 @@ def main(argv: list[str]) -> int:
         return paste_code(issuer)
     if flow == "device_code":
         return device_code(issuer)
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    verifier, challenge = _pkce()
     state = secrets.token_urlsafe(16)
     got: dict[str, str] = {}
     done = threading.Event()
@@ -160,20 +169,7 @@ def main(argv: list[str]) -> int:
     server = HTTPServer(("127.0.0.1", 0), Callback)
     redirect = f"http://127.0.0.1:{server.server_address[1]}/callback"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = (
-        issuer
-        + "/authorize?"
-        + urllib.parse.urlencode(
-            {
-                "response_type": "code",
-                "client_id": CLIENT_ID,
-                "redirect_uri": redirect,
-                "state": state,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            }
-        )
-    )
+    url = _authorize_url(issuer, redirect, state, challenge)
     print(f"Open this URL to sign in:\n{url}", flush=True)
     if os.environ.get("BROWSER"):
         subprocess.Popen([os.environ["BROWSER"], url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,15 +177,7 @@ def main(argv: list[str]) -> int:
         print("timed out waiting for the sign-in", file=sys.stderr)
         return 1
     server.shutdown()
-    data = urllib.parse.urlencode(
-        {
-            "grant_type": "authorization_code",
-            "code": got["code"],
-            "redirect_uri": redirect,
-            "client_id": CLIENT_ID,
-            "code_verifier": verifier,
-        }
-    ).encode()
+    data = urllib.parse.urlencode(_token_form(got["code"], redirect, verifier)).encode()
     with urllib.request.urlopen(urllib.request.Request(issuer + "/token", data=data), timeout=15) as resp:
         tokens = json.load(resp)
     return _save(issuer, tokens)

@@ -16,6 +16,7 @@ from hearth.config import Settings, load_settings
 from tests import nsnames
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
+from tests.restartkit import remove_everything
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,6 +86,16 @@ def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
         return load_settings(base, env_file=None)
 
     return make
+
+
+@pytest.fixture
+def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
+    """Settings for a controller run as its own process (tests/restartkit.py), its data dir made; afterwards what
+    its sandboxes left is killed and removed."""
+    settings = make_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    yield settings
+    remove_everything(settings)
 
 
 Running = LocalController

@@ -1,4 +1,5 @@
-"""A controller restarted under live sessions — shared by tests/lifecycle/test_restart.py and bench/restart.py.
+"""A controller run as its own process and restarted under live sessions — shared by tests/lifecycle/test_restart*.py,
+tests/session/test_pool_restart.py, tests/reconcile/test_crash_recovery.py and bench/restart.py.
 
 The controller is a real separate process (`python -m hearth serve`), stopped with SIGTERM or SIGKILL and started
 again on the same data dir and store. Sessions: desktops (Xvfb + x11vnc, no Chromium, to fit the shared machine)
@@ -9,14 +10,11 @@ own browser is played by plain HTTP requests from a socket in that namespace (th
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +22,13 @@ import httpx
 
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.fabric.dial import socket_in_netns
+from hearth.fabric.fabric import Fabric
+from hearth.reconcile.inventory import scan_sync
 from hearth.rfb.ws import first_frame
+from hearth.store.db import Database
+from hearth.store.models import LeaseRow, SandboxRow
 from hearth_example.idp import IdpServer, IdpState
+from tests import signinkit
 
 IDP_PORT = 9407
 
@@ -41,13 +43,12 @@ def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | No
         HEARTH_API_KEYS=",".join(settings.api_keys),
         HEARTH_DRIVER="netns",
         HEARTH_CHROMIUM="false",
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
-        HEARTH_EXAMPLE_ISSUER=f"http://{settings.bridge_ip}:{IDP_PORT}",
+        **signinkit.idp_env(IDP_PORT, str(settings.bridge_ip)),
         MAX_BROWSER_SESSIONS=str(sessions + 5),
         MAX_SESSIONS_PER_USER=str(sessions + 5),
         HEARTH_RATE_LIMIT="0",
     )
-    env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py)
+    env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py), a reconcile interval
     return env
 
 
@@ -105,32 +106,14 @@ class Controller:
 
 def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
     """The example IdP on BRIDGE_IP inside the fabric namespace; device codes are approved by `approve_device`."""
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.bind((str(settings.bridge_ip), IDP_PORT))
-    state = IdpState(auto_approve=False)
-    server = IdpServer(sock, state)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
+    return signinkit.start_idp(settings, IDP_PORT, auto_approve=False)
 
 
 def approve_device(settings: Settings, user_code: str) -> int:
     """The person approves the device code in their own browser (a form POST to the IdP, from inside the fabric)."""
-    url = f"http://{settings.bridge_ip}:{IDP_PORT}/device/approve"
-    parts = urllib.parse.urlsplit(url)
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.settimeout(10)
-    sock.connect((parts.hostname or "", parts.port or 80))
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
-    conn.sock = sock
-    try:
-        body = urllib.parse.urlencode({"user_code": user_code})
-        conn.request("POST", parts.path, body, {"Content-Type": "application/x-www-form-urlencoded"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-        sock.close()
+    url = f"{signinkit.issuer(IDP_PORT, str(settings.bridge_ip))}/device/approve"
+    status, _, _ = signinkit.browse(settings.fabric_netns, url, {"user_code": user_code})
+    return status
 
 
 @dataclass
@@ -167,15 +150,21 @@ async def start_fleet(http: httpx.AsyncClient, desktops: int) -> Fleet:
     for sid in fleet.desktops:
         body = await wait_body(http, sid, ("ready",))
         assert body["status"] == "ready", body
-    deadline = time.monotonic() + 120
+    fleet.user_code = str((await wait_prompt(http, fleet.signin))["user_code"])
+    return fleet
+
+
+async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 120) -> dict[str, object]:
+    """Poll until the direct sign-in `sid` shows the person a device code (while it stays live); returns what the
+    API shows (`signin`)."""
+    deadline = time.monotonic() + timeout
     while True:
-        body = (await http.get(f"/api/auth/session/{fleet.signin}")).json()
+        body = (await http.get(f"/api/auth/session/{sid}")).json()
         shown = body.get("signin")
         if isinstance(shown, dict) and shown.get("user_code"):
-            fleet.user_code = str(shown["user_code"])
-            return fleet
+            return shown
         assert body.get("status") in ("starting", "ready", "awaiting_user"), body
-        assert time.monotonic() < deadline, body
+        assert time.monotonic() < deadline, f"no sign-in prompt within {timeout:.0f}s; last {body}"
         await asyncio.sleep(0.1)
 
 
@@ -227,3 +216,21 @@ def kill_leftovers(settings: Settings) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def remove_everything(settings: Settings) -> None:
+    """Test teardown: what still lives in this fabric's sandbox namespaces is killed, the fabric taken down and the
+    sandbox namespaces removed."""
+    kill_leftovers(settings)
+    asyncio.run(Fabric(settings).down(force=True))
+    for name in netlink.list_netns():
+        if name.startswith(f"{settings.fabric_netns}-s"):
+            netlink.remove_netns(name)
+
+
+def assert_nothing_left(settings: Settings, db: Database) -> None:
+    """After the last controller stopped with every session ended: no sandbox slot, lease or sandbox row is left."""
+    inv = scan_sync(settings)
+    assert inv.slots() == set(), inv
+    assert db.call(lambda d: d.query(LeaseRow).count()) == 0
+    assert db.call(lambda d: d.query(SandboxRow).count()) == 0

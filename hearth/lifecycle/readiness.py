@@ -71,27 +71,16 @@ async def _retry(deadline: float, hop: Hop, what: str, hint: str, attempt: Any) 
     raise NotReady(hop, f"{what} not ready in time (last: {last})", hint)
 
 
+def _display_running(body: dict[str, Any]) -> None:
+    services = body.get("services", {})
+    display = services.get("xvnc") or services.get("xvfb") or {}  # Xvnc, or Xvfb (HEARTH_VNC_SERVER=x11vnc)
+    if display.get("state") != "running":
+        raise ValueError(f"display state {display.get('state')!r}")
+
+
 async def wait_display(t: Target, deadline: float) -> dict[str, Any]:
     """Agent answers /health and reports the X display running."""
-
-    async def attempt(timeout: float) -> dict[str, Any]:
-        status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
-        if status != 200 or not isinstance(body, dict):
-            raise ValueError(f"agent /health answered HTTP {status}")
-        services = body.get("services", {})
-        display = services.get("xvnc") or services.get("xvfb") or {}  # Xvnc, or Xvfb (HEARTH_VNC_SERVER=x11vnc)
-        if display.get("state") != "running":
-            raise ValueError(f"display state {display.get('state')!r}")
-        return body
-
-    result: dict[str, Any] = await _retry(
-        deadline,
-        Hop.AGENT,
-        f"agent at {t.ip}:{t.agent_port}",
-        "check the sandbox's agent log (GET /api/auth/session/{id}/events) and `hearth doctor --session`",
-        attempt,
-    )
-    return result
+    return await wait_agent(t, deadline, _display_running)
 
 
 async def wait_vnc(t: Target, deadline: float) -> None:
@@ -122,13 +111,17 @@ async def wait_rfb(t: Target, deadline: float) -> ServerInit:
     return result
 
 
-async def wait_agent(t: Target, deadline: float) -> dict[str, Any]:
-    """Agent answers /health (HTTP 200)."""
+async def wait_agent(
+    t: Target, deadline: float, check: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Agent answers /health (HTTP 200) and `check` (raising ValueError while not yet) passes on its body."""
 
     async def attempt(timeout: float) -> dict[str, Any]:
         status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
         if status != 200 or not isinstance(body, dict):
             raise ValueError(f"agent /health answered HTTP {status}")
+        if check is not None:
+            check(body)
         return body
 
     result: dict[str, Any] = await _retry(

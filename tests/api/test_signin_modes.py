@@ -5,7 +5,6 @@ checked before anything is sent. Nothing is left behind."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,26 +13,16 @@ import pytest
 
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
-from hearth.fabric.dial import socket_in_netns
 from hearth.providers.model import FlowName
 from hearth.sandbox.netns import pids_in_netns
-from hearth_example.idp import IdpServer, IdpState
 from tests import rawws
 from tests.conftest import running_controller
 from tests.live import descendants, leaks, wait_status
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9401
 DESKTOP = {"Xvnc", "Xvfb", "x11vnc", "openbox", "chromium"}
-
-
-def start_idp(settings: Settings) -> IdpServer:
-    """The example IdP on BRIDGE_IP inside the fabric namespace (reachable by sandboxes)."""
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.bind((str(settings.bridge_ip), IDP_PORT))
-    server = IdpServer(sock, IdpState(auto_approve=True))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def process_names(netns: str) -> set[str]:
@@ -47,16 +36,13 @@ def process_names(netns: str) -> set[str]:
 
 
 async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT), HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}"
-    )
+    settings = make_settings(**idp_env(IDP_PORT))
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
         before = await asyncio.to_thread(descendants)
-        server = await asyncio.to_thread(start_idp, settings)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True):
             example = ctl.ctl.providers["example"]
             ctl.ctl.providers["loopback_only"] = example.model_copy(
                 update={"name": "loopback_only", "flows": {FlowName.LOOPBACK: example.flows[FlowName.LOOPBACK]}}
@@ -142,9 +128,6 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             assert (await http.post(f"/api/auth/session/{sid}/cancel")).json()["status"] == "cancelled"
             r = await http.post(code_path, json={"code": "ABCD-EFGH"})
             assert r.status_code == 409 and "cancelled" in r.json()["error"]
-        finally:
-            server.shutdown()
-            server.server_close()
         left = await leaks(ctl, before)
         assert left.total == 0, left
 
@@ -153,17 +136,12 @@ async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
     make_settings: Callable[..., Settings],
 ) -> None:
     """A direct-mode session has no viewer WebSocket; the person's open page (its status stream) is its activity."""
-    settings = make_settings(
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
-        HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}",
-        HEARTH_IDLE_TIMEOUT="2",
-    )
+    settings = make_settings(**idp_env(IDP_PORT), HEARTH_IDLE_TIMEOUT="2")
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server = await asyncio.to_thread(start_idp, settings)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True):
             r = await http.post("/api/auth/start", json={"user_id": "i", "provider": "example", "mode": "direct"})
             started = r.json()
             sid = started["session_id"]
@@ -185,6 +163,3 @@ async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
                     break
                 await asyncio.sleep(0.1)
             assert body["status"] == "expired" and "idle" in str(body["reason"]), body
-        finally:
-            server.shutdown()
-            server.server_close()

@@ -3,8 +3,9 @@ stores in real directories."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,31 @@ from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow
 
 
+@contextlib.contextmanager
+def opened(url: str, data_dir: Path | None = None) -> Iterator[Database]:
+    """A store (watching `data_dir`, if given) for the length of a `with`."""
+    db = Database(url, data_dir)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A data dir (empty) for a store to watch."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
 def add_session(db: Database) -> None:
     db.call(lambda s: s.add(SessionRow(id="s1", user_id="u", status="cancelled", driver="netns", fabric="f")))
 
 
 def test_keys_are_generated_for_an_empty_store_only(make_settings: Callable[..., Settings]) -> None:
     s = make_settings()
-    db = Database(s.db_url, s.data_dir)
-    try:
+    with opened(s.db_url, s.data_dir) as db:
         refuse_new_keys_over_old_store(s, db)  # empty store: fine
         add_session(db)
         with pytest.raises(HearthError) as caught:
@@ -39,15 +57,10 @@ def test_keys_are_generated_for_an_empty_store_only(make_settings: Callable[...,
         with pytest.raises(HearthError, match=r"vault\.keys"):
             refuse_new_keys_over_old_store(s, db)
         refuse_new_keys_over_old_store(make_settings(HEARTH_MASTER_KEY="a" * 64), db)  # the key comes from env
-    finally:
-        db.dispose()
 
 
-def test_a_vanished_data_dir_stops_every_write(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    db = Database(f"sqlite:///{tmp_path / 'elsewhere.db'}", data)
-    try:
+def test_a_vanished_data_dir_stops_every_write(tmp_path: Path, data: Path) -> None:
+    with opened(f"sqlite:///{tmp_path / 'elsewhere.db'}", data) as db:
         db.probe()
         shutil.rmtree(data)
         with pytest.raises(StoreError) as caught:
@@ -56,27 +69,19 @@ def test_a_vanished_data_dir_stops_every_write(tmp_path: Path) -> None:
         data.mkdir()  # a new, empty directory at the same path is not the store's directory
         with pytest.raises(StoreError, match="was removed"):
             add_session(db)
-    finally:
-        db.dispose()
 
 
-def test_a_replaced_data_dir_stops_every_write(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    db = Database(f"sqlite:///{data / 'hearth.db'}", data)
-    try:
+def test_a_replaced_data_dir_stops_every_write(tmp_path: Path, data: Path) -> None:
+    with opened(f"sqlite:///{data / 'hearth.db'}", data) as db:
         add_session(db)
         data.rename(tmp_path / "moved-away")
         data.mkdir()  # e.g. a remount that hid the real directory
         with pytest.raises(StoreError, match="was replaced by another directory"):
             db.probe()
-    finally:
-        db.dispose()
 
 
 def test_an_unreachable_database_is_a_store_error_without_library_text(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'h.db'}")
-    try:
+    with opened(f"sqlite:///{tmp_path / 'h.db'}") as db:
         (tmp_path / "h.db").unlink()
         (tmp_path / "h.db").mkdir()  # the file is now a directory: SQLite cannot open it
         db.engine.dispose()  # drop pooled connections so the next one opens the path again
@@ -85,5 +90,3 @@ def test_an_unreachable_database_is_a_store_error_without_library_text(tmp_path:
         text = caught.value.reason
         assert text.startswith("[store] the state store is unavailable:"), text
         assert "sqlalche" not in text and "OperationalError" not in text and "sqlite3" not in text
-    finally:
-        db.dispose()

@@ -8,7 +8,8 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,9 +19,14 @@ from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import running_controller
 from tests.prefixproxy import prefix_proxy
-from tests.session import test_signin_direct_e2e as direct
+from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
+IDP_PORT = 9404
+ISSUER = issuer(IDP_PORT)
 CHROMIUM = "/usr/bin/chromium"
 PAGE = "data:text/html,<body style='background:%23c0392b;color:white;font:90px sans-serif'>hearth viewer test</body>"
 ARGS = [
@@ -31,6 +37,22 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+VIEWER_READY = "window.hearthState && window.hearthState.startsWith('ready')"  # the page shows the remote desktop
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium, launched headless by Playwright and closed afterwards."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
 
 # Counts distinct colours on noVNC's canvas (a drawn desktop has many; a blank one has one).
 CANVAS_COLOURS = """() => {
@@ -52,20 +74,16 @@ CANVAS_SIZE = "() => { const c = document.querySelector('#screen canvas'); retur
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Callable[..., Settings]) -> None:
-    from playwright.async_api import async_playwright
-
     settings = make_settings(HEARTH_START_URL=PAGE)
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium() as browser:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             started = (await http.post("/api/auth/start", json={"user_id": "viewer"})).json()
             await page.goto(started["viewer_url"])  # at once: the sandbox is still starting
-            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            await page.wait_for_function(VIEWER_READY, timeout=60_000)
             states = await page.evaluate("window.hearthStates")
             assert "starting" in states or "connecting" in states, states  # status shown while the sandbox started
             colours = 0
@@ -109,16 +127,12 @@ async def test_viewer_shows_status_desktop_and_plain_failure(make_settings: Call
             assert "The browser sandbox failed." in message
             assert "[driver]" in message  # the reason names the hop
             assert (await http.get(f"/api/auth/session/{started['session_id']}")).json()["status"] == "failed"
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_settings: Callable[..., Settings]) -> None:
     """The README's nginx setup, with a Python stand-in: everything under /hearth/, HEARTH_PUBLIC_URL set. The API
     returns prefixed viewer URLs, and the page, noVNC, the status stream and the WebSocket all work through it."""
-    from playwright.async_api import async_playwright
-
     port = free_port()
     public = f"http://127.0.0.1:{port}/hearth"
     settings = make_settings(HEARTH_START_URL=PAGE, HEARTH_PUBLIC_URL=public)
@@ -126,18 +140,16 @@ async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_sett
         running_controller(settings) as ctl,
         prefix_proxy(ctl.base_url, "/hearth", port) as base,
         httpx.AsyncClient(base_url=base, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
         started = (await http.post("/api/auth/start", json={"user_id": "proxied"})).json()
         assert started["viewer_url"].startswith(f"{public}/api/auth/session/{started['session_id']}/novnc?token=")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium() as browser:
             page = await browser.new_page(viewport={"width": 1024, "height": 700})
             failed: list[str] = []
             page.on("requestfailed", lambda r: failed.append(r.url))
             page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
             await page.goto(started["viewer_url"])
-            await page.wait_for_function("window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000)
+            await page.wait_for_function(VIEWER_READY, timeout=60_000)
             colours = 0
             for _ in range(150):
                 colours = await page.evaluate(CANVAS_COLOURS)
@@ -151,8 +163,6 @@ async def test_viewer_works_behind_a_reverse_proxy_under_a_path_prefix(make_sett
                 ".map(e => e.name)"
             )
             assert len(urls) > 5 and [u for u in urls if not u.startswith(public)] == []
-        finally:
-            await browser.close()
 
 
 async def test_viewer_refuses_a_bad_token_in_plain_words(make_settings: Callable[..., Settings]) -> None:
@@ -196,16 +206,12 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
     """Chromium runs as one kiosk window (the page's colour reaches the top edge: no tab strip, no flag bar), and
     Ctrl+V in the viewer pastes the person's clipboard into the remote page. A view-only viewer's paste is dropped by
     the gateway (its page is told nothing about view-only here, so noVNC does send it)."""
-    from playwright.async_api import async_playwright
-
     settings = make_settings(HEARTH_START_URL=PASTE_PAGE)
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with chromium() as browser:
             started = (await http.post("/api/auth/start", json={"user_id": "paste"})).json()
             sid = started["session_id"]
             context = await browser.new_context(
@@ -215,9 +221,7 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
 
             async def open_viewer(url: str) -> None:
                 await page.goto(url)
-                await page.wait_for_function(
-                    "window.hearthState && window.hearthState.startsWith('ready')", timeout=60_000
-                )
+                await page.wait_for_function(VIEWER_READY, timeout=60_000)
 
             async def paste(text: str) -> None:
                 await page.evaluate("(t) => navigator.clipboard.writeText(t)", text)
@@ -246,8 +250,6 @@ async def test_remote_browser_fills_the_desktop_and_takes_the_persons_clipboard(
             greens = await top_rows(GREEN)
             assert greens > 0.95, f"the pasted text did not arrive in the remote page ({greens:.0%} green)"
             assert await page.evaluate(TOP_ROWS, list(BLUE)) == 0  # the view-only viewer's paste never arrived
-        finally:
-            await browser.close()
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
@@ -256,18 +258,13 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
     paste-code sign-in a field whose value the agent types into the CLI — a wrong code shows the CLI's own error,
     the right one finishes with "Done — … is signed in in your workspace". (The provider's pages are visited by the
     test from inside the fabric namespace, where the example IdP listens.)"""
-    from playwright.async_api import async_playwright
-
-    settings = make_settings(HEARTH_FABRIC_OPEN_PORTS=str(direct.IDP_PORT), HEARTH_EXAMPLE_ISSUER=direct.ISSUER)
+    settings = make_settings(**idp_env(IDP_PORT))
     netns = settings.fabric_netns
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
-        async_playwright() as pw,
     ):
-        server, _ = await asyncio.to_thread(direct.start_idp, settings)
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=False), chromium() as browser:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
             name = ctl.ctl.providers["example"].display_name
             start = {"user_id": "pat", "provider": "example", "mode": "direct"}
@@ -278,7 +275,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             assert (await page.inner_text("#open-step")).startswith("Open this link and sign in: http://")
             code = await page.inner_text("#code")
             assert await page.inner_text("#code-step") == f"Enter this code: {code}"
-            assert await page.get_attribute("#link", "href") == f"{direct.ISSUER}/device"
+            assert await page.get_attribute("#link", "href") == f"{ISSUER}/device"
             assert await page.is_visible("#waiting") and not await page.is_visible("#paste")
             assert not await page.is_visible("#details #stages")  # timings only behind the toggle
             view = (await http.post(f"/api/auth/session/{started['session_id']}/token", json={"scope": "view"})).json()
@@ -288,7 +285,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             assert await watcher.inner_text("#headline") == f"Signing in to {name} happens in the person's own browser"
             assert code not in await watcher.content() and "/device" not in await watcher.content()
             await watcher.close()
-            await asyncio.to_thread(direct.browse, netns, f"{direct.ISSUER}/device/approve", {"user_code": code})
+            await asyncio.to_thread(browse, netns, f"{ISSUER}/device/approve", {"user_code": code})
             done = f"Done — {name} is signed in in your workspace"
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
 
@@ -299,18 +296,14 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
             await page.goto(started["viewer_url"])
             await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
             url = await page.get_attribute("#link", "href")
-            assert url is not None and url.startswith(f"{direct.ISSUER}/authorize?")
+            assert url is not None and url.startswith(f"{ISSUER}/authorize?")
             await page.fill("#paste-input", "not-the-code")
             await page.click("#paste button")
             await page.wait_for_selector("#cli-message", state="visible", timeout=60_000)
             assert (await page.inner_text("#cli-message")).startswith("Invalid code")
             assert await page.is_visible("#paste-input")  # the person can retry
-            right = await asyncio.to_thread(direct.approve_and_read_code, netns, url)
+            right = await asyncio.to_thread(approve_and_read_code, netns, url)
             await page.fill("#paste-input", right)
             await page.click("#paste button")
             await page.wait_for_function(f"window.hearthHeadline === {done!r}", timeout=60_000)
             assert await page.inner_text("#message") == done
-        finally:
-            await browser.close()
-            server.shutdown()
-            server.server_close()

@@ -9,53 +9,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from hearth.config import Settings
-from hearth.fabric import netlink
-from hearth.fabric.fabric import Fabric
-from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
-from hearth.store.models import LeaseRow, SandboxRow, SessionRow
+from hearth.store.models import SandboxRow, SessionRow
 from tests.restartkit import (
     Controller,
     approve_device,
-    kill_leftovers,
+    assert_nothing_left,
     start_fleet,
     start_idp,
     viewer_frames,
     wait_body,
+    wait_prompt,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 SESSIONS = int(os.environ.get("HEARTH_RESTART_SESSIONS", "10"))  # desktops + the sign-in
-
-
-@pytest.fixture
-def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
-    settings = make_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    yield settings
-    kill_leftovers(settings)
-    asyncio.run(Fabric(settings).down(force=True))
-    for name in netlink.list_netns():
-        if name.startswith(f"{settings.fabric_netns}-s"):
-            netlink.remove_netns(name)
-
-
-async def wait_prompt(http: httpx.AsyncClient, sid: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shown = (await http.get(f"/api/auth/session/{sid}")).json().get("signin")
-        if isinstance(shown, dict) and shown.get("user_code"):
-            return shown
-        assert time.monotonic() < deadline, "the sign-in prompt was not shown again after the restart"
-        await asyncio.sleep(0.1)
 
 
 def launchers(db: Database) -> dict[str, int | None]:
@@ -93,7 +67,7 @@ async def test_sessions_survive_sigterm_and_sigkill_of_the_controller(
                     body = await wait_body(http, sid, ("ready", "awaiting_user"))
                     assert body["status"] in ("ready", "awaiting_user"), (sig.name, body)
                 # The person of the direct sign-in sees the same device code again (the agent re-pushed it).
-                shown = await wait_prompt(http, fleet.signin)
+                shown = await wait_prompt(http, fleet.signin, 60)
                 assert shown.get("user_code") == fleet.user_code, shown
             assert launchers(db) == before, "the same sandboxes, adopted"
             print(f"\nafter {sig.name}: {SESSIONS}/{SESSIONS} live; first frames {sorted(frames.values())[-1]:.2f}s")
@@ -118,10 +92,7 @@ async def test_sessions_survive_sigterm_and_sigkill_of_the_controller(
         status = db.call(lambda d: d.get(SessionRow, last).status)  # type: ignore[union-attr]
         assert status == "cancelled", status
 
-        inv = await asyncio.to_thread(scan_sync, s)
-        assert inv.slots() == set(), inv
-        assert db.call(lambda d: d.query(LeaseRow).count()) == 0
-        assert db.call(lambda d: d.query(SandboxRow).count()) == 0
+        await asyncio.to_thread(assert_nothing_left, s, db)
     finally:
         ctl.kill()
         if server is not None:

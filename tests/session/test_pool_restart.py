@@ -6,35 +6,19 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from hearth.config import Settings
-from hearth.fabric import netlink
-from hearth.fabric.fabric import Fabric
 from hearth.lifecycle.sandbox import SandboxState
-from hearth.reconcile.inventory import scan_sync
 from hearth.store.db import Database
-from hearth.store.models import LeaseRow, SandboxRow
+from hearth.store.models import SandboxRow
 from tests.live import wait_status
-from tests.restartkit import Controller, kill_leftovers
+from tests.restartkit import Controller, assert_nothing_left
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-@pytest.fixture
-def restart_settings(make_settings: Callable[..., Settings]) -> Iterator[Settings]:
-    settings = make_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    yield settings
-    kill_leftovers(settings)
-    asyncio.run(Fabric(settings).down(force=True))
-    for name in netlink.list_netns():
-        if name.startswith(f"{settings.fabric_netns}-s"):
-            netlink.remove_netns(name)
 
 
 def pooled_rows(db: Database) -> dict[str, int | None]:
@@ -79,10 +63,7 @@ async def test_pooled_sandbox_is_adopted_after_sigkill(restart_settings: Setting
         await asyncio.to_thread(ctl.start, 60, True)  # --drain: its stop ends the sessions and the pool
         await wait_pooled(db)
         await asyncio.to_thread(ctl.stop, signal.SIGTERM)
-        inv = await asyncio.to_thread(scan_sync, s)
-        assert inv.slots() == set(), inv
-        assert db.call(lambda d: d.query(SandboxRow).count()) == 0
-        assert db.call(lambda d: d.query(LeaseRow).count()) == 0
+        await asyncio.to_thread(assert_nothing_left, s, db)
     finally:
         ctl.kill()
         db.dispose()

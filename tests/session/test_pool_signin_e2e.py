@@ -15,25 +15,20 @@ import pytest
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from tests.conftest import running_controller
-from tests.session.test_signin_e2e import IDP_PORT, start_idp
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
+IDP_PORT = 9400
 
 
 async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(
-        HEARTH_POOL_SIZE="remote_browser:1",
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
-        HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}",
-        OAUTH_FLOW_TIMEOUT="150",
-    )
+    settings = make_settings(HEARTH_POOL_SIZE="remote_browser:1", **idp_env(IDP_PORT), OAUTH_FLOW_TIMEOUT="150")
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server, idp = await asyncio.to_thread(start_idp, settings)
         pool = ctl.ctl.service.pool
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True) as idp:
             deadline = time.monotonic() + 120
             while not pool.ready("remote_browser"):
                 assert time.monotonic() < deadline, pool.summary()
@@ -68,6 +63,3 @@ async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., 
             assert pool.hits == 1
             files = await ctl.ctl.vault.open("alice", "example")
             assert files is not None and files[0].data
-        finally:
-            server.shutdown()
-            server.server_close()

@@ -9,70 +9,23 @@ namespace (where the IdP listens) — the only thing stood in for here."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import re
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from hearth.config import Settings
-from hearth.fabric.dial import socket_in_netns
-from hearth_example.idp import IdpServer, IdpState
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks
+from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9404
-ISSUER = f"http://192.168.100.1:{IDP_PORT}"
+ISSUER = issuer(IDP_PORT)
 STATES = ["starting", "ready", "awaiting_user", "credentials_captured", "delivered", "completed"]
-
-
-def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.bind((str(settings.bridge_ip), IDP_PORT))
-    state = IdpState(auto_approve=False)
-    server = IdpServer(sock, state)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
-
-
-def browse(netns: str, url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-    """One request of the person's browser (GET, or POST of a form) to the IdP inside the fabric namespace."""
-    parts = urllib.parse.urlsplit(url)
-    sock = socket_in_netns(netns)
-    sock.settimeout(10)
-    sock.connect((parts.hostname or "", parts.port or 80))
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
-    conn.sock = sock
-    try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        if form is None:
-            conn.request("GET", target)
-        else:
-            body = urllib.parse.urlencode(form)
-            conn.request("POST", target, body, {"Content-Type": "application/x-www-form-urlencoded"})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
-    finally:
-        conn.close()
-        sock.close()
-
-
-def approve_and_read_code(netns: str, url: str) -> str:
-    """Approve on the provider's page, follow the redirect to its code page, copy the code."""
-    _, _, page = browse(netns, url)
-    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page))
-    status, headers, _ = browse(netns, url.split("/authorize")[0] + "/approve", fields)
-    assert status == 302, status
-    _, _, shown = browse(netns, headers["location"])
-    m = re.search(r"<code id=code>([^<]+)</code>", shown)
-    assert m is not None, shown
-    return m.group(1)
 
 
 async def wait_session(
@@ -108,17 +61,14 @@ async def finish(ctl: Running, http: httpx.AsyncClient, sid: str) -> list[dict[s
 
 
 async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT), HEARTH_EXAMPLE_ISSUER=ISSUER, HEARTH_SIGNIN_MODE="direct"
-    )
+    settings = make_settings(**idp_env(IDP_PORT), HEARTH_SIGNIN_MODE="direct")
     netns = settings.fabric_netns
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
         before = await asyncio.to_thread(descendants)
-        server, idp = await asyncio.to_thread(start_idp, settings)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=False) as idp:
             # device_code (HEARTH_SIGNIN_MODE=direct: no mode in the request): the link and the code to enter.
             r = await http.post("/api/auth/start", json={"user_id": "dora", "provider": "example"})
             assert r.status_code == 201, r.text
@@ -165,9 +115,6 @@ async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings
             # The full sign-in URL and the code are in no event.
             assert not [e for e in events if str(shown["url"]) in json.dumps(e) or code in json.dumps(e)]
             assert [e["kind"] for e in idp.events].count("token_issued") == 2
-        finally:
-            server.shutdown()
-            server.server_close()
         assert (await http.delete("/api/users/dora/cli-sandbox")).status_code == 204
         left = await leaks(ctl, before)
         for _ in range(100):  # the sign-in sandbox is removed right after completion, in the background

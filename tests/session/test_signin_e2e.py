@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import stat
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,39 +18,23 @@ import pytest
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.fabric.dial import socket_in_netns
-from hearth_example.idp import IdpServer, IdpState
 from tests.conftest import running_controller
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9400
-
-
-def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
-    """The example IdP listening on BRIDGE_IP inside the fabric namespace (reachable by sandboxes)."""
-    sock = socket_in_netns(settings.fabric_netns)
-    sock.bind((str(settings.bridge_ip), IDP_PORT))
-    state = IdpState(auto_approve=True)
-    server = IdpServer(sock, state)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
 
 
 async def test_example_sign_in_end_to_end(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = make_settings(
-        HEARTH_FABRIC_OPEN_PORTS=str(IDP_PORT),
-        HEARTH_EXAMPLE_ISSUER=f"http://192.168.100.1:{IDP_PORT}",
-        OAUTH_FLOW_TIMEOUT="150",
-    )
+    settings = make_settings(**idp_env(IDP_PORT), OAUTH_FLOW_TIMEOUT="150")
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        server, idp = await asyncio.to_thread(start_idp, settings)
-        try:
+        async with running_idp(settings, IDP_PORT, auto_approve=True) as idp:
             assert (
                 await http.post("/api/auth/start", json={"user_id": "alice", "provider": "nope"})
             ).status_code == 422
@@ -130,9 +113,6 @@ async def test_example_sign_in_end_to_end(
             # The CLI sandbox can be deleted, home included.
             assert (await http.delete("/api/users/alice/cli-sandbox")).status_code == 204
             assert not ctl.ctl.clis.home_of("alice").exists()
-        finally:
-            server.shutdown()
-            server.server_close()
 
         # The credential value appears in no log of the run: controller logs and every sandbox log file.
         assert secret_token not in caplog.text
