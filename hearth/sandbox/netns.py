@@ -142,6 +142,9 @@ class NetnsDriver(Driver):
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
             "--ro-bind", str(guest), GUEST_LIB,
             *(["--ro-bind", str(host_clis), GUEST_CLIS] if host_clis is not None else []),
+            # The host's font cache: without it every desktop program (openbox, Chromium) scans every font at start
+            # (≈0.2 s of CPU per sandbox — the largest part of a boot before the browser).
+            "--ro-bind-try", "/var/cache/fontconfig", "/var/cache/fontconfig",
         ]  # fmt: skip
 
     def policy_binds(self, spec: SandboxSpec) -> list[str]:
@@ -166,7 +169,7 @@ class NetnsDriver(Driver):
             "--setenv", "PYTHONPATH", GUEST_LIB, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--setenv", "BROWSER", f"{GUEST_LIB}/hearth_agent/browser_hook.py",
             "--chdir", GUEST_HOME,
-            "/usr/bin/python3", "-P", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
+            guestpkg.GUEST_PYTHON, "-P", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
         ]  # fmt: skip
 
     # ---- start ----------------------------------------------------------------------------------
