@@ -13,8 +13,8 @@ Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import os
 import statistics
 import threading

@@ -24,6 +24,7 @@ from hearth.errors import ConfigError
 DriverName = Literal["auto", "netns", "qemu", "firecracker"]
 SigninModeName = Literal["remote_browser", "direct"]
 VncServerName = Literal["xvnc", "x11vnc"]
+BrowserStartName = Literal["queued", "at_boot"]
 
 # Variables read without the HEARTH_ prefix (seed compatibility), plus other unprefixed knobs.
 PLAIN_NAMES = (
@@ -107,6 +108,9 @@ class Settings(BaseSettings):
     start_url: str = "about:blank"
     chromium: bool = True
     vnc_server: VncServerName = "xvnc"  # the sandbox desktop: TigerVNC Xvnc, or the older Xvfb + x11vnc
+    # when a sandbox's Chromium starts: "queued" — after its desktop is ready, when its turn comes in the boot queue
+    # behind every waiting desktop (or at once when a page must be shown); "at_boot" — with the desktop
+    browser_start: BrowserStartName = "queued"
     ready_timeout: float = Field(45.0, gt=0)
     # sandboxes booting at once on this controller; more wait in line (status `queued`): hearth/session/bootqueue.py
     max_boots: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from hearth_agent.browser import browser_route
 from hearth_agent.config import AgentConfig, ConfigError, load_config
 from hearth_agent.personalise import personalise_route
 from hearth_agent.server import AgentServer, HttpError
@@ -61,6 +62,7 @@ def open_url_route(sup: Supervisor) -> Any:
 def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
     server.route("POST", "/v1/open-url", open_url_route(sup))
+    server.route("POST", "/v1/browser", browser_route(sup))
     server.route("POST", "/v1/personalise", personalise_route(server, cfg))
     for name in EXTENSIONS:
         try:

@@ -31,6 +31,9 @@ class AgentConfig:
     screen: str = "1280x800x24"
     start_url: str = "about:blank"
     chromium: bool = True
+    # True: Chromium waits until asked (POST /v1/browser — the controller's turn for it in its boot queue) or until a
+    # page must be shown (open-url); a boot storm then brings desktops up first and browsers after.
+    browser_on_request: bool = False
     desktop: bool = True  # False: no display at all (a CLI sandbox: the agent only)
     vnc_server: str = "xvnc"  # "xvnc": TigerVNC's Xvnc (display + VNC in one); "x11vnc": Xvfb + x11vnc
     session_id: str = ""
@@ -84,6 +87,7 @@ def parse_config(data: Any) -> AgentConfig:
         screen=screen,
         start_url=_text(data.get("start_url", "about:blank"), "start_url", problems),
         chromium=_flag(data.get("chromium", True), "chromium", problems),
+        browser_on_request=_flag(data.get("browser_on_request", False), "browser_on_request", problems),
         desktop=_flag(data.get("desktop", True), "desktop", problems),
         session_id=_text(data.get("session_id", ""), "session_id", problems),
         vnc_server=_text(data.get("vnc_server", "xvnc"), "vnc_server", problems),

@@ -75,7 +75,7 @@ class Unavailable(RuntimeError):
 @dataclass
 class Service:
     name: str
-    state: str = "stopped"  # stopped | starting | running | failed
+    state: str = "stopped"  # stopped | waiting (Chromium, until asked for) | starting | running | failed
     pid: int | None = None
     restarts: int = 0
     ready_at: float | None = None  # monotonic
@@ -109,6 +109,12 @@ class Supervisor:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
+        self._browser = threading.Event()  # Chromium may start (at once, unless config.browser_on_request)
+        self._first_url = ""  # the page Chromium starts on when a page is what asked for it
+        if "chromium" in self.services and config.browser_on_request:
+            self.services["chromium"].state = "waiting"
+        else:
+            self._browser.set()
         self.chromium_sandbox = chromium_sandbox_available()
         if config.chromium and not self.chromium_sandbox:
             log.warning("user namespaces unavailable: Chromium runs WITHOUT its sandbox (--no-sandbox)")
@@ -169,6 +175,8 @@ class Supervisor:
             if self._stop.is_set():
                 return
             if svc.proc is not None or time.monotonic() < svc.next_try:
+                continue
+            if name == "chromium" and not self._browser.is_set():
                 continue
             if name != self.display_service and self.services[self.display_service].state != "running":
                 continue
@@ -314,17 +322,31 @@ class Supervisor:
     def _start_chromium(self, svc: Service) -> None:
         # Normal priority: the browser is what the person types their password into (SCHED_IDLE was tried for boot
         # storms; it did not shorten them and it froze browsers whenever anything else wanted the CPU).
-        self._spawn(svc, self.chromium_argv(self.cfg.start_url), quiet=True)
+        self._spawn(svc, self.chromium_argv(self._first_url or self.cfg.start_url), quiet=True)
 
     def chromium_argv(self, url: str) -> list[str]:
         unsandboxed = [] if self.chromium_sandbox else ["--no-sandbox"]
         return ["chromium", *CHROMIUM_FLAGS, *unsandboxed, f"--user-data-dir={self.home}/chromium", url]
 
     # ---- actions (HTTP threads) ---------------------------------------------------------------
+    def want_browser(self, url: str = "") -> bool:
+        """Let Chromium start (the supervisor thread starts it on its next tick), on `url` when given; returns
+        whether this call is what started it (False: it was already allowed to run)."""
+        with self._lock:
+            if self._browser.is_set() or "chromium" not in self.services:
+                return False
+            self._first_url = url
+            self._browser.set()
+        log.info("browser start requested", extra={"for_page": bool(url)})
+        return True
+
     def open_url(self, url: str) -> None:
-        """Open `url` in the running Chromium: a second invocation on the same profile hands it to the first."""
+        """Open `url` in the running Chromium: a second invocation on the same profile hands it to the first. A
+        browser still waiting for its turn starts at once, on this page."""
         with self._lock:
             svc = self.services.get("chromium")
+            if svc is not None and svc.state == "waiting" and self.want_browser(url):
+                return
             if svc is None or svc.state != "running" or self._stop.is_set():
                 raise Unavailable("chromium is not running")
             proc = subprocess.Popen(

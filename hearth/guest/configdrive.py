@@ -30,6 +30,7 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "screen": spec.screen,
         "start_url": spec.start_url,
         "chromium": spec.chromium,
+        "browser_on_request": spec.browser_on_request,
         "rfb_port": spec.rfb_port,
         "agent_port": spec.agent_port,
         "desktop": spec.desktop,

@@ -91,6 +91,7 @@ class SandboxManager:
             screen=s.screen,
             start_url=s.start_url,
             chromium=s.chromium and desktop,
+            browser_on_request=s.browser_start == "queued",
             rfb_port=s.rfb_port,
             agent_port=s.agent_port,
             desktop=desktop,

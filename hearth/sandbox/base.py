@@ -25,6 +25,7 @@ class SandboxSpec:
     screen: str = "1280x800x24"
     start_url: str = "about:blank"
     chromium: bool = True
+    browser_on_request: bool = False  # Chromium waits for POST /v1/browser (hearth/session/browser.py) or a page
     rfb_port: int = 5900
     agent_port: int = 8080
     desktop: bool = True  # False: a CLI sandbox (agent only, no display)

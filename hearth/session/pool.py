@@ -30,6 +30,7 @@ from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import AAD_PURPOSE, SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
+from hearth.session.browser import BrowserTurns
 from hearth.store.models import LeaseRow, SandboxRow, SessionRow
 from hearth.vault.seal import seal
 
@@ -50,8 +51,10 @@ class WarmPool:
         manager: SandboxManager,
         queue: BootQueue,
         on_change: Callable[[], None] | None = None,
+        browsers: BrowserTurns | None = None,
     ) -> None:
         self.s = settings
+        self.browsers = browsers  # a pooled sandbox's browser starts within its refill's turn
         self.sizes = parse_pool_sizes(settings.warm_pool)
         self.mgr = manager
         self.queue = queue
@@ -116,6 +119,8 @@ class WarmPool:
             if not self.queue.enter(owner, Priority.BACKGROUND):
                 await self.queue.turn(owner)
             await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
+            if self.browsers is not None:
+                await self.browsers.start(owner)
             self._since[owner] = time.monotonic()
             log.info("pooled sandbox ready", extra={"session_id": owner, "mode": mode})
         except asyncio.CancelledError:

@@ -33,6 +33,7 @@ from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session import admission
 from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
+from hearth.session.browser import BrowserTurns
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.pool import WarmPool
@@ -105,7 +106,9 @@ class SessionService:
         self.changes = Changes()
         self._boots: dict[str, asyncio.Task[None]] = {}
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
-        self.pool = WarmPool(settings, self.sandboxes, self.boot_queue)  # HEARTH_POOL_SIZE; off by default
+        # Chromium after the desktop, when its turn comes (HEARTH_BROWSER_START): hearth/session/browser.py
+        self.browsers = BrowserTurns(settings, self.sandboxes, self.boot_queue, self._browser_shown)
+        self.pool = WarmPool(settings, self.sandboxes, self.boot_queue, browsers=self.browsers)  # HEARTH_POOL_SIZE
         self._unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         self._closing = False
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
@@ -114,6 +117,8 @@ class SessionService:
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         # Called (in the background) for each session whose sandbox a restarted controller adopted.
         self.on_adopted: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
+        self.on_ready.append(self.browsers.for_session)
+        self.on_adopted.append(self.browsers.for_session)
         self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
@@ -549,6 +554,17 @@ class SessionService:
     async def _teardown(self, view: SessionView) -> None:
         await self.sandboxes.end(view.id, _final(view.status), view.slot)
         self._framed.discard(view.id)
+
+    async def _browser_shown(self, sid: str, seconds: float) -> None:
+        """The session's browser is up: `browser` (seconds from create) joins its timings."""
+
+        def upd(db: Db) -> None:
+            row = db.get(SessionRow, sid)
+            if row is not None:
+                row.timings = {**(row.timings or {}), "browser": round(seconds, 3)}
+
+        with contextlib.suppress(StoreError):
+            await self.db.run(upd)
 
     async def _record(self, sid: str, **fields: Any) -> None:
         def upd(db: Db) -> None:

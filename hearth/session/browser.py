@@ -1,0 +1,83 @@
+"""The browser's turn. Chromium is the heaviest part of a boot (≈0.5 s of CPU on an idle machine, several times that
+when sixty start at once; the desktop itself costs ≈0.2 s). With HEARTH_BROWSER_START=queued (the default) a
+sandbox's agent starts its desktop at once and its Chromium only when asked: the controller asks when the browser's
+turn comes in the boot queue at background priority — behind every desktop still waiting — and holds the turn until
+the agent reports the browser's window on the desktop (hearth_agent/browser.py). In a boot storm the desktops come
+up first and the browsers follow one after another; on a calm machine the turn comes at once. A page to show (the
+sign-in URL) starts a waiting browser at once, whatever its turn. A warm-pool sandbox gets its browser while its
+refill still holds its turn. `at_boot`: Chromium starts with the desktop (the previous behaviour).
+
+When the browser is up, the session's timings gain `browser` (seconds from create), beside `rfb` (ready).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from hearth.agentlink.client import AgentClient
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.lifecycle.manager import SandboxManager
+from hearth.session.bootqueue import BootQueue, Priority
+
+if TYPE_CHECKING:
+    from hearth.session.service import SessionView
+
+log = logging.getLogger("hearth.session")
+
+BROWSER_TIMEOUT = 30.0  # the agent answers within its own 20 s bound
+
+
+class BrowserTurns:
+    def __init__(
+        self,
+        settings: Settings,
+        sandboxes: SandboxManager,
+        queue: BootQueue,
+        shown: Callable[[str, float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.s, self.mgr, self.queue, self.shown = settings, sandboxes, queue, shown
+
+    def wanted(self, owner: str) -> bool:
+        sb = self.mgr.get(owner)
+        return self.s.browser_start == "queued" and sb is not None and sb.spec.chromium and sb.spec.browser_on_request
+
+    async def for_session(self, view: SessionView) -> None:
+        """After a session turned ready (or was adopted): its browser when its turn comes."""
+        if not self.wanted(view.id):
+            return
+        key = f"browser:{view.id}"
+        try:
+            if not self.queue.enter(key, Priority.BACKGROUND):
+                await self.queue.turn(key)
+            out = await self.start(view.id)
+        finally:
+            self.queue.leave(key)
+        if out is not None and out.get("shown") is not False and self.shown is not None:
+            await self.shown(view.id, time.time() - view.created_at.timestamp())
+
+    async def start(self, owner: str) -> dict[str, Any] | None:
+        """Ask `owner`'s agent to start its browser now and wait until it shows (the caller holds a turn)."""
+        sb = self.mgr.get(owner)
+        if sb is None or not self.wanted(owner):
+            return None  # ended meanwhile, or no browser to start
+        spec = sb.spec
+        agent = AgentClient(self.s.fabric_netns, str(spec.slot.ip), spec.agent_port, spec.secret)
+        t0 = time.monotonic()
+        try:
+            out = await agent.call("POST", "/v1/browser", timeout=BROWSER_TIMEOUT)
+        except HearthError as exc:
+            log.warning("browser start not confirmed: %s", exc.reason, extra={"session_id": owner})
+            return None
+        except (OSError, TimeoutError) as exc:
+            log.warning("browser start not confirmed: %s", type(exc).__name__, extra={"session_id": owner})
+            return None
+        result: dict[str, Any] = out if isinstance(out, dict) else {}
+        log.info(
+            "browser started",
+            extra={"session_id": owner, "seconds": round(time.monotonic() - t0, 3), "shown": result.get("shown")},
+        )
+        return result

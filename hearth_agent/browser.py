@@ -1,0 +1,63 @@
+"""`POST /v1/browser`: start Chromium now — in a sandbox whose config says `browser_on_request` — and answer once its
+window is on the desktop (or it failed, or BROWSER_TIMEOUT passed). The controller calls it when the browser's turn
+comes in its boot queue, after every waiting desktop, and holds the turn until this answers: in a boot storm the
+desktops come up first and the browsers (the heaviest part of a boot) start one after another instead of all at
+once. A page to show (`/v1/open-url`, the sign-in URL) starts a waiting browser at once, on that page.
+
+"Window on the desktop" is read from the window manager's client list (`xprop -root _NET_CLIENT_LIST`); where xprop
+is not installed, a running process is all that is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from typing import Any
+
+from hearth_agent.server import HttpError
+from hearth_agent.supervisor import Supervisor
+
+BROWSER_TIMEOUT = 20.0
+POLL = 0.05
+_WINDOW = re.compile(rb"0x[0-9a-f]+")
+
+
+def window_shown(display: str) -> bool | None:
+    """Whether the window manager lists a client window on `display`; None when this cannot be told (no xprop)."""
+    xprop = shutil.which("xprop")
+    if xprop is None or not display:
+        return None
+    try:
+        out = subprocess.run(
+            [xprop, "-display", display, "-root", "_NET_CLIENT_LIST"],
+            capture_output=True,
+            timeout=2,
+            env={**os.environ, "DISPLAY": display},
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(_WINDOW.search(out))
+
+
+def browser_route(sup: Supervisor) -> Any:
+    def start(_body: dict[str, Any]) -> tuple[int, Any]:
+        if "chromium" not in sup.services:
+            raise HttpError(409, "this sandbox has no browser (chromium is off)")
+        t0 = time.monotonic()
+        started = sup.want_browser()
+        state, shown = "", None
+        while time.monotonic() - t0 < BROWSER_TIMEOUT and not sup.stopping:
+            state = sup.health()["services"]["chromium"]["state"]
+            if state == "running":
+                shown = window_shown(sup.display)
+                if shown is not False:
+                    break
+            elif state == "failed":  # the supervisor retries it with back-off; the turn is not held for that
+                break
+            time.sleep(POLL)
+        return 200, {"started": started, "state": state, "shown": shown, "seconds": round(time.monotonic() - t0, 3)}
+
+    return start
