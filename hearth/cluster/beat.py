@@ -38,7 +38,7 @@ async def run_node(
             was = await db.offload(lambda: nodes.heartbeat(db, reg))
             if was is NodeState.DOWN:
                 revived()
-            await db.offload(lambda: nodes.sweep(db, s.node_dead_after))
+            await db.offload(lambda: nodes.sweep(db, s.node_dead_after, itself=s.node_id))
         except StoreError as exc:
             log.warning("node heartbeat skipped: %s", exc.reason, extra={"node_id": s.node_id})
         except Exception:

@@ -113,15 +113,17 @@ def set_state(db: Database, node_id: str, target: NodeState, reason: str | None 
     return db.call(move)
 
 
-def sweep(db: Database, dead_after: float, now: datetime | None = None) -> dict[str, int]:
+def sweep(db: Database, dead_after: float, now: datetime | None = None, itself: str | None = None) -> dict[str, int]:
     """Mark every node silent for more than `dead_after` seconds down and fail its active sessions with a reason
-    naming it. Returns {node id: sessions ended}. Idempotent; safe to run from every process at once."""
+    naming it — never `itself` (the node sweeping is alive, however late its own beat was written: a beat stuck
+    behind a busy store must not end its own sessions). Returns {node id: sessions ended}. Idempotent; safe to run
+    from every process at once."""
 
     def work(s: Db) -> dict[str, int]:
         cutoff = (now or datetime.now(UTC)) - timedelta(seconds=dead_after)
         silent = s.scalars(
             select(NodeRow)
-            .where(NodeRow.state != NodeState.DOWN.value, NodeRow.heartbeat_at < cutoff)
+            .where(NodeRow.state != NodeState.DOWN.value, NodeRow.heartbeat_at < cutoff, NodeRow.id != (itself or ""))
             .with_for_update(skip_locked=True)
         ).all()
         ended: dict[str, int] = {}

@@ -116,3 +116,15 @@ async def test_a_nodes_reconciler_never_touches_another_nodes_sessions(
     assert row is not None and row.status == "starting"
     leases = db.call(lambda x: sorted((r.node_id, r.session_id) for r in x.scalars(select(LeaseRow))))
     assert leases == [("h1", theirs)]
+
+
+def test_a_node_never_marks_itself_down(db: Database, make_settings: Callable[..., Settings]) -> None:
+    """A beat stuck behind a busy store (SQLite locked in a boot storm) was written late; the node's own sweep right
+    after must not declare it dead and end its sessions — another process notices a node that is really gone."""
+    nodes.heartbeat(db, reg("h0"))
+    sid = admit(db, make_settings(HEARTH_NODE_ID="h0"), "a")
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert nodes.sweep(db, 10, now=later, itself="h0") == {}
+    row = db.call(lambda x: x.get(SessionRow, sid))
+    assert row is not None and row.status == "starting"
+    assert nodes.sweep(db, 10, now=later) == {"h0": 1}  # anyone else does
