@@ -1,0 +1,103 @@
+"""Browsers after desktops (HEARTH_BROWSER_START=queued, the default), with real sandboxes and real Chromium: every
+waiting desktop comes up before any browser starts; each browser then starts and the session's timings gain
+`browser`; a page to show starts a waiting browser at once, on that page."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth.agentlink.client import AgentClient
+from hearth.config import Settings
+from hearth.lifecycle.sandbox import Final, Kind
+from hearth.sandbox.procs import pids_in_netns
+from tests.conftest import running_controller
+from tests.live import start_ready
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+def chromium_cmdlines(netns: str) -> list[str]:
+    out = []
+    for pid in pids_in_netns(netns):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("chrom"):
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
+async def wait_for(pred: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        await asyncio.sleep(0.2)
+
+
+async def test_every_waiting_desktop_comes_up_before_any_browser_starts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(HEARTH_MAX_BOOTS="1", HEARTH_SCREEN="800x600x24", HEARTH_RATE_LIMIT="0")
+    assert settings.browser_start == "queued"
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=60) as http,
+    ):
+        lives = await asyncio.gather(*(start_ready(http, settings, f"storm-{i}") for i in range(3)))
+
+        async def bodies() -> list[dict[str, Any]] | None:
+            got = [(await http.get(f"/api/auth/session/{x.session_id}")).json() for x in lives]
+            return got if all("browser" in b["timings"] for b in got) else None
+
+        views = await wait_for(bodies, "every session's browser shown")
+
+        def at(body: dict[str, Any], stage: str) -> datetime:
+            return datetime.fromisoformat(body["created_at"]) + timedelta(seconds=body["timings"][stage])
+
+        last_desktop = max(at(b, "rfb") for b in views)
+        first_browser = min(at(b, "browser") for b in views)
+        assert first_browser >= last_desktop, "a browser started while a desktop still waited for its boot"
+        for live in lives:
+            assert chromium_cmdlines(live.netns), f"no Chromium runs in {live.netns}"
+
+
+async def test_a_page_to_show_starts_a_waiting_browser_at_once_on_that_page(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(HEARTH_SCREEN="800x600x24")
+    async with running_controller(settings) as ctl:
+        mgr = ctl.ctl.service.sandboxes
+        owner = "browser-test"
+        lease = await mgr.ipam.acquire(owner)
+        sb = await mgr.boot(owner, Kind.SESSION, lease.slot)  # no session: nobody asks for its browser
+        try:
+            agent = AgentClient(settings.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
+            health = await agent.call("GET", "/health")
+            assert health["services"]["chromium"]["state"] == "waiting"
+            assert not chromium_cmdlines(sb.spec.slot.netns)
+
+            page = "http://signin.hearth.invalid/authorize?step=1"
+            assert await agent.call("POST", "/v1/open-url", {"url": page}) == {"opened": True}
+
+            async def running() -> bool:
+                body = await agent.call("GET", "/health")
+                return bool(body["services"]["chromium"]["state"] == "running")
+
+            await wait_for(running, "Chromium running after the page asked for it")
+            assert any(page in c for c in chromium_cmdlines(sb.spec.slot.netns)), "it did not start on the page"
+            out = await agent.call("POST", "/v1/browser", timeout=30)
+            assert out["started"] is False and out["state"] == "running" and out["shown"] is not False
+        finally:
+            await mgr.end(owner, Final.DONE)
+        assert not pids_in_netns(sb.spec.slot.netns)
