@@ -238,13 +238,18 @@ class SandboxManager:
         await self._release_quietly(owner)
         return False
 
-    async def end_kept(self) -> list[str]:
-        """Destroy every sandbox of this node kept for debugging (a drain ends everything; the reconciler when
-        HEARTH_KEEP_FAILED is off again); returns their owners."""
-        kept = [r for r in await self.stored() if r.state == SandboxState.KEPT.value]
-        for row in kept:
-            await self.end(row.owner_id, Final.DONE, row.slot, Kind(row.kind))
-        return [r.owner_id for r in kept]
+    async def end_stored(self, only_kept: bool = False) -> list[str]:
+        """Destroy the browser sandboxes of this node still on record: every one (a drain, after the sessions
+        ended: what a teardown the stop interrupted or a kept failure left), or only those kept for debugging (the
+        reconciler, once HEARTH_KEEP_FAILED is off again). Returns their owners."""
+        rows = [
+            r
+            for r in await self.stored()
+            if r.kind == Kind.SESSION.value and (r.state == SandboxState.KEPT.value or not only_kept)
+        ]
+        for row in rows:
+            await self.end(row.owner_id, Final.DONE, row.slot, Kind.SESSION)
+        return [r.owner_id for r in rows]
 
     async def destroy_slot(self, owner: str, index: int) -> None:
         """Remove whatever runs on slot `index` (a leftover: no sandbox of this controller), raising on failure."""

@@ -85,7 +85,7 @@ class Reconciler:
         svc = self.service
         mgr = svc.sandboxes
         if not svc.settings.keep_failed:  # kept for debugging while HEARTH_KEEP_FAILED was on; it is off now
-            for owner in await mgr.end_kept():
+            for owner in await mgr.end_stored(only_kept=True):
                 report.removed_sandboxes[owner] = "kept for debugging; HEARTH_KEEP_FAILED is off"
         for row in await mgr.stored():
             owner = row.owner_id

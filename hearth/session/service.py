@@ -405,8 +405,8 @@ class SessionService:
         for sid in ids:
             with contextlib.suppress(StoreError):
                 await self.end(sid, Status.CANCELLED, "controller shutting down")
-        with contextlib.suppress(StoreError):
-            await self.sandboxes.end_kept()  # failed sandboxes kept for debugging (HEARTH_KEEP_FAILED) go too
+        with contextlib.suppress(StoreError):  # and what is left: kept failures, teardowns the stop interrupted
+            await self.sandboxes.end_stored()
 
     async def stop_boots(self) -> None:
         """Cancel boots in flight (a controller stop): their sandboxes are undone; the next controller fails those

@@ -12,7 +12,7 @@ import pytest
 from hearth.api.local import local_controller
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.lifecycle.sandbox import Final, SandboxState
+from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
 from hearth.session.states import Status
@@ -90,3 +90,17 @@ async def test_kept_sandboxes_end_with_a_drain_and_when_keeping_is_turned_off(
         assert await ctl.ctl.service.check_alive() == 1
         assert netlink.netns_exists(second.netns)
     assert not netlink.netns_exists(second.netns), "a drain ends kept sandboxes too"
+
+
+async def test_a_drain_ends_every_sandbox_on_record_even_one_without_a_live_session(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A teardown the stop interrupted (the session already ended, its sandbox not yet destroyed) leaves a sandbox
+    on record with no live session: a drain ends it too, so nothing outlives `hearth serve --drain`."""
+    settings = make_settings(HEARTH_CHROMIUM="false", HEARTH_RECONCILE_INTERVAL="3600")
+    async with running_controller(settings) as ctl:
+        mgr = ctl.ctl.service.sandboxes
+        lease = await mgr.ipam.acquire("orphan-of-a-teardown")
+        sb = await mgr.boot("orphan-of-a-teardown", Kind.SESSION, lease.slot)  # no session row at all
+        assert netlink.netns_exists(sb.spec.slot.netns)
+    assert not netlink.netns_exists(sb.spec.slot.netns) and not pids_in_netns(sb.spec.slot.netns)
