@@ -10,10 +10,6 @@ is not installed, a running process is all that is checked.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
 import time
 from typing import Any
 
@@ -22,24 +18,6 @@ from hearth_agent.supervisor import Supervisor
 
 BROWSER_TIMEOUT = 20.0
 POLL = 0.05
-_WINDOW = re.compile(rb"0x[0-9a-f]+")
-
-
-def window_shown(display: str) -> bool | None:
-    """Whether the window manager lists a client window on `display`; None when this cannot be told (no xprop)."""
-    xprop = shutil.which("xprop")
-    if xprop is None or not display:
-        return None
-    try:
-        out = subprocess.run(
-            [xprop, "-display", display, "-root", "_NET_CLIENT_LIST"],
-            capture_output=True,
-            timeout=2,
-            env={**os.environ, "DISPLAY": display},
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return bool(_WINDOW.search(out))
 
 
 def browser_route(sup: Supervisor) -> Any:
@@ -52,7 +30,7 @@ def browser_route(sup: Supervisor) -> Any:
         while time.monotonic() - t0 < BROWSER_TIMEOUT and not sup.stopping:
             state = sup.health()["services"]["chromium"]["state"]
             if state == "running":
-                shown = window_shown(sup.display)
+                shown = sup.browser_shown()
                 if shown is not False:
                     break
             elif state == "failed":  # the supervisor retries it with back-off; the turn is not held for that

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
+import shutil
 import socket
 import subprocess
 import threading
@@ -33,6 +35,8 @@ MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.25, 5.0, 10.0
 READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
 STOP_GRACE = 3.0  # TERM, then KILL
 HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
+OPEN_WAIT = 20.0  # a page to show waits this long for a browser that is still starting
+_WINDOW = re.compile(rb"0x[0-9a-f]+")  # a window id in `xprop -root _NET_CLIENT_LIST`
 TICK = 0.1
 
 CHROMIUM_FLAGS = (
@@ -340,15 +344,41 @@ class Supervisor:
         log.info("browser start requested", extra={"for_page": bool(url)})
         return True
 
+    def browser_shown(self) -> bool | None:
+        """Whether the window manager lists a client window (Chromium's) on the display; None when this cannot be
+        told here (no xprop in this userspace)."""
+        xprop = shutil.which("xprop")
+        if xprop is None or not self.display:
+            return None
+        try:
+            out = subprocess.run(
+                [xprop, "-display", self.display, "-root", "_NET_CLIENT_LIST"], capture_output=True, timeout=2
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return bool(_WINDOW.search(out))
+
     def open_url(self, url: str) -> None:
-        """Open `url` in the running Chromium: a second invocation on the same profile hands it to the first. A
-        browser still waiting for its turn starts at once, on this page."""
+        """Open `url` in Chromium: a second invocation on the same profile hands it to the first. A browser still
+        waiting for its turn starts at once, on this page; one starting is waited for (up to OPEN_WAIT) until its
+        window shows — before that a second invocation could race it for the profile."""
         with self._lock:
             svc = self.services.get("chromium")
             if svc is not None and svc.state == "waiting" and self.want_browser(url):
                 return
-            if svc is None or svc.state != "running" or self._stop.is_set():
-                raise Unavailable("chromium is not running")
+        deadline = time.monotonic() + OPEN_WAIT
+        while True:
+            with self._lock:
+                svc = self.services.get("chromium")
+                if svc is None or self._stop.is_set():
+                    raise Unavailable("chromium is not running")
+                running = svc.state == "running"
+            if running and self.browser_shown() is not False:
+                break
+            if time.monotonic() > deadline:
+                raise Unavailable(f"chromium did not come up within {OPEN_WAIT:.0f}s")
+            self._stop.wait(0.05)
+        with self._lock:
             proc = subprocess.Popen(
                 self.chromium_argv(url),
                 env=self._env(),
