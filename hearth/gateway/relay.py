@@ -22,6 +22,7 @@ from hearth.gateway.viewonly import InputFilter, ViewOnlyViolation
 from hearth.rfb.client import RfbError, handshake
 
 CHUNK = 64 * 1024
+REPORT_EVERY = 1.0  # seconds between byte-counter reports
 HIGH_WATER = 64 * 1024  # upstream: wait for the sandbox to take its input only beyond this much queued
 HANDSHAKE_TIMEOUT = 30.0  # each side's RFB handshake
 
@@ -163,6 +164,8 @@ async def _relay(
         return early
     pending = bytes(viewer.buf)  # what the viewer sent after its ClientInit
 
+    send = ws.send  # the ASGI message itself: one call fewer per message than send_bytes
+
     async def downstream() -> Outcome:
         while True:
             try:
@@ -173,10 +176,8 @@ async def _relay(
                 return Outcome(Ended.SANDBOX_ERROR, f"{type(exc).__name__}: {exc}", stats)
             if not data:
                 return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
-            await ws.send_bytes(data)
+            await send({"type": "websocket.send", "bytes": data})
             stats.to_client += len(data)
-            if on_bytes is not None:
-                on_bytes("to_client", len(data))
             nonlocal first_frame_pending
             if first_frame_pending and filt.saw_update_request and on_first_frame is not None:
                 first_frame_pending = False
@@ -213,11 +214,23 @@ async def _relay(
                 except (OSError, TimeoutError) as exc:
                     return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
             stats.to_sandbox += len(data)
-            if on_bytes is not None:
-                on_bytes("to_sandbox", len(data))
+
+    reported = {"to_client": 0, "to_sandbox": 0}
+
+    def report() -> None:
+        """Byte counters go to `on_bytes` once a second and at the end, not per message."""
+        if on_bytes is None:
+            return
+        for name, total in (("to_client", stats.to_client), ("to_sandbox", stats.to_sandbox)):
+            if total > reported[name]:
+                on_bytes(name, total - reported[name])
+                reported[name] = total
 
     async def stopped() -> Outcome:
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY)
+            report()
         return Outcome(Ended.STOPPED, "session ended", stats)
 
     tasks = [asyncio.create_task(c) for c in (downstream(), upstream(), stopped())]
@@ -236,3 +249,4 @@ async def _relay(
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        report()

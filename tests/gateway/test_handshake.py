@@ -37,7 +37,7 @@ VERSIONS = {  # what the viewer answers → the protocol the gateway must follow
 
 
 class FakeViewer:
-    """Starlette WebSocket's receive/send_bytes over a list of chunks (then a disconnect)."""
+    """Starlette WebSocket's receive/send/send_bytes over a list of chunks (then a disconnect)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = list(chunks)
@@ -50,6 +50,10 @@ class FakeViewer:
 
     async def send_bytes(self, data: bytes) -> None:
         self.sent += data
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert message["type"] == "websocket.send"
+        self.sent += message["bytes"]
 
 
 @asynccontextmanager
