@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
 import time
@@ -79,6 +80,19 @@ def _rmtree(path: Path) -> None:
             if exc.errno != errno.ENOTEMPTY or attempt == 19:
                 raise
             time.sleep(0.05)
+
+
+def _remove_workdir(path: Path) -> None:
+    """Remove a sandbox's directory: renamed away first (atomic), then deleted — so a next sandbox on the same slot
+    never meets a deletion still under way (one a cancelled boot's undo left running in its thread). Leftovers of an
+    earlier such deletion (`.<name>.gone-<hex>`) go too; already gone is success."""
+    trash = path.with_name(f".{path.name}.gone-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        pass
+    for old in path.parent.glob(f".{path.name}.gone-*"):
+        _rmtree(old)
 
 
 class NetnsDriver(Driver):
@@ -192,7 +206,7 @@ class NetnsDriver(Driver):
                 await ports.add_veth(self.s, spec.slot)
                 mark("namespace")
                 guest = await asyncio.to_thread(self._guest_dir)
-                undo.push_async_callback(asyncio.to_thread, _rmtree, spec.workdir)
+                undo.push_async_callback(asyncio.to_thread, _remove_workdir, spec.workdir)
                 await asyncio.to_thread(self._prepare_dirs, spec, guest)
                 undo.push_async_callback(self._stop_processes, spec)
                 proc = await self._launch(spec, bwrap, guest)
@@ -318,7 +332,7 @@ class NetnsDriver(Driver):
             await self._stop_processes(spec)
             await ports.remove_port(self.s, spec.slot.veth_host)
             await asyncio.to_thread(netlink.remove_netns, spec.slot.netns)
-            await asyncio.to_thread(_rmtree, spec.workdir)
+            await asyncio.to_thread(_remove_workdir, spec.workdir)
         except HearthError:
             raise
         except Exception as exc:

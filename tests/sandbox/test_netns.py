@@ -23,7 +23,7 @@ from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.dial import open_connection, socket_in_netns
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.netns import NetnsDriver
+from hearth.sandbox.netns import NetnsDriver, _remove_workdir
 from hearth.sandbox.procs import SandboxProcesses, pids_in_netns
 from hearth_agent.policy import POLICY
 from tests.live import descendants
@@ -350,3 +350,18 @@ async def test_the_pinned_clis_run_in_the_sandbox(fabric_settings: Settings) -> 
     finally:
         await NetnsDriver(s).destroy(spec)
     assert await asyncio.to_thread(leftovers, s, spec) == []
+
+
+def test_a_workdir_is_renamed_away_before_it_is_deleted(tmp_path: Path) -> None:
+    """A deletion still under way (a cancelled boot's undo keeps running in its thread) must not race the next
+    sandbox on the same slot: the directory leaves its name at once; earlier leftovers of that kind go too."""
+    work = tmp_path / "hearth-t1-s0"
+    (work / "home" / "deep").mkdir(parents=True)
+    (work / "home" / "deep" / "file").write_text("x")
+    stale = tmp_path / ".hearth-t1-s0.gone-deadbeef"
+    (stale / "logs").mkdir(parents=True)
+    other = tmp_path / ".hearth-t1-s1.gone-deadbeef"  # another slot's: not this removal's business
+    other.mkdir()
+    _remove_workdir(work)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+    _remove_workdir(work)  # already gone is success
