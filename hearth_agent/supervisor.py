@@ -35,6 +35,7 @@ MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.25, 5.0, 10.0
 READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
 STOP_GRACE = 3.0  # TERM, then KILL
 HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
+BROWSER_UNASKED = 180.0  # a browser waiting for its turn starts by itself after this long (a lost request)
 OPEN_WAIT = 20.0  # a page to show waits this long for a browser that is still starting
 _WINDOW = re.compile(rb"0x[0-9a-f]+")  # a window id in `xprop -root _NET_CLIENT_LIST`
 TICK = 0.1
@@ -181,7 +182,10 @@ class Supervisor:
             if svc.proc is not None or time.monotonic() < svc.next_try:
                 continue
             if name == "chromium" and not self._browser.is_set():
-                continue
+                if time.monotonic() - self.t0 < BROWSER_UNASKED:
+                    continue
+                log.warning("nobody asked for the browser; starting it anyway", extra={"after": BROWSER_UNASKED})
+                self._browser.set()
             if name != self.display_service and self.services[self.display_service].state != "running":
                 continue
             self._start(svc)

@@ -4,8 +4,9 @@ sandbox's agent starts its desktop at once and its Chromium only when asked: the
 turn comes in the boot queue at background priority — behind every desktop still waiting — and holds the turn until
 the agent reports the browser's window on the desktop (hearth_agent/browser.py). In a boot storm the desktops come
 up first and the browsers follow one after another; on a calm machine the turn comes at once. A page to show (the
-sign-in URL) starts a waiting browser at once, whatever its turn. A warm-pool sandbox gets its browser while its
-refill still holds its turn. `at_boot`: Chromium starts with the desktop (the previous behaviour).
+sign-in URL) starts a waiting browser at once, whatever its turn; one nobody asked for within 180 s starts by itself
+(a lost request). A warm-pool sandbox gets its browser while its refill still holds its turn. `at_boot`: Chromium
+starts with the desktop (the previous behaviour).
 
 When the browser is up, the session's timings gain `browser` (seconds from create), beside `rfb` (ready).
 """
