@@ -24,7 +24,7 @@ from hearth.guest import packages as guestpkg
 from hearth_agent.__main__ import build_server
 from hearth_agent.config import AgentConfig, ConfigError, parse_config
 from hearth_agent.server import AgentServer, HttpError
-from hearth_agent.supervisor import MAX_BACKOFF, MIN_BACKOFF, Service, Supervisor
+from hearth_agent.supervisor import BROWSER_UNASKED, MAX_BACKOFF, MIN_BACKOFF, Service, Supervisor
 
 SECRET = "s3cret-" + "x" * 32
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -223,3 +223,27 @@ def test_agent_refuses_a_bad_config(tmp_path: Path, guest_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "rfb_port must be a TCP port number" in done.stderr and SECRET not in done.stderr
+
+
+def test_a_browser_on_request_waits_for_its_turn_then_starts_unasked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's decision only (no processes): with `browser_on_request` Chromium is left `waiting` while the
+    display runs, started once asked, and started anyway when nobody asked within BROWSER_UNASKED."""
+    started: list[str] = []
+    for asked in (True, False):
+        sup = Supervisor(config(browser_on_request=True))
+        monkeypatch.setattr(sup, "_start", lambda svc: started.append(svc.name))
+        for svc in sup.services.values():
+            if svc.name != "chromium":
+                svc.state, svc.proc = "running", object()  # type: ignore[assignment]
+        assert (
+            sup.services["chromium"].state == "waiting" and sup.health()["services"]["chromium"]["state"] == "waiting"
+        )
+        sup._start_due()
+        assert started == []
+        if asked:
+            assert sup.want_browser() is True and sup.want_browser() is False
+        else:
+            sup.t0 -= BROWSER_UNASKED + 1
+        sup._start_due()
+        assert started == ["chromium"]
+        started.clear()
