@@ -6,6 +6,8 @@ and its RFB port accepts → openbox → chromium. `vnc_server: x11vnc` (the pre
 Xvfb (ready at -displayfd) → openbox → x11vnc (ready when its port accepts) → chromium. A service that dies is
 restarted with back-off (0.25 s doubling to 5 s while it keeps dying within 10 s of its start); when the display
 server restarts, everything drawn on it is restarted too.
+With `browser_on_request` (the controller's default) Chromium stays `waiting` until asked — POST /v1/browser
+(hearth_agent/browser.py), a page to show (`open_url`), or BROWSER_UNASKED seconds without either.
 
 One thread (the one calling `run`) owns every child process; HTTP threads only read snapshots under the lock and
 queue short-lived helpers (`open_url`), which the same thread reaps.
