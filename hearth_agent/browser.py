@@ -1,5 +1,5 @@
 """`POST /v1/browser`: start Chromium now — in a sandbox whose config says `browser_on_request` — and answer once its
-window is on the desktop (or it failed, or BROWSER_TIMEOUT passed). The controller calls it when the browser's turn
+window is on the desktop (waiting through restarts, at most BROWSER_TIMEOUT). The controller calls it when the browser's turn
 comes in its boot queue, after every waiting desktop, and holds the turn until this answers: in a boot storm the
 desktops come up first and the browsers (the heaviest part of a boot) start one after another instead of all at
 once. A page to show (`/v1/open-url`, the sign-in URL) starts a waiting browser at once, on that page.
@@ -17,7 +17,6 @@ from hearth_agent.server import HttpError
 from hearth_agent.supervisor import Supervisor
 
 BROWSER_TIMEOUT = 20.0
-POLL = 0.05
 
 
 def browser_route(sup: Supervisor) -> Any:
@@ -26,16 +25,7 @@ def browser_route(sup: Supervisor) -> Any:
             raise HttpError(409, "this sandbox has no browser (chromium is off)")
         t0 = time.monotonic()
         started = sup.want_browser()
-        state, shown = "", None
-        while time.monotonic() - t0 < BROWSER_TIMEOUT and not sup.stopping:
-            state = sup.health()["services"]["chromium"]["state"]
-            if state == "running":
-                shown = sup.browser_shown()
-                if shown is not False:
-                    break
-            elif state == "failed":  # the supervisor retries it with back-off; the turn is not held for that
-                break
-            time.sleep(POLL)
+        state, shown = sup.wait_browser(BROWSER_TIMEOUT)
         return 200, {"started": started, "state": state, "shown": shown, "seconds": round(time.monotonic() - t0, 3)}
 
     return start

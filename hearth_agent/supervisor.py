@@ -364,26 +364,37 @@ class Supervisor:
             return False
         return bool(_WINDOW.search(out))
 
+    def wait_browser(self, timeout: float) -> tuple[str, bool | None]:
+        """The one wait for "Chromium runs and its window shows" (through restarts, until `timeout` or the agent
+        stops); returns Chromium's state and `browser_shown` (None: cannot be told here)."""
+        deadline = time.monotonic() + timeout
+        state, shown = "", None
+        while not self._stop.is_set():
+            with self._lock:
+                svc = self.services.get("chromium")
+                state = svc.state if svc is not None else "absent"
+            if state == "running":
+                shown = self.browser_shown()
+                if shown is not False:
+                    break
+            if state == "absent" or time.monotonic() >= deadline:
+                break
+            self._stop.wait(0.05)
+        return state, shown
+
     def open_url(self, url: str) -> None:
         """Open `url` in Chromium: a second invocation on the same profile hands it to the first. A browser still
         waiting for its turn starts at once, on this page; one starting is waited for (up to OPEN_WAIT) until its
         window shows — before that a second invocation could race it for the profile."""
         with self._lock:
             svc = self.services.get("chromium")
-            if svc is not None and svc.state == "waiting" and self.want_browser(url):
+            if svc is None or self._stop.is_set():
+                raise Unavailable("chromium is not running")
+            if svc.state == "waiting" and self.want_browser(url):
                 return
-        deadline = time.monotonic() + OPEN_WAIT
-        while True:
-            with self._lock:
-                svc = self.services.get("chromium")
-                if svc is None or self._stop.is_set():
-                    raise Unavailable("chromium is not running")
-                running = svc.state == "running"
-            if running and self.browser_shown() is not False:
-                break
-            if time.monotonic() > deadline:
-                raise Unavailable(f"chromium did not come up within {OPEN_WAIT:.0f}s")
-            self._stop.wait(0.05)
+        state, shown = self.wait_browser(OPEN_WAIT)
+        if state != "running" or shown is False or self._stop.is_set():
+            raise Unavailable(f"chromium did not come up within {OPEN_WAIT:.0f}s")
         with self._lock:
             proc = subprocess.Popen(
                 self.chromium_argv(url),

@@ -44,7 +44,7 @@ class BrowserTurns:
 
     def wanted(self, owner: str) -> bool:
         sb = self.mgr.get(owner)
-        return self.s.browser_start == "queued" and sb is not None and sb.spec.chromium and sb.spec.browser_on_request
+        return sb is not None and sb.spec.chromium and sb.spec.browser_on_request  # set from HEARTH_BROWSER_START
 
     async def for_session(self, view: SessionView) -> None:
         """After a session turned ready (or was adopted): its browser when its turn comes."""
@@ -70,11 +70,8 @@ class BrowserTurns:
         t0 = time.monotonic()
         try:
             out = await agent.call("POST", "/v1/browser", timeout=BROWSER_TIMEOUT)
-        except HearthError as exc:
+        except HearthError as exc:  # the agent client converts socket errors and timeouts into these
             log.warning("browser start not confirmed: %s", exc.reason, extra={"session_id": owner})
-            return None
-        except (OSError, TimeoutError) as exc:
-            log.warning("browser start not confirmed: %s", type(exc).__name__, extra={"session_id": owner})
             return None
         result: dict[str, Any] = out if isinstance(out, dict) else {}
         log.info(
