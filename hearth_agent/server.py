@@ -41,6 +41,7 @@ class NoLookupBind(socketserver.TCPServer):
 class AgentServer(NoLookupBind, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog (socketserver's default, 5, reset a burst of 100 connects)
 
     def __init__(self, addr: tuple[str, int], secret: str, health: Callable[[], dict[str, Any]]) -> None:
         if not secret:
