@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
+from hearth.gateway.websocket import GatewayWebSocket
 from hearth.log import install_redaction
 
 DRAIN_TIMEOUT = 5.0  # seconds for viewers to take their 4503 close on a graceful shutdown
@@ -62,6 +63,7 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
         app,
         host=host,
         port=port,
+        ws=GatewayWebSocket,  # uvicorn's sans-I/O WebSocket with the relay's splice
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_interval,
         ws_max_size=4 * 1024 * 1024,

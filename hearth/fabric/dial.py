@@ -20,6 +20,7 @@ CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 def _run_in_netns(path: Path, fn: Callable[[], T], box: dict[str, Any]) -> None:
@@ -124,3 +125,14 @@ async def open_connection(
     except BaseException:
         sock.close()
         raise
+
+
+async def open_protocol(netns: str | None, host: str, port: int, timeout: float, factory: Callable[[], _P]) -> _P:
+    """`factory()`'s protocol over a TCP connection opened from inside `netns`."""
+    sock = await connect(netns, host, port, timeout)
+    try:
+        _, protocol = await asyncio.wait_for(asyncio.get_running_loop().create_connection(factory, sock=sock), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol

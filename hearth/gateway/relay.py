@@ -2,9 +2,12 @@
 
 First the gateway completes the RFB handshake with the sandbox and, separately, with the viewer
 (hearth/gateway/handshake.py), so the viewer's messages are framed from a known boundary whatever version it chose.
-Then one task per direction. Each chunk is fully written (awaiting drain / send) before the next is read, so nothing
-queued is lost when either side closes first; TCP_NODELAY is set on the sandbox side. The outcome says who ended
-the relay so the route can send the right close code (1000 on sandbox EOF, never a silent drop).
+Then the relay *splices* the two connections: each viewer message is filtered and written to the sandbox from the
+WebSocket's own `data_received` (hearth/gateway/websocket.py), and each chunk from the VNC server is framed and
+written to the viewer from the sandbox socket's `data_received` (hearth/gateway/sandbox_stream.py) — no task,
+queue or await per message. Backpressure crosses over (a side that cannot take more holds the other's reading), so
+nothing is dropped or buffered without bound. The outcome says who ended the relay so the route can send the right
+close code (1000 on sandbox EOF, never a silent drop).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from enum import StrEnum
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hearth.gateway.handshake import ViewerHandshakeError, serve_viewer
+from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import InputFilter, ViewOnlyViolation
+from hearth.gateway.websocket import SPLICE, Splice, message_bytes
 from hearth.rfb.client import RfbError, handshake
 
-CHUNK = 64 * 1024
 REPORT_EVERY = 1.0  # seconds between byte-counter reports
-HIGH_WATER = 64 * 1024  # upstream: wait for the sandbox to take its input only beyond this much queued
+WRITE_STALL = 30.0  # seconds the VNC server may take no input before the relay gives up on it
 HANDSHAKE_TIMEOUT = 30.0  # each side's RFB handshake
 
 
@@ -55,7 +59,7 @@ class _ViewerGone(Exception):
 
 
 class _Viewer:
-    """The viewer's WebSocket as a byte stream: whole messages for the relay, exact reads for the handshake."""
+    """The viewer's WebSocket as a byte stream for the handshake: exact reads over whole messages."""
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
@@ -69,11 +73,7 @@ class _Viewer:
             return None
         if msg["type"] == "websocket.disconnect":
             return None
-        data = msg.get("bytes")
-        if data is None:
-            text = msg.get("text")
-            return text.encode("latin-1", "replace") if isinstance(text, str) else b""
-        return data if isinstance(data, bytes) else bytes(data)
+        return message_bytes(msg)
 
     async def read(self, n: int) -> bytes:
         while len(self.buf) < n:
@@ -88,8 +88,7 @@ class _Viewer:
 
 async def relay(
     ws: WebSocket,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    sandbox: SandboxStream,
     stop: asyncio.Event,
     view_only: bool = False,
     on_first_frame: Callable[[], None] | None = None,
@@ -99,55 +98,53 @@ async def relay(
     """Relay until one side ends or `stop` is set; returns who ended it. `on_sandbox_handshake` is called once the
     sandbox's RFB handshake is done (the route serialises dials to one sandbox until then)."""
     try:
-        return await _relay(ws, reader, writer, stop, view_only, on_first_frame, on_bytes, on_sandbox_handshake)
+        return await _relay(ws, sandbox, stop, view_only, on_first_frame, on_bytes, on_sandbox_handshake)
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 2)
+        await sandbox.close()
+
+
+async def _handshakes(
+    ws: WebSocket,
+    sandbox: SandboxStream,
+    viewer: _Viewer,
+    stats: RelayStats,
+    on_sandbox_handshake: Callable[[], None] | None,
+) -> Outcome | None:
+    """Both sides' RFB handshakes; None when done, else why the relay ends before it began."""
+    try:
+        init = await asyncio.wait_for(handshake(sandbox.readexactly, sandbox.write), HANDSHAKE_TIMEOUT)
+    except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        detail = f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}"
+        return Outcome(Ended.SANDBOX_ERROR, detail, stats)
+    if on_sandbox_handshake is not None:
+        on_sandbox_handshake()
+    try:
+        await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
+    except ViewerHandshakeError as exc:
+        return Outcome(Ended.BAD_VIEWER, str(exc), stats)
+    except TimeoutError:
+        return Outcome(Ended.BAD_VIEWER, f"no RFB handshake from the viewer within {HANDSHAKE_TIMEOUT:.0f}s", stats)
+    except (_ViewerGone, WebSocketDisconnect, RuntimeError):
+        return Outcome(Ended.CLIENT_GONE, "viewer disconnected during the RFB handshake", stats)
+    return None
 
 
 async def _relay(
     ws: WebSocket,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    sandbox: SandboxStream,
     stop: asyncio.Event,
     view_only: bool,
     on_first_frame: Callable[[], None] | None,
     on_bytes: Callable[[str, int], None] | None,
-    on_sandbox_handshake: Callable[[], None] | None = None,
+    on_sandbox_handshake: Callable[[], None] | None,
 ) -> Outcome:
     stats = RelayStats()
-    filt = InputFilter(drop_input=view_only)
-    first_frame_pending = on_first_frame is not None
     viewer = _Viewer(ws)
+    splice: Splice | None = ws.scope.get("extensions", {}).get(SPLICE)
+    if splice is None:
+        raise RuntimeError(f"the gateway needs a server that offers {SPLICE} (hearth.gateway.websocket)")
 
-    async def sandbox_read(n: int) -> bytes:
-        return await reader.readexactly(n)
-
-    async def sandbox_write(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
-
-    async def handshakes() -> Outcome | None:
-        """Both sides' RFB handshakes; None when done, else why the relay ends before it began."""
-        try:
-            init = await asyncio.wait_for(handshake(sandbox_read, sandbox_write), HANDSHAKE_TIMEOUT)
-        except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            detail = f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}"
-            return Outcome(Ended.SANDBOX_ERROR, detail, stats)
-        if on_sandbox_handshake is not None:
-            on_sandbox_handshake()
-        try:
-            await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
-        except ViewerHandshakeError as exc:
-            return Outcome(Ended.BAD_VIEWER, str(exc), stats)
-        except TimeoutError:
-            return Outcome(Ended.BAD_VIEWER, f"no RFB handshake from the viewer within {HANDSHAKE_TIMEOUT:.0f}s", stats)
-        except (_ViewerGone, WebSocketDisconnect, RuntimeError):
-            return Outcome(Ended.CLIENT_GONE, "viewer disconnected during the RFB handshake", stats)
-        return None
-
-    setup = asyncio.create_task(handshakes())
+    setup = asyncio.create_task(_handshakes(ws, sandbox, viewer, stats, on_sandbox_handshake))
     ended = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait((setup, ended), return_when=asyncio.FIRST_COMPLETED)
@@ -162,58 +159,98 @@ async def _relay(
     early = setup.result()  # (re-raises anything unexpected)
     if early is not None:
         return early
-    pending = bytes(viewer.buf)  # what the viewer sent after its ClientInit
+    try:
+        return await _spliced(ws, splice, sandbox, viewer, stop, view_only, on_first_frame, on_bytes, stats)
+    finally:
+        splice.unsplice()
 
-    send = ws.send  # the ASGI message itself: one call fewer per message than send_bytes
 
-    async def downstream() -> Outcome:
-        while True:
-            try:
-                data = await reader.read(CHUNK)
-            except ConnectionResetError:  # the VNC server closed with unread input (e.g. a viewer's garbage)
-                return Outcome(Ended.SANDBOX_EOF, "the sandbox reset the VNC connection", stats)
-            except OSError as exc:
-                return Outcome(Ended.SANDBOX_ERROR, f"{type(exc).__name__}: {exc}", stats)
-            if not data:
-                return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
-            await send({"type": "websocket.send", "bytes": data})
+async def _spliced(
+    ws: WebSocket,
+    splice: Splice,
+    sandbox: SandboxStream,
+    viewer: _Viewer,
+    stop: asyncio.Event,
+    view_only: bool,
+    on_first_frame: Callable[[], None] | None,
+    on_bytes: Callable[[str, int], None] | None,
+    stats: RelayStats,
+) -> Outcome:
+    """Both handshakes are done: relay from the two connections' callbacks until one side ends."""
+    loop = asyncio.get_running_loop()
+    filt = InputFilter(drop_input=view_only)
+    first_frame = [on_first_frame] if on_first_frame is not None else []
+    done: asyncio.Future[Outcome] = loop.create_future()
+    stall: list[asyncio.TimerHandle] = []
+
+    def finish(outcome: Outcome) -> None:
+        if not done.done():
+            done.set_result(outcome)
+
+    def failed(exc: Exception) -> None:  # a bug in a callback: the relay re-raises it rather than lose it
+        if not done.done():
+            done.set_exception(exc)
+
+    def to_viewer(data: bytes) -> None:
+        if done.done():
+            return
+        try:
+            splice.send_now(data)
             stats.to_client += len(data)
-            nonlocal first_frame_pending
-            if first_frame_pending and filt.saw_update_request and on_first_frame is not None:
-                first_frame_pending = False
-                on_first_frame()
+            if first_frame and filt.saw_update_request:
+                first_frame.pop()()
+        except Exception as exc:
+            failed(exc)
 
-    transport = writer.transport
+    def to_sandbox(data: bytes) -> None:
+        if done.done():
+            return
+        try:
+            kept = filt.feed(data)
+        except ViewOnlyViolation as exc:
+            return finish(Outcome(Ended.VIEW_ONLY, str(exc), stats))
+        except Exception as exc:
+            return failed(exc)
+        stats.dropped_input += len(data) - len(kept)
+        if not kept:
+            return
+        if sandbox.closing:  # the VNC server closed this connection
+            return finish(Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats))
+        sandbox.send_now(kept)
+        stats.to_sandbox += len(kept)
 
-    async def upstream() -> Outcome:
-        nonlocal pending
-        while True:
-            if pending:
-                data, pending = pending, b""
-            else:
-                got = await viewer.message()
-                if got is None:
-                    return Outcome(Ended.CLIENT_GONE, "viewer disconnected", stats)
-                data = got
-            try:
-                kept = filt.feed(data)
-            except ViewOnlyViolation as exc:
-                return Outcome(Ended.VIEW_ONLY, str(exc), stats)
-            stats.dropped_input += len(data) - len(kept)
-            data = kept
-            if not data:
-                continue
-            if transport.is_closing():  # the VNC server closed this connection
-                return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
-            writer.write(data)
-            if transport.get_write_buffer_size() > HIGH_WATER:  # else nothing to wait for: no timer per message
-                try:
-                    await asyncio.wait_for(writer.drain(), 30)
-                except (ConnectionResetError, BrokenPipeError):  # the VNC server closed this connection
-                    return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
-                except (OSError, TimeoutError) as exc:
-                    return Outcome(Ended.SANDBOX_ERROR, f"writing to sandbox failed: {type(exc).__name__}", stats)
-            stats.to_sandbox += len(data)
+    def sandbox_writable(writable: bool) -> None:
+        """The VNC server stopped (False) or resumed taking input: hold the viewer's reading meanwhile."""
+        splice.hold(not writable)
+        while stall:
+            stall.pop().cancel()
+        if not writable:
+            why = f"writing to sandbox failed: TimeoutError (the VNC server took no input for {WRITE_STALL:.0f}s)"
+            stall.append(loop.call_later(WRITE_STALL, finish, Outcome(Ended.SANDBOX_ERROR, why, stats)))
+
+    def viewer_writable(writable: bool) -> None:
+        """The viewer stopped (False) or resumed taking output: hold the sandbox's reading meanwhile."""
+        sandbox.hold(not writable)
+
+    queued = splice.splice(to_sandbox, viewer_writable)
+    rest = sandbox.splice(to_viewer, sandbox_writable)
+    for data in (bytes(viewer.buf), *queued):  # what the viewer sent after its ClientInit, in order
+        to_sandbox(data)
+    if rest:
+        to_viewer(rest)
+
+    async def viewer_gone() -> Outcome:
+        while (data := await viewer.message()) is not None:  # only a disconnect arrives here once spliced
+            to_sandbox(data)
+        return Outcome(Ended.CLIENT_GONE, "viewer disconnected", stats)
+
+    async def sandbox_gone() -> Outcome:
+        exc = await asyncio.shield(sandbox.ended)  # (cancelling this task must not cancel the stream's own)
+        if exc is None:
+            return Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats)
+        if isinstance(exc, ConnectionResetError):  # e.g. the VNC server closed with unread input (a viewer's garbage)
+            return Outcome(Ended.SANDBOX_EOF, "the sandbox reset the VNC connection", stats)
+        return Outcome(Ended.SANDBOX_ERROR, f"{type(exc).__name__}: {exc}", stats)
 
     reported = {"to_client": 0, "to_sandbox": 0}
 
@@ -233,10 +270,11 @@ async def _relay(
             report()
         return Outcome(Ended.STOPPED, "session ended", stats)
 
-    tasks = [asyncio.create_task(c) for c in (downstream(), upstream(), stopped())]
+    tasks: list[asyncio.Future[Outcome]] = [done]
+    tasks += [asyncio.create_task(c) for c in (viewer_gone(), sandbox_gone(), stopped())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        first = next(iter(done))
+        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = done if done in finished else next(iter(finished))
         failure = first.exception()
         if failure is not None:
             if isinstance(failure, WebSocketDisconnect | RuntimeError):
@@ -244,9 +282,14 @@ async def _relay(
             raise failure
         return first.result()
     finally:
-        for t in tasks:
+        while stall:
+            stall.pop().cancel()
+        finish(Outcome(Ended.STOPPED, "relay ended", stats))  # later callbacks forward nothing
+        if not done.cancelled():
+            done.exception()  # retrieved: a callback's failure after the end is not logged as lost
+        for t in tasks[1:]:
             t.cancel()
-        for t in tasks:
+        for t in tasks[1:]:
             with contextlib.suppress(BaseException):
                 await t
         report()

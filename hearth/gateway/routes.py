@@ -19,8 +19,9 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
-from hearth.fabric.dial import open_connection
+from hearth.fabric.dial import open_protocol
 from hearth.gateway.relay import Ended, relay
+from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.log import bind_session
 from hearth.session.modes import SigninMode
@@ -100,7 +101,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                     held.pop().release()
 
             try:
-                reader, writer = await open_connection(target.netns, target.ip, target.rfb_port, 5.0)
+                sandbox = await open_protocol(target.netns, target.ip, target.rfb_port, 5.0, SandboxStream)
             except (OSError, TimeoutError) as exc:
                 dialled()
                 err = HearthError(Hop.VNC, f"sandbox {target.ip}:{target.rfb_port} unreachable ({type(exc).__name__})")
@@ -112,8 +113,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
             try:
                 outcome = await relay(
                     ws,
-                    reader,
-                    writer,
+                    sandbox,
                     stop,
                     view_only=claims.scope is Scope.VIEW,
                     on_first_frame=lambda: service.first_frame(view),

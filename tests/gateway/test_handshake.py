@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -22,7 +22,9 @@ from starlette.websockets import WebSocket
 
 from hearth.gateway.handshake import OFFERED, ViewerHandshakeError, viewer_version
 from hearth.gateway.relay import Ended, Outcome, relay
+from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import VIEW_ALLOWED
+from hearth.gateway.websocket import SPLICE
 from tests.gateway.rfbmsgs import messages, split
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"rec"
@@ -37,11 +39,14 @@ VERSIONS = {  # what the viewer answers → the protocol the gateway must follow
 
 
 class FakeViewer:
-    """Starlette WebSocket's receive/send/send_bytes over a list of chunks (then a disconnect)."""
+    """Starlette WebSocket's receive/send_bytes and hearth's splice (hearth.gateway.websocket.Splice) over a list
+    of chunks (then a disconnect)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = list(chunks)
         self.sent = bytearray()
+        self.scope = {"extensions": {SPLICE: self}}
+        self.spliced = False
 
     async def receive(self) -> dict[str, Any]:
         if self.chunks:
@@ -51,9 +56,19 @@ class FakeViewer:
     async def send_bytes(self, data: bytes) -> None:
         self.sent += data
 
-    async def send(self, message: dict[str, Any]) -> None:
-        assert message["type"] == "websocket.send"
-        self.sent += message["bytes"]
+    def splice(self, on_message: Callable[[bytes], None], on_writable: Callable[[bool], None]) -> list[bytes]:
+        taken, self.chunks, self.spliced = self.chunks, [], True  # every chunk left, in order: then a disconnect
+        return taken
+
+    def send_now(self, data: bytes) -> None:
+        assert self.spliced, "the relay sends without awaiting only once spliced"
+        self.sent += data
+
+    def hold(self, held: bool) -> None:
+        pass  # an in-memory viewer is always writable
+
+    def unsplice(self) -> None:
+        self.spliced = False
 
 
 @asynccontextmanager
@@ -100,9 +115,9 @@ def expected_reply(banner: bytes) -> bytes:
 async def run_relay(chunks: list[bytes], view_only: bool) -> tuple[Outcome, bytes, bytes]:
     """The real relay between FakeViewer(chunks) and the recording server: (outcome, to viewer, to server)."""
     async with recording_server() as (port, got, eof):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, sandbox = await asyncio.get_running_loop().create_connection(SandboxStream, "127.0.0.1", port)
         viewer = FakeViewer(chunks)
-        outcome = await relay(cast(WebSocket, viewer), reader, writer, asyncio.Event(), view_only=view_only)
+        outcome = await relay(cast(WebSocket, viewer), sandbox, asyncio.Event(), view_only=view_only)
         await asyncio.wait_for(eof.wait(), 10)  # the relay closed its side; the server has read everything
         return outcome, bytes(viewer.sent), bytes(got)
 

@@ -1,0 +1,139 @@
+"""The viewer's WebSocket: uvicorn's sans-I/O protocol, plus a splice for the relay's hot path.
+
+Stock uvicorn hands each WebSocket message to the application through a queue and a task switch, pauses and
+resumes reading the socket around it, and takes each sent message through an awaited ASGI call. Per 64-byte input
+event and per framebuffer chunk that costs more than the copy. Once both RFB handshakes are done the relay
+*splices* (hearth/gateway/relay.py): from then on this protocol hands each viewer message to a callback from
+`data_received`, and the relay writes sandbox bytes into the WebSocket from the sandbox socket's own
+`data_received` (`send_now`) — no queue, task or await per message, in either direction. Pings, closes and the
+disconnect keep uvicorn's path (the disconnect still arrives through `receive()`).
+
+Backpressure crosses over: when the viewer's socket cannot take more, `on_writable(False)` tells the relay to stop
+reading the sandbox; when the sandbox cannot take more input, the relay holds this socket's reading (`hold`).
+
+Offered to the application as the ASGI scope extension `hearth.splice` (uvicorn.Config(ws=GatewayWebSocket)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+
+SPLICE = "hearth.splice"  # the ASGI scope extension's key
+
+
+def message_bytes(message: Mapping[str, Any]) -> bytes:
+    """A `websocket.receive` message's payload as bytes (a text frame as Latin-1, as websockify relays it)."""
+    data = message.get("bytes")
+    if data is None:
+        text = message.get("text")
+        return text.encode("latin-1", "replace") if isinstance(text, str) else b""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+class Splice(Protocol):
+    """What the relay needs of the viewer's connection once the handshakes are done."""
+
+    def splice(self, on_message: Callable[[bytes], None], on_writable: Callable[[bool], None]) -> list[bytes]: ...
+    def send_now(self, data: bytes) -> None: ...
+    def hold(self, held: bool) -> None: ...
+    def unsplice(self) -> None: ...
+
+
+class GatewayWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with `hearth.splice` (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_message: Callable[[bytes], None] | None = None
+        self._on_writable: Callable[[bool], None] | None = None
+        self._held = False
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # set only when the upgrade went ahead
+        if scope is not None:
+            scope["extensions"][SPLICE] = self
+
+    # --- the splice ---------------------------------------------------------------------------------------------
+    def splice(self, on_message: Callable[[bytes], None], on_writable: Callable[[bool], None]) -> list[bytes]:
+        """From now on each viewer message goes to `on_message` as it arrives; returns, in order, the messages that
+        arrived before and were not yet received. A disconnect stays queued for `receive()`."""
+        taken: list[bytes] = []
+        kept = []
+        while not self.queue.empty():
+            message = self.queue.get_nowait()
+            if message["type"] == "websocket.receive":
+                taken.append(message_bytes(message))
+            else:
+                kept.append(message)
+        for message in kept:
+            self.queue.put_nowait(message)
+        self._on_message, self._on_writable = on_message, on_writable
+        if self.read_paused:  # uvicorn paused reading until its queue was taken: it has been
+            self.read_paused = False
+            if not self._held:
+                self.transport.resume_reading()
+        return taken
+
+    def unsplice(self) -> None:
+        """Back to uvicorn's own path (before the relay closes the WebSocket), reading no longer held."""
+        self._on_message = self._on_writable = None
+        self.hold(False)
+
+    def send_now(self, data: bytes) -> None:
+        """Send one binary message now; after a close or disconnect it is dropped (the relay learns of the end
+        through `receive()`)."""
+        if self.close_sent or self.disconnected:
+            return
+        try:
+            self.conn.send_binary(data)
+        except InvalidState:  # the viewer's close frame came first
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading the viewer's socket: the sandbox is not taking its input."""
+        if held == self._held:
+            return
+        self._held = held
+        if self.disconnected:
+            return
+        if held:
+            self.transport.pause_reading()
+        elif not self.read_paused:
+            self.transport.resume_reading()
+
+    # --- uvicorn's hooks, spliced -------------------------------------------------------------------------------
+    def send_receive_event_to_app(self) -> None:
+        deliver = self._on_message
+        if deliver is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.curr_msg_data_type == "text":
+            try:
+                text = bytes(data).decode()
+            except UnicodeDecodeError:  # as uvicorn does: close 1007 (hearth.log demotes its log line)
+                self.logger.exception("Invalid UTF-8 sequence received from client.")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            deliver(text.encode("latin-1", "replace"))
+        else:
+            deliver(data if isinstance(data, bytes) else bytes(data))
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._on_writable is not None:
+            self._on_writable(False)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._on_writable is not None:
+            self._on_writable(True)

@@ -1,0 +1,244 @@
+"""The relay's splice through a real uvicorn server running hearth's WebSocket protocol (GatewayWebSocket), a real
+WebSocket client and a real loopback VNC stand-in: order, backpressure both ways, the stall limit, text frames and
+ends. Nothing is mocked; the route is a minimal one (accept, dial, relay) so each case can steer both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from hearth.fabric.dial import open_protocol
+from hearth.gateway import relay as relay_module
+from hearth.gateway.relay import Ended, Outcome, relay
+from hearth.gateway.sandbox_stream import SandboxStream
+from hearth.gateway.websocket import GatewayWebSocket
+
+SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"vnc"
+PREAMBLE = [b"RFB 003.008\n", b"\x01", b"\x01"]  # the viewer's version, security None, ClientInit (shared)
+FBUR = struct.pack(">BBHHHH", 3, 0, 0, 0, 16, 16)  # after it, control scope relays bytes unframed
+CHUNK = 64 * 1024
+STALLED = 1.0  # a write that has not drained for this long counts as held back
+BOUND = 64 << 20  # what may be in flight (socket buffers, queues) before a side is held back; far below the totals
+
+
+def pattern(start: int, n: int) -> bytes:
+    return bytes((start + i) % 251 for i in range(n))
+
+
+@dataclass
+class Vnc:
+    """A loopback RFB 3.8 server for one connection: after the handshake it records what it gets (unless
+    `reading` is False) and, on `push(n)`, sends n pattern bytes until its writes are held back."""
+
+    reading: bool = True
+    got: bytearray = field(default_factory=bytearray)
+    eof: asyncio.Event = field(default_factory=asyncio.Event)
+    pushed: int = 0
+    writer: asyncio.StreamWriter | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"RFB 003.008\n")
+            await reader.readexactly(12)
+            writer.write(b"\x01\x01")
+            await reader.readexactly(1)
+            writer.write(struct.pack(">I", 0))
+            await reader.readexactly(1)
+            writer.write(SERVER_INIT)
+            self.writer = writer
+            self.ready.set()
+            if not self.reading:
+                await self.eof.wait()
+                return
+            while data := await reader.read(CHUNK):
+                self.got.extend(data)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.eof.set()
+            writer.close()
+
+    async def push(self, total: int) -> bool:
+        """Send up to `total` bytes; False when a write stayed held back for STALLED seconds first."""
+        assert self.writer is not None
+        while self.pushed < total:
+            n = min(CHUNK, total - self.pushed)
+            self.writer.write(pattern(self.pushed, n))
+            self.pushed += n
+            try:
+                await asyncio.wait_for(self.writer.drain(), STALLED)
+            except TimeoutError:
+                return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def gateway(vnc: Vnc) -> AsyncIterator[tuple[str, asyncio.Queue[Outcome]]]:
+    """uvicorn (hearth's WebSocket protocol) with one route: accept, dial the stand-in, relay, close."""
+    outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+    vnc_server = await asyncio.start_server(vnc.serve, "127.0.0.1", 0)
+    vnc_port = vnc_server.sockets[0].getsockname()[1]
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept(subprotocol="binary")
+        sandbox = await open_protocol(None, "127.0.0.1", vnc_port, 5.0, SandboxStream)
+        outcome = await relay(ws, sandbox, asyncio.Event())
+        await outcomes.put(outcome)
+        if outcome.ended is not Ended.CLIENT_GONE:
+            await ws.close(4502 if outcome.ended is Ended.SANDBOX_ERROR else 1000, outcome.ended.value)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, ws=GatewayWebSocket, ws_per_message_deflate=False, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        yield f"ws://127.0.0.1:{port}/ws", outcomes
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+        vnc_server.close()
+        await vnc_server.wait_closed()
+
+
+async def handshake(ws: ClientConnection) -> None:
+    """The viewer's side of the RFB handshake (then a framebuffer update request)."""
+    got = bytearray()
+    for message in PREAMBLE:
+        await ws.send(message)
+    while len(got) < 12 + 2 + 4 + len(SERVER_INIT):
+        data = await ws.recv()
+        assert isinstance(data, bytes)
+        got += data
+    assert got.endswith(SERVER_INIT)
+    await ws.send(FBUR)
+
+
+async def test_a_burst_sent_before_the_splice_arrives_whole_and_in_order() -> None:
+    vnc = Vnc()
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+            messages = [*PREAMBLE, FBUR, *(struct.pack(">BxxxI", 4, i) for i in range(300))]  # key events
+            for message in messages:  # all at once, before the gateway has answered anything
+                await ws.send(message)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+            expected = b"".join(messages[3:])
+            for _ in range(500):
+                if len(vnc.got) >= len(expected):
+                    break
+                await asyncio.sleep(0.01)
+        outcome = await asyncio.wait_for(outcomes.get(), 10)
+    assert bytes(vnc.got) == expected
+    assert outcome.ended is Ended.CLIENT_GONE and outcome.stats.to_sandbox == len(expected)
+
+
+async def test_a_viewer_that_stops_reading_holds_the_vnc_server_back_and_loses_nothing() -> None:
+    vnc = Vnc()
+    total = 512 << 20
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"], max_size=None, max_queue=4) as ws:  # type: ignore[list-item]
+            await handshake(ws)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+            pusher = asyncio.create_task(vnc.push(total))
+            held_back = not await asyncio.wait_for(asyncio.shield(pusher), 60)  # the viewer reads nothing meanwhile
+            assert held_back, "the VNC server wrote everything to a viewer that read nothing: nothing held it back"
+            assert vnc.pushed < BOUND, f"{vnc.pushed} bytes in flight before the gateway held the server back"
+            sent = vnc.pushed
+            received = bytearray()
+            while len(received) < sent:
+                data = await asyncio.wait_for(ws.recv(), 10)
+                assert isinstance(data, bytes)
+                received += data
+            assert received == pattern(0, sent), "bytes were lost, reordered or changed while held back"
+        outcome = await asyncio.wait_for(outcomes.get(), 10)
+    assert outcome.ended is Ended.CLIENT_GONE and outcome.stats.to_client >= sent
+
+
+async def test_a_vnc_server_that_takes_no_input_holds_the_viewer_back_then_ends_the_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay_module, "WRITE_STALL", 3.0)
+    vnc = Vnc(reading=False)
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"], max_size=None) as ws:  # type: ignore[list-item]
+            await handshake(ws)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+            sent, blob = 0, bytes(CHUNK)
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                while sent < (512 << 20):
+                    await asyncio.wait_for(ws.send(blob), STALLED)  # held back once the gateway stops reading
+                    sent += CHUNK
+            assert sent < BOUND, f"the viewer sent {sent} bytes to a VNC server that read none: no backpressure"
+            outcome = await asyncio.wait_for(outcomes.get(), 30)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+    assert outcome.ended is Ended.SANDBOX_ERROR and "took no input" in outcome.detail
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4502
+
+
+async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() -> None:
+    vnc = Vnc()
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+            await handshake(ws)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+            await ws.send("\x04é")  # as text: the gateway relays its characters as Latin-1 bytes
+            await ws.send(b"\xff\xfe", text=True)  # not UTF-8
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        outcome = await asyncio.wait_for(outcomes.get(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert outcome.ended is Ended.CLIENT_GONE
+    await asyncio.wait_for(vnc.eof.wait(), 10)
+    assert bytes(vnc.got) == FBUR + b"\x04\xe9"
+
+
+async def test_the_sandbox_closing_ends_the_relay_with_1000_after_what_it_sent() -> None:
+    vnc = Vnc()
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+            await handshake(ws)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+            assert vnc.writer is not None
+            vnc.writer.write(b"last words")
+            vnc.writer.close()
+            received = bytearray()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    data = await asyncio.wait_for(ws.recv(), 10)
+                    assert isinstance(data, bytes)
+                    received += data
+        outcome = await asyncio.wait_for(outcomes.get(), 10)
+    assert bytes(received) == b"last words", "what the server sent before closing was lost"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert outcome.ended is Ended.SANDBOX_EOF
+
+
+async def test_a_viewer_leaving_closes_the_gateways_vnc_connection() -> None:
+    vnc = Vnc()
+    async with gateway(vnc) as (url, outcomes):
+        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+            await handshake(ws)
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+        await asyncio.wait_for(vnc.eof.wait(), 10)  # the server saw the gateway's side close
+        assert (await asyncio.wait_for(outcomes.get(), 10)).ended is Ended.CLIENT_GONE
