@@ -16,12 +16,13 @@ Offered to the application as the ASGI scope extension `hearth.splice` (uvicorn.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
 from websockets.http11 import Request
+from websockets.protocol import State
 
 SPLICE = "hearth.splice"  # the ASGI scope extension's key
 
@@ -33,6 +34,15 @@ def message_bytes(message: Mapping[str, Any]) -> bytes:
         text = message.get("text")
         return text.encode("latin-1", "replace") if isinstance(text, str) else b""
     return data if isinstance(data, bytes) else bytes(data)
+
+
+def frame_header(length: int) -> bytes:
+    """The header of a final, unmasked binary frame of `length` payload bytes (RFC 6455 §5.2)."""
+    if length < 126:
+        return bytes((0x82, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x82, 126, length)
+    return struct.pack("!BBQ", 0x82, 127, length)
 
 
 class Splice(Protocol):
@@ -87,14 +97,15 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
 
     def send_now(self, data: bytes) -> None:
         """Send one binary message now; after a close or disconnect it is dropped (the relay learns of the end
-        through `receive()`)."""
-        if self.close_sent or self.disconnected:
+        through `receive()`). Without extensions a server's frame is a header and the payload as it is (RFC 6455
+        §5.2: unmasked), so the two go out in one vectored write, the payload uncopied."""
+        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
             return
-        try:
+        if self.conn.extensions:  # e.g. permessage-deflate: the library frames it
             self.conn.send_binary(data)
-        except InvalidState:  # the viewer's close frame came first
+            self.transport.write(b"".join(self.conn.data_to_send()))
             return
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.writelines((frame_header(len(data)), data))
 
     def hold(self, held: bool) -> None:
         """Stop (True) or resume (False) reading the viewer's socket: the sandbox is not taking its input."""

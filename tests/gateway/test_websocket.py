@@ -19,12 +19,13 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from hearth.fabric.dial import open_protocol
 from hearth.gateway import relay as relay_module
 from hearth.gateway.relay import Ended, Outcome, relay
 from hearth.gateway.sandbox_stream import SandboxStream
-from hearth.gateway.websocket import GatewayWebSocket
+from hearth.gateway.websocket import GatewayWebSocket, frame_header
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"vnc"
 PREAMBLE = [b"RFB 003.008\n", b"\x01", b"\x01"]  # the viewer's version, security None, ClientInit (shared)
@@ -242,3 +243,9 @@ async def test_a_viewer_leaving_closes_the_gateways_vnc_connection() -> None:
             await asyncio.wait_for(vnc.ready.wait(), 10)
         await asyncio.wait_for(vnc.eof.wait(), 10)  # the server saw the gateway's side close
         assert (await asyncio.wait_for(outcomes.get(), 10)).ended is Ended.CLIENT_GONE
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 1 << 20])
+def test_frame_header_matches_the_websocket_librarys_own_framing(length: int) -> None:
+    data = pattern(0, length)
+    assert frame_header(length) + data == Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[])
