@@ -9,7 +9,9 @@ event and per framebuffer chunk that costs more than the copy. Once both RFB han
 disconnect keep uvicorn's path (the disconnect still arrives through `receive()`).
 
 Backpressure crosses over: when the viewer's socket cannot take more, `on_writable(False)` tells the relay to stop
-reading the sandbox; when the sandbox cannot take more input, the relay holds this socket's reading (`hold`).
+reading the sandbox; when the sandbox cannot take more input, the relay holds this socket's reading (`hold`). And a
+viewer that does not read what it is sent is not read either, handshake or not: its pings would otherwise pile up
+their pongs in the gateway's memory without bound.
 
 Offered to the application as the ASGI scope extension `hearth.splice` (uvicorn.Config(ws=GatewayWebSocket)).
 """
@@ -20,6 +22,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -61,7 +64,8 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self._on_message: Callable[[bytes], None] | None = None
         self._on_writable: Callable[[bool], None] | None = None
-        self._held = False
+        self._held = False  # the relay holds this socket's reading: the sandbox takes no input
+        self._unread = False  # the viewer does not read what it is sent (the transport paused writing)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -84,10 +88,8 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
         for message in kept:
             self.queue.put_nowait(message)
         self._on_message, self._on_writable = on_message, on_writable
-        if self.read_paused:  # uvicorn paused reading until its queue was taken: it has been
-            self.read_paused = False
-            if not self._held:
-                self.transport.resume_reading()
+        self.read_paused = False  # uvicorn pauses reading until its queue is taken: it has been
+        self._sync_reading()
         return taken
 
     def unsplice(self) -> None:
@@ -109,14 +111,18 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
 
     def hold(self, held: bool) -> None:
         """Stop (True) or resume (False) reading the viewer's socket: the sandbox is not taking its input."""
-        if held == self._held:
+        if held != self._held:
+            self._held = held
+            self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """Read the socket unless uvicorn's queue waits to be taken, the relay holds it, or the viewer reads
+        nothing (pause and resume are idempotent, so this is called on each change, never per message)."""
+        if self.disconnected or self.close_sent or self.transport.is_closing():
             return
-        self._held = held
-        if self.disconnected:
-            return
-        if held:
+        if self.read_paused or self._held or self._unread:
             self.transport.pause_reading()
-        elif not self.read_paused:
+        else:
             self.transport.resume_reading()
 
     # --- uvicorn's hooks, spliced -------------------------------------------------------------------------------
@@ -139,12 +145,23 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
         else:
             deliver(data if isinstance(data, bytes) else bytes(data))
 
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():  # as uvicorn's, but reading stays held when it should be
+            self.read_paused = False
+            self._sync_reading()
+        return message
+
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._unread = True
+        self._sync_reading()
         if self._on_writable is not None:
             self._on_writable(False)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._unread = False
+        self._sync_reading()
         if self._on_writable is not None:
             self._on_writable(True)

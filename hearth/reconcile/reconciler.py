@@ -172,8 +172,8 @@ class Reconciler:
             return out
 
         for sid in await self.service.db.run(stale):
-            if self.service.is_booting(sid):
-                continue
+            if self.service.is_booting(sid) or self.service.sandboxes.get(sid) is not None:
+                continue  # this controller boots or runs its sandbox, whose end releases the lease
             await self.service.ipam.release(sid)
             report.released_leases.append(sid)
 

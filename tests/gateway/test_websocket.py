@@ -245,6 +245,38 @@ async def test_a_viewer_leaving_closes_the_gateways_vnc_connection() -> None:
         assert (await asyncio.wait_for(outcomes.get(), 10)).ended is Ended.CLIENT_GONE
 
 
+async def test_a_viewer_flooding_pings_without_reading_is_held_back() -> None:
+    """Every ping earns a pong; a viewer that never reads would pile them up in the gateway's memory. Raw socket:
+    the WebSocket upgrade by hand, then masked 125-byte pings and not one byte read."""
+    loop = asyncio.get_running_loop()
+    vnc = Vnc()
+    async with gateway(vnc) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        try:
+            upgrade = (
+                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: binary\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, upgrade.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            mask = b"\x01\x02\x03\x04"
+            ping = bytes((0x89, 0x80 | 125)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(bytes(125)))
+            batch, sent = ping * 512, 0
+            with contextlib.suppress(TimeoutError):
+                while sent < (128 << 20):
+                    await asyncio.wait_for(loop.sock_sendall(sock, batch), STALLED)
+                    sent += len(batch)
+            assert sent < BOUND, f"the gateway read {sent} bytes of pings from a viewer that read none of its pongs"
+        finally:
+            sock.close()
+
+
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 1 << 20])
 def test_frame_header_matches_the_websocket_librarys_own_framing(length: int) -> None:
     data = pattern(0, length)

@@ -10,6 +10,8 @@ rows and leases are exactly what a restarted controller finds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ import pytest
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.lifecycle.manager import AAD_PURPOSE
+from hearth.lifecycle.sandbox import Final, Kind
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns
 from hearth.store.models import CliSandboxRow, SandboxRow
@@ -134,3 +137,33 @@ async def test_a_cli_sandbox_is_adopted_with_its_home(make_settings: Callable[..
         assert mgr.get(row.owner_id) is after, "used as it is, not restarted"
         assert (clis.home_of("carol") / ".tool" / "b.json").exists()
         assert await clis.delete("carol")
+
+
+async def test_a_pass_during_a_boot_leaves_that_sandbox_and_its_lease_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A sandbox the manager is booting under a lease no session row explains yet (as a teardown's or a direct boot's
+    may be) is this controller's own: a reconciler pass in the middle of the boot neither releases its lease nor
+    reclaims its namespace (it once did, and the agent then found no namespace to enter)."""
+    settings = make_settings(HEARTH_CHROMIUM="false", HEARTH_RECONCILE_INTERVAL="3600")
+    async with running_controller(settings) as ctl:
+        svc = ctl.ctl.service
+        mgr = svc.sandboxes
+        lease = await mgr.ipam.acquire("boot-in-progress")
+        boot = asyncio.create_task(mgr.boot("boot-in-progress", Kind.SESSION, lease.slot))
+        try:
+            for _ in range(1000):  # until its namespace exists: the boot is under way
+                if netlink.netns_exists(lease.slot.netns) or boot.done():
+                    break
+                await asyncio.sleep(0.005)
+            assert mgr.is_booting("boot-in-progress"), "the boot ended before the pass could run during it"
+            report = await Reconciler(svc).run_once()
+            assert "boot-in-progress" not in report.released_leases and not report.reclaimed, report
+            sb = await asyncio.wait_for(boot, 60)
+            assert netlink.netns_exists(sb.spec.slot.netns)
+        finally:
+            if not boot.done():
+                boot.cancel()
+            with contextlib.suppress(BaseException):
+                await boot
+            await mgr.end("boot-in-progress", Final.DONE, lease.slot.index, Kind.SESSION)
