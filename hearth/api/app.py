@@ -143,6 +143,7 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
             await ctl.service.expire_due()
             await ctl.service.pool_tick()
             await ctl.clis.stop_idle()
+            await ctl.clis.install_handed_over(ctl.vault)
         except StoreError as exc:
             log.warning("housekeeping pass skipped: %s", exc.reason)
         except Exception:

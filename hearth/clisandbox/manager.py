@@ -28,11 +28,28 @@ from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind
 from hearth.sandbox.base import SandboxSpec
 from hearth.store.db import Database
-from hearth.store.models import CliSandboxRow, utcnow
-from hearth.vault.store import CredentialFile
+from hearth.store.models import CliSandboxRow, CredentialRow, SessionRow, utcnow
+from hearth.vault.keys import VaultKeyError
+from hearth.vault.seal import SealError
+from hearth.vault.store import CredentialFile, Vault
 
 log = logging.getLogger("hearth.clisandbox")
 OWNER_PREFIX = "cli-"
+HANDOVER_BACKOFF_MAX = 300.0  # seconds between tries of a hand-over that keeps failing
+
+
+class Elsewhere(HearthError):
+    """The user's CLI sandbox lives on another node (its home is on that host's disk): only that node starts, stops
+    or installs into it. A sign-in placed here hands its credentials over through the vault."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(
+            Hop.NODE,
+            f"this user's CLI sandbox lives on node {node_id}",
+            f"send this to node {node_id}, which serves it (a sign-in placed elsewhere hands its credentials over "
+            "through the vault)",
+        )
+        self.node_id = node_id
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ class CliSandboxes:
         self.sandboxes = sandboxes
         self.ipam = sandboxes.ipam
         self._locks: dict[str, asyncio.Lock] = {}
+        self._backoff: dict[tuple[str, str], float] = {}  # (user, provider) → seconds until the next try
+        self._retry_at: dict[tuple[str, str], float] = {}
 
     def home_of(self, user_id: str) -> Path:
         return self.s.data_dir / "users" / hashlib.sha256(user_id.encode()).hexdigest()[:24] / "home"
@@ -98,6 +117,8 @@ class CliSandboxes:
                 return row
 
             row = await self.db.run(load)
+            if row.node_id != self.s.node_id:  # never a second sandbox here, over another host's home
+                raise Elsewhere(row.node_id)
             owner = row.owner_id
             if row.state == "running" and self.sandboxes.get(owner) is not None and await self.sandboxes.alive(owner):
                 await self._touch(user_id)
@@ -132,6 +153,55 @@ class CliSandboxes:
             raise HearthError(Hop.AGENT, "CLI sandbox agent did not confirm the installed files", "see its agent log")
         return [str(t) for t in installed]
 
+    async def home_node(self, user_id: str) -> str | None:
+        """The node where `user_id`'s CLI sandbox lives; None before its first start."""
+        return await self.db.run(
+            lambda db: db.scalar(select(CliSandboxRow.node_id).where(CliSandboxRow.user_id == user_id))
+        )
+
+    async def install_handed_over(self, vault: Vault) -> int:
+        """Install the credentials that sign-ins on other nodes sealed for users whose CLI sandbox lives here (a
+        sign-in placed elsewhere waits for this: hearth/session/signin.py). Returns how many bundles were installed;
+        a failure is logged and retried on a later pass, backing off."""
+        mine = self.s.node_id
+
+        def due(db: Db) -> list[tuple[str, str]]:
+            rows = db.execute(
+                select(CredentialRow.user_id, CredentialRow.provider, SessionRow.node_id)
+                .join(CliSandboxRow, CliSandboxRow.user_id == CredentialRow.user_id)
+                .join(SessionRow, SessionRow.id == CredentialRow.session_id)
+                .where(CliSandboxRow.node_id == mine, CredentialRow.delivered_at.is_(None), SessionRow.node_id != mine)
+            )
+            return [(user, provider) for user, provider, _ in rows]
+
+        now = asyncio.get_running_loop().time()
+        installed = 0
+        for user_id, provider in await self.db.run(due):
+            key = (user_id, provider)
+            if self._retry_at.get(key, 0.0) > now:
+                continue
+            why: str | None = None
+            try:
+                files = await vault.open(user_id, provider)
+                if files is None:  # revoked meanwhile
+                    continue
+                await self.deliver(user_id, files)
+                await vault.mark_delivered(user_id, provider)
+            except HearthError as exc:
+                why = exc.reason
+            except (SealError, VaultKeyError) as exc:
+                why = f"this node cannot unseal them ({exc}); every node needs the same HEARTH_MASTER_KEY"
+            if why is not None:
+                wait = min(HANDOVER_BACKOFF_MAX, 2 * self._backoff.get(key, 1.0))
+                self._backoff[key], self._retry_at[key] = wait, now + wait
+                log.warning("handed-over credentials not installed: %s", why, extra={"user": user_id})
+                continue
+            self._backoff.pop(key, None)
+            self._retry_at.pop(key, None)
+            installed += 1
+            log.info("handed-over credentials installed", extra={"user": user_id, "provider": provider})
+        return installed
+
     async def remove(self, user_id: str, targets: list[str]) -> list[str]:
         """Delete `targets` (home-relative) from the user's CLI sandbox through its agent, resuming it if stopped;
         returns those that were there. A user without a CLI sandbox has nothing to remove."""
@@ -151,6 +221,8 @@ class CliSandboxes:
         """Stop the processes and free the address; the home directory stays."""
         async with self._lock(user_id):
             row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+            if row is not None and row.node_id != self.s.node_id:  # its slot number means another host's sandbox
+                raise Elsewhere(row.node_id)
             if row is None or row.state != "running" or row.slot is None:
                 return
             await self.sandboxes.end(row.owner_id, Final.DONE, row.slot, Kind.CLI)
@@ -158,8 +230,11 @@ class CliSandboxes:
 
     async def delete(self, user_id: str) -> bool:
         """Stop it and remove its home for good."""
-        if await self.db.run(lambda db: db.get(CliSandboxRow, user_id)) is None:
+        first = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+        if first is None:
             return False  # checked first: an unknown id (any string a client sends) must not leave a lock behind
+        if first.node_id != self.s.node_id:  # its home is on that host's disk
+            raise Elsewhere(first.node_id)
         await self.stop(user_id)
         row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
         if row is None:

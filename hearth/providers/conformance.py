@@ -36,6 +36,7 @@ from hearth_agent.signin import SignIn
 HOOK = Path(__file__).resolve().parents[2] / "hearth_agent" / "browser_hook.py"
 SESSION = "conformance"
 SECRET = secrets.token_hex(16)
+CODE_PROMPT_WAIT = 30.0  # seconds for the CLI to ask for the pasted code once its URL is out
 
 
 @dataclass
@@ -274,9 +275,16 @@ def follow_redirect(step: Step) -> None:
 
 
 def paste(template: str) -> Callable[[Step], None]:
-    """Paste code: the provider's page shows a code; the person pastes it (typed by the agent's code route)."""
+    """Paste code: the provider's page shows a code; the person pastes it (typed by the agent's code route) once the
+    page asks for it — when the agent saw the CLI's prompt (before that the agent answers 409, as the controller
+    does), not merely once the URL is out."""
 
     def run(step: Step) -> None:
+        deadline = time.monotonic() + CODE_PROMPT_WAIT
+        while not (status := step.signin.status({})[1]).get("awaiting_code"):
+            if status["state"] not in ("running", "url_captured") or time.monotonic() > deadline:
+                raise RuntimeError(f"the CLI did not ask for the code (state {status['state']})")
+            time.sleep(0.05)
         code, out = step.signin.code({"code": template.format(state=_query(step.url).get("state", ""))})
         if code != 200:
             raise RuntimeError(f"POST /v1/login/code → {code}: {out.get('error')}")

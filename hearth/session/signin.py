@@ -31,6 +31,8 @@ from hearth.vault.store import CredentialFile, Vault
 from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
 
 log = logging.getLogger("hearth.signin")
+HANDOVER_WAIT = 60.0  # seconds a sign-in waits for the node holding the CLI sandbox to install its credentials
+HANDOVER_POLL = 0.5  # seconds between looks at the vault meanwhile
 
 
 class CodeRefused(Exception):
@@ -198,8 +200,12 @@ class SignInFlow:
                 files = await self.vault.open(view.user_id, provider)
                 if files is None:
                     raise HearthError(Hop.DRIVER, "credentials vanished from the vault (revoked?)", "sign in again")
-                installed = await self.clis.deliver(view.user_id, files)
-                await self.vault.mark_delivered(view.user_id, provider)
+                home = await self.clis.home_node(view.user_id)
+                if home is None or home == self.service.settings.node_id:
+                    installed = await self.clis.deliver(view.user_id, files)
+                    await self.vault.mark_delivered(view.user_id, provider)
+                else:  # placed here although the CLI sandbox lives there (its node was full or down)
+                    installed = await self._handed_over(view.user_id, provider, home)
                 await self.service.advance(view.id, Status.DELIVERED, ", ".join(installed))
                 await self.service.end(
                     view.id, Status.COMPLETED, f"credentials installed in the CLI sandbox: {', '.join(installed)}"
@@ -210,6 +216,25 @@ class SignInFlow:
                 await self.service.end(
                     view.id, Status.FAILED, f"delivery to the CLI sandbox failed: {exc.reason}", exc.hop
                 )
+
+    async def _handed_over(self, user_id: str, provider: str, node_id: str) -> list[str]:
+        """Wait (bounded) until node `node_id` installed the sealed credentials in the user's CLI sandbox there
+        (CliSandboxes.install_handed_over); returns the installed targets."""
+        deadline = asyncio.get_running_loop().time() + HANDOVER_WAIT
+        while True:
+            meta = next((m for m in await self.vault.list(user_id) if m.provider == provider), None)
+            if meta is None:
+                raise HearthError(Hop.DRIVER, "credentials vanished from the vault (revoked?)", "sign in again")
+            if meta.delivered_at is not None:
+                return [f"{path} (on node {node_id})" for path in meta.files]
+            if asyncio.get_running_loop().time() >= deadline:
+                raise HearthError(
+                    Hop.NODE,
+                    f"node {node_id}, where this user's CLI sandbox lives, did not install the credentials within "
+                    f"{HANDOVER_WAIT:.0f}s",
+                    f"they stay sealed in the vault and node {node_id} installs them once it is up (hearth node list)",
+                )
+            await asyncio.sleep(HANDOVER_POLL)
 
     async def _timeout(self, session_id: str, after: float) -> None:
         await asyncio.sleep(after)
