@@ -26,6 +26,7 @@ from hearth.gateway import relay as relay_module
 from hearth.gateway.relay import Ended, Outcome, relay
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.websocket import GatewayWebSocket, frame_header
+from tests import rawws
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"vnc"
 PREAMBLE = [b"RFB 003.008\n", b"\x01", b"\x01"]  # the viewer's version, security None, ClientInit (shared)
@@ -246,28 +247,16 @@ async def test_a_viewer_leaving_closes_the_gateways_vnc_connection() -> None:
 
 
 async def test_a_viewer_flooding_pings_without_reading_is_held_back() -> None:
-    """Every ping earns a pong; a viewer that never reads would pile them up in the gateway's memory. Raw socket:
-    the WebSocket upgrade by hand, then masked 125-byte pings and not one byte read."""
+    """Every ping earns a pong; a viewer that never reads would pile them up in the gateway's memory. A raw client
+    (tests/rawws.py): the upgrade, then masked 125-byte pings and not one byte read."""
     loop = asyncio.get_running_loop()
     vnc = Vnc()
     async with gateway(vnc) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
-        sock = socket.create_connection(("127.0.0.1", port))
+        sock, _ = await asyncio.to_thread(rawws.connect, "127.0.0.1", port, "/ws")
         sock.setblocking(False)
         try:
-            upgrade = (
-                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Protocol: binary\r\n\r\n"
-            )
-            await loop.sock_sendall(sock, upgrade.encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
-            assert head.startswith(b"HTTP/1.1 101"), head
-            mask = b"\x01\x02\x03\x04"
-            ping = bytes((0x89, 0x80 | 125)) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(bytes(125)))
-            batch, sent = ping * 512, 0
+            batch, sent = rawws.frame(rawws.OP_PING, bytes(125)) * 512, 0
             with contextlib.suppress(TimeoutError):
                 while sent < (128 << 20):
                     await asyncio.wait_for(loop.sock_sendall(sock, batch), STALLED)
