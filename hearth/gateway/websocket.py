@@ -154,14 +154,15 @@ class GatewayWebSocket(WebSocketsSansIOProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._unread = True
-        self._sync_reading()
-        if self._on_writable is not None:
-            self._on_writable(False)
+        self._writable(False)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._unread = False
+        self._writable(True)
+
+    def _writable(self, writable: bool) -> None:
+        """The viewer stopped (False) or resumed taking output: hold our reading of it, and tell the relay."""
+        self._unread = not writable
         self._sync_reading()
         if self._on_writable is not None:
-            self._on_writable(True)
+            self._on_writable(writable)

@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import pytest
 import uvicorn
@@ -20,6 +21,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.typing import Subprotocol
 
 from hearth.fabric.dial import open_protocol
 from hearth.gateway import relay as relay_module
@@ -40,6 +42,36 @@ def pattern(start: int, n: int) -> bytes:
     return bytes((start + i) % 251 for i in range(n))
 
 
+async def serve_rfb_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The server's side of RFB 3.8 with security None, up to its ServerInit."""
+    writer.write(b"RFB 003.008\n")
+    await reader.readexactly(12)
+    writer.write(b"\x01\x01")
+    await reader.readexactly(1)
+    writer.write(struct.pack(">I", 0))
+    await reader.readexactly(1)
+    writer.write(SERVER_INIT)
+
+
+class Serves(Protocol):
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None: ...
+
+
+class EchoVnc:
+    """A loopback RFB server for any number of connections: after the handshake it echoes what it gets."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await serve_rfb_handshake(reader, writer)
+            while data := await reader.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
 @dataclass
 class Vnc:
     """A loopback RFB 3.8 server for one connection: after the handshake it records what it gets (unless
@@ -54,13 +86,7 @@ class Vnc:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(b"RFB 003.008\n")
-            await reader.readexactly(12)
-            writer.write(b"\x01\x01")
-            await reader.readexactly(1)
-            writer.write(struct.pack(">I", 0))
-            await reader.readexactly(1)
-            writer.write(SERVER_INIT)
+            await serve_rfb_handshake(reader, writer)
             self.writer = writer
             self.ready.set()
             if not self.reading:
@@ -89,7 +115,7 @@ class Vnc:
 
 
 @contextlib.asynccontextmanager
-async def gateway(vnc: Vnc) -> AsyncIterator[tuple[str, asyncio.Queue[Outcome]]]:
+async def gateway(vnc: Serves) -> AsyncIterator[tuple[str, asyncio.Queue[Outcome]]]:
     """uvicorn (hearth's WebSocket protocol) with one route: accept, dial the stand-in, relay, close."""
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     vnc_server = await asyncio.start_server(vnc.serve, "127.0.0.1", 0)
@@ -123,6 +149,19 @@ async def gateway(vnc: Vnc) -> AsyncIterator[tuple[str, asyncio.Queue[Outcome]]]
         await vnc_server.wait_closed()
 
 
+async def viewer(url: str, vnc: Vnc | None = None, **options: Any) -> ClientConnection:
+    """A viewer through the gateway with both RFB handshakes done (and `vnc`'s side reached); `async with` it."""
+    ws = await connect(url, subprotocols=[Subprotocol("binary")], **options)
+    try:
+        await handshake(ws)
+        if vnc is not None:
+            await asyncio.wait_for(vnc.ready.wait(), 10)
+    except BaseException:
+        await ws.close()
+        raise
+    return ws
+
+
 async def handshake(ws: ClientConnection) -> None:
     """The viewer's side of the RFB handshake (then a framebuffer update request)."""
     got = bytearray()
@@ -139,7 +178,7 @@ async def handshake(ws: ClientConnection) -> None:
 async def test_a_burst_sent_before_the_splice_arrives_whole_and_in_order() -> None:
     vnc = Vnc()
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
+        async with connect(url, subprotocols=[Subprotocol("binary")]) as ws:
             messages = [*PREAMBLE, FBUR, *(struct.pack(">BxxxI", 4, i) for i in range(300))]  # key events
             for message in messages:  # all at once, before the gateway has answered anything
                 await ws.send(message)
@@ -154,13 +193,35 @@ async def test_a_burst_sent_before_the_splice_arrives_whole_and_in_order() -> No
     assert outcome.ended is Ended.CLIENT_GONE and outcome.stats.to_sandbox == len(expected)
 
 
+async def test_100_viewers_at_once_each_get_exactly_their_own_bytes_back() -> None:
+    """The splice keeps no state between connections: 100 concurrent viewers through one gateway to an echoing VNC
+    server, each sending its own bytes in many messages, each gets back exactly its own, in order."""
+    async with gateway(EchoVnc()) as (url, outcomes):
+
+        async def one(i: int) -> bytes:
+            async with await viewer(url) as ws:
+                got = bytearray()
+                want = b"".join(struct.pack(">BxxxI", 4, i * 1000 + k) for k in range(50))  # key events
+                for k in range(0, len(want), 8):
+                    await ws.send(want[k : k + 8])
+                while len(got) < len(FBUR) + len(want):
+                    data = await asyncio.wait_for(ws.recv(), 30)
+                    assert isinstance(data, bytes)
+                    got += data
+                assert bytes(got) == FBUR + want, f"viewer {i} got another's bytes or lost some"
+                return bytes(got)
+
+        results = await asyncio.gather(*(one(i) for i in range(100)))
+        ends = [await asyncio.wait_for(outcomes.get(), 30) for _ in range(100)]
+    assert len(set(results)) == 100
+    assert all(o.ended is Ended.CLIENT_GONE for o in ends), {o.ended for o in ends}
+
+
 async def test_a_viewer_that_stops_reading_holds_the_vnc_server_back_and_loses_nothing() -> None:
     vnc = Vnc()
     total = 512 << 20
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"], max_size=None, max_queue=4) as ws:  # type: ignore[list-item]
-            await handshake(ws)
-            await asyncio.wait_for(vnc.ready.wait(), 10)
+        async with await viewer(url, vnc, max_size=None, max_queue=4) as ws:
             pusher = asyncio.create_task(vnc.push(total))
             held_back = not await asyncio.wait_for(asyncio.shield(pusher), 60)  # the viewer reads nothing meanwhile
             assert held_back, "the VNC server wrote everything to a viewer that read nothing: nothing held it back"
@@ -182,9 +243,7 @@ async def test_a_vnc_server_that_takes_no_input_holds_the_viewer_back_then_ends_
     monkeypatch.setattr(relay_module, "WRITE_STALL", 3.0)
     vnc = Vnc(reading=False)
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"], max_size=None) as ws:  # type: ignore[list-item]
-            await handshake(ws)
-            await asyncio.wait_for(vnc.ready.wait(), 10)
+        async with await viewer(url, vnc, max_size=None) as ws:
             sent, blob = 0, bytes(CHUNK)
             with contextlib.suppress(TimeoutError, ConnectionClosed):
                 while sent < (512 << 20):
@@ -201,9 +260,7 @@ async def test_a_vnc_server_that_takes_no_input_holds_the_viewer_back_then_ends_
 async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() -> None:
     vnc = Vnc()
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
-            await handshake(ws)
-            await asyncio.wait_for(vnc.ready.wait(), 10)
+        async with await viewer(url, vnc) as ws:
             await ws.send("\x04é")  # as text: the gateway relays its characters as Latin-1 bytes
             await ws.send(b"\xff\xfe", text=True)  # not UTF-8
             with pytest.raises(ConnectionClosed) as closed:
@@ -218,9 +275,7 @@ async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() 
 async def test_the_sandbox_closing_ends_the_relay_with_1000_after_what_it_sent() -> None:
     vnc = Vnc()
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
-            await handshake(ws)
-            await asyncio.wait_for(vnc.ready.wait(), 10)
+        async with await viewer(url, vnc) as ws:
             assert vnc.writer is not None
             vnc.writer.write(b"last words")
             vnc.writer.close()
@@ -239,9 +294,8 @@ async def test_the_sandbox_closing_ends_the_relay_with_1000_after_what_it_sent()
 async def test_a_viewer_leaving_closes_the_gateways_vnc_connection() -> None:
     vnc = Vnc()
     async with gateway(vnc) as (url, outcomes):
-        async with connect(url, subprotocols=["binary"]) as ws:  # type: ignore[list-item]
-            await handshake(ws)
-            await asyncio.wait_for(vnc.ready.wait(), 10)
+        ws = await viewer(url, vnc)
+        await ws.close()  # the viewer leaves once the relay runs
         await asyncio.wait_for(vnc.eof.wait(), 10)  # the server saw the gateway's side close
         assert (await asyncio.wait_for(outcomes.get(), 10)).ended is Ended.CLIENT_GONE
 
