@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session as Db
 
@@ -344,10 +345,8 @@ class SandboxManager:
             log.warning("kept sandbox not marked (store unavailable)", extra={"session_id": owner})
 
     async def _delete_row_quietly(self, owner: str) -> None:
-        def delete(db: Db) -> None:
-            row = db.get(SandboxRow, owner)
-            if row is not None:
-                db.delete(row)
+        def delete(db: Db) -> None:  # one statement: a concurrent end that deleted it first is success, not a race
+            db.execute(sql_delete(SandboxRow).where(SandboxRow.owner_id == owner))
 
         try:
             await self.db.run(delete)
