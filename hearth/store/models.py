@@ -51,6 +51,8 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # where the person goes back to when the sign-in ends (POST /api/auth/start `return_url`; an allowed origin)
+    return_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class LeaseRow(Base):
