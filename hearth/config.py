@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     api_listen: str = "127.0.0.1:4000"
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     public_url: str = ""
+    # the web application's origins (hearth/gateway/embed.py): may frame the viewer page, get its postMessage events,
+    # and be a session's return_url; empty: the page is framed by hearth only and return_url is refused
+    embed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str = ""
     fabric_netns: str = "hearth"
@@ -155,6 +158,13 @@ class Settings(BaseSettings):
     # ---- derived, pure ----------------------------------------------------------------------------
     @property
     def prefixlen(self) -> int:
+    @field_validator("embed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        from hearth.gateway.embed import parse_origins
+
+        return parse_origins(value) if isinstance(value, str | tuple | list) else value
+
         return self.internal_network.prefixlen
 
     @property
