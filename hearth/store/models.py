@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -174,3 +175,33 @@ class NodeRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutboxRow(Base):
+    """One webhook to send (hearth/webhooks): written in the same transaction as the state change it reports, sent
+    at least once, in order per `stream` (a session: its states and the credentials it sealed), retried with back-off.
+    A sender claims a row (`claimed_by` until `claimed_until`), so several nodes share the outbox without sending a
+    row twice at once."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+        Index("ix_webhook_outbox_stream", "stream", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # the order within a stream
+    msg_id: Mapped[str] = mapped_column(String(40), unique=True)  # webhook-id: the same on every retry
+    stream: Mapped[str] = mapped_column(String(240))
+    type: Mapped[str] = mapped_column(String(64))  # e.g. session.ready, credential.sealed
+    body: Mapped[str] = mapped_column(Text)  # the JSON sent, byte for byte (the signature covers it)
+    node_id: Mapped[str] = mapped_column(String(64))  # the node whose state change it reports
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the receiver's HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
