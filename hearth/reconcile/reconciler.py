@@ -4,8 +4,10 @@
    controller: each one whose session is live, whose processes still run and whose agent answers with the stored
    secret is adopted; any other is failed (its session, with the logged reason) and removed. A sandbox row with no
    session row is removed with a logged reason. Kept (HEARTH_KEEP_FAILED) sandboxes are left alone.
-2. Sessions the store calls active but no sandbox backs: a boot interrupted by a restart, or a row with no sandbox,
-   is failed with a reason.
+2. Sessions the store calls active but no sandbox backs: one still `queued` (admitted, its lease held, its boot not
+   begun) joins this controller's boot queue again, oldest first, and boots in its turn; a boot the restart
+   interrupted (`starting`: its sandbox half built, and possibly what brought the controller down) or a row with no
+   sandbox is failed with a reason, and whatever the boot left is removed.
 3. Leases held by ended or unknown sessions are released (not those of kept sandboxes).
 3. Resources hearth named (namespaces, ports, directories) whose slot no active session leases are reclaimed. Their
    slots are quarantined by a lease first, so no new session can be handed a slot while its leftovers are being
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +45,7 @@ QUARANTINE = "reclaim-"
 @dataclass
 class Report:
     failed_sessions: list[str] = field(default_factory=list)
+    readmitted_sessions: list[str] = field(default_factory=list)  # `queued` at the restart: booted now
     adopted_sessions: list[str] = field(default_factory=list)
     adopted_cli: list[str] = field(default_factory=list)
     adopted_pooled: list[str] = field(default_factory=list)
@@ -77,7 +81,7 @@ class Reconciler:
             ):
                 if n:
                     m.labels(name).inc(n)
-            if report.actions:
+            if report.actions or report.readmitted_sessions:
                 log.info("reconciled", extra={"report": report.__dict__})
             return report
 
@@ -139,8 +143,11 @@ class Reconciler:
 
     async def _sessions(self, report: Report) -> None:
         svc = self.service
-        for view in await svc.list_active():
+        for view in sorted(await svc.list_active(), key=lambda v: _aware(v.created_at)):  # oldest first: line order
             if svc.is_booting(view.id) or svc.is_unrecorded(view.id) or svc.sandboxes.get(view.id) is not None:
+                continue
+            if svc.readmit(view):  # `queued`: admitted, never begun — it boots now, in its turn
+                report.readmitted_sessions.append(view.id)
                 continue
             if view.status.booting or view.slot is None:
                 reason = "[driver] the controller restarted while this sandbox was booting"
@@ -229,3 +236,7 @@ class Reconciler:
         await ports.remove_port(self.settings, slot.tap_name)
         await asyncio.to_thread(netlink.remove_netns, slot.netns)
         await asyncio.to_thread(shutil.rmtree, svc.sandboxes.spec(f"{QUARANTINE}{index}", slot).workdir, True)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

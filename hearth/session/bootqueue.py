@@ -5,7 +5,8 @@ some miss their readiness deadline; one or two at a time each take a fraction of
 whole storm sooner and every boot keeps its own deadline (which starts when its turn comes, not at create).
 
 Live boots (a person waits) go before background ones (the warm pool's refills): FIFO within a priority. The queue
-is this controller's memory only: after a restart, queued sessions are ended by the reconciler like booting ones.
+is this controller's memory only: after a restart the reconciler puts the sessions still `queued` in the store back in
+line, oldest first (`SessionService.readmit`); boots the restart interrupted are failed.
 """
 
 from __future__ import annotations

@@ -298,6 +298,21 @@ class SessionService:
         )
         return SessionView.of(row)
 
+    def readmit(self, view: SessionView) -> bool:
+        """Boot a session the previous controller admitted but never began to boot (`queued` when it stopped, its
+        lease held): it joins this controller's boot queue again (the reconciler calls this oldest first, so the
+        line keeps its order). Returns False when it is not such a session or this controller already boots it."""
+        if view.status is not Status.QUEUED or view.slot is None or self._closing or self.is_booting(view.id):
+            return False
+        self.boot_queue.enter(view.id)
+        t0 = time.monotonic() - max(0.0, (datetime.now(UTC) - _aware(view.created_at)).total_seconds())
+        self._boots[view.id] = asyncio.create_task(
+            self._boot(view.id, self.ipam.slot(view.slot), view.mode, t0, view.provider, True),
+            name=f"boot-{view.id}",
+        )
+        log.info("queued session admitted again after a controller restart", extra={"session_id": view.id})
+        return True
+
     async def cancel(self, session_id: str) -> SessionView:
         return await self.end(session_id, Status.CANCELLED, "cancelled by the API client")
 

@@ -1,0 +1,84 @@
+"""Sessions still `queued` when the controller is killed -9 boot after the restart (issue 20, item 4): they were
+admitted (limits, lease, row) but their boot had not begun, so the next controller puts them back in its boot queue,
+oldest first, instead of failing them. A boot the kill interrupted (`starting`) is failed with a reason and removed.
+
+The controller is a real separate process (`hearth serve`, tests/restartkit.py) with one boot at a time
+(HEARTH_MAX_BOOTS=1), so every create after the first waits in line.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.reconcile.inventory import scan_sync
+from hearth.store.db import Database
+from hearth.store.models import EventRow, LeaseRow, SessionRow
+from tests.restartkit import Controller, sandbox_pids
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+CREATES = 4
+
+
+def _rows(db: Database) -> dict[str, tuple[str, str | None]]:
+    return db.call(lambda d: {r.id: (r.status, r.reason) for r in d.query(SessionRow).all()})
+
+
+def test_queued_sessions_boot_after_kill_9(restart_settings: Settings, tmp_path: Path) -> None:
+    s = restart_settings
+    log = tmp_path / "controller.log"
+    ctl = Controller(s, log, CREATES, extra_env={"HEARTH_MAX_BOOTS": "1", "HEARTH_RECONCILE_INTERVAL": "3600"})
+    db = Database(s.db_url)
+    try:
+        ctl.start()
+        with httpx.Client(base_url=ctl.base, headers=ctl.headers, timeout=10) as http:
+            answers = [http.post("/api/auth/start", json={"user_id": f"q{i}"}) for i in range(CREATES)]
+        ctl.stop(signal.SIGKILL, 10)
+    finally:
+        ctl.kill()
+    for r in answers:
+        assert r.status_code == 201, r.text
+    at_kill = _rows(db)
+    queued = sorted(sid for sid, (status, _) in at_kill.items() if status == "queued")
+    # One boot at a time and creates far faster than a boot: the line cannot have emptied before the kill.
+    assert queued, f"no session was queued when the controller was killed: {at_kill}"
+    leased = db.call(lambda d: {r.session_id for r in d.query(LeaseRow).all()})
+    assert set(queued) <= leased, "a queued session holds its lease across the kill"
+
+    try:
+        ctl.start()  # /health does not wait for the reconciler
+        deadline = time.monotonic() + 180
+        rows = _rows(db)
+        while time.monotonic() < deadline:
+            rows = _rows(db)
+            if all(status in ("ready", "failed") for status, _ in rows.values()):
+                break
+            time.sleep(0.5)
+        for sid in queued:  # every session that was waiting in line was booted, none failed
+            assert rows[sid] == ("ready", None), (sid, rows[sid])
+        for sid, (status, reason) in rows.items():
+            if sid not in queued:  # the one booting (or already ready) at the kill: adopted, or failed with a reason
+                assert status == "ready" or (status == "failed" and reason and "restarted" in reason), (sid, status)
+        for sid in queued:  # its timeline: queued → starting → ready, under the second controller
+            names = db.call(
+                lambda d, i=sid: [
+                    e.name for e in d.query(EventRow).filter(EventRow.session_id == i, EventRow.kind == "state")
+                ]  # type: ignore[misc]
+            )
+            assert names[-2:] == ["starting", "ready"], names
+        assert "queued session admitted again after a controller restart" in log.read_text()
+        ready = [sid for sid, (status, _) in rows.items() if status == "ready"]
+        assert len(scan_sync(s).netns) == len(ready)
+        with httpx.Client(base_url=ctl.base, headers=ctl.headers, timeout=60) as http:
+            for sid in ready:
+                assert http.post(f"/api/auth/session/{sid}/cancel").json()["status"] == "cancelled"
+    finally:
+        ctl.stop(signal.SIGTERM)
+    assert scan_sync(s).slots() == set()
+    assert sandbox_pids(s) == []
+    assert db.call(lambda d: d.query(LeaseRow).count()) == 0
