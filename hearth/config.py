@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     master_key: str = ""
     fabric_open_ports: Annotated[tuple[int, ...], NoDecode] = ()  # extra TCP ports sandboxes may reach on BRIDGE_IP
     example_issuer: str = ""
+    # webhooks (hearth/webhooks): session and credential state changes POSTed here, Standard Webhooks signed
+    webhook_url: str = ""
+    webhook_secret: str = Field("", repr=False)  # whsec_<base64 of 24-64 random bytes>; never logged
     signin_mode: SigninModeName = "remote_browser"  # default of POST /api/auth/start (per-request `mode` overrides)
     cli_idle_timeout: float = Field(900.0, gt=0)
     image_dir: Path | None = None  # default <data_dir>/image: vmlinux, bzImage, initrd.img, rootfs.ext4
@@ -155,9 +158,6 @@ class Settings(BaseSettings):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
 
-    # ---- derived, pure ----------------------------------------------------------------------------
-    @property
-    def prefixlen(self) -> int:
     @field_validator("embed_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
@@ -165,6 +165,9 @@ class Settings(BaseSettings):
 
         return parse_origins(value) if isinstance(value, str | tuple | list) else value
 
+    # ---- derived, pure ----------------------------------------------------------------------------
+    @property
+    def prefixlen(self) -> int:
         return self.internal_network.prefixlen
 
     @property
@@ -296,12 +299,55 @@ def consistency_problems(s: Settings) -> list[str]:
                 problems.append("HEARTH_TOKEN_SECRET: each key must be at least 16 bytes (e.g. openssl rand -hex 32)")
         except ValueError as exc:
             problems.append(str(exc))
+    problems += _format_problems(s)
+    bad_ports = [p for p in s.fabric_open_ports if not 1 <= p <= 65535]
+    if bad_ports:
+        problems.append(
+            f"HEARTH_FABRIC_OPEN_PORTS: {', '.join(map(str, bad_ports))} is not a TCP port; "
+            "give comma-separated ports 1-65535, e.g. 8443,9000"
+        )
     if s.node_dead_after <= 2 * s.node_heartbeat:
         problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
+    from hearth.webhooks.checks import webhook_problems
+
+    problems += webhook_problems(s.webhook_url, s.webhook_secret)
     try:
         parse_pool_sizes(s.warm_pool)
     except ValueError as exc:
         problems.append(str(exc))
+    return problems
+
+
+def _format_problems(s: Settings) -> list[str]:
+    """Values read as text that other parts parse later (a bad one once passed the check and failed at start)."""
+    problems = []
+    _, _, port = s.api_listen.rpartition(":")
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        problems.append(f"HEARTH_API_LISTEN={s.api_listen!r}: the port must be 1-65535, e.g. 127.0.0.1:4000")
+    if not re.match(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}x(8|15|16|24|30|32)$", s.screen):
+        problems.append(f"HEARTH_SCREEN={s.screen!r} must be WIDTHxHEIGHTxDEPTH, e.g. 1280x800x24")
+    if s.public_url and not re.match(r"^https?://[^\s/]+(/\S*)?$", s.public_url):
+        problems.append(f"HEARTH_PUBLIC_URL={s.public_url!r} must be an http(s) URL, e.g. https://example.com/hearth")
+    if s.database_url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(s.database_url).get_backend_name()
+        except (ArgumentError, ValueError):
+            backend = ""
+        if backend not in ("sqlite", "postgresql"):
+            problems.append(
+                "HEARTH_DATABASE_URL must be a PostgreSQL or SQLite URL, e.g. "
+                "postgresql+psycopg://user:pass@host/db (or leave it unset for SQLite in the data dir)"
+            )
+    if s.master_key:
+        from hearth.vault.keys import VaultKeyError, parse_key
+
+        try:
+            parse_key(s.master_key)
+        except VaultKeyError as exc:
+            problems.append(f"{exc} (e.g. openssl rand -base64 32)")
     return problems
 
 
@@ -360,11 +406,24 @@ def origins(
         var = _variable_for(name)
         source = "env" if var in env else ".env" if var in file_vars else "default"
         value: Any = getattr(settings, name)
-        if name in ("api_keys", "token_secret", "master_key") and value:
+        if name in ("api_keys", "token_secret", "master_key", "webhook_secret") and value:
             shown = "<set, hidden>"
+        elif name == "database_url" and value:
+            shown = _without_password(value)
         elif isinstance(value, tuple):
-            shown = ",".join(value)
+            shown = ",".join(str(v) for v in value)
         else:
             shown = str(value)
         out.append(Origin(name, var, shown, source))
     return out
+
+
+def _without_password(url: str) -> str:
+    """A database URL as shown: its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<set, unparsable>"

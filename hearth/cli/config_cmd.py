@@ -41,6 +41,7 @@ def check(
     for col in ("variable", "value", "source"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.variable, r.value, r.source if r.source == "default" else f"[green]{r.source}[/]")
+        value = escape(r.value)  # a value is text, never rich markup ("[/]" in a URL once crashed the check)
+        table.add_row(r.variable, value, r.source if r.source == "default" else f"[green]{r.source}[/]")
     out.print(table)
     out.print("[green]configuration OK[/]")
