@@ -248,26 +248,75 @@ async def ruleset(ctx: Context) -> Finding:
 
 async def layer2(ctx: Context) -> Finding:
     """Table bridge hearth is in place as computed, and whether a port tried to send as someone else since the
-    last look (the counters are read and reset: each attempt is reported once)."""
+    last look (the counters are read and reset: each attempt is reported once). Drops are attributed to the port
+    that sent them: a session's report looks at its own sandbox's port (and at ports hearth did not name, which are
+    no sandbox's) and leaves the other sandboxes' drops to their own reports; the host report takes them all."""
     s, ns = ctx.settings, ctx.fabric
-    ours = _table_items(await ruleset_of(ctx), nft.L2_FAMILY, nft.FABRIC_TABLE)
+    listed = await ruleset_of(ctx)
+    ours = _table_items(listed, nft.L2_FAMILY, nft.FABRIC_TABLE)
     if not ours:
         return Finding.bad(f"table bridge hearth missing in {ns}: sandboxes could spoof ARP/IP of others", UP)
     if nft.normalize(ours) != nft.normalize(nft.l2_ruleset(s)):
         return Finding.bad("table bridge hearth differs from the ruleset computed from the settings", UP)
-    drops = await nft.take_l2_drops(ns, timeout=1.0) or dict.fromkeys(nft.L2_DROPS, 0)
+    if ctx.target is not None:
+        return await _layer2_of_port(ctx, ctx.target.port, nft.l2_drops_by_port(ours))
+    counters = await nft.take_l2_counters(ns, timeout=1.0) or []
+    drops, by_port = nft.l2_drops(counters), nft.l2_drops_by_port(counters)
     if drops["arp_spoof"] or drops["ip_spoof"]:
         return Finding.bad(
             f"spoofing attempt seen: {drops['arp_spoof']} ARP and {drops['ip_spoof']} IPv4 frame(s) with another "
-            f"slot's MAC/address dropped at the bridge since the last check ({drops['not_ipv4']} non-IPv4 too)",
-            f"find the port: `tcpdump -eni <port> arp` in the fabric namespace ({ns}); the sandbox behind it is "
-            "hostile — end its session (reported once: the counters were reset)",
+            f"slot's MAC/address dropped at the bridge since the last check ({drops['not_ipv4']} non-IPv4 too), "
+            f"sent by {_senders(by_port)}",
+            f"the sandbox behind each port named is hostile — end its session (`hearth doctor <session>` names it "
+            f"from its side); a port hearth did not name is no sandbox: find it with `ip -n {ns} link show master "
+            f"{s.bridge_device}` (reported once: the counters were reset)",
             hop=Hop.ARP,
-            data=drops,
+            data={**drops, "ports": by_port},
         )
     return Finding.good(
         f"layer 2 pinned per port (MAC + address); nothing spoofed since the last check: {drops}", data=drops
     )
+
+
+async def _layer2_of_port(ctx: Context, port: str, listed: dict[str, dict[str, int]]) -> Finding:
+    """One session's view: the spoofing its own port sent (and any from ports hearth did not name), read and reset;
+    what other sandboxes' ports sent is theirs — counted, named, left for their own reports."""
+    ns = ctx.fabric
+    taken = await nft.take_port_drops(ns, (port, nft.UNNAMED), timeout=1.0)
+    own, unnamed = taken[port], taken[nft.UNNAMED]
+    others = sum(sum(n.values()) for p, n in listed.items() if p not in (port, nft.UNNAMED))
+    elsewhere = f"; {others} frame(s) spoofed by other sandboxes' ports are theirs, not this one's" if others else ""
+    data = {"port": port, **own, "unnamed": unnamed, "other_ports": others}
+    if any(own.values()):
+        return Finding.bad(
+            f"spoofing attempt seen from this sandbox's port {port}: {own['arp_spoof']} ARP and {own['ip_spoof']} "
+            "IPv4 frame(s) with another slot's MAC/address dropped at the bridge since the last check",
+            "the sandbox of this session sends as someone else: it is hostile or broken — end this session "
+            "(reported once: the counters were reset)",
+            hop=Hop.ARP,
+            data=data,
+        )
+    if any(unnamed.values()):
+        return Finding.bad(
+            f"spoofing attempt seen from a port hearth did not name (no sandbox): {unnamed['arp_spoof']} ARP and "
+            f"{unnamed['ip_spoof']} IPv4 frame(s) dropped at the bridge since the last check",
+            f"something else is attached to the bridge: find it with `ip -n {ns} link show master "
+            f"{ctx.settings.bridge_device}` and remove it (reported once: the counters were reset)",
+            hop=Hop.ARP,
+            data=data,
+        )
+    return Finding.good(
+        f"layer 2 pinned per port (MAC + address); this sandbox's port {port} spoofed nothing since the last "
+        f"check{elsewhere}",
+        data=data,
+    )
+
+
+def _senders(by_port: dict[str, dict[str, int]]) -> str:
+    named = [f"port {p} (slot {i[1]})" if (i := link_index(p)) else f"port {p}" for p in by_port if p != nft.UNNAMED]
+    if nft.UNNAMED in by_port:
+        named.append("a port hearth did not name (no sandbox)")
+    return ", ".join(named) or "no port on record"
 
 
 async def pool(ctx: Context) -> Finding:

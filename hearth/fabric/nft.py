@@ -25,6 +25,8 @@ FABRIC_FAMILY = "inet"
 FABRIC_TABLE = "hearth"
 L2_FAMILY = "bridge"  # table `bridge hearth` (same name, another family): what each bridge port may send
 L2_DROPS = ("arp_spoof", "ip_spoof", "not_ipv4")  # comments of the L2 drop rules (their counters go to the doctor)
+L2_SPOOFS = L2_DROPS[:2]  # also counted per bridge port ("arp_spoof.<port>", "….unnamed"): drops are attributed
+UNNAMED = "unnamed"  # the per-port counter of ports hearth did not name (no slot: not a sandbox)
 ROOT_FAMILY = "ip"
 OWNED_PREFIX = "hearth"  # every table this module may write is named hearth or hearth_<fabric>
 NFT_TIMEOUT = 10.0
@@ -140,27 +142,67 @@ def l2_ruleset(settings: Settings) -> list[Obj]:
       - IPv4 whose (port, Ethernet source, source address) is not the slot's: dropped (`ip_spoof`);
       - anything but IPv4 and ARP (IPv6, raw Ethernet, …): dropped (`not_ipv4`).
     A port hearth did not name matches no element, so everything it sends is dropped.
+
+    Spoofing drops are also counted per port, so the doctor names the port (the sandbox) that sent them: a spoofed
+    frame jumps to chain `drop_<kind>`, which counts it on the sending port's counter `<kind>.<port>` (objref map
+    `<kind>_ports`) — or, for a port hearth did not name, on `<kind>.unnamed` — and drops it.
     """
     t = _Table(L2_FAMILY, FABRIC_TABLE)
     elems: list[Obj] = []
+    names: list[str] = []
     for i in range(settings.pool_size):
         slot = slot_for(settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, i)
         for port in (slot.veth_host, slot.tap_name):
             elems.append(_concat(port, slot.mac, str(slot.ip)))
+            names.append(port)
     base = {"family": L2_FAMILY, "table": FABRIC_TABLE}
     t.objects.append({"set": {**base, "name": "ports", "type": ["ifname", "ether_addr", "ipv4_addr"], "elem": elems}})
     for name in L2_DROPS:  # named counters: the doctor reads and resets them (take_l2_drops)
         t.objects.append({"counter": {**base, "name": name}})
-    t.chain("prerouting", "prerouting", prio=-200)
     iif = {"meta": {"key": "iifname"}}
+    for kind in L2_SPOOFS:  # per port: `<kind>.<port>` through map `<kind>_ports`, else `<kind>.unnamed`
+        for port in [*names, UNNAMED]:
+            t.objects.append({"counter": {**base, "name": port_counter(kind, port)}})
+        pairs = [[port, port_counter(kind, port)] for port in names]
+        t.objects.append({"map": {**base, "name": f"{kind}_ports", "type": "ifname", "map": "counter", "elem": pairs}})
+        t.objects.append({"chain": {**base, "name": f"drop_{kind}"}})
+        t.rule(f"drop_{kind}", {"counter": {"map": {"key": iif, "data": f"@{kind}_ports"}}}, _DROP)  # miss: next
+        t.rule(f"drop_{kind}", {"counter": port_counter(kind, UNNAMED)}, _DROP)
+    t.chain("prerouting", "prerouting", prio=-200)
     arp_ip = _field("arp", "saddr ip")
+    spoofed = {kind: {"jump": {"target": f"drop_{kind}"}} for kind in L2_SPOOFS}
     for sender in (_field("arp", "saddr ether"), _field("ether", "saddr")):
-        t.rule("prerouting", _match(_concat(iif, sender, arp_ip), "@ports", "!="), {"counter": L2_DROPS[0]}, _DROP)
+        t.rule(
+            "prerouting",
+            _match(_concat(iif, sender, arp_ip), "@ports", "!="),
+            {"counter": L2_DROPS[0]},
+            spoofed[L2_DROPS[0]],
+        )
     ip_src = _concat(iif, _field("ether", "saddr"), _field("ip", "saddr"))
-    t.rule("prerouting", _match(ip_src, "@ports", "!="), {"counter": L2_DROPS[1]}, _DROP)
+    t.rule("prerouting", _match(ip_src, "@ports", "!="), {"counter": L2_DROPS[1]}, spoofed[L2_DROPS[1]])
     ethertype = _field("ether", "type")
     t.rule("prerouting", _match(ethertype, {"set": ["ip", "arp"]}, "!="), {"counter": L2_DROPS[2]}, _DROP)
     return t.objects
+
+
+def port_counter(kind: str, port: str) -> str:
+    """The name of the counter of spoofing drops of `kind` sent by bridge port `port` (or UNNAMED)."""
+    return f"{kind}.{port}"
+
+
+def l2_drops_by_port(items: Iterable[Obj]) -> dict[str, dict[str, int]]:
+    """Per bridge port (UNNAMED: ports hearth did not name), the spoofing drops it sent, from a listing of table
+    `bridge hearth`'s counters: only ports with at least one drop."""
+    out: dict[str, dict[str, int]] = {}
+    for item in items:
+        counter = item.get("counter")
+        if not isinstance(counter, dict) or "." not in str(counter.get("name", "")):
+            continue
+        kind, _, port = str(counter["name"]).partition(".")
+        packets = int(counter.get("packets", 0))
+        if kind in L2_SPOOFS and packets:
+            out.setdefault(port, dict.fromkeys(L2_SPOOFS, 0))[kind] += packets
+    return out
 
 
 def l2_drops(items: Iterable[Obj]) -> dict[str, int]:
@@ -240,15 +282,15 @@ def normalize(items: Iterable[Obj]) -> list[Obj]:
     out: list[Obj] = []
     for item in items:
         kind, body = next(iter(item.items()))
-        if kind not in ("table", "set", "counter", "chain", "rule"):
+        if kind not in ("table", "set", "map", "counter", "chain", "rule"):
             continue
         body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body.get("expr", [])]
-        if kind == "set":
+        if kind in ("set", "map"):
             body["elem"] = sorted(body.get("elem", []), key=lambda e: json.dumps(e, sort_keys=True))
         out.append({kind: body})
-    order = {"table": 0, "set": 1, "counter": 1, "chain": 2, "rule": 3}
+    order = {"table": 0, "set": 1, "map": 1, "counter": 1, "chain": 2, "rule": 3}
     return sorted(out, key=lambda o: (order[next(iter(o))], _sort_name(o)))  # stable: rule order kept
 
 
@@ -360,12 +402,39 @@ async def _list(netns: str | None, args: list[str], hop: Hop, timeout: float, ve
     return items
 
 
-async def take_l2_drops(netns: str, *, timeout: float = NFT_TIMEOUT) -> dict[str, int] | None:
-    """The L2 drop counters since the last call, reset atomically (`nft reset counters`): each spoofing attempt is
-    reported once. None when table bridge hearth does not exist."""
+async def take_l2_counters(netns: str, *, timeout: float = NFT_TIMEOUT) -> list[Obj] | None:
+    """Every counter of table bridge hearth since the last call, reset atomically (`nft reset counters`): each
+    spoofing attempt is reported once (`l2_drops`: totals; `l2_drops_by_port`: who sent them). None when the table
+    does not exist."""
     if not await table_exists(netns, L2_FAMILY, FABRIC_TABLE, hop=Hop.ARP, timeout=timeout):
         return None
-    return l2_drops(await _list(netns, ["counters", "table", L2_FAMILY, FABRIC_TABLE], Hop.ARP, timeout, "reset"))
+    return await _list(netns, ["counters", "table", L2_FAMILY, FABRIC_TABLE], Hop.ARP, timeout, "reset")
+
+
+async def take_l2_drops(netns: str, *, timeout: float = NFT_TIMEOUT) -> dict[str, int] | None:
+    """The L2 drop totals since the last call (reset: `take_l2_counters`); None when the table does not exist."""
+    items = await take_l2_counters(netns, timeout=timeout)
+    return None if items is None else l2_drops(items)
+
+
+async def take_port_drops(
+    netns: str, ports: Iterable[str], *, timeout: float = NFT_TIMEOUT
+) -> dict[str, dict[str, int]]:
+    """The spoofing drops sent by `ports` (e.g. one sandbox's port and UNNAMED) since the last look, resetting only
+    their counters (one transaction): the other ports' drops stay for their own sessions' reports."""
+    ident = {"family": L2_FAMILY, "table": FABRIC_TABLE}
+    cmds = [{"reset": {"counter": {**ident, "name": port_counter(k, p)}}} for p in ports for k in L2_SPOOFS]
+    payload = {"nftables": cmds}
+    check_ours(payload)
+    out = await _run(netns, ["-f", "-"], json.dumps(payload).encode(), Hop.ARP, timeout)
+    items: list[Obj] = []
+    for line in out.decode(errors="replace").splitlines():  # one JSON document per reset command
+        try:
+            items += json.loads(line).get("nftables", []) if line.strip() else []
+        except ValueError as exc:
+            raise FabricError(Hop.ARP, f"nft -j reset counter returned no JSON: {exc}", _INSTALL_HINT) from exc
+    found = l2_drops_by_port(items)
+    return {p: found.get(p, dict.fromkeys(L2_SPOOFS, 0)) for p in ports}
 
 
 async def table_exists(

@@ -227,7 +227,8 @@ class TestPathFaults:
             rep = await live.report()
             f = first(rep)
             assert f.hop is Hop.ARP and f.name == "layer 2", f
-            assert "spoofing attempt seen" in f.evidence and f.data["arp_spoof"] >= 1, f
+            assert "spoofing attempt seen from a port hearth did not name" in f.evidence, f
+            assert f.data["unnamed"]["arp_spoof"] >= 1 and f.data["arp_spoof"] == 0, f  # not this sandbox's port
             assert rep.check("address conflict").ok is True and mac not in rep.check("address conflict").evidence
         finally:
             await asyncio.to_thread(netlink.remove_netns, impostor_ns)
