@@ -123,7 +123,10 @@ class Handler(BaseHTTPRequestHandler):
             "<!doctype html><meta charset=utf-8><title>Example sign-in</title>"
             "<body style='font:20px sans-serif;padding:3em;background:#fff7e0'>"
             f"<h1>Example provider</h1><p>Allow <b>{html.escape(q['client_id'])}</b> to sign in?</p>"
-            f"<form method=post action=/approve>{hidden}<button id=approve>Approve</button></form>{auto}"
+            f"<form method=post action=/approve>{hidden}"
+            "<p><label for=email>E-mail</label><br><input type=email name=email id=email autofocus "
+            "autocomplete=email style='font:20px sans-serif;width:16em'></p>"
+            f"<button id=approve>Approve</button></form>{auto}"
         )
         self._send(200, page.encode(), "text/html; charset=utf-8")
 
@@ -146,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.codes[code] = Grant(
                     form["client_id"], form["redirect_uri"], form["code_challenge"], time.time() + 120
                 )
-            st.log("approved", client_id=form["client_id"])
+            st.log("approved", client_id=form["client_id"], email=form.get("email", ""))
             target = form["redirect_uri"] + "?" + urllib.parse.urlencode({"code": code, "state": form["state"]})
             return self._send(302, b"", "text/plain", {"Location": target})
         if path == "/device/code":

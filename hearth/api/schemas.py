@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hearth.session import wording
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionView
 
@@ -22,6 +23,13 @@ class StartRequest(BaseModel):
         description="remote_browser (sign in through the sandbox's browser) or direct (in the person's own browser); "
         "default HEARTH_SIGNIN_MODE",
         examples=["direct"],
+    )
+    return_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="where the viewer page sends the person when the sign-in ends (done: after a few seconds; "
+        "failed or cancelled: a link); its origin must be one of HEARTH_EMBED_ORIGINS, else 400",
+        examples=["https://app.example.com/settings/cli"],
     )
 
 
@@ -64,10 +72,25 @@ class SessionOut(BaseModel):
     updated_at: datetime
     signin: SigninOut | None = Field(None, description="direct mode: the sign-in link (and code) to show the person")
     queue_position: int | None = Field(None, description="while `queued`: 1 = the next sandbox to boot")
+    message: str = Field(
+        "",
+        description="what is happening, in the words the viewer page shows the person (no state names or codes)",
+        examples=["Open the Claude sign-in page and enter the code shown here."],
+    )
 
     @classmethod
-    def of(cls, v: SessionView, signin: SigninPrompt | None = None, position: int | None = None) -> SessionOut:
+    def of(
+        cls,
+        v: SessionView,
+        signin: SigninPrompt | None = None,
+        position: int | None = None,
+        message: str | None = None,
+    ) -> SessionOut:
+        """`message`: default the words of hearth/session/wording.py for this session (as the page says them)."""
+        if message is None:
+            message = wording.for_session(v, None, signin, queue_position=position).message
         return cls(
+            message=message,
             queue_position=position,
             session_id=v.id,
             user_id=v.user_id,

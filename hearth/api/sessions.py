@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse, TokenRequest, TokenResponse
 from hearth.config import Settings
+from hearth.gateway.embed import ReturnUrlError, check_return_url
 from hearth.gateway.tokens.base import Scope, TokenStore
 from hearth.providers.model import Provider
 from hearth.session.modes import ModeError, choose_mode
@@ -58,7 +59,11 @@ def make_router(
             mode = choose_mode(settings.signin_mode, providers[body.provider] if body.provider else None, body.mode)
         except ModeError as exc:
             raise HTTPException(400, str(exc)) from None
-        view = await service.start(body.user_id, body.provider, mode)
+        try:
+            back = check_return_url(body.return_url, settings.embed_origins) if body.return_url else None
+        except ReturnUrlError as exc:
+            raise HTTPException(400, str(exc)) from None
+        view = await service.start(body.user_id, body.provider, mode, back)
         token = tokens.issue(view.id, Scope.CONTROL, settings.token_ttl)
         return StartResponse(
             session_id=view.id,

@@ -16,8 +16,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from hearth.api.auth import ApiKeys
+from hearth.config import Settings
 from hearth.errors import StoreError
+from hearth.gateway.embed import frame_ancestors
+from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
+from hearth.session import returnto, wording
+from hearth.session.modes import SigninMode
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionNotFound, SessionService, SessionView
 from hearth.session.signin import CodeRefused, SignInFlow
@@ -26,8 +31,18 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 def status_json(
-    view: SessionView, provider_name: str | None = None, prompt: SigninPrompt | None = None, watching: bool = False
+    view: SessionView,
+    provider_name: str | None = None,
+    prompt: SigninPrompt | None = None,
+    watching: bool = False,
+    return_url: str | None = None,
+    queue_position: int | None = None,
 ) -> str:
+    """One status event. What the page shows comes from hearth/session/wording.py (`headline`, `message`, `step`,
+    `button`); the raw state, reason and timings are for its Details only."""
+    said = wording.for_session(view, provider_name, prompt, watching=watching, queue_position=queue_position)
+    account = wording.account_name(view.provider, provider_name) if view.provider else None
+    step = wording.step_of(view.status)
     return json.dumps(
         {
             "status": view.status.value,
@@ -37,11 +52,38 @@ def status_json(
             "mode": view.mode.value,
             "provider": view.provider,
             "provider_name": provider_name,
+            "account": account,
+            "step": step.value if step is not None else None,
+            "headline": said.headline,
+            "message": said.message,
+            "next_step": said.next_step,
+            "button": wording.open_button(account) if account else None,
             "signin": prompt.public() if prompt is not None else None,
+            "qr": qr_svg(prompt.url) if prompt is not None and view.mode is SigninMode.DIRECT else None,
+            "return_url": return_url,
             "watching": watching,  # a view-only token: no sign-in link or code, no input
         },
         separators=(",", ":"),
     )
+
+
+def page_config(settings: Settings) -> str:
+    """The page's fixed words and the origins it may post its status to, as JSON safe inside a <script> element."""
+    config = {
+        "ui": wording.UI,
+        "steps": [{"id": step.value, "label": label} for step, label in wording.STEP_LABELS.items()],
+        "embed_origins": list(settings.embed_origins),
+    }
+    return json.dumps(config, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def page_headers(settings: Settings) -> dict[str, str]:
+    """Only hearth and HEARTH_EMBED_ORIGINS may frame the page; it sends no Referer (its URL holds the token)."""
+    return {
+        "Content-Security-Policy": frame_ancestors(settings.embed_origins),
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
 
 
 def make_router(
@@ -81,13 +123,19 @@ def make_router(
     @router.get("/api/auth/session/{session_id}/novnc", response_class=HTMLResponse)
     async def page(session_id: str, token: str = "") -> HTMLResponse:
         """The noVNC viewer page (served by hearth; no CDN)."""
+        headers = page_headers(service.settings)
         try:
             tokens.verify(token, session_id)
         except TokenError as exc:
-            return HTMLResponse(_plain("This link is not valid", f"{exc}. Ask for a new link."), status_code=401)
+            body = _plain("This link is not valid", f"{exc}. Ask for a new link.")
+            return HTMLResponse(body, status_code=401, headers=headers)
         if not (STATIC / "novnc" / "core" / "rfb.js").is_file():
-            return HTMLResponse(_plain("Viewer not installed", "run scripts/setup.sh to build noVNC"), status_code=503)
-        return HTMLResponse((STATIC / "viewer" / "viewer.html").read_text())
+            body = _plain("Viewer not installed", "run scripts/setup.sh to build noVNC")
+            return HTMLResponse(body, status_code=503, headers=headers)
+        html = (
+            (STATIC / "viewer" / "viewer.html").read_text().replace("{{HEARTH_CONFIG}}", page_config(service.settings))
+        )
+        return HTMLResponse(html, headers=headers)
 
     @router.get("/api/auth/session/{session_id}/status")
     async def status(session_id: str, token: str = "") -> StreamingResponse:
@@ -112,6 +160,11 @@ def make_router(
         # every keepalive, often enough for HEARTH_IDLE_TIMEOUT.
         beat = min(keepalive, service.settings.idle_timeout / 3)
 
+        try:
+            back = await returnto.return_url(service.db, session_id)
+        except StoreError:
+            back = None  # the store answered a moment ago; without it the page only offers no way back
+
         async def events() -> AsyncIterator[str]:
             last = ""
             await service.heartbeat(session_id)
@@ -124,7 +177,9 @@ def make_router(
                     await asyncio.sleep(keepalive)
                     continue
                 watching = claims.scope is not Scope.CONTROL
-                now = status_json(view, provider_name(view), None if watching else signin.prompt(session_id), watching)
+                prompt = None if watching else signin.prompt(session_id)
+                position = service.boot_queue.position(session_id)
+                now = status_json(view, provider_name(view), prompt, watching, back, position)
                 if now != last:
                     yield f"data: {now}\n\n"
                     last = now

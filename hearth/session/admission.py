@@ -62,6 +62,7 @@ def admit(
     mode: str,
     driver: str,
     status: Status = Status.STARTING,
+    return_url: str | None = None,
 ) -> tuple[SessionRow, Lease]:
     """Check the limits, lease an address and insert the `starting` session, atomically (blocking: run it on the
     store's executor). LimitExceeded / PoolExhausted leave nothing behind."""
@@ -81,6 +82,7 @@ def admit(
             slot=lease.slot.index,
             sandbox_ip=str(lease.slot.ip),
             timings={},
+            return_url=return_url,
         )
         session.add(row)
         session.flush()

@@ -273,7 +273,11 @@ class SessionService:
 
     # ---- commands --------------------------------------------------------------------------------
     async def start(
-        self, user_id: str, provider: str | None, mode: SigninMode = SigninMode.REMOTE_BROWSER
+        self,
+        user_id: str,
+        provider: str | None,
+        mode: SigninMode = SigninMode.REMOTE_BROWSER,
+        return_url: str | None = None,
     ) -> SessionView:
         """Create a session and boot its sandbox in the background; returns at once with status `starting`."""
         if self._closing:
@@ -287,7 +291,7 @@ class SessionService:
         try:
             row, lease = await self.db.offload(
                 lambda: admission.admit(
-                    self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name, status
+                    self.db, self.ipam, s, sid, user_id, provider, mode.value, self.driver.name, status, return_url
                 )
             )
         except BaseException:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from hearth.session.states import Status
+
+if TYPE_CHECKING:
+    from hearth.session.prompts import SigninPrompt
+    from hearth.session.service import SessionView
 
 
 class Step(StrEnum):
@@ -168,3 +173,25 @@ def _plain_browser(status: Status, queue_position: int | None) -> Words:
             return Words("The browser stopped", "The browser could not be started or stopped working.")
         return Words("This session has ended", "This session has ended.")
     return Words("Your remote browser", "Your browser is ready.")
+
+
+def for_session(
+    view: SessionView,
+    display_name: str | None,
+    prompt: SigninPrompt | None,
+    *,
+    watching: bool = False,
+    queue_position: int | None = None,
+) -> Words:
+    """The words for a session as the API and the page see it (`prompt`: the direct-mode link and code, if any)."""
+    return words(
+        view.status,
+        mode=view.mode.value,
+        name=account_name(view.provider, display_name) if view.provider else None,
+        has_link=prompt is not None,
+        user_code=bool(prompt and prompt.user_code),
+        awaiting_code=bool(prompt and prompt.awaiting_code),
+        watching=watching,
+        queue_position=queue_position,
+        hop=view.hop,
+    )
