@@ -21,8 +21,9 @@ from enum import StrEnum
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hearth.gateway.handshake import ViewerHandshakeError, serve_viewer
+from hearth.gateway.rfbspec import XVNC, ServerProfile
 from hearth.gateway.sandbox_stream import SandboxStream
-from hearth.gateway.viewonly import InputFilter, ViewOnlyViolation
+from hearth.gateway.viewonly import Forbidden, InputFilter
 from hearth.gateway.websocket import SPLICE, Splice, message_bytes
 from hearth.rfb.client import RfbError, handshake
 
@@ -37,7 +38,7 @@ class Ended(StrEnum):
     CLIENT_GONE = "client_gone"
     STOPPED = "stopped"
     BAD_VIEWER = "bad_viewer"  # the viewer's RFB handshake was not RFB
-    VIEW_ONLY = "view_only"  # a view-scope viewer sent a message type that cannot be framed
+    FORBIDDEN = "forbidden"  # the viewer sent a message the gateway does not forward (hearth/gateway/viewonly.py)
 
 
 @dataclass
@@ -94,11 +95,16 @@ async def relay(
     on_first_frame: Callable[[], None] | None = None,
     on_bytes: Callable[[str, int], None] | None = None,
     on_sandbox_handshake: Callable[[], None] | None = None,
+    server: ServerProfile = XVNC,
+    may_resize: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Relay until one side ends or `stop` is set; returns who ended it. `on_sandbox_handshake` is called once the
-    sandbox's RFB handshake is done (the route serialises dials to one sandbox until then)."""
+    sandbox's RFB handshake is done (the route serialises dials to one sandbox until then). The viewer's messages
+    are filtered for `server` (hearth/gateway/viewonly.py); `may_resize` says whether its SetDesktopSize goes through
+    (hearth/gateway/desktop_size.py)."""
+    filt = InputFilter(drop_input=view_only, server=server, may_resize=may_resize)
     try:
-        return await _relay(ws, sandbox, stop, view_only, on_first_frame, on_bytes, on_sandbox_handshake)
+        return await _relay(ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake)
     finally:
         await sandbox.close()
 
@@ -133,7 +139,7 @@ async def _relay(
     ws: WebSocket,
     sandbox: SandboxStream,
     stop: asyncio.Event,
-    view_only: bool,
+    filt: InputFilter,
     on_first_frame: Callable[[], None] | None,
     on_bytes: Callable[[str, int], None] | None,
     on_sandbox_handshake: Callable[[], None] | None,
@@ -160,7 +166,7 @@ async def _relay(
     if early is not None:
         return early
     try:
-        return await _spliced(ws, splice, sandbox, viewer, stop, view_only, on_first_frame, on_bytes, stats)
+        return await _spliced(ws, splice, sandbox, viewer, stop, filt, on_first_frame, on_bytes, stats)
     finally:
         splice.unsplice()
 
@@ -171,14 +177,13 @@ async def _spliced(
     sandbox: SandboxStream,
     viewer: _Viewer,
     stop: asyncio.Event,
-    view_only: bool,
+    filt: InputFilter,
     on_first_frame: Callable[[], None] | None,
     on_bytes: Callable[[str, int], None] | None,
     stats: RelayStats,
 ) -> Outcome:
     """Both handshakes are done: relay from the two connections' callbacks until one side ends."""
     loop = asyncio.get_running_loop()
-    filt = InputFilter(drop_input=view_only)
     first_frame = [on_first_frame] if on_first_frame is not None else []
     done: asyncio.Future[Outcome] = loop.create_future()
     stall: list[asyncio.TimerHandle] = []
@@ -207,8 +212,11 @@ async def _spliced(
             return
         try:
             kept = filt.feed(data)
-        except ViewOnlyViolation as exc:
-            return finish(Outcome(Ended.VIEW_ONLY, str(exc), stats))
+        except Forbidden as exc:
+            if exc.kept and not sandbox.closing:  # the whole messages before the refused one
+                sandbox.send_now(exc.kept)
+                stats.to_sandbox += len(exc.kept)
+            return finish(Outcome(Ended.FORBIDDEN, str(exc), stats))
         except Exception as exc:
             return failed(exc)
         stats.dropped_input += len(data) - len(kept)

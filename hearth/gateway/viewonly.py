@@ -1,37 +1,52 @@
-"""Frame the client→server RFB message stream; in view scope forward only the messages that cannot be input.
+"""Frame the client→server RFB message stream and forward only messages the VNC server can safely take.
 
 The gateway terminates the RFB handshake on both sides (hearth/gateway/handshake.py), so this filter always starts
-at a message boundary, whatever protocol version the viewer chose. View scope holds by construction: what reaches
-the VNC server is a concatenation of whole messages of the types in VIEW_ALLOWED, each framed by its length as the
-RFB specification gives it. Input (KeyEvent 4, PointerEvent 5, ClientCutText 6, SetDesktopSize 251, QEMU client
-messages 255) is dropped; any other type cannot be framed safely and ends the connection (ViewOnlyViolation →
-close 4403). Dropped bytes never reach the server, so a mis-framed dropped message cannot desynchronise it.
+at a message boundary, whatever protocol version the viewer chose. In every scope each message is checked against
+the specification's preconditions (hearth/gateway/rfbspec.py): the pseudo-encodings it depends on were announced
+in the viewer's latest SetEncodings (SetDesktopSize also needs the server's ExtendedDesktopSize rectangle, sent on
+a non-incremental FramebufferUpdateRequest), its fields are sane, and the sandbox's VNC server handles it. Anything
+else — an unknown type, a message the server does not handle, a precondition not met — ends the connection
+(Forbidden → close 4403); nothing of that message or after it is forwarded.
+
+View scope then drops input (KeyEvent, PointerEvent, ClientCutText, SetDesktopSize, QEMU): what reaches the server is
+whole messages of the remaining types. Control scope forwards everything that passed, except a SetDesktopSize the
+desktop's size owner refuses (`may_resize`: hearth/gateway/desktop_size.py), which is dropped.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
-SET_PIXEL_FORMAT, SET_ENCODINGS, FB_UPDATE_REQUEST = 0, 2, 3
-KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT = 4, 5, 6
-ENABLE_CONTINUOUS_UPDATES, CLIENT_FENCE, SET_DESKTOP_SIZE = 150, 248, 251
-QEMU_CLIENT = 255  # QEMU extended key event (input)
-VIEW_ALLOWED = frozenset({SET_PIXEL_FORMAT, SET_ENCODINGS, FB_UPDATE_REQUEST, ENABLE_CONTINUOUS_UPDATES, CLIENT_FENCE})
-VIEW_DROPPED = frozenset({KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT, SET_DESKTOP_SIZE, QEMU_CLIENT})
-_FIXED = {
-    SET_PIXEL_FORMAT: 20,
-    FB_UPDATE_REQUEST: 10,
-    KEY_EVENT: 8,
-    POINTER_EVENT: 6,
-    ENABLE_CONTINUOUS_UPDATES: 10,
-    QEMU_CLIENT: 12,
-}
-HEADER_MAX = 9  # bytes that determine any framed message's length (ClientFence needs the most)
+from hearth.gateway.rfbspec import (
+    FENCE_PAYLOAD_MAX,
+    FIXED,
+    INPUT,
+    MAX_ENCODINGS,
+    NEEDS,
+    QEMU_KEY_SIZE,
+    QEMU_NEEDS,
+    XVNC,
+    Msg,
+    Pseudo,
+    Qemu,
+    Refused,
+    ServerProfile,
+    check_desktop_size,
+    check_pixel_format,
+    desktop_size_length,
+    encodings_of,
+    missing,
+    name_of,
+)
+
+VIEW_ALLOWED = frozenset(Msg) - INPUT  # what a view-scope viewer's forwarded stream can consist of
+DECIDE_MAX = 4 + 4 * MAX_ENCODINGS  # the most bytes held back before a message is judged (a whole SetEncodings)
 
 
-class ViewOnlyViolation(Exception):
-    """A view-scope viewer sent a message type the gateway cannot frame; the connection is closed (4403).
-    `kept`: what the same chunk forwarded before the offending message (the end of an allowed message)."""
+class Forbidden(Exception):
+    """A viewer sent a message the gateway does not forward; the connection is closed (4403) with this reason.
+    `kept`: what the same chunk forwarded before the offending message."""
 
     def __init__(self, reason: str, kept: bytes) -> None:
         super().__init__(reason)
@@ -39,27 +54,40 @@ class ViewOnlyViolation(Exception):
 
 
 class InputFilter:
-    """Frames the client→server stream. With `drop_input` (view scope) only VIEW_ALLOWED messages are forwarded;
-    either way it notes when the viewer first asked for a framebuffer update (for the create→first-frame metric).
+    """Frames the client→server stream and keeps the protocol's preconditions; with `drop_input` (view scope) only
+    VIEW_ALLOWED messages are forwarded. Notes when the viewer first asked for a framebuffer update (for the
+    create→first-frame metric) and whether a SetDesktopSize was forwarded (`resized`).
 
-    Streaming: a message is forwarded (or dropped) as its bytes arrive; only an incomplete header (at most 8 bytes)
-    is ever held back. So a ClientCutText announcing gigabytes costs the gateway no memory. In control scope the
-    filter steps aside (returns its input unchanged) once the first framebuffer update request has been seen.
+    Streaming: a message is judged once its deciding bytes are in (a whole message, at most DECIDE_MAX bytes, or
+    ClientCutText's 8-byte header) and then forwarded or dropped as its bytes arrive; a ClientCutText announcing
+    gigabytes costs the gateway no memory. A SetDesktopSize is forwarded whole, in one piece (TigerVNC 1.12 loses
+    its framing on a SetDesktopSize whose header arrives split).
     """
 
-    def __init__(self, drop_input: bool = True) -> None:
+    def __init__(
+        self,
+        drop_input: bool = True,
+        server: ServerProfile = XVNC,
+        may_resize: Callable[[], bool] | None = None,
+    ) -> None:
         self.drop_input = drop_input
+        self.server = server
+        self.may_resize = may_resize
         self.saw_update_request = False
-        self._buf = b""  # an incomplete message header (< HEADER_MAX bytes)
+        self.resized = False
+        self.announced: frozenset[int] = frozenset()
+        self._layout_sent = False  # the server has sent an ExtendedDesktopSize rectangle since -308 was announced
+        self._buf = b""  # the start of a message not judged yet (< its deciding length)
         self._left = 0  # bytes of the current message still to pass or drop
         self._keep = True  # whether the current message is forwarded
-        self._through = False  # control scope, framing no longer needed: pass everything
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether everything forwarded so far is whole messages."""
+        return not self._buf and not (self._left and self._keep)
 
     def feed(self, data: bytes) -> bytes:
-        """Bytes to forward; in view scope input messages are removed. Raises ViewOnlyViolation (view scope) on a
-        message type that cannot be framed; nothing of that message or after it is forwarded."""
-        if self._through:
-            return data
+        """The bytes to forward. Raises Forbidden on a message that may not reach the server."""
         buf = self._buf + data if self._buf else data
         self._buf = b""
         out = bytearray()
@@ -72,39 +100,86 @@ class InputFilter:
                 pos += n
                 self._left -= n
                 continue
-            kind = buf[pos]
-            if self.drop_input and kind not in VIEW_ALLOWED and kind not in VIEW_DROPPED:
-                raise ViewOnlyViolation(
-                    f"view-only viewer sent RFB message type {kind}, which is not allowed", bytes(out)
-                )
-            size = self._size(buf[pos : pos + HEADER_MAX])
-            if size == -1:  # control scope, an unframeable message: stop framing, pass everything through
-                self._through = True
-                out += buf[pos:]
-                break
-            if size is None:  # header incomplete: keep it for the next chunk
-                self._buf = bytes(buf[pos:])
-                break
-            if kind == FB_UPDATE_REQUEST:
-                self.saw_update_request = True
-            self._keep = not self.drop_input or kind in VIEW_ALLOWED
-            self._left = size
-        if not self.drop_input and self.saw_update_request and not self._buf:
-            self._through = True  # control scope: the first-frame metric has what it needs
+            head = buf[pos : pos + DECIDE_MAX]
+            try:
+                need = self._need(head)
+                if len(head) < need:  # not all of it yet: keep it for the next chunk
+                    self._buf = bytes(head)
+                    break
+                self._left, self._keep = self._judge(head[:need])
+            except Refused as exc:
+                raise Forbidden(str(exc), bytes(out)) from None
         return bytes(out)
 
-    @staticmethod
-    def _size(buf: bytes) -> int | None:
-        """The whole message's length from its first bytes; None when more are needed, -1 when unknown."""
-        kind = buf[0]
-        if kind in _FIXED:
-            return _FIXED[kind]
-        if kind == SET_ENCODINGS:
-            return None if len(buf) < 4 else 4 + 4 * struct.unpack(">H", buf[2:4])[0]
-        if kind == CLIENT_CUT_TEXT:  # signed length: negative = extended clipboard (noVNC sends its caps at once)
-            return None if len(buf) < 8 else 8 + abs(struct.unpack(">i", buf[4:8])[0])
-        if kind == SET_DESKTOP_SIZE:
-            return None if len(buf) < 8 else 8 + 16 * buf[6]
-        if kind == CLIENT_FENCE:
-            return None if len(buf) < 9 else 9 + buf[8]
-        return -1  # unknown: cannot be framed
+    def _need(self, head: bytes) -> int:
+        """How many bytes decide the message `head` starts: its whole length, or a header's when that is all
+        there is yet (ClientCutText: always its header)."""
+        kind = head[0]
+        if kind not in self.server.messages:
+            what = f"RFB message {name_of(kind)}" if kind in Msg._value2member_map_ else f"RFB message type {kind}"
+            raise Refused(f"viewer sent {what}, which {self.server.name} here does not take")
+        if kind in FIXED:
+            return FIXED[kind]
+        if kind == Msg.SET_ENCODINGS:
+            if len(head) < 4:
+                return 4
+            n: int = struct.unpack(">H", head[2:4])[0]
+            if n > MAX_ENCODINGS:
+                raise Refused(f"SetEncodings with {n} encodings (at most {MAX_ENCODINGS})")
+            return 4 + 4 * n
+        if kind == Msg.CLIENT_CUT_TEXT:
+            return 8
+        if kind == Msg.CLIENT_FENCE:
+            if len(head) < 9:
+                return 9
+            if head[8] > FENCE_PAYLOAD_MAX:
+                raise Refused(f"ClientFence with a {head[8]}-byte payload (at most {FENCE_PAYLOAD_MAX})")
+            return 9 + head[8]
+        if kind == Msg.SET_DESKTOP_SIZE:
+            return 8 if len(head) < 8 else desktop_size_length(head[:8])
+        # Msg.QEMU
+        if len(head) < 2:
+            return 2
+        if head[1] not in self.server.qemu:
+            raise Refused(f"viewer sent QEMU submessage {head[1]}, which {self.server.name} here does not take")
+        return QEMU_KEY_SIZE
+
+    def _judge(self, msg: bytes) -> tuple[int, bool]:
+        """Check a message's preconditions (raises Refused); returns its whole length and whether it is forwarded."""
+        kind = msg[0]
+        needed = missing(NEEDS.get(kind, ()), self.announced)
+        if kind == Msg.QEMU:
+            needed = missing((QEMU_NEEDS[Qemu(msg[1])],), self.announced)
+        if needed:
+            raise Refused(f"{name_of(kind)} before the viewer announced {needed} in SetEncodings")
+        keep = not (self.drop_input and kind in INPUT)
+        size = len(msg)
+        if kind == Msg.SET_PIXEL_FORMAT:
+            check_pixel_format(msg)
+        elif kind == Msg.SET_ENCODINGS:
+            self.announced = encodings_of(msg)
+            if Pseudo.EXTENDED_DESKTOP_SIZE not in self.announced:
+                self._layout_sent = False
+        elif kind == Msg.FB_UPDATE_REQUEST:
+            self.saw_update_request = True
+            if msg[1] == 0 and Pseudo.EXTENDED_DESKTOP_SIZE in self.announced:
+                self._layout_sent = True  # the server answers with its screen layout
+        elif kind == Msg.CLIENT_CUT_TEXT:
+            length = struct.unpack(">i", msg[4:8])[0]
+            if length < 0:  # extended clipboard: -length bytes follow, at least the 4-byte flags
+                if Pseudo.EXTENDED_CLIPBOARD not in self.announced:
+                    raise Refused("an extended ClientCutText before the viewer announced EXTENDED_CLIPBOARD")
+                if length > -4:
+                    raise Refused(f"an extended ClientCutText of {-length} bytes (at least 4)")
+            size = 8 + abs(length)
+        elif kind == Msg.SET_DESKTOP_SIZE:
+            if not self._layout_sent:
+                raise Refused(
+                    "SetDesktopSize before the server sent its screen layout (a non-incremental "
+                    "FramebufferUpdateRequest after announcing EXTENDED_DESKTOP_SIZE)"
+                )
+            check_desktop_size(msg)
+            if keep and self.may_resize is not None and not self.may_resize():
+                keep = False  # another viewer owns the desktop's size
+            self.resized = self.resized or keep
+        return size, keep

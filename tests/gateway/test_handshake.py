@@ -1,5 +1,6 @@
 """The gateway's relay, handshake included, for every RFB version a viewer may answer with and any split of its
-stream: in view scope no input byte reaches the VNC server; control scope relays everything.
+stream: in view scope no input byte reaches the VNC server; control scope relays everything a strict server
+accepts; a message that breaks the specification's preconditions closes the viewer (4403) in either scope.
 
 The sandbox side is a real RFB 3.8 server on a loopback socket that records every byte it receives after
 ClientInit. The viewer side is an in-memory stand-in for Starlette's WebSocket (receive/send_bytes only): it is the
@@ -23,9 +24,8 @@ from starlette.websockets import WebSocket
 from hearth.gateway.handshake import OFFERED, ViewerHandshakeError, viewer_version
 from hearth.gateway.relay import Ended, Outcome, relay
 from hearth.gateway.sandbox_stream import SandboxStream
-from hearth.gateway.viewonly import VIEW_ALLOWED
 from hearth.gateway.websocket import SPLICE
-from tests.gateway.rfbmsgs import messages, split
+from tests.gateway.rfbmsgs import expected, messages, split
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"rec"
 VERSIONS = {  # what the viewer answers → the protocol the gateway must follow (RFB spec: unknown ones are 3.3)
@@ -129,22 +129,21 @@ def test_no_input_reaches_the_server_in_view_scope(
 ) -> None:
     stream = viewer_preamble(banner) + b"".join(msgs)
     outcome, to_viewer, to_server = asyncio.run(run_relay(split(stream, data), view))
-    assert outcome.ended is Ended.CLIENT_GONE, outcome.detail
+    forwarded, refused = expected(msgs, view)
+    assert outcome.ended is (Ended.FORBIDDEN if refused else Ended.CLIENT_GONE), outcome.detail
     assert to_viewer == expected_reply(banner)
-    if view:
-        assert to_server == b"".join(m for m in msgs if m[0] in VIEW_ALLOWED)
-    else:
-        assert to_server == b"".join(msgs)
+    assert to_server == forwarded
 
 
 @pytest.mark.parametrize("banner", sorted(VERSIONS))
-async def test_unknown_message_type_closes_a_view_scope_viewer(banner: bytes) -> None:
+async def test_unknown_message_type_closes_the_viewer(banner: bytes) -> None:
     fb_request = struct.pack(">BBHHHH", 3, 0, 0, 0, 16, 16)
     key = struct.pack(">BBxxI", 4, 1, 0x61)
     chunks = [viewer_preamble(banner) + fb_request + key, bytes([77]) + key + fb_request]
-    outcome, _, to_server = await run_relay(chunks, True)
-    assert outcome.ended is Ended.VIEW_ONLY and "type 77" in outcome.detail
-    assert to_server == fb_request
+    for view in (True, False):
+        outcome, _, to_server = await run_relay(chunks, view)
+        assert outcome.ended is Ended.FORBIDDEN and "type 77" in outcome.detail
+        assert to_server == fb_request + (b"" if view else key)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""The view-only filter on its own: framing, streaming, and (hypothesis) arbitrary message mixes and splits.
+"""The gateway's RFB filter on its own: framing, streaming, the specification's preconditions in both scopes, and
+(hypothesis) arbitrary message mixes and splits judged by an independent strict-server model (tests/gateway/rfbmsgs.py).
 
 The gateway terminates the RFB handshake (tests/gateway/test_handshake.py), so the filter starts at a message
-boundary. The property: in view scope the output is exactly the allowed messages, in order, however the stream is
-split; in control scope it is the stream unchanged.
+boundary. The properties: whatever the viewer sends and however it is split, what the filter forwards is exactly the
+messages a strict server accepts, up to the first it would not (which closes the connection), minus input in view
+scope; and any bytes at all come out as whole messages that meet their preconditions.
 """
 
 from __future__ import annotations
@@ -13,14 +15,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hearth.gateway.viewonly import VIEW_ALLOWED, InputFilter, ViewOnlyViolation
-from tests.gateway.rfbmsgs import messages, split
+from hearth.gateway.rfbspec import X11VNC
+from hearth.gateway.viewonly import VIEW_ALLOWED, Forbidden, InputFilter
+from tests.gateway.rfbmsgs import (
+    EXT_CLIPBOARD,
+    NOVNC_START,
+    Strict,
+    desktop_size,
+    expected,
+    fb_request,
+    messages,
+    set_encodings,
+    split,
+    strict_lengths,
+)
 
-SET_ENCODINGS = struct.pack(">BxHii", 2, 2, 0, -223)
-FB_REQUEST = struct.pack(">BBHHHH", 3, 1, 0, 0, 800, 600)
+SET_ENCODINGS = set_encodings(0, -223)
+FB_REQUEST = fb_request(1, 800, 600)
 KEY = struct.pack(">BBxxI", 4, 1, 0x61)
 POINTER = struct.pack(">BBHH", 5, 1, 10, 10)
 CUT = struct.pack(">BxxxI", 6, 5) + b"hello"
+RESIZE = desktop_size(640, 480, [(0, 0, 0, 640, 480, 0)])
+QEMU_KEY = struct.pack(">BBHII", 255, 0, 1, 0x61, 0x1E)
+FENCE = struct.pack(">BxxxIB", 248, 0x80000000, 1) + b"\x00"
+CONTINUOUS = struct.pack(">BBHHHH", 150, 1, 0, 0, 640, 480)
 
 
 def test_input_dropped_everything_else_kept() -> None:
@@ -36,19 +54,119 @@ def test_split_across_messages_bytewise() -> None:
     assert out == FB_REQUEST + SET_ENCODINGS
 
 
-def test_unknown_message_ends_view_scope_and_passes_in_control() -> None:
-    with pytest.raises(ViewOnlyViolation, match="type 99"):
-        InputFilter().feed(FB_REQUEST + bytes([99, 1, 2, 3]) + KEY)
-    control = InputFilter(drop_input=False)
-    assert control.feed(SET_ENCODINGS + bytes([99, 1, 2, 3]) + KEY) == SET_ENCODINGS + bytes([99, 1, 2, 3]) + KEY
+@pytest.mark.parametrize("drop", [True, False])
+def test_unknown_message_closes_in_every_scope(drop: bool) -> None:
+    with pytest.raises(Forbidden, match="type 99") as caught:
+        InputFilter(drop_input=drop).feed(FB_REQUEST + bytes([99, 1, 2, 3]) + KEY)
+    assert caught.value.kept == FB_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("message", "needs"),
+    [
+        (RESIZE, "EXTENDED_DESKTOP_SIZE"),  # the message that segfaulted Xvnc 1.12
+        (QEMU_KEY, "QEMU_EXTENDED_KEY"),
+        (FENCE, "FENCE"),
+        (CONTINUOUS, "CONTINUOUS_UPDATES"),
+        (struct.pack(">BxxxI", 6, 0xFFFFFFF8) + bytes(8), "EXTENDED_CLIPBOARD"),
+    ],
+)
+@pytest.mark.parametrize("drop", [True, False])
+def test_messages_before_their_encoding_is_announced_close(message: bytes, needs: str, drop: bool) -> None:
+    """Control and view scope alike: nothing of the message reaches the server, the reason names what is missing."""
+    f = InputFilter(drop_input=drop)
+    with pytest.raises(Forbidden, match=needs) as caught:
+        f.feed(SET_ENCODINGS + FB_REQUEST + message)
+    assert caught.value.kept == SET_ENCODINGS + FB_REQUEST
+
+
+def test_announced_then_withdrawn_is_refused_again() -> None:
+    """SetEncodings replaces the list: a later one without ExtendedDesktopSize takes the permission away."""
+    f = InputFilter(drop_input=False)
+    start = set_encodings(0, -308) + fb_request(0)
+    assert f.feed(start + RESIZE) == start + RESIZE and f.resized
+    with pytest.raises(Forbidden, match="EXTENDED_DESKTOP_SIZE"):
+        f.feed(set_encodings(0) + fb_request(0) + RESIZE)
+
+
+def test_resize_needs_the_servers_layout_first() -> None:
+    """Announced but no non-incremental update request yet: the server has not sent its ExtendedDesktopSize."""
+    f = InputFilter(drop_input=False)
+    with pytest.raises(Forbidden, match="screen layout"):
+        f.feed(set_encodings(0, -308) + fb_request(1) + RESIZE)
+
+
+def test_everything_announced_everything_passes_in_control_scope() -> None:
+    f = InputFilter(drop_input=False)
+    stream = NOVNC_START + RESIZE + QEMU_KEY + FENCE + CONTINUOUS + KEY + POINTER + CUT
+    assert f.feed(stream) == stream
+    assert f.resized
+
+
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [
+        (desktop_size(640, 480, []), "0 screens"),
+        (desktop_size(0, 0, [(0, 0, 0, 0, 0, 0)]), "0x0"),
+        (desktop_size(16384, 16384, [(0, 0, 0, 16384, 16384, 0)]), "16384x16384"),
+        (desktop_size(640, 480, [(0, 0, 0, 800, 480, 0)]), "screen 0"),
+        (desktop_size(640, 480, [(1, 0, 0, 320, 480, 0), (1, 320, 0, 320, 480, 0)]), "screen 1"),
+        (desktop_size(640, 480, [(0, 0, 0, 640, 480, 0)] * 17), "17 screens"),
+        (struct.pack(">BxxxIB", 248, 0, 65) + bytes(65), "65-byte payload"),
+        (struct.pack(">BxxxI", 6, 0xFFFFFFFE) + bytes(2), "at least 4"),
+        (struct.pack(">BBH", 255, 1, 0), "QEMU submessage 1"),  # audio: Xvnc does not take it
+        (struct.pack(">BxBB", 250, 1, 2), "XVP"),
+        (b"\x00\x00\x00\x00" + struct.pack(">BBBBHHHBBBxxx", 24, 24, 0, 1, 255, 255, 255, 16, 8, 0), "24 bits"),
+        (set_encodings(*range(513)), "513 encodings"),
+    ],
+)
+def test_fields_that_crash_or_confuse_servers_are_refused(message: bytes, why: str) -> None:
+    for drop in (True, False):
+        with pytest.raises(Forbidden, match=why):
+            InputFilter(drop_input=drop).feed(NOVNC_START + message)
+
+
+def test_resize_is_forwarded_whole_however_it_arrives() -> None:
+    """TigerVNC 1.12 loses its framing when a SetDesktopSize header arrives split: the filter holds it until whole."""
+    f = InputFilter(drop_input=False)
+    assert f.feed(NOVNC_START) == NOVNC_START
+    pieces = [f.feed(RESIZE[i : i + 1]) for i in range(len(RESIZE))]
+    assert pieces[:-1] == [b""] * (len(RESIZE) - 1) and pieces[-1] == RESIZE
+
+
+def test_a_resize_the_size_owner_refuses_is_dropped() -> None:
+    allowed = [False]
+    f = InputFilter(drop_input=False, may_resize=lambda: allowed[0])
+    assert f.feed(NOVNC_START + RESIZE + KEY) == NOVNC_START + KEY
+    assert not f.resized
+    allowed[0] = True
+    assert f.feed(RESIZE) == RESIZE and f.resized
+
+
+def test_view_scope_never_asks_to_resize() -> None:
+    asked: list[bool] = []
+
+    def may_resize() -> bool:
+        asked.append(True)
+        return True
+
+    f = InputFilter(drop_input=True, may_resize=may_resize)
+    assert f.feed(NOVNC_START + RESIZE) == NOVNC_START
+    assert not asked and not f.resized
+
+
+def test_x11vnc_profile_refuses_what_it_does_not_take() -> None:
+    f = InputFilter(drop_input=False, server=X11VNC)
+    with pytest.raises(Forbidden, match="x11vnc"):
+        f.feed(NOVNC_START + FENCE)
 
 
 def test_extended_clipboard_with_negative_length_keeps_framing() -> None:
-    """noVNC announces extended clipboard caps with a negative ClientCutText length right after connecting."""
+    """noVNC sends its extended clipboard caps (negative ClientCutText length) once the server sent its own."""
     caps = bytes.fromhex("06000000fffffff81f00000100000000")
     for drop in (True, False):
         f = InputFilter(drop_input=drop)
-        out = f.feed(caps + FB_REQUEST)
+        out = f.feed(set_encodings(0, EXT_CLIPBOARD) + caps + FB_REQUEST)
         assert out.endswith(FB_REQUEST)
         assert f.saw_update_request
 
@@ -68,48 +186,46 @@ def test_huge_cut_text_is_streamed_not_buffered() -> None:
         assert len(f._buf) < 9
 
 
-@settings(max_examples=400, deadline=None)
-@given(msgs=messages(), data=st.data())
-def test_view_scope_forwards_exactly_the_allowed_messages_for_any_split(msgs: list[bytes], data: st.DataObject) -> None:
-    stream = b"".join(msgs)
-    f = InputFilter(drop_input=True)
-    out = b"".join(f.feed(chunk) for chunk in split(stream, data))
-    assert out == b"".join(m for m in msgs if m[0] in VIEW_ALLOWED)
-
-
-@settings(max_examples=200, deadline=None)
-@given(msgs=messages(), data=st.data())
-def test_control_scope_forwards_the_stream_unchanged_for_any_split(msgs: list[bytes], data: st.DataObject) -> None:
-    stream = b"".join(msgs)
-    f = InputFilter(drop_input=False)
-    assert b"".join(f.feed(chunk) for chunk in split(stream, data)) == stream
-
-
-@settings(max_examples=400, deadline=None)
-@given(garbage=st.binary(max_size=600), data=st.data())
-def test_view_scope_output_of_arbitrary_bytes_is_only_allowed_messages(garbage: bytes, data: st.DataObject) -> None:
-    """Whatever a hostile viewer sends, what the filter lets through parses (by an independent reading of the spec)
-    into allowed messages — the VNC server can never be led to read an input event. Only the last may be cut off:
-    the filter streams a message's bytes as they arrive (the server waits for the rest, which only the filter's own
-    framing can complete)."""
-    f = InputFilter(drop_input=True)
+def run_filter(f: InputFilter, chunks: list[bytes]) -> tuple[bytes, bool]:
     out = b""
     try:
-        for chunk in split(garbage, data):
+        for chunk in chunks:
             out += f.feed(chunk)
-    except ViewOnlyViolation as exc:
-        out += exc.kept
-    pos = 0
+    except Forbidden as exc:
+        return out + exc.kept, True
+    return out, False
+
+
+@settings(max_examples=600, deadline=None)
+@given(msgs=messages(), view=st.booleans(), data=st.data())
+def test_forwarded_is_what_a_strict_server_accepts_for_any_split(
+    msgs: list[bytes], view: bool, data: st.DataObject
+) -> None:
+    """Control and view scope: the forwarded bytes are the messages a strict server accepts, in order, up to the
+    first it would not — then the filter refuses (4403) and forwards nothing more; view scope drops input."""
+    out, refused = run_filter(InputFilter(drop_input=view), split(b"".join(msgs), data))
+    assert (out, refused) == expected(msgs, view)
+
+
+@settings(max_examples=400, deadline=None)
+@given(garbage=st.binary(max_size=600), start=st.booleans(), view=st.booleans(), data=st.data())
+def test_any_bytes_come_out_as_messages_that_meet_their_preconditions(
+    garbage: bytes, start: bool, view: bool, data: st.DataObject
+) -> None:
+    """Whatever a hostile viewer sends, what the filter lets through parses (by the specification) into messages a
+    strict server accepts, input only in control scope. Only the last may be cut off: the filter streams a
+    ClientCutText's bytes as they arrive (the server waits for the rest, which only the filter's framing completes)."""
+    f = InputFilter(drop_input=view)
+    out, _ = run_filter(f, split((NOVNC_START if start else b"") + garbage, data))
+    server, pos = Strict(), 0
     while pos < len(out):
-        kind = out[pos]
-        assert kind in VIEW_ALLOWED, f"message type {kind} forwarded in view scope"
-        if kind == 0:
-            pos += 20
-        elif kind == 2:
-            pos += 4 + 4 * struct.unpack(">H", out[pos + 2 : pos + 4])[0]
-        elif kind in (3, 150):
-            pos += 10
-        else:  # 248 ClientFence
-            pos += 9 + out[pos + 8]
+        size = strict_lengths(out, pos)
+        msg = out[pos : pos + size]
+        if len(msg) == size:
+            assert server.ok(msg), f"message {msg[:12].hex()} forwarded against its preconditions"
+        else:
+            assert out[pos] == 6, "only a streamed ClientCutText may be forwarded in part"
+        assert not view or out[pos] in VIEW_ALLOWED, f"message type {out[pos]} forwarded in view scope"
+        pos += size
     missing = pos - len(out)  # bytes of the last forwarded message the server still waits for
     assert missing == (f._left if f._keep else 0), "the filter and the server disagree on the next message start"

@@ -32,7 +32,7 @@ from tests import rawws
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"vnc"
 PREAMBLE = [b"RFB 003.008\n", b"\x01", b"\x01"]  # the viewer's version, security None, ClientInit (shared)
-FBUR = struct.pack(">BBHHHH", 3, 0, 0, 0, 16, 16)  # after it, control scope relays bytes unframed
+FBUR = struct.pack(">BBHHHH", 3, 0, 0, 0, 16, 16)
 CHUNK = 64 * 1024
 STALLED = 1.0  # a write that has not drained for this long counts as held back
 BOUND = 64 << 20  # what may be in flight (socket buffers, queues) before a side is held back; far below the totals
@@ -245,6 +245,7 @@ async def test_a_vnc_server_that_takes_no_input_holds_the_viewer_back_then_ends_
     async with gateway(vnc) as (url, outcomes):
         async with await viewer(url, vnc, max_size=None) as ws:
             sent, blob = 0, bytes(CHUNK)
+            await ws.send(struct.pack(">BxxxI", 6, 0x7FFFFFFF))  # a 2 GiB clipboard: its bytes are streamed
             with contextlib.suppress(TimeoutError, ConnectionClosed):
                 while sent < (512 << 20):
                     await asyncio.wait_for(ws.send(blob), STALLED)  # held back once the gateway stops reading
@@ -261,7 +262,7 @@ async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() 
     vnc = Vnc()
     async with gateway(vnc) as (url, outcomes):
         async with await viewer(url, vnc) as ws:
-            await ws.send("\x04é")  # as text: the gateway relays its characters as Latin-1 bytes
+            await ws.send("\x04é\x00\x00\x00\x00\x00a")  # a KeyEvent as text: relayed as its Latin-1 bytes
             await ws.send(b"\xff\xfe", text=True)  # not UTF-8
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
@@ -269,7 +270,7 @@ async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() 
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
     assert outcome.ended is Ended.CLIENT_GONE
     await asyncio.wait_for(vnc.eof.wait(), 10)
-    assert bytes(vnc.got) == FBUR + b"\x04\xe9"
+    assert bytes(vnc.got) == FBUR + b"\x04\xe9\x00\x00\x00\x00\x00a"
 
 
 async def test_the_sandbox_closing_ends_the_relay_with_1000_after_what_it_sent() -> None:
