@@ -17,7 +17,7 @@ from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, sessions, users
 from hearth.api.auth import ApiKeys
-from hearth.clisandbox.manager import CliSandboxes
+from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.cluster.beat import run_node
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
@@ -35,6 +35,7 @@ from hearth.sandbox.base import Driver
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.select import choose_driver
 from hearth.session.admission import LimitExceeded
+from hearth.session.owner import NotHere
 from hearth.session.service import SessionNotFound, SessionService
 from hearth.session.signin import SignInFlow
 from hearth.session.states import IllegalTransition
@@ -100,7 +101,8 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     providers = load_providers()
     service.providers = providers
     signin = SignInFlow(service, vault, clis, providers)
-    return Controller(settings, db, Fabric(settings), drv, service, SignedTokens(key), vault, clis, providers, signin)
+    tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
+    return Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
 
 
 def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
@@ -192,6 +194,19 @@ def create_app(ctl: Controller) -> FastAPI:
             {"error": "[controller] internal error; the controller log has the details", "hop": "controller"},
             status_code=500,
         )
+
+    @app.exception_handler(NotHere)
+    async def not_here(_r: Request, exc: NotHere) -> JSONResponse:
+        """Another node's session (logged where refused): 421, naming the node that holds it."""
+        return JSONResponse({"error": exc.reason, "hop": exc.hop.value, "node": exc.node_id}, status_code=421)
+
+    @app.exception_handler(Elsewhere)
+    async def elsewhere(_r: Request, exc: Elsewhere) -> JSONResponse:
+        """Another node's CLI sandbox: 421, naming the node that holds it."""
+        where = {"owner_node": exc.node_id, "this_node": settings.node_id}
+        log.warning("refused: the CLI sandbox lives on another node", extra=where)
+        body = {"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint, "node": exc.node_id}
+        return JSONResponse(body, status_code=421)
 
     @app.exception_handler(SessionNotFound)
     async def not_found(_r: Request, exc: SessionNotFound) -> JSONResponse:

@@ -48,6 +48,8 @@ def make_router(ctl: ControllerLike, keys: ApiKeys) -> APIRouter:
         parts = parts_of(ctl)
         parts.gateway = gateway
         try:
+            if parts.service is not None:  # another node's session: 421 naming it (its path is not this host's)
+                await parts.service.owned(session_id, "diagnostics")
             report = await diagnose(parts, session_id)
         except SessionNotFound:
             raise HTTPException(404, f"no session {session_id}") from None

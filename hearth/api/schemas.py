@@ -124,6 +124,7 @@ class ErrorOut(BaseModel):
     error: str
     hop: str | None = None
     hint: str | None = None
+    node: str | None = Field(None, description="421: the node that holds the session (call it, or go through an edge)")
 
 
 class Health(BaseModel):

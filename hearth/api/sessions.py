@@ -1,4 +1,7 @@
-"""Session routes: start, status, cancel, heartbeat, timeline, new viewer token."""
+"""Session routes: start, status, cancel, heartbeat, timeline, new viewer token.
+
+Every route on a session acts only on a session of this node (hearth/session/owner.py): another node's session is
+refused with 421, the body naming the owning node (`node`) and its address; the refusal is logged."""
 
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def make_router(
     async def get(session_id: str) -> SessionOut:
         """Status, reason, timings; in direct mode `signin` holds the link (and code) to show the person."""
         return SessionOut.of(
-            await service.get(session_id), prompt_of(session_id), service.boot_queue.position(session_id)
+            await service.owned(session_id, "get"), prompt_of(session_id), service.boot_queue.position(session_id)
         )
 
     @router.post("/session/{session_id}/cancel", response_model=SessionOut)
@@ -103,20 +106,17 @@ def make_router(
     @router.get("/session/{session_id}/console")
     async def console(session_id: str, limit: int = 8192) -> dict[str, Any]:
         """The tail of the guest's serial console (VM drivers), while the sandbox exists (or is kept on failure)."""
-        view = await service.get(session_id)
+        view = await service.owned(session_id, "console")
         if not service.driver.offers.console_tail or view.slot is None:
             raise HTTPException(404, f"the {service.driver.name} driver has no guest console")
-        text = await asyncio.to_thread(
-            service.driver.console_tail,
-            service.spec(view.id, service.ipam.slot(view.slot)),
-            max(256, min(limit, 1 << 20)),
-        )
+        spec = service.sandbox_spec(view)  # by session and node, never by slot index alone
+        text = await asyncio.to_thread(service.driver.console_tail, spec, max(256, min(limit, 1 << 20)))
         return {"driver": service.driver.name, "console": text}
 
     @router.post("/session/{session_id}/token", response_model=TokenResponse)
     async def token(session_id: str, body: TokenRequest, request: Request) -> TokenResponse:
         """A fresh viewer token (`view` hides input, `control` allows it)."""
-        await service.get(session_id)
+        await service.owned(session_id, "token")
         scope = Scope(body.scope)
         tok = tokens.issue(session_id, scope, settings.token_ttl)
         return TokenResponse(

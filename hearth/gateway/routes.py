@@ -1,17 +1,24 @@
 """The viewer WebSocket: `/api/auth/session/{id}/novnc/websock?token=…` (subprotocol `binary`, as noVNC uses).
 
 Every refusal or failure is an explicit close with a code and a reason — never a silent drop (the seed's 1006):
-4400 the viewer's RFB handshake was not RFB, 4401 bad token, 4403 a view-only viewer sent a message type that
-cannot be framed (input is dropped silently; anything unknown ends the connection), 4404 unknown session, 4408 not
-ready in time, 4410 no desktop (a direct-mode session: the person signs in in their own browser), 4502 sandbox
-unreachable (naming the hop), 4503 temporarily unavailable — the controller is shutting down or its store is down —
-reconnect, 1000 on sandbox EOF or a normal end. (1012 is uvicorn's own, only if a viewer outlives the 4503 drain.)
+4400 the viewer's RFB handshake was not RFB, 4401 bad token, 4403 the viewer sent a message the gateway does
+not forward (hearth/gateway/viewonly.py: unknown, not taken by the VNC server, or before its preconditions; a
+view-only viewer's input is dropped silently), 4404 unknown session, 4408 not
+ready in time, 4410 no desktop (a direct-mode session: the person signs in in their own browser), 4421 the session
+lives on another node (the reason names it and its address: connect there, or through an edge; a token issued for
+another node is a 4401 naming both nodes), 4502 sandbox unreachable (naming the hop), 4503 temporarily unavailable —
+the controller is shutting down, or its store is down and the session is not one this node knows live — reconnect,
+1000 on sandbox EOF or a normal end. (1012 is uvicorn's own, only if a viewer outlives the 4503 drain.)
+
+A viewer of a session this node knows live (its own transitions: ready or later, its sandbox running here) is admitted
+from the node's memory — no store round trip, and so also while the store is down; any other goes through the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 
@@ -19,19 +26,22 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
-from hearth.fabric.dial import open_protocol
+from hearth.fabric.dial import open_connection, open_protocol
+from hearth.gateway.desktop_size import DesktopSizes
 from hearth.gateway.relay import Ended, relay
+from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
-from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
+from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
 from hearth.log import bind_session
 from hearth.session.modes import SigninMode
-from hearth.session.service import SessionNotFound, SessionService
+from hearth.session.owner import refuse
+from hearth.session.service import SessionNotFound, SessionService, SessionView
 from hearth.session.states import Status
 
 log = logging.getLogger("hearth.gateway")
 
 BAD_RFB, BAD_TOKEN, VIEW_ONLY, UNKNOWN, NOT_READY = 4400, 4401, 4403, 4404, 4408
-NO_DESKTOP, UNREACHABLE, UNAVAILABLE = 4410, 4502, 4503
+NO_DESKTOP, ELSEWHERE, UNREACHABLE, UNAVAILABLE = 4410, 4421, 4502, 4503
 SHUTTING_DOWN = "controller shutting down — reconnect"
 
 
@@ -54,6 +64,9 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
     dial_gates: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     byte_counters = {d: metrics.gateway_bytes.labels(d) for d in ("to_client", "to_sandbox")}  # bound once
+    server = PROFILES[settings.vnc_server]  # what the sandbox's VNC server takes (hearth/gateway/rfbspec.py)
+    width, height = settings.screen.split("x")[:2]
+    sizes = DesktopSizes((int(width), int(height)))  # who owns each desktop's size
 
     def count_bytes(direction: str, n: int) -> None:
         byte_counters[direction].inc(n)
@@ -70,16 +83,37 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 await ws.close(code, close_reason(reason))
 
         with bind_session(session_id):
+            here = settings.node_id
+            foreign: ForeignToken | None = None
             try:
                 claims = tokens.verify(token, session_id)
+            except ForeignToken as exc:  # genuine, but another node's: refused below, naming where the session is
+                foreign, claims = exc, exc.claims
             except TokenError as exc:
                 return await close(BAD_TOKEN, f"unauthorized: {exc}")
             if service.draining:
                 return await close(UNAVAILABLE, SHUTTING_DOWN)
+            known = service.live_view(session_id)  # this node's memory: no store round trip (and none needed)
+            view: SessionView
             try:
-                if (await service.get(session_id)).mode is SigninMode.DIRECT:
+                stored = known or await service.get(session_id)
+                if stored.node_id != here:
+                    refused = await refuse(service.db, here, session_id, stored.node_id, "viewer")
+                    return await close(ELSEWHERE, refused.short)
+                if foreign is not None:
+                    log.warning(
+                        "viewer token for another node refused",
+                        extra={
+                            "session_id": session_id,
+                            "token_node": foreign.issued_for,
+                            "owner_node": stored.node_id,
+                            "this_node": here,
+                        },
+                    )
+                    return await close(BAD_TOKEN, f"unauthorized: {foreign}")
+                if stored.mode is SigninMode.DIRECT:
                     return await close(NO_DESKTOP, "no desktop: this session signs in in your own browser (direct)")
-                view = await service.wait_until(session_id, settings.viewer_wait)
+                view = known or await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")
             except StoreError:
@@ -110,6 +144,8 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
             stop = service.stop_event(session_id)
             gauge.add(session_id)
             metrics.gateway_connections.inc()
+            claim = sizes.claim(session_id)
+            left = False
             try:
                 outcome = await relay(
                     ws,
@@ -119,11 +155,17 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                     on_first_frame=lambda: service.first_frame(view),
                     on_bytes=count_bytes,
                     on_sandbox_handshake=dialled,
+                    server=server,
+                    may_resize=claim.may_resize,
                 )
+                left = outcome.ended in (Ended.CLIENT_GONE, Ended.FORBIDDEN)
             finally:
                 dialled()
                 gauge.remove(session_id)
                 metrics.gateway_connections.dec()
+                # A viewer that owned the desktop's size left: back to the default (the sandbox is still there).
+                redial = functools.partial(open_connection, target.netns, target.ip, target.rfb_port, 5.0)
+                sizes.release(claim, redial if left else None)
             log.info(
                 "relay ended",
                 extra={"ended": outcome.ended.value, "rx": outcome.stats.to_sandbox, "tx": outcome.stats.to_client},
@@ -135,8 +177,10 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(1000, outcome.detail)
             if outcome.ended is Ended.BAD_VIEWER:
                 return await close(BAD_RFB, outcome.detail)
-            if outcome.ended is Ended.VIEW_ONLY:
-                log.warning("view-only viewer cut off", extra={"close_reason": outcome.detail})
+            if outcome.ended is Ended.FORBIDDEN:
+                log.warning(
+                    "viewer cut off: a message the gateway does not forward", extra={"close_reason": outcome.detail}
+                )
                 return await close(VIEW_ONLY, outcome.detail)
             if outcome.ended is Ended.STOPPED and service.draining:
                 return await close(UNAVAILABLE, SHUTTING_DOWN)

@@ -25,7 +25,7 @@ from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.lifecycle import readiness
 from hearth.lifecycle.manager import SandboxManager
-from hearth.lifecycle.sandbox import Final, Kind
+from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.providers.model import Provider
@@ -36,6 +36,7 @@ from hearth.session.bootqueue import BootQueue
 from hearth.session.browser import BrowserTurns
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
+from hearth.session.owner import refuse
 from hearth.session.pool import WarmPool
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.store.db import Database
@@ -66,6 +67,7 @@ class SessionView:
     timings: dict[str, float]
     created_at: datetime
     updated_at: datetime
+    node_id: str = "local"  # the node whose sandbox serves it: only that node acts on it (hearth/session/owner.py)
 
     @classmethod
     def of(cls, row: SessionRow) -> SessionView:
@@ -83,6 +85,7 @@ class SessionView:
             dict(row.timings or {}),
             row.created_at,
             row.updated_at,
+            row.node_id,
         )
 
 
@@ -119,6 +122,10 @@ class SessionService:
         self.on_adopted: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         self.on_ready.append(self.browsers.for_session)
         self.on_adopted.append(self.browsers.for_session)
+        # Live sessions of this node as its own transitions left them: the viewer is admitted from here, without
+        # the store (and while it is down). Ready or later, not ended; filled by `_transition` and adoption.
+        self._live_views: dict[str, SessionView] = {}
+        self.on_adopted.append(self._adopted_view)
         self._background: set[asyncio.Task[None]] = set()
         self.viewers = ViewerGauge()
         self._stops: dict[str, asyncio.Event] = {}
@@ -142,8 +149,36 @@ class SessionService:
         return (digest,) if digest else ()
 
     def target(self, view: SessionView) -> readiness.Target:
-        assert view.slot is not None
-        return self.sandboxes.target(self.spec(view.id, self.ipam.slot(view.slot), view.mode))
+        return self.sandboxes.target(self.sandbox_spec(view))
+
+    def sandbox_spec(self, view: SessionView) -> SandboxSpec:
+        """The spec of the sandbox this node runs for the session — looked up by session and node, never by a slot
+        index alone: the live sandbox's own, else (not adopted yet) the slot of this node's session row."""
+        sb = self.sandboxes.get(view.id)
+        if sb is not None:
+            return sb.spec
+        if view.node_id != self.settings.node_id or view.slot is None:
+            raise HearthError(
+                Hop.NODE,
+                f"session {view.id} has no sandbox on node {self.settings.node_id} (it lives on node {view.node_id})",
+            )
+        return self.spec(view.id, self.ipam.slot(view.slot), view.mode)
+
+    def live_view(self, session_id: str) -> SessionView | None:
+        """The session, when this node knows it live without the store: past its boot, not ended (nor ended while
+        the store was down), its sandbox running here. None: ask the store."""
+        view = self._live_views.get(session_id)
+        if view is None:
+            return None
+        sb = self.sandboxes.get(session_id)
+        if sb is None or sb.state is not SandboxState.RUNNING or session_id in self._unrecorded:
+            self._live_views.pop(session_id, None)
+            return None
+        return view
+
+    async def _adopted_view(self, view: SessionView) -> None:
+        if not view.status.booting and not view.status.terminal:
+            self._live_views[view.id] = view
 
     def stop_event(self, session_id: str) -> asyncio.Event:
         """Set when the session ends or the controller drains: viewers relaying it close."""
@@ -251,6 +286,14 @@ class SessionService:
             raise SessionNotFound(session_id)
         return SessionView.of(row)
 
+    async def owned(self, session_id: str, what: str = "call") -> SessionView:
+        """The session, when it lives on this node; NotHere (logged: 421 / close 4421) when another node owns it."""
+        view = await self.get(session_id)
+        here = self.settings.node_id
+        if view.node_id != here:
+            raise await refuse(self.db, here, session_id, view.node_id, what)
+        return view
+
     async def list_active(self) -> list[SessionView]:
         def q(db: Db) -> list[SessionView]:
             rows = db.scalars(  # this node's only: a node never ends, adopts or expires another node's sessions
@@ -263,7 +306,7 @@ class SessionService:
         return await self.db.run(q)
 
     async def events(self, session_id: str) -> list[dict[str, Any]]:
-        await self.get(session_id)
+        await self.owned(session_id, "events")
 
         def q(db: Db) -> list[dict[str, Any]]:
             rows = db.scalars(select(EventRow).where(EventRow.session_id == session_id).order_by(EventRow.id))
@@ -334,6 +377,8 @@ class SessionService:
                 raise
             await self._end_unrecorded(session_id, status, reason, hop)
             raise _unrecorded_error() from None
+        if view.node_id != self.settings.node_id:  # never end (or tear down a slot of) another node's session
+            raise await refuse(self.db, self.settings.node_id, session_id, view.node_id, f"end ({status.value})")
         if view.status.terminal:
             return view
         boot = self._boots.get(session_id)
@@ -380,7 +425,7 @@ class SessionService:
         return done
 
     async def heartbeat(self, session_id: str) -> SessionView:
-        view = await self.get(session_id)
+        view = await self.owned(session_id, "heartbeat")
         if view.status.terminal:
             return view
 
@@ -624,6 +669,10 @@ class SessionService:
             return SessionView.of(row)
 
         view = await self.db.run(move)
+        if view.status.booting or view.status.terminal:
+            self._live_views.pop(sid, None)
+        else:
+            self._live_views[sid] = view
         self.changes.notify(sid)
         if target is Status.FAILED:
             self.metrics.failures.labels(hop.value if hop else "unknown").inc()

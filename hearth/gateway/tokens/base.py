@@ -17,10 +17,22 @@ class Claims:
     session_id: str
     scope: Scope
     expires_at: float
+    node: str | None = None  # the node it was issued for (None: issued before tokens named their node)
 
 
 class TokenError(Exception):
     """The token is malformed, forged, expired or for another session."""
+
+
+class ForeignToken(TokenError):
+    """A genuine token for this session, issued for another node: this node refuses it. `claims` are verified (the
+    gateway still says where the session lives when it lives elsewhere)."""
+
+    def __init__(self, claims: Claims, here: str) -> None:
+        super().__init__(f"viewer token was issued for node {claims.node}, not this node ({here}); request a new one")
+        self.claims = claims
+        self.issued_for = claims.node or ""
+        self.here = here
 
 
 class TokenStore(ABC):

@@ -2,7 +2,11 @@
 
 One key ring for every replica (edges and nodes): `HEARTH_TOKEN_SECRET=new:<secret>,old:<secret>` signs with the
 first key and accepts each listed one by its id (`kid` in the payload), so a key is rotated without dropping a live
-viewer: add the new key first, roll the replicas, drop the old key after HEARTH_TOKEN_TTL."""
+viewer: add the new key first, roll the replicas, drop the old key after HEARTH_TOKEN_TTL.
+
+A node's tokens name it (`nd`, its HEARTH_NODE_ID) and a node refuses a token issued for another node (ForeignToken):
+one key ring for the cluster does not make one node's viewer link open another node's desktop. A token without `nd`
+(issued before tokens named their node) is still bound to its session, and the node checks where that lives."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hearth.gateway.tokens.base import Claims, Scope, TokenError, TokenStore
+from hearth.gateway.tokens.base import Claims, ForeignToken, Scope, TokenError, TokenStore
 
 
 def _b64(data: bytes) -> str:
@@ -53,13 +57,16 @@ def parse_ring(secret: str) -> dict[str, bytes]:
 
 
 class SignedTokens(TokenStore):
-    def __init__(self, key: bytes | dict[str, bytes], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, key: bytes | dict[str, bytes], clock: Callable[[], float] = time.time, node: str | None = None
+    ) -> None:
         ring = {"": key} if isinstance(key, bytes) else dict(key)
         if not ring or any(len(k) < 16 for k in ring.values()):
             raise ValueError("token signing key must be at least 16 bytes")
         self._ring = ring
         self._kid = next(iter(ring))  # the first key signs; every key verifies
         self._clock = clock
+        self._node = node  # this node: tokens issued name it, tokens of another node are refused (None: unbound)
 
     def _sign(self, payload: str, kid: str | None = None) -> str:
         key = self._ring[self._kid if kid is None else kid]
@@ -74,6 +81,8 @@ class SignedTokens(TokenStore):
         }
         if self._kid:
             body["kid"] = self._kid
+        if self._node is not None:
+            body["nd"] = self._node
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"v1.{payload}.{self._sign(payload)}"
 
@@ -92,11 +101,16 @@ class SignedTokens(TokenStore):
         if not hmac.compare_digest(sig, self._sign(payload, kid)):
             raise TokenError("viewer token signature invalid")
         try:
-            claims = Claims(str(body["sid"]), Scope(body["scp"]), float(body["exp"]))
+            node = body.get("nd")
+            if node is not None and not isinstance(node, str):
+                raise TypeError(node)
+            claims = Claims(str(body["sid"]), Scope(body["scp"]), float(body["exp"]), node)
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenError("malformed viewer token") from exc
         if claims.session_id != session_id:
             raise TokenError("viewer token belongs to another session")
         if claims.expires_at < self._clock():
             raise TokenError("viewer token expired; request a new one")
+        if self._node is not None and claims.node is not None and claims.node != self._node:
+            raise ForeignToken(claims, self._node)
         return claims
