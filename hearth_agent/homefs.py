@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import json
 import os
 import secrets
 import stat
@@ -99,10 +100,11 @@ class NewFile:
     parts: list[str]
     mode: int
     data: bytes
+    merge: dict[str, Any] | None = None  # a JSON object merged into the existing file instead of `data`
 
 
 def parse_files(items: Any) -> list[NewFile]:
-    """Validate a whole `[{target, mode, data_b64}]` batch before anything is written."""
+    """Validate a whole `[{target, mode, data_b64 | merge_json}]` batch before anything is written."""
     if not isinstance(items, list) or not items:
         raise ValueError("files must be a non-empty list of {target, mode, data_b64}")
     out: list[NewFile] = []
@@ -113,6 +115,12 @@ def parse_files(items: Any) -> list[NewFile]:
         parts = relative_parts(target)
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ValueError(f"mode of {target} must be an integer between 0 and 0o777")
+        if "merge_json" in item:
+            merge = item["merge_json"]
+            if not isinstance(merge, dict) or not merge or data_b64 is not None:
+                raise ValueError(f"merge_json of {target} must be a non-empty JSON object (and no data_b64)")
+            out.append(NewFile("/".join(parts), parts, mode, b"", merge))
+            continue
         if not isinstance(data_b64, str):
             raise ValueError(f"data_b64 of {target} must be a base64 string")
         try:
@@ -128,14 +136,50 @@ def parse_files(items: Any) -> list[NewFile]:
 
 
 def install(home: str, files: list[NewFile]) -> list[str]:
-    """Write each file atomically (temp file in the same directory with the mode, fsync, rename); returns targets."""
+    """Write each file atomically (temp file in the same directory with the mode, fsync, rename); returns targets.
+    A `merge` file is the existing JSON object there (if any) with `merge` merged in (see `merged`)."""
     for f in files:
+        if f.merge is not None:
+            f = _merged_file(home, f)
         parent = _open_parent(home, f.parts, create=True)
         try:
             _install_one(parent, f)
         finally:
             os.close(parent)
     return [f.target for f in files]
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with `new` merged in: objects recursively, anything else replaced; keys only in `old` are kept."""
+    out = dict(old)
+    for key, value in new.items():
+        prev = out.get(key)
+        out[key] = merged(prev, value) if isinstance(prev, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _merged_file(home: str, f: NewFile) -> NewFile:
+    assert f.merge is not None
+    raw = read_file(home, f.target)
+    mode, current = f.mode, {}
+    if raw is not None and raw.strip():
+        try:
+            parsed: Any = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError(
+                f"{f.target} in the CLI sandbox is not a JSON object, so the settings the CLI needs cannot be "
+                "merged into it; fix or remove that file, then sign in again"
+            )
+        current = parsed
+        parent = _open_parent(home, f.parts, create=False)
+        try:
+            mode = stat.S_IMODE(os.stat(f.parts[-1], dir_fd=parent, follow_symlinks=False).st_mode)
+        finally:
+            os.close(parent)
+    data = (json.dumps(merged(current, f.merge), indent=2) + "\n").encode()
+    return NewFile(f.target, f.parts, mode, data)
 
 
 def _install_one(parent: int, f: NewFile) -> None:

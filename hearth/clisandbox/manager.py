@@ -9,7 +9,6 @@ belongs to the sandbox manager (hearth/lifecycle), with a driver that offers a p
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import secrets
@@ -22,10 +21,13 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient
+from hearth.clisandbox.delivery import files_body
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind
+from hearth.providers.model import Provider
+from hearth.providers.registry import load as load_providers
 from hearth.sandbox.base import SandboxSpec
 from hearth.store.db import Database
 from hearth.store.models import CliSandboxRow, CredentialRow, SessionRow, utcnow
@@ -73,8 +75,11 @@ def mark_stopped(db: Db, owner_id: str) -> None:
 
 
 class CliSandboxes:
-    def __init__(self, settings: Settings, db: Database, sandboxes: SandboxManager) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, sandboxes: SandboxManager, providers: dict[str, Provider] | None = None
+    ) -> None:
         self.s = settings
+        self.providers = load_providers() if providers is None else providers
         self.db = db
         self.sandboxes = sandboxes
         self.ipam = sandboxes.ipam
@@ -138,20 +143,26 @@ class CliSandboxes:
             log.info("CLI sandbox started", extra={"user": user_id})
             return await self.db.run(save)
 
-    async def deliver(self, user_id: str, files: list[CredentialFile]) -> list[str]:
-        """Install `files` in the user's CLI sandbox through its agent; returns the installed targets."""
+    async def deliver(self, user_id: str, files: list[CredentialFile], provider: str = "") -> list[str]:
+        """Install `files` in the user's CLI sandbox through its agent, with the settings `provider`'s CLI needs to
+        count as signed in merged into the person's own (hearth/clisandbox/delivery.py); returns the targets."""
         row = await self.ensure(user_id)
         spec = self._spec(row)
         client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
-        body = {
-            "files": [{"target": f.path, "mode": f.mode, "data_b64": base64.b64encode(f.data).decode()} for f in files]
-        }
-        out = await client.call("POST", "/v1/files", body)
+        out = await client.call("POST", "/v1/files", files_body(files, self._provider(provider, files)))
         await self._touch(user_id)
         installed = out.get("installed") if isinstance(out, dict) else None
         if not isinstance(installed, list):
             raise HearthError(Hop.AGENT, "CLI sandbox agent did not confirm the installed files", "see its agent log")
         return [str(t) for t in installed]
+
+    def _provider(self, name: str, files: list[CredentialFile]) -> Provider | None:
+        """The named provider, or the one whose credential files these are (each provider's targets are its own)."""
+        if name:
+            return self.providers.get(name)
+        paths = {f.path for f in files}
+        owners = [p for p in self.providers.values() if {f.target for f in p.credential_files} == paths]
+        return owners[0] if len(owners) == 1 else None
 
     async def home_node(self, user_id: str) -> str | None:
         """The node where `user_id`'s CLI sandbox lives; None before its first start."""
@@ -185,7 +196,7 @@ class CliSandboxes:
                 files = await vault.open(user_id, provider)
                 if files is None:  # revoked meanwhile
                     continue
-                await self.deliver(user_id, files)
+                await self.deliver(user_id, files, provider)
                 await vault.mark_delivered(user_id, provider)
             except HearthError as exc:
                 why = exc.reason

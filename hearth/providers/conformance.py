@@ -12,9 +12,11 @@ Used by tests/providers/test_conformance.py and `hearth providers check`; needs 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -28,15 +30,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from hearth.clisandbox.delivery import files_body
 from hearth.providers.model import FlowName, Provider
 from hearth.providers.standin import DEVICE_USER_CODE, REFUSED_CODE, Net, get_in_netns, wrap
 from hearth.providers.standin import provider_net as standin_net
+from hearth.vault.store import CredentialFile
 from hearth_agent.signin import SignIn
 
 HOOK = Path(__file__).resolve().parents[2] / "hearth_agent" / "browser_hook.py"
 SESSION = "conformance"
 SECRET = secrets.token_hex(16)
 CODE_PROMPT_WAIT = 30.0  # seconds for the CLI to ask for the pasted code once its URL is out
+STATUS_TIMEOUT = 60.0  # seconds for a CLI's own status check
 
 
 @dataclass
@@ -152,11 +157,13 @@ def run_flow(
     extra_env: dict[str, str] | None = None,
     prepare: Callable[[str], contextlib.AbstractContextManager[dict[str, str]]] | None = None,
     standin: bool = False,
+    signed_in: bool = False,
 ) -> FlowResult:
     """One flow of one provider, as described in the module docstring. `complete(step)` does
     what the person would (follow the redirect, type a code) against local stand-ins; without it the run stops
     after the URL. `prepare(netns)` starts stand-ins inside the namespace and yields extra environment for the CLI;
-    `standin` runs the providers' network stand-in (hearth/providers/standin.py) there and points the CLI at it."""
+    `standin` runs the providers' network stand-in (hearth/providers/standin.py) there and points the CLI at it;
+    `signed_in` then asks the CLI itself whether the delivered files sign it in (`_signed_in`)."""
     res = FlowResult(provider.name, flow.value)
     bin_dir = (clis_dir / "node_modules" / ".bin") if clis_dir is not None else None
     definition = provider.agent_document()
@@ -197,6 +204,8 @@ def run_flow(
                 return res
             try:
                 _follow(res, signin, pushes, opened, t0, url_timeout, ns, complete, credentials_timeout, net)
+                if signed_in and res.ok and res.credentials_written and net is not None:
+                    _signed_in(res, provider, pushes, ns, net, bin_dir)
             finally:
                 _, status = signin.status({})
                 res.screen_tail = str(status.get("screen_tail", ""))
@@ -260,6 +269,47 @@ def _follow(
     res.extra["files"] = [(f["target"], f["mode"]) for f in pushes.credentials[0]["files"]]
 
 
+def _signed_in(res: FlowResult, provider: Provider, pushes: Pushes, ns: str, net: Net, bin_dir: Path | None) -> None:
+    """Delivered means usable: only the delivered files — the pushed credentials and the definition's settings, as
+    the controller sends them to a CLI sandbox (hearth/clisandbox/delivery.py), installed by the agent's own
+    `POST /v1/files` — in a fresh home, and the CLI's own status check (the definition's `status`) must say signed
+    in, offline against the stand-in."""
+    check = provider.status
+    if check is None:
+        res.failed_step = f"signed in: {provider.name} declares no status check (`status` in its definition)"
+        return
+    delivered = [
+        CredentialFile(f["target"], int(f["mode"]), base64.b64decode(f["data_b64"]))
+        for f in pushes.credentials[0]["files"]
+    ]
+    home = tempfile.mkdtemp(prefix="hearth-delivered-")
+    os.chmod(home, 0o700)
+    try:
+        agent = SignIn(_Desk(home, lambda _url: None), {"secret": SECRET}, home=home)  # type: ignore[arg-type]
+        code, out = agent.files(files_body(delivered, provider))
+        if code != 200:
+            res.failed_step = f"signed in: installing the delivered files: HTTP {code}: {out.get('error')}"
+            return
+        res.extra["delivered"] = sorted(str(p.relative_to(home)) for p in Path(home).rglob("*") if p.is_file())
+        path = f"{bin_dir}:/usr/local/bin:/usr/bin:/bin" if bin_dir is not None else "/usr/local/bin:/usr/bin:/bin"
+        env = {"HOME": home, "PATH": path, "TERM": "dumb", "LANG": "C.UTF-8", **net.env, **check.env}
+        command = ["nsenter", f"--net=/run/netns/{ns}", "--", *wrap(check.command, net.hosts_file)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=STATUS_TIMEOUT, env=env, cwd=home)
+        except subprocess.TimeoutExpired:
+            res.failed_step = f"signed in: `{' '.join(check.command)}` did not answer within {STATUS_TIMEOUT:g} s"
+            return
+        said = (done.stdout + done.stderr).strip()
+        res.extra["status"] = said[-2000:]
+        if done.returncode != check.exit_code or not re.search(check.signed_in, said):
+            res.failed_step = (
+                f"signed in: with only the delivered files, `{' '.join(check.command)}` exited {done.returncode} "
+                f"and said: {said[-400:]!r}"
+            )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 # ---- the person's part, per real CLI and flow (against hearth/providers/standin.py) ----------------------------
 def _query(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
@@ -320,6 +370,7 @@ def check(provider: Provider, flow: FlowName, clis_dir: Path | None, netns_prefi
         netns_prefix=netns_prefix,
         standin=True,
         complete=COMPLETIONS.get((provider.name, flow)),
+        signed_in=True,
     )
     if res.credentials_written:
         want = sorted((f.target, f.mode) for f in provider.credential_files)

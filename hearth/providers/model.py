@@ -79,6 +79,40 @@ class CredentialFileSpec(BaseModel):
         return _relative_path(v)
 
 
+class SettingsMerge(BaseModel):
+    """A JSON settings file the CLI needs besides its credentials to count as signed in (Gemini CLI: the auth type
+    in `.gemini/settings.json`). `merge` is deep-merged into the file in the user's CLI sandbox by its agent: the
+    person's other settings there stay as they are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(description="relative to HOME in the user's CLI sandbox")
+    merge: dict[str, Any] = Field(min_length=1, description="JSON object merged into the file (objects recursively)")
+    mode: int = Field(0o600, ge=0, le=0o777, description="mode of a file created new (an existing file keeps its)")
+
+    @field_validator("target")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        return _relative_path(v)
+
+
+class StatusCheck(BaseModel):
+    """How the CLI itself says whether it is signed in. The conformance suite runs it with only the delivered files
+    in a fresh home, offline against the providers' stand-in (hearth/providers/conformance.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    signed_in: str = Field(description="regex the output matches when the CLI counts as signed in")
+    exit_code: int = Field(0, description="the exit status when signed in")
+
+    @field_validator("signed_in")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _regex(v)
+
+
 class CliSpec(BaseModel):
     """The npm package that provides the CLI (pinned in clis/package-lock.json) and the binary it installs."""
 
@@ -120,6 +154,8 @@ class Provider(BaseModel):
     display_name: str
     cli: CliSpec | None = Field(None, description="absent for CLIs that are not npm packages (example)")
     credential_files: list[CredentialFileSpec] = Field(min_length=1)
+    settings_files: list[SettingsMerge] = Field(default_factory=list)
+    status: StatusCheck | None = None
     timeout: float = Field(600, gt=0)
     flows: dict[FlowName, Flow] = Field(min_length=1)
 
@@ -128,6 +164,9 @@ class Provider(BaseModel):
         targets = [f.target for f in self.credential_files]
         if len(set(targets)) != len(targets):
             raise ValueError("credential_files targets must be unique")
+        merged = [f.target for f in self.settings_files]
+        if len(set(merged)) != len(merged) or set(merged) & set(targets):
+            raise ValueError("settings_files targets must be unique and not credential_files targets")
         for name, flow in self.flows.items():
             if name is FlowName.DEVICE_CODE and flow.code_pattern is None:
                 raise ValueError("flows.device_code needs code_pattern (a regex with (?P<code>...))")

@@ -176,7 +176,53 @@ def default_responder(net: Net, method: str, host: str, path: str, body: bytes) 
             "scope": "https://www.googleapis.com/auth/cloud-platform",
             "id_token": fake_jwt({"email": "t@example.test", "sub": "1", "iat": now, "exp": now + 3600}),
         }
+    gemini = _gemini_api(host, p, now)
+    if gemini is not None:
+        return gemini
     return 404, {"error": "not_found", "standin": True}
+
+
+GEMINI_ANSWER = "hearth-standin-ready"  # what the stand-in's model says to any prompt
+
+
+def _gemini_api(host: str, p: str, now: int) -> tuple[int, Any] | None:
+    """What a Gemini CLI signed in with Google needs to answer one prompt: its cached token checked (tokeninfo,
+    userinfo), its Code Assist tier loaded, and a streamed answer (SSE bytes)."""
+    if host == "oauth2.googleapis.com" and p == "/tokeninfo":
+        scope = "https://www.googleapis.com/auth/cloud-platform"
+        return 200, {"aud": "standin", "sub": "1", "scope": scope, "exp": str(now + 3600), "expires_in": "3599"}
+    if host == "www.googleapis.com" and p == "/oauth2/v2/userinfo":
+        return 200, {"id": "1", "email": "t@example.test", "verified_email": True}
+    if host != "cloudcode-pa.googleapis.com":
+        return None
+    method = p.rsplit(":", 1)[-1]
+    if method == "loadCodeAssist":
+        tier = {
+            "id": "free-tier",
+            "name": "Gemini Code Assist for individuals",
+            "userDefinedCloudaicompanionProject": False,
+        }
+        return 200, {"currentTier": tier, "allowedTiers": [tier], "cloudaicompanionProject": "hearth-standin"}
+    if method == "onboardUser":
+        return 200, {"done": True, "response": {"cloudaicompanionProject": {"id": "hearth-standin"}}}
+    if method == "streamGenerateContent":
+        answer = {
+            "response": {
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": GEMINI_ANSWER}]}, "finishReason": "STOP"}
+                ],
+                "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2},
+            },
+            "traceId": "standin",
+        }
+        return 200, b"data: " + json.dumps(answer).encode() + b"\n\n"
+    if method == "generateContent":  # the CLI's side calls (routing, next speaker): a plain JSON answer
+        text = json.dumps({"reasoning": "standin", "model_choice": "flash", "next_speaker": "user"})
+        candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
+        return 200, {"response": {"candidates": [candidate]}, "traceId": "standin"}
+    if method == "countTokens":
+        return 200, {"totalTokens": 1}
+    return 200, {}  # experiments, quotas, settings, recordings: empty is "none"
 
 
 @contextlib.contextmanager
@@ -222,9 +268,10 @@ def provider_net(netns: str, responder: Responder = default_responder) -> Iterat
                 with lock:
                     net.requests.append(Request(self.command, host, self.path, body))
                 code, out = responder(net, self.command, host, self.path, body)
-                raw = json.dumps(out).encode()
+                stream = isinstance(out, bytes)  # server-sent events, as they go over the wire
+                raw = out if stream else json.dumps(out).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)

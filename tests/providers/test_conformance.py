@@ -12,6 +12,7 @@ code approved at the stand-in); the CLI writes its credential files, which are p
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -64,6 +65,20 @@ def test_real_cli_signs_in_offline_through_the_agent(name: str, flow: FlowName) 
     assert res.credentials_written is True
     assert res.extra["files"] == [(f.target, f.mode) for f in provider.credential_files]
     assert TOKEN_ENDPOINTS[name] in res.extra["requests"]
+    # delivered means usable: with only the delivered files in a fresh home, the CLI's own check says signed in
+    assert provider.status is not None and re.search(provider.status.signed_in, res.extra["status"])
+    want = sorted([f.target for f in provider.credential_files] + [f.target for f in provider.settings_files])
+    assert res.extra["delivered"] == want
+
+
+def test_gemini_without_its_auth_type_setting_is_not_signed_in() -> None:
+    """The control for the step above: Gemini CLI's credentials alone (the definition before issue 21) leave it
+    asking for an auth method, and the conformance step says so."""
+    provider = PROVIDERS["gemini_cli"].model_copy(update={"settings_files": []})
+    res = conformance.check(provider, FlowName.PASTE_CODE, INSTALLED)
+    assert res.credentials_written is True
+    assert res.failed_step.startswith("signed in: with only the delivered files"), res.failed_step
+    assert "Please set an Auth method" in res.failed_step
 
 
 def test_a_missing_cli_fails_at_install_naming_the_fix() -> None:
