@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth_agent import homefs
+from hearth_agent.codes import scrub_codes
 from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
 from hearth_agent.credfiles import CredentialFiles
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
@@ -78,6 +79,7 @@ class LoginRun:
         self._lock = threading.Lock()
         self._env, self.restarts = env, 0
         self.message: str | None = None
+        self._codes: set[str] = set()  # every code shown to or pasted by the person in this run (across restarts)
         self._fresh_terminal()
         self._pushed: dict[str, Any] | None = None
         self._cancel = threading.Event()
@@ -149,7 +151,12 @@ class LoginRun:
 
     def screen_tail(self, n: int = 12) -> str:
         with self._lock:
-            return "\n".join(redact(line, 300) for line in self._screen.tail(n))
+            return "\n".join(self._scrub(redact(line, 300)) for line in self._screen.tail(n))
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the person's sign-in codes (hearth_agent/codes.py): for reasons, events and the log."""
+        pattern = self.flow.code_pattern
+        return scrub_codes(text, self._codes, (pattern,) if pattern is not None else ())
 
     def status(self) -> dict[str, Any]:
         tail = self.screen_tail()
@@ -177,6 +184,7 @@ class LoginRun:
                 raise CodeRefused(409, "the CLI is not waiting for a code now")
             self.awaiting_code, self.message = False, None
             self._code_sent = (self._screen.version, set(self._error_lines()))
+            self._codes.add(code)
         ok = self._pty.write(code)
         time.sleep(0.2)  # a TUI takes text and Enter in one read as a paste: Enter comes on its own
         ok = self._pty.write("\r") and ok
@@ -247,6 +255,7 @@ class LoginRun:
             found = self.flow.code_pattern.search(self._screen.joined())
             if found is not None and found.group("code"):
                 self.user_code = found.group("code")
+                self._codes.add(self.user_code)
                 log.info("device code shown", extra={"provider": self.p.name})
         if self.flow.code_prompt is not None and self._url is not None:
             self._check_code_prompt(now, visible)
@@ -432,6 +441,7 @@ class LoginRun:
 
     def _finish(self, state: str, reason: str, push: bool = True) -> None:
         with self._lock:
+            reason = self._scrub(reason)
             self.state, self.reason = state, reason
             self.awaiting_code = False
         if state == "failed":

@@ -34,6 +34,7 @@ from hearth.session import admission
 from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.browser import BrowserTurns
+from hearth.session.codes import SessionCodes
 from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.owner import refuse
@@ -134,6 +135,8 @@ class SessionService:
         # Set by the app (the controller's one providers dict): a sandbox's agent runs only the definition whose
         # digest its config names — that of the session's provider as it is when the sandbox boots.
         self.providers: Mapping[str, Provider] = {}
+        # Sign-in codes never reach the store: every reason and event detail passes through `codes.scrub`.
+        self.codes = SessionCodes(lambda: self.providers)
 
     # ---- naming (pure) ---------------------------------------------------------------------------
     def spec(
@@ -228,6 +231,7 @@ class SessionService:
 
     async def note(self, session_id: str, name: str, detail: str | None = None) -> None:
         """Add a timeline entry (no state change)."""
+        detail = self.codes.scrub(session_id, detail)
         await self.db.run(
             lambda db: db.add(EventRow(session_id=session_id, kind="note", name=name[:64], detail=detail))
         )
@@ -649,6 +653,8 @@ class SessionService:
         timings: dict[str, float] | None = None,
         also: Callable[[Db], object] | None = None,
     ) -> SessionView:
+        reason = self.codes.scrub(sid, reason)  # reasons and event details never carry a sign-in code
+
         def move(db: Db) -> SessionView:
             row = db.get(SessionRow, sid, with_for_update=True)
             if row is None:

@@ -84,6 +84,7 @@ class SignInFlow:
             if view.status.terminal:
                 return
             before = self._prompts.get(session_id)
+            self.service.codes.remember(session_id, prompt.user_code)  # shown to the person; never written
             self._prompts[session_id] = prompt
             if before is None or before.url != prompt.url:
                 await self.service.note(session_id, "sign-in link shown", f"{prompt.flow} flow")
@@ -112,6 +113,7 @@ class SignInFlow:
         if not prompt.awaiting_code:
             raise CodeRefused(409, "the CLI is not waiting for a code (yet); wait for the page to ask for it")
         agent = self._agent(view)
+        self.service.codes.remember(session_id, text)  # the person's: never in a reason, event or log
         with bind_session(session_id):
             try:
                 await agent.call("POST", "/v1/login/code", {"code": text})
@@ -244,6 +246,7 @@ class SignInFlow:
 
     async def _ended(self, view: SessionView) -> None:
         self._prompts.pop(view.id, None)
+        self.service.codes.forget(view.id)
         timer = self._timers.pop(view.id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
