@@ -114,10 +114,14 @@ PROFILES = {"xvnc": XVNC, "x11vnc": X11VNC}
 
 
 def name_of(kind: int) -> str:
+    """The specification's name of a message type (SetDesktopSize, ClientFence, …)."""
     try:
-        return Msg(kind).name
+        name = Msg(kind).name
     except ValueError:
         return f"type {kind}"
+    if name in ("QEMU", "XVP", "GII"):
+        return f"{name.lower() if name != 'QEMU' else name} client message"
+    return "".join(w.capitalize() for w in name.split("_")).replace("Fb", "Framebuffer")
 
 
 def missing(needed: tuple[Pseudo, ...], announced: frozenset[int]) -> str:

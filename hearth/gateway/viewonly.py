@@ -116,8 +116,7 @@ class InputFilter:
         there is yet (ClientCutText: always its header)."""
         kind = head[0]
         if kind not in self.server.messages:
-            what = f"RFB message {name_of(kind)}" if kind in Msg._value2member_map_ else f"RFB message type {kind}"
-            raise Refused(f"viewer sent {what}, which {self.server.name} here does not take")
+            raise Refused(f"viewer sent RFB message {name_of(kind)}, which {self.server.name} here does not take")
         if kind in FIXED:
             return FIXED[kind]
         if kind == Msg.SET_ENCODINGS:

@@ -115,7 +115,7 @@ def test_everything_announced_everything_passes_in_control_scope() -> None:
         (struct.pack(">BxxxIB", 248, 0, 65) + bytes(65), "65-byte payload"),
         (struct.pack(">BxxxI", 6, 0xFFFFFFFE) + bytes(2), "at least 4"),
         (struct.pack(">BBH", 255, 1, 0), "QEMU submessage 1"),  # audio: Xvnc does not take it
-        (struct.pack(">BxBB", 250, 1, 2), "XVP"),
+        (struct.pack(">BxBB", 250, 1, 2), "xvp"),
         (b"\x00\x00\x00\x00" + struct.pack(">BBBBHHHBBBxxx", 24, 24, 0, 1, 255, 255, 255, 16, 8, 0), "24 bits"),
         (set_encodings(*range(513)), "513 encodings"),
     ],
