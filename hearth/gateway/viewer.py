@@ -114,6 +114,7 @@ def make_router(
             body = await request.json()
         except ValueError:
             body = None
+        await service.owned(session_id, "code")  # another node's session: 421 naming it (hearth/session/owner.py)
         try:
             await signin.submit_code(session_id, body.get("code") if isinstance(body, dict) else None)
         except CodeRefused as exc:
@@ -150,7 +151,7 @@ def make_router(
                 media_type="text/event-stream",
             )
         try:
-            await service.get(session_id)
+            await service.owned(session_id, "status")  # another node's session: 421 naming it (a token of old)
         except SessionNotFound:
             return StreamingResponse(
                 iter(['event: error\ndata: "unknown session"\n\n']), status_code=404, media_type="text/event-stream"

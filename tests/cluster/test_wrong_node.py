@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope
+from hearth.gateway.tokens.signed import SignedTokens, parse_ring
 from hearth.rfb.ws import first_frame
 from hearth.session.owner import address_of
 from tests.conftest import Running, running_controller
@@ -37,6 +38,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/token", {"scope": "control"}),
     ("POST", "/token", {"scope": "view"}),
     ("GET", "/api/diagnostics/{id}?gateway=false", None),
+    ("POST", "/code", {"code": "ABCD-EFGH"}),
+    ("GET", "/status?token={unbound}", None),  # a token that names no node (issued before tokens named theirs)
     ("POST", "/cancel", None),
     ("DELETE", "", None),
 ]
@@ -51,7 +54,7 @@ async def closed_with(url: str) -> tuple[int, str]:
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
-async def refused_everywhere(http: httpx.AsyncClient, sid: str, owner: str, address: str) -> None:
+async def refused_everywhere(http: httpx.AsyncClient, sid: str, owner: str, address: str, unbound: str) -> None:
     expected = {
         "error": f"[node] session {sid} lives on node {owner}; call that node ({address}) or go through an edge",
         "hop": "node",
@@ -59,6 +62,7 @@ async def refused_everywhere(http: httpx.AsyncClient, sid: str, owner: str, addr
     }
     for method, path, body in ROUTES:
         url = path.replace("{id}", sid) if path.startswith("/api/") else f"/api/auth/session/{sid}{path}"
+        url = url.replace("{unbound}", unbound)
         r = await http.request(method, url, json=body)
         assert r.status_code == 421, (method, url, r.status_code, r.text)
         assert r.json() == expected, (method, url, r.text)
@@ -108,8 +112,9 @@ async def test_every_route_on_the_wrong_node_is_refused_and_nothing_is_harmed(
         assert addr1 and addr2 and addr1 != addr2
 
         # -- every session route, on the wrong node: 421 naming the owner (both ways round) ---------------------
-        await refused_everywhere(http1, blue.session_id, "n2", addr2)
-        await refused_everywhere(http2, red.session_id, "n1", addr1)
+        unbound = SignedTokens(parse_ring(shared["HEARTH_TOKEN_SECRET"]))  # names no node
+        await refused_everywhere(http1, blue.session_id, "n2", addr2, unbound.issue(blue.session_id, Scope.VIEW, 60))
+        await refused_everywhere(http2, red.session_id, "n1", addr1, unbound.issue(red.session_id, Scope.VIEW, 60))
 
         # -- the viewer WebSocket on the wrong node: 4421 naming the owner, its own node's token or not ----------
         code, reason = await closed_with(blue.ws_url(n1))
