@@ -46,7 +46,8 @@ def status_json(
     return json.dumps(
         {
             "status": view.status.value,
-            "reason": view.reason,
+            # a live session's reason may name the sign-in page (url_captured: scheme://host/path): not for watchers
+            "reason": view.reason if not watching or view.status.terminal else None,
             "hop": view.hop,
             "timings": view.timings,
             "mode": view.mode.value,

@@ -22,7 +22,7 @@ const REDIRECT_SECONDS = 5;
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
-let viewOnly = params.get("view_only") === "1";
+const viewOnly = params.get("view_only") === "1";  // the gateway drops a view token's input either way
 const pagePath = location.pathname.replace(/\/$/, ""); // <prefix>/api/auth/session/{id}/novnc
 const sessionId = decodeURIComponent((pagePath.match(/\/session\/([^/]+)\/novnc$/) || [])[1] || "");
 const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + pagePath + "/websock?token="
@@ -166,8 +166,9 @@ function connect() {
   rfb.addEventListener("connect", () => {
     retries = 0;
     setState(viewOnly ? "ready (view only)" : "ready");
-    $("tools").hidden = viewOnly;
-    setMessage(viewOnly ? UI.view_only || "" : status?.message || "");
+    const watching = viewOnly || Boolean(status?.watching);
+    $("tools").hidden = watching;
+    setMessage(watching ? UI.view_only || "" : status?.message || "");
   });
   rfb.addEventListener("disconnect", (e) => {
     rfb = null;
@@ -404,7 +405,6 @@ function followStatus() {
     lastStatus = s.status;
     window.hearthStatus = s;
     window.hearthSaid = [...(window.hearthSaid || []), { status: s.status, step: s.step, headline: s.headline, message: s.message }];
-    if (s.watching) viewOnly = true;
     setHeadline(s.headline);
     showStepper(s);
     showDetails();
@@ -431,7 +431,7 @@ function followStatus() {
       return;
     }
     if (!rfb || window.hearthState === "ready" || window.hearthState === "ready (view only)") {
-      setMessage(viewOnly ? UI.view_only || s.message : s.message);
+      setMessage(viewOnly || s.watching ? UI.view_only || s.message : s.message);
     }
     connect();
   };
