@@ -67,17 +67,33 @@ class Database:
         self._guard(lambda: schema.ensure(self.engine))
 
     def check_data_dir(self) -> None:
-        """Raise StoreError when the data directory vanished or was replaced since the store opened it."""
+        """Raise StoreError while the path does not lead to the very directory the store opened (checked before
+        every transaction). The same directory moved back to its path resumes service at once — it is the one hearth
+        holds open, and nothing was written while it was away; any other directory there (a restored backup, a new
+        mount, an empty one) never does: that needs a restart, which opens it afresh."""
         if self.data_dir is None or self._dir_fd is None:
             return
         held = os.fstat(self._dir_fd)
         now = _identity(self.data_dir)
-        if held.st_nlink == 0 or now != (held.st_dev, held.st_ino):
-            gone = "was removed" if held.st_nlink == 0 or now is None else "was replaced by another directory"
-            raise StoreError(
-                f"the data directory {self.data_dir} {gone} while hearth was running; no new work is accepted",
-                "restore the data directory (or its backup) and restart hearth",
+        if held.st_nlink == 0:
+            gone, fix = "was removed", "restore the data directory from its backup and restart hearth"
+        elif now is None:
+            gone = "was moved away (or removed)"
+            fix = (
+                "move the same directory back to its path (service resumes at once), or restore a backup there and "
+                "restart hearth"
             )
+        elif now != (held.st_dev, held.st_ino):
+            gone = "was replaced by another directory"
+            fix = (
+                "put the directory hearth opened back at its path (service resumes at once); for a restored backup "
+                "or another directory, restart hearth"
+            )
+        else:
+            return
+        raise StoreError(
+            f"the data directory {self.data_dir} {gone} while hearth was running; no new work is accepted", fix
+        )
 
     def call(self, fn: Callable[[Session], T]) -> T:
         """Run `fn` in one transaction (commit on success, roll back on error), synchronously."""

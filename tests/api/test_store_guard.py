@@ -90,3 +90,40 @@ def test_an_unreachable_database_is_a_store_error_without_library_text(tmp_path:
         text = caught.value.reason
         assert text.startswith("[store] the state store is unavailable:"), text
         assert "sqlalche" not in text and "OperationalError" not in text and "sqlite3" not in text
+
+
+def test_the_same_data_dir_moved_back_resumes_at_once(tmp_path: Path, data: Path) -> None:
+    """The README's promise: the directory hearth opened, moved away and back, is service again without a restart
+    (it is the one the store holds open; nothing was written while it was away)."""
+    with opened(f"sqlite:///{data / 'hearth.db'}", data) as db:
+        add_session(db)
+        away = tmp_path / "moved-away"
+        data.rename(away)
+        with pytest.raises(StoreError) as caught:
+            db.probe()
+        assert "was moved away" in caught.value.reason, caught.value.reason
+        assert "move the same directory back to its path (service resumes at once)" in caught.value.hint
+        with pytest.raises(StoreError, match="was moved away"):
+            db.call(lambda s: s.add(SessionRow(id="s2", user_id="u", status="cancelled", driver="netns", fabric="f")))
+        away.rename(data)
+        db.probe()
+        db.call(lambda s: s.add(SessionRow(id="s3", user_id="u", status="cancelled", driver="netns", fabric="f")))
+        assert db.call(lambda s: sorted(r.id for r in s.query(SessionRow))) == ["s1", "s3"]  # s2 never written
+
+
+def test_a_restored_copy_of_the_data_dir_needs_a_restart(tmp_path: Path, data: Path) -> None:
+    """A backup restored at the path is another directory: refused until a restart opens it afresh."""
+    url = f"sqlite:///{data / 'hearth.db'}"
+    with opened(url, data) as db:
+        add_session(db)
+        db.engine.dispose()  # the backup is taken of a quiet store
+        shutil.copytree(data, tmp_path / "backup")
+        data.rename(tmp_path / "lost")
+        shutil.copytree(tmp_path / "backup", data)
+        with pytest.raises(StoreError) as caught:
+            db.probe()
+        assert "was replaced by another directory" in caught.value.reason
+        assert "for a restored backup or another directory, restart hearth" in caught.value.hint
+    with opened(url, data) as restarted:  # what a restart does: the restored directory is the store's now
+        restarted.probe()
+        assert restarted.call(lambda s: [r.id for r in s.query(SessionRow)]) == ["s1"]
