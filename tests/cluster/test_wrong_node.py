@@ -24,6 +24,7 @@ from hearth.gateway.tokens.base import Scope
 from hearth.gateway.tokens.signed import SignedTokens, parse_ring
 from hearth.rfb.ws import first_frame
 from hearth.session.owner import address_of
+from hearth.store.models import CliSandboxRow
 from tests.conftest import Running, running_controller
 from tests.live import Live, start_ready
 
@@ -148,6 +149,18 @@ async def test_every_route_on_the_wrong_node_is_refused_and_nothing_is_harmed(
         ] == [(red.session_id, "n2", "n1")]
         controllers = [r for r in caplog.records if r.name.startswith(("hearth", "uvicorn"))]  # not the test's httpx
         assert not any(foreign in r.getMessage() or foreign in str(vars(r)) for r in controllers)
+
+        # -- another node's CLI sandbox (its row, as a first start writes it): 421 naming that node, logged --------
+        await n2.ctl.db.run(
+            lambda s: s.add(CliSandboxRow(user_id="erin", node_id="n2", owner_id="cli-erin", home="/nonexistent"))
+        )
+        r = await http1.delete("/api/users/erin/cli-sandbox")
+        assert r.status_code == 421 and r.json()["node"] == "n2" and "node n2" in r.json()["error"], r.text
+        assert any(
+            r.getMessage() == "refused: the CLI sandbox lives on another node"
+            and (getattr(r, "owner_node", None), getattr(r, "this_node", None)) == ("n2", "n1")
+            for r in caplog.records
+        )
 
         # -- and each node still acts on its own: cancel on the right node ends only that session --------------
         assert (await http2.post(f"/api/auth/session/{blue.session_id}/cancel")).json()["status"] == "cancelled"
