@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, sessions, users
+from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.cluster.beat import run_node
@@ -43,6 +44,8 @@ from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
+from hearth.webhooks.outbox import Outbox
+from hearth.webhooks.sender import run_sender
 
 log = logging.getLogger("hearth.api")
 RETRY_AFTER = 5  # seconds, on 503 for an unavailable store
@@ -96,7 +99,7 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
         if settings.token_secret
         else load_or_create_key(settings.data_dir / "token.key")
     )
-    vault = Vault(db, ring)
+    vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
     clis = CliSandboxes(settings, db, sandboxes)
     providers = load_providers()
     service.providers = providers
@@ -162,6 +165,7 @@ def create_app(ctl: Controller) -> FastAPI:
         await ctl.fabric.up()
         callbacks = await agent_callbacks.serve(settings, ctl.signin)
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
+        webhooks = asyncio.create_task(run_sender(settings, ctl.db), name="webhooks")  # HEARTH_WEBHOOK_URL
         beat = asyncio.create_task(
             run_node(settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set),
             name="node-heartbeat",
@@ -169,7 +173,7 @@ def create_app(ctl: Controller) -> FastAPI:
         try:
             yield
         finally:
-            for task in (beat, keeper):
+            for task in (beat, keeper, webhooks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -232,6 +236,7 @@ def create_app(ctl: Controller) -> FastAPI:
     app.include_router(health.make_router(ctl))
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
+    app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
     app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
     app.include_router(viewer.make_router(ctl.service, ctl.tokens, ctl.signin, keys))

@@ -14,6 +14,7 @@ from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.store.db import Database
+from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.cluster")
 
@@ -33,12 +34,13 @@ async def run_node(
     """Beat until cancelled; `revived()` is called after a beat that found this node marked down (it is up again)."""
     reg = nodes.Registration(s.node_id, address(s), s.max_sessions_per_node or pool, pool, drivers, __version__)
     was: NodeState | None = None
+    outbox = Outbox(s)  # sessions this beat's sweep ends get their `session.failed` webhook
     while True:
         try:
             was = await db.offload(lambda: nodes.heartbeat(db, reg))
             if was is NodeState.DOWN:
                 revived()
-            await db.offload(lambda: nodes.sweep(db, s.node_dead_after, itself=s.node_id))
+            await db.offload(lambda: nodes.sweep(db, s.node_dead_after, itself=s.node_id, outbox=outbox))
         except StoreError as exc:
             log.warning("node heartbeat skipped: %s", exc.reason, extra={"node_id": s.node_id})
         except Exception:
@@ -48,9 +50,10 @@ async def run_node(
 
 async def run_sweeper(s: Settings, db: Database) -> None:
     """An edge's share of noticing dead nodes (every process sweeps; SKIP LOCKED keeps them out of each other's way)."""
+    outbox = Outbox(s)
     while True:
         try:
-            await db.offload(lambda: nodes.sweep(db, s.node_dead_after))
+            await db.offload(lambda: nodes.sweep(db, s.node_dead_after, outbox=outbox))
         except StoreError as exc:
             log.warning("node sweep skipped: %s", exc.reason)
         except Exception:

@@ -20,6 +20,7 @@ from hearth.errors import HearthError, Hop
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, NodeRow, SessionRow
+from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.cluster")
 ACTIVE = SessionRow.status.not_in([t.value for t in TERMINAL])
@@ -113,7 +114,13 @@ def set_state(db: Database, node_id: str, target: NodeState, reason: str | None 
     return db.call(move)
 
 
-def sweep(db: Database, dead_after: float, now: datetime | None = None, itself: str | None = None) -> dict[str, int]:
+def sweep(
+    db: Database,
+    dead_after: float,
+    now: datetime | None = None,
+    itself: str | None = None,
+    outbox: Outbox | None = None,
+) -> dict[str, int]:
     """Mark every node silent for more than `dead_after` seconds down and fail its active sessions with a reason
     naming it — never `itself` (the node sweeping is alive, however late its own beat was written: a beat stuck
     behind a busy store must not end its own sessions). Returns {node id: sessions ended}. Idempotent; safe to run
@@ -132,6 +139,8 @@ def sweep(db: Database, dead_after: float, now: datetime | None = None, itself: 
             node.state, node.reason = NodeState.DOWN.value, reason
             ids = list(s.scalars(select(SessionRow.id).where(SessionRow.node_id == node.id, ACTIVE)))
             if ids:
+                if outbox is not None:  # webhooks: `session.failed` for each, read before the update below
+                    outbox.sessions_failing(s, ids, reason, Hop.NODE.value)
                 s.execute(
                     update(SessionRow)
                     .where(SessionRow.id.in_(ids), ACTIVE)

@@ -17,6 +17,7 @@ from hearth.fabric.ipam import Ipam, Lease
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
 from hearth.store.models import EventRow, SessionRow
+from hearth.webhooks.outbox import Outbox
 
 ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first
 
@@ -87,6 +88,7 @@ def admit(
         session.add(row)
         session.flush()
         session.add(EventRow(session_id=sid, kind="state", name=status.value))
+        Outbox(s).session(session, row, status.value, None)  # webhooks: `session.starting` (or `.queued`)
         return row, lease
 
     for _ in range(ATTEMPTS):

@@ -43,6 +43,7 @@ from hearth.session.states import TERMINAL, IllegalTransition, Status, check_tra
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
 from hearth.vault.keys import KeyRing, MasterKey
+from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.session")
 
@@ -108,6 +109,7 @@ class SessionService:
         # The one owner of every sandbox (secret, slot, undo, keep/destroy): browser sessions and CLI sandboxes.
         self.sandboxes = sandboxes or SandboxManager(settings, db, driver, self.ipam, _ring(settings))
         self.changes = Changes()
+        self.outbox = Outbox(settings)  # webhooks: every state change adds its event in its own transaction
         self._boots: dict[str, asyncio.Task[None]] = {}
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
         # Chromium after the desktop, when its turn comes (HEARTH_BROWSER_START): hearth/session/browser.py
@@ -660,6 +662,9 @@ class SessionService:
             if row is None:
                 raise SessionNotFound(sid)
             check_transition(Status(row.status), target)
+            self.outbox.session(
+                db, row, target.value, row.status, None if target is Status.READY else reason, hop.value if hop else None
+            )
             if also is not None:
                 also(db)
             row.status = target.value

@@ -15,6 +15,7 @@ from hearth.store.db import Database
 from hearth.store.models import CredentialRow, utcnow
 from hearth.vault.keys import KeyRing, MasterKey, VaultKeyError
 from hearth.vault.seal import Sealed, seal, unseal
+from hearth.webhooks.outbox import CredentialEvent, Outbox
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,10 @@ def _meta(r: CredentialRow) -> CredentialMeta:
 
 
 class Vault:
-    def __init__(self, db: Database, ring: KeyRing) -> None:
+    def __init__(self, db: Database, ring: KeyRing, outbox: Outbox | None = None) -> None:
         self.db = db
         self.ring = ring
+        self.outbox = outbox  # webhooks: sealed, delivered and revoked, each in its own change's transaction
 
     async def put(
         self, user_id: str, provider: str, files: list[CredentialFile], session_id: str | None
@@ -82,6 +84,8 @@ class Vault:
             row.updated_at = utcnow()
             row.delivered_at = None
             db.flush()
+            if self.outbox is not None:
+                self.outbox.credential(db, CredentialEvent.SEALED, user_id, provider, row.files, session_id)
             return _meta(row)
 
         return upsert
@@ -103,6 +107,10 @@ class Vault:
             )
             if row is not None:
                 row.delivered_at = utcnow()
+                if self.outbox is not None:
+                    self.outbox.credential(
+                        db, CredentialEvent.DELIVERED, user_id, provider, list(row.files), row.session_id
+                    )
 
         await self.db.run(mark)
 
@@ -117,12 +125,18 @@ class Vault:
         )
 
     async def revoke(self, user_id: str, provider: str) -> bool:
-        result = await self.db.run(
-            lambda db: db.execute(
-                delete(CredentialRow).where(CredentialRow.user_id == user_id, CredentialRow.provider == provider)
+        def drop(db: Db) -> bool:
+            row = db.scalar(
+                select(CredentialRow).where(CredentialRow.user_id == user_id, CredentialRow.provider == provider)
             )
-        )
-        return bool(getattr(result, "rowcount", 0))
+            if row is None:
+                return False
+            if self.outbox is not None:
+                self.outbox.credential(db, CredentialEvent.REVOKED, user_id, provider, list(row.files), row.session_id)
+            db.execute(delete(CredentialRow).where(CredentialRow.id == row.id))
+            return True
+
+        return await self.db.run(drop)
 
     def rotate_sync(self, new_key: MasterKey | None = None) -> tuple[KeyRing, int]:
         """Re-seal every record under a new key; returns the new ring (old keys dropped) and the count.

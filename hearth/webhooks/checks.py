@@ -12,9 +12,7 @@ _URL = re.compile(r"^https?://[^\s/?#]+(/\S*)?$")
 def webhook_problems(url: str, secret: str) -> list[str]:
     problems: list[str] = []
     if url and not _URL.match(url):
-        problems.append(
-            f"HEARTH_WEBHOOK_URL={url!r} must be an http(s) URL, e.g. https://app.example.com/hooks/hearth"
-        )
+        problems.append(f"HEARTH_WEBHOOK_URL={url!r} must be an http(s) URL, e.g. https://app.example.com/hooks/hearth")
     if url and not secret:
         problems.append(
             "HEARTH_WEBHOOK_URL is set without HEARTH_WEBHOOK_SECRET: webhooks are always signed; set "

@@ -21,7 +21,7 @@ PREFIX = "whsec_"
 MIN_BYTES, MAX_BYTES = 24, 64
 TOLERANCE = 300  # seconds a receiver accepts between webhook-timestamp and its own clock (either way)
 GENERATE_HINT = (
-    'generate one: python3 -c "import base64,secrets; print(\'whsec_\' + base64.b64encode(secrets.token_bytes(32))'
+    "generate one: python3 -c \"import base64,secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32))"
     '.decode())"'
 )
 
