@@ -105,7 +105,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                         "viewer token for another node refused",
                         extra={
                             "session_id": session_id,
-                            "token_node": foreign.issued_for,
+                            "issued_for": foreign.issued_for,
                             "owner_node": stored.node_id,
                             "this_node": here,
                         },

@@ -8,6 +8,7 @@ PostgreSQL database in the PostgreSQL pass (else one SQLite file, as tests/clisa
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope
 from hearth.gateway.tokens.signed import SignedTokens, parse_ring
+from hearth.log import JsonFormatter
 from hearth.rfb.ws import first_frame
 from hearth.session.owner import address_of
 from hearth.store.models import CliSandboxRow
@@ -144,9 +146,12 @@ async def test_every_route_on_the_wrong_node_is_refused_and_nothing_is_harmed(
         assert len(refusals) == 2 * (len(ROUTES) + 1), [getattr(r, "refused", None) for r in refusals]
         tokens = [r for r in caplog.records if r.getMessage() == "viewer token for another node refused"]
         assert [
-            (getattr(r, "session_id", None), getattr(r, "token_node", None), getattr(r, "this_node", None))
+            (getattr(r, "session_id", None), getattr(r, "issued_for", None), getattr(r, "this_node", None))
             for r in tokens
         ] == [(red.session_id, "n2", "n1")]
+        for record in (*refusals, *tokens):  # as the controller's JSON log writes them (nothing redacted away)
+            line = json.loads(JsonFormatter().format(record))
+            assert "<redacted>" not in line.values() and line["this_node"] in ("n1", "n2"), line
         controllers = [r for r in caplog.records if r.name.startswith(("hearth", "uvicorn"))]  # not the test's httpx
         assert not any(foreign in r.getMessage() or foreign in str(vars(r)) for r in controllers)
 
