@@ -88,11 +88,15 @@ def _token_form(code: str, redirect: str, verifier: str) -> dict[str, str]:
 
 
 def paste_code(issuer: str) -> int:
-    verifier, challenge = _pkce()
+    """With HEARTH_EXAMPLE_RENEW=1 a refused code starts a new authorization request (a new link), as Gemini CLI
+    and Claude Code do; otherwise the same link stays valid."""
     redirect = issuer + "/code"
-    url = _authorize_url(issuer, redirect, secrets.token_urlsafe(16), challenge)
-    print(f"Open this URL in your browser and sign in:\n{url}", flush=True)
-    for _ in range(5):
+    url = ""
+    for attempt in range(5):
+        if attempt == 0 or os.environ.get("HEARTH_EXAMPLE_RENEW") == "1":
+            verifier, challenge = _pkce()
+            url = _authorize_url(issuer, redirect, secrets.token_urlsafe(16), challenge)
+            print(f"Open this URL in your browser and sign in:\n{url}", flush=True)
         code = input("Paste the authorization code: ").strip()
         status, body = _post(issuer + "/token", _token_form(code, redirect, verifier))
         if status == 200:

@@ -48,7 +48,12 @@ class SigninOut(BaseModel):
     url: str
     user_code: str | None
     awaiting_code: bool
-    message: str | None
+    message: str | None = Field(
+        description="a refused code, in the person's words",
+        examples=["That code was not accepted. A new sign-in link is ready — open it and sign in again."],
+    )
+    detail: str | None = Field(None, description="what the provider's CLI itself said (for Details)")
+    renewed: bool = Field(False, description="the link changed since the person's code was sent: open the new one")
 
 
 class CodeRequest(BaseModel):

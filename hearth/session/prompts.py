@@ -21,7 +21,9 @@ class SigninPrompt:
     url: str
     user_code: str | None
     awaiting_code: bool
-    message: str | None
+    message: str | None  # from the agent: the CLI's refusal of a code; in the API: the person's words for it
+    detail: str | None = None  # the CLI's own words (the page's Details and the events)
+    renewed: bool = False  # the link changed since the person's code was sent: open the new one
 
     def public(self) -> dict[str, Any]:
         """For the API and the viewer page (both authorised for this session)."""

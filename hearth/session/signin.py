@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from hearth.clisandbox.manager import CliSandboxes
 from hearth.errors import HearthError, Hop
 from hearth.log import bind_session
 from hearth.providers.model import Provider
+from hearth.session import wording
 from hearth.session.modes import SigninMode
 from hearth.session.prompts import PromptError, SigninPrompt, check_code
 from hearth.session.service import SessionService, SessionView
@@ -53,6 +55,7 @@ class SignInFlow:
         self.providers = providers
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._prompts: dict[str, SigninPrompt] = {}  # memory only: holds the full sign-in URL
+        self._sent_with: dict[str, str] = {}  # the link shown when the person's last code was sent
         service.on_ready.append(self.begin)
         service.on_adopted.append(self.resume)
         service.on_terminal.append(self._ended)
@@ -85,15 +88,29 @@ class SignInFlow:
                 return
             before = self._prompts.get(session_id)
             self.service.codes.remember(session_id, prompt.user_code)  # shown to the person; never written
+            prompt = self._refusal(session_id, prompt)
             self._prompts[session_id] = prompt
             if before is None or before.url != prompt.url:
                 await self.service.note(session_id, "sign-in link shown", f"{prompt.flow} flow")
-            if before is not None and before.awaiting_code is False and prompt.awaiting_code and prompt.message:
+            if prompt.detail and (before is None or before.detail != prompt.detail):
+                await self.service.note(session_id, "code refused", f"the CLI said: {prompt.detail}")
+            if prompt.renewed and (before is None or not before.renewed or before.url != prompt.url):
+                await self.service.note(session_id, "sign-in link renewed", "a new sign-in link is ready")
+            if before is not None and before.awaiting_code is False and prompt.awaiting_code and prompt.detail:
                 await self.service.note(session_id, "code asked again", "the CLI did not accept the code")
             if view.status is Status.READY:
                 with contextlib.suppress(IllegalTransition):
                     await self.service.advance(session_id, Status.AWAITING_USER, "sign-in link shown")
             self.service.changes.notify(session_id)
+
+    def _refusal(self, session_id: str, prompt: SigninPrompt) -> SigninPrompt:
+        """The agent's `message` is the CLI's refusal of the person's code: the person reads plain words (and
+        whether the link was renewed — Claude Code and Gemini CLI start a new sign-in), the CLI's own in `detail`."""
+        if not prompt.message:
+            return prompt
+        sent_with = self._sent_with.get(session_id, prompt.url)
+        renewed = prompt.url != sent_with
+        return replace(prompt, message=wording.refused_code(renewed), detail=prompt.message, renewed=renewed)
 
     def prompt(self, session_id: str) -> SigninPrompt | None:
         return self._prompts.get(session_id)
@@ -123,6 +140,7 @@ class SignInFlow:
                 raise
             # The agent pushes a new prompt (awaiting_code again with the CLI's error, or nothing while it works).
             self._prompts[session_id] = SigninPrompt(prompt.flow, prompt.url, prompt.user_code, False, None)
+            self._sent_with[session_id] = prompt.url  # a refusal that comes with another link renewed it
             await self.service.note(session_id, "code submitted")
 
     def _agent(self, view: SessionView) -> AgentClient:
@@ -246,6 +264,7 @@ class SignInFlow:
 
     async def _ended(self, view: SessionView) -> None:
         self._prompts.pop(view.id, None)
+        self._sent_with.pop(view.id, None)
         self.service.codes.forget(view.id)
         timer = self._timers.pop(view.id, None)
         if timer is not None and timer is not asyncio.current_task():

@@ -75,6 +75,13 @@ FAILURES: dict[str, str] = {
 }
 
 
+def refused_code(renewed: bool) -> str:
+    """A pasted code the provider's CLI did not accept (its own words stay in Details and the events)."""
+    if renewed:
+        return "That code was not accepted. A new sign-in link is ready — open it and sign in again."
+    return "That code was not accepted. Open the sign-in page again, sign in, and paste the new code it shows you."
+
+
 def account_name(provider: str | None, display_name: str | None) -> str:
     """The name a person knows the account by."""
     if provider and provider in ACCOUNT_NAMES:
@@ -124,6 +131,8 @@ def words(
     watching: bool = False,
     queue_position: int | None = None,
     hop: str | None = None,
+    code_refused: bool = False,
+    link_renewed: bool = False,
 ) -> Words:
     """The words for one moment of a session. `name` is the account name (None: a session without a provider, a
     plain remote browser)."""
@@ -153,6 +162,8 @@ def words(
     if mode == "direct":
         if not has_link:
             return Words(f"Preparing your {name} sign-in", "Getting your sign-in link…")
+        if code_refused:
+            return Words(f"Sign in to {name}", refused_code(link_renewed))
         if awaiting_code:
             return Words(
                 f"Sign in to {name}",
@@ -194,4 +205,6 @@ def for_session(
         watching=watching,
         queue_position=queue_position,
         hop=view.hop,
+        code_refused=bool(prompt and prompt.detail),
+        link_renewed=bool(prompt and prompt.renewed),
     )

@@ -17,6 +17,8 @@ def test_a_prompt_push_is_parsed_and_published_as_sent() -> None:
         "user_code": "ABCD-EFGH",
         "awaiting_code": False,
         "message": None,
+        "detail": None,  # a refused code: the CLI's own words (the controller fills it, hearth/session/signin.py)
+        "renewed": False,
     }
     again = parse_prompt(
         {"flow": "paste_code", "url": "http://x/a?b=c", "awaiting_code": True, "message": "Invalid code, try again"}

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from hearth.config import Settings
+from hearth.session import wording
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
@@ -104,7 +105,9 @@ async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings
             assert r.status_code == 200 and r.json() == {"sent": True}, r.text
             body = await wait_session(http, sid, lambda b: bool(signin_of(b).get("message")), "the CLI's refusal")
             assert signin_of(body)["awaiting_code"] is True
-            assert str(signin_of(body)["message"]).startswith("Invalid code"), body
+            assert signin_of(body)["message"] == wording.refused_code(False), body  # the person's words
+            assert str(signin_of(body)["detail"]).startswith("Invalid code"), body  # the CLI's own, for Details
+            assert signin_of(body)["renewed"] is False  # this CLI keeps its link
 
             code = await asyncio.to_thread(approve_and_read_code, netns, str(shown["url"]))
             r = await http.post(f"/api/auth/session/{sid}/code", json={"code": code})  # the API key works too

@@ -101,7 +101,7 @@ function showDetails() {
   if (window.hearthState) lines.push(`connection: ${window.hearthState}`);
   if (s.reason) lines.push(`reason: ${s.reason}`);
   if (s.hop) lines.push(`hop: ${s.hop}`);
-  if (s.signin && s.signin.message) lines.push(`sign-in tool said: ${s.signin.message}`);
+  if (s.signin && s.signin.detail) lines.push(`sign-in tool said: ${s.signin.detail}`);
   const order = ["lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb", "browser"];
   const t = s.timings || {};
   const stages = order.filter((k) => k in t).map((k) => `${k} ${Number(t[k]).toFixed(2)}s`).join(" · ");

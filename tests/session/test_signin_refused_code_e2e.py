@@ -1,0 +1,68 @@
+"""A refused code, as a person meets it (issue 21, item 3), through a real controller, sandbox, agent and the example
+CLI against the example IdP, in direct mode: the CLI refuses a wrong code and starts a new authorization request —
+as Claude Code and Gemini CLI do — so the link changes. The API then says, in the person's words, "That code was
+not accepted. A new sign-in link is ready — open it and sign in again", shows the new link with `renewed`, keeps the
+CLI's own words in `detail` and the events (never in `message`), and the person signs in with the new link."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.providers.model import FlowName
+from tests.conftest import running_controller
+from tests.session.test_signin_direct_e2e import signin_of, wait_session
+from tests.signinkit import approve_and_read_code, idp_env, issuer, running_idp
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+IDP_PORT = 9416
+ISSUER = issuer(IDP_PORT)
+REFUSED = "That code was not accepted. A new sign-in link is ready — open it and sign in again."
+
+
+async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(**idp_env(IDP_PORT), HEARTH_SIGNIN_MODE="direct")
+    netns = settings.fabric_netns
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        running_idp(settings, IDP_PORT, auto_approve=False),
+    ):
+        example = ctl.ctl.providers["example"]
+        paste = example.flows[FlowName.PASTE_CODE]
+        renewing = paste.model_copy(update={"env": {**paste.env, "HEARTH_EXAMPLE_RENEW": "1"}})
+        ctl.ctl.providers["example"] = example.model_copy(update={"flows": {FlowName.PASTE_CODE: renewing}})
+        r = await http.post("/api/auth/start", json={"user_id": "rita", "provider": "example"})
+        assert r.status_code == 201, r.text
+        sid = r.json()["session_id"]
+        body = await wait_session(http, sid, lambda b: signin_of(b).get("awaiting_code") is True, "code prompt")
+        first = signin_of(body)
+        assert first["message"] is None and first["detail"] is None and first["renewed"] is False, first
+        assert str(first["url"]).startswith(f"{ISSUER}/authorize?")
+
+        r = await http.post(f"/api/auth/session/{sid}/code", json={"code": "not-the-code"})
+        assert r.status_code == 200, r.text
+        body = await wait_session(http, sid, lambda b: bool(signin_of(b).get("detail")), "the CLI's refusal")
+        again = signin_of(body)
+        assert body["status"] == "awaiting_user", body
+        assert again["message"] == REFUSED and body["message"] == REFUSED, body
+        assert again["renewed"] is True and again["url"] != first["url"], again
+        assert str(again["url"]).startswith(f"{ISSUER}/authorize?")
+        assert str(again["detail"]).startswith("Invalid code (invalid_grant)"), again  # the CLI's own words
+        assert "Invalid code" not in str(body["message"])
+        events = (await http.get(f"/api/auth/session/{sid}/events")).json()
+        said = {e["name"]: e["detail"] for e in events}
+        assert "Invalid code (invalid_grant)" in said["code refused"], events
+        assert said["sign-in link renewed"] == "a new sign-in link is ready"
+        assert not [e for e in events if "not-the-code" in str(e)]  # the person's code is in no event
+
+        body = await wait_session(http, sid, lambda b: signin_of(b).get("awaiting_code") is True, "asked again")
+        code = await asyncio.to_thread(approve_and_read_code, netns, str(signin_of(body)["url"]))  # the new link
+        r = await http.post(f"/api/auth/session/{sid}/code", json={"code": code})
+        assert r.status_code == 200, r.text
+        body = await wait_session(http, sid, lambda b: False, "completion")
+        assert body["status"] == "completed", body
