@@ -37,6 +37,7 @@ async def test_a_viewer_reconnects_to_its_live_session_while_the_store_is_down(
             httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=60) as http,
         ):
             live = await start_ready(http, settings, "watcher")
+            leaver = await start_ready(http, settings, "leaver")
             r = await http.post(f"/api/auth/session/{live.session_id}/token", json={"scope": "view"})
             assert r.status_code == 200, r.text
             view_only = str(r.json()["viewer_token"])
@@ -68,6 +69,13 @@ async def test_a_viewer_reconnects_to_its_live_session_while_the_store_is_down(
                     f"?token={ctl.ctl.tokens.issue(stranger, Scope.CONTROL, 60)}"
                 )
                 assert code == 4503 and reason.startswith("[store]"), (code, reason)
+
+                # A session ended while the store is down (its sandbox removed, the end recorded later) is no
+                # longer known live: its viewer is not admitted.
+                r = await http.post(f"/api/auth/session/{leaver.session_id}/cancel")
+                assert r.status_code == 503, r.text
+                code, reason = await closed_with(leaver.ws_url(ctl))
+                assert code == 4503, (code, reason)
             finally:
                 pg.start()
 
@@ -78,3 +86,7 @@ async def test_a_viewer_reconnects_to_its_live_session_while_the_store_is_down(
             r = await http.get(f"/api/auth/session/{live.session_id}")
             assert r.status_code == 200 and r.json()["status"] == "ready", r.text
             assert (await first_frame(live.ws_url(ctl), 60)).rects
+            deadline = time.monotonic() + 60  # the end recorded once the store is back (housekeeping, every 2 s)
+            while (await http.get(f"/api/auth/session/{leaver.session_id}")).json()["status"] != "cancelled":
+                assert time.monotonic() < deadline, "the cancel was not recorded within 60 s"
+                await asyncio.sleep(0.5)
