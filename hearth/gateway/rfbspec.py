@@ -81,6 +81,9 @@ FENCE_PAYLOAD_MAX = 64  # rfbproto: "limited to 64 bytes"
 MAX_SCREENS = 16
 MAX_SIDE = 8192  # a requested desktop side; MAX_PIXELS bounds the framebuffer (4 bytes a pixel in the sandbox)
 MAX_PIXELS = 4096 * 4096
+# Chromium's smallest window (its WM_NORMAL_HINTS, measured with Chromium 120+ under Openbox): on a narrower desktop
+# its kiosk window sticks out and the page is cut off at the right, so a smaller request is scaled up to it.
+MIN_DESKTOP = (500, 46)
 
 
 class Refused(Exception):
@@ -176,3 +179,25 @@ def encodings_of(msg: bytes) -> frozenset[int]:
     """The encodings a whole SetEncodings message announces."""
     n = struct.unpack(">H", msg[2:4])[0]
     return frozenset(struct.unpack(f">{n}i", msg[4 : 4 + 4 * n]))
+
+
+def at_least(msg: bytes, minimum: tuple[int, int] = MIN_DESKTOP) -> bytes:
+    """A checked SetDesktopSize asking for less than `minimum`, scaled up to it keeping its aspect ratio (a viewer
+    that scales its view then shows all of it, only smaller) — or, where that would exceed the bounds, each side
+    raised on its own; the screens are scaled alike. Anything else comes back unchanged."""
+    width, height = struct.unpack(">HH", msg[2:6])
+    f = max(minimum[0] / width, minimum[1] / height)
+    if f <= 1:
+        return msg
+    new_w, new_h = max(minimum[0], round(width * f)), max(minimum[1], round(height * f))
+    if new_w > MAX_SIDE or new_h > MAX_SIDE or new_w * new_h > MAX_PIXELS:
+        new_w, new_h = max(width, minimum[0]), max(height, minimum[1])
+    out = bytearray(msg[:8])
+    struct.pack_into(">HH", out, 2, new_w, new_h)
+    for i in range(msg[6]):
+        sid, x, y, w, h, flags = struct.unpack(">IHHHHI", msg[8 + 16 * i : 24 + 16 * i])
+        nx, ny = x * new_w // width, y * new_h // height
+        nw = min(new_w - nx, max(1, round(w * new_w / width)))
+        nh = min(new_h - ny, max(1, round(h * new_h / height)))
+        out += struct.pack(">IHHHHI", sid, nx, ny, nw, nh, flags)
+    return bytes(out)

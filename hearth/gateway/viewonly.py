@@ -10,7 +10,8 @@ else — an unknown type, a message the server does not handle, a precondition n
 
 View scope then drops input (KeyEvent, PointerEvent, ClientCutText, SetDesktopSize, QEMU): what reaches the server is
 whole messages of the remaining types. Control scope forwards everything that passed, except a SetDesktopSize the
-desktop's size owner refuses (`may_resize`: hearth/gateway/desktop_size.py), which is dropped.
+desktop's size owner refuses (`may_resize`: hearth/gateway/desktop_size.py), which is dropped; one smaller than
+Chromium's smallest window is scaled up to it (rfbspec.at_least: the kiosk window always fits the screen).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hearth.gateway.rfbspec import (
     Qemu,
     Refused,
     ServerProfile,
+    at_least,
     check_desktop_size,
     check_pixel_format,
     desktop_size_length,
@@ -80,6 +82,7 @@ class InputFilter:
         self._buf = b""  # the start of a message not judged yet (< its deciding length)
         self._left = 0  # bytes of the current message still to pass or drop
         self._keep = True  # whether the current message is forwarded
+        self._instead: bytes | None = None  # what is forwarded in place of the message just judged
 
     @property
     def at_boundary(self) -> bool:
@@ -109,6 +112,9 @@ class InputFilter:
                 self._left, self._keep = self._judge(head[:need])
             except Refused as exc:
                 raise Forbidden(str(exc), bytes(out)) from None
+            if self._instead is not None:  # (a whole message, judged from all of its bytes)
+                out += self._instead
+                pos, self._left, self._instead = pos + self._left, 0, None
         return bytes(out)
 
     def _need(self, head: bytes) -> int:
@@ -181,4 +187,6 @@ class InputFilter:
             if keep and self.may_resize is not None and not self.may_resize():
                 keep = False  # another viewer owns the desktop's size
             self.resized = self.resized or keep
+            if keep and (bigger := at_least(msg)) != msg:
+                self._instead = bigger
         return size, keep

@@ -186,16 +186,37 @@ class Strict:
         return inside and len(set(ids)) == len(ids)
 
 
+def enlarged(msg: bytes, min_w: int = 500, min_h: int = 46) -> bytes:
+    """A SetDesktopSize smaller than Chromium's smallest window (500×46), as the gateway forwards it: both sides
+    times the factor that makes it fit (unless that passes 8192 a side or 4096² pixels: then each side raised on
+    its own), screens scaled by the same factors."""
+    w, h, n = struct.unpack(">HHB", msg[2:7])
+    if w >= min_w and h >= min_h:
+        return msg
+    f = max(min_w / w, min_h / h)
+    nw, nh = max(min_w, round(w * f)), max(min_h, round(h * f))
+    if max(nw, nh) > 8192 or nw * nh > 4096 * 4096:
+        nw, nh = max(w, min_w), max(h, min_h)
+    screens = []
+    for i in range(n):
+        sid, x, y, sw, sh, flags = struct.unpack(">IHHHHI", msg[8 + 16 * i : 24 + 16 * i])
+        sx, sy = x * nw // w, y * nh // h
+        screens.append(
+            (sid, sx, sy, min(nw - sx, max(1, round(sw * nw / w))), min(nh - sy, max(1, round(sh * nh / h))), flags)
+        )
+    return struct.pack(">BxHHBx", 251, nw, nh, n) + b"".join(struct.pack(">IHHHHI", *s) for s in screens)
+
+
 def expected(msgs: list[bytes], view: bool) -> tuple[bytes, bool]:
-    """What the gateway must forward for whole messages `msgs` (view scope drops input), and whether it must refuse
-    one (then nothing from that one on is forwarded)."""
+    """What the gateway must forward for whole messages `msgs` (view scope drops input; a small desktop size is
+    enlarged), and whether it must refuse one (then nothing from that one on is forwarded)."""
     server = Strict()
     out = b""
     for m in msgs:
         if not server.ok(m):
             return out, True
         if not (view and m[0] in INPUT_TYPES):
-            out += m
+            out += enlarged(m) if m[0] == 251 else m
     return out, False
 
 

@@ -85,8 +85,15 @@ REFUSED: dict[str, tuple[bytes, str]] = {
 }
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # exited meanwhile
+        return ""
+
+
 def xvnc_pid(live: Live) -> int:
-    found = [p for p in pids_in_netns(live.netns) if Path(f"/proc/{p}/comm").read_text().strip() == "Xvnc"]
+    found = [p for p in pids_in_netns(live.netns) if comm(p) == "Xvnc"]
     assert len(found) == 1, found
     return found[0]
 

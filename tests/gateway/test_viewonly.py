@@ -134,6 +134,25 @@ def test_resize_is_forwarded_whole_however_it_arrives() -> None:
     assert pieces[:-1] == [b""] * (len(RESIZE) - 1) and pieces[-1] == RESIZE
 
 
+@pytest.mark.parametrize(
+    ("asked", "forwarded"),
+    [
+        (desktop_size(390, 844, [(5, 0, 0, 390, 844, 1)]), desktop_size(500, 1082, [(5, 0, 0, 500, 1082, 1)])),
+        (desktop_size(1, 8192, [(0, 0, 0, 1, 8192, 0)]), desktop_size(500, 8192, [(0, 0, 0, 500, 8192, 0)])),
+        (
+            desktop_size(800, 20, [(0, 0, 0, 400, 20, 0), (1, 400, 0, 400, 20, 0)]),
+            desktop_size(1840, 46, [(0, 0, 0, 920, 46, 0), (1, 920, 0, 920, 46, 0)]),
+        ),
+        (RESIZE, RESIZE),
+    ],
+)
+def test_a_desktop_smaller_than_chromiums_window_is_scaled_up(asked: bytes, forwarded: bytes) -> None:
+    """Chromium's window is at least 500×46 (its WM hints): on a phone's 390-pixel-wide desktop the kiosk window
+    stuck out and the page was cut off. The request is enlarged, keeping its aspect ratio where it can."""
+    f = InputFilter(drop_input=False)
+    assert f.feed(NOVNC_START + asked) == NOVNC_START + forwarded
+
+
 def test_a_resize_the_size_owner_refuses_is_dropped() -> None:
     allowed = [False]
     f = InputFilter(drop_input=False, may_resize=lambda: allowed[0])

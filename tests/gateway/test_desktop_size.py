@@ -1,0 +1,140 @@
+"""The remote desktop's size belongs to the control viewer that resized it, against a live sandbox (Xvnc, Openbox,
+Chromium): another control viewer's and a view-only viewer's SetDesktopSize are dropped while it is connected;
+when it leaves the desktop returns to the default (HEARTH_SCREEN) and the next control viewer may resize; Chromium's
+kiosk window fits the screen after every change, a phone's narrow one included (read with xdotool on the sandbox's
+display).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from hearth.config import Settings
+from tests.conftest import Running, running_controller
+from tests.gateway.rfbmsgs import NOVNC_START, desktop_size
+from tests.gateway.test_rfb_preconditions import xvnc_pid
+from tests.gateway.test_viewers import open_viewer, settle
+from tests.live import Live, start_ready
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+W, H = 1024, 640
+
+
+def resize_to(w: int, h: int) -> bytes:
+    return desktop_size(w, h, [(0, 0, 0, w, h, 0)])
+
+
+async def size_seen(url: str) -> tuple[int, int]:
+    """The size in a new viewer's ServerInit (Xvnc closes a raw-only viewer during a resize: then ask again)."""
+    for _ in range(5):
+        try:
+            ws, _, init = await open_viewer(url)
+        except ConnectionClosed:
+            continue
+        await ws.close()
+        return init.width, init.height
+    raise AssertionError("no viewer got a ServerInit")
+
+
+async def wait_size(url: str, want: tuple[int, int]) -> tuple[int, int]:
+    """Poll (bounded) until new viewers see `want`; returns the last size seen."""
+    seen = (0, 0)
+    for _ in range(150):
+        seen = await size_seen(url)
+        if seen == want:
+            break
+        await asyncio.sleep(0.1)
+    return seen
+
+
+def x_tool(live: Live, *argv: str) -> str:
+    """Run an X client on the sandbox's display (its abstract socket lives in the sandbox's network namespace)."""
+    pid = xvnc_pid(live)
+    sockets = os.listdir(f"/proc/{pid}/root/tmp/.X11-unix")
+    env = {"PATH": "/usr/bin:/bin", "DISPLAY": ":" + sockets[0].removeprefix("X")}
+    argv_ = ["nsenter", f"--net=/run/netns/{live.netns}", "--", *argv]
+    out = subprocess.run(argv_, env=env, capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout
+
+
+def browser_geometry(live: Live) -> list[tuple[int, int, int, int]]:
+    """x, y, width, height of Chromium's visible top-level windows."""
+    found = []
+    for wid in x_tool(live, "xdotool", "search", "--onlyvisible", "--class", "chromium").split():
+        geo = dict(
+            line.split("=", 1)
+            for line in x_tool(live, "xdotool", "getwindowgeometry", "--shell", wid).splitlines()
+            if "=" in line
+        )
+        if {"X", "Y", "WIDTH", "HEIGHT"} <= geo.keys():
+            found.append((int(geo["X"]), int(geo["Y"]), int(geo["WIDTH"]), int(geo["HEIGHT"])))
+    return found
+
+
+async def browser_fits(live: Live, w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """Wait (bounded) until Chromium's window exactly fills a w×h screen; returns the last geometry seen."""
+    seen: list[tuple[int, int, int, int]] = []
+    for _ in range(300):
+        seen = await asyncio.to_thread(browser_geometry, live)
+        if seen and all(g == (0, 0, w, h) for g in seen):
+            break
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def relayed(ctl: Running, live: Live, count: int) -> bool:
+    return await settle(lambda: ctl.ctl.service.viewers.count(live.session_id) == count)
+
+
+async def test_the_controlling_viewer_owns_the_size_and_the_default_returns(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(HEARTH_SCREEN=f"{W}x{H}x24", HEARTH_VIEWER_WAIT="90")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=60) as http,
+    ):
+        live = await start_ready(http, ctl.settings, "desktop-size")
+        url = live.ws_url(ctl)
+        r = await http.post(f"/api/auth/session/{live.session_id}/token", json={"scope": "view"})
+        view_url = live.ws_url(ctl, r.json()["viewer_token"])
+        assert await browser_fits(live, W, H) == [(0, 0, W, H)], "Chromium's kiosk window does not fill the screen"
+
+        # The laptop's viewer resizes the desktop: it owns the size.
+        laptop, laptop_stream, _ = await open_viewer(url)
+        await laptop_stream.write(NOVNC_START + resize_to(900, 560))
+        assert await wait_size(url, (900, 560)) == (900, 560)
+        assert await browser_fits(live, 900, 560) == [(0, 0, 900, 560)], "the kiosk window did not follow"
+
+        # A phone with a control link, and a view-only viewer, ask for their sizes: dropped.
+        for target, (w, h) in ((url, (390, 844)), (view_url, (640, 480))):
+            other, other_stream, _ = await open_viewer(target)
+            await other_stream.write(NOVNC_START + resize_to(w, h))
+            await other.close()
+            assert await relayed(ctl, live, 1)  # its relay ended: everything it sent was judged
+            assert await size_seen(url) == (900, 560), f"a viewer that does not own the size resized to {w}x{h}"
+
+        # The laptop leaves: the default size returns, and Chromium fills it again.
+        await laptop.close()
+        assert await wait_size(url, (W, H)) == (W, H), "the desktop did not return to its default size"
+        assert await browser_fits(live, W, H) == [(0, 0, W, H)]
+
+        # The size is free again: the phone's next viewer takes it — enlarged to Chromium's smallest window width
+        # (500), same aspect ratio, so the kiosk window is never wider than the screen (noVNC scales the view).
+        phone, phone_stream, _ = await open_viewer(url)
+        await phone_stream.write(NOVNC_START + resize_to(390, 844))
+        assert await wait_size(url, (500, 1082)) == (500, 1082)
+        assert await browser_fits(live, 500, 1082) == [(0, 0, 500, 1082)], "the kiosk window does not fit"
+        await phone.close()
+        assert await wait_size(url, (W, H)) == (W, H)
+        print(f"\nsizes: laptop 900x560 held against a phone and a view-only viewer; back to {W}x{H} twice")
+        assert (await http.get(f"/api/auth/session/{live.session_id}")).json()["status"] == "ready"
+        assert Path(f"/proc/{xvnc_pid(live)}").exists()
