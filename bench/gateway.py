@@ -33,7 +33,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 BULK_CHUNK = 64 * 1024
 MSG = 64
-FBUR = struct.pack(">BBHHHH", 3, 1, 0, 0, 64, 64)  # the first message: the gateway's filter steps aside after it
+FBUR = struct.pack(">BBHHHH", 3, 1, 0, 0, 64, 64)
+# The gateway forwards only well-formed RFB (hearth/gateway/viewonly.py): an echo message is 8 KeyEvents, a bulk
+# request a ClientCutText whose text is "BULK" and the size.
+ECHO = b"".join(struct.pack(">BBxxI", 4, i & 1, 0x61) for i in range(MSG // 8))
+
+
+def bulk_request(size: int) -> bytes:
+    return struct.pack(">BxxxI", 6, MSG - 8) + b"BULK" + struct.pack(">Q", size) + bytes(MSG - 20)
 
 
 # ---- the RFB echo server (child process, socket inherited) -----------------------------------------------------
@@ -56,8 +63,8 @@ async def echo_server(fd: int) -> None:
             blob = bytes(BULK_CHUNK)
             while True:
                 msg = await r.readexactly(MSG)
-                if msg.startswith(b"BULK"):
-                    (left,) = struct.unpack(">Q", msg[4:12])
+                if msg[8:12] == b"BULK":
+                    (left,) = struct.unpack(">Q", msg[12:20])
                     while left > 0:
                         w.write(blob[: min(left, BULK_CHUNK)])
                         left -= BULK_CHUNK
@@ -102,7 +109,7 @@ async def client(fd: int, url: str, rounds: int, mb: int) -> None:
         await read(struct.unpack(">I", head[20:24])[0])
         await ws.send(FBUR)
         await read(len(FBUR))
-        payload = bytes(range(MSG))
+        payload = ECHO
         rtts = []
         for _ in range(rounds):
             t = time.perf_counter()
@@ -111,7 +118,7 @@ async def client(fd: int, url: str, rounds: int, mb: int) -> None:
             rtts.append(time.perf_counter() - t)
         size = mb * 1024 * 1024
         t = time.perf_counter()
-        await ws.send(b"BULK" + struct.pack(">Q", size) + bytes(MSG - 12))
+        await ws.send(bulk_request(size))
         got = len(buf)
         buf.clear()
         while got < size:
