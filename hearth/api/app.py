@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
-from hearth.api import diagnostics, health, limits, sessions, users
+from hearth.api import diagnostics, health, limits, problems, sessions, users
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
@@ -181,7 +181,8 @@ def create_app(ctl: Controller) -> FastAPI:
             await callbacks.close()
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
-    limits.install(app, settings)  # request size limit and per-client rate limiting on /api/*
+    limits.install(app, settings)  # request size limit, strict JSON bodies and per-client rate limiting on /api/*
+    problems.install(app)  # 422 and HTTPException answers: ErrorOut-shaped bodies that always render
     app.state.controller = ctl
 
     @app.exception_handler(HearthError)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
+from hearth.api import problems
 from hearth.api.auth import ApiKeys
 from hearth.doctor import diagnose, parts_of
 from hearth.doctor.context import ControllerLike
@@ -35,7 +36,12 @@ class DiagnosisOut(BaseModel):
 
 
 def make_router(ctl: ControllerLike, keys: ApiKeys) -> APIRouter:
-    router = APIRouter(prefix="/api/diagnostics", dependencies=[Depends(keys)], tags=["diagnostics"])
+    router = APIRouter(
+        prefix="/api/diagnostics",
+        dependencies=[Depends(keys)],
+        tags=["diagnostics"],
+        responses=problems.declare(401, 404, 421, 502, 503),
+    )
 
     @router.get("", response_model=DiagnosisOut)
     async def host() -> dict[str, Any]:

@@ -5,8 +5,12 @@ module-level state). `/health`, `/metrics`, static files and the viewer WebSocke
 
 - Body: a `Content-Length` above the limit is refused at once; a body without one (chunked) is read up to the limit
   and refused as soon as it goes beyond — the app never sees more than `max_body` bytes. 413 with a JSON reason.
-- JSON: a body holding NaN, Infinity or -Infinity (Python's json accepts them, JSON does not) → 422 before the app
-  sees it (pydantic would take NaN for a number, or fail to render its own error about it: a 500).
+- JSON: every non-empty body must be strict JSON (hearth/api/jsonguard.py: nesting depth checked before parsing,
+  UTF-8, no NaN/Infinity, numbers in range, no duplicate keys, strings that are Unicode text) → else 422 naming the
+  field, before the app sees it and before authentication (a `[` × 2000 body was a RecursionError: a 500 with a
+  traceback; a lone surrogate could not be rendered back: a 500).
+- Path: a path holding a control character (`%00` …) → 422 before any route looks it up (on PostgreSQL a NUL in
+  a session id was a 503 "the store is unavailable").
 - Rate: a token bucket per client — per valid API key (by its digest; the key itself is never kept), else per client
   address, so presenting random keys gives an attacker no fresh buckets. 429 with `Retry-After` and a JSON reason.
   The bucket map is bounded (least recently used clients are forgotten first).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +29,9 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hearth.api import jsonguard
 from hearth.api.auth import ApiKeys, digest
+from hearth.api.problems import refusal_body
 from hearth.config import Settings
 
 DEFAULT_MAX_BODY = 64 * 1024
@@ -32,6 +39,7 @@ DEFAULT_RATE = 20.0  # requests per second, per client
 DEFAULT_BURST = 40.0  # requests at once, per client
 MAX_CLIENTS = 10_000  # buckets kept; beyond, the least recently seen client is forgotten (a full bucket again)
 PREFIX = "/api/"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,10 @@ class LimitsMiddleware:
                 ((b"retry-after", str(after).encode()),),
             )
             return
+        bad_path = path_refusal(str(scope.get("path", "")))
+        if bad_path is not None:
+            await _json(send, 422, refusal_body(bad_path, "path"))
+            return
         max_body = self.limits.max_body
         declared = None
         for name, value in scope.get("headers") or ():
@@ -182,9 +194,9 @@ class LimitsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        constant = non_json_number(body)
-        if constant is not None:
-            await _json(send, 422, {"error": f"request body is not JSON: {constant} is not a JSON number"})
+        refusal = jsonguard.check(body)
+        if refusal is not None:
+            await _json(send, 422, refusal_body(refusal))
             return
         replayed = False
 
@@ -198,26 +210,16 @@ class LimitsMiddleware:
         await self.app(scope, replay, send)
 
 
-class _NonJsonNumber(Exception):
-    pass
-
-
-def _refuse_constant(name: str) -> object:
-    raise _NonJsonNumber(name)
-
-
-def non_json_number(body: bytes) -> str | None:
-    """The first NaN/Infinity/-Infinity in a JSON body, None when there is none (or the body is not JSON at all:
-    the app reports that)."""
-    if not body:
+def path_refusal(path: str) -> jsonguard.Refusal | None:
+    """Why a (decoded) request path is refused: a control character; None when it has none."""
+    found = _CONTROL.search(path)
+    if found is None:
         return None
-    try:
-        json.loads(body, parse_constant=_refuse_constant)
-    except _NonJsonNumber as exc:
-        return str(exc)
-    except ValueError:
-        return None
-    return None
+    return jsonguard.Refusal(
+        f"the request path holds a control character (U+{ord(found.group()):04X}) at character {found.start()}; "
+        "session ids, user ids and provider names are printable text",
+        "path_control",
+    )
 
 
 async def _too_large(send: Send, got: str, limit: int) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hearth.session import wording
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionView
+
+
+def _utc(value: datetime) -> datetime:
+    """The store keeps UTC, and SQLite hands it back without its zone: an RFC 3339 date-time needs one."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]  # a date-time of a response body: always with its zone
 
 
 class StartRequest(BaseModel):
@@ -73,8 +81,8 @@ class SessionOut(BaseModel):
     driver: str
     sandbox_ip: str | None
     timings: dict[str, float] = Field(description="seconds from creation until each boot stage completed")
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     signin: SigninOut | None = Field(None, description="direct mode: the sign-in link (and code) to show the person")
     queue_position: int | None = Field(None, description="while `queued`: 1 = the next sandbox to boot")
     message: str = Field(
@@ -126,10 +134,26 @@ class TokenResponse(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """Every error answer of the API: the reason, the hop of the session path that failed (when one did) and the
+    fix."""
+
     error: str
     hop: str | None = None
     hint: str | None = None
     node: str | None = Field(None, description="421: the node that holds the session (call it, or go through an edge)")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='where: ["body", "user_id"], ["query", "limit"], ["path", …]')
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(ErrorOut):
+    """422: the request is not valid — the body is not strict JSON, or a field fails validation (named in `error`
+    and in `detail`)."""
+
+    detail: list[FieldError] = Field(default_factory=list)
 
 
 class Health(BaseModel):

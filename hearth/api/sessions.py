@@ -12,8 +12,9 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
+from hearth.api import problems
 from hearth.api.auth import ApiKeys
-from hearth.api.schemas import ErrorOut, SessionOut, StartRequest, StartResponse, TokenRequest, TokenResponse
+from hearth.api.schemas import SessionOut, StartRequest, StartResponse, TokenRequest, TokenResponse
 from hearth.config import Settings
 from hearth.gateway.embed import ReturnUrlError, check_return_url
 from hearth.gateway.tokens.base import Scope, TokenStore
@@ -22,10 +23,7 @@ from hearth.session.modes import ModeError, choose_mode
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionService
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "missing or invalid API key"},
-    404: {"model": ErrorOut, "description": "unknown session"},
-}
+_ERRORS: dict[int | str, dict[str, Any]] = problems.declare(401, 404, 409, 421, 502, 503)
 
 
 def viewer_url(settings: Settings, request: Request, session_id: str, token: str) -> str:
@@ -47,7 +45,9 @@ def make_router(
         "/start",
         response_model=StartResponse,
         status_code=201,
-        responses={400: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+        responses=problems.declare(
+            400, 429, 503, _400="the provider cannot sign in in the requested mode (the reason says which it can)"
+        ),
     )
     async def start(body: StartRequest, request: Request) -> StartResponse:
         """Create a session; its sandbox boots in the background (poll or follow its status).

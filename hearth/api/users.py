@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict
 
+from hearth.api import problems
 from hearth.api.auth import ApiKeys
+from hearth.api.schemas import UtcDatetime
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.vault.store import Vault
 
@@ -18,9 +18,9 @@ class CredentialOut(BaseModel):
     provider: str
     key_id: str
     files: list[str]
-    created_at: datetime
-    updated_at: datetime
-    delivered_at: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    delivered_at: UtcDatetime | None
 
 
 class RevokedOut(BaseModel):
@@ -34,12 +34,12 @@ class CliSandboxOut(BaseModel):
     user_id: str
     state: str
     sandbox_ip: str | None
-    created_at: datetime
-    last_used_at: datetime
+    created_at: UtcDatetime
+    last_used_at: UtcDatetime
 
 
 def make_router(vault: Vault, clis: CliSandboxes, keys: ApiKeys) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(keys)], tags=["users"])
+    router = APIRouter(dependencies=[Depends(keys)], tags=["users"], responses=problems.declare(401, 404, 502, 503))
 
     @router.get("/api/auth/credentials/{user_id}", response_model=list[CredentialOut])
     async def credentials(user_id: str) -> list[CredentialOut]:

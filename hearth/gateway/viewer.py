@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from hearth.api import problems
 from hearth.api.auth import ApiKeys
 from hearth.config import Settings
 from hearth.errors import StoreError
@@ -28,6 +29,11 @@ from hearth.session.service import SessionNotFound, SessionService, SessionView
 from hearth.session.signin import CodeRefused, SignInFlow
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+# What each route can answer (the OpenAPI is the contract): the page's own refusals are HTML, the status stream's
+# are events; the limits middleware's and the handlers' are JSON.
+_CODE = problems.declare(400, 401, 403, 404, 409, 421, 502, 503)
+_PAGE = problems.also("text/html", problems.declare(401, 404, 421, 503), 200, 401, 503)
+_STATUS = problems.also("text/event-stream", problems.declare(401, 404, 421, 503), 200, 401, 404)
 
 
 def status_json(
@@ -96,7 +102,7 @@ def make_router(
         p = signin.providers.get(view.provider or "")
         return p.display_name if p is not None else None
 
-    @router.post("/api/auth/session/{session_id}/code")
+    @router.post("/api/auth/session/{session_id}/code", responses=_CODE)
     async def code(session_id: str, request: Request, token: str = "") -> JSONResponse:
         """The code the person pasted (paste-code flows of direct mode), typed into the CLI by the agent.
         Authorised by a control viewer token (`?token=`) or an API key; control characters or more than 512
@@ -122,7 +128,7 @@ def make_router(
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return JSONResponse({"sent": True})
 
-    @router.get("/api/auth/session/{session_id}/novnc", response_class=HTMLResponse)
+    @router.get("/api/auth/session/{session_id}/novnc", responses=_PAGE)  # HTML (see _PAGE); errors also JSON
     async def page(session_id: str, token: str = "") -> HTMLResponse:
         """The noVNC viewer page (served by hearth; no CDN)."""
         headers = page_headers(service.settings)
@@ -139,7 +145,7 @@ def make_router(
         )
         return HTMLResponse(html, headers=headers)
 
-    @router.get("/api/auth/session/{session_id}/status")
+    @router.get("/api/auth/session/{session_id}/status", response_class=StreamingResponse, responses=_STATUS)
     async def status(session_id: str, token: str = "") -> StreamingResponse:
         """Server-sent events: one `data:` line with the session's status on every change, until it ends. The
         sign-in link and code (direct mode) go to control tokens only: whoever has them can complete the sign-in."""

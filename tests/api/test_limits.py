@@ -123,7 +123,7 @@ async def test_random_keys_share_the_client_address_bucket() -> None:
 async def test_body_limit_on_content_length_and_while_streaming() -> None:
     app, _ = small_app(limits.Limits(max_body=1024, rate=0), FakeClock())
     async with asgi_client(app) as http:
-        ok = await http.post("/api/echo", content=b"x" * 1024)
+        ok = await http.post("/api/echo", content=b'"' + b"x" * 1022 + b'"')  # API bodies are JSON
         assert ok.status_code == 200 and ok.json() == {"received": 1024}
 
         big = await http.post("/api/echo", content=b"x" * 1025)
@@ -194,7 +194,7 @@ async def test_over_real_tcp_a_huge_upload_is_cut_and_the_server_stays_up() -> N
         streamed = await asyncio.to_thread(raw, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 3, 0)
         assert streamed.startswith(b"HTTP/1.1 413"), streamed[:200]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            assert (await http.post("/api/echo", content=b"hello")).json() == {"received": 5}
+            assert (await http.post("/api/echo", content=b'"hey"')).json() == {"received": 5}
             assert (await http.get("/api/ping")).status_code == 429  # 3 requests: the bucket is empty now
             assert (await http.get("/health")).status_code == 200
         async with connect(f"ws://127.0.0.1:{port}/api/ws") as ws:

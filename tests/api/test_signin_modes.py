@@ -50,11 +50,11 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
 
             # Modes are checked before anything is created.
             r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "loopback_only", "mode": "direct"})
-            assert r.status_code == 400 and "it can: remote_browser" in r.json()["detail"], r.text
+            assert r.status_code == 400 and "it can: remote_browser" in r.json()["error"], r.text
             r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "example", "mode": "fax"})
-            assert r.status_code == 400 and "valid modes: remote_browser, direct" in r.json()["detail"], r.text
+            assert r.status_code == 400 and "valid modes: remote_browser, direct" in r.json()["error"], r.text
             r = await http.post("/api/auth/start", json={"user_id": "m", "mode": "direct"})
-            assert r.status_code == 400 and "give a provider" in r.json()["detail"], r.text
+            assert r.status_code == 400 and "give a provider" in r.json()["error"], r.text
             assert await ctl.ctl.service.list_active() == []
 
             # A direct session: the agent (and the CLI) only; ready once the agent answers.
