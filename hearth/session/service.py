@@ -480,7 +480,7 @@ class SessionService:
 
     async def stop_boots(self) -> None:
         """Cancel boots in flight (a controller stop): their sandboxes are undone; the next controller fails those
-        sessions with a reason. Sandboxes that are up are left running."""
+        sessions with a reason, and boots those still `queued` (`readmit`). Sandboxes that are up are left running."""
         self._closing = True
         await self.pool.drain(end=False)  # refills in flight are undone; pooled sandboxes stay for the next one
         tasks = [t for t in self._boots.values() if not t.done()]
