@@ -26,6 +26,10 @@ class Hop(StrEnum):
     DRIVER = "driver"
     STORE = "store"
     NODE = "node"  # a host of a cluster (hearth/cluster): down, draining, unreachable from the edge
+    # beyond the fabric, from inside a sandbox (the provider's sign-in page: hearth_agent/pageprobe.py)
+    DNS = "dns"  # the name does not resolve
+    EGRESS = "egress"  # no connection out to the address
+    TLS = "tls"  # no handshake, or a certificate that does not verify
 
 
 class HearthError(Exception):

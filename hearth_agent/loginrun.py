@@ -22,6 +22,7 @@ from hearth_agent import homefs
 from hearth_agent.codes import scrub_codes
 from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
 from hearth_agent.credfiles import CredentialFiles
+from hearth_agent.pageprobe import Unreachable, probe
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.screen import COLS, ROWS, Screen
@@ -73,12 +74,15 @@ class LoginRun:
         home: str,
         open_url: Callable[[str], None] | None,
         outbox: Outbox,
+        probe_page: bool = False,
     ) -> None:
         self.p, self.flow, self.home, self._open_url, self._outbox = p, flow, home, open_url, outbox
         self.state, self.reason, self.url_host, self.answered = "running", "", "", 0
         self._lock = threading.Lock()
         self._env, self.restarts = env, 0
         self.message: str | None = None
+        self.unreachable: Unreachable | None = None  # the sign-in page cannot load in this sandbox (pageprobe.py)
+        self._probe_page = probe_page  # the controller asks for it (POST /v1/login `probe_page`)
         self._codes: set[str] = set()  # every code shown to or pasted by the person in this run (across restarts)
         self._fresh_terminal()
         self._pushed: dict[str, Any] | None = None
@@ -302,6 +306,19 @@ class LoginRun:
         self._outbox.event("url_captured", summary)
         if self._open_url is not None:
             threading.Thread(target=self._open, args=(url,), name="open-url", daemon=True).start()
+            proxied = any(self._env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+            if self._probe_page and not proxied:
+                threading.Thread(target=self._probe, args=(url,), name="probe-page", daemon=True).start()
+
+    def _probe(self, url: str) -> None:
+        """The page opened in the sandbox's browser: can it load from here? (a proxied sandbox is not probed)"""
+        found = probe(url)
+        if found is not None:
+            log.warning(
+                f"the sign-in page cannot load here: [{found.hop}] {found.detail}", extra={"provider": self.p.name}
+            )
+            with self._lock:
+                self.unreachable = found
 
     def _open(self, url: str) -> None:
         assert self._open_url is not None
@@ -367,6 +384,8 @@ class LoginRun:
                 elif self._code_sent is not None or any(self._seen_since):
                     self._scan_screen(now)
             self._push_prompt()
+            if self.unreachable is not None:
+                return f"[{self.unreachable.hop}] {self.unreachable.detail}"
             found = self._files.check()
             if found is not None:
                 return found
@@ -446,5 +465,5 @@ class LoginRun:
             self.awaiting_code = False
         if state == "failed":
             log.warning(f"login failed: {reason}", extra={"provider": self.p.name})
-            if push:
-                self._outbox.event("login_failed", reason)
+            if push:  # an unreachable page names its hop: the controller fails the session there
+                self._outbox.event("page_unreachable" if self.unreachable else "login_failed", reason)

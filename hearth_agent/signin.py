@@ -158,7 +158,7 @@ class SignIn:
         with self._lock:
             if self._run is not None and self._run.active:
                 return 409, {"error": "a login is already running", "provider": self._run.p.name}
-            run = LoginRun(p, flow, env, self.home, opener, outbox)
+            run = LoginRun(p, flow, env, self.home, opener, outbox, probe_page=body.get("probe_page") is True)
             try:
                 run.start()
             except OSError as exc:

@@ -45,6 +45,22 @@ class CodeRefused(Exception):
         self.status = status
 
 
+PAGE_HOPS = {"dns": Hop.DNS, "egress": Hop.EGRESS, "tls": Hop.TLS}
+PAGE_FIXES = {
+    Hop.DNS: "give sandboxes a resolver that answers the provider's name (see `hearth doctor`)",
+    Hop.EGRESS: "let sandboxes reach the internet (HEARTH_EGRESS=true, the uplink) or check the provider is up",
+    Hop.TLS: "trust the provider's certificate in the sandboxes (a TLS-inspecting proxy needs its CA)",
+}
+
+
+def page_unreachable(detail: str) -> tuple[Hop, str]:
+    """The agent's `page_unreachable` event ("[dns] <host> does not resolve …") → the hop and the session's reason."""
+    tag, _, why = detail.partition("] ")
+    hop = PAGE_HOPS.get(tag.removeprefix("["), Hop.AGENT)
+    fix = PAGE_FIXES.get(hop, "see the agent's log")
+    return hop, f"[{hop.value}] the sign-in page cannot be reached from the sandbox: {why or detail} — fix: {fix}"
+
+
 class SignInFlow:
     def __init__(
         self, service: SessionService, vault: Vault, clis: CliSandboxes, providers: dict[str, Provider]
@@ -78,6 +94,9 @@ class SignInFlow:
                     await self.service.advance(session_id, Status.AWAITING_USER, detail)
             elif event == "login_failed":
                 await self.service.end(session_id, Status.FAILED, f"[agent] sign-in failed: {detail}", Hop.AGENT)
+            elif event == "page_unreachable":
+                hop, reason = page_unreachable(detail)
+                await self.service.end(session_id, Status.FAILED, reason, hop)
             return None
 
     async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None:
@@ -196,7 +215,12 @@ class SignInFlow:
         self._timers[view.id] = asyncio.create_task(self._timeout(view.id, s.oauth_flow_timeout))
         agent = self._agent(view)
         env: dict[str, Any] = {"HEARTH_EXAMPLE_ISSUER": s.example_issuer} if s.example_issuer else {}
-        body = {"provider": provider.agent_document(), "flow": provider.flow_for(view.mode), "env": env}
+        body = {
+            "provider": provider.agent_document(),
+            "flow": provider.flow_for(view.mode),
+            "env": env,
+            "probe_page": True,  # a page opened in the sandbox's browser is probed: unreachable fails within seconds
+        }
         with bind_session(view.id):
             try:
                 await agent.call("POST", "/v1/login", body)

@@ -72,6 +72,10 @@ UI: dict[str, str] = {
 # What ended the sign-in, keyed by the failure's hop (H5 adds hop-specific messages); "{name}" is the account name.
 FAILURES: dict[str, str] = {
     "": "Signing in to {name} did not work. Please try again.",
+    # the provider's page cannot load inside the sandbox (hearth_agent/pageprobe.py): not the person's Wi-Fi
+    "dns": "The {name} sign-in page cannot be reached from here. Please try again later.",
+    "egress": "The {name} sign-in page cannot be reached from here. Please try again later.",
+    "tls": "The {name} sign-in page cannot be reached from here. Please try again later.",
 }
 
 
