@@ -1,5 +1,6 @@
-"""The remote desktop's size belongs to the control viewer that resized it, against a live sandbox (Xvnc, Openbox,
-Chromium): another control viewer's and a view-only viewer's SetDesktopSize are dropped while it is connected;
+"""The remote desktop's size belongs to the control viewer that resized it. Unit level, against a real Xvnc on
+loopback: DesktopSizes' claims, the restore to the default and when it is skipped. Against a live sandbox (Xvnc,
+Openbox, Chromium): another control viewer's and a view-only viewer's SetDesktopSize are dropped while it is connected;
 when it leaves the desktop returns to the default (HEARTH_SCREEN) and the next control viewer may resize; Chromium's
 kiosk window fits the screen after every change, a phone's narrow one included (read with xdotool on the sandbox's
 display).
@@ -8,6 +9,7 @@ display).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 from collections.abc import Callable
@@ -17,15 +19,74 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from hearth.api.local import free_port
 from hearth.config import Settings
+from hearth.gateway.desktop_size import DesktopSizes
+from hearth.rfb.client import handshake
 from tests.conftest import Running, running_controller
 from tests.gateway.rfbmsgs import NOVNC_START, desktop_size
 from tests.gateway.test_rfb_preconditions import xvnc_pid
 from tests.gateway.test_viewers import open_viewer, settle
 from tests.live import Live, start_ready
+from tests.xvnc import local_xvnc
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
 W, H = 1024, 640
+
+
+async def local_size(port: int) -> tuple[int, int]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+
+    try:
+        init = await asyncio.wait_for(handshake(reader.readexactly, write), 10)
+    finally:
+        writer.close()
+    return init.width, init.height
+
+
+async def test_one_owner_per_session_and_the_default_returns_when_it_leaves(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "hearth.gateway")
+    with local_xvnc(640, 480) as (port, xvnc):
+        sizes = DesktopSizes((800, 600))
+        laptop, phone, other = sizes.claim("s1"), sizes.claim("s1"), sizes.claim("s2")
+        assert laptop.may_resize() and laptop.may_resize() and laptop.owns
+        assert not phone.may_resize() and not phone.owns
+        assert other.may_resize()  # another session's desktop has its own owner
+        assert sizes.release(phone, lambda: asyncio.open_connection("127.0.0.1", port)) is None  # never owned it
+        task = sizes.release(laptop, lambda: asyncio.open_connection("127.0.0.1", port))
+        assert task is not None and sizes.restoring("s1") is task
+        await asyncio.wait_for(task, 20)
+        assert await local_size(port) == (800, 600)
+        assert sizes.restoring("s1") is None and phone.may_resize()  # the size is free for the next viewer
+        assert xvnc.poll() is None
+    assert any(r.getMessage() == "desktop size restored to the default" for r in caplog.records)
+
+
+async def test_the_restore_gives_way_to_a_viewer_that_took_the_size(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "hearth.gateway")
+    with local_xvnc(640, 480) as (port, _):
+        sizes = DesktopSizes((800, 600))
+        laptop, phone = sizes.claim("s1"), sizes.claim("s1")
+        assert laptop.may_resize()
+        task = sizes.release(laptop, lambda: asyncio.open_connection("127.0.0.1", port))
+        assert task is not None and phone.may_resize()  # the phone's resize came first
+        await asyncio.wait_for(task, 20)
+        assert await local_size(port) == (640, 480)  # the restore did not undo the phone's size
+        assert sizes.release(phone, None) is None  # the sandbox is gone: nothing to restore
+    assert any("skipped" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_restore_that_cannot_reach_the_sandbox_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    sizes = DesktopSizes((800, 600))
+    laptop = sizes.claim("s1")
+    assert laptop.may_resize()
+    task = sizes.release(laptop, lambda: asyncio.open_connection("127.0.0.1", free_port()))
+    assert task is not None
+    await asyncio.wait_for(task, 20)
+    failed = [r for r in caplog.records if r.getMessage() == "desktop size not restored"]
+    assert failed and "[vnc] ConnectionRefusedError" in str(getattr(failed[0], "error", ""))
 
 
 def resize_to(w: int, h: int) -> bytes:
@@ -94,6 +155,8 @@ async def relayed(ctl: Running, live: Live, count: int) -> bool:
     return await settle(lambda: ctl.ctl.service.viewers.count(live.session_id) == count)
 
 
+@pytest.mark.netns
+@pytest.mark.slow
 async def test_the_controlling_viewer_owns_the_size_and_the_default_returns(
     make_settings: Callable[..., Settings],
 ) -> None:
