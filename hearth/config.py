@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     # webhooks (hearth/webhooks): session and credential state changes POSTed here, Standard Webhooks signed
     webhook_url: str = ""
     webhook_secret: str = Field("", repr=False)  # whsec_<base64 of 24-64 random bytes>; never logged
+    webhook_backoff_max: float = Field(3600.0, ge=1, le=86400)  # at most this many seconds between two attempts
     signin_mode: SigninModeName = "remote_browser"  # default of POST /api/auth/start (per-request `mode` overrides)
     cli_idle_timeout: float = Field(900.0, gt=0)
     image_dir: Path | None = None  # default <data_dir>/image: vmlinux, bzImage, initrd.img, rootfs.ext4

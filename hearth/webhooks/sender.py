@@ -8,7 +8,7 @@ with exponential back-off, shared by every node of a cluster.
 - Each row is POSTed with its Standard Webhooks headers, signed again at every attempt (fresh `webhook-timestamp`,
   same `webhook-id`). A 2xx answer acknowledges it; anything else — another status, a redirect (never followed), a
   refused connection, no answer within TIMEOUT — is retried after BACKOFF·2^(attempt-1) seconds (+ up to 20 %
-  jitter, at most BACKOFF_MAX; a longer `Retry-After` is honoured up to BACKOFF_MAX). After GIVE_UP since the event,
+  jitter, at most HEARTH_WEBHOOK_BACKOFF_MAX; a longer `Retry-After` is honoured up to that). After GIVE_UP since the event,
   a row is `failed` and its stream moves on. When the receiver answers 2xx again, events that failed because it could
   not be reached are retried at once instead of waiting out their back-off.
 - Sending happens on its own task with its own HTTP client: a receiver that is down or slow never delays a state change
@@ -45,7 +45,6 @@ log = logging.getLogger("hearth.webhooks")
 
 TIMEOUT = 15.0  # seconds for one POST, connect to last byte (Standard Webhooks recommends 15-30 s)
 BACKOFF = 5.0  # seconds before the first retry; doubled at each further attempt
-BACKOFF_MAX = 3600.0  # never longer than this between two attempts
 GIVE_UP = 3 * 24 * 3600.0  # an event still not acknowledged this long after it happened is `failed`
 POLL = 1.0  # seconds between passes while nothing is due
 BATCH = 32  # rows claimed per pass (each the head of a different stream: sent concurrently)
@@ -87,7 +86,7 @@ class Sender:
         *,
         timeout: float = TIMEOUT,
         backoff: float = BACKOFF,
-        backoff_max: float = BACKOFF_MAX,
+        backoff_max: float | None = None,  # default HEARTH_WEBHOOK_BACKOFF_MAX
         give_up: float = GIVE_UP,
         poll: float = POLL,
     ) -> None:
@@ -99,7 +98,7 @@ class Sender:
         self.timeout, self.backoff, self.backoff_max, self.give_up, self.poll = (
             timeout,
             backoff,
-            backoff_max,
+            settings.webhook_backoff_max if backoff_max is None else backoff_max,
             give_up,
             poll,
         )
