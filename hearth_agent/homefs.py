@@ -137,10 +137,10 @@ def parse_files(items: Any) -> list[NewFile]:
 
 def install(home: str, files: list[NewFile]) -> list[str]:
     """Write each file atomically (temp file in the same directory with the mode, fsync, rename); returns targets.
-    A `merge` file is the existing JSON object there (if any) with `merge` merged in (see `merged`)."""
+    A `merge` file is the existing JSON object there (if any) with `merge` merged in (see `merged`); every merge is
+    read and checked before anything is written."""
+    files = [_merged_file(home, f) if f.merge is not None else f for f in files]
     for f in files:
-        if f.merge is not None:
-            f = _merged_file(home, f)
         parent = _open_parent(home, f.parts, create=True)
         try:
             _install_one(parent, f)

@@ -84,11 +84,14 @@ def test_settings_are_created_with_the_mode_when_absent(tmp_path: Path) -> None:
 
 def test_a_settings_file_that_is_not_a_json_object_is_left_alone_naming_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "settings.json"
+    creds = {"target": "creds.json", "mode": 0o600, "data_b64": "e30="}
     for text in ("// a comment\n{", "[1, 2]"):
         path.write_text(text)
+        batch = homefs.parse_files([creds, {"target": "settings.json", "merge_json": {"a": 1}}])
         with pytest.raises(ValueError, match=r"not a JSON object.*fix or remove that file"):
-            homefs.install(str(tmp_path), _merge("settings.json", {"a": 1}))
+            homefs.install(str(tmp_path), batch)
         assert path.read_text() == text
+        assert not (tmp_path / "creds.json").exists()  # checked before anything is written: no half delivery
 
 
 def test_a_symlinked_settings_file_is_refused_not_followed(tmp_path: Path) -> None:
