@@ -94,8 +94,8 @@ def web_app(port: int) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def context(browser: Browser, **kind: Any) -> AsyncIterator[BrowserContext]:
-    ctx = await browser.new_context(permissions=CLIPBOARD, **kind)
+async def context(browser: Browser, clipboard: bool = True, **kind: Any) -> AsyncIterator[BrowserContext]:
+    ctx = await browser.new_context(permissions=CLIPBOARD if clipboard else [], **kind)
     try:
         yield ctx
     finally:
@@ -307,9 +307,10 @@ async def test_embedded_page_posts_its_status_to_the_parent(make_settings: Calla
 
 async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[..., Settings]) -> None:
     """A remote-browser sign-in seen on a desktop (stepper, words, the Keyboard and Paste buttons), then finished on
-    a touch phone: the Keyboard button brings up the keyboard (a focused input) and what is typed there — and pasted
-    with the Paste button — arrives in the e-mail field of the example provider's page inside the sandbox, Enter
-    submits it, and the sign-in completes."""
+    a touch phone: the Keyboard button brings up the keyboard (a focused input) and what is typed there (a typo
+    corrected with Backspace) — and pasted with the Paste button, through its field when the page may not read the
+    clipboard, directly when it may — arrives in the e-mail field of the example provider's page inside the sandbox,
+    Enter submits it, and the sign-in completes."""
     settings = make_settings(**idp_env(IDP_PORT))
     async with (
         running_controller(settings) as ctl,
@@ -332,7 +333,7 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 await plain_page(page)
             await wait_for(lambda: any(e["kind"] == "authorize_page" for e in idp.events), "the provider's page")
 
-            async with context(browser, **PHONE) as ctx:
+            async with context(browser, clipboard=False, **PHONE) as ctx:
                 page = await ctx.new_page()
                 await page.goto(started["viewer_url"])
                 await page.wait_for_function("window.hearthState === 'ready'", timeout=60_000)
@@ -340,10 +341,20 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 await page.tap("#kbd-button")
                 assert await page.evaluate("document.activeElement.id") == "kbd-input"
                 assert await page.get_attribute("#kbd-button", "aria-pressed") == "true"
-                await page.keyboard.type("person.one")
+                await page.keyboard.type("persox")
+                await page.keyboard.press("Backspace")  # a typo, corrected
+                await page.keyboard.type("n")
+                # Paste without access to the clipboard: a field to paste into, sent with Send.
+                await page.tap("#paste-button")
+                await page.wait_for_selector("#paste-text", state="visible", timeout=10_000)
+                await page.fill("#paste-text", ".one")
+                await page.tap("#paste-text-send")
+                assert not await page.is_visible("#paste-text-form")
+                # Paste with access to the clipboard: its text is sent at once.
+                await ctx.grant_permissions(CLIPBOARD)
                 await page.evaluate("(t) => navigator.clipboard.writeText(t)", "@example.com")
                 await page.tap("#paste-button")  # pasting takes the focus: the keyboard comes back with a tap
-                await page.wait_for_function("window.hearthPasted >= 1", timeout=10_000)
+                await page.wait_for_function("window.hearthPasted >= 2", timeout=10_000)
                 await page.tap("#kbd-button")
                 await page.keyboard.press("Enter")
                 await wait_for(lambda: approved(idp) is not None, "the approval")
