@@ -57,6 +57,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "HEARTH_EMBED_ORIGINS": ("https://app.example.com,https://b.example.com", "app.example.com/x", "not an origin"),
     "HEARTH_WEBHOOK_URL": ("https://app.example.com/hooks", "hooks", "http(s) URL"),
     "HEARTH_WEBHOOK_SECRET": (WHSEC, "secret", "whsec_"),
+    "HEARTH_WEBHOOK_BACKOFF_MAX": ("60", "0", "greater than or equal to 1"),
 }
 # what a variable's valid value needs beside it
 WITH = {"HEARTH_WEBHOOK_URL": {"HEARTH_WEBHOOK_SECRET": WHSEC}}
