@@ -59,6 +59,7 @@ const PLAIN = {
   4404: "This sign-in does not exist.",
   4408: "The browser took too long to start. Reload to try again.",
   4410: "This sign-in has no remote browser: use the button on this page instead.",
+  4421: "This link points at the wrong server for this sign-in. Ask for a new link.",
   4502: "The remote browser cannot be reached.",
   4503: "The service is restarting or briefly unavailable; reconnecting…",
   1012: "The service is restarting; reconnecting…",
@@ -177,7 +178,7 @@ function connect() {
     const reason = window.hearthLastClose?.reason || "";
     if (e.detail.clean && code === 1000 && reason.includes("cancelled")) { ended = true; }
     if (TERMINAL.includes(lastStatus)) return;  // the status channel already said why, in plain words
-    if ([4400, 4401, 4403, 4404, 4410].includes(code) || ended) {
+    if ([4400, 4401, 4403, 4404, 4410, 4421].includes(code) || ended) {
       ended = true;
       setState(code === 1000 ? "ended" : `closed (${code})`);
       setMessage(PLAIN[code] || "Disconnected.", code !== 1000);
