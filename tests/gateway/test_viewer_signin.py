@@ -45,8 +45,13 @@ pytestmark = [
 ]
 IDP_PORT = 9407
 ISSUER = issuer(IDP_PORT)
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 3}
+DESKTOP: dict[str, Any] = {"viewport": {"width": 1280, "height": 800}}
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "is_mobile": True,
+    "has_touch": True,
+    "device_scale_factor": 3,
+}
 CLIPBOARD = ["clipboard-read", "clipboard-write"]
 STEP_WORDS = list(wording.STEP_LABELS.values())
 # What must never show on the page outside Details: raw state names, internal tags, exit codes, file paths.
