@@ -39,7 +39,7 @@ from hearth.api.local import free_port
 from hearth.config import Settings
 from tests.api.offline import AUTH, asgi, offline_app
 
-EXAMPLES = 100  # per operation and generation mode: a few hundred cases per operation
+EXAMPLES = 150  # per operation and generation mode: a few hundred cases per operation
 CHECKS = [  # not_a_server_error is left out: it fails every 5xx, also a declared 503 (/ready); 500s are counted
     status_code_conformance,
     content_type_conformance,
