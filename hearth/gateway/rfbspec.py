@@ -106,11 +106,11 @@ XVNC = ServerProfile(
     frozenset({Qemu.EXTENDED_KEY}),
     extended_clipboard=True,
 )
-X11VNC = ServerProfile(  # the older design (libvncserver): core messages; it answers SetDesktopSize "prohibited"
+X11VNC = ServerProfile(  # the older design (libvncserver): core messages, QEMU key events; SetDesktopSize "prohibited"
     "x11vnc",
     frozenset({Msg.SET_PIXEL_FORMAT, Msg.SET_ENCODINGS, Msg.FB_UPDATE_REQUEST, Msg.KEY_EVENT, Msg.POINTER_EVENT})
-    | {Msg.CLIENT_CUT_TEXT, Msg.SET_DESKTOP_SIZE},
-    frozenset(),
+    | {Msg.CLIENT_CUT_TEXT, Msg.SET_DESKTOP_SIZE, Msg.QEMU},
+    frozenset({Qemu.EXTENDED_KEY}),
     extended_clipboard=True,
 )
 PROFILES = {"xvnc": XVNC, "x11vnc": X11VNC}
