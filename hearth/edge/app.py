@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
 from hearth.api import limits
+from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.cluster.beat import run_sweeper
 from hearth.cluster.nodes import NodeView, list_nodes
@@ -113,6 +114,9 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
             return JSONResponse({"ok": False, "detail": {"store": exc.reason}}, 503, headers={"Retry-After": "5"})
         up = sum(1 for n in nodes if n.state.value == "up")
         return JSONResponse({"ok": True, "detail": {"store": "ok", "nodes_up": str(up)}})
+
+    # webhook deliveries: the outbox is in the shared store, so the edge answers from it (every node sends)
+    app.include_router(webhook_routes.make_router(store, keys, bool(settings.webhook_url)))
 
     @app.get("/api/nodes", tags=["cluster"], dependencies=[Depends(keys)])
     async def nodes_list() -> list[dict[str, Any]]:

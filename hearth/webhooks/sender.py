@@ -63,6 +63,7 @@ class State:
 class Claimed:
     id: int
     msg_id: str
+    stream: str
     body: str
     created_at: datetime
 
@@ -137,14 +138,17 @@ class Sender:
         """Claim what is due and send it; returns how many rows were attempted."""
         claimed = await self.db.run(self._claim)
         if claimed:
-            await asyncio.gather(*(self._attempt(client, c) for c in claimed))
+            done = await asyncio.gather(*(self._attempt(client, c) for c in claimed), return_exceptions=True)
+            for c, result in zip(claimed, done, strict=True):
+                if isinstance(result, Exception):  # its claim lapses: the row is tried again
+                    log.warning("webhook attempt not recorded: %s", result, extra=_ids(c))
         return len(claimed)
 
     async def _attempt(self, client: httpx.AsyncClient, c: Claimed) -> None:
         outcome = await self.post(client, c.msg_id, c.body.encode())
         await self.db.run(lambda db: self._record(db, c, outcome))
         if outcome.error is not None:
-            log.info("webhook not acknowledged: %s", outcome.error, extra={"webhook_id": c.msg_id})
+            log.info("webhook not acknowledged: %s", outcome.error, extra=_ids(c))
 
     async def post(self, client: httpx.AsyncClient, msg_id: str, payload: bytes) -> Outcome:
         headers = {
@@ -192,7 +196,7 @@ class Sender:
                 .execution_options(synchronize_session=False)
             )
             if getattr(took, "rowcount", 0) == 1:
-                out.append(Claimed(row.id, row.msg_id, row.body, _aware(row.created_at)))
+                out.append(Claimed(row.id, row.msg_id, row.stream, row.body, _aware(row.created_at)))
         return out
 
     def _record(self, db: Db, c: Claimed, outcome: Outcome) -> None:
@@ -224,9 +228,7 @@ class Sender:
         row.last_error = outcome.error[:500]
         if (now - c.created_at).total_seconds() >= self.give_up:
             row.state = State.FAILED
-            log.warning(
-                "webhook given up after %d attempts: %s", row.attempts, row.last_error, extra={"webhook_id": c.msg_id}
-            )
+            log.warning("webhook given up after %d attempts: %s", row.attempts, row.last_error, extra=_ids(c))
             return
         delay = min(self.backoff_max, self.backoff * 2 ** min(row.attempts - 1, 30)) * (1 + 0.2 * random.random())
         if outcome.retry_after is not None:
@@ -267,6 +269,11 @@ class Sender:
                 .execution_options(synchronize_session=False)
             )
         )
+
+
+def _ids(c: Claimed) -> dict[str, str]:
+    """Log fields: the webhook id and the session (a stream that is not a session is a user's)."""
+    return {"webhook_id": c.msg_id, "session_id": c.stream}
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session as Db
 from hearth.api import webhooks
 from hearth.api.auth import ApiKeys
 from hearth.config import Settings
+from hearth.edge.app import create_edge_app
 from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 from hearth.webhooks.outbox import Outbox
@@ -96,3 +97,16 @@ async def test_every_status_code_is_declared(api: tuple[httpx.AsyncClient, Datab
     op = spec["paths"]["/api/webhooks/deliveries"]["get"]
     assert set(op["responses"]) == {"200", "401", "422", "503"}
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DeliveriesOut")
+
+
+async def test_an_edge_answers_from_the_shared_store(
+    api: tuple[httpx.AsyncClient, Database], make_settings: Callable[..., Settings]
+) -> None:
+    client, db = api
+    s = make_settings(HEARTH_API_KEYS="k1", HEARTH_WEBHOOK_URL="http://127.0.0.1:9/h", HEARTH_WEBHOOK_SECRET=SECRET)
+    edge = create_edge_app(s, db)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=edge), base_url="http://e") as via_edge:
+        there = (await via_edge.get("/api/webhooks/deliveries", headers=KEY)).json()
+        assert (await via_edge.get("/api/webhooks/deliveries")).status_code == 401
+    here = (await client.get("/api/webhooks/deliveries", headers=KEY)).json()
+    assert there == here and len(there["deliveries"]) == 7
