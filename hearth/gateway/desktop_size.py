@@ -57,15 +57,18 @@ class DesktopSizes:
         owner = self._owners.setdefault(claim.session_id, claim)
         return owner is claim
 
-    def release(self, claim: DesktopClaim, dial: Dial | None) -> asyncio.Task[None] | None:
+    def release(
+        self, claim: DesktopClaim, dial: Dial | None, gate: asyncio.Lock | None = None
+    ) -> asyncio.Task[None] | None:
         """The viewer left. If it owned the size, the size is free again and — with `dial` (the sandbox is still
-        there) — a restore to the default starts; returns that restore's task."""
+        there) — a restore to the default starts; returns that restore's task. `gate` is held from the dial to the
+        end of the RFB handshake (the route's one-dial-at-a-time lock for the sandbox)."""
         if self._owners.get(claim.session_id) is not claim:
             return None
         del self._owners[claim.session_id]
         if dial is None:
             return None
-        task = asyncio.create_task(self._restore(claim.session_id, dial))
+        task = asyncio.create_task(self._restore(claim.session_id, dial, gate))
         self._restores[claim.session_id] = task
         task.add_done_callback(lambda t: self._done(claim.session_id, t))
         return task
@@ -86,11 +89,11 @@ class DesktopSizes:
             with contextlib.suppress(BaseException):
                 await t
 
-    async def _restore(self, session_id: str, dial: Dial) -> None:
+    async def _restore(self, session_id: str, dial: Dial, gate: asyncio.Lock | None) -> None:
         width, height = self.default
         with bind_session(session_id):
             try:
-                result = await asyncio.wait_for(self._resize(session_id, dial), RESTORE_TIMEOUT)
+                result = await asyncio.wait_for(self._resize(session_id, dial, gate), RESTORE_TIMEOUT)
             except (OSError, TimeoutError, RfbError, asyncio.IncompleteReadError) as exc:
                 log.warning(
                     "desktop size not restored",
@@ -104,19 +107,28 @@ class DesktopSizes:
             else:
                 log.info("desktop size restored to the default", extra={"width": width, "height": height})
 
-    async def _resize(self, session_id: str, dial: Dial) -> int | None:
-        reader, writer = await dial()
+    async def _resize(self, session_id: str, dial: Dial, gate: asyncio.Lock | None) -> int | None:
+        async with gate if gate is not None else contextlib.nullcontext():  # until the handshake is done
+            reader, writer = await dial()
 
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            await writer.drain()
+            async def write(data: bytes) -> None:
+                writer.write(data)
+                await writer.drain()
 
+            try:
+                await handshake(reader.readexactly, write)
+            except BaseException:
+                await _close(writer)
+                raise
         try:
-            await handshake(reader.readexactly, write)
             return await resize(
                 reader.readexactly, write, *self.default, proceed=lambda: session_id not in self._owners
             )
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

@@ -165,7 +165,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 metrics.gateway_connections.dec()
                 # A viewer that owned the desktop's size left: back to the default (the sandbox is still there).
                 redial = functools.partial(open_connection, target.netns, target.ip, target.rfb_port, 5.0)
-                sizes.release(claim, redial if left else None)
+                sizes.release(claim, redial if left else None, gate)
             log.info(
                 "relay ended",
                 extra={"ended": outcome.ended.value, "rx": outcome.stats.to_sandbox, "tx": outcome.stats.to_client},

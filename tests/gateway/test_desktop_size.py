@@ -78,6 +78,24 @@ async def test_the_restore_gives_way_to_a_viewer_that_took_the_size(caplog: pyte
     assert any("skipped" in r.getMessage() for r in caplog.records)
 
 
+async def test_the_restore_dials_in_turn_with_the_sandboxs_viewers() -> None:
+    """The route's one-dial-at-a-time lock (Xvnc accepts one pending connection per wake-up) is held by the restore
+    from its dial to the end of its handshake, and only then."""
+    with local_xvnc(640, 480) as (port, _):
+        sizes, gate = DesktopSizes((800, 600)), asyncio.Lock()
+        laptop = sizes.claim("s1")
+        assert laptop.may_resize()
+        await gate.acquire()  # a viewer is dialling
+        task = sizes.release(laptop, lambda: asyncio.open_connection("127.0.0.1", port), gate)
+        assert task is not None
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done() and await local_size(port) == (640, 480)
+        gate.release()
+        await asyncio.wait_for(task, 20)
+        assert not gate.locked() and await local_size(port) == (800, 600)
+
+
 async def test_a_restore_that_cannot_reach_the_sandbox_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     sizes = DesktopSizes((800, 600))
     laptop = sizes.claim("s1")
