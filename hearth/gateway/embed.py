@@ -37,7 +37,8 @@ def origin_of(url: str) -> str | None:
 
 
 def parse_origins(value: str | Iterable[str]) -> tuple[str, ...]:
-    """HEARTH_EMBED_ORIGINS (comma-separated) → normalised origins; ValueError naming the fix for a bad entry."""
+    """HEARTH_EMBED_ORIGINS (comma-separated) → normalised origins; ValueError naming the fix for a bad entry (the
+    settings loader prefixes the variable's name)."""
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [v.strip() for v in value]
     out: list[str] = []
     for item in (i for i in items if i):
@@ -45,7 +46,7 @@ def parse_origins(value: str | Iterable[str]) -> tuple[str, ...]:
         parts = urlsplit(item)
         if origin is None or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError(
-                f"HEARTH_EMBED_ORIGINS: {item!r} is not an origin; give scheme://host[:port] without a path, "
+                f"{item!r} is not an origin; give scheme://host[:port] without a path, "
                 "comma-separated, e.g. https://app.example.com,https://staging.example.com"
             )
         if origin not in out:

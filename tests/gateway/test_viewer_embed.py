@@ -31,14 +31,16 @@ def test_origins_are_normalised_and_a_bad_one_names_the_fix() -> None:
     )
     assert parse_origins("") == ()
     for bad in ("https://app.example.com/settings", "app.example.com", "ftp://x.org", "https://u:p@x.org", "*"):
-        with pytest.raises(ValueError, match=r"HEARTH_EMBED_ORIGINS: .* e\.g\. https://app\.example\.com"):
+        with pytest.raises(
+            ValueError, match=r"is not an origin; give scheme://host\[:port\] .* e\.g\. https://app\.example\.com"
+        ):
             parse_origins(bad)
     assert frame_ancestors(()) == "frame-ancestors 'self'"
     assert frame_ancestors(("https://a.example",)) == "frame-ancestors 'self' https://a.example"
 
 
 def test_a_bad_origin_setting_is_a_config_problem(make_settings: Callable[..., Settings]) -> None:
-    with pytest.raises(ConfigError, match=re.escape("HEARTH_EMBED_ORIGINS: 'https://a.example/x' is not an origin")):
+    with pytest.raises(ConfigError, match=r"HEARTH_EMBED_ORIGINS: .*'https://a\.example/x' is not an origin"):
         make_settings(HEARTH_EMBED_ORIGINS="https://a.example/x")
     assert make_settings(HEARTH_EMBED_ORIGINS="https://A.example").embed_origins == ("https://a.example",)
 
