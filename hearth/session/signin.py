@@ -27,6 +27,7 @@ from hearth.providers.model import Provider
 from hearth.session import wording
 from hearth.session.modes import SigninMode
 from hearth.session.prompts import PromptError, SigninPrompt, check_code
+from hearth.session.reach import cli_unreachable, network_hop, page_unreachable
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
 from hearth.vault.store import CredentialFile, Vault
@@ -43,22 +44,6 @@ class CodeRefused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-PAGE_HOPS = {"dns": Hop.DNS, "egress": Hop.EGRESS, "tls": Hop.TLS}
-PAGE_FIXES = {
-    Hop.DNS: "give sandboxes a resolver that answers the provider's name (see `hearth doctor`)",
-    Hop.EGRESS: "let sandboxes reach the internet (HEARTH_EGRESS=true, the uplink) or check the provider is up",
-    Hop.TLS: "trust the provider's certificate in the sandboxes (a TLS-inspecting proxy needs its CA)",
-}
-
-
-def page_unreachable(detail: str) -> tuple[Hop, str]:
-    """The agent's `page_unreachable` event ("[dns] <host> does not resolve …") → the hop and the session's reason."""
-    tag, _, why = detail.partition("] ")
-    hop = PAGE_HOPS.get(tag.removeprefix("["), Hop.AGENT)
-    fix = PAGE_FIXES.get(hop, "see the agent's log")
-    return hop, f"[{hop.value}] the sign-in page cannot be reached from the sandbox: {why or detail} — fix: {fix}"
 
 
 class SignInFlow:
@@ -93,7 +78,9 @@ class SignInFlow:
                 with contextlib.suppress(IllegalTransition):
                     await self.service.advance(session_id, Status.AWAITING_USER, detail)
             elif event == "login_failed":
-                await self.service.end(session_id, Status.FAILED, f"[agent] sign-in failed: {detail}", Hop.AGENT)
+                hop = network_hop(detail)  # the CLI could not reach its provider: name that hop, not the agent
+                reason = cli_unreachable(hop, detail) if hop else f"[agent] sign-in failed: {detail}"
+                await self.service.end(session_id, Status.FAILED, reason, hop or Hop.AGENT)
             elif event == "page_unreachable":
                 hop, reason = page_unreachable(detail)
                 await self.service.end(session_id, Status.FAILED, reason, hop)
@@ -107,6 +94,10 @@ class SignInFlow:
                 return
             before = self._prompts.get(session_id)
             self.service.codes.remember(session_id, prompt.user_code)  # shown to the person; never written
+            hop = network_hop(prompt.message) if prompt.message else None
+            if hop is not None and prompt.message:  # not a refused code: the CLI cannot reach its provider
+                await self.service.end(session_id, Status.FAILED, cli_unreachable(hop, prompt.message), hop)
+                return
             prompt = self._refusal(session_id, prompt)
             self._prompts[session_id] = prompt
             if before is None or before.url != prompt.url:

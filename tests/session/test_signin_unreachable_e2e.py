@@ -2,7 +2,8 @@
 example CLI: the provider's host does not resolve. The agent probes the page it opened in the sandbox's browser
 (DNS, TCP, TLS: hearth_agent/pageprobe.py) and the session fails within seconds — not at the flow's timeout —
 naming the hop (`dns`) with the technical detail in the reason and the events, and the person's words in the
-API's message: "The Example sign-in page cannot be reached from here"."""
+API's message: "The Example sign-in page cannot be reached from here". And in direct mode, a provider that goes away
+after its link was shown: the CLI's own network error names the hop (`egress`), not the agent or a refused code."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import httpx
 import pytest
 
 from hearth.config import Settings
+from hearth.providers.model import FlowName
 from tests.conftest import running_controller
+from tests.session.test_signin_direct_e2e import signin_of, wait_session
+from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 HOST = "signin.hearth-test.invalid"  # .invalid never resolves (RFC 2606)
@@ -49,3 +53,29 @@ async def test_a_sign_in_page_that_does_not_resolve_fails_naming_dns(make_settin
         assert "awaiting_user" in names  # the page was opened: the probe is about loading it
         at = {e["name"]: e["at"] for e in events}
         print(f"page opened at {at['awaiting_user']}, session failed at {at['failed']}")  # measured, not asserted
+
+
+async def test_a_provider_gone_after_the_link_fails_naming_egress(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(**idp_env(9417), HEARTH_SIGNIN_MODE="direct")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        example = ctl.ctl.providers["example"]
+        paste_only = {FlowName.PASTE_CODE: example.flows[FlowName.PASTE_CODE]}
+        ctl.ctl.providers["example"] = example.model_copy(update={"flows": paste_only})
+        async with running_idp(settings, 9417, auto_approve=False):
+            r = await http.post("/api/auth/start", json={"user_id": "vic", "provider": "example"})
+            assert r.status_code == 201, r.text
+            sid = r.json()["session_id"]
+            await wait_session(http, sid, lambda b: signin_of(b).get("awaiting_code") is True, "code prompt")
+        # the provider is gone: the CLI's exchange of the pasted code cannot connect
+        r = await http.post(f"/api/auth/session/{sid}/code", json={"code": "some-code"})
+        assert r.status_code == 200, r.text
+        body = await wait_session(http, sid, lambda b: False, "the failure", timeout=WAIT)
+        assert body["status"] == "failed" and body["hop"] == "egress", body
+        reason = str(body["reason"])
+        assert reason.startswith("[egress] the provider cannot be reached from the sandbox: the CLI said:"), reason
+        assert "Connection refused" in reason and "— fix:" in reason
+        assert body["message"] == "The Example sign-in page cannot be reached from here. Please try again later."
+        assert "some-code" not in reason
