@@ -39,7 +39,9 @@ class CliSandboxOut(BaseModel):
 
 
 def make_router(vault: Vault, clis: CliSandboxes, keys: ApiKeys) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(keys)], tags=["users"], responses=problems.declare(401, 404, 502, 503))
+    router = APIRouter(
+        dependencies=[Depends(keys)], tags=["users"], responses=problems.declare(401, 404, 421, 502, 503)
+    )
 
     @router.get("/api/auth/credentials/{user_id}", response_model=list[CredentialOut])
     async def credentials(user_id: str) -> list[CredentialOut]:

@@ -3,7 +3,6 @@ the receiver's last answer or the error, and when it is tried next. Newest first
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -11,8 +10,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session as Db
 
+from hearth.api import problems
 from hearth.api.auth import ApiKeys
-from hearth.api.schemas import ErrorOut
+from hearth.api.schemas import UtcDatetime
 from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 
@@ -29,10 +29,10 @@ class DeliveryOut(BaseModel):
     attempts: int
     last_status: int | None = Field(None, description="the receiver's HTTP status at the last attempt")
     last_error: str | None = Field(None, description="why the last attempt was not acknowledged (names the hop)")
-    next_attempt_at: datetime | None = Field(None, description="while pending: not tried before this")
-    created_at: datetime
-    attempted_at: datetime | None
-    delivered_at: datetime | None
+    next_attempt_at: UtcDatetime | None = Field(None, description="while pending: not tried before this")
+    created_at: UtcDatetime
+    attempted_at: UtcDatetime | None
+    delivered_at: UtcDatetime | None
 
 
 class DeliveriesOut(BaseModel):
@@ -58,11 +58,12 @@ def _out(r: OutboxRow) -> DeliveryOut:
     )
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "missing or invalid API key"},
-    422: {"model": ErrorOut, "description": "a query parameter is not valid (named in `error`)"},
-    503: {"model": ErrorOut, "description": "the state store is unavailable (`Retry-After`)"},
-}
+_RESPONSES: dict[int | str, dict[str, Any]] = problems.declare(  # with the limits middleware's 400, 413, 429
+    401,
+    503,
+    _422="a query parameter is not valid (named in `error`)",
+    _503="the state store is unavailable (`Retry-After`)",
+)
 
 
 def make_router(db: Database, keys: ApiKeys, enabled: bool) -> APIRouter:

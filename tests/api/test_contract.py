@@ -154,3 +154,31 @@ async def test_every_operation_keeps_the_openapi_contract(
         print(f"operations with fewer distinct cases than asked (a small input space): {thin}")
         tracebacks = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info]
         assert tracebacks == [], tracebacks[:5]
+
+
+async def test_every_route_declares_the_answers_its_handlers_can_give(make_settings: Callable[..., Settings]) -> None:
+    """What fuzzing rarely reaches is declared all the same: every /api/* operation the limits middleware's answers
+    (400, 413, 422, 429) and a store outage's 503; every session-scoped one 404 and 421 (another node's session);
+    every one behind the API key 401. Each error answer's body is ErrorOut (422: ValidationErrorOut)."""
+    s = make_settings()
+    async with offline_app(s) as off, asgi(off.app) as http:
+        schema = (await http.get("/openapi.json")).json()
+    missing = []
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            codes = {int(c) for c in op["responses"]}
+            want = {400, 413, 422, 429, 503} if path.startswith("/api/") else set()
+            if path.startswith("/api/auth/session/{session_id}"):
+                want |= {404, 421}
+            if path.startswith("/api/"):
+                want |= {401}  # an API key, or a viewer token (the viewer's routes)
+            if want - codes:
+                missing.append(f"{method.upper()} {path}: {sorted(want - codes)}")
+            for code, answer in op["responses"].items():
+                refs = [c.get("schema", {}).get("$ref", "") for c in answer.get("content", {}).values()]
+                if int(code) >= 400 and path.startswith("/api/") and refs and not any(r for r in refs):
+                    missing.append(f"{method.upper()} {path} {code}: no body schema")
+                if code == "422" and not any(r.endswith("/ValidationErrorOut") for r in refs):
+                    missing.append(f"{method.upper()} {path} 422: not ValidationErrorOut ({refs})")
+    print(f"\n{sum(len(v) for v in schema['paths'].values())} operations checked")
+    assert missing == [], "\n".join(missing)

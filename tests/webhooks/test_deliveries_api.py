@@ -95,7 +95,7 @@ async def test_every_status_code_is_declared(api: tuple[httpx.AsyncClient, Datab
     client, _ = api
     spec = (await client.get("/openapi.json")).json()
     op = spec["paths"]["/api/webhooks/deliveries"]["get"]
-    assert set(op["responses"]) == {"200", "401", "422", "503"}
+    assert set(op["responses"]) == {"200", "400", "401", "413", "422", "429", "503"}  # 400/413/429: the limits
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DeliveriesOut")
 
 
