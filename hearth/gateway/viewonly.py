@@ -91,7 +91,7 @@ class InputFilter:
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to forward. Raises Forbidden on a message that may not reach the server."""
-        buf = self._buf + data if self._buf else data
+        buf = memoryview(self._buf + data if self._buf else data)  # (slices of a view copy nothing)
         self._buf = b""
         out = bytearray()
         pos, end = 0, len(buf)
@@ -109,7 +109,7 @@ class InputFilter:
                 if len(head) < need:  # not all of it yet: keep it for the next chunk
                     self._buf = bytes(head)
                     break
-                self._left, self._keep = self._judge(head[:need])
+                self._left, self._keep = self._judge(bytes(head[:need]))
             except Refused as exc:
                 raise Forbidden(str(exc), bytes(out)) from None
             if self._instead is not None:  # (a whole message, judged from all of its bytes)
@@ -117,7 +117,7 @@ class InputFilter:
                 pos, self._left, self._instead = pos + self._left, 0, None
         return bytes(out)
 
-    def _need(self, head: bytes) -> int:
+    def _need(self, head: memoryview) -> int:
         """How many bytes decide the message `head` starts: its whole length, or a header's when that is all
         there is yet (ClientCutText: always its header)."""
         kind = head[0]
@@ -141,7 +141,7 @@ class InputFilter:
                 raise Refused(f"ClientFence with a {head[8]}-byte payload (at most {FENCE_PAYLOAD_MAX})")
             return 9 + head[8]
         if kind == Msg.SET_DESKTOP_SIZE:
-            return 8 if len(head) < 8 else desktop_size_length(head[:8])
+            return 8 if len(head) < 8 else desktop_size_length(bytes(head[:8]))
         # Msg.QEMU
         if len(head) < 2:
             return 2
