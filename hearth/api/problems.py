@@ -12,7 +12,6 @@ client sends can make an error answer fail to render (that was a 500).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,6 @@ from starlette.exceptions import HTTPException
 from hearth.api import jsonguard
 from hearth.api.schemas import ErrorOut, ValidationErrorOut
 
-log = logging.getLogger("hearth.api")
 MAX_LISTED = 3  # invalid fields named in a 422's `error` (all of them are in `detail`)
 VALIDATION_HINT = "fix the named field; the API's schema is at /openapi.json"
 

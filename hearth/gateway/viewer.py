@@ -31,9 +31,10 @@ from hearth.session.signin import CodeRefused, SignInFlow
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # What each route can answer (the OpenAPI is the contract): the page's own refusals are HTML, the status stream's
 # are events; the limits middleware's and the handlers' are JSON.
-_CODE = problems.declare(400, 401, 403, 404, 409, 421, 502, 503)
-_PAGE = problems.also("text/html", problems.declare(401, 404, 421, 503), 200, 401, 503)
-_STATUS = problems.also("text/event-stream", problems.declare(401, 404, 421, 503), 200, 401, 404)
+_TOKEN = "missing, invalid or expired viewer token (`?token=`)"
+_CODE = problems.declare(400, 401, 403, 404, 409, 421, 502, 503, _401=_TOKEN + ", and no valid API key")
+_PAGE = problems.also("text/html", problems.declare(401, 404, 421, 503, _401=_TOKEN), 200, 401, 503)
+_STATUS = problems.also("text/event-stream", problems.declare(401, 404, 421, 503, _401=_TOKEN), 200, 401, 404)
 
 
 def status_json(
