@@ -312,7 +312,9 @@ class LoginRun:
 
     def _probe(self, url: str) -> None:
         """The page opened in the sandbox's browser: can it load from here? (a proxied sandbox is not probed)"""
-        found = probe(url)
+        found = probe(
+            url, cafiles=tuple(v for k in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS") if (v := self._env.get(k)))
+        )
         if found is not None:
             log.warning(
                 f"the sign-in page cannot load here: [{found.hop}] {found.detail}", extra={"provider": self.p.name}

@@ -46,8 +46,9 @@ def _resolve(host: str, port: int, timeout: float) -> list[tuple[int, tuple[str,
     return out
 
 
-def probe(url: str, timeout: float = STEP_TIMEOUT) -> Unreachable | None:
-    """None when the page's host answers (TLS verified for https); else the first hop that failed."""
+def probe(url: str, timeout: float = STEP_TIMEOUT, cafiles: tuple[str, ...] = ()) -> Unreachable | None:
+    """None when the page's host answers (TLS verified for https, by the system's CAs and `cafiles` — the extra CAs
+    the sandbox's browser and CLIs trust); else the first hop that failed."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if not host or parts.scheme not in ("http", "https"):
@@ -81,6 +82,11 @@ def probe(url: str, timeout: float = STEP_TIMEOUT) -> Unreachable | None:
         if parts.scheme != "https":
             return None
         ctx = ssl.create_default_context()  # the sandbox's trust store (SSL_CERT_FILE when set), as a browser's
+        for cafile in cafiles:
+            try:
+                ctx.load_verify_locations(cafile)
+            except (OSError, ssl.SSLError):
+                continue  # unreadable: the handshake says whether it mattered
         try:
             with ctx.wrap_socket(sock, server_hostname=host):
                 return None

@@ -79,3 +79,9 @@ def test_a_page_that_answers_with_a_trusted_certificate_is_reachable(
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the sandbox's trust store, as HEARTH_EXTRA_CA_CERTS would set it
     assert probe(f"https://localhost:{port}/authorize") is None
     assert probe("about:blank") is None  # not a page to probe
+
+
+def test_the_extra_cas_the_sandbox_trusts_count(tls_server: tuple[int, Path], tmp_path: Path) -> None:
+    """A TLS-inspecting proxy's CA, handed to the browser and the CLIs (NODE_EXTRA_CA_CERTS): trusted here too."""
+    port, ca = tls_server
+    assert probe(f"https://localhost:{port}/authorize", cafiles=(str(tmp_path / "absent.pem"), str(ca))) is None
