@@ -347,7 +347,11 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 assert await page.evaluate("document.activeElement.id") == "kbd-input"
                 assert await page.get_attribute("#kbd-button", "aria-pressed") == "true"
                 await page.keyboard.type("persox")
-                await page.keyboard.press("Backspace")  # a typo, corrected
+                # A tap on the remote page: noVNC focuses its canvas; the keyboard stays up (the input gets it back).
+                await page.focus("#screen canvas")
+                await page.dispatch_event("#screen", "touchend")
+                await page.wait_for_function("document.activeElement.id === 'kbd-input'", timeout=5_000)
+                await page.keyboard.press("Backspace")  # a typo, corrected (on an empty input: sent as a key)
                 await page.keyboard.type("n")
                 # Paste without access to the clipboard: a field to paste into, sent with Send.
                 await page.tap("#paste-button")

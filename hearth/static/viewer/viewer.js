@@ -251,13 +251,24 @@ window.addEventListener("keydown", (ev) => {
 const kbd = $("kbd-input");
 let sent = "";
 function kbdReset() { kbd.value = ""; sent = ""; }
+let kbdOpen = false;  // the person opened the keyboard: a tap on the remote page (to pick a field) keeps it open
 $("kbd-button").addEventListener("click", () => {
-  if (document.activeElement === kbd) { kbd.blur(); return; }
+  if (document.activeElement === kbd) { kbdOpen = false; kbd.blur(); return; }
+  kbdOpen = true;
   kbdReset();
   kbd.focus({ preventScroll: true });
 });
+for (const type of ["touchend", "mouseup"]) {
+  screenEl.addEventListener(type, () => {
+    // noVNC focuses its canvas on a tap (the tap itself reaches the remote page first); give the focus back.
+    if (kbdOpen && rfb) setTimeout(() => { kbdReset(); kbd.focus({ preventScroll: true }); }, 0);
+  }, true);
+}
 kbd.addEventListener("focus", () => $("kbd-button").setAttribute("aria-pressed", "true"));
-kbd.addEventListener("blur", () => $("kbd-button").setAttribute("aria-pressed", "false"));
+kbd.addEventListener("blur", (ev) => {
+  $("kbd-button").setAttribute("aria-pressed", "false");
+  if (!ev.relatedTarget || !screenEl.contains(ev.relatedTarget)) kbdOpen = false;  // left for another control
+});
 kbd.addEventListener("keydown", (ev) => {
   if (ev.isComposing || !(ev.key in KEYS)) return;
   if (ev.key === "Backspace" && kbd.value.length > 0) return;  // the input event sends it
@@ -371,6 +382,7 @@ $("paste").addEventListener("submit", async (ev) => {
 // --- the end: next step, the way back --------------------------------------------------------------------------
 let countdown = null;
 function showEnd(s) {
+  kbdOpen = false;
   $("end").hidden = false;
   $("direct").hidden = true;
   $("tools").hidden = true;
