@@ -68,6 +68,7 @@ class Reconciler:
     async def run_once(self) -> Report:
         async with self._lock:
             report = Report()
+            await self._ended_in_store(report)
             await self._sandboxes(report)
             self.service.adopting = False  # every surviving sandbox is adopted (or removed): unknown means unknown
             await self._sessions(report)
@@ -91,10 +92,16 @@ class Reconciler:
         if not svc.settings.keep_failed:  # kept for debugging while HEARTH_KEEP_FAILED was on; it is off now
             for owner in await mgr.end_stored(only_kept=True):
                 report.removed_sandboxes[owner] = "kept for debugging; HEARTH_KEEP_FAILED is off"
-        for row in await mgr.stored():
+        rows = [
+            row
+            for row in await mgr.stored()
+            if mgr.get(row.owner_id) is None
+            and not svc.is_booting(row.owner_id)
+            and row.state != SandboxState.KEPT.value
+        ]
+        sessions = await svc.db.run(lambda db: _sessions_of(db, [r.owner_id for r in rows]))  # one statement
+        for row in rows:
             owner = row.owner_id
-            if mgr.get(owner) is not None or svc.is_booting(owner) or row.state == SandboxState.KEPT.value:
-                continue
             if row.kind == Kind.CLI.value:
                 reason = await mgr.adopt(row)
                 if reason is None:
@@ -117,7 +124,7 @@ class Reconciler:
                 await mgr.end(owner, Final.DONE, row.slot)
                 report.removed_sandboxes[owner] = reason
                 continue
-            session = await svc.db.run(lambda db, o=owner: db.get(SessionRow, o))  # type: ignore[misc]
+            session = sessions.get(owner)
             if session is None or Status(session.status) in TERMINAL:
                 reason = "no session row" if session is None else f"its session is {session.status}"
                 log.warning("sandbox without a live session removed: %s", reason, extra={"session_id": owner})
@@ -141,6 +148,30 @@ class Reconciler:
             report.failed_sessions.append(owner)
             report.removed_sandboxes[owner] = reason
 
+    async def _ended_in_store(self, report: Report) -> None:
+        """Sandboxes this node runs whose session the store records ended — failed by a sweeper while this node was
+        cut off from the store (issue 24): the store is authoritative, whatever this node still holds in memory.
+        Their viewers close, their sandboxes and leases go, in this pass."""
+        svc = self.service
+        mine = [o for o in svc.live_sessions() if not svc.is_booting(o) and not svc.is_unrecorded(o)]
+        if not mine:
+            return
+
+        def statuses(db: Db) -> dict[str, tuple[str, int | None]]:
+            rows = db.execute(select(SessionRow.id, SessionRow.status, SessionRow.slot).where(SessionRow.id.in_(mine)))
+            return {str(i): (str(st), slot) for i, st, slot in rows}
+
+        ended = [t.value for t in TERMINAL]
+        for owner, (status, slot) in (await svc.db.run(statuses)).items():
+            sb = svc.sandboxes.get(owner)
+            if status not in ended or sb is None or sb.state is SandboxState.KEPT:
+                continue
+            why = f"its session is {status} in the store (ended while this node could not reach it)"
+            log.warning("sandbox of a session ended elsewhere removed", extra={"session_id": owner, "status": status})
+            svc.stop_event(owner).set()  # its viewers close
+            await svc.sandboxes.end(owner, Final.DONE, slot)  # the sandbox, its row and its lease
+            report.removed_sandboxes[owner] = why
+
     async def _sessions(self, report: Report) -> None:
         svc = self.service
         for view in sorted(await svc.list_active(), key=lambda v: _aware(v.created_at)):  # oldest first: line order
@@ -163,19 +194,24 @@ class Reconciler:
         where = Ipam.mine(self.settings.fabric_netns, self.settings.node_id)  # this node's leases only
 
         def stale(db: Db) -> list[str]:
-            leases = db.scalars(select(LeaseRow).where(*where))
+            """One statement, whatever the number of leases: each lease with its session's status and its sandbox
+            row's state (either may be missing)."""
+            stmt = (
+                select(LeaseRow.session_id, SessionRow.status, SandboxRow.state)
+                .outerjoin(SessionRow, SessionRow.id == LeaseRow.session_id)
+                .outerjoin(SandboxRow, SandboxRow.owner_id == LeaseRow.session_id)
+                .where(*where)
+            )
             out = []
-            kept = set(db.scalars(select(SandboxRow.owner_id).where(SandboxRow.state == SandboxState.KEPT.value)))
-            for lease in leases:
-                if lease.session_id.startswith((QUARANTINE, CLI_OWNER)) or lease.session_id in kept:
+            for owner, status, state in db.execute(stmt):
+                if owner.startswith((QUARANTINE, CLI_OWNER)) or state == SandboxState.KEPT.value:
                     continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
-                if lease.session_id.startswith(POOL_OWNER):  # a pooled sandbox's: stale once it has no row
-                    if db.get(SandboxRow, lease.session_id) is None:
-                        out.append(lease.session_id)
-                    continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
-                row = db.get(SessionRow, lease.session_id)
-                if row is None or row.status in ended:
-                    out.append(lease.session_id)
+                if owner.startswith(POOL_OWNER):  # a pooled sandbox's: stale once it has no row
+                    if state is None:
+                        out.append(owner)
+                    continue
+                if status is None or status in ended:
+                    out.append(owner)
             return out
 
         for sid in await self.service.db.run(stale):
@@ -236,6 +272,13 @@ class Reconciler:
         await ports.remove_port(self.settings, slot.tap_name)
         await asyncio.to_thread(netlink.remove_netns, slot.netns)
         await asyncio.to_thread(shutil.rmtree, svc.sandboxes.spec(f"{QUARANTINE}{index}", slot).workdir, True)
+
+
+def _sessions_of(db: Db, owners: list[str]) -> dict[str, SessionRow]:
+    """The session rows of `owners` (those that have one), in one statement."""
+    if not owners:
+        return {}
+    return {row.id: row for row in db.scalars(select(SessionRow).where(SessionRow.id.in_(owners)))}
 
 
 def _aware(dt: datetime) -> datetime:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
@@ -119,6 +119,7 @@ class SessionService:
         self._closing = False
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
+        self.fenced: str | None = None  # set by `fence`: cut off from the cluster, viewers close with 4502 (the reason)
         self.on_terminal: list[Callable[[SessionView], Awaitable[None]]] = []
         self.on_ready: list[Callable[[SessionView], Coroutine[Any, Any, None]]] = []
         # Called (in the background) for each session whose sandbox a restarted controller adopted.
@@ -199,6 +200,14 @@ class SessionService:
         self._closing = self.draining = True
         for ev in self._stops.values():
             ev.set()
+
+    def fence(self, reason: str | None) -> None:
+        """This node is cut off from the cluster (hearth/cluster/fence.py): close every viewer (4502 `reason`) and
+        refuse new sessions and viewers until the fence is lifted (None). Nothing is ended: the store decides."""
+        self.fenced = reason
+        if reason is not None:
+            for sid in list(self._stops):
+                self._stops.pop(sid).set()  # the relays holding it stop; a viewer after the fence gets a fresh one
 
     def is_booting(self, session_id: str) -> bool:
         """Whether this controller is booting that session right now."""
@@ -302,11 +311,8 @@ class SessionService:
 
     async def list_active(self) -> list[SessionView]:
         def q(db: Db) -> list[SessionView]:
-            rows = db.scalars(  # this node's only: a node never ends, adopts or expires another node's sessions
-                select(SessionRow).where(
-                    SessionRow.node_id == self.settings.node_id, SessionRow.status.not_in([t.value for t in TERMINAL])
-                )
-            )
+            # this node's only: a node never ends, adopts or expires another node's sessions
+            rows = db.scalars(select(SessionRow).where(*self._active_here()))
             return [SessionView.of(r) for r in rows]
 
         return await self.db.run(q)
@@ -331,6 +337,8 @@ class SessionService:
         """Create a session and boot its sandbox in the background; returns at once with status `starting`."""
         if self._closing:
             raise LimitExceeded(503, "controller is shutting down; retry on another instance")
+        if self.fenced:
+            raise LimitExceeded(503, f"{self.fenced}; retry on another node")
         s = self.settings
         sid = str(uuid.uuid4())
 
@@ -491,40 +499,61 @@ class SessionService:
                 await task
 
     async def expire_due(self) -> int:
-        """End sessions past their absolute lifetime or idle too long; returns how many."""
+        """End sessions past their absolute lifetime or idle too long; returns how many. One indexed statement finds
+        them (whatever the number of sessions); only those due cost more."""
         s = self.settings
         now = datetime.now(UTC)
+        born_before = now - timedelta(seconds=s.session_ttl)
+        quiet_since = now - timedelta(seconds=s.idle_timeout)
+        booting = [st.value for st in Status if st.booting]
+
+        def due(db: Db) -> list[tuple[str, datetime]]:
+            rows = db.execute(
+                select(SessionRow.id, SessionRow.created_at).where(
+                    *self._active_here(),
+                    or_(
+                        SessionRow.created_at < born_before,
+                        and_(SessionRow.status.not_in(booting), SessionRow.last_seen_at < quiet_since),
+                    ),
+                )
+            )
+            return [(str(sid), created) for sid, created in rows]
+
         count = 0
-        for view in await self.list_active():
-            row = await self.db.run(lambda db, i=view.id: db.get(SessionRow, i))  # type: ignore[misc]
-            if row is None:
-                continue
-            created = _aware(row.created_at)
-            seen = _aware(row.last_seen_at)
-            if self.viewers.count(view.id):
-                seen = now  # a connected viewer is activity
-            if now - created > timedelta(seconds=s.session_ttl):
-                await self.end(view.id, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
+        for sid, created in await self.db.run(due):
+            if now - _aware(created) > timedelta(seconds=s.session_ttl):
+                await self.end(sid, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
                 count += 1
-            elif not view.status.booting and now - seen > timedelta(seconds=s.idle_timeout):
+            elif not self.viewers.count(sid):  # a connected viewer is activity
                 await self.end(
-                    view.id, Status.EXPIRED, f"idle for more than {s.idle_timeout:.0f}s (no viewer, no heartbeat)"
+                    sid, Status.EXPIRED, f"idle for more than {s.idle_timeout:.0f}s (no viewer, no heartbeat)"
                 )
                 count += 1
         return count
 
     async def check_alive(self) -> int:
-        """Fail ready sessions whose sandbox died; returns how many."""
+        """Fail ready sessions whose sandbox died; returns how many. One statement (id, status) per tick: only the
+        sandboxes this controller runs are then asked."""
+
+        def ready(db: Db) -> list[str]:
+            booting = [st.value for st in Status if st.booting]
+            stmt = select(SessionRow.id).where(
+                *self._active_here(), SessionRow.status.not_in(booting), SessionRow.slot.is_not(None)
+            )
+            return [str(sid) for sid in db.scalars(stmt)]
+
         failed = 0
-        for view in await self.list_active():
-            if view.status.booting or view.slot is None or view.id in self._unrecorded:
-                continue
-            if self.sandboxes.get(view.id) is None:
+        for sid in await self.db.run(ready):
+            if sid in self._unrecorded or self.sandboxes.get(sid) is None:
                 continue  # not (yet) adopted by this controller: the reconciler decides
-            if not await self.sandboxes.alive(view.id):
-                await self.end(view.id, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
+            if not await self.sandboxes.alive(sid):
+                await self.end(sid, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
                 failed += 1
         return failed
+
+    def _active_here(self) -> tuple[ColumnElement[bool], ...]:
+        """This node's sessions that have not ended (index ix_sessions_node_status)."""
+        return (SessionRow.node_id == self.settings.node_id, SessionRow.status.not_in([t.value for t in TERMINAL]))
 
     # ---- internals -------------------------------------------------------------------------------
     async def _boot(
@@ -663,7 +692,12 @@ class SessionService:
                 raise SessionNotFound(sid)
             check_transition(Status(row.status), target)
             self.outbox.session(
-                db, row, target.value, row.status, None if target is Status.READY else reason, hop.value if hop else None
+                db,
+                row,
+                target.value,
+                row.status,
+                None if target is Status.READY else reason,
+                hop.value if hop else None,
             )
             if also is not None:
                 also(db)

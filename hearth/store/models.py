@@ -34,6 +34,8 @@ class Base(DeclarativeBase):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
+    # housekeeping (expiry, watchdog, reconciler) reads one node's active sessions per tick: one indexed statement
+    __table_args__ = (Index("ix_sessions_node_status", "node_id", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local", index=True)
