@@ -201,3 +201,12 @@ def at_least(msg: bytes, minimum: tuple[int, int] = MIN_DESKTOP) -> bytes:
         nh = min(new_h - ny, max(1, round(h * new_h / height)))
         out += struct.pack(">IHHHHI", sid, nx, ny, nw, nh, flags)
     return bytes(out)
+
+
+def prohibited(msg: bytes) -> bytes:
+    """In place of a checked SetDesktopSize that may not go through (another viewer owns the size): one the server
+    refuses as "prohibited", answering only its sender — the specification has the server answer every request, and
+    noVNC asks for no other size until it has heard back. TigerVNC refuses a side over 16384 before anything else
+    (VNCServerST::setDesktopSize), libvncserver prohibits every request by default."""
+    sid, _x, _y, _w, _h, flags = struct.unpack(">IHHHHI", msg[8:24])
+    return struct.pack(">BxHHBx", 251, 65535, 65535, 1) + struct.pack(">IHHHHI", sid, 0, 0, 65535, 65535, flags)

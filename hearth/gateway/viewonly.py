@@ -9,8 +9,9 @@ else — an unknown type, a message the server does not handle, a precondition n
 (Forbidden → close 4403); nothing of that message or after it is forwarded.
 
 View scope then drops input (KeyEvent, PointerEvent, ClientCutText, SetDesktopSize, QEMU): what reaches the server is
-whole messages of the remaining types. Control scope forwards everything that passed, except a SetDesktopSize the
-desktop's size owner refuses (`may_resize`: hearth/gateway/desktop_size.py), which is dropped; one smaller than
+whole messages of the remaining types. Control scope forwards everything that passed, except that a SetDesktopSize
+the desktop's size owner refuses (`may_resize`: hearth/gateway/desktop_size.py) becomes one the server answers
+"prohibited" (rfbspec.prohibited: the viewer hears back, as the specification has it), and one smaller than
 Chromium's smallest window is scaled up to it (rfbspec.at_least: the kiosk window always fits the screen).
 """
 
@@ -40,6 +41,7 @@ from hearth.gateway.rfbspec import (
     encodings_of,
     missing,
     name_of,
+    prohibited,
 )
 
 VIEW_ALLOWED = frozenset(Msg) - INPUT  # what a view-scope viewer's forwarded stream can consist of
@@ -185,8 +187,9 @@ class InputFilter:
                 )
             check_desktop_size(msg)
             if keep and self.may_resize is not None and not self.may_resize():
-                keep = False  # another viewer owns the desktop's size
-            self.resized = self.resized or keep
-            if keep and (bigger := at_least(msg)) != msg:
-                self._instead = bigger
+                self._instead = prohibited(msg)  # another viewer owns the desktop's size: the server says no
+            elif keep:
+                self.resized = True
+                if (bigger := at_least(msg)) != msg:
+                    self._instead = bigger
         return size, keep

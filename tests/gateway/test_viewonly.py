@@ -153,10 +153,16 @@ def test_a_desktop_smaller_than_chromiums_window_is_scaled_up(asked: bytes, forw
     assert f.feed(NOVNC_START + asked) == NOVNC_START + forwarded
 
 
-def test_a_resize_the_size_owner_refuses_is_dropped() -> None:
+def test_a_resize_the_size_owner_refuses_is_answered_prohibited() -> None:
+    """The server must answer every SetDesktopSize (noVNC asks for no other size until it hears back): a refused one
+    reaches it as a request for 65535×65535, which Xvnc answers "prohibited" to that viewer alone."""
     allowed = [False]
     f = InputFilter(drop_input=False, may_resize=lambda: allowed[0])
-    assert f.feed(NOVNC_START + RESIZE + KEY) == NOVNC_START + KEY
+    asked = desktop_size(390, 844, [(7, 0, 0, 390, 844, 3)])
+    assert (
+        f.feed(NOVNC_START + asked + KEY)
+        == NOVNC_START + desktop_size(65535, 65535, [(7, 0, 0, 65535, 65535, 3)]) + KEY
+    )
     assert not f.resized
     allowed[0] = True
     assert f.feed(RESIZE) == RESIZE and f.resized
