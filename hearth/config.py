@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     ip_pool_start: IPv4Address = Field(IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START"))
     ip_pool_end: IPv4Address = Field(IPv4Address("192.168.100.254"), validation_alias=AliasChoices("IP_POOL_END"))
     oauth_flow_timeout: float = Field(600.0, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
-    max_browser_sessions: int = Field(16, ge=1, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
+    # the whole store's active sessions (every node); 0: off — each node's capacity is the bound
+    max_browser_sessions: int = Field(0, ge=0, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
     max_sessions_per_user: int = Field(2, ge=1, validation_alias=AliasChoices("MAX_SESSIONS_PER_USER"))
     max_sessions_per_node: int = Field(0, ge=0)  # active sessions on this node's fabric; 0: only the IP pool bounds it
     min_free_mb: int = Field(256, ge=0)  # /ready fails below this much free space in the data dir

@@ -79,6 +79,7 @@ class SessionOut(BaseModel):
     reason: str | None
     hop: str | None
     driver: str
+    node: str = Field("local", description="the node whose sandbox serves the session (HEARTH_NODE_ID)")
     sandbox_ip: str | None
     timings: dict[str, float] = Field(description="seconds from creation until each boot stage completed")
     created_at: UtcDatetime
@@ -113,6 +114,7 @@ class SessionOut(BaseModel):
             reason=v.reason,
             hop=v.hop,
             driver=v.driver,
+            node=v.node_id,
             sandbox_ip=v.sandbox_ip,
             timings=v.timings,
             created_at=v.created_at,

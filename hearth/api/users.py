@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
@@ -33,6 +33,7 @@ class CliSandboxOut(BaseModel):
 
     user_id: str
     state: str
+    node: str = Field("local", description="the node that runs (and keeps the home of) the CLI sandbox")
     sandbox_ip: str | None
     created_at: UtcDatetime
     last_used_at: UtcDatetime

@@ -61,10 +61,12 @@ class CliView:
     sandbox_ip: str | None
     created_at: datetime
     last_used_at: datetime
+    node: str = "local"  # the node that runs it (CliSandboxRow.node_id)
 
 
 def _view(r: CliSandboxRow) -> CliView:
-    return CliView(r.user_id, r.state, r.sandbox_ip if r.state == "running" else None, r.created_at, r.last_used_at)
+    ip = r.sandbox_ip if r.state == "running" else None
+    return CliView(r.user_id, r.state, ip, r.created_at, r.last_used_at, r.node_id)
 
 
 def mark_stopped(db: Db, owner_id: str) -> None:

@@ -27,13 +27,26 @@ class NoNode(HearthError):
         )
 
 
+class ClusterFull(NoNode):
+    """Every live node is at its capacity: 503 "cluster full: N sessions on M nodes" with Retry-After."""
+
+    def __init__(self, sessions: int, nodes: int, why: list[str]) -> None:
+        HearthError.__init__(
+            self,
+            Hop.NODE,
+            f"cluster full: {sessions} sessions on {nodes} node{'s' if nodes != 1 else ''} ({'; '.join(why)})",
+            "retry after Retry-After seconds (sessions end), or add capacity: another `hearth node`",
+        )
+
+
 def choose(nodes: Iterable[NodeView], affinity: str | None = None, exclude: frozenset[str] = frozenset()) -> NodeView:
     """The node for a new session: the `affinity` node (where the user's CLI sandbox lives) when it is up and has
     room, else the up node with the most room (ties: fewer active sessions, then id). NoNode names why each node
     was passed over."""
     why: list[str] = []
     fit: list[NodeView] = []
-    for n in nodes:
+    seen = list(nodes)
+    for n in seen:
         if n.id in exclude:
             why.append(f"{n.id} refused just now")
         elif n.state is not NodeState.UP:
@@ -43,6 +56,13 @@ def choose(nodes: Iterable[NodeView], affinity: str | None = None, exclude: froz
         else:
             fit.append(n)
     if not fit:
+        live = [n for n in seen if n.state is not NodeState.DOWN]
+        if (
+            live
+            and all(n.room <= 0 for n in live if n.state is NodeState.UP)
+            and any(n.state is NodeState.UP for n in live)
+        ):
+            raise ClusterFull(sum(n.active for n in live), len(live), why)
         raise NoNode(why)
     for n in fit:
         if n.id == affinity:

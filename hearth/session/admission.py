@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
+from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.ipam import Ipam, Lease
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
-from hearth.store.models import EventRow, SessionRow
+from hearth.store.models import EventRow, NodeRow, SessionRow
 from hearth.webhooks.outbox import Outbox
 
 ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first
@@ -29,15 +30,18 @@ class LimitExceeded(Exception):
 
 
 def check_limits(db: Db, s: Settings, user_id: str) -> None:
-    """Inside the admission transaction: global, per-node (this fabric) and per-user limits."""
+    """Inside the admission transaction: global (MAX_BROWSER_SESSIONS, when set), per-node (this fabric) and
+    per-user limits."""
     active = SessionRow.status.not_in([t.value for t in TERMINAL])
 
     def count(*where: object) -> int:
         return int(db.scalar(select(func.count()).select_from(SessionRow).where(active, *where)) or 0)  # type: ignore[arg-type]
 
-    if count() >= s.max_browser_sessions:
+    if s.max_browser_sessions and (n := count()) >= s.max_browser_sessions:  # the global cap: off unless set
+        alive = NodeRow.state != NodeState.DOWN.value
+        m = max(1, int(db.scalar(select(func.count()).select_from(NodeRow).where(alive)) or 0))
         raise LimitExceeded(
-            503, f"all {s.max_browser_sessions} browser sessions are in use (MAX_BROWSER_SESSIONS); retry later"
+            503, f"cluster full: {n} sessions on {m} node{'s' if m != 1 else ''} (MAX_BROWSER_SESSIONS); retry later"
         )
     # Without HEARTH_MAX_SESSIONS_PER_NODE the IP pool bounds this node (PoolExhausted from the lease).
     if s.max_sessions_per_node and count(SessionRow.node_id == s.node_id) >= s.max_sessions_per_node:

@@ -35,7 +35,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "HEARTH_DRIVER": ("netns", "kvm", "'firecracker'"),
     "HEARTH_EGRESS": ("true", "maybe", "bool"),
     "HEARTH_SIGNIN_MODE": ("direct", "phone", "'remote_browser'"),
-    "MAX_BROWSER_SESSIONS": ("4", "0", "greater than or equal to 1"),
+    "MAX_BROWSER_SESSIONS": ("4", "-1", "greater than or equal to 0"),
     "MAX_SESSIONS_PER_USER": ("1", "many", "integer"),
     "HEARTH_MAX_SESSIONS_PER_NODE": ("8", "-1", "greater than or equal to 0"),
     "HEARTH_MIN_FREE_MB": ("512", "lots", "integer"),
