@@ -167,7 +167,9 @@ def create_app(ctl: Controller) -> FastAPI:
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         webhooks = asyncio.create_task(run_sender(settings, ctl.db), name="webhooks")  # HEARTH_WEBHOOK_URL
         beat = asyncio.create_task(
-            run_node(settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set),
+            run_node(
+                settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set, ctl.service.fence
+            ),
             name="node-heartbeat",
         )
         try:

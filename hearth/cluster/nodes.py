@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session as Db
 
 from hearth.cluster.states import NodeState, allowed
+from hearth.cluster.watch import Watch
 from hearth.errors import HearthError, Hop
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
@@ -120,19 +121,35 @@ def sweep(
     now: datetime | None = None,
     itself: str | None = None,
     outbox: Outbox | None = None,
+    watch: Watch | None = None,
 ) -> dict[str, int]:
     """Mark every node silent for more than `dead_after` seconds down and fail its active sessions with a reason
     naming it — never `itself` (the node sweeping is alive, however late its own beat was written: a beat stuck
     behind a busy store must not end its own sessions). Returns {node id: sessions ended}. Idempotent; safe to run
-    from every process at once."""
+    from every process at once.
+
+    With a `watch` (the sweeper loops: hearth/cluster/beat.py) silence is what this sweeper itself saw over sweeps
+    that reached the store (hearth/cluster/watch.py), not the age of `heartbeat_at`: a store outage is nobody's
+    death. Without one (an operator's one-off sweep, tests) the wall clock decides."""
 
     def work(s: Db) -> dict[str, int]:
-        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=dead_after)
-        silent = s.scalars(
-            select(NodeRow)
-            .where(NodeRow.state != NodeState.DOWN.value, NodeRow.heartbeat_at < cutoff, NodeRow.id != (itself or ""))
-            .with_for_update(skip_locked=True)
-        ).all()
+        alive = NodeRow.state != NodeState.DOWN.value, NodeRow.id != (itself or "")
+        if watch is None:
+            cutoff = (now or datetime.now(UTC)) - timedelta(seconds=dead_after)
+            silent = s.scalars(
+                select(NodeRow).where(*alive, NodeRow.heartbeat_at < cutoff).with_for_update(skip_locked=True)
+            ).all()
+        else:
+            beats = {str(i): _aware(b) for i, b in s.execute(select(NodeRow.id, NodeRow.heartbeat_at).where(*alive))}
+            stale = watch.stale(beats)
+            locked = (
+                s.scalars(
+                    select(NodeRow).where(*alive, NodeRow.id.in_(sorted(stale))).with_for_update(skip_locked=True)
+                ).all()
+                if stale
+                else []
+            )
+            silent = [n for n in locked if _aware(n.heartbeat_at) == beats.get(n.id)]  # not beaten since it was read
         ended: dict[str, int] = {}
         for node in silent:
             reason = down_reason(node.id, node.heartbeat_at)
@@ -181,3 +198,11 @@ def node_of_session(s: Db, session_id: str) -> tuple[str, NodeView | None] | Non
     if node_id is None:
         return None
     return node_id, next((n for n in list_nodes(s) if n.id == node_id), None)
+
+
+def peers(s: Db, itself: str) -> tuple[str, ...]:
+    """The addresses of the other nodes not marked down (whom a cut-off node asks: hearth/cluster/fence.py)."""
+    rows = s.scalars(
+        select(NodeRow.address).where(NodeRow.state != NodeState.DOWN.value, NodeRow.id != itself).order_by(NodeRow.id)
+    )
+    return tuple(str(a) for a in rows)

@@ -29,27 +29,31 @@ from hearth import __version__
 from hearth.api import limits
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
+from hearth.api.schemas import SessionOut
 from hearth.cluster.beat import run_sweeper
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.placement import NoNode, place
 from hearth.config import Settings
-from hearth.edge.routing import NodeDown, Unknown, route_session, route_user
+from hearth.edge.routing import NodeDown, NodeSilent, Unknown, route_session, route_user, stored_session
 from hearth.edge.wsrelay import relay_viewer
 from hearth.errors import HearthError, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
 from hearth.gateway.viewer import STATIC
 from hearth.log import bind_session
+from hearth.session.service import SessionView
 from hearth.store.db import Database
 
 log = logging.getLogger("hearth.edge")
 PLACE_ATTEMPTS = 3
+RESPONSIVE = 3.0  # a node whose answer takes longer is asked for /health on a fresh connection
+PROBE_TIMEOUT = 2.0  # ...and answered for (503 naming it) when that does not come back within this
 HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
 
 
 def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
     store = db or Database(settings.db_url)
     keys = ApiKeys(settings.api_keys)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=False)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=RESPONSIVE), follow_redirects=False)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +75,7 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     @app.exception_handler(HearthError)
     async def hearth_error(_r: Request, exc: HearthError) -> JSONResponse:
-        code = 503 if isinstance(exc, StoreError | NoNode) else 502
+        code = 503 if isinstance(exc, StoreError | NoNode | NodeSilent) else 502
         body = {"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint}
         return JSONResponse(body, status_code=code, headers={"Retry-After": "5"} if code == 503 else None)
 
@@ -89,10 +93,21 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
         req = http.build_request(
             request.method, url, headers=headers, content=body if body is not None else await request.body()
         )
+        sending = asyncio.ensure_future(http.send(req, stream=True))
         try:
-            resp = await http.send(req, stream=True)
+            try:
+                resp = await asyncio.wait_for(asyncio.shield(sending), RESPONSIVE)
+            except TimeoutError:
+                if not await responsive(node):  # a slow answer is waited for; a silent node is answered for now
+                    raise NodeSilent(node.id, RESPONSIVE + PROBE_TIMEOUT) from None
+                resp = await sending
+        except httpx.ConnectTimeout as exc:
+            raise NodeSilent(node.id, RESPONSIVE) from exc
         except httpx.HTTPError as exc:
             raise NodeDown(node.id, f"did not answer ({type(exc).__name__})") from exc
+        finally:
+            if not sending.done():
+                sending.cancel()
         out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             return StreamingResponse(_chunks(resp), status_code=resp.status_code, headers=out)
@@ -101,6 +116,14 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
         finally:
             await resp.aclose()
         return Response(content, status_code=resp.status_code, headers=out)
+
+    async def responsive(node: NodeView) -> bool:
+        """Whether the node answers /health within PROBE_TIMEOUT on a connection of its own."""
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as probe:
+            try:
+                return (await probe.get(node.address.rstrip("/") + "/health")).status_code == 200
+            except httpx.HTTPError:
+                return False
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:
@@ -155,10 +178,21 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
                 refused.add(node.id)  # full since placement read it (or shutting down): place again
                 continue
             return _rewrite(resp, node.address, public_base(request))
+        await store.run(lambda s: place(s, user))  # every node full by now: ClusterFull ("cluster full: N on M")
         raise NoNode([f"{n} refused just now" for n in sorted(refused)])
 
     async def session_route(request: Request, session_id: str, rest: str = "") -> Response:
-        node = await store.run(lambda s: route_session(s, session_id))
+        try:
+            node = await store.run(lambda s: route_session(s, session_id))
+        except NodeDown:
+            if request.method != "GET" or rest:
+                raise
+            # a down node's session reads as the store has it — failed, naming the node — without waiting for it
+            await keys(request)  # the node would have checked the API key
+            row = await store.run(lambda s: stored_session(s, session_id))
+            if row is None:
+                raise
+            return JSONResponse(SessionOut.of(SessionView.of(row)).model_dump(mode="json"))
         resp = await forward(request, node, f"/api/auth/session/{session_id}{rest}")
         return _rewrite(resp, node.address, public_base(request))
 

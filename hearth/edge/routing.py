@@ -22,6 +22,22 @@ class NodeDown(HearthError):
         super().__init__(Hop.NODE, f"node {node_id} {why}", f"`hearth node list`; restart hearth on {node_id}")
 
 
+class NodeSilent(HearthError):
+    """The session's node is not marked down but does not answer (503 + Retry-After, naming the node)."""
+
+    def __init__(self, node_id: str, seconds: float) -> None:
+        super().__init__(
+            Hop.NODE,
+            f"node {node_id} did not respond within {seconds:.0f}s",
+            f"retry shortly: if {node_id} is down it is marked so within HEARTH_NODE_DEAD_AFTER (`hearth node list`)",
+        )
+
+
+def stored_session(s: Db, session_id: str) -> SessionRow | None:
+    """The session's row, as the store has it (what an edge answers for a node that is down)."""
+    return s.get(SessionRow, session_id)
+
+
 def route_session(s: Db, session_id: str) -> NodeView:
     """The node holding `session_id` (a draining node still serves its sessions); NodeDown when it is down."""
     node_id = s.scalar(select(SessionRow.node_id).where(SessionRow.id == session_id))

@@ -1,8 +1,8 @@
 """The edge's viewer WebSocket: relay frames between the viewer and the node's gateway, unchanged both ways.
 
 The node's gateway does everything else (token, RFB termination, view-only); its close code and reason are passed
-through. When the node connection drops without a close (the node died, its network broke) the viewer gets 4502
-naming the node, so the viewer page reconnects — through any edge — and lands on the same session.
+through. When the node connection drops without a close (the node died, its network broke: pings go unanswered) the
+viewer gets 4502 naming the node, so the viewer page reconnects — through any edge — and lands on the same session.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from hearth.gateway.routes import UNREACHABLE, close_reason
 
 log = logging.getLogger("hearth.edge")
 CONNECT_TIMEOUT = 10.0
+# The edge pings the node's leg: a node whose link is cut sends no close, so without pings the viewer would hang
+# until its own keepalive gave up. Missing pongs close the viewer with 4502 naming the node within about 5 s.
+PING_INTERVAL, PING_TIMEOUT = 2.0, 3.0
 
 
 def ws_url(address: str, session_id: str, token: str) -> str:
@@ -45,7 +48,8 @@ async def relay_viewer(
                 subprotocols=[Subprotocol("binary")],
                 max_size=4 * 1024 * 1024,
                 open_timeout=CONNECT_TIMEOUT,
-                ping_interval=None,  # the node pings the edge's viewer leg itself; the edge pings its viewer
+                ping_interval=PING_INTERVAL,  # the node pings this leg too; the edge pings its viewer
+                ping_timeout=PING_TIMEOUT,
                 compression=None,
             ),
             CONNECT_TIMEOUT,

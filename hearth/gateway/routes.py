@@ -93,6 +93,8 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(BAD_TOKEN, f"unauthorized: {exc}")
             if service.draining:
                 return await close(UNAVAILABLE, SHUTTING_DOWN)
+            if service.fenced:  # cut off from the cluster (hearth/cluster/fence.py): the store may have ended it
+                return await close(UNREACHABLE, service.fenced)
             known = service.live_view(session_id)  # this node's memory: no store round trip (and none needed)
             view: SessionView
             try:
@@ -184,6 +186,8 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
                 return await close(VIEW_ONLY, outcome.detail)
             if outcome.ended is Ended.STOPPED and service.draining:
                 return await close(UNAVAILABLE, SHUTTING_DOWN)
+            if outcome.ended is Ended.STOPPED and service.fenced:
+                return await close(UNREACHABLE, service.fenced)
             try:
                 latest = await service.get(session_id)
             except StoreError:  # ended while the store is down (the end is recorded later)
