@@ -49,7 +49,7 @@ def status_json(
     `button`); the raw state, reason and timings are for its Details only."""
     said = wording.for_session(view, provider_name, prompt, watching=watching, queue_position=queue_position)
     account = wording.account_name(view.provider, provider_name) if view.provider else None
-    step = wording.step_of(view.status)
+    step = wording.step_for(view.status, mode=view.mode.value, has_link=prompt is not None, watching=watching)
     return json.dumps(
         {
             "status": view.status.value,

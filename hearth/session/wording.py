@@ -111,6 +111,15 @@ def step_of(status: Status) -> Step | None:
     return None
 
 
+def step_for(status: Status, *, mode: str, has_link: bool, watching: bool = False) -> Step | None:
+    """The stepper's stage as the page shows it: in direct mode signing in begins once the link is there (until
+    then the words say "Getting your sign-in link…", and the stepper still says Preparing)."""
+    step = step_of(status)
+    if step is Step.SIGN_IN and mode == "direct" and not has_link and not watching:
+        return Step.PREPARING
+    return step
+
+
 @dataclass(frozen=True)
 class Words:
     """What the page's headline and status line say (the status line is the aria-live region)."""

@@ -129,6 +129,23 @@ def qr_modules(url: str) -> str:
     return m.group(1)
 
 
+# The headline the page shows at each step of the stepper (the example provider's account is "Example").
+HEADLINES = {
+    "preparing": "Preparing your Example sign-in",
+    "sign_in": "Sign in to Example",
+    "saving": "Saving your Example sign-in",
+    "done": "You are signed in to Example",
+}
+
+
+def assert_words_per_step(said: list[dict[str, Any]]) -> None:
+    """Every status the page showed had the words of its step (a short step such as saving may pass unseen)."""
+    for s in said:
+        if s["step"]:
+            assert s["headline"] == HEADLINES[s["step"]], s
+            assert s["message"] and not RAW.search(s["message"]), s
+
+
 def steps_in_order(said: list[dict[str, Any]]) -> list[str]:
     seen: list[str] = []
     for s in said:
@@ -205,6 +222,7 @@ async def test_direct_mode_desktop_and_phone(make_settings: Callable[..., Settin
                     _words, current = await stepper(page)
                     assert current is None and await page.locator("#stepper li.done").count() == 4
                     said = await page.evaluate(SAID)
+                    assert_words_per_step(said)
                     order = steps_in_order(said)
                     assert order[0] in ("preparing", "sign_in") and order[-1] == "done", order
                     assert order == [s for s in ["preparing", "sign_in", "saving", "done"] if s in order], order
@@ -333,6 +351,7 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 assert await page.inner_text("#headline") == "Sign in to Example"
                 assert await page.inner_text("#message") == "Sign in to Example in the window below."
                 assert await page.is_visible("#kbd-button") and await page.is_visible("#paste-button")
+                assert_words_per_step(await page.evaluate(SAID))
                 said = steps_in_order(await page.evaluate(SAID))
                 assert said[0] == "preparing" and said[-1] == "sign_in", said
                 await plain_page(page)
