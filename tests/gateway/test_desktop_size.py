@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,14 @@ from websockets.exceptions import ConnectionClosed
 from hearth.api.local import free_port
 from hearth.config import Settings
 from hearth.gateway.desktop_size import DesktopSizes
+from hearth.gateway.rfbspec import prohibited
 from hearth.rfb.client import handshake
+from hearth.rfb.desktop import REASON_CLIENT, read_layouts, screen_layout
 from tests.conftest import Running, running_controller
-from tests.gateway.rfbmsgs import NOVNC_START, desktop_size
+from tests.gateway.rfbmsgs import NOVNC_START, desktop_size, fb_request
 from tests.gateway.test_rfb_preconditions import xvnc_pid
+from tests.gateway.test_viewer_browser import CANVAS_SIZE, CHROMIUM, SCREEN_BOX, VIEWER_READY, chromium
+from tests.gateway.test_viewer_signin import DESKTOP, PHONE, context
 from tests.gateway.test_viewers import open_viewer, settle
 from tests.live import Live, start_ready
 from tests.xvnc import local_xvnc
@@ -76,6 +81,27 @@ async def test_the_restore_gives_way_to_a_viewer_that_took_the_size(caplog: pyte
         assert await local_size(port) == (640, 480)  # the restore did not undo the phone's size
         assert sizes.release(phone, None) is None  # the sandbox is gone: nothing to restore
     assert any("skipped" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_resize_another_viewer_owns_is_answered_prohibited_by_xvnc() -> None:
+    """What the gateway sends in place of a resize that may not go through (rfbspec.prohibited): Xvnc answers it
+    "prohibited" (result 1) to its sender and changes nothing."""
+    with local_xvnc(640, 480) as (port, xvnc):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        try:
+            await asyncio.wait_for(handshake(reader.readexactly, write), 10)
+            await asyncio.wait_for(screen_layout(reader.readexactly, write), 10)
+            await write(prohibited(resize_to(390, 844)) + fb_request(1, 1, 1))
+            replies = await asyncio.wait_for(read_layouts(reader.readexactly), 10)
+        finally:
+            writer.close()
+        assert [(r.reason, r.result) for r in replies] == [(REASON_CLIENT, 1)]
+        assert await local_size(port) == (640, 480) and xvnc.poll() is None
 
 
 async def test_the_restore_dials_in_turn_with_the_sandboxs_viewers() -> None:
@@ -219,3 +245,67 @@ async def test_the_controlling_viewer_owns_the_size_and_the_default_returns(
         print(f"\nsizes: laptop 900x560 held against a phone and a view-only viewer; back to {W}x{H} twice")
         assert (await http.get(f"/api/auth/session/{live.session_id}")).json()["status"] == "ready"
         assert Path(f"/proc/{xvnc_pid(live)}").exists()
+
+
+CANVAS_BOX = (
+    "() => { const c = document.querySelector('#screen canvas'); if (!c) return [0, 0]; "
+    "const r = c.getBoundingClientRect(); return [Math.ceil(r.width), Math.ceil(r.height)]; }"
+)
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_a_laptop_and_a_phone_in_real_browsers(make_settings: Callable[..., Settings]) -> None:
+    """noVNC on a laptop and on a touch phone (Playwright), both with the control link: the laptop's window sets the
+    desktop and the phone does not shrink it; when the laptop leaves the default returns; the phone's next window
+    change takes the size, enlarged to Chromium's smallest window, and the phone shows all of it (scaled)."""
+    settings = make_settings(HEARTH_SCREEN=f"{W}x{H}x24", HEARTH_VIEWER_WAIT="90")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=60) as http,
+    ):
+        live = await start_ready(http, ctl.settings, "two-devices")
+        page_url = f"{ctl.base_url}/api/auth/session/{live.session_id}/novnc?token={live.viewer_token}"
+        url = live.ws_url(ctl)
+        async with (
+            chromium() as browser,
+            context(browser, clipboard=False, **DESKTOP) as laptop_ctx,
+            context(browser, clipboard=False, **PHONE) as phone_ctx,
+        ):
+            laptop = await laptop_ctx.new_page()
+            await laptop.goto(page_url)
+            await laptop.wait_for_function(VIEWER_READY, timeout=60_000)
+            box: list[int] = []
+            for _ in range(100):  # the desktop takes the laptop's screen area
+                box = await laptop.evaluate(SCREEN_BOX)
+                if await laptop.evaluate(CANVAS_SIZE) == box:
+                    break
+                await asyncio.sleep(0.1)
+            assert await size_seen(url) == tuple(box) != (W, H)
+
+            phone = await phone_ctx.new_page()
+            await phone.goto(page_url)
+            await phone.wait_for_function(VIEWER_READY, timeout=60_000)
+            for _ in range(30):  # noVNC asks for its size once its first update is in: give it the chance
+                assert await phone.evaluate(CANVAS_SIZE) in ([0, 0], box), "the phone resized the laptop's desktop"
+                await asyncio.sleep(0.1)
+            assert await size_seen(url) == tuple(box)
+
+            await laptop.close()
+            assert await wait_size(url, (W, H)) == (W, H), "the desktop did not return to its default size"
+
+            await phone.set_viewport_size({"width": 390, "height": 700})  # the phone turns: its size goes through
+            canvas: list[int] = []
+            for _ in range(100):
+                canvas = await phone.evaluate(CANVAS_SIZE)
+                if canvas[0] == 500:
+                    break
+                await asyncio.sleep(0.1)
+            assert canvas[0] == 500 and await size_seen(url) == tuple(canvas), canvas
+            shown = await phone.evaluate(CANVAS_BOX)
+            assert shown[0] <= 390, f"the phone shows the desktop {shown[0]} px wide in a 390 px viewport"
+            assert await browser_fits(live, *canvas) == [(0, 0, *canvas)]
+            print(
+                f"\nlaptop {box[0]}x{box[1]} held; phone: desktop {canvas[0]}x{canvas[1]} shown at {shown[0]}x{shown[1]}"
+            )
