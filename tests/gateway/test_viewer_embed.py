@@ -96,6 +96,10 @@ def test_every_word_is_plain(mode: str) -> None:
                 )
                 for text in (said.headline, said.message, said.next_step or ""):
                     assert not RAW.search(text), (status, text)
+    linkless = wording.step_for(Status.READY, mode=mode, has_link=False)
+    assert linkless is (wording.Step.PREPARING if mode == "direct" else wording.Step.SIGN_IN)
+    assert wording.step_for(Status.AWAITING_USER, mode=mode, has_link=True) is wording.Step.SIGN_IN
+    assert wording.step_for(Status.READY, mode=mode, has_link=False, watching=True) is wording.Step.SIGN_IN
     done = wording.words(Status.COMPLETED, mode=mode, name="Claude")
     assert done.next_step and "in your workspace" not in done.headline
     cancelled = wording.words(Status.CANCELLED, mode=mode, name="Claude")
