@@ -27,8 +27,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -41,12 +47,14 @@ from tests.live import leaks, scaled, start_ready
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 EXAMPLES = scaled(30)  # per operation and generation mode
+CONTRACT = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @dataclass
 class Tally:
     seen: Counter[str] = field(default_factory=Counter)  # "METHOD path status" → requests
     server_errors: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)  # answers the OpenAPI does not declare
     started: int = 0  # sessions started (and cancelled at once)
 
 
@@ -72,6 +80,10 @@ def fuzz_operation(op: Any, mode: GenerationMode, base: str, headers: dict[str, 
         tally.seen[f"{op.label} {code}"] += 1
         if code >= 500:
             tally.server_errors.append(f"{op.label} → {code}: {response.text[:300]} ({case.as_curl_command()})")
+        try:  # a live controller's answers keep the contract too
+            case.validate_response(response, checks=CONTRACT, headers=headers)
+        except FailureGroup as group:
+            tally.mismatches += [f"{op.label} → {code}: {f.title}: {f.message[:200]}" for f in group.exceptions]
         if code == 201 and op.path == "/api/auth/start":
             tally.started += 1
             sid = response.json()["session_id"]
@@ -109,6 +121,7 @@ async def test_openapi_fuzz_never_gets_a_5xx(make_settings: Callable[..., Settin
         for key in sorted(seen):
             print(f"  {key}: {seen[key]}")
         assert errors == [], "\n".join(errors[:10])
+        assert tally.mismatches == [], "\n".join(tally.mismatches[:10])
         assert total >= operations * 2
         assert (await http.get("/health")).json()["ok"] is True
         assert await ctl.ctl.service.list_active() == []
