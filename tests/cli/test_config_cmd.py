@@ -156,3 +156,13 @@ def test_any_combination_passes_or_names_the_fix(env: dict[str, str], tmp_path: 
     if res.exit_code == 2:
         assert out["problems"] and all(p.strip() for p in out["problems"])
     run(env, tmp_path)  # the table too
+
+
+def test_a_dotenv_file_that_is_not_text_names_the_fix(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"HEARTH_DRIVER=netns\n\xff\xfe\n")
+    res = CliRunner().invoke(app, ["config", "check", "--json", "--env-file", str(env_file)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit | None), res.output
+    assert json.loads(res.stdout)["problems"] == [
+        f"the dotenv file {env_file} is not UTF-8 text; fix it or point --env-file elsewhere"
+    ]
