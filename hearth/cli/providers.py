@@ -84,6 +84,7 @@ def check(
                     "seconds_to_url": res.seconds_to_url,
                     "prompt": res.prompt,
                     "credentials_written": res.credentials_written,
+                    "signed_in": "status" in res.extra and not res.failed_step,  # the CLI's own check, delivered files
                     "failed_step": res.failed_step,
                 }
             )
@@ -94,14 +95,14 @@ def check(
     out = Console()
     out.print(f"CLIs: {escape(str(where)) if where else '[red]not installed[/] (run `bash scripts/setup.sh`)'}")
     table = Table(title="provider conformance (offline, this host)")
-    for col in ("provider", "flow", "CLI", "URL", "credentials", "failed step"):
+    for col in ("provider", "flow", "CLI", "URL", "credentials", "signed in", "failed step"):
         table.add_column(col)
     for r in rows:
         url = f"yes ({r.get('url_host')}, {r.get('seconds_to_url')} s)" if r.get("url_captured") else "no"
         creds = {True: "yes", False: "no", None: "not checked"}[r.get("credentials_written")]
         step = r.get("failed_step") or ""
-        table.add_row(
-            r["provider"], r["flow"], escape(str(r.get("cli_version", ""))), url, creds, f"[red]{escape(step)}[/]"
-        )
+        signed = "yes" if r.get("signed_in") else "no"
+        version = escape(str(r.get("cli_version", "")))
+        table.add_row(r["provider"], r["flow"], version, url, creds, signed, f"[red]{escape(step)}[/]")
     out.print(table)
     raise typer.Exit(1 if failed else 0)

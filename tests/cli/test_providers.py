@@ -40,3 +40,4 @@ def test_check_runs_the_conformance_of_one_flow() -> None:
     (row,) = json.loads(out.stdout)["results"]
     assert row["cli_version"] == "codex-cli 0.169.0"
     assert row["url_captured"] and row["credentials_written"] and row["failed_step"] == ""
+    assert row["signed_in"] is True  # `codex login status`, with only the delivered files in a fresh home
