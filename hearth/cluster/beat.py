@@ -20,6 +20,7 @@ from hearth.store.db import Database
 from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.cluster")
+PROBE_TIMEOUT = 2.0  # a node about to fence itself tries the store once more, this long
 
 
 def address(s: Settings) -> str:
@@ -47,7 +48,15 @@ async def run_node(
     was: NodeState | None = None
     outbox = Outbox(s)  # sessions this beat's sweep ends get their `session.failed` webhook
     seen = watch(s)
-    fence = Fence(s, fenced or (lambda _reason: None))
+
+    async def reaches_store() -> bool:
+        try:
+            await asyncio.wait_for(db.offload(db.probe), PROBE_TIMEOUT)
+        except (StoreError, TimeoutError):
+            return False
+        return True
+
+    fence = Fence(s, fenced or (lambda _reason: None), reaches_store=reaches_store)
     guard = asyncio.create_task(fence.run(), name="node-fence")
 
     def beat() -> tuple[NodeState | None, tuple[str, ...]]:

@@ -8,6 +8,8 @@ asks the other nodes it last saw alive (their `/ready`, which says whether each 
 - some peer reaches the store → this node alone is cut off: fence;
 - no peer answers at all → this node's own network is gone: fence;
 - peers answer, none reaches the store → the store is down for everyone: keep serving (and ask again next time).
+Before fencing, the node tries the store once more itself: at the end of an outage the peers may reach it a moment
+before this node's next beat does, and that is no partition.
 A node that knows no peer (a single node) never fences: nobody could have ended its sessions.
 """
 
@@ -55,6 +57,7 @@ class Fence:
         on_change: Callable[[str | None], None],
         ask: Callable[[str], Awaitable[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reaches_store: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.node_id = s.node_id
         self.dead_after = s.node_dead_after
@@ -62,6 +65,7 @@ class Fence:
         self._on_change = on_change  # the reason when fenced, None when lifted
         self._ask = ask
         self._clock = clock
+        self._reaches_store = reaches_store  # this node's own store probe, right now (bounded)
         self.last_ok = clock()  # the last beat that reached the store
         self.peers: tuple[str, ...] = ()  # the other live nodes' addresses, as of that beat
         self.reason: str | None = None
@@ -86,6 +90,8 @@ class Fence:
             why = "no other node answers"
         else:
             return None  # the store is down for everyone: nobody can end this node's sessions
+        if self._reaches_store is not None and await self._reaches_store():
+            return None  # it answers this node again: its next beat lifts the doubt
         self.reason = f"[node] node {self.node_id} partitioned: no store for {away:.0f}s, {why} — reconnect"
         log.warning("node fenced: viewers closed, nothing admitted", extra={"node_id": self.node_id, "why": why})
         self._on_change(self.reason)

@@ -160,6 +160,8 @@ class Lab:
             "HEARTH_NODE_HEARTBEAT": "0.5",
             "HEARTH_NODE_DEAD_AFTER": "3",
             "HEARTH_RATE_LIMIT": "0",
+            # the lab's nodes and edges from another checkout's `hearth` (a before/after comparison of a fix)
+            **({"PYTHONPATH": os.environ["HEARTH_LAB_PYTHONPATH"]} if os.environ.get("HEARTH_LAB_PYTHONPATH") else {}),
             **self.env,
         }
 

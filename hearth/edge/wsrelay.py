@@ -22,8 +22,9 @@ from hearth.gateway.routes import UNREACHABLE, close_reason
 log = logging.getLogger("hearth.edge")
 CONNECT_TIMEOUT = 10.0
 # The edge pings the node's leg: a node whose link is cut sends no close, so without pings the viewer would hang
-# until its own keepalive gave up. Missing pongs close the viewer with 4502 naming the node within about 5 s.
-PING_INTERVAL, PING_TIMEOUT = 2.0, 3.0
+# until its own keepalive gave up. Missing pongs close the viewer with 4502 naming the node within about 6 s (ping,
+# its timeout, and the bound on the closing handshake the dead link cannot complete).
+PING_INTERVAL, PING_TIMEOUT, CLOSE_TIMEOUT = 1.5, 2.5, 1.5
 
 
 def ws_url(address: str, session_id: str, token: str) -> str:
@@ -50,6 +51,7 @@ async def relay_viewer(
                 open_timeout=CONNECT_TIMEOUT,
                 ping_interval=PING_INTERVAL,  # the node pings this leg too; the edge pings its viewer
                 ping_timeout=PING_TIMEOUT,
+                close_timeout=CLOSE_TIMEOUT,
                 compression=None,
             ),
             CONNECT_TIMEOUT,

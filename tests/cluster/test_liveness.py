@@ -108,7 +108,12 @@ async def test_a_cut_off_node_fences_only_when_the_others_reach_the_store_or_nob
     async def ask(address: str) -> str:
         return said[address]
 
-    fence = Fence(s, changes.append, ask, clock)
+    store_now = [False]
+
+    async def reaches_store() -> bool:
+        return store_now[0]
+
+    fence = Fence(s, changes.append, ask, clock, reaches_store)
     fence.answered(("http://h0", "http://h2"))
     clock.t += 2
     assert await fence.check() is None  # not yet dead-after
@@ -117,6 +122,9 @@ async def test_a_cut_off_node_fences_only_when_the_others_reach_the_store_or_nob
     said.update({"http://h0": Verdict.NO_STORE, "http://h2": Verdict.UNREACHABLE})
     assert await fence.check() is None  # the store is down for everyone: keep serving
     said["http://h0"] = Verdict.REACHES_STORE
+    store_now[0] = True
+    assert await fence.check() is None  # the store's way back: the peers reach it first, and so does this node now
+    store_now[0] = False
     reason = await fence.check()
     assert reason is not None and reason.startswith("[node] node h1 partitioned") and "reach the store" in reason
     assert changes == [reason]

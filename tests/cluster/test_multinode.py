@@ -150,8 +150,8 @@ async def test_placement_routing_drain_death_and_edge_failover(lab: Lab) -> None
         await lab.wait_nodes({"h1"}, NodeState.DOWN, timeout=30)
         noticed = time.monotonic() - killed_at
         print(f"\nnode h1 killed → marked down in {noticed:.2f}s (HEARTH_NODE_DEAD_AFTER=3, heartbeat 0.5 s)")
-        s = (await http.get(f"/api/auth/session/{on_h1['session_id']}")).json()
-        assert s.get("error", "").startswith("[node] node h1 is down"), s  # the edge answers for the dead node
+        s = (await http.get(f"/api/auth/session/{on_h1['session_id']}")).json()  # the edge answers from the store
+        assert s["status"] == "failed" and s["node"] == "h1" and s["reason"].startswith("[node] node h1 is down"), s
         row = db.call(lambda x: x.get(SessionRow, on_h1["session_id"]))
         assert row is not None and row.status == "failed" and "node h1 is down" in (row.reason or "")
         async with connect(ws_url(lab, 1, on_h1), subprotocols=["binary"]) as ws:  # type: ignore[list-item]
