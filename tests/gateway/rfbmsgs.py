@@ -121,6 +121,32 @@ MESSAGE = st.one_of(
 )
 
 
+@st.composite
+def _plausible_resize(draw: st.DrawFn) -> bytes:
+    w, h = draw(st.integers(200, 1600)), draw(st.integers(200, 1200))
+    return desktop_size(w, h, [(draw(st.integers(0, 1)), 0, 0, w, h, 0)])
+
+
+PLAUSIBLE = st.one_of(  # well-formed messages a real viewer could send, announced or not
+    st.sampled_from(VALID_FORMATS).map(lambda f: b"\0\0\0\0" + f),
+    st.lists(st.sampled_from(PSEUDO), max_size=8).map(lambda e: set_encodings(*e)),
+    st.integers(0, 1).map(lambda i: fb_request(i, 64, 64)),
+    st.just(struct.pack(">BBxxI", 4, 1, 0xFFE1) + struct.pack(">BBxxI", 4, 0, 0xFFE1)),
+    st.integers(0, 2000).map(lambda x: struct.pack(">BBHH", 5, 0, x, x)),
+    st.binary(max_size=40).map(lambda t: struct.pack(">BxxxI", 6, len(t)) + t),
+    st.just(bytes.fromhex("06000000fffffff81f00000100000000")),  # noVNC's extended clipboard caps
+    st.integers(0, 1).map(lambda on: struct.pack(">BBHHHH", 150, on, 0, 0, 64, 64)),
+    st.integers(0, 64).map(lambda n: struct.pack(">BxxxIB", 248, 0x80000000, n) + bytes(n)),
+    _plausible_resize(),
+    st.just(struct.pack(">BBHII", 255, 0, 1, 0xFFE1, 0x2A)),
+)
+
+
+def plausible() -> st.SearchStrategy[list[bytes]]:
+    """Lists of well-formed messages: what reaches the server depends only on what was announced."""
+    return st.lists(PLAUSIBLE, min_size=1, max_size=12)
+
+
 def messages() -> st.SearchStrategy[list[bytes]]:
     """Message lists that often start the way noVNC does (everything announced), so that later messages meet
     their preconditions as often as not."""
