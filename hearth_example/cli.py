@@ -6,7 +6,8 @@ Asks to continue (a PTY prompt the agent answers), then per flow:
 - `loopback` (default): prints the sign-in URL, opens it with $BROWSER when set, waits for the redirect on a
   localhost callback, exchanges the code with PKCE (like `codex login`).
 - `paste_code`: prints a URL whose redirect is the IdP's /code page (it shows the code), asks "Paste the
-  authorization code:", exchanges it; a refused code prints the IdP's error and asks again (like Claude Code).
+  authorization code:", exchanges it; a refused code prints the IdP's error and asks again — with a new link when
+  HEARTH_EXAMPLE_RENEW=1 (like Claude Code and Gemini CLI).
 - `device_code`: asks the IdP for a device code, prints "open <issuer>/device and enter the code XXXX-XXXX",
   polls the token endpoint until the person approved (like `codex login --device-auth`).
 Then writes ~/.example/credentials.json (0600).
