@@ -8,8 +8,10 @@ after its link was shown: the CLI's own network error names the hop (`egress`), 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from hearth.config import Settings
 from hearth.providers.model import FlowName
 from tests.conftest import running_controller
+from tests.gateway.test_viewer_browser import CHROMIUM, chromium
 from tests.session.test_signin_direct_e2e import signin_of, wait_session
 from tests.signinkit import idp_env, running_idp
 
@@ -79,3 +82,37 @@ async def test_a_provider_gone_after_the_link_fails_naming_egress(make_settings:
         assert "Connection refused" in reason and "— fix:" in reason
         assert body["message"] == "The Example sign-in page cannot be reached from here. Please try again later."
         assert "some-code" not in reason
+
+
+VIEWPORTS: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_the_page_says_the_sign_in_page_cannot_be_reached(make_settings: Callable[..., Settings]) -> None:
+    """The viewer page, in Chromium on a desktop and a phone viewport: the plain words, not Chromium's "check your
+    Wi-Fi" page streamed from the sandbox; the hop only under Details."""
+    settings = make_settings(HEARTH_EXAMPLE_ISSUER=f"http://{HOST}:9400")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        chromium() as browser,
+    ):
+        for name, viewport in VIEWPORTS.items():
+            started = await http.post("/api/auth/start", json={"user_id": f"wes-{name}", "provider": "example"})
+            assert started.status_code == 201, started.text
+            ctx = await browser.new_context(**viewport)
+            page = await ctx.new_page()
+            await page.goto(started.json()["viewer_url"])
+            await page.wait_for_function(
+                "window.hearthStatus && window.hearthStatus.status === 'failed'", timeout=90_000
+            )
+            message = await page.inner_text("#message")
+            assert message == "The Example sign-in page cannot be reached from here. Please try again later.", name
+            shown = await page.evaluate("document.body.innerText")
+            assert "[dns]" not in shown and "Wi-Fi" not in shown, (name, shown)
+            await page.click("#details summary")
+            assert "hop: dns" in await page.inner_text("#stages"), name
+            await ctx.close()
