@@ -165,7 +165,7 @@ def create_app(ctl: Controller) -> FastAPI:
         await ctl.fabric.up()
         callbacks = await agent_callbacks.serve(settings, ctl.signin)
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
-        webhooks = asyncio.create_task(run_sender(settings, ctl.db), name="webhooks")  # HEARTH_WEBHOOK_URL
+        webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
         beat = asyncio.create_task(
             run_node(
                 settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set, ctl.service.fence

@@ -59,6 +59,12 @@ class Metrics:
         self.gateway_closes = Counter(
             "hearth_gateway_closes", "Viewer connections closed, by code", ["code"], registry=r
         )
+        self.webhook_attempts = Counter(  # hearth/webhooks/sender.py
+            "hearth_webhook_attempts",
+            "Webhook POSTs by result: delivered (2xx), refused (another status), unreachable (no answer), given_up",
+            ["result"],
+            registry=r,
+        )
         self.reconciler_actions = Counter(
             "hearth_reconciler_actions",
             "Orphans reclaimed and sessions failed by the reconciler",

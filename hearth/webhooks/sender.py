@@ -37,6 +37,7 @@ from sqlalchemy.orm import aliased
 from hearth import __version__
 from hearth.config import Settings
 from hearth.errors import StoreError
+from hearth.observe.metrics import Metrics
 from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 from hearth.webhooks.signer import Signer
@@ -90,7 +91,9 @@ class Sender:
         backoff_max: float | None = None,  # default HEARTH_WEBHOOK_BACKOFF_MAX
         give_up: float = GIVE_UP,
         poll: float = POLL,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.url = settings.webhook_url
         self.db = db
         self.signer = Signer(settings.webhook_secret)
@@ -146,7 +149,12 @@ class Sender:
 
     async def _attempt(self, client: httpx.AsyncClient, c: Claimed) -> None:
         outcome = await self.post(client, c.msg_id, c.body.encode())
-        await self.db.run(lambda db: self._record(db, c, outcome))
+        given_up = await self.db.run(lambda db: self._record(db, c, outcome))
+        if self.metrics is not None:
+            result = "delivered" if outcome.error is None else "refused" if outcome.status else "unreachable"
+            self.metrics.webhook_attempts.labels(result).inc()
+            if given_up:
+                self.metrics.webhook_attempts.labels("given_up").inc()
         if outcome.error is not None:
             log.info("webhook not acknowledged: %s", outcome.error, extra=_ids(c))
 
@@ -199,12 +207,13 @@ class Sender:
                 out.append(Claimed(row.id, row.msg_id, row.stream, row.body, _aware(row.created_at)))
         return out
 
-    def _record(self, db: Db, c: Claimed, outcome: Outcome) -> None:
+    def _record(self, db: Db, c: Claimed, outcome: Outcome) -> bool:
+        """Write the attempt's outcome; True when this attempt gave the row up (`failed`)."""
         row = db.get(OutboxRow, c.id, with_for_update=True)
         if row is None or row.state != State.PENDING:
-            return  # delivered by another sender meanwhile (at least once), or pruned
+            return False  # delivered by another sender meanwhile (at least once), or pruned
         if outcome.error is not None and row.claimed_by != self.me:
-            return  # our claim lapsed and another sender holds the row now: its attempt counts
+            return False  # our claim lapsed and another sender holds the row now: its attempt counts
         now = datetime.now(UTC)
         row.attempts += 1
         row.attempted_at = now
@@ -224,16 +233,17 @@ class Sender:
                 .values(next_attempt_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return
+            return False
         row.last_error = outcome.error[:500]
         if (now - c.created_at).total_seconds() >= self.give_up:
             row.state = State.FAILED
             log.warning("webhook given up after %d attempts: %s", row.attempts, row.last_error, extra=_ids(c))
-            return
+            return True
         delay = min(self.backoff_max, self.backoff * 2 ** min(row.attempts - 1, 30)) * (1 + 0.2 * random.random())
         if outcome.retry_after is not None:
             delay = max(delay, min(outcome.retry_after, self.backoff_max))
         row.next_attempt_at = now + timedelta(seconds=min(delay, self.backoff_max))
+        return False
 
     def _free_previous(self, db: Db) -> None:
         """Claims held by an earlier instance of this node (killed mid-send) are free again at once."""
@@ -298,7 +308,7 @@ def _plain(exc: httpx.HTTPError) -> str:
     return type(exc).__name__.removesuffix("Error").lower() or "HTTP error"
 
 
-async def run_sender(settings: Settings, db: Database) -> None:
+async def run_sender(settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
     """The controller's webhook task: sends until cancelled; returns at once while HEARTH_WEBHOOK_URL is unset."""
     if settings.webhook_url:
-        await Sender(settings, db).run()
+        await Sender(settings, db, metrics=metrics).run()

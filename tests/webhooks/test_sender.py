@@ -20,14 +20,30 @@ from sqlalchemy.orm import Session as Db
 
 from hearth.api.local import free_port
 from hearth.config import Settings
+from hearth.observe.metrics import Metrics
 from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 from hearth.webhooks.outbox import Outbox
-from hearth.webhooks.sender import Sender
+from hearth.webhooks.sender import GIVE_UP, Sender
 from tests.webhooks.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-FAST = {"timeout": 10.0, "backoff": 0.05, "backoff_max": 0.3, "poll": 0.05}
+FAST = {"timeout": 10.0, "backoff": 0.05, "backoff_max": 0.3, "poll": 0.05, "give_up": GIVE_UP}
+
+
+def fast(s: Settings, db: Database, metrics: Metrics | None = None, **over: float) -> Sender:
+    """A sender with test-sized back-off (`over` replaces any of FAST)."""
+    o = {**FAST, **over}
+    return Sender(
+        s,
+        db,
+        timeout=o["timeout"],
+        backoff=o["backoff"],
+        backoff_max=o["backoff_max"],
+        give_up=o["give_up"],
+        poll=o["poll"],
+        metrics=metrics,
+    )
 
 
 def rows(db: Database) -> list[OutboxRow]:
@@ -90,7 +106,7 @@ async def test_a_receiver_down_for_a_while_then_gets_every_event_in_order(
         outbox = Outbox(s)
         streams = [f"s{i}" for i in range(5)]
         write(db, outbox, streams, 4)
-        async with sending(Sender(s, db, **FAST)):
+        async with sending(fast(s, db)):
             # Down: every stream's head fails and backs off; nothing behind a head is tried.
             await until(lambda: all(r.attempts >= 2 for r in rows(db) if r.msg_id in heads(db)), why="retries")
             for r in rows(db):
@@ -128,7 +144,7 @@ async def test_two_nodes_share_the_outbox_without_sending_a_row_twice(
         await receiver.up()
         write(db_a, Outbox(a), [f"a{i}" for i in range(4)], 5)
         write(db_b, Outbox(b), [f"b{i}" for i in range(4)], 5)
-        async with sending(Sender(a, db_a, **FAST)), sending(Sender(b, db_b, **FAST)):
+        async with sending(fast(a, db_a)), sending(fast(b, db_b)):
             await until(lambda: all(r.state == "delivered" for r in rows(db_a)), why="both nodes' events delivered")
         assert len(receiver.acked) == 40 and len({g.msg_id for g in receiver.acked}) == 40  # each exactly once
         assert receiver.by_stream() == expected(db_a)
@@ -148,7 +164,7 @@ async def test_a_stopped_or_killed_sender_loses_nothing(
         write(db, Outbox(s), ["x"], 3)
         receiver.hang = True  # the first attempt never gets an answer
         await receiver.up()
-        first = Sender(s, db, **{**FAST, "timeout": 30.0})
+        first = fast(s, db, timeout=30.0)
         async with sending(first):
             await until(lambda: receiver.requests == 1, why="the first attempt")
             held = rows(db)[0]
@@ -159,7 +175,7 @@ async def test_a_stopped_or_killed_sender_loses_nothing(
         far = datetime.now(UTC) + timedelta(hours=1)
         db.call(lambda d: d.execute(update(OutboxRow).values(claimed_by="local/dead", claimed_until=far)))
         receiver.hang = False
-        async with sending(Sender(s, db, **FAST)):
+        async with sending(fast(s, db)):
             await until(lambda: all(r.state == "delivered" for r in rows(db)), why="after the restart")
         assert receiver.by_stream() == expected(db)
         # Another node's live claim is respected (it may be sending right now).
@@ -169,7 +185,7 @@ async def test_a_stopped_or_killed_sender_loses_nothing(
                 update(OutboxRow).where(OutboxRow.stream == "y").values(claimed_by="other/1", claimed_until=far)
             )
         )
-        sender = Sender(s, db, **FAST)
+        sender = fast(s, db)
         async with sending(sender):
             await asyncio.sleep(0.5)
         assert [r.state for r in rows(db) if r.stream == "y"] == ["pending"]
@@ -187,13 +203,19 @@ async def test_error_answers_back_off_then_give_up_and_the_stream_moves_on(
         write(db, Outbox(s), ["z"], 2)
         receiver.refuse, receiver.retry_after = {rows(db)[0].msg_id}, "0"  # the first event is refused (503)
         await receiver.up()
-        async with sending(Sender(s, db, **{**FAST, "give_up": 1.0})):
+        metrics = Metrics()
+        count = metrics.registry.get_sample_value
+        async with sending(fast(s, db, metrics, give_up=1.0)):
             await until(lambda: rows(db)[1].state == "delivered", why="the next event after the failed one")
+            await until(lambda: count("hearth_webhook_attempts_total", {"result": "delivered"}) == 1, why="counted")
         head: Any = rows(db)[0]
         assert head.state == "failed" and head.attempts >= 2 and head.last_status == 503
         assert head.last_error == "[webhook] 127.0.0.1 answered HTTP 503"
         assert rows(db)[1].attempts == 1  # not tried while the first one was pending
         assert [g.msg_id for g in receiver.acked] == [rows(db)[1].msg_id]
+        assert count("hearth_webhook_attempts_total", {"result": "refused"}) == head.attempts
+        assert count("hearth_webhook_attempts_total", {"result": "given_up"}) == 1
+        assert count("hearth_webhook_attempts_total", {"result": "delivered"}) == 1
         assert receiver.bad_signatures == 0
     finally:
         db.dispose()
@@ -206,7 +228,7 @@ async def test_a_redirect_is_not_followed(make_settings: Callable[..., Settings]
         write(db, Outbox(s), ["r"], 1)
         receiver.status = 302
         await receiver.up()
-        async with sending(Sender(s, db, **FAST)):
+        async with sending(fast(s, db)):
             await until(lambda: rows(db)[0].attempts >= 1, why="one attempt")
         err = rows(db)[0].last_error
         assert err is not None and "HTTP 302" in err and "redirects are not followed" in err
