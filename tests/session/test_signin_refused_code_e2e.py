@@ -7,6 +7,7 @@ CLI's own words in `detail` and the events (never in `message`), and the person 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from hearth.config import Settings
 from hearth.providers.model import FlowName
 from tests.conftest import running_controller
+from tests.gateway.test_viewer_browser import CHROMIUM, chromium
 from tests.session.test_signin_direct_e2e import signin_of, wait_session
 from tests.signinkit import approve_and_read_code, idp_env, issuer, running_idp
 
@@ -66,3 +68,41 @@ async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings
         assert r.status_code == 200, r.text
         body = await wait_session(http, sid, lambda b: False, "completion")
         assert body["status"] == "completed", body
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
+async def test_the_page_shows_the_refusal_and_the_new_link(make_settings: Callable[..., Settings]) -> None:
+    """The viewer page in Chromium: a wrong code pasted there → the plain words, the Open button now leads to the
+    new link (and the link to copy is the new one), the CLI's own words only under Details; the new link signs in."""
+    settings = make_settings(**idp_env(IDP_PORT + 2), HEARTH_SIGNIN_MODE="direct")
+    netns = settings.fabric_netns
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+        running_idp(settings, IDP_PORT + 2, auto_approve=False),
+        chromium() as browser,
+    ):
+        example = ctl.ctl.providers["example"]
+        paste = example.flows[FlowName.PASTE_CODE]
+        renewing = paste.model_copy(update={"env": {**paste.env, "HEARTH_EXAMPLE_RENEW": "1"}})
+        ctl.ctl.providers["example"] = example.model_copy(update={"flows": {FlowName.PASTE_CODE: renewing}})
+        started = (await http.post("/api/auth/start", json={"user_id": "rosa", "provider": "example"})).json()
+        page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+        await page.goto(started["viewer_url"])
+        await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
+        first = await page.get_attribute("#open", "href")
+        await page.fill("#paste-input", "not-the-code")
+        await page.click("#paste-submit")
+        await page.wait_for_function(f"document.getElementById('cli-message').textContent === {REFUSED!r}")
+        await page.wait_for_function(f"document.getElementById('open').href !== {first!r}")
+        new = await page.get_attribute("#open", "href")
+        assert new is not None and new.startswith(f"{issuer(IDP_PORT + 2)}/authorize?") and new != first
+        assert await page.input_value("#link") == new
+        assert "Invalid code" not in await page.evaluate("document.body.innerText")
+        await page.click("#details summary")
+        assert "sign-in tool said: Invalid code (invalid_grant)" in await page.inner_text("#stages")
+        await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
+        code = await asyncio.to_thread(approve_and_read_code, netns, new)
+        await page.fill("#paste-input", code)
+        await page.click("#paste-submit")
+        await page.wait_for_function("window.hearthStatus.status === 'completed'", timeout=60_000)
