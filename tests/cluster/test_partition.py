@@ -134,17 +134,21 @@ async def test_a_node_cut_off_is_fenced_marked_down_and_cleans_up_when_back(lab:
 
         back = time.monotonic()
         await lab.wait_nodes({"h1"}, NodeState.UP, timeout=60)
-        deadline = time.monotonic() + 60
-        while lab.sandboxes(1) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        print(f"link back: h1's sandbox of the failed session removed {time.monotonic() - back:.2f}s after")
-        assert lab.sandboxes(1) == []
+        print(f"link back: h1 beats (up) again {time.monotonic() - back:.2f}s after")
         db = lab.db()
+
+        def leased() -> list[str]:
+            return db.call(lambda x: list(x.scalars(select(LeaseRow.session_id).where(LeaseRow.node_id == "h1"))))
+
         try:
-            leases = db.call(lambda x: list(x.scalars(select(LeaseRow.session_id).where(LeaseRow.node_id == "h1"))))
+            deadline = time.monotonic() + 60
+            while (lab.sandboxes(1) or sid in leased()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            print(f"link back: h1's sandbox and lease of the failed session gone {time.monotonic() - back:.2f}s after")
+            assert lab.sandboxes(1) == []
+            assert sid not in leased()
         finally:
             db.dispose()
-        assert sid not in leases
     async with httpx.AsyncClient(
         base_url=lab.nodes[1].url, headers={"Authorization": f"Bearer {lab.api_key}"}, timeout=60
     ) as h1:
