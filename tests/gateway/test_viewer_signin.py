@@ -28,8 +28,10 @@ import pytest
 
 from hearth.api.local import free_port
 from hearth.config import Settings
+from hearth.errors import Hop
 from hearth.gateway.qr import qr_svg
 from hearth.session import wording
+from hearth.session.states import Status
 from hearth_example.idp import IdpState
 from tests.conftest import running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
@@ -274,6 +276,23 @@ async def test_direct_mode_desktop_and_phone(make_settings: Callable[..., Settin
                     assert (await stepper(page))[1] is None
                     assert await page.locator("#stepper li.stopped").all_inner_texts() == ["Sign in"]
                     await plain_page(page)
+
+                    # Failed, with the kind of reason the issue quotes: plain words on the page, the reason in
+                    # Details, the way back offered (no redirect).
+                    page = await ctx.new_page()
+                    started = (await http.post("/api/auth/start", json=start)).json()
+                    await page.goto(started["viewer_url"])
+                    await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
+                    jargon = "[agent] sign-in failed: CLI exited with 1 (.example/auth.json: missing)"
+                    await ctl.ctl.service.end(started["session_id"], Status.FAILED, jargon, Hop.AGENT)
+                    await page.wait_for_function("window.hearthStatus.status === 'failed'", timeout=30_000)
+                    assert await page.inner_text("#headline") == "Signing in to Example did not work"
+                    assert await page.inner_text("#message") == "Signing in to Example did not work. Please try again."
+                    assert await page.inner_text("#return") == "Back to the app"
+                    assert await page.inner_text("#return-count") == ""
+                    await plain_page(page)  # no "[agent]", exit code or path outside Details
+                    await page.tap("#details summary")
+                    assert jargon in await page.inner_text("#stages")
 
 
 async def test_embedded_page_posts_its_status_to_the_parent(make_settings: Callable[..., Settings]) -> None:
