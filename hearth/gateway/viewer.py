@@ -44,9 +44,10 @@ def status_json(
     watching: bool = False,
     return_url: str | None = None,
     queue_position: int | None = None,
+    qr: str | None = None,
 ) -> str:
     """One status event. What the page shows comes from hearth/session/wording.py (`headline`, `message`, `step`,
-    `button`); the raw state, reason and timings are for its Details only."""
+    `button`); the raw state, reason and timings are for its Details only. `qr`: the link's QR code (`qr_for`)."""
     said = wording.for_session(view, provider_name, prompt, watching=watching, queue_position=queue_position)
     account = wording.account_name(view.provider, provider_name) if view.provider else None
     step = wording.step_for(view.status, mode=view.mode.value, has_link=prompt is not None, watching=watching)
@@ -67,12 +68,20 @@ def status_json(
             "next_step": said.next_step,
             "button": wording.open_button(account) if account else None,
             "signin": prompt.public() if prompt is not None else None,
-            "qr": qr_svg(prompt.url) if prompt is not None and view.mode is SigninMode.DIRECT else None,
+            "qr": qr,
             "return_url": return_url,
             "watching": watching,  # a view-only token: no sign-in link or code, no input
         },
         separators=(",", ":"),
     )
+
+
+async def qr_for(view: SessionView, prompt: SigninPrompt | None) -> str | None:
+    """The QR code of a direct sign-in's link, drawn off the event loop (≈0.1 s of CPU for a long OAuth link; cached
+    per link)."""
+    if prompt is None or view.mode is not SigninMode.DIRECT:
+        return None
+    return await asyncio.to_thread(qr_svg, prompt.url)
 
 
 def page_config(settings: Settings) -> str:
@@ -188,7 +197,8 @@ def make_router(
                 watching = claims.scope is not Scope.CONTROL
                 prompt = None if watching else signin.prompt(session_id)
                 position = service.boot_queue.position(session_id)
-                now = status_json(view, provider_name(view), prompt, watching, back, position)
+                qr = await qr_for(view, prompt)
+                now = status_json(view, provider_name(view), prompt, watching, back, position, qr)
                 if now != last:
                     yield f"data: {now}\n\n"
                     last = now
