@@ -58,11 +58,11 @@ class DesktopSizes:
         return owner is claim
 
     def release(
-        self, claim: DesktopClaim, dial: Dial | None, gate: asyncio.Lock | None = None
+        self, claim: DesktopClaim, dial: Dial | None, gate: asyncio.Semaphore | None = None
     ) -> asyncio.Task[None] | None:
         """The viewer left. If it owned the size, the size is free again and — with `dial` (the sandbox is still
         there) — a restore to the default starts; returns that restore's task. `gate` is held from the dial to the
-        end of the RFB handshake (the route's one-dial-at-a-time lock for the sandbox)."""
+        end of the RFB handshake (the route's bound on dials in flight to the sandbox)."""
         if self._owners.get(claim.session_id) is not claim:
             return None
         del self._owners[claim.session_id]
@@ -89,7 +89,7 @@ class DesktopSizes:
             with contextlib.suppress(BaseException):
                 await t
 
-    async def _restore(self, session_id: str, dial: Dial, gate: asyncio.Lock | None) -> None:
+    async def _restore(self, session_id: str, dial: Dial, gate: asyncio.Semaphore | None) -> None:
         width, height = self.default
         with bind_session(session_id):
             try:
@@ -107,7 +107,7 @@ class DesktopSizes:
             else:
                 log.info("desktop size restored to the default", extra={"width": width, "height": height})
 
-    async def _resize(self, session_id: str, dial: Dial, gate: asyncio.Lock | None) -> int | None:
+    async def _resize(self, session_id: str, dial: Dial, gate: asyncio.Semaphore | None) -> int | None:
         async with gate if gate is not None else contextlib.nullcontext():  # until the handshake is done
             reader, writer = await dial()
 

@@ -43,6 +43,7 @@ log = logging.getLogger("hearth.gateway")
 BAD_RFB, BAD_TOKEN, VIEW_ONLY, UNKNOWN, NOT_READY = 4400, 4401, 4403, 4404, 4408
 NO_DESKTOP, ELSEWHERE, UNREACHABLE, UNAVAILABLE = 4410, 4421, 4502, 4503
 SHUTTING_DOWN = "controller shutting down — reconnect"
+DIALS_PER_SANDBOX = 4  # below Xvnc's listen backlog (5): a burst of viewers never overflows its accept queue
 
 
 def close_reason(text: str) -> str:
@@ -58,10 +59,12 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
     gauge = service.viewers
     metrics = service.metrics
 
-    # One dial at a time per sandbox, from connect until the sandbox's RFB handshake is done: Xvnc accepts one
-    # pending connection per wake-up of its listening socket, so a burst of simultaneous connects would leave some
-    # waiting in its backlog indefinitely (the gateway is its only client: serialising here is enough).
-    dial_gates: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+    # At most DIALS_PER_SANDBOX dials in flight per sandbox, from connect until the sandbox's RFB handshake is done:
+    # Xvnc listens with a backlog of 5, and a burst beyond it overflows the accept queue — the kernel drops those
+    # handshakes' last ACKs and the connections wait for SYN-ACK retransmits, seconds apart (measured: 50 at once,
+    # 12 served within 30 s; tests/gateway/test_parallel_dials.py). The gateway is its only client: bounding here
+    # is enough, and viewers joining together are dialled side by side rather than one after another.
+    dial_gates: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
 
     byte_counters = {d: metrics.gateway_bytes.labels(d) for d in ("to_client", "to_sandbox")}  # bound once
     server = PROFILES[settings.vnc_server]  # what the sandbox's VNC server takes (hearth/gateway/rfbspec.py)
@@ -128,7 +131,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
             target = service.target(view)
             gate = dial_gates.get(session_id)
             if gate is None:
-                gate = dial_gates[session_id] = asyncio.Lock()
+                gate = dial_gates[session_id] = asyncio.Semaphore(DIALS_PER_SANDBOX)
             await gate.acquire()
             held = [gate]
 
