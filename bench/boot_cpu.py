@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 from hearth.sandbox.procs import pids_in_netns
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -94,6 +94,7 @@ async def one(http: httpx.AsyncClient, lc: object, settle: float, i: int) -> dic
 async def main(n: int, settle: float, vnc: str, chromium: bool) -> None:
     env = {"HEARTH_VNC_SERVER": vnc, "HEARTH_CHROMIUM": "1" if chromium else "0", "HEARTH_RATE_LIMIT": "0"}
     with scratch_settings(env, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,

@@ -18,7 +18,7 @@ from collections import Counter
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 
 
 async def follow(http: httpx.AsyncClient, sid: str, timeout: float) -> tuple[str, str]:
@@ -41,6 +41,7 @@ async def main(n: int, pool: int, chromium: bool) -> int:
         "HEARTH_READY_TIMEOUT": "120",
     }
     with scratch_settings(env, prefix="hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with local_controller(settings) as lc:
             limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
             async with httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=180, limits=limits) as http:

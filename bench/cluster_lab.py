@@ -9,7 +9,9 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from hearth.api.local import host_image_env, userspace
 from hearth.cluster.lab import Lab
+from hearth.config import load_settings
 from hearth.store.pglocal import scratch_database
 
 
@@ -22,7 +24,10 @@ def database() -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def lab(url: str, nodes: int, edges: int, env: dict[str, str] | None = None) -> AsyncIterator[Lab]:
     prefix = f"hearth-b{secrets.token_hex(3)}"
-    lb = Lab(prefix, Path("/var/tmp") / prefix, url, nodes, edges, env or {})
+    # the nodes' sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`), unless `env` says otherwise
+    lb = Lab(prefix, Path("/var/tmp") / prefix, url, nodes, edges, host_image_env() | (env or {}))
+    image = {"HEARTH_IMAGE_DIR": lb.env["HEARTH_IMAGE_DIR"]} if lb.env.get("HEARTH_IMAGE_DIR") else {}
+    print(f"lab nodes: {userspace(load_settings({'HEARTH_DRIVER': 'netns', **image}, env_file=None))}")
     try:
         await lb.open()
         yield lb

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 from hearth.reconcile.inventory import scan_sync
 
 
@@ -68,6 +68,7 @@ async def main(n: int, parallel: int, chromium: bool) -> None:
         "HEARTH_RATE_LIMIT": "0",  # the benchmark measures churn, not the API's rate limit
     }
     with scratch_settings(env, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=120) as http,

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from hearth.api.app import Controller
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink
@@ -111,6 +111,7 @@ async def wait_healthy(ctl: Controller, sid: str, timeout: float = 60) -> None:
 
 async def main(n: int, chosen: list[str], verbose: bool) -> None:
     with scratch_settings({"HEARTH_CHROMIUM": "false"}, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,

@@ -2,10 +2,11 @@
 is fetched through the gateway WebSocket. Prints each run and the median / max, for each sandbox VNC server
 (HEARTH_VNC_SERVER: Xvnc, and the previous Xvfb + x11vnc) in the same run, with the ratio.
 
-    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc] [--pool]
+    sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc] [--pool [--pool-size 2]]
 
-`--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<parallel>; each batch starts once the pool is
-full again), with the ratio against the cold Xvnc figure of the same run.
+`--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<pool-size>, its own flag; each batch starts once
+the pool holds as many sandboxes as the batch creates, up to its size), with the ratio against the cold Xvnc figure
+of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -19,7 +20,7 @@ import time
 
 import httpx
 
-from hearth.api.local import LocalController, local_controller, scratch_settings
+from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
 
 
@@ -46,7 +47,9 @@ async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> Non
         await asyncio.sleep(0.05)
 
 
-async def run(n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool = False) -> tuple[float, float]:
+async def run(
+    n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool = False, pool_size: int = 1
+) -> tuple[float, float]:
     """`n` sessions on a fresh controller whose sandboxes run `vnc_server`; (p50 create→ready, p50 first frame)."""
     env = {
         "HEARTH_CHROMIUM": "true" if chromium else "false",
@@ -54,9 +57,10 @@ async def run(n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool
         "MAX_SESSIONS_PER_USER": str(max(parallel, 1)),
     }
     if pool:
-        env["HEARTH_POOL_SIZE"] = f"remote_browser:{max(parallel, 1)}"
-    label = f"{vnc_server} pool" if pool else vnc_server
+        env["HEARTH_POOL_SIZE"] = f"remote_browser:{max(pool_size, 1)}"
+    label = f"{vnc_server} pool of {pool_size}" if pool else vnc_server
     with scratch_settings(env, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
@@ -64,7 +68,7 @@ async def run(n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool
             results: list[tuple[float, float, bool]] = []
             for i in range(0, n, parallel):
                 if pool:
-                    await pool_full(lc, min(parallel, n - i))
+                    await pool_full(lc, min(parallel, n - i, pool_size))
                 batch = await asyncio.gather(
                     *(one(http, lc.ws_base, f"bench{j}") for j in range(i, min(n, i + parallel)))
                 )
@@ -82,10 +86,10 @@ async def run(n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool
     return statistics.median(readies), statistics.median(totals)
 
 
-async def main(n: int, parallel: int, chromium: bool, servers: list[str], pool: bool) -> None:
+async def main(n: int, parallel: int, chromium: bool, servers: list[str], pool: bool, pool_size: int) -> None:
     got = {v: await run(n, parallel, chromium, v) for v in servers}
     if pool:
-        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True)
+        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True, pool_size=pool_size)
         if "xvnc" in got:
             f_cold = got["xvnc"][1]
             print(f"create→first-frame p50: pool {f_pool:.3f}s  cold xvnc {f_cold:.3f}s  ratio {f_pool / f_cold:.2f}×")
@@ -106,6 +110,9 @@ if __name__ == "__main__":
         "--vnc", default="xvnc,x11vnc", help="VNC servers to measure in this run, in order (xvnc,x11vnc: with ratio)"
     )
     ap.add_argument("--pool", action="store_true", help="also measure hand-outs from the warm pool")
+    ap.add_argument("--pool-size", type=int, default=2, help="warm pool size for --pool (independent of --parallel)")
     args = ap.parse_args()
+    if args.pool_size < 1:
+        ap.error("--pool-size must be at least 1")
     servers = [v for v in args.vnc.split(",") if v]
-    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool))
+    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool, args.pool_size))

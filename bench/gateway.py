@@ -162,12 +162,13 @@ async def run_client(sock: socket.socket, url: str, rounds: int, mb: int) -> dic
 async def main(rounds: int, mb: int, repeat: int) -> None:
     import httpx
 
-    from hearth.api.local import local_controller, scratch_settings
+    from hearth.api.local import local_controller, scratch_settings, userspace
     from hearth.fabric.dial import call_in_netns, socket_in_netns
     from hearth.sandbox.procs import pids_in_netns
 
     env = {"HEARTH_CHROMIUM": "false", "HEARTH_RATE_LIMIT": "0", "HEARTH_TOKEN_TTL": "3600"}
     with scratch_settings(env, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,

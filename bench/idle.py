@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 from hearth.sandbox.procs import pids_in_netns
 
 
@@ -43,6 +43,7 @@ def _cpu(pids: list[int]) -> float:
 
 async def measure(vnc: str, settle: float, window: float) -> tuple[float, float, float]:
     with scratch_settings({"HEARTH_VNC_SERVER": vnc}, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,

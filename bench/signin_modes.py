@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.api.local import local_controller, scratch_settings, userspace
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.model import FlowName
@@ -104,6 +104,7 @@ async def one(http: httpx.AsyncClient, settings: Settings, idp: IdpState, label:
 async def main(n: int) -> None:
     env = {"HEARTH_FABRIC_OPEN_PORTS": str(IDP_PORT), "HEARTH_EXAMPLE_ISSUER": f"http://192.168.100.1:{IDP_PORT}"}
     with scratch_settings(env, "hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
             local_controller(settings) as lc,
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,

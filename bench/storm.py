@@ -5,7 +5,12 @@ HEARTH_MAX_BOOTS, default the CPU count; browsers after desktops: HEARTH_BROWSER
 shown) and, in the same run, for the previous design (HEARTH_MAX_BOOTS=N: every boot at once, each with its browser:
 HEARTH_BROWSER_START=at_boot), with the ratio.
 
-    sudo .venv/bin/python bench/storm.py -n 60 [--only queued|unbounded] [--max-boots 2]
+    sudo .venv/bin/python bench/storm.py -n 60 [--only queued|unbounded] [--max-boots 2] [--store sqlite]
+
+The store is PostgreSQL, as in production at this scale: a fresh database per arm on TEST_DATABASE_URL's server (or
+--database-url's), else on a throwaway local cluster; `--store sqlite` measures SQLite instead (60 boots at once then
+wait on its one writer: sessions may fail with "[store] … locked by another writer" — a store limit, not the
+admission design's). Sandboxes run this host's image (HEARTH_IMAGE_DIR); the first lines say which userspace and store.
 
 Runs its own controllers with their own fabric namespaces (`hearth-b<hex>`) on loopback ports; removes everything.
 """
@@ -14,14 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import time
 
 import httpx
 
-from hearth.api.local import LocalController, local_controller, scratch_settings
+from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
+from hearth.store.pglocal import scratch_database
 
 
 async def one(http: httpx.AsyncClient, ws_base: str, i: int) -> tuple[float, float, str, int, dict[str, float]]:
@@ -57,7 +64,13 @@ async def browsers_shown(lc: LocalController, n: int, timeout: float = 240.0) ->
         await asyncio.sleep(0.5)
 
 
-async def storm(n: int, max_boots: int, browser_start: str, label: str) -> float:
+async def storm(n: int, max_boots: int, browser_start: str, label: str, store: str, server: str) -> float:
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(scratch_database(server)) if store == "postgresql" else ""
+        return await _storm(n, max_boots, browser_start, label, database)
+
+
+async def _storm(n: int, max_boots: int, browser_start: str, label: str, database: str) -> float:
     env = {
         "MAX_BROWSER_SESSIONS": str(n + 1),
         "MAX_SESSIONS_PER_USER": "1",
@@ -66,8 +79,12 @@ async def storm(n: int, max_boots: int, browser_start: str, label: str) -> float
         "HEARTH_MAX_BOOTS": str(max_boots),
         "HEARTH_BROWSER_START": browser_start,
     }
+    if database:
+        env["HEARTH_DATABASE_URL"] = database
     browsers: list[float] = []
     with scratch_settings(env, prefix="hearth-b") as settings:
+        print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
+        print(f"[{label}] store: {'PostgreSQL (a fresh database)' if database else 'SQLite'}")
         async with local_controller(settings) as lc:
             limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
             async with httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=180, limits=limits) as http:
@@ -108,12 +125,12 @@ async def storm(n: int, max_boots: int, browser_start: str, label: str) -> float
     return statistics.median(readies) if readies else float("nan")
 
 
-async def main(n: int, max_boots: int, only: str) -> None:
+async def main(n: int, max_boots: int, only: str, store: str, server: str) -> None:
     got: dict[str, float] = {}
     if only in ("", "queued"):
-        got["queued"] = await storm(n, max_boots, "queued", "queued")
+        got["queued"] = await storm(n, max_boots, "queued", "queued", store, server)
     if only in ("", "unbounded"):
-        got["unbounded"] = await storm(n, n, "at_boot", "unbounded")
+        got["unbounded"] = await storm(n, n, "at_boot", "unbounded", store, server)
     if len(got) == 2:
         print(
             f"create→ready p50 under the storm: hearth (boot queue, browsers after desktops) {got['queued']:.2f}s, "
@@ -127,5 +144,11 @@ if __name__ == "__main__":
     ap.add_argument("-n", type=int, default=60, help="sessions created at once")
     ap.add_argument("--max-boots", type=int, default=max(1, os.cpu_count() or 1), help="HEARTH_MAX_BOOTS")
     ap.add_argument("--only", choices=("queued", "unbounded"), default="")
+    ap.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql", help="the controllers' store")
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("TEST_DATABASE_URL", ""),
+        help="a PostgreSQL server's admin URL (default TEST_DATABASE_URL; neither: a throwaway local cluster)",
+    )
     a = ap.parse_args()
-    asyncio.run(main(a.n, a.max_boots, a.only))
+    asyncio.run(main(a.n, a.max_boots, a.only, a.store, a.database_url))

@@ -20,12 +20,14 @@ from pathlib import Path
 from hearth.api.app import Controller, build, create_app
 from hearth.cli.serve import check_listen, serve_until_stopped, server
 from hearth.config import Settings, load_settings
+from hearth.errors import ConfigError
 
 
 @contextlib.contextmanager
 def scratch_settings(env: Mapping[str, str], prefix: str = "hearth-x") -> Iterator[Settings]:
     """Settings for a throw-away hearth on this host: its own data directory under /var/tmp (removed on exit), its
-    own fabric namespace `<prefix><hex>`, a free loopback port, a random API key, the netns driver; `env` overrides."""
+    own fabric namespace `<prefix><hex>`, a free loopback port, a random API key, the netns driver, and this host's
+    guest image (`host_image_env`: the userspace production runs); `env` overrides."""
     data = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp"))
     os.chmod(data, 0o711)  # the unprivileged sandbox user traverses it
     base = {
@@ -34,11 +36,33 @@ def scratch_settings(env: Mapping[str, str], prefix: str = "hearth-x") -> Iterat
         "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
         "HEARTH_API_KEYS": f"{prefix}-{secrets.token_hex(8)}",
         "HEARTH_DRIVER": "netns",
+        **host_image_env(),
     }
     try:
         yield load_settings(base | dict(env), env_file=None)
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def host_image_env() -> dict[str, str]:
+    """This host's guest image setting as `hearth serve` reads it (HEARTH_IMAGE_DIR, else <HEARTH_DATA_DIR>/image;
+    from the environment and ./.env): a scratch hearth's data dir has no image of its own, so without this its
+    sandboxes would run the host's /usr instead of the userspace production runs."""
+    images: Path | None
+    try:
+        images = load_settings().images
+    except ConfigError:  # this host's configuration does not load: the variable alone, when set
+        images = Path(os.environ["HEARTH_IMAGE_DIR"]) if os.environ.get("HEARTH_IMAGE_DIR") else None
+    return {"HEARTH_IMAGE_DIR": str(images.resolve())} if images is not None else {}
+
+
+def userspace(settings: Settings) -> str:
+    """Which userspace `settings`' sandboxes run, in words (benchmarks print it with their figures)."""
+    if settings.driver == "netns":
+        from hearth.sandbox.netns import NetnsDriver
+
+        return f"netns sandboxes run {NetnsDriver(settings).root_choice()}"
+    return f"{settings.driver} sandboxes boot the guest image at {settings.images}"
 
 
 def free_port() -> int:
