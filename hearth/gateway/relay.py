@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +32,7 @@ from hearth.rfb.client import RfbError, handshake
 REPORT_EVERY = 1.0  # seconds between byte-counter reports
 WRITE_STALL = 30.0  # seconds the VNC server may take no input before the relay gives up on it
 HANDSHAKE_TIMEOUT = 30.0  # each side's RFB handshake
+RESIZE_POLL = 0.002  # seconds between looks at whether a SetDesktopSize can go out alone
 
 
 class Ended(StrEnum):
@@ -187,6 +190,12 @@ async def _spliced(
     first_frame = [on_first_frame] if on_first_frame is not None else []
     done: asyncio.Future[Outcome] = loop.create_future()
     stall: list[asyncio.TimerHandle] = []
+    # Forwarded bytes waiting behind a SetDesktopSize that must start a TCP segment of its own (viewonly.py):
+    # (bytes, starts with a resize). The viewer's reading is held while they wait.
+    held: deque[tuple[bytes, bool]] = deque()
+    holding: set[str] = set()  # why the viewer's reading is held: "server" (takes no input), "resize"
+    poll: list[asyncio.TimerHandle] = []
+    waiting_since = [0.0]
 
     def finish(outcome: Outcome) -> None:
         if not done.done():
@@ -207,13 +216,45 @@ async def _spliced(
         except Exception as exc:
             failed(exc)
 
+    def hold_viewer(why: str, on: bool) -> None:
+        (holding.add if on else holding.discard)(why)
+        splice.hold(bool(holding))
+
+    def pump() -> None:
+        """Write what is held, in order; a piece starting with a SetDesktopSize only once everything before it has
+        left (then it starts a TCP segment: TigerVNC 1.12 misreads a SetDesktopSize whose header arrives split)."""
+        while held:
+            piece, alone = held[0]
+            if alone and not sandbox.drained():
+                if not poll:
+                    if "resize" not in holding:
+                        waiting_since[0] = loop.time()
+                        hold_viewer("resize", True)
+                    poll.append(loop.call_later(RESIZE_POLL, retry))
+                return
+            held.popleft()
+            sandbox.send_now(piece)
+            stats.to_sandbox += len(piece)
+        hold_viewer("resize", False)
+
+    def retry() -> None:
+        poll.clear()
+        if done.done():
+            return
+        if sandbox.closing:
+            return finish(Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats))
+        if loop.time() - waiting_since[0] > WRITE_STALL:
+            why = f"writing to sandbox failed: TimeoutError (the VNC server took no input for {WRITE_STALL:.0f}s)"
+            return finish(Outcome(Ended.SANDBOX_ERROR, why, stats))
+        pump()
+
     def to_sandbox(data: bytes) -> None:
         if done.done():
             return
         try:
             kept = filt.feed(data)
         except Forbidden as exc:
-            if exc.kept and not sandbox.closing:  # the whole messages before the refused one
+            if exc.kept and not held and not filt.resizes and not sandbox.closing:  # the messages before it
                 sandbox.send_now(exc.kept)
                 stats.to_sandbox += len(exc.kept)
             return finish(Outcome(Ended.FORBIDDEN, str(exc), stats))
@@ -224,12 +265,18 @@ async def _spliced(
             return
         if sandbox.closing:  # the VNC server closed this connection
             return finish(Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats))
-        sandbox.send_now(kept)
-        stats.to_sandbox += len(kept)
+        if not filt.resizes and not held:  # the usual case: straight on
+            sandbox.send_now(kept)
+            stats.to_sandbox += len(kept)
+            return
+        starts = set(filt.resizes)
+        for a, b in itertools.pairwise(sorted({0, len(kept), *starts})):
+            held.append((kept[a:b], a in starts))
+        pump()
 
     def sandbox_writable(writable: bool) -> None:
         """The VNC server stopped (False) or resumed taking input: hold the viewer's reading meanwhile."""
-        splice.hold(not writable)
+        hold_viewer("server", not writable)
         while stall:
             stall.pop().cancel()
         if not writable:
@@ -292,6 +339,8 @@ async def _spliced(
     finally:
         while stall:
             stall.pop().cancel()
+        while poll:
+            poll.pop().cancel()
         finish(Outcome(Ended.STOPPED, "relay ended", stats))  # later callbacks forward nothing
         if not done.cancelled():
             done.exception()  # retrieved: a callback's failure after the end is not logged as lost

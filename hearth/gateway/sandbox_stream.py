@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import struct
 from collections.abc import Callable
 from typing import cast
 
 HANDSHAKE_BUFFER = 1 << 20  # bytes buffered before the splice; beyond it, reading waits for the handshake
 HIGH_WATER = 64 * 1024  # bytes queued towards the VNC server before it counts as not taking input
+SIOCOUTQNSD = 0x894B  # Linux: bytes in a TCP socket's send queue not yet sent
 
 
 def _ignore(_: object) -> None:
@@ -96,6 +99,20 @@ class SandboxStream(asyncio.Protocol):
     def send_now(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def drained(self) -> bool:
+        """Whether everything written so far has left for the VNC server: nothing queued here or unsent in the
+        kernel, so that the next write starts a TCP segment of its own."""
+        if self.transport is None or self.transport.get_write_buffer_size():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            unsent = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, struct.pack("i", 0))
+        except OSError:
+            return True  # not a TCP socket here (tests): nothing to wait for
+        return bool(struct.unpack("i", unsent)[0] == 0)
 
     def hold(self, held: bool) -> None:
         """Stop (True) or resume (False) reading from the VNC server: the viewer is not taking what it sends."""

@@ -64,8 +64,9 @@ class InputFilter:
 
     Streaming: a message is judged once its deciding bytes are in (a whole message, at most DECIDE_MAX bytes, or
     ClientCutText's 8-byte header) and then forwarded or dropped as its bytes arrive; a ClientCutText announcing
-    gigabytes costs the gateway no memory. A SetDesktopSize is forwarded whole, in one piece (TigerVNC 1.12 loses
-    its framing on a SetDesktopSize whose header arrives split).
+    gigabytes costs the gateway no memory. A SetDesktopSize is forwarded whole, in one piece, and `resizes` says
+    where: the relay writes it alone once everything before it has left (TigerVNC 1.12 loses its framing on a
+    SetDesktopSize whose header arrives split across TCP segments, and then reads the rest as other messages).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class InputFilter:
         self._left = 0  # bytes of the current message still to pass or drop
         self._keep = True  # whether the current message is forwarded
         self._instead: bytes | None = None  # what is forwarded in place of the message just judged
+        self.resizes: list[int] = []  # where forwarded SetDesktopSize messages start in feed's last output
 
     @property
     def at_boundary(self) -> bool:
@@ -95,6 +97,7 @@ class InputFilter:
         """The bytes to forward. Raises Forbidden on a message that may not reach the server."""
         buf = memoryview(self._buf + data if self._buf else data)  # (slices of a view copy nothing)
         self._buf = b""
+        self.resizes = []
         out = bytearray()
         pos, end = 0, len(buf)
         while pos < end:
@@ -114,6 +117,8 @@ class InputFilter:
                 self._left, self._keep = self._judge(bytes(head[:need]))
             except Refused as exc:
                 raise Forbidden(str(exc), bytes(out)) from None
+            if self._keep and head[0] == Msg.SET_DESKTOP_SIZE:
+                self.resizes.append(len(out))
             if self._instead is not None:  # (a whole message, judged from all of its bytes)
                 out += self._instead
                 pos, self._left, self._instead = pos + self._left, 0, None

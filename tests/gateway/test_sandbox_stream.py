@@ -69,3 +69,32 @@ async def test_a_server_sending_ahead_of_the_handshake_is_held_back_then_read_wh
     finally:
         await stream.close()
         server.close()
+
+
+async def test_drained_only_once_everything_written_has_left() -> None:
+    """While the VNC server reads nothing, bytes wait in the gateway's queue or the kernel's: not drained; once it
+    has read them, drained (the relay then writes a SetDesktopSize as a TCP segment of its own)."""
+    go, got = asyncio.Event(), bytearray()
+    total = 8 << 20
+
+    async def serve(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await go.wait()
+        while len(got) < total and (data := await reader.read(1 << 16)):
+            got.extend(data)
+
+    stream, server = await dial(serve)
+    try:
+        assert stream.drained()
+        stream.send_now(bytes(total))  # far more than socket buffers hold
+        await asyncio.sleep(0)
+        assert not stream.drained()
+        go.set()
+        for _ in range(1000):
+            if len(got) == total and stream.drained():
+                break
+            await asyncio.sleep(0.01)
+        assert len(got) == total and stream.drained()
+    finally:
+        await stream.close()
+        server.close()
+        await server.wait_closed()

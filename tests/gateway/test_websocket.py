@@ -29,6 +29,7 @@ from hearth.gateway.relay import Ended, Outcome, relay
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.websocket import GatewayWebSocket, frame_header
 from tests import rawws
+from tests.gateway.rfbmsgs import NOVNC_START, desktop_size
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"vnc"
 PREAMBLE = [b"RFB 003.008\n", b"\x01", b"\x01"]  # the viewer's version, security None, ClientInit (shared)
@@ -256,6 +257,45 @@ async def test_a_vnc_server_that_takes_no_input_holds_the_viewer_back_then_ends_
                 await asyncio.wait_for(ws.recv(), 10)
     assert outcome.ended is Ended.SANDBOX_ERROR and "took no input" in outcome.detail
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4502
+
+
+async def test_a_resize_behind_a_backlog_waits_for_it_and_arrives_in_order() -> None:
+    """A SetDesktopSize goes out only once everything before it has left (so it starts a TCP segment: TigerVNC 1.12
+    misreads a split header): behind 8 MiB the VNC server has not read yet, it waits, and then everything arrives,
+    in order, nothing lost; what the viewer sent after it too."""
+    go = asyncio.Event()
+
+    class SlowVnc(Vnc):
+        async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await serve_rfb_handshake(reader, writer)
+            self.ready.set()
+            await go.wait()
+            try:
+                while data := await reader.read(CHUNK):
+                    self.got.extend(data)
+            finally:
+                self.eof.set()
+                writer.close()
+
+    vnc = SlowVnc()
+    start = NOVNC_START + desktop_size(800, 600, [(0, 0, 0, 800, 600, 0)])
+    clip = struct.pack(">BxxxI", 6, 8 << 20) + bytes(8 << 20)
+    later = desktop_size(640, 480, [(0, 0, 0, 640, 480, 0)]) + struct.pack(">BBxxI", 4, 1, 0x61)
+    async with gateway(vnc) as (url, outcomes):
+        async with await viewer(url, vnc) as ws:
+            await ws.send(start)
+            sender = asyncio.create_task(ws.send(clip + later))
+            await asyncio.sleep(0.2)  # (let the backlog build; the outcome does not depend on it)
+            go.set()
+            await asyncio.wait_for(sender, 30)
+            want = FBUR + start + clip + later
+            for _ in range(3000):
+                if len(vnc.got) >= len(want):
+                    break
+                await asyncio.sleep(0.01)
+        outcome = await asyncio.wait_for(outcomes.get(), 10)
+    assert bytes(vnc.got) == want
+    assert outcome.ended is Ended.CLIENT_GONE, outcome.detail
 
 
 async def test_text_frames_are_relayed_as_latin1_and_invalid_utf8_closes_1007() -> None:
