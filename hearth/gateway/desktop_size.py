@@ -4,9 +4,10 @@ noVNC asks for a desktop the size of its window (SetDesktopSize), so without an 
 whichever viewer connected last (a phone shrank it for the laptop too) and kept that size after the viewer left.
 Now a session's size belongs to one viewer (`DesktopClaim`): the first control viewer whose SetDesktopSize the
 gateway forwards. While it is connected, other control viewers' SetDesktopSize messages reach Xvnc as requests it
-answers "prohibited" to them alone (hearth/gateway/viewonly.py; view-only viewers' are dropped). When the owner leaves, the gateway dials the sandbox once more and asks Xvnc for
-the default size (HEARTH_SCREEN) — unless another viewer has taken the size meanwhile — and the next control viewer
-may resize. Ownership lives in this controller's memory, like the relays it belongs to.
+answers "prohibited" to them alone (hearth/gateway/viewonly.py; view-only viewers' are dropped). When the owner
+leaves, the gateway dials the sandbox once more and asks Xvnc for the default size (HEARTH_SCREEN) — unless another
+viewer has taken the size meanwhile — and the next control viewer may resize. Ownership lives in this controller's
+memory, like the relays it belongs to.
 """
 
 from __future__ import annotations

@@ -105,13 +105,13 @@ async def test_a_resize_another_viewer_owns_is_answered_prohibited_by_xvnc() -> 
 
 
 async def test_the_restore_dials_in_turn_with_the_sandboxs_viewers() -> None:
-    """The route's one-dial-at-a-time lock (Xvnc accepts one pending connection per wake-up) is held by the restore
-    from its dial to the end of its handshake, and only then."""
+    """The route's dial gate for the sandbox (a bounded number of dials in flight: Xvnc's accept queue is short) is
+    held by the restore from its dial to the end of its handshake, and only then."""
     with local_xvnc(640, 480) as (port, _):
-        sizes, gate = DesktopSizes((800, 600)), asyncio.Lock()
+        sizes, gate = DesktopSizes((800, 600)), asyncio.Semaphore(1)
         laptop = sizes.claim("s1")
         assert laptop.may_resize()
-        await gate.acquire()  # a viewer is dialling
+        await gate.acquire()  # the gate is full: viewers are dialling
         task = sizes.release(laptop, lambda: asyncio.open_connection("127.0.0.1", port), gate)
         assert task is not None
         for _ in range(20):
