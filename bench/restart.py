@@ -3,7 +3,7 @@ controller stopped by SIGTERM, started again, killed by SIGKILL, started again. 
 new controller listening (/health answers) to each desktop viewer's first full frame, whether every session is
 still live, and — after the sign-in completed and everything was cancelled — what was left behind.
 
-    sudo .venv/bin/python -m bench.restart --sessions 10   # from the repository root (imports tests.restartkit)
+    sudo .venv/bin/python -m bench.restart --sessions 10   # from the repository root (imports bench.restartkit)
 
 Uses its own fabric namespace (hearth-b<hex>), its own data dir and loopback port; removes all of it at the end.
 """
@@ -21,13 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.config import Settings, load_settings
-from hearth.fabric import netlink
-from hearth.fabric.fabric import Fabric
-from hearth.reconcile.inventory import scan_sync
-from hearth.store.db import Database
-from hearth.store.models import LeaseRow, SandboxRow
-from tests.restartkit import (
+from bench.restartkit import (
     Controller,
     approve_device,
     kill_leftovers,
@@ -36,6 +30,13 @@ from tests.restartkit import (
     viewer_frames,
     wait_body,
 )
+from hearth.api.local import host_image_env, userspace
+from hearth.config import Settings, load_settings
+from hearth.fabric import netlink
+from hearth.fabric.fabric import Fabric
+from hearth.reconcile.inventory import scan_sync
+from hearth.store.db import Database
+from hearth.store.models import LeaseRow, SandboxRow
 
 
 def settings_for(data: Path, port: int) -> Settings:
@@ -45,6 +46,7 @@ def settings_for(data: Path, port: int) -> Settings:
         "HEARTH_DATA_DIR": str(data),
         "HEARTH_API_LISTEN": f"127.0.0.1:{port}",
         "HEARTH_API_KEYS": f"bench-{tag}",
+        **host_image_env(),  # this host's image, as `hearth serve` would run it
     }
     return load_settings(env, env_file=None)
 
@@ -53,6 +55,7 @@ async def run(sessions: int, port: int) -> int:
     data = Path(tempfile.mkdtemp(prefix="hearth-restart-"))
     data.chmod(0o711)
     s = settings_for(data, port)
+    print(userspace(s))
     ctl = Controller(s, data / "controller.log", sessions)
     host, p = s.listen_host_port
     ws_base = f"ws://{host}:{p}"
