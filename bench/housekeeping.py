@@ -106,6 +106,7 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
 
 
 async def main(counts: list[int], ticks: int, server_url: str) -> None:
+    print("userspace: none (no sandbox is booted: the controller's own housekeeping is measured)")
     for n in counts:
         with contextlib.ExitStack() as stack:
             env = dict(NETWORK)

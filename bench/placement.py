@@ -35,6 +35,7 @@ def store_only(n: int, concurrency: int) -> None:
     from hearth.session import admission
     from hearth.store.db import Database
 
+    print("userspace: none (--store-only boots no sandbox)")
     with database() as url:
         db = Database(url, workers=concurrency)
         env = {"HEARTH_DATABASE_URL": url, "MAX_BROWSER_SESSIONS": str(n + 10), "MAX_SESSIONS_PER_USER": str(n + 10)}

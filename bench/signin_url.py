@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--flow", action="append", default=[], help="only these flows")
     args = ap.parse_args()
     where = clis.installed()
+    print("userspace: this host's (the agent's sign-in route and the CLIs run in a bare network namespace, no image)")
     print(f"CLIs: {where or 'not installed (run bash scripts/setup.sh): only example'}")
     print(f"{'provider':<12} {'flow':<12} {'median s':>9} {'max s':>7}  runs  note")
     for name, p in sorted(load().items()):
