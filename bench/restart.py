@@ -46,6 +46,7 @@ def settings_for(data: Path, port: int) -> Settings:
         "HEARTH_DATA_DIR": str(data),
         "HEARTH_API_LISTEN": f"127.0.0.1:{port}",
         "HEARTH_API_KEYS": f"bench-{tag}",
+        "HEARTH_DRIVER": "netns",  # as the controller runs (bench/restartkit.py controller_env)
         **host_image_env(),  # this host's image, as `hearth serve` would run it
     }
     return load_settings(env, env_file=None)
