@@ -199,9 +199,15 @@ async def test_hostile_sandbox(make_settings: Callable[..., Settings], caplog: p
         print(f"2. ARP: A ({forger}) claimed {b.sandbox_ip}; fabric neighbour before {before}, after {after}")
         assert after == before and after[0] != forger and after[1] & 0x80, "B's neighbour entry moved / not permanent"
         assert (await rfb_banner(s, b.sandbox_ip)).startswith(b"RFB "), "delivery to B's address no longer reaches B"
+        # The doctor blames the port that sent the forged frames: B's report is clean (A's drops named as another
+        # port's), A's report fails naming them.
         report = (await http.get(f"/api/diagnostics/{b.session_id}")).json()
         layer2 = next(ch for ch in report["checks"] if ch["name"] == "layer 2")
-        print(f"   doctor: {layer2['evidence']}")
+        print(f"   doctor (B): {layer2['evidence']}")
+        assert layer2["ok"] is True and layer2["data"]["arp_spoof"] == 0 and layer2["data"]["other_ports"] >= 1
+        report = (await http.get(f"/api/diagnostics/{a.session_id}")).json()
+        layer2 = next(ch for ch in report["checks"] if ch["name"] == "layer 2")
+        print(f"   doctor (A): {layer2['evidence']}")
         assert layer2["ok"] is False and layer2["data"]["arp_spoof"] >= 1
 
         # 3. Events flood with A's secret (a compromised agent): capped per session.
