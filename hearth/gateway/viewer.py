@@ -24,6 +24,7 @@ from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.session import returnto, wording
 from hearth.session.modes import SigninMode
+from hearth.session.owner import NotHere
 from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionNotFound, SessionService, SessionView
 from hearth.session.signin import CodeRefused, SignInFlow
@@ -33,7 +34,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 # are events; the limits middleware's and the handlers' are JSON.
 _TOKEN = "missing, invalid or expired viewer token (`?token=`)"
 _CODE = problems.declare(400, 401, 403, 404, 409, 421, 502, 503, _401=_TOKEN + ", and no valid API key")
-_PAGE = problems.also("text/html", problems.declare(401, 404, 421, 503, _401=_TOKEN), 200, 401, 503)
+_PAGE = problems.also("text/html", problems.declare(401, 404, 421, 503, _401=_TOKEN), 200, 401, 421, 503)
 _STATUS = problems.also("text/event-stream", problems.declare(401, 404, 421, 503, _401=_TOKEN), 200, 401, 404)
 
 
@@ -147,6 +148,13 @@ def make_router(
         except TokenError as exc:
             body = _plain("This link is not valid", f"{exc}. Ask for a new link.")
             return HTMLResponse(body, status_code=401, headers=headers)
+        try:
+            await service.owned(session_id, "page")  # another node's session: 421 naming it (a token of old)
+        except NotHere as exc:
+            body = _plain("This sign-in is on another server", exc.short)
+            return HTMLResponse(body, status_code=421, headers=headers)
+        except (SessionNotFound, StoreError):
+            pass  # the page's own status stream and WebSocket say so, in the person's words
         if not (STATIC / "novnc" / "core" / "rfb.js").is_file():
             body = _plain("Viewer not installed", "run scripts/setup.sh to build noVNC")
             return HTMLResponse(body, status_code=503, headers=headers)

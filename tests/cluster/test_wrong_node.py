@@ -69,6 +69,9 @@ async def refused_everywhere(http: httpx.AsyncClient, sid: str, owner: str, addr
         r = await http.request(method, url, json=body)
         assert r.status_code == 421, (method, url, r.status_code, r.text)
         assert r.json() == expected, (method, url, r.text)
+    # the viewer page (HTML for a person): 421 too, naming the owner, instead of a page whose WebSocket is refused
+    page = await http.get(f"/api/auth/session/{sid}/novnc", params={"token": unbound})
+    assert page.status_code == 421 and f"node {owner}" in page.text and address in page.text, page.text
 
 
 async def unharmed(ctl: Running, http: httpx.AsyncClient, live: Live, pid: int | None) -> None:
@@ -143,7 +146,7 @@ async def test_every_route_on_the_wrong_node_is_refused_and_nothing_is_harmed(
             for r in refusals
         }
         assert seen == {(blue.session_id, "n2", "n1"), (red.session_id, "n1", "n2")}, seen
-        assert len(refusals) == 2 * (len(ROUTES) + 1), [getattr(r, "refused", None) for r in refusals]
+        assert len(refusals) == 2 * (len(ROUTES) + 2), [getattr(r, "refused", None) for r in refusals]
         tokens = [r for r in caplog.records if r.getMessage() == "viewer token for another node refused"]
         assert [
             (getattr(r, "session_id", None), getattr(r, "issued_for", None), getattr(r, "this_node", None))
