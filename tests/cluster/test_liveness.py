@@ -12,6 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hearth.api.schemas import SessionOut
+from hearth.api.users import CliSandboxOut
+from hearth.clisandbox.manager import _view
 from hearth.cluster import nodes
 from hearth.cluster.fence import Fence, Verdict
 from hearth.cluster.nodes import NodeView
@@ -21,8 +24,9 @@ from hearth.cluster.watch import Watch
 from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
 from hearth.session import admission
+from hearth.session.service import SessionView
 from hearth.store.db import Database
-from hearth.store.models import NodeRow, SessionRow
+from hearth.store.models import CliSandboxRow, NodeRow, SessionRow
 
 
 class Clock:
@@ -168,3 +172,16 @@ def test_the_global_cap_is_off_unless_set(db: Database, make_settings: Callable[
         admission.admit(db, Ipam(capped, db), capped, str(uuid.uuid4()), "u", None, "remote_browser", "netns")
     assert refused.value.status_code == 503
     assert str(refused.value).startswith("cluster full: 20 sessions on 1 node (MAX_BROWSER_SESSIONS)")
+
+
+def test_sessions_and_cli_sandboxes_in_the_api_name_their_node() -> None:
+    now = datetime.now(UTC)
+    row = SessionRow(
+        id="s1", node_id="h2", user_id="u", status="ready", driver="netns", fabric="f", mode="remote_browser"
+    )
+    row.created_at = row.updated_at = row.last_seen_at = now
+    row.timings = {}
+    assert SessionOut.of(SessionView.of(row)).model_dump()["node"] == "h2"
+    cli = CliSandboxRow(user_id="u", node_id="h1", owner_id="cli-u", home="/x", state="running", sandbox_ip="10.0.0.2")
+    cli.created_at = cli.last_used_at = now
+    assert CliSandboxOut.model_validate(_view(cli)).model_dump()["node"] == "h1"
