@@ -45,8 +45,8 @@ from hearth.store.db import Database
 
 log = logging.getLogger("hearth.edge")
 PLACE_ATTEMPTS = 3
-RESPONSIVE = 3.0  # a node whose answer takes longer is asked for /health on a fresh connection
-PROBE_TIMEOUT = 2.0  # ...and answered for (503 naming it) when that does not come back within this
+RESPONSIVE = 2.0  # a node whose answer takes longer is asked for /health on a fresh connection
+PROBE_TIMEOUT = 1.0  # ...and answered for (503 naming it) when that does not come back within this
 HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
 
 
