@@ -171,7 +171,7 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
             node = await store.run(lambda s: place(s, user, frozenset(refused)))
             try:
                 resp = await forward(request, node, "/api/auth/start", body)
-            except NodeDown:
+            except (NodeDown, NodeSilent):  # unreachable or silent: place again without it
                 refused.add(node.id)
                 continue
             if resp.status_code == 503 and "[store]" not in bytes(resp.body).decode(errors="replace"):
