@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import event
 
 from hearth.api.local import scratch_settings
+from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
 from hearth.reconcile.reconciler import Reconciler
@@ -33,6 +34,7 @@ from hearth.session.service import SessionService
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
 from hearth.store.pglocal import fresh_database
+from hearth.vault.store import Vault
 
 PERIOD = 2.0  # hearth/api/app.py `_housekeeping`
 NETWORK = {  # room for 2,045 leases (no address is ever configured: nothing is booted)
@@ -87,12 +89,15 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
             statements += 1
 
         event.listen(db.engine, "before_cursor_execute", count)
+        clis, vault = CliSandboxes(settings, db, svc.sandboxes), Vault(db, svc.sandboxes.ring)
         c0 = time.process_time()
         for _ in range(ticks):
             await svc.record_pending()
             await svc.check_alive()
             await svc.expire_due()
             await svc.pool_tick()
+            await clis.stop_idle()
+            await clis.install_handed_over(vault)
         per_tick = (time.process_time() - c0) / ticks
         per_tick_statements = statements // ticks
         c0 = time.process_time()

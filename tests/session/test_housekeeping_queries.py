@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
 from hearth.reconcile.reconciler import Reconciler
@@ -21,6 +22,7 @@ from hearth.session.service import SessionService
 from hearth.session.states import Status
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
+from hearth.vault.store import Vault
 
 
 class AliveDriver(NetnsDriver):
@@ -107,6 +109,9 @@ async def tick(svc: SessionService, reconciler: Reconciler) -> int:
         await svc.check_alive()
         await svc.expire_due()
         await svc.pool_tick()
+        clis = CliSandboxes(svc.settings, svc.db, svc.sandboxes)
+        await clis.stop_idle()
+        await clis.install_handed_over(Vault(svc.db, svc.sandboxes.ring))
     finally:
         event.remove(svc.db.engine, "before_cursor_execute", counter._one)
     return counter.n
