@@ -48,6 +48,7 @@ UI: dict[str, str] = {
     "copy_link": "Copy link",
     "copy_code": "Copy code",
     "copied": "Copied",
+    "new_link": "New link",
     "copy_failed": "Select the text and copy it",
     "link_label": "Or copy this link:",
     "code_label": "Enter this code when asked:",

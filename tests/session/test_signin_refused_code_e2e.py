@@ -98,6 +98,11 @@ async def test_the_page_shows_the_refusal_and_the_new_link(make_settings: Callab
         new = await page.get_attribute("#open", "href")
         assert new is not None and new.startswith(f"{issuer(IDP_PORT + 2)}/authorize?") and new != first
         assert await page.input_value("#link") == new
+        # the new link stands out: its steps outlined, a "New link" badge on the button, which has the focus
+        assert await page.evaluate("document.getElementById('open-step').classList.contains('renewed')")
+        assert await page.evaluate("document.getElementById('link-step').classList.contains('renewed')")
+        assert await page.get_attribute("#open", "data-badge") == "New link"
+        assert await page.evaluate("document.activeElement.id") == "open"
         assert "Invalid code" not in await page.evaluate("document.body.innerText")
         await page.click("#details summary")
         assert "sign-in tool said: Invalid code (invalid_grant)" in await page.inner_text("#stages")

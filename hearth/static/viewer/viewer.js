@@ -348,11 +348,17 @@ function showDirect(s) {
     const first = shownUrl === null;
     shownUrl = p.url;
     if (first && live && !p.awaiting_code) $("open").focus();
+    // A refused code renewed the link: the new one stands out (and takes the focus), so nobody opens the old one.
+    const fresh = !first && !!p.renewed;
+    for (const id of ["open-step", "link-step"]) $(id).classList.toggle("renewed", fresh);
+    $("open").dataset.badge = fresh ? UI.new_link || "New link" : "";
+    if (fresh && live) $("open").focus();
   }
   $("code").textContent = p.user_code || "";
   $("cli-message").hidden = !p.message;
   $("cli-message").textContent = p.message || "";
-  if (live && p.awaiting_code && document.activeElement !== $("paste-input")) $("paste-input").focus();
+  const renewed = $("open-step").classList.contains("renewed");  // the new link goes first, then the code
+  if (live && p.awaiting_code && !renewed && document.activeElement !== $("paste-input")) $("paste-input").focus();
 }
 
 $("paste").addEventListener("submit", async (ev) => {
