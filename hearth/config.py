@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     node_address: str = ""  # http://host:port where edges reach this node's API + gateway (default: HEARTH_API_LISTEN)
     node_heartbeat: float = Field(2.0, gt=0, le=60)  # seconds between a node's heartbeats
     node_dead_after: float = Field(10.0, gt=0)  # a node silent this long is marked down, its sessions ended
+    # edge → node (hearth/cluster/credential.py): the key ring edges sign with and nodes verify (kid:secret[,…], the
+    # first signs); set, an edge checks the caller's API key itself and never forwards it to a node
+    node_credential: str = Field("", repr=False)
+    node_tls_cert: Path | None = None  # a node serves its API + gateway over TLS with this certificate (PEM chain)...
+    node_tls_key: Path | None = None  # ...and this private key (PEM)
+    node_ca: Path | None = None  # an edge verifies nodes' certificates against this CA bundle (PEM); unset: system CAs
+    # Prometheus /metrics without authentication on this HOST:PORT of its own (e.g. 127.0.0.1:9400); empty: off. The
+    # API port serves /metrics only with an API key.
+    metrics_listen: str = ""
     driver: DriverName = "auto"
     egress: bool = False
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
@@ -307,6 +316,7 @@ def consistency_problems(s: Settings) -> list[str]:
         except ValueError as exc:
             problems.append(str(exc))
     problems += _format_problems(s)
+    problems += _node_link_problems(s)
     bad_ports = [p for p in s.fabric_open_ports if not 1 <= p <= 65535]
     if bad_ports:
         problems.append(
@@ -355,6 +365,33 @@ def _format_problems(s: Settings) -> list[str]:
             parse_key(s.master_key)
         except VaultKeyError as exc:
             problems.append(f"{exc} (e.g. openssl rand -base64 32)")
+    return problems
+
+
+def _node_link_problems(s: Settings) -> list[str]:
+    """The edge → node link: node credential ring, TLS files, the metrics listener."""
+    problems = []
+    if s.node_credential:
+        from hearth.cluster.credential import parse_credential_ring
+
+        try:
+            parse_credential_ring(s.node_credential)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if (s.node_tls_cert is None) != (s.node_tls_key is None):
+        problems.append("HEARTH_NODE_TLS_CERT and HEARTH_NODE_TLS_KEY go together: set both (or neither)")
+    for var, path in (("CERT", s.node_tls_cert), ("KEY", s.node_tls_key), ("CA", s.node_ca)):
+        if path is not None and not path.is_file():
+            name = "HEARTH_NODE_CA" if var == "CA" else f"HEARTH_NODE_TLS_{var}"
+            problems.append(f"{name}={str(path)!r} is not a readable file; give the PEM file's path")
+    if s.node_tls_cert is not None and s.node_address.startswith("http://"):
+        problems.append("HEARTH_NODE_ADDRESS must be https://… when the node serves TLS (HEARTH_NODE_TLS_CERT)")
+    if s.metrics_listen:
+        host, _, port = s.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            problems.append(f"HEARTH_METRICS_LISTEN={s.metrics_listen!r} must be HOST:PORT, e.g. 127.0.0.1:9400")
+        elif s.metrics_listen == s.api_listen:
+            problems.append("HEARTH_METRICS_LISTEN must differ from HEARTH_API_LISTEN (it is a listener of its own)")
     return problems
 
 
@@ -413,7 +450,7 @@ def origins(
         var = _variable_for(name)
         source = "env" if var in env else ".env" if var in file_vars else "default"
         value: Any = getattr(settings, name)
-        if name in ("api_keys", "token_secret", "master_key", "webhook_secret") and value:
+        if name in ("api_keys", "token_secret", "master_key", "webhook_secret", "node_credential") and value:
             shown = "<set, hidden>"
         elif name == "database_url" and value:
             shown = _without_password(value)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
@@ -20,6 +20,7 @@ from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.cluster.beat import run_node
+from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
@@ -29,6 +30,7 @@ from hearth.gateway import routes as gateway_routes
 from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.lifecycle.manager import SandboxManager
+from hearth.observe.listener import serve_metrics
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
@@ -158,12 +160,23 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
 
 def create_app(ctl: Controller) -> FastAPI:
     settings = ctl.settings
-    keys = ApiKeys(settings.api_keys)
+    # callers present an API key; edges present the node credential instead (hearth/cluster/credential.py)
+    keys = ApiKeys(settings.api_keys, NodeCredential.from_setting(settings.node_credential))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await ctl.fabric.up()
-        callbacks = await agent_callbacks.serve(settings, ctl.signin)
+        scrape = (
+            await serve_metrics(settings.metrics_listen, ctl.service.metrics.render)
+            if settings.metrics_listen
+            else None
+        )
+        try:
+            await ctl.fabric.up()
+            callbacks = await agent_callbacks.serve(settings, ctl.signin)
+        except BaseException:
+            if scrape is not None:
+                scrape.close()
+            raise
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
         webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
         beat = asyncio.create_task(
@@ -181,6 +194,8 @@ def create_app(ctl: Controller) -> FastAPI:
                     await task
             await ctl.close()
             await callbacks.close()
+            if scrape is not None:
+                scrape.close()
 
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
     limits.install(app, settings)  # request size limit, strict JSON bodies and per-client rate limiting on /api/*
@@ -230,9 +245,9 @@ def create_app(ctl: Controller) -> FastAPI:
     install_doctor(ctl)  # failure reasons and 4502 closes carry the doctor's first failing hop
     ctl.service.metrics.track_state(ctl.service.counts_by_state, ctl.service.pool_usage)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(keys)])
     async def metrics() -> PlainTextResponse:
-        """Prometheus metrics (no authentication; bind the API to a private address or filter at the proxy)."""
+        """Prometheus metrics, with an API key (`Authorization: Bearer`); without one on HEARTH_METRICS_LISTEN."""
         body = await asyncio.to_thread(ctl.service.metrics.render)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 

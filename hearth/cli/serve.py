@@ -74,6 +74,9 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
         timeout_keep_alive=30,
         log_config=None,
         access_log=False,
+        # a node's API + gateway over TLS (edges verify it against HEARTH_NODE_CA); both set or neither (config check)
+        ssl_certfile=str(settings.node_tls_cert) if settings.node_tls_cert else None,
+        ssl_keyfile=str(settings.node_tls_key) if settings.node_tls_key else None,
     )
     srv = Server(config)
     ctl = getattr(app.state, "controller", None)

@@ -52,14 +52,15 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     local_port: int = 0  # loopback forwarder to ip:PORT
+    tls: bool = False  # serves https (a node with HEARTH_NODE_TLS_CERT)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.local_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.local_port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.local_port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.local_port}"
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -95,6 +96,9 @@ class Lab:
     n_nodes: int = 3
     n_edges: int = 2
     env: dict[str, str] = field(default_factory=dict)
+    per: dict[str, dict[str, str]] = field(default_factory=dict)  # one process's own variables ("h0", "e1": {…})
+    # nodes serve TLS: a directory holding ca.pem and h<i>.pem / h<i>.key (edges verify nodes against ca.pem)
+    tls_dir: Path | None = None
     api_key: str = field(default_factory=lambda: secrets.token_hex(16))
     token_secret: str = field(default_factory=lambda: f"k1:{secrets.token_hex(32)}")
     nodes: list[Proc] = field(default_factory=list)
@@ -124,6 +128,7 @@ class Lab:
         await self._db_forwarder()
         for i in range(self.n_nodes):
             self.nodes.append(self._host(f"h{i}", 10 + i, self._node_env(i), [str(BIN), "node", "run", "--drain"]))
+            self.nodes[-1].tls = self.tls_dir is not None
         for j in range(self.n_edges):
             self.edges.append(self._host(f"e{j}", 100 + j, self._edge_env(j), [str(BIN), "edge"]))
         for p in [*self.nodes, *self.edges]:
@@ -146,7 +151,7 @@ class Lab:
         ip = f"{NET}.{octet}"
         _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
-        env = {**env, "HEARTH_API_LISTEN": f"{ip}:{PORT}"}
+        env = {**env, "HEARTH_API_LISTEN": f"{ip}:{PORT}", **self.per.get(name, {})}
         return Proc(name, ns, ip, env, argv, self.base / f"{name}.log")
 
     def _common(self, data: Path) -> dict[str, str]:
@@ -168,10 +173,19 @@ class Lab:
     def _node_env(self, i: int) -> dict[str, str]:
         data = self.base / f"h{i}"
         data.mkdir(mode=0o711, exist_ok=True)
+        tls = (
+            {
+                "HEARTH_NODE_TLS_CERT": str(self.tls_dir / f"h{i}.pem"),
+                "HEARTH_NODE_TLS_KEY": str(self.tls_dir / f"h{i}.key"),
+            }
+            if self.tls_dir is not None
+            else {}
+        )
         return {
             **self._common(data),
+            **tls,
             "HEARTH_NODE_ID": f"h{i}",
-            "HEARTH_NODE_ADDRESS": f"http://{NET}.{10 + i}:{PORT}",
+            "HEARTH_NODE_ADDRESS": f"{'https' if tls else 'http'}://{NET}.{10 + i}:{PORT}",
             "HEARTH_FABRIC_NETNS": self.fabric(i),
             "HEARTH_DRIVER": "netns",
             "HEARTH_CHROMIUM": self.env.get("HEARTH_CHROMIUM", "false"),
@@ -181,7 +195,8 @@ class Lab:
     def _edge_env(self, j: int) -> dict[str, str]:
         data = self.base / f"e{j}"
         data.mkdir(mode=0o711, exist_ok=True)
-        return self._common(data)
+        ca = {"HEARTH_NODE_CA": str(self.tls_dir / "ca.pem")} if self.tls_dir is not None else {}
+        return {**self._common(data), **ca}
 
     # ---- forwarders (this process; traffic stays on loopback and inside the lab's namespaces) ------------
     async def _db_forwarder(self) -> None:

@@ -8,8 +8,10 @@
 - `/api/users/{id}/…`, `/api/auth/credentials/{id}/…`: the node of the user's CLI sandbox (else any up node).
 - `/api/nodes`: the cluster as the store sees it. `/health`, `/ready`: the edge's own checks (the store answers).
 
-The edge authenticates to nodes with the API key it was called with (one Kubernetes Secret for all replicas); viewer
-traffic carries the viewer token, which every node checks against the shared key ring (HEARTH_TOKEN_SECRET).
+With HEARTH_NODE_CREDENTIAL set, the edge checks the caller's API key itself and forwards the request without it,
+carrying the node credential instead (hearth/cluster/credential.py); unset, it forwards the caller's API key. Nodes
+serving TLS (https:// addresses) are verified against HEARTH_NODE_CA. Viewer traffic carries the viewer token, which
+every node checks against the shared key ring (HEARTH_TOKEN_SECRET).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,12 +34,14 @@ from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import SessionOut
 from hearth.cluster.beat import run_sweeper
+from hearth.cluster.credential import HEADER as EDGE_HEADER
+from hearth.cluster.credential import NodeCredential
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.placement import NoNode, place
 from hearth.config import Settings
 from hearth.edge.routing import NodeDown, NodeSilent, Unknown, route_session, route_user, stored_session
 from hearth.edge.wsrelay import relay_viewer
-from hearth.errors import HearthError, StoreError
+from hearth.errors import HearthError, Hop, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
 from hearth.gateway.viewer import STATIC
 from hearth.log import bind_session
@@ -53,7 +58,9 @@ HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-e
 def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
     store = db or Database(settings.db_url)
     keys = ApiKeys(settings.api_keys)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=RESPONSIVE), follow_redirects=False)
+    credential = NodeCredential.from_setting(settings.node_credential)
+    tls = node_tls(settings)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=RESPONSIVE), follow_redirects=False, verify=tls)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -87,8 +94,12 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
         return settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
 
     async def forward(request: Request, node: NodeView, path: str, body: bytes | None = None) -> Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS | {EDGE_HEADER}}
         headers["x-forwarded-for"] = request.client.host if request.client else ""
+        if credential is not None and "authorization" in request.headers:
+            await keys(request)  # 401 here for a wrong key; a right one is not passed on: the node credential is
+            del headers["authorization"]
+            headers[EDGE_HEADER] = credential.present(request.method, path)
         url = httpx.URL(node.address.rstrip("/") + path, query=request.url.query.encode())
         req = http.build_request(
             request.method, url, headers=headers, content=body if body is not None else await request.body()
@@ -119,7 +130,7 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     async def responsive(node: NodeView) -> bool:
         """Whether the node answers /health within PROBE_TIMEOUT on a connection of its own."""
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as probe:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, verify=tls) as probe:
             try:
                 return (await probe.get(node.address.rstrip("/") + "/health")).status_code == 200
             except httpx.HTTPError:
@@ -239,10 +250,22 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
                 view = next((n for n in await store.run(list_nodes) if n.id == node.id), None)
                 return (view.reason or "").removeprefix(f"[node] node {node.id} ") or None if view else None
 
-            await relay_viewer(ws, node.id, node.address, session_id, token, why_down)
+            await relay_viewer(ws, node.id, node.address, session_id, token, why_down, tls)
 
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     return app
+
+
+def node_tls(settings: Settings) -> ssl.SSLContext:
+    """How an edge verifies nodes that serve TLS: against HEARTH_NODE_CA, else the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=str(settings.node_ca) if settings.node_ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise HearthError(
+            Hop.CONFIG,
+            f"HEARTH_NODE_CA {settings.node_ca} cannot be loaded ({exc})",
+            "give the PEM file of the CA that signed the nodes' certificates",
+        ) from exc
 
 
 async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -33,7 +34,13 @@ def ws_url(address: str, session_id: str, token: str) -> str:
 
 
 async def relay_viewer(
-    ws: WebSocket, node_id: str, address: str, session_id: str, token: str, down: Callable[[], Awaitable[str | None]]
+    ws: WebSocket,
+    node_id: str,
+    address: str,
+    session_id: str,
+    token: str,
+    down: Callable[[], Awaitable[str | None]],
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:
     """Relay until either side closes; returns the (code, reason) the viewer was closed with. `down()` says why the
     node is gone (None when the store still calls it alive) for the 4502 reason."""
@@ -47,6 +54,7 @@ async def relay_viewer(
             connect(
                 ws_url(address, session_id, token),
                 subprotocols=[Subprotocol("binary")],
+                ssl=tls if address.startswith("https://") else None,  # a TLS node: verified against HEARTH_NODE_CA
                 max_size=4 * 1024 * 1024,
                 open_timeout=CONNECT_TIMEOUT,
                 ping_interval=PING_INTERVAL,  # the node pings this leg too; the edge pings its viewer

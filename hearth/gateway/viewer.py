@@ -118,7 +118,6 @@ def make_router(
         """The code the person pasted (paste-code flows of direct mode), typed into the CLI by the agent.
         Authorised by a control viewer token (`?token=`) or an API key; control characters or more than 512
         characters → 400 before anything is sent; 409 when the CLI is not waiting for a code."""
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if token:
             try:
                 claims = tokens.verify(token, session_id)
@@ -126,7 +125,7 @@ def make_router(
                 return JSONResponse({"error": f"unauthorized: {exc}"}, status_code=401)
             if claims.scope is not Scope.CONTROL:
                 return JSONResponse({"error": "a view-only link cannot submit a code"}, status_code=403)
-        elif scheme.lower() != "bearer" or not keys.check(presented.strip()):
+        elif not keys.admits(request):  # an API key, or the node credential of an edge that checked one
             return JSONResponse({"error": "send a viewer token (?token=) or an API key"}, status_code=401)
         try:
             body = await request.json()

@@ -61,8 +61,19 @@ CASES: dict[str, tuple[str, str, str]] = {
     "HEARTH_WEBHOOK_SECRET": (WHSEC, "secret", "whsec_"),
     "HEARTH_WEBHOOK_BACKOFF_MAX": ("60", "0", "greater than or equal to 1"),
 }
+CASES |= {
+    "HEARTH_NODE_CREDENTIAL": ("n2:" + "a" * 32 + ",n1:" + "b" * 32, "n1:short", "at least 16 bytes"),
+    "HEARTH_NODE_TLS_CERT": ("/etc/passwd", "/nonexistent/node.pem", "not a readable file"),
+    "HEARTH_NODE_TLS_KEY": ("/etc/passwd", "/nonexistent/node.key", "not a readable file"),
+    "HEARTH_NODE_CA": ("/etc/passwd", "/nonexistent/ca.pem", "not a readable file"),
+    "HEARTH_METRICS_LISTEN": ("127.0.0.1:9400", "127.0.0.1:0", "e.g. 127.0.0.1:9400"),
+}
 # what a variable's valid value needs beside it
-WITH = {"HEARTH_WEBHOOK_URL": {"HEARTH_WEBHOOK_SECRET": WHSEC}}
+WITH = {
+    "HEARTH_WEBHOOK_URL": {"HEARTH_WEBHOOK_SECRET": WHSEC},
+    "HEARTH_NODE_TLS_CERT": {"HEARTH_NODE_TLS_KEY": "/etc/passwd"},
+    "HEARTH_NODE_TLS_KEY": {"HEARTH_NODE_TLS_CERT": "/etc/passwd"},
+}
 JUNK = ["", "x", "-1", "1e999", "99999999999999999999", "[/]", "a,b,,", "k:v", "é\u2028"]
 
 
