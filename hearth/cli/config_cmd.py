@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hearth.cluster.pidns import sandboxes_die_with_me
 from hearth.config import load_settings, origins
 from hearth.errors import ConfigError
 
@@ -34,8 +35,9 @@ def check(
                 Console(stderr=True).print(f"  • {escape(p)}")
         raise typer.Exit(2) from None
     rows = origins(settings, env_file=env_file)
+    warnings = [w for w in (sandboxes_die_with_me(),) if w]  # valid, but sandboxes would not outlive a restart
     if as_json:
-        print(json.dumps({"ok": True, "settings": [r.__dict__ for r in rows]}, indent=2))
+        print(json.dumps({"ok": True, "settings": [r.__dict__ for r in rows], "warnings": warnings}, indent=2))
         return
     table = Table(title="hearth effective configuration")
     for col in ("variable", "value", "source"):
@@ -44,4 +46,6 @@ def check(
         value = escape(r.value)  # a value is text, never rich markup ("[/]" in a URL once crashed the check)
         table.add_row(r.variable, value, r.source if r.source == "default" else f"[green]{r.source}[/]")
     out.print(table)
+    for w in warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
     out.print("[green]configuration OK[/]")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI
 
+from hearth.cluster.pidns import sandboxes_die_with_me
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
 from hearth.gateway.websocket import GatewayWebSocket
 from hearth.log import install_redaction
 
+log = logging.getLogger("hearth.serve")
 DRAIN_TIMEOUT = 5.0  # seconds for viewers to take their 4503 close on a graceful shutdown
 
 
@@ -81,6 +84,8 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
     srv = Server(config)
     ctl = getattr(app.state, "controller", None)
     if ctl is not None:
+        if warning := sandboxes_die_with_me():  # a controller as PID 1 of a PID namespace: its sandboxes die with it
+            log.warning(warning)
         service = ctl.service
 
         async def drain() -> None:
