@@ -1,22 +1,35 @@
-"""deploy/kubernetes: every manifest validated strictly against Kubernetes' own schemas (kubernetes-validate), and
-what the manifests promise checked against hearth itself: the node's host access is exactly what it needs, probes
-hit routes the apps really serve, every HEARTH_ variable is one hearth reads, every secret key exists."""
+"""deploy/kubernetes: every manifest validated strictly against the schemas of three Kubernetes versions
+(kubernetes-validate), and what the manifests promise checked against hearth itself: the node's host access is
+exactly what it needs, probes hit routes the apps really serve, every HEARTH_ variable is one hearth reads, every
+secret key exists, the node's memory limit and session limit agree with the sizing in docs/kubernetes.md, the preStop
+drain and its lifting by the next pod work on a real store, the migration Job is named for its image's version."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import all_versions
 
-from hearth.config import known_variables
+from hearth.cluster import nodes
+from hearth.cluster.states import NodeState
+from hearth.config import Settings, known_variables
 from hearth.edge.app import create_edge_app
 from hearth.store.db import Database
 
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
-VERSION = "1.32.0"
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+VERSIONS = ("1.35.0", "1.36.0", "1.37.0")  # the three newest kubernetes-validate 1.37.0 (pinned) ships
+MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def docs(name: str) -> list[dict[str, Any]]:
@@ -37,18 +50,53 @@ def pod(kind: str) -> dict[str, Any]:
     return spec
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"))
-def test_each_manifest_is_valid_kubernetes_strictly(path: str) -> None:
+def container(kind: str) -> dict[str, Any]:
+    c: dict[str, Any]
+    (c,) = pod(kind)["containers"]
+    return c
+
+
+def env_of(kind: str) -> dict[str, str]:
+    """The literal `value:` variables of a pod's container."""
+    return {e["name"]: e["value"] for e in container(kind)["env"] if "value" in e}
+
+
+def mib(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    m = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+    assert m, f"memory quantity {quantity!r}: write it in Mi or Gi"
+    return int(m[1]) * units[m[2]]
+
+
+def pod_of(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def image_tag() -> str:
+    images = {c["image"] for d in everything() if "template" in d.get("spec", {}) for c in pod_of(d)["containers"]}
+    (image,) = images  # one image, one version, everywhere
+    return str(image.rsplit(":", 1)[1])
+
+
+def test_the_validated_versions_are_the_three_newest_the_validator_ships() -> None:
+    assert sorted(set(all_versions()), key=lambda v: tuple(map(int, v.split("."))))[-3:] == list(VERSIONS)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS)
+def test_each_manifest_is_valid_kubernetes_strictly(path: str, version: str) -> None:
     for doc in docs(path):
-        kubernetes_validate.validate(doc, VERSION, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_a_misspelt_field_is_caught_by_the_validation() -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_misspelt_field_is_caught_by_the_validation(version: str) -> None:
     """The check above can fail: an unknown field (strict) is an error."""
     ds = by_kind("DaemonSet")
     ds["spec"]["template"]["spec"]["hostNetwrok"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(ds, VERSION, strict=True)
+        kubernetes_validate.validate(ds, version, strict=True)
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
@@ -110,3 +158,150 @@ def test_probes_hit_routes_the_apps_serve(make_settings: Any) -> None:
         for probe in ("livenessProbe", "readinessProbe"):
             get = c[probe]["httpGet"]
             assert get["path"] in served and get["port"] in ports
+
+
+def test_the_edges_have_a_disruption_budget_and_spread_over_hosts() -> None:
+    """One edge at a time may be evicted (never all: maxUnavailable below the replicas), and edges spread one per
+    host before doubling up; no budget selects the node pods (pdb.yaml says why)."""
+    deploy = by_kind("Deployment")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    pdb = by_kind("PodDisruptionBudget")
+    selected = pdb["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= labels.items()
+    assert not selected.items() <= by_kind("DaemonSet")["spec"]["template"]["metadata"]["labels"].items()
+    assert 1 <= pdb["spec"]["maxUnavailable"] < deploy["spec"]["replicas"]
+    spread = {c["topologyKey"]: c for c in pod("Deployment")["topologySpreadConstraints"]}
+    host = spread["kubernetes.io/hostname"]
+    assert host["whenUnsatisfiable"] == "DoNotSchedule" and host["maxSkew"] == 1
+    for c in spread.values():
+        assert c["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_node_pods_have_their_priority_class() -> None:
+    pc = by_kind("PriorityClass")
+    assert pod("DaemonSet")["priorityClassName"] == pc["metadata"]["name"]
+    assert pc["globalDefault"] is False and 0 < pc["value"] <= 1_000_000_000  # user classes stop at one billion
+    assert "priorityClassName" not in pod("Deployment")
+
+
+SIZING = re.compile(r"memory limit = (\d+) MiB \(node\) \+ (\d+) sessions × (\d+) MiB = (\d+) MiB")
+
+
+def test_node_memory_and_session_limit_agree_with_the_documented_sizing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """docs/kubernetes.md derives the node's memory from the measured per-session cost; the manifest's limit, its
+    request (equal: the sandboxes live in this cgroup) and HEARTH_MAX_SESSIONS_PER_NODE follow that arithmetic, and
+    hearth reads the limit as written (within the node's address pool, or the pool would be the bound)."""
+    (line,) = SIZING.findall((ROOT / "docs" / "kubernetes.md").read_text())
+    node, sessions, per_session, total = map(int, line)
+    assert node + sessions * per_session == total
+    res = container("DaemonSet")["resources"]
+    assert mib(res["limits"]["memory"]) == mib(res["requests"]["memory"]) == total
+    assert res["requests"]["cpu"] and res["limits"]["cpu"]
+    env = env_of("DaemonSet")
+    assert int(env["HEARTH_MAX_SESSIONS_PER_NODE"]) == sessions
+    s = make_settings(
+        HEARTH_MAX_SESSIONS_PER_NODE=env["HEARTH_MAX_SESSIONS_PER_NODE"], HEARTH_MAX_BOOTS=env["HEARTH_MAX_BOOTS"]
+    )
+    assert s.max_sessions_per_node == sessions and s.pool_size >= sessions
+    edge = container("Deployment")["resources"]
+    assert edge["requests"]["cpu"] and edge["limits"]["cpu"]
+    assert mib(edge["requests"]["memory"]) <= mib(edge["limits"]["memory"])
+
+
+def hook(name: str) -> list[str]:
+    command: list[str] = container("DaemonSet")["lifecycle"][name]["exec"]["command"]
+    return command
+
+
+def test_the_prestop_drain_fits_in_the_grace_period() -> None:
+    """Each hearth call in the hooks is bounded by `timeout`; the preStop's together leave the node time to stop."""
+    pre = hook("preStop")[-1]
+    assert "hearth node drain" in pre
+    bounds = [int(n) for n in re.findall(r"timeout (\d+) hearth", pre)]
+    assert len(bounds) == pre.count("hearth node")
+    assert sum(bounds) + 10 <= pod("DaemonSet")["terminationGracePeriodSeconds"]
+    post = hook("postStart")[-1]
+    assert len(re.findall(r"timeout \d+ hearth", post)) == post.count("hearth node")
+    assert pre.endswith("exit 0") and post.endswith("exit 0")  # a failing postStart would kill the container
+
+
+def run_hook(name: str, node_id: str, env: dict[str, str], cwd: Path) -> None:
+    done = subprocess.run(
+        hook(name), env={**env, "HEARTH_NODE_ID": node_id}, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_prestop_drains_the_node_and_the_next_pod_lifts_only_that_drain(
+    make_settings: Callable[..., Settings], database_url: str, tmp_path: Path
+) -> None:
+    """The manifest's own hook commands, run by sh with hearth's CLI on a real store: a stopping pod drains its node
+    under the preStop's reason; the next pod's postStart makes it `up` again; an operator's drain survives both; a
+    node whose id is a prefix of another's is never mistaken for it."""
+    s = make_settings()
+    db = Database(s.db_url)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HEARTH_DATA_DIR": str(s.data_dir),
+        **({"HEARTH_DATABASE_URL": database_url} if database_url else {}),
+    }
+
+    def state(node_id: str) -> tuple[NodeState, str | None]:
+        (v,) = [v for v in db.call(nodes.list_nodes) if v.id == node_id]
+        return v.state, v.reason
+
+    def beat(node_id: str) -> None:
+        nodes.heartbeat(db, nodes.Registration(node_id, f"http://{node_id}:4000", 24, 253, ("netns",), "0.1.0"))
+
+    try:
+        run_hook("postStart", "host-1", env, tmp_path)  # a first start: no node registered yet, nothing to lift
+        beat("host-1")
+        beat("host-10")
+        run_hook("preStop", "host-1", env, tmp_path)
+        assert state("host-1") == (NodeState.DRAINING, "pod stopping (preStop)")
+        assert state("host-10") == (NodeState.UP, None)
+        beat("host-1")  # the pod restarting: a draining node's beat keeps it draining
+        run_hook("postStart", "host-1", env, tmp_path)
+        assert state("host-1") == (NodeState.UP, None)
+
+        nodes.set_state(db, "host-1", NodeState.DRAINING, "host maintenance")
+        run_hook("preStop", "host-10", env, tmp_path)
+        run_hook("preStop", "host-1", env, tmp_path)
+        assert state("host-1") == (NodeState.DRAINING, "host maintenance")
+        run_hook("postStart", "host-1", env, tmp_path)  # host-10's preStop drain is not host-1's
+        assert state("host-1") == (NodeState.DRAINING, "host maintenance")
+        assert state("host-10") == (NodeState.DRAINING, "pod stopping (preStop)")
+    finally:
+        db.dispose()
+
+
+def test_the_migration_job_is_named_for_its_version_and_expires() -> None:
+    """A Job's template is immutable: one per version (so an upgrade's apply creates a new one and re-applying the
+    same version changes nothing), removed after it finished, bounded while it runs."""
+    job = by_kind("Job")
+    tag = image_tag()
+    name = job["metadata"]["name"]
+    assert name == f"hearth-db-upgrade-{tag.replace('.', '-')}" and len(name) <= 63
+    assert job["metadata"]["labels"]["app.kubernetes.io/version"] == tag
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0 and job["spec"]["activeDeadlineSeconds"] > 0
+    assert container("Job")["command"] == ["hearth", "db", "upgrade"]
+    walkthrough = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert f"job/{name}" in walkthrough  # the install steps wait for this version's Job
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed")
+def test_the_kustomization_renders_valid_objects_in_the_right_scope() -> None:
+    """What `kubectl apply -k` sends: the cluster-scoped PriorityClass and Namespace carry no namespace, every other
+    object is in `hearth`, and each is valid for every version."""
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    rendered = [d for d in yaml.safe_load_all(out) if d]
+    assert {d["kind"] for d in rendered} == {d["kind"] for d in everything() if d["kind"] != "Secret"}
+    for d in rendered:
+        cluster_scoped = d["kind"] in ("PriorityClass", "Namespace")
+        assert d["metadata"].get("namespace") == (None if cluster_scoped else "hearth"), d["kind"]
+        for version in VERSIONS:
+            kubernetes_validate.validate(d, version, strict=True)
