@@ -277,6 +277,20 @@ def test_prestop_drains_the_node_and_the_next_pod_lifts_only_that_drain(
         db.dispose()
 
 
+def test_the_hooks_never_fail_the_container_when_the_store_is_down(tmp_path: Path) -> None:
+    """A failed postStart kills the container: with no store answering (a closed port), both hooks give up (the
+    postStart after its retries) and exit 0."""
+    from hearth.api.local import free_port
+
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HEARTH_DATA_DIR": str(tmp_path),
+        "HEARTH_DATABASE_URL": f"postgresql+psycopg://hearth@127.0.0.1:{free_port()}/hearth?connect_timeout=2",
+    }
+    for name in ("preStop", "postStart"):
+        run_hook(name, "host-1", env, tmp_path)
+
+
 def test_the_migration_job_is_named_for_its_version_and_expires() -> None:
     """A Job's template is immutable: one per version (so an upgrade's apply creates a new one and re-applying the
     same version changes nothing), removed after it finished, bounded while it runs."""
