@@ -245,7 +245,12 @@ def create_app(ctl: Controller) -> FastAPI:
     install_doctor(ctl)  # failure reasons and 4502 closes carry the doctor's first failing hop
     ctl.service.metrics.track_state(ctl.service.counts_by_state, ctl.service.pool_usage)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=[Depends(keys)])
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(keys)],
+        responses=problems.also("text/plain", problems.declare(401, api=False), 200),  # the text; errors: JSON
+    )
     async def metrics() -> PlainTextResponse:
         """Prometheus metrics, with an API key (`Authorization: Bearer`); without one on HEARTH_METRICS_LISTEN."""
         body = await asyncio.to_thread(ctl.service.metrics.render)
