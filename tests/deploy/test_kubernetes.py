@@ -138,6 +138,10 @@ def test_env_names_are_read_by_hearth_and_secret_keys_exist() -> None:
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["name"] == "hearth" and ref["key"] in secret
+    # edges send nodes an HMAC made with the node credential, never the caller's API key: both roles hold the ring
+    for kind in ("DaemonSet", "Deployment"):
+        refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for e in container(kind)["env"]}
+        assert refs["HEARTH_NODE_CREDENTIAL"] == "node-credential", kind
 
 
 def test_probes_hit_routes_the_apps_serve(make_settings: Any) -> None:
