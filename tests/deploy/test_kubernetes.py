@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from hearth import __version__
 from hearth.cluster import nodes
 from hearth.cluster.states import NodeState
 from hearth.config import Settings, known_variables
@@ -300,6 +301,7 @@ def test_the_migration_job_is_named_for_its_version_and_expires() -> None:
     same version changes nothing), removed after it finished, bounded while it runs."""
     job = by_kind("Job")
     tag = image_tag()
+    assert tag == __version__  # the image built from this repo is tagged with hearth's version (`hearth image oci`)
     name = job["metadata"]["name"]
     assert name == f"hearth-db-upgrade-{tag.replace('.', '-')}" and len(name) <= 63
     assert job["metadata"]["labels"]["app.kubernetes.io/version"] == tag
