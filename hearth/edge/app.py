@@ -59,6 +59,11 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
     store = db or Database(settings.db_url)
     keys = ApiKeys(settings.api_keys)
     credential = NodeCredential.from_setting(settings.node_credential)
+    if credential is None:
+        log.warning(
+            "HEARTH_NODE_CREDENTIAL is not set: this edge forwards callers' API keys to the nodes; set the same "
+            "key ring on every node and edge (docs: Many hosts, edge → node)"
+        )
     tls = node_tls(settings)
     http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=RESPONSIVE), follow_redirects=False, verify=tls)
 
