@@ -1,4 +1,5 @@
-"""`hearth image build|list|gc`: the golden guest image every driver runs (see hearth/image/build.py)."""
+"""`hearth image build|list|gc`: the golden guest image every driver runs (see hearth/image/build.py); `hearth image
+oci`: the node's container image (hearth/image/node.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hearth.cli.common import fail, settings_or_exit
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.image import build as builder
+from hearth.image import node
 from hearth.image.spec import MIRROR, SECURITY_MIRROR, ImageSpec
 
 image_app = typer.Typer(
@@ -212,3 +214,46 @@ def gc_cmd(cache: Path | None = typer.Option(None, help="image cache directory")
     for path in removed:
         out.print(f"removed {escape(str(path))}")
     out.print(f"kept {', '.join(sorted(keep))}; removed {len(removed)}")
+
+
+@image_app.command("oci")
+def oci_cmd(
+    out: Path = typer.Argument(..., help="the OCI image layout archive to write (e.g. hearth-node.tar)"),
+    force: bool = typer.Option(False, "--force", help="rebuild every layer, even those the cache holds"),
+    package: list[str] = typer.Option([], "--package", help="an extra Debian package (repeat), e.g. qemu-system-x86"),
+    ref: str = typer.Option(
+        "", help="the image name in index.json (default localhost/hearth:<version>, as deploy/kubernetes uses)"
+    ),
+    cache: Path = typer.Option(node.DEFAULT_CACHE, help="layer cache (the debootstrap base and the layer blobs)"),
+    mirror: str = typer.Option(MIRROR, help="Debian mirror for debootstrap and apt"),
+    security_mirror: str = typer.Option(SECURITY_MIRROR, help="Debian security mirror"),
+) -> None:
+    """Build the node's container image from Debian's archive (no base image is pulled): Xvnc, Chromium, openbox,
+    bubblewrap, nftables, hearth with noVNC in a venv, the pinned provider CLIs; written as an OCI archive (load it
+    with `skopeo copy oci-archive:OUT docker://…`, `podman load -i OUT` or `ctr image import OUT`). Layers are
+    cached by their inputs' digest: a source change rebuilds only the hearth layer. Needs root."""
+    out_console = Console()
+    try:
+        spec = node.current_spec(tuple(package))
+        out_console.print(f"node image [bold]{spec.hash}[/] → {escape(str(out))} (layer cache {escape(str(cache))})")
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=out_console
+        ) as bars:
+            img = node.ensure(
+                out.absolute(),
+                spec,
+                cache=cache.absolute(),
+                ref=ref,
+                force=force,
+                progress=RichProgress(bars),
+                mirror=mirror,
+                security_mirror=security_mirror,
+            )
+    except HearthError as exc:
+        fail(exc.reason)
+    built = ", ".join(img.built) or "nothing (every layer cached)"
+    out_console.print(f"[green]wrote[/] {escape(str(img.path))} in {img.seconds}s; built: {built}")
+    out_console.print(f"  manifest {img.manifest}")
+    for kind, blob in img.layers.items():
+        out_console.print(f"  {kind:<7} {blob.digest[:19]}… {_human(blob.size)}")
+    out_console.print(f"  archive  {_human(img.path.stat().st_size)}")
