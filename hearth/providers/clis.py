@@ -11,9 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
-REPO_CLIS = Path(__file__).resolve().parents[2] / "clis"
+INSTALLED_LOCK = Path("share/hearth/clis")  # under sys.prefix: the pin of a hearth installed without its checkout
+
+
+def _lock_dir() -> Path:
+    """Where the pin (package.json + package-lock.json) is: the checkout's clis/, or `<sys.prefix>/share/hearth/clis`
+    in an installed hearth (the node image's venv, hearth/image/node.py)."""
+    checkout = Path(__file__).resolve().parents[2] / "clis"
+    installed = Path(sys.prefix) / INSTALLED_LOCK
+    return installed if not checkout.is_dir() and installed.is_dir() else checkout
+
+
+REPO_CLIS = _lock_dir()
 DEFAULT_CACHE = Path("/var/cache/hearth/clis")
 GUEST_CLIS = "/opt/hearth-clis"  # inside a sandbox (bind) or the image (copy)
 BINS = ("node", "claude", "codex", "gemini")
