@@ -308,7 +308,7 @@ def test_the_migration_job_is_named_for_its_version_and_expires() -> None:
     assert job["spec"]["ttlSecondsAfterFinished"] > 0 and job["spec"]["activeDeadlineSeconds"] > 0
     assert container("Job")["command"] == ["hearth", "db", "upgrade"]
     walkthrough = (ROOT / "docs" / "kubernetes.md").read_text()
-    assert f"job/{name}" in walkthrough  # the install steps wait for this version's Job
+    assert "wait --for=condition=complete job/hearth-db-upgrade-" in walkthrough  # install and upgrade wait for it
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed")
