@@ -6,7 +6,8 @@
 2. Malformed WebSocket frames (unmasked, reserved opcodes and bits, invalid UTF-8, fragmented control frames, a
    2^63-byte length, garbage) and garbage RFB (text frames, random bytes instead of the version, a truncated
    ClientCutText announcing 2 GiB, 1 MiB of junk) from viewers: each connection ends with a close code — never a
-   hang or a crash — and afterwards the controller still serves /health and a fresh viewer.
+   hang or a crash; what the gateway can judge itself (an unknown message type, an unannounced extension) closes
+   4403 before it reaches the VNC server — and afterwards the controller still serves /health and a fresh viewer.
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ async def test_malformed_frames_and_garbage_rfb_get_a_clean_close(
         for name, (code, _) in outcomes.items():
             if name.startswith("rfb:") and "after the handshake" not in name and "ClientCutText" not in name:
                 assert code == 4400, (name, code)  # the gateway terminates the handshake: not RFB → 4400
+            elif name in ("rfb: 1 MiB of junk after the handshake", "rfb: extended ClientCutText of -2^31"):
+                assert code == 4403, (name, code)  # the gateway frames every message: unknown / unannounced → 4403
             elif name.startswith("rfb:"):  # the VNC server refused the garbage: a normal end, not "unreachable"
                 assert code == 1000, (name, code)
             else:

@@ -60,6 +60,7 @@ async def test_create_idle_stop_resume_remove_delete(make_settings: Callable[...
             "sandbox_ip": None,
             "created_at": 0,
             "last_used_at": 0,
+            "node": "local",  # its home node (HEARTH_NODE_ID)
         }
         assert not netlink.netns_exists(netns)
         assert db.call(lambda d: d.query(LeaseRow).count()) == 0
