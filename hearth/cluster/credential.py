@@ -15,8 +15,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hearth.errors import HearthError, Hop
+
+if TYPE_CHECKING:
+    from hearth.config import Settings
 
 HEADER = "x-hearth-edge"
 MAX_SKEW = 300.0  # seconds between an edge's clock and a node's that a credential tolerates
@@ -79,3 +86,16 @@ class NodeCredential:
         if abs(self._clock() - int(stamp)) > MAX_SKEW:
             return False
         return hmac.compare_digest(mac.encode(), self._mac(kid, stamp, method, path).encode())
+
+
+def node_tls(settings: Settings) -> ssl.SSLContext:
+    """How edges (API calls, probes, the viewer relay) and nodes (asking peers' /ready when cut off from the store)
+    verify nodes that serve TLS: against HEARTH_NODE_CA, else the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=str(settings.node_ca) if settings.node_ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise HearthError(
+            Hop.CONFIG,
+            f"HEARTH_NODE_CA {settings.node_ca} cannot be loaded ({exc})",
+            "give the PEM file of the CA that signed the nodes' certificates",
+        ) from exc

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from hearth.cluster.credential import node_tls
 from hearth.config import Settings
 
 log = logging.getLogger("hearth.cluster")
@@ -69,6 +70,7 @@ class Fence:
         self.last_ok = clock()  # the last beat that reached the store
         self.peers: tuple[str, ...] = ()  # the other live nodes' addresses, as of that beat
         self.reason: str | None = None
+        self._tls = node_tls(s)  # peers serving TLS are verified against HEARTH_NODE_CA (as edges verify them)
 
     def answered(self, peers: tuple[str, ...]) -> None:
         """A beat reached the store (with the other live nodes' addresses): lift a fence."""
@@ -101,7 +103,7 @@ class Fence:
         if self._ask is not None:
             return await self._ask(address)
         timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=self._tls) as http:
             return await ask_peer(http, address)
 
     async def run(self) -> None:

@@ -177,6 +177,7 @@ class Lab:
             {
                 "HEARTH_NODE_TLS_CERT": str(self.tls_dir / f"h{i}.pem"),
                 "HEARTH_NODE_TLS_KEY": str(self.tls_dir / f"h{i}.key"),
+                "HEARTH_NODE_CA": str(self.tls_dir / "ca.pem"),  # a node cut off from the store asks its peers
             }
             if self.tls_dir is not None
             else {}

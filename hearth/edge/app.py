@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,13 +34,13 @@ from hearth.api.auth import ApiKeys
 from hearth.api.schemas import SessionOut
 from hearth.cluster.beat import run_sweeper
 from hearth.cluster.credential import HEADER as EDGE_HEADER
-from hearth.cluster.credential import NodeCredential
+from hearth.cluster.credential import NodeCredential, node_tls
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.placement import NoNode, place
 from hearth.config import Settings
 from hearth.edge.routing import NodeDown, NodeSilent, Unknown, route_session, route_user, stored_session
 from hearth.edge.wsrelay import relay_viewer
-from hearth.errors import HearthError, Hop, StoreError
+from hearth.errors import HearthError, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
 from hearth.gateway.viewer import STATIC
 from hearth.log import bind_session
@@ -259,18 +258,6 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     return app
-
-
-def node_tls(settings: Settings) -> ssl.SSLContext:
-    """How an edge verifies nodes that serve TLS: against HEARTH_NODE_CA, else the system's CAs."""
-    try:
-        return ssl.create_default_context(cafile=str(settings.node_ca) if settings.node_ca else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise HearthError(
-            Hop.CONFIG,
-            f"HEARTH_NODE_CA {settings.node_ca} cannot be loaded ({exc})",
-            "give the PEM file of the CA that signed the nodes' certificates",
-        ) from exc
 
 
 async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
