@@ -34,6 +34,7 @@ from hearth.image.spec import FORBIDDEN_PACKAGES, MIRROR, SECURITY_MIRROR, SUITE
 from hearth.providers import clis
 
 BUILD_VERSION = 1
+UNUSED_FOR = 24 * 3600.0  # cached layers and bases no build used for this long are dropped
 DEFAULT_CACHE = Path("/var/cache/hearth/oci")
 SOURCE = Path(__file__).resolve().parents[2]  # the checkout hearth runs from
 PY_PACKAGES = ("hearth", "hearth_agent", "hearth_example")  # hearth.guest.packages imports hearth_example
@@ -179,8 +180,53 @@ def ensure(
         order = [layers["os"], layers["clis"], layers["hearth"]]
         config = oci.image_config(order, ENTRYPOINT, ENV, labels)
         man = oci.write_archive(out, blobs, order, config, ref or default_ref())
+        gc(
+            cache,
+            keep={f"{k}-{key}" for k, key in (("os", spec.os_key), ("clis", spec.clis), ("hearth", spec.hearth_key))},
+        )
     progress.stage("done")
     return NodeImage(out, spec.hash, man.digest, layers, tuple(built), round(time.monotonic() - t0, 1))
+
+
+def gc(cache: Path, keep: set[str], unused_for: float = UNUSED_FOR) -> list[str]:
+    """Drop layers (record and blob), bases and the archive's json blobs that no build used for `unused_for`
+    seconds (another checkout on this machine may still build them); `keep` (`<kind>-<key>`, `base-<key>`) is
+    marked used now.
+    Returns the names of the layers and bases removed. Call with the cache lock held."""
+    now, removed = time.time(), []
+    records = sorted((cache / "layers").glob("*.json"))
+    used: set[str] = set()
+    for entry in [*records, *sorted(cache.glob("base-*"))]:
+        if entry.stem in keep:
+            os.utime(entry)
+            if entry.suffix == ".json":
+                used.add(_record_digest(entry))
+    for entry in [*records, *sorted(cache.glob("base-*"))]:
+        if entry.stem in keep or now - entry.stat().st_mtime < unused_for:
+            continue
+        if entry.suffix == ".json":
+            digest = _record_digest(entry)
+            if digest and digest not in used:
+                oci.blob_path(cache / "blobs", digest).unlink(missing_ok=True)
+            entry.unlink()
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.stem)
+    for dead in sorted(cache.glob(".build-*")):  # a killed build's leftovers
+        pid = dead.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(dead, ignore_errors=True)
+    for small in sorted((cache / "blobs" / "sha256").glob("*")):  # configs and manifests: rewritten by each archive
+        if small.stat().st_size < 1 << 16 and now - small.stat().st_mtime >= unused_for:
+            small.unlink()
+    return removed
+
+
+def _record_digest(record: Path) -> str:
+    try:
+        return oci.Blob.from_json(json.loads(record.read_text())).digest
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _cached_layer(cache: Path, kind: str, key: str) -> oci.Blob | None:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -151,6 +152,28 @@ def test_the_spec_keys_each_layer_by_its_own_inputs() -> None:
     assert changed.os_key == spec.os_key and changed.hearth_key != spec.hearth_key and changed.hash != spec.hash
     more = node.NodeSpec(**{**spec.__dict__, "extra_packages": ("qemu-system-x86",)})
     assert more.os_key != spec.os_key and "qemu-system-x86" in more.packages
+
+
+def test_gc_drops_what_no_build_used_and_keeps_the_current_layers(tmp_path: Path) -> None:
+    cache, src = tmp_path / "cache", tmp_path / "src"
+    _tree(src)
+    (cache / "layers").mkdir(parents=True)
+    current, old = oci.write_layer(src, cache / "blobs"), oci.write_layer(src / "etc", cache / "blobs")
+    records = {"hearth-new": current, "hearth-old": old, "hearth-same": current}
+    for name, blob in records.items():
+        (cache / "layers" / f"{name}.json").write_text(json.dumps(blob.to_json()))
+    for name in ("base-new", "base-old", ".build-base-999999999"):
+        (cache / name / "rootfs").mkdir(parents=True)
+    day_ago = time.time() - 2 * node.UNUSED_FOR
+    for p in (*cache.glob("layers/*.json"), *cache.glob("base-*")):
+        os.utime(p, (day_ago, day_ago))
+
+    removed = node.gc(cache, {"hearth-new", "base-new"})
+    assert sorted(removed) == ["base-old", "hearth-old", "hearth-same"]
+    assert sorted(p.name for p in cache.iterdir()) == ["base-new", "blobs", "layers"]  # a dead build's dir: gone
+    assert oci.blob_path(cache / "blobs", current.digest).is_file()  # still used by hearth-new
+    assert not oci.blob_path(cache / "blobs", old.digest).exists()
+    assert node.gc(cache, {"hearth-new", "base-new"}) == []  # marked used just now
 
 
 # ---- slow: the real image --------------------------------------------------------------------------------------------
