@@ -55,18 +55,22 @@ def small_tmpfs(size_mb: int) -> Iterator[Path]:
 
 
 def fill(path: Path) -> Path:
-    """Write zeros into `path/filler` until the filesystem is full."""
+    """Write zeros into `path/filler` until the filesystem is full. Unbuffered: a buffered file would keep the tail
+    of the last, partial write and raise ENOSPC again when closed (whenever the free space is not a whole number of
+    chunks)."""
     filler = path / "filler"
     chunk = b"\0" * (1 << 16)
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while os.write(fd, chunk):  # a short write first, then ENOSPC
             pass
+    except OSError:
+        pass
+    finally:
         with contextlib.suppress(OSError):
-            os.fsync(f.fileno())
+            os.fsync(fd)
+        os.close(fd)
+    assert shutil.disk_usage(path).free < len(chunk), "the filesystem did not fill up"
     return filler
 
 
