@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Prometheus /metrics without authentication on this HOST:PORT of its own (e.g. 127.0.0.1:9400); empty: off. The
     # API port serves /metrics only with an API key.
     metrics_listen: str = ""
+    # sandboxes join this cgroup (v2) directory of the host's hierarchy, outside the node container's cgroup, so that
+    # removing the container does not kill them (hearth/sandbox/hostscope.py); unset: they share the node's cgroup
+    sandbox_cgroup: Path | None = None
     driver: DriverName = "auto"
     egress: bool = False
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
@@ -386,6 +389,10 @@ def _node_link_problems(s: Settings) -> list[str]:
             problems.append(f"{name}={str(path)!r} is not a readable file; give the PEM file's path")
     if s.node_tls_cert is not None and s.node_address.startswith("http://"):
         problems.append("HEARTH_NODE_ADDRESS must be https://… when the node serves TLS (HEARTH_NODE_TLS_CERT)")
+    if s.sandbox_cgroup is not None and not s.sandbox_cgroup.is_absolute():
+        problems.append(
+            f"HEARTH_SANDBOX_CGROUP={str(s.sandbox_cgroup)!r} must be an absolute path, e.g. /host/cgroup/hearth-sandboxes"
+        )
     if s.metrics_listen:
         host, _, port = s.metrics_listen.rpartition(":")
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:

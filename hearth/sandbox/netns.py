@@ -40,6 +40,7 @@ from hearth.guest.layout import GuestImage
 from hearth.lifecycle import readiness
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
+from hearth.sandbox import hostscope
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
@@ -286,8 +287,9 @@ class NetnsDriver(Driver):
             os.write(w, config)
             os.close(w)
             w = -1
+            hostscope.prepare(self.s.sandbox_cgroup)
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec, bwrap, guest, r),
+                *hostscope.in_scope(self.argv(spec, bwrap, guest, r), self.s.sandbox_cgroup),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=asyncio.subprocess.STDOUT,

@@ -67,6 +67,7 @@ CASES |= {
     "HEARTH_NODE_TLS_KEY": ("/etc/passwd", "/nonexistent/node.key", "not a readable file"),
     "HEARTH_NODE_CA": ("/etc/passwd", "/nonexistent/ca.pem", "not a readable file"),
     "HEARTH_METRICS_LISTEN": ("127.0.0.1:9400", "127.0.0.1:0", "e.g. 127.0.0.1:9400"),
+    "HEARTH_SANDBOX_CGROUP": ("/sys/fs/cgroup/hearth-sandboxes", "relative/cgroup", "must be an absolute path"),
 }
 # what a variable's valid value needs beside it
 WITH = {

@@ -6,6 +6,7 @@ adopts them (the session is still ready, the same sandbox processes). `hearth co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.fabric.netlink import list_netns
+from hearth.sandbox.hostscope import in_scope
 from tests.restartkit import Controller, controller_env, sandbox_pids
 
 pytestmark = [pytest.mark.netns]
@@ -160,3 +162,105 @@ def test_the_node_daemonset_runs_in_the_host_pid_namespace() -> None:
 
     assert pod("DaemonSet")["hostPID"] is True
     assert pod("Deployment").get("hostPID") is not True  # the edge starts no sandbox
+
+
+def cgroup2_root() -> Path | None:
+    """Where a cgroup v2 hierarchy is mounted in this namespace (None: none)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ")[0] == "cgroup2":
+            return Path(left.split(" ")[4])
+    return None
+
+
+@dataclass
+class ScopedController(Controller):
+    """`hearth serve` started inside cgroup `home` (the node container's cgroup, as a runtime starts it)."""
+
+    home: Path = Path("/nonexistent")
+
+    def start(self, timeout: float = 60, drain: bool = False) -> float:
+        self.proc = subprocess.Popen(
+            in_scope([sys.executable, "-m", "hearth", "serve", *(["--drain"] if drain else [])], self.home),
+            env=controller_env(self.settings, self.sessions, self.extra_env),
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.settings.data_dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"controller exited: {self.log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                    return time.monotonic()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("controller never became healthy")
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def destroy_container(cgroup: Path) -> None:
+    """What runc's destroy does to a container sharing the host's PID namespace: SIGKILL every process in its cgroup."""
+    for _ in range(50):  # bounded: processes forked meanwhile are caught by the next round
+        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise AssertionError(f"processes still in {cgroup}")
+
+
+@pytest.mark.parametrize("scoped", [False, True], ids=["node-cgroup", "sandbox-cgroup"])
+def test_removing_the_node_container_kills_sandboxes_in_its_cgroup_unless_they_have_their_own(
+    restart_settings: Settings, tmp_path: Path, scoped: bool
+) -> None:
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted here")
+    s = restart_settings
+    node_cg, sandbox_cg = root / f"{s.fabric_netns}-node", root / f"{s.fabric_netns}-sandboxes"
+    node_cg.mkdir()
+    extra = {"HEARTH_SANDBOX_CGROUP": str(sandbox_cg)} if scoped else {}
+    ctl = ScopedController(s, tmp_path / "controller.log", 2, extra_env=extra, home=node_cg)
+    try:
+        ctl.start()
+        sid = start_session(ctl)
+        before = sorted(sandbox_pids(s))
+        assert before
+        where = {Path(f"/proc/{p}/cgroup").read_text().split("::")[-1].strip() for p in before}
+        assert where == {"/" + (sandbox_cg if scoped else node_cg).name}, where
+        destroy_container(node_cg)  # the node pod's container is removed (hostPID: its PID 1 dying kills nothing)
+        assert ctl.proc is not None and ctl.proc.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + (10 if not scoped else 1)  # a grace period for dying processes to go
+        while (alive := sorted(p for p in before if running(p))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not scoped:
+            assert alive == [], "sandboxes in the node's cgroup outlived the container's removal"
+            return
+        assert alive == before, "sandboxes in a cgroup of their own died with the node's container"
+        ctl.start(drain=True)  # the next pod adopts them; --drain: its stop ends the session, removes the sandbox
+        deadline = time.monotonic() + 60
+        while "sandbox adopted" not in (log := ctl.log.read_text(errors="replace")):
+            assert time.monotonic() < deadline, log[-3000:]
+            time.sleep(0.2)
+        with httpx.Client(base_url=ctl.base, headers=ctl.headers, timeout=30) as http:
+            assert http.get(f"/api/auth/session/{sid}").json()["status"] == "ready"
+        ctl.stop(signal.SIGTERM)
+        assert sandbox_pids(s) == []
+    finally:
+        ctl.kill()
+        for cg in (sandbox_cg, node_cg):
+            if cg.exists():
+                destroy_container(cg)  # what a failed assertion left (only this test's processes are in them)
+                with contextlib.suppress(OSError):
+                    cg.rmdir()
