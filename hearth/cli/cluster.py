@@ -3,7 +3,9 @@ hearth/edge). `hearth serve` stays the single host: both roles in one process, n
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import typer
 from rich.console import Console
@@ -55,17 +57,27 @@ def run(
     server(s, create_app(ctl)).run()
 
 
+@contextlib.contextmanager
+def _store(s: Settings, code: int = 1) -> Iterator[Database]:
+    """The shared store. A HearthError — the store down (opening it already asks it), a refused state change — ends
+    the command naming the fix, never with a traceback."""
+    db: Database | None = None
+    try:
+        db = Database(s.db_url)
+        yield db
+    except HearthError as exc:
+        fail(exc.reason, code)
+    finally:
+        if db is not None:
+            db.dispose()
+
+
 @node_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every registered node: state, address, capacity, active sessions, last heartbeat."""
     s = settings_or_exit()
-    db = Database(s.db_url)
-    try:
+    with _store(s) as db:
         views = db.call(nodes.list_nodes)
-    except HearthError as exc:
-        fail(exc.reason)
-    finally:
-        db.dispose()
     if as_json:
         typer.echo(
             json.dumps([{**v.__dict__, "state": v.state.value, "heartbeat_at": str(v.heartbeat_at)} for v in views])
@@ -87,13 +99,8 @@ def list_(as_json: bool = typer.Option(False, "--json")) -> None:
 
 def _move(node_id: str, target: NodeState, reason: str | None) -> None:
     s = settings_or_exit()
-    db = Database(s.db_url)
-    try:
+    with _store(s, 2) as db:
         nodes.set_state(db, node_id, target, reason)
-    except HearthError as exc:
-        fail(exc.reason, 2)
-    finally:
-        db.dispose()
     typer.echo(f"node {node_id} is {target.value}")
 
 

@@ -20,7 +20,7 @@ from rich.markup import escape
 from hearth.config import Settings, known_variables, load_settings, read_env_file
 from hearth.doctor import Parts, Report, config_report, diagnose, render
 from hearth.doctor.context import local_api_url
-from hearth.errors import ConfigError
+from hearth.errors import ConfigError, HearthError
 from hearth.sandbox.netns import NetnsDriver
 from hearth.session.service import SessionNotFound, SessionService
 from hearth.store.db import Database
@@ -41,14 +41,19 @@ def lenient_settings(env_file: Path | None = Path(".env")) -> tuple[Settings | N
         return None, problems
 
 
-def _store(settings: Settings) -> Database | None:
-    """The controller's state database, only when it exists (the doctor never creates one)."""
+def _has_store(settings: Settings) -> bool:
+    """Whether the controller's state database exists (the doctor never creates one)."""
     url = settings.db_url
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if not path or path == ":memory:" or not Path(path).exists():
-            return None
-    return Database(url)
+        return bool(path) and path != ":memory:" and Path(path).exists()
+    return True
+
+
+def _store(settings: Settings) -> Database | None:
+    """The controller's state database, only when it exists. Opening it asks it: a store that is down raises
+    StoreError (the doctor names it)."""
+    return Database(settings.db_url) if _has_store(settings) else None
 
 
 async def _run(settings: Settings, session: str | None, api: str | None, gateway: bool) -> Report:
@@ -82,7 +87,7 @@ def doctor(
     settings, problems = lenient_settings()
     if settings is None:
         report = config_report(problems)
-    elif session is not None and _store(settings) is None:
+    elif session is not None and not _has_store(settings):
         err.print(f"[bold red]error:[/] no state database at {escape(settings.db_url)}: is this the controller's host?")
         raise typer.Exit(1)
     else:
@@ -90,6 +95,9 @@ def doctor(
             report = asyncio.run(_run(settings, session, api, gateway))
         except SessionNotFound:
             err.print(f"[bold red]error:[/] no session {escape(session or '')} in {escape(settings.db_url)}")
+            raise typer.Exit(1) from None
+        except HearthError as exc:  # the state store down or refusing: its hop and fix, never a traceback
+            err.print(f"[bold red]error:[/] {escape(exc.reason)}")
             raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))

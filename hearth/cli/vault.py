@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from hearth.cli.common import fail, settings_or_exit
+from hearth.errors import HearthError
 from hearth.store.db import Database
 from hearth.vault.keys import KeyRing, VaultKeyError, parse_key
 from hearth.vault.store import Vault
@@ -25,6 +26,8 @@ def rotate(
         new, count = vault.rotate_sync(parse_key(new_key) if new_key else None)
     except VaultKeyError as exc:
         fail(str(exc), 2)
+    except HearthError as exc:  # the state store down or refusing: its hop and fix, never a traceback
+        fail(exc.reason, 2)
     out = Console()
     out.print(f"[green]re-sealed {count} credential record(s)[/] under key id {new.current.key_id}")
     if s.master_key:
