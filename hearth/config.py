@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # sandboxes join this cgroup (v2) directory of the host's hierarchy, outside the node container's cgroup, so that
     # removing the container does not kill them (hearth/sandbox/hostscope.py); unset: they share the node's cgroup
     sandbox_cgroup: Path | None = None
+    # written to that cgroup's memory.max / cpu.max when it is prepared: the budget of all the node's sandboxes
+    # together (bytes, or 512Mi / 8Gi / 8G), and CPU cores (e.g. 6 or 1.5); unset: no limit there
+    sandbox_memory_max: int | None = Field(None, ge=64 * 1024 * 1024)
+    sandbox_cpu_max: float | None = Field(None, gt=0)
     driver: DriverName = "auto"
     egress: bool = False
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
@@ -172,6 +176,11 @@ class Settings(BaseSettings):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
 
+    @field_validator("sandbox_memory_max", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
+
     @field_validator("embed_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
@@ -200,6 +209,16 @@ class Settings(BaseSettings):
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.api_listen.rpartition(":")
         return host or "127.0.0.1", int(port)
+
+
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def parse_bytes(value: str) -> int | str:
+    """'8Gi' → 8589934592 (Kubernetes' suffixes K M G, Ki Mi Gi Ti, or plain bytes); anything else unchanged, for
+    the field's own validation to reject."""
+    m = re.fullmatch(r"\s*(\d+)\s*(|K|M|G|Ki|Mi|Gi|Ti)\s*", value)
+    return int(m[1]) * _UNITS[m[2]] if m else value
 
 
 @dataclass(frozen=True)
@@ -392,6 +411,11 @@ def _node_link_problems(s: Settings) -> list[str]:
     if s.sandbox_cgroup is not None and not s.sandbox_cgroup.is_absolute():
         problems.append(
             f"HEARTH_SANDBOX_CGROUP={str(s.sandbox_cgroup)!r} must be an absolute path, e.g. /host/cgroup/hearth-sandboxes"
+        )
+    if s.sandbox_cgroup is None and (s.sandbox_memory_max is not None or s.sandbox_cpu_max is not None):
+        problems.append(
+            "HEARTH_SANDBOX_MEMORY_MAX / HEARTH_SANDBOX_CPU_MAX bound HEARTH_SANDBOX_CGROUP: set it too "
+            "(e.g. /host/cgroup/hearth-sandboxes), or unset them"
         )
     if s.metrics_listen:
         host, _, port = s.metrics_listen.rpartition(":")

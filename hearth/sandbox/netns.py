@@ -287,7 +287,7 @@ class NetnsDriver(Driver):
             os.write(w, config)
             os.close(w)
             w = -1
-            hostscope.prepare(self.s.sandbox_cgroup)
+            hostscope.prepare(self.s.sandbox_cgroup, self.s.sandbox_memory_max, self.s.sandbox_cpu_max)
             proc = await asyncio.create_subprocess_exec(
                 *hostscope.in_scope(self.argv(spec, bwrap, guest, r), self.s.sandbox_cgroup),
                 stdin=asyncio.subprocess.DEVNULL,

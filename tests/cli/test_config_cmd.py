@@ -68,12 +68,16 @@ CASES |= {
     "HEARTH_NODE_CA": ("/etc/passwd", "/nonexistent/ca.pem", "not a readable file"),
     "HEARTH_METRICS_LISTEN": ("127.0.0.1:9400", "127.0.0.1:0", "e.g. 127.0.0.1:9400"),
     "HEARTH_SANDBOX_CGROUP": ("/sys/fs/cgroup/hearth-sandboxes", "relative/cgroup", "must be an absolute path"),
+    "HEARTH_SANDBOX_MEMORY_MAX": ("7680Mi", "8 gigs", "valid integer"),
+    "HEARTH_SANDBOX_CPU_MAX": ("6", "0", "greater than 0"),
 }
 # what a variable's valid value needs beside it
 WITH = {
     "HEARTH_WEBHOOK_URL": {"HEARTH_WEBHOOK_SECRET": WHSEC},
     "HEARTH_NODE_TLS_CERT": {"HEARTH_NODE_TLS_KEY": "/etc/passwd"},
     "HEARTH_NODE_TLS_KEY": {"HEARTH_NODE_TLS_CERT": "/etc/passwd"},
+    "HEARTH_SANDBOX_MEMORY_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
+    "HEARTH_SANDBOX_CPU_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
 }
 JUNK = ["", "x", "-1", "1e999", "99999999999999999999", "[/]", "a,b,,", "k:v", "é\u2028"]
 
