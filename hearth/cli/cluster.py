@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hearth import log
 from hearth.cli.common import fail, settings_or_exit
+from hearth.cli.node_cert import cert
 from hearth.cluster import nodes
 from hearth.cluster.states import NodeState
 from hearth.config import Settings
@@ -116,6 +117,9 @@ def drain(
 def undrain(node_id: str) -> None:
     """NODE_ID takes new sessions again."""
     _move(node_id, NodeState.UP, None)
+
+
+node_app.command("cert")(cert)
 
 
 def edge() -> None:
