@@ -265,12 +265,20 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+# Read outside the Settings object, by one module each (not the controller's configuration, but not unread either).
+READ_ELSEWHERE: dict[str, str] = {
+    "HEARTH_CLIS_CACHE": "hearth/providers/clis.py: where scripts/setup.sh installed the pinned provider CLIs",
+    "HEARTH_CLIS_BIN": "hearth_agent/signin.py: the provider CLIs' bin directory inside a sandbox",
+    "HEARTH_LAB_PYTHONPATH": "hearth/cluster/lab.py: the multi-node lab's nodes run another checkout",
+}
+
+
 def unknown_variable_problems(variables: Mapping[str, str]) -> list[str]:
     """Problems for variables that look like hearth's or the network's but are not read."""
     known = known_variables()
     problems = []
     for name in sorted(variables):
-        if name in known:
+        if name in known or name in READ_ELSEWHERE:
             continue
         if name in LEGACY_NAMES:
             problems.append(f"{name} is set but not read; did you mean {LEGACY_NAMES[name]}?")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import load_settings, origins
+from hearth.config import load_settings, origins, unknown_variable_problems
 from hearth.errors import ConfigError
 
 
@@ -131,3 +131,11 @@ def test_node_settings_name_the_fix() -> None:
         {"HEARTH_NODE_ID": "h0", "HEARTH_TOKEN_SECRET": "k2:" + "x" * 32 + ",k1:" + "y" * 32}, env_file=None
     )
     assert ok.node_id == "h0"
+
+
+def test_variables_read_outside_the_settings_are_not_called_unread() -> None:
+    """HEARTH_CLIS_CACHE (where setup installed the CLIs) is read by hearth/providers/clis.py: `hearth config check`
+    must not call it unread (the node image sets it); a misspelling of it still is."""
+    assert unknown_variable_problems({"HEARTH_CLIS_CACHE": "/var/cache/hearth/clis", "HEARTH_CLIS_BIN": "/x"}) == []
+    (problem,) = unknown_variable_problems({"HEARTH_CLIS_CACHES": "/var/cache/hearth/clis"})
+    assert problem.startswith("HEARTH_CLIS_CACHES is set but not read"), problem
