@@ -75,7 +75,12 @@ def pod_of(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def image_tag() -> str:
-    images = {c["image"] for d in everything() if "template" in d.get("spec", {}) for c in pod_of(d)["containers"]}
+    images = {
+        c["image"]
+        for d in everything()
+        if "template" in d.get("spec", {})
+        for c in pod_of(d)["containers"] + pod_of(d).get("initContainers", [])
+    }
     (image,) = images  # one image, one version, everywhere
     return str(image.rsplit(":", 1)[1])
 
@@ -109,10 +114,14 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 def test_the_node_gets_host_network_and_exactly_the_host_paths_it_needs() -> None:
     spec = pod("DaemonSet")
     assert spec["hostNetwork"] is True
-    paths = {v["hostPath"]["path"] for v in spec["volumes"]}
-    assert paths == {"/dev/kvm", "/dev/net/tun", "/run/netns", "/var/lib/hearth"}
+    paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert paths == {"/dev/kvm", "/dev/net/tun", "/run/netns", "/var/lib/hearth", "/sys/fs/cgroup"}
     (c,) = spec["containers"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    # the sandboxes' cgroup is made inside the host's hierarchy, outside this container's (HEARTH_SANDBOX_CGROUP)
+    cgroup_volume = next(v["name"] for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/cgroup")
+    (cgroup_mount,) = [m for m in c["volumeMounts"] if m["name"] == cgroup_volume]
+    assert env_of("DaemonSet")["HEARTH_SANDBOX_CGROUP"].startswith(cgroup_mount["mountPath"] + "/")
     assert mounts["/run/netns"]["mountPropagation"] == "Bidirectional"
     assert [m for m in mounts.values() if "mountPropagation" in m] == [mounts["/run/netns"]]
     assert c["command"] == ["hearth", "node", "run"]
@@ -163,6 +172,9 @@ def test_probes_hit_routes_the_apps_serve(make_settings: Any) -> None:
         for probe in ("livenessProbe", "readinessProbe"):
             get = c[probe]["httpGet"]
             assert get["path"] in served and get["port"] in ports
+            # the node serves TLS only (HEARTH_NODE_TLS_CERT): a plain-HTTP probe would fail every time
+            assert get.get("scheme", "HTTP") == ("HTTPS" if kind == "DaemonSet" else "HTTP"), (kind, probe)
+    assert container("DaemonSet")["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
 
 
 def test_the_edges_have_a_disruption_budget_and_spread_over_hosts() -> None:
@@ -189,27 +201,28 @@ def test_the_node_pods_have_their_priority_class() -> None:
     assert "priorityClassName" not in pod("Deployment")
 
 
-SIZING = re.compile(r"memory limit = (\d+) MiB \(node\) \+ (\d+) sessions × (\d+) MiB = (\d+) MiB")
+SIZING = re.compile(r"sandbox memory\.max = (\d+) sessions × (\d+) MiB = (\d+) MiB; pod memory limit = (\d+) MiB")
 
 
 def test_node_memory_and_session_limit_agree_with_the_documented_sizing(
     make_settings: Callable[..., Settings],
 ) -> None:
-    """docs/kubernetes.md derives the node's memory from the measured per-session cost; the manifest's limit, its
-    request (equal: the sandboxes live in this cgroup) and HEARTH_MAX_SESSIONS_PER_NODE follow that arithmetic, and
-    hearth reads the limit as written (within the node's address pool, or the pool would be the bound)."""
+    """docs/kubernetes.md derives the sessions' budget from the measured per-session cost: it is the sandbox cgroup's
+    memory.max (HEARTH_SANDBOX_MEMORY_MAX, the sandboxes live outside the pod) and HEARTH_MAX_SESSIONS_PER_NODE
+    keeps the sessions inside it; the pod's limit and request (equal) are the node process alone. hearth reads the
+    values as written (the sessions within the node's address pool, or the pool would be the bound)."""
     (line,) = SIZING.findall((ROOT / "docs" / "kubernetes.md").read_text())
-    node, sessions, per_session, total = map(int, line)
-    assert node + sessions * per_session == total
+    sessions, per_session, budget, node = map(int, line)
+    assert sessions * per_session == budget
     res = container("DaemonSet")["resources"]
-    assert mib(res["limits"]["memory"]) == mib(res["requests"]["memory"]) == total
+    assert mib(res["limits"]["memory"]) == mib(res["requests"]["memory"]) == node
     assert res["requests"]["cpu"] and res["limits"]["cpu"]
     env = env_of("DaemonSet")
     assert int(env["HEARTH_MAX_SESSIONS_PER_NODE"]) == sessions
-    s = make_settings(
-        HEARTH_MAX_SESSIONS_PER_NODE=env["HEARTH_MAX_SESSIONS_PER_NODE"], HEARTH_MAX_BOOTS=env["HEARTH_MAX_BOOTS"]
-    )
+    assert mib(env["HEARTH_SANDBOX_MEMORY_MAX"]) == budget
+    s = make_settings(**{k: v for k, v in env.items() if k.startswith(("HEARTH_MAX_", "HEARTH_SANDBOX_"))})
     assert s.max_sessions_per_node == sessions and s.pool_size >= sessions
+    assert s.sandbox_memory_max == budget * 1024 * 1024 and s.sandbox_cpu_max
     edge = container("Deployment")["resources"]
     assert edge["requests"]["cpu"] and edge["limits"]["cpu"]
     assert mib(edge["requests"]["memory"]) <= mib(edge["limits"]["memory"])
