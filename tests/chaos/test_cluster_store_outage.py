@@ -26,10 +26,9 @@ from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream
 from hearth.store.pglocal import Cluster
-from tests import nsnames
 from tests.chaos.faults import assert_store_refusal
+from tests.cluster.labkit import new_lab, opened
 from tests.cluster.test_multinode import api, node_of, start, ws_url
-from tests.image.golden import TESTS_BASE
 from tests.pgcluster import available, cluster, fresh_database
 
 pytestmark = [
@@ -50,17 +49,14 @@ async def pg_lab() -> AsyncIterator[tuple[Lab, Cluster]]:
     if not available():
         pytest.skip("needs root and Debian's postgresql (scripts/setup.sh)")
     with cluster(free_port()) as pg, fresh_database(pg.url) as url:
-        TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
-        prefix = nsnames.new()
-        lb = Lab(prefix, TESTS_BASE / prefix, url, n_nodes=3, n_edges=1, env={"MAX_SESSIONS_PER_USER": "10"})
-        try:
-            await lb.open()
-            yield lb, pg
-        finally:
+
+        async def store_back() -> None:  # the nodes drain through it
             with contextlib.suppress(subprocess.CalledProcessError):  # already running: fine
-                await asyncio.to_thread(pg.start)  # the nodes drain through it
-            await lb.close()
-            assert lb.leftovers() == [], "the lab leaked"
+                await asyncio.to_thread(pg.start)
+
+        lab = new_lab(url, n_nodes=3, n_edges=1, env={"MAX_SESSIONS_PER_USER": "10"})
+        async with opened(lab, before_close=store_back) as lb:
+            yield lb, pg
 
 
 async def test_a_database_outage_of_twice_dead_after_fails_no_session(pg_lab: tuple[Lab, Cluster]) -> None:

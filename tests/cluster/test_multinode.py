@@ -27,8 +27,7 @@ from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream, first_frame
 from hearth.store.models import CliSandboxRow, SessionRow
-from tests import nsnames
-from tests.image.golden import TESTS_BASE
+from tests.cluster.labkit import new_lab, opened
 from tests.pgcluster import fresh_database
 
 pytestmark = [
@@ -43,15 +42,9 @@ pytestmark = [
 @pytest.fixture
 async def lab() -> AsyncIterator[Lab]:
     with fresh_database(os.environ["TEST_DATABASE_URL"]) as url:
-        TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
-        prefix = nsnames.new()
-        lb = Lab(prefix, TESTS_BASE / prefix, url, env={"MAX_SESSIONS_PER_USER": "10", "MAX_BROWSER_SESSIONS": "30"})
-        try:
-            await lb.open()
+        env = {"MAX_SESSIONS_PER_USER": "10", "MAX_BROWSER_SESSIONS": "30"}
+        async with opened(new_lab(url, env=env)) as lb:
             yield lb
-        finally:
-            await lb.close()
-            assert lb.leftovers() == [], "the multi-node lab leaked"
 
 
 def api(lab: Lab, edge: int = 0) -> httpx.AsyncClient:

@@ -22,6 +22,7 @@ from hearth.cluster.lab import NET, Lab
 from hearth.fabric.dial import open_connection
 from hearth.rfb.ws import first_frame
 from tests import nsnames
+from tests.cluster.labkit import opened
 from tests.cluster.tlskit import make_ca
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
@@ -63,12 +64,8 @@ async def lab() -> AsyncIterator[Lab]:
             },
             tls_dir=tls.parent,
         )
-        try:
-            await lb.open()
+        async with opened(lb):
             yield lb
-        finally:
-            await lb.close()
-            assert lb.leftovers() == [], "the multi-node lab leaked"
 
 
 def api(lab: Lab, edge: int) -> httpx.AsyncClient:

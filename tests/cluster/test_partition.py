@@ -31,9 +31,8 @@ from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream
 from hearth.store.models import LeaseRow
-from tests import nsnames
+from tests.cluster.labkit import new_lab, opened
 from tests.cluster.test_multinode import api, node_of, start, ws_url
-from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
 
 pytestmark = [
@@ -49,15 +48,8 @@ DEAD_AFTER = 3.0  # the lab's HEARTH_NODE_DEAD_AFTER (heartbeat 0.5 s)
 @pytest.fixture
 async def lab() -> AsyncIterator[Lab]:
     with fresh_database(os.environ["TEST_DATABASE_URL"]) as url:
-        TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
-        prefix = nsnames.new()
-        lb = Lab(prefix, TESTS_BASE / prefix, url, n_nodes=3, n_edges=1, env={"MAX_SESSIONS_PER_USER": "10"})
-        try:
-            await lb.open()
+        async with opened(new_lab(url, n_nodes=3, n_edges=1, env={"MAX_SESSIONS_PER_USER": "10"})) as lb:
             yield lb
-        finally:
-            await lb.close()
-            assert lb.leftovers() == [], "the multi-node lab leaked"
 
 
 def link(lab: Lab, i: int, state: str) -> None:
