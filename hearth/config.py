@@ -420,6 +420,11 @@ def _node_link_problems(s: Settings) -> list[str]:
         problems.append(
             f"HEARTH_SANDBOX_CGROUP={str(s.sandbox_cgroup)!r} must be an absolute path, e.g. /host/cgroup/hearth-sandboxes"
         )
+    if s.sandbox_cgroup is not None and s.driver in ("firecracker", "qemu"):
+        problems.append(
+            f"HEARTH_SANDBOX_CGROUP is honoured by the netns driver only, not HEARTH_DRIVER={s.driver} (its VMs would "
+            "stay in the node's cgroup): set HEARTH_DRIVER=netns, or unset HEARTH_SANDBOX_CGROUP"
+        )
     if s.sandbox_cgroup is None and (s.sandbox_memory_max is not None or s.sandbox_cpu_max is not None):
         problems.append(
             "HEARTH_SANDBOX_MEMORY_MAX / HEARTH_SANDBOX_CPU_MAX bound HEARTH_SANDBOX_CGROUP: set it too "

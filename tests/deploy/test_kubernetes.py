@@ -122,6 +122,7 @@ def test_the_node_gets_host_network_and_exactly_the_host_paths_it_needs() -> Non
     cgroup_volume = next(v["name"] for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/cgroup")
     (cgroup_mount,) = [m for m in c["volumeMounts"] if m["name"] == cgroup_volume]
     assert env_of("DaemonSet")["HEARTH_SANDBOX_CGROUP"].startswith(cgroup_mount["mountPath"] + "/")
+    assert env_of("DaemonSet")["HEARTH_DRIVER"] == "netns"  # the driver that joins it (auto may pick a VM driver)
     assert mounts["/run/netns"]["mountPropagation"] == "Bidirectional"
     assert [m for m in mounts.values() if "mountPropagation" in m] == [mounts["/run/netns"]]
     assert c["command"] == ["hearth", "node", "run"]

@@ -63,6 +63,11 @@ def test_the_budget_is_read_in_kubernetes_units_and_needs_the_cgroup() -> None:
     with pytest.raises(ConfigError) as err:
         settings(HEARTH_SANDBOX_MEMORY_MAX="8Gi")
     assert any("HEARTH_SANDBOX_MEMORY_MAX" in p and "HEARTH_SANDBOX_CGROUP" in p for p in err.value.problems)
+    for driver in ("qemu", "firecracker"):  # their VMs do not join it: they would stay in the node's cgroup
+        with pytest.raises(ConfigError) as err:
+            settings(**cg, HEARTH_DRIVER=driver)
+        assert any("HEARTH_DRIVER=netns" in p for p in err.value.problems)
+    assert settings(**cg, HEARTH_DRIVER="netns").sandbox_cgroup
 
 
 def v2_hierarchy() -> Path | None:
