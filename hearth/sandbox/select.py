@@ -84,6 +84,9 @@ def choose_driver(settings: Settings) -> Choice:
         return Choice(drv)
     skipped: dict[str, str] = {}
     for name in ("firecracker", "qemu", "netns"):
+        if settings.sandbox_cgroup is not None and name != "netns":
+            skipped[name] = f"HEARTH_SANDBOX_CGROUP is set: only netns sandboxes join it ({name} VMs would not)"
+            continue
         try:
             drv = BUILDERS[name](settings)
         except HearthError as exc:
