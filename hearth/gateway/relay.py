@@ -196,6 +196,9 @@ async def _spliced(
     holding: set[str] = set()  # why the viewer's reading is held: "server" (takes no input), "resize"
     poll: list[asyncio.TimerHandle] = []
     waiting_since = [0.0]
+    ending: list[Outcome] = []  # a refused message: the relay ends once what came before it has left
+    flushed = asyncio.Event()  # nothing held (set whenever `held` empties)
+    flushed.set()
 
     def finish(outcome: Outcome) -> None:
         if not done.done():
@@ -236,6 +239,9 @@ async def _spliced(
             sandbox.send_now(piece)
             stats.to_sandbox += len(piece)
         hold_viewer("resize", False)
+        flushed.set()
+        if ending:  # a refused message waited for what the viewer sent before it to leave
+            finish(ending[0])
 
     def retry() -> None:
         poll.clear()
@@ -248,23 +254,9 @@ async def _spliced(
             return finish(Outcome(Ended.SANDBOX_ERROR, why, stats))
         pump()
 
-    def to_sandbox(data: bytes) -> None:
-        if done.done():
-            return
-        try:
-            kept = filt.feed(data)
-        except Forbidden as exc:
-            if exc.kept and not held and not filt.resizes and not sandbox.closing:  # the messages before it
-                sandbox.send_now(exc.kept)
-                stats.to_sandbox += len(exc.kept)
-            return finish(Outcome(Ended.FORBIDDEN, str(exc), stats))
-        except Exception as exc:
-            return failed(exc)
-        stats.dropped_input += len(data) - len(kept)
-        if not kept:
-            return
-        if sandbox.closing:  # the VNC server closed this connection
-            return finish(Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats))
+    def forward(kept: bytes) -> None:
+        """`kept` to the VNC server, in order after what is held; `filt.resizes` (its SetDesktopSize offsets) each
+        wait to start a segment of their own."""
         if not filt.resizes and not held:  # the usual case: straight on
             sandbox.send_now(kept)
             stats.to_sandbox += len(kept)
@@ -272,7 +264,31 @@ async def _spliced(
         starts = set(filt.resizes)
         for a, b in itertools.pairwise(sorted({0, len(kept), *starts})):
             held.append((kept[a:b], a in starts))
+        flushed.clear()
         pump()
+
+    def to_sandbox(data: bytes) -> None:
+        if done.done() or ending:
+            return
+        try:
+            kept = filt.feed(data)
+        except Forbidden as exc:
+            # The messages before the refused one still go, in order, whatever the chunking; the relay ends once
+            # they have left (at once, unless a SetDesktopSize among them waits for its own segment).
+            ending.append(Outcome(Ended.FORBIDDEN, str(exc), stats))
+            if exc.kept and not sandbox.closing:
+                forward(exc.kept)
+            if not held:
+                finish(ending[0])
+            return
+        except Exception as exc:
+            return failed(exc)
+        stats.dropped_input += len(data) - len(kept)
+        if not kept:
+            return
+        if sandbox.closing:  # the VNC server closed this connection
+            return finish(Outcome(Ended.SANDBOX_EOF, "the sandbox closed the VNC connection", stats))
+        forward(kept)
 
     def sandbox_writable(writable: bool) -> None:
         """The VNC server stopped (False) or resumed taking input: hold the viewer's reading meanwhile."""
@@ -297,7 +313,8 @@ async def _spliced(
     async def viewer_gone() -> Outcome:
         while (data := await viewer.message()) is not None:  # only a disconnect arrives here once spliced
             to_sandbox(data)
-        return Outcome(Ended.CLIENT_GONE, "viewer disconnected", stats)
+        await flushed.wait()  # what it sent before it left still goes (bounded: a stalled write ends the relay)
+        return ending[0] if ending else Outcome(Ended.CLIENT_GONE, "viewer disconnected", stats)
 
     async def sandbox_gone() -> Outcome:
         exc = await asyncio.shield(sandbox.ended)  # (cancelling this task must not cancel the stream's own)
