@@ -7,7 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
+
 from hearth.cluster.lab import Lab
+from hearth.config import Settings
+from hearth.edge.app import create_edge_app
+from hearth.store.db import Database
 from tests import nsnames
 from tests.image.golden import TESTS_BASE
 
@@ -31,3 +36,15 @@ async def opened(lab: Lab, before_close: Callable[[], Awaitable[None]] | None = 
             await before_close()
         await lab.close()
         assert lab.leftovers() == [], "the multi-node lab leaked"
+
+
+@contextlib.asynccontextmanager
+async def edge_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
+    """A real edge app (no lab) over ASGI on `settings`' store: its client and the store, disposed afterwards."""
+    db = Database(settings.db_url, settings.data_dir)
+    try:
+        app = create_edge_app(settings, db)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e", timeout=15) as c:
+            yield c, db
+    finally:
+        db.dispose()

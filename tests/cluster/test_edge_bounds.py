@@ -15,9 +15,9 @@ import pytest
 
 from hearth.cluster import nodes
 from hearth.config import Settings
-from hearth.edge.app import create_edge_app
 from hearth.store.db import Database
 from hearth.store.models import SessionRow
+from tests.cluster.labkit import edge_app
 
 KEY = {"Authorization": "Bearer k1"}
 
@@ -51,14 +51,8 @@ def session(db: Database, sid: str, node_id: str, user: str = "u") -> None:
 
 @pytest.fixture
 async def edge(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
-    s = make_settings(HEARTH_API_KEYS="k1", HEARTH_RATE_LIMIT="0")
-    db = Database(s.db_url, s.data_dir)
-    app = create_edge_app(s, db)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e", timeout=15) as c:
-            yield c, db
-    finally:
-        db.dispose()
+    async with edge_app(make_settings(HEARTH_API_KEYS="k1", HEARTH_RATE_LIMIT="0")) as pair:
+        yield pair
 
 
 async def test_a_silent_node_is_a_503_naming_it_and_a_down_nodes_session_reads_failed(

@@ -17,10 +17,10 @@ import pytest
 from hearth.cluster import nodes
 from hearth.cluster.credential import HEADER, NodeCredential, parse_credential_ring
 from hearth.config import Settings
-from hearth.edge.app import create_edge_app
 from hearth.errors import ConfigError
 from hearth.store.db import Database
 from tests.api.offline import AUTH, asgi, offline_app
+from tests.cluster.labkit import edge_app
 
 OLD = "k1:" + "o" * 32
 NEW = "k2:" + "n" * 32
@@ -54,14 +54,10 @@ async def recording_node() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
 @pytest.fixture
 async def edge(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
-    s = make_settings(HEARTH_API_KEYS="k1", HEARTH_RATE_LIMIT="0", HEARTH_NODE_CREDENTIAL=f"{NEW},{OLD}")
-    db = Database(s.db_url, s.data_dir)
-    app = create_edge_app(s, db)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e", timeout=15) as c:
-            yield c, db
-    finally:
-        db.dispose()
+    async with edge_app(
+        make_settings(HEARTH_API_KEYS="k1", HEARTH_RATE_LIMIT="0", HEARTH_NODE_CREDENTIAL=f"{NEW},{OLD}")
+    ) as pair:
+        yield pair
 
 
 async def test_the_edge_checks_the_api_key_and_sends_the_node_credential_instead(
