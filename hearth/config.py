@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     sandbox_cpu_max: float | None = Field(None, gt=0)
     driver: DriverName = "auto"
     egress: bool = False
+    # one address per person (hearth/proxy): http://USER:PASS@HOST:{port}, each user's port for life from the ranges
+    # of HEARTH_EGRESS_PROXY_PORTS (e.g. 10001-19999); empty: no upstream proxy. The URL is never shown or logged.
+    egress_proxy: str = Field("", repr=False)
+    egress_proxy_ports: str = ""
+    extra_ca_certs: Path | None = None  # PEM bundle of CAs every sandbox's Chromium and CLIs trust as well
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
     sandbox_uid: int = Field(65534, ge=1)  # CLI sandboxes (their homes persist); browser sandboxes: below
     sandbox_gid: int = Field(65534, ge=1)
@@ -355,6 +360,9 @@ def consistency_problems(s: Settings) -> list[str]:
         )
     if s.node_dead_after <= 2 * s.node_heartbeat:
         problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
+    from hearth.proxy.settings import problems as proxy_problems
+
+    problems += proxy_problems(s.egress_proxy, s.egress_proxy_ports, s.extra_ca_certs)
     from hearth.webhooks.checks import webhook_problems
 
     problems += webhook_problems(s.webhook_url, s.webhook_secret)
@@ -494,7 +502,8 @@ def origins(
         var = _variable_for(name)
         source = "env" if var in env else ".env" if var in file_vars else "default"
         value: Any = getattr(settings, name)
-        if name in ("api_keys", "token_secret", "master_key", "webhook_secret", "node_credential") and value:
+        hidden = ("api_keys", "token_secret", "master_key", "webhook_secret", "node_credential", "egress_proxy")
+        if name in hidden and value:
             shown = "<set, hidden>"
         elif name == "database_url" and value:
             shown = _without_password(value)
