@@ -11,6 +11,7 @@ Routes (all need `Authorization: Bearer <agent secret>`):
   for it; 409 when nothing waits for a code; 400 for an empty code, control characters or > 512 characters.
 - `POST /v1/cancel-login` → `{"cancelled": bool, "state"}`.
 - `POST /v1/files` `{"files": [{"target", "mode", "data_b64"}]}` → `{"installed": [targets]}` (CLI sandbox).
+- `POST /v1/files/digest` `{"targets"}` → `{"files": [{target, size, mode, sha256}], "absent"}` (never contents).
 
 Pushed to the controller: events `login_started` | `url_captured` (scheme://host/path only) | `code_submitted` |
 `credentials_found` (targets) | `login_failed` (reason, redacted); `signin` `{"flow", "url", "user_code",
@@ -29,7 +30,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from hearth_agent import homefs
+from hearth_agent import filedigest, homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox
 from hearth_agent.loginrun import SPOOL, CodeRefused, LoginRun
@@ -237,5 +238,6 @@ def register(server: AgentServer, sup: Supervisor, cfg: Config) -> SignIn:
     server.route("POST", "/v1/cancel-login", signin.cancel)
     server.route("POST", "/v1/files", signin.files)
     server.route("POST", "/v1/files/remove", signin.remove_files)
+    server.route("POST", "/v1/files/digest", filedigest.route(signin.home))  # sizes, modes, SHA-256 only
     atexit.register(signin.shutdown)  # a running CLI (its own session) must not outlive the agent
     return signin
