@@ -30,6 +30,7 @@ class Hop(StrEnum):
     DNS = "dns"  # the name does not resolve
     EGRESS = "egress"  # no connection out to the address
     TLS = "tls"  # no handshake, or a certificate that does not verify
+    PROXY = "proxy"  # the upstream egress proxy (HEARTH_EGRESS_PROXY): down, or refusing hearth's credentials
 
 
 class HearthError(Exception):

@@ -207,3 +207,16 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EgressPortRow(Base):
+    """A user's port on the upstream egress proxy (HEARTH_EGRESS_PROXY), assigned once and kept for life by
+    hearth/proxy/ports.py — the only writer. Unique per port: concurrent first requests on any node never collide."""
+
+    __tablename__ = "egress_ports"
+    __table_args__ = (UniqueConstraint("port", name="uq_egress_ports_port"),)
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer)
+    node_id: Mapped[str] = mapped_column(String(64))  # the node that assigned it (for the record)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
