@@ -1,0 +1,262 @@
+"""An internet stand-in, reached through the real path: two network namespaces that play "the host's side" and
+"the internet" for a hearth fabric, so a sign-in goes the way it goes on a host with internet access — Chromium in
+a sandbox resolves the provider's name through the fabric's DNS forwarder, reaches it over the fabric's egress
+(uplink, masquerade), verifies its certificate against HEARTH_EXTRA_CA_CERTS, and redirects into the CLI.
+
+    fabric ns ──uplink veth──▶ <name>-up  (HEARTH_UPLINK_NETNS: the host's side, masquerades out of `inet-host`)
+                                   │ 192.0.2.1/24 (inet-host) ─ veth ─ 192.0.2.254/24 (inet-gw)
+                               <name>-net (the internet: addresses on its loopback, routed from <name>-up)
+                                   203.0.113.10  Anthropic's names     203.0.113.11  OpenAI's
+                                   203.0.113.12  Google's              203.0.113.13  the example provider's
+                                   198.51.100.53 DNS (authoritative for all of them; NXDOMAIN for the rest)
+
+HTTPS on :443 of each address with one leaf certificate for every name, signed by a throwaway CA
+(`ca_file`, for HEARTH_EXTRA_CA_CERTS); pages and endpoints: hearth/providers/inetweb.py; DNS: inetdns.py. The
+"person's own browser" of a direct sign-in runs in <name>-up (`person_browser_argv`: resolv.conf → the stand-in's
+DNS): no address is ever added to the host's root namespace. Everything is named `<prefix><hex>…` and removed on
+exit (a context manager). Needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shlex
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from socketserver import BaseServer
+from typing import Any
+
+from hearth.fabric.dial import socket_in_netns
+from hearth.providers.inetdns import DnsServer
+from hearth.providers.inetweb import ExampleServer, ProviderServer, Traffic
+from hearth.providers.standin import HOSTS, SYSTEM_BUNDLE, Net, Responder, _certs, default_responder
+from hearth_example.idp import IdpState
+
+HOST_IP, GATEWAY_IP = "192.0.2.1", "192.0.2.254"  # the host's public-looking side and its next hop
+DNS_IP = "198.51.100.53"
+EXAMPLE_HOST = "idp.example.com"
+GROUPS: dict[str, tuple[str, ...]] = {
+    "203.0.113.10": tuple(h for h in HOSTS if "claude" in h or "anthropic" in h),
+    "203.0.113.11": tuple(h for h in HOSTS if "openai" in h or "chatgpt" in h),
+    "203.0.113.12": (
+        *(h for h in HOSTS if "google" in h),
+        "codeassist.google.com",
+        "developers.google.com",
+    ),
+    "203.0.113.13": (EXAMPLE_HOST,),
+}
+EXAMPLE_IP = "203.0.113.13"
+CMD_TIMEOUT = 15.0
+CHROMIUM = "/usr/bin/chromium"
+
+
+def zone() -> dict[str, IPv4Address]:
+    return {name: IPv4Address(ip) for ip, names in GROUPS.items() for name in names}
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=CMD_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _sysctl(netns: str, key: str, value: str) -> None:
+    _ip("netns", "exec", netns, "sysctl", "-qw", f"{key}={value}")
+
+
+@dataclass
+class Internet:
+    """A running stand-in (see the module docstring)."""
+
+    uplink_netns: str  # HEARTH_UPLINK_NETNS
+    netns: str  # the internet itself
+    dir: Path
+    ca_file: Path  # HEARTH_EXTRA_CA_CERTS
+    dns: DnsServer
+    net: Net  # the responder's state (device approvals)
+    idp: IdpState  # the example provider's IdP
+    traffic: Traffic
+    servers: list[BaseServer] = field(default_factory=list)
+
+    @property
+    def example_issuer(self) -> str:
+        return f"https://{EXAMPLE_HOST}"
+
+    def settings_env(self) -> dict[str, str]:
+        """What a hearth attached to this stand-in is configured with (the fabric's uplink into it, its DNS as the
+        upstream resolver, its CA trusted, the example provider at its name)."""
+        return {
+            "HEARTH_UPLINK_NETNS": self.uplink_netns,
+            "HEARTH_DNS_UPSTREAM": DNS_IP,
+            "HEARTH_EXTRA_CA_CERTS": str(self.ca_file),
+            "HEARTH_EXAMPLE_ISSUER": self.example_issuer,
+        }
+
+    def person_browser_argv(self) -> list[str]:
+        """The person's own browser (Debian's Chromium) in the host's side of the stand-in, resolving through the
+        stand-in's DNS (its resolv.conf bound over /etc/resolv.conf in a mount namespace of its own). A shell
+        script path, for Playwright's `executable_path`."""
+        return [str(self.dir / "person-chromium")]
+
+    def spki_pin(self) -> str:
+        """The leaf's SPKI hash, for the person's browser (`--ignore-certificate-errors-spki-list`): that browser
+        trusts this stand-in's key only, not any certificate."""
+        return (self.dir / "leaf.spki").read_text().strip()
+
+
+def _person_browser(d: Path, uplink_netns: str) -> None:
+    resolv = d / "resolv.conf"
+    resolv.write_text(f"nameserver {DNS_IP}\n")
+    inner = f'mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf && exec {CHROMIUM} "$@"'
+    script = d / "person-chromium"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"exec nsenter --net=/run/netns/{shlex.quote(uplink_netns)} -- unshare --mount --propagation private -- "
+        f'sh -c {shlex.quote(inner)} chromium "$@"\n'
+    )
+    script.chmod(0o755)
+    resolv.chmod(0o644)
+
+
+def _spki(cert_pem: bytes) -> str:
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    der = leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def _serve(server: BaseServer, stack: contextlib.ExitStack) -> None:
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    stack.callback(stop)
+
+
+def _listen(netns: str, ip: str, ctx: ssl.SSLContext) -> socket.socket:
+    sock = socket_in_netns(netns)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((ip, 443))
+    sock.listen(64)
+    return ctx.wrap_socket(sock, server_side=True)
+
+
+def _adopt(server: Any, sock: socket.socket) -> None:
+    server.socket = sock
+    server.server_address = sock.getsockname()[:2]
+
+
+def _links(up: str, inet: str) -> None:
+    for ns in (up, inet):
+        _ip("-n", ns, "link", "set", "lo", "up")
+    _ip("-n", up, "link", "add", "inet-host", "type", "veth", "peer", "name", "inet-gw", "netns", inet)
+    _ip("-n", up, "addr", "add", f"{HOST_IP}/24", "dev", "inet-host")
+    _ip("-n", inet, "addr", "add", f"{GATEWAY_IP}/24", "dev", "inet-gw")
+    _ip("-n", up, "link", "set", "inet-host", "up")
+    _ip("-n", inet, "link", "set", "inet-gw", "up")
+    _ip("-n", up, "route", "add", "default", "via", GATEWAY_IP)
+    for ip in (*GROUPS, DNS_IP):
+        _ip("-n", inet, "addr", "add", f"{ip}/32", "dev", "lo")
+    _sysctl(up, "net.ipv4.ip_forward", "1")
+
+
+@contextlib.contextmanager
+def internet(prefix: str = "hearth-inet-", responder: Responder = default_responder) -> Iterator[Internet]:
+    """Bring up the stand-in; everything it made is removed on exit, in reverse."""
+    tag = secrets.token_hex(3)
+    up, inet = f"{prefix}{tag}-up", f"{prefix}{tag}-net"
+    with contextlib.ExitStack() as stack:
+        d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{prefix}{tag}-")))
+        d.chmod(0o755)
+        for ns in (up, inet):
+            _ip("netns", "add", ns)
+            stack.callback(subprocess.run, ["ip", "netns", "delete", ns], check=False, timeout=CMD_TIMEOUT)
+        _links(up, inet)
+        names = tuple(n for ns in GROUPS.values() for n in ns)
+        ca, cert, key = _certs(names)
+        (d / "ca.pem").write_bytes(ca)
+        (d / "bundle.pem").write_bytes((SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b"") + ca)
+        (d / "leaf.pem").write_bytes(cert + ca)
+        (d / "leaf.key").write_bytes(key)
+        (d / "leaf.spki").write_text(_spki(cert))
+        for f in ("ca.pem", "bundle.pem", "leaf.spki"):
+            (d / f).chmod(0o644)
+        (d / "leaf.key").chmod(0o600)
+        _person_browser(d, up)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(d / "leaf.pem", d / "leaf.key")
+        dns = DnsServer(lambda kind: socket_in_netns(inet, socket.AF_INET, kind), DNS_IP, zone())
+        stack.callback(dns.close)
+        net = Net(env={}, hosts_file="")
+        traffic, state = Traffic(), IdpState(auto_approve=False)
+        servers: list[BaseServer] = []
+        for ip in GROUPS:
+            sock = _listen(inet, ip, ctx)
+            server: BaseServer
+            if ip == EXAMPLE_IP:
+                server = ExampleServer((ip, 443), state, traffic)
+            else:
+                server = ProviderServer((ip, 443), net, traffic, responder)
+            _adopt(server, sock)
+            _serve(server, stack)
+            servers.append(server)
+        yield Internet(up, inet, d, d / "ca.pem", dns, net, state, traffic, servers)
+
+
+def fetch(
+    netns: str,
+    url: str,
+    ca_file: Path,
+    form: dict[str, str] | None = None,
+    resolver: str = DNS_IP,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """GET (or POST `form` to) an https:// URL from inside `netns` the way a client there would: the name resolved
+    by `resolver` (from inside the namespace), the certificate verified against `ca_file`; no redirect followed.
+    For tests and the e2e check. Returns status, headers (lower-case names), body."""
+    import http.client
+    import urllib.parse
+
+    from hearth.providers.inetdns import resolve
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    udp = socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        addr = resolve(udp, resolver, host, timeout)
+    finally:
+        udp.close()
+    if addr is None:
+        raise OSError(f"{host}: NXDOMAIN from {resolver}")
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    sock = socket_in_netns(netns)
+    sock.settimeout(timeout)
+    sock.connect((str(addr), parts.port or 443))
+    conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=timeout, context=ctx)
+    conn.sock = ctx.wrap_socket(sock, server_hostname=host)
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if form is None:
+            conn.request("GET", target)
+        else:
+            body = urllib.parse.urlencode(form)
+            conn.request("POST", target, body, {"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
