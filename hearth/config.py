@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     egress_proxy_ports: str = ""
     extra_ca_certs: Path | None = None  # PEM bundle of CAs every sandbox's Chromium and CLIs trust as well
     uplink_network: IPv4Network = IPv4Network("169.254.77.0/30")
+    # the network namespace where the uplink's outer end lives and the host side's masquerade/forwarding is done
+    # (a name under /run/netns, created by whoever owns it: e.g. a test's internet stand-in); unset: the host's own
+    uplink_netns: str | None = None
     sandbox_uid: int = Field(65534, ge=1)  # CLI sandboxes (their homes persist); browser sandboxes: below
     sandbox_gid: int = Field(65534, ge=1)
     sandbox_uid_base: int = Field(2_000_000, ge=1000)  # browser sandbox of slot i runs as uid/gid base + 2*i
@@ -333,6 +336,8 @@ def consistency_problems(s: Settings) -> list[str]:
         problems.append("HEARTH_UPLINK_NETWORK must be a /30 (two addresses: root side and fabric side)")
     if s.uplink_network.overlaps(net):
         problems.append("HEARTH_UPLINK_NETWORK overlaps INTERNAL_NETWORK; choose a separate /30")
+    if s.uplink_netns and not re.match(r"^[A-Za-z0-9_.\-]{1,40}$", s.uplink_netns):
+        problems.append(f"HEARTH_UPLINK_NETNS={s.uplink_netns!r} is not a valid namespace name; unset it (the host's)")
     host, _, port = s.api_listen.rpartition(":")
     if not host or not port.isdigit():
         problems.append(f"HEARTH_API_LISTEN={s.api_listen!r} must be HOST:PORT, e.g. 127.0.0.1:4000")

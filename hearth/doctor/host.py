@@ -13,8 +13,8 @@ from hearth.doctor import probes
 from hearth.doctor.context import Context, Step
 from hearth.doctor.report import Finding
 from hearth.errors import Hop
-from hearth.fabric import nft
-from hearth.fabric.slot import UPLINK_INNER, link_index, uplink_outer
+from hearth.fabric import netlink, nft
+from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
 from hearth.reconcile.reconciler import QUARANTINE
 
 UP = "run `hearth fabric up` (the controller does this at start; it repairs drift)"
@@ -170,13 +170,19 @@ async def nat(ctx: Context) -> Finding:
             f"egress is on but the uplink is {'missing' if inner is None else 'down'} ({'; '.join(seen)})",
             f"{UP} (recreates the uplink {uplink_outer(ns)} ↔ {UPLINK_INNER})",
         )
-    root = await nft.list_table(None, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT, timeout=1.0)
+    outer_ns, where = s.uplink_netns or None, outer_where(s.uplink_netns)
+    if outer_ns is not None and not netlink.netns_exists(outer_ns):
+        return Finding.bad(
+            f"egress is on but the uplink's outer {where} (HEARTH_UPLINK_NETNS) does not exist ({'; '.join(seen)})",
+            f"create {outer_ns} and connect it to the outside, or unset HEARTH_UPLINK_NETNS; then {UP}",
+        )
+    root = await nft.list_table(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT, timeout=1.0)
     if root is None or not nft.has_masquerade(root):
         return Finding.bad(
-            f"host table ip {nft.root_table(ns)} {'is missing' if root is None else 'has no masquerade'}",
-            f"{UP} (restores the host-side masquerade of {s.uplink_network})",
+            f"table ip {nft.root_table(ns)} in {where} {'is missing' if root is None else 'has no masquerade'}",
+            f"{UP} (restores the uplink side's masquerade of {s.uplink_network})",
         )
-    return Finding.good("; ".join(seen) + f"; host table ip {nft.root_table(ns)} masquerades {s.uplink_network}")
+    return Finding.good("; ".join(seen) + f"; table ip {nft.root_table(ns)} in {where} masquerades {s.uplink_network}")
 
 
 # ---- firewall in the path ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.fabric.nft import root_table
-from hearth.fabric.slot import UPLINK_INNER, uplink_outer
+from hearth.fabric.slot import UPLINK_INNER, outer_where, uplink_outer
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class FabricStatus:
     isolation_rule: bool = False  # forward: bridge → bridge drop
     masquerade: bool = False  # postrouting masquerade rule present
     uplink: bool = False  # egress veth pair present (both ends, ours)
-    uplink_conflict: bool = False  # a host link has the uplink's name but is not ours
-    root_nat: bool = False  # root-namespace table ip hearth_<fabric> present
+    uplink_conflict: bool = False  # a link outside has the uplink's name but is not ours
+    uplink_netns_missing: bool = False  # HEARTH_UPLINK_NETNS names a namespace that does not exist
+    root_nat: bool = False  # table ip hearth_<fabric> present where the uplink's outer end lives
     ports: list[PortStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -56,10 +57,11 @@ class FabricStatus:
 def diagnose(s: Settings, st: FabricStatus) -> list[str]:
     """Every problem of an observed fabric, each naming its fix (pure)."""
     up = "run `hearth fabric up`"
+    where = outer_where(s.uplink_netns)
     if not st.netns_exists:
         out = [f"fabric namespace {st.netns} does not exist: {up}"]
         if st.root_nat:
-            out.append(f"host table ip {root_table(st.netns)} is left over: run `hearth fabric down`")
+            out.append(f"table ip {root_table(st.netns)} in {where} is left over: run `hearth fabric down`")
         return out
     br, want = st.bridge, f"{s.bridge_ip}/{s.prefixlen}"
     out = []
@@ -82,22 +84,27 @@ def diagnose(s: Settings, st: FabricStatus) -> list[str]:
         out.append(f"table inet hearth does not drop bridge → bridge traffic: {up}")
     elif not st.nft_in_sync:
         out.append(f"table inet hearth differs from the ruleset computed from the settings: {up} (replaces it)")
-    if st.egress:
+    if st.egress and st.uplink_netns_missing:
+        out.append(
+            f"egress is on but {where} (HEARTH_UPLINK_NETNS) does not exist: create it and connect it to the "
+            "outside, or unset HEARTH_UPLINK_NETNS; then run `hearth fabric up`"
+        )
+    elif st.egress:
         if st.uplink_conflict:
             out.append(
-                f"host link {uplink_outer(st.netns)} exists but is not this fabric's uplink: delete it or choose "
-                "another HEARTH_FABRIC_NETNS"
+                f"link {uplink_outer(st.netns)} in {where} exists but is not this fabric's uplink: delete it or "
+                "choose another HEARTH_FABRIC_NETNS"
             )
         elif not st.uplink:
             out.append(f"egress is on but the uplink {uplink_outer(st.netns)}/{UPLINK_INNER} is missing: {up}")
         if not st.masquerade:
             out.append(f"egress is on but no masquerade rule for {s.internal_network}: {up}")
         if not st.root_nat:
-            out.append(f"egress is on but host table ip {root_table(st.netns)} is missing: {up}")
+            out.append(f"egress is on but table ip {root_table(st.netns)} in {where} is missing: {up}")
     else:
         for present, what in ((st.uplink, "the uplink"), (st.masquerade, "a masquerade rule"), (st.root_nat, "")):
             if present:
-                what = what or f"host table ip {root_table(st.netns)}"
+                what = what or f"table ip {root_table(st.netns)} in {where}"
                 out.append(f"egress is off (HEARTH_EGRESS) but {what} exists: {up} (removes it)")
     for p in st.ports:
         if p.master != br:

@@ -33,7 +33,7 @@ from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.base import FabricBackend, FabricStatus, PortStatus, diagnose
 from hearth.fabric.dial import call_in_netns
-from hearth.fabric.slot import UPLINK_INNER, link_index, uplink_outer
+from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
 
 log = logging.getLogger("hearth.fabric")
 T = TypeVar("T")
@@ -166,17 +166,19 @@ def _uplink_ends(r: Any, h: Any, s: Settings) -> tuple[int | None, int | None, b
 
 
 def _uplink_sync(s: Settings) -> tuple[bool, list[str]]:
-    """The egress veth pair: host end with the first /30 address, fabric end with the second, default route."""
+    """The egress veth pair: outer end (host namespace, or HEARTH_UPLINK_NETNS) with the first /30 address, fabric
+    end with the second, default route."""
     outer_name = uplink_outer(s.fabric_netns)
     gw, me = (str(a) for a in s.uplink_network.hosts())
     plen = s.uplink_network.prefixlen
     created, changes = False, []
-    with netlink.root(Hop.NAT) as r, netlink.ns(s.fabric_netns, Hop.NAT) as h:
+    where = outer_where(s.uplink_netns)
+    with netlink.at(s.uplink_netns or None, Hop.NAT) as r, netlink.ns(s.fabric_netns, Hop.NAT) as h:
         outer, inner, paired = _uplink_ends(r, h, s)
         if outer is not None and not paired:
             raise FabricError(
                 Hop.NAT,
-                f"{outer_name} exists in the host namespace but is not the uplink of fabric {s.fabric_netns}",
+                f"{outer_name} exists in {where} but is not the uplink of fabric {s.fabric_netns}",
                 "delete that link, or choose another HEARTH_FABRIC_NETNS (the uplink name is derived from it)",
             )
         if outer is None:
@@ -194,17 +196,19 @@ def _uplink_sync(s: Settings) -> tuple[bool, list[str]]:
         if [(netlink.attr(x, "RTA_GATEWAY"), netlink.attr(x, "RTA_OIF")) for x in default] != [(gw, inner)]:
             h.route("replace", dst="0.0.0.0/0", gateway=gw, oif=inner)
             changes.append(f"default route via {gw} dev {UPLINK_INNER}")
-    if _sysctls_sync(None, {IP_FORWARD: "1"}):
-        log.warning("egress: enabled IPv4 forwarding in the host namespace (net.ipv4.ip_forward=1); left on by down")
+    if _sysctls_sync(s.uplink_netns or None, {IP_FORWARD: "1"}):
+        log.warning("egress: enabled IPv4 forwarding in %s (net.ipv4.ip_forward=1); left on by down", where)
     return created, [] if created else changes
 
 
 def _remove_uplink_sync(s: Settings) -> list[str]:
     """Delete the uplink pair if it is ours; a foreign link with the same name is left alone."""
+    if s.uplink_netns and not netlink.netns_exists(s.uplink_netns):
+        return []  # the outer namespace is gone, and the veth pair with it
     have_ns = netlink.netns_exists(s.fabric_netns)
-    with netlink.root(Hop.NAT) as r:
+    with netlink.at(s.uplink_netns or None, Hop.NAT) as r:
         if not have_ns:
-            return []  # the pair lives and dies with the fabric namespace: a host link of that name is not ours
+            return []  # the pair lives and dies with the fabric namespace: an outer link of that name is not ours
         with netlink.ns(s.fabric_netns, Hop.NAT) as h:
             outer, inner, paired = _uplink_ends(r, h, s)
             if paired and outer is not None:
@@ -226,9 +230,12 @@ def _delete_links_sync(netns: str, names: list[str]) -> None:
 def _observe_sync(s: Settings) -> dict[str, Any]:
     """Everything netlink and /proc/sys say about the fabric (read-only)."""
     seen: dict[str, Any] = {}
-    with netlink.root(Hop.FABRIC) as r:
+    gone = bool(s.uplink_netns) and not netlink.netns_exists(str(s.uplink_netns))
+    seen["uplink_netns_missing"] = gone
+    with netlink.at(None if gone else s.uplink_netns or None, Hop.FABRIC) as r:
+        outer_name = uplink_outer(s.fabric_netns)
         if not netlink.netns_exists(s.fabric_netns):
-            seen["uplink_conflict"] = s.egress and netlink.link_index(r, uplink_outer(s.fabric_netns)) is not None
+            seen["uplink_conflict"] = s.egress and not gone and netlink.link_index(r, outer_name) is not None
             return seen
         seen["netns_exists"] = True
         with netlink.ns(s.fabric_netns, Hop.FABRIC) as h:
@@ -239,9 +246,10 @@ def _observe_sync(s: Settings) -> dict[str, Any]:
                 seen["bridge_up"] = _is_up(h, idx)
                 seen["bridge_addresses"] = netlink.ipv4_addresses(h, idx)
             seen["ports"] = _ports(h)
-            outer, _inner, paired = _uplink_ends(r, h, s)
-            seen["uplink"] = paired
-            seen["uplink_conflict"] = outer is not None and not paired
+            if not gone:  # else the handle is the host's: the pair died with the outer namespace
+                outer, _inner, paired = _uplink_ends(r, h, s)
+                seen["uplink"] = paired
+                seen["uplink_conflict"] = outer is not None and not paired
     seen["forwarding"] = call_in_netns(s.fabric_netns, lambda: Path("/proc/sys", IP_FORWARD).read_text().strip())
     seen["forwarding"] = seen["forwarding"] == "1"
     return seen
@@ -316,13 +324,22 @@ class Fabric(FabricBackend):
         if done == "created":
             self._undo(undo, "delete table bridge hearth", lambda: self._drop_table(ns, "bridge", "hearth", Hop.ARP))
         _report([f"nftables table bridge hearth {done}"] if done else [], fresh)
+        outer_ns = s.uplink_netns or None
         if s.egress:
-            done = await self._converge_table(None, nft.root_ruleset(s), Hop.NAT)
+            if outer_ns is not None and not netlink.netns_exists(outer_ns):
+                raise FabricError(
+                    Hop.NAT,
+                    f"network namespace {outer_ns} (HEARTH_UPLINK_NETNS) does not exist",
+                    f"create it (ip netns add {outer_ns}) and connect it to the outside, or unset HEARTH_UPLINK_NETNS",
+                )
+            done = await self._converge_table(outer_ns, nft.root_ruleset(s), Hop.NAT)
             if done == "created":
                 self._undo(
-                    undo, f"delete table ip {host_table}", lambda: self._drop_table(None, "ip", host_table, Hop.NAT)
+                    undo,
+                    f"delete table ip {host_table}",
+                    lambda: self._drop_table(outer_ns, "ip", host_table, Hop.NAT),
                 )
-            _report([f"host table ip {host_table} {done}"] if done else [], fresh)
+            _report([f"uplink table ip {host_table} in {outer_where(outer_ns)} {done}"] if done else [], fresh)
         created, changes = await self._thread(Hop.BRIDGE, "bridge", _bridge_sync, s)
         if created:
             self._undo(
@@ -338,8 +355,8 @@ class Fabric(FabricBackend):
             _report(changes, fresh)
         else:
             _report(await self._thread(Hop.NAT, "uplink removal", _remove_uplink_sync, s), fresh)
-            if await self._drop_table(None, nft.ROOT_FAMILY, host_table, Hop.NAT):
-                _report([f"host table ip {host_table} removed (egress is off)"], False)
+            if await self._drop_table(outer_ns, nft.ROOT_FAMILY, host_table, Hop.NAT):
+                _report([f"uplink table ip {host_table} in {outer_where(outer_ns)} removed (egress is off)"], False)
 
     # ---- down ---------------------------------------------------------------------------------------------
     async def down(self, *, force: bool = False) -> None:
@@ -354,8 +371,8 @@ class Fabric(FabricBackend):
                     "end those sessions first, or `hearth fabric down --force`",
                 )
         removed = await self._thread(Hop.NAT, "uplink removal", _remove_uplink_sync, s)
-        if await self._drop_table(None, nft.ROOT_FAMILY, nft.root_table(ns), Hop.NAT):
-            removed.append(f"host table ip {nft.root_table(ns)} removed")
+        if await self._drop_table(s.uplink_netns or None, nft.ROOT_FAMILY, nft.root_table(ns), Hop.NAT):
+            removed.append(f"uplink table ip {nft.root_table(ns)} in {outer_where(s.uplink_netns)} removed")
         if netlink.netns_exists(ns):
             # Explicitly, so a namespace kept alive by a stray reference after the unmount is disarmed too.
             if await self._drop_table(ns, nft.FABRIC_FAMILY, nft.FABRIC_TABLE, Hop.FORWARDING):
@@ -374,8 +391,10 @@ class Fabric(FabricBackend):
         seen = await self._thread(Hop.FABRIC, "observe", _observe_sync, s)
         st = FabricStatus(netns=ns, bridge=s.bridge_device, egress=s.egress, **seen)
         unreadable: list[str] = []
+        outer_ns = s.uplink_netns or None
         try:
-            host = await nft.table_exists(None, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT)
+            host = outer_ns is None or netlink.netns_exists(outer_ns)
+            host = host and await nft.table_exists(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT)
             items = await nft.list_table(ns, nft.FABRIC_FAMILY, nft.FABRIC_TABLE) if st.netns_exists else None
         except FabricError as exc:  # e.g. nft missing, or the namespace vanished meanwhile
             host, items = False, None

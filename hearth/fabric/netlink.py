@@ -125,6 +125,26 @@ def root(hop: Hop = Hop.FABRIC) -> Iterator[Any]:
         yield handle
 
 
+@contextmanager
+def at(netns: str | None, hop: Hop = Hop.FABRIC) -> Iterator[Any]:
+    """A pyroute2 handle in `netns`, or in the host's own namespace when None (e.g. HEARTH_UPLINK_NETNS unset).
+
+    A named namespace that does not exist is a FabricError naming `hop`: hearth never creates it implicitly.
+    """
+    if netns is None:
+        with root(hop) as handle:
+            yield handle
+        return
+    if not netns_exists(netns):
+        raise FabricError(
+            hop,
+            f"network namespace {netns} (HEARTH_UPLINK_NETNS) does not exist",
+            f"create it (ip netns add {netns}) and connect it to the outside, or unset HEARTH_UPLINK_NETNS",
+        )
+    with ns(netns, hop) as handle:
+        yield handle
+
+
 def link_kind(handle: Any, index: int) -> str | None:
     """The link's kind ("bridge", "veth", "tun", …); None for kinds without link info (e.g. lo)."""
     info = attr(handle.get_links(index)[0], "IFLA_LINKINFO")

@@ -64,9 +64,14 @@ class Slot:
 
 
 def uplink_outer(fabric: str) -> str:
-    """Root-namespace end of the optional egress uplink: a global name, so derived from a hash of the fabric name
+    """Outer end of the optional egress uplink (host namespace, or HEARTH_UPLINK_NETNS): a global name, so derived from a hash of the fabric name
     (two fabrics sharing a long prefix must not collide) and ≤ 15 characters: `hup-<10 hex>`."""
     return f"hup-{hashlib.sha256(fabric.encode()).hexdigest()[:10]}"
+
+
+def outer_where(uplink_netns: str | None) -> str:
+    """Where the uplink's outer end lives, in words: HEARTH_UPLINK_NETNS, or the host's own namespace."""
+    return f"namespace {uplink_netns}" if uplink_netns else "the host namespace"
 
 
 def sandbox_netns_index(fabric: str, name: str) -> int | None:

@@ -3,7 +3,7 @@ exhausted by the one session (hop fabric, an advisory that never explains a sess
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from hearth.doctor import diagnose_session
 from hearth.errors import Hop
+from tests import uplinkns
 from tests.doctor.conftest import Live, first, live_session, nft_json, nft_list
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -18,12 +19,15 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scop
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def live() -> AsyncIterator[Live]:
-    """Egress on (NAT on the path) and a pool of one address, held by the one session."""
-    uplink = f"169.254.{secrets.randbelow(200) + 1}.{secrets.randbelow(60) * 4}/30"
-    async with live_session(
-        HEARTH_EGRESS="true", HEARTH_UPLINK_NETWORK=uplink, IP_POOL_START="192.168.100.2", IP_POOL_END="192.168.100.2"
-    ) as live:
-        yield live
+    """Egress on (NAT on the path, the uplink's outer end in a namespace of the test's own) and a pool of one
+    address, held by the one session."""
+    outer = await asyncio.to_thread(uplinkns.create)
+    try:
+        env = uplinkns.egress_env(outer)
+        async with live_session(**env, IP_POOL_START="192.168.100.2", IP_POOL_END="192.168.100.2") as live:
+            yield live
+    finally:
+        await asyncio.to_thread(uplinkns.remove, outer)
 
 
 class TestCapacityAndNat:

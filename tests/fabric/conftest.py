@@ -1,8 +1,9 @@
 """Fixtures for the fabric tests: isolated settings per test, and cleanup of everything a test may leave behind.
 
 Root tests build their fabric in a namespace named `hearth-t<6 hex>` (unique per test) and, with egress, a unique
-link-local /30 uplink in 169.254.100-199.x; the finalizer removes the fabric (forced), its host-side uplink and host
-nftables table, and restores the host's net.ipv4.ip_forward.
+link-local /30 uplink in 169.254.100-199.x whose outer end lives in a namespace of the test's own
+(HEARTH_UPLINK_NETNS, tests/uplinkns.py), never in the machine's root namespace; the finalizer removes the fabric
+(forced), then the uplink namespace, and restores the host's net.ipv4.ip_forward.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from hearth.config import Settings, load_settings
 from hearth.fabric import netlink, nft
 from hearth.fabric.fabric import Fabric
-from tests import nsnames
+from tests import nsnames, uplinkns
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
@@ -72,7 +73,9 @@ async def fabric_settings(
 
     def make(netns: str | None = None, egress: bool = False, **env: str) -> Settings:
         if egress:
-            env = {"HEARTH_EGRESS": "true", "HEARTH_UPLINK_NETWORK": str(unique_uplink()), **env}
+            with ThreadPoolExecutor(1) as pool:  # pyroute2's sync API refuses the event loop's thread
+                outer = pool.submit(uplinkns.create).result(timeout=20)
+            env = {**uplinkns.egress_env(outer), "HEARTH_UPLINK_NETWORK": str(unique_uplink()), **env}
         s = make_settings_for(netns, **env)
         made.append(s)
         return s
@@ -85,8 +88,11 @@ async def fabric_settings(
                 await Fabric(s).down(force=True)
             finally:
                 netlink.remove_netns(s.fabric_netns)
-                await nft.apply(None, nft.delete_table(nft.ROOT_FAMILY, nft.root_table(s.fabric_netns)))
+                if s.uplink_netns is None:
+                    await nft.apply(None, nft.delete_table(nft.ROOT_FAMILY, nft.root_table(s.fabric_netns)))
             left = await Fabric(s).status()  # down() must have removed every trace
             assert not (left.netns_exists or left.root_nat or left.uplink_conflict), left.as_dict()
+            if s.uplink_netns:
+                uplinkns.remove(s.uplink_netns)
         if IP_FORWARD.read_text() != forward_before:
             IP_FORWARD.write_text(forward_before)

@@ -64,7 +64,7 @@ def test_diagnose_names_the_fix_for_each_problem(make_settings_for: Make) -> Non
     gone = FabricStatus(netns=s.fabric_netns, bridge="br0", egress=False, root_nat=True)
     assert diagnose(s, gone) == [
         "fabric namespace hearth-tdiag01 does not exist: run `hearth fabric up`",
-        "host table ip hearth_hearth-tdiag01 is left over: run `hearth fabric down`",
+        "table ip hearth_hearth-tdiag01 in the host namespace is left over: run `hearth fabric down`",
     ]
     drifted = FabricStatus(
         netns=s.fabric_netns, bridge="br0", egress=False, netns_exists=True, bridge_exists=True,
@@ -143,10 +143,16 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
     assert st.ok, st.problems
     assert (st.egress, st.uplink, st.masquerade, st.root_nat) == (True, True, True, True)
 
+    assert s.uplink_netns  # the outer end lives in the test's own namespace, never the machine's root one
+
     def host_side() -> list[str]:
-        with netlink.root() as r:
+        with netlink.ns(str(s.uplink_netns)) as r:
             idx = netlink.link_index(r, uplink_outer(s.fabric_netns))
             return [] if idx is None else netlink.ipv4_addresses(r, idx)
+
+    def root_side() -> bool:
+        with netlink.root() as r:
+            return netlink.link_index(r, uplink_outer(s.fabric_netns)) is not None
 
     assert await asyncio.to_thread(host_side) == [f"{gw}/30"]
 
@@ -157,7 +163,13 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
         return netlink.ipv4_addresses(h, idx), routes
 
     assert await fabric_do(s, fabric_side) == ([f"{me}/30"], [gw])
-    assert await nft.table_exists(None, "ip", nft.root_table(s.fabric_netns))
+    assert await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
+    assert not await asyncio.to_thread(root_side)
+    assert not await nft.table_exists(None, "ip", nft.root_table(s.fabric_netns))
+    forward = await asyncio.to_thread(
+        call_in_netns, s.uplink_netns, lambda: Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    )
+    assert forward == "1"
 
     off = s.model_copy(update={"egress": False})  # same fabric, egress turned off: up() removes what egress added
     await Fabric(off).up()
@@ -168,7 +180,7 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
     await Fabric(s).up()
     await Fabric(s).down()
     assert await asyncio.to_thread(host_side) == []
-    assert not await nft.table_exists(None, "ip", nft.root_table(s.fabric_netns))
+    assert not await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
 
 
 @pytest.mark.netns
@@ -230,16 +242,16 @@ async def test_down_refuses_while_ports_are_attached_unless_forced(fabric_settin
 
 @pytest.mark.netns
 async def test_failed_up_rolls_back_everything_it_created(fabric_settings: Make) -> None:
-    """The uplink name is taken by a host link that is not ours: up() fails after creating the namespace,
-    bridge and sysctls — and removes them all again, without touching the foreign link."""
+    """The uplink name is taken by a link in the uplink's namespace that is not ours: up() fails after creating the
+    namespace, bridge and sysctls — and removes them all again, without touching the foreign link."""
     s = fabric_settings(egress=True)
     outer = uplink_outer(s.fabric_netns)
     peer = f"hx{secrets.token_hex(3)}"
 
     def foreign(action: str) -> list[str] | None:
-        with netlink.root() as r:
+        with netlink.ns(str(s.uplink_netns)) as r:
             if action == "add":
-                r.link("add", ifname=outer, kind="veth", peer={"ifname": peer})  # no address, host namespace
+                r.link("add", ifname=outer, kind="veth", peer={"ifname": peer})  # no address
                 return None
             if action == "del":
                 netlink.delete_link(r, outer)
@@ -253,12 +265,30 @@ async def test_failed_up_rolls_back_everything_it_created(fabric_settings: Make)
             await Fabric(s).up()
         assert err.value.hop is Hop.NAT and "not the uplink of fabric" in err.value.message
         assert not netlink.netns_exists(s.fabric_netns)  # created by this attempt, so rolled back
-        assert not await nft.table_exists(None, "ip", nft.root_table(s.fabric_netns))
+        assert not await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
         assert await asyncio.to_thread(foreign, "get") == []  # still there, untouched
         st = await Fabric(s).status()
         assert not st.netns_exists and st.uplink_conflict
     finally:
         await asyncio.to_thread(foreign, "del")
+
+
+@pytest.mark.netns
+async def test_a_missing_uplink_namespace_is_named_with_its_fix(fabric_settings: Make) -> None:
+    """HEARTH_UPLINK_NETNS names a namespace that is gone: up() refuses (hop nat) without creating it, and the
+    status names it; nothing of the attempt is left behind."""
+    s = fabric_settings(egress=True)
+    assert s.uplink_netns
+    await asyncio.to_thread(netlink.remove_netns, s.uplink_netns)
+    with pytest.raises(FabricError) as err:
+        await Fabric(s).up()
+    assert err.value.hop is Hop.NAT and f"{s.uplink_netns} (HEARTH_UPLINK_NETNS) does not exist" in err.value.message
+    assert "unset HEARTH_UPLINK_NETNS" in err.value.hint
+    assert not netlink.netns_exists(s.uplink_netns) and not netlink.netns_exists(s.fabric_netns)
+    await Fabric(s.model_copy(update={"egress": False})).up()
+    st = await Fabric(s).status()
+    assert st.uplink_netns_missing and not st.uplink_conflict
+    assert any("(HEARTH_UPLINK_NETNS) does not exist" in p for p in st.problems), st.problems
 
 
 @pytest.mark.netns
