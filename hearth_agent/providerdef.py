@@ -1,6 +1,6 @@
 """A provider definition as the agent receives it in `POST /v1/login`: the schema of hearth/providers/model.py
 (name, cli, credential_files, timeout, flows{loopback|paste_code|device_code: command, env, prompts, url_pattern,
-url_must_contain, display, code_pattern, code_prompt}), checked with the stdlib.
+url_must_contain, display, code_pattern, code_prompt}, prompt: hearth_agent/promptdef.py), checked with the stdlib.
 Unknown keys (e.g. display_name) are ignored; paths must be relative to HOME without `..`.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hearth_agent.homefs import relative_parts
+from hearth_agent.promptdef import PromptSpec, parse_prompt_section
 
 DEFAULT_URL_PATTERN = r"https?://[^\s\x1b\"'<>]+"
 FLOWS = ("loopback", "paste_code", "device_code")
@@ -60,6 +61,7 @@ class ProviderDef:
     files: list[FileDef]
     timeout: float
     flows: dict[str, FlowDef]
+    prompt: PromptSpec | None = None  # how to run the CLI non-interactively (hearth_agent/promptdef.py)
 
     def flow(self, name: str | None) -> FlowDef:
         """The named flow; without a name, `loopback` if declared, else the only flow."""
@@ -173,4 +175,5 @@ def parse_provider(d: Any) -> ProviderDef:
     timeout = d.get("timeout", 600)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ValueError("provider.timeout must be a positive number of seconds")
-    return ProviderDef(name, cli_bin, files, float(timeout), flows)
+    prompt = None if d.get("prompt") is None else parse_prompt_section(d["prompt"])
+    return ProviderDef(name, cli_bin, files, float(timeout), flows, prompt)

@@ -11,6 +11,8 @@ Asks to continue (a PTY prompt the agent answers), then per flow:
 - `device_code`: asks the IdP for a device code, prints "open <issuer>/device and enter the code XXXX-XXXX",
   polls the token endpoint until the person approved (like `codex login --device-auth`).
 Then writes ~/.example/credentials.json (0600).
+
+`prompt --json …` answers a prompt through the example model API with stream-JSON lines (hearth_example/prompt.py).
 """
 
 from __future__ import annotations
@@ -130,6 +132,10 @@ def device_code(issuer: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["prompt"]:
+        from hearth_example import prompt
+
+        return prompt.main(argv[1:])
     flow = "loopback"
     if argv[1:3][:1] == ["--flow"] and len(argv) == 3:
         flow = argv[2]

@@ -2,6 +2,11 @@
 loopback redirect or the /code page (shows the code to paste back), and the device authorization grant
 (RFC 8628: POST /device/code, the /device page where the person enters the user code, polling at /token).
 
+It is also the example provider's "model API" (hearth_example/modelapi.py): `POST /v1/model/stream` answers a
+prompt as streamed JSON lines for a valid access token; `grant_type=refresh_token` at /token rotates the refresh
+token (the old one is refused after); `POST /test/expire` and `POST /test/revoke` let tests expire or revoke every
+token issued so far.
+
 python3 -m hearth_example.idp --listen 192.168.100.1:9400 [--auto-approve]
 """
 
@@ -22,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from hearth_agent.server import NoLookupBind
+from hearth_example import modelapi
 
 
 def s256(verifier: str) -> str:
@@ -51,6 +57,17 @@ class IdpState:
     devices: dict[str, Device] = field(default_factory=dict)  # device_code → pending device authorization
     events: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    access: dict[str, float] = field(default_factory=dict)  # access token → expiry (time.time())
+    refresh: set[str] = field(default_factory=set)  # refresh tokens not yet used (each works once: rotation)
+    revoked: set[str] = field(default_factory=set)  # tokens revoked by /test/revoke
+
+    def issue(self) -> dict[str, Any]:
+        """A new token pair, remembered (the model API and the refresh grant check them)."""
+        tokens = _tokens()
+        with self.lock:
+            self.access[tokens["access_token"]] = time.time() + float(tokens["expires_in"])
+            self.refresh.add(tokens["refresh_token"])
+        return tokens
 
     def log(self, kind: str, **detail: Any) -> None:
         with self.lock:
@@ -138,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         st = self.server.state
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith(("/v1/model/", "/test/")):
+            return modelapi.handle(self, st, path)
         try:
             form = self._form()
         except ValueError:
@@ -181,6 +201,8 @@ class Handler(BaseHTTPRequestHandler):
             if not match:
                 return self._send(400, b"<p>Unknown or expired code</p>", "text/html; charset=utf-8")
             return self._send(200, b"<p>Approved. Return to your CLI.</p>", "text/html; charset=utf-8")
+        if path == "/token" and form.get("grant_type") == "refresh_token":
+            return self._json(*modelapi.refresh(st, form.get("refresh_token", "")))
         if path == "/token" and form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
             with st.lock:
                 dev = st.devices.get(form.get("device_code", ""))
@@ -191,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
             if not dev.approved:
                 return self._json(400, {"error": "authorization_pending"})
             st.log("token_issued", client_id=dev.client_id)
-            return self._json(200, _tokens())
+            return self._json(200, st.issue())
         if path == "/token":
             with st.lock:
                 grant = st.codes.pop(form.get("code", ""), None)
@@ -206,7 +228,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.log("token_refused")
                 return self._json(400, {"error": "invalid_grant"})
             st.log("token_issued", client_id=grant.client_id)
-            return self._json(200, _tokens())
+            return self._json(200, st.issue())
         return self._json(404, {"error": "not_found"})
 
 

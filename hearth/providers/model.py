@@ -13,10 +13,11 @@ import json
 import re
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hearth_agent.promptdef import parse_prompt_section
 from hearth_agent.providerdef import definition_digest
 
 
@@ -147,6 +148,45 @@ class Flow(BaseModel):
         return v
 
 
+class PermissionFlags(BaseModel):
+    """The CLI's flags per permission level: `read_only` → its read-only or plan mode; `workspace_write` → edits
+    allowed inside the sandbox's workspace only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    read_only: list[str]
+    workspace_write: list[str]
+
+
+class PromptSection(BaseModel):
+    """How to run the CLI non-interactively for one prompt, and how its JSON lines map to hearth's events
+    (text, tool, usage, error, done). The rules' semantics live in one stdlib engine both sides use
+    (hearth_agent/promptdef.py, checked here with it); docs/prompts.md is the reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: list[str] = Field(min_length=1, description="argv start; never run through a shell")
+    resume: list[str] = Field(default_factory=list, description="after command to continue; has {conversation_id}")
+    args: list[str] = Field(default_factory=list, description="after resume; '{prompt}' places an argument prompt")
+    input: Literal["stdin", "argument"] = Field("stdin", description="the prompt on stdin, or as one argv item")
+    permissions: PermissionFlags
+    model: list[str] = Field(default_factory=list, description="appended when a model is asked for; has {model}")
+    env: dict[str, str] = Field(default_factory=dict)
+    workspace: str = Field("workspace", description="the CLI's working directory, relative to HOME")
+    needs_signin: list[str] = Field(
+        default_factory=list, description="regexes: the CLI says the credential is unusable"
+    )
+    events: list[dict[str, Any]] = Field(min_length=1, description="mapping rules (hearth_agent/promptdef.py)")
+
+    @model_validator(mode="after")
+    def _engine(self) -> PromptSection:
+        try:
+            parse_prompt_section(self.model_dump())
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class Provider(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +198,7 @@ class Provider(BaseModel):
     status: StatusCheck | None = None
     timeout: float = Field(600, gt=0)
     flows: dict[FlowName, Flow] = Field(min_length=1)
+    prompt: PromptSection | None = Field(None, description="how its CLI answers prompts (absent: it cannot)")
 
     @model_validator(mode="after")
     def _check(self) -> Provider:
