@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import json
 import ssl
 import tempfile
@@ -47,9 +48,12 @@ HOSTS = (
     "play.googleapis.com",
     "accounts.google.com",
 )
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-Responder = Callable[["Net", str, str, str, bytes], tuple[int, Any]]
+CURRENT = threading.local()  # `.headers`: the request being answered, for responders that check a bearer token
+
+Responder = Callable[["Net", str, str, str, bytes], tuple[int, Any]]  # Any: JSON, SSE bytes or an Iterator of chunks
 
 
 @dataclass
@@ -267,7 +271,14 @@ def provider_net(netns: str, responder: Responder = default_responder) -> Iterat
                 host = (self.headers.get("Host") or "").split(":")[0]
                 with lock:
                     net.requests.append(Request(self.command, host, self.path, body))
+                CURRENT.headers = self.headers
                 code, out = responder(net, self.command, host, self.path, body)
+                if code == 101 and callable(out):  # a WebSocket: the responder talks frames on the raw streams
+                    self._upgrade(out)
+                    return
+                if isinstance(out, Iterator):  # a model's answer streamed as it is made (chunked, flushed)
+                    self._stream(code, out)
+                    return
                 stream = isinstance(out, bytes)  # server-sent events, as they go over the wire
                 raw = out if stream else json.dumps(out).encode()
                 self.send_response(code)
@@ -275,6 +286,33 @@ def provider_net(netns: str, responder: Responder = default_responder) -> Iterat
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
+
+            def _upgrade(self, talk: Callable[[Any, Any], None]) -> None:
+                key = (self.headers.get("Sec-WebSocket-Key") or "").strip()
+                digest = hashlib.sha1((key + WS_GUID).encode()).digest()
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", base64.b64encode(digest).decode())
+                self.end_headers()
+                self.wfile.flush()
+                self.close_connection = True
+                with contextlib.suppress(OSError, ValueError):
+                    talk(self.rfile, self.wfile)
+
+            def _stream(self, code: int, chunks: Iterator[bytes]) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for chunk in chunks:
+                        if chunk:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                            self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client went away mid-stream (a cancelled prompt)
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
@@ -284,7 +322,7 @@ def provider_net(netns: str, responder: Responder = default_responder) -> Iterat
         server = ThreadingHTTPServer(("127.0.0.1", 443), Handler, bind_and_activate=False)
         server.socket.close()
         server.socket = ctx.wrap_socket(sock, server_side=True)
-        server.socket.listen(16)
+        server.socket.listen(64)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         try:
