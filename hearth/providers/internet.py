@@ -1,18 +1,19 @@
-"""An internet stand-in, reached through the real path: two network namespaces that play "the host's side" and
-"the internet" for a hearth fabric, so a sign-in goes the way it goes on a host with internet access — Chromium in
+"""An internet stand-in, reached through the real path: network namespaces that play "the host's side", "the
+internet" and "the person's own machine" for a hearth fabric, so a sign-in goes the way it goes on a host with internet access — Chromium in
 a sandbox resolves the provider's name through the fabric's DNS forwarder, reaches it over the fabric's egress
 (uplink, masquerade), verifies its certificate against HEARTH_EXTRA_CA_CERTS, and redirects into the CLI.
 
-    fabric ns ──uplink veth──▶ <name>-up  (HEARTH_UPLINK_NETNS: the host's side, masquerades out of `inet-host`)
-                                   │ 192.0.2.1/24 (inet-host) ─ veth ─ 192.0.2.254/24 (inet-gw)
+    fabric ns ──uplink veth──▶ <name>-up  (HEARTH_UPLINK_NETNS: the host's side, masquerades out of `inet-host0`)
+                                   │ 192.0.2.1/24 (inet-host0) ─ veth ─ 192.0.2.254/24 (inet-host1)
                                <name>-net (the internet: addresses on its loopback, routed from <name>-up)
+                                   │ 198.18.0.254/24 ─ veth ─ 198.18.0.1/24: <name>-you (the person's own machine)
                                    203.0.113.10  Anthropic's names     203.0.113.11  OpenAI's
                                    203.0.113.12  Google's              203.0.113.13  the example provider's
                                    198.51.100.53 DNS (authoritative for all of them; NXDOMAIN for the rest)
 
 HTTPS on :443 of each address with one leaf certificate for every name, signed by a throwaway CA
 (`ca_file`, for HEARTH_EXTRA_CA_CERTS); pages and endpoints: hearth/providers/inetweb.py; DNS: inetdns.py. The
-"person's own browser" of a direct sign-in runs in <name>-up (`person_browser_argv`: resolv.conf → the stand-in's
+"person's own browser" of a direct sign-in runs in <name>-you (`person_browser_argv`: resolv.conf → the stand-in's
 DNS): no address is ever added to the host's root namespace. Everything is named `<prefix><hex>…` and removed on
 exit (a context manager). Needs root.
 """
@@ -41,6 +42,7 @@ from hearth.providers.standin import HOSTS, SYSTEM_BUNDLE, Net, Responder, _cert
 from hearth_example.idp import IdpState
 
 HOST_IP, GATEWAY_IP = "192.0.2.1", "192.0.2.254"  # the host's public-looking side and its next hop
+PERSON_IP, PERSON_GATEWAY = "198.18.0.1", "198.18.0.254"  # the person's own machine, elsewhere on the internet
 DNS_IP = "198.51.100.53"
 EXAMPLE_HOST = "idp.example.com"
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -78,6 +80,7 @@ class Internet:
 
     uplink_netns: str  # HEARTH_UPLINK_NETNS
     netns: str  # the internet itself
+    person_netns: str  # the person's own machine (their browser, for direct sign-ins)
     dir: Path
     ca_file: Path  # HEARTH_EXTRA_CA_CERTS
     dns: DnsServer
@@ -101,9 +104,9 @@ class Internet:
         }
 
     def person_browser_argv(self) -> list[str]:
-        """The person's own browser (Debian's Chromium) in the host's side of the stand-in, resolving through the
-        stand-in's DNS (its resolv.conf bound over /etc/resolv.conf in a mount namespace of its own). A shell
-        script path, for Playwright's `executable_path`."""
+        """The person's own browser (Debian's Chromium) on the person's machine (a namespace of its own on the
+        stand-in's internet, PERSON_IP), resolving through the stand-in's DNS (its resolv.conf bound over
+        /etc/resolv.conf in a mount namespace of its own). A shell script path, for Playwright's `executable_path`."""
         return [str(self.dir / "person-chromium")]
 
     def spki_pin(self) -> str:
@@ -112,14 +115,14 @@ class Internet:
         return (self.dir / "leaf.spki").read_text().strip()
 
 
-def _person_browser(d: Path, uplink_netns: str) -> None:
+def _person_browser(d: Path, person_netns: str) -> None:
     resolv = d / "resolv.conf"
     resolv.write_text(f"nameserver {DNS_IP}\n")
     inner = f'mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf && exec {CHROMIUM} "$@"'
     script = d / "person-chromium"
     script.write_text(
         "#!/bin/sh\n"
-        f"exec nsenter --net=/run/netns/{shlex.quote(uplink_netns)} -- unshare --mount --propagation private -- "
+        f"exec nsenter --net=/run/netns/{shlex.quote(person_netns)} -- unshare --mount --propagation private -- "
         f'sh -c {shlex.quote(inner)} chromium "$@"\n'
     )
     script.chmod(0o755)
@@ -161,15 +164,21 @@ def _adopt(server: Any, sock: socket.socket) -> None:
     server.server_address = sock.getsockname()[:2]
 
 
-def _links(up: str, inet: str) -> None:
-    for ns in (up, inet):
+def _attach(ns: str, inet: str, name: str, ip: str, gateway: str) -> None:
+    """A veth from `ns` (address `ip`/24, default route) to the internet namespace (`gateway`/24)."""
+    _ip("-n", ns, "link", "add", f"{name}0", "type", "veth", "peer", "name", f"{name}1", "netns", inet)
+    _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", f"{name}0")
+    _ip("-n", inet, "addr", "add", f"{gateway}/24", "dev", f"{name}1")
+    _ip("-n", ns, "link", "set", f"{name}0", "up")
+    _ip("-n", inet, "link", "set", f"{name}1", "up")
+    _ip("-n", ns, "route", "add", "default", "via", gateway)
+
+
+def _links(up: str, inet: str, person: str) -> None:
+    for ns in (up, inet, person):
         _ip("-n", ns, "link", "set", "lo", "up")
-    _ip("-n", up, "link", "add", "inet-host", "type", "veth", "peer", "name", "inet-gw", "netns", inet)
-    _ip("-n", up, "addr", "add", f"{HOST_IP}/24", "dev", "inet-host")
-    _ip("-n", inet, "addr", "add", f"{GATEWAY_IP}/24", "dev", "inet-gw")
-    _ip("-n", up, "link", "set", "inet-host", "up")
-    _ip("-n", inet, "link", "set", "inet-gw", "up")
-    _ip("-n", up, "route", "add", "default", "via", GATEWAY_IP)
+    _attach(up, inet, "inet-host", HOST_IP, GATEWAY_IP)
+    _attach(person, inet, "inet-you", PERSON_IP, PERSON_GATEWAY)
     for ip in (*GROUPS, DNS_IP):
         _ip("-n", inet, "addr", "add", f"{ip}/32", "dev", "lo")
     _sysctl(up, "net.ipv4.ip_forward", "1")
@@ -179,14 +188,14 @@ def _links(up: str, inet: str) -> None:
 def internet(prefix: str = "hearth-inet-", responder: Responder = default_responder) -> Iterator[Internet]:
     """Bring up the stand-in; everything it made is removed on exit, in reverse."""
     tag = secrets.token_hex(3)
-    up, inet = f"{prefix}{tag}-up", f"{prefix}{tag}-net"
+    up, inet, person = f"{prefix}{tag}-up", f"{prefix}{tag}-net", f"{prefix}{tag}-you"
     with contextlib.ExitStack() as stack:
         d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{prefix}{tag}-")))
         d.chmod(0o755)
-        for ns in (up, inet):
+        for ns in (up, inet, person):
             _ip("netns", "add", ns)
             stack.callback(subprocess.run, ["ip", "netns", "delete", ns], check=False, timeout=CMD_TIMEOUT)
-        _links(up, inet)
+        _links(up, inet, person)
         names = tuple(n for ns in GROUPS.values() for n in ns)
         ca, cert, key = _certs(names)
         (d / "ca.pem").write_bytes(ca)
@@ -197,7 +206,7 @@ def internet(prefix: str = "hearth-inet-", responder: Responder = default_respon
         for f in ("ca.pem", "bundle.pem", "leaf.spki"):
             (d / f).chmod(0o644)
         (d / "leaf.key").chmod(0o600)
-        _person_browser(d, up)
+        _person_browser(d, person)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(d / "leaf.pem", d / "leaf.key")
         dns = DnsServer(lambda kind: socket_in_netns(inet, socket.AF_INET, kind), DNS_IP, zone())
@@ -215,7 +224,7 @@ def internet(prefix: str = "hearth-inet-", responder: Responder = default_respon
             _adopt(server, sock)
             _serve(server, stack)
             servers.append(server)
-        yield Internet(up, inet, d, d / "ca.pem", dns, net, state, traffic, servers)
+        yield Internet(up, inet, person, d, d / "ca.pem", dns, net, state, traffic, servers)
 
 
 def fetch(

@@ -18,7 +18,7 @@ import pytest
 
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.inetdns import resolve
-from hearth.providers.internet import DNS_IP, EXAMPLE_HOST, internet
+from hearth.providers.internet import DNS_IP, EXAMPLE_HOST, HOST_IP, internet
 from hearth.providers.internet import fetch as https_get
 from hearth.providers.standin import DEVICE_USER_CODE
 
@@ -75,8 +75,8 @@ def test_dns_tls_pages_and_cleanup() -> None:
         with pytest.raises(ssl.SSLCertVerificationError):
             https_get(host, "https://claude.ai/", Path("/etc/ssl/certs/ca-certificates.crt"))
         # Every request came from the host's side address (no masquerade needed between the two).
-        assert {s.peer for s in inet.traffic.seen} == {"192.0.2.1"}
-        made = {inet.uplink_netns, inet.netns}
+        assert {s.peer for s in inet.traffic.seen} == {HOST_IP}
+        made = {inet.uplink_netns, inet.netns, inet.person_netns}
         assert made <= _netns()
         tmp = inet.dir
     assert not (made & _netns()) and not (made & before)
