@@ -72,13 +72,33 @@ def serve(
 
 @app.command()
 def demo(
-    duration: float = typer.Option(None, help="stop after this many seconds instead of waiting for Ctrl-C"),
+    duration: float = typer.Option(
+        None, help="keep the signed-in state (or --desktop: the session) this many seconds before cleaning up"
+    ),
     user: str = typer.Option("demo-user", help="user id for the demo session"),
+    provider: str = typer.Option("example", help="the provider to sign in to (a real one needs internet)"),
+    auto: bool = typer.Option(
+        None, "--auto/--no-auto", help="Chromium signs in on the viewer page (default: when stdin is not a terminal)"
+    ),
+    desktop: bool = typer.Option(False, "--desktop", help="one blank desktop instead of a sign-in"),
     nodes: int = typer.Option(
         0, "--nodes", help="N > 0: a cluster on this machine (N nodes + 2 edges in namespaces, PostgreSQL)", max=8
     ),
 ) -> None:
-    """Set up what is missing, start the controller with one live session, print the viewer URL and timings."""
+    """Sign someone in: the provider's page in the viewer, the desktop, the credentials arriving in the CLI sandbox;
+    then everything the demo made is removed."""
+    if not desktop and not nodes:
+        from hearth.cli.demo_signin import interactive, run_signin_demo
+
+        drive = not interactive() if auto is None else auto
+        if drive and provider != "example":
+            Console(stderr=True).print(
+                f"[red]error:[/] a person signs in to {escape(provider)}: --auto runs the example provider only "
+                "(run with --no-auto on a terminal and open the viewer URL)"
+            )
+            raise typer.Exit(2)
+        log.setup("WARNING")
+        sys.exit(asyncio.run(run_signin_demo(provider, drive, user, duration)))
     if nodes:
         from hearth.cli.demo_nodes import run_cluster_demo
 
