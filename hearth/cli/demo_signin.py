@@ -45,6 +45,9 @@ IDP_PORT = 9400  # the example IdP's port on the fabric's bridge address (inside
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 # This host's settings a sign-in over the internet needs (the rest is the demo's own, throwaway).
 PASSED = (
+    "HEARTH_DRIVER",
+    "HEARTH_IMAGE_DIR",
+    "HEARTH_VNC_SERVER",
     "HEARTH_EGRESS",
     "HEARTH_EGRESS_ALLOW",
     "HEARTH_EGRESS_POLICY",
