@@ -28,7 +28,8 @@ from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import Supervisor, Unavailable
 
 log = logging.getLogger("hearth_agent")
-EXTENSIONS = ("hearth_agent.signin",)  # optional modules with `register(server, supervisor, config)`
+# optional modules with `register(server, supervisor, config)`
+EXTENSIONS = ("hearth_agent.signin", "hearth_agent.promptrun")
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
