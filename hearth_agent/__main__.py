@@ -29,7 +29,7 @@ from hearth_agent.supervisor import Supervisor, Unavailable
 
 log = logging.getLogger("hearth_agent")
 # optional modules with `register(server, supervisor, config)`
-EXTENSIONS = ("hearth_agent.signin", "hearth_agent.promptrun")
+EXTENSIONS = ("hearth_agent.egress", "hearth_agent.signin", "hearth_agent.promptrun")
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot listen", extra={"ip": cfg.ip, "port": cfg.agent_port, "error": str(exc)})
         return 3
-    http = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+    http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     http.start()
     log.info("agent listening", extra={"ip": cfg.ip, "port": cfg.agent_port, "desktop": cfg.desktop})
     try:

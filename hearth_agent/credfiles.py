@@ -33,6 +33,11 @@ class CredentialFiles:
                 self.problem = self._refused[path] = str(exc)
             return None
 
+    @property
+    def settling(self) -> bool:
+        """The files looked complete at the last check: the next one (a poll later) tells whether they are stable."""
+        return self._snapshot is not None
+
     def check(self) -> list[tuple[FileDef, bytes]] | None:
         """The files with their contents when complete, else None (`problem` says why)."""
         self._refused = {}

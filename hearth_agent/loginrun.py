@@ -1,7 +1,9 @@
 """One CLI sign-in attempt: the provider's CLI in a PTY, read the way a person reads it.
 
-The PTY output feeds a VT screen (hearth_agent/screen.py). A watcher thread, every POLL, looks at the rendered
-screen: answers the flow's prompts (once a prompt has stayed on screen for PROMPT_SETTLE — a TUI may not take
+The PTY output feeds a VT screen (hearth_agent/screen.py). A watcher thread looks at the rendered screen whenever
+something happened — output, the CLI exiting (pidfd), a change in the hook spool's or credential files' directories
+(inotify: hearth_agent/wakeup.py), a cancel — at most every POLL, and every POLL only while something settles (recent
+output, a prompt, files being written, the exit grace); an idle sign-in waiting for the person never wakes it. It answers the flow's prompts (once a prompt has stayed on screen for PROMPT_SETTLE — a TUI may not take
 input before it finished drawing), finds the sign-in URL (BROWSER/xdg-open hook spool, OSC 8 hyperlinks, the
 rendered screen), the device code (`code_pattern`) or the code prompt (`code_prompt`), and watches the credential
 files. What the person must see is pushed to the controller as a `signin` message whenever it changes; the full
@@ -26,6 +28,7 @@ from hearth_agent.pageprobe import Unreachable, probe
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.screen import COLS, ROWS, Screen
+from hearth_agent.wakeup import Inotify, Waker, wait_readable
 
 log = logging.getLogger("hearth_agent")
 
@@ -88,6 +91,7 @@ class LoginRun:
         self._pushed: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._done = threading.Event()
+        self._waker = Waker()  # output, cancel, a probe's verdict: the watcher looks now
         self._files = CredentialFiles(home, p.files)
         spool = self._read(SPOOL, 1 << 20, note=False)
         self._spool_off = len(spool or b"")
@@ -148,6 +152,7 @@ class LoginRun:
 
     def cancel(self, wait: float = 10.0) -> None:
         self._cancel.set()
+        self._waker.wake()
         self._done.wait(wait)
 
     def wait(self, timeout: float) -> bool:
@@ -204,6 +209,7 @@ class LoginRun:
             _, replies = self._term.feed(raw)
             self._last_output = time.monotonic()
             self._screen.feed(raw)
+        self._waker.wake()
         for reply in replies:
             self._pty.write(reply)
 
@@ -321,6 +327,7 @@ class LoginRun:
             )
             with self._lock:
                 self.unreachable = found
+            self._waker.wake()
 
     def _open(self, url: str) -> None:
         assert self._open_url is not None
@@ -371,38 +378,93 @@ class LoginRun:
             self._pty.terminate()
             self._pty.close()
             self._done.set()
+            self._waker.close()
 
     def _watch(self) -> list[tuple[FileDef, bytes]] | str | None:
         """Files when complete; a failure reason; None when cancelled."""
         exited_at: float | None = None
         code, version = 0, -1
-        while not self._cancel.wait(POLL):
-            now = time.monotonic()
-            self._read_spool()
-            with self._lock:
-                if self._screen.version != version or now - self._last_output < URL_QUIET + POLL:
-                    version = self._screen.version
-                    self._scan_screen(now)
-                elif self._code_sent is not None or any(self._seen_since):
-                    self._scan_screen(now)
-            self._push_prompt()
-            if self.unreachable is not None:
-                return f"[{self.unreachable.hop}] {self.unreachable.detail}"
-            found = self._files.check()
-            if found is not None:
-                return found
-            if exited_at is None:
-                status = self._pty.exited()
-                if status is not None:
-                    exited_at, code = now, status
-            elif now - exited_at >= EXIT_GRACE:
-                if not self._refused_and_gone():
-                    return self._exit_reason(code)
-                self._restart()
-                exited_at, version = None, -1
-            if now - self._t0 >= self.p.timeout:
-                return f"timed out after {self.p.timeout:g} s waiting for {self._step()} (screen: {self._last_lines()})"
+        events = Inotify.open()
+        try:
+            last = time.monotonic()
+            while not self._sleep(events, exited_at, last):
+                last = now = time.monotonic()
+                outcome, exited_at, version, code = self._pass(now, exited_at, version, code)
+                if outcome is not None:
+                    return outcome
+        finally:
+            if events is not None:
+                events.close()
         return None
+
+    def _sleep(self, events: Inotify | None, exited_at: float | None, last: float) -> bool:
+        """Wait for the next pass (see the module doc); whether the run was cancelled."""
+        fds = [self._waker.fileno()]
+        timeout: float | None = POLL
+        exit_fd = self._pty.exit_fd() if exited_at is None else None
+        if events is not None and (exit_fd is not None or exited_at is not None):
+            for path in (SPOOL, *(f.source for f in self.p.files)):
+                events.watch_towards(self.home, path)
+            fds += [events.fileno(), *([exit_fd] if exit_fd is not None else [])]
+            timeout = self._idle_for(time.monotonic(), exited_at)
+        ready = wait_readable(fds, timeout)
+        self._waker.drain()
+        if events is not None and events.fileno() in ready:
+            events.drain()
+        # at most one pass per POLL, as the ticking watcher did (a CLI drawing fast is not scanned per write)
+        return self._cancel.wait(max(0.0, last + POLL - time.monotonic()))
+
+    def _idle_for(self, now: float, exited_at: float | None) -> float | None:
+        """How long the watcher may sleep when nothing happens: POLL while something settles, else until the
+        next deadline (an ignored prompt's retry, the flow's timeout)."""
+        with self._lock:
+            settling = now - self._last_output < URL_QUIET + POLL or any(self._seen_since)
+            retries = [
+                when + PROMPT_RETRY
+                for (when, seen), tries in zip(self._answered_at, self._retries, strict=True)
+                if when and tries < 2 and seen == self._screen.version
+            ]
+        if settling or exited_at is not None or self._files.settling:
+            return POLL
+        return max(0.0, min([self._t0 + self.p.timeout, *retries]) - now)
+
+    def _pass(
+        self, now: float, exited_at: float | None, version: int, code: int
+    ) -> tuple[list[tuple[FileDef, bytes]] | str | None, float | None, int, int]:
+        """One look at everything: (outcome or None, exited_at, screen version, exit status)."""
+        self._read_spool()
+        with self._lock:
+            if self._screen.version != version or now - self._last_output < URL_QUIET + POLL:
+                version = self._screen.version
+                self._scan_screen(now)
+            elif self._code_sent is not None or any(self._seen_since) or self._retry_due(now):
+                self._scan_screen(now)
+        self._push_prompt()
+        if self.unreachable is not None:
+            return f"[{self.unreachable.hop}] {self.unreachable.detail}", exited_at, version, code
+        found = self._files.check()
+        if found is not None:
+            return found, exited_at, version, code
+        if exited_at is None:
+            status = self._pty.exited()
+            if status is not None:
+                exited_at, code = now, status
+        elif now - exited_at >= EXIT_GRACE:
+            if not self._refused_and_gone():
+                return self._exit_reason(code), exited_at, version, code
+            self._restart()
+            exited_at, version = None, -1
+        if now - self._t0 >= self.p.timeout:
+            why = f"timed out after {self.p.timeout:g} s waiting for {self._step()} (screen: {self._last_lines()})"
+            return why, exited_at, version, code
+        return None, exited_at, version, code
+
+    def _retry_due(self, now: float) -> bool:
+        """An answered prompt the screen has not reacted to for PROMPT_RETRY (under the lock)."""
+        return any(
+            when and tries < 2 and seen == self._screen.version and now - when >= PROMPT_RETRY
+            for (when, seen), tries in zip(self._answered_at, self._retries, strict=True)
+        )
 
     def _step(self) -> str:
         if self._url is None:

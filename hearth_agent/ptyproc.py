@@ -25,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from hearth_agent.wakeup import Waker, pidfd
+
 # The child's first act: make the PTY (its stdin) the controlling terminal of its new session, then exec the CLI.
 # (subprocess's start_new_session gives the session; Python 3.11 has no safe way to acquire the terminal before
 # exec without preexec_fn, which is unsafe in a threaded server.)
@@ -130,6 +132,8 @@ class PtyProcess:
         self._wlock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._closing = threading.Event()
+        self._stop_reading = Waker()  # `close` wakes the reader: it blocks on the PTY with no timeout
+        self._exit_fd: int | None = None
 
     @property
     def pid(self) -> int:
@@ -163,8 +167,8 @@ class PtyProcess:
     def _read_loop(self) -> None:
         while not self._closing.is_set():
             try:
-                ready, _, _ = select.select([self._master], [], [], 0.2)
-                if not ready:
+                ready, _, _ = select.select([self._master, self._stop_reading.fileno()], [], [])
+                if self._master not in ready:
                     continue
                 data = os.read(self._master, 65536)
             except BlockingIOError:
@@ -197,6 +201,12 @@ class PtyProcess:
             self._reader.join(timeout)
             return not self._reader.is_alive()
         return True
+
+    def exit_fd(self) -> int | None:
+        """A descriptor readable once the CLI has exited (a pidfd; None where the kernel has none): to wait on."""
+        if self._exit_fd is None and self.proc is not None and self.returncode is None:
+            self._exit_fd = pidfd(self.proc.pid)
+        return self._exit_fd
 
     def exited(self) -> int | None:
         """The exit status if the CLI has exited, without reaping it (so its pid cannot be reused yet)."""
@@ -236,9 +246,15 @@ class PtyProcess:
     def close(self) -> None:
         """Stop reading and release the PTY (call after the CLI was reaped)."""
         self._closing.set()
+        self._stop_reading.wake()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(2)
         with self._wlock:
             if self._master >= 0:
                 os.close(self._master)
                 self._master = -1
+        if self._reader is None or not self._reader.is_alive():
+            self._stop_reading.close()
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
+            self._exit_fd = None

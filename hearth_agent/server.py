@@ -11,9 +11,12 @@ import hmac
 import json
 import logging
 import socketserver
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from hearth_agent.wakeup import Waker, wait_readable
 
 log = logging.getLogger("hearth_agent")
 MAX_BODY = 1 << 20
@@ -49,7 +52,34 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
         self._secret = secret.encode()
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
+        self._wake = Waker()
+        self._closing = False
+        self._served = threading.Event()
+        self._served.set()
         super().__init__(addr, Handler)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """socketserver's loop without its poll (`poll_interval` is ignored): it blocks on the listening socket and
+        on a waker that `shutdown` pokes, so an idle agent's HTTP thread never wakes."""
+        self._served.clear()
+        try:
+            while not self._closing:
+                ready = wait_readable([self.fileno(), self._wake.fileno()], None)
+                self._wake.drain()
+                if not self._closing and self.fileno() in ready:
+                    self.handle_request()  # the connection is pending: accepts it without waiting
+        finally:
+            self._closing = False
+            self._served.set()
+
+    def shutdown(self) -> None:
+        self._closing = True
+        self._wake.wake()
+        self._served.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake.close()
 
     def rekey(self, secret: str) -> None:
         """From now on only `secret` is accepted (a warm-pool hand-out: hearth_agent/personalise.py)."""

@@ -10,7 +10,9 @@ With `browser_on_request` (the controller's default) Chromium stays `waiting` un
 (hearth_agent/browser.py), a page to show (`open_url`), or BROWSER_UNASKED seconds without either.
 
 One thread (the one calling `run`) owns every child process; HTTP threads only read snapshots under the lock and
-queue short-lived helpers (`open_url`), which the same thread reaps.
+queue short-lived helpers (`open_url`), which the same thread reaps. That thread sleeps until something happens: a
+child exits (its pidfd), a request or a signal wakes it (hearth_agent/wakeup.py), or the next restart / browser /
+helper deadline — no periodic tick (where the kernel has no pidfd it polls every TICK).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import select
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hearth_agent.config import AgentConfig
+from hearth_agent.wakeup import Waker, pidfd, wait_readable
 
 log = logging.getLogger("hearth_agent")
 
@@ -40,7 +42,7 @@ HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is 
 BROWSER_UNASKED = 180.0  # a browser waiting for its turn starts by itself after this long (a lost request)
 OPEN_WAIT = 20.0  # a page to show waits this long for a browser that is still starting
 _WINDOW = re.compile(rb"0x[0-9a-f]+")  # a window id in `xprop -root _NET_CLIENT_LIST`
-TICK = 0.1
+TICK = 0.1  # polling only where the kernel has no pidfd
 
 CHROMIUM_FLAGS = (
     "--disable-gpu",
@@ -117,6 +119,8 @@ class Supervisor:
         self._stop_reason = ""
         self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
         self._browser = threading.Event()  # Chromium may start (at once, unless config.browser_on_request)
+        self._waker = Waker()  # the supervisor thread looks again now (a stop, a browser asked for, a helper)
+        self._pidfds: dict[int, int] = {}  # pid → pidfd of the children the supervisor thread waits on
         self._first_url = ""  # the page Chromium starts on when a page is what asked for it
         if "chromium" in self.services and config.browser_on_request:
             self.services["chromium"].state = "waiting"
@@ -133,15 +137,57 @@ class Supervisor:
             while not self._stop.is_set():
                 self._reap(time.monotonic())
                 self._start_due()
-                self._stop.wait(TICK)
+                self._sleep()
         finally:
             log.info("stopping", extra={"reason": self._stop_reason or "supervisor loop ended"})
             self._shutdown()
+            for fd in self._pidfds.values():
+                os.close(fd)
+            self._pidfds = {}
+
+    def _sleep(self) -> None:
+        """Until a child exits, something wakes the supervisor, or the next deadline (`_next_due`)."""
+        with self._lock:
+            procs = [s.proc for s in self.services.values() if s.proc is not None] + [p for p, _ in self._helpers]
+        fds = [self._waker.fileno()]
+        timeout = self._next_due(time.monotonic())
+        live = {}
+        for proc in procs:
+            fd = self._pidfds.pop(proc.pid, None)
+            fd = pidfd(proc.pid) if fd is None else fd
+            if fd is None:  # no pidfd here: poll for this child's exit
+                timeout = TICK if timeout is None else min(timeout, TICK)
+                continue
+            live[proc.pid] = fd
+            fds.append(fd)
+        for fd in self._pidfds.values():  # children reaped since the last sleep
+            os.close(fd)
+        self._pidfds = live
+        if not self._stop.is_set():
+            wait_readable(fds, timeout)
+        self._waker.drain()
+
+    def _next_due(self, now: float) -> float | None:
+        """Seconds until a service may (re)start, the unasked browser starts anyway, or a helper expires; None:
+        nothing is due until an event."""
+        due: list[float] = []
+        with self._lock:
+            display = self.services.get(self.display_service)
+            for name, svc in self.services.items():
+                if svc.proc is not None or (svc is not display and display is not None and display.state != "running"):
+                    continue  # running, or waiting for the display (whose own restart is due)
+                if name == "chromium" and not self._browser.is_set():
+                    due.append(self.t0 + BROWSER_UNASKED)
+                else:
+                    due.append(svc.next_try)
+            due += [since + HELPER_TTL for _, since in self._helpers]
+        return max(0.0, min(due) - now) if due else None
 
     def request_stop(self, reason: str = "") -> None:
         """Ask `run` to stop the children and return (safe from signal handlers and other threads)."""
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
+        self._waker.wake()
 
     @property
     def stopping(self) -> bool:
@@ -292,8 +338,9 @@ class Supervisor:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                ready, _, _ = select.select([r], [], [], min(left, TICK))
-                if ready:
+                ready = wait_readable([r, self._waker.fileno()], left)
+                self._waker.drain()  # a stop is checked above; anything else, the run loop re-reads after this
+                if r in ready:
                     chunk = os.read(r, 64)
                     if not chunk:  # the server exited (its end of the pipe closed)
                         break
@@ -347,6 +394,7 @@ class Supervisor:
                 return False
             self._first_url = url
             self._browser.set()
+            self._waker.wake()
         log.info("browser start requested", extra={"for_page": bool(url)})
         return True
 
@@ -404,6 +452,7 @@ class Supervisor:
                 stderr=subprocess.DEVNULL,
             )
             self._helpers.append((proc, time.monotonic()))
+        self._waker.wake()  # its exit (pidfd) and its deadline join the supervisor's wait
         log.info("url handed to chromium", extra={"pid": proc.pid})
 
     def health(self) -> dict[str, Any]:
