@@ -32,8 +32,8 @@ from hearth.providers.standin import CURRENT, Net, Responder, default_responder,
 __all__ = ["ANSWER", "TOOL_FILE", "TOOL_MARKER", "ModelAPI", "fake_jwt", "model_route", "responder"]
 
 ANSWER = "hearth-standin-ready: the quick brown fox jumps over the lazy dog."
-TOOL_MARKER = "hearth-tool"
-TOOL_FILE = "hearth-tool.txt"  # the file a tool call reads (in the CLI's working directory)
+TOOL_MARKER = "[hearth:tool]"
+TOOL_FILE = "pelican.txt"  # the file a tool call reads (in the CLI's working directory)
 
 
 @dataclass
