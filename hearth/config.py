@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hearth.errors import ConfigError
@@ -73,13 +73,14 @@ class Settings(BaseSettings):
     )
 
     # --- seed-compatible network names (no prefix) -------------------------------------------------
+    # a /22 per node (1,021 sandboxes); unset, BRIDGE_IP and IP_POOL_START/END follow it (`_derive_addresses`)
     internal_network: IPv4Network = Field(
-        IPv4Network("192.168.100.0/24"), validation_alias=AliasChoices("INTERNAL_NETWORK")
+        IPv4Network("192.168.100.0/22"), validation_alias=AliasChoices("INTERNAL_NETWORK")
     )
     bridge_device: str = Field("br0", validation_alias=AliasChoices("BRIDGE_DEVICE"))
     bridge_ip: IPv4Address = Field(IPv4Address("192.168.100.1"), validation_alias=AliasChoices("BRIDGE_IP"))
     ip_pool_start: IPv4Address = Field(IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START"))
-    ip_pool_end: IPv4Address = Field(IPv4Address("192.168.100.254"), validation_alias=AliasChoices("IP_POOL_END"))
+    ip_pool_end: IPv4Address = Field(IPv4Address("192.168.103.254"), validation_alias=AliasChoices("IP_POOL_END"))
     oauth_flow_timeout: float = Field(600.0, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
     # the whole store's active sessions (every node); 0: off — each node's capacity is the bound
     max_browser_sessions: int = Field(0, ge=0, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
@@ -195,6 +196,25 @@ class Settings(BaseSettings):
         from hearth.gateway.embed import parse_origins
 
         return parse_origins(value) if isinstance(value, str | tuple | list) else value
+
+    @model_validator(mode="after")
+    def _derive_addresses(self) -> Settings:
+        """BRIDGE_IP, IP_POOL_START and IP_POOL_END left unset follow INTERNAL_NETWORK: the bridge on its first host
+        address, the pool every other host address (so `INTERNAL_NETWORK=10.20.0.0/21` alone sizes a node for 2,045
+        sandboxes). The defaults are these for the default network; set values are kept (and checked)."""
+        net, given = self.internal_network, self.model_fields_set
+        if net.prefixlen > 29:
+            return self  # too small to derive a pool from: what is set (or the defaults) is checked as it is
+        first, last = net.network_address + 1, net.broadcast_address - 1
+        derived = {"bridge_ip": first} if "bridge_ip" not in given else {}
+        bridge = derived.get("bridge_ip", self.bridge_ip)
+        if "ip_pool_start" not in given:
+            derived["ip_pool_start"] = first + 1 if bridge == first else first
+        if "ip_pool_end" not in given:
+            derived["ip_pool_end"] = last - 1 if bridge == last else last
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen: set once, while validating
+        return self
 
     # ---- derived, pure ----------------------------------------------------------------------------
     @property

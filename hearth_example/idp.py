@@ -233,7 +233,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class IdpServer(NoLookupBind, ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog for a node's worth of sandboxes signing in at once (the
+    socketserver default of 5 refused or stalled connections beyond a handful: SYNs dropped, 1 s retransmits)."""
+
     daemon_threads = True
+    request_queue_size = 4096  # capped by net.core.somaxconn (4096 by default since Linux 5.4)
 
     def __init__(self, sock_or_addr: socket.socket | tuple[str, int], state: IdpState) -> None:
         self.state = state
@@ -242,7 +246,7 @@ class IdpServer(NoLookupBind, ThreadingHTTPServer):
             self.socket.close()
             self.socket = sock_or_addr
             self.server_address = sock_or_addr.getsockname()[:2]
-            self.socket.listen(16)
+            self.socket.listen(self.request_queue_size)
         else:
             super().__init__(sock_or_addr, Handler)
 

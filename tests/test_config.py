@@ -18,14 +18,30 @@ def problems(env: dict[str, str]) -> list[str]:
 
 def test_defaults_match_the_seed_network() -> None:
     s = load_settings({}, env_file=None)
-    assert str(s.internal_network) == "192.168.100.0/24"
+    assert str(s.internal_network) == "192.168.100.0/22"  # a node of 1,000 sandboxes (issue 25)
     assert s.bridge_device == "br0"
     assert str(s.bridge_ip) == "192.168.100.1"
-    assert (str(s.ip_pool_start), str(s.ip_pool_end)) == ("192.168.100.2", "192.168.100.254")
+    assert (str(s.ip_pool_start), str(s.ip_pool_end)) == ("192.168.100.2", "192.168.103.254")
     assert s.api_listen == "127.0.0.1:4000"
     assert s.fabric_netns == "hearth"
     assert s.driver == "auto"
-    assert s.pool_size == 253
+    assert s.pool_size == 1021
+
+
+def test_bridge_and_pool_follow_the_network_unless_set() -> None:
+    s = load_settings({"INTERNAL_NETWORK": "10.20.0.0/21"}, env_file=None)
+    assert (str(s.bridge_ip), str(s.ip_pool_start), str(s.ip_pool_end), s.pool_size) == (
+        "10.20.0.1",
+        "10.20.0.2",
+        "10.20.7.254",
+        2045,
+    )
+    s = load_settings({"INTERNAL_NETWORK": "10.20.0.0/24", "BRIDGE_IP": "10.20.0.254"}, env_file=None)
+    assert (str(s.ip_pool_start), str(s.ip_pool_end)) == ("10.20.0.1", "10.20.0.253")  # around the bridge
+    s = load_settings({"INTERNAL_NETWORK": "10.20.0.0/24", "IP_POOL_END": "10.20.0.9"}, env_file=None)
+    assert (str(s.bridge_ip), str(s.ip_pool_start), s.pool_size) == ("10.20.0.1", "10.20.0.2", 8)
+    (msg,) = problems({"INTERNAL_NETWORK": "10.20.0.0/21", "BRIDGE_IP": "192.168.100.1"})  # set: kept and checked
+    assert "BRIDGE_IP=192.168.100.1 is outside INTERNAL_NETWORK=10.20.0.0/21" in msg and "e.g. 10.20.0.1" in msg
 
 
 def test_hearth_prefixed_values_are_read() -> None:
@@ -49,19 +65,19 @@ def test_unknown_hearth_variable_gets_a_suggestion() -> None:
 
 def test_bridge_ip_outside_network() -> None:
     (msg,) = problems({"BRIDGE_IP": "192.168.0.1"})
-    assert "BRIDGE_IP=192.168.0.1 is outside INTERNAL_NETWORK=192.168.100.0/24" in msg
+    assert "BRIDGE_IP=192.168.0.1 is outside INTERNAL_NETWORK=192.168.100.0/22" in msg
 
 
 def test_pool_leaving_the_network() -> None:
-    (msg,) = problems({"IP_POOL_END": "192.168.101.10"})
-    assert "IP_POOL_END=192.168.101.10 is outside INTERNAL_NETWORK" in msg
+    (msg,) = problems({"IP_POOL_END": "192.168.104.10"})
+    assert "IP_POOL_END=192.168.104.10 is outside INTERNAL_NETWORK" in msg
 
 
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
         ({"IP_POOL_START": "192.168.100.0"}, "network address"),
-        ({"IP_POOL_END": "192.168.100.255"}, "broadcast address"),
+        ({"IP_POOL_END": "192.168.103.255"}, "broadcast address"),
         ({"IP_POOL_START": "192.168.100.1"}, "BRIDGE_IP"),
     ],
 )

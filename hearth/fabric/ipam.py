@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, Select, case, delete, exists, func, literal, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
@@ -45,9 +45,8 @@ class Ipam:
         mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
         if mine is not None:
             return Lease(owner, self.slot(mine.slot))
-        used = set(db.scalars(select(LeaseRow.slot).where(*self.mine(fabric, node))))
-        free = next((i for i in range(self.size) if i not in used), None)
-        if free is None:
+        free = db.scalar(self.lowest_free(fabric, node))
+        if free is None or free >= self.size:
             raise PoolExhausted(self.size)
         slot = self.slot(free)
         db.add(LeaseRow(node_id=node, fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner))
@@ -70,6 +69,17 @@ class Ipam:
     async def release(self, session_id: str) -> None:
         """Release the lease of `session_id`; releasing nothing is success."""
         await self._db.run(lambda db: db.execute(delete(LeaseRow).where(LeaseRow.session_id == session_id)))
+
+    @staticmethod
+    def lowest_free(fabric: str, node: str) -> Select[int]:
+        """One statement, whatever the number of leases: the lowest slot of this node's fabric not leased — 0, else
+        the lowest `slot + 1` that is not leased (each probe an index lookup on uq_lease_slot). At or beyond the
+        pool's size means the pool is full."""
+        nxt = aliased(LeaseRow)
+        taken = exists().where(nxt.node_id == node, nxt.fabric == fabric, nxt.slot == LeaseRow.slot + 1)
+        gap = select(func.min(LeaseRow.slot + 1)).where(*Ipam.mine(fabric, node), ~taken).scalar_subquery()
+        zero = exists().where(*Ipam.mine(fabric, node), LeaseRow.slot == 0)
+        return select(case((zero, gap), else_=literal(0)))
 
     @staticmethod
     def mine(fabric: str, node: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:

@@ -28,7 +28,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "BRIDGE_DEVICE": ("hbr0", "a bridge", "use e.g. br0"),
     "BRIDGE_IP": ("192.168.100.1", "192.168.7.1", "set BRIDGE_IP to an address in"),
     "IP_POOL_START": ("192.168.100.10", "192.168.100.1", "move the pool"),
-    "IP_POOL_END": ("192.168.100.200", "192.168.101.9", "keep the pool inside the network"),
+    "IP_POOL_END": ("192.168.100.200", "192.168.104.9", "keep the pool inside the network"),
     "HEARTH_API_LISTEN": ("127.0.0.1:4100", "127.0.0.1:99999", "e.g. 127.0.0.1:4000"),
     "HEARTH_API_KEYS": ("k1,k2", "", ""),  # empty is valid (no key): the invalid case is skipped below
     "HEARTH_DATA_DIR": ("/var/lib/hearth-test", "", ""),

@@ -99,17 +99,17 @@ class TestPathFaults:
             ip, plen = new.split("/")
             h.addr("add", index=br, address=ip, prefixlen=int(plen))
 
-        await in_ns(live.fabric, lambda h: readdress(h, "192.168.100.1/24", "192.168.0.1/16"))
+        await in_ns(live.fabric, lambda h: readdress(h, "192.168.100.1/22", "192.168.0.1/16"))
         try:
             f = first(await live.report())
             assert f.hop is Hop.BRIDGE and f.name == "bridge"
-            assert "192.168.0.1/16" in f.evidence and "192.168.100.1/24" in f.evidence
-            assert "hearth fabric up" in f.hint and f"addr add 192.168.100.1/24 dev {s.bridge_device}" in f.hint
+            assert "192.168.0.1/16" in f.evidence and "192.168.100.1/22" in f.evidence
+            assert "hearth fabric up" in f.hint and f"addr add 192.168.100.1/22 dev {s.bridge_device}" in f.hint
             # the verdict the service attaches to failures names the same hop
             reason = await live.ctl.service.explain(live.session_id, HearthError(Hop.VNC, "relay failed"))
             assert reason.startswith("[bridge]"), reason
         finally:
-            await in_ns(live.fabric, lambda h: readdress(h, "192.168.0.1/16", "192.168.100.1/24"))
+            await in_ns(live.fabric, lambda h: readdress(h, "192.168.0.1/16", "192.168.100.1/22"))
 
     @pytest.mark.parametrize("family", ["inet", "bridge"])
     async def test_firewall_drops_in_the_fabric(self, live: Live, family: str) -> None:

@@ -58,7 +58,7 @@ class TestCapacityAndNat:
         try:
             f = first(await live.report())
             assert f.hop is Hop.NAT and f.name == "nat", f
-            assert "no masquerade rule for 192.168.100.0/24" in f.evidence
+            assert "no masquerade rule for 192.168.100.0/22" in f.evidence
             assert "hearth fabric up" in f.hint and "masquerade" in f.hint
         finally:
             await live.ctl.fabric.up()  # converges table inet hearth back to the settings

@@ -154,7 +154,7 @@ def test_nft_readers() -> None:
     s = settings(HEARTH_EGRESS="true")
     wanted = nft.fabric_ruleset(s)
     loop_ctx = Context(Parts(s), 0.0)
-    assert _masquerades(wanted, loop_ctx) == ["masquerade 192.168.100.0/24 oifname hearth-up"]
+    assert _masquerades(wanted, loop_ctx) == ["masquerade 192.168.100.0/22 oifname hearth-up"]
     without = [o for o in wanted if not ("rule" in o and o["rule"]["chain"] == "postrouting")]
     assert _masquerades(without, loop_ctx) == []
     foreign: list[dict[str, Any]] = [

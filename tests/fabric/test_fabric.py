@@ -75,7 +75,7 @@ def test_diagnose_names_the_fix_for_each_problem(make_settings_for: Make) -> Non
     problems = diagnose(s, drifted)
     assert all("hearth fabric up" in p for p in problems), problems
     text = "\n".join(problems)
-    for needle in ("is down", "lacks its address 192.168.100.1/24", "unexpected address(es) 10.9.9.1/24",
+    for needle in ("is down", "lacks its address 192.168.100.1/22", "unexpected address(es) 10.9.9.1/24",
                    "differs from the ruleset", "egress is off", "hearth-v1 is not on bridge br0",
                    "hearth-t2 is not isolated"):  # fmt: skip
         assert needle in text
@@ -116,7 +116,7 @@ async def test_up_is_idempotent_status_complete_down_is_idempotent(
     st = await fabric.status()
     assert st.ok, st.problems
     assert (st.netns_exists, st.bridge_exists, st.bridge_up, st.forwarding) == (True, True, True, True)
-    assert st.bridge_addresses == ["192.168.100.1/24"]
+    assert st.bridge_addresses == ["192.168.100.1/22"]
     assert (st.nft_table, st.nft_in_sync, st.isolation_rule) == (True, True, True)
     assert (st.masquerade, st.uplink, st.root_nat, st.ports) == (False, False, False, [])
     assert json.loads(json.dumps(st.as_dict()))["ok"] is True
@@ -190,7 +190,7 @@ async def test_up_repairs_drift_and_reports_it(fabric_settings: Make, caplog: py
 
     def vandalise(h: Any) -> None:
         br = netlink.link_index(h, "br0")
-        h.addr("del", index=br, address="192.168.100.1", prefixlen=24)
+        h.addr("del", index=br, address="192.168.100.1", prefixlen=22)
         h.addr("add", index=br, address="10.123.0.1", prefixlen=16)  # inside our own namespace only
         h.link("set", index=br, state="down")
         add_loose_port("hearth-v7")(h)  # a sandbox port, detached
@@ -215,13 +215,13 @@ async def test_up_repairs_drift_and_reports_it(fabric_settings: Make, caplog: py
     await Fabric(s).up()
     after = await Fabric(s).status()
     assert after.ok, after.problems
-    assert after.bridge_addresses == ["192.168.100.1/24"] and after.bridge_up and after.forwarding
+    assert after.bridge_addresses == ["192.168.100.1/22"] and after.bridge_up and after.forwarding
     assert {p.name: (p.master, p.isolated) for p in after.ports} == {
         "hearth-v7": ("br0", True),
         "hearth-t8": ("br0", True),
     }
     reported = "\n".join(fabric_warnings(caplog))
-    for needle in ("removed address 10.123.0.1/16", "added address 192.168.100.1/24", "br0: set up",
+    for needle in ("removed address 10.123.0.1/16", "added address 192.168.100.1/22", "br0: set up",
                    "net.ipv4.ip_forward=1", "hearth-v7: attached to br0", "hearth-t8: isolated",
                    "table inet hearth replaced"):  # fmt: skip
         assert needle in reported, reported

@@ -214,3 +214,60 @@ def test_apply_works_under_uvloop(scratch_netns: str, make_settings_for: Callabl
 def test_uplink_names_of_similar_fabrics_do_not_collide() -> None:
     a, b = uplink_outer("hearth-test-aaaaaaa1"), uplink_outer("hearth-test-aaaaaaa2")
     assert a != b and len(a) <= 15 and len(b) <= 15
+
+
+# ---- scaling: a node's network of 1,000+ sandboxes ------------------------------------------------------------
+
+
+def _shape(objects: list[Obj]) -> dict[str, int]:
+    """How many of each kind of object a ruleset has, and how many elements its sets and maps hold."""
+    out: dict[str, int] = {}
+    for o in objects:
+        kind, body = next(iter(o.items()))
+        out[kind] = out.get(kind, 0) + 1
+        if kind in ("set", "map"):
+            out[f"{kind} elements"] = out.get(f"{kind} elements", 0) + len(body.get("elem", []))
+    return out
+
+
+NETWORKS = ("192.168.100.0/24", "192.168.100.0/22", "10.20.0.0/21")
+
+
+@pytest.mark.parametrize("egress", ["false", "true"])
+def test_rules_are_the_same_whatever_the_pool_size(make_settings_for: Callable[..., Settings], egress: str) -> None:
+    """Per-slot state lives in sets and maps (and named counters), never in a rule per slot: the rules of both
+    tables of a /21 (2,045 slots) are exactly those of a /24 (253), chain by chain, only the elements grow."""
+    shapes = []
+    for net in NETWORKS:
+        s = make_settings_for("hearth-tscale", INTERNAL_NETWORK=net, HEARTH_EGRESS=egress)
+        inet, bridge = nft.fabric_ruleset(s), nft.l2_ruleset(s)
+        shapes.append((s.pool_size, _shape(inet), _shape(bridge), [nft.rules(bridge, c) for c in chains(bridge)]))
+    sizes = [size for size, *_ in shapes]
+    assert sizes == [253, 1021, 2045]
+    for (size, fabric, l2, l2_rules), (_, fabric0, l20, l2_rules0) in zip(shapes[1:], shapes[:1] * 2, strict=True):
+        assert fabric == fabric0  # nothing per slot at all in table inet hearth
+        assert l2["rule"] == l20["rule"] and l2["chain"] == l20["chain"] and l2["set"] == l20["set"] == 1
+        assert l2["map"] == l20["map"] == len(nft.L2_SPOOFS)
+        assert l2_rules == l2_rules0  # the same rules, not only as many
+        assert l2["set elements"] == 2 * size  # (port, MAC, address) per veth and TAP of each slot
+        assert l2["map elements"] == 2 * 2 * size  # per spoofing kind, a counter per port
+
+
+def test_the_ports_set_pins_high_slots_of_a_21(make_settings_for: Callable[..., Settings]) -> None:
+    """Slots beyond the first /24 (index > 253) are in the set with their own MAC and address."""
+    s = make_settings_for("hearth-tscale", INTERNAL_NETWORK="10.20.0.0/21")
+    (ports,) = [o["set"] for o in nft.l2_ruleset(s) if "set" in o]
+    elems = {tuple(e["concat"]) for e in ports["elem"]}
+    assert ("hearth-v300", "02:68:74:00:01:2c", "10.20.1.46") in elems
+    assert ("hearth-t2044", "02:68:74:00:07:fc", "10.20.7.254") in elems
+    assert len(elems) == 2 * 2045 and len({e[2] for e in elems}) == 2045
+
+
+@pytest.mark.netns
+async def test_a_21_loads_in_one_transaction(scratch_netns: str, make_settings_for: Callable[..., Settings]) -> None:
+    """The kernel takes both tables of a /21 as built, in one transaction each, and lists them back unchanged."""
+    s = make_settings_for(scratch_netns, INTERNAL_NETWORK="10.20.0.0/21")
+    for family, objs in (("inet", nft.fabric_ruleset(s)), ("bridge", nft.l2_ruleset(s))):
+        await nft.apply(scratch_netns, nft.replace_table(objs), timeout=60)
+        listed = await nft.list_table(scratch_netns, family, "hearth", timeout=60)
+        assert listed is not None and nft.normalize(listed) == nft.normalize(objs)
