@@ -52,12 +52,23 @@ def check(
     flow: str = typer.Option("", "--flow", help="only this flow (loopback, paste_code, device_code)"),
     image: bool = typer.Option(False, "--image", help="check the CLIs in the built guest image, not the host's"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    e2e: bool = typer.Option(
+        False, "--e2e", help="sign in end to end through a real controller and the internet stand-in, every mode"
+    ),
 ) -> None:
     """Run the provider conformance on this host (needs root: it creates its own network namespaces)."""
     from hearth.providers.conformance import check as check_flow
 
     if os.geteuid() != 0:
         fail("hearth providers check needs root (it creates network namespaces)", 2)
+    if e2e:
+        from hearth.cli.providers_e2e import run_e2e
+
+        try:
+            picked = [get(load(), provider)] if provider else list(load().values())
+        except ProviderError as exc:
+            fail(str(exc), 2)
+        raise typer.Exit(run_e2e(picked, as_json))
     try:
         defs = load()
         chosen = [get(defs, provider)] if provider else [p for p in defs.values() if p.cli is not None]

@@ -126,14 +126,25 @@ async def _session(run: Run, sid: str) -> dict[str, Any]:
     return body
 
 
-async def _until(what: str, timeout: float, probe: Any) -> Any:
+class Ended(Exception):
+    """The session ended (failed, cancelled, expired) while the person was still at a step."""
+
+
+async def _until(what: str, timeout: float, probe: Any, run: Run | None = None, sid: str = "") -> Any:
+    """Poll `probe()` until it gives something; with `run`, a session that ended meanwhile stops the wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = await probe()
         if got:
             return got
-        await asyncio.sleep(0.2)
+        if run is not None and (body := await _ended(run, sid)) is not None:
+            raise Ended(f"{what}: the session ended {body['status']}: {body.get('reason')}")
+        await asyncio.sleep(0.25)
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+
+
+async def _shown(page: Page, js: str) -> bool:
+    return bool(await page.evaluate(js))
 
 
 async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout: float = 240) -> Outcome:
@@ -155,9 +166,9 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
         page = await context.new_page()
         await page.goto(viewer_url)
         if mode is SigninMode.REMOTE_BROWSER:
-            await _click_authorize(run, out, page, seen_before, t0)
+            await _click_authorize(run, sid, out, page, seen_before, t0)
         else:
-            await _direct(run, out, page, t0)
+            await _direct(run, sid, out, page, t0)
         body = await _until("completion", timeout, lambda: _ended(run, sid))
         out.status = str(body["status"])
         out.seconds["completed"] = round(time.monotonic() - t0, 3)
@@ -169,8 +180,10 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
             out.failed = f"states {out.states}, expected {STATES}"
         else:
             await _delivered(run, out, user)
+    except Ended as exc:
+        out.failed, out.status = str(exc), "failed"
     except Exception as exc:  # a step that did not happen: reported as the outcome, not raised
-        out.failed = out.failed or f"{type(exc).__name__}: {exc}"
+        out.failed = out.failed or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
     finally:
         await context.close()
         out.seen = run.inet.traffic.seen[seen_before:]
@@ -184,8 +197,8 @@ async def _ended(run: Run, sid: str) -> dict[str, Any] | None:
     return body if body["status"] in ENDED else None
 
 
-async def _click_authorize(run: Run, out: Outcome, page: Page, seen_before: int, t0: float) -> None:
-    await page.wait_for_function(VIEWER_READY, timeout=120_000)
+async def _click_authorize(run: Run, sid: str, out: Outcome, page: Page, seen_before: int, t0: float) -> None:
+    await _until("the desktop shown in the viewer", 120, lambda: _shown(page, VIEWER_READY), run, sid)
     out.seconds["desktop"] = round(time.monotonic() - t0, 3)
 
     async def requested() -> bool:
@@ -193,14 +206,14 @@ async def _click_authorize(run: Run, out: Outcome, page: Page, seen_before: int,
             "Chrome" in s.user_agent and ("response_type=code" in s.path) for s in run.inet.traffic.seen[seen_before:]
         )
 
-    await _until("the provider's authorize page requested by the sandbox's Chromium", 120, requested)
+    await _until("the provider's authorize page requested by the sandbox's Chromium", 120, requested, run, sid)
     out.seconds["page_requested"] = round(time.monotonic() - t0, 3)
 
     async def drawn() -> bool:
         rgb = await page.evaluate(CENTRE)
         return rgb is not None and all(abs(a - b) < 24 for a, b in zip(rgb, BUTTON_RGB, strict=True))
 
-    await _until("the Authorize button drawn in the viewer", 60, drawn)
+    await _until("the Authorize button drawn in the viewer", 60, drawn, run, sid)
     out.seconds["page_drawn"] = round(time.monotonic() - t0, 3)
     box = await page.locator("#screen canvas").bounding_box()
     if box is None:
@@ -209,8 +222,13 @@ async def _click_authorize(run: Run, out: Outcome, page: Page, seen_before: int,
     out.seconds["clicked"] = round(time.monotonic() - t0, 3)
 
 
-async def _direct(run: Run, out: Outcome, page: Page, t0: float) -> None:
-    await page.wait_for_selector("#open", state="visible", timeout=120_000)
+OPEN_SHOWN = "(() => { const a = document.getElementById('open'); return !!(a && a.offsetParent && a.href); })()"
+CODE_SHOWN = "(() => { const c = document.getElementById('code'); return !!(c && c.textContent.length > 4); })()"
+PASTE_SHOWN = "(() => { const p = document.getElementById('paste-input'); return !!(p && p.offsetParent); })()"
+
+
+async def _direct(run: Run, sid: str, out: Outcome, page: Page, t0: float) -> None:
+    await _until("the sign-in link shown on the viewer page", 120, lambda: _shown(page, OPEN_SHOWN), run, sid)
     link = await page.get_attribute("#open", "href")
     if not link:
         raise RuntimeError("the viewer page shows no sign-in link")
@@ -220,7 +238,7 @@ async def _direct(run: Run, out: Outcome, page: Page, t0: float) -> None:
         theirs = await ctx.new_page()
         await theirs.goto(link)
         if out.flow == FlowName.DEVICE_CODE.value:
-            await page.wait_for_function("document.getElementById('code').textContent.length > 4", timeout=60_000)
+            await _until("the device code shown on the viewer page", 60, lambda: _shown(page, CODE_SHOWN), run, sid)
             code = (await page.inner_text("#code")).strip()
             if out.provider != "example" and code != DEVICE_USER_CODE:
                 raise RuntimeError(f"the viewer shows device code {code!r}; the provider issued {DEVICE_USER_CODE!r}")
@@ -231,7 +249,7 @@ async def _direct(run: Run, out: Outcome, page: Page, t0: float) -> None:
             await theirs.click("#authorize")
             await theirs.wait_for_selector("#code", timeout=30_000)
             code = (await theirs.inner_text("#code")).strip()
-            await page.wait_for_selector("#paste-input", state="visible", timeout=60_000)
+            await _until("the field for the code on the viewer page", 60, lambda: _shown(page, PASTE_SHOWN), run, sid)
             await page.fill("#paste-input", code)
             await page.click("#paste-submit")
         out.seconds["person_done"] = round(time.monotonic() - t0, 3)

@@ -96,12 +96,16 @@ class Internet:
     def settings_env(self) -> dict[str, str]:
         """What a hearth attached to this stand-in is configured with (the fabric's uplink into it, its DNS as the
         upstream resolver, its CA trusted, the example provider at its name)."""
-        return {
+        from hearth.config import Settings
+
+        env = {
             "HEARTH_UPLINK_NETNS": self.uplink_netns,
             "HEARTH_DNS_UPSTREAM": DNS_IP,
             "HEARTH_EXTRA_CA_CERTS": str(self.ca_file),
             "HEARTH_EXAMPLE_ISSUER": self.example_issuer,
         }
+        fields = {"HEARTH_DNS_UPSTREAM": "dns_upstream", "HEARTH_EXTRA_CA_CERTS": "extra_ca_certs"}
+        return {k: v for k, v in env.items() if fields.get(k, "") in ("", *Settings.model_fields)}
 
     def person_browser_argv(self) -> list[str]:
         """The person's own browser (Debian's Chromium) on the person's machine (a namespace of its own on the
