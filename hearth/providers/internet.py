@@ -35,15 +35,17 @@ from pathlib import Path
 from socketserver import BaseServer
 from typing import Any
 
-from hearth.fabric.dial import socket_in_netns
+from hearth.fabric.dial import NETNS_RUN_DIR, _run_in_netns, socket_in_netns
 from hearth.providers.inetdns import DnsServer
 from hearth.providers.inetweb import ExampleServer, ProviderServer, Traffic
+from hearth.providers.proxyserver import ProxyServer, ProxyThread, port_list
 from hearth.providers.standin import HOSTS, SYSTEM_BUNDLE, Net, Responder, _certs, default_responder
 from hearth_example.idp import IdpState
 
 HOST_IP, GATEWAY_IP = "192.0.2.1", "192.0.2.254"  # the host's public-looking side and its next hop
 PERSON_IP, PERSON_GATEWAY = "198.18.0.1", "198.18.0.254"  # the person's own machine, elsewhere on the internet
 DNS_IP = "198.51.100.53"
+PROXY_IP, PROXY_PORTS, PROXY_USER = "198.51.100.80", "10001-10008", "hearth-e2e"  # an upstream proxy, per-user ports
 EXAMPLE_HOST = "idp.example.com"
 GROUPS: dict[str, tuple[str, ...]] = {
     "203.0.113.10": tuple(h for h in HOSTS if "claude" in h or "anthropic" in h),
@@ -87,7 +89,16 @@ class Internet:
     net: Net  # the responder's state (device approvals)
     idp: IdpState  # the example provider's IdP
     traffic: Traffic
+    proxy: ProxyServer  # the upstream proxy (HEARTH_EGRESS_PROXY): which port and user every request came in on
+    proxy_password: str = field(repr=False, default="")
     servers: list[BaseServer] = field(default_factory=list)
+
+    def proxy_env(self) -> dict[str, str]:
+        """HEARTH_EGRESS_PROXY / _PORTS for a hearth whose users go out through this stand-in's proxy."""
+        return {
+            "HEARTH_EGRESS_PROXY": f"http://{PROXY_USER}:{self.proxy_password}@{PROXY_IP}:{{port}}",
+            "HEARTH_EGRESS_PROXY_PORTS": PROXY_PORTS,
+        }
 
     @property
     def example_issuer(self) -> str:
@@ -145,6 +156,19 @@ def _spki(cert_pem: bytes) -> str:
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
+class _NetnsProxy(ProxyThread):
+    """The proxy's event loop on a thread that joined the internet namespace first (its listening sockets and its
+    connections onward are made there)."""
+
+    def __init__(self, server: ProxyServer, netns: str) -> None:
+        super().__init__(server)
+        self.failed: dict[str, Any] = {}
+        where = NETNS_RUN_DIR / netns
+        self._thread = threading.Thread(
+            target=_run_in_netns, args=(where, self.loop.run_forever, self.failed), name="inet-proxy", daemon=True
+        )
+
+
 def _serve(server: BaseServer, stack: contextlib.ExitStack) -> None:
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 
@@ -183,7 +207,7 @@ def _links(up: str, inet: str, person: str) -> None:
         _ip("-n", ns, "link", "set", "lo", "up")
     _attach(up, inet, "inet-host", HOST_IP, GATEWAY_IP)
     _attach(person, inet, "inet-you", PERSON_IP, PERSON_GATEWAY)
-    for ip in (*GROUPS, DNS_IP):
+    for ip in (*GROUPS, DNS_IP, PROXY_IP):
         _ip("-n", inet, "addr", "add", f"{ip}/32", "dev", "lo")
     _sysctl(up, "net.ipv4.ip_forward", "1")
 
@@ -228,7 +252,13 @@ def internet(prefix: str = "hearth-inet-", responder: Responder = default_respon
             _adopt(server, sock)
             _serve(server, stack)
             servers.append(server)
-        yield Internet(up, inet, person, d, d / "ca.pem", dns, net, state, traffic, servers)
+        password = secrets.token_urlsafe(12)
+        users = {PROXY_USER: password}
+        resolve = {name: str(ip) for name, ip in zone().items()}
+        proxy = ProxyServer(PROXY_IP, port_list(PROXY_PORTS), users, resolve)
+        thread = stack.enter_context(_NetnsProxy(proxy, inet))
+        del thread
+        yield Internet(up, inet, person, d, d / "ca.pem", dns, net, state, traffic, proxy, password, servers)
 
 
 def fetch(

@@ -6,6 +6,7 @@ test_e2e.py."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.inetdns import resolve
-from hearth.providers.internet import DNS_IP, EXAMPLE_HOST, HOST_IP, internet
+from hearth.providers.internet import DNS_IP, EXAMPLE_HOST, HOST_IP, PROXY_IP, PROXY_USER, internet
 from hearth.providers.internet import fetch as https_get
 from hearth.providers.standin import DEVICE_USER_CODE
 
@@ -27,6 +28,21 @@ pytestmark = [pytest.mark.netns]
 
 def _netns() -> set[str]:
     return set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+
+
+def _connect(netns: str, password: str, port: int) -> bytes:
+    """CONNECT claude.ai:443 through the stand-in's proxy on `port`; the status line's start."""
+    auth = base64.b64encode(f"{PROXY_USER}:{password}".encode()).decode()
+    sock = socket_in_netns(netns)
+    sock.settimeout(10)
+    try:
+        sock.connect((PROXY_IP, port))
+        sock.sendall(
+            f"CONNECT claude.ai:443 HTTP/1.1\r\nHost: claude.ai:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode()
+        )
+        return sock.recv(12)
+    finally:
+        sock.close()
 
 
 def test_dns_tls_pages_and_cleanup() -> None:
@@ -76,6 +92,16 @@ def test_dns_tls_pages_and_cleanup() -> None:
             https_get(host, "https://claude.ai/", Path("/etc/ssl/certs/ca-certificates.crt"))
         # Every request came from the host's side address (no masquerade needed between the two).
         assert {s.peer for s in inet.traffic.seen} == {HOST_IP}
+
+        # The upstream proxy: CONNECT through a user's port with the stand-in's credentials; without them, 407.
+        assert _connect(host, inet.proxy_password, 10003) == b"HTTP/1.1 200"
+        assert _connect(host, "wrong", 10004) == b"HTTP/1.1 407"
+        ports = {(s.port, s.user, s.target, s.status) for s in inet.proxy.seen}
+        assert ports == {
+            (10003, PROXY_USER, "claude.ai:443", 200),
+            (10004, "", "claude.ai:443", 407),
+        }  # refused: no user
+        assert "{port}" in inet.proxy_env()["HEARTH_EGRESS_PROXY"]
         made = {inet.uplink_netns, inet.netns, inet.person_netns}
         assert made <= _netns()
         tmp = inet.dir
