@@ -48,7 +48,8 @@ class ModelAPI:
     refreshes: list[str] = field(default_factory=list)  # provider of each accepted refresh
     prompts: list[str] = field(default_factory=list)  # provider of each streamed answer
     lock: threading.Lock = field(default_factory=threading.Lock)
-    accepted: dict[str, set[str]] = field(default_factory=dict)  # provider → access tokens the API takes
+    pieces_out: int = 0
+    streaming: threading.Event = field(default_factory=threading.Event)  # an answer is on its way, part sent
 
     def tokens(self, provider: str) -> tuple[str, str]:
         """(access, refresh) of the current generation for `provider`: generation 0 is what sign-in issued."""
@@ -73,6 +74,11 @@ class ModelAPI:
         return [text[i : i + step] for i in range(0, len(text), step)]
 
     def pause(self) -> None:
+        """Before each piece of an answer: the pacing, and `streaming` set once one piece is out (mid-stream)."""
+        with self.lock:
+            self.pieces_out += 1
+            if self.pieces_out >= 2:
+                self.streaming.set()
         if self.delay:
             time.sleep(self.delay)
 
