@@ -24,7 +24,7 @@ from hearth_agent import homefs
 from hearth_agent.codes import scrub_codes
 from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
 from hearth_agent.credfiles import CredentialFiles
-from hearth_agent.pageprobe import Unreachable, probe
+from hearth_agent.pageprobe import Unreachable, local_proxy, probe
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
 from hearth_agent.ptyproc import PtyProcess, TermText
 from hearth_agent.screen import COLS, ROWS, Screen
@@ -313,13 +313,16 @@ class LoginRun:
         if self._open_url is not None:
             threading.Thread(target=self._open, args=(url,), name="open-url", daemon=True).start()
             proxied = any(self._env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
-            if self._probe_page and not proxied:
+            if self._probe_page and (not proxied or local_proxy(self._env) is not None):
                 threading.Thread(target=self._probe, args=(url,), name="probe-page", daemon=True).start()
 
     def _probe(self, url: str) -> None:
-        """The page opened in the sandbox's browser: can it load from here? (a proxied sandbox is not probed)"""
+        """The page opened in the sandbox's browser: can it load from here? (through the sandbox's local egress
+        proxy when it has one, as its browser; a sandbox behind any other proxy is not probed)"""
         found = probe(
-            url, cafiles=tuple(v for k in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS") if (v := self._env.get(k)))
+            url,
+            cafiles=tuple(v for k in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS") if (v := self._env.get(k))),
+            proxy=local_proxy(self._env),
         )
         if found is not None:
             log.warning(

@@ -46,9 +46,12 @@ def _resolve(host: str, port: int, timeout: float) -> list[tuple[int, tuple[str,
     return out
 
 
-def probe(url: str, timeout: float = STEP_TIMEOUT, cafiles: tuple[str, ...] = ()) -> Unreachable | None:
+def probe(
+    url: str, timeout: float = STEP_TIMEOUT, cafiles: tuple[str, ...] = (), proxy: tuple[str, int] | None = None
+) -> Unreachable | None:
     """None when the page's host answers (TLS verified for https, by the system's CAs and `cafiles` — the extra CAs
-    the sandbox's browser and CLIs trust); else the first hop that failed."""
+    the sandbox's browser and CLIs trust); else the first hop that failed. With `proxy` (the sandbox's local egress
+    proxy, hearth_agent/egressproxy.py) the page is reached the way the browser reaches it: a CONNECT through it."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if not host or parts.scheme not in ("http", "https"):
@@ -57,6 +60,8 @@ def probe(url: str, timeout: float = STEP_TIMEOUT, cafiles: tuple[str, ...] = ()
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return None
+    if proxy is not None:
+        return _via_proxy(host, port, parts.scheme == "https", proxy, timeout, cafiles)
     try:
         addrs = _resolve(host, port, timeout)
     except (OSError, UnicodeError) as exc:
@@ -81,19 +86,56 @@ def probe(url: str, timeout: float = STEP_TIMEOUT, cafiles: tuple[str, ...] = ()
     with sock:
         if parts.scheme != "https":
             return None
-        ctx = ssl.create_default_context()  # the sandbox's trust store (SSL_CERT_FILE when set), as a browser's
-        for cafile in cafiles:
-            try:
-                ctx.load_verify_locations(cafile)
-            except (OSError, ssl.SSLError):
-                continue  # unreadable: the handshake says whether it mattered
+        return _handshake(sock, host, cafiles)
+
+
+def _handshake(sock: socket.socket, host: str, cafiles: tuple[str, ...]) -> Unreachable | None:
+    ctx = ssl.create_default_context()  # the sandbox's trust store (SSL_CERT_FILE when set), as a browser's
+    for cafile in cafiles:
         try:
-            with ctx.wrap_socket(sock, server_hostname=host):
-                return None
-        except ssl.SSLCertVerificationError as exc:
-            return Unreachable("tls", host, f"the certificate of {host} does not verify: {exc.verify_message}")
-        except (OSError, ssl.SSLError) as exc:
-            return Unreachable("tls", host, f"no TLS handshake with {host}: {_why(exc)}")
+            ctx.load_verify_locations(cafile)
+        except (OSError, ssl.SSLError):
+            continue  # unreadable: the handshake says whether it mattered
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return Unreachable("tls", host, f"the certificate of {host} does not verify: {exc.verify_message}")
+    except (OSError, ssl.SSLError) as exc:
+        return Unreachable("tls", host, f"no TLS handshake with {host}: {_why(exc)}")
+
+
+def _via_proxy(
+    host: str, port: int, tls: bool, proxy: tuple[str, int], timeout: float, cafiles: tuple[str, ...]
+) -> Unreachable | None:
+    """CONNECT host:port through the local proxy; its 502 with `X-Hearth-Hop: proxy` names the upstream proxy hop."""
+    try:
+        sock = socket.create_connection(proxy, timeout=timeout)
+    except OSError as exc:
+        return Unreachable("proxy", host, f"the sandbox's local egress proxy does not answer: {_why(exc)}")
+    with sock:
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii"))
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 16384:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        except (OSError, UnicodeError) as exc:
+            return Unreachable("proxy", host, f"the sandbox's local egress proxy broke off: {_why(exc)}")
+        lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        first = lines[0].split(" ")
+        status = int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        if status != 200:
+            said = headers.get("x-hearth-reason") or (lines[0] if lines[0] else "no answer")
+            hop = "proxy" if headers.get("x-hearth-hop") == "proxy" else "egress"
+            return Unreachable(
+                hop, host, said if hop == "proxy" else f"no connection to {host} through the proxy: {said}"
+            )
+        return _handshake(sock, host, cafiles) if tls else None
 
 
 def _why(exc: BaseException) -> str:
@@ -102,3 +144,16 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return str(exc) or "timed out"
     return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)[:200]
+
+
+def local_proxy(env: dict[str, str]) -> tuple[str, int] | None:
+    """The sandbox's local egress proxy when the CLI's HTTPS_PROXY is it (http://127.0.0.1:PORT, set by
+    hearth_agent/egress.py); None for any other proxy (not probed: its answers are not ours to read)."""
+    parts = urllib.parse.urlsplit(env.get("HTTPS_PROXY", ""))
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme == "http" and parts.hostname == "127.0.0.1" and port:
+        return "127.0.0.1", port
+    return None

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from hearth_agent import filedigest, homefs
+from hearth_agent import egress, filedigest, homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox
 from hearth_agent.loginrun import SPOOL, CodeRefused, LoginRun
@@ -112,6 +112,7 @@ class SignIn:
         env = {k: v for k, v in os.environ.items() if not _is_ci_marker(k)}
         env.setdefault("TERM", "xterm-256color")
         env.pop("DISPLAY", None)
+        env.update(egress.child_env())  # the local egress proxy, the extra CAs (hearth_agent/egress.py)
         env.update(flow.env)
         env.update(extra)
         path = [self._hook_dir()]

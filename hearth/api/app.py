@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, problems, sessions, users
+from hearth.api import egress as egress_routes
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
@@ -259,6 +260,7 @@ def create_app(ctl: Controller) -> FastAPI:
     app.include_router(health.make_router(ctl))
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
+    app.include_router(egress_routes.make_router(settings, ctl.db, keys))
     app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
     app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))

@@ -19,6 +19,7 @@ from hearth.sandbox.base import SandboxSpec
 MAGIC = b"HEARTHCFG1\n"
 BLOCK = 4096
 DEVICE = "/dev/vdb"
+LOCAL_PROXY_PORT = 3128  # the agent's local egress proxy on the sandbox's own 127.0.0.1 (hearth_agent/egress.py)
 
 
 def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
@@ -37,6 +38,9 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "vnc_server": spec.vnc_server,
         "callback": f"http://{spec.slot.gateway}:{callback_port}",
         "providers": list(spec.providers),
+        # hearth_agent/egress.py: the local proxy (and the upstream URL with its credentials), the extra CAs
+        "egress_proxy": {"listen_port": LOCAL_PROXY_PORT, "upstream": spec.egress_proxy} if spec.local_proxy else None,
+        "extra_ca_certs": spec.extra_ca,
     }
 
 

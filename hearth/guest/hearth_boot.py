@@ -143,7 +143,12 @@ def main() -> int:
     try:
         from hearth_agent.policy import write_policy  # /opt/hearth, beside this script
 
-        write_policy("/etc/chromium")
+        proxy = cfg.get("egress_proxy")
+        port = proxy.get("listen_port") if isinstance(proxy, dict) else None
+        extra_ca = cfg.get("extra_ca_certs")
+        write_policy(
+            "/etc/chromium", port if isinstance(port, int) else None, extra_ca if isinstance(extra_ca, str) else ""
+        )
     except (ImportError, OSError) as exc:
         say(f"WARNING: Chromium policies not written: {exc}")
     agent = start_agent(user, config_fd)

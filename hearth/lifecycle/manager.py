@@ -33,6 +33,7 @@ from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.lifecycle import readiness
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState, keep
+from hearth.proxy.plan import EgressPlan
 from hearth.sandbox.base import Driver, SandboxSpec, StageMark
 from hearth.sandbox.procs import same_process, start_time
 from hearth.store.db import Database
@@ -68,6 +69,7 @@ class SandboxManager:
         # CLI sandboxes need a persistent home: the main driver when it offers one, else `home_driver`.
         self.home_driver = driver if driver.offers.persistent_home else home_driver
         self._live: dict[str, Sandbox] = {}
+        self.egress = EgressPlan(settings, db)  # the local proxy, the user's upstream port, the extra CAs
 
     # ---- the one builder (pure) --------------------------------------------------------------------------------
     def spec(
@@ -79,6 +81,7 @@ class SandboxManager:
         providers: tuple[str, ...] = (),
         home: Path | None = None,
         secret: str | None = None,
+        egress_proxy: str | None = None,
     ) -> SandboxSpec:
         """The spec of `owner`'s sandbox on `slot`. The secret is the live sandbox's unless given (empty for one this
         controller does not run: destroying needs only the slot)."""
@@ -99,6 +102,9 @@ class SandboxManager:
             vnc_server=s.vnc_server,
             home=home,
             providers=providers,
+            local_proxy=self.egress.local_proxy,
+            egress_proxy=egress_proxy if egress_proxy is not None else (live.spec.egress_proxy if live else ""),
+            extra_ca=self.egress.extra_ca,
         )
 
     def target(self, spec: SandboxSpec) -> readiness.Target:
@@ -162,12 +168,16 @@ class SandboxManager:
         mark: StageMark = _noop,
         explain: Callable[[HearthError], Awaitable[HearthError]] | None = None,
         ready: SandboxState = SandboxState.RUNNING,
+        egress_proxy: str = "",
     ) -> Sandbox:
         """Boot `owner`'s sandbox on `slot` (its lease is already held: the manager releases it when the sandbox
         ends) until it is ready. On failure every acquired resource is undone (or, for HEARTH_KEEP_FAILED, kept with
         its lease and row) and a HearthError is raised — `explain` may replace it while the sandbox still exists."""
         driver = self.driver_for(kind)
-        spec = self.spec(owner, slot, desktop=desktop, providers=providers, home=home, secret=secrets.token_urlsafe(32))
+        token = secrets.token_urlsafe(32)
+        spec = self.spec(
+            owner, slot, desktop=desktop, providers=providers, home=home, secret=token, egress_proxy=egress_proxy
+        )
         sb = Sandbox(owner, kind, spec)
         current = asyncio.current_task()
         sb.boot = current if current is not None and not current.done() else None
@@ -290,6 +300,15 @@ class SandboxManager:
         self._live[row.owner_id] = sb
         log.info("sandbox adopted", extra={"session_id": row.owner_id, "slot": row.slot})
         return None
+
+    async def hand_egress(self, owner: str, url: str) -> None:
+        """A pooled sandbox now runs for `owner`: its local proxy chains to their upstream port (`url`) from now on."""
+        sb = self._live.get(owner)
+        if sb is None or not url:
+            return
+        agent = AgentClient(self.s.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
+        await self.egress.hand_to(agent, url)
+        sb.spec = dataclasses.replace(sb.spec, egress_proxy=url)
 
     def hand_over(self, pooled: str, owner: str, secret: str, providers: tuple[str, ...]) -> Sandbox:
         """The pooled sandbox `pooled` (claimed in the store by the pool) runs for `owner` from now on, with a new

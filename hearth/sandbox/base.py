@@ -32,6 +32,12 @@ class SandboxSpec:
     vnc_server: str = "xvnc"  # "xvnc" (one process) or "x11vnc" (Xvfb + x11vnc), see hearth_agent/supervisor.py
     home: Path | None = None  # persistent home kept across destroy (CLI sandboxes); None: inside workdir
     providers: tuple[str, ...] = ()  # digests of the provider definitions its agent may run (none: no logins)
+    # HEARTH_EGRESS_PROXY (hearth/proxy): Chromium and the CLIs go through the agent's local proxy, which chains to
+    # `egress_proxy` — the user's port, with the proxy's credentials: in the sealed agent config only ("" while the
+    # sandbox belongs to nobody yet: a pooled one learns it when personalised)
+    local_proxy: bool = False
+    egress_proxy: str = field(default="", repr=False)
+    extra_ca: str = ""  # PEM of HEARTH_EXTRA_CA_CERTS: trusted by its Chromium and CLIs
 
 
 @dataclass

@@ -255,7 +255,7 @@ class NetnsDriver(Driver):
         if shipped.is_dir():  # bubblewrap can only mount over a directory that exists in the root
             shutil.copytree(shipped, etc, symlinks=True, ignore=shutil.ignore_patterns("policies"))
             os.chmod(etc, 0o755)
-            write_policy(str(etc))
+            write_policy(str(etc), configdrive.LOCAL_PROXY_PORT if spec.local_proxy else None, spec.extra_ca)
         run = wd / "run"
         if run.exists():  # a leftover of a crashed start of this slot
             _rmtree(run)

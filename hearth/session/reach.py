@@ -8,14 +8,18 @@ import re
 
 from hearth.errors import Hop
 
-PAGE_HOPS = {"dns": Hop.DNS, "egress": Hop.EGRESS, "tls": Hop.TLS}
+PAGE_HOPS = {"dns": Hop.DNS, "egress": Hop.EGRESS, "tls": Hop.TLS, "proxy": Hop.PROXY}
 FIXES = {
     Hop.DNS: "give sandboxes a resolver that answers the provider's name (see `hearth doctor`)",
     Hop.EGRESS: "let sandboxes reach the internet (HEARTH_EGRESS=true, the uplink) or check the provider is up",
     Hop.TLS: "trust the provider's certificate in the sandboxes (a TLS-inspecting proxy needs its CA)",
+    Hop.PROXY: "check HEARTH_EGRESS_PROXY: the proxy must be up and accept its user and password "
+    "(`hearth doctor` tries it)",
 }
 # What CLIs (Node, Rust, Python) print when the network fails, by hop; checked in this order.
 _SAID = (
+    # the sandbox's local proxy answers 502 "the egress proxy … cannot be reached / refused hearth's credentials"
+    (Hop.PROXY, r"egress proxy|proxy authentication required|tunneling socket could not be established"),
     (
         Hop.DNS,
         r"getaddrinfo|EAI_AGAIN|ENOTFOUND|name or service not known|temporary failure in name resolution|"

@@ -574,6 +574,7 @@ class SessionService:
             try:
                 mark("lease")
                 if await self._from_pool(sid, mode, provider):
+                    await self.sandboxes.hand_egress(sid, await self.sandboxes.egress.url_for_session(sid))
                     if queued:
                         await self._transition(sid, Status.STARTING, None, None)
                     mark("pool")
@@ -590,6 +591,7 @@ class SessionService:
                         providers=self._digests(provider),
                         mark=mark,
                         explain=explain,
+                        egress_proxy=await self.sandboxes.egress.url_for_session(sid),  # the user's proxy port
                     )
                 sb = self.sandboxes.get(sid)
                 last = next(reversed(timings))

@@ -77,6 +77,8 @@ FAILURES: dict[str, str] = {
     "dns": "The {name} sign-in page cannot be reached from here. Please try again later.",
     "egress": "The {name} sign-in page cannot be reached from here. Please try again later.",
     "tls": "The {name} sign-in page cannot be reached from here. Please try again later.",
+    # the upstream egress proxy (HEARTH_EGRESS_PROXY) is down or refuses hearth's credentials: the service's fault
+    "proxy": "This service cannot connect to {name} right now. Please try again later.",
 }
 
 

@@ -1,0 +1,49 @@
+"""What a sandbox gets for egress, decided by the controller: whether its Chromium and CLIs go through the agent's
+local proxy (HEARTH_EGRESS_PROXY set), the user's upstream URL (their port, with the proxy's credentials — for the
+sealed agent config or the agent's `POST /v1/egress`, nothing else), and the extra CAs (HEARTH_EXTRA_CA_CERTS)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from hearth.agentlink.client import AgentClient
+from hearth.config import Settings
+from hearth.proxy.ports import assign
+from hearth.proxy.settings import egress_of
+from hearth.store.db import Database
+from hearth.store.models import SessionRow
+
+HAND_TIMEOUT = 10.0
+
+
+class EgressPlan:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.s, self.db = settings, db
+        self.egress = egress_of(settings.egress_proxy, settings.egress_proxy_ports, settings.extra_ca_certs)
+
+    @property
+    def local_proxy(self) -> bool:
+        return self.egress.proxy is not None
+
+    @property
+    def extra_ca(self) -> str:
+        return self.egress.extra_ca
+
+    async def url_for_user(self, user_id: str) -> str:
+        """The user's upstream proxy URL (their port assigned now if they had none); "" without a proxy. Raises
+        PortsExhausted (hop proxy) when no port is left, StoreError while the store is down."""
+        if self.egress.proxy is None:
+            return ""
+        got = await assign(self.db, user_id, self.egress.ports, self.s.node_id)
+        return self.egress.proxy.url(got.port)
+
+    async def url_for_session(self, session_id: str) -> str:
+        if self.egress.proxy is None:
+            return ""
+        user = await self.db.run(lambda db: db.scalar(select(SessionRow.user_id).where(SessionRow.id == session_id)))
+        return await self.url_for_user(user) if user else ""
+
+    async def hand_to(self, agent: AgentClient, url: str) -> None:
+        """A pooled sandbox becomes someone's: its local proxy chains to their port from now on."""
+        if url:
+            await agent.call("POST", "/v1/egress", {"upstream": url}, timeout=HAND_TIMEOUT)
