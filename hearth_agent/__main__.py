@@ -62,6 +62,7 @@ def open_url_route(sup: Supervisor) -> Any:
 
 def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
+    server.wait_ready = sup.wait_display  # GET /health?wait=<s>: answered once the display runs (no polling)
     server.route("POST", "/v1/open-url", open_url_route(sup))
     server.route("POST", "/v1/browser", browser_route(sup))
     server.route("POST", "/v1/personalise", personalise_route(server, cfg))
@@ -107,22 +108,38 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    failed: list[bool] = []
+
+    def supervise() -> None:
+        try:
+            sup.run()
+        except Exception:
+            log.exception("supervisor failed")
+            failed.append(True)
+
+    # The display starts now, while the HTTP server is built (its extensions imported): a cold desktop's long pole
+    # runs beside the rest of the agent's start instead of after it. The main thread only waits (and takes signals).
+    supervisor = threading.Thread(target=supervise, name="supervisor")
+    supervisor.start()
     try:
         server = build_server(cfg, sup)
-    except OSError as exc:
-        log.error("cannot listen", extra={"ip": cfg.ip, "port": cfg.agent_port, "error": str(exc)})
-        return 3
+    except BaseException as exc:
+        sup.request_stop("the agent could not start")
+        supervisor.join()
+        if isinstance(exc, OSError):
+            log.error("cannot listen", extra={"ip": cfg.ip, "port": cfg.agent_port, "error": str(exc)})
+            return 3
+        raise
     http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     http.start()
     log.info("agent listening", extra={"ip": cfg.ip, "port": cfg.agent_port, "desktop": cfg.desktop})
     try:
-        sup.run()
-    except Exception:
-        log.exception("supervisor failed")
-        return 1
+        supervisor.join()
     finally:
         server.shutdown()
         server.server_close()
+    if failed:
+        return 1
     log.info("agent stopped")
     return 0
 

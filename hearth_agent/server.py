@@ -1,6 +1,7 @@
 """The agent's HTTP API on <sandbox ip>:<agent port>.
 
-`GET /health` is open (it holds no secrets); every other request needs `Authorization: Bearer <per-sandbox secret>`
+`GET /health` is open (it holds no secrets); `GET /health?wait=<seconds>` answers once the sandbox is ready (its
+display runs; at most MAX_WAIT seconds) — the controller's readiness by notification instead of polling; every other request needs `Authorization: Bearer <per-sandbox secret>`
 (compared in constant time) — an unauthenticated caller learns nothing, not even which routes exist.
 Extensions add routes with `AgentServer.route`; a route returns (status, JSON body) or raises `HttpError`.
 """
@@ -21,6 +22,7 @@ from hearth_agent.wakeup import Waker, wait_readable
 log = logging.getLogger("hearth_agent")
 MAX_BODY = 1 << 20
 IO_TIMEOUT = 10.0  # per socket operation: a stalled client never holds a thread for long
+MAX_WAIT = 10.0  # GET /health?wait=: the longest a readiness request is held
 
 Route = Callable[[dict[str, Any]], tuple[int, Any]]
 
@@ -52,6 +54,7 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
         self._secret = secret.encode()
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
+        self.wait_ready: Callable[[float], object] | None = None  # blocks until ready or the timeout given
         self._wake = Waker()
         self._closing = False
         self._served = threading.Event()
@@ -134,8 +137,11 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _handle(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if method == "GET" and path == "/health":
+            wait = _wait_seconds(query)
+            if wait > 0 and self.server.wait_ready is not None:
+                self.server.wait_ready(wait)
             self._reply(200, self.server.health())
             return
         if not self.server.authorized(self.headers.get("Authorization")):
@@ -168,3 +174,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._handle("DELETE")
+
+
+def _wait_seconds(query: str) -> float:
+    """`wait=<seconds>` of a query string, within [0, MAX_WAIT]; 0 when absent or not a number."""
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "wait":
+            try:
+                return min(max(float(value), 0.0), MAX_WAIT)
+            except ValueError:
+                return 0.0
+    return 0.0

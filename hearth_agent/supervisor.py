@@ -115,6 +115,7 @@ class Supervisor:
         self.display_service = names[0] if names else ""
         self.services = {n: Service(n) for n in names if n != "chromium" or config.chromium}
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # a service became running (`wait_display`)
         self._stop = threading.Event()
         self._stop_reason = ""
         self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
@@ -261,6 +262,7 @@ class Supervisor:
         with self._lock:
             svc.state = "running"
             svc.ready_at = time.monotonic()
+            self._changed.notify_all()
         log.info("service ready", extra={"service": svc.name, "pid": svc.pid, "restarts": svc.restarts})
 
     def _shutdown(self) -> None:
@@ -454,6 +456,19 @@ class Supervisor:
             self._helpers.append((proc, time.monotonic()))
         self._waker.wake()  # its exit (pidfd) and its deadline join the supervisor's wait
         log.info("url handed to chromium", extra={"pid": proc.pid})
+
+    def wait_display(self, timeout: float) -> bool:
+        """Until the display service runs (for Xvnc: its RFB port accepts too), `timeout`, or the agent stops;
+        whether it runs. No display (a direct or CLI sandbox): at once."""
+
+        def running() -> bool:
+            svc = self.services.get(self.display_service)
+            return svc is None or svc.state == "running" or self._stop.is_set()
+
+        with self._changed:
+            self._changed.wait_for(running, timeout)
+            svc = self.services.get(self.display_service)
+            return svc is None or svc.state == "running"
 
     def health(self) -> dict[str, Any]:
         with self._lock:

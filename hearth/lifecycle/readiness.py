@@ -2,7 +2,9 @@
 handshake with the sandbox from inside the fabric; a sandbox without a desktop (direct sign-in, CLI sandboxes) once
 its agent answers /health.
 
-Each gate retries with a short, growing back-off until its deadline, and on timeout raises NotReady naming the hop
+The display gate asks the agent to answer when its display runs (`GET /health?wait=`, held by the agent): the
+controller learns it the moment it happens instead of at its next poll; an agent that does not hold the request
+answers at once and the gate polls. Each gate retries with a short, growing back-off until its deadline, and on timeout raises NotReady naming the hop
 whose check never passed and the last thing observed.
 """
 
@@ -21,6 +23,7 @@ from hearth.rfb.client import RfbError, ServerInit, handshake
 from hearth.sandbox.base import SandboxSpec
 
 _BACKOFF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.25)  # a desktop is up ~50 ms after its agent: look often early
+HOLD_MARGIN = 0.5  # a held /health answers this long before the request's own timeout
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,13 @@ async def wait_rfb(t: Target, deadline: float) -> ServerInit:
 async def wait_agent(
     t: Target, deadline: float, check: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Agent answers /health (HTTP 200) and `check` (raising ValueError while not yet) passes on its body."""
+    """Agent answers /health (HTTP 200) and `check` (raising ValueError while not yet) passes on its body; with a
+    `check`, the agent is asked to hold its answer until it is ready (HOLD_MARGIN before the attempt's timeout)."""
 
     async def attempt(timeout: float) -> dict[str, Any]:
-        status, body = await http_get_json(t.netns, t.ip, t.agent_port, "/health", timeout)
+        wait = max(0.0, timeout - HOLD_MARGIN) if check is not None else 0.0
+        path = f"/health?wait={wait:.2f}" if wait > 0 else "/health"
+        status, body = await http_get_json(t.netns, t.ip, t.agent_port, path, timeout)
         if status != 200 or not isinstance(body, dict):
             raise ValueError(f"agent /health answered HTTP {status}")
         if check is not None:

@@ -41,3 +41,38 @@ def test_example_idp_binds_without_reverse_dns(monkeypatch: pytest.MonkeyPatch) 
         assert server.server_name == "127.0.0.1"
     finally:
         server.server_close()
+
+
+def test_health_with_wait_is_held_until_the_agent_is_ready() -> None:
+    """Readiness by notification: `GET /health?wait=` is answered when the agent's `wait_ready` returns (the display
+    runs), not before; without `wait`, or with a bad one, at once."""
+    ready, entered = threading.Event(), threading.Event()
+    waits: list[float] = []
+
+    def wait_ready(timeout: float) -> bool:
+        waits.append(timeout)
+        entered.set()
+        return ready.wait(timeout)
+
+    server = AgentServer(("127.0.0.1", 0), "s3cret", lambda: {"ok": ready.is_set()})
+    server.wait_ready = wait_ready
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert httpx.get(f"{base}/health", timeout=5).json() == {"ok": False}
+        assert httpx.get(f"{base}/health?wait=nope", timeout=5).json() == {"ok": False}
+        assert waits == []
+        answers: list[httpx.Response] = []
+        held = threading.Thread(target=lambda: answers.append(httpx.get(f"{base}/health?wait=60", timeout=30)))
+        held.start()
+        assert entered.wait(30)
+        assert answers == [] and held.is_alive()  # held while not ready
+        ready.set()
+        held.join(30)
+        assert [a.json() for a in answers] == [{"ok": True}]
+        assert waits == [10.0]  # held at most MAX_WAIT, whatever the caller asks
+    finally:
+        ready.set()
+        server.shutdown()
+        server.server_close()
