@@ -4,6 +4,13 @@ network namespace) are measured: PSS and RSS summed, CPU over --window seconds o
 
     sudo .venv/bin/python bench/idle.py [--settle 15] [--window 20]
 
+`--direct N`: idle CPU per direct-mode sign-in sandbox (the agent and the example provider's CLI waiting for the
+person's pasted code, no desktop) across N of them at once, measured over --window seconds, for this tree's agent and
+for the agent of git revision --before (the ticking one by default) in the same run, each arm with its own
+controller; prints % of one core per sandbox and the ratio:
+
+    sudo .venv/bin/python -m bench.idle --direct 100 --window 60 [--before b6bc2a9^]
+
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
 
@@ -11,13 +18,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import subprocess
+import tarfile
+import tempfile
+import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from bench.signinkit import idp_env, running_idp
 from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.guest import packages as guestpkg
+from hearth.providers.model import FlowName
 from hearth.sandbox.procs import pids_in_netns
+
+REPO = Path(__file__).resolve().parents[1]
+IDP_PORT = 9406
 
 
 def _kib(pid: int, field: str) -> int:
@@ -65,6 +85,83 @@ async def measure(vnc: str, settle: float, window: float) -> tuple[float, float,
     return pss, rss, cpu
 
 
+@contextlib.contextmanager
+def agent_of(rev: str | None) -> Iterator[str]:
+    """The guest agent sandboxes get: this tree's (None), or `rev`'s (`git archive` of hearth_agent/)."""
+    if rev is None:
+        yield "this tree's agent"
+        return
+    saved = guestpkg.PACKAGES
+    with tempfile.TemporaryDirectory(prefix="hearth-b-agent-") as tmp:
+        raw = subprocess.run(["git", "-C", str(REPO), "archive", rev, "hearth_agent"], check=True, capture_output=True)
+        tar = Path(tmp) / "agent.tar"
+        tar.write_bytes(raw.stdout)
+        with tarfile.open(tar) as t:
+            t.extractall(tmp, filter="data")
+        old = types.ModuleType("hearth_agent")
+        old.__path__ = [str(Path(tmp) / "hearth_agent")]
+        guestpkg.PACKAGES = (old, *saved[1:])  # the driver installs the guest packages through this tuple
+        try:
+            yield f"the agent of {rev}"
+        finally:
+            guestpkg.PACKAGES = saved
+
+
+async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> float:
+    """% of one core per idle direct sandbox, over `window` seconds, across `n` of them."""
+    env = idp_env(IDP_PORT) | {"HEARTH_IDLE_TIMEOUT": "3600", "HEARTH_RATE_LIMIT": "0"}  # one client polls N
+    with agent_of(rev) as which, scratch_settings(env, "hearth-b") as settings:
+        print(f"{userspace(settings)}; {which}")
+        async with (
+            local_controller(settings) as lc,
+            running_idp(settings, IDP_PORT, auto_approve=False),
+            httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=120) as http,
+        ):
+            example = lc.ctl.providers["example"]  # paste_code (no device polling), waiting long enough
+            flows = {k: v for k, v in example.flows.items() if k != FlowName.DEVICE_CODE}
+            lc.ctl.providers["example"] = example.model_copy(update={"flows": flows, "timeout": 3600.0})
+            gate = asyncio.Semaphore(4)
+
+            async def create(i: int) -> str:
+                async with gate:
+                    body = {"user_id": f"idle-{i}", "provider": "example", "mode": "direct"}
+                    r = await http.post("/api/auth/start", json=body)
+                    r.raise_for_status()
+                    sid: str = r.json()["session_id"]
+                    deadline = time.monotonic() + 300
+                    while time.monotonic() < deadline:
+                        got = (await http.get(f"/api/auth/session/{sid}")).raise_for_status().json()
+                        if got["status"] in ("failed", "cancelled", "expired", "completed"):
+                            raise SystemExit(f"session {i}: {got['status']}: {got.get('reason')}")
+                        if (got.get("signin") or {}).get("awaiting_code"):
+                            return sid
+                        await asyncio.sleep(0.2)
+                    raise SystemExit(f"session {i}: no code prompt within 300 s")
+
+            sids = await asyncio.gather(*(create(i) for i in range(n)))
+            netns = []
+            for sid in sids:
+                view = await lc.ctl.service.get(sid)
+                assert view.slot is not None, view
+                netns.append(lc.ctl.service.ipam.slot(view.slot).netns)
+            await asyncio.sleep(settle)
+            pids = [p for ns in netns for p in pids_in_netns(ns)]
+            before = _cpu(pids)
+            await asyncio.sleep(window)
+            cpu = (_cpu(pids) - before) / window * 100 / n
+            await asyncio.gather(*(http.post(f"/api/auth/session/{sid}/cancel") for sid in sids))
+    print(f"[{which}] {n} idle direct sandboxes: {cpu:.4f}% of one core each ({len(pids)} processes in all)")
+    return cpu
+
+
+async def direct(n: int, settle: float, window: float, rev: str) -> None:
+    load = os.getloadavg()
+    old = await direct_arm(n, settle, window, rev)
+    new = await direct_arm(n, settle, window, None)
+    print(f"idle CPU per direct sandbox: {new:.4f}% (this tree) vs {old:.4f}% ({rev}): {new / max(old, 1e-9):.3f}×")
+    print(f"load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f} (a shared machine: noisy)")
+
+
 async def main(settle: float, window: float) -> None:
     new = await measure("xvnc", settle, window)
     old = await measure("x11vnc", settle, window)
@@ -75,5 +172,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settle", type=float, default=15.0)
     ap.add_argument("--window", type=float, default=20.0)
+    ap.add_argument("--direct", type=int, default=0, help="N idle direct sandboxes (before/after agents) instead")
+    ap.add_argument("--before", default="b6bc2a9^", help="git revision of the agent to compare with (--direct)")
     a = ap.parse_args()
-    asyncio.run(main(a.settle, a.window))
+    if a.direct:
+        asyncio.run(direct(a.direct, a.settle, a.window, a.before))
+    else:
+        asyncio.run(main(a.settle, a.window))
