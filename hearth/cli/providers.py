@@ -55,6 +55,9 @@ def check(
     e2e: bool = typer.Option(
         False, "--e2e", help="sign in end to end through a real controller and the internet stand-in, every mode"
     ),
+    prompts: bool = typer.Option(
+        False, "--prompts", help="answer prompts through the CLI sandbox's agent: answer, refresh, revoked, cancel"
+    ),
 ) -> None:
     """Run the provider conformance on this host (needs root: it creates its own network namespaces)."""
     from hearth.providers.conformance import check as check_flow
@@ -69,6 +72,14 @@ def check(
         except ProviderError as exc:
             fail(str(exc), 2)
         raise typer.Exit(run_e2e(picked, as_json))
+    if prompts:
+        from hearth.cli.providers_prompts import run_prompts
+
+        try:
+            picked = [get(load(), provider)] if provider else [p for p in load().values() if p.cli is not None]
+        except ProviderError as exc:
+            fail(str(exc), 2)
+        raise typer.Exit(run_prompts(picked, _clis_dir(image), as_json))
     try:
         defs = load()
         chosen = [get(defs, provider)] if provider else [p for p in defs.values() if p.cli is not None]

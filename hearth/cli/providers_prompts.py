@@ -1,0 +1,56 @@
+"""`hearth providers check --prompts [--provider P]`: each real CLI answers prompts through the CLI sandbox's agent,
+offline (hearth/providers/promptcheck.py: answer, refresh during a prompt, revoked credential, cancel mid-stream),
+printed per provider and scenario with the timings and the failing step. Exit 1 on a failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hearth.providers import promptcheck
+from hearth.providers.model import Provider
+
+
+def run_prompts(chosen: list[Provider], where: Path | None, as_json: bool) -> int:
+    rows: list[dict[str, Any]] = []
+    for p in chosen:
+        if p.prompt is None or p.cli is None:
+            continue
+        for scenario in promptcheck.SCENARIOS:
+            res = promptcheck.check(p, scenario, where, prefix="hearth-k")
+            final = res.extra.get("final") or {}
+            rows.append(
+                {
+                    "provider": res.provider,
+                    "scenario": scenario,
+                    "cli_version": res.cli_version,
+                    "status": res.status,
+                    "seconds_to_first_text": res.seconds_to_first_text,
+                    "seconds_to_done": res.seconds_to_done,
+                    "needs_signin": final.get("needs_signin"),
+                    "failed_step": res.failed_step,
+                }
+            )
+    failed = not rows or any(r["failed_step"] for r in rows)
+    if as_json:
+        print(json.dumps({"clis": str(where) if where else None, "results": rows}, indent=2))
+        return 1 if failed else 0
+    out = Console()
+    out.print(f"CLIs: {escape(str(where)) if where else '[red]not installed[/] (run `bash scripts/setup.sh`)'}")
+    table = Table(title="prompt conformance (offline, this host, through the agent's runner)")
+    for col in ("provider", "scenario", "CLI", "status", "first text", "done", "failed step"):
+        table.add_column(col)
+    for r in rows:
+        first = "-" if r["seconds_to_first_text"] is None else f"{r['seconds_to_first_text']} s"
+        done = "-" if r["seconds_to_done"] is None else f"{r['seconds_to_done']} s"
+        step = escape(r["failed_step"])
+        table.add_row(
+            r["provider"], r["scenario"], escape(r["cli_version"]), r["status"], first, done, f"[red]{step}[/]"
+        )
+    out.print(table)
+    return 1 if failed else 0
