@@ -27,6 +27,7 @@ from hearth.api.local import LocalController, local_controller, scratch_settings
 from hearth.providers.inetweb import Seen
 from hearth.providers.internet import Internet, internet
 from hearth.providers.model import FlowName, SigninMode
+from hearth.providers.proxyserver import Seen as ProxySeen
 from hearth.providers.standin import DEVICE_USER_CODE
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Outcome:
     failed: str = ""  # the first step that went wrong, in words
     seconds: dict[str, float] = field(default_factory=dict)  # start → each milestone
     seen: list[Seen] = field(default_factory=list)  # what the stand-in answered during this sign-in
+    proxied: list[ProxySeen] = field(default_factory=list)  # what its upstream proxy carried meanwhile
 
     @property
     def requests(self) -> list[str]:
@@ -91,18 +93,24 @@ class Run:
 def settings_env(inet: Internet) -> dict[str, str]:
     return {
         **inet.settings_env(),
-        "HEARTH_EGRESS": "true",
+        "HEARTH_EGRESS": "signin",  # sign-in and CLI sandboxes go out (the default-to-be; plain desktops do not)
         "HEARTH_READY_TIMEOUT": "90",
         "OAUTH_FLOW_TIMEOUT": "240",
     }
 
 
 @contextlib.asynccontextmanager
-async def e2e_run(env: Mapping[str, str] | None = None, prefix: str = "hearth-e2e") -> AsyncIterator[Run]:
-    """The stand-in, a controller attached to it, and the person's two browsers; all removed on exit."""
+async def e2e_run(
+    env: Mapping[str, str] | None = None, prefix: str = "hearth-e2e", proxy: bool = False
+) -> AsyncIterator[Run]:
+    """The stand-in, a controller attached to it (`proxy`: its users going out through the stand-in's upstream
+    proxy, HEARTH_EGRESS_PROXY), and the person's two browsers; all removed on exit."""
     from playwright.async_api import async_playwright
 
-    with internet(f"{prefix}i") as inet, scratch_settings({**settings_env(inet), **(env or {})}, prefix) as s:
+    with contextlib.ExitStack() as stack:
+        inet = stack.enter_context(internet(f"{prefix}i"))
+        full = {**settings_env(inet), **(inet.proxy_env() if proxy else {}), **(env or {})}
+        s = stack.enter_context(scratch_settings(full, prefix))
         async with (
             local_controller(s) as ctl,
             httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
@@ -152,7 +160,7 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
     out = Outcome(provider, mode.value)
     definition = run.ctl.ctl.providers[provider]
     out.flow = definition.flow_for(mode).value
-    seen_before = len(run.inet.traffic.seen)
+    seen_before, proxied_before = len(run.inet.traffic.seen), len(run.inet.proxy.seen)
     run.inet.net.approved.clear()
     t0 = time.monotonic()
     page: Page | None = None
@@ -187,6 +195,7 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
     finally:
         await context.close()
         out.seen = run.inet.traffic.seen[seen_before:]
+        out.proxied = run.inet.proxy.seen[proxied_before:]
     if out.ok and TOKEN_ENDPOINTS[provider] not in out.requests:
         out.failed = f"the CLI never reached {TOKEN_ENDPOINTS[provider]} through the stand-in"
     return out

@@ -83,6 +83,26 @@ def authorize_page(action: str, fields: dict[str, str], method: str = "get") -> 
     ).encode()
 
 
+REPORT = "/__standin/report"
+PROBE_TIMEOUT_MS = 4000
+
+
+def probe_script(targets: list[str]) -> bytes:
+    """A hostile page's part: try each URL (no-cors; given up after PROBE_TIMEOUT_MS), then POST to REPORT what
+    each came to ('reached' or the error), so a test sees the page really tried. Empty without targets."""
+    if not targets:
+        return b""
+    script = (
+        "<script>(async () => { const targets = " + json.dumps(targets) + "; const out = {};"
+        "await Promise.all(targets.map(async (u) => { const c = new AbortController();"
+        f"const t = setTimeout(() => c.abort(), {PROBE_TIMEOUT_MS});"
+        "try { await fetch(u, {mode: 'no-cors', cache: 'no-store', signal: c.signal}); out[u] = 'reached'; }"
+        "catch (e) { out[u] = 'failed: ' + e.name; } finally { clearTimeout(t); } }));"
+        f"await fetch('{REPORT}', {{method: 'POST', body: JSON.stringify(out)}}); }})();</script>"
+    )
+    return script.encode()
+
+
 def code_page(code: str) -> bytes:
     return (
         "<!doctype html><meta charset=utf-8><title>Your code</title>"
@@ -185,13 +205,18 @@ class ExampleHandler(_Base, idp.Handler):
         q = dict(urllib.parse.parse_qsl(url.query))
         if url.path == "/authorize" and q.get("response_type") == "code" and q.get("redirect_uri"):
             self.server.state.log("authorize_page", user_agent=self.headers.get("User-Agent", ""))
-            return self._html(authorize_page("/approve", q, method="post"))
+            return self._html(authorize_page("/approve", q, method="post") + probe_script(self.server.probes))
         if url.path == "/device":
             return self._html(device_page("/device/approve"))
         return idp.Handler.do_GET(self)
 
     def do_POST(self) -> None:
         self._record(self.server.traffic)
+        if urllib.parse.urlsplit(self.path).path == REPORT:
+            raw = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 65536))
+            with self.server.state.lock:
+                self.server.reports.append(json.loads(raw or b"{}"))
+            return self._send(204, b"", "text/plain")
         return idp.Handler.do_POST(self)
 
 
@@ -199,6 +224,8 @@ class ExampleServer(idp.IdpServer):
     def __init__(self, addr: tuple[str, int], state: idp.IdpState, traffic: Traffic) -> None:
         self.traffic = traffic
         self.state = state
+        self.probes: list[str] = []  # URLs the consent page tries to reach (a hostile page; see probe_script)
+        self.reports: list[dict[str, str]] = []  # what each probe came to, as the page saw it
         ThreadingHTTPServer.__init__(self, addr, ExampleHandler, bind_and_activate=False)
 
 

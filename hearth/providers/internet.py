@@ -9,7 +9,9 @@ a sandbox resolves the provider's name through the fabric's DNS forwarder, reach
                                    │ 198.18.0.254/24 ─ veth ─ 198.18.0.1/24: <name>-you (the person's own machine)
                                    203.0.113.10  Anthropic's names     203.0.113.11  OpenAI's
                                    203.0.113.12  Google's              203.0.113.13  the example provider's
+                                   203.0.113.20  www.example.org (no provider's)
                                    198.51.100.53 DNS (authoritative for all of them; NXDOMAIN for the rest)
+                                   198.51.100.80 an upstream proxy (ports 10001-10008, Basic auth)
 
 HTTPS on :443 of each address with one leaf certificate for every name, signed by a throwaway CA
 (`ca_file`, for HEARTH_EXTRA_CA_CERTS); pages and endpoints: hearth/providers/inetweb.py; DNS: inetdns.py. The
@@ -56,6 +58,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "developers.google.com",
     ),
     "203.0.113.13": (EXAMPLE_HOST,),
+    "203.0.113.20": ("www.example.org",),  # a site of no provider (refused under HEARTH_EGRESS_POLICY=provider)
 }
 EXAMPLE_IP = "203.0.113.13"
 CMD_TIMEOUT = 15.0
