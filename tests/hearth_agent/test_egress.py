@@ -32,7 +32,7 @@ CLIENT = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     with tls_server(tmp_path_factory.mktemp("tls"), HOST) as got:
-        yield got
+        yield got.ca, got.port
 
 
 @pytest.fixture
