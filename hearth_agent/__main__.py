@@ -4,6 +4,9 @@ The agent makes itself non-dumpable at start (prctl PR_SET_DUMPABLE 0): processe
 the browser in the netns driver — cannot ptrace it or read its memory, environment or descriptors through /proc.
 
 Logs JSON lines to stderr (never the secret). SIGTERM/SIGINT: stop every child (TERM, KILL after 3 s), then exit.
+
+Start order (a cold desktop's path): the config and the supervisor's modules only, then the display starts in the
+supervisor thread; the HTTP server (http.server, the routes, the extensions) is imported and built meanwhile.
 """
 
 from __future__ import annotations
@@ -18,14 +21,13 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from hearth_agent.browser import browser_route
 from hearth_agent.config import AgentConfig, ConfigError, load_config
-from hearth_agent.personalise import personalise_route
-from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import Supervisor, Unavailable
+
+if TYPE_CHECKING:  # imported by build_server: after the display started
+    from hearth_agent.server import AgentServer
 
 log = logging.getLogger("hearth_agent")
 # optional modules with `register(server, supervisor, config)`
@@ -44,6 +46,10 @@ class JsonLines(logging.Formatter):
 
 
 def open_url_route(sup: Supervisor) -> Any:
+    from urllib.parse import urlsplit
+
+    from hearth_agent.server import HttpError
+
     def open_url(body: dict[str, Any]) -> tuple[int, Any]:
         url = body.get("url")
         if not isinstance(url, str) or len(url) > 8192:
@@ -61,6 +67,10 @@ def open_url_route(sup: Supervisor) -> Any:
 
 
 def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
+    from hearth_agent.browser import browser_route
+    from hearth_agent.personalise import personalise_route
+    from hearth_agent.server import AgentServer
+
     server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
     server.wait_ready = sup.wait_display  # GET /health?wait=<s>: answered once the display runs (no polling)
     server.route("POST", "/v1/open-url", open_url_route(sup))

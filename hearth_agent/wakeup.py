@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import select
 import threading
@@ -77,7 +76,7 @@ class Inotify:
     @classmethod
     def open(cls) -> Inotify | None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc, no ldconfig run
             libc.inotify_init1.argtypes = [ctypes.c_int]
             libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
             fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
