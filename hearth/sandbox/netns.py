@@ -184,7 +184,8 @@ class NetnsDriver(Driver):
             "--setenv", "PYTHONPATH", GUEST_LIB, "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--setenv", "BROWSER", f"{GUEST_LIB}/hearth_agent/browser_hook.py",
             "--chdir", GUEST_HOME,
-            guestpkg.GUEST_PYTHON, "-P", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
+            # -S: no site module (≈3 ms of each start): the agent needs the standard library and PYTHONPATH only
+            guestpkg.GUEST_PYTHON, "-P", "-S", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
         ]  # fmt: skip
 
     # ---- start ----------------------------------------------------------------------------------
