@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlsplit
 PORT_MARK = "{port}"
 EXAMPLE = "http://USER:PASS@proxy.example.com:{port}"
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
-MAX_BUNDLE = 4 * 1024 * 1024
+MAX_BUNDLE = 32 * 1024  # the CAs a proxy needs, not a whole system store: it travels in the sandbox's config pipe
+READ_MAX = 4 * 1024 * 1024
 
 
 class ProxySettingError(ValueError):
@@ -118,13 +119,16 @@ def read_bundle(path: Path) -> str:
     ProxySettingError naming the fix."""
     var = "HEARTH_EXTRA_CA_CERTS"
     try:
-        data = path.read_bytes()[: MAX_BUNDLE + 1]
+        if path.exists() and not path.is_file():
+            raise IsADirectoryError(21, "not a regular file")
+        with path.open("rb") as f:
+            data = f.read(READ_MAX + 1)
     except OSError as exc:
         raise ProxySettingError(
             f"{var}={str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); "
             "give a readable PEM file of CA certificates (make it readable by hearth)"
         ) from None
-    if len(data) > MAX_BUNDLE:
+    if len(data) > READ_MAX:
         raise ProxySettingError(f"{var}={str(path)!r} is larger than 4 MiB; give only the CA certificates to trust")
     blocks = _PEM.findall(data)
     if not blocks:
@@ -132,6 +136,11 @@ def read_bundle(path: Path) -> str:
             f"{var}={str(path)!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA bundle in PEM"
         )
     text = b"\n".join(blocks).decode("ascii") + "\n"
+    if len(text) > MAX_BUNDLE:
+        raise ProxySettingError(
+            f"{var}={str(path)!r} holds more than 32 KiB of certificates; give only the CAs to trust beyond the "
+            "system's (sandboxes keep the system CAs)"
+        )
     try:
         ssl.create_default_context(cadata=text)
     except (ssl.SSLError, ValueError) as exc:

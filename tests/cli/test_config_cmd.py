@@ -70,6 +70,9 @@ CASES |= {
     "HEARTH_SANDBOX_CGROUP": ("/sys/fs/cgroup/hearth-sandboxes", "relative/cgroup", "must be an absolute path"),
     "HEARTH_SANDBOX_MEMORY_MAX": ("7680Mi", "8 gigs", "valid integer"),
     "HEARTH_SANDBOX_CPU_MAX": ("6", "0", "greater than 0"),
+    "HEARTH_EGRESS_PROXY": ("http://u:pw@proxy.example.com:{port}", "http://u:pw@proxy:3128", "{port}"),
+    "HEARTH_EGRESS_PROXY_PORTS": ("10001-19999", "19999-10001", "without HEARTH_EGRESS_PROXY"),
+    "HEARTH_EXTRA_CA_CERTS": ("/etc/ssl/certs/ISRG_Root_X1.pem", "/nonexistent/ca.pem", "cannot be read"),
 }
 # what a variable's valid value needs beside it
 WITH = {
@@ -78,6 +81,8 @@ WITH = {
     "HEARTH_NODE_TLS_KEY": {"HEARTH_NODE_TLS_CERT": "/etc/passwd"},
     "HEARTH_SANDBOX_MEMORY_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
     "HEARTH_SANDBOX_CPU_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
+    "HEARTH_EGRESS_PROXY": {"HEARTH_EGRESS_PROXY_PORTS": "10001-19999"},
+    "HEARTH_EGRESS_PROXY_PORTS": {"HEARTH_EGRESS_PROXY": "http://u:pw@proxy.example.com:{port}"},
 }
 JUNK = ["", "x", "-1", "1e999", "99999999999999999999", "[/]", "a,b,,", "k:v", "é\u2028"]
 
