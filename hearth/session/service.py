@@ -458,7 +458,7 @@ class SessionService:
         queued = False
         while True:
             waiter = self.changes.waiter(session_id)
-            view = await self.get(session_id)
+            view = self.live_view(session_id) or await self.get(session_id)  # ready here: known without the store
             if not view.status.booting:
                 return view
             if view.status is Status.QUEUED or queued:  # still in line, or its turn just came: the bound starts now
@@ -595,10 +595,10 @@ class SessionService:
                     )
                 sb = self.sandboxes.get(sid)
                 last = next(reversed(timings))
-                await self._record(sid, pid=sb.pid if sb else None, timings=timings)
-                await self._transition(sid, Status.READY, None, None, timings)
+                # one transaction: the pid and timings with the move to READY, whose view is the one returned
+                fields = self._fields(sid, pid=sb.pid if sb else None, timings=timings)
+                ready_view = await self._transition(sid, Status.READY, None, None, timings, also=fields)
                 self.metrics.create_to_ready.observe(timings[last])
-                ready_view = await self.get(sid)
                 for callback in self.on_ready:
                     self.spawn(callback(ready_view), f"on-ready-{sid}")
                 for stage, at in timings.items():
@@ -668,6 +668,12 @@ class SessionService:
             await self.db.run(upd)
 
     async def _record(self, sid: str, **fields: Any) -> None:
+        await self.db.run(self._fields(sid, **fields))
+
+    @staticmethod
+    def _fields(sid: str, **fields: Any) -> Callable[[Db], None]:
+        """Set `fields` on the session's row (within a transaction: `_record`, or `_transition`'s `also`)."""
+
         def upd(db: Db) -> None:
             row = db.get(SessionRow, sid)
             if row is None:
@@ -675,7 +681,7 @@ class SessionService:
             for k, v in fields.items():
                 setattr(row, k, dict(v) if isinstance(v, dict) else v)
 
-        await self.db.run(upd)
+        return upd
 
     async def _transition(
         self,
