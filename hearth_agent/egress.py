@@ -6,9 +6,10 @@ document, never argv or the environment.
   there; nothing there carries a credential) on an event loop of its own thread.
 - `POST /v1/egress` `{"upstream": "http://USER:PASS@HOST:PORT"}`: a pooled sandbox learns its person's proxy port
   when it becomes theirs (authorised by the agent secret; never logged).
-- The CLIs' environment (`child_env`): HTTPS_PROXY/HTTP_PROXY (and lower case) to the local proxy, NO_PROXY for
-  loopback, NODE_USE_ENV_PROXY=1 (Node's fetch honours them), NODE_EXTRA_CA_CERTS=<the extra CAs>,
-  SSL_CERT_FILE / REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE=<system bundle + the extra CAs>, written under ~/.hearth/ca.
+- The CLIs' environment (`child_env`; also put in the agent's own, which every child inherits): HTTPS_PROXY and
+  HTTP_PROXY (and lower case) to the local proxy, NO_PROXY for loopback, NODE_USE_ENV_PROXY=1 (Node's fetch honours
+  them), NODE_EXTRA_CA_CERTS=<the extra CAs>, SSL_CERT_FILE / REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE=<system bundle +
+  the extra CAs>, written under ~/.hearth/ca.
 - A proxy that is down or refuses the credentials is pushed to the controller as `page_unreachable` "[proxy] …":
   the session fails within seconds naming the proxy hop.
 """
@@ -144,6 +145,10 @@ def register(server: AgentServer, sup: Supervisor, cfg: AgentConfig | Mapping[st
         egress.start()
     except (OSError, TimeoutError) as exc:  # the desktop still comes up; traffic through the proxy is refused
         log.error("local egress proxy not started", extra={"error": str(exc)})
+    # Every child the agent starts from now on (the CLIs of sign-ins and prompts, the desktop) inherits it: no
+    # credential in it, only the local proxy's address and the CA files. The agent's own calls to the controller
+    # never use a proxy (hearth_agent/controller.py).
+    os.environ.update(egress.env())
     _current = egress
     server.route("POST", "/v1/egress", egress.set_upstream)
     return egress
