@@ -41,17 +41,40 @@ from hearth.providers.conformance import cli_version, offline_netns
 from hearth.providers.model import Provider
 from hearth.providers.registry import load
 from hearth.providers.standin import Net, provider_net, wrap
+from hearth_agent import promptrun
 from hearth_agent.promptdef import map_line, parse_prompt_section
 from hearth_agent.promptrun import Prompts
 
 PROMPT = "Say the stand-in's sentence."
 TIMEOUT = 180.0
+MARKS: dict[str, dict[str, float]] = {}  # prompt id → when the runner read its first text line / saw the CLI exit
+
+
+def instrument() -> None:
+    """Mark, inside the agent's runner, when it read the CLI's first text line and when the CLI had exited: the
+    agent's own share of the latency (→ the receiver) is then measured apart from the CLI's, which varies by
+    seconds on a loaded host."""
+    read_line, finish = promptrun.Run._line, promptrun.Run._finish
+
+    def _line(self: promptrun.Run, line: bytes) -> None:
+        read_line(self, line)
+        if self.text_bytes and "text" not in MARKS.setdefault(self.id, {}):
+            MARKS[self.id]["text"] = time.monotonic()
+
+    def _finish(self: promptrun.Run) -> None:
+        MARKS.setdefault(self.id, {})["exit"] = time.monotonic()
+        finish(self)
+
+    promptrun.Run._line = _line  # type: ignore[method-assign]
+    promptrun.Run._finish = _finish  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
 class Timing:
     first_text: float
     done: float
+    own_text: float = 0.0  # through the agent: its first text line read → at the receiver
+    own_done: float = 0.0  # through the agent: the CLI exited → the final batch at the receiver
 
 
 def new_home(provider: str) -> Path:
@@ -127,7 +150,10 @@ def through_agent(prompts: Prompts, rx: promptcheck.Receiver, doc: dict[str, Any
     text = "".join(e["text"] for e in rx.events(pid) if e["type"] == "text")
     if final is None or final["final"]["status"] != "completed" or text != modelapi.ANSWER:
         raise SystemExit(f"agent: {final and final['final']}, text {text!r}")
-    return Timing(rx.first_text[pid] - t0, done)
+    arrived = time.monotonic()
+    marks = MARKS.pop(pid, {})
+    own_text = rx.first_text[pid] - marks.get("text", rx.first_text[pid])
+    return Timing(rx.first_text[pid] - t0, done, own_text, arrived - marks.get("exit", arrived))
 
 
 def med(ts: list[Timing], key: Callable[[Timing], float]) -> float:
@@ -158,9 +184,12 @@ def latency(provider: Provider, n: int, concurrent: int, bin_dir: Path) -> None:
             through_agent(runners[1], rx, doc)
             d_runs: list[Timing] = []
             a_runs: list[Timing] = []
-            for i in range(n):  # interleaved, so both see the same load
+            for i in range(n):  # interleaved, each first in turn, so both see the same load
+                if i % 2:
+                    a_runs.append(through_agent(runners[1], rx, doc))
                 d_runs.append(direct(provider, doc, homes[0], bin_dir))
-                a_runs.append(through_agent(runners[1], rx, doc))
+                if not i % 2:
+                    a_runs.append(through_agent(runners[1], rx, doc))
                 print(
                     f"run {i + 1}: direct first text {d_runs[-1].first_text:6.3f}s done {d_runs[-1].done:6.3f}s | "
                     f"agent first text {a_runs[-1].first_text:6.3f}s done {a_runs[-1].done:6.3f}s"
@@ -172,6 +201,12 @@ def latency(provider: Provider, n: int, concurrent: int, bin_dir: Path) -> None:
                     f"median prompt → {label}: direct {d:.3f}s, through the agent {a:.3f}s: ratio {a / d:.2f}, "
                     f"+{(a - d) * 1000:.0f} ms ({goal} ≤ 1.1× + 50 ms)"
                 )
+            own_t = statistics.median(t.own_text for t in a_runs) * 1000
+            own_d = statistics.median(t.own_done for t in a_runs) * 1000
+            print(
+                f"the agent's own share (median): first text line read → at the receiver {own_t:.1f} ms; "
+                f"the CLI exited → final batch at the receiver {own_d:.1f} ms"
+            )
             concurrency(provider, doc, homes[:concurrent], runners[:concurrent], rx, bin_dir)
             for r in runners:
                 r.shutdown()
@@ -284,6 +319,7 @@ def main() -> None:
     provider = load()[args.cli]
     bin_dir = installed / "node_modules" / ".bin"
     print(f"{provider.name}: {cli_version(bin_dir, provider.cli.bin) if provider.cli else '-'}")
+    instrument()
     latency(provider, args.n, args.concurrent, bin_dir)
     print("prompt → done for a stopped CLI sandbox and for none: not measured (needs the controller's prompt API)")
     if not args.no_memory:
