@@ -23,13 +23,21 @@ class TlsServer:
     heads: list[str] = field(default_factory=list)  # each answered request's head (verified handshakes only)
 
 
-@contextlib.contextmanager
-def tls_server(d: Path, host: str, sock: socket.socket | None = None) -> Iterator[TlsServer]:
-    """Answers every request 200 with BODY; `sock` (unbound) is bound to port 0 on its own address family's any."""
+def make_certs(d: Path, host: str) -> Path:
+    """A throwaway CA and a leaf for `host` in `d` (ca.pem, leaf.pem, key.pem); returns the CA's path."""
     ca, leaf, key = _certs((host,))
     (d / "ca.pem").write_bytes(ca)
     (d / "leaf.pem").write_bytes(leaf)
     (d / "key.pem").write_bytes(key)
+    return d / "ca.pem"
+
+
+@contextlib.contextmanager
+def tls_server(d: Path, host: str, sock: socket.socket | None = None) -> Iterator[TlsServer]:
+    """Answers every request 200 with BODY (certificates from `make_certs`, made now unless `d` has them); `sock`
+    (unbound) is bound to port 0 on its own address family's any."""
+    if not (d / "ca.pem").exists():
+        make_certs(d, host)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(d / "leaf.pem", d / "key.pem")
     if sock is None:
