@@ -42,7 +42,7 @@ from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
 from hearth.sandbox import hostscope
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes, tail
+from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes, tail
 from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
@@ -105,6 +105,7 @@ class NetnsDriver(Driver):
         self.bwrap = bwrap
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._guest: Path | None = None
+        self._scans = SharedScan()  # sandboxes stopping at once (a drain) share each pass over /proc
 
     # ---- pure -----------------------------------------------------------------------------------
     def ids(self, spec: SandboxSpec) -> tuple[int, int]:
@@ -326,7 +327,7 @@ class NetnsDriver(Driver):
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:
-        await stop_sandbox_processes(spec.slot.netns, self._procs.get(spec.slot.netns))
+        await stop_sandbox_processes(spec.slot.netns, self._procs.get(spec.slot.netns), scans=self._scans)
         self._procs.pop(spec.slot.netns, None)
 
     async def destroy(self, spec: SandboxSpec) -> None:

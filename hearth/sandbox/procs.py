@@ -104,6 +104,35 @@ def _scan() -> list[tuple[int, NsId, NsId | None]]:
     return out
 
 
+Rows = list[tuple[int, NsId, NsId | None]]
+
+
+class SharedScan:
+    """One pass over /proc shared by every waiter of one event loop that asked for it before the pass began.
+
+    A pass reads every process of the host (O(processes)); a drain of 1,000 sandboxes (3-4 processes each) would
+    otherwise scan once per sandbox per poll round — O(sandboxes²). With it, the sandboxes stopping at once share
+    each round's pass. A waiter only ever gets a pass that started after it asked, so "nothing left" is as true as
+    with a pass of its own."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[Rows] | None = None
+        self._since = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def rows(self) -> Rows:
+        asked, loop = time.monotonic(), asyncio.get_running_loop()
+        while True:
+            task = self._task if self._loop is loop else None
+            if task is None or (task.done() and self._since < asked):
+                self._since, self._loop = time.monotonic(), loop
+                self._task = task = asyncio.ensure_future(asyncio.to_thread(_scan))
+            if self._since >= asked:
+                return await asyncio.shield(task)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)  # an older pass in flight: let it finish, then start one for us
+
+
 @dataclass
 class SandboxProcesses:
     """The processes of sandbox netns `netns`; PID namespaces seen are remembered across scans."""
@@ -112,9 +141,10 @@ class SandboxProcesses:
     pidns: set[NsId] = field(default_factory=set)
     own_pidns: NsId | None = field(default_factory=lambda: ns_id("/proc/self/ns/pid"))
 
-    def scan(self) -> set[int]:
+    def scan(self, rows: Rows | None = None) -> set[int]:
+        """This sandbox's processes in `rows` (a pass over /proc; None: a pass of its own)."""
         target = ns_id(NETNS_RUN_DIR / self.netns)
-        rows = _scan()
+        rows = _scan() if rows is None else rows
         if target is not None:
             for _, net, pidns in rows:
                 if net == target and pidns is not None and pidns != self.own_pidns:
@@ -146,18 +176,23 @@ class SandboxProcesses:
 
 
 async def stop_sandbox_processes(
-    netns: str, extra: asyncio.subprocess.Process | None = None, grace: float = 3.0, kill_wait: float = 5.0
+    netns: str,
+    extra: asyncio.subprocess.Process | None = None,
+    grace: float = 3.0,
+    kill_wait: float = 5.0,
+    scans: SharedScan | None = None,
 ) -> None:
     """TERM every process of the sandbox, KILL whatever is left after `grace`, wait until every one is gone.
 
     The launcher (bwrap, outside the sandbox's PID namespace) exits on TERM; the sandbox's PID namespace ends with
     its init (the agent), which is signalled too (found by namespace). `extra` is the launcher this controller started
     (if it still knows it): it is signalled and awaited too. Raises DriverError when something survives SIGKILL.
+    `scans`: passes over /proc shared with the other sandboxes stopping at the same time (a drain).
     """
     procs = SandboxProcesses(netns)
 
     async def remaining() -> set[int]:
-        found = await asyncio.to_thread(procs.scan)
+        found = procs.scan(await scans.rows()) if scans is not None else await asyncio.to_thread(procs.scan)
         if extra is not None and extra.returncode is None:
             found.add(extra.pid)
         return found
