@@ -44,7 +44,7 @@ class ModelAPI:
     chunks: int = 4
     delay: float = 0.0
     revoked: bool = False
-    generation: int = 0  # bumped by every refresh
+    generations: dict[str, int] = field(default_factory=dict)  # provider → refreshes so far (0: sign-in's tokens)
     refreshes: list[str] = field(default_factory=list)  # provider of each accepted refresh
     prompts: list[str] = field(default_factory=list)  # provider of each streamed answer
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,7 +53,7 @@ class ModelAPI:
 
     def tokens(self, provider: str) -> tuple[str, str]:
         """(access, refresh) of the current generation for `provider`: generation 0 is what sign-in issued."""
-        g = self.generation
+        g = self.generations.get(provider, 0)
         if provider == "claude_code":
             return (f"sk-ant-oat01-test{g or ''}", f"sk-ant-ort01-test{g or ''}")
         if provider == "codex":
@@ -64,7 +64,7 @@ class ModelAPI:
         if self.revoked:
             return False
         if provider == "codex":  # Codex sends a JWT access token: its `hearth_gen` claim names the generation
-            return access_claim is None or access_claim == str(self.generation)
+            return access_claim is None or access_claim == str(self.generations.get(provider, 0))
         want = self.tokens(provider)[0]
         return headers_auth is None or headers_auth == f"Bearer {want}"
 
@@ -110,7 +110,7 @@ def _refresh(api: ModelAPI, provider: str, body: bytes) -> tuple[int, Any] | Non
         if api.revoked or form.get("refresh_token") != api.tokens(provider)[1]:
             desc = "Refresh token revoked" if api.revoked else "Refresh token not found or already used"
             return 400, {"error": "invalid_grant", "error_description": desc}
-        api.generation += 1
+        api.generations[provider] = api.generations.get(provider, 0) + 1
         api.refreshes.append(provider)
         access, refresh = api.tokens(provider)
     now = int(time.time())
@@ -129,7 +129,7 @@ def _refresh(api: ModelAPI, provider: str, body: bytes) -> tuple[int, Any] | Non
             "email": "t@example.test",
             "iat": now,
             "exp": now + 3600,
-            "hearth_gen": str(api.generation),
+            "hearth_gen": str(api.generations[provider]),
             "https://api.openai.com/auth": {"chatgpt_account_id": "acct-test", "chatgpt_plan_type": "plus"},
         }
         return 200, {"id_token": fake_jwt(claims), "access_token": fake_jwt(claims), "refresh_token": refresh}

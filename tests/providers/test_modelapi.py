@@ -55,6 +55,8 @@ def test_refresh_rotates_and_the_old_refresh_token_and_access_token_are_refused(
     assert route(api, "platform.claude.com", "/v1/oauth/token", body)[1]["error"] == "invalid_grant"  # rotated
     assert route(api, "api.anthropic.com", "/v1/messages", {}, f"Bearer {old_access}")[0] == 401
     assert route(api, "api.anthropic.com", "/v1/messages", {}, f"Bearer {out['access_token']}")[0] == 200
+    path = "/v1internal:streamGenerateContent"  # another provider's tokens are not rotated by this one's refresh
+    assert route(api, "cloudcode-pa.googleapis.com", path, {}, "Bearer ya29.test")[0] == 200
 
 
 def test_codex_refresh_rotates_and_its_jwt_names_the_generation() -> None:
@@ -96,7 +98,7 @@ def test_a_revoked_account_gets_401_and_invalid_grant_everywhere() -> None:
         body = {"grant_type": "refresh_token", "refresh_token": api.tokens(provider)[1]}
         code, out = route(api, host, path, body)
         assert (code, out["error"]) == (400, "invalid_grant")
-    assert api.refreshes == [] and api.generation == 0
+    assert api.refreshes == [] and api.generations == {}
 
 
 def test_other_requests_are_not_the_model_apis() -> None:
