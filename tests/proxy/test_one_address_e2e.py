@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -43,8 +44,9 @@ async def curl_in(netns: str, ca: Path, url: str) -> str:
 
 
 async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     lo = free_port()
     ports = f"{lo}-{lo + 1}"
     bridge = str(make_settings().bridge_ip)
@@ -118,6 +120,11 @@ async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
                     u: sum(1 for x in seen if x["target"] == target and x["port"] == p) for u, p in port_of.items()
                 }
                 assert per_port["pat"] >= 3 and per_port["quinn"] == 1, per_port  # pat: browser, CLI, Chromium
+                logs = caplog.text + "".join(
+                    ctl.ctl.driver.log_path(sb.spec).read_text()  # type: ignore[attr-defined, union-attr]
+                    for sb in where.values()
+                )
+                assert "local egress proxy listening" in logs and SECRET not in logs  # controller and agents
             finally:
                 proxy.terminate()
                 await asyncio.wait_for(proxy.wait(), 10)
