@@ -17,21 +17,15 @@ Then writes ~/.example/credentials.json (0600).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
-import secrets
-import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+# Everything else is imported where a flow needs it: a CLI waiting for the person (the paste_code prompt, the
+# device-code poll) holds only what it used so far — a node runs 1,000 of them (bench/direct_ramp.py).
 
 CLIENT_ID = "hearth-example-cli"
 
@@ -41,6 +35,11 @@ USAGE = "usage: python3 -m hearth_example.cli login [--flow loopback|paste_code|
 
 
 def _post(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode())
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
@@ -51,6 +50,9 @@ def _post(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
 
 
 def _save(issuer: str, tokens: dict[str, Any]) -> int:
+    import json
+    from pathlib import Path
+
     path = Path.home() / ".example" / "credentials.json"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -62,12 +64,35 @@ def _save(issuer: str, tokens: dict[str, Any]) -> int:
     return 0
 
 
+def _token(n: int) -> str:
+    """secrets.token_urlsafe(n) without importing secrets (hmac, OpenSSL's libcrypto: megabytes per waiting CLI)."""
+    import base64
+
+    return base64.urlsafe_b64encode(os.urandom(n)).rstrip(b"=").decode()
+
+
+def _sha256(data: bytes) -> bytes:
+    try:
+        import _sha256  # type: ignore[import-not-found]  # CPython's own, small; hashlib maps OpenSSL's libcrypto
+
+        digest: bytes = _sha256.sha256(data).digest()
+    except ImportError:  # another build: the same digest from hashlib
+        import hashlib
+
+        digest = hashlib.sha256(data).digest()
+    return digest
+
+
 def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    import base64
+
+    verifier = _token(48)
+    return verifier, base64.urlsafe_b64encode(_sha256(verifier.encode())).rstrip(b"=").decode()
 
 
 def _authorize_url(issuer: str, redirect: str, state: str, challenge: str) -> str:
+    import urllib.parse
+
     query = {
         "response_type": "code",
         "client_id": CLIENT_ID,
@@ -98,7 +123,7 @@ def paste_code(issuer: str) -> int:
     for attempt in range(5):
         if attempt == 0 or os.environ.get("HEARTH_EXAMPLE_RENEW") == "1":
             verifier, challenge = _pkce()
-            url = _authorize_url(issuer, redirect, secrets.token_urlsafe(16), challenge)
+            url = _authorize_url(issuer, redirect, _token(16), challenge)
             print(f"Open this URL in your browser and sign in:\n{url}", flush=True)
         code = input("Paste the authorization code: ").strip()
         status, body = _post(issuer + "/token", _token_form(code, redirect, verifier))
@@ -110,6 +135,8 @@ def paste_code(issuer: str) -> int:
 
 
 def device_code(issuer: str) -> int:
+    import time
+
     status, dev = _post(issuer + "/device/code", {"client_id": CLIENT_ID})
     if status != 200:
         print(f"device authorization failed: {dev.get('error', status)}", file=sys.stderr)
@@ -154,8 +181,15 @@ def main(argv: list[str]) -> int:
         return paste_code(issuer)
     if flow == "device_code":
         return device_code(issuer)
+    import json
+    import subprocess
+    import threading
+    import urllib.parse
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
     verifier, challenge = _pkce()
-    state = secrets.token_urlsafe(16)
+    state = _token(16)
     got: dict[str, str] = {}
     done = threading.Event()
 
