@@ -105,6 +105,8 @@ class LocalProxy:
                 await self._serve(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             pass
+        except asyncio.CancelledError:  # stop(): the connection ends here, quietly
+            pass
         finally:
             writer.close()
             if task is not None:

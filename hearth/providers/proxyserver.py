@@ -103,6 +103,8 @@ class ProxyServer:
                 await self._serve(reader, writer, port, peer_s)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             pass
+        except asyncio.CancelledError:  # stop(): the connection ends here, quietly
+            pass
         finally:
             writer.close()
             if task is not None:
