@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import httpx
@@ -53,7 +54,7 @@ async def start_ready(http: httpx.AsyncClient, settings: Settings, user: str) ->
     body = await wait_status(http, started["session_id"])
     assert body["status"] == "ready", body
     ip = str(body["sandbox_ip"])
-    slot = int(ip.rsplit(".", 1)[1]) - int(str(settings.ip_pool_start).rsplit(".", 1)[1])
+    slot = int(IPv4Address(ip)) - int(settings.ip_pool_start)  # any pool size (slots beyond 253 of a /22, /21)
     return Live(started["session_id"], started["viewer_token"], ip, slot, f"{settings.fabric_netns}-s{slot}")
 
 
