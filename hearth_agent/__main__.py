@@ -12,10 +12,12 @@ supervisor thread; the HTTP server (http.server, the routes, the extensions) is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -88,6 +90,17 @@ def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     return server
 
 
+def notify(fd: int) -> None:
+    """Tell the driver the API listens (its readiness by notification, not by polling the port), then close."""
+    try:
+        os.write(fd, b"listening\n")
+    except OSError as exc:
+        log.warning("could not notify the driver", extra={"error": str(exc)})
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def shield() -> None:
     """PR_SET_DUMPABLE 0: no ptrace, no /proc/<pid>/mem|environ|fd for other processes of this uid (Linux)."""
     try:
@@ -101,6 +114,7 @@ def shield() -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hearth_agent")
     ap.add_argument("--config", required=True, help="path of the agent's JSON config")
+    ap.add_argument("--notify-fd", type=int, help="write 'listening' to this pipe once the API accepts connections")
     args = ap.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
@@ -143,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     http.start()
     log.info("agent listening", extra={"ip": cfg.ip, "port": cfg.agent_port, "desktop": cfg.desktop})
+    if args.notify_fd is not None:
+        notify(args.notify_fd)
     try:
         supervisor.join()
     finally:
