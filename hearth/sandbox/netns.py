@@ -167,9 +167,9 @@ class NetnsDriver(Driver):
         etc = spec.workdir / "chromium-etc"
         return ["--ro-bind", str(etc), "/etc/chromium"] if etc.is_dir() else []
 
-    def argv(self, spec: SandboxSpec, bwrap: str, guest: Path, config_fd: int) -> list[str]:
+    def argv(self, spec: SandboxSpec, bwrap: str, guest: Path, config_fd: int, notify_fd: int = -1) -> list[str]:
         """nsenter (into the sandbox netns) → setpriv (drop to the sandbox user) → bwrap → the agent, which reads its
-        config from the inherited pipe `config_fd`."""
+        config from the inherited pipe `config_fd` and writes `listening` to the pipe `notify_fd` (when given)."""
         return [
             "nsenter", f"--net={dial.NETNS_RUN_DIR / spec.slot.netns}", "--",
             "setpriv", f"--reuid={self.ids(spec)[0]}", f"--regid={self.ids(spec)[1]}", "--clear-groups",
@@ -187,6 +187,7 @@ class NetnsDriver(Driver):
             "--chdir", GUEST_HOME,
             # -S: no site module (≈3 ms of each start): the agent needs the standard library and PYTHONPATH only
             guestpkg.GUEST_PYTHON, "-P", "-S", "-m", "hearth_agent", "--config", f"/dev/fd/{config_fd}",
+            *(["--notify-fd", str(notify_fd)] if notify_fd >= 0 else []),
         ]  # fmt: skip
 
     # ---- start ----------------------------------------------------------------------------------
@@ -212,8 +213,8 @@ class NetnsDriver(Driver):
                 undo.push_async_callback(asyncio.to_thread, _remove_workdir, spec.workdir)
                 await asyncio.to_thread(self._prepare_dirs, spec, guest)
                 undo.push_async_callback(self._stop_processes, spec)
-                proc = await self._launch(spec, bwrap, guest)
-                await self._wait_agent(spec, proc, min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT))
+                proc, notices = await self._launch(spec, bwrap, guest)
+                await self._wait_agent(spec, proc, min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT), notices)
                 mark("process")
                 undo.pop_all()
         except HearthError:
@@ -281,37 +282,48 @@ class NetnsDriver(Driver):
                     f"chmod o+x {blocked}, or keep the image under a traversable directory (HEARTH_IMAGE_DIR)",
                 )
 
-    async def _launch(self, spec: SandboxSpec, bwrap: str, guest: Path) -> asyncio.subprocess.Process:
+    async def _launch(self, spec: SandboxSpec, bwrap: str, guest: Path) -> tuple[asyncio.subprocess.Process, int]:
+        """The sandbox's processes; and the read end of the agent's notification pipe (`_wait_agent` closes it)."""
         config = json.dumps(self.agent_config(spec)).encode()  # far below a pipe's capacity: the write cannot block
         fd = os.open(self.log_path(spec), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         r, w = os.pipe()
+        notices, notify = os.pipe2(os.O_CLOEXEC)
         try:
             os.write(w, config)
             os.close(w)
             w = -1
             hostscope.prepare(self.s.sandbox_cgroup, self.s.sandbox_memory_max, self.s.sandbox_cpu_max)
             proc = await asyncio.create_subprocess_exec(
-                *hostscope.in_scope(self.argv(spec, bwrap, guest, r), self.s.sandbox_cgroup),
+                *hostscope.in_scope(self.argv(spec, bwrap, guest, r, notify), self.s.sandbox_cgroup),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 env=LAUNCH_ENV,
                 cwd="/",
-                pass_fds=(r,),
+                pass_fds=(r, notify),
             )
+        except BaseException:
+            os.close(notices)
+            raise
         finally:
             os.close(fd)
             os.close(r)
+            os.close(notify)  # the agent holds the only write end: its exit is EOF here
             if w >= 0:
                 os.close(w)
         self._procs[spec.slot.netns] = proc
         log.info("sandbox launched", extra={"netns": spec.slot.netns, "pid": proc.pid})
-        return proc
+        return proc, notices
 
-    async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float) -> None:
-        """Until the agent listens (its first act) — the one agent wait (`lifecycle.readiness`) — failing fast, with
-        its log, when it exits."""
+    async def _wait_agent(
+        self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float, notices: int = -1
+    ) -> None:
+        """Until the agent listens (its first act): told by the agent on its notification pipe (`notices`, closed
+        here) — or, when the pipe ends without it, the one agent wait (`lifecycle.readiness`), failing fast, with its
+        log, when it exited."""
+        if notices >= 0 and await _notified(notices, timeout):
+            return
 
         def exited() -> None:
             if proc.returncode is not None:
@@ -351,3 +363,31 @@ class NetnsDriver(Driver):
         if proc is not None and proc.returncode is None:
             return True
         return bool(await asyncio.to_thread(pids_in_netns, spec.slot.netns))
+
+
+async def _notified(fd: int, timeout: float) -> bool:
+    """Whether `listening` arrives on the pipe `fd` within `timeout` (False on EOF: the agent exited; closes `fd`)."""
+    loop = asyncio.get_running_loop()
+    told: asyncio.Future[bool] = loop.create_future()
+    got = bytearray()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        got.extend(chunk)
+        if (not chunk or b"\n" in got) and not told.done():
+            told.set_result(got.startswith(b"listening"))
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(told, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
