@@ -116,6 +116,8 @@ class Egress:
         cb, sid, secret = (self.raw.get(k) for k in ("callback", "session_id", "secret"))
         if not (isinstance(cb, str) and cb and isinstance(sid, str) and sid and isinstance(secret, str) and secret):
             return
+        if not self.raw.get("providers"):  # not a sign-in's sandbox (a CLI sandbox): no session to fail, logged only
+            return
         Outbox(cb, sid, secret).event("page_unreachable", f"[proxy] {detail}", budget=30.0)
 
     def set_upstream(self, body: dict[str, Any]) -> tuple[int, Any]:

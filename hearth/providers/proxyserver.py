@@ -72,8 +72,11 @@ class ProxyServer:
     async def stop(self) -> None:
         for srv in self._servers:
             srv.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # let each close its transports before the loop goes away
+            await asyncio.wait(tasks, timeout=5)
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 5)

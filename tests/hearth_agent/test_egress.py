@@ -74,6 +74,7 @@ def make(tmp_path: Path, ca: Path, upstream: str, callback: str = "") -> Egress:
         "callback": callback,
         "session_id": "s-egress",
         "secret": "x" * 32,
+        "providers": ["0" * 64],  # a sign-in's sandbox: its failures are pushed
     }
     eg = Egress(raw, str(tmp_path))
     eg.start()
