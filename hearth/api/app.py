@@ -24,6 +24,7 @@ from hearth.cluster.beat import run_node
 from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
+from hearth.egress.runtime import EgressRuntime
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
@@ -69,6 +70,7 @@ class Controller:
     providers: dict[str, Provider]
     signin: SignInFlow
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
+    egress: EgressRuntime | None = None  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
@@ -106,9 +108,13 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     clis = CliSandboxes(settings, db, sandboxes)
     providers = load_providers()
     service.providers = providers
+    sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
     signin = SignInFlow(service, vault, clis, providers)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
-    return Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
+    ctl = Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
+    ctl.egress = EgressRuntime(settings, sandboxes.gate)
+    ctl.egress.register(service.metrics.registry)
+    return ctl
 
 
 def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
@@ -173,6 +179,8 @@ def create_app(ctl: Controller) -> FastAPI:
         )
         try:
             await ctl.fabric.up()
+            if ctl.egress is not None:
+                await ctl.egress.start()
             callbacks = await agent_callbacks.serve(settings, ctl.signin)
         except BaseException:
             if scrape is not None:
@@ -195,6 +203,8 @@ def create_app(ctl: Controller) -> FastAPI:
                     await task
             await ctl.close()
             await callbacks.close()
+            if ctl.egress is not None:
+                await ctl.egress.stop()
             if scrape is not None:
                 scrape.close()
 

@@ -389,7 +389,7 @@ class Fabric(FabricBackend):
     async def status(self) -> FabricStatus:
         s, ns = self.s, self.s.fabric_netns
         seen = await self._thread(Hop.FABRIC, "observe", _observe_sync, s)
-        st = FabricStatus(netns=ns, bridge=s.bridge_device, egress=s.egress, **seen)
+        st = FabricStatus(netns=ns, bridge=s.bridge_device, egress=bool(s.egress), **seen)
         unreadable: list[str] = []
         outer_ns = s.uplink_netns or None
         try:

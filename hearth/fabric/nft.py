@@ -30,6 +30,7 @@ UNNAMED = "unnamed"  # the per-port counter of ports hearth did not name (no slo
 ROOT_FAMILY = "ip"
 OWNED_PREFIX = "hearth"  # every table this module may write is named hearth or hearth_<fabric>
 NFT_TIMEOUT = 10.0
+DNS_PORT = 53
 _INSTALL_HINT = "install nftables and util-linux (apt-get install nftables util-linux) and run as root"
 
 Obj = dict[str, Any]
@@ -112,6 +113,9 @@ def fabric_ruleset(settings: Settings) -> list[Obj]:
         _payload("tcp", "dport", {"set": ports} if len(ports) > 1 else ports[0]),
         _ACCEPT,
     )
+    # DNS to the forwarder on BRIDGE_IP (hearth/egress/dns.py; with egress off nothing listens: refused at once)
+    dns = _meta("l4proto", {"set": ["tcp", "udp"]}), _payload("th", "dport", DNS_PORT)
+    t.rule("input", _meta("iifname", br), _payload("ip", "daddr", str(settings.bridge_ip)), *dns, _ACCEPT)
     t.rule("input", _meta("iifname", br), _COUNTER, _DROP)
     if settings.egress:
         t.rule("input", _meta("iifname", UPLINK_INNER), _ESTABLISHED, _ACCEPT)

@@ -38,6 +38,8 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         "vnc_server": spec.vnc_server,
         "callback": f"http://{spec.slot.gateway}:{callback_port}",
         "providers": list(spec.providers),
+        # the guest's /etc/resolv.conf (hearth_boot.py): the fabric's DNS forwarder on the bridge (hearth/egress/dns.py)
+        "nameservers": [str(spec.slot.gateway)],
         # hearth_agent/egress.py: the local proxy (and the upstream URL with its credentials), the extra CAs
         "egress_proxy": {"listen_port": LOCAL_PROXY_PORT, "upstream": spec.egress_proxy} if spec.local_proxy else None,
         "extra_ca_certs": spec.extra_ca,

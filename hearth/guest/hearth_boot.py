@@ -119,6 +119,18 @@ def start_agent(user: pwd.struct_passwd, config_fd: int) -> int:
     return pid
 
 
+def write_resolv(cfg: dict[str, Any], path: str = "/etc/resolv.conf") -> None:
+    """The guest resolves through the fabric's DNS forwarder: the config document's `nameservers`."""
+    servers = [s for s in cfg.get("nameservers") or [] if isinstance(s, str) and s.replace(".", "").isdigit()]
+    if not servers:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write("".join(f"nameserver {s}\n" for s in servers) + "options timeout:2 attempts:2\n")
+    except OSError as exc:
+        say(f"WARNING: {path} not written: {exc}")
+
+
 def end_vm(code: int) -> None:
     """Reboot, which ends the VM (-no-reboot / Firecracker); PID 1 must never simply exit."""
     say(f"shutting down (agent status {code})")
@@ -151,6 +163,7 @@ def main() -> int:
         )
     except (ImportError, OSError) as exc:
         say(f"WARNING: Chromium policies not written: {exc}")
+    write_resolv(cfg)
     agent = start_agent(user, config_fd)
     say(f"agent started pid={agent} ip={cfg.get('ip')}")
     stopping = {"flag": False}

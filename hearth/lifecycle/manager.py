@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient, AgentRefused
 from hearth.config import Settings
+from hearth.egress.gate import EgressGate
+from hearth.egress.policy import Grant, wants_egress
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
@@ -69,6 +71,8 @@ class SandboxManager:
         # CLI sandboxes need a persistent home: the main driver when it offers one, else `home_driver`.
         self.home_driver = driver if driver.offers.persistent_home else home_driver
         self._live: dict[str, Sandbox] = {}
+        self.gate = EgressGate(settings)  # hearth/egress: which sandboxes go out (granted at boot), their drops
+        self.egress_domains: dict[str, tuple[str, ...]] = {}  # provider digest → its egress_domains (the app's)
         self.egress = EgressPlan(settings, db)  # the local proxy, the user's upstream port, the extra CAs
 
     # ---- the one builder (pure) --------------------------------------------------------------------------------
@@ -186,6 +190,8 @@ class SandboxManager:
             async with AsyncExitStack() as undo:
                 undo.push_async_callback(self._release_quietly, owner)
                 undo.push_async_callback(self._forget, owner)
+                await self._grant(sb, signin=ready is SandboxState.POOLED)
+                undo.push_async_callback(self.gate.revoke, spec.slot.ip)
                 await self._save(sb, driver)
                 undo.push_async_callback(self._delete_row_quietly, owner)
                 undo.push_async_callback(self._destroy_quietly, driver, spec)
@@ -244,6 +250,8 @@ class SandboxManager:
         if index is not None:
             spec = sb.spec if sb is not None else self.spec(owner, self.ipam.slot(index))
             await self._destroy_quietly(self.driver_for(sb.kind if sb is not None else kind), spec)
+        if index is not None:
+            await self.gate.revoke(self.ipam.slot(index).ip)
         self._forget_now(owner)
         await self._delete_row_quietly(owner)
         await self._release_quietly(owner)
@@ -297,6 +305,10 @@ class SandboxManager:
             return f"its agent does not answer: {type(exc).__name__}"
         state = SandboxState.POOLED if row.state == SandboxState.POOLED.value else SandboxState.RUNNING
         sb = Sandbox(row.owner_id, kind, spec, state, pid=row.pid)
+        try:
+            await self._grant(sb, signin=True)  # its way out, as before the restart (provider unknown here)
+        except HearthError as exc:
+            return f"its egress cannot be granted: {exc.reason}"
         self._live[row.owner_id] = sb
         log.info("sandbox adopted", extra={"session_id": row.owner_id, "slot": row.slot})
         return None
@@ -319,7 +331,24 @@ class SandboxManager:
         sb.move(SandboxState.RUNNING)
         old.state = SandboxState.GONE
         self._live[owner] = sb
+        self.gate.retarget(spec.slot.ip, owner, self._domains(providers))
         return sb
+
+    # ---- egress (hearth/egress) ---------------------------------------------------------------------------------
+    def _domains(self, providers: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The names a sandbox may resolve under HEARTH_EGRESS_POLICY=provider (None: any): its providers' domains;
+        without a provider (a CLI sandbox, a pooled one not yet handed out): every provider's."""
+        if self.s.egress_policy != "provider":
+            return None
+        chosen = providers or tuple(self.egress_domains)
+        return tuple(sorted({d for p in chosen for d in self.egress_domains.get(p, ())}))
+
+    async def _grant(self, sb: Sandbox, *, signin: bool) -> None:
+        """Grant `sb` its way out when HEARTH_EGRESS wants it to have one (hearth/egress/policy.py)."""
+        cli = sb.kind is Kind.CLI
+        if wants_egress(self.s, cli=cli, provider="signin" if signin or sb.spec.providers else None):
+            domains = self._domains(() if cli else sb.spec.providers)
+            await self.gate.grant(Grant(sb.spec.slot.ip, sb.owner, domains))
 
     # ---- internals ---------------------------------------------------------------------------------------------
     async def _save(self, sb: Sandbox, driver: Driver) -> None:

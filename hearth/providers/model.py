@@ -199,6 +199,20 @@ class Provider(BaseModel):
     timeout: float = Field(600, gt=0)
     flows: dict[FlowName, Flow] = Field(min_length=1)
     prompt: PromptSection | None = Field(None, description="how its CLI answers prompts (absent: it cannot)")
+    egress_domains: list[str] = Field(
+        default_factory=list,
+        description="domains its sign-in pages, token endpoints and API use (each covers its subdomains): under "
+        "HEARTH_EGRESS_POLICY=provider the only names its sandboxes resolve",
+    )
+
+    @field_validator("egress_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = [d.strip().rstrip(".").lower() for d in v]
+        bad = [d for d in out if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}", d)]
+        if bad:
+            raise ValueError(f"egress_domains: {bad[0]!r} is not a domain name (e.g. claude.ai)")
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> Provider:

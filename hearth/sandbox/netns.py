@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.egress.policy import resolv_conf
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
 from hearth.guest import configdrive
@@ -163,6 +164,11 @@ class NetnsDriver(Driver):
             "--ro-bind-try", "/var/cache/fontconfig", "/var/cache/fontconfig",
         ]  # fmt: skip
 
+    def resolv_binds(self, spec: SandboxSpec) -> list[str]:
+        """Every sandbox resolves through the fabric's DNS forwarder (hearth/egress/dns.py), whatever the root."""
+        conf = spec.workdir / "resolv.conf"
+        return ["--ro-bind", str(conf), "/etc/resolv.conf"] if conf.is_file() else []
+
     def policy_binds(self, spec: SandboxSpec) -> list[str]:
         etc = spec.workdir / "chromium-etc"
         return ["--ro-bind", str(etc), "/etc/chromium"] if etc.is_dir() else []
@@ -176,7 +182,7 @@ class NetnsDriver(Driver):
             "--no-new-privs", "--",
             bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--new-session", "--clearenv", "--hostname", spec.slot.netns,
-            *self.root_binds(guest), *self.policy_binds(spec),
+            *self.root_binds(guest), *self.policy_binds(spec), *self.resolv_binds(spec),
             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/run",
             "--bind", str(self.home_dir(spec)), GUEST_HOME,
             "--ro-bind", str(spec.workdir / "run"), "/run/hearth",
@@ -259,6 +265,8 @@ class NetnsDriver(Driver):
             shutil.copytree(shipped, etc, symlinks=True, ignore=shutil.ignore_patterns("policies"))
             os.chmod(etc, 0o755)
             write_policy(str(etc), configdrive.LOCAL_PROXY_PORT if spec.local_proxy else None, spec.extra_ca)
+        (wd / "resolv.conf").write_text(resolv_conf(self.s))  # the DNS forwarder on the bridge (hearth/egress)
+        os.chmod(wd / "resolv.conf", 0o644)
         run = wd / "run"
         if run.exists():  # a leftover of a crashed start of this slot
             _rmtree(run)
