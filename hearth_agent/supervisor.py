@@ -121,7 +121,8 @@ class Supervisor:
         self._helpers: list[tuple[subprocess.Popen[bytes], float]] = []
         self._browser = threading.Event()  # Chromium may start (at once, unless config.browser_on_request)
         self._waker = Waker()  # the supervisor thread looks again now (a stop, a browser asked for, a helper)
-        self._pidfds: dict[int, int] = {}  # pid → pidfd of the children the supervisor thread waits on
+        # the children the supervisor thread waits on → their pidfds (keyed by the Popen: a pid can be reused)
+        self._pidfds: dict[subprocess.Popen[bytes], int] = {}
         self._first_url = ""  # the page Chromium starts on when a page is what asked for it
         if "chromium" in self.services and config.browser_on_request:
             self.services["chromium"].state = "waiting"
@@ -154,12 +155,12 @@ class Supervisor:
         timeout = self._next_due(time.monotonic())
         live = {}
         for proc in procs:
-            fd = self._pidfds.pop(proc.pid, None)
+            fd = self._pidfds.pop(proc, None)
             fd = pidfd(proc.pid) if fd is None else fd
             if fd is None:  # no pidfd here: poll for this child's exit
                 timeout = TICK if timeout is None else min(timeout, TICK)
                 continue
-            live[proc.pid] = fd
+            live[proc] = fd
             fds.append(fd)
         for fd in self._pidfds.values():  # children reaped since the last sleep
             os.close(fd)
