@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +174,46 @@ def test_an_idle_agent_waiting_for_a_code_does_not_wake(agent_process: tuple[Age
     assert agent.finished()["state"] == "captured"
     wait_for(lambda: ctl.credentials, what="credentials push")
     assert wakeups(proc.pid) > before + idle
+
+
+@pytest.fixture
+def desktop_agent(tmp_path: Path) -> Iterator[tuple[Agent, subprocess.Popen[bytes]]]:
+    """The real agent with a real desktop (Xvnc + Openbox on loopback, no Chromium)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    port = free_port()
+    cfg = {"ip": "127.0.0.1", "agent_port": port, "rfb_port": free_port(), "secret": SECRET, "chromium": False}
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "hearth_agent", "--config", str(path)], env=env, cwd=str(home))
+    agent = Agent(f"http://127.0.0.1:{port}", home, None, None, Controller())  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: _answers(agent), what="the agent listening")
+        yield agent, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _services(agent: Agent) -> dict[str, Any]:
+    code, body = agent.call("GET", "/health")
+    assert code == 200
+    services: dict[str, Any] = body["services"]
+    return services
+
+
+@pytest.mark.skipif(shutil.which("Xvnc") is None or shutil.which("openbox") is None, reason="needs Xvnc and Openbox")
+def test_a_supervisor_with_a_desktop_sleeps_and_wakes_when_a_service_dies(
+    desktop_agent: tuple[Agent, subprocess.Popen[bytes]],
+) -> None:
+    agent, proc = desktop_agent
+    wait_for(lambda: all(s["state"] == "running" for s in _services(agent).values()), what="desktop running")
+    before = quiet(proc.pid)
+    time.sleep(WINDOW)  # the measurement window itself
+    idle = wakeups(proc.pid) - before
+    assert idle <= 2, f"{idle} wakeups in {WINDOW:g} s idle (the ticking supervisor alone: ~{10 * WINDOW:.0f})"
+    openbox = _services(agent)["openbox"]["pid"]
+    os.kill(openbox, signal.SIGKILL)  # its exit (pidfd) wakes the supervisor, which restarts it after its back-off
+    wait_for(lambda: _services(agent)["openbox"]["restarts"] == 1, what="openbox restarted")
+    assert _services(agent)["openbox"]["state"] in ("starting", "running")
