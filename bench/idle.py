@@ -150,7 +150,11 @@ async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> f
             await asyncio.sleep(window)
             cpu = (_cpu(pids) - before) / window * 100 / n
             await asyncio.gather(*(http.post(f"/api/auth/session/{sid}/cancel") for sid in sids))
-    print(f"[{which}] {n} idle direct sandboxes: {cpu:.4f}% of one core each ({len(pids)} processes in all)")
+    tick = 100 / os.sysconf("SC_CLK_TCK") / window / n  # one clock tick of CPU over the window, per sandbox
+    print(
+        f"[{which}] {n} idle direct sandboxes: {cpu:.4f}% of one core each ({len(pids)} processes in all; "
+        f"resolution {tick:.5f}%)"
+    )
     return cpu
 
 
