@@ -42,7 +42,7 @@ from hearth.providers.model import Provider
 from hearth.providers.registry import load
 from hearth.providers.standin import Net, provider_net, wrap
 from hearth_agent import promptrun
-from hearth_agent.promptdef import map_line, parse_prompt_section
+from hearth_agent.promptdef import PromptSpec, map_line, parse_prompt_section
 from hearth_agent.promptrun import Prompts
 
 PROMPT = "Say the stand-in's sentence."
@@ -105,15 +105,18 @@ def direct(provider: Provider, doc: dict[str, Any], home: Path, bin_dir: Path) -
     """The CLI on the host: the definition's argv and env, the prompt on stdin; the first stdout line that maps to
     `text` and the exit timed here."""
     spec = parse_prompt_section(doc["prompt"])
-    argv = spec.argv(PROMPT, "read_only", None, None)
     env = Prompts({}, str(home)).env(spec)  # the environment the agent gives the CLI: the comparison is fair
+    return run_argv(spec.argv(PROMPT, "read_only", None, None), env, home / spec.workspace, spec)
+
+
+def run_argv(argv: list[str], env: dict[str, str], cwd: Path, spec: PromptSpec) -> Timing:
     t0 = time.monotonic()
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=home / spec.workspace,
+        cwd=cwd,
         env=env,
         start_new_session=True,  # as the agent starts it (Popen flags alike: only the agent's work differs)
     )
@@ -135,7 +138,7 @@ def direct(provider: Provider, doc: dict[str, Any], home: Path, bin_dir: Path) -
     proc.wait(TIMEOUT)
     done = time.monotonic() - t0
     if proc.returncode != 0 or text != modelapi.ANSWER or first is None:
-        raise SystemExit(f"direct {provider.name}: exit {proc.returncode}, text {text!r}")
+        raise SystemExit(f"direct {argv[-1]}: exit {proc.returncode}, text {text!r}")
     return Timing(first, done)
 
 
@@ -304,6 +307,81 @@ async def memory(provider: Provider) -> None:
             await clis_mgr.delete("bench-mem")
 
 
+async def via_api(provider: Provider, n: int, bin_dir: Path) -> None:
+    """Through hearth's prompt API (a real controller, CLI sandbox and agent; the model-API stand-in behind the
+    internet stand-in) for a running CLI sandbox, a stopped one and none, against the same CLI run directly on the
+    host (on the stand-in's internet, the person's-machine namespace, resolving through its DNS)."""
+    from hearth.providers import promptapi
+    from hearth.providers.standin import SYSTEM_BUNDLE
+
+    spec = parse_prompt_section(provider.agent_document()["prompt"])
+    async with promptapi.world("hearth-bp") as w:
+        inet_dir = Path(tempfile.mkdtemp(prefix="hearth-bench-prompt-ca-"))
+        homes: list[Path] = []
+        try:
+            extra = w.ctl.settings.extra_ca_certs
+            (inet_dir / "bundle.pem").write_bytes(SYSTEM_BUNDLE.read_bytes() + Path(extra).read_bytes())
+            (inet_dir / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+            person = w.inet.person_netns
+
+            homes.append(new_home(provider.name))  # one home, warmed by a first run, as a running sandbox's is
+
+            def host_run() -> Timing:
+                home = homes[0]
+                env = {**Prompts({}, str(home)).env(spec), "NODE_EXTRA_CA_CERTS": str(extra)}
+                env["SSL_CERT_FILE"] = str(inet_dir / "bundle.pem")
+                inner = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+                argv = spec.argv(PROMPT, "read_only", None, None)
+                wrapped = ["nsenter", f"--net=/run/netns/{person}", "--", "unshare", "--mount", "--propagation"]
+                wrapped += ["private", "--", "sh", "-c", inner, str(inet_dir / "resolv.conf"), *argv]
+                return run_argv(wrapped, env, home / spec.workspace, spec)
+
+            rows: dict[str, list[Timing]] = {"direct (host)": [], "running": [], "stopped": [], "none": []}
+            await asyncio.to_thread(host_run)
+            for i in range(n):
+                user = f"bench-{i}"
+                await promptapi.seal(w, user, provider.name)
+                rows["none"].append(await api_prompt(w, user, provider.name))
+                rows["running"].append(await api_prompt(w, user, provider.name))
+                await w.ctl.ctl.clis.stop(user)
+                rows["stopped"].append(await api_prompt(w, user, provider.name))
+                rows["direct (host)"].append(await asyncio.to_thread(host_run))
+                print("  ".join(f"{k} {v[-1].first_text:.2f}/{v[-1].done:.2f}s" for k, v in rows.items()))
+            base = rows["direct (host)"]
+            for k, v in rows.items():
+                ft, dn = med(v, lambda t: t.first_text), med(v, lambda t: t.done)
+                bt, bd = med(base, lambda t: t.first_text), med(base, lambda t: t.done)
+                goal = "" if k != "running" else (" meets" if dn <= 1.1 * bd + 0.05 else " misses") + " ≤ 1.1× + 50 ms"
+                print(f"API {k:14s} → first text {ft:.3f}s ({ft / bt:.2f}×), → done {dn:.3f}s ({dn / bd:.2f}×){goal}")
+        finally:
+            shutil.rmtree(inet_dir, ignore_errors=True)
+            for h in homes:
+                shutil.rmtree(h, ignore_errors=True)
+
+
+async def api_prompt(w: Any, user: str, provider: str) -> Timing:
+    t0 = time.monotonic()
+    r = await w.http.post(f"/api/users/{user}/prompts", json={"provider": provider, "prompt": PROMPT})
+    if r.status_code != 202:
+        raise SystemExit(f"API: HTTP {r.status_code}: {r.text[:300]}")
+    first: float | None = None
+    text = ""
+    async with w.http.stream("GET", r.json()["stream_url"]) as s:
+        event = ""
+        async for line in s.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "text":
+                first = first if first is not None else time.monotonic() - t0
+                text += json.loads(line[6:])["text"]
+            elif line.startswith("data: ") and event == "end":
+                break
+    done = time.monotonic() - t0
+    if text != modelapi.ANSWER or first is None:
+        raise SystemExit(f"API: text {text!r}")
+    return Timing(first, done)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=5, help="sequential runs per path")
@@ -321,7 +399,12 @@ def main() -> None:
     print(f"{provider.name}: {cli_version(bin_dir, provider.cli.bin) if provider.cli else '-'}")
     instrument()
     latency(provider, args.n, args.concurrent, bin_dir)
-    print("prompt → done for a stopped CLI sandbox and for none: not measured (needs the controller's prompt API)")
+    try:
+        import hearth.prompts.api  # noqa: F401 - the controller's prompt API (issue 23 items 1-4)
+    except ImportError:
+        print("prompt → done for a stopped CLI sandbox and for none: not measured (no controller prompt API here)")
+    else:
+        asyncio.run(via_api(provider, args.n, bin_dir))
     if not args.no_memory:
         asyncio.run(memory(provider))
 

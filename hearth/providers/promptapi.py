@@ -58,6 +58,7 @@ class World:
     api: ModelAPI
     ctl: Any  # hearth.api.local.LocalController
     http: httpx.AsyncClient
+    inet: Any = None  # hearth.providers.internet.Internet
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +76,7 @@ async def world(prefix: str = "hearth-pa") -> AsyncIterator[World]:
             local_controller(s) as ctl,
             httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=TIMEOUT) as http,
         ):
-            yield World(api, ctl, http)
+            yield World(api, ctl, http, inet)
 
 
 async def seal(w: World, user: str, provider: str, *, expired: bool = False) -> int:
