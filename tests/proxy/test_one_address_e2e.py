@@ -128,3 +128,62 @@ async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
             finally:
                 proxy.terminate()
                 await asyncio.wait_for(proxy.wait(), 10)
+
+
+async def test_a_pooled_sandbox_leaves_through_its_persons_port(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A warm-pool sandbox boots before anyone owns it (its local proxy has no upstream: refused, naming the proxy);
+    handed out, it goes through its person's port."""
+    lo = free_port()
+    bridge = str(make_settings().bridge_ip)
+    ca = make_certs(tmp_path, HOST)
+    record = tmp_path / "seen.jsonl"
+    settings = make_settings(
+        HEARTH_FABRIC_OPEN_PORTS=str(lo),
+        HEARTH_EGRESS_PROXY=f"http://alice:{SECRET}@{bridge}:{{port}}",
+        HEARTH_EGRESS_PROXY_PORTS=str(lo),
+        HEARTH_EXTRA_CA_CERTS=str(ca),
+        HEARTH_POOL_SIZE="remote_browser:1",
+        HEARTH_CHROMIUM="false",
+    )
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        sock = await asyncio.to_thread(socket_in_netns, settings.fabric_netns)
+        with tls_server(tmp_path, HOST, sock) as web:
+            proxy = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.providers.proxyserver",
+                "--listen", bridge, "--ports", str(lo), "--record", str(record), "--resolve", f"{HOST}=127.0.0.1",
+                env={**os.environ, "PROXY_USER": f"alice:{SECRET}"}, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                assert proxy.stdout is not None and b"listening" in await asyncio.wait_for(proxy.stdout.readline(), 30)
+                pool = ctl.ctl.service.pool
+                deadline = time.monotonic() + WAIT
+                while not pool.ready("remote_browser"):
+                    assert time.monotonic() < deadline, pool.summary()
+                    await asyncio.sleep(0.1)
+                pooled = pool.ready("remote_browser")[0]
+                url = f"https://{HOST}:{web.port}/"
+                before = await curl_in(pooled.spec.slot.netns, ca, url + "unowned")
+                assert "CONNECT tunnel failed, response 502" in before, before  # no upstream yet: refused
+                r = await http.post("/api/auth/start", json={"user_id": "rae"})
+                assert r.status_code == 201, r.text
+                sid = r.json()["session_id"]
+                while time.monotonic() < deadline:
+                    body = (await http.get(f"/api/auth/session/{sid}")).json()
+                    if body["status"] not in ("queued", "starting"):
+                        break
+                    await asyncio.sleep(0.1)
+                assert body["status"] == "ready", body
+                sb = ctl.ctl.service.sandboxes.get(sid)
+                assert sb is not None and sb.spec.slot.netns == pooled.spec.slot.netns  # the pooled one, handed out
+                assert await curl_in(sb.spec.slot.netns, ca, url + "owned") == BODY.decode()
+                seen = [json.loads(line) for line in record.read_text().splitlines()]
+                assert [(x["port"], x["user"], x["status"]) for x in seen] == [(lo, "alice", 200)], seen
+                assert (await http.get("/api/users/rae/egress")).json()["proxy"]["port"] == lo
+            finally:
+                proxy.terminate()
+                await asyncio.wait_for(proxy.wait(), 10)
