@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ CONNECT_TIMEOUT = 5.0  # to the upstream proxy: a dead one is named within secon
 IDLE_TIMEOUT = 300.0  # a tunnel with no byte either way this long is closed
 MAX_CONNECTIONS = 256
 HOP_HEADER = "X-Hearth-Hop"
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 REASON_HEADER = "X-Hearth-Reason"  # what failed, for clients that show no body on a refused CONNECT (curl, probes)
 
 Failure = Callable[[str, str], None]  # (kind: "down" | "credentials", detail without secrets)
@@ -129,6 +131,10 @@ class LocalProxy:
         if method != "CONNECT" and not uri.startswith("http://"):
             await _answer(writer, 400, "only CONNECT and absolute http:// requests are proxied")
             return
+        target = uri if method == "CONNECT" else (urlsplit(uri).netloc or "")
+        if _internal(target):
+            await _answer(writer, 403, "the sandbox's proxy does not reach private, loopback or link-local addresses")
+            return
         up = self.upstream
         if up is None:
             await _answer(writer, 502, "this sandbox has no egress proxy yet", proxy=True)
@@ -185,6 +191,24 @@ class LocalProxy:
             up_w.close()
 
 
+def _internal(target: str) -> bool:
+    """Whether a request's host:port names an address a sandbox must never reach through the proxy either (private,
+    CGNAT, loopback, link-local and metadata, multicast, reserved): the upstream would dial it from its own network.
+    Names are the upstream's to resolve and judge."""
+    host = target.rpartition(":")[0] if not target.endswith("]") else target
+    host = host.strip("[]") or target.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+        or ip.is_unspecified or ip in _CGNAT
+    )  # fmt: skip
+
+
 def _status(head: bytes) -> int:
     first = head.split(b"\r\n", 1)[0].split(b" ")
     return int(first[1]) if len(first) >= 2 and first[1].isdigit() else 0
@@ -192,7 +216,9 @@ def _status(head: bytes) -> int:
 
 async def _answer(writer: asyncio.StreamWriter, status: int, message: str, proxy: bool = False) -> None:
     body = (message + "\n").encode()
-    reason = {400: "Bad Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}.get(status, "Error")
+    reason = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}.get(
+        status, "Error"
+    )
     said = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
     extra = f"{HOP_HEADER}: proxy\r\n{REASON_HEADER}: {said}\r\n" if proxy else ""
     writer.write(

@@ -66,7 +66,9 @@ async def curl(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 async def upstream(tls: tuple[Path, int]) -> AsyncIterator[ProxyServer]:
-    srv = ProxyServer("127.0.0.1", (0, 0), {"alice": "pa:ss@w0rd"}, resolve={HOST: "127.0.0.1"})
+    srv = ProxyServer(
+        "127.0.0.1", (0, 0), {"alice": "pa:ss@w0rd"}, resolve={HOST: "127.0.0.1", "web.test": "127.0.0.1"}
+    )
     await srv.start()
     yield srv
     await srv.stop()
@@ -103,7 +105,7 @@ async def test_plain_http_goes_through_with_the_credentials_added(upstream: Prox
     wport = web.sockets[0].getsockname()[1]
     proxy, lp = await local(Upstream.from_url(f"http://alice:pa%3Ass%40w0rd@127.0.0.1:{upstream.bound[0]}"), [])
     try:
-        code, out, err = await curl("--proxy", f"http://127.0.0.1:{lp}", f"http://127.0.0.1:{wport}/x?y=1")
+        code, out, err = await curl("--proxy", f"http://127.0.0.1:{lp}", f"http://web.test:{wport}/x?y=1")
         assert code == 0 and "got GET /x?y=1" in out, (out, err)
         assert "proxy-authorization" not in out.lower()  # the target never sees the proxy's header
     finally:
@@ -169,3 +171,24 @@ def test_the_upstream_url_parses_without_showing_its_password() -> None:
     with pytest.raises(ValueError, match="HOST:PORT") as caught:
         Upstream.from_url("socks5://alice:secretpw@proxy:1")
     assert "secretpw" not in str(caught.value)
+
+
+async def test_internal_addresses_are_refused_before_the_upstream(upstream: ProxyServer) -> None:
+    """The upstream would dial them from its own network: metadata, private, loopback, CGNAT, ULA literals."""
+    proxy, lp = await local(Upstream.from_url(f"http://alice:pa%3Ass%40w0rd@127.0.0.1:{upstream.bound[0]}"), [])
+    try:
+        for target in (
+            "169.254.169.254:80",
+            "10.1.2.3:443",
+            "127.0.0.1:22",
+            "100.64.0.1:443",
+            "[::1]:443",
+            "[fd00::1]:443",
+        ):
+            _code, out, _ = await curl("--proxy", f"http://127.0.0.1:{lp}", "-p", f"https://{target}/")
+            assert out.splitlines()[0].startswith("HTTP/1.1 403"), (target, out)
+        _code, out, _ = await curl("--proxy", f"http://127.0.0.1:{lp}", "http://169.254.169.254/latest/meta-data/")
+        assert out.splitlines()[0].startswith("HTTP/1.1 403"), out
+    finally:
+        await proxy.stop()
+    assert upstream.seen == []  # nothing of it reached the upstream
