@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
 
 CHROMIUM = "/usr/bin/chromium"
+SHOTS = os.environ.get("HEARTH_E2E_SHOTS", "")  # a directory: the viewer's screenshot when a page is not drawn
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -51,13 +53,14 @@ TOKEN_ENDPOINTS = {
     "gemini_cli": "POST oauth2.googleapis.com/token",
     "example": "POST idp.example.com/token",
 }
-# The colour at the centre of noVNC's canvas (the remote desktop's centre), as [r, g, b].
-CENTRE = """() => {
+# The colour of noVNC's canvas a quarter in from its top left (on the button, clear of its word), as [r, g, b].
+SPOT = 0.25
+CENTRE = f"""() => {{
   const c = document.querySelector('#screen canvas');
   if (!c || !c.width) return null;
-  const d = c.getContext('2d').getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data;
+  const d = c.getContext('2d').getImageData(Math.floor(c.width * {SPOT}), Math.floor(c.height * {SPOT}), 1, 1).data;
   return [d[0], d[1], d[2]];
-}"""
+}}"""
 
 
 @dataclass
@@ -215,19 +218,26 @@ async def _click_authorize(run: Run, sid: str, out: Outcome, page: Page, seen_be
             "Chrome" in s.user_agent and ("response_type=code" in s.path) for s in run.inet.traffic.seen[seen_before:]
         )
 
-    await _until("the provider's authorize page requested by the sandbox's Chromium", 120, requested, run, sid)
+    await _until("the provider's authorize page requested by the sandbox's Chromium", 180, requested, run, sid)
     out.seconds["page_requested"] = round(time.monotonic() - t0, 3)
 
+    last: list[Any] = [None]
+
     async def drawn() -> bool:
-        rgb = await page.evaluate(CENTRE)
+        rgb = last[0] = await page.evaluate(CENTRE)
         return rgb is not None and all(abs(a - b) < 24 for a, b in zip(rgb, BUTTON_RGB, strict=True))
 
-    await _until("the Authorize button drawn in the viewer", 60, drawn, run, sid)
+    try:
+        await _until("the Authorize button drawn in the viewer", 60, drawn, run, sid)
+    except TimeoutError as exc:
+        if SHOTS:
+            await page.screenshot(path=f"{SHOTS}/{out.provider}-{out.mode}.png")
+        raise TimeoutError(f"{exc} (the desktop shows rgb {last[0]} there)") from None
     out.seconds["page_drawn"] = round(time.monotonic() - t0, 3)
     box = await page.locator("#screen canvas").bounding_box()
     if box is None:
         raise RuntimeError("the viewer has no canvas")
-    await page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # through noVNC
+    await page.mouse.click(box["x"] + box["width"] * SPOT, box["y"] + box["height"] * SPOT)  # through noVNC
     out.seconds["clicked"] = round(time.monotonic() - t0, 3)
 
 

@@ -171,6 +171,10 @@ class ProviderHandler(_Base):
             return self._html(code_page(q.get("code", "")))
         if self.command == "GET" and host == "auth.openai.com" and url.path == "/codex/device":
             return self._html(device_page(DEVICE_APPROVE))
+        if host == "accounts.google.com" and url.path == "/ListAccounts":
+            # Chromium's own account check on Google's sign-in host: "no accounts" (a 404 there is retried with
+            # backoff while a navigation to accounts.google.com waits on it)
+            return self._send(200, b'["gaia.l.a.r",[]]', "application/json; charset=utf-8")
         if url.path == DEVICE_APPROVE:
             if form.get("user_code", "").strip().upper() != DEVICE_USER_CODE:
                 return self._html(b"<p id=result>Unknown or expired code</p>", 400)
@@ -209,6 +213,13 @@ class ExampleHandler(_Base, idp.Handler):
         if url.path == "/device":
             return self._html(device_page("/device/approve"))
         return idp.Handler.do_GET(self)
+
+    def _json(self, code: int, obj: Any) -> None:
+        """The IdP names its device page with http:// (it serves plain HTTP elsewhere); here it is served on TLS."""
+        uri = obj.get("verification_uri") if isinstance(obj, dict) else None
+        if isinstance(uri, str) and uri.startswith("http://"):
+            obj = {**obj, "verification_uri": "https://" + uri.removeprefix("http://")}
+        idp.Handler._json(self, code, obj)
 
     def do_POST(self) -> None:
         self._record(self.server.traffic)
