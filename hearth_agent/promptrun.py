@@ -228,7 +228,7 @@ class Run:
         size = len(str(ev["text"]).encode())
         if self.text_bytes + size > self.max_answer:
             self.truncated = True
-            return [{"type": "text", "text": TRUNCATED.format(n=self.max_answer)}]
+            return [{"type": "text", "text": TRUNCATED.format(n=self.max_answer), "truncated": True}]
         self.text_bytes += size
         self.answer_tail = (self.answer_tail + str(ev["text"]))[-500:]
         return [ev]

@@ -1,7 +1,8 @@
 """The only controller endpoint sandboxes can reach: agent → controller callbacks, served on BRIDGE_IP inside the
 fabric namespace (the public API stays on its own address in the root namespace, out of the sandboxes' reach).
 
-`POST /agent/v1/sessions/{id}/events`, `…/credentials` and `…/signin` (what the person must see to sign in in their
+`POST /agent/v1/sessions/{id}/events`, `…/credentials`, `…/prompt` (a CLI sandbox's prompt events: hearth/prompts)
+and `…/signin` (what the person must see to sign in in their
 own browser: the full URL, so it is kept in memory by the handler and never logged), each authenticated by that
 sandbox's own secret (checked from the headers, before any body is read). Served by hearth/agentlink/httpd.py, which
 bounds what any one sandbox can cost. Per session at most MAX_EVENTS events and MAX_EVENT_BYTES of event text are
@@ -32,7 +33,7 @@ from hearth.vault.store import CredentialFile
 log = logging.getLogger("hearth.agentlink")
 MAX_EVENTS = 200  # per session
 MAX_EVENT_BYTES = 64 * 1024  # per session: event names + details as stored
-_ROUTE = re.compile(r"/agent/v1/sessions/([^/?#]{1,128})/(events|credentials|signin)")
+_ROUTE = re.compile(r"/agent/v1/sessions/([^/?#]{1,128})/(events|credentials|signin|prompt)")
 
 
 class CallbackHandler(Protocol):
@@ -73,9 +74,15 @@ class _Budget:
     spent: bool = False
 
 
+class PromptHandler(Protocol):
+    async def on_prompt(self, owner: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A CLI sandbox's batch of prompt events (hearth/prompts/service.py); (HTTP status, body)."""
+
+
 class CallbackApp:
-    def __init__(self, handler: CallbackHandler) -> None:
+    def __init__(self, handler: CallbackHandler, prompts: PromptHandler | None = None) -> None:
         self.handler = handler
+        self.prompts = prompts
         self._budgets: dict[str, _Budget] = {}
 
     async def __call__(self, request: Request) -> Response:
@@ -96,6 +103,10 @@ class CallbackApp:
             log.warning("agent callback with a wrong secret refused", extra={"session_id": sid})
             raise HttpRefusal(401, "wrong agent secret")
         data = parse_json_object(await request.body())
+        if kind == "prompt":  # bounded per prompt by the prompt service itself, not by the sign-in event budget
+            if self.prompts is None:
+                return 404, {"error": "prompts are not served here"}
+            return await self.prompts.on_prompt(sid, data)
         if kind == "events":
             return await self._event(sid, data)
         if kind == "signin":
@@ -155,10 +166,12 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings, handler: CallbackHandler, limits: Limits | None = None) -> BoundedServer:
+async def serve(
+    settings: Settings, handler: CallbackHandler, limits: Limits | None = None, prompts: PromptHandler | None = None
+) -> BoundedServer:
     sock = await asyncio.to_thread(listening_socket, settings)
     try:
-        return await serve_http(sock, CallbackApp(handler), limits or Limits())
+        return await serve_http(sock, CallbackApp(handler, prompts), limits or Limits())
     except BaseException:
         sock.close()
         raise

@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, problems, sessions, users
-from hearth.api import egress as egress_routes
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
@@ -24,7 +23,6 @@ from hearth.cluster.beat import run_node
 from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
-from hearth.egress.runtime import EgressRuntime
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
@@ -33,6 +31,9 @@ from hearth.gateway import viewer
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.lifecycle.manager import SandboxManager
 from hearth.observe.listener import serve_metrics
+from hearth.prompts import api as prompt_routes
+from hearth.prompts.service import PromptService
+from hearth.prompts.store import PromptStore
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
@@ -69,8 +70,8 @@ class Controller:
     clis: CliSandboxes
     providers: dict[str, Provider]
     signin: SignInFlow
+    prompts: PromptService | None = None  # hearth/prompts: made by create_app
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
-    egress: EgressRuntime | None = None  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
@@ -108,13 +109,9 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     clis = CliSandboxes(settings, db, sandboxes)
     providers = load_providers()
     service.providers = providers
-    sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
     signin = SignInFlow(service, vault, clis, providers)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
-    ctl = Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
-    ctl.egress = EgressRuntime(settings, sandboxes.gate)
-    ctl.egress.register(service.metrics.registry)
-    return ctl
+    return Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
 
 
 def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
@@ -157,6 +154,9 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
             await ctl.service.expire_due()
             await ctl.service.pool_tick()
             await ctl.clis.stop_idle()
+            if ctl.prompts is not None:
+                await ctl.prompts.check_sandboxes()  # a CLI sandbox that died mid-prompt: failed, naming it
+                await ctl.prompts.store.purge()  # answers past HEARTH_PROMPT_RETENTION
             await ctl.clis.install_handed_over(ctl.vault)
         except StoreError as exc:
             log.warning("housekeeping pass skipped: %s", exc.reason)
@@ -169,6 +169,8 @@ def create_app(ctl: Controller) -> FastAPI:
     settings = ctl.settings
     # callers present an API key; edges present the node credential instead (hearth/cluster/credential.py)
     keys = ApiKeys(settings.api_keys, NodeCredential.from_setting(settings.node_credential))
+    store = PromptStore(settings, ctl.db, ctl.vault.ring)
+    prompts = ctl.prompts = PromptService(settings, store, ctl.vault, ctl.clis, ctl.providers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -179,14 +181,14 @@ def create_app(ctl: Controller) -> FastAPI:
         )
         try:
             await ctl.fabric.up()
-            if ctl.egress is not None:
-                await ctl.egress.start()
-            callbacks = await agent_callbacks.serve(settings, ctl.signin)
+            callbacks = await agent_callbacks.serve(settings, ctl.signin, prompts=prompts)
         except BaseException:
             if scrape is not None:
                 scrape.close()
             raise
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
+        with contextlib.suppress(StoreError):
+            await prompts.adopt()  # prompts that outlived the previous controller: attached again, or ended
         webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
         beat = asyncio.create_task(
             run_node(
@@ -201,10 +203,9 @@ def create_app(ctl: Controller) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await prompts.close()
             await ctl.close()
             await callbacks.close()
-            if ctl.egress is not None:
-                await ctl.egress.stop()
             if scrape is not None:
                 scrape.close()
 
@@ -270,7 +271,7 @@ def create_app(ctl: Controller) -> FastAPI:
     app.include_router(health.make_router(ctl))
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
-    app.include_router(egress_routes.make_router(settings, ctl.db, keys))
+    app.include_router(prompt_routes.make_router(prompts, keys))
     app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
     app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))

@@ -40,6 +40,7 @@ DEFAULT_BURST = 40.0  # requests at once, per client
 MAX_CLIENTS = 10_000  # buckets kept; beyond, the least recently seen client is forgotten (a full bucket again)
 PREFIX = "/api/"
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_PROMPTS = re.compile(r"/api/users/[^/]+/prompts")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Limits:
     max_body: int = DEFAULT_MAX_BODY
     rate: float = DEFAULT_RATE  # <= 0: no rate limit
     burst: float = DEFAULT_BURST
+    prompt_body: int = 0  # POST /api/users/{id}/prompts: HEARTH_MAX_PROMPT_BYTES, JSON-escaped, plus the rest
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -55,6 +57,7 @@ class Limits:
             max_body=int(getattr(settings, "max_body", DEFAULT_MAX_BODY)),
             rate=float(getattr(settings, "rate_limit", DEFAULT_RATE)),
             burst=float(getattr(settings, "rate_burst", DEFAULT_BURST)),
+            prompt_body=6 * int(getattr(settings, "max_prompt_bytes", 0)) + 64 * 1024,
         )
 
 
@@ -165,6 +168,8 @@ class LimitsMiddleware:
             await _json(send, 422, refusal_body(bad_path, "path"))
             return
         max_body = self.limits.max_body
+        if self.limits.prompt_body > max_body and _PROMPTS.fullmatch(str(scope.get("path", ""))):
+            max_body = self.limits.prompt_body  # a prompt may be larger (its own limit answers 413 by its name)
         declared = None
         for name, value in scope.get("headers") or ():
             if name == b"content-length":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +23,11 @@ class CredentialOut(BaseModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
     delivered_at: UtcDatetime | None
+    version: int = Field(1, description="+1 per re-seal: a sign-in, or the CLI's own refresh pushed back")
+    refreshed_at: UtcDatetime | None = Field(None, description="when the CLI last refreshed it (re-sealed)")
+    status: Literal["active", "needs_signin"] = "active"
+    status_reason: str | None = Field(None, description="needs_signin: the CLI's own reason (expired, revoked)")
+    last_used_at: UtcDatetime | None = Field(None, description="the last prompt that used it")
 
 
 class RevokedOut(BaseModel):

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,6 +89,12 @@ class CliSandboxes:
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff: dict[tuple[str, str], float] = {}  # (user, provider) → seconds until the next try
         self._retry_at: dict[tuple[str, str], float] = {}
+        self.busy: Callable[[str], bool] = lambda _user: False  # a prompt runs there (hearth/prompts sets it)
+        self._deliveries: dict[str, asyncio.Lock] = {}
+
+    def prompt_digests(self) -> tuple[str, ...]:
+        """The definitions a CLI sandbox's agent may run prompts with (hearth_agent/promptrun.py checks)."""
+        return tuple(p.agent_digest() for p in self.providers.values() if p.prompt is not None)
 
     def home_of(self, user_id: str) -> Path:
         return self.s.data_dir / "users" / hashlib.sha256(user_id.encode()).hexdigest()[:24] / "home"
@@ -132,10 +139,9 @@ class CliSandboxes:
                 return row
             if row.state == "running" or self.sandboxes.get(owner) is not None:  # dead, or not adopted: replace it
                 await self.sandboxes.end(owner, Final.DONE, row.slot, Kind.CLI)
-            proxy = await self.sandboxes.egress.url_for_user(user_id)  # the user's port on the egress proxy ("": none)
             lease = await self.ipam.acquire(owner)
             sb = await self.sandboxes.boot(
-                owner, Kind.CLI, lease.slot, desktop=False, home=Path(row.home), egress_proxy=proxy
+                owner, Kind.CLI, lease.slot, desktop=False, home=Path(row.home), providers=self.prompt_digests()
             )
 
             def save(db: Db) -> CliSandboxRow:
@@ -148,9 +154,28 @@ class CliSandboxes:
             log.info("CLI sandbox started", extra={"user": user_id})
             return await self.db.run(save)
 
-    async def deliver(self, user_id: str, files: list[CredentialFile], provider: str = "") -> list[str]:
+    async def deliver(
+        self, user_id: str, files: list[CredentialFile], provider: str = "", version: int | None = None
+    ) -> list[str]:
         """Install `files` in the user's CLI sandbox through its agent, with the settings `provider`'s CLI needs to
-        count as signed in merged into the person's own (hearth/clisandbox/delivery.py); returns the targets."""
+        count as signed in merged into the person's own (hearth/clisandbox/delivery.py); returns the targets.
+        With `version` (the sealed version these files are), a delivery never installs them over a newer one:
+        deliveries to one user are serialised and an older version than the store's newest is skipped."""
+        async with self._deliveries.setdefault(user_id, asyncio.Lock()):
+            if version is not None and provider:
+                newest = await self.db.run(
+                    lambda db: db.scalar(
+                        select(CredentialRow.version).where(
+                            CredentialRow.user_id == user_id, CredentialRow.provider == provider
+                        )
+                    )
+                )
+                if newest is not None and newest > version:
+                    log.info("older credential delivery skipped", extra={"user": user_id, "version": version})
+                    return []
+            return await self._deliver(user_id, files, provider)
+
+    async def _deliver(self, user_id: str, files: list[CredentialFile], provider: str) -> list[str]:
         row = await self.ensure(user_id)
         spec = self._spec(row)
         client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
@@ -267,7 +292,7 @@ class CliSandboxes:
         n = 0
         for r in rows:
             last = r.last_used_at if r.last_used_at.tzinfo else r.last_used_at.replace(tzinfo=UTC)
-            if last < cutoff:
+            if last < cutoff and not self.busy(r.user_id):
                 await self.stop(r.user_id)
                 n += 1
         return n
@@ -282,6 +307,15 @@ class CliSandboxes:
     def _mine(self) -> ColumnElement[bool]:
         """This node's CLI sandboxes only: a node never stops another host's."""
         return CliSandboxRow.node_id == self.s.node_id
+
+    async def owner_of(self, user_id: str) -> str | None:
+        """The sandbox owner id of `user_id`'s CLI sandbox (who may push a prompt's events for that user)."""
+        return await self.db.run(
+            lambda db: db.scalar(select(CliSandboxRow.owner_id).where(CliSandboxRow.user_id == user_id))
+        )
+
+    async def touch(self, user_id: str) -> None:
+        await self._touch(user_id)
 
     async def _touch(self, user_id: str) -> None:
         def touch(db: Db) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -108,6 +109,13 @@ class CredentialRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # issue 23: each re-seal (a sign-in, a CLI's refresh pushed back) is a new version; a delivery never installs
+    # an older one over a newer. status: active | needs_signin (with the CLI's own reason)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class CliSandboxRow(Base):
@@ -220,3 +228,53 @@ class EgressPortRow(Base):
     port: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(String(64))  # the node that assigned it (for the record)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PromptRow(Base):
+    """One prompt run through a user's own CLI (hearth/prompts). The prompt and the final answer are sealed with the
+    vault's key ring (bound to the user and the prompt id); only metadata is plain."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (Index("ix_prompts_user_status", "user_id", "status"), Index("ix_prompts_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
+    status: Mapped[str] = mapped_column(String(16))
+    permissions: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)  # asked for, then the one the CLI used
+    conversation_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the CLI's own session id
+    resumed_from: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the conversation it continues
+    timeout: Mapped[float] = mapped_column(Float)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    step: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the failing step
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)  # the newest stored event's sequence number
+    answer_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the sealed prompt and answer
+    prompt_nonce: Mapped[bytes | None] = mapped_column(LargeBinary(12), nullable=True)
+    prompt_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    answer_nonce: Mapped[bytes | None] = mapped_column(LargeBinary(12), nullable=True)
+    answer_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PromptChunkRow(Base):
+    """A batch of a prompt's stream events (or raw CLI lines), sealed: what a reconnecting stream replays."""
+
+    __tablename__ = "prompt_chunks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prompt_id: Mapped[str] = mapped_column(String(36), ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # events | raw
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(12))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)

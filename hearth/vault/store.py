@@ -37,6 +37,11 @@ class CredentialMeta:
     created_at: datetime
     updated_at: datetime
     delivered_at: datetime | None
+    version: int = 1  # +1 per re-seal: a sign-in, or a CLI's refresh pushed back (issue 23)
+    refreshed_at: datetime | None = None
+    status: str = "active"  # active | needs_signin
+    status_reason: str | None = None  # the CLI's own words (expired, revoked)
+    last_used_at: datetime | None = None
 
 
 def _encode(files: list[CredentialFile]) -> bytes:
@@ -50,7 +55,14 @@ def _decode(raw: bytes) -> list[CredentialFile]:
 
 
 def _meta(r: CredentialRow) -> CredentialMeta:
-    return CredentialMeta(r.user_id, r.provider, r.key_id, list(r.files), r.created_at, r.updated_at, r.delivered_at)
+    return CredentialMeta(
+        r.user_id, r.provider, r.key_id, list(r.files), r.created_at, r.updated_at, r.delivered_at,
+        r.version or 1, r.refreshed_at, r.status or "active", r.status_reason, r.last_used_at,
+    )  # fmt: skip
+
+
+def _row(db: Db, user_id: str, provider: str) -> CredentialRow | None:
+    return db.scalar(select(CredentialRow).where(CredentialRow.user_id == user_id, CredentialRow.provider == provider))
 
 
 class Vault:
@@ -76,8 +88,10 @@ class Vault:
                 select(CredentialRow).where(CredentialRow.user_id == user_id, CredentialRow.provider == provider)
             )
             if row is None:
-                row = CredentialRow(user_id=user_id, provider=provider)
+                row = CredentialRow(user_id=user_id, provider=provider, version=0)
                 db.add(row)
+            row.version = (row.version or 0) + 1  # a new sign-in: the newest, active again
+            row.status, row.status_reason = "active", None
             row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
             row.files = sorted(f.path for f in files)
             row.session_id = session_id
@@ -99,6 +113,51 @@ class Vault:
         if row is None:
             return None
         return _decode(unseal(self.ring, Sealed(row.key_id, row.nonce, row.ciphertext), user_id, provider))
+
+    async def open_versioned(self, user_id: str, provider: str) -> tuple[list[CredentialFile], CredentialMeta] | None:
+        """The newest files with their metadata (version, status) read in one go."""
+        row = await self.db.run(lambda db: _row(db, user_id, provider))
+        if row is None:
+            return None
+        return _decode(unseal(self.ring, Sealed(row.key_id, row.nonce, row.ciphertext), user_id, provider)), _meta(row)
+
+    async def refreshed(
+        self, user_id: str, provider: str, files: list[CredentialFile], base_version: int
+    ) -> CredentialMeta | None:
+        """A CLI rewrote its credential files (a refresh, a rotated refresh token) while it held `base_version`:
+        re-sealed as version + 1 with `refreshed_at`. None when a newer version was sealed meanwhile (a sign-in
+        completed during the prompt): the newest wins, these files are older by lineage and dropped."""
+        sealed = seal(self.ring, _encode(files), user_id, provider)
+
+        def store(db: Db) -> CredentialMeta | None:
+            row = _row(db, user_id, provider)
+            if row is None or (row.version or 1) != base_version:
+                return None
+            row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+            row.files = sorted(f.path for f in files)
+            row.version = (row.version or 1) + 1
+            row.refreshed_at = row.updated_at = row.delivered_at = utcnow()  # they are in the CLI sandbox already
+            row.status, row.status_reason = "active", None
+            db.flush()
+            if self.outbox is not None:
+                self.outbox.credential(db, CredentialEvent.SEALED, user_id, provider, row.files, row.session_id)
+            return _meta(row)
+
+        return await self.db.run(store)
+
+    async def set_status(self, user_id: str, provider: str, version: int, status: str, reason: str | None) -> None:
+        """`needs_signin` (with the CLI's reason) or `active`, for the version the CLI used (a newer sign-in keeps
+        its own status); `last_used_at` is now."""
+
+        def mark(db: Db) -> None:
+            row = _row(db, user_id, provider)
+            if row is None:
+                return
+            row.last_used_at = utcnow()
+            if (row.version or 1) == version:
+                row.status, row.status_reason = status, reason
+
+        await self.db.run(mark)
 
     async def mark_delivered(self, user_id: str, provider: str) -> None:
         def mark(db: Db) -> None:
