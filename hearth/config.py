@@ -24,6 +24,8 @@ from hearth.errors import ConfigError
 DriverName = Literal["auto", "netns", "qemu", "firecracker"]
 SigninModeName = Literal["remote_browser", "direct"]
 VncServerName = Literal["xvnc", "x11vnc"]
+EgressName = bool | Literal["signin"]  # HEARTH_EGRESS: false | true | signin (hearth/egress/policy.py)
+EgressPolicyName = Literal["open", "provider"]
 BrowserStartName = Literal["queued", "at_boot"]
 
 # Variables read without the HEARTH_ prefix (seed compatibility), plus other unprefixed knobs.
@@ -120,7 +122,18 @@ class Settings(BaseSettings):
     sandbox_memory_max: int | None = Field(None, ge=64 * 1024 * 1024)
     sandbox_cpu_max: float | None = Field(None, gt=0)
     driver: DriverName = "auto"
-    egress: bool = False
+    # who gets a route out through the uplink (hearth/egress): "signin" — sign-in sandboxes (both modes) and CLI
+    # sandboxes, a plain desktop without a provider none; true — every sandbox; false — none (no uplink at all)
+    egress: EgressName = False
+    # destinations egress never reaches (hearth/egress/policy.py BLOCKED: private, CGNAT, link-local, loopback, …)
+    # that it may reach after all: comma-separated IPv4 CIDRs; never one covering the fabric or the uplink
+    egress_allow: Annotated[tuple[IPv4Network, ...], NoDecode] = ()
+    egress_policy: EgressPolicyName = "open"  # provider: a sign-in sandbox resolves only its provider's domains
+    # the DNS forwarder on BRIDGE_IP:53 asks these (comma-separated IPv4); empty: the host's /etc/resolv.conf's
+    dns_upstream: Annotated[tuple[IPv4Address, ...], NoDecode] = ()
+    egress_conn_max: int = Field(256, ge=1)  # concurrent connections out per sandbox
+    egress_conn_rate: int = Field(50, ge=1)  # new connections out per second per sandbox (bursts of 4x)
+    egress_bandwidth: int = Field(12500, ge=0)  # KiB/s per sandbox and direction (0: unlimited); ~100 Mbit/s
     # one address per person (hearth/proxy): http://USER:PASS@HOST:{port}, each user's port for life from the ranges
     # of HEARTH_EGRESS_PROXY_PORTS (e.g. 10001-19999); empty: no upstream proxy. The URL is never shown or logged.
     egress_proxy: str = Field("", repr=False)
@@ -186,7 +199,7 @@ class Settings(BaseSettings):
     vm_vcpus: int = Field(2, ge=1, le=32)
     vm_mem_mib: int = Field(2048, ge=512)
 
-    @field_validator("api_keys", "fabric_open_ports", mode="before")
+    @field_validator("api_keys", "fabric_open_ports", "egress_allow", "dns_upstream", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -364,6 +377,9 @@ def consistency_problems(s: Settings) -> list[str]:
         problems.append("HEARTH_UPLINK_NETWORK must be a /30 (two addresses: root side and fabric side)")
     if s.uplink_network.overlaps(net):
         problems.append("HEARTH_UPLINK_NETWORK overlaps INTERNAL_NETWORK; choose a separate /30")
+    from hearth.egress.policy import allow_problems
+
+    problems += allow_problems(s)
     if s.uplink_netns and not re.match(r"^[A-Za-z0-9_.\-]{1,40}$", s.uplink_netns):
         problems.append(f"HEARTH_UPLINK_NETNS={s.uplink_netns!r} is not a valid namespace name; unset it (the host's)")
     host, _, port = s.api_listen.rpartition(":")

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from hearth import __version__
 from hearth.agentlink import callbacks as agent_callbacks
 from hearth.api import diagnostics, health, limits, problems, sessions, users
+from hearth.api import egress as egress_routes
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
@@ -23,6 +24,7 @@ from hearth.cluster.beat import run_node
 from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
+from hearth.egress.runtime import EgressRuntime
 from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
@@ -72,6 +74,7 @@ class Controller:
     signin: SignInFlow
     prompts: PromptService | None = None  # hearth/prompts: made by create_app
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
+    egress: EgressRuntime | None = None  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
@@ -109,9 +112,13 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     clis = CliSandboxes(settings, db, sandboxes)
     providers = load_providers()
     service.providers = providers
+    sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
     signin = SignInFlow(service, vault, clis, providers)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
-    return Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
+    ctl = Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
+    ctl.egress = EgressRuntime(settings, sandboxes.gate)
+    ctl.egress.register(service.metrics.registry)
+    return ctl
 
 
 def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
@@ -181,6 +188,8 @@ def create_app(ctl: Controller) -> FastAPI:
         )
         try:
             await ctl.fabric.up()
+            if ctl.egress is not None:
+                await ctl.egress.start()
             callbacks = await agent_callbacks.serve(settings, ctl.signin, prompts=prompts)
         except BaseException:
             if scrape is not None:
@@ -206,6 +215,8 @@ def create_app(ctl: Controller) -> FastAPI:
             await prompts.close()
             await ctl.close()
             await callbacks.close()
+            if ctl.egress is not None:
+                await ctl.egress.stop()
             if scrape is not None:
                 scrape.close()
 
@@ -272,6 +283,7 @@ def create_app(ctl: Controller) -> FastAPI:
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
     app.include_router(prompt_routes.make_router(prompts, keys))
+    app.include_router(egress_routes.make_router(settings, ctl.db, keys))
     app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
     app.include_router(diagnostics.make_router(ctl, keys))
     app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))

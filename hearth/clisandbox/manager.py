@@ -139,9 +139,16 @@ class CliSandboxes:
                 return row
             if row.state == "running" or self.sandboxes.get(owner) is not None:  # dead, or not adopted: replace it
                 await self.sandboxes.end(owner, Final.DONE, row.slot, Kind.CLI)
+            proxy = await self.sandboxes.egress.url_for_user(user_id)  # the user's port on the egress proxy ("": none)
             lease = await self.ipam.acquire(owner)
             sb = await self.sandboxes.boot(
-                owner, Kind.CLI, lease.slot, desktop=False, home=Path(row.home), providers=self.prompt_digests()
+                owner,
+                Kind.CLI,
+                lease.slot,
+                desktop=False,
+                home=Path(row.home),
+                egress_proxy=proxy,
+                providers=self.prompt_digests(),
             )
 
             def save(db: Db) -> CliSandboxRow:
