@@ -64,6 +64,8 @@ class Egress:
             self._write_ca()
         if not self.listen_port:
             return
+        # fail closed: should the proxy not start, the CLIs still point at it, never around it
+        self.port = self.listen_port
         self.proxy = LocalProxy(self._upstream, self._failed)
         loop = self._loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True).start()
