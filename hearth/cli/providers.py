@@ -56,7 +56,9 @@ def check(
         False, "--e2e", help="sign in end to end through a real controller and the internet stand-in, every mode"
     ),
     prompts: bool = typer.Option(
-        False, "--prompts", help="answer prompts through the CLI sandbox's agent: answer, refresh, revoked, cancel"
+        False,
+        "--prompts",
+        help="answer prompts through the CLI sandbox's agent: answer, refresh, revoked, cancel (--e2e: and the API)",
     ),
 ) -> None:
     """Run the provider conformance on this host (needs root: it creates its own network namespaces)."""
@@ -64,7 +66,7 @@ def check(
 
     if os.geteuid() != 0:
         fail("hearth providers check needs root (it creates network namespaces)", 2)
-    if e2e:
+    if e2e and not prompts:
         from hearth.cli.providers_e2e import run_e2e
 
         try:
@@ -79,7 +81,7 @@ def check(
             picked = [get(load(), provider)] if provider else [p for p in load().values() if p.cli is not None]
         except ProviderError as exc:
             fail(str(exc), 2)
-        raise typer.Exit(run_prompts(picked, _clis_dir(image), as_json))
+        raise typer.Exit(run_prompts(picked, _clis_dir(image), as_json, api=e2e))
     try:
         defs = load()
         chosen = [get(defs, provider)] if provider else [p for p in defs.values() if p.cli is not None]

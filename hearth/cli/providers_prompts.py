@@ -1,9 +1,11 @@
-"""`hearth providers check --prompts [--provider P]`: each real CLI answers prompts through the CLI sandbox's agent,
-offline (hearth/providers/promptcheck.py: answer, refresh during a prompt, revoked credential, cancel mid-stream),
-printed per provider and scenario with the timings and the failing step. Exit 1 on a failure."""
+"""`hearth providers check --prompts [--e2e] [--provider P]`: each real CLI answers prompts through the CLI sandbox's
+agent, offline (hearth/providers/promptcheck.py: answer, refresh during a prompt, revoked credential, cancel mid-stream),
+printed per provider and scenario with the timings and the failing step; with --e2e also through hearth's prompt API
+(hearth/providers/promptapi.py: a real controller and CLI sandbox, the internet stand-in). Exit 1 on a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,36 @@ from hearth.providers import promptcheck
 from hearth.providers.model import Provider
 
 
-def run_prompts(chosen: list[Provider], where: Path | None, as_json: bool) -> int:
+async def _through_api(chosen: list[Provider]) -> list[dict[str, Any]]:
+    from hearth.providers import promptapi
+
     rows: list[dict[str, Any]] = []
-    for p in chosen:
-        if p.prompt is None or p.cli is None:
-            continue
+    async with promptapi.world("hearth-k") as w:
+        for p in chosen:
+            for scenario in promptapi.SCENARIOS:
+                res = await promptapi.check(w, p.name, scenario)
+                timings = res.prompt.get("timings") or {}
+                rows.append(
+                    {
+                        "provider": p.name,
+                        "scenario": f"api/{scenario}",
+                        "cli_version": "",
+                        "status": str(res.prompt.get("status", "")),
+                        "seconds_to_first_text": None,
+                        "seconds_to_done": None,
+                        "needs_signin": res.extra.get("credential") == "needs_signin" or None,
+                        "timings": timings,
+                        "failed_step": res.failed_step,
+                    }
+                )
+    return rows
+
+
+def run_prompts(chosen: list[Provider], where: Path | None, as_json: bool, api: bool = False) -> int:
+    """`api`: also through hearth's prompt API (a real controller and CLI sandbox, the internet stand-in)."""
+    rows: list[dict[str, Any]] = []
+    real = [p for p in chosen if p.prompt is not None and p.cli is not None]
+    for p in real:
         for scenario in promptcheck.SCENARIOS:
             res = promptcheck.check(p, scenario, where, prefix="hearth-k")
             final = res.extra.get("final") or {}
@@ -36,6 +63,8 @@ def run_prompts(chosen: list[Provider], where: Path | None, as_json: bool) -> in
                     "failed_step": res.failed_step,
                 }
             )
+    if api and real:
+        rows += asyncio.run(_through_api(real))
     failed = not rows or any(r["failed_step"] for r in rows)
     if as_json:
         print(json.dumps({"clis": str(where) if where else None, "results": rows}, indent=2))
