@@ -7,6 +7,8 @@ is fetched through the gateway WebSocket. Prints each run and the median / max, 
 `--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<pool-size>, its own flag; each batch starts once
 the pool holds as many sandboxes as the batch creates, up to its size), with the ratio against the cold Xvnc figure
 of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
+Each arm also prints the median of every boot stage the API reports (seconds since creation: lease, namespace,
+process, display, vnc, rfb — or pool) and of ready → first frame.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -24,7 +26,7 @@ from hearth.api.local import LocalController, local_controller, scratch_settings
 from hearth.rfb.ws import first_frame
 
 
-async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, float, bool]:
+async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, float, bool, dict[str, float]]:
     t0 = time.monotonic()
     r = await http.post("/api/auth/start", json={"user_id": user})
     r.raise_for_status()
@@ -35,7 +37,7 @@ async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, 
     timings = (await http.get(f"/api/auth/session/{sid}")).json()["timings"]
     ready = timings.get("rfb", timings.get("pool", float("nan")))
     await http.post(f"/api/auth/session/{sid}/cancel")
-    return total, ready, frame.non_blank
+    return total, ready, frame.non_blank, timings
 
 
 async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> None:
@@ -66,14 +68,18 @@ async def run(
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=60) as http,
         ):
             results: list[tuple[float, float, bool]] = []
+            stages: dict[str, list[float]] = {}
             for i in range(0, n, parallel):
                 if pool:
                     await pool_full(lc, min(parallel, n - i, pool_size))
                 batch = await asyncio.gather(
                     *(one(http, lc.ws_base, f"bench{j}") for j in range(i, min(n, i + parallel)))
                 )
-                for total, ready, non_blank in batch:
+                for total, ready, non_blank, timings in batch:
                     results.append((total, ready, non_blank))
+                    for stage, at in timings.items():
+                        stages.setdefault(stage, []).append(float(at))
+                    stages.setdefault("first frame", []).append(total)
                     print(
                         f"[{label}] run {len(results):3d}: create→ready {ready:6.3f}s  "
                         f"create→first-frame {total:6.3f}s  {'non-blank' if non_blank else 'BLANK'}"
@@ -82,7 +88,13 @@ async def run(
     readies = [r[1] for r in results]
     print(f"\n[{label}] sessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
     print(f"[{label}] create→ready        median {statistics.median(readies):.3f}s  max {max(readies):.3f}s")
-    print(f"[{label}] create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s\n")
+    print(f"[{label}] create→first-frame  median {statistics.median(totals):.3f}s  max {max(totals):.3f}s")
+    marks = sorted(((statistics.median(v), k) for k, v in stages.items()), key=lambda m: m[0])
+    steps, last = [], 0.0
+    for at, stage in marks:  # each stage's p50 (seconds since creation) and the step to it from the one before
+        steps.append(f"{stage} {at * 1000:.0f} ms (+{(at - last) * 1000:.0f})")
+        last = at
+    print(f"[{label}] stages p50: {', '.join(steps)}\n")
     return statistics.median(readies), statistics.median(totals)
 
 
