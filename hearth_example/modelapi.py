@@ -5,7 +5,7 @@ answers with JSON lines, streamed as they are made (`Connection: close`, no leng
 `{"delta": "..."}`… `{"tool": {"name", "input"}}` `{"usage": {...}}` `{"done": true, "model"}`. The answer repeats
 the last user message (`You said: …`) and counts the turns, so a continued conversation is visible. Directives in
 the prompt, for tests: `[hang]` (one delta, then nothing until the client goes), `[slow]` (a delta every 0.2 s for
-a minute), `[flood:N]` (N KiB of deltas), `[tool:ls]`, `[tool:write:NAME]` (a tool call the CLI performs).
+a minute), `[wait:N]` (one delta, N s of silence, then the answer), `[flood:N]` (N KiB of deltas), `[tool:ls]`, `[tool:write:NAME]` (a tool call the CLI performs).
 
 401 `{"error": "token_expired"}` for an expired access token (the CLI refreshes), `{"error": "revoked"}` for a
 revoked one, `{"error": "invalid_token"}` otherwise. The refresh grant rotates: a refresh token works once.
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 MAX_BODY = 4 << 20
 _FLOOD = re.compile(r"\[flood:(\d{1,6})\]")
+_WAIT = re.compile(r"\[wait:(\d{1,2})\]")
 _TOOL = re.compile(r"\[tool:(ls|write:[A-Za-z0-9._-]{1,64})\]")
 
 
@@ -117,6 +118,10 @@ def _stream(h: BaseHTTPRequestHandler, messages: list[dict[str, Any]], model: st
             time.sleep(1.0)
             h.wfile.write(b"\n")
             h.wfile.flush()
+    wait = _WAIT.search(last)
+    if wait:
+        _line(h, {"delta": "…"})
+        time.sleep(int(wait.group(1)))
     flood = _FLOOD.search(last)
     if flood:
         chunk = "x" * 1023 + "\n"

@@ -157,6 +157,8 @@ async def _housekeeping(ctl: Controller, period: float = 2.0) -> None:
                 ctl.reconcile_soon.clear()
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
                 await reconciler.run_once()
+                if ctl.prompts is not None and not ctl.prompts.adopted:  # after the sandboxes were adopted
+                    await ctl.prompts.adopt()  # prompts that outlived the previous controller: attached, or ended
             await ctl.service.check_alive()
             await ctl.service.expire_due()
             await ctl.service.pool_tick()
@@ -196,8 +198,6 @@ def create_app(ctl: Controller) -> FastAPI:
                 scrape.close()
             raise
         keeper = asyncio.create_task(_housekeeping(ctl), name="housekeeping")
-        with contextlib.suppress(StoreError):
-            await prompts.adopt()  # prompts that outlived the previous controller: attached again, or ended
         webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
         beat = asyncio.create_task(
             run_node(

@@ -79,6 +79,7 @@ class PromptService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self._users: dict[str, str] = {}  # prompt id → user, while its task runs
+        self.adopted = False  # the prompts that outlived a previous controller are attached (adopt)
         clis.busy = self.busy  # an idle stop never stops a CLI sandbox that runs a prompt
 
     def busy(self, user_id: str) -> bool:
@@ -273,6 +274,8 @@ class PromptService:
     # ---- agent → controller -------------------------------------------------------------------
     async def on_prompt(self, owner: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         pid = str(data.get("prompt_id", ""))
+        if not self.adopted:
+            return 503, {"error": "the controller is adopting its prompts after a restart; retry"}
         live = self._live.get(pid)
         row = await self.store.get(pid) if live is not None else None
         if live is None or row is None or live.owner != owner:
@@ -428,6 +431,19 @@ class PromptService:
                     )
                     continue
                 live.owner = owner
+                client = self._client(owner)
+                state = "unknown"
+                with contextlib.suppress(HearthError):
+                    out = await client.call("POST", "/v1/prompts/status", {"id": row.id}) if client else None
+                    state = str(out.get("state")) if isinstance(out, dict) else "unknown"
+                if state == "unknown":
+                    await self._end(
+                        row.id,
+                        PromptStatus.FAILED,
+                        Step.SANDBOX,
+                        "[sandbox] the CLI sandbox no longer runs this prompt (it restarted)",
+                    )
+                    continue
                 meta = next((m for m in await self.vault.list(row.user_id) if m.provider == row.provider), None)
                 live.base_version = meta.version if meta else 0
             elif row.status == PromptStatus.STARTING.value:
@@ -437,6 +453,7 @@ class PromptService:
                 continue
             self._start(row.id, row.user_id, attach)
             n += 1
+        self.adopted = True  # from here on a push for an unknown prompt is refused, not deferred
         return n
 
     async def check_sandboxes(self) -> None:
