@@ -307,7 +307,7 @@ async def memory(provider: Provider) -> None:
             await clis_mgr.delete("bench-mem")
 
 
-async def via_api(provider: Provider, n: int, bin_dir: Path) -> None:
+async def via_api(provider: Provider, n: int, concurrent: int) -> None:
     """Through hearth's prompt API (a real controller, CLI sandbox and agent; the model-API stand-in behind the
     internet stand-in) for a running CLI sandbox, a stopped one and none, against the same CLI run directly on the
     host (on the stand-in's internet, the person's-machine namespace, resolving through its DNS)."""
@@ -353,10 +353,32 @@ async def via_api(provider: Provider, n: int, bin_dir: Path) -> None:
                 bt, bd = med(base, lambda t: t.first_text), med(base, lambda t: t.done)
                 goal = "" if k != "running" else (" meets" if dn <= 1.1 * bd + 0.05 else " misses") + " ≤ 1.1× + 50 ms"
                 print(f"API {k:14s} → first text {ft:.3f}s ({ft / bt:.2f}×), → done {dn:.3f}s ({dn / bd:.2f}×){goal}")
+            await api_concurrent(w, provider.name, concurrent)
         finally:
             shutil.rmtree(inet_dir, ignore_errors=True)
             for h in homes:
                 shutil.rmtree(h, ignore_errors=True)
+
+
+async def api_concurrent(w: Any, provider: str, k: int) -> None:
+    """`k` users' prompts at once through the API, each user's CLI sandbox running (a first prompt started it)."""
+    from hearth.providers import promptapi
+
+    users = [f"bench-c{i}" for i in range(k)]
+    for u in users:
+        await promptapi.seal(w, u, provider)
+    t0 = time.monotonic()
+    await asyncio.gather(*(api_prompt(w, u, provider) for u in users))
+    print(f"{k} concurrent prompts through the API, no CLI sandbox yet: all done in {time.monotonic() - t0:.2f}s")
+    t0 = time.monotonic()
+    runs = await asyncio.gather(*(api_prompt(w, u, provider) for u in users))
+    wall = time.monotonic() - t0
+    firsts, dones = [t.first_text for t in runs], [t.done for t in runs]
+    print(
+        f"{k} concurrent prompts through the API, CLI sandboxes running: all done in {wall:.2f}s; first text median "
+        f"{statistics.median(firsts):.2f}s p95 {p95(firsts):.2f}s; done median {statistics.median(dones):.2f}s "
+        f"p95 {p95(dones):.2f}s"
+    )
 
 
 async def api_prompt(w: Any, user: str, provider: str) -> Timing:
@@ -404,7 +426,7 @@ def main() -> None:
     except ImportError:
         print("prompt → done for a stopped CLI sandbox and for none: not measured (no controller prompt API here)")
     else:
-        asyncio.run(via_api(provider, args.n, bin_dir))
+        asyncio.run(via_api(provider, args.n, args.concurrent))
     if not args.no_memory:
         asyncio.run(memory(provider))
 
