@@ -5,7 +5,8 @@
   meantime answers 503 and the edge places again without it).
 - `/api/auth/session/{id}/…`: forwarded to the node holding the session (the status stream too); a down node is a
   502 whose reason names it. The viewer WebSocket is relayed frame by frame (`wsrelay`): close 4502 names the node.
-- `/api/users/{id}/…`, `/api/auth/credentials/{id}/…`: the node of the user's CLI sandbox (else any up node).
+- `/api/users/{id}/…`, `/api/auth/credentials/{id}/…`: the node of the user's CLI sandbox (else any up node);
+  `/api/prompts/{id}/…`: the node that runs the prompt (SSE relayed as it comes; the WebSocket form is per node).
 - `/api/nodes`: the cluster as the store sees it. `/health`, `/ready`: the edge's own checks (the store answers).
 
 With HEARTH_NODE_CREDENTIAL set, the edge checks the caller's API key itself and forwards the request without it,
@@ -38,7 +39,15 @@ from hearth.cluster.credential import NodeCredential, node_tls
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.placement import NoNode, place
 from hearth.config import Settings
-from hearth.edge.routing import NodeDown, NodeSilent, Unknown, route_session, route_user, stored_session
+from hearth.edge.routing import (
+    NodeDown,
+    NodeSilent,
+    Unknown,
+    route_prompt,
+    route_session,
+    route_user,
+    stored_session,
+)
 from hearth.edge.wsrelay import relay_viewer
 from hearth.errors import HearthError, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
@@ -225,6 +234,13 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
     async def users(request: Request, user_id: str, rest: str) -> Response:
         node = await store.run(lambda s: route_user(s, user_id))
         return await forward(request, node, f"/api/users/{user_id}/{rest}")
+
+    @app.api_route("/api/prompts/{prompt_id}", methods=methods, tags=["prompts"])
+    @app.api_route("/api/prompts/{prompt_id}/{rest:path}", methods=methods, tags=["prompts"])
+    async def prompts(request: Request, prompt_id: str, rest: str = "") -> Response:
+        """A prompt runs on its user's CLI sandbox's home node (the SSE stream is relayed as it comes)."""
+        node = await store.run(lambda s: route_prompt(s, prompt_id))
+        return await forward(request, node, f"/api/prompts/{prompt_id}" + (f"/{rest}" if rest else ""))
 
     @app.api_route("/api/auth/credentials/{user_id}", methods=methods, tags=["users"])
     @app.api_route("/api/auth/credentials/{user_id}/{rest:path}", methods=methods, tags=["users"])

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session as Db
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.states import NodeState
 from hearth.errors import HearthError, Hop
-from hearth.store.models import CliSandboxRow, SessionRow
+from hearth.store.models import CliSandboxRow, PromptRow, SessionRow
 
 
 class Unknown(Exception):
@@ -43,6 +43,14 @@ def route_session(s: Db, session_id: str) -> NodeView:
     node_id = s.scalar(select(SessionRow.node_id).where(SessionRow.id == session_id))
     if node_id is None:
         raise Unknown(session_id)
+    return _live(s, node_id)
+
+
+def route_prompt(s: Db, prompt_id: str) -> NodeView:
+    """The node that runs `prompt_id` (its user's CLI sandbox's home node); NodeDown when it is down."""
+    node_id = s.scalar(select(PromptRow.node_id).where(PromptRow.id == prompt_id))
+    if node_id is None:
+        raise Unknown(prompt_id)
     return _live(s, node_id)
 
 
