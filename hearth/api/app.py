@@ -19,6 +19,7 @@ from hearth.api import diagnostics, health, limits, problems, sessions, users
 from hearth.api import egress as egress_routes
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
+from hearth.clisandbox import retention as cli_retention
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.cluster.beat import run_node
 from hearth.cluster.credential import NodeCredential
@@ -283,6 +284,7 @@ def create_app(ctl: Controller) -> FastAPI:
     app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
     app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
     app.include_router(prompt_routes.make_router(prompts, keys))
+    app.include_router(cli_retention.make_router(ctl.clis, keys))
     app.include_router(egress_routes.make_router(settings, ctl.db, keys))
     app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
     app.include_router(diagnostics.make_router(ctl, keys))
