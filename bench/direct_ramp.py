@@ -284,9 +284,19 @@ async def ramp(
                 f"idle {wall:.0f} s at {held} sandboxes: controller {idle_ctl:.2f} % of a core; sandboxes "
                 f"{idle_sb:.2f} % of a core in all, {idle_sb / held:.4f} % each"
             )
+    spy = None
+    if args.profile_drain:  # py-spy's collapsed stacks of the controller while it drains
+        spy = await asyncio.create_subprocess_exec(
+            *(args.py_spy, "record", "--format", "raw", "-o", args.profile_drain, "-r", "50", "--pid", str(child)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await asyncio.sleep(1.0)  # py-spy attached
     t0 = time.monotonic()
     os.kill(child, signal.SIGTERM)
     return_value = await drain_and_report(args, levels, held, stopped, t0, settings.fabric_netns, idle_ctl)
+    if spy is not None:
+        await spy.wait()  # it ends with the controller
     return return_value
 
 
@@ -357,6 +367,8 @@ def main() -> int:
     ap.add_argument("--flow", default="paste_code", choices=("paste_code", "device_code"))
     ap.add_argument("--min-available", type=float, default=3072, help="MiB of MemAvailable the ramp leaves")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after a level's last URL before memory")
+    ap.add_argument("--profile-drain", default="", help="write py-spy's collapsed stacks of the drain here")
+    ap.add_argument("--py-spy", default="py-spy", help="the py-spy binary for --profile-drain")
     ap.add_argument("--env", action="append", default=[], help="extra VAR=value for the controller")
     args = ap.parse_args()
     if args.serve:

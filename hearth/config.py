@@ -410,8 +410,9 @@ def consistency_problems(s: Settings) -> list[str]:
     if s.node_dead_after <= 2 * s.node_heartbeat:
         problems.append("HEARTH_NODE_DEAD_AFTER must exceed twice HEARTH_NODE_HEARTBEAT (one late beat is not death)")
     from hearth.proxy.settings import problems as proxy_problems
+    from hearth.proxy.settings import reach_problems
 
-    problems += proxy_problems(s.egress_proxy, s.egress_proxy_ports, s.extra_ca_certs)
+    problems += proxy_problems(s.egress_proxy, s.egress_proxy_ports, s.extra_ca_certs) + reach_problems(s)
     from hearth.webhooks.checks import webhook_problems
 
     problems += webhook_problems(s.webhook_url, s.webhook_secret)

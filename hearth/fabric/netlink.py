@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -16,6 +17,7 @@ from hearth.errors import FabricError, Hop
 from hearth.fabric.dial import NETNS_RUN_DIR, socket_in_netns
 
 NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def netns_exists(name: str) -> bool:
@@ -50,17 +52,32 @@ def create_netns(name: str) -> bool:
     return True
 
 
+_MNT_DETACH = 2
+
+
 def remove_netns(name: str) -> None:
-    """Delete namespace `name`; already gone is success."""
-    if not netns_exists(name):
+    """Delete namespace `name`; already gone is success. What `ip netns delete` does — detach the bind mount, remove
+    the file — with two system calls instead of a process (a drain of 1,000 sandboxes forked 1,000 `ip`s: ~25 ms
+    each); the namespace itself goes when its last process and mount are gone."""
+    path = NETNS_RUN_DIR / name
+    if not path.exists():
         return
-    done = _ip_netns("delete", name)
-    if done.returncode != 0 and netns_exists(name):
+    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not (or no longer) mounted; the file is left
+            raise FabricError(
+                Hop.FABRIC,
+                f"cannot delete network namespace {name}: umount {path}: {os.strerror(err)}",
+                "run as root (CAP_SYS_ADMIN); check for processes still holding it",
+            )
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
         raise FabricError(
-            Hop.FABRIC,
-            f"cannot delete network namespace {name}: {done.stderr.strip()}",
-            "check for processes still holding it",
-        )
+            Hop.FABRIC, f"cannot delete network namespace {name}: {exc}", "check for processes still holding it"
+        ) from exc
 
 
 @contextmanager

@@ -8,8 +8,13 @@ import itertools
 import re
 import ssl
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from hearth.config import Settings
 
 PORT_MARK = "{port}"
 EXAMPLE = "http://USER:PASS@proxy.example.com:{port}"
@@ -189,3 +194,41 @@ def egress_of(proxy: str, ports: str, extra_ca_certs: Path | None) -> Egress:
         parse_ports(ports) if template is not None else (),
         read_bundle(extra_ca_certs) if extra_ca_certs is not None else "",
     )
+
+
+def reach_problems(s: Settings) -> list[str]:
+    """Whether sandboxes can reach the proxy at all: through the fabric's uplink (HEARTH_EGRESS on; an address in a
+    range sandboxes never reach needs HEARTH_EGRESS_ALLOW), or on BRIDGE_IP through HEARTH_FABRIC_OPEN_PORTS."""
+    if not s.egress_proxy:
+        return []
+    try:
+        template, ranges = parse_proxy(s.egress_proxy), parse_ports(s.egress_proxy_ports)
+    except ProxySettingError:
+        return []  # `problems` names it
+    host = template.host.strip("[]")
+    if host == str(s.bridge_ip):
+        closed = [p for r in ranges for p in r if p not in s.fabric_open_ports]
+        if closed:
+            return [
+                f"HEARTH_EGRESS_PROXY is on BRIDGE_IP {host}: sandboxes reach it only on HEARTH_FABRIC_OPEN_PORTS, "
+                f"which lacks e.g. {closed[0]}; list every port of HEARTH_EGRESS_PROXY_PORTS there"
+            ]
+        return []
+    out = []
+    if s.egress is False:
+        out.append(
+            "HEARTH_EGRESS_PROXY is set but sandboxes have no way out to it (HEARTH_EGRESS=false): set "
+            "HEARTH_EGRESS=signin (sign-in and CLI sandboxes) or true"
+        )
+    try:
+        ip = IPv4Address(host)
+    except ValueError:
+        return out  # a name: resolved by each sandbox's agent
+    from hearth.egress.policy import BLOCKED
+
+    if any(ip in n for n in BLOCKED) and not any(ip in n for n in s.egress_allow):
+        out.append(
+            f"HEARTH_EGRESS_PROXY's host {ip} is in a range sandboxes never reach (private, loopback, link-local…): "
+            f"add {ip}/32 to HEARTH_EGRESS_ALLOW"
+        )
+    return out

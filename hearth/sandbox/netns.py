@@ -49,6 +49,7 @@ from hearth_agent.policy import write_policy
 __all__ = ["NetnsDriver", "pids_in_netns"]
 
 log = logging.getLogger("hearth.sandbox.netns")
+ALIVE_SCAN_AGE = 1.0  # seconds a pass over /proc may be old for a liveness answer (the watchdog ticks every 2 s)
 GUEST_HOME = "/home/hearth"
 GUEST_LIB = "/opt/hearth"
 LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -370,7 +371,9 @@ class NetnsDriver(Driver):
         proc = self._procs.get(spec.slot.netns)
         if proc is not None and proc.returncode is None:
             return True
-        return bool(await asyncio.to_thread(pids_in_netns, spec.slot.netns))
+        # one pass over /proc answers every sandbox the watchdog asks about in a tick (after an adoption, none is
+        # this controller's child): not one pass per sandbox
+        return bool(pids_in_netns(spec.slot.netns, await self._scans.rows(max_age=ALIVE_SCAN_AGE)))
 
 
 async def _notified(fd: int, timeout: float) -> bool:

@@ -33,6 +33,7 @@ from hearth.fabric.dial import NETNS_RUN_DIR
 NsId = tuple[int, int]  # (st_dev, st_ino) of a namespace file
 PROC = Path("/proc")
 Matcher = Callable[[list[str]], bool]
+Rows = list[tuple[int, NsId, NsId | None]]  # (pid, netns, pidns) of every live process: one pass over /proc
 
 
 def ns_id(path: str | os.PathLike[str]) -> NsId | None:
@@ -43,12 +44,13 @@ def ns_id(path: str | os.PathLike[str]) -> NsId | None:
     return (st.st_dev, st.st_ino)
 
 
-def pids_in_netns(name: str) -> list[int]:
-    """Live processes whose network namespace is `name` (compared by inode)."""
+def pids_in_netns(name: str, rows: Rows | None = None) -> list[int]:
+    """Live processes whose network namespace is `name` (compared by inode), in `rows` (a pass over /proc from
+    `SharedScan`; None: a pass of its own)."""
     target = ns_id(NETNS_RUN_DIR / name)
     if target is None:
         return []
-    return sorted(pid for pid, net, _ in _scan() if net == target)
+    return sorted(pid for pid, net, _ in (_scan() if rows is None else rows) if net == target)
 
 
 def start_time(pid: int) -> int | None:
@@ -93,7 +95,7 @@ def _dead(pid: int) -> bool:
         return True
 
 
-def _scan() -> list[tuple[int, NsId, NsId | None]]:
+def _scan() -> Rows:
     """(pid, netns, pidns) of every live process; a zombie's namespace links may still resolve, so check state."""
     out: list[tuple[int, NsId, NsId | None]] = []
     for entry in os.scandir("/proc"):
@@ -102,9 +104,6 @@ def _scan() -> list[tuple[int, NsId, NsId | None]]:
             if net is not None and not _dead(int(entry.name)):
                 out.append((int(entry.name), net, pidns))
     return out
-
-
-Rows = list[tuple[int, NsId, NsId | None]]
 
 
 class SharedScan:
@@ -120,8 +119,10 @@ class SharedScan:
         self._since = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def rows(self) -> Rows:
-        asked, loop = time.monotonic(), asyncio.get_running_loop()
+    async def rows(self, max_age: float = 0.0) -> Rows:
+        """A pass begun after this call, or at most `max_age` seconds before it (liveness checks one after another:
+        the watchdog asks about every sandbox each tick, and one pass answers them all)."""
+        asked, loop = time.monotonic() - max_age, asyncio.get_running_loop()
         while True:
             task = self._task if self._loop is loop else None
             if task is None or (task.done() and self._since < asked):

@@ -17,6 +17,7 @@ SECRET = "Zq9-proxy-pass"
 PROXY = {
     "HEARTH_EGRESS_PROXY": f"http://corp:{SECRET}@proxy.example.com:{{port}}",
     "HEARTH_EGRESS_PROXY_PORTS": "10001-10009",
+    "HEARTH_EGRESS": "signin",
 }
 
 

@@ -81,8 +81,11 @@ WITH = {
     "HEARTH_NODE_TLS_KEY": {"HEARTH_NODE_TLS_CERT": "/etc/passwd"},
     "HEARTH_SANDBOX_MEMORY_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
     "HEARTH_SANDBOX_CPU_MAX": {"HEARTH_SANDBOX_CGROUP": "/sys/fs/cgroup/hearth-sandboxes"},
-    "HEARTH_EGRESS_PROXY": {"HEARTH_EGRESS_PROXY_PORTS": "10001-19999"},
-    "HEARTH_EGRESS_PROXY_PORTS": {"HEARTH_EGRESS_PROXY": "http://u:pw@proxy.example.com:{port}"},
+    "HEARTH_EGRESS_PROXY": {"HEARTH_EGRESS_PROXY_PORTS": "10001-19999", "HEARTH_EGRESS": "signin"},
+    "HEARTH_EGRESS_PROXY_PORTS": {
+        "HEARTH_EGRESS_PROXY": "http://u:pw@proxy.example.com:{port}",
+        "HEARTH_EGRESS": "signin",
+    },
 }
 JUNK = ["", "x", "-1", "1e999", "99999999999999999999", "[/]", "a,b,,", "k:v", "é\u2028"]
 

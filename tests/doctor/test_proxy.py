@@ -57,6 +57,8 @@ def env(port: int, tls: TlsServer, password: str = SECRET, ca: Path | None = Non
         "HEARTH_EGRESS_PROXY": f"http://alice:{password}@127.0.0.1:{{port}}",
         "HEARTH_EGRESS_PROXY_PORTS": f"{port}-{port + 1}" if port < 65535 else str(port),
         "HEARTH_EXAMPLE_ISSUER": f"https://{HOST}:{tls.port}",
+        "HEARTH_EGRESS": "signin",
+        "HEARTH_EGRESS_ALLOW": "127.0.0.1/32",  # the test's proxy is on loopback
     }
     if ca is not None:
         out["HEARTH_EXTRA_CA_CERTS"] = str(ca)

@@ -60,6 +60,7 @@ def test_the_manager_builds_specs_with_the_proxy_settings(
         HEARTH_EGRESS_PROXY=f"http://alice:{SECRET}@proxy.test:{{port}}",
         HEARTH_EGRESS_PROXY_PORTS="10001-10002",
         HEARTH_EXTRA_CA_CERTS=str(ca_file),
+        HEARTH_EGRESS="signin",
     )
     s.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(s.db_url, s.data_dir)

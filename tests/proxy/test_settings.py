@@ -56,6 +56,7 @@ def test_a_valid_proxy_and_bundle_pass_and_the_password_stays_hidden(tmp_path: P
         "HEARTH_EGRESS_PROXY": PROXY,
         "HEARTH_EGRESS_PROXY_PORTS": "10001-19999",
         "HEARTH_EXTRA_CA_CERTS": str(make_ca(tmp_path)),
+        "HEARTH_EGRESS": "signin",
     }
     res, problems = check(env, tmp_path)
     assert res.exit_code == 0 and problems == [], res.output
@@ -77,6 +78,24 @@ def test_a_valid_proxy_and_bundle_pass_and_the_password_stays_hidden(tmp_path: P
         ({"HEARTH_EGRESS_PROXY_PORTS": "10001-19999"}, "without HEARTH_EGRESS_PROXY"),
         ({"HEARTH_EXTRA_CA_CERTS": "/nonexistent/bundle.pem"}, "cannot be read"),
         ({"HEARTH_EXTRA_CA_CERTS": "/etc/hostname"}, "holds no PEM certificate"),
+        # sandboxes must be able to reach it: a way out, an address they may reach, or the bridge's open ports
+        ({"HEARTH_EGRESS_PROXY": PROXY, "HEARTH_EGRESS_PROXY_PORTS": "10001"}, "set HEARTH_EGRESS=signin"),
+        (
+            {
+                "HEARTH_EGRESS_PROXY": "http://u:p@10.9.8.7:{port}",
+                "HEARTH_EGRESS_PROXY_PORTS": "1-2",
+                "HEARTH_EGRESS": "signin",
+            },
+            "add 10.9.8.7/32 to HEARTH_EGRESS_ALLOW",
+        ),
+        (
+            {
+                "HEARTH_EGRESS_PROXY": "http://u:p@192.168.100.1:{port}",
+                "HEARTH_EGRESS_PROXY_PORTS": "3128-3129",
+                "HEARTH_FABRIC_OPEN_PORTS": "3128",
+            },
+            "lacks e.g. 3129",
+        ),  # fmt: skip
     ],
 )
 def test_config_check_refuses_naming_the_fix(env: dict[str, str], words: str, tmp_path: Path) -> None:
@@ -112,3 +131,18 @@ def test_a_bundle_keeps_only_its_certificates(tmp_path: Path) -> None:
     mixed.write_text("subject=CN = x\n" + crt.read_text() + "\ntrailing words\n")
     text = read_bundle(mixed)
     assert text.startswith("-----BEGIN CERTIFICATE-----") and text.count("BEGIN CERTIFICATE") == 1
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HEARTH_EGRESS_PROXY": "http://u:p@10.9.8.7:{port}", "HEARTH_EGRESS_PROXY_PORTS": "1-2",
+         "HEARTH_EGRESS": "signin", "HEARTH_EGRESS_ALLOW": "10.9.8.0/24"},
+        {"HEARTH_EGRESS_PROXY": "http://u:p@192.168.100.1:{port}", "HEARTH_EGRESS_PROXY_PORTS": "3128-3129",
+         "HEARTH_FABRIC_OPEN_PORTS": "3128,3129"},
+        {"HEARTH_EGRESS_PROXY": PROXY, "HEARTH_EGRESS_PROXY_PORTS": "10001", "HEARTH_EGRESS": "true"},
+    ],
+)  # fmt: skip
+def test_a_reachable_proxy_passes(env: dict[str, str], tmp_path: Path) -> None:
+    res, problems = check(env, tmp_path)
+    assert res.exit_code == 0 and problems == [], res.output

@@ -80,3 +80,13 @@ async def test_ten_sandboxes_stop_together_on_shared_passes(sleepers: list[str],
     await stop_sandbox_processes(sleepers[0])  # already stopped: one pass of its own, nothing to signal
     assert len(counted) == 1
     assert rounds < 2 * len(sleepers)  # alone, each would have made at least two passes (find, then confirm)
+
+
+async def test_liveness_questions_one_after_another_share_a_recent_pass(counted: list[float]) -> None:
+    """The watchdog asks about each sandbox in turn: with max_age, one pass answers a tick's questions."""
+    shared = SharedScan()
+    for _ in range(20):
+        assert pids_in_netns("hearth-tnone-s0", await shared.rows(max_age=3600)) == []
+    assert len(counted) == 1
+    await shared.rows()  # without max_age: a pass begun after the question
+    assert len(counted) == 2
