@@ -27,7 +27,16 @@ CONNECT_TIMEOUT = 5.0  # to the upstream proxy: a dead one is named within secon
 IDLE_TIMEOUT = 300.0  # a tunnel with no byte either way this long is closed
 MAX_CONNECTIONS = 256
 HOP_HEADER = "X-Hearth-Hop"
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# What no sandbox reaches, through the proxy either: the fabric's own egress rules' ranges (hearth/egress/policy.py
+# BLOCKED; the documentation ranges stay reachable, as there), and IPv6's loopback, link-local, ULA and multicast.
+BLOCKED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+        "::/127", "fe80::/10", "fc00::/7", "ff00::/8",
+    )
+)  # fmt: skip
 REASON_HEADER = "X-Hearth-Reason"  # what failed, for clients that show no body on a refused CONNECT (curl, probes)
 
 Failure = Callable[[str, str], None]  # (kind: "down" | "credentials", detail without secrets)
@@ -192,9 +201,9 @@ class LocalProxy:
 
 
 def _internal(target: str) -> bool:
-    """Whether a request's host:port names an address a sandbox must never reach through the proxy either (private,
-    CGNAT, loopback, link-local and metadata, multicast, reserved): the upstream would dial it from its own network.
-    Names are the upstream's to resolve and judge."""
+    """Whether a request's host:port names an address a sandbox must never reach through the proxy either (BLOCKED:
+    private, CGNAT, loopback, link-local and metadata, multicast, reserved): the upstream would dial it from its own
+    network. Names are the upstream's to resolve and judge."""
     host = target.rpartition(":")[0] if not target.endswith("]") else target
     host = host.strip("[]") or target.strip("[]")
     try:
@@ -203,10 +212,7 @@ def _internal(target: str) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return bool(
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-        or ip.is_unspecified or ip in _CGNAT
-    )  # fmt: skip
+    return any(ip in net for net in BLOCKED if net.version == ip.version)
 
 
 def _status(head: bytes) -> int:

@@ -192,3 +192,7 @@ async def test_internal_addresses_are_refused_before_the_upstream(upstream: Prox
     finally:
         await proxy.stop()
     assert upstream.seen == []  # nothing of it reached the upstream
+    from hearth.egress.policy import BLOCKED as FABRIC_BLOCKED
+    from hearth_agent.egressproxy import BLOCKED
+
+    assert {n for n in BLOCKED if n.version == 4} == set(FABRIC_BLOCKED)  # one policy, in the fabric and here
