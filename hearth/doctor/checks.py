@@ -15,7 +15,7 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from hearth.doctor import host, proxy, session
+from hearth.doctor import egress, host, proxy, session
 from hearth.doctor.context import BUDGET, Context, ControllerLike, Parts, Target, parts_of, run_steps
 from hearth.doctor.report import CheckResult, Report
 from hearth.errors import HearthError, Hop
@@ -23,8 +23,17 @@ from hearth.sandbox.base import Driver
 from hearth.sandbox.select import BUILDERS
 from hearth.session.service import SessionNotFound, SessionService
 
-HOST_STEPS = [*host.STEPS, *proxy.STEPS, *host.ADVISORIES]  # proxy: the egress proxy and the providers' TLS
-SESSION_STEPS = [*host.STEPS, *session.STEPS, host.ADVISORIES[0], *session.ADVISORIES, *host.ADVISORIES[1:]]
+# egress: its rules, the DNS forwarder, a name upstream; proxy: the egress proxy and the providers' TLS
+HOST_STEPS = [*host.STEPS, *egress.STEPS, *proxy.STEPS, *egress.ADVISORIES, *host.ADVISORIES]
+SESSION_STEPS = [
+    *host.STEPS,
+    *egress.STEPS,
+    *session.STEPS,
+    host.ADVISORIES[0],
+    *session.ADVISORIES,
+    *egress.ADVISORIES,
+    *host.ADVISORIES[1:],
+]
 
 
 def _driver_for(parts: Parts, name: str) -> tuple[Driver | None, str]:

@@ -12,6 +12,8 @@ from hearth.config import LEGACY_NAMES, consistency_problems, read_env_file, unk
 from hearth.doctor import probes
 from hearth.doctor.context import Context, Step
 from hearth.doctor.report import Finding
+from hearth.egress.rules import FAMILY as EGRESS_FAMILY
+from hearth.egress.rules import TABLE as EGRESS_TABLE
 from hearth.errors import Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
@@ -206,7 +208,8 @@ async def firewall(ctx: Context) -> Finding:
     ns, s = ctx.fabric, ctx.settings
     items = await ruleset_of(ctx)
     tables = sorted({(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i})
-    foreign = [t for t in tables if t not in ((nft.FABRIC_FAMILY, nft.FABRIC_TABLE), (nft.L2_FAMILY, nft.FABRIC_TABLE))]
+    own = ((nft.FABRIC_FAMILY, nft.FABRIC_TABLE), (nft.L2_FAMILY, nft.FABRIC_TABLE), (EGRESS_FAMILY, EGRESS_TABLE))
+    foreign = [t for t in tables if t not in own]  # inet hearth_egress: hearth/egress (its drops are the policy)
     findings: list[str] = []
     culprits = []
     for family, name in foreign:
@@ -233,7 +236,7 @@ async def firewall(ctx: Context) -> Finding:
             f"firewall rules in the fabric namespace {ns} drop traffic: {'; '.join(findings)} "
             f"(tables: {shown}; {brnf_note})",
             (f"remove the foreign table(s): {deletes}" if deletes else UP)
-            + " — hearth owns the fabric namespace; its own rules live in table inet hearth only",
+            + " — hearth owns the fabric namespace; its own rules live in tables inet hearth and hearth_egress",
             data={"tables": [f"{f} {n}" for f, n in tables], "drops": findings},
         )
     return Finding.good(f"tables: {shown}; no foreign drop rules; {brnf_note}")

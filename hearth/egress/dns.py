@@ -146,6 +146,8 @@ class DnsForwarder:
         if query.flags & 0x8000 or not query.question:
             return None
         names = [q.name.to_text() for q in query.question]
+        if src == self.s.bridge_ip:  # the fabric itself (the doctor asking whether we answer): not a sandbox
+            return _reply(query, dns.rcode.REFUSED)
         grant = self.gate.grant_of(src)
         why = None
         if grant is None:

@@ -36,7 +36,8 @@ HOST_IP, NET_IP = "192.0.2.1", "192.0.2.254"
 WEB_IP, DNS_IP = "203.0.113.10", "203.0.113.53"
 PRIVATE_ALLOWED, PRIVATE_BLOCKED = "10.20.0.5", "10.30.0.5"
 HOST_PORT, WEB_PORT = 7070, 80
-ZONE = {"idp.example.com.": WEB_IP, "www.example.net.": WEB_IP, "evil.example.org.": WEB_IP}
+# claude.ai: the name `hearth doctor` resolves (the first domain of the first provider, hearth/doctor/egress.py)
+ZONE = {"idp.example.com.": WEB_IP, "www.example.net.": WEB_IP, "evil.example.org.": WEB_IP, "claude.ai.": WEB_IP}
 
 
 @dataclass
