@@ -341,7 +341,9 @@ class SandboxManager:
         if self.s.egress_policy != "provider":
             return None
         chosen = providers or tuple(self.egress_domains)
-        return tuple(sorted({d for p in chosen for d in self.egress_domains.get(p, ())}))
+        names = {d for p in chosen for d in self.egress_domains.get(p, ())}
+        names |= self.egress.proxy_names()  # the agent's local proxy resolves the upstream proxy's name there
+        return tuple(sorted(names))
 
     async def _grant(self, sb: Sandbox, *, signin: bool) -> None:
         """Grant `sb` its way out when HEARTH_EGRESS wants it to have one (hearth/egress/policy.py)."""

@@ -4,6 +4,8 @@ sealed agent config or the agent's `POST /v1/egress`, nothing else), and the ext
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from sqlalchemy import select
 
 from hearth.agentlink.client import AgentClient
@@ -28,6 +30,18 @@ class EgressPlan:
     @property
     def extra_ca(self) -> str:
         return self.egress.extra_ca
+
+    def proxy_names(self) -> set[str]:
+        """The upstream proxy's host when it is a name: each sandbox's agent resolves it (through the fabric's DNS
+        forwarder, which must answer it under HEARTH_EGRESS_POLICY=provider)."""
+        if self.egress.proxy is None:
+            return set()
+        host = self.egress.proxy.host.strip("[]")
+        try:
+            ip_address(host)
+        except ValueError:
+            return {host}
+        return set()
 
     async def url_for_user(self, user_id: str) -> str:
         """The user's upstream proxy URL (their port assigned now if they had none); "" without a proxy. Raises

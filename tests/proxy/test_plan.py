@@ -70,3 +70,21 @@ def test_the_manager_builds_specs_with_the_proxy_settings(
         assert spec.local_proxy and spec.egress_proxy.endswith(":10002") and "BEGIN CERTIFICATE" in spec.extra_ca
     finally:
         db.dispose()
+
+
+def test_the_proxys_name_may_be_resolved_under_the_provider_policy(make_settings: Callable[..., Settings]) -> None:
+    s = make_settings(
+        HEARTH_EGRESS_PROXY="http://alice:pw@proxy.corp.test:{port}",
+        HEARTH_EGRESS_PROXY_PORTS="10001-10002",
+        HEARTH_EGRESS="signin",
+        HEARTH_EGRESS_POLICY="provider",
+    )
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(s.db_url, s.data_dir)
+    try:
+        mgr = SandboxManager(s, db, NetnsDriver(s), Ipam(s, db), KeyRing([MasterKey.of(bytes(32))]))
+        mgr.egress_domains = {"d1": ("claude.ai",)}
+        assert mgr._domains(("d1",)) == ("claude.ai", "proxy.corp.test")
+        assert mgr._domains(()) == ("claude.ai", "proxy.corp.test")  # a CLI sandbox's too
+    finally:
+        db.dispose()
