@@ -5,6 +5,7 @@ test_conformance.py) against the installed CLIs — the host's pinned CLIs from 
 ones in the built guest image — in offline namespaces of its own with the providers' network stood in, and prints per
 provider and flow the CLI version, whether the sign-in URL was captured, whether the credentials were written and
 pushed, and the failing step — so a CLI upgrade that changed its screens or paths shows at once. Exit 1 on a failure.
+`check --e2e` signs in end to end through a real controller and the internet stand-in (hearth/cli/providers_e2e.py).
 """
 
 from __future__ import annotations
