@@ -5,7 +5,8 @@ and signs in the way a person does: pointer clicks and typing on the canvas, whi
 RFB pointer and key events — nothing reaches the sandbox by any other way. Where to click is read from the pixels
 the person sees: the internet stand-in's providers draw one "Authorize" button over the whole page
 (hearth/providers/inetweb.py), the example IdP on the fabric a grey "Approve" button under an e-mail field
-(hearth_example/idp.py).
+(hearth_example/idp.py; the field is optional and left empty: keys typed on a loaded desktop may be drawn after the
+click that submits the form).
 
 Also used by bench/signin_page.py (when the provider page is drawn).
 """
@@ -31,7 +32,6 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-EMAIL = "person@example.com"
 
 # What the person sees on noVNC's canvas, read in the viewer page: the share of a page's background colour, and the
 # centre (page coordinates) of the region of a colour. Colours within 12 per channel (lossy encodings).
@@ -102,32 +102,59 @@ async def open_viewer(browser: Browser, url: str, timeout: float) -> Page:
     return page
 
 
+def _ready(kind: str, seen: dict[str, Region]) -> bool:
+    """The provider's page covers the desktop with what a person clicks drawn (the example's field and button)."""
+    if seen[kind].share < PAGE_SHARE:
+        return False
+    return kind == "standin" or (seen["field"].share > 0.001 and seen["button"].share > 0.001)
+
+
 async def provider_page_drawn(page: Page, timeout: float) -> tuple[str, dict[str, Region]]:
-    """Wait until the provider's page covers the desktop; returns which kind ('standin' | 'example') and the scan."""
+    """Wait until the provider's page is drawn on the desktop, the same in two looks in a row (a person does not
+    click on a page still being painted); returns which kind ('standin' | 'example') and the last look."""
     deadline = time.monotonic() + timeout
+    last: dict[str, Region] | None = None
     while time.monotonic() < deadline:
         seen = await scan(page)
         if seen is not None:
             for kind in ("standin", "example"):
-                if seen[kind].share >= PAGE_SHARE:
+                if _ready(kind, seen) and seen == last:
                     return kind, seen
-        await asyncio.sleep(0.05)
-    raise PersonFailed(f"the provider's sign-in page was not drawn in the viewer within {timeout:.0f}s")
+        last = seen
+        await asyncio.sleep(0.1)
+    shares = ", ".join(f"{k} {v.share:.1%}" for k, v in (last or {}).items()) or "nothing drawn"
+    raise PersonFailed(f"the provider's sign-in page was not drawn in the viewer within {timeout:.0f}s ({shares})")
 
 
-async def sign_in(page: Page, timeout: float) -> str:
-    """Click through the provider's page as a person does; returns what was done, in words."""
-    kind, seen = await provider_page_drawn(page, timeout)
-    if kind == "standin":
-        await page.mouse.click(seen["standin"].x, seen["standin"].y)
-        return "clicked Authorize on the provider's page"
-    field, button = seen["field"], seen["button"]
-    if not field.share or not button.share:
-        raise PersonFailed("the example provider's page shows no e-mail field or no Approve button")
-    await page.mouse.click(field.x, field.y)  # focuses the canvas (noVNC takes the keyboard) and the remote field
-    await page.keyboard.type(EMAIL, delay=20)
-    await page.mouse.click(button.x, button.y)
-    return f"typed {EMAIL} and clicked Approve on the provider's page"
+async def sign_in(page: Page, timeout: float, tries: int = 3) -> str:
+    """Click through the provider's page as a person does; returns what was done, in words. A click the page did not
+    take (the page still there a while later) is made again, as a person would."""
+    said = ""
+    for _ in range(tries):
+        kind, seen = await provider_page_drawn(page, timeout)
+        if kind == "standin":
+            await page.mouse.click(seen["standin"].x, seen["standin"].y)
+            said = "clicked Authorize on the provider's page"
+        else:
+            await page.mouse.click(seen["button"].x, seen["button"].y)
+            said = "clicked Approve on the provider's page"
+        if await _left(page, kind, 15):
+            return said
+    raise PersonFailed(f"the provider's page stayed after {tries} clicks")
+
+
+async def _left(page: Page, kind: str, timeout: float) -> bool:
+    """The provider's page went away (or the session moved on) within `timeout` seconds of the click."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = await page.evaluate("window.hearthStatus && window.hearthStatus.status")
+        if status not in (None, "awaiting_user", "ready"):
+            return True
+        seen = await scan(page)
+        if seen is not None and seen[kind].share < PAGE_SHARE:
+            return True
+        await asyncio.sleep(0.2)
+    return False
 
 
 async def wait_status(page: Page, statuses: tuple[str, ...], timeout: float) -> str:
@@ -138,3 +165,12 @@ async def wait_status(page: Page, statuses: tuple[str, ...], timeout: float) -> 
     )
     status: Any = await page.evaluate("window.hearthStatus.status")
     return str(status)
+
+
+async def seen(page: Page) -> str:
+    """What the viewer page shows, in a few words (for a failure's reason): its state, the session's status, the
+    share of the desktop each known colour covers."""
+    state = await page.evaluate("[window.hearthState, window.hearthStatus && window.hearthStatus.status]")
+    shares = await scan(page)
+    colours = ", ".join(f"{k} {v.share:.0%}" for k, v in (shares or {}).items())
+    return f"state {state[0]}, status {state[1]}, canvas: {colours or 'none'}"

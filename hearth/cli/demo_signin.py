@@ -1,10 +1,10 @@
 """`hearth demo`: someone signs in, end to end, then everything the demo created is removed.
 
-1. A throwaway controller (its own data directory, fabric namespace, loopback port and API key; this host's guest
-   image and internet settings — HEARTH_EGRESS*, HEARTH_EXTRA_CA_CERTS, … — from the environment).
-2. The provider: `example` (default) — its OAuth server (hearth_example/idp.py) inside the fabric namespace, reached
-   by the sandbox over the fabric as the example provider's issuer; a real one (`--provider claude_code`) over this
-   host's internet.
+1. A throwaway controller (its own data directory, fabric namespace, loopback port and API key; this host's driver
+   and guest image, and for a real provider its internet settings — HEARTH_EGRESS*, HEARTH_EXTRA_CA_CERTS, …).
+2. The provider (hearth/cli/demo_provider.py): `example` (default) on the internet stand-in, reached through the
+   fabric's DNS and uplink (`--via internet`), or its IdP on the fabric's bridge address (`--via fabric`); a real
+   one (`--provider claude_code`) over this host's internet.
 3. `POST /api/auth/start` (remote_browser) → the viewer URL. The person opens it and signs in on the provider's page
    drawn in the viewer; with `--auto` (or no terminal), Debian's Chromium does, through Playwright: real pointer
    clicks and key presses on the viewer's canvas (hearth/cli/demo_person.py).
@@ -23,9 +23,8 @@ import hashlib
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,18 @@ from rich.markup import escape
 
 from hearth.agentlink.client import AgentClient
 from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
-from hearth.cli import demo_person
+from hearth.cli import demo_person, demo_provider
+from hearth.cli.demo_person import PersonFailed
+from hearth.cli.demo_provider import Side
 from hearth.config import Settings, known_variables, read_env_file
 from hearth.errors import HearthError
 from hearth.fabric import netlink
-from hearth.fabric.dial import socket_in_netns
 
-IDP_PORT = 9400  # the example IdP's port on the fabric's bridge address (inside the demo's own fabric namespace)
 TERMINAL = ("completed", "failed", "cancelled", "expired")
-# This host's settings a sign-in over the internet needs (the rest is the demo's own, throwaway).
-PASSED = (
-    "HEARTH_DRIVER",
-    "HEARTH_IMAGE_DIR",
-    "HEARTH_VNC_SERVER",
+# This host's settings the demo's controller runs with (the rest is its own, throwaway).
+PASSED = ("HEARTH_DRIVER", "HEARTH_IMAGE_DIR", "HEARTH_VNC_SERVER", "HEARTH_SCREEN", "HEARTH_READY_TIMEOUT")
+# …and for a real provider, what a sign-in over this host's internet needs.
+INTERNET = (
     "HEARTH_EGRESS",
     "HEARTH_EGRESS_ALLOW",
     "HEARTH_EGRESS_POLICY",
@@ -55,120 +53,84 @@ PASSED = (
     "HEARTH_EGRESS_PROXY_PORTS",
     "HEARTH_EXTRA_CA_CERTS",
     "HEARTH_UPLINK_NETNS",
-    "HEARTH_SCREEN",
-    "HEARTH_READY_TIMEOUT",
+    "HEARTH_DNS_UPSTREAM",
     "OAUTH_FLOW_TIMEOUT",
 )
 
 
 def demo_env(
-    provider: str, environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")
+    provider: str, environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
 ) -> dict[str, str]:
-    """The settings the demo's controller runs with, beyond scratch_settings' throwaway ones."""
+    """This host's settings the demo's controller takes (the example provider's internet is the stand-in's)."""
     file_vars = read_env_file(env_file) if env_file is not None else {}
     host = {**file_vars, **(os.environ if environ is None else environ)}
     known = known_variables()
-    env = {k: host[k] for k in PASSED if k in host and k in known}
-    if provider == "example":
-        env |= {"HEARTH_FABRIC_OPEN_PORTS": str(IDP_PORT)}  # the sandboxes reach the IdP on the bridge address
-    return env
+    names = PASSED if provider == "example" else PASSED + INTERNET
+    return {k: host[k] for k in names if k in host and k in known}
 
 
-async def run_signin_demo(provider: str, auto: bool, user: str, keep: float | None) -> int:
+async def run_signin_demo(provider: str, auto: bool, user: str, keep: float | None, via: str = "internet") -> int:
     out = Console(highlight=False, soft_wrap=True)
-    env = demo_env(provider)
-    with scratch_settings(env, "hearth-demo") as base:
-        settings = base
-        if provider == "example":
-            issuer = f"http://{base.bridge_ip}:{IDP_PORT}"
-            settings = base.model_copy(update={"example_issuer": issuer})
-        out.print(
-            f"[bold]hearth demo[/]: {escape(provider)} sign-in for user {escape(user)}  "
-            f"fabric netns={settings.fabric_netns}  data dir={settings.data_dir}"
-        )
-        try:
-            code = await _with_controller(settings, provider, auto, user, keep, out)
-        except HearthError as exc:
-            out.print(f"[red]the controller did not start:[/] {escape(exc.reason)}")
-            code = 1
-        except (OSError, RuntimeError) as exc:
-            out.print(f"[red]the controller did not start:[/] {escape(str(exc))}")
-            code = 1
-    left = leftovers(settings)
+    code = 1
+    side: Side | None = None
+    settings: Settings | None = None
+    try:
+        with (
+            demo_provider.outside(provider, via) as side,
+            scratch_settings(demo_env(provider) | side.env, "hearth-demo") as base,
+        ):
+            settings = demo_provider.settle(side, base)
+            out.print(
+                f"[bold]hearth demo[/]: {escape(provider)} sign-in for user {escape(user)}  "
+                f"fabric netns={settings.fabric_netns}  data dir={settings.data_dir}"
+            )
+            code = await _with_controller(settings, side, auto, user, keep, out)
+    except HearthError as exc:
+        out.print(f"[red]the demo could not start:[/] {escape(exc.reason)}")
+    except (OSError, RuntimeError) as exc:
+        out.print(f"[red]the demo could not start:[/] {escape(str(exc))}")
+    left = leftovers(settings, side)
     out.print(f"left behind: {'nothing' if not left else escape(', '.join(left))}")
     return code if not left else 1
 
 
-def leftovers(settings: Settings) -> list[str]:
-    """What the demo created that still exists: its fabric namespace, its sandboxes' namespaces, its data dir."""
-    fabric = settings.fabric_netns
-    left = [f"netns {n}" for n in netlink.list_netns() if n == fabric or n.startswith(f"{fabric}-s")]
-    if settings.data_dir.exists():
-        left.append(f"dir {settings.data_dir}")
-    return left
+def leftovers(settings: Settings | None, side: Side | None) -> list[str]:
+    """What the demo created that still exists: its fabric namespace and its sandboxes' namespaces, its data dir,
+    the stand-in's namespaces and directory."""
+    names = set(side.netns if side else [])
+    fabric = settings.fabric_netns if settings else None
+    left = [
+        f"netns {n}"
+        for n in netlink.list_netns()
+        if n in names or (fabric is not None and (n == fabric or n.startswith(f"{fabric}-s")))
+    ]
+    dirs = ([settings.data_dir] if settings else []) + (side.dirs if side else [])
+    return left + [f"dir {d}" for d in dirs if d.exists()]
 
 
 async def _with_controller(
-    settings: Settings, provider: str, auto: bool, user: str, keep: float | None, out: Console
+    settings: Settings, side: Side, auto: bool, user: str, keep: float | None, out: Console
 ) -> int:
-    async with local_controller(settings) as lc:
-        out.print(f"1. controller on {lc.base_url}  driver={lc.ctl.driver.name}  ({escape(userspace(settings))})")
-        async with _provider_up(settings, provider, out) as provider_saw:
-            try:
-                return await _signin(lc, provider, auto, user, keep, out, provider_saw)
-            except (HearthError, httpx.HTTPError, OSError, RuntimeError) as exc:
-                why = exc.reason if isinstance(exc, HearthError) else f"{type(exc).__name__}: {exc}"
-                out.print(f"[red]demo failed:[/] {escape(why)}")
-                return 1
-
-
-@contextlib.asynccontextmanager
-async def _provider_up(settings: Settings, provider: str, out: Console) -> AsyncIterator[Callable[[], str]]:
-    """The provider for the length of the demo; yields what it saw of the sign-in, in words."""
-    if provider != "example":
-        out.print(f"2. provider {escape(provider)}: its real sign-in page, over this host's internet")
-        yield lambda: ""
-        return
-    from hearth_example.idp import IdpServer, IdpState
-
-    def start() -> IdpServer:
-        sock = socket_in_netns(settings.fabric_netns)
-        sock.bind((str(settings.bridge_ip), IDP_PORT))
-        server = IdpServer(sock, IdpState(auto_approve=False))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    server = await asyncio.to_thread(start)
-    out.print(f"2. provider example: its OAuth server at {settings.example_issuer} (inside the fabric namespace)")
-
-    def saw() -> str:
-        with server.state.lock:
-            events = list(server.state.events)
-        page = next((e for e in events if e["kind"] == "authorize_page"), None)
-        approved = next((e for e in events if e["kind"] == "approved"), None)
-        said = ["its sign-in page loaded by " + ("Chromium" if page and "Chrome" in page["user_agent"] else "?")]
-        if approved is not None:
-            said.append(f"approved for {approved.get('email') or 'no e-mail'}")
-        if any(e["kind"] == "token_issued" for e in events):
-            said.append("tokens issued to the CLI (code + PKCE)")
-        return ", ".join(said)
-
     try:
-        yield saw
-    finally:
-        server.shutdown()
-        server.server_close()
+        async with local_controller(settings) as lc:
+            out.print(f"1. controller on {lc.base_url}  driver={lc.ctl.driver.name}  ({escape(userspace(settings))})")
+            async with demo_provider.inside(side, settings):
+                out.print(f"2. {escape(side.line)}")
+                try:
+                    return await _signin(lc, side, auto, user, keep, out)
+                except (HearthError, httpx.HTTPError, OSError, RuntimeError) as exc:
+                    why = exc.reason if isinstance(exc, HearthError) else f"{type(exc).__name__}: {exc}"
+                    out.print(f"[red]demo failed:[/] {escape(why)}")
+                    return 1
+    except HearthError as exc:
+        out.print(f"[red]the controller did not start:[/] {escape(exc.reason)}")
+    except (OSError, RuntimeError) as exc:
+        out.print(f"[red]the controller did not start:[/] {escape(str(exc))}")
+    return 1
 
 
-async def _signin(
-    lc: LocalController,
-    provider: str,
-    auto: bool,
-    user: str,
-    keep: float | None,
-    out: Console,
-    provider_saw: Callable[[], str],
-) -> int:
+async def _signin(lc: LocalController, side: Side, auto: bool, user: str, keep: float | None, out: Console) -> int:
+    provider = side.provider
     timeout = lc.settings.ready_timeout + lc.settings.oauth_flow_timeout + 30
     async with httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=30) as http:
         t0 = time.monotonic()
@@ -197,7 +159,7 @@ async def _signin(
                 body = (await http.get(f"/api/auth/session/{sid}")).json()
                 out.print(f"[red]the sign-in ended {status}:[/] {escape(str(body.get('reason') or ''))}")
                 return 1
-            if saw := provider_saw():
+            if saw := side.saw():
                 out.print(f"   the provider: {escape(saw)}")
             ok = await _show_delivered(lc, http, user, provider, out)
             if keep:
@@ -212,8 +174,11 @@ async def _person(url: str, timeout: float) -> str:
     """The person in Debian's Chromium: opens the viewer, signs in on the provider's page, sees the end."""
     async with demo_person.chromium() as browser:
         page = await demo_person.open_viewer(browser, url, timeout)
-        said = await demo_person.sign_in(page, timeout)
-        end = await demo_person.wait_status(page, TERMINAL, timeout)
+        try:
+            said = await demo_person.sign_in(page, timeout)
+            end = await demo_person.wait_status(page, TERMINAL, timeout)
+        except Exception as exc:
+            raise PersonFailed(f"{exc} (the viewer page: {await demo_person.seen(page)})") from exc
         headline = await page.inner_text("#headline")
         return f"{said}; the viewer page then said {headline!r} ({end})"
 

@@ -80,6 +80,11 @@ def demo(
     auto: bool = typer.Option(
         None, "--auto/--no-auto", help="Chromium signs in on the viewer page (default: when stdin is not a terminal)"
     ),
+    via: str = typer.Option(
+        "fabric",
+        help="the example provider: 'internet' (the internet stand-in: DNS, HTTPS, CA, through the fabric's uplink) "
+        "or 'fabric' (its IdP on the fabric's bridge address)",
+    ),
     desktop: bool = typer.Option(False, "--desktop", help="one blank desktop instead of a sign-in"),
     nodes: int = typer.Option(
         0, "--nodes", help="N > 0: a cluster on this machine (N nodes + 2 edges in namespaces, PostgreSQL)", max=8
@@ -88,9 +93,13 @@ def demo(
     """Sign someone in: the provider's page in the viewer, the desktop, the credentials arriving in the CLI sandbox;
     then everything the demo made is removed."""
     if not desktop and not nodes:
+        from hearth.cli.demo_provider import VIAS
         from hearth.cli.demo_signin import interactive, run_signin_demo
 
         drive = not interactive() if auto is None else auto
+        if via not in VIAS:
+            Console(stderr=True).print(f"[red]error:[/] --via {escape(via)}: one of {', '.join(VIAS)}")
+            raise typer.Exit(2)
         if drive and provider != "example":
             Console(stderr=True).print(
                 f"[red]error:[/] a person signs in to {escape(provider)}: --auto runs the example provider only "
@@ -98,7 +107,7 @@ def demo(
             )
             raise typer.Exit(2)
         log.setup("WARNING")
-        sys.exit(asyncio.run(run_signin_demo(provider, drive, user, duration)))
+        sys.exit(asyncio.run(run_signin_demo(provider, drive, user, duration, via)))
     if nodes:
         from hearth.cli.demo_nodes import run_cluster_demo
 
