@@ -30,6 +30,7 @@ from typing import IO, Any
 from hearth_agent import homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox, PushFailed, redact
+from hearth_agent.inotify import Watch
 from hearth_agent.promptdef import PromptSpec, map_line
 from hearth_agent.providerdef import ProviderDef, definition_digest, parse_provider
 from hearth_agent.server import AgentServer, HttpError
@@ -128,6 +129,9 @@ class Run:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _reader_done: bool = False
     _before: dict[str, bytes | None] = field(default_factory=dict)
+    _creds: dict[str, Any] | None = None  # rewritten credential files waiting for the next push
+    _watch: Watch | None = None
+    _files_lock: threading.Lock = field(default_factory=threading.Lock)  # one comparison at a time: pushed once
 
     # ---- the CLI ------------------------------------------------------------------------------
     def start(self, env: dict[str, str], cwd: str) -> None:
@@ -144,10 +148,27 @@ class Run:
         )
         self.state = "running"
         threads = [self._read_stdout, self._read_stderr, self._wait, self._push]
+        dirs = sorted({os.path.dirname(os.path.join(self.home, f.target)) for f in self.provider.files})
+        try:
+            self._watch = Watch(dirs)  # a refresh during a long prompt goes to the controller at once
+            threads.append(self._watch_credentials)
+        except OSError:
+            self._watch = None  # compared when the CLI exits only
         if self.stdin is not None:
             threads.append(self._write_stdin)
         for fn in threads:
             threading.Thread(target=fn, name=f"prompt-{fn.__name__}", daemon=True).start()
+
+    def _watch_credentials(self) -> None:
+        assert self._watch is not None
+        while self._watch.wait():
+            creds = self._rewritten()
+            if creds is None:
+                continue
+            with self._cond:
+                self._creds = creds
+                self._cond.notify_all()
+            log.info("credential files rewritten by the CLI", extra={"prompt_id": self.id})
 
     def _read(self, target: str) -> bytes | None:
         try:
@@ -256,6 +277,8 @@ class Run:
             self.timed_out = True
             log.warning("prompt timed out", extra={"prompt_id": self.id, "timeout": self.timeout})
         kill_tree(self.proc)  # what it left behind too (and the pipes they hold)
+        if self._watch is not None:
+            self._watch.close()
         self.exit_code = self.proc.wait()
         with self._cond:
             while not self._reader_done:
@@ -301,7 +324,9 @@ class Run:
             final |= {"status": "failed", "step": step, "reason": why}
         if final["status"] != "completed":
             extra.append({"type": "error", "message": final["reason"], "step": final["step"]})
-        final["credentials"] = self._rewritten()
+        # a file the CLI rewrote while its sign-in failed is no fresher credential (Claude Code empties its tokens):
+        # pushed, it would be sealed as a new version and the needs_signin of the version used would not stick
+        final["credentials"] = None if final["needs_signin"] else self._rewritten()
         with self._cond:
             for ev in extra:
                 self.seq += 1
@@ -311,9 +336,14 @@ class Run:
         log.info("prompt ended", extra={"prompt_id": self.id, "status": final["status"], "code": self.exit_code})
 
     def _rewritten(self) -> dict[str, Any] | None:
+        with self._files_lock:
+            return self._compare()
+
+    def _compare(self) -> dict[str, Any] | None:
         """The credential files when the CLI rewrote any (a refresh, a rotation): all of them, valid, whole."""
         files = []
         changed = False
+        digests: dict[str, bytes | None] = {}
         for f in self.provider.files:
             data = self._read(f.target)
             if data is None or not data.strip():
@@ -323,14 +353,18 @@ class Run:
                     json.loads(data)
                 except ValueError:
                     return None
-            changed |= _digest(data) != self._before.get(f.target)
+            digests[f.target] = _digest(data)
+            changed |= digests[f.target] != self._before.get(f.target)
             files.append({"target": f.target, "mode": f.mode, "data_b64": base64.b64encode(data).decode()})
-        return {"provider": self.provider.name, "files": files} if changed else None
+        if not changed:
+            return None
+        self._before.update(digests)  # pushed once: only a new change counts
+        return {"provider": self.provider.name, "files": files}
 
     # ---- pushes -------------------------------------------------------------------------------
     def _take(self) -> tuple[list[dict[str, Any]], list[str], dict[str, Any] | None]:
         with self._cond:
-            while not self._pending and not self._pending_raw and self._final is None:
+            while not self._pending and not self._pending_raw and self._final is None and self._creds is None:
                 self._cond.wait()
             events: list[dict[str, Any]] = []
             size = 0
@@ -357,11 +391,15 @@ class Run:
             body: dict[str, Any] = {"prompt_id": self.id, "events": events}
             if raws:
                 body["raw"] = raws
+            with self._cond:
+                creds, self._creds = self._creds, None
+            if creds is not None:
+                body["credentials"] = creds
             if final is not None:
-                creds = final.pop("credentials", None)
+                last = final.pop("credentials", None)
                 body["final"] = final
-                if creds is not None:
-                    body["credentials"] = creds
+                if last is not None:
+                    body["credentials"] = last
             try:
                 self.outbox.post("prompt", body, FINAL_BUDGET if final is not None else 120.0)
                 self.sent += len(events)

@@ -308,6 +308,8 @@ class PromptService:
         self.changes.notify(pid)
         if isinstance(final, dict):
             await self._final(row, live, final, data.get("credentials"))
+        elif data.get("credentials") is not None:  # rewritten during the run: a refresh while it answers
+            await self._credentials(row, live, data.get("credentials"))
         return 200, {"ok": True}
 
     def _check(self, row: PromptRow, live: _Live, events: list[Any]) -> list[dict[str, Any]]:
@@ -400,6 +402,7 @@ class PromptService:
             return
         meta = await self.vault.refreshed(row.user_id, row.provider, files, live.base_version)
         if meta is not None:
+            live.base_version = meta.version  # the sandbox holds this one now
             log.info(
                 "credentials refreshed by the CLI: re-sealed", extra={"prompt_id": row.id, "version": meta.version}
             )

@@ -3,6 +3,7 @@ standing in for the controller's callback endpoint (the netns end-to-end path is
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -166,7 +167,10 @@ def test_refresh_pushes_the_rewritten_credentials(prompts: Prompts, world: Any) 
     start(prompts, "p5", "hello")
     body = rx.final("p5")
     assert body["final"]["status"] == "completed"
-    files = body["credentials"]["files"]
+    with rx.cond:  # at once when written (inotify), or with the final batch: exactly once either way
+        pushed = [b["credentials"] for b in rx.bodies if b["prompt_id"] == "p5" and "credentials" in b]
+    assert len(pushed) == 1
+    files = pushed[0]["files"]
     assert [f["target"] for f in files] == [".example/credentials.json"] and files[0]["mode"] == 0o600
 
 
@@ -185,3 +189,16 @@ def test_bad_requests_are_refused(prompts: Prompts) -> None:
     assert prompts.start({"id": "x", "provider": doc, "prompt": "a", "model": "--evil"})[0] == 400
     strict = Prompts({"providers": ["nope"]}, prompts.home)
     assert strict.start({"id": "x", "provider": doc, "prompt": "a"})[0] == 403
+
+
+def test_a_refresh_during_a_long_prompt_is_pushed_before_its_end(prompts: Prompts, world: Any) -> None:
+    _issuer, state, rx = world
+    state.access = dict.fromkeys(state.access, 0.0)
+    start(prompts, "p7", "[wait:3] later")
+    final = rx.final("p7")
+    assert final["final"]["status"] == "completed" and "credentials" not in final  # pushed once, not again
+    with rx.cond:
+        early = [b for b in rx.bodies if b["prompt_id"] == "p7" and "credentials" in b]
+    assert len(early) == 1 and "final" not in early[0]
+    data = json.loads(base64.b64decode(early[0]["credentials"]["files"][0]["data_b64"]))
+    assert data["refresh_token"] in state.refresh  # the rotated one, the one the IdP now accepts
