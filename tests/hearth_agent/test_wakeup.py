@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from hearth_agent.config import parse_config
+from hearth_agent.supervisor import BROWSER_UNASKED, Supervisor
 from hearth_agent.wakeup import Inotify, Waker, pidfd, wait_readable
 from tests.hearth_agent.test_agent import free_port
 from tests.hearth_agent.test_signin import (  # noqa: F401  (controller: a fixture used by name)
@@ -217,3 +219,30 @@ def test_a_supervisor_with_a_desktop_sleeps_and_wakes_when_a_service_dies(
     os.kill(openbox, signal.SIGKILL)  # its exit (pidfd) wakes the supervisor, which restarts it after its back-off
     wait_for(lambda: _services(agent)["openbox"]["restarts"] == 1, what="openbox restarted")
     assert _services(agent)["openbox"]["state"] in ("starting", "running")
+
+
+def test_the_supervisor_sleeps_until_its_next_deadline_only() -> None:
+    """`_next_due` (the supervisor's sleep when no child exits and nothing wakes it): nothing due with everything
+    running and the browser asked for; the unasked browser's deadline; a failed service's back-off; services
+    waiting for a display that is down count only through the display's own restart."""
+    cfg = parse_config({"ip": "127.0.0.1", "agent_port": free_port(), "secret": SECRET, "browser_on_request": True})
+    sup = Supervisor(cfg)
+    try:
+        now = sup.t0
+        for svc in sup.services.values():
+            if svc.name != "chromium":
+                svc.state, svc.proc = "running", object()  # type: ignore[assignment]
+        due = sup._next_due(now)
+        assert due is not None and abs(due - BROWSER_UNASKED) < 1e-6  # the waiting browser starts unasked then
+        sup.want_browser()
+        sup.services["chromium"].state, sup.services["chromium"].proc = "running", object()  # type: ignore[assignment]
+        assert sup._next_due(now) is None  # all running: only an event wakes it
+        openbox = sup.services["openbox"]
+        openbox.state, openbox.proc, openbox.next_try = "failed", None, now + 0.5
+        assert sup._next_due(now) == pytest.approx(0.5)  # its back-off
+        display = sup.services["xvnc"]
+        display.state, display.proc, display.next_try = "failed", None, now + 2.0
+        openbox.next_try = now - 1.0  # overdue, but it waits for the display
+        assert sup._next_due(now) == pytest.approx(2.0)
+    finally:
+        sup._waker.close()
