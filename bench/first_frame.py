@@ -7,7 +7,9 @@ is fetched through the gateway WebSocket. Prints each run and the median / max, 
 `--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<pool-size>, its own flag; each batch starts once
 the pool holds as many sandboxes as the batch creates, up to its size), with the ratio against the cold Xvnc figure
 of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
-Each arm also prints the median of every boot stage the API reports (seconds since creation: lease, namespace,
+The client — POST, the viewer WebSocket, RFB, the first update — runs in processes of its own (one per parallel
+create), as an independent viewer would; `--in-process` runs it on the controller's event loop instead (the previous
+method: its 4 MB raw frame was then decoded by the loop that also relays it). Each arm also prints the median of every boot stage the API reports (seconds since creation: lease, namespace,
 process, display, vnc, rfb — or pool) and of ready → first frame.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import sys
 import time
 
 import httpx
@@ -25,19 +30,85 @@ import httpx
 from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
 
+# The independent client: one create per line of stdin (a user id), one JSON line out per create.
+CLIENT = """
+import asyncio, json, os, sys, time
+import httpx
+from hearth.rfb.ws import first_frame
 
-async def one(http: httpx.AsyncClient, ws_base: str, user: str) -> tuple[float, float, bool, dict[str, float]]:
-    t0 = time.monotonic()
-    r = await http.post("/api/auth/start", json={"user_id": user})
-    r.raise_for_status()
-    body = r.json()
-    sid = body["session_id"]
-    frame = await first_frame(f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}", 120)
-    total = time.monotonic() - t0
+async def main():
+    headers = json.loads(os.environ["BENCH_HEADERS"])
+    async with httpx.AsyncClient(base_url=os.environ["BENCH_API"], headers=headers, timeout=60) as http:
+        await http.get("/health")  # connection and imports warm before the first timed create
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            t0 = time.monotonic()
+            r = await http.post("/api/auth/start", json={"user_id": line.strip()})
+            r.raise_for_status()
+            body = r.json()
+            url = f"{os.environ['BENCH_WS']}/api/auth/session/{body['session_id']}/novnc/websock"
+            frame = await first_frame(f"{url}?token={body['viewer_token']}", 120)
+            total = time.monotonic() - t0
+            print(json.dumps({"sid": body["session_id"], "total": total, "non_blank": frame.non_blank}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+class Client:
+    """One independent client process (python -c CLIENT), its creates one at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, lc: LocalController) -> Client:
+        env = {**os.environ, "BENCH_API": lc.base_url, "BENCH_WS": lc.ws_base, "BENCH_HEADERS": json.dumps(lc.headers)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        client = cls(proc)
+        await client._line()  # {"ready": true}
+        return client
+
+    async def _line(self) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 180)
+        if not line:
+            raise SystemExit(f"the bench client exited with {await self.proc.wait()}")
+        out: dict[str, object] = json.loads(line)
+        return out
+
+    async def create(self, user: str) -> tuple[str, float, bool]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{user}\n".encode())
+        await self.proc.stdin.drain()
+        got = await self._line()
+        return str(got["sid"]), float(got["total"]), bool(got["non_blank"])  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        await asyncio.wait_for(self.proc.wait(), 30)
+
+
+async def one(
+    http: httpx.AsyncClient, ws_base: str, user: str, client: Client | None
+) -> tuple[float, float, bool, dict[str, float]]:
+    if client is not None:
+        sid, total, non_blank = await client.create(user)
+    else:
+        t0 = time.monotonic()
+        r = await http.post("/api/auth/start", json={"user_id": user})
+        r.raise_for_status()
+        body = r.json()
+        sid = body["session_id"]
+        frame = await first_frame(f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}", 120)
+        total, non_blank = time.monotonic() - t0, frame.non_blank
     timings = (await http.get(f"/api/auth/session/{sid}")).json()["timings"]
     ready = timings.get("rfb", timings.get("pool", float("nan")))
     await http.post(f"/api/auth/session/{sid}/cancel")
-    return total, ready, frame.non_blank, timings
+    return total, ready, non_blank, timings
 
 
 async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> None:
@@ -50,7 +121,13 @@ async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> Non
 
 
 async def run(
-    n: int, parallel: int, chromium: bool, vnc_server: str, pool: bool = False, pool_size: int = 1
+    n: int,
+    parallel: int,
+    chromium: bool,
+    vnc_server: str,
+    pool: bool = False,
+    pool_size: int = 1,
+    in_process: bool = False,
 ) -> tuple[float, float]:
     """`n` sessions on a fresh controller whose sandboxes run `vnc_server`; (p50 create→ready, p50 first frame)."""
     env = {
@@ -69,11 +146,15 @@ async def run(
         ):
             results: list[tuple[float, float, bool]] = []
             stages: dict[str, list[float]] = {}
+            clients = [] if in_process else await asyncio.gather(*(Client.start(lc) for _ in range(parallel)))
             for i in range(0, n, parallel):
                 if pool:
                     await pool_full(lc, min(parallel, n - i, pool_size))
                 batch = await asyncio.gather(
-                    *(one(http, lc.ws_base, f"bench{j}") for j in range(i, min(n, i + parallel)))
+                    *(
+                        one(http, lc.ws_base, f"bench{j}", clients[j - i] if clients else None)
+                        for j in range(i, min(n, i + parallel))
+                    )
                 )
                 for total, ready, non_blank, timings in batch:
                     results.append((total, ready, non_blank))
@@ -84,6 +165,8 @@ async def run(
                         f"[{label}] run {len(results):3d}: create→ready {ready:6.3f}s  "
                         f"create→first-frame {total:6.3f}s  {'non-blank' if non_blank else 'BLANK'}"
                     )
+            for client in clients:
+                await client.close()
     totals = [r[0] for r in results]
     readies = [r[1] for r in results]
     print(f"\n[{label}] sessions: {len(results)}  parallel: {parallel}  chromium: {chromium}")
@@ -98,10 +181,13 @@ async def run(
     return statistics.median(readies), statistics.median(totals)
 
 
-async def main(n: int, parallel: int, chromium: bool, servers: list[str], pool: bool, pool_size: int) -> None:
-    got = {v: await run(n, parallel, chromium, v) for v in servers}
+async def main(
+    n: int, parallel: int, chromium: bool, servers: list[str], pool: bool, pool_size: int, in_process: bool
+) -> None:
+    print(f"client: {'on the controller event loop' if in_process else f'{parallel} process(es) of its own'}")
+    got = {v: await run(n, parallel, chromium, v, in_process=in_process) for v in servers}
     if pool:
-        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True, pool_size=pool_size)
+        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True, pool_size=pool_size, in_process=in_process)
         if "xvnc" in got:
             f_cold = got["xvnc"][1]
             print(f"create→first-frame p50: pool {f_pool:.3f}s  cold xvnc {f_cold:.3f}s  ratio {f_pool / f_cold:.2f}×")
@@ -123,8 +209,9 @@ if __name__ == "__main__":
     )
     ap.add_argument("--pool", action="store_true", help="also measure hand-outs from the warm pool")
     ap.add_argument("--pool-size", type=int, default=2, help="warm pool size for --pool (independent of --parallel)")
+    ap.add_argument("--in-process", action="store_true", help="the client on the controller's event loop (old way)")
     args = ap.parse_args()
     if args.pool_size < 1:
         ap.error("--pool-size must be at least 1")
     servers = [v for v in args.vnc.split(",") if v]
-    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool, args.pool_size))
+    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool, args.pool_size, args.in_process))
