@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -31,19 +30,20 @@ from hearth_agent import homefs
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox, PushFailed, redact
 from hearth_agent.inotify import Watch
+from hearth_agent.proctree import descendants, kill_tree
 from hearth_agent.promptdef import PromptSpec, map_line
 from hearth_agent.providerdef import ProviderDef, definition_digest, parse_provider
 from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import Supervisor
 
 log = logging.getLogger("hearth_agent")
+__all__ = ["Prompts", "Run", "descendants", "kill_tree", "register"]
 CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"
 MAX_LINE = 1 << 20  # one JSON line; a longer one is skipped
 MAX_PENDING = 256 * 1024  # unsent event bytes before the reader waits (backpressure)
 MAX_BATCH = 192 * 1024  # bytes per push (the callback server takes ≤ 1 MiB)
 PUSH_SPACING = 0.06  # s between pushes: within the callback server's per-source rate (20/s)
 STDERR_TAIL = 8192
-TERM_GRACE = 2.0
 FINAL_BUDGET = 300.0  # s the final batch is retried (outlasts a controller restart)
 MAX_RUNS = 16
 TRUNCATED = "\n[hearth: the answer was truncated here: it exceeded {n} bytes]"
@@ -51,47 +51,6 @@ TRUNCATED = "\n[hearth: the answer was truncated here: it exceeded {n} bytes]"
 
 def _digest(data: bytes | None) -> bytes | None:
     return None if data is None else hashlib.sha256(data).digest()
-
-
-def descendants(root: int) -> set[int]:
-    """`root`'s process tree and its process group, from /proc (what a cancel must end)."""
-    parent: dict[int, int] = {}
-    group: set[int] = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(name)
-        parent[pid] = int(stat[1])
-        if int(stat[2]) == root:  # pgid: the CLI runs in a session of its own
-            group.add(pid)
-    tree, todo = {root}, [root]
-    while todo:
-        p = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == p and child not in tree:
-                tree.add(child)
-                todo.append(child)
-    return (tree | group) & (set(parent) | {root})
-
-
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """TERM the tree, KILL what is left after TERM_GRACE; repeated so a child forked meanwhile goes too."""
-    for sig, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 1.0), (signal.SIGKILL, 1.0)):
-        pids = descendants(proc.pid)
-        if proc.poll() is not None:
-            pids.discard(proc.pid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait)
 
 
 @dataclass

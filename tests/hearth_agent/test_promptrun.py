@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from hearth.providers.registry import load
-from hearth_agent.promptrun import Prompts, descendants
+from hearth_agent.proctree import descendants
+from hearth_agent.promptrun import Prompts
 from hearth_example.idp import IdpServer, IdpState
 
 ROOT = str(Path(__file__).resolve().parents[2])
