@@ -34,6 +34,7 @@ class Side:
     netns: list[str] = field(default_factory=list)  # namespaces it made (gone after the demo)
     dirs: list[Path] = field(default_factory=list)
     state: Any = None  # the example IdP's IdpState: what it saw
+    inet: Any = None  # the internet stand-in (its DNS log and the requests it answered)
     line: str = ""  # what it is, in words
 
     def saw(self) -> str:
@@ -49,6 +50,14 @@ class Side:
             said.append(f"approved for {approved['email']}" if approved.get("email") else "approved")
         if any(e["kind"] == "token_issued" for e in events):
             said.append("tokens issued to the CLI (code + PKCE)")
+        if self.inet is not None:
+            from hearth.providers.internet import EXAMPLE_HOST
+
+            asked = sum(1 for q in self.inet.dns.log.queries if q.name == EXAMPLE_HOST)
+            with self.inet.traffic.lock:
+                peers = sorted({s.peer for s in self.inet.traffic.seen if s.host == EXAMPLE_HOST})
+            said.append(f"its name asked {asked} times of its DNS (by the fabric's forwarder)")
+            said.append(f"every request from {', '.join(peers) or 'nowhere'} (the host's side: the fabric's egress)")
         return ", ".join(said)
 
 
@@ -77,6 +86,7 @@ def outside(provider: str, via: str) -> Iterator[Side]:
             netns=[inet.uplink_netns, inet.netns, inet.person_netns],
             dirs=[inet.dir],
             state=inet.idp,
+            inet=inet,
             line=line,
         )
 

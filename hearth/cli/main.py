@@ -81,7 +81,7 @@ def demo(
         None, "--auto/--no-auto", help="Chromium signs in on the viewer page (default: when stdin is not a terminal)"
     ),
     via: str = typer.Option(
-        "fabric",
+        "internet",
         help="the example provider: 'internet' (the internet stand-in: DNS, HTTPS, CA, through the fabric's uplink) "
         "or 'fabric' (its IdP on the fabric's bridge address)",
     ),

@@ -1,7 +1,8 @@
 """`hearth demo` signs someone in: the README's first command, run as a subprocess end to end.
 
-Real controller (throwaway data dir and fabric namespace), the example provider's OAuth server inside the fabric,
-a real browser sandbox, and the person played by Debian's Chromium through Playwright clicking on the viewer page
+Real controller (throwaway data dir and fabric namespace), the example provider on the internet stand-in (reached
+through the fabric's DNS forwarder, egress and HEARTH_EXTRA_CA_CERTS) or on the fabric's bridge address, a real
+browser sandbox, and the person played by Debian's Chromium through Playwright clicking on the viewer page
 (pointer and keys through noVNC); the credentials read back by the CLI sandbox's agent as a digest. Asserted: the
 steps in order, what the provider saw, the delivered file equal to the sealed copy, no secret printed, and nothing
 left behind (namespaces, data dir, processes).
@@ -57,14 +58,19 @@ def processes_mentioning(text: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.sqlite_pass
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
-def test_demo_signs_someone_in_and_leaves_nothing() -> None:
-    run = hearth("demo", "--auto", timeout=600)
+@pytest.mark.parametrize("via", ["internet", "fabric"])
+def test_demo_signs_someone_in_and_leaves_nothing(via: str) -> None:
+    """`internet` (the default: the README's command): the provider on the internet stand-in, its name resolved by
+    the fabric's DNS forwarder, its page over the egress and TLS. `fabric`: the example IdP on the bridge address."""
+    run = hearth("demo", "--auto", *(["--via", via] if via != "internet" else []), timeout=600)
     out = run.stdout
     assert run.returncode == 0, (out, run.stderr[-4000:])
     m = re.search(r"fabric netns=(\S+)\s+data dir=(\S+)", out)
     assert m is not None, out
     fabric, data_dir = m.group(1), m.group(2)
     assert fabric.startswith("hearth-demo") and data_dir.startswith("/var/tmp/hearth-demo-"), (fabric, data_dir)
+    inet = re.search(r"on the internet stand-in \(namespaces (\S+)-up, ", out)
+    assert (inet is not None) == (via == "internet"), out
 
     # The steps, in order.
     steps = [re.escape(s) for s in ("1. controller on", "2. provider example", "3. session", "4. in demo-user's")]
@@ -74,12 +80,17 @@ def test_demo_signs_someone_in_and_leaves_nothing() -> None:
     assert shown == STATES, out
     viewer = re.search(r"^\s+(http://127\.0\.0\.1:\d+/api/auth/session/[0-9a-f-]+/novnc\?token=\S+)$", out, re.M)
     assert viewer is not None, out
+    issuer = "https://idp.example.com" if via == "internet" else "http://192.168.100.1:9400"
+    assert f"awaiting_user  {issuer}/authorize" in out, out
 
-    # The person signed in on the provider's page in the viewer, and the provider saw that person.
-    assert "the person clicked Approve on the provider's page" in out, out
+    # The person signed in on the provider's page in the viewer, and the provider saw it happen.
+    button = "Authorize" if via == "internet" else "Approve"
+    assert f"the person clicked {button} on the provider's page" in out, out
     assert "the viewer page then said 'You are signed in to Example' (completed)" in out, out
-    assert "its sign-in page loaded by Chromium, approved, " in out, out
-    assert "tokens issued to the CLI (code + PKCE)" in out, out
+    assert "its sign-in page loaded by Chromium, approved, tokens issued to the CLI (code + PKCE)" in out, out
+    if via == "internet":  # through the fabric's DNS forwarder and egress (masqueraded to the host's side)
+        assert re.search(r"its name asked [1-9]\d* times of its DNS \(by the fabric's forwarder\)", out), out
+        assert "every request from 192.0.2.1 (the host's side: the fabric's egress)" in out, out
 
     # The credential in the CLI sandbox, read by its agent: a digest equal to the vault's sealed copy, mode 0600.
     line = re.search(
@@ -89,11 +100,12 @@ def test_demo_signs_someone_in_and_leaves_nothing() -> None:
     assert int(line.group(1)) > 0 and line.group(2) == "0600" and line.group(4) == "= the vault’s sealed copy"
     assert not re.search(r"ex-(at|rt)-", out + run.stderr), "a token was printed"
 
-    # Nothing left: the demo's namespaces, its data dir, any process of it.
-    assert not [n for n in netlink.list_netns() if n == fabric or n.startswith(f"{fabric}-")]
+    # Nothing left: the demo's namespaces (and the stand-in's), its data dir, any process of it.
+    mine = [fabric] + ([inet.group(1)] if inet else [])
+    assert not [n for n in netlink.list_netns() for p in mine if n == p or n.startswith(f"{p}-")]
     assert not Path(data_dir).exists()
-    assert not processes_mentioning(data_dir)
-    assert not processes_mentioning(fabric)
+    for name in [data_dir, *mine]:
+        assert not processes_mentioning(name), name
 
 
 def test_auto_is_refused_for_a_real_provider() -> None:
