@@ -324,8 +324,11 @@ def check_revoked(res: PromptResult, sb: Sandbox) -> None:
     if _collect(res, sb, pid, t0) is None:
         return
     final = res.extra["final"]
+    pushed = [b for b in sb.rx.bodies if b.get("prompt_id") == pid and b.get("credentials")]
     if res.status != "failed" or final.get("step") != "credentials" or not final.get("needs_signin"):
         res.failed_step = f"revoked: status {res.status}, step {final.get('step')}: {final.get('reason')}"
+    elif pushed:  # Claude Code empties its tokens when its refresh is refused: that is no new credential
+        res.failed_step = "revoked: the CLI's rewritten (unusable) credential file was pushed as a new version"
 
 
 def check_cancel(res: PromptResult, sb: Sandbox) -> None:

@@ -16,7 +16,6 @@ import pytest
 from hearth.providers import clis, modelapi, promptapi
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
-KNOWN = ("claude_code", "revoked", "active", 202)  # the exact symptom of the known defect below, nothing else
 
 
 @pytest.mark.parametrize("name", ["claude_code", "codex", "gemini_cli"])
@@ -25,16 +24,9 @@ async def test_real_cli_through_the_prompt_api(name: str) -> None:
         pytest.skip("needs root (network namespaces)")
     if clis.installed() is None:
         pytest.fail("the pinned CLIs are not installed: run `bash scripts/setup.sh`")
-    pytest.importorskip("hearth.prompts.api", reason="the controller's prompt API (issue 23 items 1-4)")
     async with promptapi.world() as w:
         for scenario in promptapi.SCENARIOS:
             res = await promptapi.check(w, name, scenario)
-            if (name, scenario, res.extra.get("credential"), res.extra.get("next")) == KNOWN:
-                pytest.xfail(
-                    "Claude Code empties its credential file when its refresh is refused; the agent pushes that file "
-                    "as a new version, so needs_signin (set for the version the CLI used) does not stick and the next "
-                    "prompt is admitted — fix: hearth_agent/promptrun.py pushes no credentials with needs_signin"
-                )
             assert res.ok, f"{scenario}: {res.failed_step}\n{res.prompt}"
             if scenario == "answer":
                 assert res.text == modelapi.ANSWER and res.prompt["conversation_id"]
