@@ -10,7 +10,7 @@ left waiting; then N A queries of the providers' names alternately:
 The same stdlib query code on both sides (hearth/providers/inetdns.resolve); the first query of each name (cold)
 reported apart from the p50 / p90 of the rest.
 
-    sudo .venv/bin/python bench/dns.py -n 500
+    sudo .venv/bin/python bench/dns_forwarder.py -n 500
 
 Everything (stand-in `hearth-bdi<hex>-…`, fabric `hearth-bd<hex>`, data dir) is removed.
 """
@@ -24,12 +24,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
 from hearth.api.local import local_controller, scratch_settings
-from hearth.fabric import netlink
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.e2e import settings_env
 from hearth.providers.inetdns import resolve
@@ -97,28 +95,23 @@ async def main(n: int) -> int:
             httpx.AsyncClient(base_url=lc.base_url, headers=lc.headers, timeout=30) as http,
         ):
             sid, ns = await sandbox_netns(http, settings)
-            resolv = Path(f"/proc/{netlink_pid(ns)}/root/etc/resolv.conf") if netlink_pid(ns) else None
-            said = resolv.read_text().split() if resolv is not None and resolv.exists() else []
-            forwarder = said[said.index("nameserver") + 1] if "nameserver" in said else str(settings.bridge_ip)
-            print(f"sandbox {ns}: resolv.conf names {forwarder}; upstream (the stand-in's DNS) {DNS_IP}")
+            forwarder = str(settings.bridge_ip)  # the forwarder every sandbox's resolv.conf names (hearth/egress)
+            print(f"sandbox {ns}: forwarder {forwarder}:53; upstream (the stand-in's DNS) {DNS_IP}")
             udp = socket.SOCK_DGRAM
-            box = one_side(
-                "sandbox → forwarder → upstream", lambda: socket_in_netns(ns, socket.AF_INET, udp), forwarder, n
+            # (in a thread: the forwarder runs on this process's event loop, in the controller)
+            box = await asyncio.to_thread(
+                one_side,
+                "sandbox → forwarder → upstream",
+                lambda: socket_in_netns(ns, socket.AF_INET, udp),
+                forwarder,
+                n,
             )
-            host = one_side(
-                "host → upstream", lambda: socket_in_netns(inet.uplink_netns, socket.AF_INET, udp), DNS_IP, n
+            host = await asyncio.to_thread(
+                one_side, "host → upstream", lambda: socket_in_netns(inet.uplink_netns, socket.AF_INET, udp), DNS_IP, n
             )
             print(f"ratio sandbox / host p50: {box / host:.2f}  (the forwarder adds {box - host:+.3f} ms)")
             await http.post(f"/api/auth/session/{sid}/cancel")
     return 0
-
-
-def netlink_pid(ns: str) -> int | None:
-    """A process in network namespace `ns` (its resolv.conf is the one the sandbox's programs read)."""
-    from hearth.sandbox.netns import pids_in_netns
-
-    pids = pids_in_netns(ns) if netlink.netns_exists(ns) else []
-    return pids[0] if pids else None
 
 
 if __name__ == "__main__":
