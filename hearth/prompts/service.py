@@ -24,6 +24,7 @@ from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.prompts.fanout import Changes
+from hearth.prompts.intake import Live, bound
 from hearth.prompts.states import PromptStatus, Step
 from hearth.prompts.store import PromptStore, Refused
 from hearth.providers.model import Provider
@@ -33,8 +34,6 @@ from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
 
 log = logging.getLogger("hearth.prompts")
 GRACE = 30.0  # s beyond the prompt's timeout before the controller gives up on the agent's final batch
-EVENT_TYPES = {"text", "tool", "usage", "error", "done"}
-TRUNCATED = "\n[hearth: the answer was truncated here: it exceeded {n} bytes]"
 
 
 class PromptRefused(Exception):
@@ -55,15 +54,6 @@ class PromptRequest:
     timeout: float | None = None
 
 
-@dataclass
-class _Live:
-    owner: str = ""  # the CLI sandbox owner id allowed to push for it
-    base_version: int = 0  # the credential version the CLI sandbox held at the start
-    answer: str = ""
-    done_text: str | None = None
-    final: asyncio.Event | None = None
-
-
 class PromptService:
     def __init__(
         self,
@@ -75,7 +65,7 @@ class PromptService:
     ) -> None:
         self.s, self.store, self.vault, self.clis, self.providers = settings, store, vault, clis, providers
         self.changes = Changes()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Live] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self._users: dict[str, str] = {}  # prompt id → user, while its task runs
@@ -142,7 +132,7 @@ class PromptService:
 
     def _start(self, pid: str, user_id: str, attach: bool = False) -> None:
         self._users[pid] = user_id
-        self._live.setdefault(pid, _Live(final=asyncio.Event()))
+        self._live.setdefault(pid, Live(final=asyncio.Event()))
         task = asyncio.create_task(self._run(pid, attach), name=f"prompt-{pid}")
         self._tasks[pid] = task
         task.add_done_callback(lambda _t: self._forget(pid))
@@ -285,7 +275,7 @@ class PromptService:
         events, raw = data.get("events") or [], data.get("raw") or []
         if not isinstance(events, list) or not isinstance(raw, list):
             return 400, {"error": "events and raw must be lists"}
-        kept = self._check(row, live, events)
+        kept = bound(row, live, events, self.s.prompt_max_answer_bytes)
         raw_kept = [str(r)[:65536] for r in raw if isinstance(r, str)][:1000]
         fields: dict[str, Any] = {}
         usage = [e["usage"] for e in kept if e["type"] == "usage"]
@@ -312,45 +302,7 @@ class PromptService:
             await self._credentials(row, live, data.get("credentials"))
         return 200, {"ok": True}
 
-    def _check(self, row: PromptRow, live: _Live, events: list[Any]) -> list[dict[str, Any]]:
-        """The schema's events with sequence numbers above the stored ones (a retried push repeats), the answer
-        bounded with one truncation marker."""
-        cap = self.s.prompt_max_answer_bytes
-        out: list[dict[str, Any]] = []
-        seq = row.last_seq
-        for e in events[:5000]:
-            if not isinstance(e, dict) or e.get("type") not in EVENT_TYPES:
-                continue
-            n = e.get("seq")
-            if not isinstance(n, int) or isinstance(n, bool) or n <= seq:
-                continue
-            seq = n
-            ev = _clean(e)
-            if ev["type"] == "text":
-                text = str(ev["text"])
-                used = len(live.answer.encode())
-                if row.truncated:
-                    continue  # one marker, then nothing more
-                if ev.get("truncated"):  # the agent's own marker: it bounded the answer first
-                    text = text[:200]
-                elif used + len(text.encode()) > cap:
-                    text = text.encode()[: max(0, cap - used)].decode(errors="ignore") + TRUNCATED.format(n=cap)
-                else:
-                    live.answer += text
-                    out.append(ev)
-                    continue
-                ev = {**ev, "text": text, "truncated": True}
-                row.truncated = True
-                live.answer += text
-            elif ev["type"] == "done":
-                t = ev.get("text")
-                whole = isinstance(t, str) and t and not row.truncated and not ev.get("truncated")
-                live.done_text = str(t) if whole and len(str(t).encode()) <= cap else None  # else: the bounded text
-                ev["text"] = live.done_text if live.done_text is not None else live.answer
-            out.append(ev)
-        return out
-
-    async def _final(self, row: PromptRow, live: _Live, final: dict[str, Any], creds: Any) -> None:
+    async def _final(self, row: PromptRow, live: Live, final: dict[str, Any], creds: Any) -> None:
         status = final.get("status")
         step = final.get("step")
         reason = final.get("reason")
@@ -376,7 +328,7 @@ class PromptService:
         live.final.set()
         await self.clis.touch(row.user_id)
 
-    async def _credentials(self, row: PromptRow, live: _Live, creds: Any) -> None:
+    async def _credentials(self, row: PromptRow, live: Live, creds: Any) -> None:
         """Rewritten credential files from the CLI: a new version — or, when a newer one was sealed meanwhile,
         that newer one delivered over them (the newest wins)."""
         if (
@@ -421,7 +373,7 @@ class PromptService:
             if row.id in self._tasks:
                 continue
             attach = row.status == PromptStatus.RUNNING.value
-            live = self._live.setdefault(row.id, _Live(final=asyncio.Event()))
+            live = self._live.setdefault(row.id, Live(final=asyncio.Event()))
             if attach:
                 cli = await self.clis.get(row.user_id)
                 owner = await self.clis.owner_of(row.user_id)
@@ -477,29 +429,3 @@ class PromptService:
         for t in list(self._tasks.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-
-
-def _clean(e: dict[str, Any]) -> dict[str, Any]:
-    """One event in hearth's schema, with only its own fields (bounded strings)."""
-    t = e["type"]
-    out: dict[str, Any] = {"type": t, "seq": e["seq"]}
-    if t == "text":
-        out["text"] = str(e.get("text", ""))[: 1 << 20]
-    elif t == "tool":
-        out |= {k: str(e.get(k, ""))[:400] for k in ("name", "input", "result") if k in e}
-    elif t == "usage":
-        u = e.get("usage")
-        out["usage"] = {
-            str(k)[:64]: v
-            for k, v in (u.items() if isinstance(u, dict) else [])
-            if isinstance(v, int | float | str) and not isinstance(v, bool)
-        }
-    elif t == "error":
-        out["message"] = str(e.get("message", ""))[:2000]
-        if isinstance(e.get("step"), str):
-            out["step"] = e["step"][:16]
-    elif t == "done":
-        out["text"] = e.get("text") if isinstance(e.get("text"), str) else None
-    if e.get("truncated") is True:
-        out["truncated"] = True
-    return out
