@@ -83,7 +83,7 @@ def cli_processes(marker: str) -> list[int]:
 
 
 async def test_prompts_through_the_example_cli_in_a_real_cli_sandbox(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(**idp_env(IDP_PORT), HEARTH_PROMPT_MAX_ANSWER_BYTES="65536")
+    settings = make_settings(**idp_env(IDP_PORT), HEARTH_PROMPT_MAX_ANSWER_BYTES="65536", HEARTH_RATE_LIMIT="0")
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=120) as http,
@@ -187,6 +187,21 @@ async def test_prompts_through_the_example_cli_in_a_real_cli_sandbox(make_settin
         assert meta["status"] == "needs_signin" and "revoked" in meta["status_reason"] and meta["last_used_at"]
         r = await post(http, "again")
         assert r.status_code == 409 and "renewing" in r.json()["error"]
+
+        # 100 concurrent POSTs through the API: exactly HEARTH_MAX_PROMPTS_PER_USER get through
+        await ctl.ctl.vault.put("bea", "example", [CredentialFile(target, 0o600, json.dumps(creds).encode())], None)
+        many = await asyncio.gather(
+            *(
+                http.post("/api/users/bea/prompts", json={"provider": "example", "prompt": "[wait:2] x"})
+                for _ in range(100)
+            )
+        )
+        codes = sorted(r.status_code for r in many)
+        assert codes == [202] * 2 + [429] * 98, codes
+        assert all("HEARTH_MAX_PROMPTS_PER_USER" in r.json()["error"] for r in many if r.status_code == 429)
+        for r in many:
+            if r.status_code == 202:
+                await http.post(f"/api/prompts/{r.json()['prompt_id']}/cancel")
 
         # history, paginated; deletion per prompt and per user
         page = (await http.get(f"/api/users/{USER}/prompts", params={"limit": 2})).json()
