@@ -146,7 +146,8 @@ async def _signin(lc: LocalController, side: Side, auto: bool, user: str, keep: 
         if auto:
             person = asyncio.create_task(_person(started["viewer_url"], lc.settings.ready_timeout + 60), name="person")
         else:
-            out.print("   open it in your browser and sign in (no browser here? run `hearth demo --auto`)")
+            hint = " (no browser here? run `hearth demo --auto`)" if provider == "example" else ""
+            out.print(f"   open it in your browser and sign in{hint}")
         try:
             status = await _follow(http, sid, t0, timeout, out, person)
             if person is not None and not (person.done() and person.exception() is not None):
