@@ -8,8 +8,8 @@ section inside that namespace. Scenarios:
 
 - `answer`: the streamed events map to `text` … `done`, the text intact, usage and the conversation id reported;
 - `refresh`: the access token is expired when the prompt starts; the CLI refreshes it during the prompt (the
-  stand-in rotates the refresh token where the provider does), rewrites its file, and the final batch carries the
-  rewritten credential files — the newest tokens, and the same bytes the sandbox's HOME now holds;
+  stand-in rotates the refresh token where the provider does), rewrites its file, and the agent pushes the
+  rewritten credential files (at once, or with the final batch) — the newest tokens, the bytes the HOME now holds;
 - `revoked`: the stand-in revokes the account; the prompt fails at step `credentials` with `needs_signin` in the
   CLI's own words;
 - `cancel`: the stand-in streams slowly; a cancel after the first `text` ends the CLI's whole process tree.
@@ -301,9 +301,10 @@ def check_refresh(res: PromptResult, sb: Sandbox) -> None:
     if sb.api.refreshes != [sb.provider.name]:
         res.failed_step = f"refresh: the CLI refreshed {len(sb.api.refreshes)} times (want once, during the prompt)"
         return
-    pushed = final.get("credentials")
+    batches = [b for b in sb.rx.bodies if b.get("prompt_id") == pid and b.get("credentials")]
+    pushed = batches[-1]["credentials"] if batches else None  # at once when rewritten, or with the final batch
     if not pushed:
-        res.failed_step = "refresh: the rewritten credential file was not pushed with the final batch"
+        res.failed_step = "refresh: the rewritten credential file was not pushed"
         return
     files = {f["target"]: base64.b64decode(f["data_b64"]) for f in pushed["files"]}
     now = (sb.home / target).read_bytes()
@@ -324,11 +325,10 @@ def check_revoked(res: PromptResult, sb: Sandbox) -> None:
     if _collect(res, sb, pid, t0) is None:
         return
     final = res.extra["final"]
-    pushed = [b for b in sb.rx.bodies if b.get("prompt_id") == pid and b.get("credentials")]
     if res.status != "failed" or final.get("step") != "credentials" or not final.get("needs_signin"):
         res.failed_step = f"revoked: status {res.status}, step {final.get('step')}: {final.get('reason')}"
-    elif pushed:  # Claude Code empties its tokens when its refresh is refused: that is no new credential
-        res.failed_step = "revoked: the CLI's rewritten (unusable) credential file was pushed as a new version"
+    elif final.get("credentials"):  # Claude Code empties its tokens when its refresh is refused: no new credential
+        res.failed_step = "revoked: the final batch carries the CLI's unusable credential file"
 
 
 def check_cancel(res: PromptResult, sb: Sandbox) -> None:

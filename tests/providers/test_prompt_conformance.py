@@ -6,9 +6,8 @@ batches go to a real HTTP receiver standing in for the controller's callback end
 
 - answer: text … usage … done, the text intact, the CLI's conversation id;
 - refresh: an expired access token is refreshed by the CLI during the prompt (the refresh token rotated for Claude
-  Code and Codex; Google keeps its own), the final batch carries the rewritten file, which is what the sandbox holds;
-- revoked: the account revoked at the stand-in → failed at step credentials, needs_signin in the CLI's own words,
-  and no credential pushed (Claude Code empties its tokens then: that file is no new version);
+  Code and Codex; Google keeps its own), the rewritten file is pushed, and it is what the sandbox holds;
+- revoked: the account revoked at the stand-in → failed at step credentials, needs_signin in the CLI's own words;
 - cancel: mid-stream (the stand-in has sent part of a slow answer) → cancelled, none of the CLI's processes left.
 
 Through the controller's API (vault version +1, 409 after needs_signin): tests/providers/test_prompt_api.py."""
