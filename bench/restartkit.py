@@ -45,6 +45,7 @@ def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | No
         HEARTH_API_KEYS=",".join(settings.api_keys),
         HEARTH_DRIVER="netns",
         HEARTH_CHROMIUM="false",
+        HEARTH_EGRESS=str(settings.egress).lower(),  # tests: false (an uplink only ever in a namespace of theirs)
         **signinkit.idp_env(IDP_PORT, str(settings.bridge_ip)),
         MAX_BROWSER_SESSIONS=str(sessions + 5),
         MAX_SESSIONS_PER_USER=str(sessions + 5),

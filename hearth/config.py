@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     driver: DriverName = "auto"
     # who gets a route out through the uplink (hearth/egress): "signin" — sign-in sandboxes (both modes) and CLI
     # sandboxes, a plain desktop without a provider none; true — every sandbox; false — none (no uplink at all)
-    egress: EgressName = False
+    egress: EgressName = "signin"
     # destinations egress never reaches (hearth/egress/policy.py BLOCKED: private, CGNAT, link-local, loopback, …)
     # that it may reach after all: comma-separated IPv4 CIDRs; never one covering the fabric or the uplink
     egress_allow: Annotated[tuple[IPv4Network, ...], NoDecode] = ()

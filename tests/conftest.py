@@ -84,6 +84,9 @@ def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
             "HEARTH_API_KEYS": "test-key",
             "HEARTH_DRIVER": "netns",
             "HEARTH_READY_TIMEOUT": "60",
+            # no uplink unless a test asks (then through HEARTH_UPLINK_NETNS, tests/uplinkns.py): never in the
+            # machine's root namespace
+            "HEARTH_EGRESS": "false",
         }
         if database_url:
             base["HEARTH_DATABASE_URL"] = database_url

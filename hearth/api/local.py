@@ -36,6 +36,7 @@ def scratch_settings(env: Mapping[str, str], prefix: str = "hearth-x") -> Iterat
         "HEARTH_API_LISTEN": f"127.0.0.1:{free_port()}",
         "HEARTH_API_KEYS": f"{prefix}-{secrets.token_hex(8)}",
         "HEARTH_DRIVER": "netns",
+        "HEARTH_EGRESS": "false",  # a scratch hearth: no uplink in this host's namespace unless `env` asks for one
         **host_image_env(),
     }
     try:

@@ -190,6 +190,7 @@ class Lab:
             "HEARTH_FABRIC_NETNS": self.fabric(i),
             "HEARTH_DRIVER": "netns",
             "HEARTH_CHROMIUM": self.env.get("HEARTH_CHROMIUM", "false"),
+            "HEARTH_EGRESS": self.env.get("HEARTH_EGRESS", "false"),  # a lab's nodes have no internet to reach
             "HEARTH_SANDBOX_UID_BASE": str(2_000_000 + 1000 * i),
         }
 

@@ -35,7 +35,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "HEARTH_DATABASE_URL": ("postgresql+psycopg://u:pw@db/hearth", "mysql://u@db/x", "PostgreSQL or SQLite URL"),
     "HEARTH_FABRIC_NETNS": ("hx1", "bad name", "valid namespace name"),
     "HEARTH_DRIVER": ("netns", "kvm", "'firecracker'"),
-    "HEARTH_EGRESS": ("true", "maybe", "bool"),
+    "HEARTH_EGRESS": ("signin", "maybe", "bool"),
     "HEARTH_SIGNIN_MODE": ("direct", "phone", "'remote_browser'"),
     "MAX_BROWSER_SESSIONS": ("4", "-1", "greater than or equal to 0"),
     "MAX_SESSIONS_PER_USER": ("1", "many", "integer"),
@@ -73,6 +73,13 @@ CASES |= {
     "HEARTH_EGRESS_PROXY": ("http://u:pw@proxy.example.com:{port}", "http://u:pw@proxy:3128", "{port}"),
     "HEARTH_EGRESS_PROXY_PORTS": ("10001-19999", "19999-10001", "without HEARTH_EGRESS_PROXY"),
     "HEARTH_EXTRA_CA_CERTS": ("/etc/ssl/certs/ISRG_Root_X1.pem", "/nonexistent/ca.pem", "cannot be read"),
+    "HEARTH_EGRESS_ALLOW": ("10.20.0.0/16,172.20.0.0/16", "192.168.0.0/16", "covers the fabric"),
+    "HEARTH_EGRESS_POLICY": ("provider", "strict", "'provider'"),
+    "HEARTH_DNS_UPSTREAM": ("9.9.9.9,1.1.1.1", "dns.example", "IPv4"),
+    "HEARTH_EGRESS_CONN_MAX": ("512", "0", "greater than or equal to 1"),
+    "HEARTH_EGRESS_CONN_RATE": ("100", "0", "greater than or equal to 1"),
+    "HEARTH_EGRESS_BANDWIDTH": ("0", "-1", "greater than or equal to 0"),
+    "HEARTH_UPLINK_NETNS": ("hearth-up", "bad name!", "valid namespace name"),
 }
 # what a variable's valid value needs beside it
 WITH = {

@@ -56,6 +56,7 @@ def new_env(**extra: str) -> tuple[dict[str, str], Path]:
         "HEARTH_DRIVER": "netns",
         "HEARTH_READY_TIMEOUT": "60",
         "HEARTH_CHROMIUM": "false",  # the browser plays no part in any fault here
+        "HEARTH_EGRESS": "false",  # egress tests give HEARTH_UPLINK_NETNS (never an uplink in the root namespace)
         **extra,
     }
     return env, data

@@ -57,6 +57,7 @@ def make_settings_for(tmp_path: Path) -> Callable[..., Settings]:
         base = {
             "HEARTH_FABRIC_NETNS": netns or nsnames.new(),
             "HEARTH_DATA_DIR": str(tmp_path / "data"),
+            "HEARTH_EGRESS": "false",  # egress=True gives a namespace for the uplink (never the root one)
         }
         return load_settings({**base, **env}, env_file=None)
 
