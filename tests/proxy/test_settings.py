@@ -95,7 +95,7 @@ def test_a_valid_proxy_and_bundle_pass_and_the_password_stays_hidden(tmp_path: P
                 "HEARTH_FABRIC_OPEN_PORTS": "3128",
             },
             "lacks e.g. 3129",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_config_check_refuses_naming_the_fix(env: dict[str, str], words: str, tmp_path: Path) -> None:
