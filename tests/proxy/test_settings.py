@@ -79,7 +79,10 @@ def test_a_valid_proxy_and_bundle_pass_and_the_password_stays_hidden(tmp_path: P
         ({"HEARTH_EXTRA_CA_CERTS": "/nonexistent/bundle.pem"}, "cannot be read"),
         ({"HEARTH_EXTRA_CA_CERTS": "/etc/hostname"}, "holds no PEM certificate"),
         # sandboxes must be able to reach it: a way out, an address they may reach, or the bridge's open ports
-        ({"HEARTH_EGRESS_PROXY": PROXY, "HEARTH_EGRESS_PROXY_PORTS": "10001"}, "set HEARTH_EGRESS=signin"),
+        (
+            {"HEARTH_EGRESS_PROXY": PROXY, "HEARTH_EGRESS_PROXY_PORTS": "10001", "HEARTH_EGRESS": "false"},
+            "set HEARTH_EGRESS=signin",
+        ),
         (
             {
                 "HEARTH_EGRESS_PROXY": "http://u:p@10.9.8.7:{port}",
