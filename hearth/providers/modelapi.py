@@ -19,6 +19,7 @@ once the tool's result comes back, with the text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -193,6 +194,10 @@ def _codex(api: ModelAPI, body: bytes) -> Iterator[bytes]:
     model = str(req.get("model") or "gpt-standin")
     resp = {"id": "resp_standin", "object": "response", "model": model, "status": "in_progress", "output": []}
     yield _sse("response.created", {"type": "response.created", "response": resp})
+    if req.get("generate") is False:  # Codex's connection warm-up over its WebSocket: no answer wanted
+        warm = {**resp, "status": "completed", "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}
+        yield _sse("response.completed", {"type": "response.completed", "response": warm})
+        return
     if _wants_tool(body, b"function_call_output"):
         call = {
             "type": "function_call",
@@ -287,8 +292,9 @@ def _codex_ws(api: ModelAPI) -> Any:
                 continue
             if opcode != 1:
                 continue
-            with api.lock:
-                api.prompts.append("codex")
+            with api.lock, contextlib.suppress(ValueError, AttributeError):
+                if json.loads(data).get("generate") is not False:
+                    api.prompts.append("codex")
             for event in _codex(api, data):
                 line = event.split(b"data: ", 1)[1].strip()
                 _ws_send(wfile, line)

@@ -105,3 +105,10 @@ def test_other_requests_are_not_the_model_apis() -> None:
     api = ModelAPI()
     assert model_route(api, "GET", "api.anthropic.com", "/api/oauth/profile", b"", None) is None
     assert model_route(api, "POST", "platform.claude.com", "/v1/oauth/token", b'{"grant_type":"code"}', None) is None
+
+
+def test_codex_warm_up_gets_no_answer() -> None:
+    api = ModelAPI()
+    evs = events(route(api, "chatgpt.com", "/backend-api/codex/responses", {"model": "m", "generate": False})[1])
+    assert [e["type"] for e in evs] == ["response.created", "response.completed"]
+    assert not api.streaming.is_set() and api.pieces_out == 0
