@@ -148,11 +148,22 @@ class PromptService:
         row = await self.store.transition(pid, status, step=step.value if step else None, reason=reason, **f)
         if row is not None:
             log.info("prompt ended", extra={"prompt_id": pid, "status": status.value, "step": step})
-            live = self._live.get(pid)
-            answer = (live.done_text if live and live.done_text else live.answer if live else "") or ""
+            answer = await self._answer(row)
             if answer:
                 await self.store.seal_answer(row, answer)
         self.changes.notify(pid)
+
+    async def _answer(self, row: PromptRow) -> str:
+        """The final answer: the CLI's own (done), else the text streamed — from the stored events, so a prompt
+        that began under a previous controller has its whole answer too (all of it is bounded already)."""
+        done, text = None, []
+        for chunk in await self.store.chunks(row, 0, None):
+            for e in chunk.items:
+                if e.get("type") == "text":
+                    text.append(str(e.get("text", "")))
+                elif e.get("type") == "done" and isinstance(e.get("text"), str) and e["text"]:
+                    done = e["text"]
+        return done if done is not None and not row.truncated else "".join(text)
 
     async def _run(self, pid: str, attach: bool) -> None:
         try:

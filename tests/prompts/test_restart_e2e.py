@@ -67,6 +67,18 @@ async def test_restart_cancel_while_starting_and_sandbox_killed(make_settings: C
                 events = await sse(http, pid)
                 assert text(events) == "…You said: [wait:6] across a restart (turn 1)" == body["answer"]
 
+                # an idle stop keeps the home: the next prompt resumes the sandbox and continues the conversation
+                await b.ctl.clis.stop(USER)
+                assert (await http.get(f"/api/users/{USER}/cli-sandbox")).json()["state"] == "stopped"
+                r = await http.post(
+                    f"/api/users/{USER}/prompts",
+                    json={"provider": "example", "prompt": "resumed", "conversation_id": body["conversation_id"]},
+                )
+                assert r.status_code == 202, r.text
+                again = await status_until(http, r.json()["prompt_id"], {"completed", "failed", "timed_out"})
+                assert again["status"] == "completed" and again["answer"].endswith("(turn 2)"), again
+                assert (await http.get(f"/api/users/{USER}/cli-sandbox")).json()["state"] == "running"
+
                 # a cancel while the CLI sandbox starts: the CLI never runs
                 assert (await http.delete(f"/api/users/{USER}/cli-sandbox")).status_code == 204
                 await b.ctl.vault.put(USER, "example", files, None)
