@@ -132,14 +132,20 @@ async def sign_in(page: Page, timeout: float, tries: int = 3) -> str:
     said = ""
     for _ in range(tries):
         kind, seen = await provider_page_drawn(page, timeout)
+        if not said:
+            size = await page.evaluate(
+                "(() => { const c = document.querySelector('#screen canvas'); "
+                "return c ? c.width + 'x' + c.height : '?'; })()"
+            )
+            said = f"saw the provider's page drawn on the {size} desktop in the viewer, "
         if kind == "standin":
             await page.mouse.click(seen["standin"].x, seen["standin"].y)
-            said = "clicked Authorize on the provider's page"
+            did = "clicked Authorize on it"
         else:
             await page.mouse.click(seen["button"].x, seen["button"].y)
-            said = "clicked Approve on the provider's page"
+            did = "clicked Approve on it"
         if await _left(page, kind, 15):
-            return said
+            return said + did
     raise PersonFailed(f"the provider's page stayed after {tries} clicks")
 
 

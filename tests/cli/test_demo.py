@@ -85,7 +85,8 @@ def test_demo_signs_someone_in_and_leaves_nothing(via: str) -> None:
 
     # The person signed in on the provider's page in the viewer, and the provider saw it happen.
     button = "Authorize" if via == "internet" else "Approve"
-    assert f"the person clicked {button} on the provider's page" in out, out
+    said = rf"the person saw the provider's page drawn on the \d+x\d+ desktop in the viewer, clicked {button} on it"
+    assert re.search(said, out), out
     assert "the viewer page then said 'You are signed in to Example' (completed)" in out, out
     assert "its sign-in page loaded by Chromium, approved, tokens issued to the CLI (code + PKCE)" in out, out
     if via == "internet":  # through the fabric's DNS forwarder and egress (masqueraded to the host's side)
