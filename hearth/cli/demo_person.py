@@ -1,14 +1,12 @@
 """The person of `hearth demo --auto`: Debian's Chromium, driven by Playwright, on the viewer page.
 
 It opens the viewer URL, waits until the provider's sign-in page is drawn on the remote desktop (noVNC's canvas),
-and signs in the way a person does: pointer clicks and typing on the canvas, which noVNC sends to the sandbox as
-RFB pointer and key events — nothing reaches the sandbox by any other way. Where to click is read from the pixels
+and signs in the way a person does: a pointer click on the canvas, which noVNC sends to the sandbox as RFB pointer
+events — nothing reaches the sandbox by any other way. Where to click is read from the pixels
 the person sees: the internet stand-in's providers draw one "Authorize" button over the whole page
 (hearth/providers/inetweb.py), the example IdP on the fabric a grey "Approve" button under an e-mail field
 (hearth_example/idp.py; the field is optional and left empty: keys typed on a loaded desktop may be drawn after the
 click that submits the form).
-
-Also used by bench/signin_page.py (when the provider page is drawn).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
    fabric's DNS and uplink (`--via internet`), or its IdP on the fabric's bridge address (`--via fabric`); a real
    one (`--provider claude_code`) over this host's internet.
 3. `POST /api/auth/start` (remote_browser) → the viewer URL. The person opens it and signs in on the provider's page
-   drawn in the viewer; with `--auto` (or no terminal), Debian's Chromium does, through Playwright: real pointer
-   clicks and key presses on the viewer's canvas (hearth/cli/demo_person.py).
+   drawn in the viewer; with `--auto` (or no terminal), Debian's Chromium does, through Playwright: a real pointer
+   click on the provider's button drawn on the viewer's canvas (hearth/cli/demo_person.py).
 4. Every state as it happens: starting → ready → awaiting_user → credentials_captured → delivered → completed.
 5. The credentials in the user's CLI sandbox, asked of its agent (`POST /v1/files/digest`): size, mode and SHA-256
    — equal to the vault's sealed copy — never the secret.
