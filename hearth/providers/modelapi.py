@@ -12,7 +12,8 @@ What each CLI calls (read off their bundles and their requests to the stand-in):
 One `ModelAPI` holds the account's state: the access token the model API accepts (others get 401), the refresh
 token the token endpoint accepts, which it ROTATES on every refresh (the old one is refused afterwards, as a
 provider with rotation does), and `revoked` (both answer 401 / invalid_grant). An answer is streamed in
-`chunks` pieces `delay` seconds apart, so a prompt can be cancelled mid-stream. A prompt containing TOOL_MARKER is
+`chunks` pieces `delay` seconds apart, so a prompt can be cancelled mid-stream. WRITE_MARKER asks Claude Code and
+Gemini CLI to write WRITE_FILE in their workspace with their own tool (what permissions allow). TOOL_MARKER is
 first answered with a tool call (Claude Code: Read of a file; Codex: a shell command; Gemini: read_file) and,
 once the tool's result comes back, with the text.
 """
@@ -30,11 +31,24 @@ from typing import Any
 
 from hearth.providers.standin import CURRENT, Net, Responder, default_responder, fake_jwt
 
-__all__ = ["ANSWER", "TOOL_FILE", "TOOL_MARKER", "ModelAPI", "fake_jwt", "model_route", "responder"]
+__all__ = [
+    "ANSWER",
+    "TOOL_FILE",
+    "TOOL_MARKER",
+    "WRITE_FILE",
+    "WRITE_MARKER",
+    "ModelAPI",
+    "fake_jwt",
+    "model_route",
+    "responder",
+]
 
 ANSWER = "hearth-standin-ready: the quick brown fox jumps over the lazy dog."
 TOOL_MARKER = "[hearth:tool]"
 TOOL_FILE = "pelican.txt"  # the file a tool call reads (in the CLI's working directory)
+WRITE_MARKER = "[hearth:write]"  # asks for a file written in the workspace (Claude Code: Write; Gemini: write_file)
+WRITE_FILE = "hearth-written.txt"
+WRITE_CONTENT = "written by the model through the CLI's own tool\n"
 
 
 @dataclass
@@ -97,9 +111,9 @@ def _form(body: bytes) -> dict[str, str]:
         return dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
 
 
-def _wants_tool(body: bytes, done_marker: bytes) -> bool:
+def _wants_tool(body: bytes, done_marker: bytes, marker: str = TOOL_MARKER) -> bool:
     """The prompt asks for a tool and the tool's result is not in the conversation yet."""
-    return TOOL_MARKER.encode() in body and done_marker not in body
+    return marker.encode() in body and done_marker not in body
 
 
 # ---- token endpoints: refresh with rotation, revocation ----------------------------------------------------
@@ -154,11 +168,14 @@ def _claude(api: ModelAPI, body: bytes) -> Iterator[bytes]:
     usage = {"input_tokens": 12, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
     msg = {"id": "msg_standin", "type": "message", "role": "assistant", "model": model, "content": []}
     yield _sse("message_start", {"type": "message_start", "message": {**msg, "stop_reason": None, "usage": usage}})
-    if _wants_tool(body, b"tool_result"):
-        block = {"type": "tool_use", "id": "toolu_standin", "name": "Read", "input": {}}
+    write = _wants_tool(body, b"tool_result", WRITE_MARKER)
+    if write or _wants_tool(body, b"tool_result"):
+        name = "Write" if write else "Read"
+        block = {"type": "tool_use", "id": "toolu_standin", "name": name, "input": {}}
         yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
-        path = _claude_cwd(req) + "/" + TOOL_FILE
-        delta = {"type": "input_json_delta", "partial_json": json.dumps({"file_path": path})}
+        path = _claude_cwd(req) + "/" + (WRITE_FILE if write else TOOL_FILE)
+        args = {"file_path": path, "content": WRITE_CONTENT} if write else {"file_path": path}
+        delta = {"type": "input_json_delta", "partial_json": json.dumps(args)}
         yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
         stop = "tool_use"
@@ -234,6 +251,12 @@ def _codex(api: ModelAPI, body: bytes) -> Iterator[bytes]:
 # ---- Gemini CLI: Code Assist streamGenerateContent -----------------------------------------------------------
 def _gemini(api: ModelAPI, body: bytes) -> Iterator[bytes]:
     usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
+    if _wants_tool(body, b"functionResponse", WRITE_MARKER):
+        args = {"file_path": WRITE_FILE, "content": WRITE_CONTENT}
+        call = {"functionCall": {"name": "write_file", "args": args}}
+        first = {"content": {"role": "model", "parts": [call]}, "finishReason": "STOP"}
+        yield _sse(None, {"response": {"candidates": [first], "usageMetadata": usage}, "traceId": "standin"})
+        return
     if _wants_tool(body, b"functionResponse"):
         call = {"functionCall": {"name": "read_file", "args": {"file_path": TOOL_FILE}}}
         first = {"content": {"role": "model", "parts": [call]}, "finishReason": "STOP"}

@@ -361,6 +361,27 @@ def check_cancel(res: PromptResult, sb: Sandbox) -> None:
         res.failed_step = "cancel: a second cancel was not a no-op"
 
 
+def check_write(res: PromptResult, sb: Sandbox) -> None:
+    """read_only: the model's request to write a file in the workspace is refused (plan mode); workspace_write: the
+    CLI's own tool writes it there."""
+    target = sb.home / sb.provider.prompt.workspace / modelapi.WRITE_FILE if sb.provider.prompt else sb.home
+    for level, want in (("read_only", False), ("workspace_write", True)):
+        pid, t0, code, out = sb.start(f"Write the file {modelapi.WRITE_MARKER}", permissions=level)
+        if code != 202:
+            res.failed_step = f"start: HTTP {code}: {out.get('error')}"
+            return
+        if _collect(res, sb, pid, t0) is None:
+            return
+        tools = [e for e in sb.rx.events(pid) if e["type"] == "tool"]
+        res.extra[level] = {"status": res.status, "tools": tools, "written": target.exists()}
+        if target.exists() != want:
+            res.failed_step = f"write: {level}: the file was {'not ' if want else ''}written ({tools})"
+            return
+        if want and target.read_text() != modelapi.WRITE_CONTENT:
+            res.failed_step = f"write: {level}: the file holds {target.read_text()!r}"
+            return
+
+
 def _not_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -369,7 +390,13 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
-CHECKS = {"answer": check_answer, "refresh": check_refresh, "revoked": check_revoked, "cancel": check_cancel}
+CHECKS = {
+    "answer": check_answer,
+    "refresh": check_refresh,
+    "revoked": check_revoked,
+    "cancel": check_cancel,
+    "write": check_write,  # Claude Code and Gemini CLI (Codex offers its tools from a model catalog not stood in)
+}
 
 
 def check(provider: Provider, scenario: str, clis_dir: Path | None, prefix: str = "hearth-t") -> PromptResult:

@@ -9,6 +9,7 @@ batches go to a real HTTP receiver standing in for the controller's callback end
   Code and Codex; Google keeps its own), the rewritten file is pushed, and it is what the sandbox holds;
 - revoked: the account revoked at the stand-in → failed at step credentials, needs_signin in the CLI's own words;
 - cancel: mid-stream (the stand-in has sent part of a slow answer) → cancelled, none of the CLI's processes left.
+- write: the model asks for a file in the workspace: read_only (plan mode) refuses, workspace_write writes it.
 
 Through the controller's API (vault version +1, 409 after needs_signin): tests/providers/test_prompt_api.py."""
 
@@ -60,3 +61,15 @@ def test_without_the_pinned_clis_the_check_fails_at_install() -> None:
     """The control: no installed CLIs is an install failure, not a pass."""
     res = promptcheck.check(PROVIDERS["claude_code"], "answer", None)
     assert res.failed_step.startswith("install:")
+
+
+@pytest.mark.parametrize("name", ["claude_code", "gemini_cli"])
+def test_read_only_refuses_a_write_that_workspace_write_allows(name: str) -> None:
+    """The model asks the CLI to write a file in the workspace with the CLI's own tool: plan mode (read_only) refuses,
+    in the CLI's words; workspace_write writes it there. (Codex offers its tools from a model catalog the stand-in
+    does not serve.)"""
+    res = promptcheck.check(PROVIDERS[name], "write", INSTALLED)
+    assert res.ok, f"{res.failed_step}\n{res.extra.get('read_only')}\n{res.extra.get('workspace_write')}"
+    refused = res.extra["read_only"]["tools"]
+    assert refused[0]["name"] in ("Write", "write_file") and "plan mode" in refused[-1]["result"].lower()
+    assert res.extra["workspace_write"]["written"] is True
