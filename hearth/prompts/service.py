@@ -145,12 +145,14 @@ class PromptService:
 
     # ---- the run ------------------------------------------------------------------------------
     async def _end(self, pid: str, status: PromptStatus, step: Step | None, reason: str | None, **f: Any) -> None:
-        row = await self.store.transition(pid, status, step=step.value if step else None, reason=reason, **f)
+        before = await self.store.get(pid)
+        answer = await self._answer(before) if before is not None else ""
+        sealed = (before.user_id, answer) if before is not None and answer else None
+        row = await self.store.transition(
+            pid, status, answer=sealed, step=step.value if step else None, reason=reason, **f
+        )
         if row is not None:
             log.info("prompt ended", extra={"prompt_id": pid, "status": status.value, "step": step})
-            answer = await self._answer(row)
-            if answer:
-                await self.store.seal_answer(row, answer)
         self.changes.notify(pid)
 
     async def _answer(self, row: PromptRow) -> str:

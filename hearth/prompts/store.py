@@ -174,9 +174,13 @@ class PromptStore:
         return out
 
     # ---- writes -------------------------------------------------------------------------------
-    async def transition(self, pid: str, to: PromptStatus, **fields: Any) -> PromptRow | None:
-        """Move to `to` when the table allows it (None otherwise: e.g. already ended), with `fields` set."""
+    async def transition(
+        self, pid: str, to: PromptStatus, answer: tuple[str, str] | None = None, **fields: Any
+    ) -> PromptRow | None:
+        """Move to `to` when the table allows it (None otherwise: e.g. already ended), with `fields` set and, with
+        `answer` (user id, text), the answer sealed in the same transaction: an ended prompt always has its answer."""
         timing = fields.pop("timing", None)
+        sealed = self._seal(answer[0], pid, answer[1].encode()) if answer else None
 
         def move(db: Db) -> PromptRow | None:
             row = db.get(PromptRow, pid)
@@ -193,6 +197,8 @@ class PromptStore:
                 t["done"] = _iso(row.ended_at)
                 row.prompt_nonce = row.prompt_ct = None  # the prompt is not kept after its run
             row.timings = t
+            if sealed is not None and row.user_id == (answer or ("", ""))[0]:
+                row.key_id, row.answer_nonce, row.answer_ct = sealed.key_id, sealed.nonce, sealed.ciphertext
             return row
 
         return await self.db.run(move)
@@ -231,16 +237,6 @@ class PromptStore:
             return r
 
         return await self.db.run(write)
-
-    async def seal_answer(self, row: PromptRow, answer: str) -> None:
-        sealed = self._seal(row.user_id, row.id, answer.encode())
-
-        def write(db: Db) -> None:
-            r = db.get(PromptRow, row.id)
-            if r is not None:
-                r.key_id, r.answer_nonce, r.answer_ct = sealed.key_id, sealed.nonce, sealed.ciphertext
-
-        await self.db.run(write)
 
     async def delete(self, pid: str) -> bool:
         def drop(db: Db) -> bool:
