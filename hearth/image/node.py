@@ -29,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from hearth.image import oci
-from hearth.image.build import BuildError, NullProgress, Progress, _chroot, _counter, _locked, _run, _trim, _write
+from hearth.image.cache import locked as _locked
 from hearth.image.spec import FORBIDDEN_PACKAGES, MIRROR, SECURITY_MIRROR, SUITE, content_hash, digest, tree_digests
+from hearth.image.steps import BuildError, NullProgress, Progress
+from hearth.image.steps import chroot as _chroot
+from hearth.image.steps import counter as _counter
+from hearth.image.steps import run as _run
+from hearth.image.steps import trim as _trim
+from hearth.image.steps import write as _write
 from hearth.providers import clis
 
 BUILD_VERSION = 1
