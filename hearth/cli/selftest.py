@@ -29,6 +29,7 @@ from hearth.errors import HearthError
 from hearth.fabric import netlink
 from hearth.lifecycle.readiness import http_get_json
 from hearth.rfb.ws import first_frame
+from hearth.sandbox.base import Driver, SandboxSpec
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 STAGES = ("lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb", "first_frame")
@@ -133,6 +134,14 @@ async def run_driver_selftest(
     return res
 
 
+def guest_console(driver: Driver, spec: SandboxSpec, limit: int = 1500) -> str | None:
+    """The tail of the guest's serial console for a failed boot; None for a driver without one (the netns driver:
+    every driver has the method, only those that offer it answer, so asking the others would raise)."""
+    if not driver.offers.console_tail:
+        return None
+    return driver.console_tail(spec, limit)
+
+
 async def _session(lc: LocalController, ready_timeout: float, res: Result) -> None:
     """One session through the API: ready, a first frame through the gateway, cancel, nothing left."""
     ctl, settings = lc.ctl, lc.settings
@@ -169,9 +178,10 @@ async def _session(lc: LocalController, ready_timeout: float, res: Result) -> No
                 res.details["frame_non_blank"] = frame.non_blank
             except Exception as exc:
                 res.problems.append(f"no first frame through the gateway: {type(exc).__name__}: {exc}")
-        if hasattr(ctl.driver, "console_tail") and status != "ready":
-            spec = ctl.service.spec(sid, ctl.service.ipam.slot(0))
-            res.details["console"] = ctl.driver.console_tail(spec, 1500)
+        if status != "ready":
+            console = guest_console(ctl.driver, ctl.service.spec(sid, ctl.service.ipam.slot(0)))
+            if console is not None:
+                res.details["console"] = console
         cancelled = (await http.post(f"/api/auth/session/{sid}/cancel")).json()
         res.details["final_status"] = cancelled.get("status")
         res.leftovers += [f"after cancel: {x}" for x in await asyncio.to_thread(leftovers, settings, 0, False)]
