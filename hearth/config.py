@@ -377,7 +377,7 @@ def consistency_problems(s: Settings) -> list[str]:
         problems.append("HEARTH_UPLINK_NETWORK must be a /30 (two addresses: root side and fabric side)")
     if s.uplink_network.overlaps(net):
         problems.append("HEARTH_UPLINK_NETWORK overlaps INTERNAL_NETWORK; choose a separate /30")
-    from hearth.egress.policy import allow_problems
+    from hearth.egress.ranges import allow_problems
 
     problems += allow_problems(s)
     if s.uplink_netns and not re.match(r"^[A-Za-z0-9_.\-]{1,40}$", s.uplink_netns):

@@ -224,7 +224,7 @@ def reach_problems(s: Settings) -> list[str]:
         ip = IPv4Address(host)
     except ValueError:
         return out  # a name: resolved by each sandbox's agent
-    from hearth.egress.policy import BLOCKED
+    from hearth.egress.ranges import BLOCKED
 
     if any(ip in n for n in BLOCKED) and not any(ip in n for n in s.egress_allow):
         out.append(
