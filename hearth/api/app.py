@@ -26,7 +26,7 @@ from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
 from hearth.doctor import install as install_doctor
 from hearth.egress.runtime import EgressRuntime
-from hearth.errors import HearthError, Hop, PoolExhausted, StoreError
+from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
 from hearth.gateway import routes as gateway_routes
@@ -231,7 +231,7 @@ def create_app(ctl: Controller) -> FastAPI:
         body = {"error": exc.reason, "hop": exc.hop.value, "hint": exc.hint}
         if isinstance(exc, StoreError):
             return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
-        return JSONResponse(body, status_code=503 if isinstance(exc, PoolExhausted) else 502)
+        return JSONResponse(body, status_code=problems.status_for(exc))  # a ConfigError: 500 naming config
 
     @app.exception_handler(Exception)
     async def internal(_r: Request, exc: Exception) -> JSONResponse:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from hearth.api import jsonguard
 from hearth.api.schemas import ErrorOut, ValidationErrorOut
+from hearth.errors import ConfigError, HearthError, PoolExhausted, StoreError
 
 MAX_LISTED = 3  # invalid fields named in a 422's `error` (all of them are in `detail`)
 VALIDATION_HINT = "fix the named field; the API's schema is at /openapi.json"
@@ -41,8 +42,20 @@ DESCRIPTIONS: dict[int, str] = {
     "number out of range, a duplicate key, a string that is not Unicode text) or a field fails validation",
     429: "rate limit (HEARTH_RATE_LIMIT) or the user's session limit (MAX_SESSIONS_PER_USER); see Retry-After",
     502: "a hop of the session path failed: `hop` names it, `hint` the fix",
+    500: "the controller's own configuration cannot serve this (`hop` is `config`, `hint` the fix), or an internal "
+    "error (the controller log has the details)",
     503: "the store is unavailable or the capacity is used up (see Retry-After), or the controller is stopping",
 }
+
+
+def status_for(exc: HearthError) -> int:
+    """The HTTP status of a HearthError: this controller's configuration 500 (not a hop of the session path: no retry
+    elsewhere fixes it), an unavailable store or a used-up pool 503 (retry), any other hop 502."""
+    if isinstance(exc, ConfigError):
+        return 500
+    if isinstance(exc, StoreError | PoolExhausted):
+        return 503
+    return 502
 
 
 def declare(*codes: int, api: bool = True, **descriptions: str) -> dict[int | str, dict[str, Any]]:
