@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Iterable
 
 from fastapi import HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from hearth.cluster.credential import HEADER as EDGE_HEADER
 from hearth.cluster.credential import NodeCredential
@@ -34,14 +35,15 @@ class ApiKeys:
             ok |= hmac.compare_digest(d, known)
         return ok
 
-    def from_edge(self, request: Request) -> bool | None:
-        """None: no node credential presented (or none configured); else whether it is valid for this request."""
+    def from_edge(self, request: HTTPConnection) -> bool | None:
+        """None: no node credential presented (or none configured); else whether it is valid for this request (a
+        WebSocket is signed as a GET of its path)."""
         presented = request.headers.get(EDGE_HEADER)
         if self._edges is None or presented is None:
             return None
-        return self._edges.verify(presented, request.method, request.url.path)
+        return self._edges.verify(presented, str(request.scope.get("method", "GET")), request.url.path)
 
-    def admits(self, request: Request) -> bool:
+    def admits(self, request: HTTPConnection) -> bool:
         """A valid node credential from an edge, or a valid `Authorization: Bearer` API key."""
         edge = self.from_edge(request)
         if edge is not None:

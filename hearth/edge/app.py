@@ -6,7 +6,7 @@
 - `/api/auth/session/{id}/…`: forwarded to the node holding the session (the status stream too); a down node is a
   502 whose reason names it. The viewer WebSocket is relayed frame by frame (`wsrelay`): close 4502 names the node.
 - `/api/users/{id}/…`, `/api/auth/credentials/{id}/…`: the node of the user's CLI sandbox (else any up node);
-  `/api/prompts/{id}/…`: the node that runs the prompt (SSE relayed as it comes; the WebSocket form is per node).
+  `/api/prompts/{id}/…`: the node that runs the prompt (SSE relayed as it comes; the WebSocket stream too: `promptws`).
 - `/api/nodes`: the cluster as the store sees it. `/health`, `/ready`: the edge's own checks (the store answers).
 
 With HEARTH_NODE_CREDENTIAL set, the edge checks the caller's API key itself and forwards the request without it,
@@ -39,6 +39,7 @@ from hearth.cluster.credential import NodeCredential, node_tls
 from hearth.cluster.nodes import NodeView, list_nodes
 from hearth.cluster.placement import NoNode, place
 from hearth.config import Settings
+from hearth.edge.promptws import UNAUTHORISED, relay_prompt, upstream_headers
 from hearth.edge.routing import (
     NodeDown,
     NodeSilent,
@@ -241,6 +242,34 @@ def create_edge_app(settings: Settings, db: Database | None = None) -> FastAPI:
         """A prompt runs on its user's CLI sandbox's home node (the SSE stream is relayed as it comes)."""
         node = await store.run(lambda s: route_prompt(s, prompt_id))
         return await forward(request, node, f"/api/prompts/{prompt_id}" + (f"/{rest}" if rest else ""))
+
+    @app.websocket("/api/prompts/{prompt_id}/stream")
+    async def prompt_stream_ws(ws: WebSocket, prompt_id: str) -> None:
+        """The prompt's WebSocket stream, relayed from the node that runs it (hearth/edge/promptws.py)."""
+        path = f"/api/prompts/{prompt_id}/stream"
+        try:
+            headers = upstream_headers(ws, keys, credential, path)
+        except PermissionError as exc:
+            await ws.close(UNAUTHORISED, str(exc))
+            return
+        try:
+            node = await store.run(lambda s: route_prompt(s, prompt_id))
+        except Unknown:
+            await ws.close(UNKNOWN, "unknown prompt")
+            return
+        except HearthError as exc:
+            await ws.accept()
+            await ws.close(4503 if isinstance(exc, StoreError) else 4502, close_reason(exc.reason))
+            return
+
+        async def why_down() -> str | None:
+            with contextlib.suppress(HearthError, Unknown):
+                await store.run(lambda s: route_prompt(s, prompt_id))
+                return None
+            view = next((n for n in await store.run(list_nodes) if n.id == node.id), None)
+            return (view.reason or "").removeprefix(f"[node] node {node.id} ") or None if view else None
+
+        await relay_prompt(ws, node.id, node.address, prompt_id, headers, why_down, tls)
 
     @app.api_route("/api/auth/credentials/{user_id}", methods=methods, tags=["users"])
     @app.api_route("/api/auth/credentials/{user_id}/{rest:path}", methods=methods, tags=["users"])
