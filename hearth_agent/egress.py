@@ -25,7 +25,7 @@ from typing import Any
 
 from hearth_agent.config import AgentConfig
 from hearth_agent.controller import Outbox
-from hearth_agent.egressproxy import LocalProxy, Upstream
+from hearth_agent.egressproxy import LocalProxy, Upstream, parse_allow
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
 
@@ -42,6 +42,7 @@ class Egress:
         spec = raw.get("egress_proxy")
         self.listen_port = int(spec["listen_port"]) if isinstance(spec, dict) and spec.get("listen_port") else 0
         upstream = spec.get("upstream") if isinstance(spec, dict) else None
+        self.allow = parse_allow(spec.get("allow") if isinstance(spec, dict) else None)  # HEARTH_EGRESS_ALLOW
         self.proxy: LocalProxy | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,7 +67,7 @@ class Egress:
             return
         # fail closed: should the proxy not start, the CLIs still point at it, never around it
         self.port = self.listen_port
-        self.proxy = LocalProxy(self._upstream, self._failed)
+        self.proxy = LocalProxy(self._upstream, self._failed, self.allow)
         loop = self._loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(self.proxy.start("127.0.0.1", self.listen_port), loop).result(

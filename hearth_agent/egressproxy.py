@@ -69,9 +69,27 @@ class Upstream:
         return f"{self.host}:{self.port}"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_allow(entries: object) -> tuple[Network, ...]:
+    """HEARTH_EGRESS_ALLOW as the agent-config document carries it (`egress_proxy.allow`: CIDR strings); entries
+    that do not parse are skipped (the controller's config check refused them already)."""
+    out: list[Network] = []
+    for e in entries if isinstance(entries, list | tuple) else ():
+        try:
+            out.append(ipaddress.ip_network(str(e), strict=False))
+        except ValueError:
+            log.warning("egress allow entry ignored: not a network")
+    return tuple(out)
+
+
 class LocalProxy:
-    def __init__(self, upstream: Upstream | None, on_failure: Failure | None = None) -> None:
+    def __init__(
+        self, upstream: Upstream | None, on_failure: Failure | None = None, allow: tuple[Network, ...] = ()
+    ) -> None:
         self.upstream = upstream  # None until known (a pooled sandbox learns it when it becomes someone's)
+        self.allow = allow  # HEARTH_EGRESS_ALLOW: BLOCKED ranges the operator opened (as the fabric's rules do)
         self.on_failure = on_failure
         self.failures: dict[str, str] = {}  # kind → detail, the first of each kind
         self.connections = 0  # served so far (for tests and health)
@@ -141,7 +159,7 @@ class LocalProxy:
             await _answer(writer, 400, "only CONNECT and absolute http:// requests are proxied")
             return
         target = uri if method == "CONNECT" else (urlsplit(uri).netloc or "")
-        if _internal(target):
+        if _internal(target, self.allow):
             await _answer(writer, 403, "the sandbox's proxy does not reach private, loopback or link-local addresses")
             return
         up = self.upstream
@@ -200,10 +218,10 @@ class LocalProxy:
             up_w.close()
 
 
-def _internal(target: str) -> bool:
+def _internal(target: str, allow: tuple[Network, ...] = ()) -> bool:
     """Whether a request's host:port names an address a sandbox must never reach through the proxy either (BLOCKED:
-    private, CGNAT, loopback, link-local and metadata, multicast, reserved): the upstream would dial it from its own
-    network. Names are the upstream's to resolve and judge."""
+    private, CGNAT, loopback, link-local and metadata, multicast, reserved) and HEARTH_EGRESS_ALLOW (`allow`) does
+    not list: the upstream would dial it from its own network. Names are the upstream's to resolve and judge."""
     host = target.rpartition(":")[0] if not target.endswith("]") else target
     host = host.strip("[]") or target.strip("[]")
     try:
@@ -212,6 +230,8 @@ def _internal(target: str) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if any(ip in net for net in allow if net.version == ip.version):
+        return False
     return any(ip in net for net in BLOCKED if net.version == ip.version)
 
 

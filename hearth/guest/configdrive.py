@@ -41,7 +41,12 @@ def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
         # the guest's /etc/resolv.conf (hearth_boot.py): the fabric's DNS forwarder on the bridge (hearth/egress/dns.py)
         "nameservers": [str(spec.slot.gateway)],
         # hearth_agent/egress.py: the local proxy (and the upstream URL with its credentials), the extra CAs
-        "egress_proxy": {"listen_port": LOCAL_PROXY_PORT, "upstream": spec.egress_proxy} if spec.local_proxy else None,
+        # (`allow`: HEARTH_EGRESS_ALLOW, the private ranges it may reach as the fabric's rules do)
+        "egress_proxy": (
+            {"listen_port": LOCAL_PROXY_PORT, "upstream": spec.egress_proxy, "allow": list(spec.egress_allow)}
+            if spec.local_proxy
+            else None
+        ),
         "extra_ca_certs": spec.extra_ca,
     }
 

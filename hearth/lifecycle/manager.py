@@ -109,6 +109,7 @@ class SandboxManager:
             local_proxy=self.egress.local_proxy,
             egress_proxy=egress_proxy if egress_proxy is not None else (live.spec.egress_proxy if live else ""),
             extra_ca=self.egress.extra_ca,
+            egress_allow=self.egress.allow,
         )
 
     def target(self, spec: SandboxSpec) -> readiness.Target:

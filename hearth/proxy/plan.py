@@ -31,6 +31,11 @@ class EgressPlan:
     def extra_ca(self) -> str:
         return self.egress.extra_ca
 
+    @property
+    def allow(self) -> tuple[str, ...]:
+        """HEARTH_EGRESS_ALLOW for the agent's local proxy (the agent-config document's `egress_proxy.allow`)."""
+        return tuple(str(n) for n in self.s.egress_allow)
+
     def proxy_names(self) -> set[str]:
         """The upstream proxy's host when it is a name: each sandbox's agent resolves it (through the fabric's DNS
         forwarder, which must answer it under HEARTH_EGRESS_POLICY=provider)."""

@@ -38,6 +38,7 @@ class SandboxSpec:
     local_proxy: bool = False
     egress_proxy: str = field(default="", repr=False)
     extra_ca: str = ""  # PEM of HEARTH_EXTRA_CA_CERTS: trusted by its Chromium and CLIs
+    egress_allow: tuple[str, ...] = ()  # HEARTH_EGRESS_ALLOW (CIDRs): the local proxy reaches these private ranges
 
 
 @dataclass

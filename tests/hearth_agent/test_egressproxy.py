@@ -16,7 +16,7 @@ import pytest
 
 from hearth.providers.proxyserver import ProxyServer
 from hearth.providers.standin import _certs
-from hearth_agent.egressproxy import LocalProxy, Upstream
+from hearth_agent.egressproxy import LocalProxy, Upstream, parse_allow
 
 HOST = "provider.test"
 
@@ -196,3 +196,26 @@ async def test_internal_addresses_are_refused_before_the_upstream(upstream: Prox
     from hearth_agent.egressproxy import BLOCKED
 
     assert {n for n in BLOCKED if n.version == 4} == set(FABRIC_BLOCKED)  # one policy, in the fabric and here
+
+
+async def test_an_address_literal_in_a_range_hearth_egress_allow_lists_goes_through(
+    upstream: ProxyServer, tls: tuple[Path, int]
+) -> None:
+    """HEARTH_EGRESS_ALLOW reaches the local proxy as `allow` (the agent-config document's `egress_proxy.allow`):
+    a literal in a listed range is chained to the upstream as the fabric's rules let it out; the rest of BLOCKED
+    (the metadata address, another private range) is still refused before the upstream."""
+    _ca, port = tls
+    allow = parse_allow(["127.0.0.1/32", "not-a-network"])
+    assert [str(n) for n in allow] == ["127.0.0.1/32"]
+    users_port = upstream.bound[0]
+    proxy = LocalProxy(Upstream.from_url(f"http://alice:pa%3Ass%40w0rd@127.0.0.1:{users_port}"), None, allow)
+    lp = await proxy.start()
+    try:
+        code, out, err = await curl("--proxy", f"http://127.0.0.1:{lp}", "-k", f"https://127.0.0.1:{port}/")
+        assert code == 0 and "hello from the provider" in out, (out, err)
+        for target in ("127.0.0.2:443", "169.254.169.254:80", "10.1.2.3:443"):
+            _code, out, _ = await curl("--proxy", f"http://127.0.0.1:{lp}", "-p", f"https://{target}/")
+            assert out.splitlines()[0].startswith("HTTP/1.1 403"), (target, out)
+    finally:
+        await proxy.stop()
+    assert [(s.user, s.target, s.status) for s in upstream.seen] == [("alice", f"127.0.0.1:{port}", 200)]

@@ -38,7 +38,14 @@ def test_the_document_carries_the_proxy_and_the_cas_only_when_configured(
     )
     assert SECRET not in repr(spec)
     doc = configdrive.decode(configdrive.encode(configdrive.document(spec, s.callback_port)))  # a VM's drive
-    assert doc["egress_proxy"] == {"listen_port": 3128, "upstream": f"http://alice:{SECRET}@proxy.test:10007"}
+    assert doc["egress_proxy"] == {
+        "listen_port": 3128,
+        "upstream": f"http://alice:{SECRET}@proxy.test:10007",
+        "allow": [],
+    }
+    allowed = spec_for(s, 1, local_proxy=True, egress_proxy="http://p.test:10007", egress_allow=("10.20.0.0/16",))
+    got = configdrive.decode(configdrive.encode(configdrive.document(allowed, s.callback_port)))
+    assert got["egress_proxy"]["allow"] == ["10.20.0.0/16"]  # HEARTH_EGRESS_ALLOW reaches the agent's proxy
     assert doc["extra_ca_certs"] == ca
 
 
@@ -61,6 +68,7 @@ def test_the_manager_builds_specs_with_the_proxy_settings(
         HEARTH_EGRESS_PROXY_PORTS="10001-10002",
         HEARTH_EXTRA_CA_CERTS=str(ca_file),
         HEARTH_EGRESS="signin",
+        HEARTH_EGRESS_ALLOW="10.20.0.0/16",
     )
     s.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(s.db_url, s.data_dir)
@@ -68,6 +76,8 @@ def test_the_manager_builds_specs_with_the_proxy_settings(
         mgr = SandboxManager(s, db, NetnsDriver(s), Ipam(s, db), KeyRing([MasterKey.of(bytes(32))]))
         spec = mgr.spec("owner-1", mgr.ipam.slot(0), egress_proxy="http://alice:pw@proxy.test:10002")
         assert spec.local_proxy and spec.egress_proxy.endswith(":10002") and "BEGIN CERTIFICATE" in spec.extra_ca
+        assert spec.egress_allow == ("10.20.0.0/16",)
+        assert configdrive.document(spec, s.callback_port)["egress_proxy"]["allow"] == ["10.20.0.0/16"]
     finally:
         db.dispose()
 
