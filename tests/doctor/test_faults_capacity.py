@@ -11,23 +11,23 @@ import pytest_asyncio
 
 from hearth.doctor import diagnose_session
 from hearth.errors import Hop
-from tests import uplinkns
 from tests.doctor.conftest import Live, first, live_session, nft_json, nft_list
+from tests.egress import world
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def live() -> AsyncIterator[Live]:
-    """Egress on (NAT on the path, the uplink's outer end in a namespace of the test's own) and a pool of one
-    address, held by the one session."""
-    outer = await asyncio.to_thread(uplinkns.create)
+    """Egress on (NAT and DNS on the path: the uplink leads to the small internet of tests/egress/world.py, in
+    namespaces of the test's own) and a pool of one address, held by the one session."""
+    w = await asyncio.to_thread(world.build)
     try:
-        env = uplinkns.egress_env(outer)
+        env = world.settings_env(w)
         async with live_session(**env, IP_POOL_START="192.168.100.2", IP_POOL_END="192.168.100.2") as live:
             yield live
     finally:
-        await asyncio.to_thread(uplinkns.remove, outer)
+        await asyncio.to_thread(w.close)
 
 
 class TestCapacityAndNat:
