@@ -35,6 +35,7 @@ from hearth.guest.layout import GuestImage
 from hearth.sandbox import procs
 from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.qemu import accel as accel_probe
+from hearth.sandbox.qemu import pidfd
 from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
 from hearth.sandbox.qemu.console import ConsoleWatch, console_tail, fatal_line
 
@@ -285,6 +286,17 @@ class QemuDriver(Driver):
             if proc is not None:
                 await proc.wait()
             return
+        with pidfd.opened(pid) as fd:
+            if fd is None or (proc is None and await asyncio.to_thread(find_qemu, files) != pid):
+                if proc is not None:  # already gone (an exited child until reaped): success
+                    await proc.wait()
+                return  # the pid is no longer (or no longer our) QEMU: nothing to stop, never another process
+            await self._quit_or_kill(spec, files, pid, fd, proc)
+
+    async def _quit_or_kill(
+        self, spec: SandboxSpec, files: Files, pid: int, fd: int, proc: asyncio.subprocess.Process | None
+    ) -> None:
+        """QMP quit, then SIGKILL through the pidfd `fd` (only ever this QEMU), and wait until it is gone."""
         if files.qmp.exists():
             qmp = QMPClient("hearth-stop")
             with contextlib.suppress(Exception):
@@ -294,8 +306,7 @@ class QemuDriver(Driver):
                 await qmp.disconnect()
         if await self._wait_gone(pid, proc, QUIT_GRACE):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        pidfd.kill(fd, signal.SIGKILL)  # False: it exited meanwhile (success)
         if await self._wait_gone(pid, proc, KILL_WAIT):
             return
         raise DriverError(
