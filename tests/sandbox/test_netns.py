@@ -12,7 +12,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from hearth.sandbox.procs import SandboxProcesses, pids_in_netns
 from hearth_agent.policy import POLICY
 from tests.live import descendants
 from tests.sandbox.specs import spec_for
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns]
 T = TypeVar("T")
@@ -67,21 +68,6 @@ async def rfb_banner(settings: Settings, spec: SandboxSpec) -> bytes:
         return await asyncio.wait_for(reader.readexactly(12), 5)
     finally:
         writer.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    """Poll `probe` until it returns a value (not None) without raising; fail with the last observation."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = await probe()
-            if got is not None:
-                return got
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, AssertionError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 def host_pid(netns: str, ns_pid: int) -> int:

@@ -5,7 +5,6 @@ waiting desktop comes up before any browser starts; each browser then starts and
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from hearth.lifecycle.sandbox import Final, Kind
 from hearth.sandbox.procs import pids_in_netns
 from tests.conftest import running_controller
 from tests.live import start_ready
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -33,16 +33,6 @@ def chromium_cmdlines(netns: str) -> list[str]:
         except OSError:
             continue
     return out
-
-
-async def wait_for(pred: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        await asyncio.sleep(0.2)
 
 
 async def test_every_waiting_desktop_comes_up_before_any_browser_starts(
@@ -60,7 +50,7 @@ async def test_every_waiting_desktop_comes_up_before_any_browser_starts(
             got = [(await http.get(f"/api/auth/session/{x.session_id}")).json() for x in lives]
             return got if all("browser" in b["timings"] for b in got) else None
 
-        views = await wait_for(bodies, "every session's browser shown")
+        views = await eventually(bodies, 90, "every session's browser shown", interval=0.2)
 
         def at(body: dict[str, Any], stage: str) -> datetime:
             return datetime.fromisoformat(body["created_at"]) + timedelta(seconds=body["timings"][stage])
@@ -97,7 +87,7 @@ async def test_a_page_to_show_starts_a_waiting_browser_at_once_on_that_page(
                 body = await agent.call("GET", "/health")
                 return bool(body["services"]["chromium"]["state"] == "running")
 
-            await wait_for(running, "Chromium running after the page asked for it")
+            await eventually(running, 90, "Chromium running after the page asked for it", interval=0.2)
             assert any(page in c for c in chromium_cmdlines(sb.spec.slot.netns)), "it did not start on the page"
             out = await agent.call("POST", "/v1/browser", timeout=30)
             assert out["started"] is False and out["state"] == "running" and out["shown"] is not False
