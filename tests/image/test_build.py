@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hearth.guest import files as guest
-from hearth.image import cpio
+from hearth.image import cpio, recipe
 from hearth.image.build import BuiltImage, current_spec, ensure, list_images, load, point_current
 from hearth.image.spec import FORBIDDEN_PACKAGES, content_hash
 from hearth.providers import clis
@@ -43,6 +43,7 @@ def test_image_layout_and_manifest(image: BuiltImage) -> None:
         assert m["sizes"][key] > 0
     assert m["created_at"] and m["kernel"]["package"].startswith("linux-image-")
     print(f"\nimage {image.hash}: sizes {m['sizes']}, build timings {m.get('timings')}")
+    assert list(m["timings"]) == [step.name for step in recipe.STEPS]  # each named step of the recipe ran, in order
 
 
 def test_rootfs_has_the_agent_and_the_desktop(image: BuiltImage) -> None:
