@@ -9,6 +9,8 @@ Sysctls of the fabric namespace (and why):
   net.ipv4.conf.all/default.rp_filter=1  strict: the topology is symmetric (bridge ↔ INTERNAL_NETWORK, default route
                                      ↔ uplink), so strict reverse-path filtering only drops spoofed sources
   net.ipv4.conf.{all,default,BRIDGE}.send_redirects=0  the fabric never tells one sandbox to talk to another directly
+  net.ipv4.conf.BRIDGE.proxy_arp_pvlan=1, net.ipv4.neigh.BRIDGE.proxy_delay=0  a sandbox's packet to another
+                                     sandbox reaches the fabric's forward chain (dropped there, counted `fabric`)
 Layer 2 is pinned: table `bridge hearth` (nft.l2_ruleset) lets each port send only from its slot's MAC and address
 (ARP and IPv4), ports.py makes the neighbour entry of every attached slot permanent, and the bridge's MAC is set
 explicitly (BRIDGE_MAC) so it never changes when ports come and go.
@@ -51,6 +53,11 @@ def fabric_sysctls(bridge: str) -> dict[str, str]:
         "net/ipv4/conf/all/send_redirects": "0",
         "net/ipv4/conf/default/send_redirects": "0",
         f"net/ipv4/conf/{bridge}/send_redirects": "0",
+        # the fabric answers a sandbox's ARP for another sandbox with its own MAC (private-VLAN proxy ARP, at once):
+        # what one sandbox sends another is then routed into the forward chain and dropped there, counted `fabric`
+        # per sandbox under egress (hearth/egress/rules.py) — port isolation alone drops the ARP without a count
+        f"net/ipv4/conf/{bridge}/proxy_arp_pvlan": "1",
+        f"net/ipv4/neigh/{bridge}/proxy_delay": "0",
     }
 
 

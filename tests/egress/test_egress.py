@@ -195,3 +195,14 @@ async def test_a_revoked_sandbox_loses_its_way_out_and_its_counts_go_to_the_tota
     assert "B" not in after.live and after.totals["blocked"] == before
     await lab.gate.grant(Grant(b.ip, "B", None))
     assert await asyncio.to_thread(world.connect, b, world.WEB_IP, world.WEB_PORT)
+
+
+async def test_another_sandbox_is_refused_by_the_fabric_and_counted(lab: Lab) -> None:
+    """Port isolation alone drops a sandbox's ARP for another sandbox without a count: the fabric answers it
+    (proxy_arp_pvlan), so the packet is routed into the forward chain, dropped there and counted `fabric` for the
+    sender."""
+    a, b = lab.slots["A"], lab.slots["B"]
+    before = (await lab.drops("B")).get("fabric", 0)
+    assert not await asyncio.to_thread(world.connect, b, str(a.ip), 8022, 1.5), "another sandbox reached"
+    after = (await lab.drops("B")).get("fabric", 0)
+    assert after > before, (before, after)

@@ -69,7 +69,7 @@ async def test_high_slots_of_a_21_are_reachable_and_isolated(make_settings: Call
             scan = await run(tcp_scan, src.netns, dst.sandbox_ip, [s.agent_port, s.rfb_port])
             assert set(scan.values()) <= {"timeout", "EHOSTUNREACH"}, (src.netns, dst.sandbox_ip, scan)
             assert not await run(ping, src.netns, dst.sandbox_ip), (src.netns, dst.sandbox_ip)
-            assert not await run(arp, src.netns, GUEST_IFNAME, src.sandbox_ip, dst.sandbox_ip)
+            assert not await run(arp, src.netns, GUEST_IFNAME, src.sandbox_ip, dst.sandbox_ip, peer=True)
         # a high slot cannot claim another's address either (the L2 set pins (port, MAC, address) per slot)
         assert not await run(arp, a.netns, GUEST_IFNAME, c.sandbox_ip, bridge), "slot 300 claimed slot 2044's address"
         assert IPv4Address(c.sandbox_ip) == s.ip_pool_end
