@@ -15,7 +15,7 @@ from hearth.config import Settings, load_settings
 from hearth.doctor import Parts, Report, config_report, diagnose, diagnose_session, render
 from hearth.doctor.checks import HOST_STEPS, SESSION_STEPS
 from hearth.doctor.context import Context, Step, local_api_url, run_steps
-from hearth.doctor.host import _drops, _masquerades, config
+from hearth.doctor.host import _added, _drops, _masquerades, config
 from hearth.doctor.report import CheckResult, Finding
 from hearth.errors import FabricError, HearthError, Hop
 from hearth.fabric import nft
@@ -166,6 +166,22 @@ def test_nft_readers() -> None:
         "inet testfw: chain fwd (hook forward) policy drop",
         "inet testfw: chain fwd rule 3 reject",
     ]
+
+
+def test_drops_added_to_our_own_tables_of_a_22() -> None:
+    """The firewall step compares hearth's tables as listed with the built ones by content (a /22's table bridge
+    hearth has ~4,100 objects, a counter per port): as built, nothing is added; a drop rule someone put into either
+    table is named; the kernel's handles and counter values are not a difference."""
+    s = settings(INTERNAL_NETWORK="192.168.100.0/22")
+    l2, inet = nft.l2_ruleset(s), nft.fabric_ruleset(s)
+    assert len(l2) > 4000
+    listed = [{k: {**v, "handle": i, "packets": 7} for k, v in o.items()} for i, o in enumerate(reversed(l2))]
+    assert _added(listed, l2) == [] and _added(inet, inet) == []
+    base = {"family": "bridge", "table": "hearth"}
+    foreign = {"rule": {**base, "chain": "prerouting", "handle": 99, "expr": [{"counter": None}, {"drop": None}]}}
+    assert _drops(_added([*listed, foreign], l2)) == ["bridge hearth: chain prerouting rule ? drop"]
+    policy = {"chain": {**base, "name": "sneaky", "hook": "forward", "prio": 0, "policy": "drop"}}
+    assert _drops(_added([*inet, policy], inet)) == ["bridge hearth: chain sneaky (hook forward) policy drop"]
 
 
 def test_local_api_url() -> None:
