@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 
+from hearth.fabric.dial import call_in_netns
+from hearth.fabric.slot import slot_for
 from hearth.providers import clis
 from hearth.providers.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
 from hearth.providers.inetweb import ExampleServer
@@ -89,7 +94,9 @@ def drops(metrics: str, sid: str) -> dict[str, float]:
 async def test_a_hostile_page_is_refused_and_counted(run: Run) -> None:
     """The provider's page (the example's consent page, made hostile) tries the metadata address, the host (the
     uplink's outer end), the fabric itself, another user's sandbox, and a foreign name; none is reached, and the
-    metadata and foreign-name refusals are counted for this sandbox in /metrics."""
+    metadata and foreign-name refusals are counted for this sandbox in /metrics. The host, the fabric and another
+    sandbox, which Chromium refuses itself, are then tried by a process inside the same sandbox: each dropped by the
+    fabric and counted for it."""
     example = next(s for s in run.inet.servers if isinstance(s, ExampleServer))
     other = await run.http.post(
         "/api/auth/start", json={"user_id": "policy-other", "provider": "example", "mode": "direct"}
@@ -143,10 +150,41 @@ async def test_a_hostile_page_is_refused_and_counted(run: Run) -> None:
     # The host, the fabric and another sandbox: Chromium itself (Local Network Access: a public page may not reach
     # private addresses) refuses these before a packet leaves — the page sees a TypeError at once, where the
     # dropped metadata request ran into its timeout (AbortError). The fabric's own refusal of each (counted
-    # `blocked` / `fabric`; another sandbox: the bridge's port isolation) is proven from inside a sandbox namespace
-    # in tests/egress.
+    # `blocked` / `fabric`) is proven below, from a process inside this sandbox.
     assert report[targets["metadata"]] == "failed: AbortError", report
     for what in ("host", "fabric", "sandbox", "foreign"):
         assert report[targets[what]].startswith("failed"), (what, report)
+    # The same three from a client Chromium does not guard: a process inside the sign-in sandbox (its own network
+    # namespace, as the CLI or anything the person starts there). Each is dropped by the fabric and counted for this
+    # sandbox: the host `blocked`, the fabric and another sandbox `fabric` (the fabric answers ARP for every sandbox,
+    # so the packet reaches its forward chain) — the gate's counters read right before and after each attempt.
+    assert run.ctl.ctl.egress is not None
+    gate = run.ctl.ctl.egress.gate
+    ip = IPv4Address(str((await run.http.get(f"/api/auth/session/{sid}")).json()["sandbox_ip"]))
+    slot = slot_for(s.fabric_netns, s.internal_network, s.bridge_ip, s.ip_pool_start, int(ip) - int(s.ip_pool_start))
+    assert slot.ip == ip
+    for what, reason in (("host", "blocked"), ("fabric", "fabric"), ("sandbox", "fabric")):
+        url = urlsplit(targets[what])
+        before = (await gate.refresh()).live.get(sid, {}).get(reason, 0)
+        reached = await asyncio.to_thread(dial_from, slot.netns, str(url.hostname), int(url.port or 80))
+        after = (await gate.refresh()).live.get(sid, {}).get(reason, 0)
+        assert not reached and after > before, (what, reason, before, after)
+    shown = drops((await run.http.get("/metrics")).text, sid)
+    assert shown.get("blocked", 0) > 0 and shown.get("fabric", 0) > 0, shown  # per sandbox in /metrics
     for gone in (sid, other_sid):
         await run.http.post(f"/api/auth/session/{gone}/cancel")
+
+
+def dial_from(netns: str, host: str, port: int) -> bool:
+    """Whether a TCP connection from inside `netns` to host:port opens (1.5 s)."""
+
+    def go() -> bool:
+        with socket.socket() as c:
+            c.settimeout(1.5)
+            try:
+                c.connect((host, port))
+            except OSError:
+                return False
+            return True
+
+    return call_in_netns(netns, go, timeout=15)
