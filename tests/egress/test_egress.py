@@ -22,6 +22,7 @@ from hearth.config import Settings, load_settings
 from hearth.egress.gate import DNS_REFUSED, EgressGate
 from hearth.egress.policy import Grant, wants_egress
 from hearth.egress.runtime import EgressRuntime
+from hearth.fabric.dial import call_in_netns
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.slot import Slot
 from tests import nsnames
@@ -206,3 +207,32 @@ async def test_another_sandbox_is_refused_by_the_fabric_and_counted(lab: Lab) ->
     assert not await asyncio.to_thread(world.connect, b, str(a.ip), 8022, 1.5), "another sandbox reached"
     after = (await lab.drops("B")).get("fabric", 0)
     assert after > before, (before, after)
+
+
+def _upload(slot: Slot, ip: str, port: int, size: int) -> bool:
+    """From inside the sandbox: connect, read the greeting, then push `size` bytes as fast as TCP lets it (5 s at
+    most); whether the greeting came (the cap throttles, it does not cut the sandbox off)."""
+
+    def push() -> bool:
+        with socket.create_connection((ip, port), timeout=5) as c:
+            greeted = bool(c.recv(16))
+            with contextlib.suppress(OSError):
+                c.sendall(b"x" * size)
+            return greeted
+
+    return call_in_netns(slot.netns, push, timeout=30)
+
+
+async def test_the_bandwidth_cap_bites(lab: Lab) -> None:
+    """A sandbox pushing far more than HEARTH_EGRESS_BANDWIDTH (16 KiB/s here) has its excess dropped and counted
+    `bandwidth` for it. The table is rebuilt for this test with the cap set (the module's has none)."""
+    e = lab.slots["E"]
+    gate = EgressGate(lab.s.model_copy(update={"egress_bandwidth": 16, "egress_conn_max": 100_000}))
+    await gate.up()
+    try:
+        await gate.grant(Grant(e.ip, "E", None))
+        assert await asyncio.to_thread(_upload, e, world.WEB_IP, world.WEB_PORT, 1024 * 1024)
+        got = (await gate.refresh()).live.get("E", {})
+        assert got.get("bandwidth", 0) >= 1, got
+    finally:
+        await lab.gate.up()  # the module's table again, with its grants
