@@ -40,7 +40,10 @@ class TestCapacityAndNat:
         assert rep.check("nat").ok is True
         assert await diagnose_session(live.ctl, live.session_id) is None  # a full pool never explains a session
         host = (await live.http.get("/api/diagnostics")).json()
-        assert host["first_failure"]["name"] == "pool"
+        failed = [c["name"] for c in host["checks"] if c["ok"] is False]
+        # the host's `provider certificate` check shakes hands with a real provider's host (api.anthropic.com): the
+        # test's small internet has no TLS server for it, so offline it fails too; everything else passes but the pool
+        assert [name for name in failed if name != "provider certificate"] == ["pool"], host
         metrics = (await live.http.get("/metrics")).text
         assert 'hearth_doctor_failures_total{hop="fabric"}' in metrics
 
