@@ -2,7 +2,8 @@
 controller, sandbox, agent, Chromium and the example CLI: the upstream proxy (hearth/providers/proxyserver.py) runs in
 the controller's fabric namespace on BRIDGE_IP (a port opened to sandboxes) and answers 407 to the password hearth
 was given. Not at the flow's timeout (600 s here); the reason names the proxy and its fix, never the password; the
-person reads plain words; the user's port is the one GET /api/users/{id}/egress shows."""
+person reads plain words; the user's port is the one GET /api/users/{id}/egress shows. A proxy that is down (nothing
+on the user's port) fails the session the same way."""
 
 from __future__ import annotations
 
@@ -70,3 +71,38 @@ async def test_a_proxy_refusing_the_credentials_fails_the_session_naming_the_pro
         finally:
             proxy.terminate()
             await asyncio.wait_for(proxy.wait(), 10)
+
+
+async def test_a_proxy_that_is_down_fails_the_session_naming_the_proxy(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Nothing listens on the user's port of the upstream proxy (its host is up: BRIDGE_IP, the port open to
+    sandboxes): the session fails naming the proxy hop and where it was tried, not at the 600 s flow timeout."""
+    port = free_port()
+    bridge = str(make_settings().bridge_ip)
+    settings = make_settings(
+        HEARTH_EXAMPLE_ISSUER="http://idp.proxied.test:9400",
+        OAUTH_FLOW_TIMEOUT="600",
+        HEARTH_FABRIC_OPEN_PORTS=str(port),
+        HEARTH_EGRESS_PROXY=f"http://alice:{WRONG}@{bridge}:{{port}}",
+        HEARTH_EGRESS_PROXY_PORTS=str(port),
+    )
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        r = await http.post("/api/auth/start", json={"user_id": "dana", "provider": "example"})
+        assert r.status_code == 201, r.text
+        sid = r.json()["session_id"]
+        deadline = time.monotonic() + WAIT
+        body: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            body = (await http.get(f"/api/auth/session/{sid}")).json()
+            if body["status"] in ("completed", "failed", "cancelled", "expired"):
+                break
+            await asyncio.sleep(0.1)
+        assert body["status"] == "failed" and body["hop"] == "proxy", body  # far below the 600 s flow timeout
+        reason = str(body["reason"])
+        assert reason.startswith("[proxy]") and f"{bridge}:{port}" in reason, reason
+        events = (await http.get(f"/api/auth/session/{sid}/events")).json()
+        assert WRONG not in r.text + str(body) + str(events)
