@@ -10,8 +10,10 @@ offline, in a network namespace of its own (`hearth-b<hex>`):
 3. memory of a CLI sandbox of a real local controller (netns driver, its own fabric): idle and running (RSS and PSS
    of the processes in its namespace), then stopped (no process; its home on disk).
 
-Prompt → done for a *stopped* CLI sandbox and for *none* go through the controller's prompt API (hearth/prompts/,
-issue 23 items 1 and 4); this bench prints them as not measured while that API is absent from this tree.
+Prompt → done for a *stopped* CLI sandbox, for *none* (a fresh one boots) and for *pooled* (none yet, one taken from
+the warm pool, HEARTH_POOL_SIZE=cli:1, with the user's home moved in: hearth/clisandbox/homes.py) go through the
+controller's prompt API (hearth/prompts/, issue 23 items 1 and 4). One controller runs the pool for the whole
+run; the *none* case is measured with the pool set aside, and no refill boots while anything is measured.
 
     sudo .venv/bin/python -m bench.prompts -n 5 [--cli codex] [--concurrent 20] [--no-memory]
 
@@ -315,7 +317,7 @@ async def via_api(provider: Provider, n: int, concurrent: int) -> None:
     from hearth.providers.standin import SYSTEM_BUNDLE
 
     spec = parse_prompt_section(provider.agent_document()["prompt"])
-    async with promptapi.world("hearth-bp") as w:
+    async with promptapi.world("hearth-bp", {"HEARTH_POOL_SIZE": "cli:1"}) as w:
         inet_dir = Path(tempfile.mkdtemp(prefix="hearth-bench-prompt-ca-"))
         homes: list[Path] = []
         try:
@@ -336,12 +338,28 @@ async def via_api(provider: Provider, n: int, concurrent: int) -> None:
                 wrapped += ["private", "--", "sh", "-c", inner, str(inet_dir / "resolv.conf"), *argv]
                 return run_argv(wrapped, env, home / spec.workspace, spec)
 
-            rows: dict[str, list[Timing]] = {"direct (host)": [], "running": [], "stopped": [], "none": []}
+            rows: dict[str, list[Timing]] = {
+                "direct (host)": [], "running": [], "stopped": [], "none": [], "pooled": []
+            }  # fmt: skip
             await asyncio.to_thread(host_run)
+            clis_mgr, pool = w.ctl.ctl.clis, w.ctl.ctl.service.pool
             for i in range(n):
+                await pool_ready(pool)
+                user = f"bench-p{i}"  # none yet: one comes from the warm pool
+                await promptapi.seal(w, user, provider.name)
+                hits = pool.hits
+                rows["pooled"].append(await api_prompt(w, user, provider.name))
+                if pool.hits != hits + 1:
+                    raise SystemExit("pooled: the prompt's CLI sandbox did not come from the warm pool")
+                await clis_mgr.delete(user)
+                await pool_ready(pool)
+                clis_mgr.pool = None  # none: a fresh CLI sandbox boots
                 user = f"bench-{i}"
                 await promptapi.seal(w, user, provider.name)
-                rows["none"].append(await api_prompt(w, user, provider.name))
+                try:
+                    rows["none"].append(await api_prompt(w, user, provider.name))
+                finally:
+                    clis_mgr.pool = pool
                 rows["running"].append(await api_prompt(w, user, provider.name))
                 await w.ctl.ctl.clis.stop(user)
                 rows["stopped"].append(await api_prompt(w, user, provider.name))
@@ -353,11 +371,20 @@ async def via_api(provider: Provider, n: int, concurrent: int) -> None:
                 bt, bd = med(base, lambda t: t.first_text), med(base, lambda t: t.done)
                 goal = "" if k != "running" else (" meets" if dn <= 1.1 * bd + 0.05 else " misses") + " ≤ 1.1× + 50 ms"
                 print(f"API {k:14s} → first text {ft:.3f}s ({ft / bt:.2f}×), → done {dn:.3f}s ({dn / bd:.2f}×){goal}")
+            clis_mgr.pool = None  # the concurrent figures are those of fresh CLI sandboxes
             await api_concurrent(w, provider.name, concurrent)
         finally:
             shutil.rmtree(inet_dir, ignore_errors=True)
             for h in homes:
                 shutil.rmtree(h, ignore_errors=True)
+
+
+async def pool_ready(pool: Any) -> None:
+    """The warm pool full again, no refill booting (it would share the CPU with what is measured next)."""
+    pool.refill()
+    await pool.wait_filled()
+    if not pool.ready("cli"):
+        raise SystemExit(f"the warm pool did not fill: {pool.summary()}")
 
 
 async def api_concurrent(w: Any, provider: str, k: int) -> None:

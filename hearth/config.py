@@ -503,14 +503,14 @@ def parse_pool_sizes(value: str) -> dict[str, int]:
     text = value.strip()
     if text in ("", "0", "off"):
         return sizes
-    modes = ("remote_browser", "direct")
+    modes = ("remote_browser", "direct", "cli")  # cli: CLI sandboxes for prompts (hearth/clisandbox/homes.py)
     for part in (p.strip() for p in text.split(",") if p.strip()):
         mode, sep, count = part.partition(":")
         mode = mode.strip()
         if not sep or mode not in modes or not count.strip().isdigit():
             raise ValueError(
                 f"HEARTH_POOL_SIZE={value!r}: each entry must be MODE:COUNT with MODE one of {', '.join(modes)} "
-                "(e.g. remote_browser:2,direct:1)"
+                "(e.g. remote_browser:2,direct:1,cli:1)"
             )
         if mode in sizes:
             raise ValueError(f"HEARTH_POOL_SIZE={value!r} names {mode} twice; give each mode once")

@@ -111,6 +111,8 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     )
     vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
     clis = CliSandboxes(settings, db, sandboxes)
+    service.pool.cli_digests = clis.prompt_digests  # HEARTH_POOL_SIZE=…,cli:N: pooled CLI sandboxes
+    clis.pool = service.pool
     providers = load_providers()
     service.providers = providers
     sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}

@@ -3,7 +3,8 @@
 Credentials are installed through the sandbox's own agent (`POST /v1/files`, mode 0600) — never by mounting its
 disk from the host. The sandbox itself (boot, secret, lease release, destroy, adoption after a controller restart)
 belongs to the sandbox manager (hearth/lifecycle), with a driver that offers a persistent home; the owner id is
-`cli-<hex>`, so the reconciler recognises it.
+`cli-<hex>`, so the reconciler recognises it. With a warm pool of CLI sandboxes (HEARTH_POOL_SIZE=…,cli:N) a start
+takes a pooled one and moves the person's home into it (hearth/clisandbox/homes.py); it goes back when it stops.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient
 from hearth.clisandbox.delivery import files_body
+from hearth.clisandbox.homes import is_pooled_home, move_back, move_in
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import SandboxManager
-from hearth.lifecycle.sandbox import Final, Kind
+from hearth.lifecycle.sandbox import Final, Kind, Sandbox
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.sandbox.base import SandboxSpec
@@ -77,6 +80,10 @@ def mark_stopped(db: Db, owner_id: str) -> None:
         r.state, r.pid, r.sandbox_ip = "stopped", None, None
 
 
+class PooledClis(Protocol):
+    async def claim_cli(self, owner: str) -> tuple[Sandbox, Path] | None: ...
+
+
 class CliSandboxes:
     def __init__(
         self, settings: Settings, db: Database, sandboxes: SandboxManager, providers: dict[str, Provider] | None = None
@@ -91,6 +98,7 @@ class CliSandboxes:
         self._retry_at: dict[tuple[str, str], float] = {}
         self.busy: Callable[[str], bool] = lambda _user: False  # a prompt runs there (hearth/prompts sets it)
         self._deliveries: dict[str, asyncio.Lock] = {}
+        self.pool: PooledClis | None = None  # the warm pool (hearth/session/pool.py) when HEARTH_POOL_SIZE has cli:N
 
     def prompt_digests(self) -> tuple[str, ...]:
         """The definitions a CLI sandbox's agent may run prompts with (hearth_agent/promptrun.py checks)."""
@@ -139,27 +147,79 @@ class CliSandboxes:
                 return row
             if row.state == "running" or self.sandboxes.get(owner) is not None:  # dead, or not adopted: replace it
                 await self.sandboxes.end(owner, Final.DONE, row.slot, Kind.CLI)
+            home = await self._settle_home(user_id)
             proxy = await self.sandboxes.egress.url_for_user(user_id)  # the user's port on the egress proxy ("": none)
-            lease = await self.ipam.acquire(owner)
-            sb = await self.sandboxes.boot(
-                owner,
-                Kind.CLI,
-                lease.slot,
-                desktop=False,
-                home=Path(row.home),
-                egress_proxy=proxy,
-                providers=self.prompt_digests(),
-            )
+            sb = await self._from_pool(user_id, owner, proxy)
+            if sb is not None:
+                home = sb.spec.home or home
+            else:
+                lease = await self.ipam.acquire(owner)
+                sb = await self.sandboxes.boot(
+                    owner,
+                    Kind.CLI,
+                    lease.slot,
+                    desktop=False,
+                    home=home,
+                    egress_proxy=proxy,
+                    providers=self.prompt_digests(),
+                )
+            started = sb
 
             def save(db: Db) -> CliSandboxRow:
                 r = db.get(CliSandboxRow, user_id)
                 assert r is not None
-                r.state, r.slot, r.sandbox_ip = "running", sb.slot, str(sb.spec.slot.ip)
-                r.pid, r.last_used_at = sb.pid, utcnow()
+                r.state, r.slot, r.sandbox_ip = "running", started.slot, str(started.spec.slot.ip)
+                r.pid, r.last_used_at, r.home = started.pid, utcnow(), str(home)
                 return r
 
             log.info("CLI sandbox started", extra={"user": user_id})
             return await self.db.run(save)
+
+    async def _from_pool(self, user_id: str, owner: str, proxy: str) -> Sandbox | None:
+        """A pooled CLI sandbox for `owner` with the person's home moved in (None: no pool, or none ready). The
+        store names the pooled home as this user's before anything moves, so a crash mid-way is settled later."""
+        if self.pool is None:
+            return None
+        got = await self.pool.claim_cli(owner)
+        if got is None:
+            return None
+        sb, live = got
+        try:
+
+            def point(db: Db) -> None:
+                r = db.get(CliSandboxRow, user_id)
+                assert r is not None
+                r.home = str(live)
+
+            await self.db.run(point)
+            await asyncio.to_thread(move_in, self.home_of(user_id), live)
+            await self.sandboxes.hand_egress(owner, proxy)  # the user's port on the egress proxy
+        except BaseException:
+            await self.sandboxes.end(owner, Final.DONE, None, Kind.CLI)
+            await self._settle_home(user_id)
+            raise
+        log.info("CLI sandbox handed out from the warm pool", extra={"user": user_id})
+        return sb
+
+    async def _settle_home(self, user_id: str) -> Path:
+        """The person's home back where it belongs once its pooled sandbox stopped (hearth/clisandbox/homes.py);
+        nothing to do when it already is. Call only while no sandbox of theirs runs. Returns their home."""
+        row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
+        canonical = self.home_of(user_id)
+        if row is None:
+            return canonical
+        if not is_pooled_home(self.s, Path(row.home)):
+            return Path(row.home)
+        await asyncio.to_thread(move_back, Path(row.home), canonical)
+
+        def point(db: Db) -> None:
+            r = db.get(CliSandboxRow, user_id)
+            if r is not None:
+                r.home = str(canonical)
+
+        await self.db.run(point)
+        log.info("CLI home moved back from its pooled sandbox", extra={"user": user_id})
+        return canonical
 
     async def deliver(
         self, user_id: str, files: list[CredentialFile], provider: str = "", version: int | None = None
@@ -272,9 +332,13 @@ class CliSandboxes:
             if row is not None and row.node_id != self.s.node_id:  # its slot number means another host's sandbox
                 raise Elsewhere(row.node_id)
             if row is None or row.state != "running" or row.slot is None:
+                pooled = row is not None and is_pooled_home(self.s, Path(row.home))
+                if pooled and row is not None and self.sandboxes.get(row.owner_id) is None:
+                    await self._settle_home(user_id)  # a stop a crash interrupted
                 return
             await self.sandboxes.end(row.owner_id, Final.DONE, row.slot, Kind.CLI)
             await self.db.run(lambda db: mark_stopped(db, row.owner_id))
+            await self._settle_home(user_id)
 
     async def delete(self, user_id: str) -> bool:
         """Stop it and remove its home for good."""

@@ -62,8 +62,9 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world(prefix: str = "hearth-pa") -> AsyncIterator[World]:
-    """The internet stand-in answering with a model-API stand-in, and a controller attached to it."""
+async def world(prefix: str = "hearth-pa", env: dict[str, str] | None = None) -> AsyncIterator[World]:
+    """The internet stand-in answering with a model-API stand-in, and a controller attached to it (`env`: more
+    settings, e.g. HEARTH_POOL_SIZE)."""
     from hearth.api.local import local_controller, scratch_settings
     from hearth.providers.e2e import settings_env
     from hearth.providers.internet import internet
@@ -71,7 +72,9 @@ async def world(prefix: str = "hearth-pa") -> AsyncIterator[World]:
     api = ModelAPI()
     with contextlib.ExitStack() as stack:
         inet = stack.enter_context(internet(f"{prefix}i", modelapi.responder(api)))
-        s = stack.enter_context(scratch_settings({**settings_env(inet), "HEARTH_CHROMIUM": "false"}, prefix))
+        s = stack.enter_context(
+            scratch_settings({**settings_env(inet), "HEARTH_CHROMIUM": "false", **(env or {})}, prefix)
+        )
         async with (
             local_controller(s) as ctl,
             httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=TIMEOUT) as http,

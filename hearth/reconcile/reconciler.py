@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
+from hearth.clisandbox.homes import pooled_home
 from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
 from hearth.clisandbox.manager import mark_stopped
 from hearth.errors import Hop
@@ -102,7 +103,7 @@ class Reconciler:
         sessions = await svc.db.run(lambda db: _sessions_of(db, [r.owner_id for r in rows]))  # one statement
         for row in rows:
             owner = row.owner_id
-            if row.kind == Kind.CLI.value:
+            if row.kind == Kind.CLI.value and not owner.startswith(POOL_OWNER):
                 reason = await mgr.adopt(row)
                 if reason is None:
                     report.adopted_cli.append(owner)
@@ -121,7 +122,9 @@ class Reconciler:
                     report.adopted_pooled.append(owner)
                     continue
                 log.warning("pooled sandbox removed: %s", reason, extra={"session_id": owner})
-                await mgr.end(owner, Final.DONE, row.slot)
+                await mgr.end(owner, Final.DONE, row.slot, Kind(row.kind))
+                if row.kind == Kind.CLI.value:  # a pooled CLI sandbox's own home directory (never a user's)
+                    await asyncio.to_thread(shutil.rmtree, pooled_home(svc.settings, owner).parent, True)
                 report.removed_sandboxes[owner] = reason
                 continue
             session = sessions.get(owner)

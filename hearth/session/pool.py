@@ -10,6 +10,8 @@ handed out to a new session in one step instead of a boot.
   and the lease to the session, stores the NEW agent secret (sealed) and the session's slot; then the agent is
   personalised over its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
 - Older than HEARTH_POOL_MAX_IDLE: recycled (destroyed; the refill boots a fresh one). `drain` ends them all.
+- `cli:N`: CLI sandboxes (kind cli, no desktop, every prompt definition allowed), each with a home directory of its
+  own (hearth/clisandbox/homes.py); `claim_cli` hands one to a user's CLI sandbox, which moves the person's home in.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session as Db
 
 from hearth.agentlink.client import AgentClient
+from hearth.clisandbox.homes import POOL_PREFIX, pooled_home
 from hearth.config import Settings, parse_pool_sizes
 from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import AAD_PURPOSE, SandboxManager
@@ -35,9 +40,10 @@ from hearth.store.models import LeaseRow, SandboxRow, SessionRow
 from hearth.vault.seal import seal
 
 log = logging.getLogger("hearth.pool")
-POOL_OWNER = "pool-"
+POOL_OWNER = POOL_PREFIX
 PERSONALISE_TIMEOUT = 5.0
-MODES = {"remote_browser": True, "direct": False}  # sign-in mode → the sandbox has a desktop
+MODES = {"remote_browser": True, "direct": False, "cli": False}  # mode → the sandbox has a desktop
+CLI = "cli"  # the mode of pooled CLI sandboxes
 
 
 def is_pooled_owner(owner: str) -> bool:
@@ -64,6 +70,7 @@ class WarmPool:
         self._claiming = asyncio.Lock()
         self.hits = 0
         self.misses = 0
+        self.cli_digests: Callable[[], tuple[str, ...]] = tuple  # the prompt definitions a CLI sandbox may run
 
     @property
     def enabled(self) -> bool:
@@ -72,11 +79,17 @@ class WarmPool:
     # ---- queries -----------------------------------------------------------------------------------------------
     def ready(self, mode: str) -> list[Sandbox]:
         """The POOLED sandboxes for `mode`, oldest first."""
-        desktop = MODES[mode]
+        desktop, kind = MODES[mode], Kind.CLI if mode == CLI else Kind.SESSION
         out = []
         for owner in self.mgr.owners():
             sb = self.mgr.get(owner)
-            if sb and is_pooled_owner(owner) and sb.state is SandboxState.POOLED and sb.spec.desktop is desktop:
+            if (
+                sb
+                and is_pooled_owner(owner)
+                and sb.state is SandboxState.POOLED
+                and sb.spec.desktop is desktop
+                and sb.kind is kind
+            ):
                 out.append(sb)
         return sorted(out, key=lambda sb: self._since.get(sb.owner, 0.0))
 
@@ -115,23 +128,36 @@ class WarmPool:
             log.warning("pool refill skipped: %s", exc.reason, extra={"session_id": owner})
             self._filling.pop(owner, None)
             return
+        kind = Kind.CLI if mode == CLI else Kind.SESSION
         try:
             if not self.queue.enter(owner, Priority.BACKGROUND):
                 await self.queue.turn(owner)
-            await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
-            if self.browsers is not None:
+            if mode == CLI:
+                home = pooled_home(self.s, owner)
+                await self.mgr.boot(
+                    owner,
+                    Kind.CLI,
+                    lease.slot,
+                    desktop=False,
+                    home=home,
+                    providers=self.cli_digests(),
+                    ready=SandboxState.POOLED,
+                )
+            else:
+                await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
+            if self.browsers is not None and mode != CLI:
                 await self.browsers.start(owner)
             self._since[owner] = time.monotonic()
             log.info("pooled sandbox ready", extra={"session_id": owner, "mode": mode})
         except asyncio.CancelledError:
-            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+            await self._end(owner, lease.slot.index, kind)
             raise
         except HearthError as exc:
             log.warning("pool refill failed: %s", exc.reason, extra={"session_id": owner})
-            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+            await self._end(owner, lease.slot.index, kind)
         except Exception:
             log.exception("pool refill crashed", extra={"session_id": owner})
-            await self.mgr.end(owner, Final.DONE, lease.slot.index)
+            await self._end(owner, lease.slot.index, kind)
         finally:
             self.queue.leave(owner)
             self._filling.pop(owner, None)
@@ -166,8 +192,15 @@ class WarmPool:
                 return False
             sb.move(SandboxState.RUNNING)
         self._since.pop(owner, None)
-        await self.mgr.end(owner, Final.DONE)
+        await self._end(owner)
         return True
+
+    async def _end(self, owner: str, index: int | None = None, kind: Kind = Kind.SESSION) -> None:
+        """End a pooled sandbox that was never handed out; a pooled CLI sandbox's own home directory goes too."""
+        await self.mgr.end(owner, Final.DONE, index, kind)
+        home = pooled_home(self.s, owner).parent
+        if home.exists():
+            await asyncio.to_thread(shutil.rmtree, home, True)
 
     def adopted(self, owner: str) -> None:
         """A pooled sandbox the reconciler adopted after a restart: its idle age starts now."""
@@ -179,6 +212,21 @@ class WarmPool:
         HearthError when the claimed sandbox cannot be personalised (it is then removed)."""
         if mode not in self.sizes:
             return None
+        return await self._hand_out(sid, mode, providers)
+
+    async def claim_cli(self, owner: str) -> tuple[Sandbox, Path] | None:
+        """Hand a pooled CLI sandbox to the CLI sandbox `owner` (`cli-…`, holding no lease): None on a miss (or with
+        no `cli:N` pool). Returns it with the home directory bound into it, where the caller moves the person's
+        home (hearth/clisandbox/homes.py). Raises HearthError as `claim`."""
+        if CLI not in self.sizes:
+            return None
+        sb = await self._hand_out(owner, CLI, self.cli_digests())
+        if sb is None:
+            return None
+        assert sb.spec.home is not None  # a pooled CLI sandbox is always started with a home of its own
+        return sb, sb.spec.home
+
+    async def _hand_out(self, sid: str, mode: str, providers: tuple[str, ...]) -> Sandbox | None:
         secret = secrets.token_urlsafe(32)
         sealed = seal(self.mgr.ring, secret.encode(), f"sandbox:{sid}", AAD_PURPOSE)
         async with self._claiming:
@@ -230,6 +278,8 @@ class WarmPool:
         except Exception as exc:
             log.warning("pooled sandbox not personalised: %s", type(exc).__name__, extra={"session_id": sid})
             await self.mgr.end(sid, Final.DONE)
+            if sb.spec.home is not None and mode == CLI:
+                await asyncio.to_thread(shutil.rmtree, sb.spec.home.parent, True)
             raise HearthError(
                 Hop.AGENT,
                 "the warm-pool sandbox did not accept its new configuration",

@@ -16,6 +16,7 @@ def test_pool_sizes_per_mode() -> None:
     assert parse_pool_sizes("0") == {}
     assert parse_pool_sizes("remote_browser:2, direct:1") == {"remote_browser": 2, "direct": 1}
     assert parse_pool_sizes("remote_browser:0,direct:3") == {"direct": 3}
+    assert parse_pool_sizes("direct:1,cli:2") == {"direct": 1, "cli": 2}  # cli: pooled CLI sandboxes (prompts)
 
 
 @pytest.mark.parametrize("bad", ["2", "browser:2", "remote_browser:-1", "remote_browser:x", "direct:1,direct:2"])
