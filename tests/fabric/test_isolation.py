@@ -6,7 +6,9 @@ callback port (HEARTH_CALLBACK_PORT) only. What it must not reach: the other san
 routes through the bridge address), the controller's API, any other port of the fabric. A drop shows as a timeout;
 a port that is allowed but closed answers with a reset (ECONNREFUSED), which is how "not dropped" is told apart.
 Positive controls in the same test (the fabric reaches both sandboxes' VNC and agent ports; A reaches the bridge
-by ARP, ICMP and on the callback port) make the negatives meaningful.
+by ARP, ICMP and on the callback port) make the negatives meaningful. Port 53 (TCP and UDP) on the bridge address is
+let through too: the fabric's DNS forwarder listens there (hearth/egress/dns.py); with egress off nothing does, so it
+answers refused at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns, socket_in_netns
 from hearth.fabric.fabric import BRIDGE_MAC
+from hearth.fabric.nft import DNS_PORT
 from hearth.fabric.ports import GUEST_IFNAME
 from tests.conftest import running_controller
 from tests.live import start_ready
@@ -267,14 +270,14 @@ async def test_sandboxes_reach_only_the_callback_port(make_settings: Callable[..
         scan = await run(tcp_scan, a.netns, bridge, ports)
         not_dropped = {p: r for p, r in scan.items() if r != "timeout"}
         print(f"A→bridge tcp: {len(scan)} ports probed, not dropped: {not_dropped}")
-        assert not_dropped == {s.callback_port: callback}, not_dropped
-        udp = {p: await run(udp_probe, a.netns, bridge, p) for p in (53, 67, 123, api_port)}
+        assert not_dropped == {s.callback_port: callback, DNS_PORT: "refused"}, not_dropped  # no forwarder: egress off
+        udp = {p: await run(udp_probe, a.netns, bridge, p) for p in (DNS_PORT, 67, 123, api_port)}
         print(f"A→bridge udp: {udp}")
-        assert set(udp.values()) == {"timeout"}, udp
+        assert udp.pop(DNS_PORT) == "refused" and set(udp.values()) == {"timeout"}, udp
 
         after = await run(drop_counters, fabric)
         print(f"nft drop counters before {before} after {after}")
-        assert after.get("input", 0) - before.get("input", 0) >= len(scan) - 1 + len(udp)
+        assert after.get("input", 0) - before.get("input", 0) >= len(scan) - len(not_dropped) + len(udp)
         assert after.get("forward", 0) - before.get("forward", 0) >= len(routed) + 1
 
         # The negatives did not disturb the sandboxes: B is still served to the fabric.
