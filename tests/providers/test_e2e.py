@@ -27,7 +27,7 @@ from hearth.fabric.slot import slot_for
 from hearth.providers import clis
 from hearth.providers.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
 from hearth.providers.inetweb import ExampleServer
-from hearth.providers.internet import HOST_IP, PERSON_IP
+from hearth.providers.internet import EXAMPLE_IP, HOST_IP, PERSON_IP
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
 
@@ -188,3 +188,43 @@ def dial_from(netns: str, host: str, port: int) -> bool:
             return True
 
     return call_in_netns(netns, go, timeout=15)
+
+
+async def test_cli_sandboxes_go_out_and_a_plain_desktop_does_not(run: Run) -> None:
+    """HEARTH_EGRESS=signin (the default): a user's CLI sandbox is granted its way out (with every provider's
+    domains under the provider policy), a plain desktop without a provider is not — and its attempt to go out is
+    dropped and counted `no_egress`."""
+    ctl = run.ctl.ctl
+    assert ctl.settings.egress == "signin" and ctl.egress is not None
+    gate = ctl.egress.gate
+    row = await ctl.clis.ensure("egress-cli")
+    assert row.sandbox_ip
+    grant = gate.grant_of(IPv4Address(row.sandbox_ip))
+    assert grant is not None and grant.owner == row.owner_id, grant
+    assert grant.domains is not None and "claude.ai" in grant.domains, grant.domains
+    r = await run.http.post("/api/auth/start", json={"user_id": "plain-desktop"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["session_id"]
+    try:
+        ip, body = "", {}
+        for _ in range(600):  # its desktop up: the sandbox and its namespace exist
+            body = (await run.http.get(f"/api/auth/session/{sid}")).json()
+            ip = str(body.get("sandbox_ip") or "")
+            if ip and body.get("status") == "ready":
+                break
+            await asyncio.sleep(0.2)
+        assert ip and body.get("status") == "ready", body
+        assert gate.grant_of(IPv4Address(ip)) is None
+        s = run.ctl.settings
+        slot = slot_for(
+            s.fabric_netns,
+            s.internal_network,
+            s.bridge_ip,
+            s.ip_pool_start,
+            int(IPv4Address(ip)) - int(s.ip_pool_start),
+        )
+        assert not await asyncio.to_thread(dial_from, slot.netns, EXAMPLE_IP, 443), "a plain desktop went out"
+        counted = (await gate.refresh()).live.get(f"ungranted {ip}", {})
+        assert counted.get("no_egress", 0) > 0, counted
+    finally:
+        await run.http.post(f"/api/auth/session/{sid}/cancel")
