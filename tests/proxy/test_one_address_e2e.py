@@ -18,12 +18,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hearth.agentlink.client import AgentClient
 from hearth.api.local import free_port
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.guest.configdrive import LOCAL_PROXY_PORT
+from hearth.store.models import Base
 from tests.conftest import running_controller
 from tests.proxy.tlskit import BODY, make_certs, tls_server
 
@@ -125,6 +128,12 @@ async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
                     for sb in where.values()
                 )
                 assert "local egress proxy listening" in logs and SECRET not in logs  # controller and agents
+
+                def every_row(db: Session) -> str:  # the whole store, every table (SQLite or PostgreSQL pass)
+                    return "".join(str(db.execute(select(t)).all()) for t in Base.metadata.sorted_tables)
+
+                stored = await ctl.ctl.db.run(every_row)
+                assert SECRET not in stored and str(port_of["pat"]) in stored  # the port is stored, never the password
             finally:
                 proxy.terminate()
                 await asyncio.wait_for(proxy.wait(), 10)
