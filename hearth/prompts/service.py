@@ -1,18 +1,14 @@
 """Running a prompt: queued → starting (the user's CLI sandbox started or resumed, the newest credential delivered)
 → running (the agent runs the CLI: hearth_agent/promptrun.py) → completed | failed | cancelled | timed_out.
 
-The agent pushes event batches to the callback endpoint (`…/sessions/{cli owner}/prompt`); only the sandbox that
-runs a prompt may push for it. Batches are checked, bounded (the stored answer never exceeds
-HEARTH_PROMPT_MAX_ANSWER_BYTES: beyond it one truncation marker), sealed and stored, then every stream listening is
-woken. The final batch ends the prompt; rewritten credential files in it are re-sealed as a new version unless a
-newer one (a sign-in meanwhile) exists, which is then delivered instead: the newest wins.
+Admission, the run of each prompt (its task: the CLI sandbox, the credential, the agent's start, the deadline) and
+cancel live here; the batches the agent pushes are taken in by hearth/prompts/callback.py, the prompts that outlived
+a previous controller by hearth/prompts/recovery.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import uuid
@@ -23,14 +19,14 @@ from hearth.agentlink.client import AgentClient, AgentRefused
 from hearth.clisandbox.manager import CliSandboxes, Elsewhere
 from hearth.config import Settings
 from hearth.errors import HearthError
+from hearth.prompts import callback, recovery
 from hearth.prompts.fanout import Changes
-from hearth.prompts.intake import Live, bound
+from hearth.prompts.intake import Live
 from hearth.prompts.states import PromptStatus, Step
 from hearth.prompts.store import PromptStore, Refused
 from hearth.providers.model import Provider
 from hearth.store.models import PromptRow
-from hearth.vault.store import CredentialFile, Vault
-from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
+from hearth.vault.store import Vault
 
 log = logging.getLogger("hearth.prompts")
 GRACE = 30.0  # s beyond the prompt's timeout before the controller gives up on the agent's final batch
@@ -276,153 +272,14 @@ class PromptService:
 
     # ---- agent → controller -------------------------------------------------------------------
     async def on_prompt(self, owner: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        pid = str(data.get("prompt_id", ""))
-        if not self.adopted:
-            return 503, {"error": "the controller is adopting its prompts after a restart; retry"}
-        live = self._live.get(pid)
-        row = await self.store.get(pid) if live is not None else None
-        if live is None or row is None or live.owner != owner:
-            return 404, {"error": "no such prompt running in this sandbox"}
-        if PromptStatus(row.status).terminal:
-            return 409, {"error": f"the prompt is {row.status}"}
-        events, raw = data.get("events") or [], data.get("raw") or []
-        if not isinstance(events, list) or not isinstance(raw, list):
-            return 400, {"error": "events and raw must be lists"}
-        kept = bound(row, live, events, self.s.prompt_max_answer_bytes)
-        raw_kept = [str(r)[:65536] for r in raw if isinstance(r, str)][:1000]
-        fields: dict[str, Any] = {}
-        usage = [e["usage"] for e in kept if e["type"] == "usage"]
-        if usage:
-            fields["usage"] = {**(row.usage or {}), **usage[-1]}
-        timing = "first_output" if any(e["type"] in ("text", "tool") for e in kept) else None
-        final = data.get("final")
-        if isinstance(final, dict):
-            conv, model = final.get("conversation_id"), final.get("model")
-            if isinstance(conv, str) and conv:
-                fields["conversation_id"] = conv[:200]
-            if isinstance(model, str) and model:
-                fields["model"] = model[:200]
-        fields["answer_bytes"] = len(live.answer.encode())
-        fields["truncated"] = bool(row.truncated or any(e.get("truncated") for e in kept))
-        if isinstance(final, dict) and final.get("truncated") is True:
-            fields["truncated"] = True  # the agent bounded it first
-        if kept or raw_kept or fields:
-            row = await self.store.append(row, kept, raw_kept, timing=timing, **fields)
-        self.changes.notify(pid)
-        if isinstance(final, dict):
-            await self._final(row, live, final, data.get("credentials"))
-        elif data.get("credentials") is not None:  # rewritten during the run: a refresh while it answers
-            await self._credentials(row, live, data.get("credentials"))
-        return 200, {"ok": True}
-
-    async def _final(self, row: PromptRow, live: Live, final: dict[str, Any], creds: Any) -> None:
-        status = final.get("status")
-        step = final.get("step")
-        reason = final.get("reason")
-        code = final.get("exit_code")
-        try:
-            st = PromptStatus(str(status))
-        except ValueError:
-            st = PromptStatus.FAILED
-        if not st.terminal:
-            st = PromptStatus.FAILED
-        stp = Step(step) if step in {s.value for s in Step} else (None if st is PromptStatus.COMPLETED else Step.CLI)
-        needs = final.get("needs_signin")
-        await self._credentials(row, live, creds)
-        if isinstance(needs, str) and needs:
-            await self.vault.set_status(row.user_id, row.provider, live.base_version, "needs_signin", needs[:300])
-        else:
-            await self.vault.set_status(row.user_id, row.provider, -1, "active", None)  # last_used only
-        await self._end(
-            row.id, st, stp, str(reason)[:2000] if isinstance(reason, str) else None,
-            exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
-        )  # fmt: skip
-        assert live.final is not None
-        live.final.set()
-        await self.clis.touch(row.user_id)
-
-    async def _credentials(self, row: PromptRow, live: Live, creds: Any) -> None:
-        """Rewritten credential files from the CLI: a new version — or, when a newer one was sealed meanwhile,
-        that newer one delivered over them (the newest wins)."""
-        if (
-            not isinstance(creds, dict)
-            or creds.get("provider") != row.provider
-            or not isinstance(creds.get("files"), list)
-        ):
-            return
-        provider = self.providers[row.provider]
-        allowed = {f.target for f in provider.credential_files}
-        try:
-            files = [
-                CredentialFile(
-                    str(f["target"]), int(f["mode"]) & 0o777, base64.b64decode(str(f["data_b64"]), validate=True)
-                )
-                for f in creds["files"]
-            ]
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            log.warning("refreshed credentials malformed; ignored", extra={"prompt_id": row.id})
-            return
-        if {f.path for f in files} != allowed or any(len(f.data) > MAX_CREDENTIAL_FILE for f in files):
-            log.warning("refreshed credentials are not the provider's files; ignored", extra={"prompt_id": row.id})
-            return
-        meta = await self.vault.refreshed(row.user_id, row.provider, files, live.base_version)
-        if meta is not None:
-            live.base_version = meta.version  # the sandbox holds this one now
-            log.info(
-                "credentials refreshed by the CLI: re-sealed", extra={"prompt_id": row.id, "version": meta.version}
-            )
-            return
-        opened = await self.vault.open_versioned(row.user_id, row.provider)
-        if opened is not None:  # a newer sign-in: it goes back over what the CLI wrote
-            with contextlib.suppress(HearthError):
-                await self.clis.deliver(row.user_id, opened[0], row.provider, version=opened[1].version)
+        """A batch the CLI sandbox's agent pushed (hearth/prompts/callback.py)."""
+        return await callback.on_prompt(self, owner, data)
 
     # ---- restart and housekeeping ---------------------------------------------------------------
     async def adopt(self) -> int:
-        """After a controller restart: every active prompt of this node is attached again (a running one keeps
-        running in its sandbox: the agent retries its pushes) or started again (queued, starting)."""
-        n = 0
-        for row in await self.store.active_on_node():
-            if row.id in self._tasks:
-                continue
-            attach = row.status == PromptStatus.RUNNING.value
-            live = self._live.setdefault(row.id, Live(final=asyncio.Event()))
-            if attach:
-                cli = await self.clis.get(row.user_id)
-                owner = await self.clis.owner_of(row.user_id)
-                if cli is None or owner is None or self.clis.sandboxes.get(owner) is None:
-                    await self._end(
-                        row.id,
-                        PromptStatus.FAILED,
-                        Step.SANDBOX,
-                        "[sandbox] the CLI sandbox did not survive the controller restart",
-                    )
-                    continue
-                live.owner = owner
-                client = self._client(owner)
-                state = "unknown"
-                with contextlib.suppress(HearthError):
-                    out = await client.call("POST", "/v1/prompts/status", {"id": row.id}) if client else None
-                    state = str(out.get("state")) if isinstance(out, dict) else "unknown"
-                if state == "unknown":
-                    await self._end(
-                        row.id,
-                        PromptStatus.FAILED,
-                        Step.SANDBOX,
-                        "[sandbox] the CLI sandbox no longer runs this prompt (it restarted)",
-                    )
-                    continue
-                meta = next((m for m in await self.vault.list(row.user_id) if m.provider == row.provider), None)
-                live.base_version = meta.version if meta else 0
-            elif row.status == PromptStatus.STARTING.value:
-                await self.store.transition(row.id, PromptStatus.FAILED, step=Step.CONTROLLER.value,
-                    reason="[controller] the controller restarted while the CLI sandbox started; send the prompt again")  # fmt: skip
-                self.changes.notify(row.id)
-                continue
-            self._start(row.id, row.user_id, attach)
-            n += 1
-        self.adopted = True  # from here on a push for an unknown prompt is refused, not deferred
-        return n
+        """After a controller restart: every active prompt of this node attached again or started again
+        (hearth/prompts/recovery.py)."""
+        return await recovery.adopt(self)
 
     async def check_sandboxes(self) -> None:
         """Running prompts whose CLI sandbox died: failed, naming the sandbox (housekeeping calls it)."""
