@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from hearth.agentlink.client import http_json
+from hearth.clisandbox.manager import mark_stopped
 from hearth.config import Settings
+from hearth.lifecycle.sandbox import Final, Kind
 from hearth.session.pool import WarmPool
 from hearth.store.models import CliSandboxRow
 from hearth.vault.store import CredentialFile
@@ -90,6 +92,16 @@ async def test_cli_sandboxes_from_the_warm_pool(make_settings: Callable[..., Set
         await pooled(pool)
         assert await clis.remove("ana", [".tool/old.json"]) == [".tool/old.json"]
         assert pool.hits == 3 and live_home(ctl, "ana") != ana
+
+        # a stop a crash cut short (its processes gone, its home not moved back yet): the next stop settles it
+        bob_owner = await clis.owner_of("bob")
+        assert bob_owner is not None
+        await mgr.end(bob_owner, Final.DONE, None, Kind.CLI)
+        ctl.ctl.db.call(lambda d: mark_stopped(d, bob_owner))
+        assert live_home(ctl, "bob") == users / second / "home"
+        await clis.stop("bob")
+        assert live_home(ctl, "bob") == clis.home_of("bob") and not (users / second).exists()
+        assert (clis.home_of("bob") / ".tool" / "b.json").read_bytes() == b"bob"
 
         # delete (and the retention path, which deletes): the home goes back first, then all of it goes
         assert await clis.delete("ana") and await clis.delete("bob")
