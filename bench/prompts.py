@@ -371,6 +371,8 @@ async def via_api(provider: Provider, n: int, concurrent: int) -> None:
                 bt, bd = med(base, lambda t: t.first_text), med(base, lambda t: t.done)
                 goal = "" if k != "running" else (" meets" if dn <= 1.1 * bd + 0.05 else " misses") + " ≤ 1.1× + 50 ms"
                 print(f"API {k:14s} → first text {ft:.3f}s ({ft / bt:.2f}×), → done {dn:.3f}s ({dn / bd:.2f}×){goal}")
+            pooled_done, none_done = (med(rows[k], lambda t: t.done) for k in ("pooled", "none"))
+            print(f"API pooled vs none (HEARTH_POOL_SIZE=cli:1) → done {pooled_done / none_done:.2f}×")
             clis_mgr.pool = None  # the concurrent figures are those of fresh CLI sandboxes
             await api_concurrent(w, provider.name, concurrent)
         finally:
