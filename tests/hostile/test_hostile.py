@@ -172,12 +172,20 @@ async def test_hostile_sandbox(make_settings: Callable[..., Settings], caplog: p
         assert secret_a and secret_b and secret_c
 
         # 1. The agent's secret, from the browser's user: no file holds it, the agent's /proc is closed.
-        agent = next(
-            p
-            for p in await asyncio.to_thread(pids_in_netns, a.netns)
-            if open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[:4]
-            == [b"/usr/bin/python3", b"-P", b"-m", b"hearth_agent"]
-        )  # fmt: skip  (the agent itself, not its bubblewrap launcher, whose argv names it too)
+        def is_agent(pid: int) -> bool:
+            """The agent itself (python3 … -m hearth_agent, whatever interpreter flags it is started with), not its
+            bubblewrap launcher, whose argv names it too."""
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            m = argv.index(b"-m") if b"-m" in argv else 0
+            flags = argv[1:m]
+            return (
+                argv[0] == b"/usr/bin/python3"
+                and m > 0
+                and argv[m + 1] == b"hearth_agent"
+                and all(f.startswith(b"-") for f in flags)
+            )
+
+        agent = next(p for p in await asyncio.to_thread(pids_in_netns, a.netns) if is_agent(p))
         uids = {
             x.slot: {os.stat(f"/proc/{p}").st_uid for p in await asyncio.to_thread(pids_in_netns, x.netns)}
             for x in (a, b)
