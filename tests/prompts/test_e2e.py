@@ -188,11 +188,12 @@ async def test_prompts_through_the_example_cli_in_a_real_cli_sandbox(make_settin
         r = await post(http, "again")
         assert r.status_code == 409 and "renewing" in r.json()["error"]
 
-        # 100 concurrent POSTs through the API: exactly HEARTH_MAX_PROMPTS_PER_USER get through
+        # 100 concurrent POSTs through the API: exactly HEARTH_MAX_PROMPTS_PER_USER get through (the admitted ones
+        # hang until cancelled, so none can finish and free its place while the others are still being admitted)
         await ctl.ctl.vault.put("bea", "example", [CredentialFile(target, 0o600, json.dumps(creds).encode())], None)
         many = await asyncio.gather(
             *(
-                http.post("/api/users/bea/prompts", json={"provider": "example", "prompt": "[wait:2] x"})
+                http.post("/api/users/bea/prompts", json={"provider": "example", "prompt": "[hang] x"})
                 for _ in range(100)
             )
         )
