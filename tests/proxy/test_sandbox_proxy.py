@@ -27,7 +27,8 @@ from hearth.sandbox.procs import SandboxProcesses
 from hearth_agent.providerdef import definition_digest
 from tests.proxy.tlskit import BODY, tls_server
 from tests.sandbox.specs import spec_for
-from tests.sandbox.test_netns import eventually, health, http
+from tests.sandbox.test_netns import health, http
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 HOST = "provider.test"

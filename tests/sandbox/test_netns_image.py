@@ -17,7 +17,8 @@ from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import pids_in_netns
 from tests.image.golden import golden_image
 from tests.sandbox.specs import spec_for
-from tests.sandbox.test_netns import eventually, health, leftovers, rfb_banner
+from tests.sandbox.test_netns import health, leftovers, rfb_banner
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -13,7 +13,8 @@ from hearth.guest import packages as guestpkg
 from hearth.lifecycle import readiness
 from hearth.sandbox.netns import NetnsDriver, _notified
 from tests.sandbox.specs import spec_for
-from tests.sandbox.test_netns import eventually, health, leftovers
+from tests.sandbox.test_netns import health, leftovers
+from tests.waits import eventually
 
 
 async def test_notified_reads_listening_and_tells_eof_apart() -> None:
