@@ -4,6 +4,7 @@ one stays — namespace, processes, lease and row — and the reconciler leaves 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import httpx
@@ -36,7 +37,12 @@ async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[.
         assert not netlink.netns_exists(cancelled.netns)
 
         await stop_sandbox_processes(failed.netns)  # its desktop dies: the watchdog fails the session
-        assert await svc.check_alive() == 1
+        # a liveness answer may come from a pass over /proc up to ALIVE_SCAN_AGE old (one pass per watchdog tick):
+        # asked again until a pass that began after the stop answers
+        deadline = time.monotonic() + 30
+        while (found := await svc.check_alive()) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert found == 1
         assert (await svc.get(failed.session_id)).status is Status.FAILED
         await Reconciler(svc).run_once()
         assert netlink.netns_exists(failed.netns), "a failed sandbox is kept for debugging"
