@@ -16,12 +16,22 @@ from hearth.fabric import netlink
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth.session.service import SessionService
 from hearth.session.states import Status
 from hearth.store.models import LeaseRow, SandboxRow
 from tests.conftest import running_controller
 from tests.live import start_ready
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+async def failed_by_the_watchdog(svc: SessionService) -> int:
+    """The watchdog's count of sessions it failed, asked again until it finds some: a liveness answer may come from a
+    pass over /proc up to ALIVE_SCAN_AGE old (one pass per tick), which can predate the processes' stop."""
+    deadline = time.monotonic() + 30
+    while (found := await svc.check_alive()) == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return found
 
 
 async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[..., Settings]) -> None:
@@ -37,12 +47,7 @@ async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[.
         assert not netlink.netns_exists(cancelled.netns)
 
         await stop_sandbox_processes(failed.netns)  # its desktop dies: the watchdog fails the session
-        # a liveness answer may come from a pass over /proc up to ALIVE_SCAN_AGE old (one pass per watchdog tick):
-        # asked again until a pass that began after the stop answers
-        deadline = time.monotonic() + 30
-        while (found := await svc.check_alive()) == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert found == 1
+        assert await failed_by_the_watchdog(svc) == 1
         assert (await svc.get(failed.session_id)).status is Status.FAILED
         await Reconciler(svc).run_once()
         assert netlink.netns_exists(failed.netns), "a failed sandbox is kept for debugging"
@@ -70,7 +75,7 @@ async def test_kept_sandboxes_end_with_a_drain_and_when_keeping_is_turned_off(
     ):
         first = await start_ready(http, keep, "kept-1")
         await stop_sandbox_processes(first.netns)
-        assert await ctl.ctl.service.check_alive() == 1
+        assert await failed_by_the_watchdog(ctl.ctl.service) == 1
     assert netlink.netns_exists(first.netns), "a plain stop leaves the kept sandbox"
 
     off = keep.model_copy(update={"keep_failed": False})
@@ -93,7 +98,7 @@ async def test_kept_sandboxes_end_with_a_drain_and_when_keeping_is_turned_off(
     ):
         second = await start_ready(http, keep, "kept-2")
         await stop_sandbox_processes(second.netns)
-        assert await ctl.ctl.service.check_alive() == 1
+        assert await failed_by_the_watchdog(ctl.ctl.service) == 1
         assert netlink.netns_exists(second.netns)
     assert not netlink.netns_exists(second.netns), "a drain ends kept sandboxes too"
 
