@@ -112,12 +112,15 @@ class Run:
     def _watch_credentials(self) -> None:
         assert self._watch is not None
         while self._watch.wait():
-            creds = self._rewritten()
-            if creds is None:
-                continue
-            with self._cond:
-                self._creds = creds
-                self._cond.notify_all()
+            # handed to the pusher before the comparison's lock is let go: otherwise the CLI's exit could compare
+            # (nothing new), end the prompt and have its final batch pushed while these files were still in hand
+            with self._files_lock:
+                creds = self._compare()
+                if creds is None:
+                    continue
+                with self._cond:
+                    self._creds = creds
+                    self._cond.notify_all()
             log.info("credential files rewritten by the CLI", extra={"prompt_id": self.id})
 
     def _read(self, target: str) -> bytes | None:
