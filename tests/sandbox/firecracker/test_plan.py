@@ -124,7 +124,7 @@ def test_bodies_derive_from_slot_image_and_machine(tmp_path: Path) -> None:
     assert boot["initrd_path"] == "/img/initrd.img"
     args = boot["boot_args"]
     assert args.startswith(P.BASE_BOOT_ARGS)
-    assert args.endswith(spec.slot.kernel_ip_arg) and "ip=192.168.100.5::192.168.100.1:255.255.255.0::eth0:off" in args
+    assert args.endswith(spec.slot.kernel_ip_arg) and "ip=192.168.100.5::192.168.100.1:255.255.252.0::eth0:off" in args
     assert "root=/dev/vda rw" in args and "pci=off" in args and "hearth.config=/dev/vdb" in args
     assert by["/drives/rootfs"] == {
         "drive_id": "rootfs",
