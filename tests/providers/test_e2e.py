@@ -148,10 +148,12 @@ async def test_a_hostile_page_is_refused_and_counted(run: Run) -> None:
     assert counted.get("blocked", 0) > 0, counted  # the metadata address: sent, dropped by the fabric, counted
     assert counted.get("dns_refused", 0) > 0, counted  # a name outside the provider's egress_domains
     # The host, the fabric and another sandbox: Chromium itself (Local Network Access: a public page may not reach
-    # private addresses) refuses these before a packet leaves — the page sees a TypeError at once, where the
-    # dropped metadata request ran into its timeout (AbortError). The fabric's own refusal of each (counted
-    # `blocked` / `fabric`) is proven below, from a process inside this sandbox.
-    assert report[targets["metadata"]] == "failed: AbortError", report
+    # private addresses) refuses these before a packet leaves — the page sees a TypeError at once. The metadata
+    # request (or Chromium's preflight for it) is sent and dropped by the fabric: counted `blocked` above; the page
+    # sees it run into its timeout (AbortError) or Chromium give up on the preflight first (TypeError), whichever
+    # comes first on a loaded host. The fabric's own refusal of each (counted `blocked` / `fabric`) is proven below,
+    # from a process inside this sandbox.
+    assert report[targets["metadata"]] in ("failed: AbortError", "failed: TypeError"), report
     for what in ("host", "fabric", "sandbox", "foreign"):
         assert report[targets[what]].startswith("failed"), (what, report)
     # The same three from a client Chromium does not guard: a process inside the sign-in sandbox (its own network
