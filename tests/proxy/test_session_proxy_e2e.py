@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import httpx
@@ -19,6 +18,7 @@ import pytest
 from hearth.api.local import free_port
 from hearth.config import Settings
 from tests.conftest import running_controller
+from tests.session.test_signin_direct_e2e import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 WAIT = 90.0  # the test's bound: booting the sandbox and Chromium on a busy host, then the proxy's few seconds
@@ -51,13 +51,7 @@ async def test_a_proxy_refusing_the_credentials_fails_the_session_naming_the_pro
             r = await http.post("/api/auth/start", json={"user_id": "pat", "provider": "example"})
             assert r.status_code == 201, r.text
             sid = r.json()["session_id"]
-            deadline = time.monotonic() + WAIT
-            body: dict[str, object] = {}
-            while time.monotonic() < deadline:
-                body = (await http.get(f"/api/auth/session/{sid}")).json()
-                if body["status"] in ("completed", "failed", "cancelled", "expired"):
-                    break
-                await asyncio.sleep(0.1)
+            body = await wait_session(http, sid, lambda _: False, "the session's end", WAIT)
             assert body["status"] == "failed" and body["hop"] == "proxy", body  # far below the 600 s flow timeout
             reason = str(body["reason"])
             assert reason.startswith("[proxy]") and "refused hearth's credentials" in reason, reason
@@ -94,13 +88,7 @@ async def test_a_proxy_that_is_down_fails_the_session_naming_the_proxy(
         r = await http.post("/api/auth/start", json={"user_id": "dana", "provider": "example"})
         assert r.status_code == 201, r.text
         sid = r.json()["session_id"]
-        deadline = time.monotonic() + WAIT
-        body: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            body = (await http.get(f"/api/auth/session/{sid}")).json()
-            if body["status"] in ("completed", "failed", "cancelled", "expired"):
-                break
-            await asyncio.sleep(0.1)
+        body = await wait_session(http, sid, lambda _: False, "the session's end", WAIT)
         assert body["status"] == "failed" and body["hop"] == "proxy", body  # far below the 600 s flow timeout
         reason = str(body["reason"])
         assert reason.startswith("[proxy]") and f"{bridge}:{port}" in reason, reason

@@ -7,9 +7,7 @@ after its link was shown: the CLI's own network error names the hop (`egress`), 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +35,7 @@ async def test_a_sign_in_page_that_does_not_resolve_fails_naming_dns(make_settin
         r = await http.post("/api/auth/start", json={"user_id": "uma", "provider": "example"})
         assert r.status_code == 201, r.text
         sid = r.json()["session_id"]
-        deadline = time.monotonic() + WAIT
-        body: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            body = (await http.get(f"/api/auth/session/{sid}")).json()
-            if body["status"] in ("completed", "failed", "cancelled", "expired"):
-                break
-            await asyncio.sleep(0.1)
+        body = await wait_session(http, sid, lambda _: False, "the session's end", WAIT)
         assert body["status"] == "failed", body  # within WAIT, far below the 600 s flow timeout
         assert body["hop"] == "dns", body
         reason = str(body["reason"])
