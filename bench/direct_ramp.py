@@ -51,9 +51,10 @@ async def serve(flow: str) -> None:
     """`--serve`: a controller from the environment's settings, the example provider in direct mode with `flow` and
     no sign-in timeout, its IdP in the fabric; prints one JSON line when ready, drains on SIGTERM, prints the drain
     time as a second JSON line, then removes the fabric."""
-    from hearth.api.app import build, create_app
+    from hearth.api.app import create_app
     from hearth.cli.serve import serve_until_stopped, server
     from hearth.config import load_settings
+    from hearth.controller import build
     from hearth.fabric.dial import socket_in_netns
     from hearth.providers.model import FlowName
     from hearth_example.idp import IdpServer, IdpState

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from hearth.api.app import Controller
 from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.controller import Controller
 from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink

@@ -36,7 +36,7 @@ from hearth.store.models import LeaseRow, SessionRow
 from hearth.store.pglocal import fresh_database
 from hearth.vault.store import Vault
 
-PERIOD = 2.0  # hearth/api/app.py `_housekeeping`
+PERIOD = 2.0  # hearth/controller.py `housekeeping`
 NETWORK = {  # room for 2,045 leases (no address is ever configured: nothing is booted)
     "INTERNAL_NETWORK": "10.77.0.0/21",
     "BRIDGE_IP": "10.77.0.1",

@@ -19,7 +19,7 @@ from hearth.api.schemas import Health
 from hearth.errors import HearthError, Hop
 
 if TYPE_CHECKING:
-    from hearth.api.app import Controller
+    from hearth.controller import Controller
 
 CHECK_TIMEOUT = 5.0
 RETRY_AFTER = 5

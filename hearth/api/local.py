@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hearth.api.app import Controller, build, create_app
+from hearth.api.app import create_app
 from hearth.cli.serve import check_listen, serve_until_stopped, server
 from hearth.config import Settings, load_settings
+from hearth.controller import Controller, build
 from hearth.errors import ConfigError
 
 

@@ -41,8 +41,9 @@ def run(
     drain: bool = typer.Option(False, "--drain", help="on stop, end this node's sessions (default: they are adopted)"),
 ) -> None:
     """Run this host's node: fabric, drivers, gateway, agent callbacks, its reconciler; registers and heartbeats."""
-    from hearth.api.app import build, create_app
+    from hearth.api.app import create_app
     from hearth.cli.serve import check_listen, server
+    from hearth.controller import build
 
     s = settings_or_exit()
     _shared(s, "node run")

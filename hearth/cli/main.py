@@ -48,8 +48,9 @@ def serve(
     ),
 ) -> None:
     """Run the controller (API, gateway, fabric) until stopped. Sandboxes outlive it unless --drain."""
-    from hearth.api.app import build, create_app
+    from hearth.api.app import create_app
     from hearth.cli.serve import check_listen, server
+    from hearth.controller import build
 
     settings = settings_or_exit()
     log.setup()

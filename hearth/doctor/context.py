@@ -31,7 +31,7 @@ MIN_SLICE = 0.05  # a step with less time left than this is reported as not run
 
 
 class ControllerLike(Protocol):
-    """What the doctor needs of a running controller (`hearth.api.app.Controller` has it)."""
+    """What the doctor needs of a running controller (`hearth.controller.Controller` has it)."""
 
     @property
     def settings(self) -> Settings: ...

@@ -1,4 +1,4 @@
-"""The real controller app without root: `hearth.api.app.build` + `create_app` with a driver that refuses every boot
+"""The real controller app without root: `hearth.controller.build` + `hearth.api.app.create_app` with a driver that refuses every boot
 (no namespace, no process, no fabric) and no lifespan. Every route is the real one; a started session fails at once
 with a driver error, so sessions exist to look at, cancel and ask tokens for."""
 
@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from hearth.api.app import Controller, build, create_app
+from hearth.api.app import create_app
 from hearth.config import Settings
+from hearth.controller import Controller, build
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
 

@@ -207,7 +207,8 @@ async def test_over_real_tcp_a_huge_upload_is_cut_and_the_server_stays_up() -> N
 async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
     """The real app (`hearth.api.app.create_app`, driven over ASGI: no fabric, no root) refuses an oversized body
     and rate-limits /api/* — i.e. `limits.install(app, settings)` is wired in."""
-    from hearth.api.app import build, create_app
+    from hearth.api.app import create_app
+    from hearth.controller import build
 
     settings = load_settings(
         {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None
@@ -234,7 +235,8 @@ async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
 @pytest.mark.parametrize("body", [b'{"user_id": NaN}', b'{"user_id": "a", "x": Infinity}', b'{"user_id": -Infinity}'])
 async def test_non_json_numbers_are_refused_422(tmp_path: Path, body: bytes) -> None:
     """`{"user_id": NaN}` was a 500 with a traceback (the validation error could not be rendered)."""
-    from hearth.api.app import build, create_app
+    from hearth.api.app import create_app
+    from hearth.controller import build
 
     settings = load_settings(
         {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None

@@ -1,4 +1,4 @@
-"""`hearth.api.app.refuse_new_keys_over_old_store` and the store's data-dir watch (no root needed): real SQLite
+"""`hearth.controller.refuse_new_keys_over_old_store` and the store's data-dir watch (no root needed): real SQLite
 stores in real directories."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.api.app import refuse_new_keys_over_old_store
 from hearth.config import Settings
+from hearth.controller import refuse_new_keys_over_old_store
 from hearth.errors import HearthError, StoreError
 from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow

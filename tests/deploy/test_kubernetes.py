@@ -160,7 +160,7 @@ def test_probes_hit_routes_the_apps_serve(make_settings: Any) -> None:
     from typing import cast
 
     from hearth.api import health
-    from hearth.api.app import Controller
+    from hearth.controller import Controller
 
     node_paths = {getattr(r, "path", "") for r in health.make_router(cast(Controller, None)).routes}
     s = make_settings()

@@ -101,7 +101,7 @@ class Statements:
 
 
 async def tick(svc: SessionService, reconciler: Reconciler) -> int:
-    """One housekeeping pass as `hearth serve` runs it (hearth/api/app.py `_housekeeping`), its statement count."""
+    """One housekeeping pass as `hearth serve` runs it (hearth/controller.py `housekeeping`), its statement count."""
     counter = Statements(svc.db)
     try:
         await svc.record_pending()
