@@ -1,8 +1,8 @@
-"""The fabric seam: bring it up, take it down, say what is there (three methods) — and the status it reports."""
+"""What the fabric reports: its status (ports, bridge, tables, uplink) and the problems of an observed fabric, each
+naming its fix. The fabric itself is `hearth.fabric.fabric.Fabric` (up, down, status)."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -112,19 +112,3 @@ def diagnose(s: Settings, st: FabricStatus) -> list[str]:
         elif not p.isolated:
             out.append(f"port {p.name} is not isolated (sandboxes could reach each other at L2): {up}")
     return out
-
-
-class FabricBackend(ABC):
-    """The network fabric sandboxes attach to."""
-
-    @abstractmethod
-    async def up(self) -> None:
-        """Create or repair the fabric. Idempotent; a half-built fabric is rolled back."""
-
-    @abstractmethod
-    async def down(self, *, force: bool = False) -> None:
-        """Remove the fabric. Idempotent; refuses while sandbox ports are attached unless `force`."""
-
-    @abstractmethod
-    async def status(self) -> FabricStatus:
-        """What exists, read-only, with the fix named for each problem."""

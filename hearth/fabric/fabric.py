@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink, nft
-from hearth.fabric.base import FabricBackend, FabricStatus, PortStatus, diagnose
+from hearth.fabric.base import FabricStatus, PortStatus, diagnose
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
 
@@ -262,7 +262,7 @@ def _observe_sync(s: Settings) -> dict[str, Any]:
     return seen
 
 
-class Fabric(FabricBackend):
+class Fabric:
     """The fabric of one hearth instance, from its settings. Blocking work runs on threads, each with a timeout."""
 
     def __init__(self, settings: Settings, *, timeout: float = 20.0) -> None:

@@ -1,10 +1,11 @@
-"""The token-store seam: issue and verify (two methods)."""
+"""What a viewer token says (its claims and scope), why one is refused, and the seam its users see: `TokenStore`, a
+Protocol of two methods (issue, verify) that `hearth.gateway.tokens.signed.SignedTokens` meets."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 
 class Scope(StrEnum):
@@ -35,11 +36,9 @@ class ForeignToken(TokenError):
         self.here = here
 
 
-class TokenStore(ABC):
-    @abstractmethod
+class TokenStore(Protocol):
     def issue(self, session_id: str, scope: Scope, ttl: float) -> str:
         """A new token for `session_id` with `scope`, valid for `ttl` seconds."""
 
-    @abstractmethod
     def verify(self, token: str, session_id: str) -> Claims:
         """The token's claims, or TokenError naming why it is refused."""

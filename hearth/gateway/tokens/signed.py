@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hearth.gateway.tokens.base import Claims, ForeignToken, Scope, TokenError, TokenStore
+from hearth.gateway.tokens.base import Claims, ForeignToken, Scope, TokenError
 
 
 def _b64(data: bytes) -> str:
@@ -56,7 +56,7 @@ def parse_ring(secret: str) -> dict[str, bytes]:
     return ring
 
 
-class SignedTokens(TokenStore):
+class SignedTokens:
     def __init__(
         self, key: bytes | dict[str, bytes], clock: Callable[[], float] = time.time, node: str | None = None
     ) -> None:
