@@ -1,13 +1,13 @@
 """The DNS forwarder's cost: resolve p50 from a sandbox (through the forwarder on the fabric's bridge address) vs
 from the host (resolving against the upstream — the internet stand-in's DNS — directly), in the same run (ratio).
 
-A real controller attached to the internet stand-in (hearth/providers/internet.py: the fabric's uplink leads into
+A real controller attached to the internet stand-in (hearth/standins/internet.py: the fabric's uplink leads into
 it, HEARTH_DNS_UPSTREAM is its DNS); one sign-in sandbox (example provider, direct mode: no desktop) is started and
 left waiting; then N A queries of the providers' names alternately:
 - sandbox: a UDP socket in the sandbox's network namespace → BRIDGE_IP:53 (the resolver its resolv.conf names);
 - host: a UDP socket in the host's side of the stand-in (HEARTH_UPLINK_NETNS, where the host's own resolver
   traffic goes out) → the stand-in's DNS.
-The same stdlib query code on both sides (hearth/providers/inetdns.resolve); the first query of each name (cold)
+The same stdlib query code on both sides (hearth/standins/inetdns.resolve); the first query of each name (cold)
 reported apart from the p50 / p90 of the rest.
 
     sudo .venv/bin/python bench/dns_forwarder.py -n 500
@@ -29,10 +29,10 @@ import httpx
 
 from hearth.api.local import local_controller, scratch_settings
 from hearth.fabric.dial import socket_in_netns
-from hearth.providers.e2e import settings_env
-from hearth.providers.inetdns import resolve
-from hearth.providers.internet import DNS_IP, internet
 from hearth.reconcile.inventory import scan_sync
+from hearth.standins.e2e import settings_env
+from hearth.standins.inetdns import resolve
+from hearth.standins.internet import DNS_IP, internet
 
 NAMES = ("platform.claude.com", "auth.openai.com", "oauth2.googleapis.com", "idp.example.com")
 

@@ -1,7 +1,7 @@
 """What the sandbox's local chaining proxy costs: an HTTPS request (new connection, CONNECT, TLS handshake, one GET)
 through the local proxy → the upstream proxy (Basic auth) → a TLS server, against the same request straight to the
 upstream proxy with the credentials (what a client holding the password would do). Both proxies and the server run
-on loopback in this process's event loop (hearth_agent/egressproxy.py, hearth/providers/proxyserver.py); the client
+on loopback in this process's event loop (hearth_agent/egressproxy.py, hearth/standins/proxyserver.py); the client
 is Python's ssl over asyncio streams. Prints p50/p90 of each and the ratio; also a bulk transfer's throughput.
 
     .venv/bin/python bench/egress_proxy.py [-n 300] [--mib 32]
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hearth.providers.proxyserver import ProxyServer
-from hearth.providers.standin import _certs
+from hearth.standins.proxyserver import ProxyServer
+from hearth.standins.standin import _certs
 from hearth_agent.egressproxy import LocalProxy, Upstream
 
 HOST = "provider.test"

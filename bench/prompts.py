@@ -1,4 +1,4 @@
-"""Prompts with a real, pinned CLI (default Claude Code) against the model-API stand-in (hearth/providers/modelapi.py),
+"""Prompts with a real, pinned CLI (default Claude Code) against the model-API stand-in (hearth/standins/modelapi.py),
 offline, in a network namespace of its own (`hearth-b<hex>`):
 
 1. prompt → first `text` and → `done`: the CLI run directly on the host (argv from its definition, stdout read and
@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearth.providers import clis, modelapi, promptcheck
-from hearth.providers.conformance import cli_version, offline_netns
+from hearth.providers import clis
 from hearth.providers.model import Provider
 from hearth.providers.registry import load
-from hearth.providers.standin import Net, provider_net, wrap
+from hearth.standins import modelapi, promptcheck
+from hearth.standins.conformance import cli_version, offline_netns
+from hearth.standins.standin import Net, provider_net, wrap
 from hearth_agent import promptrun
 from hearth_agent.promptdef import PromptSpec, map_line, parse_prompt_section
 from hearth_agent.promptrun import Prompts
@@ -313,8 +314,8 @@ async def via_api(provider: Provider, n: int, concurrent: int) -> None:
     """Through hearth's prompt API (a real controller, CLI sandbox and agent; the model-API stand-in behind the
     internet stand-in) for a running CLI sandbox, a stopped one and none, against the same CLI run directly on the
     host (on the stand-in's internet, the person's-machine namespace, resolving through its DNS)."""
-    from hearth.providers import promptapi
-    from hearth.providers.standin import SYSTEM_BUNDLE
+    from hearth.standins import promptapi
+    from hearth.standins.standin import SYSTEM_BUNDLE
 
     spec = parse_prompt_section(provider.agent_document()["prompt"])
     async with promptapi.world("hearth-bp", {"HEARTH_POOL_SIZE": "cli:1"}) as w:
@@ -391,7 +392,7 @@ async def pool_ready(pool: Any) -> None:
 
 async def api_concurrent(w: Any, provider: str, k: int) -> None:
     """`k` users' prompts at once through the API, each user's CLI sandbox running (a first prompt started it)."""
-    from hearth.providers import promptapi
+    from hearth.standins import promptapi
 
     users = [f"bench-c{i}" for i in range(k)]
     for u in users:

@@ -1,7 +1,7 @@
 """Create → the provider's sign-in page drawn in the viewer, per provider, through the internet stand-in — against
 Chromium on the host loading the same page, in the same run (ratio).
 
-Sandbox side (hearth/providers/e2e.py, the product's main path): `POST /api/auth/start` (remote_browser); the
+Sandbox side (hearth/standins/e2e.py, the product's main path): `POST /api/auth/start` (remote_browser); the
 sandbox's Chromium resolves the provider's name through the fabric's DNS forwarder, loads its authorize page over
 the egress (TLS verified against HEARTH_EXTRA_CA_CERTS); timed until the page's "Authorize" button is drawn on the
 viewer's noVNC canvas (what the person sees). Then the person clicks it and the sign-in completes (not timed here).
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 from hearth.api.local import userspace
 from hearth.providers import clis
-from hearth.providers.e2e import ARGS, Run, e2e_run, sign_in
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
+from hearth.standins.e2e import ARGS, Run, e2e_run, sign_in
 
 PAINTED = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
 

@@ -5,7 +5,7 @@ namespace of its own (`hearth-b<hex>`), N runs each; prints median / max seconds
 
     sudo .venv/bin/python bench/signin_url.py -n 5 [--provider codex] [--flow loopback]
 
-The example provider's IdP, and the real providers' network stand-in (hearth/providers/standin.py), run inside the
+The example provider's IdP, and the real providers' network stand-in (hearth/standins/standin.py), run inside the
 namespace (device flows ask the provider before they show anything).
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers import clis
-from hearth.providers.conformance import run_flow
 from hearth.providers.model import FlowName
 from hearth.providers.registry import load
+from hearth.standins.conformance import run_flow
 from hearth_example.idp import IdpServer, IdpState
 
 REPO = Path(__file__).resolve().parents[1]

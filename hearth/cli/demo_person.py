@@ -4,7 +4,7 @@ It opens the viewer URL, waits until the provider's sign-in page is drawn on the
 and signs in the way a person does: a pointer click on the canvas, which noVNC sends to the sandbox as RFB pointer
 events — nothing reaches the sandbox by any other way. Where to click is read from the pixels
 the person sees: the internet stand-in's providers draw one "Authorize" button over the whole page
-(hearth/providers/inetweb.py), the example IdP on the fabric a grey "Approve" button under an e-mail field
+(hearth/standins/inetweb.py), the example IdP on the fabric a grey "Approve" button under an e-mail field
 (hearth_example/idp.py; the field is optional and left empty: keys typed on a loaded desktop may be drawn after the
 click that submits the form).
 """

@@ -1,6 +1,6 @@
 """The provider side of `hearth demo`: where the sign-in page the person meets comes from.
 
-- `internet` (the example provider's default): the internet stand-in (hearth/providers/internet.py) — network
+- `internet` (the example provider's default): the internet stand-in (hearth/standins/internet.py) — network
   namespaces playing the internet, attached to the demo fabric's uplink (HEARTH_UPLINK_NETNS), with DNS for the
   providers' names (the fabric's forwarder's upstream) and HTTPS under a throwaway CA (HEARTH_EXTRA_CA_CERTS): the
   sandbox reaches `https://idp.example.com` the way a production sandbox reaches a provider.
@@ -51,7 +51,7 @@ class Side:
         if any(e["kind"] == "token_issued" for e in events):
             said.append("tokens issued to the CLI (code + PKCE)")
         if self.inet is not None:
-            from hearth.providers.internet import EXAMPLE_HOST
+            from hearth.standins.internet import EXAMPLE_HOST
 
             asked = sum(1 for q in self.inet.dns.log.queries if q.name == EXAMPLE_HOST)
             with self.inet.traffic.lock:
@@ -70,7 +70,7 @@ def outside(provider: str, via: str) -> Iterator[Side]:
     if via == "fabric":
         yield Side(provider, via, env={"HEARTH_FABRIC_OPEN_PORTS": str(IDP_PORT)})
         return
-    from hearth.providers.internet import DNS_IP, internet
+    from hearth.standins.internet import DNS_IP, internet
 
     with internet("hearth-demo-i") as inet:
         env = {**inet.settings_env(), "HEARTH_EGRESS": "true"}

@@ -1,6 +1,6 @@
 """`hearth providers list|check`: the provider definitions, and the conformance of the real CLIs on this host.
 
-`check` runs the provider conformance (hearth/providers/conformance.py, the same as tests/providers/
+`check` runs the provider conformance (hearth/standins/conformance.py, the same as tests/providers/
 test_conformance.py) against the installed CLIs — the host's pinned CLIs from scripts/setup.sh, or `--image`: the
 ones in the built guest image — in offline namespaces of its own with the providers' network stood in, and prints per
 provider and flow the CLI version, whether the sign-in URL was captured, whether the credentials were written and
@@ -63,7 +63,7 @@ def check(
     ),
 ) -> None:
     """Run the provider conformance on this host (needs root: it creates its own network namespaces)."""
-    from hearth.providers.conformance import check as check_flow
+    from hearth.standins.conformance import check as check_flow
 
     if os.geteuid() != 0:
         fail("hearth providers check needs root (it creates network namespaces)", 2)

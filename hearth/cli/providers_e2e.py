@@ -1,8 +1,8 @@
 """`hearth providers check --e2e [--provider P]`: the product's main path on this host, offline.
 
-Brings up the internet stand-in (hearth/providers/internet.py), a throwaway data dir and a real controller whose
+Brings up the internet stand-in (hearth/standins/internet.py), a throwaway data dir and a real controller whose
 fabric's uplink leads into it, and signs a person in (Debian's Chromium through Playwright) with each provider in
-each mode its definition declares (hearth/providers/e2e.py); prints per provider/mode the result and the timings,
+each mode its definition declares (hearth/standins/e2e.py); prints per provider/mode the result and the timings,
 and checks that nothing it made is left behind. Needs root, Debian's chromium and the `test` extra (Playwright).
 """
 
@@ -32,7 +32,7 @@ def _netns() -> set[str]:
 
 
 async def _run_all(chosen: list[Provider], prefix: str) -> list[dict[str, Any]]:
-    from hearth.providers.e2e import e2e_run, sign_in
+    from hearth.standins.e2e import e2e_run, sign_in
 
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()

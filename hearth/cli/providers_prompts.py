@@ -1,7 +1,7 @@
 """`hearth providers check --prompts [--e2e] [--provider P]`: each real CLI answers prompts through the CLI sandbox's
-agent, offline (hearth/providers/promptcheck.py: answer, refresh during a prompt, revoked credential, cancel mid-stream),
+agent, offline (hearth/standins/promptcheck.py: answer, refresh during a prompt, revoked credential, cancel mid-stream),
 printed per provider and scenario with the timings and the failing step; with --e2e also through hearth's prompt API
-(hearth/providers/promptapi.py: a real controller and CLI sandbox, the internet stand-in). Exit 1 on a failure."""
+(hearth/standins/promptapi.py: a real controller and CLI sandbox, the internet stand-in). Exit 1 on a failure."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hearth.providers import promptcheck
 from hearth.providers.model import Provider
+from hearth.standins import promptcheck
 
 
 async def _through_api(chosen: list[Provider]) -> list[dict[str, Any]]:
-    from hearth.providers import promptapi
+    from hearth.standins import promptapi
 
     rows: list[dict[str, Any]] = []
     async with promptapi.world("hearth-k") as w:

@@ -1,7 +1,7 @@
 """What a sign-in delivers into the user's CLI sandbox, as its agent's `POST /v1/files` body: the sealed credential
 files (written whole, with their modes) and the provider's settings the CLI needs to count as signed in (merged into
 the person's existing settings file by the agent: hearth_agent/homefs.py). The conformance suite installs the same
-body into a fresh home and asks the CLI itself (hearth/providers/conformance.py).
+body into a fresh home and asks the CLI itself (hearth/standins/conformance.py).
 """
 
 from __future__ import annotations

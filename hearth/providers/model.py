@@ -99,7 +99,7 @@ class SettingsMerge(BaseModel):
 
 class StatusCheck(BaseModel):
     """How the CLI itself says whether it is signed in. The conformance suite runs it with only the delivered files
-    in a fresh home, offline against the providers' stand-in (hearth/providers/conformance.py)."""
+    in a fresh home, offline against the providers' stand-in (hearth/standins/conformance.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,6 +1,6 @@
 """`hearth providers check --e2e` through the real command line (typer's runner): the internet stand-in, a throwaway
 controller attached to it and Debian's Chromium as the person, for the example provider in both its modes; nothing
-left behind. (Every provider and mode through the same path: tests/providers/test_e2e.py.)"""
+left behind. (Every provider and mode through the same path: tests/standins/test_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hearth.cli.main import app
-from hearth.providers.e2e import CHROMIUM
+from hearth.standins.e2e import CHROMIUM
 
 
 def test_check_e2e_names_an_unknown_provider() -> None:

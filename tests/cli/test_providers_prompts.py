@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hearth.cli.main import app
-from hearth.providers import clis, promptcheck
+from hearth.providers import clis
+from hearth.standins import promptcheck
 
 
 def test_check_prompts_names_an_unknown_provider() -> None:

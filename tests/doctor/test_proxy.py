@@ -18,8 +18,8 @@ from hearth.doctor.checks import diagnose
 from hearth.doctor.context import Context, Parts, run_steps
 from hearth.doctor.report import CheckResult
 from hearth.errors import Hop
-from hearth.providers.proxyserver import ProxyServer, ProxyThread
-from hearth.providers.standin import _certs
+from hearth.standins.proxyserver import ProxyServer, ProxyThread
+from hearth.standins.standin import _certs
 from tests.proxy.tlskit import TlsServer, tls_server
 
 HOST = "provider.test"

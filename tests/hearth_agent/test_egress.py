@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import pytest
 
 from hearth.api.local import free_port
-from hearth.providers.proxyserver import ProxyServer, ProxyThread
 from hearth.session.reach import page_unreachable
+from hearth.standins.proxyserver import ProxyServer, ProxyThread
 from hearth_agent.egress import Egress
 from hearth_agent.pageprobe import local_proxy, probe
 from tests.proxy.tlskit import BODY, tls_server

@@ -1,7 +1,7 @@
 """The sandbox's local proxy chains to the upstream egress proxy with the user's credentials: curl (a CLI-ish client)
 reaches a TLS server signed by a throwaway CA through it, the upstream records the user and the port; a proxy that
 refuses the credentials or is down is answered 502 naming the proxy hop — at once, not at a flow timeout — and the
-failure is reported once. Real sockets on loopback; the upstream is hearth/providers/proxyserver.py."""
+failure is reported once. Real sockets on loopback; the upstream is hearth/standins/proxyserver.py."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.providers.proxyserver import ProxyServer
-from hearth.providers.standin import _certs
+from hearth.standins.proxyserver import ProxyServer
+from hearth.standins.standin import _certs
 from hearth_agent.egressproxy import LocalProxy, Upstream, parse_allow
 
 HOST = "provider.test"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.providers.standin import _certs
+from hearth.standins.standin import _certs
 from hearth_agent.pageprobe import probe
 
 

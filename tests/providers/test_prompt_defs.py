@@ -1,6 +1,6 @@
 """The real CLIs' `prompt` sections (hearth/providers/defs/{claude_code,codex,gemini_cli}.json) against the JSON lines
 the pinned CLIs really printed (tests/providers/fixtures/prompts/<provider>_<case>.jsonl, captured by running each
-CLI in a namespace against the model-API stand-in, hearth/providers/modelapi.py: `text` a plain answer, `refresh`
+CLI in a namespace against the model-API stand-in, hearth/standins/modelapi.py: `text` a plain answer, `refresh`
 an expired token refreshed during the prompt, `revoked` a revoked account, `tool` a tool call then the answer).
 Mapped with the one engine (hearth_agent/promptdef.py): text intact, tools named, usage, the conversation id, and a
 revoked credential's words matched by the definition's `needs_signin`."""
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hearth.providers import modelapi
 from hearth.providers.registry import load
+from hearth.standins import modelapi
 from hearth_agent.promptdef import PromptSpec, map_line, parse_prompt_section
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prompts"

@@ -1,6 +1,6 @@
 """One address per person, through a real controller: a user's sign-in sandbox (its Chromium opening the sign-in
 page) and their CLI sandbox both leave through that user's port of the upstream proxy; another user through
-another port. The proxy (hearth/providers/proxyserver.py, Basic auth, recording port and user per request) and the
+another port. The proxy (hearth/standins/proxyserver.py, Basic auth, recording port and user per request) and the
 provider's HTTPS server (a throwaway CA, given as HEARTH_EXTRA_CA_CERTS) run in the controller's fabric namespace;
 the proxy on BRIDGE_IP, a port range opened to sandboxes. A client inside each sandbox (curl in its namespace,
 through the sandbox's local proxy on 127.0.0.1) reaches the provider; the password is in no API answer."""
@@ -68,7 +68,7 @@ async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
         sock = await asyncio.to_thread(socket_in_netns, settings.fabric_netns)
         with tls_server(tmp_path, HOST, sock) as web:
             proxy = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.providers.proxyserver",
+                "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.standins.proxyserver",
                 "--listen", bridge, "--ports", ports, "--record", str(record), "--resolve", f"{HOST}=127.0.0.1",
                 env={**os.environ, "PROXY_USER": f"alice:{SECRET}"}, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -163,7 +163,7 @@ async def test_a_pooled_sandbox_leaves_through_its_persons_port(
         sock = await asyncio.to_thread(socket_in_netns, settings.fabric_netns)
         with tls_server(tmp_path, HOST, sock) as web:
             proxy = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.providers.proxyserver",
+                "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.standins.proxyserver",
                 "--listen", bridge, "--ports", str(lo), "--record", str(record), "--resolve", f"{HOST}=127.0.0.1",
                 env={**os.environ, "PROXY_USER": f"alice:{SECRET}"}, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip

@@ -15,9 +15,9 @@ from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
 from hearth.guest import configdrive
 from hearth.lifecycle.manager import SandboxManager
-from hearth.providers.standin import _certs
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
+from hearth.standins.standin import _certs
 from hearth.store.db import Database
 from hearth.vault.keys import KeyRing, MasterKey
 from hearth_agent.policy import POLICY, policy, write_policy

@@ -1,7 +1,7 @@
 """Through a real netns sandbox: its CLI (a Python client run by the agent's login runner, with the agent's CLI
 environment) and its Chromium (hearth's managed policy: ProxySettings, CACertificates) reach an HTTPS server of a
 throwaway CA through the user's port of an upstream proxy that requires Basic auth and records port and user — the
-proxy (hearth/providers/proxyserver.py) and the server run in the test fabric's namespace, which this test creates,
+proxy (hearth/standins/proxyserver.py) and the server run in the test fabric's namespace, which this test creates,
 on BRIDGE_IP ports opened to sandboxes (HEARTH_FABRIC_OPEN_PORTS). The proxy's password is in no sandbox process's
 argv or environment, not in the agent's log, not in Chromium's policy."""
 
@@ -74,7 +74,7 @@ async def test_cli_and_chromium_go_through_the_users_port_and_trust_the_extra_ca
     with tls_server(tmp_path, HOST, sock) as web:
         # the TLS port is not opened to sandboxes: only the proxy (in the fabric namespace) reaches it
         proxy = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", s.fabric_netns, sys.executable, "-m", "hearth.providers.proxyserver",
+            "ip", "netns", "exec", s.fabric_netns, sys.executable, "-m", "hearth.standins.proxyserver",
             "--listen", bridge, "--ports", str(proxy_port), "--record", str(record),
             "--resolve", f"{HOST}=127.0.0.1",
             env={**os.environ, "PROXY_USER": f"alice:{SECRET}"}, stdout=asyncio.subprocess.PIPE,

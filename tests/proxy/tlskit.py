@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hearth.providers.standin import _certs
+from hearth.standins.standin import _certs
 
 BODY = b"hello from the provider\n"
 

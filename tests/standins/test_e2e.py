@@ -1,9 +1,9 @@
 """The product's main path, offline: for claude_code, codex, gemini_cli (the pinned real CLIs) and the example
 provider, each sign-in mode their definition declares, through a real controller whose fabric's uplink leads into
-the internet stand-in (hearth/providers/internet.py) — DNS through the fabric's forwarder, TLS against
+the internet stand-in (hearth/standins/internet.py) — DNS through the fabric's forwarder, TLS against
 HEARTH_EXTRA_CA_CERTS, the person in Debian's Chromium (Playwright): in remote_browser mode a click on the
 provider's "Authorize" button drawn in the viewer (noVNC pointer input), in direct mode their own browser on the
-provider's page and the viewer page (hearth/providers/e2e.py). The controller runs HEARTH_EGRESS_POLICY=provider:
+provider's page and the viewer page (hearth/standins/e2e.py). The controller runs HEARTH_EGRESS_POLICY=provider:
 the sign-ins need nothing beyond their definitions' `egress_domains`, and a hostile page in a sign-in sandbox is
 refused the metadata address, the host, another sandbox and a foreign name, each refusal counted in /metrics.
 One stand-in and one controller for the module."""
@@ -25,11 +25,11 @@ import pytest_asyncio
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import slot_for
 from hearth.providers import clis
-from hearth.providers.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
-from hearth.providers.inetweb import ExampleServer
-from hearth.providers.internet import EXAMPLE_IP, HOST_IP, PERSON_IP
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
+from hearth.standins.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
+from hearth.standins.inetweb import ExampleServer
+from hearth.standins.internet import EXAMPLE_IP, HOST_IP, PERSON_IP
 
 pytestmark = [
     pytest.mark.netns,
@@ -47,7 +47,7 @@ T0 = time.monotonic()
 async def run() -> AsyncIterator[Run]:
     async with e2e_run({"HEARTH_EGRESS_POLICY": "provider"}, prefix="h3e") as r:
         yield r
-    print(f"\ntests/providers/test_e2e.py: {time.monotonic() - T0:.1f} s for the module")
+    print(f"\ntests/standins/test_e2e.py: {time.monotonic() - T0:.1f} s for the module")
 
 
 @pytest.mark.parametrize(("provider", "mode"), CASES, ids=[f"{p}-{m.value}" for p, m in CASES])

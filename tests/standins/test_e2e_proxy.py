@@ -1,4 +1,4 @@
-"""One address per person, proven on the main path: the sign-ins of tests/providers/test_e2e.py with
+"""One address per person, proven on the main path: the sign-ins of tests/standins/test_e2e.py with
 HEARTH_EGRESS_PROXY pointing at the upstream proxy inside the internet stand-in. Everything of a user's sign-in — the
 sandbox's Chromium loading the provider's page and the CLI exchanging its code — reaches the provider through that
 user's own port on the proxy (GET /api/users/{id}/egress), with the proxy's credentials, and nothing goes around it.
@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from hearth.providers import clis
-from hearth.providers.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
-from hearth.providers.internet import HOST_IP, PROXY_IP, PROXY_USER, zone
 from hearth.providers.model import SigninMode
+from hearth.standins.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
+from hearth.standins.internet import HOST_IP, PROXY_IP, PROXY_USER, zone
 
 pytestmark = [
     pytest.mark.netns,
@@ -35,7 +35,7 @@ T0 = time.monotonic()
 async def run() -> AsyncIterator[Run]:
     async with e2e_run(prefix="h3p", proxy=True) as r:
         yield r
-    print(f"\ntests/providers/test_e2e_proxy.py: {time.monotonic() - T0:.1f} s for the module")
+    print(f"\ntests/standins/test_e2e_proxy.py: {time.monotonic() - T0:.1f} s for the module")
 
 
 @pytest.mark.parametrize(("provider", "mode"), CASES, ids=[f"{p}-{m.value}" for p, m in CASES])

@@ -1,6 +1,6 @@
 """Prompt conformance through hearth's API with the real CLIs: the controller's prompt API (hearth/prompts/), the
 user's real CLI sandbox (netns driver), its agent's runner, and the CLI reaching the model-API stand-in
-(hearth/providers/modelapi.py) over the real path — the internet stand-in (hearth/providers/internet.py: DNS, the
+(hearth/standins/modelapi.py) over the real path — the internet stand-in (hearth/standins/internet.py: DNS, the
 fabric's egress, HTTPS under a throwaway CA trusted through HEARTH_EXTRA_CA_CERTS).
 
 Per provider (the user's credential sealed in the vault as a sign-in leaves it):
@@ -11,7 +11,7 @@ Per provider (the user's credential sealed in the vault as a sign-in leaves it):
 - `revoked`: the account revoked at the stand-in → `failed` at step `credentials`, the credential `needs_signin`,
   and the next prompt gets 409.
 
-Used by tests/providers/test_prompt_api.py; needs root.
+Used by tests/standins/test_prompt_api.py; needs root.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from hearth.providers import modelapi, promptcheck
-from hearth.providers.modelapi import ModelAPI
+from hearth.standins import modelapi, promptcheck
+from hearth.standins.modelapi import ModelAPI
 from hearth.vault.store import CredentialFile
 
 SCENARIOS = ("answer", "refresh", "cancel", "revoked")
@@ -58,7 +58,7 @@ class World:
     api: ModelAPI
     ctl: Any  # hearth.api.local.LocalController
     http: httpx.AsyncClient
-    inet: Any = None  # hearth.providers.internet.Internet
+    inet: Any = None  # hearth.standins.internet.Internet
 
 
 @contextlib.asynccontextmanager
@@ -66,8 +66,8 @@ async def world(prefix: str = "hearth-pa", env: dict[str, str] | None = None) ->
     """The internet stand-in answering with a model-API stand-in, and a controller attached to it (`env`: more
     settings, e.g. HEARTH_POOL_SIZE)."""
     from hearth.api.local import local_controller, scratch_settings
-    from hearth.providers.e2e import settings_env
-    from hearth.providers.internet import internet
+    from hearth.standins.e2e import settings_env
+    from hearth.standins.internet import internet
 
     api = ModelAPI()
     with contextlib.ExitStack() as stack:

@@ -1,7 +1,7 @@
 """Prompt conformance: each real, pinned CLI answers prompts through the CLI sandbox's agent, offline.
 
 For one provider: a network namespace of our own (loopback only), the providers' network stand-in in it with the
-model APIs (hearth/providers/modelapi.py), a HOME holding the provider's signed-in credential files (as the vault
+model APIs (hearth/standins/modelapi.py), a HOME holding the provider's signed-in credential files (as the vault
 delivers them), a stand-in for the controller's callback endpoint on loopback (it records the prompt batches), and
 the agent's own prompt runner (hearth_agent/promptrun.py: `Prompts`) starting the CLI from the definition's `prompt`
 section inside that namespace. Scenarios:
@@ -14,7 +14,7 @@ section inside that namespace. Scenarios:
   CLI's own words;
 - `cancel`: the stand-in streams slowly; a cancel after the first `text` ends the CLI's whole process tree.
 
-Used by tests/providers/test_prompt_conformance.py and `hearth providers check --prompts`; needs root.
+Used by tests/standins/test_prompt_conformance.py and `hearth providers check --prompts`; needs root.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from hearth.providers import modelapi
-from hearth.providers.conformance import cli_version, offline_netns
 from hearth.providers.model import Provider
-from hearth.providers.modelapi import ModelAPI
-from hearth.providers.standin import Net, fake_jwt, provider_net, wrap
+from hearth.standins import modelapi
+from hearth.standins.conformance import cli_version, offline_netns
+from hearth.standins.modelapi import ModelAPI
+from hearth.standins.standin import Net, fake_jwt, provider_net, wrap
 from hearth_agent.promptrun import Prompts, descendants
 
 SCENARIOS = ("answer", "refresh", "revoked", "cancel")

@@ -1,4 +1,4 @@
-"""Prompt conformance with the real, pinned CLIs (hearth/providers/promptcheck.py), offline: each CLI runs from its
+"""Prompt conformance with the real, pinned CLIs (hearth/standins/promptcheck.py), offline: each CLI runs from its
 definition's `prompt` section through the CLI sandbox's agent runner (hearth_agent/promptrun.py, the code the
 sandbox runs), inside a network namespace created here, against the model-API stand-in (hearth/providers/
 modelapi.py on the providers' HTTPS stand-in: a test CA, a hosts file bound over /etc/hosts for the CLI only); the
@@ -11,7 +11,7 @@ batches go to a real HTTP receiver standing in for the controller's callback end
 - cancel: mid-stream (the stand-in has sent part of a slow answer) → cancelled, none of the CLI's processes left.
 - write: the model asks for a file in the workspace: read_only (plan mode) refuses, workspace_write writes it.
 
-Through the controller's API (vault version +1, 409 after needs_signin): tests/providers/test_prompt_api.py."""
+Through the controller's API (vault version +1, 409 after needs_signin): tests/standins/test_prompt_api.py."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import os
 
 import pytest
 
-from hearth.providers import clis, modelapi, promptcheck
+from hearth.providers import clis
 from hearth.providers.registry import load
+from hearth.standins import modelapi, promptcheck
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 PROVIDERS = load()

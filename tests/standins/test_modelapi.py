@@ -1,14 +1,14 @@
-"""The model-API stand-in (hearth/providers/modelapi.py): streamed answers in each API's wire format, refresh with a
+"""The model-API stand-in (hearth/standins/modelapi.py): streamed answers in each API's wire format, refresh with a
 rotated refresh token (the old one refused afterwards), a revoked account answered 401 / invalid_grant. Pure
-function calls here; the real CLIs against it: tests/providers/test_prompt_conformance.py."""
+function calls here; the real CLIs against it: tests/standins/test_prompt_conformance.py."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from hearth.providers import modelapi
-from hearth.providers.modelapi import ModelAPI, model_route
+from hearth.standins import modelapi
+from hearth.standins.modelapi import ModelAPI, model_route
 
 
 def events(out: Any) -> list[dict[str, Any]]:

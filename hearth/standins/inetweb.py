@@ -1,4 +1,4 @@
-"""The internet stand-in's HTTPS pages (hearth/providers/internet.py): what a person and a CLI meet at a provider.
+"""The internet stand-in's HTTPS pages (hearth/standins/internet.py): what a person and a CLI meet at a provider.
 
 - Any GET carrying an OAuth authorization request (`response_type=code` and `redirect_uri`) is answered with the
   provider's authorize page: one button, "Authorize", that fills the whole page (a click anywhere on the page in the
@@ -7,7 +7,7 @@
   `codeassist.google.com/authcode`: the code), in `<code id=code>`.
 - Codex's device page (`auth.openai.com/codex/device`): a field for the code the CLI shows and a button; the right
   code approves the device authorization the CLI polls for.
-- Everything else: the token, device-code and API endpoints of hearth/providers/standin.py's responder (JSON).
+- Everything else: the token, device-code and API endpoints of hearth/standins/standin.py's responder (JSON).
 - The example provider (its own name): the example IdP of hearth_example/idp.py, with the same full-page
   "Authorize" button on its consent page.
 Every request is recorded with the address it came from.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from hearth.providers.standin import DEVICE_USER_CODE, Net, Responder, default_responder
+from hearth.standins.standin import DEVICE_USER_CODE, Net, Responder, default_responder
 from hearth_agent.server import NoLookupBind
 from hearth_example import idp
 

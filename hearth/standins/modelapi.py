@@ -1,5 +1,5 @@
 """Stand-ins for the model APIs the pinned CLIs call for a prompt, answered by the providers' network stand-in
-(hearth/providers/standin.py) inside a namespace of our own, offline.
+(hearth/standins/standin.py) inside a namespace of our own, offline.
 
 What each CLI calls (read off their bundles and their requests to the stand-in):
 - Claude Code: `POST api.anthropic.com/v1/messages?beta=true` (Messages API, streamed SSE), its OAuth refresh at
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hearth.providers.standin import CURRENT, Net, Responder, default_responder, fake_jwt
+from hearth.standins.standin import CURRENT, Net, Responder, default_responder, fake_jwt
 
 __all__ = [
     "ANSWER",

@@ -1,4 +1,4 @@
-"""The internet stand-in by itself (hearth/providers/internet.py): from the host's side of it (the namespace a
+"""The internet stand-in by itself (hearth/standins/internet.py): from the host's side of it (the namespace a
 fabric's uplink leads into), names resolve through its DNS and its pages verify against its CA only; the authorize
 page's button redirects to the CLI's redirect_uri with the state; the device page approves only the code the CLI
 was given; everything it made is gone afterwards. The sign-ins through a real controller: tests/providers/
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from hearth.fabric.dial import socket_in_netns
-from hearth.providers.inetdns import resolve
-from hearth.providers.internet import DNS_IP, EXAMPLE_HOST, HOST_IP, PROXY_IP, PROXY_USER, internet
-from hearth.providers.internet import fetch as https_get
-from hearth.providers.standin import DEVICE_USER_CODE
+from hearth.standins.inetdns import resolve
+from hearth.standins.internet import DNS_IP, EXAMPLE_HOST, HOST_IP, PROXY_IP, PROXY_USER, internet
+from hearth.standins.internet import fetch as https_get
+from hearth.standins.standin import DEVICE_USER_CODE
 
 pytestmark = [pytest.mark.netns]
 

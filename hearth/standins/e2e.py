@@ -1,6 +1,6 @@
-"""Sign-ins end to end through the real path, offline: the internet stand-in (hearth/providers/internet.py) as the
+"""Sign-ins end to end through the real path, offline: the internet stand-in (hearth/standins/internet.py) as the
 fabric's uplink, a real controller (hearth.api.local) on a throwaway data dir, Debian's Chromium driven by
-Playwright as the person. Shared by tests/providers/test_e2e.py and `hearth providers check --e2e`.
+Playwright as the person. Shared by tests/standins/test_e2e.py and `hearth providers check --e2e`.
 
 - remote_browser: `POST /api/auth/start`; the person opens the viewer page; Chromium in the sandbox resolves the
   provider's name through the fabric's DNS, loads its authorize page over the egress (TLS verified against
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from hearth.api.local import LocalController, local_controller, scratch_settings
-from hearth.providers.inetweb import Seen
-from hearth.providers.internet import Internet, internet
 from hearth.providers.model import FlowName, SigninMode
-from hearth.providers.proxyserver import Seen as ProxySeen
-from hearth.providers.standin import DEVICE_USER_CODE
+from hearth.standins.inetweb import Seen
+from hearth.standins.internet import Internet, internet
+from hearth.standins.proxyserver import Seen as ProxySeen
+from hearth.standins.standin import DEVICE_USER_CODE
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -46,7 +46,7 @@ ARGS = [
 VIEWER_READY = "window.hearthState && window.hearthState.startsWith('ready')"
 STATES = ["starting", "ready", "awaiting_user", "credentials_captured", "delivered", "completed"]
 ENDED = ("completed", "failed", "cancelled", "expired")
-BUTTON_RGB = (0x1A, 0x7F, 0x37)  # the stand-in's "Authorize" button (hearth/providers/inetweb.py)
+BUTTON_RGB = (0x1A, 0x7F, 0x37)  # the stand-in's "Authorize" button (hearth/standins/inetweb.py)
 TOKEN_ENDPOINTS = {
     "claude_code": "POST platform.claude.com/v1/oauth/token",
     "codex": "POST auth.openai.com/oauth/token",

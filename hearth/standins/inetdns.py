@@ -1,4 +1,4 @@
-"""The internet stand-in's authoritative DNS server (hearth/providers/internet.py): A records for the providers'
+"""The internet stand-in's authoritative DNS server (hearth/standins/internet.py): A records for the providers'
 names, stdlib only (UDP and TCP on port 53 of a socket made inside the stand-in's namespace).
 
 Answers: A for a known name (the stand-in's address for it); NOERROR without answers for other types of a known

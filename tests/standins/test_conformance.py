@@ -1,7 +1,7 @@
 """Provider conformance with the real, pinned CLIs (clis/package-lock.json, installed by scripts/setup.sh and
 cached by lock hash: no download per run): every flow a definition declares is driven through the agent's sign-in
 routes (hearth_agent/signin.py) inside a network namespace created here, offline. The providers' network is a local
-stand-in (hearth/providers/standin.py: HTTPS on 127.0.0.1:443 in that namespace, a test CA trusted through
+stand-in (hearth/standins/standin.py: HTTPS on 127.0.0.1:443 in that namespace, a test CA trusted through
 NODE_EXTRA_CA_CERTS / SSL_CERT_FILE, a hosts file bound over /etc/hosts for the CLI only).
 
 Per flow: the sign-in URL with the flow's redirect is captured; the person's part is done (loopback: the redirect to
@@ -17,9 +17,10 @@ import urllib.parse
 
 import pytest
 
-from hearth.providers import clis, conformance
+from hearth.providers import clis
 from hearth.providers.model import FlowName
 from hearth.providers.registry import load
+from hearth.standins import conformance
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 PROVIDERS = load()

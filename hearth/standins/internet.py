@@ -14,7 +14,7 @@ a sandbox resolves the provider's name through the fabric's DNS forwarder, reach
                                    198.51.100.80 an upstream proxy (ports 10001-10008, Basic auth)
 
 HTTPS on :443 of each address with one leaf certificate for every name, signed by a throwaway CA
-(`ca_file`, for HEARTH_EXTRA_CA_CERTS); pages and endpoints: hearth/providers/inetweb.py; DNS: inetdns.py. The
+(`ca_file`, for HEARTH_EXTRA_CA_CERTS); pages and endpoints: hearth/standins/inetweb.py; DNS: inetdns.py. The
 "person's own browser" of a direct sign-in runs in <name>-you (`person_browser_argv`: resolv.conf → the stand-in's
 DNS): no address is ever added to the host's root namespace. Everything is named `<prefix><hex>…` and removed on
 exit (a context manager). Needs root.
@@ -38,10 +38,10 @@ from socketserver import BaseServer
 from typing import Any
 
 from hearth.fabric.dial import NETNS_RUN_DIR, _run_in_netns, socket_in_netns
-from hearth.providers.inetdns import DnsServer
-from hearth.providers.inetweb import ExampleServer, ProviderServer, Traffic
-from hearth.providers.proxyserver import ProxyServer, ProxyThread, port_list
-from hearth.providers.standin import HOSTS, SYSTEM_BUNDLE, Net, Responder, _certs, default_responder
+from hearth.standins.inetdns import DnsServer
+from hearth.standins.inetweb import ExampleServer, ProviderServer, Traffic
+from hearth.standins.proxyserver import ProxyServer, ProxyThread, port_list
+from hearth.standins.standin import HOSTS, SYSTEM_BUNDLE, Net, Responder, _certs, default_responder
 from hearth_example.idp import IdpState
 
 HOST_IP, GATEWAY_IP = "192.0.2.1", "192.0.2.254"  # the host's public-looking side and its next hop
@@ -278,7 +278,7 @@ def fetch(
     import http.client
     import urllib.parse
 
-    from hearth.providers.inetdns import resolve
+    from hearth.standins.inetdns import resolve
 
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""

@@ -7,7 +7,7 @@ command inside that namespace. Checked: the CLI is installed (and its version), 
 flow's redirect, what the person must see is pushed (device code / code prompt), and — when a completion step
 exists for the flow — the callback or code completes and the credential files arrive with their modes.
 
-Used by tests/providers/test_conformance.py and `hearth providers check`; needs root (namespaces).
+Used by tests/standins/test_conformance.py and `hearth providers check`; needs root (namespaces).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any
 
 from hearth.clisandbox.delivery import files_body
 from hearth.providers.model import FlowName, Provider
-from hearth.providers.standin import DEVICE_USER_CODE, REFUSED_CODE, Net, get_in_netns, wrap
-from hearth.providers.standin import provider_net as standin_net
+from hearth.standins.standin import DEVICE_USER_CODE, REFUSED_CODE, Net, get_in_netns, wrap
+from hearth.standins.standin import provider_net as standin_net
 from hearth.vault.store import CredentialFile
 from hearth_agent.signin import SignIn
 
@@ -162,7 +162,7 @@ def run_flow(
     """One flow of one provider, as described in the module docstring. `complete(step)` does
     what the person would (follow the redirect, type a code) against local stand-ins; without it the run stops
     after the URL. `prepare(netns)` starts stand-ins inside the namespace and yields extra environment for the CLI;
-    `standin` runs the providers' network stand-in (hearth/providers/standin.py) there and points the CLI at it;
+    `standin` runs the providers' network stand-in (hearth/standins/standin.py) there and points the CLI at it;
     `signed_in` then asks the CLI itself whether the delivered files sign it in (`_signed_in`)."""
     res = FlowResult(provider.name, flow.value)
     bin_dir = (clis_dir / "node_modules" / ".bin") if clis_dir is not None else None
@@ -310,7 +310,7 @@ def _signed_in(res: FlowResult, provider: Provider, pushes: Pushes, ns: str, net
         shutil.rmtree(home, ignore_errors=True)
 
 
-# ---- the person's part, per real CLI and flow (against hearth/providers/standin.py) ----------------------------
+# ---- the person's part, per real CLI and flow (against hearth/standins/standin.py) ----------------------------
 def _query(url: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
 

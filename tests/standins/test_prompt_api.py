@@ -1,7 +1,7 @@
-"""Prompt conformance through hearth's API with the real, pinned CLIs (hearth/providers/promptapi.py): a real
+"""Prompt conformance through hearth's API with the real, pinned CLIs (hearth/standins/promptapi.py): a real
 controller (API on loopback), the user's real CLI sandbox (netns driver) and its agent's runner, the CLI reaching the
-model-API stand-in (hearth/providers/modelapi.py) over the real path: the internet stand-in's DNS, the fabric's
-egress and HTTPS under a throwaway CA trusted through HEARTH_EXTRA_CA_CERTS (hearth/providers/internet.py).
+model-API stand-in (hearth/standins/modelapi.py) over the real path: the internet stand-in's DNS, the fabric's
+egress and HTTPS under a throwaway CA trusted through HEARTH_EXTRA_CA_CERTS (hearth/standins/internet.py).
 
 Per CLI, in one controller: the answer streamed over SSE to `done` with its text intact; a refresh during a prompt
 (vault version +1, the sandbox holds the rotated file); a cancel mid-stream (no CLI process left in the sandbox); a
@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from hearth.providers import clis, modelapi, promptapi
+from hearth.providers import clis
+from hearth.standins import modelapi, promptapi
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 

@@ -3,7 +3,7 @@ CONNECT and plain absolute-URI HTTP, Basic authentication required, listening on
 which port and which user every request came in on (the proof of "one address per person"). For tests, the internet
 stand-in and `hearth providers check --e2e`; not for production traffic.
 
-    python -m hearth.providers.proxyserver --listen 0.0.0.0 --ports 10001-10004 --user USER:PASS --record seen.jsonl
+    python -m hearth.standins.proxyserver --listen 0.0.0.0 --ports 10001-10004 --user USER:PASS --record seen.jsonl
 
 (run it inside a network namespace with `ip netns exec`; the password is read from --user or $PROXY_USER, never
 logged). Every read and connect has a timeout; connections are bounded.
@@ -220,7 +220,7 @@ def port_list(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hearth.providers.proxyserver")
+    ap = argparse.ArgumentParser(prog="python -m hearth.standins.proxyserver")
     ap.add_argument("--listen", default="127.0.0.1")
     ap.add_argument("--ports", default="10001-10004")
     ap.add_argument("--user", default=os.environ.get("PROXY_USER", ""), help="USER:PASS (or $PROXY_USER)")
