@@ -3,7 +3,7 @@
 
 `scrub_codes` is the one function every text that may carry a CLI's words passes through before it becomes a reason,
 an event detail or a log line: in the agent (hearth_agent/loginrun.py, before a failure is reported) and again in the
-controller (hearth/session/codes.py, at `SessionService`'s write of every reason and event detail), so an agent that
+controller (hearth/signin/codes.py, at `SessionService`'s write of every reason and event detail), so an agent that
 forgot — or an older image — still cannot put a code in the store. Stdlib only (it runs inside the sandbox).
 """
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hearth.session import wording
-from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionView
+from hearth.signin.prompts import SigninPrompt
 
 
 def _utc(value: datetime) -> datetime:

@@ -19,9 +19,9 @@ from hearth.config import Settings
 from hearth.gateway.embed import ReturnUrlError, check_return_url
 from hearth.gateway.tokens.base import Scope, TokenStore
 from hearth.providers.model import Provider
-from hearth.session.modes import ModeError, choose_mode
-from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionService
+from hearth.signin.modes import ModeError, choose_mode
+from hearth.signin.prompts import SigninPrompt
 
 _ERRORS: dict[int | str, dict[str, Any]] = problems.declare(401, 404, 409, 421, 502, 503)
 

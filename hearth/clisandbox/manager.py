@@ -269,7 +269,7 @@ class CliSandboxes:
 
     async def install_handed_over(self, vault: Vault) -> int:
         """Install the credentials that sign-ins on other nodes sealed for users whose CLI sandbox lives here (a
-        sign-in placed elsewhere waits for this: hearth/session/signin.py). Returns how many bundles were installed;
+        sign-in placed elsewhere waits for this: hearth/signin/flow.py). Returns how many bundles were installed;
         a failure is logged and retried on a later pass, backing off."""
         mine = self.s.node_id
 

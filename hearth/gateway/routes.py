@@ -33,10 +33,10 @@ from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
 from hearth.log import bind_session
-from hearth.session.modes import SigninMode
 from hearth.session.owner import refuse
 from hearth.session.service import SessionNotFound, SessionService, SessionView
 from hearth.session.states import Status
+from hearth.signin.modes import SigninMode
 
 log = logging.getLogger("hearth.gateway")
 

@@ -22,12 +22,13 @@ from hearth.errors import StoreError
 from hearth.gateway.embed import frame_ancestors
 from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
-from hearth.session import returnto, wording
-from hearth.session.modes import SigninMode
+from hearth.session import wording
 from hearth.session.owner import NotHere
-from hearth.session.prompts import SigninPrompt
 from hearth.session.service import SessionNotFound, SessionService, SessionView
-from hearth.session.signin import CodeRefused, SignInFlow
+from hearth.signin import returnto
+from hearth.signin.flow import CodeRefused, SignInFlow
+from hearth.signin.modes import SigninMode
+from hearth.signin.prompts import SigninPrompt
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # What each route can answer (the OpenAPI is the contract): the page's own refusals are HTML, the status stream's

@@ -34,12 +34,12 @@ from hearth.session import admission
 from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.browser import BrowserTurns
-from hearth.session.codes import SessionCodes
-from hearth.session.modes import SigninMode, has_desktop
 from hearth.session.notify import Changes
 from hearth.session.owner import refuse
 from hearth.session.pool import WarmPool
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
+from hearth.signin.codes import SessionCodes
+from hearth.signin.modes import SigninMode, has_desktop
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
 from hearth.vault.keys import KeyRing, MasterKey

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from hearth.session.states import Status
 
 if TYPE_CHECKING:
-    from hearth.session.prompts import SigninPrompt
     from hearth.session.service import SessionView
+    from hearth.signin.prompts import SigninPrompt
 
 
 class Step(StrEnum):

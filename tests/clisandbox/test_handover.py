@@ -22,7 +22,7 @@ from hearth.config import Settings
 from hearth.store.models import CliSandboxRow
 from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
-from tests.session.test_signin_direct_e2e import signin_of, wait_session
+from tests.signin.test_direct_e2e import signin_of, wait_session
 from tests.signinkit import browse, idp_env, issuer, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -3,7 +3,7 @@ PTY, the BROWSER hook, a stand-in for the controller's callback endpoint, and th
 
 Chromium is replaced here by a scripted "browser" (a Supervisor subclass overriding only `open_url`) because these
 are unit-level tests of the agent; the end-to-end test with Chromium in a real sandbox is
-tests/session/test_signin_e2e.py.
+tests/signin/test_flow_e2e.py.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.agentlink.callbacks import MAX_EVENTS
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
 from hearth.errors import Hop
@@ -32,6 +31,7 @@ from hearth.fabric.ports import GUEST_IFNAME
 from hearth.rfb.ws import first_frame
 from hearth.sandbox.netns import pids_in_netns
 from hearth.session.states import Status
+from hearth.signin.callbacks import MAX_EVENTS
 from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
 from tests.gateway.test_viewers import FRAME_REQUEST, INPUT, frame_of, open_viewer, settle

@@ -18,7 +18,7 @@ from hearth.config import Settings
 from hearth.providers.model import FlowName
 from tests.conftest import running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
-from tests.session.test_signin_direct_e2e import signin_of, wait_session
+from tests.signin.test_direct_e2e import signin_of, wait_session
 from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hearth.agentlink.callbacks import MAX_EVENTS, CallbackApp
 from hearth.agentlink.httpd import BoundedServer, Limits
-from hearth.session.prompts import SigninPrompt
+from hearth.signin.callbacks import MAX_EVENTS, CallbackApp
+from hearth.signin.prompts import SigninPrompt
 from hearth.vault.store import CredentialFile
 
 SECRET = "s3cret-agent-key"

@@ -27,7 +27,7 @@ from hearth.agentlink.httpd import BoundedServer, HttpRefusal, Limits, Request, 
 from hearth.agentlink.httpd import serve as serve_http
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
-from hearth.session.prompts import PromptError, SigninPrompt, parse_prompt
+from hearth.signin.prompts import PromptError, SigninPrompt, parse_prompt
 from hearth.vault.store import CredentialFile
 
 log = logging.getLogger("hearth.agentlink")

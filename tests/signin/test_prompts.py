@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hearth.session.prompts import MAX_CODE, PromptError, check_code, parse_prompt
+from hearth.signin.prompts import MAX_CODE, PromptError, check_code, parse_prompt
 
 
 def test_a_prompt_push_is_parsed_and_published_as_sent() -> None:
@@ -17,7 +17,7 @@ def test_a_prompt_push_is_parsed_and_published_as_sent() -> None:
         "user_code": "ABCD-EFGH",
         "awaiting_code": False,
         "message": None,
-        "detail": None,  # a refused code: the CLI's own words (the controller fills it, hearth/session/signin.py)
+        "detail": None,  # a refused code: the CLI's own words (the controller fills it, hearth/signin/flow.py)
         "renewed": False,
     }
     again = parse_prompt(

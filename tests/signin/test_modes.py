@@ -6,7 +6,7 @@ import pytest
 
 from hearth.providers.model import FlowName
 from hearth.providers.registry import load
-from hearth.session.modes import ModeError, SigninMode, choose_mode, has_desktop
+from hearth.signin.modes import ModeError, SigninMode, choose_mode, has_desktop
 
 
 def test_only_remote_browser_sessions_have_a_desktop() -> None:

@@ -25,11 +25,11 @@ from hearth.errors import HearthError, Hop
 from hearth.log import bind_session
 from hearth.providers.model import Provider
 from hearth.session import wording
-from hearth.session.modes import SigninMode
-from hearth.session.prompts import PromptError, SigninPrompt, check_code
 from hearth.session.reach import cli_unreachable, network_hop, page_unreachable
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
+from hearth.signin.modes import SigninMode
+from hearth.signin.prompts import PromptError, SigninPrompt, check_code
 from hearth.vault.store import CredentialFile, Vault
 from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from hearth.config import Settings
 from hearth.store.models import EventRow, SessionRow
 from tests.conftest import Running, running_controller
-from tests.session.test_signin_direct_e2e import signin_of, wait_session
+from tests.signin.test_direct_e2e import signin_of, wait_session
 from tests.signinkit import idp_env, running_idp
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
