@@ -1,5 +1,5 @@
 """A proxy that refuses hearth's credentials fails the session within seconds naming the proxy hop — through a real
-controller, sandbox, agent, Chromium and the example CLI: the upstream proxy (hearth/providers/proxyserver.py) runs in
+controller, sandbox, agent, Chromium and the example CLI: the upstream proxy (hearth/standins/proxyserver.py) runs in
 the controller's fabric namespace on BRIDGE_IP (a port opened to sandboxes) and answers 407 to the password hearth
 was given. Not at the flow's timeout (600 s here); the reason names the proxy and its fix, never the password; the
 person reads plain words; the user's port is the one GET /api/users/{id}/egress shows. A proxy that is down (nothing
@@ -18,7 +18,7 @@ import pytest
 from hearth.api.local import free_port
 from hearth.config import Settings
 from tests.conftest import running_controller
-from tests.session.test_signin_direct_e2e import wait_session
+from tests.signin.test_direct_e2e import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 WAIT = 90.0  # the test's bound: booting the sandbox and Chromium on a busy host, then the proxy's few seconds
@@ -42,7 +42,7 @@ async def test_a_proxy_refusing_the_credentials_fails_the_session_naming_the_pro
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
         proxy = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.providers.proxyserver",
+            "ip", "netns", "exec", settings.fabric_netns, sys.executable, "-m", "hearth.standins.proxyserver",
             "--listen", str(settings.bridge_ip), "--ports", str(port),
             env={**os.environ, "PROXY_USER": "alice:the-right-one"}, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
