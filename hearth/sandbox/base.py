@@ -1,13 +1,17 @@
-"""The driver seam: three methods. Readiness (agent, VNC, RFB) is checked by the session service, not here."""
+"""The driver seam: a Protocol of three verbs (start, destroy, alive), what a driver offers, and the spec it boots.
+
+Readiness (agent, VNC, RFB) is checked by the sandbox manager, not here. The drivers (netns, qemu, firecracker, the
+tests' loopback) are siblings that each satisfy `Driver`; each `start` is a list of named steps run by the one runner
+in `hearth.sandbox.steps`."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
+from hearth.errors import DriverError, Hop
 from hearth.fabric.slot import Slot
 
 StageMark = Callable[[str], None]
@@ -60,22 +64,25 @@ class Offers:
     controller_agent: bool = False  # runs this controller's agent (not the one baked into the guest image)
 
 
-class Driver(ABC):
+class Driver(Protocol):
+    """What the sandbox manager needs of a driver. `name` and `offers` are class attributes."""
+
     name: ClassVar[str]
     offers: ClassVar[Offers] = Offers()
 
     def console_tail(self, spec: SandboxSpec, limit: int) -> str:
-        """The tail of the guest's serial console; only drivers whose `offers.console_tail` is set have one."""
-        raise NotImplementedError(f"the {self.name} driver has no guest console")
+        """The tail of the guest's serial console; only drivers whose `offers.console_tail` is set have one (callers ask
+        `offers` first; a driver without one raises this DriverError)."""
+        raise DriverError(Hop.DRIVER, f"the {self.name} driver has no guest console", "ask `offers.console_tail` first")
 
-    @abstractmethod
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
         """Create and boot the sandbox. On any failure, undo everything acquired, then raise a HearthError."""
+        ...
 
-    @abstractmethod
     async def destroy(self, spec: SandboxSpec) -> None:
         """Stop the sandbox and remove all it holds (processes, links, namespaces, files). Idempotent."""
+        ...
 
-    @abstractmethod
     async def alive(self, spec: SandboxSpec) -> bool:
         """Whether the sandbox's top process still runs."""
+        ...

@@ -27,9 +27,10 @@ import secrets
 import shutil
 import stat
 import time
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hearth.config import Settings
 from hearth.egress.policy import resolv_conf
@@ -41,9 +42,10 @@ from hearth.guest.layout import GuestImage
 from hearth.lifecycle import readiness
 from hearth.providers import clis
 from hearth.providers.clis import GUEST_CLIS
-from hearth.sandbox import hostscope
-from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox import hostscope, steps
+from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes, tail
+from hearth.sandbox.steps import Check, Step
 from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
@@ -98,9 +100,27 @@ def _remove_workdir(path: Path) -> None:
         _rmtree(old)
 
 
-class NetnsDriver(Driver):
-    name = "netns"
-    offers = Offers(persistent_home=True, guest_netns=True, controller_agent=True)
+@dataclass
+class _Boot:
+    """What one start's steps find for the later ones."""
+
+    bwrap: str = ""
+    guest: Path = Path()
+    proc: asyncio.subprocess.Process | None = None
+
+    def set_bwrap(self, name: str) -> None:
+        found = shutil.which(name)
+        if found is None:
+            raise DriverError(Hop.DRIVER, f"{name} not found", "install bubblewrap (scripts/setup.sh)")
+        self.bwrap = found
+
+    async def set_guest(self, found: Awaitable[Path]) -> None:
+        self.guest = await found
+
+
+class NetnsDriver:
+    name: ClassVar[str] = "netns"
+    offers: ClassVar[Offers] = Offers(persistent_home=True, guest_netns=True, controller_agent=True)
 
     def __init__(self, settings: Settings, bwrap: str = "bwrap") -> None:
         self.s = settings
@@ -108,6 +128,9 @@ class NetnsDriver(Driver):
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._guest: Path | None = None
         self._scans = SharedScan()  # sandboxes stopping at once (a drain) share each pass over /proc
+
+    def console_tail(self, spec: SandboxSpec, limit: int = 8192) -> str:
+        raise DriverError(Hop.DRIVER, "the netns driver has no guest console", "ask `offers.console_tail` first")
 
     # ---- pure -----------------------------------------------------------------------------------
     def ids(self, spec: SandboxSpec) -> tuple[int, int]:
@@ -197,46 +220,56 @@ class NetnsDriver(Driver):
             *(["--notify-fd", str(notify_fd)] if notify_fd >= 0 else []),
         ]  # fmt: skip
 
-    # ---- start ----------------------------------------------------------------------------------
-    async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
-        bwrap = shutil.which(self.bwrap)
-        if bwrap is None:
-            raise DriverError(Hop.DRIVER, f"{self.bwrap} not found", "install bubblewrap (scripts/setup.sh)")
+    # ---- start: named steps, run by the one runner (hearth/sandbox/steps.py) -------------------------------------
+    def steps(self, spec: SandboxSpec, boot: _Boot) -> list[Step]:
+        """What `start` does, in order; each undo is registered once its step is done."""
         netns = spec.slot.netns
-        try:
-            async with AsyncExitStack() as undo:
-                if netlink.netns_exists(netns):
-                    log.warning("replacing leftovers of this slot", extra={"netns": netns})
-                    await self.destroy(spec)
-                if not await asyncio.to_thread(netlink.create_netns, netns):
-                    raise DriverError(
-                        Hop.DRIVER, f"namespace {netns} appeared concurrently", "is the slot leased twice?"
-                    )
-                undo.push_async_callback(asyncio.to_thread, netlink.remove_netns, netns)
-                undo.push_async_callback(ports.remove_port, self.s, spec.slot.veth_host)
-                await ports.add_veth(self.s, spec.slot)
-                mark("namespace")
-                guest = await asyncio.to_thread(self._guest_dir)
-                undo.push_async_callback(asyncio.to_thread, _remove_workdir, spec.workdir)
-                await asyncio.to_thread(self._prepare_dirs, spec, guest)
-                undo.push_async_callback(self._stop_processes, spec)
-                proc, notices = await self._launch(spec, bwrap, guest)
-                await self._wait_agent(spec, proc, min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT), notices)
-                mark("process")
-                undo.pop_all()
-        except HearthError:
-            raise
-        except Exception as exc:
-            first = exc.__context__ if isinstance(exc.__context__, Exception) else None
-            during = f" (while undoing after {type(first).__name__}: {first})" if first is not None else ""
-            raise DriverError(
-                Hop.DRIVER,
-                f"netns sandbox {netns} failed to start: {type(exc).__name__}: {exc}{during}",
-                f"see {self.log_path(spec)}",
-            ) from exc
-        details = {"netns": netns, "veth": spec.slot.veth_host, "ip": str(spec.slot.ip)}
+        return [
+            Step("reclaim", lambda: self._reclaim(spec)),
+            Step("netns", lambda: self._create_netns(netns), lambda: asyncio.to_thread(netlink.remove_netns, netns)),
+            Step(
+                "namespace",
+                lambda: ports.add_veth(self.s, spec.slot),
+                lambda: ports.remove_port(self.s, spec.slot.veth_host),
+                stage=True,
+                partial=True,
+            ),
+            Step("guest", lambda: boot.set_guest(asyncio.to_thread(self._guest_dir))),
+            Step(
+                "workdir",
+                lambda: asyncio.to_thread(self._prepare_dirs, spec, boot.guest),
+                lambda: asyncio.to_thread(_remove_workdir, spec.workdir),
+                partial=True,
+            ),
+            Step(
+                "process", lambda: self._boot(spec, boot), lambda: self._stop_processes(spec), stage=True, partial=True
+            ),
+        ]
+
+    async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
+        boot = _Boot()
+        checks = [Check("bubblewrap", lambda: boot.set_bwrap(self.bwrap))]
+        what = f"netns sandbox {spec.slot.netns}"
+        await steps.run(self.steps(spec, boot), mark, what=what, hint=f"see {self.log_path(spec)}", checks=checks)
+        assert boot.proc is not None
+        details = {"netns": spec.slot.netns, "veth": spec.slot.veth_host, "ip": str(spec.slot.ip)}
         details |= {"workdir": str(spec.workdir), "log": str(self.log_path(spec))}
-        return SandboxInfo(pid=proc.pid, details=details)
+        return SandboxInfo(pid=boot.proc.pid, details=details)
+
+    async def _reclaim(self, spec: SandboxSpec) -> None:
+        if netlink.netns_exists(spec.slot.netns):
+            log.warning("replacing leftovers of this slot", extra={"netns": spec.slot.netns})
+            await self.destroy(spec)
+
+    @staticmethod
+    async def _create_netns(netns: str) -> None:
+        if not await asyncio.to_thread(netlink.create_netns, netns):
+            raise DriverError(Hop.DRIVER, f"namespace {netns} appeared concurrently", "is the slot leased twice?")
+
+    async def _boot(self, spec: SandboxSpec, boot: _Boot) -> None:
+        """Launch the sandbox's processes and wait until its agent listens."""
+        boot.proc, notices = await self._launch(spec, boot.bwrap, boot.guest)
+        await self._wait_agent(spec, boot.proc, min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT), notices)
 
     def _guest_dir(self) -> Path:
         if self._guest is None:  # the first start of this controller: say which userspace sandboxes run

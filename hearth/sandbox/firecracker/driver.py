@@ -17,9 +17,9 @@ import shutil
 import signal
 import time
 from collections.abc import Awaitable
-from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from hearth.childproc import signal_child
 from hearth.config import Settings
@@ -28,7 +28,8 @@ from hearth.fabric import netlink
 from hearth.fabric.ports import add_tap, remove_port
 from hearth.guest.layout import GuestImage
 from hearth.sandbox import procs as proc
-from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox import steps
+from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.firecracker import disk
 from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
 from hearth.sandbox.firecracker.plan import (
@@ -49,6 +50,7 @@ from hearth.sandbox.firecracker.plan import (
     plan,
     socket_path_problem,
 )
+from hearth.sandbox.steps import Check, Step
 
 log = logging.getLogger("hearth.sandbox.firecracker")
 T = TypeVar("T")
@@ -57,15 +59,35 @@ _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # the cgroup v2 hierarchy (v1 controllers are found in /proc/mounts)
 
 
-class FirecrackerDriver(Driver):
+@dataclass
+class _Boot:
+    """What one start's checks and steps find for the later ones."""
+
+    binary: str = ""
+    jailer: str | None = None
+    planned: Plan | None = None
+    child: asyncio.subprocess.Process | None = None
+    copy: str = ""
+    version: str = ""
+
+    def set_binaries(self, found: tuple[str, str | None]) -> None:
+        self.binary, self.jailer = found
+
+    @property
+    def plan(self) -> Plan:
+        assert self.planned is not None, "planned by the socket-path check, before any step"
+        return self.planned
+
+
+class FirecrackerDriver:
     """Sandboxes as Firecracker microVMs. Needs root, /dev/kvm, the fabric, and the firecracker binary.
 
     `image` is the guest (uncompressed `vmlinux`, optional initrd, ext4 rootfs); `binary` the firecracker
     executable (a name on PATH or a path); `jailer` runs it through Firecracker's jailer instead of `nsenter`.
     """
 
-    name = "firecracker"
-    offers = Offers(ports=("tap",))
+    name: ClassVar[str] = "firecracker"
+    offers: ClassVar[Offers] = Offers(ports=("tap",))
 
     def __init__(
         self,
@@ -102,6 +124,9 @@ class FirecrackerDriver(Driver):
         self.kill_timeout = kill_timeout
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
+    def console_tail(self, spec: SandboxSpec, limit: int = 8192) -> str:
+        raise DriverError(Hop.DRIVER, "the firecracker driver has no guest console", "ask `offers.console_tail` first")
+
     # ---- pure ------------------------------------------------------------------------------------
     def plan(self, spec: SandboxSpec, binary: str | None = None, jailer_binary: str | None = None) -> Plan:
         """What `start(spec)` will do (layout, argv, API calls), without touching the host."""
@@ -134,10 +159,24 @@ class FirecrackerDriver(Driver):
             raise DriverError(Hop.DRIVER, f"{what} binary not found: {name!r} {where}", f"{fix}, or set {setting}")
         return os.path.abspath(found)
 
-    def preflight(self, fabric: bool = True) -> tuple[str, str | None]:
-        """Fail fast, before anything is created, naming the fix; returns the resolved (firecracker, jailer).
+    def checks(self, boot: _Boot, fabric: bool = True) -> list[Check]:
+        """The validation list: fail fast, before anything is created, naming the fix. The binaries' resolved paths
+        land in `boot`. `fabric=False` skips the fabric check (for choosing a driver before the fabric is up)."""
+        return [
+            Check("firecracker binary", lambda: boot.set_binaries(self._binaries())),
+            Check("kvm", self._check_kvm),
+            Check("kernel", self._check_kernel),
+            Check("image files", self._check_files),
+            *([Check("fabric", self._check_fabric)] if fabric else []),
+        ]
 
-        `fabric=False` skips the fabric check (for choosing a driver before the fabric is up)."""
+    def preflight(self, fabric: bool = True) -> tuple[str, str | None]:
+        """Run the checks alone; returns the resolved (firecracker, jailer)."""
+        boot = _Boot()
+        steps.preflight(self.checks(boot, fabric), what="firecracker")
+        return boot.binary, boot.jailer
+
+    def _binaries(self) -> tuple[str, str | None]:
         fc = self._resolve(
             self.binary,
             "firecracker",
@@ -160,12 +199,17 @@ class FirecrackerDriver(Driver):
                 )
         else:
             self._resolve("nsenter", "nsenter", "PATH", "install util-linux (apt-get install util-linux)")
+        return fc, jl
+
+    def _check_kvm(self) -> None:
         if self.kvm_device is not None and not os.access(self.kvm_device, os.R_OK | os.W_OK):
             raise DriverError(
                 Hop.DRIVER,
                 f"{self.kvm_device} is missing or not read/writable",
                 "run on a KVM host (bare metal or nested virtualisation on), load kvm_intel/kvm_amd, run as root",
             )
+
+    def _check_kernel(self) -> None:
         kernel = kernel_of(self.image)
         try:
             with open(kernel, "rb") as f:
@@ -182,54 +226,55 @@ class FirecrackerDriver(Driver):
                 f"guest kernel {kernel} is not an uncompressed ELF vmlinux (Firecracker cannot boot a bzImage)",
                 "build `make vmlinux` (docs/firecracker.md) and point the image at it",
             )
+
+    def _check_files(self) -> None:
         for label, path in (("initrd", self.image.initrd), ("root filesystem", self.image.rootfs)):
             if path is not None and not path.is_file():
                 raise DriverError(
                     Hop.DRIVER, f"guest {label} {path} does not exist", "build the image (HEARTH_IMAGE_DIR)"
                 )
-        if fabric and not netlink.netns_exists(self.settings.fabric_netns):
+
+    def _check_fabric(self) -> None:
+        if not netlink.netns_exists(self.settings.fabric_netns):
             raise DriverError(
                 Hop.FABRIC,
                 f"fabric namespace {self.settings.fabric_netns} does not exist",
                 "run `hearth fabric up` (the controller does this at start)",
             )
-        return fc, jl
 
     # ---- the Driver seam ---------------------------------------------------------------------------
+    def steps(self, spec: SandboxSpec, boot: _Boot) -> list[Step]:
+        """What `start` does after the checks, in order. Unwinding kills the VMM and waits for its exit before the
+        TAP goes (a TAP held by a live process cannot be reused: EBUSY), then the files go."""
+        return [
+            Step("reclaim", lambda: self._reclaim(boot.plan.layout)),
+            Step("files", lambda: self._files(boot), lambda: self._remove_files(boot.plan.layout), partial=True),
+            Step(
+                "tap",
+                lambda: add_tap(self.settings, spec.slot),
+                lambda: remove_port(self.settings, spec.slot.tap_name),
+                partial=True,
+            ),
+            Step("process", lambda: self._boot(boot), lambda: self._kill(boot), stage=True, partial=True),
+        ]
+
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
-        fc, jl = self.preflight()
-        p = self.plan(spec, binary=fc, jailer_binary=jl)
-        lay = p.layout
-        too_long = socket_path_problem(lay)
-        if too_long:
-            raise DriverError(
-                Hop.CONFIG, too_long, "use a shorter HEARTH_DATA_DIR (e.g. /var/lib/hearth) or jailer chroot base dir"
-            )
-        await self._reclaim(lay)  # leftovers of this slot (a crashed controller) are ours to replace
-        async with AsyncExitStack() as undo:
-            undo.push_async_callback(self._remove_files, lay)
-            try:
-                await asyncio.to_thread(self._make_dirs, lay)
-                copy = await self._make_files(p)
-            except OSError as exc:
-                raise DriverError(
-                    Hop.DRIVER,
-                    f"cannot prepare the sandbox files in {lay.root}: {exc}",
-                    "check free space and permissions of HEARTH_DATA_DIR",
-                ) from exc
-            undo.push_async_callback(remove_port, self.settings, spec.slot.tap_name)  # idempotent: register first
-            await add_tap(self.settings, spec.slot)
-            child = await self._spawn(p)
-            undo.push_async_callback(self._kill_child, lay, child)
-            await self._until_exit(child, lay, self._wait_socket(lay, child), "opening its API socket")
-            async with FirecrackerApi(lay.api_socket, self.api_timeout) as api:
-                version = await self._until_exit(child, lay, api.version(), "answering GET /version")
-                for call in p.calls:
-                    timeout = self.boot_timeout if call.path == "/actions" else None
-                    await self._until_exit(child, lay, api.call(call, timeout), f"answering {call.method} {call.path}")
-            mark("process")
-            undo.pop_all()  # success: destroy(spec) owns everything now
-        log.info("microVM started", extra={"pid": child.pid, "vm_id": lay.vm_id, "rootfs_copy": copy})
+        boot = _Boot()
+
+        def socket_path() -> None:
+            boot.planned = self.plan(spec, binary=boot.binary, jailer_binary=boot.jailer)
+            too_long = socket_path_problem(boot.plan.layout)
+            if too_long:
+                hint = "use a shorter HEARTH_DATA_DIR (e.g. /var/lib/hearth) or jailer chroot base dir"
+                raise DriverError(Hop.CONFIG, too_long, hint)
+
+        checks = [*self.checks(boot), Check("socket path", socket_path)]
+        what = f"firecracker sandbox {spec.slot.netns}"
+        hint = f"see {spec.workdir}"
+        await steps.run(self.steps(spec, boot), mark, what=what, hint=hint, checks=checks)
+        lay, child = boot.plan.layout, boot.child
+        assert child is not None
+        log.info("microVM started", extra={"pid": child.pid, "vm_id": lay.vm_id, "rootfs_copy": boot.copy})
         return SandboxInfo(
             pid=child.pid,
             details={
@@ -238,11 +283,38 @@ class FirecrackerDriver(Driver):
                 "console_log": str(lay.console_log),
                 "firecracker_log": str(lay.host(LOG)),
                 "rootfs": str(lay.host(ROOTFS)),
-                "rootfs_copy": copy,
-                "firecracker_version": version,
+                "rootfs_copy": boot.copy,
+                "firecracker_version": boot.version,
                 "jailed": "yes" if lay.jailed else "no",
             },
         )
+
+    async def _files(self, boot: _Boot) -> None:
+        lay = boot.plan.layout
+        try:
+            await asyncio.to_thread(self._make_dirs, lay)
+            boot.copy = await self._make_files(boot.plan)
+        except OSError as exc:
+            raise DriverError(
+                Hop.DRIVER,
+                f"cannot prepare the sandbox files in {lay.root}: {exc}",
+                "check free space and permissions of HEARTH_DATA_DIR",
+            ) from exc
+
+    async def _boot(self, boot: _Boot) -> None:
+        """Launch the VMM, wait for its API socket, configure and boot the guest over it."""
+        p, lay = boot.plan, boot.plan.layout
+        child = boot.child = await self._spawn(p)
+        await self._until_exit(child, lay, self._wait_socket(lay, child), "opening its API socket")
+        async with FirecrackerApi(lay.api_socket, self.api_timeout) as api:
+            boot.version = await self._until_exit(child, lay, api.version(), "answering GET /version")
+            for call in p.calls:
+                timeout = self.boot_timeout if call.path == "/actions" else None
+                await self._until_exit(child, lay, api.call(call, timeout), f"answering {call.method} {call.path}")
+
+    async def _kill(self, boot: _Boot) -> None:
+        if boot.child is not None:
+            await self._kill_child(boot.plan.layout, boot.child)
 
     async def destroy(self, spec: SandboxSpec) -> None:
         lay = self.layout(spec)

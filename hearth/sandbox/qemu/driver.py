@@ -21,23 +21,25 @@ import os
 import shutil
 import signal
 import time
-from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
 from hearth.config import Settings
-from hearth.errors import DriverError, HearthError, Hop
+from hearth.errors import DriverError, Hop
 from hearth.fabric import ports
 from hearth.guest import configdrive
 from hearth.guest import files as guest
 from hearth.guest.layout import GuestImage
-from hearth.sandbox import procs
-from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox import procs, steps
+from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.qemu import accel as accel_probe
 from hearth.sandbox.qemu import pidfd
 from hearth.sandbox.qemu.cmdline import Accel, Files, Machine, argv, overlay_argv
 from hearth.sandbox.qemu.console import ConsoleWatch, console_tail, fatal_line
+from hearth.sandbox.steps import Check, Step
 
 log = logging.getLogger("hearth.sandbox.qemu")
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect chatter is not ours to log
@@ -76,9 +78,17 @@ def find_qemu(files: Files) -> int | None:
     return found[0] if found else None
 
 
-class QemuDriver(Driver):
-    name = "qemu"
-    offers = Offers(console_tail=True, ports=("tap",))
+@dataclass
+class _Boot:
+    """What one start's steps find for the later ones."""
+
+    files: Files
+    proc: asyncio.subprocess.Process | None = None
+
+
+class QemuDriver:
+    name: ClassVar[str] = "qemu"
+    offers: ClassVar[Offers] = Offers(console_tail=True, ports=("tap",))
 
     def __init__(
         self,
@@ -127,54 +137,87 @@ class QemuDriver(Driver):
         """The end of the sandbox's serial console (kernel messages, init, the agent's log lines)."""
         return console_tail(spec.workdir, limit)
 
-    # ---- lifecycle ------------------------------------------------------------------------------
+    # ---- start: the validation list, then named steps run by the one runner (hearth/sandbox/steps.py) ------------
+    def checks(self) -> list[Check]:
+        """What start needs, checked before anything is acquired; each failure names the fix."""
+
+        def image() -> None:
+            missing = image_problems(self.image)
+            if missing:
+                raise DriverError(
+                    Hop.DRIVER, f"the guest image is incomplete: missing {', '.join(missing)}", IMAGE_HINT
+                )
+
+        def tool(name: str, pkg: str) -> Check:
+            def found() -> None:
+                if shutil.which(name) is None:
+                    raise DriverError(Hop.DRIVER, f"{name} not found", f"install {pkg} (scripts/setup.sh)")
+
+            return Check(name, found)
+
+        return [
+            Check("image", image),
+            tool(self.binary, "qemu-system-x86"),
+            tool(self.qemu_img, "qemu-utils"),
+            tool("nsenter", "util-linux"),
+        ]
+
     def preflight(self) -> None:
-        """Check what start needs before acquiring anything; each failure names the fix."""
-        missing = image_problems(self.image)
-        if missing:
-            raise DriverError(Hop.DRIVER, f"the guest image is incomplete: missing {', '.join(missing)}", IMAGE_HINT)
-        for tool, pkg in ((self.binary, "qemu-system-x86"), (self.qemu_img, "qemu-utils"), ("nsenter", "util-linux")):
-            if shutil.which(tool) is None:
-                raise DriverError(Hop.DRIVER, f"{tool} not found", f"install {pkg} (scripts/setup.sh)")
+        """Run the checks alone (the first failure raises)."""
+        steps.preflight(self.checks(), what="qemu")
+
+    def steps(self, spec: SandboxSpec, boot: _Boot) -> list[Step]:
+        """What `start` does, in order. The process's undo runs before the TAP's: QEMU exits first, then the port."""
+        files = boot.files
+        return [
+            Step("reclaim", lambda: self._reclaim(spec, files)),
+            Step(
+                "workdir",
+                lambda: asyncio.to_thread(self._prepare, spec, files),
+                lambda: asyncio.to_thread(shutil.rmtree, spec.workdir, True),
+                partial=True,
+            ),
+            Step("overlay", lambda: self._overlay(files)),
+            Step(
+                "tap",
+                lambda: ports.add_tap(self.s, spec.slot),
+                lambda: ports.remove_port(self.s, spec.slot.tap_name),
+                partial=True,
+            ),
+            Step("process", lambda: self._launch(spec, boot), lambda: self._stop(spec), stage=True, partial=True),
+            Step("kernel", lambda: self._boot(files, boot), stage=True),
+        ]
 
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
-        self.preflight()
-        files = Files(spec.workdir)
-        try:
-            async with AsyncExitStack() as undo:
-                if spec.workdir.exists() or await asyncio.to_thread(find_qemu, files) is not None:
-                    await self.destroy(spec)  # leftovers of this slot (crash): ours to replace
-                undo.push_async_callback(asyncio.to_thread, shutil.rmtree, spec.workdir, True)
-                await asyncio.to_thread(self._prepare, spec, files)
-                await self._overlay(files)
-                undo.push_async_callback(ports.remove_port, self.s, spec.slot.tap_name)
-                await ports.add_tap(self.s, spec.slot)
-                undo.push_async_callback(self._stop, spec)  # runs before the TAP goes: exit first, then the port
-                proc = await self._spawn(spec, files)
-                await self._connect_qmp(files, proc)
-                mark("process")
-                await self._wait_console(files, proc, guest.MARK_INIT, self.boot_timeout)
-                mark("kernel")
-                undo.pop_all()
-                return SandboxInfo(
-                    pid=proc.pid,
-                    details={
-                        "accel": self.accel,
-                        "machine": "microvm" if self.accel == "kvm" else "q35",
-                        "tap": spec.slot.tap_name,
-                        "overlay": str(files.overlay),
-                        "console": str(files.console),
-                        "qmp": str(files.qmp),
-                    },
-                )
-        except HearthError:
-            raise
-        except Exception as exc:
-            raise DriverError(
-                Hop.DRIVER,
-                f"qemu sandbox start failed: {type(exc).__name__}: {exc}",
-                f"see {files.log} and {files.console} (HEARTH_KEEP_FAILED=true keeps them)",
-            ) from exc
+        boot = _Boot(Files(spec.workdir))
+        files = boot.files
+        hint = f"see {files.log} and {files.console} (HEARTH_KEEP_FAILED=true keeps them)"
+        what = f"qemu sandbox {spec.slot.netns}"
+        await steps.run(self.steps(spec, boot), mark, what=what, hint=hint, checks=self.checks())
+        assert boot.proc is not None
+        return SandboxInfo(
+            pid=boot.proc.pid,
+            details={
+                "accel": self.accel,
+                "machine": "microvm" if self.accel == "kvm" else "q35",
+                "tap": spec.slot.tap_name,
+                "overlay": str(files.overlay),
+                "console": str(files.console),
+                "qmp": str(files.qmp),
+            },
+        )
+
+    async def _reclaim(self, spec: SandboxSpec, files: Files) -> None:
+        if spec.workdir.exists() or await asyncio.to_thread(find_qemu, files) is not None:
+            await self.destroy(spec)  # leftovers of this slot (crash): ours to replace
+
+    async def _launch(self, spec: SandboxSpec, boot: _Boot) -> None:
+        boot.proc = await self._spawn(spec, boot.files)
+        await self._connect_qmp(boot.files, boot.proc)
+
+    async def _boot(self, files: Files, boot: _Boot) -> None:
+        assert boot.proc is not None
+        await self._wait_console(files, boot.proc, guest.MARK_INIT, self.boot_timeout)
 
     def _prepare(self, spec: SandboxSpec, files: Files) -> None:
         spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
