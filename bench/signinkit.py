@@ -34,7 +34,7 @@ def idp_env(port: int, bridge_ip: str = BRIDGE_IP) -> dict[str, str]:
 def start_idp(settings: Settings, port: int, auto_approve: bool) -> tuple[IdpServer, IdpState]:
     """The example IdP on BRIDGE_IP:`port` inside the fabric namespace; `auto_approve=False`: device codes wait for
     `browse` to approve them. Stop it with `server.shutdown(); server.server_close()`."""
-    sock = socket_in_netns(settings.fabric_netns)
+    sock = socket_in_netns(settings.dial_netns)  # the loopback driver (tests): the controller's own namespace
     sock.bind((str(settings.bridge_ip), port))
     state = IdpState(auto_approve=auto_approve)
     server = IdpServer(sock, state)
@@ -53,7 +53,7 @@ async def running_idp(settings: Settings, port: int, auto_approve: bool) -> Asyn
         server.server_close()
 
 
-def browse(netns: str, url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+def browse(netns: str | None, url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
     """One request of the person's browser (GET, or POST of a form) to the IdP inside the fabric namespace."""
     parts = urllib.parse.urlsplit(url)
     sock = socket_in_netns(netns)
@@ -75,7 +75,7 @@ def browse(netns: str, url: str, form: dict[str, str] | None = None) -> tuple[in
         sock.close()
 
 
-def approve_and_read_code(netns: str, url: str) -> str:
+def approve_and_read_code(netns: str | None, url: str) -> str:
     """Approve on the provider's page, follow the redirect to its code page, copy the code."""
     _, _, page = browse(netns, url)
     fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page))

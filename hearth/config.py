@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hearth.errors import ConfigError
 
-DriverName = Literal["auto", "netns", "qemu", "firecracker"]
+DriverName = Literal["auto", "netns", "qemu", "firecracker", "loopback"]
 SigninModeName = Literal["remote_browser", "direct"]
 VncServerName = Literal["xvnc", "x11vnc"]
 EgressName = bool | Literal["signin"]  # HEARTH_EGRESS: false | true | signin (hearth/egress/policy.py)
@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     sandbox_memory_max: int | None = Field(None, ge=64 * 1024 * 1024)
     sandbox_cpu_max: float | None = Field(None, gt=0)
     driver: DriverName = "auto"
+    # HEARTH_DRIVER=loopback (hearth/sandbox/loopback.py: the agent as a plain process on 127.x, no isolation at
+    # all — for tests) is refused unless this says so explicitly
+    allow_unisolated: bool = False
     # who gets a route out through the uplink (hearth/egress): "signin" — sign-in sandboxes (both modes) and CLI
     # sandboxes, a plain desktop without a provider none; true — every sandbox; false — none (no uplink at all)
     egress: EgressName = "signin"
@@ -241,6 +244,12 @@ class Settings(BaseSettings):
     @property
     def prefixlen(self) -> int:
         return self.internal_network.prefixlen
+
+    @property
+    def dial_netns(self) -> str | None:
+        """The namespace the controller opens its sockets to sandboxes in: the fabric's, or — with the loopback
+        driver, which has no fabric — its own (None)."""
+        return None if self.driver == "loopback" else self.fabric_netns
 
     @property
     def pool_size(self) -> int:
@@ -482,6 +491,16 @@ def _node_link_problems(s: Settings) -> list[str]:
         problems.append(
             f"HEARTH_SANDBOX_CGROUP is honoured by the netns driver only, not HEARTH_DRIVER={s.driver} (its VMs would "
             "stay in the node's cgroup): set HEARTH_DRIVER=netns, or unset HEARTH_SANDBOX_CGROUP"
+        )
+    if s.driver == "loopback" and not s.allow_unisolated:
+        problems.append(
+            "HEARTH_DRIVER=loopback runs sandboxes as plain processes with no isolation (tests only): "
+            "set HEARTH_ALLOW_UNISOLATED=1 to accept that, or choose another driver"
+        )
+    if s.driver == "loopback" and not s.internal_network.subnet_of(IPv4Network("127.0.0.0/8")):
+        problems.append(
+            f"HEARTH_DRIVER=loopback binds its sandboxes on INTERNAL_NETWORK={s.internal_network}: "
+            "give it a loopback range, e.g. INTERNAL_NETWORK=127.100.0.0/22"
         )
     if s.sandbox_cgroup is None and (s.sandbox_memory_max is not None or s.sandbox_cpu_max is not None):
         problems.append(

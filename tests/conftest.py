@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -50,11 +51,20 @@ def _no_leaked_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leaked, f"this test left network namespaces behind: {leaked}"
 
 
+def tests_base() -> Path:
+    """Where the tests' data dirs live: TESTS_BASE as root (0711: the sandbox users traverse it), a directory of the
+    user's own otherwise (the unprivileged tests: loopback driver)."""
+    if os.geteuid() == 0:
+        return TESTS_BASE
+    return Path(tempfile.gettempdir()) / f"hearth-tests-{os.geteuid()}"
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """A data dir the unprivileged sandbox user can traverse (pytest's tmp dirs are 0700), removed afterwards."""
-    TESTS_BASE.mkdir(mode=0o711, exist_ok=True)
-    path = TESTS_BASE / secrets.token_hex(4)
+    base = tests_base()
+    base.mkdir(mode=0o711, exist_ok=True)
+    path = base / secrets.token_hex(4)
     path.mkdir(mode=0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -92,6 +102,28 @@ def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
             base["HEARTH_DATABASE_URL"] = database_url
         base.update(env)
         return load_settings(base, env_file=None)
+
+    return make
+
+
+def loopback_env() -> dict[str, str]:
+    """Settings of the loopback driver (hearth/sandbox/loopback.py: the real agent as a plain process, no root): a
+    random 127.a.b.0/22 of its own per test, so tests running at once (pytest-xdist) never share an address."""
+    a, b = 1 + secrets.randbelow(254), 4 * secrets.randbelow(64)
+    return {
+        "HEARTH_DRIVER": "loopback",
+        "HEARTH_ALLOW_UNISOLATED": "1",
+        "INTERNAL_NETWORK": f"127.{a}.{b}.0/22",
+        "HEARTH_SIGNIN_MODE": "direct",  # no desktops on loopback
+    }
+
+
+@pytest.fixture
+def loopback_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """`make_settings` for the loopback driver: what runs without root (session, pool, sign-in, reconciler logic)."""
+
+    def make(**env: str) -> Settings:
+        return make_settings(**(loopback_env() | env))
 
     return make
 

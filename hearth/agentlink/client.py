@@ -58,7 +58,7 @@ class AgentRefused(HearthError):
 class AgentClient:
     """Authenticated calls to one sandbox's agent."""
 
-    def __init__(self, netns: str, ip: str, port: int, secret: str) -> None:
+    def __init__(self, netns: str | None, ip: str, port: int, secret: str) -> None:
         self.netns, self.ip, self.port, self.secret = netns, ip, port, secret
 
     async def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:

@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hearth.api.app import create_app
 from hearth.cli.serve import check_listen, serve_until_stopped, server
 from hearth.config import Settings, load_settings
-from hearth.controller import Controller, build
+from hearth.controller import Controller, build, make_app
 from hearth.errors import ConfigError
 
 
@@ -93,7 +92,7 @@ async def local_controller(
     check_listen(settings)
     ctl = build(settings)
     ctl.drain = drain
-    srv = server(settings, create_app(ctl))
+    srv = server(settings, make_app(ctl))
     task = asyncio.create_task(serve_until_stopped(srv), name="uvicorn")
     try:
         loop = asyncio.get_running_loop()
@@ -114,5 +113,5 @@ async def local_controller(
         srv.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 60)
-        if remove_fabric:
+        if remove_fabric and settings.dial_netns is not None:  # the loopback driver (tests) made no fabric
             await ctl.fabric.down(force=True)

@@ -245,7 +245,7 @@ class CliSandboxes:
     async def _deliver(self, user_id: str, files: list[CredentialFile], provider: str) -> list[str]:
         row = await self.ensure(user_id)
         spec = self._spec(row)
-        client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        client = AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
         out = await client.call("POST", "/v1/files", files_body(files, self._provider(provider, files)))
         await self._touch(user_id)
         installed = out.get("installed") if isinstance(out, dict) else None
@@ -317,7 +317,7 @@ class CliSandboxes:
             return []
         row = await self.ensure(user_id)
         spec = self._spec(row)
-        client = AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        client = AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
         out = await client.call("POST", "/v1/files/remove", {"targets": targets})
         await self._touch(user_id)
         removed = out.get("removed") if isinstance(out, dict) else None

@@ -113,7 +113,7 @@ class SandboxManager:
         )
 
     def target(self, spec: SandboxSpec) -> readiness.Target:
-        return readiness.Target.of(spec, self.s.fabric_netns)
+        return readiness.Target.of(spec, self.s.dial_netns)
 
     def driver_for(self, kind: Kind) -> Driver:
         if kind is Kind.CLI:
@@ -294,7 +294,7 @@ class SandboxManager:
         launcher = row.pid is not None and await asyncio.to_thread(same_process, row.pid, row.pid_start)
         if not launcher and not await driver.alive(spec):
             return "its processes are gone"
-        agent = AgentClient(self.s.fabric_netns, str(spec.slot.ip), spec.agent_port, secret)
+        agent = AgentClient(self.s.dial_netns, str(spec.slot.ip), spec.agent_port, secret)
         try:
             await agent.call("GET", "/v1/login", timeout=ADOPT_TIMEOUT)
         except AgentRefused as exc:
@@ -319,7 +319,7 @@ class SandboxManager:
         sb = self._live.get(owner)
         if sb is None or not url:
             return
-        agent = AgentClient(self.s.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
+        agent = AgentClient(self.s.dial_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
         await self.egress.hand_to(agent, url)
         sb.spec = dataclasses.replace(sb.spec, egress_proxy=url)
 

@@ -248,7 +248,7 @@ class PromptService:
         if sb is None:
             return None
         spec = sb.spec
-        return AgentClient(self.s.fabric_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        return AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
 
     async def _agent_cancel(self, pid: str) -> None:
         live = self._live.get(pid)

@@ -59,7 +59,18 @@ def _netns(settings: Settings) -> Driver:
     return NetnsDriver(settings)
 
 
-BUILDERS: dict[str, Callable[[Settings], Driver]] = {"firecracker": _firecracker, "qemu": _qemu, "netns": _netns}
+def _loopback(settings: Settings) -> Driver:
+    from hearth.sandbox.loopback import LoopbackDriver  # tests only: never chosen by `auto` (hearth/config.py)
+
+    return LoopbackDriver(settings)
+
+
+BUILDERS: dict[str, Callable[[Settings], Driver]] = {
+    "firecracker": _firecracker,
+    "qemu": _qemu,
+    "netns": _netns,
+    "loopback": _loopback,
+}
 
 
 def warn_if_stale(settings: Settings, driver: Driver) -> None:

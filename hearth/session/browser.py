@@ -66,7 +66,7 @@ class BrowserTurns:
         if sb is None or not self.wanted(owner):
             return None  # ended meanwhile, or no browser to start
         spec = sb.spec
-        agent = AgentClient(self.s.fabric_netns, str(spec.slot.ip), spec.agent_port, spec.secret)
+        agent = AgentClient(self.s.dial_netns, str(spec.slot.ip), spec.agent_port, spec.secret)
         t0 = time.monotonic()
         try:
             out = await agent.call("POST", "/v1/browser", timeout=BROWSER_TIMEOUT)

@@ -267,7 +267,7 @@ class WarmPool:
         self._since.pop(owner, None)
         self.hits += 1
         self.refill()
-        agent = AgentClient(self.s.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, pool_secret)
+        agent = AgentClient(self.s.dial_netns, str(sb.spec.slot.ip), sb.spec.agent_port, pool_secret)
         try:
             await agent.call(
                 "POST",

@@ -154,7 +154,7 @@ class CallbackApp:
 
 def listening_socket(settings: Settings) -> socket.socket:
     """A listening TCP socket on BRIDGE_IP:HEARTH_CALLBACK_PORT inside the fabric namespace."""
-    sock = socket_in_netns(settings.fabric_netns)
+    sock = socket_in_netns(settings.dial_netns)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(settings.bridge_ip), settings.callback_port))

@@ -158,7 +158,7 @@ class SignInFlow:
         secret = self.service.secret_of(view.id)
         if view.sandbox_ip is None or secret is None:
             raise CodeRefused(409, "the sign-in sandbox is not running")
-        return AgentClient(s.fabric_netns, view.sandbox_ip, s.agent_port, secret)
+        return AgentClient(s.dial_netns, view.sandbox_ip, s.agent_port, secret)
 
     async def on_credentials(self, session_id: str, provider: str, files: list[CredentialFile]) -> str | None:
         """Seal and store the pushed credentials — only while the session expects them (ready/awaiting_user), and
