@@ -1,52 +1,43 @@
-"""One CLI sign-in attempt: the provider's CLI in a PTY, read the way a person reads it.
+"""One CLI sign-in attempt: the provider's CLI in a PTY, driven the way a person drives it.
 
-The PTY output feeds a VT screen (hearth_agent/screen.py). A watcher thread looks at the rendered screen whenever
-something happened — output, the CLI exiting (pidfd), a change in the hook spool's or credential files' directories
-(inotify: hearth_agent/wakeup.py), a cancel — at most every POLL, and every POLL only while something settles (recent
-output, a prompt, files being written, the exit grace); an idle sign-in waiting for the person never wakes it. It answers the flow's prompts (once a prompt has stayed on screen for PROMPT_SETTLE — a TUI may not take
-input before it finished drawing), finds the sign-in URL (BROWSER/xdg-open hook spool, OSC 8 hyperlinks, the
-rendered screen), the device code (`code_pattern`) or the code prompt (`code_prompt`), and watches the credential
-files. What the person must see is pushed to the controller as a `signin` message whenever it changes; the full
-URL goes only there (events and logs get scheme://host/path).
+What is on the screen and what to do about it is read by hearth_agent/loginscreen.py (pure). This is the run: the
+process (hearth_agent/ptyproc.py), the threads, the clock and the pushes. A watcher thread looks at the screen
+whenever something happened — output, the CLI exiting (pidfd), a change in the hook spool's or credential files'
+directories (inotify: hearth_agent/wakeup.py), a cancel — at most every POLL, and every POLL only while something
+settles (recent output, a prompt, files being written, the exit grace); an idle sign-in waiting for the person never
+wakes it. It types the prompts' answers, reads the BROWSER/xdg-open hook spool, opens a loopback flow's URL,
+watches the credential files, and starts a paste-code CLI that exited on a refused code again. What the person must
+see is pushed to the controller as a `signin` message whenever it changes; the full URL goes only there (events and
+logs get scheme://host/path).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from hearth_agent import homefs
-from hearth_agent.codes import scrub_codes
 from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
 from hearth_agent.credfiles import CredentialFiles
+from hearth_agent.loginscreen import POLL, LoginScreen
 from hearth_agent.pageprobe import Unreachable, local_proxy, probe
 from hearth_agent.providerdef import FileDef, FlowDef, ProviderDef
-from hearth_agent.ptyproc import PtyProcess, TermText
-from hearth_agent.screen import COLS, ROWS, Screen
+from hearth_agent.ptyproc import PtyProcess
+from hearth_agent.screen import COLS, ROWS
 from hearth_agent.wakeup import Inotify, Waker, wait_readable
 
 log = logging.getLogger("hearth_agent")
 
 SPOOL = ".hearth/browser-urls"  # written by browser_hook.py (as $BROWSER and as xdg-open): "<unix time> <url>\n"
-POLL = 0.1
-PROMPT_SETTLE = 0.3  # a prompt is answered once it has been on screen this long
-PROMPT_RETRY = 3.0  # an answer the screen did not react to is typed again after this long (twice at most)
-URL_QUIET = 1.0  # a URL at the very end of the screen is taken once the CLI was quiet this long
-CODE_RESULT_QUIET = 0.5  # after a pasted code: the screen settled this long before reading the CLI's verdict
 EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
 CREDENTIALS_BUDGET = PUSH_BUDGET  # retried across a controller restart
 MAX_RESTARTS = 3  # paste-code CLIs that exit on a wrong code are started again this often
 MAX_CODE = 512
-_TRAILING = ".,;:!?'\")]}>│┃|"
-_ERROR_LINE = re.compile(
-    r"(?i)\b(invalid|error|failed|failure|expired|wrong|denied|incorrect|try again|not accepted|wasn't accepted|"
-    r"couldn't|could not)\b"
-)
+__all__ = ["SPOOL", "CodeRefused", "LoginRun", "check_code"]
 
 
 class CodeRefused(Exception):
@@ -80,14 +71,14 @@ class LoginRun:
         probe_page: bool = False,
     ) -> None:
         self.p, self.flow, self.home, self._open_url, self._outbox = p, flow, home, open_url, outbox
-        self.state, self.reason, self.url_host, self.answered = "running", "", "", 0
+        self.state, self.reason, self.url_host = "running", "", ""
         self._lock = threading.Lock()
         self._env, self.restarts = env, 0
-        self.message: str | None = None
         self.unreachable: Unreachable | None = None  # the sign-in page cannot load in this sandbox (pageprobe.py)
         self._probe_page = probe_page  # the controller asks for it (POST /v1/login `probe_page`)
         self._codes: set[str] = set()  # every code shown to or pasted by the person in this run (across restarts)
-        self._fresh_terminal()
+        self._answered_before = 0  # prompts typed by the CLI runs before a restart
+        self._screen = LoginScreen(flow, time.monotonic(), self._codes)
         self._pushed: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._done = threading.Event()
@@ -98,21 +89,21 @@ class LoginRun:
         self._pty = PtyProcess(flow.command, env, home, self._on_output, cols=COLS, rows=ROWS)
         self._t0 = time.monotonic()
 
-    def _fresh_terminal(self) -> None:
-        """The state of one CLI run: its screen, prompt answers, URL, codes."""
-        n = len(self.flow.prompts)
-        self._term = TermText()
-        self._screen = Screen()
-        self._last_output = time.monotonic()
-        self._seen_since = [0.0] * n  # when each prompt's text appeared (0: not on screen)
-        self._answered_at: list[tuple[float, int]] = [(0.0, -1)] * n  # (when, screen version) of the last answer
-        self._answers = [0] * n
-        self._baseline = [0] * n  # occurrences on screen when last answered
-        self._retries = [0] * n
-        self._url: str | None = None
-        self.user_code: str | None = None
-        self.awaiting_code = False
-        self._code_sent: tuple[int, set[str]] | None = None  # (screen version, error lines shown) at submission
+    @property
+    def answered(self) -> int:
+        return self._answered_before + self._screen.answered
+
+    @property
+    def awaiting_code(self) -> bool:
+        return self._screen.awaiting_code
+
+    @property
+    def user_code(self) -> str | None:
+        return self._screen.user_code
+
+    @property
+    def message(self) -> str | None:
+        return self._screen.message
 
     def _restart(self) -> None:
         """A paste-code CLI that exits after refusing a code (Claude Code does) is started again, so the person gets
@@ -120,7 +111,9 @@ class LoginRun:
         self._pty.reap()
         self._pty.close()
         with self._lock:
-            self._fresh_terminal()
+            old = self._screen
+            self._answered_before += old.answered
+            self._screen = LoginScreen(self.flow, time.monotonic(), self._codes, old.message)
             self.restarts += 1
             self._pty = PtyProcess(self.flow.command, self._env, self.home, self._on_output, cols=COLS, rows=ROWS)
         self._pty.start()
@@ -132,12 +125,7 @@ class LoginRun:
         with self._lock:
             if self.flow.name != "paste_code" or self.state != "url_captured" or self.restarts >= MAX_RESTARTS:
                 return False
-            if self._code_sent is not None:
-                new = [ln for ln in self._error_lines() if ln not in self._code_sent[1]]
-                if not new:
-                    return False
-                self.message = redact(new[-1], 300)
-            return self.message is not None
+            return self._screen.refused_and_gone()
 
     # ---- public ----
     def start(self) -> None:
@@ -160,15 +148,9 @@ class LoginRun:
 
     def screen_tail(self, n: int = 12) -> str:
         with self._lock:
-            return "\n".join(self._scrub(redact(line, 300)) for line in self._screen.tail(n))
-
-    def _scrub(self, text: str) -> str:
-        """`text` without the person's sign-in codes (hearth_agent/codes.py): for reasons, events and the log."""
-        pattern = self.flow.code_pattern
-        return scrub_codes(text, self._codes, (pattern,) if pattern is not None else ())
+            return self._screen.tail(n)
 
     def status(self) -> dict[str, Any]:
-        tail = self.screen_tail()
         with self._lock:
             return {
                 "state": self.state,
@@ -177,8 +159,8 @@ class LoginRun:
                 "url_host": self.url_host or None,
                 "reason": self.reason or None,
                 "prompts_answered": self.answered,
-                "awaiting_code": self.awaiting_code,
-                "screen_tail": tail,
+                "awaiting_code": self._screen.awaiting_code,
+                "screen_tail": self._screen.tail(),
             }
 
     def submit_code(self, code: Any) -> None:
@@ -189,11 +171,8 @@ class LoginRun:
                 raise CodeRefused(409, f"this sign-in is a {self.flow.name} flow; it takes no pasted code")
             if not self.active or self.state not in ("running", "url_captured"):
                 raise CodeRefused(409, f"the sign-in is {self.state}; start a new one")
-            if not self.awaiting_code:
+            if not self._screen.take_code(code):
                 raise CodeRefused(409, "the CLI is not waiting for a code now")
-            self.awaiting_code, self.message = False, None
-            self._code_sent = (self._screen.version, set(self._error_lines()))
-            self._codes.add(code)
         ok = self._pty.write(code)
         time.sleep(0.2)  # a TUI takes text and Enter in one read as a paste: Enter comes on its own
         ok = self._pty.write("\r") and ok
@@ -206,105 +185,35 @@ class LoginRun:
     # ---- PTY output (reader thread) ----
     def _on_output(self, raw: bytes) -> None:
         with self._lock:
-            _, replies = self._term.feed(raw)
-            self._last_output = time.monotonic()
-            self._screen.feed(raw)
+            replies = self._screen.feed(raw, time.monotonic())
         self._waker.wake()
         for reply in replies:
             self._pty.write(reply)
 
-    # ---- reading the screen (watcher thread, under the lock) ----
-    def _error_lines(self) -> list[str]:
-        """Lines (wrapped rows joined) that read like an error: what the CLI says when it refuses a code."""
-        return [ln.strip() for ln in self._screen.joined().splitlines() if _ERROR_LINE.search(ln)]
-
-    def _answer_prompts(self, now: float, visible: str) -> None:
-        """A prompt is answered when a new occurrence of it is on screen (Ink redraws in place: same count; a
-        line-based CLI asking again: one more), once it stayed PROMPT_SETTLE; typed again when the screen did not
-        react at all for PROMPT_RETRY (a TUI that was not reading its input yet), at most twice."""
-        for i, prompt in enumerate(self.flow.prompts):
-            n = len(prompt.expect.findall(visible))
-            if n == 0:
-                self._seen_since[i], self._baseline[i] = 0.0, 0
-                continue
-            when, version = self._answered_at[i]
-            if n <= self._baseline[i]:
-                ignored = when and version == self._screen.version and now - when >= PROMPT_RETRY
-                if ignored and self._retries[i] < 2:
-                    self._retries[i] += 1
-                    self._type_answer(i, now)
-                continue
-            if prompt.once and self._answers[i]:
-                continue
-            if not self._seen_since[i]:
-                self._seen_since[i] = now
-            if now - self._seen_since[i] >= PROMPT_SETTLE:
-                self._baseline[i], self._seen_since[i], self._retries[i] = n, 0.0, 0
-                self._type_answer(i, now)
-
-    def _type_answer(self, i: int, now: float) -> None:
-        if self._pty.write(self.flow.prompts[i].send):
-            self.answered += 1
-            self._answers[i] += 1
-            log.info("prompt answered", extra={"provider": self.p.name, "event": f"prompt {i + 1}"})
-        self._answered_at[i] = (now, self._screen.version)
-
-    def _scan_screen(self, now: float) -> None:
-        visible = self._screen.visible()
-        self._answer_prompts(now, visible)
-        quiet = now - self._last_output >= URL_QUIET
-        if self._url is None:
-            for link in self._term.links:
-                self._candidate(link, "terminal hyperlink")
-        if self._url is None:
-            text, cursor = self._screen.joined(), self._screen.cursor_offset()
-            for m in self.flow.url_pattern.finditer(text):
-                if quiet or m.end() < cursor or text[m.end() :].strip():  # the CLI moved on: drawn completely
-                    self._candidate(m.group(0).rstrip(_TRAILING), "screen")
-        if self.flow.code_pattern is not None and self.user_code is None:
-            found = self.flow.code_pattern.search(self._screen.joined())
-            if found is not None and found.group("code"):
-                self.user_code = found.group("code")
-                self._codes.add(self.user_code)
-                log.info("device code shown", extra={"provider": self.p.name})
-        if self.flow.code_prompt is not None and self._url is not None:
-            self._check_code_prompt(now, visible)
-
-    def _check_code_prompt(self, now: float, visible: str) -> None:
-        assert self.flow.code_prompt is not None
-        on_screen = self.flow.code_prompt.search(visible) is not None
-        if self._code_sent is None:
-            if on_screen and not self.awaiting_code and self._pty.exited() is None:
-                self.awaiting_code = True
-            return
-        version, errors_before = self._code_sent
-        if self._screen.version == version or now - self._last_output < CODE_RESULT_QUIET or not on_screen:
-            return
-        new_errors = [ln for ln in self._error_lines() if ln not in errors_before]
-        if new_errors and self._pty.exited() is None:  # the CLI refused the code and asks again: its own words
-            self.awaiting_code, self.message, self._code_sent = True, redact(new_errors[-1], 300), None
+    # ---- acting on the screen (watcher thread, under the lock) ----
+    def _look(self, now: float) -> None:
+        found = self._screen.look(now, cli_running=self._pty.exited() is None)
+        for i in found.answers:
+            if self._pty.write(self.flow.prompts[i].send):
+                log.info("prompt answered", extra={"provider": self.p.name, "event": f"prompt {i + 1}"})
+                self._screen.typed(i, now, True)
+            else:
+                self._screen.typed(i, now, False)
+        if found.url_source is not None:
+            self._captured(found.url_source)
+        if found.code_shown:
+            log.info("device code shown", extra={"provider": self.p.name})
+        if found.refused:
             log.info("the CLI refused the code", extra={"provider": self.p.name})
-            self._latest_url()
+        if found.new_url and self._screen.url is not None:
+            summary = url_summary(self._screen.url)
+            log.info(f"the CLI shows a new sign-in URL: {summary}", extra={"provider": self.p.name})
 
-    def _latest_url(self) -> None:
-        """A CLI asking again may show a new URL (Gemini starts a new PKCE request): the last one on screen counts."""
-        latest = None
-        for m in self.flow.url_pattern.finditer(self._screen.joined()):
-            url = m.group(0).rstrip(_TRAILING)
-            if self.flow.url_must_contain in url and not any(c.isspace() or ord(c) < 0x20 for c in url):
-                latest = url
-        if latest is not None and latest != self._url:
-            self._url = latest
-            log.info(f"the CLI shows a new sign-in URL: {url_summary(latest)}", extra={"provider": self.p.name})
-
-    def _candidate(self, url: str, source: str) -> None:
-        """The first http(s) URL containing url_must_contain is the sign-in URL (opened in Chromium for loopback)."""
-        must = self.flow.url_must_contain
-        if self._url is not None or not url.startswith(("http://", "https://")) or must not in url:
-            return
-        if any(c.isspace() or ord(c) < 0x20 for c in url):
-            return
-        self._url, self.url_host = url, url_host(url)
+    def _captured(self, source: str) -> None:
+        """The sign-in URL was found (opened in Chromium for loopback)."""
+        url = self._screen.url
+        assert url is not None
+        self.url_host = url_host(url)
         if self.state == "running":
             self.state = "url_captured"
         summary = url_summary(url)
@@ -350,16 +259,8 @@ class LoginRun:
     def _push_prompt(self) -> None:
         """Tell the controller what the person must see, when it changed (the full URL goes only here)."""
         with self._lock:
-            if self._url is None or (self.flow.code_pattern is not None and self.user_code is None):
-                return
-            body = {
-                "flow": self.flow.name,
-                "url": self._url,
-                "user_code": self.user_code,
-                "awaiting_code": self.awaiting_code,
-                "message": self.message,
-            }
-            if body == self._pushed:
+            body = self._screen.prompt()
+            if body is None or body == self._pushed:
                 return
             self._pushed = body
         self._outbox.submit("signin", body, PUSH_BUDGET)
@@ -421,12 +322,8 @@ class LoginRun:
         """How long the watcher may sleep when nothing happens: POLL while something settles, else until the
         next deadline (an ignored prompt's retry, the flow's timeout)."""
         with self._lock:
-            settling = now - self._last_output < URL_QUIET + POLL or any(self._seen_since)
-            retries = [
-                when + PROMPT_RETRY
-                for (when, seen), tries in zip(self._answered_at, self._retries, strict=True)
-                if when and tries < 2 and seen == self._screen.version
-            ]
+            settling = self._screen.settling(now)
+            retries = self._screen.retry_deadlines()
         if settling or exited_at is not None or self._files.settling:
             return POLL
         return max(0.0, min([self._t0 + self.p.timeout, *retries]) - now)
@@ -437,11 +334,9 @@ class LoginRun:
         """One look at everything: (outcome or None, exited_at, screen version, exit status)."""
         self._read_spool()
         with self._lock:
-            if self._screen.version != version or now - self._last_output < URL_QUIET + POLL:
-                version = self._screen.version
-                self._scan_screen(now)
-            elif self._code_sent is not None or any(self._seen_since) or self._retry_due(now):
-                self._scan_screen(now)
+            if self._screen.needs_look(now, version):
+                version = self._screen.screen.version
+                self._look(now)
         self._push_prompt()
         if self.unreachable is not None:
             return f"[{self.unreachable.hop}] {self.unreachable.detail}", exited_at, version, code
@@ -462,24 +357,13 @@ class LoginRun:
             return why, exited_at, version, code
         return None, exited_at, version, code
 
-    def _retry_due(self, now: float) -> bool:
-        """An answered prompt the screen has not reacted to for PROMPT_RETRY (under the lock)."""
-        return any(
-            when and tries < 2 and seen == self._screen.version and now - when >= PROMPT_RETRY
-            for (when, seen), tries in zip(self._answered_at, self._retries, strict=True)
-        )
-
     def _step(self) -> str:
-        if self._url is None:
-            return "the sign-in URL"
-        if self.flow.name == "paste_code" and self._code_sent is None:
-            return "the pasted code"
-        return "the credentials (sign-in not finished)"
+        with self._lock:
+            return self._screen.step()
 
     def _last_lines(self, n: int = 3) -> str:
         with self._lock:
-            lines = self._screen.tail(n)
-        return redact(" | ".join(lines), 300) if lines else "no output"
+            return self._screen.last_lines(n)
 
     def _exit_reason(self, code: int) -> str:
         self._pty.output_closed(1.0)
@@ -490,7 +374,7 @@ class LoginRun:
         return self._files.read(path, limit, note)
 
     def _read_spool(self) -> None:
-        if self._url is not None:
+        if self._screen.url is not None:
             return
         data = self._read(SPOOL, 1 << 20, note=False) or b""
         if len(data) < self._spool_off:  # replaced: read it from the start
@@ -502,7 +386,8 @@ class LoginRun:
         self._spool_off = end
         with self._lock:
             for line in lines:
-                self._candidate(line.partition(" ")[2].strip(), "browser hook")
+                if self._screen.offer(line.partition(" ")[2].strip()):
+                    self._captured("browser hook")
 
     def _deliver(self, found: list[tuple[FileDef, bytes]]) -> None:
         targets = ", ".join(f.target for f, _ in found)
@@ -527,9 +412,9 @@ class LoginRun:
 
     def _finish(self, state: str, reason: str, push: bool = True) -> None:
         with self._lock:
-            reason = self._scrub(reason)
+            reason = self._screen.scrub(reason)
             self.state, self.reason = state, reason
-            self.awaiting_code = False
+            self._screen.awaiting_code = False
         if state == "failed":
             log.warning(f"login failed: {reason}", extra={"provider": self.p.name})
             if push:  # an unreachable page names its hop: the controller fails the session there

@@ -1,20 +1,17 @@
-"""A CLI in a pseudo-terminal, and the terminal text it prints.
+"""A CLI in a pseudo-terminal.
 
 `PtyProcess` runs a command with a PTY as its stdin/stdout/stderr, in a new session whose controlling terminal is
-that PTY (some CLIs open /dev/tty), reads its output on a thread and can end its whole process group.
-`TermText` turns raw terminal output into plain text, collects OSC 8 hyperlink targets, and yields the answers to
-the terminal queries CLIs block on (cursor position `ESC[6n`, device attributes `ESC[c`). What a person sees — the
-rendered screen — is hearth_agent/screen.py.
+that PTY (some CLIs open /dev/tty), reads its output on a thread and can end its whole process group. What its
+output means — the rendered screen, its hyperlinks, the answers to its terminal queries — is
+hearth_agent/loginscreen.py and hearth_agent/screen.py.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import fcntl
 import os
 import pty
-import re
 import select
 import signal
 import struct
@@ -35,81 +32,6 @@ _CTTY = (
     "try:\n fcntl.ioctl(0, termios.TIOCSCTTY, 0)\nexcept OSError:\n pass\n"
     "os.execvp(sys.argv[1], sys.argv[1:])\n"
 )
-
-ANSI = re.compile(
-    r"""
-      \x1b\][^\x07\x1b]*(?:\x07|\x1b\\)     # OSC ... BEL or ST (titles, OSC 8 hyperlinks)
-    | \x1b\[[0-?]*[\x20-/]*[@-~]            # CSI
-    | \x1b[PX^_][^\x1b]*\x1b\\              # DCS / SOS / PM / APC ... ST
-    | \x1b[\x20-/]*[0-OQ-WYZ\\`-~]          # other escapes (charset, keypad modes; not the introducers P X [ ] ^ _)
-    """,
-    re.VERBOSE,
-)
-_OSC8 = re.compile(r"\x1b\]8;[^;\x07\x1b]*;([^\x07\x1b]*)")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_NEWLINES = re.compile(r"\r\n?")
-# replies to the terminal queries a CLI may wait on
-_REPLIES = {
-    "\x1b[6n": "\x1b[1;1R",  # cursor position report (Codex asks before drawing)
-    "\x1b[?6n": "\x1b[?1;1R",
-    "\x1b[c": "\x1b[?1;2c",  # primary device attributes (VT100 with advanced video)
-    "\x1b[0c": "\x1b[?1;2c",
-}
-_HOLD_MAX = 4096
-
-
-def _plain(m: re.Match[str]) -> str:
-    seq = m.group(0)
-    link = _OSC8.match(seq)
-    if link:  # a hyperlink's target may differ from its visible text: put it on a line of its own
-        return f"\n{link.group(1)}\n" if link.group(1) else ""
-    if seq.startswith("\x1b["):
-        final = seq[-1]
-        if final == "C":  # cursor forward: a visual gap
-            return " "
-        if final in "ABEFGHfd":  # cursor positioning: what follows is elsewhere on the screen
-            return "\n"
-    return ""
-
-
-class TermText:
-    """Incremental terminal output → plain text (ANSI removed, newlines normalised) + query replies."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._held = ""
-        self.links: list[str] = []  # OSC 8 hyperlink targets seen so far (complete even when the text wraps)
-
-    def feed(self, raw: bytes) -> tuple[str, list[str]]:
-        text = self._held + self._decoder.decode(raw)
-        self._held = ""
-        cut = self._incomplete_escape(text)
-        if cut is None and text.endswith("\r"):
-            cut = len(text) - 1  # a CR may be the first half of CR LF
-        if cut is not None:
-            text, self._held = text[:cut], text[cut:]
-        replies = [_REPLIES[m.group(0)] for m in ANSI.finditer(text) if m.group(0) in _REPLIES]
-        self.links += [m.group(1) for m in _OSC8.finditer(text) if m.group(1)]
-        return self.clean(text), replies
-
-    def flush(self) -> str:
-        text, self._held = self._held + self._decoder.decode(b"", final=True), ""
-        return self.clean(text)
-
-    @staticmethod
-    def clean(text: str) -> str:
-        return _NEWLINES.sub("\n", _CONTROL.sub("", ANSI.sub(_plain, text)))
-
-    @staticmethod
-    def _incomplete_escape(text: str) -> int | None:
-        """Where an escape sequence cut off by the end of this read starts (it is completed by the next read)."""
-        start = max(0, len(text) - _HOLD_MAX)
-        pos = text.find("\x1b", start)
-        while pos != -1:
-            if ANSI.match(text, pos) is None and "\n" not in text[pos:]:
-                return pos
-            pos = text.find("\x1b", pos + 1)
-        return None
 
 
 class PtyProcess:

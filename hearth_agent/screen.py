@@ -3,7 +3,8 @@
 Cursor-addressed TUIs (Ink, ratatui) draw the gaps between words as cursor moves and redraw in place, so the raw
 byte stream does not contain the words on the screen; the rendered screen does. Prompts, code prompts and device
 codes are matched against `visible()`; URLs against `joined()` (lines that fill the full width are joined with the
-next: a long URL wraps across rows); failure reasons carry `tail()`.
+next: a long URL wraps across rows); failure reasons carry `tail()`. `feed` returns the answers to the terminal
+queries a CLI may block on (cursor position `ESC[6n`, device attributes `ESC[c`: Codex asks before drawing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ COLS, ROWS, HISTORY = 120, 40, 400
 
 
 class _Screen(pyte.HistoryScreen):
+    replies: list[str]
+
+    def write_process_input(self, data: str) -> None:
+        self.replies.append(data)
+
+    def report_device_status(self, mode: int = 0, private: bool = False, **_kw: Any) -> None:
+        if mode == 6:  # cursor position (the answer the agent always gave: the CLI draws from where it is)
+            self.write_process_input("\x1b[?1;1R" if private else "\x1b[1;1R")
+
+    def report_device_attributes(self, mode: int = 0, private: bool = False, **_kw: Any) -> None:
+        if mode == 0 and not private:
+            self.write_process_input("\x1b[?1;2c")  # a VT100 with advanced video
+
     def select_graphic_rendition(self, *attrs: int, private: bool = False, **_kw: Any) -> None:
         if not private:  # CSI > … m (xterm modifyOtherKeys, sent by Ink) is not a colour change
             super().select_graphic_rendition(*attrs)
@@ -29,17 +43,21 @@ class Screen:
     def __init__(self, cols: int = COLS, rows: int = ROWS, history: int = HISTORY) -> None:
         self.cols, self.rows = cols, rows
         self._screen = _Screen(cols, rows, history=history, ratio=0.5)
+        self._screen.replies = []
         self._stream = pyte.ByteStream(self._screen)
         self.version = 0  # bumps on every feed: "the screen changed"
         self._joined: tuple[int, str, int] = (-1, "", 0)
 
-    def feed(self, raw: bytes) -> None:
+    def feed(self, raw: bytes) -> list[str]:
+        """The CLI's output (split anywhere); returns the answers to the queries in it, to be written back."""
         self.version += 1
         try:
             self._stream.feed(raw)
         except Exception as exc:  # a sequence pyte cannot parse must not stop the sign-in: resume with a new parser
             log.warning("terminal sequence not understood", extra={"error": type(exc).__name__})
             self._stream = pyte.ByteStream(self._screen)
+        replies, self._screen.replies = self._screen.replies, []
+        return replies
 
     def _render(self, line: Any) -> str:
         return "".join(line[x].data for x in range(self.cols)).rstrip()

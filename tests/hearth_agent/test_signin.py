@@ -32,7 +32,6 @@ import pytest
 from hearth_agent.config import parse_config
 from hearth_agent.controller import redact, url_summary
 from hearth_agent.providerdef import definition_digest, parse_provider, unescape
-from hearth_agent.ptyproc import TermText
 from hearth_agent.server import AgentServer
 from hearth_agent.signin import SignIn, register
 from hearth_agent.supervisor import Supervisor
@@ -524,31 +523,7 @@ def test_agent_without_desktop_runs_no_services(tmp_path: Path) -> None:
     assert not runner.is_alive()
 
 
-# ---- terminal text and redaction ----------------------------------------------------------------------------------
-STREAM = (
-    b"\x1b[?25l\x1b[2J\x1b[HPress \x1b[1mEnter\x1b[0m\x1b[1Cto continue\r\n\x1b]0;a title\x07"
-    b"\x1b]8;;https://a.test/oauth/authorize?x=1\x1b\\click here\x1b]8;;\x1b\\ caf\xc3\xa9 \x1b[6n\x1b[c"
-    b"\x1bP1$r\x1b\\\x1b(B end\r\n"
-)
-
-
-def test_terminal_text_is_the_same_however_the_output_is_split() -> None:
-    term = TermText()
-    text, replies = term.feed(STREAM)
-    text += term.flush()
-    assert "Press Enter to continue\n" in text
-    assert "\nhttps://a.test/oauth/authorize?x=1\nclick here" in text  # an OSC 8 hyperlink's target
-    assert "café" in text and "\x1b" not in text and "title" not in text
-    assert replies == ["\x1b[1;1R", "\x1b[?1;2c"]
-    for step in (1, 2, 3, 5, 8):
-        term, out = TermText(), ""
-        rep: list[str] = []
-        for i in range(0, len(STREAM), step):
-            chunk_text, chunk_replies = term.feed(STREAM[i : i + step])
-            out, rep = out + chunk_text, rep + chunk_replies
-        assert (out + term.flush(), rep) == (text, replies), step
-
-
+# ---- redaction (terminal text: tests/hearth_agent/test_loginscreen.py) -----------------------------------------------
 def test_redaction() -> None:
     assert url_summary("https://user:pw@auth.test:8443/oauth/authorize?state=s3cr3t#frag") == (
         "https://auth.test:8443/oauth/authorize"
