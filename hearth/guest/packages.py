@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
 import secrets
@@ -25,16 +26,28 @@ import pyte
 import wcwidth
 
 import hearth_agent
-import hearth_example
 
 log = logging.getLogger("hearth.guest")
+# An imported package, or the name of one whose files are shipped without importing it here: the test identity
+# provider is found by name, so production code never imports hearth_example.
+Package = ModuleType | str
 PACKAGES: tuple[ModuleType, ...] = (hearth_agent, pyte, wcwidth)  # every guest
-TEST_PACKAGES: tuple[ModuleType, ...] = (hearth_example,)  # guests built or run for tests only
+TEST_PACKAGES: tuple[str, ...] = ("hearth_example",)  # guests built or run for tests only
 
 
-def packages(for_tests: bool) -> tuple[ModuleType, ...]:
+def packages(for_tests: bool) -> tuple[Package, ...]:
     """The guest packages; `hearth_example` (the test identity provider and its CLI) only `for_tests`."""
     return PACKAGES + TEST_PACKAGES if for_tests else PACKAGES
+
+
+def package_dir(pkg: Package) -> Path:
+    """The source folder of a package (a name is located, not imported)."""
+    if isinstance(pkg, str):
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"guest package {pkg!r} is not installed", name=pkg)
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(pkg.__path__)))
 
 
 _SKIP = ("__pycache__",)
@@ -58,10 +71,10 @@ def _compile(tree: Path) -> None:
         log.warning("guest packages not compiled (%s); sandboxes compile them at each start", exc)
 
 
-def _files(pkgs: tuple[ModuleType, ...]) -> list[tuple[str, Path]]:
+def _files(pkgs: tuple[Package, ...]) -> list[tuple[str, Path]]:
     out = []
     for pkg in pkgs:
-        src = Path(next(iter(pkg.__path__)))
+        src = package_dir(pkg)
         for root, dirs, files in os.walk(src):
             dirs[:] = sorted(d for d in dirs if d not in _SKIP)
             for name in sorted(files):
@@ -71,7 +84,7 @@ def _files(pkgs: tuple[ModuleType, ...]) -> list[tuple[str, Path]]:
     return out
 
 
-def install(base: Path, pkgs: tuple[ModuleType, ...] = PACKAGES) -> Path:
+def install(base: Path, pkgs: tuple[Package, ...] = PACKAGES) -> Path:
     """A directory under `base` holding `pkgs` (import root for PYTHONPATH); created if missing."""
     files = _files(pkgs)
     digest = hashlib.sha256(_COMPILED)

@@ -43,7 +43,7 @@ BUILD_VERSION = 1
 UNUSED_FOR = 24 * 3600.0  # cached layers and bases no build used for this long are dropped
 DEFAULT_CACHE = Path("/var/cache/hearth/oci")
 SOURCE = Path(__file__).resolve().parents[2]  # the checkout hearth runs from
-PY_PACKAGES = ("hearth", "hearth_agent", "hearth_example")  # hearth.guest.packages imports hearth_example
+PY_PACKAGES = ("hearth", "hearth_agent", "hearth_example")  # the test guests' packages copy hearth_example's files
 VENV = "/opt/hearth/venv"
 ENTRYPOINT = [f"{VENV}/bin/hearth"]
 ENV = [f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8"]

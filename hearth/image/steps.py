@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from hearth.errors import DriverError, Hop
 from hearth.guest import packages as guestpkg
@@ -88,9 +88,9 @@ class PrintProgress(NullProgress):
         print(f"image build: {text}", flush=True)
 
 
-def package_dir(pkg: Any) -> Path:
-    """The source folder of an imported package."""
-    return Path(next(iter(pkg.__path__)))
+def package_dir(pkg: guestpkg.Package) -> Path:
+    """The source folder of a guest package."""
+    return guestpkg.package_dir(pkg)
 
 
 def run(

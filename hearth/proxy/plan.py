@@ -5,10 +5,10 @@ sealed agent config or the agent's `POST /v1/egress`, nothing else), and the ext
 from __future__ import annotations
 
 from ipaddress import ip_address
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from hearth.agentlink.client import AgentClient
 from hearth.config import Settings
 from hearth.proxy.ports import assign
 from hearth.proxy.settings import egress_of
@@ -16,6 +16,13 @@ from hearth.store.db import Database
 from hearth.store.models import SessionRow
 
 HAND_TIMEOUT = 10.0
+
+
+class Agent(Protocol):
+    """The sandbox's agent as this module needs it (hearth.agentlink.client.AgentClient is one; the agent link sits
+    above the proxy folder, so it is not imported here)."""
+
+    async def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any: ...
 
 
 class EgressPlan:
@@ -62,7 +69,7 @@ class EgressPlan:
         user = await self.db.run(lambda db: db.scalar(select(SessionRow.user_id).where(SessionRow.id == session_id)))
         return await self.url_for_user(user) if user else ""
 
-    async def hand_to(self, agent: AgentClient, url: str) -> None:
+    async def hand_to(self, agent: Agent, url: str) -> None:
         """A pooled sandbox becomes someone's: its local proxy chains to their port from now on."""
         if url:
             await agent.call("POST", "/v1/egress", {"upstream": url}, timeout=HAND_TIMEOUT)
