@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,9 +24,11 @@ from typing import Any
 
 from sqlalchemy import event
 
-from hearth.api.local import scratch_settings
+from hearth.cli.local import scratch_settings
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
+from hearth.fabric.ipam import Ipam
+from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import SandboxSpec
@@ -34,6 +37,7 @@ from hearth.session.service import SessionService
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
 from hearth.store.pglocal import fresh_database
+from hearth.vault.keys import KeyRing, MasterKey
 from hearth.vault.store import Vault
 
 PERIOD = 2.0  # hearth/controller.py `housekeeping`
@@ -78,7 +82,9 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
     """(CPU s per tick, CPU s per reconciler pass, statements per tick) at `n` idle sessions."""
     db = Database(settings.db_url)
     try:
-        svc = SessionService(settings, db, AliveDriver(settings))
+        driver = AliveDriver(settings)
+        ring = KeyRing([MasterKey.of(secrets.token_bytes(32))], None)  # in memory: a bench creates no key files
+        svc = SessionService(settings, db, driver, SandboxManager(settings, db, driver, Ipam(settings, db), ring))
         reconciler = Reconciler(svc)
         fill(svc, n)
         await reconciler.run_once()  # the first pass after a start

@@ -90,7 +90,7 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
 
         async def drain() -> None:
             service.drain()
-            await service.viewers.wait_idle(DRAIN_TIMEOUT)
+            await ctl.viewers.wait_idle(DRAIN_TIMEOUT)
 
         srv.drain = drain
     return srv

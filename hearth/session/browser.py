@@ -25,7 +25,7 @@ from hearth.lifecycle.manager import SandboxManager
 from hearth.session.bootqueue import BootQueue, Priority
 
 if TYPE_CHECKING:
-    from hearth.session.service import SessionView
+    from hearth.session.view import SessionView
 
 log = logging.getLogger("hearth.session")
 

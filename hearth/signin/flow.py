@@ -57,9 +57,6 @@ class SignInFlow:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._prompts: dict[str, SigninPrompt] = {}  # memory only: holds the full sign-in URL
         self._sent_with: dict[str, str] = {}  # the link shown when the person's last code was sent
-        service.on_ready.append(self.begin)
-        service.on_adopted.append(self.resume)
-        service.on_terminal.append(self._ended)
 
     # ---- CallbackHandler (agent → controller) ---------------------------------------------------
     def adopting(self) -> bool:
@@ -277,7 +274,8 @@ class SignInFlow:
             session_id, Status.EXPIRED, f"sign-in not completed within OAUTH_FLOW_TIMEOUT={after:.0f}s"
         )
 
-    async def _ended(self, view: SessionView) -> None:
+    async def ended(self, view: SessionView) -> None:
+        """The session ended: its prompt, sent link, codes and flow timeout go."""
         self._prompts.pop(view.id, None)
         self._sent_with.pop(view.id, None)
         self.service.codes.forget(view.id)

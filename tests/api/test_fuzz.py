@@ -181,7 +181,7 @@ async def test_malformed_frames_and_garbage_rfb_get_a_clean_close(
         url = live.ws_url(ctl)
         host, port = s.listen_host_port
         path = url.split(str(port), 1)[1]
-        gauge = ctl.ctl.service.viewers
+        gauge = ctl.ctl.viewers
 
         outcomes: dict[str, tuple[int | None, str]] = {}
         for name, frames in MALFORMED_FRAMES.items():

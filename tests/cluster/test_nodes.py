@@ -20,9 +20,9 @@ from hearth.fabric.ipam import Ipam
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.netns import NetnsDriver
 from hearth.session import admission
-from hearth.session.service import SessionService
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, NodeRow, SessionRow
+from tests.session.servicekit import session_service
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ async def test_a_nodes_reconciler_never_touches_another_nodes_sessions(
     s1 = make_settings(HEARTH_NODE_ID="h1", HEARTH_FABRIC_NETNS=s0.fabric_netns, MAX_SESSIONS_PER_USER="5")
     theirs = admit(db, s1, "b")  # h1 runs it; h0 has never heard of it
     mine = admit(db, s0, "a")  # h0's row, but h0 is not booting it (as after a crash)
-    svc = SessionService(s0, db, NetnsDriver(s0))
+    svc = session_service(s0, db, NetnsDriver(s0))
     report = await Reconciler(svc).run_once()
     assert report.failed_sessions == [mine]
     assert theirs not in report.released_leases

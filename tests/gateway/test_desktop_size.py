@@ -20,7 +20,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.gateway.desktop_size import DesktopSizes
 from hearth.gateway.rfbspec import prohibited
@@ -196,7 +196,7 @@ async def browser_fits(live: Live, w: int, h: int) -> list[tuple[int, int, int, 
 
 
 async def relayed(ctl: Running, live: Live, count: int) -> bool:
-    return await settle(lambda: ctl.ctl.service.viewers.count(live.session_id) == count)
+    return await settle(lambda: ctl.ctl.viewers.count(live.session_id) == count)
 
 
 @pytest.mark.netns

@@ -136,7 +136,7 @@ async def test_forwarded_messages_leave_xvnc_alive_and_refused_ones_close_4403(
         r = await http.post(f"/api/auth/session/{live.session_id}/token", json={"scope": "view"})
         view_url = live.ws_url(ctl, r.json()["viewer_token"])
         pid = xvnc_pid(live)
-        gauge = ctl.ctl.service.viewers
+        gauge = ctl.ctl.viewers
         for name, payload in FORWARDED.items():
             ws, stream, _ = await open_viewer(url)
             start = b"" if payload.startswith(b"\x02") else NOVNC_START

@@ -105,7 +105,7 @@ async def test_abrupt_disconnect_and_idle_viewers(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with viewer_session(make_settings, caplog, "viewers") as (ctl, http, live):
-        gauge = ctl.ctl.service.viewers
+        gauge = ctl.ctl.viewers
         url = live.ws_url(ctl)
 
         steady, steady_stream, init = await open_viewer(url)
@@ -165,7 +165,7 @@ async def test_many_concurrent_viewers_on_one_session(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with viewer_session(make_settings, caplog, "crowd") as (ctl, http, live):
-        gauge = ctl.ctl.service.viewers
+        gauge = ctl.ctl.viewers
         peak = 0
 
         async def watch_peak() -> None:

@@ -47,8 +47,8 @@ async def test_create_ready_cancel_cycles_leak_nothing(make_settings: Callable[.
         elapsed = time.monotonic() - t0
         found = await leaks(ctl, procs0)
         fds1, rss1 = open_fds(), rss_kib()
-        state = {"boots": len(svc._boots), "sandboxes": len(svc.sandboxes.owners()), "stops": len(svc._stops)}
-        state["viewers"] = svc.viewers.total()
+        state = {"boots": len(svc.boots._tasks), "sandboxes": len(svc.sandboxes.owners()), "stops": len(svc._stops)}
+        state["viewers"] = ctl.ctl.viewers.total()
         statuses = svc.counts_by_state()
         print(
             f"\ncycles: {CYCLES} (+{WARMUP} warm-up) in {elapsed:.1f}s ({CYCLES / elapsed:.2f}/s)"

@@ -8,9 +8,9 @@ from pathlib import Path
 from hearth.config import load_settings
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
-from hearth.session.service import SessionService
 from hearth.session.states import Status
 from hearth.store.db import Database
+from tests.session.servicekit import session_service
 
 
 class FailingDriver(Driver):
@@ -32,7 +32,7 @@ class FailingDriver(Driver):
 async def test_failed_boots_forget_their_secrets(tmp_path: Path) -> None:
     settings = load_settings({"HEARTH_DATA_DIR": str(tmp_path)}, env_file=None)
     driver = FailingDriver()
-    svc = SessionService(settings, Database(settings.db_url), driver)
+    svc = session_service(settings, Database(settings.db_url), driver)
     ids = []
     for i in range(5):
         view = await svc.start(f"user{i}", None)

@@ -14,6 +14,7 @@ from sqlalchemy import event, select
 
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
+from hearth.gateway.gauge import ViewerGauge
 from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import SandboxSpec
@@ -23,6 +24,7 @@ from hearth.session.states import Status
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
 from hearth.vault.store import Vault
+from tests.session.servicekit import session_service
 
 
 class AliveDriver(NetnsDriver):
@@ -36,7 +38,7 @@ class AliveDriver(NetnsDriver):
 def service(make_settings: Callable[..., Settings]) -> Iterator[SessionService]:
     s = make_settings()
     db = Database(s.db_url)
-    svc = SessionService(s, db, AliveDriver(s))
+    svc = session_service(s, db, AliveDriver(s))
     try:
         yield svc
     finally:
@@ -143,6 +145,7 @@ async def test_expiry_still_ends_exactly_the_sessions_due(service: SessionServic
     idle_booting = add_sessions(svc, 1, Status.STARTING, age=idle + timedelta(seconds=5))
     watched = add_sessions(svc, 1, age=idle + timedelta(seconds=5))
     heartbeat = add_sessions(svc, 1, age=idle + timedelta(seconds=5), seen=timedelta(seconds=1))
+    assert isinstance(svc.viewers, ViewerGauge)
     svc.viewers.add(watched[0])
     for sid in [*old, *old_booting, *idle_rows]:  # ending removes their (imagined) sandboxes: nothing to remove
         svc.sandboxes._live.pop(sid)

@@ -21,13 +21,13 @@ from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
 from hearth.sandbox.netns import NetnsDriver
 from hearth.session import admission
-from hearth.session.service import SessionService
 from hearth.session.states import IllegalTransition, Status
 from hearth.store.db import Database
 from hearth.store.models import NodeRow, OutboxRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import CredentialFile, Vault
 from hearth.webhooks.outbox import Outbox
+from tests.session.servicekit import session_service
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 ON = {"HEARTH_WEBHOOK_URL": "http://127.0.0.1:9/hooks", "HEARTH_WEBHOOK_SECRET": SECRET}
@@ -53,7 +53,7 @@ async def test_session_states_are_written_with_their_transition(make_settings: C
     s = make_settings(**ON, MAX_SESSIONS_PER_USER="5")
     db = Database(s.db_url)
     try:
-        svc = SessionService(s, db, NetnsDriver(s))
+        svc = session_service(s, db, NetnsDriver(s))
         sid = admit(db, s, "alice")
         await svc.advance(sid, Status.READY)
         with pytest.raises(IllegalTransition):
@@ -94,7 +94,7 @@ async def test_nothing_is_written_while_no_url_is_set(make_settings: Callable[..
     s = make_settings()
     db = Database(s.db_url)
     try:
-        svc = SessionService(s, db, NetnsDriver(s))
+        svc = session_service(s, db, NetnsDriver(s))
         sid = admit(db, s)
         await svc.advance(sid, Status.READY)
         assert events(db) == []
