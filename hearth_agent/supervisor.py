@@ -1,9 +1,7 @@
 """Start the desktop services in order and keep them running.
 
-`vnc_server: xvnc` (default): TigerVNC's Xvnc — X server and VNC server in one process, damage-based, answering a
-new client at once, resizable by the viewer (SetDesktopSize) — ready when it wrote its display number to -displayfd
-and its RFB port accepts → openbox → chromium. `vnc_server: x11vnc` (the previous design, kept for comparison):
-Xvfb (ready at -displayfd) → openbox → x11vnc (ready when its port accepts) → chromium. A service that dies is
+What to start, in which order and how each tells it is ready are the recipes (hearth_agent/recipes.py: Xvnc →
+openbox → chromium, or Xvfb → openbox → x11vnc → chromium); this is the supervision. A service that dies is
 restarted with back-off (0.25 s doubling to 5 s while it keeps dying within 10 s of its start); when the display
 server restarts, everything drawn on it is restarted too.
 With `browser_on_request` (the controller's default) Chromium stays `waiting` until asked — POST /v1/browser
@@ -19,9 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -29,52 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hearth_agent.config import AgentConfig
+from hearth_agent.readiness import read_display, wait_exit, wait_port, window_listed
+from hearth_agent.recipes import X_FLAGS, Context, chromium_argv, chromium_sandbox_available, desktop
 from hearth_agent.wakeup import Waker, pidfd, wait_readable
 
 log = logging.getLogger("hearth_agent")
 
-ORDER = {"xvnc": ("xvnc", "openbox", "chromium"), "x11vnc": ("xvfb", "openbox", "x11vnc", "chromium")}
-DISPLAY_SERVICES = ("xvnc", "xvfb")  # the service that owns the X display (and, for xvnc, the RFB port too)
 MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.25, 5.0, 10.0
-READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
 STOP_GRACE = 3.0  # TERM, then KILL
 HELPER_TTL = 30.0  # a `chromium <url>` hand-off that has not exited by then is killed
 BROWSER_UNASKED = 180.0  # a browser waiting for its turn starts by itself after this long (a lost request)
 OPEN_WAIT = 20.0  # a page to show waits this long for a browser that is still starting
-_WINDOW = re.compile(rb"0x[0-9a-f]+")  # a window id in `xprop -root _NET_CLIENT_LIST`
 TICK = 0.1  # polling only where the kernel has no pidfd
-
-CHROMIUM_FLAGS = (
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-features=Translate,MediaRouter",
-    "--password-store=basic",
-    "--noerrdialogs",
-    "--hide-crash-restore-bubble",
-    "--kiosk",  # one window filling the desktop: no tab strip, no address bar; later URLs open as its active tab
-    "--test-type",  # no "unsupported command-line flag" bar (for --no-sandbox, which the sandbox user needs)
-)
-
-
-def chromium_sandbox_available() -> bool:
-    """Chromium's own sandbox needs unprivileged user namespaces here (Debian's chromium ships no setuid helper);
-    inside bubblewrap's user namespace a nested one works as long as the kernel allows any."""
-    try:
-        with open("/proc/sys/user/max_user_namespaces") as f:
-            if int(f.read()) <= 0:
-                return False
-    except (OSError, ValueError):
-        return False
-    try:
-        with open("/proc/sys/kernel/unprivileged_userns_clone") as f:  # Debian's switch, absent upstream
-            return f.read().strip() != "0"
-    except OSError:
-        return True
 
 
 class Unavailable(RuntimeError):
@@ -111,9 +72,9 @@ class Supervisor:
         self.t0 = time.monotonic()
         self.home = home or os.environ.get("HOME") or "/tmp"
         self.display = ""
-        names = ORDER[config.vnc_server] if config.desktop else ()
-        self.display_service = names[0] if names else ""
-        self.services = {n: Service(n) for n in names if n != "chromium" or config.chromium}
+        self.recipes = {r.name: r for r in desktop(config)}
+        self.display_service = next(iter(self.recipes), "")  # the first recipe owns the display
+        self.services = {n: Service(n) for n in self.recipes}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # a service became running (`wait_display`)
         self._stop = threading.Event()
@@ -212,7 +173,7 @@ class Supervisor:
                     continue
                 if now - since > HELPER_TTL:
                     proc.kill()
-                    _wait(proc, 1.0)
+                    wait_exit(proc, 1.0)
                     continue
                 keep.append((proc, since))
             self._helpers = keep
@@ -248,11 +209,11 @@ class Supervisor:
             svc.attempted = True
             svc.started_at = time.monotonic()
         try:
-            getattr(self, f"_start_{svc.name}")(svc)
+            self._launch(svc)
         except Exception as exc:
             if svc.proc is not None and svc.proc.poll() is None:
                 svc.proc.kill()
-                _wait(svc.proc, 2.0)
+                wait_exit(svc.proc, 2.0)
             now = time.monotonic()
             with self._lock:
                 svc.backoff = min(max(svc.backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
@@ -281,9 +242,9 @@ class Supervisor:
                 proc.terminate()
         deadline = time.monotonic() + STOP_GRACE
         for proc in procs:
-            if not _wait(proc, max(0.0, deadline - time.monotonic())):
+            if not wait_exit(proc, max(0.0, deadline - time.monotonic())):
                 proc.kill()
-                _wait(proc, 2.0)
+                wait_exit(proc, 2.0)
         with self._lock:
             for svc in services:
                 if svc.proc is not None:
@@ -304,89 +265,34 @@ class Supervisor:
             svc.proc, svc.pid = proc, proc.pid
         return proc
 
-    def _start_xvfb(self, svc: Service) -> None:
-        argv = ["Xvfb", "-screen", "0", self.cfg.screen, "+extension", "RANDR"]
-        self._start_x(svc, argv)
+    def _launch(self, svc: Service) -> None:
+        """Start `svc` from its recipe; return once it is ready (RuntimeError when it does not get there)."""
+        recipe = self.recipes[svc.name]
+        url = self._first_url or self.cfg.start_url
+        argv = recipe.argv(Context(self.cfg, self.home, self.display, url, self.chromium_sandbox))
+        if recipe.displayfd:
+            proc = self._start_x(svc, argv, recipe.quiet)
+        else:
+            proc = self._spawn(svc, argv, quiet=recipe.quiet)
+        if recipe.port:
+            wait_port(proc, argv[0], self.cfg.ip, self.cfg.rfb_port, self._stop)
 
-    def _start_xvnc(self, svc: Service) -> None:
-        """One process: the X display and the RFB server on ip:rfb_port only (never loopback/other addresses: the
-        sandbox's netns address is what the fabric dials); no VNC password — the gateway is the authentication."""
-        width, height, depth = self.cfg.screen.split("x")
-        ip, port = self.cfg.ip, self.cfg.rfb_port
-        argv = ["Xvnc", "-geometry", f"{width}x{height}", "-depth", depth, "-rfbport", str(port)]
-        argv += ["-interface", ip, "-SecurityTypes", "None", "-AlwaysShared", "-AcceptSetDesktopSize"]
-        argv += ["-SendCutText", "-AcceptCutText", "-SetPrimary"]
-        # The classic X root pattern (as Xvfb draws it), not black: the first frame shows a desktop, not a void.
-        argv += ["-retro"]
-        # Only the gateway connects (from the fabric) and it is the authentication: Xvnc's blacklist of hosts with
-        # many unauthenticated connections would refuse a burst of viewers of one session.
-        argv += ["-BlacklistThreshold", "1000000"]
-        proc = self._start_x(svc, argv)
-        self._wait_port(proc, "Xvnc", ip, port)
-
-    def _start_x(self, svc: Service, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _start_x(self, svc: Service, argv: list[str], quiet: bool) -> subprocess.Popen[bytes]:
         """Start an X server that reports its display number on -displayfd; ready when it did."""
         os.makedirs("/tmp/.X11-unix", mode=0o1777, exist_ok=True)
-        name = argv[0]
         r, w = os.pipe()
         try:
-            extra = ["-displayfd", str(w), "-nolisten", "tcp", "-noreset", "-dpi", "96"]
-            proc = self._spawn(svc, [*argv, *extra], quiet=False, pass_fds=(w,))
+            proc = self._spawn(svc, [*argv, "-displayfd", str(w), *X_FLAGS], quiet=quiet, pass_fds=(w,))
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
-        data = b""
-        deadline = time.monotonic() + READY_TIMEOUT
-        try:  # read up to the newline: closing early makes the server's write fail ("Cannot write display")
-            while not data.endswith(b"\n") and not self._stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                ready = wait_readable([r, self._waker.fileno()], left)
-                self._waker.drain()  # a stop is checked above; anything else, the run loop re-reads after this
-                if r in ready:
-                    chunk = os.read(r, 64)
-                    if not chunk:  # the server exited (its end of the pipe closed)
-                        break
-                    data += chunk
-        finally:
-            os.close(r)
-        number = data.strip().decode(errors="replace")
-        if not number.isdigit():
-            code = proc.poll()
-            why = f"exited with {code}" if code is not None else f"reported no display within {READY_TIMEOUT:.0f}s"
-            raise RuntimeError(f"{name} {why}")
-        self.display = ":" + number
+        self.display = read_display(r, proc, argv[0], self._stop, self._waker)
         return proc
 
-    def _start_openbox(self, svc: Service) -> None:
-        self._spawn(svc, ["openbox"], quiet=True)
-
-    def _start_x11vnc(self, svc: Service) -> None:
-        ip, port = self.cfg.ip, self.cfg.rfb_port
-        argv = ["x11vnc", "-display", self.display, "-listen", ip, "-rfbport", str(port), "-nopw", "-forever"]
-        proc = self._spawn(svc, [*argv, "-shared", "-noxdamage", "-nonap", "-quiet", "-norc", "-noipv6"], quiet=False)
-        self._wait_port(proc, "x11vnc", ip, port)
-
-    def _wait_port(self, proc: subprocess.Popen[bytes], name: str, ip: str, port: int) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}")
-            try:
-                with socket.create_connection((ip, port), timeout=0.5):
-                    return
-            except OSError:
-                self._stop.wait(0.02)
-        raise RuntimeError(f"{name} did not listen on {ip}:{port} within {READY_TIMEOUT:.0f}s")
-
-    def _start_chromium(self, svc: Service) -> None:
-        # Normal priority: the browser is what the person types their password into (SCHED_IDLE was tried for boot
-        # storms; it did not shorten them and it froze browsers whenever anything else wanted the CPU).
-        self._spawn(svc, self.chromium_argv(self._first_url or self.cfg.start_url), quiet=True)
-
     def chromium_argv(self, url: str) -> list[str]:
-        unsandboxed = [] if self.chromium_sandbox else ["--no-sandbox"]
-        return ["chromium", *CHROMIUM_FLAGS, *unsandboxed, f"--user-data-dir={self.home}/chromium", url]
+        return chromium_argv(self.home, url, self.chromium_sandbox)
 
     # ---- actions (HTTP threads) ---------------------------------------------------------------
     def want_browser(self, url: str = "") -> bool:
@@ -404,16 +310,7 @@ class Supervisor:
     def browser_shown(self) -> bool | None:
         """Whether the window manager lists a client window (Chromium's) on the display; None when this cannot be
         told here (no xprop in this userspace)."""
-        xprop = shutil.which("xprop")
-        if xprop is None or not self.display:
-            return None
-        try:
-            out = subprocess.run(
-                [xprop, "-display", self.display, "-root", "_NET_CLIENT_LIST"], capture_output=True, timeout=2
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return bool(_WINDOW.search(out))
+        return window_listed(self.display)
 
     def wait_browser(self, timeout: float) -> tuple[str, bool | None]:
         """The one wait for "Chromium runs and its window shows" (through restarts, until `timeout` or the agent
@@ -480,12 +377,3 @@ class Supervisor:
             "display": self.display,
             "uptime": round(time.monotonic() - self.t0, 3),
         }
-
-
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait for `proc` up to `timeout`; True when it has exited."""
-    try:
-        proc.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
