@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -16,6 +15,7 @@ from hearth.config import Settings
 from hearth.reconcile.inventory import scan_sync
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import Running
+from tests.waits import wait_session
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,10 @@ class Live:
         return f"{ctl.ws_base}/api/auth/session/{self.session_id}/novnc/websock?token={token or self.viewer_token}"
 
 
-async def wait_status(http: httpx.AsyncClient, sid: str, timeout: float = 90) -> dict[str, object]:
-    """Poll the API until the session is no longer `starting` (bounded); returns its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await http.get(f"/api/auth/session/{sid}")
-        if r.status_code == 429:  # rate limited: do as told
-            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-            continue
-        body: dict[str, object] = r.json()
-        if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
-            return body
-        await asyncio.sleep(0.1)  # 10 polls/s: well under the API's default rate limit
+def signin_of(body: dict[str, object]) -> dict[str, object]:
+    """The `signin` part of a session's body (the link, code, prompt of a direct sign-in), or {}."""
+    s = body.get("signin")
+    return s if isinstance(s, dict) else {}
 
 
 async def start_ready(http: httpx.AsyncClient, settings: Settings, user: str) -> Live:
@@ -51,7 +43,7 @@ async def start_ready(http: httpx.AsyncClient, settings: Settings, user: str) ->
     r = await http.post("/api/auth/start", json={"user_id": user})
     assert r.status_code == 201, r.text
     started = r.json()
-    body = await wait_status(http, started["session_id"])
+    body = await wait_session(http, started["session_id"], timeout=90)
     assert body["status"] == "ready", body
     ip = str(body["sandbox_ip"])
     slot = int(IPv4Address(ip)) - int(settings.ip_pool_start)  # any pool size (slots beyond 253 of a /22, /21)

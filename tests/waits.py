@@ -1,5 +1,6 @@
-"""The one bounded wait of the tests: `eventually(probe, timeout, what)` polls until the probe has an answer and fails
-naming `what` and the last thing it saw. Never a sleep as synchronisation, never an assertion on wall-clock time."""
+"""The bounded waits of the tests: `eventually(probe, timeout, what)` polls until the probe has an answer, and
+`wait_session(http, sid, until, what)` waits for a session through its server-sent status stream; both fail naming
+`what` and the last thing they saw. Never a sleep as synchronisation, never an assertion on wall-clock time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
@@ -43,3 +46,70 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+Body = dict[str, object]
+
+
+def started(body: Body) -> bool:
+    """The default of `wait_session`: the session is past `queued` and `starting` (ready, or ended)."""
+    return body["status"] not in ("queued", "starting")
+
+
+async def wait_session(
+    http: httpx.AsyncClient,
+    sid: str,
+    until: Callable[[Body], bool] = started,
+    what: str = "the session past starting",
+    timeout: float = 120,
+    *,
+    token: str | None = None,
+) -> Body:
+    """The one wait for a session: until `until(body)` holds or the session ended (`body` is GET
+    /api/auth/session/{sid}, as the API key sees it); returns that body. Told, not polled: it listens to the session's
+    server-sent status stream (GET …/status, a control token: `token`, or one it asks for) and reads the body again
+    at each event — or keepalive. Raises AssertionError naming `what` and the last body after `timeout` seconds.
+
+    Like an open sign-in page, the stream counts as activity (the idle timer): a test of idle expiry waits with
+    `eventually` instead."""
+    last: Body = {}
+
+    async def get() -> Body:
+        nonlocal last
+        while True:
+            r = await http.get(f"/api/auth/session/{sid}")
+            if r.status_code != 429:  # rate limited: do as told
+                break
+            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        assert r.status_code == 200, f"GET session {sid}: {r.status_code} {r.text}"
+        last = r.json()
+        return last
+
+    def done(body: Body) -> bool:
+        return until(body) or body["status"] in TERMINAL
+
+    async def run() -> Body:
+        nonlocal token
+        if token is None:
+            r = await http.post(f"/api/auth/session/{sid}/token", json={"scope": "control"})
+            assert r.status_code == 200, f"a token for session {sid}: {r.status_code} {r.text}"
+            token = str(r.json()["viewer_token"])
+        # a read timeout above the stream's 15 s keepalive, whatever the client's own (the whole wait is bounded)
+        url, params = f"/api/auth/session/{sid}/status", {"token": token}
+        async with http.stream("GET", url, params=params, timeout=60) as stream:
+            assert stream.status_code == 200, f"status stream of {sid}: {stream.status_code}"
+            body = await get()  # after the stream opened: no change can fall between this read and its events
+            if done(body):
+                return body
+            async for line in stream.aiter_lines():
+                if line.startswith(("data:", ": keepalive")):
+                    body = await get()
+                    if done(body):
+                        return body
+        return await get()  # the stream ends with the session
+
+    try:
+        return await asyncio.wait_for(run(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})") from None

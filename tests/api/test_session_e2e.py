@@ -18,18 +18,9 @@ from hearth.gateway.tokens.base import Scope
 from hearth.rfb.ws import first_frame
 from hearth.store.models import SessionRow
 from tests.conftest import Running, running_controller
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-async def wait_status(http: httpx.AsyncClient, sid: str, want: str, timeout: float = 90) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, object] = (await http.get(f"/api/auth/session/{sid}")).json()
-        if body["status"] not in ("queued", "starting") or time.monotonic() > deadline:
-            assert body["status"] == want, body
-            return body
-        await asyncio.sleep(0.1)
 
 
 async def close_of(url: str) -> tuple[int, str]:
@@ -132,4 +123,5 @@ async def test_pool_exhausted_is_503_with_nothing_created(make_settings: Callabl
         active = await ctl.ctl.service.list_active()
         assert [v.user_id for v in active] == ["a"]
         http.headers.update(ctl.headers)
-        await wait_status(http, first.json()["session_id"], "ready")
+        body = await wait_session(http, first.json()["session_id"], timeout=90)
+        assert body["status"] == "ready", body

@@ -17,8 +17,9 @@ from hearth.providers.model import FlowName
 from hearth.sandbox.netns import pids_in_netns
 from tests import rawws
 from tests.conftest import running_controller
-from tests.live import descendants, leaks, wait_status
+from tests.live import descendants, leaks
 from tests.signinkit import idp_env, running_idp
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9401
@@ -62,7 +63,7 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             assert r.status_code == 201, r.text
             started = r.json()
             sid, token = started["session_id"], started["viewer_token"]
-            body = await wait_status(http, sid)
+            body = await wait_session(http, sid)
             assert body["status"] in ("ready", "awaiting_user"), body
             assert body["mode"] == "direct"
             timings = body["timings"]
@@ -145,7 +146,7 @@ async def test_an_open_sign_in_page_keeps_a_direct_session_from_idling_out(
             r = await http.post("/api/auth/start", json={"user_id": "i", "provider": "example", "mode": "direct"})
             started = r.json()
             sid = started["session_id"]
-            body = await wait_status(http, sid)
+            body = await wait_session(http, sid)
             assert body["status"] in ("ready", "awaiting_user"), body
             status_url = f"/api/auth/session/{sid}/status?token={started['viewer_token']}"
             keepalives = 0

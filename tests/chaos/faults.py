@@ -21,7 +21,8 @@ from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream
 from hearth.store.models import LeaseRow
 from tests.conftest import Running
-from tests.live import start_ready, wait_status
+from tests.live import start_ready
+from tests.waits import wait_session
 
 FOREIGN = ("sqlalche", "OperationalError", "psycopg", "sqlite3", "Traceback", "postgresql://", "Error:")
 
@@ -92,7 +93,7 @@ async def outage(
         assert doomed.session_id not in leases
         fresh = await http.post("/api/auth/start", json={"user_id": "after-user"})
         assert fresh.status_code == 201, fresh.text
-        body = await wait_status(http, fresh.json()["session_id"])
+        body = await wait_session(http, fresh.json()["session_id"])
         assert body["status"] == "ready", body
         for sid in (watched.session_id, fresh.json()["session_id"]):
             assert (await http.post(f"/api/auth/session/{sid}/cancel")).json()["status"] == "cancelled"

@@ -22,8 +22,9 @@ from hearth.config import Settings
 from hearth.store.models import CliSandboxRow
 from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
-from tests.signin.test_direct_e2e import signin_of, wait_session
+from tests.live import signin_of
 from tests.signinkit import browse, idp_env, issuer, running_idp
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9406

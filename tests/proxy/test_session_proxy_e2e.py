@@ -15,10 +15,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from tests.conftest import running_controller
-from tests.signin.test_direct_e2e import wait_session
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 WAIT = 90.0  # the test's bound: booting the sandbox and Chromium on a busy host, then the proxy's few seconds

@@ -12,7 +12,7 @@ import pytest
 from hearth.config import Settings
 from hearth.rfb.ws import first_frame
 from tests.conftest import running_controller
-from tests.live import wait_status
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ async def test_a_storm_waits_in_line_and_every_session_becomes_ready(make_settin
         frame = await first_frame(url, timeout=90)
         assert frame.init.width > 0
         for b in started:
-            body = await wait_status(http, b["session_id"])
+            body = await wait_session(http, b["session_id"])
             assert body["status"] == "ready" and body["queue_position"] is None, body
         events = (await http.get(f"/api/auth/session/{queued[0][1]}/events")).json()
         assert [e["name"] for e in events if e["kind"] == "state"] == ["queued", "starting", "ready"]

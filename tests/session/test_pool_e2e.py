@@ -16,7 +16,8 @@ from hearth.config import Settings
 from hearth.rfb.ws import first_frame
 from hearth.session.pool import WarmPool
 from tests.conftest import Running, running_controller
-from tests.live import descendants, leaks, wait_status
+from tests.live import descendants, leaks
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -49,7 +50,7 @@ async def test_pool_hand_out_refill_recycle(make_settings: Callable[..., Setting
         # Two starts at once: both served by the pool, never the same sandbox.
         answers = await asyncio.gather(*(http.post("/api/auth/start", json={"user_id": f"p{i}"}) for i in range(2)))
         assert [r.status_code for r in answers] == [201, 201], [r.text for r in answers]
-        bodies = [await wait_status(http, r.json()["session_id"]) for r in answers]
+        bodies = [await wait_session(http, r.json()["session_id"]) for r in answers]
         assert [b["status"] for b in bodies] == ["ready", "ready"], bodies
         ips = {str(b["sandbox_ip"]) for b in bodies}
         assert ips == set(pooled), (ips, list(pooled))  # the two pooled sandboxes, one each
@@ -86,6 +87,6 @@ async def test_pool_hand_out_refill_recycle(make_settings: Callable[..., Setting
             assert (await http.delete(f"/api/auth/session/{b['session_id']}")).status_code in (200, 204)
         await pool.drain()
         for b in bodies:
-            await wait_status(http, str(b["session_id"]))
+            await wait_session(http, str(b["session_id"]))
         left = await leaks(ctl, before)
         assert left.total == 0, left

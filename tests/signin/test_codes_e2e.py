@@ -20,8 +20,9 @@ from sqlalchemy import select
 from hearth.config import Settings
 from hearth.store.models import EventRow, SessionRow
 from tests.conftest import Running, running_controller
-from tests.signin.test_direct_e2e import signin_of, wait_session
+from tests.live import signin_of
 from tests.signinkit import idp_env, running_idp
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9411

@@ -3,55 +3,40 @@ the example CLI; the controller shows the person the sign-in link (and device co
 code (a wrong one first: the CLI's own error comes back, and the person retries) and the credentials end up
 captured → sealed → delivered → completed, with nothing left behind.
 
-The person's own browser is played by plain HTTP requests to the example IdP, made from sockets inside the fabric
-namespace (where the IdP listens) — the only thing stood in for here."""
+The person's own browser is played by plain HTTP requests to the example IdP on BRIDGE_IP — the only thing stood in
+for here. It runs on the loopback driver (hearth/sandbox/loopback.py): the real agent and CLI, no root."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 
 import httpx
 import pytest
 
 from hearth.config import Settings
 from hearth.session import wording
-from tests.conftest import Running, running_controller
-from tests.live import descendants, leaks
+from tests.conftest import Running, loopback_env, running_controller
+from tests.live import descendants, leaks, signin_of
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
+from tests.waits import eventually, wait_session
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 IDP_PORT = 9404
-ISSUER = issuer(IDP_PORT)
 STATES = ["starting", "ready", "awaiting_user", "credentials_captured", "delivered", "completed"]
-
-
-async def wait_session(
-    http: httpx.AsyncClient, sid: str, until: Callable[[dict[str, object]], bool], what: str, timeout: float = 120
-) -> dict[str, object]:
-    """Poll the API (bounded) until `until(body)` or the session ended."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        body = (await http.get(f"/api/auth/session/{sid}")).json()
-        if until(body) or body["status"] in ("completed", "failed", "cancelled", "expired"):
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s; last {body}")
-
-
-def signin_of(body: dict[str, object]) -> dict[str, object]:
-    s = body.get("signin")
-    return s if isinstance(s, dict) else {}
 
 
 async def finish(ctl: Running, http: httpx.AsyncClient, sid: str) -> list[dict[str, object]]:
     body = await wait_session(http, sid, lambda b: False, "completion")
     assert body["status"] == "completed", body
-    assert body["signin"] is None  # forgotten once the session ended
+
+    async def forgotten() -> bool:  # once the session ended (its end hook runs right after the state is stored)
+        return (await http.get(f"/api/auth/session/{sid}")).json()["signin"] is None
+
+    await eventually(forgotten, 10, "the sign-in forgotten")
     events: list[dict[str, object]] = (await http.get(f"/api/auth/session/{sid}/events")).json()
     assert [e["name"] for e in events if e["kind"] == "state"] == STATES
     files = await ctl.ctl.vault.open("dora", "example")
@@ -62,8 +47,10 @@ async def finish(ctl: Running, http: httpx.AsyncClient, sid: str) -> list[dict[s
 
 
 async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(**idp_env(IDP_PORT), HEARTH_SIGNIN_MODE="direct")
-    netns = settings.fabric_netns
+    env = loopback_env()
+    bridge = str(IPv4Network(env["INTERNAL_NETWORK"]).network_address + 1)
+    settings = make_settings(**env, **idp_env(IDP_PORT, bridge))
+    netns, ISSUER = settings.dial_netns, issuer(IDP_PORT, bridge)
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,

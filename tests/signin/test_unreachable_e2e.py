@@ -18,8 +18,9 @@ from hearth.config import Settings
 from hearth.providers.model import FlowName
 from tests.conftest import running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
-from tests.signin.test_direct_e2e import signin_of, wait_session
+from tests.live import signin_of
 from tests.signinkit import idp_env, running_idp
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 HOST = "signin.hearth-test.invalid"  # .invalid never resolves (RFC 2606)
