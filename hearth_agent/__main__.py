@@ -26,6 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hearth_agent.config import AgentConfig, ConfigError, load_config
+from hearth_agent.contract import routes
 from hearth_agent.supervisor import Supervisor, Unavailable
 
 if TYPE_CHECKING:  # imported by build_server: after the display started
@@ -73,11 +74,11 @@ def build_server(cfg: AgentConfig, sup: Supervisor) -> AgentServer:
     from hearth_agent.personalise import personalise_route
     from hearth_agent.server import AgentServer
 
-    server = AgentServer((cfg.ip, cfg.agent_port), cfg.secret, sup.health)
+    server = AgentServer((cfg.ip, cfg.agent_port), cfg.identity, sup.health)
     server.wait_ready = sup.wait_display  # GET /health?wait=<s>: answered once the display runs (no polling)
-    server.route("POST", "/v1/open-url", open_url_route(sup))
-    server.route("POST", "/v1/browser", browser_route(sup))
-    server.route("POST", "/v1/personalise", personalise_route(server, cfg))
+    server.route("POST", routes.OPEN_URL, open_url_route(sup))
+    server.route("POST", routes.BROWSER, browser_route(sup))
+    server.route("POST", routes.PERSONALISE, personalise_route(server))
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)

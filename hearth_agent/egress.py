@@ -20,10 +20,11 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hearth_agent.config import AgentConfig
+from hearth_agent.config import AgentConfig, Identity, identity_of
+from hearth_agent.contract import routes
 from hearth_agent.controller import Outbox
 from hearth_agent.egressproxy import LocalProxy, Upstream, parse_allow
 from hearth_agent.server import AgentServer
@@ -37,8 +38,10 @@ _current: Egress | None = None
 
 
 class Egress:
-    def __init__(self, raw: Mapping[str, Any], home: str) -> None:
+    def __init__(self, raw: Mapping[str, Any], home: str, identity: Callable[[], Identity] | None = None) -> None:
+        """`raw`: the agent config's document; `identity`: who the agent is now (without it, the document's)."""
         self.raw, self.home = raw, home
+        self.identity = identity or (lambda: identity_of(raw))
         spec = raw.get("egress_proxy")
         self.listen_port = int(spec["listen_port"]) if isinstance(spec, dict) and spec.get("listen_port") else 0
         upstream = spec.get("upstream") if isinstance(spec, dict) else None
@@ -116,12 +119,12 @@ class Egress:
 
     # ---- failures and the pool --------------------------------------------------------------------
     def _failed(self, kind: str, detail: str) -> None:
-        cb, sid, secret = (self.raw.get(k) for k in ("callback", "session_id", "secret"))
-        if not (isinstance(cb, str) and cb and isinstance(sid, str) and sid and isinstance(secret, str) and secret):
+        cb, who = self.raw.get("callback"), self.identity()
+        if not (isinstance(cb, str) and cb and who.session_id and who.secret):
             return
-        if not self.raw.get("providers"):  # not a sign-in's sandbox (a CLI sandbox): no session to fail, logged only
+        if not who.providers:  # not a sign-in's sandbox (a CLI sandbox): no session to fail, logged only
             return
-        Outbox(cb, sid, secret).event("page_unreachable", f"[proxy] {detail}", budget=30.0)
+        Outbox(cb, who.session_id, who.secret).event("page_unreachable", f"[proxy] {detail}", budget=30.0)
 
     def set_upstream(self, body: dict[str, Any]) -> tuple[int, Any]:
         url = body.get("upstream")
@@ -145,7 +148,7 @@ def child_env() -> dict[str, str]:
 def register(server: AgentServer, sup: Supervisor, cfg: AgentConfig | Mapping[str, Any]) -> Egress:
     global _current
     raw = cfg if isinstance(cfg, Mapping) else cfg.raw
-    egress = Egress(raw, sup.home)
+    egress = Egress(raw, sup.home, lambda: server.identity)
     try:
         egress.start()
     except (OSError, TimeoutError) as exc:  # the desktop still comes up; traffic through the proxy is refused
@@ -155,5 +158,5 @@ def register(server: AgentServer, sup: Supervisor, cfg: AgentConfig | Mapping[st
     # never use a proxy (hearth_agent/controller.py).
     os.environ.update(egress.env())
     _current = egress
-    server.route("POST", "/v1/egress", egress.set_upstream)
+    server.route("POST", routes.EGRESS, egress.set_upstream)
     return egress

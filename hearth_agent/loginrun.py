@@ -21,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth_agent import homefs
-from hearth_agent.controller import PUSH_BUDGET, Outbox, redact, url_host, url_summary
+from hearth_agent.contract.redaction import redact, url_host, url_summary
+from hearth_agent.contract.signin import CodeRefused, check_code
+from hearth_agent.controller import PUSH_BUDGET, Outbox
 from hearth_agent.credfiles import CredentialFiles
 from hearth_agent.loginscreen import POLL, LoginScreen
 from hearth_agent.pageprobe import Unreachable, local_proxy, probe
@@ -36,27 +38,7 @@ SPOOL = ".hearth/browser-urls"  # written by browser_hook.py (as $BROWSER and as
 EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
 CREDENTIALS_BUDGET = PUSH_BUDGET  # retried across a controller restart
 MAX_RESTARTS = 3  # paste-code CLIs that exit on a wrong code are started again this often
-MAX_CODE = 512
-__all__ = ["SPOOL", "CodeRefused", "LoginRun", "check_code"]
-
-
-class CodeRefused(Exception):
-    """A pasted code cannot be sent now (HTTP 409) or is malformed (HTTP 400)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def check_code(code: Any) -> str:
-    if not isinstance(code, str) or not code.strip():
-        raise CodeRefused(400, "code must be a non-empty string")
-    code = code.strip()
-    if len(code) > MAX_CODE:
-        raise CodeRefused(400, f"code is longer than {MAX_CODE} characters; paste only the code the page shows")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in code):
-        raise CodeRefused(400, "code contains control characters; paste only the code the page shows")
-    return str(code)
+__all__ = ["SPOOL", "LoginRun"]
 
 
 class LoginRun:

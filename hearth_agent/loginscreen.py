@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hearth_agent.codes import scrub_codes
-from hearth_agent.controller import redact
+from hearth_agent.contract.redaction import redact
 from hearth_agent.providerdef import FlowDef
 from hearth_agent.screen import Screen
 

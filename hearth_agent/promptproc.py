@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from hearth_agent import homefs
-from hearth_agent.controller import Outbox, PushFailed, redact
+from hearth_agent.contract.redaction import redact
+from hearth_agent.controller import Outbox, PushFailed
 from hearth_agent.inotify import Watch
 from hearth_agent.proctree import kill_tree
 from hearth_agent.promptdef import PromptSpec, map_line

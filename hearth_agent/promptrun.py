@@ -12,10 +12,11 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hearth_agent.config import AgentConfig
+from hearth_agent.config import AgentConfig, Identity, identity_of
+from hearth_agent.contract import routes
 from hearth_agent.controller import Outbox
 from hearth_agent.proctree import descendants, kill_tree
 from hearth_agent.promptdef import PromptSpec
@@ -30,22 +31,24 @@ CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"
 MAX_RUNS = 16
 
 
-def _setting(cfg: AgentConfig | Mapping[str, Any], key: str) -> Any:
-    return cfg.get(key) if isinstance(cfg, Mapping) else (cfg.raw or {}).get(key, getattr(cfg, key, None))
-
-
 class Prompts:
-    def __init__(self, cfg: AgentConfig | Mapping[str, Any], home: str) -> None:
+    def __init__(
+        self, cfg: AgentConfig | Mapping[str, Any], home: str, identity: Callable[[], Identity] | None = None
+    ) -> None:
+        """`identity`: who the agent is now (the server's, which the pool's hand-over replaces); without it, the
+        config's."""
         self.cfg, self.home = cfg, home
+        self.identity = identity or (lambda: identity_of(cfg))
         self.clis_bin = os.environ.get("HEARTH_CLIS_BIN") or CLIS_BIN
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
 
     def _outbox(self) -> Outbox:
-        cb, sid, secret = (_setting(self.cfg, k) for k in ("callback", "session_id", "secret"))
-        if not (isinstance(cb, str) and cb and isinstance(sid, str) and sid and isinstance(secret, str) and secret):
+        cb = self.cfg.get("callback") if isinstance(self.cfg, Mapping) else self.cfg.callback
+        who = self.identity()
+        if not (isinstance(cb, str) and cb and who.session_id and who.secret):
             raise HttpError(409, "this agent has no controller callback (config callback, session_id)")
-        return Outbox(cb, sid, secret)
+        return Outbox(cb, who.session_id, who.secret)
 
     def env(self, spec: PromptSpec) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_AGENT")}
@@ -57,10 +60,7 @@ class Prompts:
         return env
 
     def start(self, body: dict[str, Any]) -> tuple[int, Any]:
-        allowed = _setting(self.cfg, "providers")
-        if allowed is not None and (
-            not isinstance(allowed, list) or definition_digest(body.get("provider")) not in allowed
-        ):
+        if not self.identity().allows(definition_digest(body.get("provider"))):
             return 403, {"error": "this provider definition is not one the controller allowed for this sandbox"}
         p = parse_provider(body.get("provider"))
         if p.prompt is None:
@@ -118,9 +118,9 @@ class Prompts:
 
 
 def register(server: AgentServer, sup: Supervisor, cfg: AgentConfig) -> Prompts:
-    prompts = Prompts(cfg, sup.home)
-    server.route("POST", "/v1/prompts", prompts.start)
-    server.route("POST", "/v1/prompts/cancel", prompts.cancel)
-    server.route("POST", "/v1/prompts/status", prompts.status)
+    prompts = Prompts(cfg, sup.home, lambda: server.identity)
+    server.route("POST", routes.PROMPTS, prompts.start)
+    server.route("POST", routes.PROMPTS_CANCEL, prompts.cancel)
+    server.route("POST", routes.PROMPTS_STATUS, prompts.status)
     atexit.register(prompts.shutdown)  # a CLI must not outlive the agent
     return prompts

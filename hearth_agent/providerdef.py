@@ -1,7 +1,8 @@
 """A provider definition as the agent receives it in `POST /v1/login`: the schema of hearth/providers/model.py
 (name, cli, credential_files, timeout, flows{loopback|paste_code|device_code: command, env, prompts, url_pattern,
 url_must_contain, display, code_pattern, code_prompt}, prompt: hearth_agent/promptdef.py), checked with the stdlib.
-Unknown keys (e.g. display_name) are ignored; paths must be relative to HOME without `..`.
+Unknown keys (e.g. display_name) are ignored; paths must be relative to HOME without `..`. The one validator of the
+rules: the controller's pydantic model calls it (hearth/providers/model.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from hearth_agent.contract.signin import FLOWS
 from hearth_agent.homefs import relative_parts
 from hearth_agent.promptdef import PromptSpec, parse_prompt_section
 
 DEFAULT_URL_PATTERN = r"https?://[^\s\x1b\"'<>]+"
-FLOWS = ("loopback", "paste_code", "device_code")
 _NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 _BIN = re.compile(r"^[A-Za-z0-9._-]+$")
 _ESCAPES = re.compile(r"\\(r|n|t|e|\\|x[0-9a-fA-F]{2})")

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from hearth_agent.contract import routes
+from hearth_agent.contract.document import Identity
 from hearth_agent.wakeup import Waker, wait_readable
 
 log = logging.getLogger("hearth_agent")
@@ -48,10 +50,9 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the listen backlog (socketserver's default, 5, reset a burst of 100 connects)
 
-    def __init__(self, addr: tuple[str, int], secret: str, health: Callable[[], dict[str, Any]]) -> None:
-        if not secret:
-            raise ValueError("the agent needs a secret")
-        self._secret = secret.encode()
+    def __init__(self, addr: tuple[str, int], identity: Identity | str, health: Callable[[], dict[str, Any]]) -> None:
+        """`identity`: who the agent is (a bare secret: an agent with no session, any provider definition)."""
+        self._identity = self._checked(Identity(identity) if isinstance(identity, str) else identity)
         self.health = health
         self.routes: dict[tuple[str, str], Route] = {}
         self.wait_ready: Callable[[float], object] | None = None  # blocks until ready or the timeout given
@@ -84,18 +85,28 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
         super().server_close()
         self._wake.close()
 
-    def rekey(self, secret: str) -> None:
-        """From now on only `secret` is accepted (a warm-pool hand-out: hearth_agent/personalise.py)."""
-        if not secret:
+    @staticmethod
+    def _checked(identity: Identity) -> Identity:
+        if not identity.secret:
             raise ValueError("the agent needs a secret")
-        self._secret = secret.encode()
+        return identity
+
+    @property
+    def identity(self) -> Identity:
+        """Who the agent is now: the secret it answers to and pushes with, its session, the definitions it may run."""
+        return self._identity
+
+    def reidentify(self, identity: Identity) -> None:
+        """The identity replaced whole (a warm-pool hand-out: hearth_agent/personalise.py): from now on only its
+        secret is accepted."""
+        self._identity = self._checked(identity)
 
     def route(self, method: str, path: str, fn: Route) -> None:
         self.routes[(method.upper(), path)] = fn
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, value = (header or "").partition(" ")
-        ok = hmac.compare_digest(value.strip().encode(errors="replace"), self._secret)
+        ok = hmac.compare_digest(value.strip().encode(errors="replace"), self._identity.secret.encode())
         return scheme.lower() == "bearer" and ok
 
 
@@ -138,7 +149,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         path, _, query = self.path.partition("?")
-        if method == "GET" and path == "/health":
+        if method == "GET" and path == routes.HEALTH:
             wait = _wait_seconds(query)
             if wait > 0 and self.server.wait_ready is not None:
                 self.server.wait_ready(wait)

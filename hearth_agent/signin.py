@@ -2,8 +2,8 @@
 
 Routes (all need `Authorization: Bearer <agent secret>`):
 
-- `POST /v1/login` `{"provider": <provider definition>, "flow": "loopback"|"paste_code"|"device_code", "env": {...}}`
-  → 202 `{"started": true}`; 409 while one runs; 400 for a flow the definition does not declare (naming the ones
+- `POST /v1/login` `{"provider": <provider definition>, "flow": "loopback"|"paste_code"|"device_code", "timeout": <s>,
+  "env": {...}}` (hearth_agent/contract/signin.py: login_body; the sign-in fails after `timeout` seconds) → 202 `{"started": true}`; 409 while one runs; 400 for a flow the definition does not declare (naming the ones
   it has); 424 when the CLI is not installed (naming the fix). Runs the flow's CLI in a PTY (hearth_agent/loginrun.py).
 - `GET /v1/login` → `{"state", "provider", "flow", "url_host", "reason", "prompts_answered", "awaiting_code",
   "screen_tail"}` (rendered screen text, redacted; never a secret).
@@ -22,18 +22,21 @@ credentials `{"provider", "files": [{target, mode, data_b64}]}`.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hearth_agent import egress, filedigest, homefs
-from hearth_agent.config import AgentConfig
+from hearth_agent.config import AgentConfig, Identity, identity_of
+from hearth_agent.contract import routes
+from hearth_agent.contract.signin import CodeRefused, login_timeout
 from hearth_agent.controller import Outbox
-from hearth_agent.loginrun import SPOOL, CodeRefused, LoginRun
+from hearth_agent.loginrun import SPOOL, LoginRun
 from hearth_agent.providerdef import FlowDef, ProviderDef, UnknownFlow, definition_digest, parse_provider, str_map
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
@@ -77,8 +80,18 @@ def setting(cfg: Config, key: str) -> str:
 
 
 class SignIn:
-    def __init__(self, sup: Supervisor, cfg: Config, home: str | None = None, hook: str | None = None) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        cfg: Config,
+        home: str | None = None,
+        hook: str | None = None,
+        identity: Callable[[], Identity] | None = None,
+    ) -> None:
+        """`identity`: who the agent is now (the server's, which the pool's hand-over replaces); without it, the
+        config's."""
         self.sup, self.cfg = sup, cfg
+        self.identity = identity or (lambda: identity_of(cfg))
         self.home = home or sup.home
         self.hook = hook or os.environ.get("BROWSER") or DEFAULT_HOOK
         self.clis_bin = os.environ.get("HEARTH_CLIS_BIN") or CLIS_BIN
@@ -88,8 +101,8 @@ class SignIn:
         self._outbox_for: tuple[str, ...] = ()
 
     def outbox(self) -> Outbox:
-        live = self.cfg if isinstance(self.cfg, Mapping) else self.cfg.raw or self.cfg  # raw: personalised live
-        key = tuple(setting(live, k) or setting(self.cfg, k) for k in ("callback", "session_id", "secret"))
+        who = self.identity()
+        key = (setting(self.cfg, "callback"), who.session_id, who.secret)
         if self._outbox is None or key != self._outbox_for:
             cb, sid, secret = key
             if not (cb and sid and secret):
@@ -134,15 +147,18 @@ class SignIn:
         return f"{exe!r} is not installed in this sandbox (not found on PATH)"
 
     def login(self, body: dict[str, Any]) -> tuple[int, Any]:
-        raw = self.cfg if isinstance(self.cfg, Mapping) else self.cfg.raw
-        allowed = raw.get("providers")  # set by the controller for every sandbox; absent: a test's own agent
+        allowed = self.identity().providers  # set by the controller for every sandbox; None: a test's own agent
         extra = str_map(body.get("env"), "env")
         if allowed is not None:
-            if not isinstance(allowed, list) or definition_digest(body.get("provider")) not in allowed:
+            if definition_digest(body.get("provider")) not in allowed:
                 return 403, {"error": "this provider definition is not one the controller allowed for this sandbox"}
             if any(not _EXTRA_ENV.fullmatch(k) for k in extra):
                 return 400, {"error": "env may only name HEARTH_* variables"}
-        p = parse_provider(body.get("provider"))
+        try:
+            timeout = login_timeout(body)  # the one sign-in timeout: the controller's (hearth_agent/contract/signin.py)
+        except ValueError as exc:
+            return 400, {"error": str(exc)}
+        p = dataclasses.replace(parse_provider(body.get("provider")), timeout=timeout)
         flow_name = body.get("flow")
         if flow_name is not None and not isinstance(flow_name, str):
             return 400, {"error": "flow must be loopback, paste_code or device_code"}
@@ -231,14 +247,14 @@ class SignIn:
 
 
 def register(server: AgentServer, sup: Supervisor, cfg: Config) -> SignIn:
-    signin = SignIn(sup, cfg)
-    server.route("POST", "/v1/login", signin.login)
-    server.route("GET", "/v1/login", signin.status)
-    server.route("POST", "/v1/login/code", signin.code)
-    server.route("POST", "/v1/login/replay", signin.replay)
-    server.route("POST", "/v1/cancel-login", signin.cancel)
-    server.route("POST", "/v1/files", signin.files)
-    server.route("POST", "/v1/files/remove", signin.remove_files)
-    server.route("POST", "/v1/files/digest", filedigest.route(signin.home))  # sizes, modes, SHA-256 only
+    signin = SignIn(sup, cfg, identity=lambda: server.identity)
+    server.route("POST", routes.LOGIN, signin.login)
+    server.route("GET", routes.LOGIN, signin.status)
+    server.route("POST", routes.LOGIN_CODE, signin.code)
+    server.route("POST", routes.LOGIN_REPLAY, signin.replay)
+    server.route("POST", routes.CANCEL_LOGIN, signin.cancel)
+    server.route("POST", routes.FILES, signin.files)
+    server.route("POST", routes.FILES_REMOVE, signin.remove_files)
+    server.route("POST", routes.FILES_DIGEST, filedigest.route(signin.home))  # sizes, modes, SHA-256 only
     atexit.register(signin.shutdown)  # a running CLI (its own session) must not outlive the agent
     return signin

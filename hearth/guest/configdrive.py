@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from hearth.sandbox.base import SandboxSpec
+from hearth_agent.contract import document as contract
 
 MAGIC = b"HEARTHCFG1\n"
 BLOCK = 4096
@@ -23,32 +24,32 @@ LOCAL_PROXY_PORT = 3128  # the agent's local egress proxy on the sandbox's own 1
 
 
 def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
-    """The agent configuration for `spec` (what the netns driver writes to agent.json, minus nothing)."""
-    return {
-        "version": 1,
-        "session_id": spec.session_id,
-        "secret": spec.secret,
-        "screen": spec.screen,
-        "start_url": spec.start_url,
-        "chromium": spec.chromium,
-        "browser_on_request": spec.browser_on_request,
-        "rfb_port": spec.rfb_port,
-        "agent_port": spec.agent_port,
-        "desktop": spec.desktop,
-        "vnc_server": spec.vnc_server,
-        "callback": f"http://{spec.slot.gateway}:{callback_port}",
-        "providers": list(spec.providers),
+    """The agent configuration for `spec` (what the netns driver writes to agent.json, minus nothing): the contract's
+    document (hearth_agent/contract/document.py)."""
+    return contract.build(
+        spec.secret,
+        spec.session_id,
+        spec.providers,
+        f"http://{spec.slot.gateway}:{callback_port}",
+        screen=spec.screen,
+        start_url=spec.start_url,
+        chromium=spec.chromium,
+        browser_on_request=spec.browser_on_request,
+        rfb_port=spec.rfb_port,
+        agent_port=spec.agent_port,
+        desktop=spec.desktop,
+        vnc_server=spec.vnc_server,
         # the guest's /etc/resolv.conf (hearth_boot.py): the fabric's DNS forwarder on the bridge (hearth/egress/dns.py)
-        "nameservers": [str(spec.slot.gateway)],
+        nameservers=[str(spec.slot.gateway)],
         # hearth_agent/egress.py: the local proxy (and the upstream URL with its credentials), the extra CAs
         # (`allow`: HEARTH_EGRESS_ALLOW, the private ranges it may reach as the fabric's rules do)
-        "egress_proxy": (
+        egress_proxy=(
             {"listen_port": LOCAL_PROXY_PORT, "upstream": spec.egress_proxy, "allow": list(spec.egress_allow)}
             if spec.local_proxy
             else None
         ),
-        "extra_ca_certs": spec.extra_ca,
-    }
+        extra_ca_certs=spec.extra_ca,
+    )
 
 
 def encode(doc: dict[str, Any]) -> bytes:

@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from hearth_agent.contract import document as contract  # /opt/hearth/hearth_agent beside this script in the image
+
 MAGIC = b"HEARTHCFG1\n"
 CONFIG_DEFAULT = "/dev/vdb"
 GUEST_USER = "hearth"
@@ -70,14 +72,9 @@ def read_drive(path: str, timeout: float = 10.0) -> dict[str, Any]:
 
 def agent_config(drive: dict[str, Any], cmdline: dict[str, str]) -> dict[str, Any]:
     """The agent's configuration: the drive's settings, plus what the command line says about the network."""
-    cfg = dict(drive)
-    ip = parse_ip_arg(cmdline.get("ip", ""))
-    if ip["client"]:  # the guest's address has one source only: the kernel's ip= argument
-        cfg["ip"] = ip["client"]
-    if not cfg.get("callback") and ip["gateway"]:
-        cfg["callback"] = f"http://{ip['gateway']}:{CALLBACK_PORT}"
-    cfg.setdefault("desktop", True)
-    return cfg
+    ip = parse_ip_arg(cmdline.get("ip", ""))  # the guest's address has one source only: the kernel's ip= argument
+    callback = f"http://{ip['gateway']}:{CALLBACK_PORT}" if ip["gateway"] else ""
+    return contract.locate(drive, ip=ip["client"], default_callback=callback)
 
 
 def config_pipe(cfg: dict[str, Any]) -> int:

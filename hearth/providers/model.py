@@ -4,7 +4,10 @@ sandbox and where they are installed in the user's CLI sandbox (the seed watched
 A definition declares the sign-in *flows* its CLI offers (`loopback`, `paste_code`, `device_code`), each with its
 own command, environment, PTY prompts and URL filter. The sign-in *modes* a session can ask for derive from the
 flows (`Provider.modes()`, `Provider.flow_for(mode)`): `remote_browser` needs `loopback`; `direct` takes
-`device_code`, else `paste_code`. The guest agent checks the same schema with the stdlib (hearth_agent/providerdef.py).
+`device_code`, else `paste_code`. The rules the agent also applies (names, paths, modes, flows, regexes, the
+code pattern's group, the timeout) are written once, in the stdlib validator the agent runs
+(hearth_agent/providerdef.py): `Provider` calls it on its agent document. Here only: the types, no unknown keys, and
+what the agent never receives or reads (display name, npm package, settings files, status check, egress domains).
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hearth_agent.homefs import relative_parts
 from hearth_agent.promptdef import parse_prompt_section
-from hearth_agent.providerdef import definition_digest
+from hearth_agent.providerdef import DEFAULT_URL_PATTERN, definition_digest, parse_provider
 
 
 class FlowName(StrEnum):
@@ -37,10 +40,8 @@ class UnsupportedMode(ValueError):
 
 
 def _relative_path(value: str) -> str:
-    p = PurePosixPath(value)
-    if p.is_absolute() or ".." in p.parts or not value:
-        raise ValueError(f"{value!r} must be a path relative to the home directory, without '..'")
-    return str(p)
+    """`value` normalised ("./a//b" → "a/b"); refused as the agent refuses it (hearth_agent/homefs.py)."""
+    return "/".join(relative_parts(value))
 
 
 def _regex(value: str) -> str:
@@ -60,18 +61,13 @@ class Prompt(BaseModel):
     send: str
     once: bool = True
 
-    @field_validator("expect")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return _regex(v)
-
 
 class CredentialFileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field(description="written by the CLI in the browser sandbox, relative to HOME")
     target: str = Field(description="installed in the user's CLI sandbox, relative to HOME")
-    mode: int = Field(0o600, ge=0, le=0o777)
+    mode: int = 0o600
     require_json: bool = Field(True, description="complete only once the file parses as JSON")
 
     @field_validator("source", "target")
@@ -120,32 +116,20 @@ class CliSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     package: str = Field(pattern=r"^(@[a-z0-9._-]+/)?[a-z0-9._-]+$")
-    bin: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    bin: str
 
 
 class Flow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    command: list[str] = Field(min_length=1)
+    command: list[str]
     env: dict[str, str] = Field(default_factory=dict)
     prompts: list[Prompt] = Field(default_factory=list)
-    url_pattern: str = Field(r"https?://[^\s\x1b\"'<>]+", description="regex that finds the sign-in URL on screen")
+    url_pattern: str = Field(DEFAULT_URL_PATTERN, description="regex that finds the sign-in URL on screen")
     url_must_contain: str = Field("", description="substring the sign-in URL must contain (filters other links)")
     display: bool = Field(False, description="give the CLI the sandbox's DISPLAY (it opens the URL itself)")
     code_pattern: str | None = Field(None, description="device_code: regex with (?P<code>...) finding the code")
     code_prompt: str | None = Field(None, description="paste_code: regex matching the screen waiting for the code")
-
-    @field_validator("url_pattern", "code_prompt")
-    @classmethod
-    def _regexes(cls, v: str | None) -> str | None:
-        return None if v is None else _regex(v)
-
-    @field_validator("code_pattern")
-    @classmethod
-    def _code_group(cls, v: str | None) -> str | None:
-        if v is not None and "code" not in re.compile(_regex(v)).groupindex:
-            raise ValueError("code_pattern needs a named group (?P<code>...)")
-        return v
 
 
 class PermissionFlags(BaseModel):
@@ -190,14 +174,16 @@ class PromptSection(BaseModel):
 class Provider(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    name: str
     display_name: str
     cli: CliSpec | None = Field(None, description="absent for CLIs that are not npm packages (example)")
-    credential_files: list[CredentialFileSpec] = Field(min_length=1)
+    credential_files: list[CredentialFileSpec]
     settings_files: list[SettingsMerge] = Field(default_factory=list)
     status: StatusCheck | None = None
-    timeout: float = Field(600, gt=0)
-    flows: dict[FlowName, Flow] = Field(min_length=1)
+    # Not the sign-in's timeout (that is one: OAUTH_FLOW_TIMEOUT, sent in every POST /v1/login —
+    # hearth_agent/contract/signin.py); kept so that existing definitions load.
+    timeout: float = 600
+    flows: dict[FlowName, Flow]
     prompt: PromptSection | None = Field(None, description="how its CLI answers prompts (absent: it cannot)")
     egress_domains: list[str] = Field(
         default_factory=list,
@@ -216,17 +202,16 @@ class Provider(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Provider:
+        try:
+            parse_provider(self.agent_document())  # the agent's own rules, written once
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         targets = [f.target for f in self.credential_files]
         if len(set(targets)) != len(targets):
             raise ValueError("credential_files targets must be unique")
         merged = [f.target for f in self.settings_files]
         if len(set(merged)) != len(merged) or set(merged) & set(targets):
             raise ValueError("settings_files targets must be unique and not credential_files targets")
-        for name, flow in self.flows.items():
-            if name is FlowName.DEVICE_CODE and flow.code_pattern is None:
-                raise ValueError("flows.device_code needs code_pattern (a regex with (?P<code>...))")
-            if name is FlowName.PASTE_CODE and flow.code_prompt is None:
-                raise ValueError("flows.paste_code needs code_prompt (a regex matching the code prompt)")
         return self
 
     def agent_document(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from hearth_agent.config import parse_config
-from hearth_agent.controller import redact, url_summary
+from hearth_agent.contract.redaction import redact, url_summary
 from hearth_agent.providerdef import definition_digest, parse_provider, unescape
 from hearth_agent.server import AgentServer
 from hearth_agent.signin import SignIn, register
@@ -207,7 +207,7 @@ def agent(tmp_path: Path, controller: Controller, monkeypatch: pytest.MonkeyPatc
         {"ip": "127.0.0.1", "secret": SECRET, "session_id": SESSION, "callback": controller.url, "desktop": True}
     )
     browser = ScriptedBrowser(cfg, home=str(home))  # its desktop services are never started here
-    server = AgentServer(("127.0.0.1", 0), SECRET, browser.health)
+    server = AgentServer(("127.0.0.1", 0), cfg.identity, browser.health)
     signin = register(server, browser, cfg)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
@@ -338,7 +338,9 @@ def test_timeout_kills_the_cli_and_its_children(agent: Agent) -> None:
         "print('waiting for nothing', flush=True)\n"
         "time.sleep(60)\n"
     )
-    assert agent.call("POST", "/v1/login", {"provider": fake_provider(script, timeout=1.5)})[0] == 202
+    too_long = fake_provider(script, timeout=600)  # the definition's timeout is not the sign-in's: the request's is
+    assert agent.call("POST", "/v1/login", {"provider": too_long, "timeout": "soon"})[0] == 400
+    assert agent.call("POST", "/v1/login", {"provider": too_long, "timeout": 1.5})[0] == 202
     status = agent.finished()
     assert status["state"] == "failed"
     assert status["reason"] == "timed out after 1.5 s waiting for the sign-in URL (screen: waiting for nothing)"

@@ -197,7 +197,7 @@ def test_boot_script_builds_the_agent_config(tmp_path: Path) -> None:
     assert cmd["hearth.config"] == "/dev/vdb" and cmd["ro"] == ""
     cfg = hearth_boot.agent_config(hearth_boot.read_drive(str(drive), timeout=0.1), cmd)
     assert cfg["ip"] == "192.168.100.9"  # from ip=, when the drive has none (Firecracker's drive)
-    assert cfg["callback"] == "http://192.168.100.1:8700" and cfg["desktop"] is True
+    assert cfg["callback"] == "http://192.168.100.1:8700" and "desktop" not in cfg  # the agent's default: a desktop
     ours = configdrive.document(_spec(), 8711)
     drive.write_bytes(configdrive.encode(ours))
     cfg = hearth_boot.agent_config(hearth_boot.read_drive(str(drive), timeout=0.1), cmd)
