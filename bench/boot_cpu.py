@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.sandbox.procs import pids_in_netns
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.reconcile.inventory import scan_sync
 
 

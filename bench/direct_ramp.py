@@ -51,10 +51,9 @@ async def serve(flow: str) -> None:
     """`--serve`: a controller from the environment's settings, the example provider in direct mode with `flow` and
     no sign-in timeout, its IdP in the fabric; prints one JSON line when ready, drains on SIGTERM, prints the drain
     time as a second JSON line, then removes the fabric."""
-    from hearth.api.app import create_app
     from hearth.cli.serve import serve_until_stopped, server
     from hearth.config import load_settings
-    from hearth.controller import build
+    from hearth.controller import build, make_app
     from hearth.fabric.dial import socket_in_netns
     from hearth.providers.model import FlowName
     from hearth_example.idp import IdpServer, IdpState
@@ -65,7 +64,7 @@ async def serve(flow: str) -> None:
     example = ctl.providers["example"]
     flows = {k: v for k, v in example.flows.items() if k == FlowName(flow)}
     ctl.providers["example"] = example.model_copy(update={"flows": flows, "timeout": SIGNIN_TIMEOUT})
-    srv = server(settings, create_app(ctl))
+    srv = server(settings, make_app(ctl))
     task = asyncio.create_task(serve_until_stopped(srv))
     while not srv.started:
         if task.done():
@@ -337,7 +336,7 @@ PROC: subprocess.Popen[str]
 def settings_env(args: argparse.Namespace) -> dict[str, str]:
     import secrets
 
-    from hearth.api.local import free_port, host_image_env
+    from hearth.cli.local import free_port, host_image_env
 
     data = Path("/var/tmp") / f"hearth-r-{secrets.token_hex(4)}"
     data.mkdir(mode=0o711)
@@ -379,7 +378,7 @@ def main() -> int:
         return 0
     args.levels = sorted({int(x) for x in args.levels.split(",")})
     env = settings_env(args)
-    from hearth.api.local import userspace
+    from hearth.cli.local import userspace
     from hearth.config import load_settings
 
     settings = load_settings(env, env_file=None)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings
+from hearth.cli.local import local_controller, scratch_settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.reconcile.inventory import scan_sync
 from hearth.standins.e2e import settings_env

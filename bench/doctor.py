@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.controller import Controller
 from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in

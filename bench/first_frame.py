@@ -27,7 +27,7 @@ import time
 
 import httpx
 
-from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
+from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
 
 # The independent client: one create per line of stdin (a user id), one JSON line out per create.

@@ -162,7 +162,7 @@ async def run_client(sock: socket.socket, url: str, rounds: int, mb: int) -> dic
 async def main(rounds: int, mb: int, repeat: int) -> None:
     import httpx
 
-    from hearth.api.local import local_controller, scratch_settings, userspace
+    from hearth.cli.local import local_controller, scratch_settings, userspace
     from hearth.fabric.dial import call_in_netns, socket_in_netns
     from hearth.sandbox.procs import pids_in_netns
 

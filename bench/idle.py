@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from bench.signinkit import idp_env, running_idp
-from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.guest import packages as guestpkg
 from hearth.providers.model import FlowName
 from hearth.sandbox.procs import pids_in_netns

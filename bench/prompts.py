@@ -283,7 +283,7 @@ def netns_memory(netns: str) -> tuple[float, float, int]:
 
 async def memory(provider: Provider) -> None:
     """A real CLI sandbox (netns driver) of a local controller: its processes' memory idle, then stopped."""
-    from hearth.api.local import local_controller, scratch_settings
+    from hearth.cli.local import local_controller, scratch_settings
     from hearth.store.models import CliSandboxRow
     from hearth.vault.store import CredentialFile
 
@@ -452,7 +452,7 @@ def main() -> None:
     instrument()
     latency(provider, args.n, args.concurrent, bin_dir)
     try:
-        import hearth.prompts.api  # noqa: F401 - the controller's prompt API (issue 23 items 1-4)
+        import hearth.api.prompts  # noqa: F401 - the controller's prompt API (issue 23 items 1-4)
     except ImportError:
         print("prompt → done for a stopped CLI sandbox and for none: not measured (no controller prompt API here)")
     else:

@@ -30,7 +30,7 @@ from bench.restartkit import (
     viewer_frames,
     wait_body,
 )
-from hearth.api.local import host_image_env, userspace
+from hearth.cli.local import host_image_env, userspace
 from hearth.config import Settings, load_settings
 from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.api.local import local_controller, scratch_settings, userspace
+from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.model import FlowName

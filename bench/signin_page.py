@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from hearth.api.local import userspace
+from hearth.cli.local import userspace
 from hearth.providers import clis
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load

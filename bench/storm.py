@@ -26,7 +26,7 @@ import time
 
 import httpx
 
-from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
+from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
 from hearth.store.pglocal import scratch_database
 

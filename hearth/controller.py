@@ -1,24 +1,42 @@
-"""The composition root: builds one controller (config, store, fabric, driver, session service, sign-in, gateway
-pieces) by passing each part into the next, and runs its housekeeping. The HTTP app is made by `hearth.api.app`."""
+"""The composition root: `build` makes one controller (config, store, fabric, driver, session service, sign-in,
+prompts, doctor) by passing each part into the next; `make_app` hands its routes and its lifespan (listeners,
+housekeeping, heartbeat, webhooks) to `hearth.api.app.create_app`. Nothing below this module imports it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from hearth.api import diagnostics, health, sessions, users, viewer
+from hearth.api import egress as egress_routes
+from hearth.api import prompts as prompt_routes
+from hearth.api import retention as cli_retention
+from hearth.api import webhooks as webhook_routes
+from hearth.api.app import create_app, metrics_router
+from hearth.api.auth import ApiKeys
 from hearth.clisandbox.manager import CliSandboxes
+from hearth.cluster.beat import run_node
+from hearth.cluster.credential import NodeCredential
 from hearth.config import Settings
+from hearth.doctor import Parts, verdict
+from hearth.doctor.context import local_api_url
 from hearth.egress.runtime import EgressRuntime
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
+from hearth.gateway import routes as gateway_routes
+from hearth.gateway.gauge import ViewerGauge
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.lifecycle.manager import SandboxManager
+from hearth.observe.listener import serve_metrics
 from hearth.prompts.service import PromptService
+from hearth.prompts.store import PromptStore
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
 from hearth.reconcile.reconciler import Reconciler
@@ -26,12 +44,15 @@ from hearth.sandbox.base import Driver
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.select import choose_driver
 from hearth.session.service import SessionService
+from hearth.signin import callbacks as agent_callbacks
+from hearth.signin.codes import SessionCodes
 from hearth.signin.flow import SignInFlow
 from hearth.store.db import Database
 from hearth.store.models import CredentialRow, SessionRow
 from hearth.vault.keys import KeyRing
 from hearth.vault.store import Vault
 from hearth.webhooks.outbox import Outbox
+from hearth.webhooks.sender import run_sender
 
 log = logging.getLogger("hearth.controller")
 
@@ -50,9 +71,11 @@ class Controller:
     clis: CliSandboxes
     providers: dict[str, Provider]
     signin: SignInFlow
-    prompts: PromptService | None = None  # hearth/prompts: made by create_app
+    prompts: PromptService  # hearth/prompts
+    egress: EgressRuntime  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
+    doctor: Parts  # what this node's diagnoses work with (hearth/doctor)
+    viewers: ViewerGauge  # connected viewers per session (hearth/gateway/gauge.py)
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
-    egress: EgressRuntime | None = None  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
@@ -80,25 +103,69 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
     # CLI sandboxes need a persistent home: the main driver's when it offers one, else the namespace driver's.
     home_driver = None if drv.offers.persistent_home else NetnsDriver(settings)
     sandboxes = SandboxManager(settings, db, drv, Ipam(settings, db), ring, home_driver)
-    service = SessionService(settings, db, drv, sandboxes=sandboxes)
+    providers = load_providers()
+    gauge = ViewerGauge()  # connected viewers: the gateway counts them, the session expiry reads them
+    codes = SessionCodes(lambda: providers)  # each sign-in's codes: remembered by the sign-in, scrubbed by the records
+    # The sign-in ends sessions through the service, and the doctor walks what the service holds, while the service
+    # calls both back, and the warm pool's CLI sandboxes run what the CLI sandboxes allow: these hooks reach
+    # `signin`, `doctor` and `clis`, made below, when they are called (never before).
+    signin: SignInFlow
+    doctor: Parts
+    clis: CliSandboxes
+    service = SessionService(
+        settings,
+        db,
+        drv,
+        sandboxes,
+        providers=providers,
+        viewers=gauge,
+        codes=codes,
+        diagnose=lambda session_id: verdict(doctor)(session_id),
+        cli_digests=lambda: clis.prompt_digests(),  # HEARTH_POOL_SIZE=…,cli:N: pooled CLI sandboxes
+        on_ready=[lambda view: signin.begin(view)],
+        on_adopted=[lambda view: signin.resume(view)],
+        on_terminal=[lambda view: signin.ended(view)],
+    )
     key = (
         parse_ring(settings.token_secret)
         if settings.token_secret
         else load_or_create_key(settings.data_dir / "token.key")
     )
     vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
-    clis = CliSandboxes(settings, db, sandboxes)
-    service.pool.cli_digests = clis.prompt_digests  # HEARTH_POOL_SIZE=…,cli:N: pooled CLI sandboxes
-    clis.pool = service.pool
-    providers = load_providers()
-    service.providers = providers
+    clis = CliSandboxes(settings, db, sandboxes, providers, pool=service.pool)
     sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
-    signin = SignInFlow(service, vault, clis, providers)
+    signin = SignInFlow(service, vault, clis, providers, codes)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
-    ctl = Controller(settings, db, Fabric(settings), drv, service, tokens, vault, clis, providers, signin)
-    ctl.egress = EgressRuntime(settings, sandboxes.gate)
-    ctl.egress.register(service.metrics.registry)
-    return ctl
+    prompts = PromptService(settings, PromptStore(settings, db, vault.ring), vault, clis, providers)
+    egress = EgressRuntime(settings, sandboxes.gate)
+    egress.register(service.metrics.registry)
+    service.metrics.track_state(service.counts_by_state, service.pool_usage)
+    doctor = Parts(
+        settings,
+        records=service,
+        driver=drv,
+        tokens=tokens,
+        api_url=local_api_url(settings),
+        pool=service.pool,
+        gate=sandboxes.gate,
+        metrics=service.metrics,
+    )
+    return Controller(
+        settings,
+        db,
+        Fabric(settings),
+        drv,
+        service,
+        tokens,
+        vault,
+        clis,
+        providers,
+        signin,
+        prompts,
+        egress,
+        doctor,
+        gauge,
+    )
 
 
 def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
@@ -137,18 +204,78 @@ async def housekeeping(ctl: Controller, period: float = 2.0) -> None:
                 ctl.reconcile_soon.clear()
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
                 await reconciler.run_once()
-                if ctl.prompts is not None and not ctl.prompts.adopted:  # after the sandboxes were adopted
+                if not ctl.prompts.adopted:  # after the sandboxes were adopted
                     await ctl.prompts.adopt()  # prompts that outlived the previous controller: attached, or ended
             await ctl.service.check_alive()
             await ctl.service.expire_due()
             await ctl.service.pool_tick()
             await ctl.clis.stop_idle()
-            if ctl.prompts is not None:
-                await ctl.prompts.check_sandboxes()  # a CLI sandbox that died mid-prompt: failed, naming it
-                await ctl.prompts.store.purge()  # answers past HEARTH_PROMPT_RETENTION
+            await ctl.prompts.check_sandboxes()  # a CLI sandbox that died mid-prompt: failed, naming it
+            await ctl.prompts.store.purge()  # answers past HEARTH_PROMPT_RETENTION
             await ctl.clis.install_handed_over(ctl.vault)
         except StoreError as exc:
             log.warning("housekeeping pass skipped: %s", exc.reason)
         except Exception:
             log.exception("housekeeping pass failed")
         await asyncio.sleep(period)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(ctl: Controller) -> AsyncIterator[None]:
+    """What runs while the controller serves: the metrics listener, the fabric and egress, the agents' callback
+    listener, housekeeping, the webhook sender and the node heartbeat; on the way out, all of it in reverse."""
+    settings = ctl.settings
+    scrape = (
+        await serve_metrics(settings.metrics_listen, ctl.service.metrics.render) if settings.metrics_listen else None
+    )
+    try:
+        if settings.dial_netns is not None:  # the loopback driver (tests) has no fabric namespace
+            await ctl.fabric.up()
+        await ctl.egress.start()
+        callbacks = await agent_callbacks.serve(settings, ctl.signin, prompts=ctl.prompts)
+    except BaseException:
+        if scrape is not None:
+            scrape.close()
+        raise
+    keeper = asyncio.create_task(housekeeping(ctl), name="housekeeping")
+    webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
+    beat = asyncio.create_task(
+        run_node(
+            settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set, ctl.service.fence
+        ),
+        name="node-heartbeat",
+    )
+    try:
+        yield
+    finally:
+        for task in (beat, keeper, webhooks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await ctl.prompts.close()
+        await ctl.close()
+        await callbacks.close()
+        await ctl.egress.stop()
+        if scrape is not None:
+            scrape.close()
+
+
+def make_app(ctl: Controller) -> FastAPI:
+    """The controller's HTTP app: its routes, in the order the OpenAPI lists them, and its lifespan."""
+    settings, service = ctl.settings, ctl.service
+    # callers present an API key; edges present the node credential instead (hearth/cluster/credential.py)
+    keys = ApiKeys(settings.api_keys, NodeCredential.from_setting(settings.node_credential))
+    routers = [
+        metrics_router(service.metrics.render, keys),
+        health.make_router(settings, ctl.db, ctl.fabric, ctl.driver.name, lambda: len(service.live_sessions())),
+        sessions.make_router(settings, service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt),
+        users.make_router(ctl.vault, ctl.clis, keys),
+        prompt_routes.make_router(ctl.prompts, keys),
+        cli_retention.make_router(ctl.clis, keys),
+        egress_routes.make_router(settings, ctl.db, keys),
+        webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)),
+        diagnostics.make_router(ctl.doctor, service.owned, keys),
+        gateway_routes.make_router(settings, service, ctl.tokens, ctl.db, ctl.viewers, service.metrics),
+        viewer.make_router(service, ctl.tokens, ctl.signin, keys),
+    ]
+    return create_app(settings, routers, lambda _app: lifespan(ctl), viewer.STATIC)

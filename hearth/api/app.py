@@ -1,100 +1,50 @@
-"""The application factory: wires config, store, fabric, driver, session service, gateway and routes."""
+"""The application factory, Starlette style: the routes and the lifespan are passed in (`hearth.controller.make_app`
+passes them); this module adds what every route shares — limits, the error answers, the static files."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from hearth import __version__
-from hearth.api import diagnostics, health, limits, problems, sessions, users
-from hearth.api import egress as egress_routes
-from hearth.api import webhooks as webhook_routes
+from hearth.api import limits, problems
 from hearth.api.auth import ApiKeys
-from hearth.clisandbox import retention as cli_retention
 from hearth.clisandbox.manager import Elsewhere
-from hearth.cluster.beat import run_node
-from hearth.cluster.credential import NodeCredential
-from hearth.doctor import install as install_doctor
+from hearth.config import Settings
 from hearth.errors import HearthError, StoreError
-from hearth.gateway import routes as gateway_routes
-from hearth.gateway import viewer
-from hearth.observe.listener import serve_metrics
-from hearth.prompts import api as prompt_routes
-from hearth.prompts.service import PromptService
-from hearth.prompts.store import PromptStore
 from hearth.session.admission import LimitExceeded
 from hearth.session.owner import NotHere
 from hearth.session.service import SessionNotFound
 from hearth.session.states import IllegalTransition
-from hearth.signin import callbacks as agent_callbacks
-from hearth.webhooks.sender import run_sender
-
-if TYPE_CHECKING:
-    from hearth.controller import Controller
 
 log = logging.getLogger("hearth.api")
 RETRY_AFTER = 5  # seconds, on 503 for an unavailable store
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+__all__ = ["Lifespan", "create_app", "metrics_router"]
 
-def create_app(ctl: Controller) -> FastAPI:
-    settings = ctl.settings
-    # callers present an API key; edges present the node credential instead (hearth/cluster/credential.py)
-    keys = ApiKeys(settings.api_keys, NodeCredential.from_setting(settings.node_credential))
-    store = PromptStore(settings, ctl.db, ctl.vault.ring)
-    prompts = ctl.prompts = PromptService(settings, store, ctl.vault, ctl.clis, ctl.providers)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        scrape = (
-            await serve_metrics(settings.metrics_listen, ctl.service.metrics.render)
-            if settings.metrics_listen
-            else None
-        )
-        try:
-            await ctl.fabric.up()
-            if ctl.egress is not None:
-                await ctl.egress.start()
-            callbacks = await agent_callbacks.serve(settings, ctl.signin, prompts=prompts)
-        except BaseException:
-            if scrape is not None:
-                scrape.close()
-            raise
-        from hearth.controller import housekeeping  # step 1 of the move: create_app gets its lifespan passed in next
-
-        keeper = asyncio.create_task(housekeeping(ctl), name="housekeeping")
-        webhooks = asyncio.create_task(run_sender(settings, ctl.db, ctl.service.metrics), name="webhooks")
-        beat = asyncio.create_task(
-            run_node(
-                settings, ctl.db, ctl.service.ipam.size, (ctl.driver.name,), ctl.reconcile_soon.set, ctl.service.fence
-            ),
-            name="node-heartbeat",
-        )
-        try:
-            yield
-        finally:
-            for task in (beat, keeper, webhooks):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await prompts.close()
-            await ctl.close()
-            await callbacks.close()
-            if ctl.egress is not None:
-                await ctl.egress.stop()
-            if scrape is not None:
-                scrape.close()
-
+def create_app(settings: Settings, routers: Sequence[APIRouter], lifespan: Lifespan, static: Path) -> FastAPI:
+    """The app serving `routers` (in order), `static` at /static, with `lifespan` around serving."""
     app = FastAPI(title="hearth", version=__version__, lifespan=lifespan)
     limits.install(app, settings)  # request size limit, strict JSON bodies and per-client rate limiting on /api/*
     problems.install(app)  # 422 and HTTPException answers: ErrorOut-shaped bodies that always render
-    app.state.controller = ctl
+    _install_errors(app, settings)
+    for router in routers:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
+    return app
+
+
+def _install_errors(app: FastAPI, settings: Settings) -> None:
+    """The domain's errors as HTTP answers: a store that is down 503, another node's session 421, …"""
 
     @app.exception_handler(HearthError)
     async def hearth_error(_r: Request, exc: HearthError) -> JSONResponse:
@@ -136,10 +86,12 @@ def create_app(ctl: Controller) -> FastAPI:
     async def conflict(_r: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=409)
 
-    install_doctor(ctl)  # failure reasons and 4502 closes carry the doctor's first failing hop
-    ctl.service.metrics.track_state(ctl.service.counts_by_state, ctl.service.pool_usage)
 
-    @app.get(
+def metrics_router(render: Callable[[], bytes], keys: ApiKeys) -> APIRouter:
+    """`GET /metrics`: `render`'s Prometheus text, with an API key."""
+    router = APIRouter()
+
+    @router.get(
         "/metrics",
         tags=["health"],
         dependencies=[Depends(keys)],
@@ -147,18 +99,7 @@ def create_app(ctl: Controller) -> FastAPI:
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus metrics, with an API key (`Authorization: Bearer`); without one on HEARTH_METRICS_LISTEN."""
-        body = await asyncio.to_thread(ctl.service.metrics.render)
+        body = await asyncio.to_thread(render)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    app.include_router(health.make_router(ctl))
-    app.include_router(sessions.make_router(settings, ctl.service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt))
-    app.include_router(users.make_router(ctl.vault, ctl.clis, keys))
-    app.include_router(prompt_routes.make_router(prompts, keys))
-    app.include_router(cli_retention.make_router(ctl.clis, keys))
-    app.include_router(egress_routes.make_router(settings, ctl.db, keys))
-    app.include_router(webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)))
-    app.include_router(diagnostics.make_router(ctl, keys))
-    app.include_router(gateway_routes.make_router(settings, ctl.service, ctl.tokens))
-    app.include_router(viewer.make_router(ctl.service, ctl.tokens, ctl.signin, keys))
-    app.mount("/static", StaticFiles(directory=viewer.STATIC, check_dir=False), name="static")
-    return app
+    return router

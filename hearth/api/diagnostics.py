@@ -4,6 +4,8 @@ when something is broken; 404 for an unknown session. API-key authentication lik
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -11,8 +13,7 @@ from pydantic import BaseModel
 
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
-from hearth.doctor import diagnose, parts_of
-from hearth.doctor.context import ControllerLike
+from hearth.doctor import Parts, diagnose
 from hearth.session.service import SessionNotFound
 
 
@@ -35,7 +36,9 @@ class DiagnosisOut(BaseModel):
     duration_s: float
 
 
-def make_router(ctl: ControllerLike, keys: ApiKeys) -> APIRouter:
+def make_router(parts: Parts, owned: Callable[[str, str], Awaitable[object]], keys: ApiKeys) -> APIRouter:
+    """`parts`: what a diagnosis works with on this node; `owned(session_id, what)` refuses another node's session
+    (NotHere: 421 naming it)."""
     router = APIRouter(
         prefix="/api/diagnostics",
         dependencies=[Depends(keys)],
@@ -46,17 +49,16 @@ def make_router(ctl: ControllerLike, keys: ApiKeys) -> APIRouter:
     @router.get("", response_model=DiagnosisOut)
     async def host() -> dict[str, Any]:
         """Configuration, fabric namespace, bridge, forwarding, NAT, firewall, pool — first failure named."""
-        return (await diagnose(ctl)).as_dict()
+        return (await diagnose(parts)).as_dict()
 
     @router.get("/{session_id}", response_model=DiagnosisOut)
     async def session(session_id: str, gateway: bool = True) -> dict[str, Any]:
         """The session's whole path, hop by hop (`gateway=false` skips the end-to-end WebSocket check)."""
-        parts = parts_of(ctl)
-        parts.gateway = gateway
         try:
-            if parts.service is not None:  # another node's session: 421 naming it (its path is not this host's)
-                await parts.service.owned(session_id, "diagnostics")
-            report = await diagnose(parts, session_id)
+            await owned(
+                session_id, "diagnostics"
+            )  # another node's session: 421 naming it (its path is not this host's)
+            report = await diagnose(dataclasses.replace(parts, gateway=gateway), session_id)
         except SessionNotFound:
             raise HTTPException(404, f"no session {session_id}") from None
         return report.as_dict()

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
 from hearth.config import Settings
+from hearth.config.proxy import egress_of
 from hearth.proxy.ports import PortsExhausted, assign
-from hearth.proxy.settings import egress_of
 from hearth.store.db import Database
 
 

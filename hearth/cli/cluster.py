@@ -41,9 +41,8 @@ def run(
     drain: bool = typer.Option(False, "--drain", help="on stop, end this node's sessions (default: they are adopted)"),
 ) -> None:
     """Run this host's node: fabric, drivers, gateway, agent callbacks, its reconciler; registers and heartbeats."""
-    from hearth.api.app import create_app
     from hearth.cli.serve import check_listen, server
-    from hearth.controller import build
+    from hearth.controller import build, make_app
 
     s = settings_or_exit()
     _shared(s, "node run")
@@ -56,7 +55,7 @@ def run(
     except HearthError as exc:
         fail(exc.reason, 2)
     ctl.drain = drain
-    server(s, create_app(ctl)).run()
+    server(s, make_app(ctl)).run()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hearth.api.local import LocalController, local_controller
+from hearth.cli.local import LocalController, local_controller
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink

@@ -33,10 +33,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from hearth.agentlink.client import AgentClient
-from hearth.api.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.cli import demo_person, demo_provider
 from hearth.cli.demo_person import PersonFailed
 from hearth.cli.demo_provider import Side
+from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.config import Settings, known_variables, read_env_file
 from hearth.errors import HearthError
 from hearth.fabric import netlink

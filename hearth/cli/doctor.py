@@ -20,9 +20,10 @@ from rich.markup import escape
 from hearth.config import Settings, known_variables, load_settings, read_env_file
 from hearth.doctor import Parts, Report, config_report, diagnose, render
 from hearth.doctor.context import local_api_url
+from hearth.doctor.records import StoreRecords
 from hearth.errors import ConfigError, HearthError
 from hearth.sandbox.netns import NetnsDriver
-from hearth.session.service import SessionNotFound, SessionService
+from hearth.session.service import SessionNotFound
 from hearth.store.db import Database
 
 
@@ -59,10 +60,10 @@ def _store(settings: Settings) -> Database | None:
 async def _run(settings: Settings, session: str | None, api: str | None, gateway: bool) -> Report:
     db = _store(settings)
     try:
-        service = SessionService(settings, db, NetnsDriver(settings)) if db is not None else None
+        records = StoreRecords(settings, db, NetnsDriver(settings)) if db is not None else None
         parts = Parts(
             settings=settings,
-            service=service,
+            records=records,
             api_url=api or local_api_url(settings),
             api_key=settings.api_keys[0] if settings.api_keys else None,
             gateway=gateway,

@@ -48,9 +48,8 @@ def serve(
     ),
 ) -> None:
     """Run the controller (API, gateway, fabric) until stopped. Sandboxes outlive it unless --drain."""
-    from hearth.api.app import create_app
     from hearth.cli.serve import check_listen, server
-    from hearth.controller import build
+    from hearth.controller import build, make_app
 
     settings = settings_or_exit()
     log.setup()
@@ -68,7 +67,7 @@ def serve(
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
     ctl.drain = drain
-    server(settings, create_app(ctl)).run()
+    server(settings, make_app(ctl)).run()
 
 
 @app.command()

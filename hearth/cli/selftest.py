@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hearth.api.local import LocalController, local_controller, scratch_settings
+from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink

@@ -15,7 +15,7 @@ import time
 import httpx
 from rich.console import Console
 
-from hearth.api.local import LocalController, local_controller, scratch_settings
+from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import socket_in_netns

@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from typing import Any
 
 from hearth.doctor import egress, host, proxy, session
 from hearth.doctor.context import BUDGET, Context, ControllerLike, Parts, Target, parts_of, run_steps
+from hearth.doctor.ports import Records
 from hearth.doctor.report import CheckResult, Report
 from hearth.errors import HearthError, Hop
 from hearth.sandbox.base import Driver
 from hearth.sandbox.select import BUILDERS
-from hearth.session.service import SessionNotFound, SessionService
+from hearth.session.service import SessionNotFound
 
 # egress: its rules, the DNS forwarder, a name upstream; proxy: the egress proxy and the providers' TLS
 HOST_STEPS = [*host.STEPS, *egress.STEPS, *proxy.STEPS, *egress.ADVISORIES, *host.ADVISORIES]
@@ -48,7 +50,7 @@ def _driver_for(parts: Parts, name: str) -> tuple[Driver | None, str]:
         return None, exc.reason
 
 
-async def resolve(parts: Parts, service: SessionService, session_id: str) -> Target:
+async def resolve(parts: Parts, service: Records, session_id: str) -> Target:
     """The session's view and slot, the spec its driver derives everything from, and that driver."""
     view = await service.get(session_id)  # SessionNotFound propagates
     if view.slot is not None:
@@ -72,9 +74,9 @@ async def diagnose(source: ControllerLike | Parts, session_id: str | None = None
     if session_id is None:
         steps = HOST_STEPS
     else:
-        if parts.service is None:
-            raise ValueError("diagnosing a session needs the state database (Parts.service)")
-        ctx.target = await resolve(parts, parts.service, session_id)
+        if parts.records is None:
+            raise ValueError("diagnosing a session needs the state database (Parts.records)")
+        ctx.target = await resolve(parts, parts.records, session_id)
         v = ctx.target.view
         info = {
             "status": v.status.value,
@@ -89,8 +91,8 @@ async def diagnose(source: ControllerLike | Parts, session_id: str | None = None
     checks = await run_steps(ctx, steps)
     report = Report(checks, time.monotonic() - t0, session_id, info)
     first = report.first_failure
-    if first is not None and parts.service is not None:
-        parts.service.metrics.doctor_failures.labels(first.hop.value).inc()
+    if first is not None and parts.metrics is not None:
+        parts.metrics.doctor_failures.labels(first.hop.value).inc()
     return report
 
 
@@ -114,7 +116,7 @@ async def diagnose_session(source: ControllerLike | Parts, session_id: str) -> H
     unknown). For `SessionService.diagnose`: runs only checks on the path, and never the gateway check (the
     gateway calls this on a failed relay — no recursion). Concurrent calls for one session share one diagnosis."""
     parts = dataclasses.replace(parts_of(source), gateway=False, verdict=True)
-    key = (id(parts.service), session_id)
+    key = (id(parts.records), session_id)
     task = _inflight.get(key)
     if task is None or task.done():
         task = asyncio.ensure_future(diagnose(parts, session_id))
@@ -127,10 +129,10 @@ async def diagnose_session(source: ControllerLike | Parts, session_id: str) -> H
     return report.error()
 
 
-def install(ctl: ControllerLike) -> None:
-    """Let the session service name the first broken hop in failure reasons and 4502 close reasons."""
+def verdict(parts: Parts) -> Callable[[str], Awaitable[HearthError | None]]:
+    """What lets the session service name the first broken hop in failure reasons and 4502 close reasons."""
 
-    async def verdict(session_id: str) -> HearthError | None:
-        return await diagnose_session(ctl, session_id)
+    async def first_broken_hop(session_id: str) -> HearthError | None:
+        return await diagnose_session(parts, session_id)
 
-    ctl.service.diagnose = verdict
+    return first_broken_hop

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.config import Settings
+from hearth.doctor.ports import PoolGauge, Records
 from hearth.doctor.probes import netns_exists
 from hearth.doctor.report import CheckResult, Finding
+from hearth.egress.gate import EgressGate
 from hearth.errors import HearthError, Hop
 from hearth.fabric.slot import Slot
 from hearth.gateway.tokens.base import TokenStore
+from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session.service import SessionService, SessionView
+from hearth.session.service import SessionView
 
 log = logging.getLogger("hearth.doctor")
 
@@ -31,31 +34,22 @@ MIN_SLICE = 0.05  # a step with less time left than this is reported as not run
 
 
 class ControllerLike(Protocol):
-    """What the doctor needs of a running controller (`hearth.controller.Controller` has it)."""
+    """A running controller (`hearth.controller.Controller`): what its doctor works with."""
 
     @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def service(self) -> SessionService: ...
-
-    @property
-    def driver(self) -> Driver: ...
-
-    @property
-    def tokens(self) -> TokenStore: ...
+    def doctor(self) -> Parts: ...
 
 
 @dataclass
 class Parts:
     """The pieces a diagnosis may use; anything missing makes the checks that need it report themselves not run.
 
-    Inside the controller: `parts_of(ctl)`. From the CLI: settings, a SessionService over the same database, and the
-    controller's URL plus an API key for the end-to-end gateway check.
+    Inside the controller: `build` makes them (`ctl.doctor`). From the CLI: settings, `StoreRecords` over the same
+    database (read only), and the controller's URL plus an API key for the end-to-end gateway check.
     """
 
     settings: Settings
-    service: SessionService | None = None
+    records: Records | None = None  # the sessions' rows, leases and spec builder (hearth/doctor/ports.py)
     driver: Driver | None = None
     tokens: TokenStore | None = None  # mints a viewer token for the gateway check (inside the controller)
     api_url: str | None = None  # the controller's base URL (the gateway check connects there)
@@ -64,6 +58,9 @@ class Parts:
     env_file: Path | None = Path(".env")
     gateway: bool = True  # False: skip the end-to-end gateway check (the gateway's own verdict: no recursion)
     verdict: bool = False  # True: only checks on the session's path count (no pool or isolation advisories)
+    pool: PoolGauge | None = None  # the warm pool (inside the controller), for the pool advisory
+    gate: EgressGate | None = None  # the sandboxes' egress gate (inside the controller), for the egress checks
+    metrics: Metrics | None = None  # counts each diagnosis's first failing hop (inside the controller)
 
 
 def local_api_url(settings: Settings) -> str:
@@ -79,15 +76,7 @@ def local_api_url(settings: Settings) -> str:
 
 
 def parts_of(source: ControllerLike | Parts) -> Parts:
-    if isinstance(source, Parts):
-        return source
-    return Parts(
-        settings=source.settings,
-        service=source.service,
-        driver=source.driver,
-        tokens=source.tokens,
-        api_url=local_api_url(source.settings),
-    )
+    return source if isinstance(source, Parts) else source.doctor
 
 
 @dataclass

@@ -67,8 +67,7 @@ def _no_egress(ctx: Context) -> str | None:
 
 
 def _gate(ctx: Context) -> EgressGate | None:
-    service = ctx.parts.service
-    return service.sandboxes.gate if service is not None else None
+    return ctx.parts.gate
 
 
 async def egress_rules(ctx: Context) -> Finding:

@@ -8,7 +8,6 @@ import json
 import os
 from typing import Any
 
-from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
 from hearth.config import LEGACY_NAMES, consistency_problems, read_env_file, unknown_variable_problems
 from hearth.doctor import probes
 from hearth.doctor.context import Context, Step
@@ -18,7 +17,7 @@ from hearth.egress.rules import TABLE as EGRESS_TABLE
 from hearth.errors import Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
-from hearth.reconcile.reconciler import QUARANTINE
+from hearth.store.models import OwnerKind
 
 UP = "run `hearth fabric up` (the controller does this at start; it repairs drift)"
 
@@ -339,20 +338,22 @@ def _senders(by_port: dict[str, dict[str, int]]) -> str:
 
 
 async def pool(ctx: Context) -> Finding:
-    service = ctx.parts.service
-    assert service is not None
+    records = ctx.parts.records
+    assert records is not None
     s = ctx.settings
-    leases = await service.ipam.leases()
-    size = service.ipam.size
-    quarantined = sum(1 for lease in leases if lease.session_id.startswith(QUARANTINE))
-    clis = sum(1 for lease in leases if lease.session_id.startswith(CLI_OWNER))
+    leases = await records.ipam.leases()
+    size = records.ipam.size
+    quarantined = sum(1 for lease in leases if lease.kind is OwnerKind.RECLAIM)
+    clis = sum(1 for lease in leases if lease.kind is OwnerKind.CLI)
     used = len(leases)
     shown = (
         f"{used}/{size} addresses of {s.ip_pool_start}..{s.ip_pool_end} leased "
         f"({used - quarantined - clis} browser sessions, {clis} CLI sandboxes, {quarantined} quarantined)"
     )
-    warm = service.pool
-    if warm.enabled:
+    warm = ctx.parts.pool
+    if warm is None:  # `hearth doctor` reads the store only: the pool lives in the controller's memory
+        shown += "; warm pool: not known here (the controller's GET /api/diagnostics reports it)"
+    elif warm.enabled:
         modes = ", ".join(
             f"{m} {r['ready']}/{r['size']} ready ({r['filling']} filling)" for m, r in warm.summary().items()
         )
@@ -379,7 +380,7 @@ def _no_egress(ctx: Context) -> str | None:
 
 
 def _no_store(ctx: Context) -> str | None:
-    return None if ctx.parts.service is not None else "no state database to read leases from"
+    return None if ctx.parts.records is not None else "no state database to read leases from"
 
 
 NFT_HINT = "install nftables and util-linux (scripts/setup.sh) and run as root"

@@ -17,12 +17,12 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
+from hearth.config.proxy import ProxySettingError, ProxyTemplate, egress_of, read_bundle
 from hearth.doctor import probes
 from hearth.doctor.context import Context, Step
 from hearth.doctor.report import Finding
 from hearth.errors import Hop
 from hearth.fabric.dial import open_connection
-from hearth.proxy.settings import ProxySettingError, ProxyTemplate, egress_of, read_bundle
 
 PROVIDER_HOST = ("api.anthropic.com", 443)
 STEP = 5.0

@@ -49,9 +49,9 @@ async def session(ctx: Context) -> Finding:
 
 async def lease(ctx: Context) -> Finding:
     t = ctx.need_target()
-    service = ctx.parts.service
-    assert service is not None
-    mine = [le for le in await service.ipam.leases() if le.session_id == t.view.id]
+    records = ctx.parts.records
+    assert records is not None
+    mine = [le for le in await records.ipam.leases() if le.session_id == t.view.id]
     if not mine:
         return Finding.bad(
             f"session {t.view.id} holds no lease for slot {t.slot.index} ({t.ip})",
@@ -327,7 +327,7 @@ async def isolation(ctx: Context) -> Finding:
 
 # ---- when to skip -----------------------------------------------------------------------------------------
 def _no_store(ctx: Context) -> str | None:
-    return "no state database" if ctx.parts.service is None else sandbox_gone(ctx)
+    return "no state database" if ctx.parts.records is None else sandbox_gone(ctx)
 
 
 STEPS = [

@@ -33,6 +33,7 @@ from hearth.api import limits
 from hearth.api import webhooks as webhook_routes
 from hearth.api.auth import ApiKeys
 from hearth.api.schemas import SessionOut
+from hearth.api.viewer import STATIC
 from hearth.cluster.beat import run_sweeper
 from hearth.cluster.credential import HEADER as EDGE_HEADER
 from hearth.cluster.credential import NodeCredential, node_tls
@@ -52,7 +53,6 @@ from hearth.edge.routing import (
 from hearth.edge.wsrelay import relay_viewer
 from hearth.errors import HearthError, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
-from hearth.gateway.viewer import STATIC
 from hearth.log import bind_session
 from hearth.session.service import SessionView
 from hearth.store.db import Database

@@ -28,15 +28,18 @@ from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection, open_protocol
 from hearth.gateway.desktop_size import DesktopSizes
+from hearth.gateway.ports import Relaying, Viewers
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
 from hearth.log import bind_session
+from hearth.observe.metrics import Metrics
 from hearth.session.owner import refuse
-from hearth.session.service import SessionNotFound, SessionService, SessionView
+from hearth.session.service import SessionNotFound, SessionView
 from hearth.session.states import Status
 from hearth.signin.modes import SigninMode
+from hearth.store.db import Database
 
 log = logging.getLogger("hearth.gateway")
 
@@ -54,10 +57,12 @@ def close_reason(text: str) -> str:
     return raw[:120].decode("utf-8", "ignore") + "..."
 
 
-def make_router(settings: Settings, service: SessionService, tokens: TokenStore) -> APIRouter:
+def make_router(
+    settings: Settings, service: Relaying, tokens: TokenStore, db: Database, gauge: Viewers, metrics: Metrics
+) -> APIRouter:
+    """The viewer WebSocket. `service`: the sessions as the gateway sees them (hearth/gateway/ports.py); `db` names
+    the node holding another node's session; `gauge` counts connected viewers."""
     router = APIRouter()
-    gauge = service.viewers
-    metrics = service.metrics
 
     # At most DIALS_PER_SANDBOX dials in flight per sandbox, from connect until the sandbox's RFB handshake is done:
     # Xvnc listens with a backlog of 5, and a burst beyond it overflows the accept queue — the kernel drops those
@@ -103,7 +108,7 @@ def make_router(settings: Settings, service: SessionService, tokens: TokenStore)
             try:
                 stored = known or await service.get(session_id)
                 if stored.node_id != here:
-                    refused = await refuse(service.db, here, session_id, stored.node_id, "viewer")
+                    refused = await refuse(db, here, session_id, stored.node_id, "viewer")
                     return await close(ELSEWHERE, refused.short)
                 if foreign is not None:
                     log.warning(

@@ -27,17 +27,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
 from hearth.clisandbox.homes import pooled_home
-from hearth.clisandbox.manager import OWNER_PREFIX as CLI_OWNER
 from hearth.clisandbox.manager import mark_stopped
 from hearth.errors import Hop
 from hearth.fabric import netlink, ports
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
-from hearth.session.pool import POOL_OWNER
-from hearth.session.service import SessionService, SessionView
+from hearth.reconcile.ports import Sessions
+from hearth.session.service import SessionView
 from hearth.session.states import TERMINAL, Status
-from hearth.store.models import LeaseRow, SandboxRow, SessionRow
+from hearth.store.models import LeaseRow, OwnerKind, SandboxRow, SessionRow
 
 log = logging.getLogger("hearth.reconcile")
 QUARANTINE = "reclaim-"
@@ -61,7 +60,8 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, service: SessionService) -> None:
+    def __init__(self, service: Sessions) -> None:
+        """`service`: the sessions as the reconciler sees them (hearth/reconcile/ports.py)."""
         self.service = service
         self.settings = service.settings
         self._lock = asyncio.Lock()
@@ -103,7 +103,7 @@ class Reconciler:
         sessions = await svc.db.run(lambda db: _sessions_of(db, [r.owner_id for r in rows]))  # one statement
         for row in rows:
             owner = row.owner_id
-            if row.kind == Kind.CLI.value and not owner.startswith(POOL_OWNER):
+            if row.owner_kind is OwnerKind.CLI:
                 reason = await mgr.adopt(row)
                 if reason is None:
                     report.adopted_cli.append(owner)
@@ -113,7 +113,7 @@ class Reconciler:
                 await svc.db.run(lambda db, o=owner: mark_stopped(db, o))  # type: ignore[misc]
                 report.removed_sandboxes[owner] = reason
                 continue
-            if owner.startswith(POOL_OWNER):  # a warm-pool sandbox: adopted back into the pool, or removed
+            if row.owner_kind is OwnerKind.POOL:  # a warm-pool sandbox: adopted back into the pool, or removed
                 pooled = row.state == SandboxState.POOLED.value and svc.pool.enabled
                 reason = (await mgr.adopt(row)) if pooled else "the pool is off or it was still booting"
                 if reason is None:
@@ -200,16 +200,16 @@ class Reconciler:
             """One statement, whatever the number of leases: each lease with its session's status and its sandbox
             row's state (either may be missing)."""
             stmt = (
-                select(LeaseRow.session_id, SessionRow.status, SandboxRow.state)
+                select(LeaseRow.session_id, LeaseRow.owner_kind, SessionRow.status, SandboxRow.state)
                 .outerjoin(SessionRow, SessionRow.id == LeaseRow.session_id)
                 .outerjoin(SandboxRow, SandboxRow.owner_id == LeaseRow.session_id)
                 .where(*where)
             )
             out = []
-            for owner, status, state in db.execute(stmt):
-                if owner.startswith((QUARANTINE, CLI_OWNER)) or state == SandboxState.KEPT.value:
+            for owner, kind, status, state in db.execute(stmt):
+                if kind in (OwnerKind.RECLAIM, OwnerKind.CLI) or state == SandboxState.KEPT.value:
                     continue  # quarantine leases, running CLI sandboxes and kept failed sandboxes are not sessions
-                if owner.startswith(POOL_OWNER):  # a pooled sandbox's: stale once it has no row
+                if kind is OwnerKind.POOL:  # a pooled sandbox's: stale once it has no row
                     if state is None:
                         out.append(owner)
                     continue
@@ -246,6 +246,7 @@ class Reconciler:
                                 slot=index,
                                 ip=str(slot.ip),
                                 session_id=f"{QUARANTINE}{index}",
+                                owner_kind=OwnerKind.RECLAIM,
                             )
                         )
                 except IntegrityError:

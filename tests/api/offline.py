@@ -1,4 +1,4 @@
-"""The real controller app without root: `hearth.controller.build` + `hearth.api.app.create_app` with a driver that refuses every boot
+"""The real controller app without root: `hearth.controller.build` + `make_app` with a driver that refuses every boot
 (no namespace, no process, no fabric) and no lifespan. Every route is the real one; a started session fails at once
 with a driver error, so sessions exist to look at, cancel and ask tokens for."""
 
@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from hearth.api.app import create_app
 from hearth.config import Settings
-from hearth.controller import Controller, build
+from hearth.controller import Controller, build, make_app
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
 
@@ -55,7 +54,7 @@ async def settle(ctl: Controller, rounds: int = 600) -> None:
 async def offline_app(settings: Settings) -> AsyncIterator[Offline]:
     ctl = build(settings, driver=RefusingDriver())
     try:
-        app = create_app(ctl)
+        app = make_app(ctl)
         async with asgi(app) as http:
             r = await http.post("/api/auth/start", json={"user_id": "offline-user"}, headers=AUTH)
             assert r.status_code == 201, r.text

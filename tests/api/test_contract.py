@@ -3,7 +3,7 @@
 no server error, a status code the operation declares, a declared content type, a body that matches the declared
 schema (the 422 body included). 0 failures.
 
-The real app (build + create_app) without root: a driver that refuses every boot (tests/api/offline.py), so
+The real app (build + make_app) without root: a driver that refuses every boot (tests/api/offline.py), so
 sessions exist and fail at once. Half the cases address a real session (its id put in the path), so the 200 bodies
 of the session routes are checked too, not only their 404s.
 """
@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from tests.api.offline import AUTH, asgi, offline_app
 

@@ -2,7 +2,7 @@
 duplicate keys, NaN/Infinity, invalid UTF-8 — with and without an API key, as JSON, untyped and text bodies.
 
 Never a 5xx, every answer a status the OpenAPI declares for that route with a JSON error body naming the problem,
-and never a traceback in the log (every log record of the run is captured). The real app (build + create_app), no
+and never a traceback in the log (every log record of the run is captured). The real app (build + make_app), no
 root: a driver that refuses every boot (tests/api/offline.py), driven over ASGI.
 """
 

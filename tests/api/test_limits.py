@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from hearth.api import limits
 from hearth.api.auth import ApiKeys
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings, load_settings
 
 KEYS = ("key-a", "key-b")
@@ -205,17 +205,16 @@ async def test_over_real_tcp_a_huge_upload_is_cut_and_the_server_stays_up() -> N
 
 
 async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
-    """The real app (`hearth.api.app.create_app`, driven over ASGI: no fabric, no root) refuses an oversized body
+    """The real app (`hearth.controller.make_app`, driven over ASGI: no fabric, no root) refuses an oversized body
     and rate-limits /api/* — i.e. `limits.install(app, settings)` is wired in."""
-    from hearth.api.app import create_app
-    from hearth.controller import build
+    from hearth.controller import build, make_app
 
     settings = load_settings(
         {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None
     )
     ctl = build(settings)
     try:
-        app = create_app(ctl)
+        app = make_app(ctl)
         assert isinstance(getattr(app.state, "rate_limiter", None), limits.RateLimiter), (
             "limits.install(app, settings) is not wired in hearth/api/app.py"
         )
@@ -235,15 +234,14 @@ async def test_the_controller_app_has_the_limits(tmp_path: Path) -> None:
 @pytest.mark.parametrize("body", [b'{"user_id": NaN}', b'{"user_id": "a", "x": Infinity}', b'{"user_id": -Infinity}'])
 async def test_non_json_numbers_are_refused_422(tmp_path: Path, body: bytes) -> None:
     """`{"user_id": NaN}` was a 500 with a traceback (the validation error could not be rendered)."""
-    from hearth.api.app import create_app
-    from hearth.controller import build
+    from hearth.controller import build, make_app
 
     settings = load_settings(
         {"HEARTH_DATA_DIR": str(tmp_path), "HEARTH_API_KEYS": "k", "HEARTH_DRIVER": "netns"}, env_file=None
     )
     ctl = build(settings)
     try:
-        async with asgi_client(create_app(ctl)) as http:
+        async with asgi_client(make_app(ctl)) as http:
             r = await http.post(
                 "/api/auth/start", content=body, headers={**bearer("k"), "Content-Type": "application/json"}
             )

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.cluster import nodes
 from hearth.cluster.lab import Lab
 from hearth.cluster.states import NodeState

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from tests.chaos.faults import outage
 from tests.conftest import running_controller

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hearth.api.local import local_controller
+from hearth.cli.local import local_controller
 from hearth.cli.serve import check_listen
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop

@@ -157,14 +157,12 @@ def test_env_names_are_read_by_hearth_and_secret_keys_exist() -> None:
 
 def test_probes_hit_routes_the_apps_serve(make_settings: Any) -> None:
     """The node runs the controller app (its /health and /ready are the real checks); the edge its own app."""
-    from typing import cast
-
     from hearth.api import health
-    from hearth.controller import Controller
+    from hearth.fabric.fabric import Fabric
 
-    node_paths = {getattr(r, "path", "") for r in health.make_router(cast(Controller, None)).routes}
     s = make_settings()
     db = Database(s.db_url)
+    node_paths = {getattr(r, "path", "") for r in health.make_router(s, db, Fabric(s), "netns", lambda: 0).routes}
     edge_paths = {getattr(r, "path", "") for r in create_edge_app(s, db).routes}
     db.dispose()
     for kind, served in (("DaemonSet", node_paths), ("Deployment", edge_paths)):
@@ -299,7 +297,7 @@ def test_prestop_drains_the_node_and_the_next_pod_lifts_only_that_drain(
 def test_the_hooks_never_fail_the_container_when_the_store_is_down(tmp_path: Path) -> None:
     """A failed postStart kills the container: with no store answering (a closed port), both hooks give up (the
     postStart after its retries) and exit 0."""
-    from hearth.api.local import free_port
+    from hearth.cli.local import free_port
 
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

@@ -27,7 +27,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings, load_settings
 from hearth.doctor import Report, diagnose
 from hearth.doctor.probes import Proc, processes_in

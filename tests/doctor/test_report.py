@@ -16,11 +16,11 @@ from hearth.doctor import Parts, Report, config_report, diagnose, diagnose_sessi
 from hearth.doctor.checks import HOST_STEPS, SESSION_STEPS
 from hearth.doctor.context import Context, Step, local_api_url, run_steps
 from hearth.doctor.host import _added, _drops, _masquerades, config
+from hearth.doctor.records import StoreRecords
 from hearth.doctor.report import CheckResult, Finding
 from hearth.errors import FabricError, HearthError, Hop
 from hearth.fabric import nft
 from hearth.sandbox.netns import NetnsDriver
-from hearth.session.service import SessionService
 from hearth.store.db import Database
 
 
@@ -193,13 +193,14 @@ async def test_host_diagnosis_without_a_fabric_and_unknown_session_verdict(tmp_p
     s = settings(HEARTH_FABRIC_NETNS="hearth-tnone00", HEARTH_DATA_DIR=str(tmp_path))
     db = Database(f"sqlite:///{tmp_path / 'h.db'}")
     try:
-        service = SessionService(s, db, NetnsDriver(s))
-        report = await diagnose(Parts(s, service=service, environ={}, env_file=None))
+        records = StoreRecords(s, db, NetnsDriver(s))  # what `hearth doctor` reads: the store only
+        report = await diagnose(Parts(s, records=records, environ={}, env_file=None))
         first = report.first_failure
         assert first is not None and first.hop is Hop.FABRIC and first.name == "fabric namespace"
         assert "hearth fabric up" in first.hint
         assert report.check("bridge").ok is None and report.check("pool").ok is True
-        assert await diagnose_session(Parts(s, service=service), "no-such-session") is None
+        assert "warm pool: not known here" in report.check("pool").evidence
+        assert await diagnose_session(Parts(s, records=records), "no-such-session") is None
     finally:
         db.dispose()
 

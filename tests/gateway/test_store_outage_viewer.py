@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope
 from hearth.rfb.ws import first_frame

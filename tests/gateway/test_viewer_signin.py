@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.errors import Hop
 from hearth.gateway.qr import qr_svg

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.api.local import local_controller
+from hearth.cli.local import local_controller
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth.api.local import local_controller
+from hearth.cli.local import local_controller
 from hearth.config import Settings
 from hearth.vault.store import CredentialFile
 from tests.prompts.test_e2e import sse, text

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hearth.agentlink.client import AgentClient
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.guest.configdrive import LOCAL_PROXY_PORT

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.fabric.fabric import Fabric

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.store.db import Database
 from hearth.store.models import EventRow, OutboxRow

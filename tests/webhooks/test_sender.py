@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as Db
 
-from hearth.api.local import free_port
+from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.observe.metrics import Metrics
 from hearth.store.db import Database

@@ -15,8 +15,8 @@ from typing import Any, cast
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from hearth.api import retention
 from hearth.api.auth import ApiKeys
-from hearth.clisandbox import retention
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.lifecycle.manager import SandboxManager

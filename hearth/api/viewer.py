@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
+from hearth.api.ports import Watching
 from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.gateway.embed import frame_ancestors
@@ -24,7 +25,7 @@ from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.session import wording
 from hearth.session.owner import NotHere
-from hearth.session.service import SessionNotFound, SessionService, SessionView
+from hearth.session.service import SessionNotFound, SessionView
 from hearth.signin import returnto
 from hearth.signin.flow import CodeRefused, SignInFlow
 from hearth.signin.modes import SigninMode
@@ -106,7 +107,7 @@ def page_headers(settings: Settings) -> dict[str, str]:
 
 
 def make_router(
-    service: SessionService, tokens: TokenStore, signin: SignInFlow, keys: ApiKeys, keepalive: float = 15.0
+    service: Watching, tokens: TokenStore, signin: SignInFlow, keys: ApiKeys, keepalive: float = 15.0
 ) -> APIRouter:
     router = APIRouter(tags=["viewer"])
 
