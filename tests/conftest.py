@@ -8,16 +8,18 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
-from hearth.api.local import LocalController, free_port, local_controller
+from hearth.cli.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
 from tests import nsnames
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
 from tests.restartkit import remove_everything
+from tests.signinkit import idp_env
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -116,6 +118,12 @@ def loopback_env() -> dict[str, str]:
         "INTERNAL_NETWORK": f"127.{a}.{b}.0/22",
         "HEARTH_SIGNIN_MODE": "direct",  # no desktops on loopback
     }
+
+
+def loopback_idp_env(port: int) -> dict[str, str]:
+    """`loopback_env()` plus the example IdP's settings (tests/signinkit.py) on that network's BRIDGE_IP:`port`."""
+    env = loopback_env()
+    return env | idp_env(port, str(IPv4Network(env["INTERNAL_NETWORK"]).network_address + 1))
 
 
 @pytest.fixture

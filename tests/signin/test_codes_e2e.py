@@ -19,12 +19,12 @@ from sqlalchemy import select
 
 from hearth.config import Settings
 from hearth.store.models import EventRow, SessionRow
-from tests.conftest import Running, running_controller
+from tests.conftest import Running, loopback_idp_env, running_controller
 from tests.live import signin_of
-from tests.signinkit import idp_env, running_idp
+from tests.signinkit import running_idp
 from tests.waits import wait_session
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]  # on the loopback driver: no root
 IDP_PORT = 9411
 
 
@@ -55,7 +55,7 @@ async def test_device_code_never_stored_reported_or_logged(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = make_settings(**idp_env(IDP_PORT), HEARTH_SIGNIN_MODE="direct")
+    settings = make_settings(**loopback_idp_env(IDP_PORT))
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,

@@ -15,21 +15,22 @@ import pytest
 
 from hearth.config import Settings
 from hearth.providers.model import FlowName
-from tests.conftest import running_controller
+from tests.conftest import loopback_idp_env, running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
 from tests.live import signin_of
 from tests.signinkit import approve_and_read_code, idp_env, issuer, running_idp
 from tests.waits import wait_session
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 IDP_PORT = 9416
 ISSUER = issuer(IDP_PORT)
 REFUSED = "That code was not accepted. A new sign-in link is ready — open it and sign in again."
 
 
 async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(**idp_env(IDP_PORT), HEARTH_SIGNIN_MODE="direct")
-    netns = settings.fabric_netns
+    """On the loopback driver: no root."""
+    settings = make_settings(**loopback_idp_env(IDP_PORT))
+    netns, at = settings.dial_netns, issuer(IDP_PORT, str(settings.bridge_ip))
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
@@ -45,7 +46,7 @@ async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings
         body = await wait_session(http, sid, lambda b: signin_of(b).get("awaiting_code") is True, "code prompt")
         first = signin_of(body)
         assert first["message"] is None and first["detail"] is None and first["renewed"] is False, first
-        assert str(first["url"]).startswith(f"{ISSUER}/authorize?")
+        assert str(first["url"]).startswith(f"{at}/authorize?")
 
         r = await http.post(f"/api/auth/session/{sid}/code", json={"code": "not-the-code"})
         assert r.status_code == 200, r.text
@@ -54,7 +55,7 @@ async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings
         assert body["status"] == "awaiting_user", body
         assert again["message"] == REFUSED and body["message"] == REFUSED, body
         assert again["renewed"] is True and again["url"] != first["url"], again
-        assert str(again["url"]).startswith(f"{ISSUER}/authorize?")
+        assert str(again["url"]).startswith(f"{at}/authorize?")
         assert str(again["detail"]).startswith("Invalid code (invalid_grant)"), again  # the CLI's own words
         assert "Invalid code" not in str(body["message"])
         events = (await http.get(f"/api/auth/session/{sid}/events")).json()
@@ -71,6 +72,7 @@ async def test_a_refused_code_renews_the_link_in_the_persons_words(make_settings
         assert body["status"] == "completed", body
 
 
+@pytest.mark.netns
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_the_page_shows_the_refusal_and_the_new_link(make_settings: Callable[..., Settings]) -> None:
     """The viewer page in Chromium: a wrong code pasted there → the plain words, the Open button now leads to the

@@ -16,17 +16,18 @@ import pytest
 
 from hearth.config import Settings
 from hearth.providers.model import FlowName
-from tests.conftest import running_controller
+from tests.conftest import loopback_idp_env, running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
 from tests.live import signin_of
-from tests.signinkit import idp_env, running_idp
+from tests.signinkit import running_idp
 from tests.waits import wait_session
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 HOST = "signin.hearth-test.invalid"  # .invalid never resolves (RFC 2606)
 WAIT = 90.0  # the test's bound: booting the sandbox and Chromium on a busy host, then the probe's few seconds
 
 
+@pytest.mark.netns
 async def test_a_sign_in_page_that_does_not_resolve_fails_naming_dns(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(HEARTH_EXAMPLE_ISSUER=f"http://{HOST}:9400", OAUTH_FLOW_TIMEOUT="600")
     async with (
@@ -52,7 +53,8 @@ async def test_a_sign_in_page_that_does_not_resolve_fails_naming_dns(make_settin
 
 
 async def test_a_provider_gone_after_the_link_fails_naming_egress(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(**idp_env(9417), HEARTH_SIGNIN_MODE="direct")
+    """On the loopback driver: no root."""
+    settings = make_settings(**loopback_idp_env(9417))
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
@@ -83,6 +85,7 @@ VIEWPORTS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.netns
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is installed by scripts/setup.sh")
 async def test_the_page_says_the_sign_in_page_cannot_be_reached(make_settings: Callable[..., Settings]) -> None:
     """The viewer page, in Chromium on a desktop and a phone viewport: the plain words, not Chromium's "check your
