@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hearth.errors import HearthError
 from hearth.prompts.intake import Live
 from hearth.prompts.states import PromptStatus, Step
+from hearth_agent.contract import routes
 
 if TYPE_CHECKING:
     from hearth.prompts.service import PromptService
@@ -41,7 +42,7 @@ async def adopt(svc: PromptService) -> int:
             client = svc._client(owner)
             state = "unknown"
             with contextlib.suppress(HearthError):
-                out = await client.call("POST", "/v1/prompts/status", {"id": row.id}) if client else None
+                out = await client.call("POST", routes.PROMPTS_STATUS, {"id": row.id}) if client else None
                 state = str(out.get("state")) if isinstance(out, dict) else "unknown"
             if state == "unknown":
                 await svc._end(

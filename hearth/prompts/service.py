@@ -27,6 +27,7 @@ from hearth.prompts.store import PromptStore, Refused
 from hearth.providers.model import Provider
 from hearth.store.models import PromptRow
 from hearth.vault.store import Vault
+from hearth_agent.contract import routes
 
 log = logging.getLogger("hearth.prompts")
 GRACE = 30.0  # s beyond the prompt's timeout before the controller gives up on the agent's final batch
@@ -224,7 +225,7 @@ class PromptService:
             if pid in self._cancelled:
                 return await self._end(pid, PromptStatus.CANCELLED, None, "cancelled while the CLI sandbox started")
             try:
-                await client.call("POST", "/v1/prompts", body, timeout=30.0)
+                await client.call("POST", routes.PROMPTS, body, timeout=30.0)
             except AgentRefused as exc:
                 step = Step.CLI if exc.status == 424 else Step.SANDBOX
                 return await self._end(pid, PromptStatus.FAILED, step, f"[{step.value}] {exc.detail}")
@@ -255,7 +256,7 @@ class PromptService:
         client = self._client(live.owner) if live and live.owner else None
         if client is not None:
             with contextlib.suppress(HearthError):
-                await client.call("POST", "/v1/prompts/cancel", {"id": pid}, timeout=10.0)
+                await client.call("POST", routes.PROMPTS_CANCEL, {"id": pid}, timeout=10.0)
 
     async def cancel(self, pid: str) -> PromptRow | None:
         """Idempotent: a queued prompt ends at once; a starting one before the CLI starts; a running one when the

@@ -23,6 +23,7 @@ from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.lifecycle.manager import SandboxManager
 from hearth.session.bootqueue import BootQueue, Priority
+from hearth_agent.contract import routes
 
 if TYPE_CHECKING:
     from hearth.session.view import SessionView
@@ -69,7 +70,7 @@ class BrowserTurns:
         agent = AgentClient(self.s.dial_netns, str(spec.slot.ip), spec.agent_port, spec.secret)
         t0 = time.monotonic()
         try:
-            out = await agent.call("POST", "/v1/browser", timeout=BROWSER_TIMEOUT)
+            out = await agent.call("POST", routes.BROWSER, timeout=BROWSER_TIMEOUT)
         except HearthError as exc:  # the agent client converts socket errors and timeouts into these
             log.warning("browser start not confirmed: %s", exc.reason, extra={"session_id": owner})
             return None
