@@ -40,8 +40,6 @@ ALLOWED: dict[tuple[str, str], str] = {
 # while issue 22 is worked on → who removes them.
 ALLOWED_IN_CIRCLES: dict[tuple[str, str], str] = {
     ("hearth.guest", "hearth.sandbox"): "h7: guest/configdrive.py's SandboxSpec import",
-    ("hearth.session", "hearth.signin"): "h2: the session core stops importing the sign-in folder",
-    ("hearth.cluster", "hearth.session"): "h3: cluster/nodes.py's session states import",
     ("hearth.standins", "hearth.cli"): "h7: the stand-ins' scratch controller is hearth/cli/local.py (h3's move)",
 }
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hearth.config.secrets import parse_credential_ring as parse_credential_ring
 from hearth.errors import HearthError, Hop
 
 if TYPE_CHECKING:
@@ -27,25 +28,6 @@ if TYPE_CHECKING:
 
 HEADER = "x-hearth-edge"
 MAX_SKEW = 300.0  # seconds between an edge's clock and a node's that a credential tolerates
-MIN_SECRET = 16  # bytes per key
-
-
-def parse_credential_ring(value: str) -> dict[str, bytes]:
-    """`kid:secret[,kid:secret…]` → {kid: secret}, in order (the first signs). ValueError names the fix."""
-    ring: dict[str, bytes] = {}
-    for part in value.split(","):
-        kid, sep, secret = part.strip().partition(":")
-        if not sep or not kid or not secret or kid in ring or "." in kid:
-            raise ValueError(
-                "HEARTH_NODE_CREDENTIAL must be `kid:secret[,kid:secret…]` with distinct non-empty key ids "
-                "without '.' (e.g. n1:$(openssl rand -hex 32))"
-            )
-        if len(secret.encode()) < MIN_SECRET:
-            raise ValueError(
-                f"HEARTH_NODE_CREDENTIAL: key {kid!r} must be at least {MIN_SECRET} bytes (e.g. openssl rand -hex 32)"
-            )
-        ring[kid] = secret.encode()
-    return ring
 
 
 class NodeCredential:

@@ -19,11 +19,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hearth.config import Settings
 
-# The ranges live in a leaf module (hearth.config and hearth.proxy.settings import them too); re-exported here.
-from hearth.egress.ranges import BLOCKED as BLOCKED
-from hearth.egress.ranges import BLOCKED_V6 as BLOCKED_V6
-from hearth.egress.ranges import allow_problems as allow_problems
-from hearth.egress.ranges import fabric_ranges as fabric_ranges
+# The ranges live in the config layer (its check and hearth.config.proxy use them too); re-exported here.
+from hearth.config.ranges import BLOCKED as BLOCKED
+from hearth.config.ranges import BLOCKED_V6 as BLOCKED_V6
+from hearth.config.ranges import allow_problems as allow_problems
+from hearth.config.ranges import fabric_ranges as fabric_ranges
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from hearth.config import Settings
+from hearth.config.proxy import egress_of
 from hearth.proxy.ports import assign
-from hearth.proxy.settings import egress_of
 from hearth.store.db import Database
 from hearth.store.models import SessionRow
 

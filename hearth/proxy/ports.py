@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
+from hearth.config.proxy import port_at, port_count
 from hearth.errors import HearthError, Hop
-from hearth.proxy.settings import port_at, port_count
 from hearth.store.db import Database
 from hearth.store.models import EgressPortRow
 

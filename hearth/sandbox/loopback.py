@@ -10,7 +10,7 @@ What it offers, and what not (decided for issue 22):
   abstract socket namespace, display numbers) that sandboxes sharing one host namespace would fight over; the netns
   driver covers desktops.
 - no isolation at all: the agent runs as the controller's user, with the controller's filesystem. So the settings
-  refuse `HEARTH_DRIVER=loopback` unless `HEARTH_ALLOW_UNISOLATED=1` is set too (hearth/config.py), and it is never
+  refuse `HEARTH_DRIVER=loopback` unless `HEARTH_ALLOW_UNISOLATED=1` is set too (hearth/config/check.py), and it is never
   chosen by `HEARTH_DRIVER=auto`.
 - addresses: `INTERNAL_NETWORK` must be a loopback range (e.g. 127.100.0.0/22). Every 127/8 address is the
   loopback interface on Linux, so each slot's agent binds its own address (`slot.ip`, port 8080 as everywhere) and

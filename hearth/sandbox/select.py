@@ -60,7 +60,7 @@ def _netns(settings: Settings) -> Driver:
 
 
 def _loopback(settings: Settings) -> Driver:
-    from hearth.sandbox.loopback import LoopbackDriver  # tests only: never chosen by `auto` (hearth/config.py)
+    from hearth.sandbox.loopback import LoopbackDriver  # tests only: never chosen by `auto` (hearth/config/check.py)
 
     return LoopbackDriver(settings)
 

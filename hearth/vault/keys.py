@@ -7,44 +7,14 @@ re-seal records under a new key and only then drop the old one.
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
-
-class VaultKeyError(Exception):
-    """A master key is missing, malformed or unknown."""
-
-
-@dataclass(frozen=True)
-class MasterKey:
-    key_id: str
-    material: bytes
-
-    @classmethod
-    def of(cls, material: bytes) -> MasterKey:
-        if len(material) != 32:
-            raise VaultKeyError(
-                f"master key must be 32 bytes (AES-256), got {len(material)}; generate one with "
-                "`python3 -c 'import secrets,base64;print(base64.b64encode(secrets.token_bytes(32)).decode())'`"
-            )
-        return cls(hashlib.sha256(b"hearth-key-id" + material).hexdigest()[:12], material)
-
-
-def parse_key(text: str) -> MasterKey:
-    text = text.strip()
-    for decode in (binascii.unhexlify, base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            raw = decode(text)
-        except (ValueError, binascii.Error):
-            continue
-        if len(raw) == 32:
-            return MasterKey.of(raw)
-    raise VaultKeyError("HEARTH_MASTER_KEY must be 32 bytes encoded as hex or base64")
+from hearth.config.secrets import MasterKey as MasterKey
+from hearth.config.secrets import VaultKeyError as VaultKeyError
+from hearth.config.secrets import parse_key as parse_key
 
 
 class KeyRing:

@@ -11,41 +11,15 @@ The secret never appears in a message, a repr or a log line.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import time
 from collections.abc import Mapping
 
-PREFIX = "whsec_"
-MIN_BYTES, MAX_BYTES = 24, 64
+from hearth.config.webhooks import SecretFormatError as SecretFormatError
+from hearth.config.webhooks import parse_secret as parse_secret
+
 TOLERANCE = 300  # seconds a receiver accepts between webhook-timestamp and its own clock (either way)
-GENERATE_HINT = (
-    "generate one: python3 -c \"import base64,secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32))"
-    '.decode())"'
-)
-
-
-class SecretFormatError(ValueError):
-    """HEARTH_WEBHOOK_SECRET is not `whsec_<base64 of 24-64 bytes>`; the message names the fix, never the value."""
-
-
-def parse_secret(text: str) -> bytes:
-    """`whsec_<base64>` → the key bytes. Raises SecretFormatError naming the fix (the value is never echoed)."""
-    if not text.startswith(PREFIX):
-        raise SecretFormatError(f"HEARTH_WEBHOOK_SECRET must start with {PREFIX!r} (whsec_<base64>); {GENERATE_HINT}")
-    try:
-        key = base64.b64decode(text[len(PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise SecretFormatError(
-            f"HEARTH_WEBHOOK_SECRET: the part after {PREFIX!r} is not valid base64; {GENERATE_HINT}"
-        ) from None
-    if not MIN_BYTES <= len(key) <= MAX_BYTES:
-        raise SecretFormatError(
-            f"HEARTH_WEBHOOK_SECRET decodes to {len(key)} bytes; Standard Webhooks needs {MIN_BYTES}-{MAX_BYTES} "
-            f"random bytes; {GENERATE_HINT}"
-        )
-    return key
 
 
 class Signer:

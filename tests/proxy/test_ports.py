@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from hearth.config import Settings
+from hearth.config.proxy import parse_ports
 from hearth.errors import Hop
 from hearth.proxy.ports import PortsExhausted, assign_sync
-from hearth.proxy.settings import parse_ports
 from hearth.store.db import Database
 from hearth.store.models import EgressPortRow
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hearth.config.secrets import parse_ring as parse_ring
 from hearth.gateway.tokens.base import Claims, ForeignToken, Scope, TokenError
 
 
@@ -41,19 +42,6 @@ def load_or_create_key(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(key)
     return key
-
-
-def parse_ring(secret: str) -> dict[str, bytes]:
-    """`kid:secret,kid:secret` (the first signs), or one bare secret (key id ""). ValueError names the fix."""
-    if ":" not in secret:
-        return {"": secret.encode()}
-    ring: dict[str, bytes] = {}
-    for part in secret.split(","):
-        kid, sep, value = part.strip().partition(":")
-        if not sep or not kid or not value or kid in ring:
-            raise ValueError("HEARTH_TOKEN_SECRET must be `kid:secret[,kid:secret…]` with distinct non-empty key ids")
-        ring[kid] = value.encode()
-    return ring
 
 
 class SignedTokens:

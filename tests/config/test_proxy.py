@@ -13,7 +13,7 @@ from typer.testing import CliRunner, Result
 
 from hearth.cli.main import app
 from hearth.config import LEGACY_NAMES, PLAIN_NAMES
-from hearth.proxy.settings import (
+from hearth.config.proxy import (
     ProxySettingError,
     parse_ports,
     parse_proxy,

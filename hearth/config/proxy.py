@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
-    from hearth.config import Settings
+    from hearth.config.settings import Settings
 
 PORT_MARK = "{port}"
 EXAMPLE = "http://USER:PASS@proxy.example.com:{port}"
@@ -224,7 +224,7 @@ def reach_problems(s: Settings) -> list[str]:
         ip = IPv4Address(host)
     except ValueError:
         return out  # a name: resolved by each sandbox's agent
-    from hearth.egress.ranges import BLOCKED
+    from hearth.config.ranges import BLOCKED
 
     if any(ip in n for n in BLOCKED) and not any(ip in n for n in s.egress_allow):
         out.append(

@@ -1,7 +1,7 @@
 """Where sandboxes never go, and what HEARTH_EGRESS_ALLOW may not cover (pure, a leaf module).
 
-hearth.config (config check), hearth.proxy.settings (the proxy's reach) and hearth.egress.policy/rules all need these
-ranges; they live here, importing nothing of hearth at run time, so none of those imports another in a cycle.
+The config check (hearth/config/check.py), the proxy's reach (hearth/config/proxy.py) and hearth.egress.policy/rules
+all need these ranges; they live in the config layer, importing nothing of hearth at run time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hearth.config import Settings
+    from hearth.config.settings import Settings
 
 # IPv4 ranges no sandbox reaches unless HEARTH_EGRESS_ALLOW lists them (RFC 6890 and friends). The documentation
 # ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) are not here: tests' stand-in internet lives there.
