@@ -23,15 +23,14 @@ from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
-from hearth.providers.model import Provider
+from hearth.providers.model import Provider, SigninMode
 from hearth.sandbox.base import SandboxSpec
 from hearth.session import admission
 from hearth.session.bootqueue import BootQueue
 from hearth.session.pool import WarmPool
 from hearth.session.records import SessionRecords
 from hearth.session.states import IllegalTransition, Status
-from hearth.session.view import SessionNotFound, SessionView, aware
-from hearth.signin.modes import SigninMode, has_desktop
+from hearth.session.view import SessionNotFound, SessionView, aware, has_desktop
 
 log = logging.getLogger("hearth.session")
 Diagnose = Callable[[str], Awaitable[HearthError | None]]  # the doctor's walk of a session's path: its first failure

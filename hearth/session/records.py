@@ -1,7 +1,8 @@
 """The session records: the state machine's transitions and every write and query of a session's row and timeline.
 
 Each transition is one transaction (checked against hearth/session/states.py, with its webhook event and timeline
-entries); its reason and every event detail pass through the sign-in codes' scrub first (hearth/signin/codes.py). Ends
+entries); its reason and every event detail pass through the sign-in codes' scrub first (`Scrub`: the sign-in's
+SessionCodes, hearth/signin/codes.py, in a controller). Ends
 the store could not take are kept here (`unrecorded`) until `record_pending` writes them. Sessions past their boot and
 not ended are also kept as their last transition left them (`live`): the viewer is admitted without the store.
 """
@@ -9,8 +10,8 @@ not ended are also kept as their last transition left them (`live`): the viewer 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session as Db
@@ -19,17 +20,28 @@ from hearth.config import Settings
 from hearth.errors import Hop, StoreError
 from hearth.fabric.ipam import Ipam
 from hearth.observe.metrics import Metrics
-from hearth.providers.model import Provider
 from hearth.session.notify import Changes
 from hearth.session.owner import refuse
 from hearth.session.states import TERMINAL, IllegalTransition, Status, check_transition
 from hearth.session.view import SessionNotFound, SessionView
-from hearth.signin.codes import SessionCodes
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow, utcnow
 from hearth.webhooks.outbox import Outbox
+from hearth_agent.codes import scrub_codes
 
 Hook = Callable[[SessionView], Awaitable[None]]
+
+
+class Scrub(Protocol):
+    def scrub(self, session_id: str, text: str | None) -> str | None:
+        """`text` without any sign-in code (None stays None)."""
+
+
+class _Shapes:
+    """Without the sign-in's codes: only what is shaped like a device code is scrubbed."""
+
+    def scrub(self, session_id: str, text: str | None) -> str | None:
+        return scrub_codes(text) if text else text
 
 
 class SessionRecords:
@@ -39,7 +51,7 @@ class SessionRecords:
         db: Database,
         ipam: Ipam,
         metrics: Metrics,
-        providers: Mapping[str, Provider],
+        codes: Scrub | None = None,
         on_terminal: Sequence[Hook] = (),
     ) -> None:
         self.settings = settings
@@ -49,7 +61,7 @@ class SessionRecords:
         self.changes = Changes()
         self.outbox = Outbox(settings)  # webhooks: every state change adds its event in its own transaction
         # Sign-in codes never reach the store: every reason and event detail passes through `codes.scrub`.
-        self.codes = SessionCodes(lambda: providers)
+        self.codes: Scrub = codes or _Shapes()
         self.on_terminal = tuple(on_terminal)  # called in order after a session's move to a terminal status
         self.unrecorded: dict[str, tuple[Status, str | None, Hop | None]] = {}  # ended, but the write failed
         # Live sessions of this node as its own transitions left them: the viewer is admitted from here, without

@@ -24,7 +24,7 @@ from hearth.lifecycle import readiness
 from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.observe.metrics import Metrics
-from hearth.providers.model import Provider
+from hearth.providers.model import Provider, SigninMode
 from hearth.sandbox.base import Driver, SandboxSpec
 from hearth.session.admission import LimitExceeded
 from hearth.session.bootqueue import BootQueue
@@ -32,12 +32,11 @@ from hearth.session.boots import Diagnose, ReadyHook, SessionBoots
 from hearth.session.browser import BrowserTurns
 from hearth.session.owner import refuse
 from hearth.session.pool import WarmPool
-from hearth.session.records import Hook, SessionRecords
+from hearth.session.records import Hook, Scrub, SessionRecords
 from hearth.session.states import IllegalTransition, Status
 from hearth.session.view import SessionNotFound as SessionNotFound
 from hearth.session.view import SessionView as SessionView
 from hearth.session.view import aware
-from hearth.signin.modes import SigninMode
 from hearth.store.db import Database
 from hearth.store.models import SessionRow
 
@@ -67,6 +66,7 @@ class SessionService:
         metrics: Metrics | None = None,
         providers: Mapping[str, Provider] | None = None,
         viewers: ViewerCount | None = None,
+        codes: Scrub | None = None,
         diagnose: Diagnose | None = None,
         cli_digests: Callable[[], tuple[str, ...]] = tuple,
         on_ready: Sequence[ReadyHook] = (),
@@ -74,9 +74,10 @@ class SessionService:
         on_terminal: Sequence[Hook] = (),
     ) -> None:
         """`sandboxes`: the one owner of every sandbox (its key ring seals their secrets). `providers`: the
-        controller's one providers dict. `viewers`: the gateway's gauge. `diagnose`: the doctor's walk of a session's
-        path (failure reasons name the first broken hop). `cli_digests`: the prompt definitions a pooled CLI sandbox
-        may run. The hooks run after a session turned ready, after a restarted controller adopted it (both in the
+        controller's one providers dict. `viewers`: the gateway's gauge. `codes`: the sign-in codes no reason or event
+        detail may carry (hearth/signin/codes.py; else only what is shaped like a code is scrubbed). `diagnose`: the
+        doctor's walk of a session's path (failure reasons name the first broken hop). `cli_digests`: the prompt
+        definitions a pooled CLI sandbox may run. The hooks run after a session turned ready, after a restarted controller adopted it (both in the
         background), and after it ended (awaited, in order)."""
         self.settings = settings
         self.db = db
@@ -86,7 +87,7 @@ class SessionService:
         self.metrics = metrics or Metrics()
         self.viewers: ViewerCount = viewers or _NoViewers()
         self.records = SessionRecords(
-            settings, db, self.ipam, self.metrics, providers or {}, on_terminal=(self._stopped, *on_terminal)
+            settings, db, self.ipam, self.metrics, codes, on_terminal=(self._stopped, *on_terminal)
         )
         self.changes, self.outbox, self.codes = self.records.changes, self.records.outbox, self.records.codes
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)

@@ -1,13 +1,13 @@
-"""What a session is, as everyone outside the session core sees it: `SessionView`, one row of `sessions` (frozen), and
-`SessionNotFound`."""
+"""What a session is, as everyone outside the session core sees it: `SessionView`, one row of `sessions` (frozen),
+`SessionNotFound`, and whether a session's sandbox has a desktop (`has_desktop`, from its sign-in mode)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from hearth.providers.model import SigninMode
 from hearth.session.states import Status
-from hearth.signin.modes import SigninMode
 from hearth.store.models import SessionRow
 
 
@@ -52,6 +52,12 @@ class SessionView:
             row.updated_at,
             row.node_id,
         )
+
+
+def has_desktop(mode: SigninMode) -> bool:
+    """Whether sandboxes of this mode run a desktop (display, VNC, Chromium): the one place that says so; the sandbox
+    spec and the readiness gates both follow it (`SandboxSpec.desktop`)."""
+    return mode is SigninMode.REMOTE_BROWSER
 
 
 def aware(dt: datetime) -> datetime:

@@ -28,6 +28,7 @@ from hearth.session import wording
 from hearth.session.reach import cli_unreachable, network_hop, page_unreachable
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
+from hearth.signin.codes import SessionCodes
 from hearth.signin.modes import SigninMode
 from hearth.signin.prompts import PromptError, SigninPrompt, check_code
 from hearth.vault.store import CredentialFile, Vault
@@ -48,12 +49,20 @@ class CodeRefused(Exception):
 
 class SignInFlow:
     def __init__(
-        self, service: SessionService, vault: Vault, clis: CliSandboxes, providers: dict[str, Provider]
+        self,
+        service: SessionService,
+        vault: Vault,
+        clis: CliSandboxes,
+        providers: dict[str, Provider],
+        codes: SessionCodes,
     ) -> None:
+        """`codes`: the codes of each sign-in, remembered here, scrubbed from every reason and event detail by the
+        session records (the same object, passed to both)."""
         self.service = service
         self.vault = vault
         self.clis = clis
         self.providers = providers
+        self.codes = codes
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._prompts: dict[str, SigninPrompt] = {}  # memory only: holds the full sign-in URL
         self._sent_with: dict[str, str] = {}  # the link shown when the person's last code was sent
@@ -90,7 +99,7 @@ class SignInFlow:
             if view.status.terminal:
                 return
             before = self._prompts.get(session_id)
-            self.service.codes.remember(session_id, prompt.user_code)  # shown to the person; never written
+            self.codes.remember(session_id, prompt.user_code)  # shown to the person; never written
             hop = network_hop(prompt.message) if prompt.message else None
             if hop is not None and prompt.message:  # not a refused code: the CLI cannot reach its provider
                 await self.service.end(session_id, Status.FAILED, cli_unreachable(hop, prompt.message), hop)
@@ -137,7 +146,7 @@ class SignInFlow:
         if not prompt.awaiting_code:
             raise CodeRefused(409, "the CLI is not waiting for a code (yet); wait for the page to ask for it")
         agent = self._agent(view)
-        self.service.codes.remember(session_id, text)  # the person's: never in a reason, event or log
+        self.codes.remember(session_id, text)  # the person's: never in a reason, event or log
         with bind_session(session_id):
             try:
                 await agent.call("POST", "/v1/login/code", {"code": text})
@@ -278,7 +287,7 @@ class SignInFlow:
         """The session ended: its prompt, sent link, codes and flow timeout go."""
         self._prompts.pop(view.id, None)
         self._sent_with.pop(view.id, None)
-        self.service.codes.forget(view.id)
+        self.codes.forget(view.id)
         timer = self._timers.pop(view.id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()

@@ -6,24 +6,20 @@ flows): how a person signs in, decided once per session at creation.
 - `direct`: no desktop at all (the agent and the CLI only); the person opens the URL — and enters the device code or
   pastes the code back — in their own browser (`device_code` flow when declared, else `paste_code`).
 
-`has_desktop` is the one place that says whether a sandbox gets a display; the sandbox spec and the readiness gates
-both follow it (`SandboxSpec.desktop`).
+`has_desktop` (hearth/session/view.py) is the one place that says whether a sandbox gets a display; the sandbox spec
+and the readiness gates both follow it (`SandboxSpec.desktop`).
 """
 
 from __future__ import annotations
 
 from hearth.providers.model import Provider, SigninMode, UnsupportedMode
+from hearth.session.view import has_desktop
 
 __all__ = ["ModeError", "SigninMode", "choose_mode", "has_desktop", "parse_mode"]
 
 
 class ModeError(ValueError):
     """An unknown mode, or one the provider cannot do; the message names the valid choices."""
-
-
-def has_desktop(mode: SigninMode) -> bool:
-    """Whether sandboxes of this mode run a desktop (display, VNC, Chromium)."""
-    return mode is SigninMode.REMOTE_BROWSER
 
 
 def parse_mode(value: str) -> SigninMode:
