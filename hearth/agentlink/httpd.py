@@ -28,7 +28,7 @@ from typing import Any
 
 import h11
 
-from hearth.api.limits import TokenBucket
+from hearth.ratelimit import TokenBucket
 
 log = logging.getLogger("hearth.agentlink")
 

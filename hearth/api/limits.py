@@ -33,6 +33,7 @@ from hearth.api import jsonguard
 from hearth.api.auth import ApiKeys, digest
 from hearth.api.problems import refusal_body
 from hearth.config import Settings
+from hearth.ratelimit import TokenBucket as TokenBucket
 
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_RATE = 20.0  # requests per second, per client
@@ -59,25 +60,6 @@ class Limits:
             burst=float(getattr(settings, "rate_burst", DEFAULT_BURST)),
             prompt_body=6 * int(getattr(settings, "max_prompt_bytes", 0)) + 64 * 1024,
         )
-
-
-class TokenBucket:
-    """`burst` tokens, refilled at `rate` per second; time is passed in (pure)."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst = rate, max(burst, 1.0)
-        self.tokens, self.stamp = self.burst, now
-
-    def take(self, now: float) -> float:
-        """Take one token: 0.0 when allowed, else the seconds until one will be there (nothing is taken)."""
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = max(self.stamp, now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
 
 
 class RateLimiter:
