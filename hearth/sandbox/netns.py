@@ -19,13 +19,10 @@ can read neither the secret nor the agent's memory (/proc/<agent>/mem, environ, 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
-import secrets
 import shutil
-import stat
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -46,6 +43,7 @@ from hearth.sandbox import hostscope, steps
 from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes, tail
 from hearth.sandbox.steps import Check, Step
+from hearth.sandbox.workdir import remove_workdir, rmtree, untraversable
 from hearth_agent.policy import write_policy
 
 __all__ = ["NetnsDriver", "pids_in_netns"]
@@ -56,48 +54,6 @@ GUEST_HOME = "/home/hearth"
 GUEST_LIB = "/opt/hearth"
 LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 AGENT_LISTEN_TIMEOUT = 20.0
-
-
-def _can_traverse(path: Path, uid: int, gid: int) -> bool:
-    st = os.stat(path)
-    bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
-    return bool(st.st_mode & bit)
-
-
-def _untraversable(dirs: list[Path], uid: int, gid: int) -> Path | None:
-    """The first of `dirs` the user cannot traverse, or None."""
-    return next((d for d in dirs if not _can_traverse(d, uid, gid)), None)
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a tree; already gone is success. A process of the sandbox that is still exiting may write one last
-    file while the tree goes (ENOTEMPTY): try again briefly before calling it an error."""
-
-    def onerror(_fn: Any, _path: str, exc: Any) -> None:
-        if not isinstance(exc[1], FileNotFoundError):
-            raise exc[1]
-
-    for attempt in range(20):
-        try:
-            shutil.rmtree(path, onerror=onerror)
-            return
-        except OSError as exc:
-            if exc.errno != errno.ENOTEMPTY or attempt == 19:
-                raise
-            time.sleep(0.05)
-
-
-def _remove_workdir(path: Path) -> None:
-    """Remove a sandbox's directory: renamed away first (atomic), then deleted — so a next sandbox on the same slot
-    never meets a deletion still under way (one a cancelled boot's undo left running in its thread). Leftovers of an
-    earlier such deletion (`.<name>.gone-<hex>`) go too; already gone is success."""
-    trash = path.with_name(f".{path.name}.gone-{secrets.token_hex(4)}")
-    try:
-        os.rename(path, trash)
-    except FileNotFoundError:
-        pass
-    for old in path.parent.glob(f".{path.name}.gone-*"):
-        _rmtree(old)
 
 
 @dataclass
@@ -238,7 +194,7 @@ class NetnsDriver:
             Step(
                 "workdir",
                 lambda: asyncio.to_thread(self._prepare_dirs, spec, boot.guest),
-                lambda: asyncio.to_thread(_remove_workdir, spec.workdir),
+                lambda: asyncio.to_thread(remove_workdir, spec.workdir),
                 partial=True,
             ),
             Step(
@@ -293,7 +249,7 @@ class NetnsDriver:
         os.chown(home, uid, gid, follow_symlinks=False)
         etc = wd / "chromium-etc"
         if etc.exists():  # a leftover of a crashed start of this slot
-            _rmtree(etc)
+            rmtree(etc)
         shipped = (self.image_root() or Path("/")) / "etc" / "chromium"
         if shipped.is_dir():  # bubblewrap can only mount over a directory that exists in the root
             shutil.copytree(shipped, etc, symlinks=True, ignore=shutil.ignore_patterns("policies"))
@@ -303,10 +259,10 @@ class NetnsDriver:
         os.chmod(wd / "resolv.conf", 0o644)
         run = wd / "run"
         if run.exists():  # a leftover of a crashed start of this slot
-            _rmtree(run)
+            rmtree(run)
         run.mkdir(mode=0o700)
         os.chown(run, uid, gid)
-        blocked = _untraversable(sorted({a for p in (home, run, guest) for a in p.parents}), uid, gid)
+        blocked = untraversable(sorted({a for p in (home, run, guest) for a in p.parents}), uid, gid)
         if blocked is not None:
             raise DriverError(
                 Hop.DRIVER,
@@ -316,7 +272,7 @@ class NetnsDriver:
         root = self.image_root()
         if root is not None:  # bubblewrap binds it as the sandbox user: the real path must be reachable by that user
             real = root.resolve()
-            blocked = _untraversable([*sorted(real.parents), real], uid, gid)
+            blocked = untraversable([*sorted(real.parents), real], uid, gid)
             if blocked is not None:
                 raise DriverError(
                     Hop.DRIVER,
@@ -390,7 +346,7 @@ class NetnsDriver:
             await self._stop_processes(spec)
             await ports.remove_port(self.s, spec.slot.veth_host)
             await asyncio.to_thread(netlink.remove_netns, spec.slot.netns)
-            await asyncio.to_thread(_remove_workdir, spec.workdir)
+            await asyncio.to_thread(remove_workdir, spec.workdir)
         except HearthError:
             raise
         except Exception as exc:

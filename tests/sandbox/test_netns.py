@@ -23,8 +23,9 @@ from hearth.errors import DriverError
 from hearth.fabric import netlink
 from hearth.fabric.dial import open_connection, socket_in_netns
 from hearth.sandbox.base import SandboxSpec
-from hearth.sandbox.netns import NetnsDriver, _remove_workdir
+from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import SandboxProcesses, pids_in_netns
+from hearth.sandbox.workdir import remove_workdir
 from hearth_agent.policy import POLICY
 from tests.live import descendants
 from tests.sandbox.specs import spec_for
@@ -348,6 +349,6 @@ def test_a_workdir_is_renamed_away_before_it_is_deleted(tmp_path: Path) -> None:
     (stale / "logs").mkdir(parents=True)
     other = tmp_path / ".hearth-t1-s1.gone-deadbeef"  # another slot's: not this removal's business
     other.mkdir()
-    _remove_workdir(work)
+    remove_workdir(work)
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
-    _remove_workdir(work)  # already gone is success
+    remove_workdir(work)  # already gone is success

@@ -13,25 +13,21 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import signal
-import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from hearth.childproc import signal_child
 from hearth.config import Settings
 from hearth.errors import DriverError, HearthError, Hop
-from hearth.fabric import netlink
 from hearth.fabric.ports import add_tap, remove_port
 from hearth.guest.layout import GuestImage
 from hearth.sandbox import procs as proc
 from hearth.sandbox import steps
 from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.firecracker import disk
-from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
+from hearth.sandbox.firecracker import checks, disk
+from hearth.sandbox.firecracker.api import FirecrackerApi
 from hearth.sandbox.firecracker.plan import (
     CONFIG_DRIVE,
     INITRD,
@@ -45,16 +41,14 @@ from hearth.sandbox.firecracker.plan import (
     MachineShape,
     Plan,
     is_vmm_cmdline,
-    kernel_of,
     layout_for,
     plan,
     socket_path_problem,
 )
+from hearth.sandbox.firecracker.vmm import until_exit, wait_socket
 from hearth.sandbox.steps import Check, Step
 
 log = logging.getLogger("hearth.sandbox.firecracker")
-T = TypeVar("T")
-_ELF = b"\x7fELF"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # the cgroup v2 hierarchy (v1 controllers are found in /proc/mounts)
 
@@ -151,23 +145,15 @@ class FirecrackerDriver:
         return functools.partial(is_vmm_cmdline, api_socket=str(layout.api_socket), ident=layout.vm_id)
 
     # ---- checks before acquiring anything ----------------------------------------------------------
-    @staticmethod
-    def _resolve(name: str, what: str, setting: str, fix: str) -> str:
-        found = name if "/" in name else shutil.which(name)
-        if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
-            where = "is not an executable file" if "/" in name else "is not on PATH"
-            raise DriverError(Hop.DRIVER, f"{what} binary not found: {name!r} {where}", f"{fix}, or set {setting}")
-        return os.path.abspath(found)
-
     def checks(self, boot: _Boot, fabric: bool = True) -> list[Check]:
         """The validation list: fail fast, before anything is created, naming the fix. The binaries' resolved paths
         land in `boot`. `fabric=False` skips the fabric check (for choosing a driver before the fabric is up)."""
         return [
-            Check("firecracker binary", lambda: boot.set_binaries(self._binaries())),
-            Check("kvm", self._check_kvm),
-            Check("kernel", self._check_kernel),
-            Check("image files", self._check_files),
-            *([Check("fabric", self._check_fabric)] if fabric else []),
+            Check("firecracker binary", lambda: boot.set_binaries(checks.binaries(self.binary, self.jailer))),
+            Check("kvm", lambda: checks.kvm(self.kvm_device)),
+            Check("kernel", lambda: checks.kernel(self.image)),
+            Check("image files", lambda: checks.image_files(self.image)),
+            *([Check("fabric", lambda: checks.fabric(self.settings.fabric_netns))] if fabric else []),
         ]
 
     def preflight(self, fabric: bool = True) -> tuple[str, str | None]:
@@ -175,72 +161,6 @@ class FirecrackerDriver:
         boot = _Boot()
         steps.preflight(self.checks(boot, fabric), what="firecracker")
         return boot.binary, boot.jailer
-
-    def _binaries(self) -> tuple[str, str | None]:
-        fc = self._resolve(
-            self.binary,
-            "firecracker",
-            "HEARTH_FIRECRACKER_BIN to its path",
-            "install the firecracker release binary (docs/firecracker.md)",
-        )
-        jl = None
-        if self.jailer is not None:
-            jl = self._resolve(
-                self.jailer.binary,
-                "jailer",
-                "HEARTH_JAILER_BIN to its path",
-                "install the jailer binary of the same firecracker release (docs/firecracker.md)",
-            )
-            if "firecracker" not in Path(fc).name:
-                raise DriverError(
-                    Hop.DRIVER,
-                    f"the jailer only execs binaries whose file name contains 'firecracker'; got {fc}",
-                    "install or link the binary as e.g. /usr/local/bin/firecracker",
-                )
-        else:
-            self._resolve("nsenter", "nsenter", "PATH", "install util-linux (apt-get install util-linux)")
-        return fc, jl
-
-    def _check_kvm(self) -> None:
-        if self.kvm_device is not None and not os.access(self.kvm_device, os.R_OK | os.W_OK):
-            raise DriverError(
-                Hop.DRIVER,
-                f"{self.kvm_device} is missing or not read/writable",
-                "run on a KVM host (bare metal or nested virtualisation on), load kvm_intel/kvm_amd, run as root",
-            )
-
-    def _check_kernel(self) -> None:
-        kernel = kernel_of(self.image)
-        try:
-            with open(kernel, "rb") as f:
-                magic = f.read(4)
-        except OSError as exc:
-            raise DriverError(
-                Hop.DRIVER,
-                f"guest kernel {kernel} cannot be read: {exc.strerror}",
-                "build the image (HEARTH_IMAGE_DIR)",
-            ) from exc
-        if magic != _ELF:
-            raise DriverError(
-                Hop.DRIVER,
-                f"guest kernel {kernel} is not an uncompressed ELF vmlinux (Firecracker cannot boot a bzImage)",
-                "build `make vmlinux` (docs/firecracker.md) and point the image at it",
-            )
-
-    def _check_files(self) -> None:
-        for label, path in (("initrd", self.image.initrd), ("root filesystem", self.image.rootfs)):
-            if path is not None and not path.is_file():
-                raise DriverError(
-                    Hop.DRIVER, f"guest {label} {path} does not exist", "build the image (HEARTH_IMAGE_DIR)"
-                )
-
-    def _check_fabric(self) -> None:
-        if not netlink.netns_exists(self.settings.fabric_netns):
-            raise DriverError(
-                Hop.FABRIC,
-                f"fabric namespace {self.settings.fabric_netns} does not exist",
-                "run `hearth fabric up` (the controller does this at start)",
-            )
 
     # ---- the Driver seam ---------------------------------------------------------------------------
     def steps(self, spec: SandboxSpec, boot: _Boot) -> list[Step]:
@@ -305,12 +225,12 @@ class FirecrackerDriver:
         """Launch the VMM, wait for its API socket, configure and boot the guest over it."""
         p, lay = boot.plan, boot.plan.layout
         child = boot.child = await self._spawn(p)
-        await self._until_exit(child, lay, self._wait_socket(lay, child), "opening its API socket")
+        await until_exit(child, lay, wait_socket(lay, child, self.start_timeout), "opening its API socket")
         async with FirecrackerApi(lay.api_socket, self.api_timeout) as api:
-            boot.version = await self._until_exit(child, lay, api.version(), "answering GET /version")
+            boot.version = await until_exit(child, lay, api.version(), "answering GET /version")
             for call in p.calls:
                 timeout = self.boot_timeout if call.path == "/actions" else None
-                await self._until_exit(child, lay, api.call(call, timeout), f"answering {call.method} {call.path}")
+                await until_exit(child, lay, api.call(call, timeout), f"answering {call.method} {call.path}")
 
     async def _kill(self, boot: _Boot) -> None:
         if boot.child is not None:
@@ -385,63 +305,6 @@ class FirecrackerDriver:
             os.close(fd)
         self._children[lay.vm_id] = child
         return child
-
-    async def _wait_socket(self, lay: Layout, child: asyncio.subprocess.Process) -> None:
-        """Until the API socket accepts a connection (bounded; the caller races this against the process)."""
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            try:
-                _, writer = await asyncio.open_unix_connection(str(lay.api_socket))
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise DriverError(
-                        Hop.DRIVER,
-                        f"firecracker (pid {child.pid}) did not open {lay.api_socket} within {self.start_timeout:g}s",
-                        f"see {lay.console_log}",
-                    ) from None
-                await asyncio.sleep(0.01)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
-
-    async def _until_exit(self, child: asyncio.subprocess.Process, lay: Layout, work: Awaitable[T], doing: str) -> T:
-        """Run `work`, but fail at once — with the exit code and the VMM's last words — if the process exits."""
-        task = asyncio.ensure_future(work)
-        exited = asyncio.ensure_future(child.wait())
-        try:
-            await asyncio.wait({task, exited}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                try:
-                    return task.result()
-                except ApiUnreachable:
-                    # The socket broke: if that is because the process is exiting, say so instead.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(exited), 1.0)
-                    if child.returncode is None:
-                        raise
-            raise self._exited(child, lay, doing)
-        finally:
-            for t in (task, exited):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
-
-    def _exited(self, child: asyncio.subprocess.Process, lay: Layout, doing: str) -> DriverError:
-        rc = child.returncode
-        how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
-        # stderr and the guest's serial console (a kernel panic shows here), then Firecracker's own errors
-        last = proc.tail_lines(lay.console_log) or "no output"
-        errors = proc.tail_lines(lay.host(LOG), keep=(":ERROR", ":WARN"))
-        if errors:
-            last += f" | firecracker.log: {errors}"
-        return DriverError(
-            Hop.DRIVER,
-            f"firecracker {how} while {doing}: {last}",
-            f"see {lay.console_log} and {lay.host(LOG)}",
-        )
 
     async def _kill_child(self, lay: Layout, child: asyncio.subprocess.Process) -> None:
         """Undo for the process: SIGKILL, then wait for the exit, so the TAP is free before it is deleted."""
