@@ -15,10 +15,10 @@ from hearth import log
 from hearth.cli.common import fail, settings_or_exit
 from hearth.cli.node_cert import cert
 from hearth.cluster import nodes
-from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.store.db import Database
+from hearth.store.nodestates import NodeState
 
 node_app = typer.Typer(help="The hosts of a cluster: run this host's node, list, drain.", no_args_is_help=True)
 

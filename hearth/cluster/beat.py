@@ -12,11 +12,11 @@ from collections.abc import Callable
 from hearth import __version__
 from hearth.cluster import nodes
 from hearth.cluster.fence import Fence
-from hearth.cluster.states import NodeState
 from hearth.cluster.watch import Watch
 from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.store.db import Database
+from hearth.store.nodestates import NodeState
 from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.cluster")

@@ -25,12 +25,12 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from hearth.cluster import nodes
-from hearth.cluster.states import NodeState
 from hearth.config import load_settings
 from hearth.fabric.dial import acall_in_netns, open_connection
 from hearth.fabric.fabric import Fabric
 from hearth.fabric.netlink import list_netns
 from hearth.store.db import Database
+from hearth.store.nodestates import NodeState
 
 NET = "10.77.0"
 PORT = 4000

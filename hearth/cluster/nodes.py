@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session as Db
 
-from hearth.cluster.states import NodeState, allowed
 from hearth.cluster.watch import Watch
 from hearth.errors import HearthError, Hop
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, NodeRow, SessionRow
+from hearth.store.nodestates import NodeState, allowed
 from hearth.webhooks.outbox import Outbox
 
 log = logging.getLogger("hearth.cluster")

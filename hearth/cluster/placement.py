@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as Db
 
 from hearth.cluster.nodes import NodeView, list_nodes
-from hearth.cluster.states import NodeState
 from hearth.errors import HearthError, Hop
 from hearth.store.models import CliSandboxRow
+from hearth.store.nodestates import NodeState
 
 
 class NoNode(HearthError):

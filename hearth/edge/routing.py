@@ -6,9 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as Db
 
 from hearth.cluster.nodes import NodeView, list_nodes
-from hearth.cluster.states import NodeState
 from hearth.errors import HearthError, Hop
 from hearth.store.models import CliSandboxRow, PromptRow, SessionRow
+from hearth.store.nodestates import NodeState
 
 
 class Unknown(Exception):

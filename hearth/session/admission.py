@@ -11,13 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
 
-from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.ipam import Ipam, Lease
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
 from hearth.store.models import EventRow, NodeRow, SessionRow
+from hearth.store.nodestates import NodeState
 from hearth.webhooks.outbox import Outbox
 
 ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first

@@ -19,7 +19,6 @@ from hearth.cluster import nodes
 from hearth.cluster.fence import Fence, Verdict
 from hearth.cluster.nodes import NodeView
 from hearth.cluster.placement import ClusterFull, NoNode, choose
-from hearth.cluster.states import NodeState
 from hearth.cluster.watch import Watch
 from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
@@ -27,6 +26,7 @@ from hearth.session import admission
 from hearth.session.service import SessionView
 from hearth.store.db import Database
 from hearth.store.models import CliSandboxRow, NodeRow, SessionRow
+from hearth.store.nodestates import NodeState
 
 
 class Clock:

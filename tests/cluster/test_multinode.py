@@ -23,10 +23,10 @@ from websockets.exceptions import ConnectionClosed
 
 from hearth.cluster import nodes
 from hearth.cluster.lab import BIN, Lab
-from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream, first_frame
 from hearth.store.models import CliSandboxRow, SessionRow
+from hearth.store.nodestates import NodeState
 from tests.cluster.labkit import new_lab, opened
 from tests.pgcluster import fresh_database
 

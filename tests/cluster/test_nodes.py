@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 
 from hearth.cluster import nodes
-from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric.ipam import Ipam
@@ -22,6 +21,7 @@ from hearth.sandbox.netns import NetnsDriver
 from hearth.session import admission
 from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, NodeRow, SessionRow
+from hearth.store.nodestates import NodeState
 from tests.session.servicekit import session_service
 
 

@@ -27,10 +27,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hearth.cluster.lab import Lab
-from hearth.cluster.states import NodeState
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream
 from hearth.store.models import LeaseRow
+from hearth.store.nodestates import NodeState
 from tests.cluster.labkit import new_lab, opened
 from tests.cluster.test_multinode import api, node_of, start, ws_url
 from tests.pgcluster import fresh_database

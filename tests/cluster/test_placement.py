@@ -11,10 +11,10 @@ import pytest
 from hearth.cluster import nodes
 from hearth.cluster.nodes import NodeView
 from hearth.cluster.placement import NoNode, choose, place
-from hearth.cluster.states import NodeState
 from hearth.config import Settings
 from hearth.store.db import Database
 from hearth.store.models import CliSandboxRow, SessionRow
+from hearth.store.nodestates import NodeState
 
 
 def node(i: str, active: int = 0, capacity: int = 4, state: NodeState = NodeState.UP) -> NodeView:

@@ -22,10 +22,10 @@ from kubernetes_validate.utils import all_versions
 
 from hearth import __version__
 from hearth.cluster import nodes
-from hearth.cluster.states import NodeState
 from hearth.config import Settings, known_variables
 from hearth.edge.app import create_edge_app
 from hearth.store.db import Database
+from hearth.store.nodestates import NodeState
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"

@@ -1,4 +1,5 @@
-"""Node states and their explicit transition table."""
+"""Node states and their explicit transition table, beside the store's NodeRow (the cluster writes them, session
+admission reads them)."""
 
 from __future__ import annotations
 
