@@ -94,7 +94,9 @@ class Controller:
         self.db.dispose()
 
 
-def build(settings: Settings, driver: Driver | None = None) -> Controller:
+def build(settings: Settings, driver: Driver | None = None, *, drain: bool = False) -> Controller:
+    """One controller over `settings` (`driver`: the sandbox driver, else the one HEARTH_DRIVER chooses; `drain`: a
+    stop ends every sandbox — `hearth serve --drain` — instead of leaving them for the next controller)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url, settings.data_dir)
     refuse_new_keys_over_old_store(settings, db)
@@ -165,6 +167,7 @@ def build(settings: Settings, driver: Driver | None = None) -> Controller:
         egress,
         doctor,
         gauge,
+        drain=drain,
     )
 
 

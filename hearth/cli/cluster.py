@@ -51,10 +51,9 @@ def run(
     log.setup()
     try:
         check_listen(s)
-        ctl = build(s)
+        ctl = build(s, drain=drain)
     except HearthError as exc:
         fail(exc.reason, 2)
-    ctl.drain = drain
     server(s, make_app(ctl)).run()
 
 

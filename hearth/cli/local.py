@@ -90,8 +90,7 @@ async def local_controller(
     """`remove_fabric=False` leaves a fabric namespace in place (the demo keeps one it found at start); `drain=False`
     leaves the sandboxes running on exit, as `hearth serve` does (for a next controller to adopt)."""
     check_listen(settings)
-    ctl = build(settings)
-    ctl.drain = drain
+    ctl = build(settings, drain=drain)
     srv = server(settings, make_app(ctl))
     task = asyncio.create_task(serve_until_stopped(srv), name="uvicorn")
     try:

@@ -62,11 +62,10 @@ def serve(
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
     try:
-        ctl = build(settings)  # refuses a store whose schema is behind/ahead, or keys missing over an old store
+        ctl = build(settings, drain=drain)  # refuses a store whose schema is behind/ahead, or keys missing over an old store
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
-    ctl.drain = drain
     server(settings, make_app(ctl)).run()
 
 
