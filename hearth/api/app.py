@@ -21,8 +21,8 @@ from hearth.config import Settings
 from hearth.errors import HearthError, StoreError
 from hearth.session.admission import LimitExceeded
 from hearth.session.owner import NotHere
-from hearth.session.service import SessionNotFound
 from hearth.session.states import IllegalTransition
+from hearth.session.view import SessionNotFound
 
 log = logging.getLogger("hearth.api")
 RETRY_AFTER = 5  # seconds, on 503 for an unavailable store

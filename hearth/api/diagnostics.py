@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
 from hearth.doctor import Parts, diagnose
-from hearth.session.service import SessionNotFound
+from hearth.session.view import SessionNotFound
 
 
 class CheckOut(BaseModel):

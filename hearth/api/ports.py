@@ -10,7 +10,7 @@ import asyncio
 from typing import Protocol
 
 from hearth.config import Settings
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 from hearth.store.db import Database
 
 

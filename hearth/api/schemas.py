@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hearth.session import wording
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 from hearth.signin.prompts import SigninPrompt
 
 

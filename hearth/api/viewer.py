@@ -25,7 +25,7 @@ from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
 from hearth.session import wording
 from hearth.session.owner import NotHere
-from hearth.session.service import SessionNotFound, SessionView
+from hearth.session.view import SessionNotFound, SessionView
 from hearth.signin import returnto
 from hearth.signin.flow import CodeRefused, SignInFlow
 from hearth.signin.modes import SigninMode

@@ -23,7 +23,7 @@ from hearth.doctor.context import local_api_url
 from hearth.doctor.records import StoreRecords
 from hearth.errors import ConfigError, HearthError
 from hearth.sandbox.netns import NetnsDriver
-from hearth.session.service import SessionNotFound
+from hearth.session.view import SessionNotFound
 from hearth.store.db import Database
 
 

@@ -23,7 +23,7 @@ from hearth.doctor.report import CheckResult, Report
 from hearth.errors import HearthError, Hop
 from hearth.sandbox.base import Driver
 from hearth.sandbox.select import BUILDERS
-from hearth.session.service import SessionNotFound
+from hearth.session.view import SessionNotFound
 
 # egress: its rules, the DNS forwarder, a name upstream; proxy: the egress proxy and the providers' TLS
 HOST_STEPS = [*host.STEPS, *egress.STEPS, *proxy.STEPS, *egress.ADVISORIES, *host.ADVISORIES]

@@ -25,7 +25,7 @@ from hearth.fabric.slot import Slot
 from hearth.gateway.tokens.base import TokenStore
 from hearth.observe.metrics import Metrics
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 
 log = logging.getLogger("hearth.doctor")
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.sandbox.base import SandboxSpec
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 from hearth.signin.modes import SigninMode
 
 

@@ -54,7 +54,7 @@ from hearth.edge.wsrelay import relay_viewer
 from hearth.errors import HearthError, StoreError
 from hearth.gateway.routes import UNKNOWN, close_reason
 from hearth.log import bind_session
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 from hearth.store.db import Database
 
 log = logging.getLogger("hearth.edge")

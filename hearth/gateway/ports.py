@@ -15,7 +15,7 @@ from typing import Protocol
 
 from hearth.errors import HearthError
 from hearth.lifecycle.readiness import Target
-from hearth.session.service import SessionView
+from hearth.session.view import SessionView
 
 
 class Relaying(Protocol):

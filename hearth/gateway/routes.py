@@ -36,8 +36,8 @@ from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenSto
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
 from hearth.session.owner import refuse
-from hearth.session.service import SessionNotFound, SessionView
 from hearth.session.states import Status
+from hearth.session.view import SessionNotFound, SessionView
 from hearth.signin.modes import SigninMode
 from hearth.store.db import Database
 

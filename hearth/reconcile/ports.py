@@ -17,8 +17,8 @@ from hearth.errors import Hop
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.manager import SandboxManager
 from hearth.observe.metrics import Metrics
-from hearth.session.service import SessionView
 from hearth.session.states import Status
+from hearth.session.view import SessionView
 from hearth.store.db import Database
 
 

@@ -34,8 +34,8 @@ from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
 from hearth.reconcile.ports import Sessions
-from hearth.session.service import SessionView
 from hearth.session.states import TERMINAL, Status
+from hearth.session.view import SessionView
 from hearth.store.models import LeaseRow, OwnerKind, SandboxRow, SessionRow
 
 log = logging.getLogger("hearth.reconcile")
