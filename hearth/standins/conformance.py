@@ -35,6 +35,7 @@ from hearth.providers.model import FlowName, Provider
 from hearth.standins.standin import DEVICE_USER_CODE, REFUSED_CODE, Net, get_in_netns, wrap
 from hearth.standins.standin import provider_net as standin_net
 from hearth.vault.store import CredentialFile
+from hearth_agent.contract.signin import login_body
 from hearth_agent.signin import SignIn
 
 HOOK = Path(__file__).resolve().parents[2] / "hearth_agent" / "browser_hook.py"
@@ -198,7 +199,7 @@ def run_flow(
             hook.chmod(0o755)
             signin = SignIn(_Desk(home, opened.append), cfg, home=home, hook=str(hook))  # type: ignore[arg-type]
             t0 = time.monotonic()
-            code, out = signin.login({"provider": definition, "flow": flow.value, "env": env})
+            code, out = signin.login(login_body(definition, flow.value, env=env))
             if code != 202:
                 res.failed_step = f"start: HTTP {code}: {out.get('error')}"
                 return res
