@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from hearth.cli.common import fail, settings_or_exit
+from hearth.config import Settings
 from hearth.errors import ConfigError
 from hearth.fabric.slot import slot_for
 from hearth.guest.layout import GuestImage
+from hearth.sandbox import specs
 from hearth.sandbox.base import SandboxSpec
 
 sandbox_app = typer.Typer(help="Inspect sandbox drivers.", no_args_is_help=True)
@@ -28,6 +30,17 @@ IMAGE_ROOTFS = "rootfs.ext4"
 @sandbox_app.callback()
 def _group() -> None:
     """Inspect sandbox drivers (a group even with one command: `hearth sandbox plan`)."""
+
+
+def plan_spec(settings: Settings, slot_index: int, session_id: str | None = None) -> SandboxSpec:
+    """The spec a controller with `settings` boots for a desktop session on slot `slot_index` — built by the sandbox
+    manager's own builder (hearth/sandbox/specs.py), so the plan shows what a boot does. Its secret is fresh (it goes
+    only into the config drive, never printed)."""
+    slot = slot_for(
+        settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, slot_index
+    )
+    owner = session_id or str(uuid.uuid4())
+    return specs.build(settings, specs.egress_for(settings), owner, slot, secret=secrets.token_urlsafe(32))
 
 
 @sandbox_app.command("plan")
@@ -60,21 +73,8 @@ def plan_cmd(
         initrd=initrd or (default_initrd if default_initrd.exists() else None),
         rootfs=rootfs or base / IMAGE_ROOTFS,
     )
-    slot = slot_for(
-        settings.fabric_netns, settings.internal_network, settings.bridge_ip, settings.ip_pool_start, slot_index
-    )
-    spec = SandboxSpec(
-        session_id=str(uuid.uuid4()),
-        slot=slot,
-        workdir=settings.data_dir / "sandboxes" / slot.netns,
-        secret=secrets.token_urlsafe(32),  # goes only into the config drive, never printed
-        screen=settings.screen,
-        start_url=settings.start_url,
-        chromium=settings.chromium,
-        rfb_port=settings.rfb_port,
-        agent_port=settings.agent_port,
-        vnc_server=settings.vnc_server,
-    )
+    spec = plan_spec(settings, slot_index)
+    slot = spec.slot
     jail = JailerConfig(binary=jailer_binary, uid=jailer_uid, gid=jailer_gid) if jailer else None
     try:
         drv = FirecrackerDriver(settings, image, binary, jail, machine=MachineShape(vcpus=vcpus, mem_mib=mem_mib))
