@@ -11,18 +11,18 @@ whose check never passed and the last thing observed.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hearth.agentlink.client import http_json
-from hearth.errors import Hop, NotReady
+from hearth.errors import Hop
 from hearth.fabric.dial import open_connection
-from hearth.rfb.client import RfbError, ServerInit, handshake
+from hearth.rfb.client import ServerInit, handshake
+from hearth.sandbox import listening
 from hearth.sandbox.base import SandboxSpec
+from hearth.sandbox.listening import retry as _retry
 
-_BACKOFF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.25)  # a desktop is up ~50 ms after its agent: look often early
 HOLD_MARGIN = 0.5  # a held /health answers this long before the request's own timeout
 
 
@@ -58,20 +58,6 @@ async def rfb_handshake(netns: str | None, ip: str, port: int, timeout: float) -
         return await handshake(read, write)
     finally:
         writer.close()
-
-
-async def _retry(deadline: float, hop: Hop, what: str, hint: str, attempt: Any) -> Any:
-    last = "no attempt made"
-    for i in range(1_000_000):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            return await attempt(min(remaining, 3.0))
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, RfbError, ValueError) as exc:
-            last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        await asyncio.sleep(min(_BACKOFF[min(i, len(_BACKOFF) - 1)], max(0.0, deadline - time.monotonic())))
-    raise NotReady(hop, f"{what} not ready in time (last: {last})", hint)
 
 
 def _display_running(body: dict[str, Any]) -> None:
@@ -141,15 +127,8 @@ async def wait_agent(
 
 
 async def wait_listening(t: Target, deadline: float, exited: Callable[[], None], hint: str) -> None:
-    """The agent's port accepts a connection (the agent's first act); `exited` is called before each attempt and
-    raises (a HearthError naming why) when the sandbox already ended — a failed start is noticed at once."""
-
-    async def attempt(timeout: float) -> None:
-        exited()
-        _, writer = await open_connection(t.netns, t.ip, t.agent_port, min(timeout, 0.5))
-        writer.close()
-
-    await _retry(deadline, Hop.DRIVER, f"the sandbox agent on {t.ip}:{t.agent_port}", hint, attempt)
+    """`hearth.sandbox.listening.wait_listening` for a target (the drivers call that one directly)."""
+    await listening.wait_listening(t.netns, t.ip, t.agent_port, deadline, exited, hint)
 
 
 async def wait_ready(t: Target, deadline: float, mark: Callable[[str], None]) -> str:
