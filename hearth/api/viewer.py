@@ -27,9 +27,10 @@ from hearth.session import wording
 from hearth.session.owner import NotHere
 from hearth.session.view import SessionNotFound, SessionView
 from hearth.signin import returnto
-from hearth.signin.flow import CodeRefused, SignInFlow
+from hearth.signin.flow import SignInFlow
 from hearth.signin.modes import SigninMode
 from hearth.signin.prompts import SigninPrompt
+from hearth_agent.contract.signin import CodeRefused
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # What each route can answer (the OpenAPI is the contract): the page's own refusals are HTML, the status stream's

@@ -30,21 +30,15 @@ from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
 from hearth.signin.codes import SessionCodes
 from hearth.signin.modes import SigninMode
-from hearth.signin.prompts import PromptError, SigninPrompt, check_code
+from hearth.signin.prompts import SigninPrompt
 from hearth.vault.store import CredentialFile, Vault
+from hearth_agent.contract import routes
+from hearth_agent.contract.signin import CodeRefused, check_code, login_body
 from hearth_agent.homefs import MAX_FILE as MAX_CREDENTIAL_FILE
 
 log = logging.getLogger("hearth.signin")
 HANDOVER_WAIT = 60.0  # seconds a sign-in waits for the node holding the CLI sandbox to install its credentials
 HANDOVER_POLL = 0.5  # seconds between looks at the vault meanwhile
-
-
-class CodeRefused(Exception):
-    """A pasted code cannot be taken now or at all; `status` is the HTTP status for the API."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class SignInFlow:
@@ -133,10 +127,7 @@ class SignInFlow:
 
     async def submit_code(self, session_id: str, code: object) -> None:
         """Forward a pasted code to the agent (which types it into the CLI). Bad codes are refused before sending."""
-        try:
-            text = check_code(code)
-        except PromptError as exc:
-            raise CodeRefused(400, str(exc)) from None
+        text = check_code(code)  # CodeRefused(400, the fix): the agent checks it the same way again
         view = await self.service.get(session_id)
         prompt = self._prompts.get(session_id)
         if view.status.terminal:
@@ -149,7 +140,7 @@ class SignInFlow:
         self.codes.remember(session_id, text)  # the person's: never in a reason, event or log
         with bind_session(session_id):
             try:
-                await agent.call("POST", "/v1/login/code", {"code": text})
+                await agent.call("POST", routes.LOGIN_CODE, {"code": text})
             except AgentRefused as exc:
                 if exc.status in (400, 409):
                     raise CodeRefused(exc.status, exc.detail) from None
@@ -212,15 +203,13 @@ class SignInFlow:
         self._timers[view.id] = asyncio.create_task(self._timeout(view.id, s.oauth_flow_timeout))
         agent = self._agent(view)
         env: dict[str, Any] = {"HEARTH_EXAMPLE_ISSUER": s.example_issuer} if s.example_issuer else {}
-        body = {
-            "provider": provider.agent_document(),
-            "flow": provider.flow_for(view.mode),
-            "env": env,
-            "probe_page": True,  # a page opened in the sandbox's browser is probed: unreachable fails within seconds
-        }
+        # the one sign-in timeout: the agent gives up on the CLI when this controller expires the session; a page
+        # opened in the sandbox's browser is probed (unreachable fails within seconds)
+        flow = provider.flow_for(view.mode)
+        body = login_body(provider.agent_document(), flow, s.oauth_flow_timeout, env, probe_page=True)
         with bind_session(view.id):
             try:
-                await agent.call("POST", "/v1/login", body)
+                await agent.call("POST", routes.LOGIN, body)
             except HearthError as exc:
                 await self.service.end(view.id, Status.FAILED, exc.reason, exc.hop)
 
@@ -233,7 +222,7 @@ class SignInFlow:
         elapsed = (datetime.now(UTC) - _aware(view.created_at)).total_seconds()
         self._timers[view.id] = asyncio.create_task(self._timeout(view.id, max(0.0, s.oauth_flow_timeout - elapsed)))
         with bind_session(view.id), contextlib.suppress(HearthError, CodeRefused):
-            await self._agent(view).call("POST", "/v1/login/replay", {})
+            await self._agent(view).call("POST", routes.LOGIN_REPLAY, {})
 
     async def _deliver(self, view: SessionView, provider: str) -> None:
         with bind_session(view.id):

@@ -1,14 +1,14 @@
 """What the person must see to sign in on their own (direct mode): the agent's `signin_prompt` push, kept per
 session in memory only — it holds the full sign-in URL, so it never reaches logs, events or the database — and the
-check of a code the person pastes back before anything is sent to the agent."""
+check of a code the person pastes back before anything is sent to the agent (hearth_agent/contract/signin.py:
+check_code, the one both sides apply)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-MAX_CODE = 512
-FLOWS = ("loopback", "paste_code", "device_code")
+from hearth_agent.contract.signin import FLOWS
 
 
 class PromptError(ValueError):
@@ -51,17 +51,3 @@ def parse_prompt(data: dict[str, Any]) -> SigninPrompt:
     if not isinstance(awaiting, bool):
         raise PromptError("awaiting_code must be true or false")
     return SigninPrompt(flow, url, _opt_text(data, "user_code", 64), awaiting, _opt_text(data, "message", 500))
-
-
-def check_code(code: object) -> str:
-    """A code the person pasted: non-empty text of at most 512 characters without control characters."""
-    if not isinstance(code, str):
-        raise PromptError('send {"code": "<the code the provider showed you>"}')
-    code = code.strip(" ")
-    if not code:
-        raise PromptError("the code is empty; paste the code the provider showed you")
-    if len(code) > MAX_CODE:
-        raise PromptError(f"the code is longer than {MAX_CODE} characters; paste only the code")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0x80 <= ord(c) < 0xA0 for c in code):
-        raise PromptError("the code contains control characters; paste only the code the provider showed you")
-    return code

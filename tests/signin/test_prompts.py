@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hearth.signin.prompts import MAX_CODE, PromptError, check_code, parse_prompt
+from hearth.signin.prompts import PromptError, parse_prompt
+from hearth_agent.contract.signin import MAX_CODE, CodeRefused, check_code
 
 
 def test_a_prompt_push_is_parsed_and_published_as_sent() -> None:
@@ -62,5 +63,6 @@ def test_a_pasted_code_is_trimmed_of_spaces_only() -> None:
     ],
 )
 def test_bad_codes_are_refused_naming_the_fix(code: object, names: str) -> None:
-    with pytest.raises(PromptError, match=names):
+    with pytest.raises(CodeRefused, match=names) as err:
         check_code(code)
+    assert err.value.status == 400
