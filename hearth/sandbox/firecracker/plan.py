@@ -50,8 +50,6 @@ CONFIG_DRIVE_ID = "config"
 CONFIG_DEVICE = "/dev/vdb"
 IFACE_ID = "eth0"
 NETNS_DIR = Path("/run/netns")
-CONFIG_MAGIC = configdrive.MAGIC
-CONFIG_BLOCK = configdrive.BLOCK
 DEFAULT_CALLBACK_PORT = 8700
 
 BASE_BOOT_ARGS = (
