@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import Provider
 from hearth.providers.registry import load
 from hearth.standins import modelapi, promptcheck

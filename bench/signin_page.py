@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from hearth.cli.local import userspace
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
 from hearth.standins.e2e import ARGS, Run, e2e_run, sign_in

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hearth.fabric.dial import socket_in_netns
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import FlowName
 from hearth.providers.registry import load
 from hearth.standins.conformance import run_flow

@@ -44,7 +44,7 @@ from hearth_agent.supervisor import Supervisor
 log = logging.getLogger("hearth_agent")
 
 DEFAULT_HOOK = "/opt/hearth/hearth_agent/browser_hook.py"
-CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"  # the pinned provider CLIs (hearth/providers/clis.py GUEST_CLIS)
+CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"  # the pinned provider CLIs (hearth/guest/clis.py GUEST_CLIS)
 HOOK_DIR = ".hearth/bin"  # first on the CLI's PATH: `xdg-open` → the browser hook
 __all__ = ["SPOOL", "LoginRun", "SignIn", "register"]
 

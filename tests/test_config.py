@@ -150,7 +150,7 @@ def test_node_settings_name_the_fix() -> None:
 
 
 def test_variables_read_outside_the_settings_are_not_called_unread() -> None:
-    """HEARTH_CLIS_CACHE (where setup installed the CLIs) is read by hearth/providers/clis.py: `hearth config check`
+    """HEARTH_CLIS_CACHE (where setup installed the CLIs) is read by hearth/guest/clis.py: `hearth config check`
     must not call it unread (the node image sets it); a misspelling of it still is."""
     assert unknown_variable_problems({"HEARTH_CLIS_CACHE": "/var/cache/hearth/clis", "HEARTH_CLIS_BIN": "/x"}) == []
     (problem,) = unknown_variable_problems({"HEARTH_CLIS_CACHES": "/var/cache/hearth/clis"})

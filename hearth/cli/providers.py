@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hearth.cli.common import fail, settings_or_exit
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import FlowName
 from hearth.providers.registry import ProviderError, get, load
 

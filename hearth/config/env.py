@@ -68,7 +68,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 # Read outside the Settings object, by one module each (not the controller's configuration, but not unread either).
 READ_ELSEWHERE: dict[str, str] = {
-    "HEARTH_CLIS_CACHE": "hearth/providers/clis.py: where scripts/setup.sh installed the pinned provider CLIs",
+    "HEARTH_CLIS_CACHE": "hearth/guest/clis.py: where scripts/setup.sh installed the pinned provider CLIs",
     "HEARTH_CLIS_BIN": "hearth_agent/signin.py: the provider CLIs' bin directory inside a sandbox",
     "HEARTH_LAB_PYTHONPATH": "hearth/cluster/lab.py: the multi-node lab's nodes run another checkout",
 }

@@ -23,6 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
+from hearth.guest import clis
 from hearth.guest import files as guest
 from hearth.guest import packages as guestpkg
 from hearth.image import recipe
@@ -41,7 +42,6 @@ from hearth.image.cache import (
 )
 from hearth.image.spec import MIRROR, SECURITY_MIRROR, ImageSpec, digest, tree_digests
 from hearth.image.steps import BuildError, NullProgress, PrintProgress, Progress, package_dir
-from hearth.providers import clis
 
 __all__ = [
     "BUILD_PREFIX",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hearth.guest import clis
 from hearth.image import oci
 from hearth.image.cache import locked as _locked
 from hearth.image.spec import FORBIDDEN_PACKAGES, MIRROR, SECURITY_MIRROR, SUITE, content_hash, digest, tree_digests
@@ -37,7 +38,6 @@ from hearth.image.steps import counter as _counter
 from hearth.image.steps import run as _run
 from hearth.image.steps import trim as _trim
 from hearth.image.steps import write as _write
-from hearth.providers import clis
 
 BUILD_VERSION = 1
 UNUSED_FOR = 24 * 3600.0  # cached layers and bases no build used for this long are dropped

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from hearth.errors import DriverError, Hop
+from hearth.guest import clis
 from hearth.guest import packages as guestpkg
 from hearth.image.spec import ImageSpec
-from hearth.providers import clis
 
 APT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",

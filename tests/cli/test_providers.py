@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hearth.cli.main import app
-from hearth.providers import clis
+from hearth.guest import clis
 
 
 def test_list_shows_flows_and_modes() -> None:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hearth.cli.main import app
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.standins import promptcheck
 
 

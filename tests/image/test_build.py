@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from hearth.guest import clis
 from hearth.guest import files as guest
 from hearth.image import cpio, recipe
 from hearth.image.build import BuiltImage, current_spec, ensure, list_images, load, point_current
 from hearth.image.spec import FORBIDDEN_PACKAGES, content_hash
-from hearth.providers import clis
 from tests.image.golden import cache_dir
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import pytest
 
+from hearth.guest import clis
 from hearth.image import node, oci
-from hearth.providers import clis
 
 
 # ---- checking a layout ----------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_the_node_image_runs_hearth(node_image: tuple[node.NodeImage, dict[str, 
     tools = _inside(root, config, "sh", "-ec", f"for t in {need}; do command -v $t; done")
     assert tools.returncode == 0 and len(tools.stdout.split()) == len(need.split()), tools.stdout + tools.stderr
     where = _inside(
-        root, config, "python", "-c", "from hearth.providers import clis; import hearth, pathlib; "
+        root, config, "python", "-c", "from hearth.guest import clis; import hearth, pathlib; "
         "print(clis.installed()); print(pathlib.Path(hearth.__file__).parent / 'static/novnc/core/rfb.js')",
     )  # fmt: skip
     assert where.returncode == 0, where.stderr

@@ -17,7 +17,7 @@ import urllib.parse
 
 import pytest
 
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import FlowName
 from hearth.providers.registry import load
 from hearth.standins import conformance

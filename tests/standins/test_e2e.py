@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import slot_for
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
 from hearth.standins.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in

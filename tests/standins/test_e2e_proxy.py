@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.model import SigninMode
 from hearth.standins.e2e import CHROMIUM, STATES, TOKEN_ENDPOINTS, Run, e2e_run, sign_in
 from hearth.standins.internet import HOST_IP, PROXY_IP, PROXY_USER, zone

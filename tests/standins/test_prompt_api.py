@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.standins import modelapi, promptapi
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]

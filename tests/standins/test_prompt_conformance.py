@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from hearth.providers import clis
+from hearth.guest import clis
 from hearth.providers.registry import load
 from hearth.standins import modelapi, promptcheck
 
