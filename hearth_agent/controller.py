@@ -18,6 +18,8 @@ import urllib.request
 from concurrent.futures import Future
 from typing import Any
 
+from hearth_agent.contract import routes
+
 log = logging.getLogger("hearth_agent")
 
 
@@ -37,7 +39,7 @@ class Outbox:
     """Pushes to the controller, one at a time, in submission order."""
 
     def __init__(self, callback: str, session_id: str, secret: str, attempt_timeout: float = 10.0) -> None:
-        self.base = f"{callback.rstrip('/')}/agent/v1/sessions/{urllib.parse.quote(session_id, safe='')}"
+        self.base = f"{callback.rstrip('/')}{routes.PUSH_PREFIX}/{urllib.parse.quote(session_id, safe='')}"
         self._secret = secret
         self._timeout = attempt_timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())

@@ -40,6 +40,7 @@ from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings, known_variables, read_env_file
 from hearth.errors import HearthError
 from hearth.fabric import netlink
+from hearth_agent.contract import routes
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 # This host's settings the demo's controller runs with (the rest is its own, throwaway).
@@ -224,7 +225,7 @@ async def _show_delivered(lc: LocalController, http: httpx.AsyncClient, user: st
         return False
     spec = sandbox.spec
     agent = AgentClient(lc.settings.fabric_netns, str(spec.slot.ip), lc.settings.agent_port, spec.secret)
-    seen = await agent.call("POST", "/v1/files/digest", {"targets": targets})
+    seen = await agent.call("POST", routes.FILES_DIGEST, {"targets": targets})
     out.print(f"4. in {user}'s CLI sandbox ({spec.slot.ip}), read by its agent:")
     ok = not seen["absent"]
     for f in seen["files"]:

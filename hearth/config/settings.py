@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hearth.config.origins import parse_origins
+from hearth_agent.contract.signin import SIGNIN_TIMEOUT
 
 DriverName = Literal["auto", "netns", "qemu", "firecracker", "loopback"]
 SigninModeName = Literal["remote_browser", "direct"]
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
     bridge_ip: IPv4Address = Field(IPv4Address("192.168.100.1"), validation_alias=AliasChoices("BRIDGE_IP"))
     ip_pool_start: IPv4Address = Field(IPv4Address("192.168.100.2"), validation_alias=AliasChoices("IP_POOL_START"))
     ip_pool_end: IPv4Address = Field(IPv4Address("192.168.103.254"), validation_alias=AliasChoices("IP_POOL_END"))
-    oauth_flow_timeout: float = Field(600.0, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
+    oauth_flow_timeout: float = Field(SIGNIN_TIMEOUT, gt=0, validation_alias=AliasChoices("OAUTH_FLOW_TIMEOUT"))
     # the whole store's active sessions (every node); 0: off — each node's capacity is the bound
     max_browser_sessions: int = Field(0, ge=0, validation_alias=AliasChoices("MAX_BROWSER_SESSIONS"))
     max_sessions_per_user: int = Field(2, ge=1, validation_alias=AliasChoices("MAX_SESSIONS_PER_USER"))

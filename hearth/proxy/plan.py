@@ -14,6 +14,7 @@ from hearth.config.proxy import egress_of
 from hearth.proxy.ports import assign
 from hearth.store.db import Database
 from hearth.store.models import SessionRow
+from hearth_agent.contract import routes
 
 HAND_TIMEOUT = 10.0
 
@@ -72,4 +73,4 @@ class EgressPlan:
     async def hand_to(self, agent: Agent, url: str) -> None:
         """A pooled sandbox becomes someone's: its local proxy chains to their port from now on."""
         if url:
-            await agent.call("POST", "/v1/egress", {"upstream": url}, timeout=HAND_TIMEOUT)
+            await agent.call("POST", routes.EGRESS, {"upstream": url}, timeout=HAND_TIMEOUT)

@@ -29,11 +29,12 @@ from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.signin.prompts import PromptError, SigninPrompt, parse_prompt
 from hearth.vault.store import CredentialFile
+from hearth_agent.contract import routes
 
 log = logging.getLogger("hearth.agentlink")
 MAX_EVENTS = 200  # per session
 MAX_EVENT_BYTES = 64 * 1024  # per session: event names + details as stored
-_ROUTE = re.compile(r"/agent/v1/sessions/([^/?#]{1,128})/(events|credentials|signin|prompt)")
+_ROUTE = re.compile(rf"{re.escape(routes.PUSH_PREFIX)}/([^/?#]{{1,128}})/({'|'.join(routes.PUSH_KINDS)})")
 
 
 class CallbackHandler(Protocol):

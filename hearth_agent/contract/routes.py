@@ -18,3 +18,7 @@ FILES_DIGEST = "/v1/files/digest"
 PROMPTS = "/v1/prompts"
 PROMPTS_CANCEL = "/v1/prompts/cancel"
 PROMPTS_STATUS = "/v1/prompts/status"
+
+# agent → controller pushes: POST {callback}{PUSH_PREFIX}/{session id}/{kind} (the controller's callback listener)
+PUSH_PREFIX = "/agent/v1/sessions"
+PUSH_KINDS = ("events", "credentials", "signin", "prompt")

@@ -16,11 +16,12 @@ from hearth.fabric.slot import slot_for
 from hearth.guest import configdrive, hearth_boot
 from hearth.providers.model import Provider
 from hearth.sandbox.base import SandboxSpec
-from hearth.signin import flow, prompts
+from hearth.signin import callbacks, flow, prompts
 from hearth_agent import config as agent_config
 from hearth_agent import loginrun, providerdef
 from hearth_agent.contract import document, routes, signin
 from hearth_agent.contract.document import ConfigError, Identity
+from hearth_agent.controller import Outbox
 
 SECRET = "s" * 24
 DIGESTS = ["a" * 64, "b" * 64]
@@ -179,6 +180,10 @@ def test_one_validator_the_same_errors_on_both_sides(change: dict[str, object], 
         Provider.model_validate({**BASE, **change})
 
 
-def test_routes_are_unique_api_paths() -> None:
-    paths = [v for k, v in vars(routes).items() if k.isupper()]
+def test_routes_are_unique_api_paths_and_pushes_reach_the_listener() -> None:
+    paths = [v for k, v in vars(routes).items() if k.isupper() and not k.startswith("PUSH_")]
     assert len(paths) == len(set(paths)) and all(p == "/health" or p.startswith("/v1/") for p in paths)
+    pushed = Outbox("http://192.168.100.1:8700/", "sess 1", SECRET).base  # where the agent pushes
+    assert pushed == "http://192.168.100.1:8700/agent/v1/sessions/sess%201"
+    for kind in routes.PUSH_KINDS:  # what the controller's listener takes
+        assert callbacks._ROUTE.fullmatch(f"{routes.PUSH_PREFIX}/sess-1/{kind}")
