@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from hearth.session import wording
 from hearth.session.view import SessionView
+from hearth.signin import wording
 from hearth.signin.prompts import SigninPrompt
 
 
@@ -100,7 +100,7 @@ class SessionOut(BaseModel):
         position: int | None = None,
         message: str | None = None,
     ) -> SessionOut:
-        """`message`: default the words of hearth/session/wording.py for this session (as the page says them)."""
+        """`message`: default the words of hearth/signin/wording.py for this session (as the page says them)."""
         if message is None:
             message = wording.for_session(v, None, signin, queue_position=position).message
         return cls(

@@ -23,10 +23,9 @@ from hearth.errors import StoreError
 from hearth.gateway.embed import frame_ancestors
 from hearth.gateway.qr import qr_svg
 from hearth.gateway.tokens.base import Scope, TokenError, TokenStore
-from hearth.session import wording
 from hearth.session.owner import NotHere
 from hearth.session.view import SessionNotFound, SessionView
-from hearth.signin import returnto
+from hearth.signin import returnto, wording
 from hearth.signin.flow import SignInFlow
 from hearth.signin.modes import SigninMode
 from hearth.signin.prompts import SigninPrompt
@@ -50,7 +49,7 @@ def status_json(
     queue_position: int | None = None,
     qr: str | None = None,
 ) -> str:
-    """One status event. What the page shows comes from hearth/session/wording.py (`headline`, `message`, `step`,
+    """One status event. What the page shows comes from hearth/signin/wording.py (`headline`, `message`, `step`,
     `button`); the raw state, reason and timings are for its Details only. `qr`: the link's QR code (`qr_for`)."""
     said = wording.for_session(view, provider_name, prompt, watching=watching, queue_position=queue_position)
     account = wording.account_name(view.provider, provider_name) if view.provider else None

@@ -24,10 +24,10 @@ from hearth.clisandbox.manager import CliSandboxes
 from hearth.errors import HearthError, Hop
 from hearth.log import bind_session
 from hearth.providers.model import Provider
-from hearth.session import wording
 from hearth.session.reach import cli_unreachable, network_hop, page_unreachable
 from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
+from hearth.signin import wording
 from hearth.signin.codes import SessionCodes
 from hearth.signin.modes import SigninMode
 from hearth.signin.prompts import SigninPrompt

@@ -265,7 +265,7 @@ async def test_direct_mode_page_shows_link_code_and_takes_a_pasted_code(make_set
     ):
         async with running_idp(settings, IDP_PORT, auto_approve=False), chromium() as browser:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
-            name = "Example"  # the account's name (hearth/session/wording.py)
+            name = "Example"  # the account's name (hearth/signin/wording.py)
             start = {"user_id": "pat", "provider": "example", "mode": "direct"}
             started = (await http.post("/api/auth/start", json=start)).json()
             await page.goto(started["viewer_url"])

@@ -16,8 +16,8 @@ from hearth.config import Settings
 from hearth.errors import ConfigError
 from hearth.gateway.embed import ReturnUrlError, check_return_url, frame_ancestors, parse_origins
 from hearth.gateway.qr import qr_svg
-from hearth.session import wording
 from hearth.session.states import Status
+from hearth.signin import wording
 from tests.conftest import running_controller
 from tests.signinkit import idp_env, running_idp
 

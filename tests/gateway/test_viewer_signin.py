@@ -30,8 +30,8 @@ from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.errors import Hop
 from hearth.gateway.qr import qr_svg
-from hearth.session import wording
 from hearth.session.states import Status
+from hearth.signin import wording
 from hearth_example.idp import IdpState
 from tests.conftest import running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium

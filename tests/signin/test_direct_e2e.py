@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from hearth.config import Settings
-from hearth.session import wording
+from hearth.signin import wording
 from tests.conftest import Running, loopback_env, running_controller
 from tests.live import descendants, leaks, signin_of
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp

@@ -1,5 +1,5 @@
 // The page a person signs in on. It follows the session's live status (server-sent events) and shows the words the
-// server chose for it (hearth/session/wording.py: headline, status line, stepper, button) — never raw state names,
+// server chose for it (hearth/signin/wording.py: headline, status line, stepper, button) — never raw state names,
 // internal tags, exit codes or file paths: those stay under "Details".
 //
 // remote_browser: connects noVNC through the gateway when the sandbox is ready (the remote desktop follows this

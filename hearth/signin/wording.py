@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from hearth.session.states import Status
 
 if TYPE_CHECKING:
-    from hearth.session.service import SessionView
+    from hearth.session.view import SessionView
     from hearth.signin.prompts import SigninPrompt
 
 
