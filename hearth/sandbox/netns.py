@@ -33,13 +33,11 @@ from hearth.config import Settings
 from hearth.egress.policy import resolv_conf
 from hearth.errors import DriverError, HearthError, Hop
 from hearth.fabric import dial, netlink, ports
-from hearth.guest import configdrive
+from hearth.guest import clis, configdrive
 from hearth.guest import packages as guestpkg
+from hearth.guest.clis import GUEST_CLIS
 from hearth.guest.layout import GuestImage
-from hearth.lifecycle import readiness
-from hearth.providers import clis
-from hearth.providers.clis import GUEST_CLIS
-from hearth.sandbox import hostscope, steps
+from hearth.sandbox import hostscope, listening, steps
 from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
 from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes, tail
 from hearth.sandbox.steps import Check, Step
@@ -318,8 +316,8 @@ class NetnsDriver:
         self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float, notices: int = -1
     ) -> None:
         """Until the agent listens (its first act): told by the agent on its notification pipe (`notices`, closed
-        here) — or, when the pipe ends without it, the one agent wait (`lifecycle.readiness`), failing fast, with its
-        log, when it exited."""
+        here) — or, when the pipe ends without it, the one agent wait (`hearth.sandbox.listening`), failing fast,
+        with its log, when it exited."""
         if notices >= 0 and await _notified(notices, timeout):
             return
 
@@ -332,8 +330,8 @@ class NetnsDriver:
                     f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
                 )
 
-        target = readiness.Target.of(spec, self.s.fabric_netns)
-        await readiness.wait_listening(target, time.monotonic() + timeout, exited, f"see {self.log_path(spec)}")
+        deadline, hint = time.monotonic() + timeout, f"see {self.log_path(spec)}"
+        await listening.wait_listening(self.s.fabric_netns, str(spec.slot.ip), spec.agent_port, deadline, exited, hint)
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:
