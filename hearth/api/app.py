@@ -80,7 +80,7 @@ def _install_errors(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(LimitExceeded)
     async def limited(_r: Request, exc: LimitExceeded) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers={"Retry-After": "5"})
+        return JSONResponse({"error": str(exc)}, status_code=problems.status_for(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(IllegalTransition)
     async def conflict(_r: Request, exc: IllegalTransition) -> JSONResponse:

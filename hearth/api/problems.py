@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from hearth.api import jsonguard
 from hearth.api.schemas import ErrorOut, ValidationErrorOut
 from hearth.errors import ConfigError, HearthError, PoolExhausted, StoreError
+from hearth.session.admission import Limit, LimitExceeded
 
 MAX_LISTED = 3  # invalid fields named in a 422's `error` (all of them are in `detail`)
 VALIDATION_HINT = "fix the named field; the API's schema is at /openapi.json"
@@ -48,9 +49,12 @@ DESCRIPTIONS: dict[int, str] = {
 }
 
 
-def status_for(exc: HearthError) -> int:
+def status_for(exc: HearthError | LimitExceeded) -> int:
     """The HTTP status of a HearthError: this controller's configuration 500 (not a hop of the session path: no retry
-    elsewhere fixes it), an unavailable store or a used-up pool 503 (retry), any other hop 502."""
+    elsewhere fixes it), an unavailable store or a used-up pool 503 (retry), any other hop 502. Of a refused new
+    session (LimitExceeded): the user's own cap 429, a full cluster or node or a closing controller 503."""
+    if isinstance(exc, LimitExceeded):
+        return 429 if exc.kind is Limit.USER else 503
     if isinstance(exc, ConfigError):
         return 500
     if isinstance(exc, StoreError | PoolExhausted):

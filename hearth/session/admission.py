@@ -7,6 +7,8 @@ read here stay true until the insert commits: exactly the limit gets through, ne
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as Db
@@ -23,10 +25,18 @@ from hearth.webhooks.outbox import Outbox
 ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first
 
 
+class Limit(StrEnum):
+    """Which limit refused a new session (the API answers each with its own status: hearth/api/problems.py)."""
+
+    USER = "user"  # the user's own cap (MAX_SESSIONS_PER_USER): cancel one first
+    FULL = "full"  # the cluster's or this node's cap: retry later or on another node
+    CLOSED = "closed"  # this controller takes no new sessions (shutting down, fenced): retry on another one
+
+
 class LimitExceeded(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, kind: Limit, message: str) -> None:
         super().__init__(message)
-        self.status_code = status_code
+        self.kind = kind
 
 
 def check_limits(db: Db, s: Settings, user_id: str) -> None:
@@ -41,19 +51,20 @@ def check_limits(db: Db, s: Settings, user_id: str) -> None:
         alive = NodeRow.state != NodeState.DOWN.value
         m = max(1, int(db.scalar(select(func.count()).select_from(NodeRow).where(alive)) or 0))
         raise LimitExceeded(
-            503, f"cluster full: {n} sessions on {m} node{'s' if m != 1 else ''} (MAX_BROWSER_SESSIONS); retry later"
+            Limit.FULL,
+            f"cluster full: {n} sessions on {m} node{'s' if m != 1 else ''} (MAX_BROWSER_SESSIONS); retry later",
         )
     # Without HEARTH_MAX_SESSIONS_PER_NODE the IP pool bounds this node (PoolExhausted from the lease).
     if s.max_sessions_per_node and count(SessionRow.node_id == s.node_id) >= s.max_sessions_per_node:
         raise LimitExceeded(
-            503,
+            Limit.FULL,
             f"node {s.node_id} (fabric {s.fabric_netns}) runs its limit of {s.max_sessions_per_node} sessions "
             "(HEARTH_MAX_SESSIONS_PER_NODE); retry later or on another node",
         )
     mine = count(SessionRow.user_id == user_id)
     if mine >= s.max_sessions_per_user:
         raise LimitExceeded(
-            429, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
+            Limit.USER, f"user {user_id} already has {mine} active sessions (MAX_SESSIONS_PER_USER); cancel one first"
         )
 
 

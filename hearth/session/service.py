@@ -26,7 +26,7 @@ from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.observe.metrics import Metrics
 from hearth.providers.model import Provider, SigninMode
 from hearth.sandbox.base import Driver, SandboxSpec
-from hearth.session.admission import LimitExceeded
+from hearth.session.admission import Limit, LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.boots import Diagnose, ReadyHook, SessionBoots
 from hearth.session.browser import BrowserTurns
@@ -181,9 +181,9 @@ class SessionService:
     ) -> SessionView:
         """Create a session and boot its sandbox in the background; returns at once with status `starting`."""
         if self._closing:
-            raise LimitExceeded(503, "controller is shutting down; retry on another instance")
+            raise LimitExceeded(Limit.CLOSED, "controller is shutting down; retry on another instance")
         if self.fenced:
-            raise LimitExceeded(503, f"{self.fenced}; retry on another node")
+            raise LimitExceeded(Limit.CLOSED, f"{self.fenced}; retry on another node")
         return await self.boots.start(user_id, provider, mode, return_url)
 
     def readmit(self, view: SessionView) -> bool:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
+from hearth.api import problems
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.ipam import Ipam
@@ -34,7 +35,7 @@ def hammer(settings: Settings, users: list[str]) -> tuple[Counter[str], Database
             admission.admit(db, ipam, settings, str(uuid.uuid4()), user, None, "remote_browser", "netns")
         except admission.LimitExceeded as exc:
             named = re.search(r"\(([A-Z_]+)\)", str(exc))  # the setting the reason names
-            return f"{exc.status_code}:{named.group(1) if named else str(exc)}"
+            return f"{problems.status_for(exc)}:{named.group(1) if named else str(exc)}"
         except PoolExhausted:
             return "pool"
         return "admitted"
