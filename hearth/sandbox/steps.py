@@ -99,6 +99,7 @@ async def run(
         done.append(step)
         if step.stage:
             mark(step.name)
+    log.debug("%s started", what, extra={"steps": timings})
     return timings
 
 
