@@ -16,19 +16,22 @@ document, never argv or the environment.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hearth_agent.config import AgentConfig, Identity, identity_of
 from hearth_agent.contract import routes
 from hearth_agent.controller import Outbox
-from hearth_agent.egressproxy import LocalProxy, Upstream, parse_allow
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
+
+if TYPE_CHECKING:  # imported when a sandbox has a local proxy: asyncio is ≈1.4 MiB of an agent's memory otherwise
+    import asyncio
+
+    from hearth_agent.egressproxy import LocalProxy, Network, Upstream
 
 log = logging.getLogger("hearth_agent.egress")
 CA_DIR = ".hearth/ca"
@@ -45,7 +48,11 @@ class Egress:
         spec = raw.get("egress_proxy")
         self.listen_port = int(spec["listen_port"]) if isinstance(spec, dict) and spec.get("listen_port") else 0
         upstream = spec.get("upstream") if isinstance(spec, dict) else None
-        self.allow = parse_allow(spec.get("allow") if isinstance(spec, dict) else None)  # HEARTH_EGRESS_ALLOW
+        self.allow: tuple[Network, ...] = ()  # HEARTH_EGRESS_ALLOW
+        if isinstance(spec, dict):
+            from hearth_agent.egressproxy import parse_allow
+
+            self.allow = parse_allow(spec.get("allow"))
         self.proxy: LocalProxy | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +63,8 @@ class Egress:
 
     @staticmethod
     def _parse(url: str) -> Upstream | None:
+        from hearth_agent.egressproxy import Upstream
+
         try:
             return Upstream.from_url(url)
         except ValueError as exc:
@@ -70,6 +79,10 @@ class Egress:
             return
         # fail closed: should the proxy not start, the CLIs still point at it, never around it
         self.port = self.listen_port
+        import asyncio
+
+        from hearth_agent.egressproxy import LocalProxy
+
         self.proxy = LocalProxy(self._upstream, self._failed, self.allow)
         loop = self._loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="egress-proxy", daemon=True).start()
@@ -79,6 +92,10 @@ class Egress:
         log.info("local egress proxy listening", extra={"port": self.port, "upstream": self._upstream is not None})
 
     def stop(self) -> None:
+        if self.proxy is None:
+            return
+        import asyncio
+
         if self.proxy is not None and self._loop is not None and self._loop.is_running():
             asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(START_TIMEOUT)
             self._loop.call_soon_threadsafe(self._loop.stop)
