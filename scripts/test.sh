@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: lint, format check, strict typing, then the whole test suite (the root/netns tests too when root)
-# twice: on SQLite, then on a throwaway PostgreSQL 15 cluster.
+# on SQLite, then the tests that touch the store (`-m store`, tests/conftest.py) again on a throwaway PostgreSQL 15
+# cluster (HEARTH_TEST_PG=all: the whole suite there too). pytest runs on HEARTH_TEST_WORKERS pytest-xdist workers
+# (default 4: the tests mostly wait on sandboxes, sockets and timers; 1 runs them in this process).
 # Every step runs even if an earlier one fails; the exit status is non-zero if any failed. Extra args go to pytest.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -10,6 +12,9 @@ V=.venv/bin
   exit 1
 }
 PATHS=(hearth hearth_agent hearth_example tests bench)
+WORKERS=${HEARTH_TEST_WORKERS:-4}
+XDIST=()
+[ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS" --dist loadgroup)
 failed=()
 run() {
   local name=$1
@@ -24,17 +29,19 @@ run "mypy" "$V/mypy"
 run "mypy tests" "$V/mypy" --strict --explicit-package-bases tests bench
 
 printf '\n== pytest (SQLite)\n'
-"$V/python" -m pytest -q -ra "$@"
+"$V/python" -m pytest -q -ra "${XDIST[@]}" "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "test.sh: pytest collected no tests; that counts as a failure" >&2
 fi
 [ $rc -eq 0 ] || failed+=("pytest sqlite (exit $rc)")
 
-# The whole suite again on PostgreSQL 15: a throwaway cluster (initdb as `postgres` into a temp dir, unix socket in
+# The store's tests again on PostgreSQL 15 (the whole suite with HEARTH_TEST_PG=all): a throwaway cluster (initdb as `postgres` into a temp dir, unix socket in
 # that dir + 127.0.0.1 on a random port), each test on a fresh database of its own (tests/conftest.py), then removed.
 # An already running server can be used instead: set TEST_DATABASE_URL.
-printf '\n== pytest (PostgreSQL)\n'
+PG_SELECT=(-m store)
+[ "${HEARTH_TEST_PG:-store}" = all ] && PG_SELECT=()
+printf '\n== pytest (PostgreSQL: %s)\n' "${HEARTH_TEST_PG:-store}"
 PG_BIN=/usr/lib/postgresql/15/bin
 pg_dir=""
 stop_pg() {
@@ -64,7 +71,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   fi
 fi
 if [ -n "${TEST_DATABASE_URL:-}" ]; then
-  "$V/python" -m pytest -q -ra "$@"
+  "$V/python" -m pytest -q -ra "${XDIST[@]}" "${PG_SELECT[@]}" "$@"
   rc=$?
   [ $rc -eq 0 ] || failed+=("pytest postgresql (exit $rc)")
 fi
@@ -72,7 +79,7 @@ stop_pg
 
 echo
 if ((${#failed[@]} == 0)); then
-  echo "test.sh: all checks passed (ruff check, ruff format, mypy, mypy tests, pytest on SQLite and PostgreSQL)"
+  echo "test.sh: all checks passed (ruff check, ruff format, mypy, mypy tests, pytest on SQLite, the store's tests on PostgreSQL)"
   exit 0
 fi
 IFS=,

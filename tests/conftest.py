@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -21,8 +23,49 @@ from tests.pgcluster import fresh_database
 from tests.restartkit import remove_everything
 from tests.signinkit import idp_env
 
+# What runs in scripts/test.sh's PostgreSQL pass too (`-m store`; the rest runs once, on SQLite): the folders whose
+# subject is the store, every test module that queries the store itself (imports hearth.store or SQLAlchemy, or calls
+# `db.run`/`db.call`), every test that takes `database_url` itself, and whatever is marked `store`.
+STORE_DIRS = frozenset({"store", "chaos", "cluster", "vault", "webhooks", "reconcile", "proxy"})
+STORE_USE = re.compile(r"from hearth\.store|import hearth\.store|sqlalchemy|\.db\.run\(|\.db\.call\(")
+TESTS_DIR = Path(__file__).parent
+
+
+# Under pytest-xdist (scripts/test.sh: --dist loadgroup) the tests of a module with a fixture wider than one test (a
+# controller, a fabric or an image shared by the module) stay on one worker, so that fixture is made once.
+SHARED_FIXTURE = re.compile(r"scope=\"(module|class|package|session)\"|loop_scope=\"module\"")
+
+
+@functools.cache
+def _source(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def touches_store(item: pytest.Item) -> bool:
+    path = Path(str(item.path))
+    try:
+        folder = path.relative_to(TESTS_DIR).parts[0]
+    except ValueError:
+        folder = ""
+    direct = getattr(getattr(item, "_fixtureinfo", None), "argnames", ())
+    return (
+        "store" in item.keywords
+        or folder in STORE_DIRS
+        or "database_url" in direct
+        or bool(STORE_USE.search(_source(path)))
+    )
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if touches_store(item):
+            item.add_marker(pytest.mark.store)
+        path = Path(str(item.path))
+        if SHARED_FIXTURE.search(_source(path)) or SHARED_FIXTURE.search(_source(path.parent / "conftest.py")):
+            item.add_marker(pytest.mark.xdist_group(str(path.relative_to(TESTS_DIR.parent))))
     if os.environ.get("TEST_DATABASE_URL"):
         once = pytest.mark.skip(reason="sqlite_pass: ran in the SQLite pass (its store use is covered on PostgreSQL)")
         for item in items:
