@@ -63,8 +63,9 @@ def new_env(**extra: str) -> tuple[dict[str, str], Path]:
 
 
 @dataclass
-class Live:
-    """One controller with one ready session."""
+class Case:
+    """The doctor's case: one controller with one ready session, its HTTP client and the environment the doctor's
+    CLI runs with (a session alone is `tests.live.Live`)."""
 
     env: dict[str, str]
     run: Running
@@ -137,7 +138,7 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live_session(**extra: str) -> AsyncIterator[Live]:
+async def live_session(**extra: str) -> AsyncIterator[Case]:
     env, data = new_env(**extra)
     settings = load_settings(env, env_file=None)
     try:
@@ -151,7 +152,7 @@ async def live_session(**extra: str) -> AsyncIterator[Live]:
             view = await run.ctl.service.wait_until(sid, 90)
             assert view.status.value == "ready", view
             assert view.slot is not None
-            live = Live(env, run, http, sid, run.ctl.service.ipam.slot(view.slot))
+            live = Case(env, run, http, sid, run.ctl.service.ipam.slot(view.slot))
             try:
                 yield live
             finally:
@@ -195,7 +196,7 @@ async def nft_list(netns: str, *what: str) -> list[dict[str, Any]]:
     return items
 
 
-async def sandbox_proc(live: Live, match: Callable[[Proc], bool], timeout: float = 20.0) -> Proc:
+async def sandbox_proc(live: Case, match: Callable[[Proc], bool], timeout: float = 20.0) -> Proc:
     deadline = time.monotonic() + timeout
     while True:
         found = [p for p in await asyncio.to_thread(processes_in, live.slot.netns) if match(p)]

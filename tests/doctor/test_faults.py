@@ -28,7 +28,7 @@ from hearth.fabric.ports import GUEST_IFNAME
 from hearth.sandbox.procs import pids_in_netns
 from hearth.store.models import SessionRow
 from tests.doctor.conftest import (
-    Live,
+    Case,
     assert_verdict,
     bind_blocker,
     first,
@@ -46,13 +46,13 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scop
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def live() -> AsyncIterator[Live]:
+async def live() -> AsyncIterator[Case]:
     async with live_session(IP_POOL_END="192.168.100.3") as live:
         yield live
 
 
 class TestPathFaults:
-    async def test_healthy_path_api_and_cli(self, live: Live) -> None:
+    async def test_healthy_path_api_and_cli(self, live: Case) -> None:
         rep = await live.wait_healthy()
         assert rep.ok and rep.first_failure is None
         names = [c.name for c in rep.checks]
@@ -75,7 +75,7 @@ class TestPathFaults:
         gw = next(c for c in out["checks"] if c["name"] == "gateway")
         assert gw["ok"] is True, gw  # token requested over the API with HEARTH_API_KEYS
 
-    async def test_legacy_env_name(self, live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_legacy_env_name(self, live: Case, monkeypatch: pytest.MonkeyPatch) -> None:
         await live.wait_healthy()
         monkeypatch.setenv("VM_IP_POOL_START", "192.168.100.2")
         f = first(await live.report())
@@ -88,7 +88,7 @@ class TestPathFaults:
         assert code == 1 and out["first_failure"]["hop"] == "config", out
         assert "IP_POOL_START" in out["first_failure"]["hint"]
 
-    async def test_bridge_on_another_subnet(self, live: Live) -> None:
+    async def test_bridge_on_another_subnet(self, live: Case) -> None:
         await live.wait_healthy()
         s = live.settings
 
@@ -112,7 +112,7 @@ class TestPathFaults:
             await in_ns(live.fabric, lambda h: readdress(h, "192.168.0.1/16", "192.168.100.1/22"))
 
     @pytest.mark.parametrize("family", ["inet", "bridge"])
-    async def test_firewall_drops_in_the_fabric(self, live: Live, family: str) -> None:
+    async def test_firewall_drops_in_the_fabric(self, live: Case, family: str) -> None:
         await live.wait_healthy()
         hook = "forward" if family == "inet" else "input"
         table = {"family": family, "name": "testfw"}
@@ -138,7 +138,7 @@ class TestPathFaults:
         finally:
             await nft_json(live.fabric, {"nftables": [{"delete": {"table": name}}]})
 
-    async def test_sandbox_link_down(self, live: Live) -> None:
+    async def test_sandbox_link_down(self, live: Case) -> None:
         await live.wait_healthy()
         port = live.slot.veth_host
 
@@ -160,7 +160,7 @@ class TestPathFaults:
         finally:
             await in_ns(live.fabric, lambda h: set_state(h, "up"))
 
-    async def test_sandbox_link_detached(self, live: Live) -> None:
+    async def test_sandbox_link_detached(self, live: Case) -> None:
         await live.wait_healthy()
         port, br = live.slot.veth_host, live.settings.bridge_device
 
@@ -181,7 +181,7 @@ class TestPathFaults:
         finally:
             await in_ns(live.fabric, attach)
 
-    async def test_guest_ignores_arp(self, live: Live) -> None:
+    async def test_guest_ignores_arp(self, live: Case) -> None:
         await live.wait_healthy()
         key = f"net/ipv4/conf/{GUEST_IFNAME}/arp_ignore"
         await write_sysctl(live.slot.netns, key, "8")
@@ -201,7 +201,7 @@ class TestPathFaults:
         finally:
             await write_sysctl(live.slot.netns, key, "0")
 
-    async def test_second_host_claims_the_sandbox_ip(self, live: Live) -> None:
+    async def test_second_host_claims_the_sandbox_ip(self, live: Case) -> None:
         await live.wait_healthy()
         impostor_ns, veth = f"{live.fabric}-x{secrets.token_hex(2)}", f"himp{secrets.token_hex(3)}"
         mac = "02:aa:00:00:00:01"
@@ -239,7 +239,7 @@ class TestPathFaults:
 
             await in_ns(live.fabric, forget)
 
-    async def test_agent_stopped(self, live: Live) -> None:
+    async def test_agent_stopped(self, live: Case) -> None:
         await live.wait_healthy()
         agent = await sandbox_proc(live, is_agent)
         os.kill(agent.pid, signal.SIGSTOP)
@@ -253,7 +253,7 @@ class TestPathFaults:
         finally:
             resume(agent.pid)
 
-    async def test_vnc_server_killed(self, live: Live) -> None:
+    async def test_vnc_server_killed(self, live: Case) -> None:
         await live.wait_healthy()
         agent = await sandbox_proc(live, is_agent)
         vnc = await sandbox_proc(live, is_vnc_server)
@@ -275,7 +275,7 @@ class TestPathFaults:
             if blocker is not None:
                 blocker.close()
 
-    async def test_driver_process_killed(self, live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_driver_process_killed(self, live: Case, monkeypatch: pytest.MonkeyPatch) -> None:
         """Last in the class: the sandbox does not come back."""
         await live.wait_healthy()
 

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from hearth.doctor import diagnose_session
 from hearth.errors import Hop
-from tests.doctor.conftest import Live, first, live_session, nft_json, nft_list
+from tests.doctor.conftest import Case, first, live_session, nft_json, nft_list
 from tests.egress import world
 from tests.waits import eventually
 
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scop
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def live() -> AsyncIterator[Live]:
+async def live() -> AsyncIterator[Case]:
     """Egress on (NAT and DNS on the path: the uplink leads to the small internet of tests/egress/world.py, in
     namespaces of the test's own) and a pool of one address, held by the one session."""
     w = await asyncio.to_thread(world.build)
@@ -32,7 +32,7 @@ async def live() -> AsyncIterator[Live]:
 
 
 class TestCapacityAndNat:
-    async def test_pool_exhausted(self, live: Live) -> None:
+    async def test_pool_exhausted(self, live: Case) -> None:
         rep = await live.wait_healthy()
         f = first(rep)
         assert f.hop is Hop.FABRIC and f.name == "pool", f
@@ -54,7 +54,7 @@ class TestCapacityAndNat:
         metrics = (await live.http.get("/metrics")).text
         assert 'hearth_doctor_failures_total{hop="fabric"}' in metrics
 
-    async def test_masquerade_rule_missing(self, live: Live) -> None:
+    async def test_masquerade_rule_missing(self, live: Case) -> None:
         await live.wait_healthy()
         items = await nft_list(live.fabric, "table", "inet", "hearth")
         handles = [

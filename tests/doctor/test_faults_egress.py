@@ -18,7 +18,7 @@ from hearth.egress import rules
 from hearth.errors import HearthError
 from hearth.fabric import netlink, nft
 from hearth.fabric.slot import uplink_outer
-from tests.doctor.conftest import Live, live_session, nft_json
+from tests.doctor.conftest import Case, live_session, nft_json
 from tests.egress import world
 from tests.egress.world import World
 
@@ -28,14 +28,14 @@ BUDGET = 30.0  # the hops are under test here, not the doctor's 3 s budget (CI m
 Check = Callable[[Context], Awaitable[Finding]]
 
 
-async def report(live: Live) -> Report:
+async def report(live: Case) -> Report:
     rep = await diagnose(live.ctl, live.session_id, budget=BUDGET)
     f = rep.first_failure
     print(f"doctor {rep.duration_s:.3f}s: " + (f"[{f.hop}] {f.name}: {f.evidence} — fix: {f.hint}" if f else "ok"))
     return rep
 
 
-async def check(live: Live, fn: Check, *, ok: bool, session: bool = False, timeout: float = 120.0) -> Finding:
+async def check(live: Case, fn: Check, *, ok: bool, session: bool = False, timeout: float = 120.0) -> Finding:
     """One hop's check, as the doctor runs it (the step's function on the doctor's context), until its verdict is
     `ok` — a loaded machine may make a single look run out of time (an nft listing has 1 s): looked at again."""
     parts = parts_of(live.ctl)
@@ -55,7 +55,7 @@ async def check(live: Live, fn: Check, *, ok: bool, session: bool = False, timeo
         await asyncio.sleep(0.25)
 
 
-async def healthy(live: Live) -> None:
+async def healthy(live: Case) -> None:
     for fn in (host.nat, egress.egress_rules, egress.resolver, egress.name_resolves):
         await check(live, fn, ok=True)
 
@@ -70,14 +70,14 @@ async def w() -> AsyncIterator[World]:
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def live(w: World) -> AsyncIterator[Live]:
+async def live(w: World) -> AsyncIterator[Case]:
     env = {**world.settings_env(w), "HEARTH_EGRESS": "true", "HEARTH_EGRESS_ALLOW": "10.20.0.0/16"}
     async with live_session(**env, OAUTH_FLOW_TIMEOUT="7200") as live:  # the session outlives a slow module
         yield live
 
 
 class TestEgressHops:
-    async def test_healthy_the_sandbox_resolves_through_the_forwarder_and_goes_out(self, live: Live) -> None:
+    async def test_healthy_the_sandbox_resolves_through_the_forwarder_and_goes_out(self, live: Case) -> None:
         await healthy(live)
         found = await check(live, egress.name_resolves, ok=True)
         assert f"claude.ai resolves upstream ({world.DNS_IP} from namespace {live.settings.uplink_netns})" in (
@@ -94,7 +94,7 @@ class TestEgressHops:
         assert got == ("NOERROR", [world.WEB_IP])
         assert await asyncio.to_thread(world.connect, live.slot, world.WEB_IP, world.WEB_PORT)
 
-    async def test_upstream_resolver_down(self, live: Live, w: World) -> None:
+    async def test_upstream_resolver_down(self, live: Case, w: World) -> None:
         await healthy(live)
         table = {"family": "inet", "name": "h1dnsdown"}
         drop = {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": 53}}
@@ -115,7 +115,7 @@ class TestEgressHops:
             await nft_json(w.net, {"nftables": [{"delete": {"table": table}}]})
         await healthy(live)
 
-    async def test_resolver_not_answering(self, live: Live) -> None:
+    async def test_resolver_not_answering(self, live: Case) -> None:
         await healthy(live)
         await live.ctl.egress.dns.stop()
         try:
@@ -126,7 +126,7 @@ class TestEgressHops:
             await live.ctl.egress.dns.start()
         await healthy(live)
 
-    async def test_no_masquerade_where_the_uplink_leads(self, live: Live, w: World) -> None:
+    async def test_no_masquerade_where_the_uplink_leads(self, live: Case, w: World) -> None:
         await healthy(live)
         table = nft.root_table(live.fabric)
         await nft_json(w.host, {"nftables": [{"delete": {"table": {"family": "ip", "name": table}}}]})
@@ -138,7 +138,7 @@ class TestEgressHops:
             await live.ctl.fabric.up()
         await healthy(live)
 
-    async def test_uplink_missing(self, live: Live, w: World) -> None:
+    async def test_uplink_missing(self, live: Case, w: World) -> None:
         await healthy(live)
 
         def cut() -> None:
@@ -154,7 +154,7 @@ class TestEgressHops:
             await live.ctl.fabric.up()
         await healthy(live)
 
-    async def test_egress_rules_missing(self, live: Live) -> None:
+    async def test_egress_rules_missing(self, live: Case) -> None:
         await healthy(live)
         await nft.apply(live.fabric, rules.delete())
         try:
@@ -165,7 +165,7 @@ class TestEgressHops:
             await live.ctl.egress.gate.up()  # rebuilt with the grants it holds
         await healthy(live)
 
-    async def test_policy_drops_are_named_with_the_sandbox(self, live: Live) -> None:
+    async def test_policy_drops_are_named_with_the_sandbox(self, live: Case) -> None:
         await healthy(live)
         for ip, port in (("169.254.169.254", 80), (world.PRIVATE_BLOCKED, world.WEB_PORT)):
             assert not await asyncio.to_thread(world.connect, live.slot, ip, port, 1.5)

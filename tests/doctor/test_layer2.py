@@ -20,14 +20,14 @@ from hearth.errors import Hop
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.ports import GUEST_IFNAME
 from hearth.fabric.slot import Slot
-from tests.doctor.conftest import Live, live_session
+from tests.doctor.conftest import Case, live_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 ARP, IPV4 = 0x0806, 0x0800
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def live() -> AsyncIterator[tuple[Live, str, Slot]]:
+async def live() -> AsyncIterator[tuple[Case, str, Slot]]:
     """Session A (the fixture's own) and session B (its id and slot)."""
     async with live_session(IP_POOL_END="192.168.100.4") as a:
         r = await a.http.post("/api/auth/start", json={"user_id": "victim"})
@@ -64,7 +64,7 @@ def _spoof(attacker: Slot, victim: Slot, arps: int, ips: int) -> None:
     call_in_netns(attacker.netns, send)
 
 
-async def test_drops_are_attributed_to_the_sandbox_that_sent_them(live: tuple[Live, str, Slot]) -> None:
+async def test_drops_are_attributed_to_the_sandbox_that_sent_them(live: tuple[Case, str, Slot]) -> None:
     a, b, b_slot = live
     await a.wait_healthy()
     await diagnose(a.ctl)  # the host report takes (resets) whatever was counted before this test
