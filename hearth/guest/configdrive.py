@@ -12,9 +12,9 @@ The guest (`hearth_boot.py`) adds what it knows itself: `ip` from the kernel's `
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
-from hearth.sandbox.base import SandboxSpec
+from hearth.fabric.slot import Slot
 from hearth_agent.contract import document as contract
 
 MAGIC = b"HEARTHCFG1\n"
@@ -23,7 +23,45 @@ DEVICE = "/dev/vdb"
 LOCAL_PROXY_PORT = 3128  # the agent's local egress proxy on the sandbox's own 127.0.0.1 (hearth_agent/egress.py)
 
 
-def document(spec: SandboxSpec, callback_port: int) -> dict[str, Any]:
+class Spec(Protocol):
+    """What the document is made of: a sandbox's spec as the guest sees it (hearth.sandbox.base.SandboxSpec is one;
+    the drivers sit beside the guest folder and import it, not the reverse)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def slot(self) -> Slot: ...
+    @property
+    def secret(self) -> str: ...
+    @property
+    def providers(self) -> tuple[str, ...]: ...
+    @property
+    def screen(self) -> str: ...
+    @property
+    def start_url(self) -> str: ...
+    @property
+    def chromium(self) -> bool: ...
+    @property
+    def browser_on_request(self) -> bool: ...
+    @property
+    def rfb_port(self) -> int: ...
+    @property
+    def agent_port(self) -> int: ...
+    @property
+    def desktop(self) -> bool: ...
+    @property
+    def vnc_server(self) -> str: ...
+    @property
+    def local_proxy(self) -> bool: ...
+    @property
+    def egress_proxy(self) -> str: ...
+    @property
+    def egress_allow(self) -> tuple[str, ...]: ...
+    @property
+    def extra_ca(self) -> str: ...
+
+
+def document(spec: Spec, callback_port: int) -> dict[str, Any]:
     """The agent configuration for `spec` (what the netns driver writes to agent.json, minus nothing): the contract's
     document (hearth_agent/contract/document.py)."""
     return contract.build(
