@@ -42,7 +42,7 @@ class Identity:
 @dataclass(frozen=True)
 class AgentConfig:
     ip: str
-    identity: Identity
+    identity: Identity  # the one it starts with; the agent's server holds the current one (hearth_agent/server.py)
     agent_port: int = 8080
     rfb_port: int = 5900
     screen: str = "1280x800x24"
@@ -56,15 +56,6 @@ class AgentConfig:
     callback: str = ""  # controller URL for agent → controller calls (extensions)
     # every other key, read-only, for extensions (egress_proxy, extra_ca_certs, ...); never the identity's keys
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
-
-    @property
-    def secret(self) -> str:
-        """The secret of the identity the agent started with (the pool's hand-over may replace it)."""
-        return self.identity.secret
-
-    @property
-    def session_id(self) -> str:
-        return self.identity.session_id
 
 
 def build(
