@@ -142,7 +142,9 @@ class SessionBoots:
         return SessionView.of(row)
 
     def readmit(self, view: SessionView) -> bool:
-        """Boot a queued session the previous controller admitted but never began to boot (its lease held)."""
+        """Boot a session the previous controller admitted but never began to boot (`queued` when it stopped, its
+        lease held): it joins this controller's boot queue again (the reconciler calls this oldest first, so the
+        line keeps its order). Returns False when it is not such a session or this controller already boots it."""
         if view.status is not Status.QUEUED or view.slot is None or self.is_booting(view.id):
             return False
         self.queue.enter(view.id)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
@@ -117,6 +118,38 @@ class SessionRecords:
             lambda db: db.scalar(select(func.count()).select_from(LeaseRow).where(LeaseRow.node_id == node)) or 0
         )
         return int(used), self.ipam.size
+
+    async def due(self, now: datetime, ttl: float, idle: float) -> list[tuple[str, datetime]]:
+        """This node's active sessions born `ttl` seconds before `now`, or past their boot and not seen for `idle`
+        seconds: (id, created_at) — one indexed statement, whatever the number of sessions."""
+        born_before, quiet_since = now - timedelta(seconds=ttl), now - timedelta(seconds=idle)
+        booting = [st.value for st in Status if st.booting]
+
+        def q(db: Db) -> list[tuple[str, datetime]]:
+            rows = db.execute(
+                select(SessionRow.id, SessionRow.created_at).where(
+                    *self.active_here(),
+                    or_(
+                        SessionRow.created_at < born_before,
+                        and_(SessionRow.status.not_in(booting), SessionRow.last_seen_at < quiet_since),
+                    ),
+                )
+            )
+            return [(str(sid), created) for sid, created in rows]
+
+        return await self.db.run(q)
+
+    async def past_boot(self) -> list[str]:
+        """This node's active sessions past their boot that hold a slot (one statement)."""
+
+        def q(db: Db) -> list[str]:
+            booting = [st.value for st in Status if st.booting]
+            stmt = select(SessionRow.id).where(
+                *self.active_here(), SessionRow.status.not_in(booting), SessionRow.slot.is_not(None)
+            )
+            return [str(sid) for sid in db.scalars(stmt)]
+
+        return await self.db.run(q)
 
     def active_here(self) -> tuple[ColumnElement[bool], ...]:
         """This node's sessions that have not ended (index ix_sessions_node_status)."""

@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
@@ -38,7 +37,6 @@ from hearth.session.view import SessionNotFound as SessionNotFound
 from hearth.session.view import SessionView as SessionView
 from hearth.session.view import aware
 from hearth.store.db import Database
-from hearth.store.models import SessionRow
 
 log = logging.getLogger("hearth.session")
 DRAIN_PARALLEL = 64  # sessions a drain ends at once (their teardowns mostly wait: processes exiting, the store)
@@ -50,7 +48,7 @@ class ViewerCount(Protocol):
     def count(self, session_id: str) -> int: ...
 
 
-class _NoViewers:
+class _NoViewers:  # a service built on its own (the doctor's, tests'): nobody watches
     def count(self, session_id: str) -> int:
         return 0
 
@@ -187,9 +185,7 @@ class SessionService:
         return await self.boots.start(user_id, provider, mode, return_url)
 
     def readmit(self, view: SessionView) -> bool:
-        """Boot a session the previous controller admitted but never began to boot (`queued` when it stopped, its
-        lease held): it joins this controller's boot queue again (the reconciler calls this oldest first, so the
-        line keeps its order). Returns False when it is not such a session or this controller already boots it."""
+        """A `queued` session of the previous controller boots in its turn (the reconciler, oldest first)."""
         return not self._closing and self.boots.readmit(view)
 
     # ---- live state (known without the store) -----------------------------------------------------
@@ -357,24 +353,8 @@ class SessionService:
         them (whatever the number of sessions); only those due cost more."""
         s = self.settings
         now = datetime.now(UTC)
-        born_before = now - timedelta(seconds=s.session_ttl)
-        quiet_since = now - timedelta(seconds=s.idle_timeout)
-        booting = [st.value for st in Status if st.booting]
-
-        def due(db: Db) -> list[tuple[str, datetime]]:
-            rows = db.execute(
-                select(SessionRow.id, SessionRow.created_at).where(
-                    *self.records.active_here(),
-                    or_(
-                        SessionRow.created_at < born_before,
-                        and_(SessionRow.status.not_in(booting), SessionRow.last_seen_at < quiet_since),
-                    ),
-                )
-            )
-            return [(str(sid), created) for sid, created in rows]
-
         count = 0
-        for sid, created in await self.db.run(due):
+        for sid, created in await self.records.due(now, s.session_ttl, s.idle_timeout):
             if now - aware(created) > timedelta(seconds=s.session_ttl):
                 await self.end(sid, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
                 count += 1
@@ -388,16 +368,8 @@ class SessionService:
     async def check_alive(self) -> int:
         """Fail ready sessions whose sandbox died; returns how many. One statement (id, status) per tick: only the
         sandboxes this controller runs are then asked."""
-
-        def ready(db: Db) -> list[str]:
-            booting = [st.value for st in Status if st.booting]
-            stmt = select(SessionRow.id).where(
-                *self.records.active_here(), SessionRow.status.not_in(booting), SessionRow.slot.is_not(None)
-            )
-            return [str(sid) for sid in db.scalars(stmt)]
-
         failed = 0
-        for sid in await self.db.run(ready):
+        for sid in await self.records.past_boot():
             if sid in self.records.unrecorded or self.sandboxes.get(sid) is None:
                 continue  # not (yet) adopted by this controller: the reconciler decides
             if not await self.sandboxes.alive(sid):
