@@ -17,13 +17,14 @@ from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.slot import Slot, slot_for
 from hearth.store.db import Database
-from hearth.store.models import LeaseRow
+from hearth.store.models import LeaseRow, OwnerKind
 
 
 @dataclass(frozen=True)
 class Lease:
     session_id: str
     slot: Slot
+    kind: OwnerKind = OwnerKind.SESSION  # who holds it (a session, a CLI sandbox, the pool, a quarantine)
 
 
 class Ipam:
@@ -39,32 +40,32 @@ class Ipam:
     def size(self) -> int:
         return self._s.pool_size
 
-    def take(self, db: Session, owner: str) -> Lease:
+    def take(self, db: Session, owner: str, kind: OwnerKind = OwnerKind.SESSION) -> Lease:
         """Inside a transaction: the lease of `owner`, or a new one on the lowest free slot (PoolExhausted)."""
         fabric, node = self._s.fabric_netns, self._s.node_id
         mine = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
         if mine is not None:
-            return Lease(owner, self.slot(mine.slot))
+            return Lease(owner, self.slot(mine.slot), mine.owner_kind)
         free = db.scalar(self.lowest_free(fabric, node))
         if free is None or free >= self.size:
             raise PoolExhausted(self.size)
         slot = self.slot(free)
-        db.add(LeaseRow(node_id=node, fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner))
+        db.add(LeaseRow(node_id=node, fabric=fabric, slot=free, ip=str(slot.ip), session_id=owner, owner_kind=kind))
         db.flush()
-        return Lease(owner, slot)
+        return Lease(owner, slot, kind)
 
-    def acquire_sync(self, session_id: str, attempts: int = 64) -> Lease:
+    def acquire_sync(self, session_id: str, attempts: int = 64, kind: OwnerKind = OwnerKind.SESSION) -> Lease:
         """Lease the lowest free slot for `session_id` (idempotent: an existing lease is returned). Runs under the
         admission lock, like session creates; a constraint still guards against writers that do not take it."""
         for _ in range(attempts):
             try:
-                return self._db.admit(lambda db: self.take(db, session_id))
+                return self._db.admit(lambda db: self.take(db, session_id, kind))
             except IntegrityError:
                 continue  # another creator took that slot first; look again
         raise PoolExhausted(self.size)
 
-    async def acquire(self, session_id: str) -> Lease:
-        return await self._db.offload(lambda: self.acquire_sync(session_id))
+    async def acquire(self, session_id: str, kind: OwnerKind = OwnerKind.SESSION) -> Lease:
+        return await self._db.offload(lambda: self.acquire_sync(session_id, kind=kind))
 
     async def release(self, session_id: str) -> None:
         """Release the lease of `session_id`; releasing nothing is success."""
@@ -91,7 +92,7 @@ class Ipam:
 
         def q(db: Session) -> list[Lease]:
             rows = db.scalars(select(LeaseRow).where(*where).order_by(LeaseRow.slot))
-            return [Lease(r.session_id, self.slot(r.slot)) for r in rows]
+            return [Lease(r.session_id, self.slot(r.slot), r.owner_kind) for r in rows]
 
         return await self._db.run(q)
 

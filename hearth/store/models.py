@@ -5,6 +5,7 @@ a cluster. Sessions, leases, sandboxes and CLI sandboxes belong to one node (`no
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -31,6 +33,28 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class OwnerKind(enum.StrEnum):
+    """Who holds a lease or a sandbox row (column `owner_kind` of both; the owner id is only an id, never parsed)."""
+
+    SESSION = "session"  # a browser or direct sign-in session: the owner id is the session id
+    CLI = "cli"  # a user's CLI sandbox (hearth/clisandbox)
+    POOL = "pool"  # a warm-pool sandbox not handed out yet (hearth/session/pool.py)
+    RECLAIM = "reclaim"  # a quarantine lease while the reconciler removes an orphan slot's leftovers (leases only)
+
+
+def owner_kind_type() -> Enum:
+    """The column type of `owner_kind`: the enum's values in a VARCHAR(16) with a CHECK constraint (no native
+    PostgreSQL type: adding a kind needs no type migration beyond the constraint)."""
+    return Enum(
+        OwnerKind,
+        name="owner_kind",
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda kinds: [k.value for k in kinds],
+    )
 
 
 class SessionRow(Base):
@@ -76,6 +100,9 @@ class LeaseRow(Base):
     slot: Mapped[int] = mapped_column(Integer)
     ip: Mapped[str] = mapped_column(String(45))
     session_id: Mapped[str] = mapped_column(String(36))
+    owner_kind: Mapped[OwnerKind] = mapped_column(
+        owner_kind_type(), default=OwnerKind.SESSION, server_default=OwnerKind.SESSION.value
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -142,10 +169,13 @@ class SandboxRow(Base):
 
     __tablename__ = "sandboxes"
 
-    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # session id, or "cli-<hex>"
+    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # session id, CLI or pool owner id
     node_id: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
-    kind: Mapped[str] = mapped_column(String(16))  # session | cli
-    state: Mapped[str] = mapped_column(String(16))  # booting | running | kept
+    kind: Mapped[str] = mapped_column(String(16))  # session | cli: what the sandbox is (desktop, or a home)
+    owner_kind: Mapped[OwnerKind] = mapped_column(  # who holds it: a session, a CLI sandbox, the warm pool
+        owner_kind_type(), default=OwnerKind.SESSION, server_default=OwnerKind.SESSION.value
+    )
+    state: Mapped[str] = mapped_column(String(16))  # booting | running | pooled | kept
     fabric: Mapped[str] = mapped_column(String(64))
     slot: Mapped[int] = mapped_column(Integer)
     driver: Mapped[str] = mapped_column(String(32))
