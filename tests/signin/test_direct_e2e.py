@@ -106,10 +106,10 @@ async def test_direct_sign_in_with_device_code_and_with_paste_code(make_settings
             assert not [e for e in events if str(shown["url"]) in json.dumps(e) or code in json.dumps(e)]
             assert [e["kind"] for e in idp.events].count("token_issued") == 2
         assert (await http.delete("/api/users/dora/cli-sandbox")).status_code == 204
-        left = await leaks(ctl, before)
-        for _ in range(100):  # the sign-in sandbox is removed right after completion, in the background
-            if left.total == 0:
-                break
-            await asyncio.sleep(0.1)
+
+        async def nothing_left() -> bool:  # the sign-in sandbox is removed right after completion, in the background
             left = await leaks(ctl, before)
-        assert left.total == 0, left
+            assert left.total == 0, left
+            return True
+
+        await eventually(nothing_left, 10, "nothing left behind")
