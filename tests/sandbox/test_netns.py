@@ -305,7 +305,7 @@ async def test_an_image_the_sandbox_user_cannot_reach_is_named(fabric_settings: 
 async def test_the_pinned_clis_run_in_the_sandbox(fabric_settings: Settings) -> None:
     """The host's pinned CLIs are bound into the sandbox: the sandbox user runs Claude Code's sign-in (paste_code:
     no desktop, no network before the URL) and the agent reads its code prompt off the rendered screen."""
-    from hearth.providers import clis
+    from hearth.guest import clis
     from hearth.providers.registry import load
     from hearth_agent.providerdef import definition_digest
 
