@@ -161,7 +161,10 @@ class SandboxProcesses:
         net, pidns = ns_id(f"/proc/{pid}/ns/net"), ns_id(f"/proc/{pid}/ns/pid")
         return (target is not None and net == target) or (pidns is not None and pidns in self.pidns)
 
-    def signal(self, pids: list[int], sig: signal.Signals) -> None:
+    def pin(self, pids: list[int], sig: signal.Signals | None = None) -> list[int]:
+        """pidfds of those of `pids` that are still this sandbox's (each signalled with `sig`, if given): the
+        caller waits on them (a pidfd polls readable when its process exits) and closes them."""
+        fds = []
         for pid in pids:
             try:
                 fd = os.pidfd_open(pid)
@@ -169,11 +172,44 @@ class SandboxProcesses:
                 continue  # gone
             try:
                 if self._belongs(pid):  # the pidfd pins this process: it is the one we found, not a recycled PID
-                    signal.pidfd_send_signal(fd, sig)
+                    if sig is not None:
+                        signal.pidfd_send_signal(fd, sig)
+                    fds.append(fd)
+                    continue
             except OSError:
                 pass
-            finally:
-                os.close(fd)
+            os.close(fd)
+        return fds
+
+    def signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for fd in self.pin(pids, sig):
+            os.close(fd)
+
+
+async def _exited(fds: list[int], timeout: float) -> None:
+    """Wait until every pidfd in `fds` polls readable (its process exited) or `timeout` passes; closes them all.
+    Event-driven: a drain of many sandboxes waits on their processes instead of scanning /proc every few ms."""
+    loop = asyncio.get_running_loop()
+    left = set(fds)
+    done = loop.create_future()
+
+    def ready(fd: int) -> None:
+        loop.remove_reader(fd)
+        left.discard(fd)
+        if not left and not done.done():
+            done.set_result(None)
+
+    try:
+        for fd in fds:
+            loop.add_reader(fd, ready, fd)
+        if left:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, timeout)
+    finally:
+        for fd in fds:
+            if fd in left:
+                loop.remove_reader(fd)
+            os.close(fd)
 
 
 async def stop_sandbox_processes(
@@ -202,19 +238,23 @@ async def stop_sandbox_processes(
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
         if not found:
             return
-        await asyncio.to_thread(procs.signal, sorted(found), sig)
+        # pinned: the processes signalled; their exits are waited on (pidfds), then one pass checks what is left
+        pinned = await asyncio.to_thread(procs.pin, sorted(found), sig)
         if extra is not None:
             signal_child(extra, sig)  # our unreaped child: its PID cannot have been recycled
         deadline = time.monotonic() + wait
         while True:
+            await _exited(pinned, max(0.0, deadline - time.monotonic()))
             if extra is not None and extra.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(extra.wait(), 0.02)
-            else:
-                await asyncio.sleep(0.02)
+                with contextlib.suppress(TimeoutError):  # reaped by asyncio: its returncode is set then
+                    await asyncio.wait_for(extra.wait(), max(0.02, min(1.0, deadline - time.monotonic())))
             found = await remaining()
             if not found or time.monotonic() >= deadline:
                 break
+            # what is left was not signalled this round (it appeared since): wait on it too (not faster than 20 ms)
+            pinned = await asyncio.to_thread(procs.pin, sorted(found))
+            if not pinned:
+                await asyncio.sleep(0.02)
     if not found:
         return
     raise DriverError(

@@ -90,3 +90,32 @@ async def test_liveness_questions_one_after_another_share_a_recent_pass(counted:
     assert len(counted) == 1
     await shared.rows()  # without max_age: a pass begun after the question
     assert len(counted) == 2
+
+
+@pytest.fixture
+def stubborn() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A network namespace with one process in it that ignores TERM."""
+    name = f"{nsnames.new()}-s0"
+    netlink.create_netns(name)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(600)"
+    kid = subprocess.Popen(["ip", "netns", "exec", name, "python3", "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert kid.stdout is not None and kid.stdout.readline() == b"\n"  # TERM is ignored from now on
+        yield name, kid
+    finally:
+        kid.kill()
+        kid.wait()
+        netlink.remove_netns(name)
+
+
+@pytest.mark.netns
+async def test_a_stop_waits_on_pidfds_not_on_passes(
+    stubborn: tuple[str, subprocess.Popen[bytes]], counted: list[float]
+) -> None:
+    """A process that ignores TERM holds its sandbox for the whole grace: the stop waits on its pidfd (one pass to
+    find it, one after the grace, one after KILL), not on a pass every few milliseconds."""
+    name, kid = stubborn
+    await stop_sandbox_processes(name, grace=0.5, kill_wait=5.0)
+    assert pids_in_netns(name) == []
+    assert await asyncio.to_thread(kid.wait, 5) == -9  # it took the KILL
+    assert len(counted) <= 4  # polled every 20 ms, the grace alone made 25
