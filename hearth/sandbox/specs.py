@@ -1,19 +1,45 @@
 """The one builder of a sandbox's spec from the settings (pure): what the sandbox manager boots
-(`SandboxManager.spec`) and what `hearth sandbox plan` shows are built here, so the two cannot differ."""
+(`SandboxManager.spec`) and what `hearth sandbox plan` shows are built here, so the two cannot differ.
+
+`egress` is what the spec carries of the egress settings: the manager's `hearth.proxy.plan.EgressPlan` is one, and
+`egress_for(settings)` makes one without a store (for the plan command)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hearth.config import Settings
-from hearth.config.proxy import Egress, egress_of
+from hearth.config.proxy import egress_of
 from hearth.fabric.slot import Slot
 from hearth.sandbox.base import SandboxSpec
 
 
-def egress_for(settings: Settings) -> Egress:
-    """The parsed proxy and trust settings a spec carries (parse once per controller, not per spec)."""
-    return egress_of(settings.egress_proxy, settings.egress_proxy_ports, settings.extra_ca_certs)
+class EgressView(Protocol):
+    """The egress settings a spec carries."""
+
+    @property
+    def local_proxy(self) -> bool: ...  # HEARTH_EGRESS_PROXY set: Chromium and the CLIs use the agent's local proxy
+
+    @property
+    def extra_ca(self) -> str: ...  # PEM of HEARTH_EXTRA_CA_CERTS ("": none)
+
+    @property
+    def allow(self) -> tuple[str, ...]: ...  # HEARTH_EGRESS_ALLOW, as CIDR strings
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    local_proxy: bool
+    extra_ca: str
+    allow: tuple[str, ...]
+
+
+def egress_for(settings: Settings) -> EgressSettings:
+    """The egress settings a spec carries, parsed from `settings` (parse once, not per spec)."""
+    parsed = egress_of(settings.egress_proxy, settings.egress_proxy_ports, settings.extra_ca_certs)
+    return EgressSettings(parsed.proxy is not None, parsed.extra_ca, tuple(str(n) for n in settings.egress_allow))
 
 
 def workdir_of(settings: Settings, slot: Slot) -> Path:
@@ -23,7 +49,7 @@ def workdir_of(settings: Settings, slot: Slot) -> Path:
 
 def build(
     settings: Settings,
-    egress: Egress,
+    egress: EgressView,
     owner: str,
     slot: Slot,
     *,
@@ -52,8 +78,8 @@ def build(
         vnc_server=s.vnc_server,
         home=home,
         providers=providers,
-        local_proxy=egress.proxy is not None,
+        local_proxy=egress.local_proxy,
         egress_proxy=egress_proxy,
         extra_ca=egress.extra_ca,
-        egress_allow=tuple(str(n) for n in s.egress_allow),
+        egress_allow=egress.allow,
     )
