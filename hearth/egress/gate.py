@@ -42,6 +42,7 @@ class EgressGate:
         self._dns: dict[IPv4Address, int] = {}  # DNS refusals of the live grants
         self._ended: Counter[str] = Counter()  # reason → drops of sandboxes already gone
         self._lock = asyncio.Lock()
+        self._revoking: set[IPv4Address] = set()  # revokes waiting for the lock: applied together
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -90,29 +91,55 @@ class EgressGate:
         log.info("egress granted", extra={"session_id": g.owner, "ip": str(g.ip)})
 
     async def revoke(self, ip: IPv4Address) -> None:
-        """Forget `ip` (its drops go to the totals); revoking one that was never granted is success."""
-        async with self._lock:
-            g = self.grants.pop(ip, None)
-            if g is None or not self.on:
-                return
-            try:
-                items = await self.listing() or []
-                for reason, n in rules.drops(items).get(str(ip), {}).items():
+        """Forget `ip` (its drops go to the totals); revoking one that was never granted is success. Revokes that
+        arrive while another is applied (a drain ends many sandboxes at once) are applied together: one listing of
+        the table and one nft transaction for all of them, instead of one listing (O(sandboxes)) each."""
+        self._revoking.add(ip)
+        try:
+            await self._lock.acquire()
+        except BaseException:  # cancelled while waiting: this revoke did not happen (as before batching)
+            self._revoking.discard(ip)
+            raise
+        try:
+            if ip not in self._revoking:
+                return  # revoked by the batch that held the lock before us
+            batch, self._revoking = self._revoking, set()
+            await self._revoke(sorted(batch))
+        finally:
+            self._lock.release()
+
+    async def _revoke(self, ips: list[IPv4Address]) -> None:
+        granted = [ip for ip in ips if self.grants.pop(ip, None) is not None]
+        if not granted or not self.on:
+            return
+        try:
+            items = await self.listing() or []
+            drops = rules.drops(items)
+            for ip in granted:
+                for reason, n in drops.get(str(ip), {}).items():
                     self._ended[reason] += n
                 self._ended[DNS_REFUSED] += self._dns.pop(ip, 0)
-                cmds = [rules.elements("granted", [ip], "delete")]
-                for item in items:
-                    body = item.get("set")
-                    name = str(body.get("name", "")) if isinstance(body, dict) else ""
-                    if (name.startswith("drop_") or name in ("conns", "rate", "bw_up", "bw_down")) and str(
-                        ip
-                    ) in rules.set_elements([item], name):
-                        cmds.append(rules.elements(name, [ip], "delete"))
-                for cmd in cmds:
-                    with contextlib.suppress(FabricError):  # already gone is success
-                        await self._apply(cmd)
-            except FabricError as exc:
-                log.warning("egress: revoking %s failed (%s); `hearth fabric up` rebuilds the table", ip, exc.reason)
+            cmds = [("granted", granted)]
+            for item in items:
+                body = item.get("set")
+                name = str(body.get("name", "")) if isinstance(body, dict) else ""
+                if name.startswith("drop_") or name in ("conns", "rate", "bw_up", "bw_down"):
+                    present = set(rules.set_elements([item], name))
+                    if held := [ip for ip in granted if str(ip) in present]:
+                        cmds.append((name, held))
+            try:
+                await self._apply(
+                    {"nftables": [c for name, held in cmds for c in rules.elements(name, held, "delete")["nftables"]]}
+                )
+            except FabricError:  # one element already gone fails the whole transaction: one by one, gone is success
+                for name, held in cmds:
+                    for ip in held:
+                        with contextlib.suppress(FabricError):
+                            await self._apply(rules.elements(name, [ip], "delete"))
+        except FabricError as exc:
+            shown = ", ".join(str(ip) for ip in granted)
+            log.warning("egress: revoking %s failed (%s); `hearth fabric up` rebuilds the table", shown, exc.reason)
+        for ip in granted:
             self._nft.pop(str(ip), None)
 
     def retarget(self, ip: IPv4Address, owner: str, domains: tuple[str, ...] | None) -> None:

@@ -19,6 +19,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hearth.config import Settings, load_settings
+from hearth.egress import rules
 from hearth.egress.gate import DNS_REFUSED, EgressGate
 from hearth.egress.policy import Grant, wants_egress
 from hearth.egress.runtime import EgressRuntime
@@ -236,3 +237,29 @@ async def test_the_bandwidth_cap_bites(lab: Lab) -> None:
         assert got.get("bandwidth", 0) >= 1, got
     finally:
         await lab.gate.up()  # the module's table again, with its grants
+
+
+async def test_revokes_at_once_share_one_listing_and_all_go(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain revokes many sandboxes at once: those that wait for the gate are applied together (one listing of
+    the table for the batch, not one each), and every one of them loses its way out."""
+    names = ("B", "D", "E")
+    listings = 0
+    real = lab.gate.listing
+
+    async def counted() -> list[dict[str, object]] | None:
+        nonlocal listings
+        listings += 1
+        return await real()
+
+    monkeypatch.setattr(lab.gate, "listing", counted)
+    try:
+        await asyncio.gather(*(lab.gate.revoke(lab.slots[n].ip) for n in names))
+        assert listings <= 2  # the first revoke alone, then the two that waited for it together
+        granted = rules.set_elements(await real() or [], "granted")
+        assert not {str(lab.slots[n].ip) for n in names} & set(granted)
+        assert str(lab.slots["A"].ip) in granted  # the others keep theirs
+        assert not await asyncio.to_thread(world.connect, lab.slots["B"], world.WEB_IP, world.WEB_PORT, 1.5)
+    finally:
+        for n in names:
+            await lab.gate.grant(Grant(lab.slots[n].ip, n, None))
+    assert await asyncio.to_thread(world.connect, lab.slots["B"], world.WEB_IP, world.WEB_PORT)
