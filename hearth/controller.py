@@ -281,4 +281,6 @@ def make_app(ctl: Controller) -> FastAPI:
         gateway_routes.make_router(settings, service, ctl.tokens, ctl.db, ctl.viewers, service.metrics),
         viewer.make_router(service, ctl.tokens, ctl.signin, keys),
     ]
-    return create_app(settings, routers, lambda _app: lifespan(ctl), viewer.STATIC)
+    app = create_app(settings, routers, lambda _app: lifespan(ctl), viewer.STATIC)
+    app.state.controller = ctl  # hearth/cli/serve.py: a graceful stop closes viewers with 4503 first (its drain)
+    return app
