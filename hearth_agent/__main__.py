@@ -6,7 +6,7 @@ the browser in the netns driver — cannot ptrace it or read its memory, environ
 Logs JSON lines to stderr (never the secret). SIGTERM/SIGINT: stop every child (TERM, KILL after 3 s), then exit.
 
 Start order (a cold desktop's path): the config and the supervisor's modules only, then the display starts in the
-supervisor thread; the HTTP server (http.server, the routes, the extensions) is imported and built meanwhile.
+supervisor thread; the HTTP server (hearth_agent/httpmini.py, the routes, the extensions) is imported and built meanwhile.
 """
 
 from __future__ import annotations

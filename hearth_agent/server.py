@@ -14,11 +14,11 @@ import logging
 import socketserver
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from hearth_agent.contract import routes
 from hearth_agent.contract.document import Identity
+from hearth_agent.httpmini import BaseHTTPRequestHandler, ThreadingHTTPServer
 from hearth_agent.wakeup import Waker, wait_readable
 
 log = logging.getLogger("hearth_agent")

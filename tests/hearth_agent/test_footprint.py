@@ -27,3 +27,7 @@ def test_no_local_proxy_no_asyncio() -> None:
 def test_a_local_proxy_imports_it_when_it_is_configured() -> None:
     code = "from hearth_agent.egress import Egress\nEgress({'egress_proxy': {'allow': ['10.0.0.0/8']}}, '/x')"
     assert loaded(code, "hearth_agent.egressproxy") == ["hearth_agent.egressproxy"]
+
+
+def test_the_api_server_does_without_http_server() -> None:
+    assert loaded("import hearth_agent.server", "http.server", "html", "mimetypes") == []
