@@ -23,7 +23,6 @@ from typing import Protocol
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session as Db
 
-from hearth.agentlink.client import AgentClient
 from hearth.clisandbox.delivery import files_body
 from hearth.clisandbox.homes import is_pooled_home, move_back, move_in
 from hearth.config import Settings
@@ -32,9 +31,8 @@ from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox
 from hearth.providers.model import Provider
 from hearth.providers.registry import load as load_providers
-from hearth.sandbox.base import SandboxSpec
 from hearth.store.db import Database
-from hearth.store.models import CliSandboxRow, CredentialRow, SessionRow, utcnow
+from hearth.store.models import CliSandboxRow, CredentialRow, OwnerKind, SessionRow, utcnow
 from hearth.vault.keys import VaultKeyError
 from hearth.vault.seal import SealError
 from hearth.vault.store import CredentialFile, Vault
@@ -86,7 +84,12 @@ class PooledClis(Protocol):
 
 class CliSandboxes:
     def __init__(
-        self, settings: Settings, db: Database, sandboxes: SandboxManager, providers: dict[str, Provider] | None = None
+        self,
+        settings: Settings,
+        db: Database,
+        sandboxes: SandboxManager,
+        providers: dict[str, Provider] | None = None,
+        pool: PooledClis | None = None,
     ) -> None:
         self.s = settings
         self.providers = load_providers() if providers is None else providers
@@ -98,7 +101,7 @@ class CliSandboxes:
         self._retry_at: dict[tuple[str, str], float] = {}
         self.busy: Callable[[str], bool] = lambda _user: False  # a prompt runs there (hearth/prompts sets it)
         self._deliveries: dict[str, asyncio.Lock] = {}
-        self.pool: PooledClis | None = None  # the warm pool (hearth/session/pool.py) when HEARTH_POOL_SIZE has cli:N
+        self.pool = pool  # the warm pool (hearth/session/pool.py) when HEARTH_POOL_SIZE has cli:N
 
     def prompt_digests(self) -> tuple[str, ...]:
         """The definitions a CLI sandbox's agent may run prompts with (hearth_agent/promptrun.py checks)."""
@@ -110,11 +113,11 @@ class CliSandboxes:
     def _lock(self, user_id: str) -> asyncio.Lock:
         return self._locks.setdefault(user_id, asyncio.Lock())
 
-    def _spec(self, row: CliSandboxRow) -> SandboxSpec:
+    def _sandbox(self, row: CliSandboxRow) -> Sandbox:
         sb = self.sandboxes.get(row.owner_id)
         if sb is None:
             raise HearthError(Hop.DRIVER, "the CLI sandbox is not running", "retry: it is started on use")
-        return sb.spec
+        return sb
 
     async def get(self, user_id: str) -> CliView | None:
         row = await self.db.run(lambda db: db.get(CliSandboxRow, user_id))
@@ -142,7 +145,8 @@ class CliSandboxes:
             if row.node_id != self.s.node_id:  # never a second sandbox here, over another host's home
                 raise Elsewhere(row.node_id)
             owner = row.owner_id
-            if row.state == "running" and self.sandboxes.get(owner) is not None and await self.sandboxes.alive(owner):
+            running = self.sandboxes.get(owner)
+            if row.state == "running" and running is not None and await running.alive():
                 await self._touch(user_id)
                 return row
             if row.state == "running" or self.sandboxes.get(owner) is not None:  # dead, or not adopted: replace it
@@ -153,7 +157,7 @@ class CliSandboxes:
             if sb is not None:
                 home = sb.spec.home or home
             else:
-                lease = await self.ipam.acquire(owner)
+                lease = await self.ipam.acquire(owner, OwnerKind.CLI)
                 sb = await self.sandboxes.boot(
                     owner,
                     Kind.CLI,
@@ -244,9 +248,11 @@ class CliSandboxes:
 
     async def _deliver(self, user_id: str, files: list[CredentialFile], provider: str) -> list[str]:
         row = await self.ensure(user_id)
-        spec = self._spec(row)
-        client = AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
-        out = await client.call("POST", "/v1/files", files_body(files, self._provider(provider, files)))
+        out = (
+            await self._sandbox(row)
+            .agent()
+            .call("POST", "/v1/files", files_body(files, self._provider(provider, files)))
+        )
         await self._touch(user_id)
         installed = out.get("installed") if isinstance(out, dict) else None
         if not isinstance(installed, list):
@@ -316,9 +322,7 @@ class CliSandboxes:
         if not targets or await self.get(user_id) is None:
             return []
         row = await self.ensure(user_id)
-        spec = self._spec(row)
-        client = AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
-        out = await client.call("POST", "/v1/files/remove", {"targets": targets})
+        out = await self._sandbox(row).agent().call("POST", "/v1/files/remove", {"targets": targets})
         await self._touch(user_id)
         removed = out.get("removed") if isinstance(out, dict) else None
         if not isinstance(removed, list):

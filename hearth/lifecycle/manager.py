@@ -3,8 +3,10 @@ sandboxes alike.
 
 It owns, per sandbox: the spec (built by `spec`, the one builder), the agent secret (sealed in the store with the
 vault's key ring, so a restarted controller can still talk to the agent), the readiness target, the undo stack of a
-boot, the slot lease's release and the keep/destroy decision (from the final state, `lifecycle.sandbox.keep`).
-Callers (the session service, CLI sandboxes) hold owner ids only.
+boot (which becomes the sandbox's own cleanup stack), the slot lease's release and the keep/destroy decision (from the
+final state, `lifecycle.sandbox.keep`). Callers (the session service, CLI sandboxes, the warm pool) hold owner ids
+or the `Sandbox` and its verbs. Only the lifecycle writes the `sandboxes` table (hearth/lifecycle/rows.py): the warm
+pool's hand-out is `claim` here.
 
 Sandboxes outlive the controller: each runs in its own session (no --die-with-parent); its row records the
 launcher's PID and start time. `adopt` takes one over after a restart when its agent answers with the stored secret.
@@ -18,39 +20,44 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
-from sqlalchemy.orm import Session as Db
-
-from hearth.agentlink.client import AgentClient, AgentRefused
+from hearth.agentlink.client import AgentClient
 from hearth.config import Settings
 from hearth.egress.gate import EgressGate
-from hearth.egress.policy import Grant, wants_egress
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
-from hearth.lifecycle import readiness
+from hearth.lifecycle import adoption, egress, readiness
+from hearth.lifecycle.rows import SandboxRows
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState, keep
+from hearth.lifecycle.spec import build as build_spec
 from hearth.proxy.plan import EgressPlan
 from hearth.sandbox.base import Driver, SandboxSpec, StageMark
-from hearth.sandbox.procs import same_process, start_time
 from hearth.store.db import Database
-from hearth.store.models import SandboxRow
+from hearth.store.models import OwnerKind, SandboxRow
 from hearth.vault.keys import KeyRing, VaultKeyError
-from hearth.vault.seal import Sealed, SealError, seal, unseal
+from hearth.vault.seal import SealError
 
 log = logging.getLogger("hearth.lifecycle")
 DESTROY_TIMEOUT = 30.0
-ADOPT_TIMEOUT = 5.0
-AAD_PURPOSE = "agent-secret"  # the sealed secret is bound to ("sandbox:<owner>", this)
 
 
 def _noop(_stage: str) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A pooled sandbox handed to a new owner (`SandboxManager.claim`): the sandbox, the pool owner id it had, and a
+    client for its agent under the pool's secret (to personalise it with the new one)."""
+
+    sandbox: Sandbox
+    pooled: str
+    pool_agent: AgentClient
 
 
 class SandboxManager:
@@ -68,6 +75,7 @@ class SandboxManager:
         self.driver = driver
         self.ipam = ipam
         self.ring = ring
+        self.rows = SandboxRows(settings, db, ring)  # the one writer of the `sandboxes` table
         # CLI sandboxes need a persistent home: the main driver when it offers one, else `home_driver`.
         self.home_driver = driver if driver.offers.persistent_home else home_driver
         self._live: dict[str, Sandbox] = {}
@@ -75,7 +83,7 @@ class SandboxManager:
         self.egress_domains: dict[str, tuple[str, ...]] = {}  # provider digest → its egress_domains (the app's)
         self.egress = EgressPlan(settings, db)  # the local proxy, the user's upstream port, the extra CAs
 
-    # ---- the one builder (pure) --------------------------------------------------------------------------------
+    # ---- the one builder (pure: hearth/lifecycle/spec.py) ----------------------------------------------------------
     def spec(
         self,
         owner: str,
@@ -87,29 +95,19 @@ class SandboxManager:
         secret: str | None = None,
         egress_proxy: str | None = None,
     ) -> SandboxSpec:
-        """The spec of `owner`'s sandbox on `slot`. The secret is the live sandbox's unless given (empty for one this
-        controller does not run: destroying needs only the slot)."""
-        s = self.s
+        """The spec of `owner`'s sandbox on `slot`. The secret and upstream proxy are the live sandbox's unless given
+        (empty for one this controller does not run: destroying needs only the slot)."""
         live = self._live.get(owner)
-        return SandboxSpec(
-            session_id=owner,
-            slot=slot,
-            workdir=s.data_dir / "sandboxes" / slot.netns,
+        return build_spec(
+            self.s,
+            self.egress,
+            owner,
+            slot,
             secret=secret if secret is not None else (live.secret if live is not None else ""),
-            screen=s.screen,
-            start_url=s.start_url,
-            chromium=s.chromium and desktop,
-            browser_on_request=s.browser_start == "queued",
-            rfb_port=s.rfb_port,
-            agent_port=s.agent_port,
             desktop=desktop,
-            vnc_server=s.vnc_server,
-            home=home,
             providers=providers,
-            local_proxy=self.egress.local_proxy,
+            home=home,
             egress_proxy=egress_proxy if egress_proxy is not None else (live.spec.egress_proxy if live else ""),
-            extra_ca=self.egress.extra_ca,
-            egress_allow=self.egress.allow,
         )
 
     def target(self, spec: SandboxSpec) -> readiness.Target:
@@ -147,18 +145,45 @@ class SandboxManager:
 
     async def alive(self, owner: str) -> bool:
         sb = self._live.get(owner)
-        if sb is None:
-            return False
-        return await self.driver_for(sb.kind).alive(sb.spec)
+        return sb is not None and await sb.alive()
 
     async def stored(self) -> list[SandboxRow]:
         """Every sandbox row of this node's fabric (what survived the last controller; never another node's)."""
-        fabric, node = self.s.fabric_netns, self.s.node_id
-        return await self.db.run(
-            lambda db: list(
-                db.scalars(select(SandboxRow).where(SandboxRow.node_id == node, SandboxRow.fabric == fabric))
-            )
+        return await self.rows.stored()
+
+    def _sandbox(
+        self,
+        owner: str,
+        kind: Kind,
+        spec: SandboxSpec,
+        state: SandboxState = SandboxState.BOOTING,
+        pid: int | None = None,
+        owner_kind: OwnerKind | None = None,
+    ) -> Sandbox:
+        """A sandbox run by this manager (its verbs reach its driver and `end` here)."""
+        if owner_kind is None:
+            owner_kind = OwnerKind.CLI if kind is Kind.CLI else OwnerKind.SESSION
+        return Sandbox(
+            owner,
+            kind,
+            spec,
+            state,
+            pid=pid,
+            owner_kind=owner_kind,
+            netns=self.s.dial_netns,
+            driver=self.driver_for(kind),
+            ender=lambda sb, final: self.end(sb.owner, final, kind=sb.kind),
         )
+
+    def _cleanup_of(self, sb: Sandbox) -> AsyncExitStack:
+        """The cleanup stack of a running sandbox (what a boot builds step by step): undone in reverse order."""
+        stack = AsyncExitStack()
+        stack.push_async_callback(self._release_quietly, sb.owner)
+        stack.callback(self._forget_now, sb.owner)
+        stack.push_async_callback(self.gate.revoke, sb.spec.slot.ip)
+        stack.push_async_callback(self.rows.delete_quietly, sb.owner)
+        stack.push_async_callback(self._destroy_quietly, self.driver_for(sb.kind), sb.spec)
+        return stack
 
     # ---- boot --------------------------------------------------------------------------------------------------
     async def boot(
@@ -183,18 +208,19 @@ class SandboxManager:
         spec = self.spec(
             owner, slot, desktop=desktop, providers=providers, home=home, secret=token, egress_proxy=egress_proxy
         )
-        sb = Sandbox(owner, kind, spec)
+        pooled = OwnerKind.POOL if ready is SandboxState.POOLED else None
+        sb = self._sandbox(owner, kind, spec, owner_kind=pooled)
         current = asyncio.current_task()
         sb.boot = current if current is not None and not current.done() else None
         self._live[owner] = sb
         try:
             async with AsyncExitStack() as undo:
                 undo.push_async_callback(self._release_quietly, owner)
-                undo.push_async_callback(self._forget, owner)
+                undo.callback(self._forget_now, owner)
                 await self._grant(sb, signin=ready is SandboxState.POOLED)
                 undo.push_async_callback(self.gate.revoke, spec.slot.ip)
-                await self._save(sb, driver)
-                undo.push_async_callback(self._delete_row_quietly, owner)
+                await self.rows.save(sb, driver.name)
+                undo.push_async_callback(self.rows.delete_quietly, owner)
                 undo.push_async_callback(self._destroy_quietly, driver, spec)
                 try:
                     info = await driver.start(spec, mark)
@@ -215,8 +241,8 @@ class SandboxManager:
                         "see the controller log",
                     ) from exc
                 sb.move(ready)  # RUNNING, or POOLED for the warm pool (hearth/session/pool.py)
-                await self._save(sb, driver)
-                undo.pop_all()  # success: the sandbox owns its resources until `end`
+                await self.rows.save(sb, driver.name)
+                sb.cleanup = undo.pop_all()  # success: the sandbox owns its resources until `end`
         finally:
             sb.boot = None
         return sb
@@ -225,9 +251,9 @@ class SandboxManager:
         """A failed boot: the policy decides (once) whether the sandbox stays for debugging — with its lease and row."""
         if keep(Final.FAILED, self.s.keep_failed):
             log.warning("keeping failed sandbox for debugging (HEARTH_KEEP_FAILED)", extra={"session_id": sb.owner})
-            undo.pop_all()
+            sb.cleanup = undo.pop_all()  # kept with everything it holds, until a later `end` destroys it
             sb.move(SandboxState.KEPT)
-            await self._mark_kept_quietly(sb.owner)
+            await self.rows.mark_kept_quietly(sb.owner)
 
     # ---- end ---------------------------------------------------------------------------------------------------
     async def end(self, owner: str, final: Final, slot: int | None = None, kind: Kind = Kind.SESSION) -> bool:
@@ -246,15 +272,18 @@ class SandboxManager:
             log.warning("keeping failed sandbox for debugging (HEARTH_KEEP_FAILED)", extra={"session_id": owner})
             if sb is not None and sb.state is not SandboxState.KEPT:
                 sb.move(SandboxState.KEPT)
-            await self._mark_kept_quietly(owner)
+            await self.rows.mark_kept_quietly(owner)
             return True
+        if sb is not None and sb.boot is None:  # one this controller runs: its cleanup stack (processes, row, egress,
+            await sb.close()  # its memory of it, its lease)
+            return False
         if index is not None:
             spec = sb.spec if sb is not None else self.spec(owner, self.ipam.slot(index))
             await self._destroy_quietly(self.driver_for(sb.kind if sb is not None else kind), spec)
         if index is not None:
             await self.gate.revoke(self.ipam.slot(index).ip)
         self._forget_now(owner)
-        await self._delete_row_quietly(owner)
+        await self.rows.delete_quietly(owner)
         await self._release_quietly(owner)
         return False
 
@@ -281,35 +310,22 @@ class SandboxManager:
         its processes) and its agent answers the stored secret; returns None then, else the reason it cannot be."""
         kind = Kind(row.kind)
         try:
-            secret = unseal(
-                self.ring, Sealed(row.key_id, row.nonce, row.ciphertext), f"sandbox:{row.owner_id}", AAD_PURPOSE
-            ).decode()
+            secret = self.rows.unseal(row)
         except (SealError, VaultKeyError, ValueError) as exc:
             return f"its stored agent secret cannot be opened ({type(exc).__name__}); was the vault key changed?"
         if row.slot >= self.ipam.size:
             return f"its slot {row.slot} is outside today's address pool"
         home = Path(row.home) if row.home else None
         spec = self.spec(row.owner_id, self.ipam.slot(row.slot), desktop=row.desktop, home=home, secret=secret)
-        driver = self.driver_for(kind)
-        launcher = row.pid is not None and await asyncio.to_thread(same_process, row.pid, row.pid_start)
-        if not launcher and not await driver.alive(spec):
-            return "its processes are gone"
-        agent = AgentClient(self.s.dial_netns, str(spec.slot.ip), spec.agent_port, secret)
-        try:
-            await agent.call("GET", "/v1/login", timeout=ADOPT_TIMEOUT)
-        except AgentRefused as exc:
-            if exc.status == 401:
-                return "its agent refused the stored secret (not the sandbox hearth started there)"
-        except HearthError as exc:
-            return f"its agent does not answer: {exc.reason}"
-        except (OSError, TimeoutError) as exc:
-            return f"its agent does not answer: {type(exc).__name__}"
         state = SandboxState.POOLED if row.state == SandboxState.POOLED.value else SandboxState.RUNNING
-        sb = Sandbox(row.owner_id, kind, spec, state, pid=row.pid)
+        sb = self._sandbox(row.owner_id, kind, spec, state, pid=row.pid, owner_kind=OwnerKind(row.owner_kind))
+        if (reason := await adoption.why_not(sb, row)) is not None:
+            return reason
         try:
             await self._grant(sb, signin=True)  # its way out, as before the restart (provider unknown here)
         except HearthError as exc:
             return f"its egress cannot be granted: {exc.reason}"
+        sb.cleanup = self._cleanup_of(sb)
         self._live[row.owner_id] = sb
         log.info("sandbox adopted", extra={"session_id": row.owner_id, "slot": row.slot})
         return None
@@ -319,59 +335,51 @@ class SandboxManager:
         sb = self._live.get(owner)
         if sb is None or not url:
             return
-        agent = AgentClient(self.s.dial_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
-        await self.egress.hand_to(agent, url)
+        await self.egress.hand_to(sb.agent(), url)
         sb.spec = dataclasses.replace(sb.spec, egress_proxy=url)
 
-    def hand_over(self, pooled: str, owner: str, secret: str, providers: tuple[str, ...]) -> Sandbox:
-        """The pooled sandbox `pooled` (claimed in the store by the pool) runs for `owner` from now on, with a new
-        agent secret and provider digests (the pool personalises the agent itself)."""
+    async def claim(
+        self, candidates: Sequence[str], owner: str, kind: OwnerKind, providers: tuple[str, ...]
+    ) -> Claimed | None:
+        """Hand the first of the pooled sandboxes `candidates` still pooled in the store to `owner` (a session or a
+        CLI sandbox; `kind`), with a new agent secret and `providers`: one store transaction (hearth/lifecycle/rows.py)
+        — None when every one was taken. Returns the sandbox and a client for its agent still under the pool's
+        secret, which the caller personalises (the agent refuses that secret from then on)."""
+        secret = secrets.token_urlsafe(32)
+        pooled = await self.rows.claim(candidates, owner, kind, self.rows.seal(owner, secret))
+        if pooled is None:
+            return None
+        pool_agent = self._live[pooled].agent()
+        return Claimed(self._hand_over(pooled, owner, kind, secret, providers), pooled, pool_agent)
+
+    async def retire(self, pooled: str) -> bool:
+        """Take the pooled sandbox `pooled` out of the pool (in the store first: a claim elsewhere wins) to end it."""
+        sb = self._live.get(pooled)
+        if sb is None or sb.state is not SandboxState.POOLED or not await self.rows.retire(pooled):
+            return False
+        sb.move(SandboxState.RUNNING)
+        return True
+
+    def _hand_over(self, pooled: str, owner: str, kind: OwnerKind, secret: str, providers: tuple[str, ...]) -> Sandbox:
+        """The pooled sandbox `pooled` (claimed in the store) runs for `owner` from now on, with a new agent secret
+        and provider digests."""
         old = self._live.pop(pooled)
         spec = dataclasses.replace(old.spec, session_id=owner, secret=secret, providers=providers)
-        sb = Sandbox(owner, old.kind, spec, SandboxState.POOLED, pid=old.pid)
+        sb = self._sandbox(owner, old.kind, spec, SandboxState.POOLED, pid=old.pid, owner_kind=kind)
         sb.move(SandboxState.RUNNING)
+        old.cleanup.pop_all()  # the new owner's stack replaces it (same resources, the new owner's id)
         old.state = SandboxState.GONE
+        sb.cleanup = self._cleanup_of(sb)
         self._live[owner] = sb
-        self.gate.retarget(spec.slot.ip, owner, self._domains(providers))
+        self.gate.retarget(spec.slot.ip, owner, egress.domains(self.s, self.egress_domains, self.egress, providers))
         return sb
 
-    # ---- egress (hearth/egress) ---------------------------------------------------------------------------------
-    def _domains(self, providers: tuple[str, ...]) -> tuple[str, ...] | None:
-        """The names a sandbox may resolve under HEARTH_EGRESS_POLICY=provider (None: any): its providers' domains;
-        without a provider (a CLI sandbox, a pooled one not yet handed out): every provider's."""
-        if self.s.egress_policy != "provider":
-            return None
-        chosen = providers or tuple(self.egress_domains)
-        names = {d for p in chosen for d in self.egress_domains.get(p, ())}
-        names |= self.egress.proxy_names()  # the agent's local proxy resolves the upstream proxy's name there
-        return tuple(sorted(names))
-
     async def _grant(self, sb: Sandbox, *, signin: bool) -> None:
-        """Grant `sb` its way out when HEARTH_EGRESS wants it to have one (hearth/egress/policy.py)."""
-        cli = sb.kind is Kind.CLI
-        if wants_egress(self.s, cli=cli, provider="signin" if signin or sb.spec.providers else None):
-            domains = self._domains(() if cli else sb.spec.providers)
-            await self.gate.grant(Grant(sb.spec.slot.ip, sb.owner, domains))
+        """Grant `sb` its way out when HEARTH_EGRESS wants it to have one (hearth/lifecycle/egress.py)."""
+        if (way := egress.grant(self.s, self.egress_domains, self.egress, sb, signin=signin)) is not None:
+            await self.gate.grant(way)
 
     # ---- internals ---------------------------------------------------------------------------------------------
-    async def _save(self, sb: Sandbox, driver: Driver) -> None:
-        sealed = seal(self.ring, sb.secret.encode(), f"sandbox:{sb.owner}", AAD_PURPOSE)
-        started = await asyncio.to_thread(start_time, sb.pid) if sb.pid is not None else None
-        fabric = self.s.fabric_netns
-
-        def upsert(db: Db) -> None:
-            row = db.get(SandboxRow, sb.owner)
-            if row is None:
-                row = SandboxRow(owner_id=sb.owner)
-                db.add(row)
-            row.kind, row.state, row.fabric, row.slot = sb.kind.value, sb.state.value, fabric, sb.slot
-            row.node_id = self.s.node_id
-            row.driver, row.desktop, row.pid, row.pid_start = driver.name, sb.spec.desktop, sb.pid, started
-            row.home = str(sb.spec.home) if sb.spec.home is not None else None
-            row.key_id, row.nonce, row.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
-
-        await self.db.run(upsert)
-
     def forget_all(self) -> None:
         """Drop this controller's memory of its sandboxes (they keep running): what a restart does; for tests."""
         self._live.clear()
@@ -380,29 +388,6 @@ class SandboxManager:
         sb = self._live.pop(owner, None)
         if sb is not None:
             sb.state = SandboxState.GONE
-
-    async def _forget(self, owner: str) -> None:
-        self._forget_now(owner)
-
-    async def _mark_kept_quietly(self, owner: str) -> None:
-        def mark(db: Db) -> None:
-            row = db.get(SandboxRow, owner)
-            if row is not None:
-                row.state = SandboxState.KEPT.value
-
-        try:
-            await self.db.run(mark)
-        except StoreError:
-            log.warning("kept sandbox not marked (store unavailable)", extra={"session_id": owner})
-
-    async def _delete_row_quietly(self, owner: str) -> None:
-        def delete(db: Db) -> None:  # one statement: a concurrent end that deleted it first is success, not a race
-            db.execute(sql_delete(SandboxRow).where(SandboxRow.owner_id == owner))
-
-        try:
-            await self.db.run(delete)
-        except StoreError:
-            log.warning("sandbox row not deleted (store unavailable); the reconciler will", extra={"session_id": owner})
 
     async def _release_quietly(self, owner: str) -> None:
         try:

@@ -246,10 +246,7 @@ class PromptService:
 
     def _client(self, owner: str) -> AgentClient | None:
         sb = self.clis.sandboxes.get(owner)
-        if sb is None:
-            return None
-        spec = sb.spec
-        return AgentClient(self.s.dial_netns, str(spec.slot.ip), self.s.agent_port, spec.secret)
+        return sb.agent() if sb is not None else None
 
     async def _agent_cancel(self, pid: str) -> None:
         live = self._live.get(pid)
@@ -287,7 +284,8 @@ class PromptService:
         for pid, live in list(self._live.items()):
             if not live.owner or live.final is None or live.final.is_set():
                 continue
-            if self.clis.sandboxes.get(live.owner) is not None and await self.clis.sandboxes.alive(live.owner):
+            sb = self.clis.sandboxes.get(live.owner)
+            if sb is not None and await sb.alive():
                 continue
             await self._end(
                 pid, PromptStatus.FAILED, Step.SANDBOX, "[sandbox] the CLI sandbox stopped while the prompt ran"

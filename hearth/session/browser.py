@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from hearth.agentlink.client import AgentClient
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.lifecycle.manager import SandboxManager
@@ -66,8 +65,7 @@ class BrowserTurns:
         sb = self.mgr.get(owner)
         if sb is None or not self.wanted(owner):
             return None  # ended meanwhile, or no browser to start
-        spec = sb.spec
-        agent = AgentClient(self.s.dial_netns, str(spec.slot.ip), spec.agent_port, spec.secret)
+        agent = sb.agent()
         t0 = time.monotonic()
         try:
             out = await agent.call("POST", routes.BROWSER, timeout=BROWSER_TIMEOUT)

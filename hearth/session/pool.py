@@ -3,12 +3,12 @@ handed out to a new session in one step instead of a boot.
 
 - Size per sign-in mode (HEARTH_POOL_SIZE, e.g. `remote_browser:2,direct:1`; empty: off). Refills boot through the
   boot queue at BACKGROUND priority (a person's boot always goes first) with the manager's one `boot`.
-- A pooled sandbox's owner is `pool-<hex>`; its lease and row are ordinary ones, so the reconciler adopts it after a
-  crash (or removes it) like any sandbox.
-- Hand-out is a claim in the database: `UPDATE sandboxes … WHERE owner_id=:pool AND state='pooled'` must change one
-  row — two controllers (or two concurrent starts) never get the same sandbox. The same transaction renames the row
-  and the lease to the session, stores the NEW agent secret (sealed) and the session's slot; then the agent is
-  personalised over its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
+- A pooled sandbox's owner is `pool-<hex>`, of owner kind `pool` (the column of its lease and row); its lease and
+  row are ordinary ones, so the reconciler adopts it after a crash (or removes it) like any sandbox.
+- Hand-out is a claim in the database, made by the sandbox manager (the one writer of `sandboxes`:
+  `SandboxManager.claim`, hearth/lifecycle/rows.py): two controllers (or two concurrent starts) never get the same
+  sandbox; the row and the lease become the session's, with a NEW agent secret. Then the agent is personalised over
+  its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
 - Older than HEARTH_POOL_MAX_IDLE: recycled (destroyed; the refill boots a fresh one). `drain` ends them all.
 - `cli:N`: CLI sandboxes (kind cli, no desktop, every prompt definition allowed), each with a home directory of its
   own (hearth/clisandbox/homes.py); `claim_cli` hands one to a user's CLI sandbox, which moves the person's home in.
@@ -25,29 +25,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session as Db
-
-from hearth.agentlink.client import AgentClient
 from hearth.clisandbox.homes import POOL_PREFIX, pooled_home
 from hearth.config import Settings, parse_pool_sizes
 from hearth.errors import HearthError, Hop
-from hearth.lifecycle.manager import AAD_PURPOSE, SandboxManager
+from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
 from hearth.session.browser import BrowserTurns
-from hearth.store.models import LeaseRow, SandboxRow, SessionRow
-from hearth.vault.seal import seal
+from hearth.store.models import OwnerKind
 
 log = logging.getLogger("hearth.pool")
 POOL_OWNER = POOL_PREFIX
 PERSONALISE_TIMEOUT = 5.0
 MODES = {"remote_browser": True, "direct": False, "cli": False}  # mode → the sandbox has a desktop
 CLI = "cli"  # the mode of pooled CLI sandboxes
-
-
-def is_pooled_owner(owner: str) -> bool:
-    return owner.startswith(POOL_OWNER)
 
 
 class WarmPool:
@@ -58,6 +49,7 @@ class WarmPool:
         queue: BootQueue,
         on_change: Callable[[], None] | None = None,
         browsers: BrowserTurns | None = None,
+        cli_digests: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.s = settings
         self.browsers = browsers  # a pooled sandbox's browser starts within its refill's turn
@@ -70,7 +62,7 @@ class WarmPool:
         self._claiming = asyncio.Lock()
         self.hits = 0
         self.misses = 0
-        self.cli_digests: Callable[[], tuple[str, ...]] = tuple  # the prompt definitions a CLI sandbox may run
+        self.cli_digests = cli_digests  # the prompt definitions a CLI sandbox may run
 
     @property
     def enabled(self) -> bool:
@@ -85,7 +77,7 @@ class WarmPool:
             sb = self.mgr.get(owner)
             if (
                 sb
-                and is_pooled_owner(owner)
+                and sb.owner_kind is OwnerKind.POOL
                 and sb.state is SandboxState.POOLED
                 and sb.spec.desktop is desktop
                 and sb.kind is kind
@@ -123,7 +115,7 @@ class WarmPool:
 
     async def _fill(self, owner: str, mode: str) -> None:
         try:
-            lease = await self.mgr.ipam.acquire(owner)
+            lease = await self.mgr.ipam.acquire(owner, OwnerKind.POOL)
         except HearthError as exc:
             log.warning("pool refill skipped: %s", exc.reason, extra={"session_id": owner})
             self._filling.pop(owner, None)
@@ -171,26 +163,15 @@ class WarmPool:
         for mode in self.sizes:
             for sb in self.ready(mode):
                 too_old = now - self._since.get(sb.owner, now) > self.s.pool_max_idle
-                if (too_old or not await self.mgr.alive(sb.owner)) and await self._retire(sb.owner):
+                if (too_old or not await sb.alive()) and await self._retire(sb.owner):
                     n += 1
         return n
 
     async def _retire(self, owner: str) -> bool:
         """End a pooled sandbox — only if still pooled (the claim in the database decides against a hand-out)."""
-
-        def take(db: Db) -> bool:
-            res = db.execute(
-                update(SandboxRow)
-                .where(SandboxRow.owner_id == owner, SandboxRow.state == SandboxState.POOLED.value)
-                .values(state=SandboxState.RUNNING.value)
-            )
-            return bool(res.rowcount == 1)  # type: ignore[attr-defined]
-
         async with self._claiming:
-            sb = self.mgr.get(owner)
-            if sb is None or sb.state is not SandboxState.POOLED or not await self.mgr.db.run(take):
+            if not await self.mgr.retire(owner):
                 return False
-            sb.move(SandboxState.RUNNING)
         self._since.pop(owner, None)
         await self._end(owner)
         return True
@@ -212,7 +193,7 @@ class WarmPool:
         HearthError when the claimed sandbox cannot be personalised (it is then removed)."""
         if mode not in self.sizes:
             return None
-        return await self._hand_out(sid, mode, providers)
+        return await self._hand_out(sid, mode, providers, OwnerKind.SESSION)
 
     async def claim_cli(self, owner: str) -> tuple[Sandbox, Path] | None:
         """Hand a pooled CLI sandbox to the CLI sandbox `owner` (`cli-…`, holding no lease): None on a miss (or with
@@ -220,64 +201,34 @@ class WarmPool:
         home (hearth/clisandbox/homes.py). Raises HearthError as `claim`."""
         if CLI not in self.sizes:
             return None
-        sb = await self._hand_out(owner, CLI, self.cli_digests())
+        sb = await self._hand_out(owner, CLI, self.cli_digests(), OwnerKind.CLI)
         if sb is None:
             return None
         assert sb.spec.home is not None  # a pooled CLI sandbox is always started with a home of its own
         return sb, sb.spec.home
 
-    async def _hand_out(self, sid: str, mode: str, providers: tuple[str, ...]) -> Sandbox | None:
-        secret = secrets.token_urlsafe(32)
-        sealed = seal(self.mgr.ring, secret.encode(), f"sandbox:{sid}", AAD_PURPOSE)
+    async def _hand_out(self, sid: str, mode: str, providers: tuple[str, ...], kind: OwnerKind) -> Sandbox | None:
         async with self._claiming:
             candidates = [sb.owner for sb in self.ready(mode)]
-
-            def claim_tx(db: Db) -> str | None:
-                for owner in candidates:
-                    res = db.execute(
-                        update(SandboxRow)
-                        .where(SandboxRow.owner_id == owner, SandboxRow.state == SandboxState.POOLED.value)
-                        .values(
-                            owner_id=sid,
-                            state=SandboxState.RUNNING.value,
-                            key_id=sealed.key_id,
-                            nonce=sealed.nonce,
-                            ciphertext=sealed.ciphertext,
-                        )
-                    )
-                    if res.rowcount != 1:  # type: ignore[attr-defined]
-                        continue  # another controller took it first
-                    db.execute(delete(LeaseRow).where(LeaseRow.session_id == sid))
-                    db.flush()
-                    db.execute(update(LeaseRow).where(LeaseRow.session_id == owner).values(session_id=sid))
-                    lease = db.scalar(select(LeaseRow).where(LeaseRow.session_id == sid))
-                    session = db.get(SessionRow, sid)
-                    if session is not None and lease is not None:
-                        session.slot, session.sandbox_ip = lease.slot, lease.ip
-                    return owner
-                return None
-
-            owner = await self.mgr.db.run(claim_tx) if candidates else None
-            if owner is None:
+            claimed = await self.mgr.claim(candidates, sid, kind, providers) if candidates else None
+            if claimed is None:
                 self.misses += 1
                 self.refill()
                 return None
-            pool_secret = self.mgr.get(owner).secret  # type: ignore[union-attr]
-            sb = self.mgr.hand_over(owner, sid, secret, providers)
+        sb, owner = claimed.sandbox, claimed.pooled
         self._since.pop(owner, None)
         self.hits += 1
         self.refill()
-        agent = AgentClient(self.s.dial_netns, str(sb.spec.slot.ip), sb.spec.agent_port, pool_secret)
         try:
-            await agent.call(
+            await claimed.pool_agent.call(
                 "POST",
                 "/v1/personalise",
-                {"secret": secret, "session_id": sid, "providers": list(providers)},
+                {"secret": sb.secret, "session_id": sid, "providers": list(providers)},
                 timeout=PERSONALISE_TIMEOUT,
             )
         except Exception as exc:
             log.warning("pooled sandbox not personalised: %s", type(exc).__name__, extra={"session_id": sid})
-            await self.mgr.end(sid, Final.DONE)
+            await sb.end(Final.DONE)
             if sb.spec.home is not None and mode == CLI:
                 await asyncio.to_thread(shutil.rmtree, sb.spec.home.parent, True)
             raise HearthError(
@@ -300,8 +251,8 @@ class WarmPool:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         n = 0
-        for owner in [o for o in self.mgr.owners() if is_pooled_owner(o) and end]:
-            sb = self.mgr.get(owner)
-            if sb is not None and sb.state is SandboxState.POOLED and await self._retire(owner):
+        pooled = [sb for sb in map(self.mgr.get, self.mgr.owners()) if sb and sb.owner_kind is OwnerKind.POOL]
+        for sb in pooled if end else []:
+            if sb.state is SandboxState.POOLED and await self._retire(sb.owner):
                 n += 1
         return n

@@ -20,7 +20,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.lifecycle.manager import AAD_PURPOSE
+from hearth.lifecycle.rows import AAD_PURPOSE
 from hearth.lifecycle.sandbox import Final, Kind
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns

@@ -88,7 +88,7 @@ def test_upgrade_fills_the_owner_kind_from_the_old_prefixes_and_downgrade_drops_
 
 def test_an_unknown_owner_kind_is_refused_by_the_store(engine: Engine) -> None:
     _migrate(engine, "head")
-    with pytest.raises(Exception, match="(?i)check|constraint"), engine.begin() as conn:
+    with pytest.raises(Exception, match=r"(?i)check|constraint"), engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO leases (node_id, fabric, slot, ip, session_id, owner_kind, created_at) "
