@@ -27,11 +27,24 @@ from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
 from hearth.rfb.ws import first_frame
+from hearth.sandbox.loopback import pids_under as loopback_pids
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SandboxRow
 from hearth_example.idp import IdpServer, IdpState
 
 IDP_PORT = 9407
+
+
+def _loopback_env(settings: Settings) -> dict[str, str]:
+    """The loopback driver's settings (tests without root: hearth/sandbox/loopback.py), when `settings` use it."""
+    if settings.driver != "loopback":
+        return {}
+    return {
+        "HEARTH_DRIVER": "loopback",
+        "HEARTH_ALLOW_UNISOLATED": "1",
+        "INTERNAL_NETWORK": str(settings.internal_network),
+        "HEARTH_SIGNIN_MODE": settings.signin_mode,
+    }
 
 
 def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -51,6 +64,7 @@ def controller_env(settings: Settings, sessions: int, extra: dict[str, str] | No
         MAX_SESSIONS_PER_USER=str(sessions + 5),
         HEARTH_RATE_LIMIT="0",
     )
+    env.update(_loopback_env(settings))
     env.update(extra or {})  # e.g. another driver (tests/lifecycle/test_restart_qemu.py), a reconcile interval
     return env
 
@@ -115,7 +129,7 @@ def start_idp(settings: Settings) -> tuple[IdpServer, IdpState]:
 def approve_device(settings: Settings, user_code: str) -> int:
     """The person approves the device code in their own browser (a form POST to the IdP, from inside the fabric)."""
     url = f"{signinkit.issuer(IDP_PORT, str(settings.bridge_ip))}/device/approve"
-    status, _, _ = signinkit.browse(settings.fabric_netns, url, {"user_code": user_code})
+    status, _, _ = signinkit.browse(settings.dial_netns, url, {"user_code": user_code})
     return status
 
 
@@ -196,7 +210,10 @@ async def viewer_frames(ws_base: str, fleet: Fleet, timeout: float = 60) -> dict
 
 
 def sandbox_pids(settings: Settings) -> list[int]:
-    """Processes living in any of this fabric's sandbox namespaces (compared by namespace inode)."""
+    """Processes living in any of this fabric's sandbox namespaces (compared by namespace inode); with the loopback
+    driver, its agents under this data dir and their process sessions (`hearth.sandbox.loopback.sandbox_pids`)."""
+    if settings.dial_netns is None:
+        return sorted(loopback_pids(settings.data_dir))
     inodes = set()
     for name in netlink.list_netns():
         if name.startswith(f"{settings.fabric_netns}-s"):
@@ -225,6 +242,8 @@ def remove_everything(settings: Settings) -> None:
     """Test teardown: what still lives in this fabric's sandbox namespaces is killed, the fabric taken down and the
     sandbox namespaces removed."""
     kill_leftovers(settings)
+    if settings.dial_netns is None:
+        return  # the loopback driver: no fabric, no namespaces
     asyncio.run(Fabric(settings).down(force=True))
     for name in netlink.list_netns():
         if name.startswith(f"{settings.fabric_netns}-s"):

@@ -28,21 +28,23 @@ import asyncio
 import json
 import logging
 import os
-import secrets
-import shutil
 import signal
 import sys
 import time
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import ClassVar
 
 from hearth.config import Settings
-from hearth.errors import DriverError, HearthError, Hop
+from hearth.errors import DriverError, Hop
 from hearth.guest import configdrive
 from hearth.guest import packages as guestpkg
-from hearth.lifecycle import readiness
-from hearth.sandbox.base import Driver, Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox import listening, steps
+from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
+from hearth.sandbox.netns import _notified  # the one reader of the agent's `listening` pipe
 from hearth.sandbox.procs import cmdline, is_zombie, tail
+from hearth.sandbox.steps import Check, Step
+from hearth.sandbox.workdir import remove_workdir
 
 __all__ = ["LoopbackDriver"]
 
@@ -67,6 +69,16 @@ def sandbox_pids(spec: SandboxSpec) -> set[int]:
     """The live processes of `spec`'s sandbox: its agent (by argv), whatever runs in the agent's process session,
     and every descendant of either."""
     mark = _marker(spec)
+    return _pids(lambda argv: mark in argv)
+
+
+def pids_under(data_dir: Path) -> set[int]:
+    """The live processes of every loopback sandbox of the controller whose data dir is `data_dir` (test teardown)."""
+    prefix = MARK + str(data_dir) + os.sep
+    return _pids(lambda argv: any(a.startswith(prefix) for a in argv))
+
+
+def _pids(is_agent: Callable[[list[str]], bool]) -> set[int]:
     parent: dict[int, int] = {}
     session: dict[int, int] = {}
     agents: set[int] = set()
@@ -79,7 +91,7 @@ def sandbox_pids(spec: SandboxSpec) -> set[int]:
             continue
         parent[pid], session[pid] = int(fields[1]), int(fields[3])
         argv = cmdline(pid)
-        if argv and mark in argv and "hearth_agent" in argv:
+        if argv and "hearth_agent" in argv and is_agent(argv):
             agents.add(pid)
     found = agents | {p for p, sid in session.items() if sid in agents}
     frontier = set(found)
@@ -103,15 +115,20 @@ def _signal(pids: set[int], sig: signal.Signals) -> None:
             os.close(fd)
 
 
-class LoopbackDriver(Driver):
-    name = "loopback"
-    offers = Offers(persistent_home=True, ports=(), guest_netns=False, controller_agent=True)
+class LoopbackDriver:
+    """A `hearth.sandbox.base.Driver` (satisfied, not inherited, as the other drivers do)."""
+
+    name: ClassVar[str] = "loopback"
+    offers: ClassVar[Offers] = Offers(persistent_home=True, ports=(), guest_netns=False, controller_agent=True)
 
     def __init__(self, settings: Settings, python: str = sys.executable) -> None:
         self.s = settings
         self.python = python
         self._procs: dict[Path, asyncio.subprocess.Process] = {}
         self._guest: Path | None = None
+
+    def console_tail(self, spec: SandboxSpec, limit: int = 8192) -> str:
+        raise DriverError(Hop.DRIVER, "the loopback driver has no guest console", "ask `offers.console_tail` first")
 
     def log_path(self, spec: SandboxSpec) -> Path:
         return spec.workdir / "logs" / "agent.log"
@@ -143,36 +160,39 @@ class LoopbackDriver(Driver):
         }
 
     # ---- start ----------------------------------------------------------------------------------
+    def checks(self, spec: SandboxSpec) -> list[Check]:
+        return [Check("no desktop", lambda: _no_desktop(spec))]
+
+    def steps(self, spec: SandboxSpec, boot: _Boot) -> list[Step]:
+        """The start as named steps (hearth/sandbox/steps.py). "namespace" makes nothing here: it is kept so every
+        driver reports the same boot stages."""
+        return [
+            Step("reclaim", lambda: self._reclaim(spec)),
+            Step("namespace", _nothing, stage=True),
+            Step("workdir", lambda: boot.set_guest(asyncio.to_thread(self._prepare, spec)), self._undo_workdir(spec)),
+            Step("process", lambda: self._boot(spec, boot), lambda: self.destroy(spec), stage=True, partial=True),
+        ]
+
     async def start(self, spec: SandboxSpec, mark: StageMark) -> SandboxInfo:
-        if spec.desktop:
-            raise DriverError(
-                Hop.DRIVER,
-                "the loopback driver runs sandboxes without a desktop only (direct sign-in, CLI sandboxes)",
-                "use the netns driver for desktops (HEARTH_DRIVER=netns)",
-            )
-        try:
-            async with AsyncExitStack() as undo:
-                if await asyncio.to_thread(sandbox_pids, spec):
-                    log.warning("replacing leftovers of this slot", extra={"workdir": str(spec.workdir)})
-                    await self.destroy(spec)
-                mark("namespace")  # nothing to make: the stage is kept so every driver reports the same stages
-                undo.push_async_callback(asyncio.to_thread, _remove, spec.workdir)
-                guest = await asyncio.to_thread(self._prepare, spec)
-                undo.push_async_callback(self.destroy, spec)
-                proc, notices = await self._launch(spec, guest)
-                await self._wait_agent(spec, proc, notices)
-                mark("process")
-                undo.pop_all()
-        except HearthError:
-            raise
-        except Exception as exc:
-            raise DriverError(
-                Hop.DRIVER,
-                f"loopback sandbox {spec.slot.ip} failed to start: {type(exc).__name__}: {exc}",
-                f"see {self.log_path(spec)}",
-            ) from exc
+        boot = _Boot()
+        what, hint = f"loopback sandbox {spec.slot.ip}", f"see {self.log_path(spec)}"
+        await steps.run(self.steps(spec, boot), mark, what=what, hint=hint, checks=self.checks(spec))
+        assert boot.proc is not None  # the "process" step made it
         details = {"ip": str(spec.slot.ip), "workdir": str(spec.workdir), "log": str(self.log_path(spec))}
-        return SandboxInfo(pid=proc.pid, details=details)
+        return SandboxInfo(pid=boot.proc.pid, details=details)
+
+    async def _reclaim(self, spec: SandboxSpec) -> None:
+        if await asyncio.to_thread(sandbox_pids, spec):
+            log.warning("replacing leftovers of this slot", extra={"workdir": str(spec.workdir)})
+            await self.destroy(spec)
+
+    def _undo_workdir(self, spec: SandboxSpec) -> Callable[[], Awaitable[None]]:
+        return lambda: asyncio.to_thread(remove_workdir, spec.workdir)
+
+    async def _boot(self, spec: SandboxSpec, boot: _Boot) -> None:
+        assert boot.guest is not None  # the "workdir" step installed it
+        boot.proc, notices = await self._launch(spec, boot.guest)
+        await self._wait_agent(spec, boot.proc, notices)
 
     def _prepare(self, spec: SandboxSpec) -> Path:
         if self._guest is None or not self._guest.is_dir():
@@ -219,8 +239,6 @@ class LoopbackDriver(Driver):
         return proc, notices
 
     async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, notices: int) -> None:
-        from hearth.sandbox.netns import _notified  # the one reader of the agent's `listening` pipe
-
         timeout = min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT)
         if await _notified(notices, timeout):
             return
@@ -234,8 +252,8 @@ class LoopbackDriver(Driver):
                     f"see {self.log_path(spec)}",
                 )
 
-        target = readiness.Target.of(spec, None)
-        await readiness.wait_listening(target, time.monotonic() + timeout, exited, f"see {self.log_path(spec)}")
+        deadline, hint = time.monotonic() + timeout, f"see {self.log_path(spec)}"
+        await listening.wait_listening(None, str(spec.slot.ip), spec.agent_port, deadline, exited, hint)
 
     # ---- stop -----------------------------------------------------------------------------------
     async def destroy(self, spec: SandboxSpec, grace: float = 3.0, kill_wait: float = 5.0) -> None:
@@ -264,7 +282,7 @@ class LoopbackDriver(Driver):
             )
         if proc is not None and proc.returncode is None:
             await proc.wait()
-        await asyncio.to_thread(_remove, spec.workdir)
+        await asyncio.to_thread(remove_workdir, spec.workdir)
 
     async def alive(self, spec: SandboxSpec) -> bool:
         proc = self._procs.get(spec.workdir)
@@ -273,11 +291,25 @@ class LoopbackDriver(Driver):
         return bool(await asyncio.to_thread(sandbox_pids, spec))
 
 
-def _remove(path: Path) -> None:
-    """Renamed away first (a next sandbox on the slot never meets a deletion under way), then deleted."""
-    trash = path.with_name(f".{path.name}.gone-{secrets.token_hex(4)}")
-    try:
-        os.rename(path, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
+class _Boot:
+    """What the steps of one start hand on to each other."""
+
+    def __init__(self) -> None:
+        self.guest: Path | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def set_guest(self, made: Awaitable[Path]) -> None:
+        self.guest = await made
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _no_desktop(spec: SandboxSpec) -> None:
+    if spec.desktop:
+        raise DriverError(
+            Hop.DRIVER,
+            "the loopback driver runs sandboxes without a desktop only (direct sign-in, CLI sandboxes)",
+            "use the netns driver for desktops (HEARTH_DRIVER=netns)",
+        )

@@ -76,3 +76,16 @@ def test_refused_without_the_explicit_setting_and_outside_loopback() -> None:
     ok = load_settings(base | {"HEARTH_ALLOW_UNISOLATED": "1"}, env_file=None)
     assert ok.dial_netns is None
     assert load_settings({"HEARTH_API_KEYS": "k"}, env_file=None).dial_netns == "hearth"
+
+
+async def test_an_agent_that_exits_at_start_is_named_and_everything_undone(
+    loopback_settings: Callable[..., Settings],
+) -> None:
+    settings = loopback_settings()
+    spec = spec_for(settings, 0, desktop=False)
+    stages: list[str] = []
+    with pytest.raises(DriverError, match="exited with 1 during start") as failed:
+        await LoopbackDriver(settings, python="/bin/false").start(spec, stages.append)
+    assert "step: process" in (failed.value.__notes__ or []), failed.value.__notes__
+    assert stages == ["namespace"]  # the process stage never completed
+    assert not spec.workdir.exists() and not sandbox_pids(spec)
