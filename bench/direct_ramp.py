@@ -59,8 +59,7 @@ async def serve(flow: str) -> None:
     from hearth_example.idp import IdpServer, IdpState
 
     settings = load_settings(env_file=None)
-    ctl = build(settings)
-    ctl.drain = True  # `hearth serve --drain`: a stop ends every sandbox
+    ctl = build(settings, drain=True)  # `hearth serve --drain`: a stop ends every sandbox
     example = ctl.providers["example"]
     flows = {k: v for k, v in example.flows.items() if k == FlowName(flow)}
     ctl.providers["example"] = example.model_copy(update={"flows": flows, "timeout": SIGNIN_TIMEOUT})
@@ -79,13 +78,21 @@ async def serve(flow: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"pid": os.getpid()}), flush=True)
     await stop.wait()
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     srv.should_exit = True
     await task
-    print(json.dumps({"drained": time.monotonic() - t0}), flush=True)
+    print(json.dumps({"drained": time.monotonic() - t0, "cpu": cpu_seconds() - cpu0}), flush=True)
     idp.shutdown()
     idp.server_close()
     await ctl.fabric.down(force=True)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its children it has waited for (nft, ip, bwrap...)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 # ---- measuring (this process) -------------------------------------------------------------------------------
@@ -312,9 +319,13 @@ async def drain_and_report(
     idle_ctl: float,
 ) -> int:
     line = await asyncio.to_thread(PROC.stdout.readline) if PROC.stdout else ""
-    drained = json.loads(line).get("drained", float("nan")) if line.strip() else float("nan")
+    got = json.loads(line) if line.strip() else {}
+    drained, cpu = got.get("drained", float("nan")), got.get("cpu", float("nan"))
     left = [n for n in os.listdir("/run/netns") if n.startswith(f"{fabric}-s")]
-    print(f"drain of {held} sandboxes: {drained:.1f} s (SIGTERM → every session ended), {len(left)} namespaces left")
+    print(
+        f"drain of {held} sandboxes: {drained:.1f} s (SIGTERM → every session ended), {len(left)} namespaces left; "
+        f"controller CPU {cpu:.1f} s ({cpu / max(1, held) * 1000:.0f} ms per session, its children included)"
+    )
     PROC.wait(120)
     print("\nsummary (ratios against level 1 of this run)")
     base = statistics.median(levels[0].url_shown) if levels and levels[0].url_shown else float("nan")
@@ -370,7 +381,8 @@ def main() -> int:
     ap.add_argument("--min-available", type=float, default=3072, help="MiB of MemAvailable the ramp leaves")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after a level's last URL before memory")
     ap.add_argument("--profile-drain", default="", help="write py-spy's collapsed stacks of the drain here")
-    ap.add_argument("--py-spy", default="py-spy", help="the py-spy binary for --profile-drain")
+    spy = Path(sys.executable).parent / "py-spy"  # pinned in the dev extras
+    ap.add_argument("--py-spy", default=str(spy), help="the py-spy binary for --profile-drain")
     ap.add_argument("--env", action="append", default=[], help="extra VAR=value for the controller")
     args = ap.parse_args()
     if args.serve:
