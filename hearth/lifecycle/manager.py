@@ -36,7 +36,7 @@ from hearth.lifecycle.rows import SandboxRows
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState, keep
 from hearth.lifecycle.spec import build as build_spec
 from hearth.proxy.plan import EgressPlan
-from hearth.sandbox.base import Driver, SandboxSpec, StageMark
+from hearth.sandbox.base import Driver, SandboxSpec, StageMark, no_marks
 from hearth.store.db import Database
 from hearth.store.models import OwnerKind, SandboxRow
 from hearth.vault.keys import KeyRing, VaultKeyError
@@ -46,8 +46,6 @@ log = logging.getLogger("hearth.lifecycle")
 DESTROY_TIMEOUT = 30.0
 
 
-def _noop(_stage: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ class SandboxManager:
         desktop: bool = True,
         providers: tuple[str, ...] = (),
         home: Path | None = None,
-        mark: StageMark = _noop,
+        mark: StageMark = no_marks,
         explain: Callable[[HearthError], Awaitable[HearthError]] | None = None,
         ready: SandboxState = SandboxState.RUNNING,
         egress_proxy: str = "",

@@ -18,6 +18,10 @@ StageMark = Callable[[str], None]
 """Called by a driver when a boot stage completes (e.g. "namespace", "process"); the service times it."""
 
 
+def no_marks(_stage: str) -> None:
+    """The StageMark of a start nobody times (a pooled sandbox's): the one no-op, here below its callers."""
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything needed to create — or, after a crash, to destroy — one sandbox. Names derive from the slot."""

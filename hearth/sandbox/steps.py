@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from hearth.errors import DriverError, HearthError, Hop
+from hearth.sandbox.base import no_marks
 
 log = logging.getLogger("hearth.sandbox.steps")
 
@@ -54,8 +55,6 @@ class Step:
     partial: bool = False  # `undo` also runs when `do` failed (it may have acquired part of what it makes)
 
 
-def _noop(_stage: str) -> None:
-    return None
 
 
 def preflight(checks: Sequence[Check], *, what: str, hint: str = "", hop: Hop = Hop.DRIVER) -> None:
@@ -72,7 +71,7 @@ def preflight(checks: Sequence[Check], *, what: str, hint: str = "", hop: Hop = 
 
 async def run(
     steps: Sequence[Step],
-    mark: Mark = _noop,
+    mark: Mark = no_marks,
     *,
     what: str,
     hint: str = "",
