@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session as Db
 from hearth.config import Settings
 from hearth.fabric.ports import GUEST_IFNAME
 from hearth.reconcile.reconciler import QUARANTINE
-from hearth.store.models import LeaseRow
+from hearth.store.models import LeaseRow, OwnerKind
 from tests.conftest import running_controller
 from tests.fabric.test_isolation import arp, ping, rfb_banner, tcp_scan
 from tests.live import start_ready
@@ -47,6 +47,7 @@ async def test_high_slots_of_a_21_are_reachable_and_isolated(make_settings: Call
                     slot=i,
                     ip=str(svc.ipam.slot(i).ip),
                     session_id=f"{QUARANTINE}h7-{i}",
+                    owner_kind=OwnerKind.RECLAIM,  # quarantine leases: the reconciler leaves them alone
                 )
                 for i in range(s.pool_size)
                 if i not in HIGH
