@@ -36,6 +36,7 @@ from hearth.store.models import CliSandboxRow, CredentialRow, OwnerKind, Session
 from hearth.vault.keys import VaultKeyError
 from hearth.vault.seal import SealError
 from hearth.vault.store import CredentialFile, Vault
+from hearth_agent.contract import routes
 
 log = logging.getLogger("hearth.clisandbox")
 OWNER_PREFIX = "cli-"
@@ -251,7 +252,7 @@ class CliSandboxes:
         out = (
             await self._sandbox(row)
             .agent()
-            .call("POST", "/v1/files", files_body(files, self._provider(provider, files)))
+            .call("POST", routes.FILES, files_body(files, self._provider(provider, files)))
         )
         await self._touch(user_id)
         installed = out.get("installed") if isinstance(out, dict) else None
@@ -322,7 +323,7 @@ class CliSandboxes:
         if not targets or await self.get(user_id) is None:
             return []
         row = await self.ensure(user_id)
-        out = await self._sandbox(row).agent().call("POST", "/v1/files/remove", {"targets": targets})
+        out = await self._sandbox(row).agent().call("POST", routes.FILES_REMOVE, {"targets": targets})
         await self._touch(user_id)
         removed = out.get("removed") if isinstance(out, dict) else None
         if not isinstance(removed, list):

@@ -10,6 +10,7 @@ from hearth.errors import HearthError
 from hearth.lifecycle.sandbox import Sandbox
 from hearth.sandbox.procs import same_process
 from hearth.store.models import SandboxRow
+from hearth_agent.contract import routes
 
 ADOPT_TIMEOUT = 5.0
 
@@ -20,7 +21,7 @@ async def why_not(sb: Sandbox, row: SandboxRow) -> str | None:
     if not launcher and not await sb.alive():
         return "its processes are gone"
     try:
-        await sb.agent().call("GET", "/v1/login", timeout=ADOPT_TIMEOUT)
+        await sb.agent().call("GET", routes.LOGIN, timeout=ADOPT_TIMEOUT)
     except AgentRefused as exc:
         if exc.status == 401:
             return "its agent refused the stored secret (not the sandbox hearth started there)"

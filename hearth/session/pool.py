@@ -33,6 +33,8 @@ from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
 from hearth.session.browser import BrowserTurns
 from hearth.store.models import OwnerKind
+from hearth_agent.contract import routes
+from hearth_agent.contract.document import Identity, personalise_body
 
 log = logging.getLogger("hearth.pool")
 POOL_OWNER = POOL_PREFIX
@@ -222,8 +224,8 @@ class WarmPool:
         try:
             await claimed.pool_agent.call(
                 "POST",
-                "/v1/personalise",
-                {"secret": sb.secret, "session_id": sid, "providers": list(providers)},
+                routes.PERSONALISE,
+                personalise_body(Identity(sb.secret, sid, tuple(providers))),  # replaces the agent's identity whole
                 timeout=PERSONALISE_TIMEOUT,
             )
         except Exception as exc:
