@@ -47,7 +47,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ---- the controller (child process) -------------------------------------------------------------------------
 
 
-async def serve(flow: str) -> None:
+async def serve(flow: str, phases: bool = False) -> None:
     """`--serve`: a controller from the environment's settings, the example provider in direct mode with `flow` and
     no sign-in timeout, its IdP in the fabric; prints one JSON line when ready, drains on SIGTERM, prints the drain
     time as a second JSON line, then removes the fabric."""
@@ -58,6 +58,10 @@ async def serve(flow: str) -> None:
     from hearth.providers.model import FlowName
     from hearth_example.idp import IdpServer, IdpState
 
+    if phases:
+        from bench import phases as steps
+
+        steps.install()  # before the controller is built
     settings = load_settings(env_file=None)
     ctl = build(settings, drain=True)  # `hearth serve --drain`: a stop ends every sandbox
     example = ctl.providers["example"]
@@ -79,9 +83,12 @@ async def serve(flow: str) -> None:
     print(json.dumps({"pid": os.getpid()}), flush=True)
     await stop.wait()
     t0, cpu0 = time.monotonic(), cpu_seconds()
+    if phases:
+        steps.start()
     srv.should_exit = True
     await task
-    print(json.dumps({"drained": time.monotonic() - t0, "cpu": cpu_seconds() - cpu0}), flush=True)
+    took = {"drained": time.monotonic() - t0, "cpu": cpu_seconds() - cpu0}
+    print(json.dumps({**took, "phases": steps.report() if phases else {}}), flush=True)
     idp.shutdown()
     idp.server_close()
     await ctl.fabric.down(force=True)
@@ -321,6 +328,8 @@ async def drain_and_report(
     line = await asyncio.to_thread(PROC.stdout.readline) if PROC.stdout else ""
     got = json.loads(line) if line.strip() else {}
     drained, cpu = got.get("drained", float("nan")), got.get("cpu", float("nan"))
+    for step, (calls, seconds) in sorted(got.get("phases", {}).items(), key=lambda kv: -kv[1][1]):
+        print(f"  drain step {step:28} {calls:6} calls, {seconds:8.1f} s in all ({seconds / drained:5.1f} at a time)")
     left = [n for n in os.listdir("/run/netns") if n.startswith(f"{fabric}-s")]
     print(
         f"drain of {held} sandboxes: {drained:.1f} s (SIGTERM → every session ended), {len(left)} namespaces left; "
@@ -383,10 +392,11 @@ def main() -> int:
     ap.add_argument("--profile-drain", default="", help="write py-spy's collapsed stacks of the drain here")
     spy = Path(sys.executable).parent / "py-spy"  # pinned in the dev extras
     ap.add_argument("--py-spy", default=str(spy), help="the py-spy binary for --profile-drain")
+    ap.add_argument("--phases", action="store_true", help="wall time of each drain step (bench/phases.py)")
     ap.add_argument("--env", action="append", default=[], help="extra VAR=value for the controller")
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.flow))
+        asyncio.run(serve(args.flow, args.phases))
         return 0
     args.levels = sorted({int(x) for x in args.levels.split(",")})
     env = settings_env(args)
@@ -400,7 +410,7 @@ def main() -> int:
         f"network {settings.internal_network} ({settings.pool_size} slots), flow {args.flow}, levels {args.levels}, "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, MemAvailable {mem_available_mib():,.0f} MiB"
     )
-    cmd = [sys.executable, "-m", "bench.direct_ramp", "--serve", "--flow", args.flow]
+    cmd = [sys.executable, "-m", "bench.direct_ramp", "--serve", "--flow", args.flow, *(["--phases"] * args.phases)]
     PROC = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         first = PROC.stdout.readline() if PROC.stdout else ""
