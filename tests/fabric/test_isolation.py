@@ -31,7 +31,7 @@ import pytest
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns, socket_in_netns
-from hearth.fabric.fabric import BRIDGE_MAC
+from hearth.fabric.links import BRIDGE_MAC
 from hearth.fabric.nft import DNS_PORT
 from hearth.fabric.ports import GUEST_IFNAME
 from tests.conftest import running_controller
