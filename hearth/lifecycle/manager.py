@@ -34,9 +34,9 @@ from hearth.fabric.slot import Slot
 from hearth.lifecycle import adoption, egress, readiness
 from hearth.lifecycle.rows import SandboxRows
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState, keep
-from hearth.lifecycle.spec import build as build_spec
 from hearth.proxy.plan import EgressPlan
 from hearth.sandbox.base import Driver, SandboxSpec, StageMark, no_marks
+from hearth.sandbox.specs import build as build_spec
 from hearth.store.db import Database
 from hearth.store.models import OwnerKind, SandboxRow
 from hearth.vault.keys import KeyRing, VaultKeyError
@@ -44,8 +44,6 @@ from hearth.vault.seal import SealError
 
 log = logging.getLogger("hearth.lifecycle")
 DESTROY_TIMEOUT = 30.0
-
-
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class SandboxManager:
         self.egress_domains: dict[str, tuple[str, ...]] = {}  # provider digest → its egress_domains (the app's)
         self.egress = EgressPlan(settings, db)  # the local proxy, the user's upstream port, the extra CAs
 
-    # ---- the one builder (pure: hearth/lifecycle/spec.py) ----------------------------------------------------------
+    # ---- the one builder (pure: hearth/sandbox/specs.py, which `hearth sandbox plan` plans with too) ---------------
     def spec(
         self,
         owner: str,
