@@ -13,22 +13,33 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hearth_agent.config import AgentConfig, Identity, identity_of
 from hearth_agent.contract import routes
 from hearth_agent.controller import Outbox
 from hearth_agent.proctree import descendants, kill_tree
 from hearth_agent.promptdef import PromptSpec
-from hearth_agent.promptproc import Run
 from hearth_agent.providerdef import definition_digest, parse_provider
 from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import Supervisor
+
+if TYPE_CHECKING:  # imported at the first prompt: ≈0.5 MiB of every agent's memory otherwise (a sign-in runs none)
+    from hearth_agent.promptproc import Run
 
 log = logging.getLogger("hearth_agent")
 __all__ = ["Prompts", "Run", "descendants", "kill_tree", "register"]
 CLIS_BIN = "/opt/hearth-clis/node_modules/.bin"
 MAX_RUNS = 16
+
+
+def __getattr__(name: str) -> Any:
+    """`promptrun.Run` (bench/prompts.py patches it) without importing it at the agent's start."""
+    if name == "Run":
+        from hearth_agent.promptproc import Run
+
+        return Run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Prompts:
@@ -81,6 +92,8 @@ class Prompts:
         env = self.env(p.prompt)
         cwd = os.path.join(self.home, p.prompt.workspace)
         os.makedirs(cwd, mode=0o700, exist_ok=True)
+        from hearth_agent.promptproc import Run
+
         run = Run(
             rid, p, p.prompt, argv, prompt.encode() if p.prompt.input == "stdin" else None,
             float(timeout), int(cap), body.get("raw") is True, self._outbox(), self.home,

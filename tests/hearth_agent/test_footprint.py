@@ -31,3 +31,8 @@ def test_a_local_proxy_imports_it_when_it_is_configured() -> None:
 
 def test_the_api_server_does_without_http_server() -> None:
     assert loaded("import hearth_agent.server", "http.server", "html", "mimetypes") == []
+
+
+def test_prompt_runs_are_imported_at_the_first_prompt() -> None:
+    assert loaded("import hearth_agent.promptrun", "hearth_agent.promptproc") == []
+    assert loaded("import hearth_agent.promptrun as p\np.Run", "hearth_agent.promptproc") == ["hearth_agent.promptproc"]
