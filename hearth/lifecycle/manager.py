@@ -141,7 +141,9 @@ class SandboxManager:
 
     async def alive(self, owner: str) -> bool:
         sb = self._live.get(owner)
-        return sb is not None and await sb.alive()
+        if sb is None:
+            return False
+        return await (sb.alive() if sb.driver is not None else self.driver_for(sb.kind).alive(sb.spec))
 
     async def stored(self) -> list[SandboxRow]:
         """Every sandbox row of this node's fabric (what survived the last controller; never another node's)."""

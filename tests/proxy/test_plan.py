@@ -14,6 +14,7 @@ from pathlib import Path
 from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
 from hearth.guest import configdrive
+from hearth.lifecycle.egress import domains
 from hearth.lifecycle.manager import SandboxManager
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
@@ -94,7 +95,7 @@ def test_the_proxys_name_may_be_resolved_under_the_provider_policy(make_settings
     try:
         mgr = SandboxManager(s, db, NetnsDriver(s), Ipam(s, db), KeyRing([MasterKey.of(bytes(32))]))
         mgr.egress_domains = {"d1": ("claude.ai",)}
-        assert mgr._domains(("d1",)) == ("claude.ai", "proxy.corp.test")
-        assert mgr._domains(()) == ("claude.ai", "proxy.corp.test")  # a CLI sandbox's too
+        assert domains(s, mgr.egress_domains, mgr.egress, ("d1",)) == ("claude.ai", "proxy.corp.test")
+        assert domains(s, mgr.egress_domains, mgr.egress, ()) == ("claude.ai", "proxy.corp.test")  # a CLI sandbox's
     finally:
         db.dispose()
