@@ -5,8 +5,6 @@ refused by the agent from then on."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 import httpx
@@ -14,8 +12,10 @@ import pytest
 
 from hearth.agentlink.client import http_json
 from hearth.config import Settings
+from hearth.lifecycle.sandbox import Sandbox
 from tests.conftest import running_controller
 from tests.signinkit import idp_env, running_idp
+from tests.waits import eventually, wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 IDP_PORT = 9400
@@ -29,31 +29,24 @@ async def test_example_sign_in_in_a_pooled_sandbox(make_settings: Callable[..., 
     ):
         pool = ctl.ctl.service.pool
         async with running_idp(settings, IDP_PORT, auto_approve=True) as idp:
-            deadline = time.monotonic() + 120
-            while not pool.ready("remote_browser"):
-                assert time.monotonic() < deadline, pool.summary()
-                await asyncio.sleep(0.1)
-            pooled = pool.ready("remote_browser")[0]
+
+            async def ready() -> Sandbox | None:
+                return next(iter(pool.ready("remote_browser")), None)
+
+            pooled = await eventually(ready, 120, "a pooled sandbox")
             pool_secret, ip = pooled.secret, str(pooled.spec.slot.ip)
             r = await http.post("/api/auth/start", json={"user_id": "alice", "provider": "example"})
             assert r.status_code == 201, r.text
             sid = r.json()["session_id"]
-            body: dict[str, object] = {}
             refused = False
-            deadline = time.monotonic() + 170
-            while time.monotonic() < deadline:
-                body = (await http.get(f"/api/auth/session/{sid}")).json()
-                if body["status"] in ("completed", "failed", "cancelled", "expired"):
-                    break
-                if body["status"] in ("ready", "awaiting_user") and not refused:
-                    # Mid-flight: the pool secret is refused by the handed-out agent.
-                    s = settings
-                    status, _ = await http_json(
-                        s.fabric_netns, ip, s.agent_port, "GET", "/v1/login", 5, None, pool_secret
-                    )
-                    assert status == 401
-                    refused = True
-                await asyncio.sleep(0.1)
+            body = await wait_session(http, sid, lambda b: b["status"] in ("ready", "awaiting_user"), "handed out", 170)
+            if body["status"] in ("ready", "awaiting_user"):
+                # Mid-flight: the pool secret is refused by the handed-out agent.
+                s = settings
+                status, _ = await http_json(s.dial_netns, ip, s.agent_port, "GET", "/v1/login", 5, None, pool_secret)
+                assert status == 401
+                refused = True
+            body = await wait_session(http, sid, lambda _: False, "completion", 170)
             assert body["status"] == "completed", body
             assert refused  # the check above ran while the sandbox lived
             assert body["sandbox_ip"] == ip  # the pooled sandbox served it
