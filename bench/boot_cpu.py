@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.sandbox.procs import pids_in_netns
+from hearth.serving.local import local_controller, scratch_settings, userspace
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = {"python3": "agent", "Xvnc": "display", "Xvfb": "display", "x11vnc": "display", "xkbcomp": "xkbcomp"}

@@ -18,7 +18,7 @@ from collections import Counter
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings, userspace
+from hearth.serving.local import local_controller, scratch_settings, userspace
 
 
 async def follow(http: httpx.AsyncClient, sid: str, timeout: float) -> tuple[str, str]:

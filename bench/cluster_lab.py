@@ -9,9 +9,9 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from hearth.cli.local import host_image_env, userspace
 from hearth.cluster.lab import Lab
 from hearth.config import load_settings
+from hearth.serving.local import host_image_env, userspace
 from hearth.store.pglocal import scratch_database
 
 

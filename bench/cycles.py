@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.reconcile.inventory import scan_sync
+from hearth.serving.local import local_controller, scratch_settings, userspace
 
 
 def rss_mib() -> float:

@@ -51,11 +51,11 @@ async def serve(flow: str, phases: bool = False) -> None:
     """`--serve`: a controller from the environment's settings, the example provider in direct mode with `flow` and
     no sign-in timeout, its IdP in the fabric; prints one JSON line when ready, drains on SIGTERM, prints the drain
     time as a second JSON line, then removes the fabric."""
-    from hearth.cli.serve import serve_until_stopped, server
     from hearth.config import load_settings
     from hearth.controller import build, make_app
     from hearth.fabric.dial import socket_in_netns
     from hearth.providers.model import FlowName
+    from hearth.serving.serve import serve_until_stopped, server
     from hearth_example.idp import IdpServer, IdpState
 
     if phases:
@@ -356,7 +356,7 @@ PROC: subprocess.Popen[str]
 def settings_env(args: argparse.Namespace) -> dict[str, str]:
     import secrets
 
-    from hearth.cli.local import free_port, host_image_env
+    from hearth.serving.local import free_port, host_image_env
 
     data = Path("/var/tmp") / f"hearth-r-{secrets.token_hex(4)}"
     data.mkdir(mode=0o711)
@@ -400,8 +400,8 @@ def main() -> int:
         return 0
     args.levels = sorted({int(x) for x in args.levels.split(",")})
     env = settings_env(args)
-    from hearth.cli.local import userspace
     from hearth.config import load_settings
+    from hearth.serving.local import userspace
 
     settings = load_settings(env, env_file=None)
     env["HEARTH_EXAMPLE_ISSUER"] = f"http://{settings.bridge_ip}:{IDP_PORT}"  # where --serve starts the IdP

@@ -27,9 +27,9 @@ from collections.abc import Callable
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.reconcile.inventory import scan_sync
+from hearth.serving.local import local_controller, scratch_settings
 from hearth.standins.e2e import settings_env
 from hearth.standins.inetdns import resolve
 from hearth.standins.internet import DNS_IP, internet

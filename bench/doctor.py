@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.controller import Controller
 from hearth.doctor import Report, diagnose, diagnose_session
 from hearth.doctor.probes import processes_in
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
+from hearth.serving.local import local_controller, scratch_settings, userspace
 
 
 def _link(netns: str, port: str, state: str) -> None:

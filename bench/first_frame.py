@@ -27,8 +27,8 @@ import time
 
 import httpx
 
-from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
+from hearth.serving.local import LocalController, local_controller, scratch_settings, userspace
 
 # The independent client: one create per line of stdin (a user id), one JSON line out per create.
 CLIENT = """

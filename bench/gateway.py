@@ -162,9 +162,9 @@ async def run_client(sock: socket.socket, url: str, rounds: int, mb: int) -> dic
 async def main(rounds: int, mb: int, repeat: int) -> None:
     import httpx
 
-    from hearth.cli.local import local_controller, scratch_settings, userspace
     from hearth.fabric.dial import call_in_netns, socket_in_netns
     from hearth.sandbox.procs import pids_in_netns
+    from hearth.serving.local import local_controller, scratch_settings, userspace
 
     env = {"HEARTH_CHROMIUM": "false", "HEARTH_RATE_LIMIT": "0", "HEARTH_TOKEN_TTL": "3600"}
     with scratch_settings(env, "hearth-b") as settings:

@@ -24,7 +24,6 @@ from typing import Any
 
 from sqlalchemy import event
 
-from hearth.cli.local import scratch_settings
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
@@ -33,6 +32,7 @@ from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
+from hearth.serving.local import scratch_settings
 from hearth.session.service import SessionService
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow

@@ -31,10 +31,10 @@ from pathlib import Path
 import httpx
 
 from bench.signinkit import idp_env, running_idp
-from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.guest import packages as guestpkg
 from hearth.providers.model import FlowName
 from hearth.sandbox.procs import pids_in_netns
+from hearth.serving.local import local_controller, scratch_settings, userspace
 
 REPO = Path(__file__).resolve().parents[1]
 IDP_PORT = 9406

@@ -283,7 +283,7 @@ def netns_memory(netns: str) -> tuple[float, float, int]:
 
 async def memory(provider: Provider) -> None:
     """A real CLI sandbox (netns driver) of a local controller: its processes' memory idle, then stopped."""
-    from hearth.cli.local import local_controller, scratch_settings
+    from hearth.serving.local import local_controller, scratch_settings
     from hearth.store.models import CliSandboxRow
     from hearth.vault.store import CredentialFile
 

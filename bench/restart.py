@@ -30,11 +30,11 @@ from bench.restartkit import (
     viewer_frames,
     wait_body,
 )
-from hearth.cli.local import host_image_env, userspace
 from hearth.config import Settings, load_settings
 from hearth.fabric import netlink
 from hearth.fabric.fabric import Fabric
 from hearth.reconcile.inventory import scan_sync
+from hearth.serving.local import host_image_env, userspace
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SandboxRow
 

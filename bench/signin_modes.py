@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from hearth.cli.local import local_controller, scratch_settings, userspace
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.providers.model import FlowName
 from hearth.sandbox.netns import pids_in_netns
+from hearth.serving.local import local_controller, scratch_settings, userspace
 from hearth_example.idp import IdpServer, IdpState
 
 IDP_PORT = 9405

@@ -25,10 +25,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from hearth.cli.local import userspace
 from hearth.guest import clis
 from hearth.providers.model import SigninMode
 from hearth.providers.registry import load
+from hearth.serving.local import userspace
 from hearth.standins.e2e import ARGS, Run, e2e_run, sign_in
 
 PAINTED = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"

@@ -26,8 +26,8 @@ import time
 
 import httpx
 
-from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.rfb.ws import first_frame
+from hearth.serving.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.store.pglocal import scratch_database
 
 

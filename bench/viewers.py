@@ -70,7 +70,7 @@ def listening(netns: str, port: int) -> bool:
 async def main(n: int, repeat: int, screen: str, chromium: bool) -> None:
     import httpx
 
-    from hearth.cli.local import free_port, local_controller, scratch_settings, userspace
+    from hearth.serving.local import free_port, local_controller, scratch_settings, userspace
 
     env = {
         "HEARTH_CHROMIUM": "true" if chromium else "false",

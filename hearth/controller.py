@@ -282,5 +282,5 @@ def make_app(ctl: Controller) -> FastAPI:
         viewer.make_router(service, ctl.tokens, ctl.signin, keys),
     ]
     app = create_app(settings, routers, lambda _app: lifespan(ctl), viewer.STATIC)
-    app.state.controller = ctl  # hearth/cli/serve.py: a graceful stop closes viewers with 4503 first (its drain)
+    app.state.controller = ctl  # hearth/serving/serve.py: a graceful stop closes viewers with 4503 first (its drain)
     return app

@@ -59,7 +59,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   else
     pg_dir=$(mktemp -d /tmp/hearth-pg-test.XXXXXX)
     chown postgres "$pg_dir"
-    port=$("$V/python" -c 'from hearth.cli.local import free_port; print(free_port())')
+    port=$("$V/python" -c 'from hearth.serving.local import free_port; print(free_port())')
     if runuser -u postgres -- "$PG_BIN/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 --no-sync >"$pg_dir/initdb.log" 2>&1 &&
       runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 30 \
         -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null; then

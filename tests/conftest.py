@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.cli.local import LocalController, free_port, local_controller
 from hearth.config import Settings, load_settings
+from hearth.serving.local import LocalController, free_port, local_controller
 from tests import nsnames
 from tests.image.golden import TESTS_BASE
 from tests.pgcluster import fresh_database
@@ -175,6 +175,17 @@ def loopback_settings(make_settings: Callable[..., Settings]) -> Callable[..., S
 
     def make(**env: str) -> Settings:
         return make_settings(**(loopback_env() | env))
+
+    return make
+
+
+@pytest.fixture(params=[pytest.param("netns", marks=pytest.mark.netns), "loopback"])
+def driver_settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """`make_settings` twice: on the netns driver (root) and on the loopback driver (no root; no desktops: its
+    sessions are direct sign-ins). For logic that must hold whatever the driver."""
+
+    def make(**env: str) -> Settings:
+        return make_settings(**((loopback_env() if request.param == "loopback" else {}) | env))
 
     return make
 

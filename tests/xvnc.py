@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-from hearth.cli.local import free_port
+from hearth.serving.local import free_port
 
 READY = 15.0
 

@@ -41,8 +41,8 @@ def run(
     drain: bool = typer.Option(False, "--drain", help="on stop, end this node's sessions (default: they are adopted)"),
 ) -> None:
     """Run this host's node: fabric, drivers, gateway, agent callbacks, its reconciler; registers and heartbeats."""
-    from hearth.cli.serve import check_listen, server
     from hearth.controller import build, make_app
+    from hearth.serving.serve import check_listen, server
 
     s = settings_or_exit()
     _shared(s, "node run")
@@ -123,8 +123,8 @@ node_app.command("cert")(cert)
 
 def edge() -> None:
     """Run an edge: the public API and viewer page; places sessions and routes each to its node (stateless)."""
-    from hearth.cli.serve import check_listen, server
     from hearth.edge.app import create_edge_app
+    from hearth.serving.serve import check_listen, server
 
     s = settings_or_exit()
     _shared(s, "edge")

@@ -20,11 +20,11 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hearth.cli.local import LocalController, local_controller
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink
 from hearth.rfb.ws import first_frame
+from hearth.serving.local import LocalController, local_controller
 
 STAGES = ("lease", "namespace", "process", "display", "vnc", "rfb")
 

@@ -36,10 +36,10 @@ from hearth.agentlink.client import AgentClient
 from hearth.cli import demo_person, demo_provider
 from hearth.cli.demo_person import PersonFailed
 from hearth.cli.demo_provider import Side
-from hearth.cli.local import LocalController, local_controller, scratch_settings, userspace
 from hearth.config import Settings, known_variables, read_env_file
 from hearth.errors import HearthError
 from hearth.fabric import netlink
+from hearth.serving.local import LocalController, local_controller, scratch_settings, userspace
 from hearth_agent.contract import routes
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")

@@ -48,8 +48,8 @@ def serve(
     ),
 ) -> None:
     """Run the controller (API, gateway, fabric) until stopped. Sandboxes outlive it unless --drain."""
-    from hearth.cli.serve import check_listen, server
     from hearth.controller import build, make_app
+    from hearth.serving.serve import check_listen, server
 
     settings = settings_or_exit()
     log.setup()
@@ -62,7 +62,9 @@ def serve(
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None
     try:
-        ctl = build(settings, drain=drain)  # refuses a store whose schema is behind/ahead, or keys missing over an old store
+        ctl = build(
+            settings, drain=drain
+        )  # refuses a store whose schema is behind/ahead, or keys missing over an old store
     except HearthError as exc:
         Console(stderr=True).print(f"[red]error:[/] {escape(exc.reason)}")
         raise typer.Exit(2) from None

@@ -23,13 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.fabric import netlink
 from hearth.lifecycle.readiness import http_get_json
 from hearth.rfb.ws import first_frame
 from hearth.sandbox.base import Driver, SandboxSpec
+from hearth.serving.local import LocalController, local_controller, scratch_settings
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 STAGES = ("lease", "namespace", "process", "kernel", "agent", "display", "vnc", "rfb", "first_frame")

@@ -15,11 +15,11 @@ import time
 import httpx
 from rich.console import Console
 
-from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.fabric.dial import socket_in_netns
 from hearth.reconcile.inventory import Inventory, scan_sync
+from hearth.serving.local import LocalController, local_controller, scratch_settings
 from hearth_example.idp import IdpServer, IdpState
 
 IDP_PORT = 9400

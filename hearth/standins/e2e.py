@@ -1,5 +1,5 @@
 """Sign-ins end to end through the real path, offline: the internet stand-in (hearth/standins/internet.py) as the
-fabric's uplink, a real controller (hearth.cli.local) on a throwaway data dir, Debian's Chromium driven by
+fabric's uplink, a real controller (hearth.serving.local) on a throwaway data dir, Debian's Chromium driven by
 Playwright as the person. Shared by tests/standins/test_e2e.py and `hearth providers check --e2e`.
 
 - remote_browser: `POST /api/auth/start`; the person opens the viewer page; Chromium in the sandbox resolves the
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from hearth.cli.local import LocalController, local_controller, scratch_settings
 from hearth.providers.model import FlowName, SigninMode
+from hearth.serving.local import LocalController, local_controller, scratch_settings
 from hearth.standins.inetweb import Seen
 from hearth.standins.internet import Internet, internet
 from hearth.standins.proxyserver import Seen as ProxySeen

@@ -56,7 +56,7 @@ class ApiResult:
 @dataclass
 class World:
     api: ModelAPI
-    ctl: Any  # hearth.cli.local.LocalController
+    ctl: Any  # hearth.serving.local.LocalController
     http: httpx.AsyncClient
     inet: Any = None  # hearth.standins.internet.Internet
 
@@ -65,7 +65,7 @@ class World:
 async def world(prefix: str = "hearth-pa", env: dict[str, str] | None = None) -> AsyncIterator[World]:
     """The internet stand-in answering with a model-API stand-in, and a controller attached to it (`env`: more
     settings, e.g. HEARTH_POOL_SIZE)."""
-    from hearth.cli.local import local_controller, scratch_settings
+    from hearth.serving.local import local_controller, scratch_settings
     from hearth.standins.e2e import settings_env
     from hearth.standins.internet import internet
 

@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
+from hearth.serving.local import free_port
 from tests.api.offline import AUTH, asgi, offline_app
 
 EXAMPLES = 150  # per operation and generation mode: a few hundred cases per operation

@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 
 from hearth.api import limits
 from hearth.api.auth import ApiKeys
-from hearth.cli.local import free_port
 from hearth.config import Settings, load_settings
+from hearth.serving.local import free_port
 
 KEYS = ("key-a", "key-b")
 

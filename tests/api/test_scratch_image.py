@@ -1,4 +1,4 @@
-"""Benchmarks and selftests run a scratch hearth (hearth.cli.local.scratch_settings): its sandboxes run this host's
+"""Benchmarks and selftests run a scratch hearth (hearth.serving.local.scratch_settings): its sandboxes run this host's
 guest image as `hearth serve` would (HEARTH_IMAGE_DIR, else <HEARTH_DATA_DIR>/image), not the scratch data dir's
 missing one — and `userspace` says which userspace that is."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.cli.local import scratch_settings, userspace
+from hearth.serving.local import scratch_settings, userspace
 
 
 def test_scratch_settings_take_this_hosts_image_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

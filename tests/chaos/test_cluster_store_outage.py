@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect
 
-from hearth.cli.local import free_port
 from hearth.cluster import nodes
 from hearth.cluster.lab import Lab
 from hearth.rfb.client import handshake, request_frame
 from hearth.rfb.ws import WsByteStream
+from hearth.serving.local import free_port
 from hearth.store.nodestates import NodeState
 from hearth.store.pglocal import Cluster
 from tests.chaos.faults import assert_store_refusal

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
+from hearth.serving.local import free_port
 from tests.chaos.faults import outage
 from tests.conftest import running_controller
 from tests.image.golden import TESTS_BASE

@@ -297,7 +297,7 @@ def test_prestop_drains_the_node_and_the_next_pod_lifts_only_that_drain(
 def test_the_hooks_never_fail_the_container_when_the_store_is_down(tmp_path: Path) -> None:
     """A failed postStart kills the container: with no store answering (a closed port), both hooks give up (the
     postStart after its retries) and exit 0."""
-    from hearth.cli.local import free_port
+    from hearth.serving.local import free_port
 
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

@@ -27,7 +27,6 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from hearth.cli.local import free_port
 from hearth.config import Settings, load_settings
 from hearth.doctor import Report, diagnose
 from hearth.doctor.probes import Proc, processes_in
@@ -35,6 +34,7 @@ from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
+from hearth.serving.local import free_port
 from tests import nsnames
 from tests.conftest import Running, running_controller
 from tests.image.golden import TESTS_BASE

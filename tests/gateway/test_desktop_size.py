@@ -20,12 +20,12 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.gateway.desktop_size import DesktopSizes
 from hearth.gateway.rfbspec import prohibited
 from hearth.rfb.client import handshake
 from hearth.rfb.desktop import REASON_CLIENT, read_layouts, screen_layout
+from hearth.serving.local import free_port
 from tests.conftest import Running, running_controller
 from tests.gateway.rfbmsgs import NOVNC_START, desktop_size, fb_request
 from tests.gateway.test_rfb_preconditions import xvnc_pid

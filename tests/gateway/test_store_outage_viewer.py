@@ -12,10 +12,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.gateway.tokens.base import Scope
 from hearth.rfb.ws import first_frame
+from hearth.serving.local import free_port
 from tests.cluster.test_wrong_node import closed_with
 from tests.conftest import running_controller
 from tests.live import start_ready

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.sandbox.netns import pids_in_netns
+from hearth.serving.local import free_port
 from tests.conftest import running_controller
 from tests.prefixproxy import prefix_proxy
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp

@@ -26,10 +26,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.errors import Hop
 from hearth.gateway.qr import qr_svg
+from hearth.serving.local import free_port
 from hearth.session.states import Status
 from hearth.signin import wording
 from hearth_example.idp import IdpState

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from hearth.cli.local import free_port
+from hearth.serving.local import free_port
 from hearth.session.reach import page_unreachable
 from hearth.standins.proxyserver import ProxyServer, ProxyThread
 from hearth_agent.egress import Egress

@@ -10,12 +10,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.cli.local import local_controller
 from hearth.config import Settings
 from hearth.fabric import netlink
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.procs import pids_in_netns, stop_sandbox_processes
+from hearth.serving.local import local_controller
 from hearth.session.service import SessionService
 from hearth.session.states import Status
 from hearth.store.models import LeaseRow, SandboxRow

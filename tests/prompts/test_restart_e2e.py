@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth.cli.local import local_controller
 from hearth.config import Settings
+from hearth.serving.local import local_controller
 from hearth.vault.store import CredentialFile
 from tests.prompts.test_e2e import sse, text
 from tests.restartkit import remove_everything, sandbox_pids

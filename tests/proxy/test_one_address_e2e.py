@@ -22,10 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hearth.agentlink.client import AgentClient
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.guest.configdrive import LOCAL_PROXY_PORT
+from hearth.serving.local import free_port
 from hearth.store.models import Base
 from tests.conftest import running_controller
 from tests.proxy.tlskit import BODY, make_certs, tls_server

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.fabric.dial import socket_in_netns
 from hearth.fabric.fabric import Fabric
 from hearth.sandbox.netns import NetnsDriver
 from hearth.sandbox.procs import SandboxProcesses
+from hearth.serving.local import free_port
 from hearth_agent.providerdef import definition_digest
 from tests.proxy.tlskit import BODY, tls_server
 from tests.sandbox.specs import spec_for

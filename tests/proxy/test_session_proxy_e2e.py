@@ -15,8 +15,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
+from hearth.serving.local import free_port
 from tests.conftest import running_controller
 from tests.waits import wait_session
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
+from hearth.serving.local import free_port
 from hearth.store.db import Database
 from hearth.store.models import EventRow, OutboxRow
 from tests.restartkit import Controller, approve_device, assert_nothing_left, start_idp, wait_body, wait_prompt

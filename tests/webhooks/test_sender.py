@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as Db
 
-from hearth.cli.local import free_port
 from hearth.config import Settings
 from hearth.observe.metrics import Metrics
+from hearth.serving.local import free_port
 from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 from hearth.webhooks.outbox import Outbox

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hearth.cli.serve import check_listen, serve_until_stopped, server
 from hearth.config import Settings, load_settings
 from hearth.controller import Controller, build, make_app
 from hearth.errors import ConfigError
+from hearth.serving.serve import check_listen, serve_until_stopped, server
 
 
 @contextlib.contextmanager

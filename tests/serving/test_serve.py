@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from hearth.cli.local import local_controller
-from hearth.cli.serve import check_listen
 from hearth.config import Settings
 from hearth.errors import HearthError, Hop
 from hearth.fabric import netlink
+from hearth.serving.local import local_controller
+from hearth.serving.serve import check_listen
 
 
 def _occupy(settings: Settings) -> socket.socket:
