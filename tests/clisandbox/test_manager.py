@@ -1,6 +1,6 @@
 """The persistent CLI sandbox, through a real controller: created on first delivery, stopped when idle (processes
 and address released, home kept), resumed on the next use with everything still there, files removed through its
-agent, deleted for good — and nothing left behind."""
+agent, deleted for good — and nothing left behind. On the netns driver (root) and the loopback driver (no root)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from sqlalchemy.orm import Session as Db
 
 from hearth.config import Settings
 from hearth.fabric import netlink
-from hearth.sandbox.procs import pids_in_netns
 from hearth.store.models import CliSandboxRow, LeaseRow
 from hearth.vault.store import CredentialFile
 from tests.conftest import running_controller
+from tests.restartkit import sandbox_pids
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
-async def test_create_idle_stop_resume_remove_delete(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(HEARTH_CHROMIUM="false")
+async def test_create_idle_stop_resume_remove_delete(driver_settings: Callable[..., Settings]) -> None:
+    settings = driver_settings(HEARTH_CHROMIUM="false")
     async with (
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
@@ -44,7 +44,7 @@ async def test_create_idle_stop_resume_remove_delete(make_settings: Callable[...
         row = db.call(lambda d: d.get(CliSandboxRow, "bob"))
         assert row is not None and row.slot is not None
         netns = ctl.ctl.service.ipam.slot(row.slot).netns
-        assert pids_in_netns(netns)
+        assert sandbox_pids(settings)  # its processes (in its namespace; on loopback: its agent and what it runs)
 
         # Idle past the timeout: stopped — processes, namespace and lease gone, home kept.
         def age(d: Db) -> None:
@@ -62,7 +62,7 @@ async def test_create_idle_stop_resume_remove_delete(make_settings: Callable[...
             "last_used_at": 0,
             "node": "local",  # its home node (HEARTH_NODE_ID)
         }
-        assert not netlink.netns_exists(netns)
+        assert not netlink.netns_exists(netns) and not sandbox_pids(settings)
         assert db.call(lambda d: d.query(LeaseRow).count()) == 0
         assert (home / ".tool" / "a.json").exists()
 
@@ -84,3 +84,4 @@ async def test_create_idle_stop_resume_remove_delete(make_settings: Callable[...
         assert await clis.get("bob") is None
         assert db.call(lambda d: d.query(LeaseRow).count()) == 0
         assert not [n for n in netlink.list_netns() if n.startswith(f"{settings.fabric_netns}-")]
+        assert not sandbox_pids(settings)
