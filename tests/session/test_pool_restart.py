@@ -15,8 +15,8 @@ from hearth.config import Settings
 from hearth.lifecycle.sandbox import SandboxState
 from hearth.store.db import Database
 from hearth.store.models import SandboxRow
-from tests.live import wait_status
 from tests.restartkit import Controller, assert_nothing_left
+from tests.waits import wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ async def test_pooled_sandbox_is_adopted_after_sigkill(restart_settings: Setting
             assert pooled_rows(db) == before  # the same sandbox (same launcher PID), still pooled
             r = await http.post("/api/auth/start", json={"user_id": "after-crash"})
             assert r.status_code == 201, r.text
-            body = await wait_status(http, r.json()["session_id"])
+            body = await wait_session(http, r.json()["session_id"])
             assert body["status"] == "ready", body
             rows = db.call(lambda d: {x.owner_id: x.pid for x in d.query(SandboxRow).all()})
             assert rows.get(str(body["session_id"])) == next(iter(before.values()))  # the adopted one, handed out
