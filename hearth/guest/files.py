@@ -98,7 +98,7 @@ if [ -n "$iparg" ]; then
   [ -n "$gw" ] && { ip route replace default via "$gw" dev "$dev" || fatal "cannot route via $gw"; }
   echo "hearth-init: eth0 configured $client/$mask via $gw"
 fi
-exec /usr/bin/python3 -I -S /opt/hearth/hearth_boot.py
+exec /usr/bin/python3 -E -s -S /opt/hearth/hearth_boot.py  # not -I: the agent packages beside it are imported
 """
 
 BOOT_SOURCE = Path(__file__).with_name("hearth_boot.py")
