@@ -255,9 +255,12 @@ async def lifespan(ctl: Controller) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # The agents' callbacks first: a callback's handler cut short after the sessions were ended (a sign-in
+        # that had just ended its session, its sandbox not yet torn down) would leave that sandbox behind; cut short
+        # before, the drain below ends whatever it left (its sandbox row is still on record).
+        await callbacks.close()
         await ctl.prompts.close()
         await ctl.close()
-        await callbacks.close()
         await ctl.egress.stop()
         if scrape is not None:
             scrape.close()
