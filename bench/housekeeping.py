@@ -28,7 +28,7 @@ from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.manager import SandboxManager
-from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
+from hearth.lifecycle.sandbox import Kind, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
@@ -73,7 +73,7 @@ def fill(svc: SessionService, n: int) -> None:
 
     svc.db.call(insert)
     for index, sid in enumerate(ids):
-        sb = Sandbox(sid, Kind.SESSION, svc.sandboxes.spec(sid, svc.ipam.slot(index), secret="bench"))
+        sb = svc.sandboxes._sandbox(sid, Kind.SESSION, svc.sandboxes.spec(sid, svc.ipam.slot(index), secret="bench"))
         sb.state = SandboxState.RUNNING
         svc.sandboxes._live[sid] = sb
 

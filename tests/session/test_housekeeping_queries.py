@@ -15,7 +15,7 @@ from sqlalchemy import event, select
 from hearth.clisandbox.manager import CliSandboxes
 from hearth.config import Settings
 from hearth.gateway.gauge import ViewerGauge
-from hearth.lifecycle.sandbox import Kind, Sandbox, SandboxState
+from hearth.lifecycle.sandbox import Kind, SandboxState
 from hearth.reconcile.reconciler import Reconciler
 from hearth.sandbox.base import SandboxSpec
 from hearth.sandbox.netns import NetnsDriver
@@ -83,7 +83,7 @@ def add_sessions(
 
     svc.db.call(insert)
     for sid, index in zip(ids, free, strict=True):  # as if this controller booted (or adopted) them
-        sb = Sandbox(sid, Kind.SESSION, svc.sandboxes.spec(sid, svc.ipam.slot(index), secret="x"))
+        sb = svc.sandboxes._sandbox(sid, Kind.SESSION, svc.sandboxes.spec(sid, svc.ipam.slot(index), secret="x"))
         sb.state = SandboxState.RUNNING
         svc.sandboxes._live[sid] = sb
     return ids
