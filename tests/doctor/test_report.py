@@ -84,6 +84,27 @@ async def test_timeouts_errors_and_skips_become_results() -> None:
     assert moved_r.hop is Hop.CONFIG  # a finding may name another hop than its step's
 
 
+async def test_a_step_slow_once_is_asked_again_before_it_is_judged() -> None:
+    """A starved step (a busy host) gets one more try with twice its slice; a hung one is still judged broken."""
+    calls: list[int] = []
+
+    async def starved_once(_ctx: Context) -> Finding:
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.sleep(5)
+        return Finding.good("answered")
+
+    async def hung(_ctx: Context) -> Finding:
+        await asyncio.sleep(5)
+        return Finding.good("never")
+
+    starved, stuck = await run_steps(
+        ctx(), [Step("starved", Hop.NAT, starved_once, 0.05), Step("hung", Hop.NAT, hung, 0.05)]
+    )
+    assert starved.ok is True and starved.evidence == "answered" and len(calls) == 2
+    assert stuck.ok is False and stuck.evidence.startswith("no answer within 0.10s")
+
+
 async def test_budget_and_verdict_mode() -> None:
     results = await run_steps(ctx(budget=0.0), [step("a", Hop.CONFIG)])
     assert results[0].ok is None and "budget" in results[0].evidence
