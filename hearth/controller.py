@@ -104,8 +104,9 @@ def build(settings: Settings, driver: Driver | None = None, *, drain: bool = Fal
     ring = KeyRing.load(settings.master_key, settings.data_dir / "vault.keys")
     # CLI sandboxes need a persistent home: the main driver's when it offers one, else the namespace driver's.
     home_driver = None if drv.offers.persistent_home else NetnsDriver(settings)
-    sandboxes = SandboxManager(settings, db, drv, Ipam(settings, db), ring, home_driver)
     providers = load_providers()
+    domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
+    sandboxes = SandboxManager(settings, db, drv, Ipam(settings, db), ring, home_driver, egress_domains=domains)
     gauge = ViewerGauge()  # connected viewers: the gateway counts them, the session expiry reads them
     codes = SessionCodes(lambda: providers)  # each sign-in's codes: remembered by the sign-in, scrubbed by the records
     # The sign-in ends sessions through the service, and the doctor walks what the service holds, while the service
@@ -135,7 +136,6 @@ def build(settings: Settings, driver: Driver | None = None, *, drain: bool = Fal
     )
     vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
     clis = CliSandboxes(settings, db, sandboxes, providers, pool=service.pool)
-    sandboxes.egress_domains = {p.agent_digest(): tuple(p.egress_domains) for p in providers.values()}
     signin = SignInFlow(service, vault, clis, providers, codes)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
     prompts = PromptService(settings, PromptStore(settings, db, vault.ring), vault, clis, providers)

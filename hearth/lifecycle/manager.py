@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,7 @@ class SandboxManager:
         ipam: Ipam,
         ring: KeyRing,
         home_driver: Driver | None = None,
+        egress_domains: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.s = settings
         self.db = db
@@ -76,7 +77,8 @@ class SandboxManager:
         self.home_driver = driver if driver.offers.persistent_home else home_driver
         self._live: dict[str, Sandbox] = {}
         self.gate = EgressGate(settings)  # hearth/egress: which sandboxes go out (granted at boot), their drops
-        self.egress_domains: dict[str, tuple[str, ...]] = {}  # provider digest → its egress_domains (the app's)
+        # provider digest → its egress_domains (the controller's providers): HEARTH_EGRESS_POLICY=provider's names
+        self.egress_domains: Mapping[str, tuple[str, ...]] = dict(egress_domains or {})
         self.egress = EgressPlan(settings, db)  # the local proxy, the user's upstream port, the extra CAs
 
     # ---- the one builder (pure: hearth/sandbox/specs.py, which `hearth sandbox plan` plans with too) ---------------

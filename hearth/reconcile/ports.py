@@ -32,7 +32,11 @@ class Pool(Protocol):
 class Sessions(Protocol):
     """The sessions as the reconciler adopts, readmits and fails them."""
 
-    adopting: bool  # True until the first pass adopted (or removed) the sandboxes that outlived the last controller
+    @property
+    def adopting(self) -> bool:  # True until the first pass adopted (or removed) what outlived the last controller
+        ...
+
+    def adopted_all(self) -> None: ...
 
     @property
     def settings(self) -> Settings: ...

@@ -71,7 +71,7 @@ class Reconciler:
             report = Report()
             await self._ended_in_store(report)
             await self._sandboxes(report)
-            self.service.adopting = False  # every surviving sandbox is adopted (or removed): unknown means unknown
+            self.service.adopted_all()  # every surviving sandbox is adopted (or removed): unknown means unknown
             await self._sessions(report)
             await self._leases(report)
             await self._orphans(report)

@@ -260,6 +260,10 @@ class SessionService:
     async def cancel(self, session_id: str) -> SessionView:
         return await self.end(session_id, Status.CANCELLED, "cancelled by the API client")
 
+    def adopted_all(self) -> None:
+        """The reconciler's first pass adopted (or removed) every sandbox that outlived the last controller."""
+        self.adopting = False
+
     async def end(
         self, session_id: str, status: Status, reason: str | None = None, hop: Hop | None = None
     ) -> SessionView:

@@ -93,8 +93,8 @@ def test_the_proxys_name_may_be_resolved_under_the_provider_policy(make_settings
     s.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(s.db_url, s.data_dir)
     try:
-        mgr = SandboxManager(s, db, NetnsDriver(s), Ipam(s, db), KeyRing([MasterKey.of(bytes(32))]))
-        mgr.egress_domains = {"d1": ("claude.ai",)}
+        ring = KeyRing([MasterKey.of(bytes(32))])
+        mgr = SandboxManager(s, db, NetnsDriver(s), Ipam(s, db), ring, egress_domains={"d1": ("claude.ai",)})
         assert domains(s, mgr.egress_domains, mgr.egress, ("d1",)) == ("claude.ai", "proxy.corp.test")
         assert domains(s, mgr.egress_domains, mgr.egress, ()) == ("claude.ai", "proxy.corp.test")  # a CLI sandbox's
     finally:
