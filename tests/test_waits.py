@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.waits import eventually, wait_session
+from tests.waits import eventually, eventually_sync, wait_session
 
 
 async def test_returns_the_first_answer_after_transient_failures() -> None:
@@ -42,6 +42,27 @@ async def test_a_bug_in_the_probe_propagates() -> None:
 
     with pytest.raises(KeyError):
         await eventually(probe, 30, "anything")
+
+
+def test_the_sync_sibling_has_the_same_answers_retries_and_message() -> None:
+    seen: list[int] = []
+
+    def probe() -> int | None:
+        seen.append(len(seen))
+        if len(seen) == 1:
+            raise ConnectionRefusedError("not listening yet")
+        return None if len(seen) == 2 else 42
+
+    assert eventually_sync(probe, 30, "the answer", interval=0.001) == 42
+    assert len(seen) == 3
+    with pytest.raises(AssertionError, match=r"the agent listening not reached within 0.05s \(last: False\)"):
+        eventually_sync(lambda: False, 0.05, "the agent listening", interval=0.001)
+
+    def buggy() -> int:
+        raise KeyError("typo")
+
+    with pytest.raises(KeyError):
+        eventually_sync(buggy, 30, "anything")
 
 
 def fake_api(statuses: list[str], events: int) -> httpx.AsyncClient:

@@ -1,6 +1,6 @@
 """The bounded waits of the tests: `eventually(probe, timeout, what)` polls until the probe has an answer, and
 `wait_session(http, sid, until, what)` waits for a session through its server-sent status stream; both fail naming
-`what` and the last thing they saw. Never a sleep as synchronisation, never an assertion on wall-clock time."""
+`what` and the last thing they saw. `eventually_sync` is `eventually` for a test that runs without an event loop. Never a sleep as synchronisation, never an assertion on wall-clock time."""
 
 from __future__ import annotations
 
@@ -46,6 +46,30 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    probe: Callable[[], T | bool | None],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+) -> T:
+    """`eventually` for a test without an event loop (a thread sleeps between the calls of `probe`): the same
+    answers, the same `NOT_YET`, the same message."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            got = probe()
+            if got is not None and got is not False:
+                return got  # type: ignore[return-value]  # None and False excluded above
+            last = got
+        except NOT_YET as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+        time.sleep(interval)
 
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
