@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from hearth_agent.__main__ import build_server
 from hearth_agent.config import AgentConfig, ConfigError, parse_config
 from hearth_agent.server import AgentServer, HttpError
 from hearth_agent.supervisor import BROWSER_UNASKED, MAX_BACKOFF, MIN_BACKOFF, Service, Supervisor
+from tests.waits import eventually_sync
 
 SECRET = "s3cret-" + "x" * 32
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -185,15 +185,13 @@ def test_agent_process_under_system_python(tmp_path: Path, guest_path: Path) -> 
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                status, body = request(port, "GET", "/health")
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "agent did not listen"
-                time.sleep(0.05)
+
+        def health() -> tuple[int, Any]:
+            if proc.poll() is not None:  # it died: no use waiting (RuntimeError is not one of NOT_YET)
+                raise RuntimeError(proc.stderr.read() if proc.stderr else "")
+            return request(port, "GET", "/health")
+
+        status, body = eventually_sync(health, 10, "agent listening")
         assert status == 200 and body["ok"] and body["services"] == {}
         assert request(port, "POST", "/v1/open-url", b"{}", bearer("x"))[0] == 401
         proc.send_signal(signal.SIGTERM)

@@ -14,8 +14,8 @@ from tests.hearth_agent.test_signin import (  # fixtures and helpers shared with
     agent_log,
     controller,
     fake_provider,
-    wait_for,
 )
+from tests.waits import eventually_sync
 
 __all__ = ["agent", "agent_log", "controller"]
 
@@ -59,7 +59,7 @@ def _everything_reported(agent: Agent, agent_log: list[str]) -> str:
 def test_a_device_code_in_the_clis_failure_is_never_reported(agent: Agent, agent_log: list[str]) -> None:
     prov = fake_provider(DEVICE_CLI, flow="device_code", code_pattern=r"enter the code (?P<code>\S+)")
     assert agent.call("POST", "/v1/login", {"provider": prov})[0] == 202
-    shown = wait_for(lambda: agent.controller.signin[0] if agent.controller.signin else None, what="device code")
+    shown = eventually_sync(lambda: agent.controller.signin[0] if agent.controller.signin else None, 30, "device code")
     assert shown["user_code"] == "k7q-zz91x"  # the person sees it: that is where it belongs
     status = agent.finished()
     assert status["state"] == "failed" and status["reason"].startswith("CLI exited with 2"), status
@@ -73,7 +73,7 @@ def test_a_device_code_in_the_clis_failure_is_never_reported(agent: Agent, agent
 def test_a_pasted_code_in_the_clis_failure_is_never_reported(agent: Agent, agent_log: list[str]) -> None:
     prov = fake_provider(PASTE_CLI, flow="paste_code", code_prompt="Paste code here >")
     assert agent.call("POST", "/v1/login", {"provider": prov})[0] == 202
-    wait_for(lambda: next((s for s in agent.controller.signin if s["awaiting_code"]), None), what="code prompt")
+    eventually_sync(lambda: next((s for s in agent.controller.signin if s["awaiting_code"]), None), 30, "code prompt")
     assert agent.call("POST", "/v1/login/code", {"code": "pasted-abc-def"}) == (200, {"sent": True})
     status = agent.finished()
     assert status["state"] == "failed" and f"Exchanging {MASK} for tokens" in status["reason"], status

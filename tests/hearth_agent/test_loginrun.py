@@ -18,8 +18,8 @@ from tests.hearth_agent.test_signin import (  # fixtures and helpers shared with
     example_provider,
     fake_provider,
     idp,
-    wait_for,
 )
+from tests.waits import eventually_sync
 
 __all__ = ["agent", "controller", "idp"]
 
@@ -46,7 +46,7 @@ def test_paste_code_flow_wrong_code_then_right_code(agent: Agent, idp: tuple[str
     issuer, _ = idp
     ctl = agent.controller
     assert agent.call("POST", "/v1/login", body(issuer, "paste_code")) == (202, {"started": True})
-    first = wait_for(lambda: next((s for s in ctl.signin if s["awaiting_code"]), None), what="code prompt push")
+    first = eventually_sync(lambda: next((s for s in ctl.signin if s["awaiting_code"]), None), 30, "code prompt push")
     assert first["flow"] == "paste_code" and first["user_code"] is None and first["message"] is None
     assert (
         first["url"].startswith(issuer + "/authorize?")
@@ -59,7 +59,7 @@ def test_paste_code_flow_wrong_code_then_right_code(agent: Agent, idp: tuple[str
 
     assert agent.call("POST", "/v1/login/code", {"code": "not-the-code"}) == (200, {"sent": True})
     assert agent.call("POST", "/v1/login/code", {"code": "again"})[0] == 409  # nothing waits for a code now
-    retry = wait_for(lambda: next((s for s in ctl.signin if s["message"]), None), what="the CLI's refusal")
+    retry = eventually_sync(lambda: next((s for s in ctl.signin if s["message"]), None), 30, "the CLI's refusal")
     assert retry["awaiting_code"] and retry["message"].startswith("Invalid code (invalid_grant)")
     assert agent.status()["state"] == "url_captured"
 
@@ -77,7 +77,7 @@ def test_device_code_flow_pushes_url_and_code(agent: Agent, idp: tuple[str, IdpS
     issuer, state = idp
     ctl = agent.controller
     assert agent.call("POST", "/v1/login", body(issuer, "device_code"))[0] == 202
-    shown = wait_for(lambda: ctl.signin[0] if ctl.signin else None, what="device code push")
+    shown = eventually_sync(lambda: ctl.signin[0] if ctl.signin else None, 30, "device code push")
     assert shown["flow"] == "device_code" and shown["url"] == issuer + "/device"
     assert re.fullmatch(r"[A-Z0-9]{4}-[A-Z0-9]{4}", shown["user_code"]) and shown["awaiting_code"] is False
     assert agent.call("POST", "/v1/login/code", {"code": shown["user_code"]})[0] == 409  # not a paste flow
@@ -98,7 +98,7 @@ def test_code_endpoint_checks_its_input(agent: Agent, idp: tuple[str, IdpState])
     issuer, _ = idp
     assert agent.call("POST", "/v1/login/code", {"code": "abc"}) == (409, {"error": "no sign-in is running"})
     assert agent.call("POST", "/v1/login", body(issuer, "paste_code"))[0] == 202
-    wait_for(lambda: agent.status()["awaiting_code"], what="the code prompt")
+    eventually_sync(lambda: agent.status()["awaiting_code"], 30, "the code prompt")
     for bad, needle in (
         ({"code": ""}, "non-empty"),
         ({"code": 12345}, "non-empty string"),
@@ -115,7 +115,7 @@ def test_code_endpoint_checks_its_input(agent: Agent, idp: tuple[str, IdpState])
 def test_loopback_flow_takes_no_code_and_unknown_flows_are_named(agent: Agent) -> None:
     script = "import time; print('https://auth.test/authorize?x=1', flush=True); time.sleep(30)"
     assert agent.call("POST", "/v1/login", {"provider": fake_provider(script), "flow": "loopback"})[0] == 202
-    wait_for(lambda: agent.status()["state"] == "url_captured", what="URL")
+    eventually_sync(lambda: agent.status()["state"] == "url_captured", 30, "URL")
     code, out = agent.call("POST", "/v1/login/code", {"code": "abc"})
     assert code == 409 and "loopback flow; it takes no pasted code" in out["error"]
     code, out = agent.call("POST", "/v1/login", {"provider": fake_provider("pass"), "flow": 3})
@@ -151,9 +151,11 @@ def test_a_paste_cli_that_exits_on_a_wrong_code_is_started_again(agent: Agent) -
     ctl = agent.controller
     prov = fake_provider(FAKE_EXITS_ON_WRONG_CODE, flow="paste_code", code_prompt="Paste code here >")
     assert agent.call("POST", "/v1/login", {"provider": prov})[0] == 202
-    first = wait_for(lambda: next((s for s in ctl.signin if s["awaiting_code"]), None), what="code prompt")
+    first = eventually_sync(lambda: next((s for s in ctl.signin if s["awaiting_code"]), None), 30, "code prompt")
     assert agent.call("POST", "/v1/login/code", {"code": "bad"}) == (200, {"sent": True})
-    again = wait_for(lambda: next((s for s in ctl.signin if s["message"]), None), what="the refusal, after a restart")
+    again = eventually_sync(
+        lambda: next((s for s in ctl.signin if s["message"]), None), 30, "the refusal, after a restart"
+    )
     assert again["awaiting_code"] and again["message"] == "Couldn't log in: That code wasn't accepted."
     assert again["url"] != first["url"]  # the new run's URL (a new state)
     assert "login_restarted" in ctl.names()

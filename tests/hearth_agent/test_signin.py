@@ -17,11 +17,10 @@ import shutil
 import stat
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,21 +35,12 @@ from hearth_agent.server import AgentServer
 from hearth_agent.signin import SignIn, register
 from hearth_agent.supervisor import Supervisor
 from hearth_example.idp import IdpServer, IdpState
+from tests.waits import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "agent-secret-0123456789abcdef"
 SESSION = "sess-1234"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- the controller's callback endpoint (stand-in) --------------------------------------------------------------
@@ -189,8 +179,8 @@ class Agent:
         return out
 
     def finished(self) -> dict[str, Any]:
-        out: dict[str, Any] = wait_for(
-            lambda: (s := self.status())["state"] in ("captured", "failed") and s, what="login end"
+        out: dict[str, Any] = eventually_sync(
+            lambda: (s := self.status())["state"] in ("captured", "failed") and s, 30, "login end"
         )
         return out
 
@@ -275,7 +265,7 @@ def test_example_cli_signs_in_and_credentials_are_pushed(agent: Agent, idp: tupl
     assert status["url_host"] == urllib.parse.urlsplit(issuer).netloc
     assert status["prompts_answered"] == 1  # "Continue? [Y/n]" (the CLI aborts on anything but yes)
     ctl = agent.controller
-    wait_for(lambda: ctl.credentials, what="credentials push")
+    eventually_sync(lambda: bool(ctl.credentials), 30, "credentials push")
     assert ctl.names() == ["login_started", "url_captured", "credentials_found"]
     assert ctl.events[1]["detail"] == f"{issuer}/authorize"  # scheme://host/path only
     assert ctl.events[2]["detail"] == ".example/credentials.json"
@@ -324,7 +314,7 @@ def test_cli_exiting_without_credentials_fails_with_a_redacted_reason(agent: Age
     assert reason.startswith(expected), reason  # the step, then the rendered screen's last lines
     assert "abcdef0123456789xyz" not in reason
     ctl = agent.controller
-    wait_for(lambda: "login_failed" in ctl.names(), what="login_failed")
+    eventually_sync(lambda: "login_failed" in ctl.names(), 30, "login_failed")
     assert ctl.names() == ["login_started", "login_failed"]
     assert ctl.events[-1]["detail"] == reason
     assert ctl.credentials == []
@@ -344,7 +334,7 @@ def test_timeout_kills_the_cli_and_its_children(agent: Agent) -> None:
     status = agent.finished()
     assert status["state"] == "failed"
     assert status["reason"] == "timed out after 1.5 s waiting for the sign-in URL (screen: waiting for nothing)"
-    wait_for(lambda: "login_failed" in agent.controller.names(), what="login_failed")
+    eventually_sync(lambda: "login_failed" in agent.controller.names(), 30, "login_failed")
     pids = [int(p) for p in (agent.home / "pids").read_text().split()]
 
     def gone(pid: int) -> bool:
@@ -353,7 +343,7 @@ def test_timeout_kills_the_cli_and_its_children(agent: Agent) -> None:
         except FileNotFoundError:
             return True
 
-    wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="the CLI's processes to end")
+    eventually_sync(lambda: all(gone(p) for p in pids), 10, "the CLI's processes to end")
 
 
 FAKE_TUI = r"""
@@ -428,7 +418,7 @@ def test_url_from_the_browser_hook_ignores_earlier_lines(agent: Agent) -> None:
 def test_cancel_ends_a_running_login(agent: Agent) -> None:
     script = "import time; print('waiting', flush=True); time.sleep(60)"
     assert agent.call("POST", "/v1/login", {"provider": fake_provider(script)})[0] == 202
-    wait_for(lambda: agent.controller.events, what="login_started")
+    eventually_sync(lambda: bool(agent.controller.events), 30, "login_started")
     assert agent.call("POST", "/v1/cancel-login") == (200, {"cancelled": True, "state": "failed"})
     assert agent.status()["reason"] == "cancelled"
     assert agent.controller.names() == ["login_started"]  # the controller asked: no login_failed

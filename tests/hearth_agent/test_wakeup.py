@@ -34,8 +34,8 @@ from tests.hearth_agent.test_signin import (  # noqa: F401  (controller: a fixtu
     Controller,
     controller,
     fake_provider,
-    wait_for,
 )
+from tests.waits import eventually_sync
 
 WINDOW = 3.0  # seconds of idleness counted
 OLD_RATE = 30  # wakeups per second of the ticking agent
@@ -147,7 +147,7 @@ def agent_process(tmp_path: Path, controller: Controller) -> Iterator[tuple[Agen
     proc = subprocess.Popen([sys.executable, "-m", "hearth_agent", "--config", str(path)], env=env, cwd=str(home))
     agent = Agent(f"http://127.0.0.1:{port}", home, None, None, controller)  # type: ignore[arg-type]
     try:
-        wait_for(lambda: _answers(agent), what="the agent listening")
+        eventually_sync(lambda: _answers(agent), 30, "the agent listening")
         yield agent, proc
     finally:
         proc.terminate()
@@ -166,7 +166,7 @@ def test_an_idle_agent_waiting_for_a_code_does_not_wake(agent_process: tuple[Age
     ctl = agent.controller
     prov = fake_provider(WAITS_FOR_CODE, timeout=600, flow="paste_code", code_prompt="Paste code here >")
     assert agent.call("POST", "/v1/login", {"provider": prov})[0] == 202
-    wait_for(lambda: any(s["awaiting_code"] for s in ctl.signin), what="the code prompt pushed")
+    eventually_sync(lambda: any(s["awaiting_code"] for s in ctl.signin), 30, "the code prompt pushed")
     before = quiet(proc.pid)
     time.sleep(WINDOW)  # the measurement window itself (nothing is waited for)
     idle = wakeups(proc.pid) - before
@@ -174,7 +174,7 @@ def test_an_idle_agent_waiting_for_a_code_does_not_wake(agent_process: tuple[Age
     # the same agent does wake for what matters: the code typed, the CLI writing its credentials (inotify), exiting
     assert agent.call("POST", "/v1/login/code", {"code": "good"}) == (200, {"sent": True})
     assert agent.finished()["state"] == "captured"
-    wait_for(lambda: ctl.credentials, what="credentials push")
+    eventually_sync(lambda: bool(ctl.credentials), 30, "credentials push")
     assert wakeups(proc.pid) > before + idle
 
 
@@ -191,7 +191,7 @@ def desktop_agent(tmp_path: Path) -> Iterator[tuple[Agent, subprocess.Popen[byte
     proc = subprocess.Popen([sys.executable, "-m", "hearth_agent", "--config", str(path)], env=env, cwd=str(home))
     agent = Agent(f"http://127.0.0.1:{port}", home, None, None, Controller())  # type: ignore[arg-type]
     try:
-        wait_for(lambda: _answers(agent), what="the agent listening")
+        eventually_sync(lambda: _answers(agent), 30, "the agent listening")
         yield agent, proc
     finally:
         proc.terminate()
@@ -210,14 +210,14 @@ def test_a_supervisor_with_a_desktop_sleeps_and_wakes_when_a_service_dies(
     desktop_agent: tuple[Agent, subprocess.Popen[bytes]],
 ) -> None:
     agent, proc = desktop_agent
-    wait_for(lambda: all(s["state"] == "running" for s in _services(agent).values()), what="desktop running")
+    eventually_sync(lambda: all(s["state"] == "running" for s in _services(agent).values()), 30, "desktop running")
     before = quiet(proc.pid)
     time.sleep(WINDOW)  # the measurement window itself
     idle = wakeups(proc.pid) - before
     assert idle <= 2, f"{idle} wakeups in {WINDOW:g} s idle (the ticking supervisor alone: ~{10 * WINDOW:.0f})"
     openbox = _services(agent)["openbox"]["pid"]
     os.kill(openbox, signal.SIGKILL)  # its exit (pidfd) wakes the supervisor, which restarts it after its back-off
-    wait_for(lambda: _services(agent)["openbox"]["restarts"] == 1, what="openbox restarted")
+    eventually_sync(lambda: _services(agent)["openbox"]["restarts"] == 1, 30, "openbox restarted")
     assert _services(agent)["openbox"]["state"] in ("starting", "running")
 
 
