@@ -20,6 +20,7 @@ from hearth.errors import DriverError, Hop
 from hearth.sandbox.firecracker.api import ApiUnreachable, FirecrackerApi
 from hearth.sandbox.firecracker.plan import ApiCall
 from tests.sandbox.firecracker.fchelpers import FAKE
+from tests.waits import eventually
 
 
 @contextlib.asynccontextmanager
@@ -29,11 +30,13 @@ async def stand_in(tmp_path: Path, *knobs: str) -> AsyncIterator[tuple[Path, asy
         sys.executable, str(FAKE), "--api-sock", str(sock), *knobs, stdout=asyncio.subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert proc.returncode is None, "stand-in exited"
-            assert time.monotonic() < deadline, "stand-in never opened its socket"
-            await asyncio.sleep(0.01)
+
+        async def opened() -> bool:
+            if proc.returncode is not None:
+                raise RuntimeError("stand-in exited")  # not one of NOT_YET: fails at once
+            return sock.exists()
+
+        await eventually(opened, 10, "the stand-in's socket", interval=0.01)
         yield sock, proc
     finally:
         if proc.returncode is None:

@@ -31,6 +31,7 @@ from hearth.sandbox.firecracker import FirecrackerDriver, JailerConfig, MachineS
 from tests.sandbox.firecracker.fchelpers import FAKE, Fake, new_settings, pid_running
 from tests.sandbox.firecracker.fcspec import FirecrackerSpec
 from tests.sandbox.specs import spec_for
+from tests.waits import eventually
 
 MakeFake = Callable[..., Fake]
 
@@ -389,10 +390,13 @@ async def test_cancelled_start_leaves_nothing(
     fake = make_fake("--fake-stall", "PUT", "/machine-config")
     drv = driver(fabric, image, fake)
     task = asyncio.create_task(drv.start(spec, lambda _: None))
-    deadline = time.monotonic() + 10
-    while not any(r["path"] == "/machine-config" for r in fake.requests()):
-        assert time.monotonic() < deadline and not task.done(), "the stand-in never got PUT /machine-config"
-        await asyncio.sleep(0.01)
+
+    async def asked() -> bool:
+        if task.done():
+            raise RuntimeError(f"start ended before PUT /machine-config: {task}")  # not NOT_YET: fails at once
+        return any(r["path"] == "/machine-config" for r in fake.requests())
+
+    await eventually(asked, 10, "PUT /machine-config at the stand-in", interval=0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
