@@ -36,6 +36,17 @@ async def test_false_is_not_an_answer_and_the_timeout_names_what_and_the_last_ob
         await eventually(probe, 0.05, "chromium running", interval=0.001)
 
 
+async def test_a_plain_function_is_a_probe_too() -> None:
+    seen: list[int] = []
+
+    def probe() -> bool:
+        seen.append(len(seen))
+        return len(seen) == 3
+
+    assert await eventually(probe, 30, "the third look", interval=0.001) is True
+    assert len(seen) == 3
+
+
 async def test_a_bug_in_the_probe_propagates() -> None:
     async def probe() -> int:
         raise KeyError("typo")

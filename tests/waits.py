@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import httpx
 
@@ -24,22 +25,37 @@ NOT_YET: tuple[type[BaseException], ...] = (
 )
 
 
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T | bool | None]],
+    probe: Callable[[], Awaitable[T | bool | None]], timeout: float, what: str, *, interval: float = 0.05
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T | bool | None], timeout: float, what: str, *, interval: float = 0.05
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], object],
     timeout: float,
     what: str,
     *,
     interval: float = 0.05,
-) -> T:
-    """Await `probe` until it returns an answer — anything but None or False — without raising one of `NOT_YET`;
-    returns that answer. Raises AssertionError naming `what` and the last observation after `timeout` seconds."""
+) -> object:
+    """Call `probe` (a coroutine function, or a plain function that looks without waiting) until it returns an
+    answer — anything but None or False — without raising one of `NOT_YET`; returns that answer. Raises
+    AssertionError naming `what` and the last observation after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
-            got = await probe()
+            got = probe()
+            if inspect.isawaitable(got):
+                got = await got
             if got is not None and got is not False:
-                return got  # type: ignore[return-value]  # None and False excluded above
+                return got
             last = got
         except NOT_YET as exc:
             last = exc
