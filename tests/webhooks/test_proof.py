@@ -23,6 +23,7 @@ from hearth.serving.local import free_port
 from hearth.store.db import Database
 from hearth.store.models import EventRow, OutboxRow
 from tests.restartkit import Controller, approve_device, assert_nothing_left, start_idp, wait_body, wait_prompt
+from tests.waits import eventually
 from tests.webhooks.receiver import Receiver
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -86,10 +87,13 @@ async def test_a_receiver_down_across_a_controller_kill_then_gets_every_event_in
             assert revoked.status_code == 200, revoked.text
 
             await receiver.up()
-            deadline = time.monotonic() + 120
-            while not all(o.state == "delivered" for o in outbox(db)):
-                assert time.monotonic() < deadline, [(o.type, o.state, o.last_error) for o in outbox(db)]
-                await asyncio.sleep(0.2)
+
+            def delivered() -> bool:
+                left = [(o.type, o.state, o.last_error) for o in outbox(db) if o.state != "delivered"]
+                assert not left, left  # the last observation, should it time out
+                return True
+
+            await eventually(delivered, 120, "every event delivered", interval=0.2)
             page = (await http.get("/api/webhooks/deliveries", params={"state": "delivered"})).json()
             assert len(page["deliveries"]) == min(50, len(outbox(db)))
             assert (await http.delete("/api/users/signer/cli-sandbox")).status_code == 204

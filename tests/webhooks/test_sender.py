@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +24,7 @@ from hearth.store.db import Database
 from hearth.store.models import OutboxRow
 from hearth.webhooks.outbox import Outbox
 from hearth.webhooks.sender import GIVE_UP, Sender
+from tests.waits import eventually
 from tests.webhooks.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -68,13 +68,6 @@ def expected(db: Database) -> dict[str, list[str]]:
     return out
 
 
-async def until(what: Callable[[], bool], timeout: float = 60, why: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {why}"
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def sending(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(sender.run())
@@ -108,7 +101,7 @@ async def test_a_receiver_down_for_a_while_then_gets_every_event_in_order(
         write(db, outbox, streams, 4)
         async with sending(fast(s, db)):
             # Down: every stream's head fails and backs off; nothing behind a head is tried.
-            await until(lambda: all(r.attempts >= 2 for r in rows(db) if r.msg_id in heads(db)), why="retries")
+            await eventually(lambda: all(r.attempts >= 2 for r in rows(db) if r.msg_id in heads(db)), 60, "retries")
             for r in rows(db):
                 assert r.state == "pending"
                 if r.msg_id in heads(db):
@@ -119,7 +112,9 @@ async def test_a_receiver_down_for_a_while_then_gets_every_event_in_order(
                     assert r.attempts == 0, "a later event of a stream was tried before the earlier one was acked"
             write(db, outbox, streams, 2)  # more state changes while it is down: written at once, not blocked
             await receiver.up()
-            await until(lambda: all(r.state == "delivered" for r in rows(db)), why="delivery after the receiver is up")
+            await eventually(
+                lambda: all(r.state == "delivered" for r in rows(db)), 60, "delivery after the receiver is up"
+            )
         assert receiver.bad_signatures == 0
         assert receiver.by_stream() == expected(db)
         assert receiver.max_in_flight_per_stream == 1
@@ -145,7 +140,9 @@ async def test_two_nodes_share_the_outbox_without_sending_a_row_twice(
         write(db_a, Outbox(a), [f"a{i}" for i in range(4)], 5)
         write(db_b, Outbox(b), [f"b{i}" for i in range(4)], 5)
         async with sending(fast(a, db_a)), sending(fast(b, db_b)):
-            await until(lambda: all(r.state == "delivered" for r in rows(db_a)), why="both nodes' events delivered")
+            await eventually(
+                lambda: all(r.state == "delivered" for r in rows(db_a)), 60, "both nodes' events delivered"
+            )
         assert len(receiver.acked) == 40 and len({g.msg_id for g in receiver.acked}) == 40  # each exactly once
         assert receiver.by_stream() == expected(db_a)
         assert receiver.max_in_flight_per_stream == 1
@@ -166,7 +163,7 @@ async def test_a_stopped_or_killed_sender_loses_nothing(
         await receiver.up()
         first = fast(s, db, timeout=30.0)
         async with sending(first):
-            await until(lambda: receiver.requests == 1, why="the first attempt")
+            await eventually(lambda: receiver.requests == 1, 60, "the first attempt")
             held = rows(db)[0]
             assert held.claimed_by == first.me and held.state == "pending"
         # A graceful stop hands the claim back: the next sender does not wait for it to lapse.
@@ -176,7 +173,7 @@ async def test_a_stopped_or_killed_sender_loses_nothing(
         db.call(lambda d: d.execute(update(OutboxRow).values(claimed_by="local/dead", claimed_until=far)))
         receiver.hang = False
         async with sending(fast(s, db)):
-            await until(lambda: all(r.state == "delivered" for r in rows(db)), why="after the restart")
+            await eventually(lambda: all(r.state == "delivered" for r in rows(db)), 60, "after the restart")
         assert receiver.by_stream() == expected(db)
         # Another node's live claim is respected (it may be sending right now).
         write(db, Outbox(s), ["y"], 1)
@@ -206,8 +203,10 @@ async def test_error_answers_back_off_then_give_up_and_the_stream_moves_on(
         metrics = Metrics()
         count = metrics.registry.get_sample_value
         async with sending(fast(s, db, metrics, give_up=1.0)):
-            await until(lambda: rows(db)[1].state == "delivered", why="the next event after the failed one")
-            await until(lambda: count("hearth_webhook_attempts_total", {"result": "delivered"}) == 1, why="counted")
+            await eventually(lambda: rows(db)[1].state == "delivered", 60, "the next event after the failed one")
+            await eventually(
+                lambda: count("hearth_webhook_attempts_total", {"result": "delivered"}) == 1, 60, "counted"
+            )
         head: Any = rows(db)[0]
         assert head.state == "failed" and head.attempts >= 2 and head.last_status == 503
         assert head.last_error == "[webhook] 127.0.0.1 answered HTTP 503"
@@ -229,7 +228,7 @@ async def test_a_redirect_is_not_followed(make_settings: Callable[..., Settings]
         receiver.status = 302
         await receiver.up()
         async with sending(fast(s, db)):
-            await until(lambda: rows(db)[0].attempts >= 1, why="one attempt")
+            await eventually(lambda: rows(db)[0].attempts >= 1, 60, "one attempt")
         err = rows(db)[0].last_error
         assert err is not None and "HTTP 302" in err and "redirects are not followed" in err
         assert rows(db)[0].state == "pending"
