@@ -85,7 +85,7 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
         driver = AliveDriver(settings)
         ring = KeyRing([MasterKey.of(secrets.token_bytes(32))], None)  # in memory: a bench creates no key files
         svc = SessionService(settings, db, driver, SandboxManager(settings, db, driver, Ipam(settings, db), ring))
-        reconciler = Reconciler(svc)
+        reconciler = Reconciler(svc, svc.records, svc.boots)
         fill(svc, n)
         await reconciler.run_once()  # the first pass after a start
         statements = 0
@@ -98,7 +98,7 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
         clis, vault = CliSandboxes(settings, db, svc.sandboxes), Vault(db, svc.sandboxes.ring)
         c0 = time.process_time()
         for _ in range(ticks):
-            await svc.record_pending()
+            await svc.records.record_pending()
             await svc.check_alive()
             await svc.expire_due()
             await svc.pool_tick()

@@ -141,7 +141,7 @@ async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> f
             sids = await asyncio.gather(*(create(i) for i in range(n)))
             netns = []
             for sid in sids:
-                view = await lc.ctl.service.get(sid)
+                view = await lc.ctl.service.records.get(sid)
                 assert view.slot is not None, view
                 netns.append(lc.ctl.service.ipam.slot(view.slot).netns)
             await asyncio.sleep(settle)

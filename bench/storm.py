@@ -57,7 +57,7 @@ async def browsers_shown(lc: LocalController, n: int, timeout: float = 240.0) ->
     """create → browser on the desktop (timings["browser"]) of every ready session, once all are up (or timeout)."""
     deadline = time.monotonic() + timeout
     while True:
-        views = [v for v in await lc.ctl.service.list_active() if v.status.value == "ready"]
+        views = [v for v in await lc.ctl.service.records.list_active() if v.status.value == "ready"]
         shown = [float(v.timings["browser"]) for v in views if "browser" in v.timings]
         if len(shown) >= len(views) or time.monotonic() > deadline:
             return shown
@@ -91,7 +91,7 @@ async def _storm(n: int, max_boots: int, browser_start: str, label: str, databas
                 results = await asyncio.gather(*(one(http, lc.ws_base, i) for i in range(n)))
                 if browser_start == "queued":
                     browsers = await browsers_shown(lc, n)
-                active = [v.id for v in await lc.ctl.service.list_active()]
+                active = [v.id for v in await lc.ctl.service.records.list_active()]
                 for sid in active:
                     await http.post(f"/api/auth/session/{sid}/cancel")
     readies = [r[0] for r in results if r[0] == r[0]]

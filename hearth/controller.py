@@ -136,15 +136,17 @@ def build(settings: Settings, driver: Driver | None = None, *, drain: bool = Fal
     )
     vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
     clis = CliSandboxes(settings, db, sandboxes, providers, pool=service.pool)
-    signin = SignInFlow(service, vault, clis, providers, codes)
+    records, boots = service.records, service.boots  # the sessions' rows; their boots (start, specs, explain)
+    signin = SignInFlow(service, records, vault, clis, providers, codes)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
     prompts = PromptService(settings, PromptStore(settings, db, vault.ring), vault, clis, providers)
     egress = EgressRuntime(settings, sandboxes.gate)
     egress.register(service.metrics.registry)
-    service.metrics.track_state(service.counts_by_state, service.pool_usage)
+    service.metrics.track_state(records.counts_by_state, records.pool_usage)
     doctor = Parts(
         settings,
-        records=service,
+        records=records,
+        specs=boots,
         driver=drv,
         tokens=tokens,
         api_url=local_api_url(settings),
@@ -197,12 +199,12 @@ def refuse_new_keys_over_old_store(settings: Settings, db: Database) -> None:
 
 async def housekeeping(ctl: Controller, period: float = 2.0) -> None:
     """Watchdog and expiry every `period`; the reconciler at once (in the background) and then periodically."""
-    reconciler = Reconciler(ctl.service)
+    reconciler = Reconciler(ctl.service, ctl.service.records, ctl.service.boots)
     next_reconcile = 0.0
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await ctl.service.record_pending()
+            await ctl.service.records.record_pending()
             if loop.time() >= next_reconcile or ctl.reconcile_soon.is_set():
                 ctl.reconcile_soon.clear()
                 next_reconcile = loop.time() + ctl.settings.reconcile_interval
@@ -269,20 +271,21 @@ async def lifespan(ctl: Controller) -> AsyncIterator[None]:
 def make_app(ctl: Controller) -> FastAPI:
     """The controller's HTTP app: its routes, in the order the OpenAPI lists them, and its lifespan."""
     settings, service = ctl.settings, ctl.service
+    records, boots = service.records, service.boots
     # callers present an API key; edges present the node credential instead (hearth/cluster/credential.py)
     keys = ApiKeys(settings.api_keys, NodeCredential.from_setting(settings.node_credential))
     routers = [
         metrics_router(service.metrics.render, keys),
         health.make_router(settings, ctl.db, ctl.fabric, ctl.driver.name, lambda: len(service.live_sessions())),
-        sessions.make_router(settings, service, ctl.tokens, keys, ctl.providers, ctl.signin.prompt),
+        sessions.make_router(settings, service, records, boots, ctl.tokens, keys, ctl.providers, ctl.signin.prompt),
         users.make_router(ctl.vault, ctl.clis, keys),
         prompt_routes.make_router(ctl.prompts, keys),
         cli_retention.make_router(ctl.clis, keys),
         egress_routes.make_router(settings, ctl.db, keys),
         webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)),
-        diagnostics.make_router(ctl.doctor, service.owned, keys),
-        gateway_routes.make_router(settings, service, ctl.tokens, ctl.db, ctl.viewers, service.metrics),
-        viewer.make_router(service, ctl.tokens, ctl.signin, keys),
+        diagnostics.make_router(ctl.doctor, records.owned, keys),
+        gateway_routes.make_router(settings, service, records, boots, ctl.tokens, ctl.db, ctl.viewers, service.metrics),
+        viewer.make_router(records, service.boot_queue, ctl.tokens, ctl.signin, keys),
     ]
     app = create_app(settings, routers, lambda _app: lifespan(ctl), viewer.STATIC)
     app.state.controller = ctl  # hearth/serving/serve.py: a graceful stop closes viewers with 4503 first (its drain)

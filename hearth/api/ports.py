@@ -1,7 +1,8 @@
 """What the viewer page sees of the sessions (hearth/api/viewer.py): a Protocol instead of the session service.
 
-`hearth.controller.build` passes the session service. The members listed are exactly the ones the page, its status
-stream and the code form use: settings, db, changes (waiter), boot_queue (position), get, owned, heartbeat.
+`hearth.controller.build` passes the session records and the boot queue. The members listed are exactly the ones the
+page, its status stream and the code form use: settings, db, changes (waiter), get, owned, heartbeat; and the queue's
+position.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Queue(Protocol):
 
 
 class Watching(Protocol):
-    """The viewer page's view of the sessions: the session (this node's), its changes, its place in the boot queue."""
+    """The viewer page's view of the sessions' rows: the session (this node's) and its changes."""
 
     @property
     def settings(self) -> Settings: ...
@@ -33,9 +34,6 @@ class Watching(Protocol):
 
     @property
     def changes(self) -> Changes: ...
-
-    @property
-    def boot_queue(self) -> Queue: ...
 
     async def get(self, session_id: str) -> SessionView: ...
 

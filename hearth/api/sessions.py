@@ -19,6 +19,8 @@ from hearth.config import Settings
 from hearth.gateway.embed import ReturnUrlError, check_return_url
 from hearth.gateway.tokens.base import Scope, TokenStore
 from hearth.providers.model import Provider
+from hearth.session.boots import SessionBoots
+from hearth.session.records import SessionRecords
 from hearth.session.service import SessionService
 from hearth.signin.modes import ModeError, choose_mode
 from hearth.signin.prompts import SigninPrompt
@@ -34,6 +36,8 @@ def viewer_url(settings: Settings, request: Request, session_id: str, token: str
 def make_router(
     settings: Settings,
     service: SessionService,
+    records: SessionRecords,
+    boots: SessionBoots,
     tokens: TokenStore,
     keys: ApiKeys,
     providers: dict[str, Provider],
@@ -80,7 +84,7 @@ def make_router(
     async def get(session_id: str) -> SessionOut:
         """Status, reason, timings; in direct mode `signin` holds the link (and code) to show the person."""
         return SessionOut.of(
-            await service.owned(session_id, "get"), prompt_of(session_id), service.boot_queue.position(session_id)
+            await records.owned(session_id, "get"), prompt_of(session_id), service.boot_queue.position(session_id)
         )
 
     @router.post("/session/{session_id}/cancel", response_model=SessionOut)
@@ -96,27 +100,27 @@ def make_router(
     @router.post("/session/{session_id}/heartbeat", response_model=SessionOut)
     async def heartbeat(session_id: str) -> SessionOut:
         """Keep a ready session from idling out."""
-        return SessionOut.of(await service.heartbeat(session_id))
+        return SessionOut.of(await records.heartbeat(session_id))
 
     @router.get("/session/{session_id}/events")
     async def events(session_id: str) -> list[dict[str, Any]]:
         """Every state change and boot stage, with timestamps and reasons."""
-        return await service.events(session_id)
+        return await records.events(session_id)
 
     @router.get("/session/{session_id}/console")
     async def console(session_id: str, limit: int = 8192) -> dict[str, Any]:
         """The tail of the guest's serial console (VM drivers), while the sandbox exists (or is kept on failure)."""
-        view = await service.owned(session_id, "console")
+        view = await records.owned(session_id, "console")
         if not service.driver.offers.console_tail or view.slot is None:
             raise HTTPException(404, f"the {service.driver.name} driver has no guest console")
-        spec = service.sandbox_spec(view)  # by session and node, never by slot index alone
+        spec = boots.sandbox_spec(view)  # by session and node, never by slot index alone
         text = await asyncio.to_thread(service.driver.console_tail, spec, max(256, min(limit, 1 << 20)))
         return {"driver": service.driver.name, "console": text}
 
     @router.post("/session/{session_id}/token", response_model=TokenResponse)
     async def token(session_id: str, body: TokenRequest, request: Request) -> TokenResponse:
         """A fresh viewer token (`view` hides input, `control` allows it)."""
-        await service.owned(session_id, "token")
+        await records.owned(session_id, "token")
         scope = Scope(body.scope)
         tok = tokens.issue(session_id, scope, settings.token_ttl)
         return TokenResponse(

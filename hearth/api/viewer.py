@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from hearth.api import problems
 from hearth.api.auth import ApiKeys
-from hearth.api.ports import Watching
+from hearth.api.ports import Queue, Watching
 from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.gateway.embed import frame_ancestors
@@ -107,7 +107,12 @@ def page_headers(settings: Settings) -> dict[str, str]:
 
 
 def make_router(
-    service: Watching, tokens: TokenStore, signin: SignInFlow, keys: ApiKeys, keepalive: float = 15.0
+    records: Watching,
+    queue: Queue,
+    tokens: TokenStore,
+    signin: SignInFlow,
+    keys: ApiKeys,
+    keepalive: float = 15.0,
 ) -> APIRouter:
     router = APIRouter(tags=["viewer"])
 
@@ -133,7 +138,7 @@ def make_router(
             body = await request.json()
         except ValueError:
             body = None
-        await service.owned(session_id, "code")  # another node's session: 421 naming it (hearth/session/owner.py)
+        await records.owned(session_id, "code")  # another node's session: 421 naming it (hearth/session/owner.py)
         try:
             await signin.submit_code(session_id, body.get("code") if isinstance(body, dict) else None)
         except CodeRefused as exc:
@@ -143,14 +148,14 @@ def make_router(
     @router.get("/api/auth/session/{session_id}/novnc", responses=_PAGE)  # HTML (see _PAGE); errors also JSON
     async def page(session_id: str, token: str = "") -> HTMLResponse:
         """The noVNC viewer page (served by hearth; no CDN)."""
-        headers = page_headers(service.settings)
+        headers = page_headers(records.settings)
         try:
             tokens.verify(token, session_id)
         except TokenError as exc:
             body = _plain("This link is not valid", f"{exc}. Ask for a new link.")
             return HTMLResponse(body, status_code=401, headers=headers)
         try:
-            await service.owned(session_id, "page")  # another node's session: 421 naming it (a token of old)
+            await records.owned(session_id, "page")  # another node's session: 421 naming it (a token of old)
         except NotHere as exc:
             body = _plain("This sign-in is on another server", exc.short)
             return HTMLResponse(body, status_code=421, headers=headers)
@@ -160,7 +165,7 @@ def make_router(
             body = _plain("Viewer not installed", "run scripts/setup.sh to build noVNC")
             return HTMLResponse(body, status_code=503, headers=headers)
         html = (
-            (STATIC / "viewer" / "viewer.html").read_text().replace("{{HEARTH_CONFIG}}", page_config(service.settings))
+            (STATIC / "viewer" / "viewer.html").read_text().replace("{{HEARTH_CONFIG}}", page_config(records.settings))
         )
         return HTMLResponse(html, headers=headers)
 
@@ -177,7 +182,7 @@ def make_router(
                 media_type="text/event-stream",
             )
         try:
-            await service.owned(session_id, "status")  # another node's session: 421 naming it (a token of old)
+            await records.owned(session_id, "status")  # another node's session: 421 naming it (a token of old)
         except SessionNotFound:
             return StreamingResponse(
                 iter(['event: error\ndata: "unknown session"\n\n']), status_code=404, media_type="text/event-stream"
@@ -185,27 +190,27 @@ def make_router(
 
         # An open sign-in page is activity (a direct-mode session has no viewer WebSocket to count): a heartbeat at
         # every keepalive, often enough for HEARTH_IDLE_TIMEOUT.
-        beat = min(keepalive, service.settings.idle_timeout / 3)
+        beat = min(keepalive, records.settings.idle_timeout / 3)
 
         try:
-            back = await returnto.return_url(service.db, session_id)
+            back = await returnto.return_url(records.db, session_id)
         except StoreError:
             back = None  # the store answered a moment ago; without it the page only offers no way back
 
         async def events() -> AsyncIterator[str]:
             last = ""
-            await service.heartbeat(session_id)
+            await records.heartbeat(session_id)
             while True:
-                waiter = service.changes.waiter(session_id)
+                waiter = records.changes.waiter(session_id)
                 try:
-                    view = await service.get(session_id)
+                    view = await records.get(session_id)
                 except StoreError:  # the store is down: keep the stream, ask again after the keepalive
                     yield ": store unavailable\n\n"
                     await asyncio.sleep(keepalive)
                     continue
                 watching = claims.scope is not Scope.CONTROL
                 prompt = None if watching else signin.prompt(session_id)
-                position = service.boot_queue.position(session_id)
+                position = queue.position(session_id)
                 qr = await qr_for(view, prompt)
                 now = status_json(view, provider_name(view), prompt, watching, back, position, qr)
                 if now != last:
@@ -216,7 +221,7 @@ def make_router(
                 try:
                     await asyncio.wait_for(waiter.wait(), beat)
                 except TimeoutError:
-                    await service.heartbeat(session_id)
+                    await records.heartbeat(session_id)
                     yield ": keepalive\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -64,6 +64,7 @@ async def _run(settings: Settings, session: str | None, api: str | None, gateway
         parts = Parts(
             settings=settings,
             records=records,
+            specs=records,
             api_url=api or local_api_url(settings),
             api_key=settings.api_keys[0] if settings.api_keys else None,
             gateway=gateway,

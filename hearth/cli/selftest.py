@@ -179,7 +179,7 @@ async def _session(lc: LocalController, ready_timeout: float, res: Result) -> No
             except Exception as exc:
                 res.problems.append(f"no first frame through the gateway: {type(exc).__name__}: {exc}")
         if status != "ready":
-            console = guest_console(ctl.driver, ctl.service.spec(sid, ctl.service.ipam.slot(0)))
+            console = guest_console(ctl.driver, ctl.service.boots.spec(sid, ctl.service.ipam.slot(0)))
             if console is not None:
                 res.details["console"] = console
         cancelled = (await http.post(f"/api/auth/session/{sid}/cancel")).json()

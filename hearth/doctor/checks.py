@@ -18,7 +18,7 @@ from typing import Any
 
 from hearth.doctor import egress, host, proxy, session
 from hearth.doctor.context import BUDGET, Context, ControllerLike, Parts, Target, parts_of, run_steps
-from hearth.doctor.ports import Records
+from hearth.doctor.ports import Records, Specs
 from hearth.doctor.report import CheckResult, Report
 from hearth.errors import HearthError, Hop
 from hearth.sandbox.base import Driver
@@ -50,17 +50,17 @@ def _driver_for(parts: Parts, name: str) -> tuple[Driver | None, str]:
         return None, exc.reason
 
 
-async def resolve(parts: Parts, service: Records, session_id: str) -> Target:
+async def resolve(parts: Parts, records: Records, specs: Specs, session_id: str) -> Target:
     """The session's view and slot, the spec its driver derives everything from, and that driver."""
-    view = await service.get(session_id)  # SessionNotFound propagates
+    view = await records.get(session_id)  # SessionNotFound propagates
     if view.slot is not None:
         index = view.slot
     elif view.sandbox_ip:
-        index = service.ipam.index_of(IPv4Address(view.sandbox_ip))
+        index = records.ipam.index_of(IPv4Address(view.sandbox_ip))
     else:
         index = 0
-    slot = service.ipam.slot(index)
-    spec = service.spec(view.id, slot, view.mode)  # the one builder (it also knows the agent secret)
+    slot = records.ipam.slot(index)
+    spec = specs.spec(view.id, slot, view.mode)  # the one builder (it also knows the agent secret)
     drv, problem = _driver_for(parts, view.driver)
     return Target(view, slot, view.sandbox_ip or str(slot.ip), spec, drv, problem)
 
@@ -74,9 +74,9 @@ async def diagnose(source: ControllerLike | Parts, session_id: str | None = None
     if session_id is None:
         steps = HOST_STEPS
     else:
-        if parts.records is None:
-            raise ValueError("diagnosing a session needs the state database (Parts.records)")
-        ctx.target = await resolve(parts, parts.records, session_id)
+        if parts.records is None or parts.specs is None:
+            raise ValueError("diagnosing a session needs the state database (Parts.records, Parts.specs)")
+        ctx.target = await resolve(parts, parts.records, parts.specs, session_id)
         v = ctx.target.view
         info = {
             "status": v.status.value,

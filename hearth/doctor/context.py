@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hearth.config import Settings
-from hearth.doctor.ports import PoolGauge, Records
+from hearth.doctor.ports import PoolGauge, Records, Specs
 from hearth.doctor.probes import netns_exists
 from hearth.doctor.report import CheckResult, Finding
 from hearth.egress.gate import EgressGate
@@ -45,11 +45,12 @@ class Parts:
     """The pieces a diagnosis may use; anything missing makes the checks that need it report themselves not run.
 
     Inside the controller: `build` makes them (`ctl.doctor`). From the CLI: settings, `StoreRecords` over the same
-    database (read only), and the controller's URL plus an API key for the end-to-end gateway check.
+    database (read only; records and specs), and the controller's URL plus an API key for the end-to-end gateway check.
     """
 
     settings: Settings
-    records: Records | None = None  # the sessions' rows, leases and spec builder (hearth/doctor/ports.py)
+    records: Records | None = None  # the sessions' rows and leases (hearth/doctor/ports.py)
+    specs: Specs | None = None  # the one spec builder (the session boots; from the CLI, `StoreRecords` again)
     driver: Driver | None = None
     tokens: TokenStore | None = None  # mints a viewer token for the gateway check (inside the controller)
     api_url: str | None = None  # the controller's base URL (the gateway check connects there)

@@ -20,12 +20,16 @@ from hearth.signin.modes import SigninMode
 
 
 class Records(Protocol):
-    """The sessions' rows and the one spec builder: which session, on which slot, in which sandbox."""
+    """The sessions' rows: which session, on which slot."""
 
     @property
     def ipam(self) -> Ipam: ...
 
     async def get(self, session_id: str) -> SessionView: ...
+
+
+class Specs(Protocol):
+    """The one spec builder: the sandbox a session runs in."""
 
     def spec(self, session_id: str, slot: Slot, mode: SigninMode = ...) -> SandboxSpec: ...
 

@@ -1,10 +1,12 @@
 """What the gateway sees of the sessions: small Protocols instead of the whole session service.
 
-`hearth.controller.build` passes the concrete session service; nothing here imports it. The methods each Protocol
+`hearth.controller.build` passes the concrete session service, records and boots; nothing here imports it. The methods each Protocol
 lists are exactly the ones the gateway calls:
 
-- `Relaying` (the viewer WebSocket, hearth/gateway/routes.py): draining, fenced, live_view, get, wait_until, target,
-  explain, stop_event, first_frame.
+- `Relaying` (the session service, for the viewer WebSocket, hearth/gateway/routes.py): draining, fenced, live_view,
+  wait_until, stop_event, first_frame.
+- `Rows` (the session records): get.
+- `Targets` (the session boots: where a session's desktop is, why it failed): target, explain.
 - `Viewers` (the viewer gauge: a connected viewer is activity): add, remove.
 """
 
@@ -19,7 +21,7 @@ from hearth.session.view import SessionView
 
 
 class Relaying(Protocol):
-    """The viewer WebSocket's view of the sessions: is this node serving, which session, where its desktop is."""
+    """The viewer WebSocket's view of the session service: is this node serving, which session is live here."""
 
     @property
     def draining(self) -> bool: ...
@@ -29,17 +31,25 @@ class Relaying(Protocol):
 
     def live_view(self, session_id: str) -> SessionView | None: ...
 
-    async def get(self, session_id: str) -> SessionView: ...
-
     async def wait_until(self, session_id: str, timeout: float) -> SessionView: ...
-
-    def target(self, view: SessionView) -> Target: ...
-
-    async def explain(self, session_id: str, err: HearthError) -> str: ...
 
     def stop_event(self, session_id: str) -> asyncio.Event: ...
 
     def first_frame(self, view: SessionView) -> None: ...
+
+
+class Rows(Protocol):
+    """The sessions' rows: a session this node does not know live."""
+
+    async def get(self, session_id: str) -> SessionView: ...
+
+
+class Targets(Protocol):
+    """Where a session's desktop is, and why a session failed (naming the first broken hop)."""
+
+    def target(self, view: SessionView) -> Target: ...
+
+    async def explain(self, session_id: str, err: HearthError) -> str: ...
 
 
 class Viewers(Protocol):

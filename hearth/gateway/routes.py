@@ -28,7 +28,7 @@ from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection, open_protocol
 from hearth.gateway.desktop_size import DesktopSizes
-from hearth.gateway.ports import Relaying, Viewers
+from hearth.gateway.ports import Relaying, Rows, Targets, Viewers
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
@@ -58,10 +58,17 @@ def close_reason(text: str) -> str:
 
 
 def make_router(
-    settings: Settings, service: Relaying, tokens: TokenStore, db: Database, gauge: Viewers, metrics: Metrics
+    settings: Settings,
+    service: Relaying,
+    records: Rows,
+    boots: Targets,
+    tokens: TokenStore,
+    db: Database,
+    gauge: Viewers,
+    metrics: Metrics,
 ) -> APIRouter:
-    """The viewer WebSocket. `service`: the sessions as the gateway sees them (hearth/gateway/ports.py); `db` names
-    the node holding another node's session; `gauge` counts connected viewers."""
+    """The viewer WebSocket. `service`, `records`, `boots`: the sessions as the gateway sees them
+    (hearth/gateway/ports.py); `db` names the node holding another node's session; `gauge` counts connected viewers."""
     router = APIRouter()
 
     # At most DIALS_PER_SANDBOX dials in flight per sandbox, from connect until the sandbox's RFB handshake is done:
@@ -106,7 +113,7 @@ def make_router(
             known = service.live_view(session_id)  # this node's memory: no store round trip (and none needed)
             view: SessionView
             try:
-                stored = known or await service.get(session_id)
+                stored = known or await records.get(session_id)
                 if stored.node_id != here:
                     refused = await refuse(db, here, session_id, stored.node_id, "viewer")
                     return await close(ELSEWHERE, refused.short)
@@ -133,7 +140,7 @@ def make_router(
             if view.status.terminal:
                 code = UNREACHABLE if view.status is Status.FAILED else 1000
                 return await close(code, f"session {view.status.value}: {view.reason or ''}".strip())
-            target = service.target(view)
+            target = boots.target(view)
             gate = dial_gates.get(session_id)
             if gate is None:
                 gate = dial_gates[session_id] = asyncio.Semaphore(DIALS_PER_SANDBOX)
@@ -149,7 +156,7 @@ def make_router(
             except (OSError, TimeoutError) as exc:
                 dialled()
                 err = HearthError(Hop.VNC, f"sandbox {target.ip}:{target.rfb_port} unreachable ({type(exc).__name__})")
-                reason = await service.explain(session_id, err)
+                reason = await boots.explain(session_id, err)
                 return await close(UNREACHABLE, reason)
             stop = service.stop_event(session_id)
             gauge.add(session_id)
@@ -197,12 +204,12 @@ def make_router(
             if outcome.ended is Ended.STOPPED and service.fenced:
                 return await close(UNREACHABLE, service.fenced)
             try:
-                latest = await service.get(session_id)
+                latest = await records.get(session_id)
             except StoreError:  # ended while the store is down (the end is recorded later)
                 return await close(1000, "session ended")
             if outcome.ended is Ended.STOPPED and latest.status is not Status.FAILED:
                 return await close(1000, f"session {latest.status.value}")
-            reason = latest.reason or await service.explain(
+            reason = latest.reason or await boots.explain(
                 session_id, HearthError(Hop.GATEWAY, f"relay to sandbox failed: {outcome.detail}")
             )
             return await close(UNREACHABLE, reason)

@@ -1,9 +1,12 @@
-"""What the reconciler sees of the sessions: a Protocol instead of the session service.
+"""What the reconciler sees of the sessions: Protocols instead of the session service.
 
-`hearth.controller.build` (and tests) pass the session service. The members listed are exactly the ones the
-reconciler uses: settings, db, ipam, metrics, sandboxes (the lifecycle manager: adopt, end, stored rows), pool
-(enabled, adopted), adopting (cleared after the first pass), is_booting, is_unrecorded, live_sessions, list_active,
-readmit, end, stop_event, on_adopted and spawn.
+`hearth.controller.build` (and tests) pass the session service, its records and its boots. The members listed are
+exactly the ones the reconciler uses:
+- `Sessions` (the service): settings, db, ipam, metrics, sandboxes (the lifecycle manager: adopt, end, stored rows),
+  pool (enabled, adopted), adopting (cleared after the first pass), live_sessions, readmit, end, stop_event,
+  on_adopted and spawn.
+- `Records` (the sessions' rows): is_unrecorded, list_active.
+- `Boots` (the boots in flight): is_booting.
 """
 
 from __future__ import annotations
@@ -59,13 +62,7 @@ class Sessions(Protocol):
     @property
     def on_adopted(self) -> Sequence[Callable[[SessionView], Coroutine[Any, Any, None]]]: ...
 
-    def is_booting(self, session_id: str) -> bool: ...
-
-    def is_unrecorded(self, session_id: str) -> bool: ...
-
     def live_sessions(self) -> list[str]: ...
-
-    async def list_active(self) -> list[SessionView]: ...
 
     def readmit(self, view: SessionView) -> bool: ...
 
@@ -76,3 +73,17 @@ class Sessions(Protocol):
     def stop_event(self, session_id: str) -> asyncio.Event: ...
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
+
+
+class Records(Protocol):
+    """The sessions' rows, as the reconciler reads them."""
+
+    def is_unrecorded(self, session_id: str) -> bool: ...
+
+    async def list_active(self) -> list[SessionView]: ...
+
+
+class Boots(Protocol):
+    """The boots in flight on this controller."""
+
+    def is_booting(self, session_id: str) -> bool: ...

@@ -33,7 +33,7 @@ from hearth.fabric import netlink, ports
 from hearth.fabric.ipam import Ipam
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.reconcile.inventory import scan
-from hearth.reconcile.ports import Sessions
+from hearth.reconcile.ports import Boots, Records, Sessions
 from hearth.session.states import TERMINAL, Status
 from hearth.session.view import SessionView
 from hearth.store.models import LeaseRow, OwnerKind, SandboxRow, SessionRow
@@ -60,9 +60,11 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, service: Sessions) -> None:
-        """`service`: the sessions as the reconciler sees them (hearth/reconcile/ports.py)."""
+    def __init__(self, service: Sessions, records: Records, boots: Boots) -> None:
+        """`service`, `records`, `boots`: the sessions as the reconciler sees them (hearth/reconcile/ports.py)."""
         self.service = service
+        self.records = records
+        self.boots = boots
         self.settings = service.settings
         self._lock = asyncio.Lock()
 
@@ -97,7 +99,7 @@ class Reconciler:
             row
             for row in await mgr.stored()
             if mgr.get(row.owner_id) is None
-            and not svc.is_booting(row.owner_id)
+            and not self.boots.is_booting(row.owner_id)
             and row.state != SandboxState.KEPT.value
         ]
         sessions = await svc.db.run(lambda db: _sessions_of(db, [r.owner_id for r in rows]))  # one statement
@@ -156,7 +158,7 @@ class Reconciler:
         cut off from the store (issue 24): the store is authoritative, whatever this node still holds in memory.
         Their viewers close, their sandboxes and leases go, in this pass."""
         svc = self.service
-        mine = [o for o in svc.live_sessions() if not svc.is_booting(o) and not svc.is_unrecorded(o)]
+        mine = [o for o in svc.live_sessions() if not self.boots.is_booting(o) and not self.records.is_unrecorded(o)]
         if not mine:
             return
 
@@ -176,9 +178,9 @@ class Reconciler:
             report.removed_sandboxes[owner] = why
 
     async def _sessions(self, report: Report) -> None:
-        svc = self.service
-        for view in sorted(await svc.list_active(), key=lambda v: _aware(v.created_at)):  # oldest first: line order
-            if svc.is_booting(view.id) or svc.is_unrecorded(view.id) or svc.sandboxes.get(view.id) is not None:
+        svc, records, boots = self.service, self.records, self.boots
+        for view in sorted(await records.list_active(), key=lambda v: _aware(v.created_at)):  # oldest first: line order
+            if boots.is_booting(view.id) or records.is_unrecorded(view.id) or svc.sandboxes.get(view.id) is not None:
                 continue
             if svc.readmit(view):  # `queued`: admitted, never begun — it boots now, in its turn
                 report.readmitted_sessions.append(view.id)
@@ -218,7 +220,7 @@ class Reconciler:
             return out
 
         for sid in await self.service.db.run(stale):
-            if self.service.is_booting(sid) or self.service.sandboxes.get(sid) is not None:
+            if self.boots.is_booting(sid) or self.service.sandboxes.get(sid) is not None:
                 continue  # this controller boots or runs its sandbox, whose end releases the lease
             await self.service.ipam.release(sid)
             report.released_leases.append(sid)

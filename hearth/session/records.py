@@ -220,6 +220,10 @@ class SessionRecords:
         except StoreError:
             self.unrecorded[sid] = (Status.FAILED, reason, hop)  # recorded once the store is back
 
+    def is_unrecorded(self, session_id: str) -> bool:
+        """Ended while the store was down; the end is not written yet."""
+        return session_id in self.unrecorded
+
     async def record_pending(self) -> int:
         """Record ends that happened while the store was down (and release their leases); returns how many."""
         done = 0

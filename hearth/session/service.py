@@ -1,7 +1,8 @@
-"""The session service: one object the API, gateway, doctor and reconciler talk to. It ends sessions (also while the
-store is down), expires them, watches their sandboxes, drains and fences, and holds the stop events viewers wait on.
-The records (hearth/session/records.py: transitions, store, queries) and the boots (hearth/session/boots.py: start,
-queue, pool claim, boot, explain) do the rest; sandboxes belong to the sandbox manager (hearth/lifecycle).
+"""The session service: it ends sessions (also while the store is down), expires them, watches their sandboxes,
+drains and fences, and holds the stop events viewers wait on. It makes the records (hearth/session/records.py:
+transitions, store, queries) and the boots (hearth/session/boots.py: start, queue, pool claim, boot, specs, explain),
+which the API, gateway, doctor, reconciler and sign-in are handed directly (`service.records`, `service.boots`: no
+call is forwarded here); sandboxes belong to the sandbox manager (hearth/lifecycle).
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session as Db
-
 from hearth.config import Settings
-from hearth.errors import HearthError, Hop, StoreError
-from hearth.fabric.slot import Slot
-from hearth.lifecycle import readiness
+from hearth.errors import Hop, StoreError
 from hearth.lifecycle.manager import SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, SandboxState
 from hearth.observe.metrics import Metrics
 from hearth.providers.model import Provider, SigninMode
-from hearth.sandbox.base import Driver, SandboxSpec
+from hearth.sandbox.base import Driver
 from hearth.session.admission import Limit, LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.boots import Diagnose, ReadyHook, SessionBoots
@@ -87,7 +84,6 @@ class SessionService:
         self.records = SessionRecords(
             settings, db, self.ipam, self.metrics, codes, on_terminal=(self._stopped, *on_terminal)
         )
-        self.changes, self.outbox, self.codes = self.records.changes, self.records.outbox, self.records.codes
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
         # Chromium after the desktop, when its turn comes (HEARTH_BROWSER_START): hearth/session/browser.py
         self.browsers = BrowserTurns(settings, sandboxes, self.boot_queue, self.records.browser_shown)
@@ -115,60 +111,6 @@ class SessionService:
         self._framed: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._stops: dict[str, asyncio.Event] = {}
-
-    # ---- the records and the boots, for the API, gateway, doctor and reconciler ------------------
-    async def get(self, session_id: str) -> SessionView:
-        return await self.records.get(session_id)
-
-    async def owned(self, session_id: str, what: str = "call") -> SessionView:
-        return await self.records.owned(session_id, what)
-
-    async def list_active(self) -> list[SessionView]:
-        return await self.records.list_active()
-
-    async def events(self, session_id: str) -> list[dict[str, Any]]:
-        return await self.records.events(session_id)
-
-    async def advance(
-        self, session_id: str, target: Status, detail: str | None = None, also: Callable[[Db], object] | None = None
-    ) -> SessionView:
-        return await self.records.advance(session_id, target, detail, also)
-
-    async def note(self, session_id: str, name: str, detail: str | None = None) -> None:
-        await self.records.note(session_id, name, detail)
-
-    async def heartbeat(self, session_id: str) -> SessionView:
-        return await self.records.heartbeat(session_id)
-
-    def counts_by_state(self) -> dict[str, int]:
-        return self.records.counts_by_state()
-
-    def pool_usage(self) -> tuple[int, int]:
-        return self.records.pool_usage()
-
-    async def record_pending(self) -> int:
-        return await self.records.record_pending()
-
-    def is_unrecorded(self, session_id: str) -> bool:
-        """Ended while the store was down; the end is not written yet."""
-        return session_id in self.records.unrecorded
-
-    def spec(
-        self, session_id: str, slot: Slot, mode: SigninMode = SigninMode.REMOTE_BROWSER, provider: str | None = None
-    ) -> SandboxSpec:
-        return self.boots.spec(session_id, slot, mode, provider)
-
-    def sandbox_spec(self, view: SessionView) -> SandboxSpec:
-        return self.boots.sandbox_spec(view)
-
-    def target(self, view: SessionView) -> readiness.Target:
-        return self.boots.target(view)
-
-    async def explain(self, session_id: str, err: HearthError) -> str:
-        return await self.boots.explain(session_id, err)
-
-    def is_booting(self, session_id: str) -> bool:
-        return self.boots.is_booting(session_id)
 
     async def start(
         self,
@@ -310,7 +252,7 @@ class SessionService:
         deadline = time.monotonic() + timeout
         queued = False
         while True:
-            waiter = self.changes.waiter(session_id)
+            waiter = self.records.changes.waiter(session_id)
             view = self.live_view(session_id) or await self.records.get(session_id)  # ready here: without the store
             if not view.status.booting:
                 return view

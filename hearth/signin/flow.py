@@ -25,11 +25,12 @@ from hearth.errors import HearthError, Hop
 from hearth.log import bind_session
 from hearth.providers.model import Provider
 from hearth.session.reach import cli_unreachable, network_hop, page_unreachable
-from hearth.session.service import SessionService, SessionView
 from hearth.session.states import IllegalTransition, Status
+from hearth.session.view import SessionView
 from hearth.signin import wording
 from hearth.signin.codes import SessionCodes
 from hearth.signin.modes import SigninMode
+from hearth.signin.ports import Records, Sessions
 from hearth.signin.prompts import SigninPrompt
 from hearth.vault.store import CredentialFile, Vault
 from hearth_agent.contract import routes
@@ -44,15 +45,18 @@ HANDOVER_POLL = 0.5  # seconds between looks at the vault meanwhile
 class SignInFlow:
     def __init__(
         self,
-        service: SessionService,
+        service: Sessions,
+        records: Records,
         vault: Vault,
         clis: CliSandboxes,
         providers: dict[str, Provider],
         codes: SessionCodes,
     ) -> None:
-        """`codes`: the codes of each sign-in, remembered here, scrubbed from every reason and event detail by the
-        session records (the same object, passed to both)."""
+        """`service`: ends sessions and runs the deliveries; `records`: the sessions' rows. `codes`: the codes of each
+        sign-in, remembered here, scrubbed from every reason and event detail by the session records (the same
+        object, passed to both)."""
         self.service = service
+        self.records = records
         self.vault = vault
         self.clis = clis
         self.providers = providers
@@ -70,13 +74,13 @@ class SignInFlow:
 
     async def on_event(self, session_id: str, event: str, detail: str) -> str | None:
         with bind_session(session_id):
-            view = await self.service.get(session_id)
+            view = await self.records.get(session_id)
             if view.status.terminal:
                 return f"session is {view.status.value}: no more events"
-            await self.service.note(session_id, f"agent:{event}", detail)
+            await self.records.note(session_id, f"agent:{event}", detail)
             if event == "url_captured":
                 with contextlib.suppress(IllegalTransition):
-                    await self.service.advance(session_id, Status.AWAITING_USER, detail)
+                    await self.records.advance(session_id, Status.AWAITING_USER, detail)
             elif event == "login_failed":
                 hop = network_hop(detail)  # the CLI could not reach its provider: name that hop, not the agent
                 reason = cli_unreachable(hop, detail) if hop else f"[agent] sign-in failed: {detail}"
@@ -89,7 +93,7 @@ class SignInFlow:
     async def on_signin(self, session_id: str, prompt: SigninPrompt) -> None:
         """The agent's `signin_prompt`: what the person must see changed. Events name the step, never the URL."""
         with bind_session(session_id):
-            view = await self.service.get(session_id)
+            view = await self.records.get(session_id)
             if view.status.terminal:
                 return
             before = self._prompts.get(session_id)
@@ -101,17 +105,17 @@ class SignInFlow:
             prompt = self._refusal(session_id, prompt)
             self._prompts[session_id] = prompt
             if before is None or before.url != prompt.url:
-                await self.service.note(session_id, "sign-in link shown", f"{prompt.flow} flow")
+                await self.records.note(session_id, "sign-in link shown", f"{prompt.flow} flow")
             if prompt.detail and (before is None or before.detail != prompt.detail):
-                await self.service.note(session_id, "code refused", f"the CLI said: {prompt.detail}")
+                await self.records.note(session_id, "code refused", f"the CLI said: {prompt.detail}")
             if prompt.renewed and (before is None or not before.renewed or before.url != prompt.url):
-                await self.service.note(session_id, "sign-in link renewed", "a new sign-in link is ready")
+                await self.records.note(session_id, "sign-in link renewed", "a new sign-in link is ready")
             if before is not None and before.awaiting_code is False and prompt.awaiting_code and prompt.detail:
-                await self.service.note(session_id, "code asked again", "the CLI did not accept the code")
+                await self.records.note(session_id, "code asked again", "the CLI did not accept the code")
             if view.status is Status.READY:
                 with contextlib.suppress(IllegalTransition):
-                    await self.service.advance(session_id, Status.AWAITING_USER, "sign-in link shown")
-            self.service.changes.notify(session_id)
+                    await self.records.advance(session_id, Status.AWAITING_USER, "sign-in link shown")
+            self.records.changes.notify(session_id)
 
     def _refusal(self, session_id: str, prompt: SigninPrompt) -> SigninPrompt:
         """The agent's `message` is the CLI's refusal of the person's code: the person reads plain words (and
@@ -128,7 +132,7 @@ class SignInFlow:
     async def submit_code(self, session_id: str, code: object) -> None:
         """Forward a pasted code to the agent (which types it into the CLI). Bad codes are refused before sending."""
         text = check_code(code)  # CodeRefused(400, the fix): the agent checks it the same way again
-        view = await self.service.get(session_id)
+        view = await self.records.get(session_id)
         prompt = self._prompts.get(session_id)
         if view.status.terminal:
             raise CodeRefused(409, f"the session is {view.status.value}; start a new sign-in")
@@ -148,7 +152,7 @@ class SignInFlow:
             # The agent pushes a new prompt (awaiting_code again with the CLI's error, or nothing while it works).
             self._prompts[session_id] = SigninPrompt(prompt.flow, prompt.url, prompt.user_code, False, None)
             self._sent_with[session_id] = prompt.url  # a refusal that comes with another link renewed it
-            await self.service.note(session_id, "code submitted")
+            await self.records.note(session_id, "code submitted")
 
     def _agent(self, view: SessionView) -> AgentClient:
         s = self.service.settings
@@ -162,7 +166,7 @@ class SignInFlow:
         in the same transaction as the step to credentials_captured, so a push the session refuses (ended, kept
         failed, already captured) or one that fails validation never replaces the user's stored record."""
         with bind_session(session_id):
-            view = await self.service.get(session_id)
+            view = await self.records.get(session_id)
             if view.status not in (Status.READY, Status.AWAITING_USER):
                 log.warning("credential push refused", extra={"status": view.status.value})
                 return f"session is {view.status.value}: credentials are not expected"
@@ -183,9 +187,9 @@ class SignInFlow:
                 return reason
             try:
                 if view.status is Status.READY:
-                    await self.service.advance(session_id, Status.AWAITING_USER, "credentials arrived")
+                    await self.records.advance(session_id, Status.AWAITING_USER, "credentials arrived")
                 store = self.vault.upsert(view.user_id, provider, files, session_id)
-                await self.service.advance(
+                await self.records.advance(
                     session_id, Status.CREDENTIALS_CAPTURED, f"{len(files)} file(s) sealed", also=store
                 )
             except IllegalTransition:
@@ -236,7 +240,7 @@ class SignInFlow:
                     await self.vault.mark_delivered(view.user_id, provider)
                 else:  # placed here although the CLI sandbox lives there (its node was full or down)
                     installed = await self._handed_over(view.user_id, provider, home)
-                await self.service.advance(view.id, Status.DELIVERED, ", ".join(installed))
+                await self.records.advance(view.id, Status.DELIVERED, ", ".join(installed))
                 await self.service.end(
                     view.id, Status.COMPLETED, f"credentials installed in the CLI sandbox: {', '.join(installed)}"
                 )

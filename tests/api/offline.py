@@ -45,7 +45,7 @@ class Offline:
 async def settle(ctl: Controller, rounds: int = 600) -> None:
     """Until no boot is in flight (bounded)."""
     for _ in range(rounds):
-        if not any(ctl.service.is_booting(v.id) for v in await ctl.service.list_active()):
+        if not any(ctl.service.boots.is_booting(v.id) for v in await ctl.service.records.list_active()):
             return
         await asyncio.sleep(0.01)
 

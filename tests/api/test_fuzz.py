@@ -125,7 +125,7 @@ async def test_openapi_fuzz_never_gets_a_5xx(make_settings: Callable[..., Settin
         assert tally.mismatches == [], "\n".join(tally.mismatches[:10])
         assert total >= operations * 2
         assert (await http.get("/health")).json()["ok"] is True
-        assert await ctl.ctl.service.list_active() == []
+        assert await ctl.ctl.service.records.list_active() == []
         found = await leaks(ctl, set())
         assert (found.netns, found.links, found.dirs, found.leases) == ([], [], [], 0), found
         print(f"CLI sandbox locks held for unknown users: {len(ctl.ctl.clis._locks)}")

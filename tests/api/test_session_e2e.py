@@ -120,7 +120,7 @@ async def test_pool_exhausted_is_503_with_nothing_created(make_settings: Callabl
         second = await http.post("/api/auth/start", json={"user_id": "b"}, headers=ctl.headers)
         assert second.status_code == 503
         assert "IP pool exhausted" in second.json()["error"]
-        active = await ctl.ctl.service.list_active()
+        active = await ctl.ctl.service.records.list_active()
         assert [v.user_id for v in active] == ["a"]
         http.headers.update(ctl.headers)
         body = await wait_session(http, first.json()["session_id"], timeout=90)

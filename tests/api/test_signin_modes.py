@@ -56,7 +56,7 @@ async def test_modes_are_checked_and_a_direct_sandbox_has_no_desktop(make_settin
             assert r.status_code == 400 and "valid modes: remote_browser, direct" in r.json()["error"], r.text
             r = await http.post("/api/auth/start", json={"user_id": "m", "mode": "direct"})
             assert r.status_code == 400 and "give a provider" in r.json()["error"], r.text
-            assert await ctl.ctl.service.list_active() == []
+            assert await ctl.ctl.service.records.list_active() == []
 
             # A direct session: the agent (and the CLI) only; ready once the agent answers.
             r = await http.post("/api/auth/start", json={"user_id": "m", "provider": "example", "mode": "direct"})

@@ -8,8 +8,6 @@ its lease released, new sessions start, and nothing is left behind.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -22,7 +20,7 @@ from hearth.rfb.ws import WsByteStream
 from hearth.store.models import LeaseRow
 from tests.conftest import Running
 from tests.live import start_ready
-from tests.waits import wait_session
+from tests.waits import eventually, wait_session
 
 FOREIGN = ("sqlalche", "OperationalError", "psycopg", "sqlite3", "Traceback", "postgresql://", "Error:")
 
@@ -34,13 +32,6 @@ def assert_store_refusal(r: httpx.Response) -> str:
     assert reason.startswith("[store] "), reason
     assert not any(f in r.text for f in FOREIGN), r.text
     return reason
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        await asyncio.sleep(0.2)
 
 
 async def outage(
@@ -82,13 +73,13 @@ async def outage(
         async def is_ready() -> bool:
             return (await http.get("/ready")).status_code == 200
 
-        await until(is_ready, 60, "/ready after the fault was fixed")
+        await eventually(is_ready, 60, "/ready after the fault was fixed", interval=0.2)
 
         async def recorded() -> bool:
             r = await http.get(f"/api/auth/session/{doomed.session_id}")
             return r.status_code == 200 and r.json()["status"] == "cancelled"
 
-        await until(recorded, 60, "the cancel recorded after the outage")
+        await eventually(recorded, 60, "the cancel recorded after the outage", interval=0.2)
         leases = ctl.ctl.db.call(lambda d: list(d.scalars(select(LeaseRow.session_id))))
         assert doomed.session_id not in leases
         fresh = await http.post("/api/auth/start", json={"user_id": "after-user"})

@@ -43,7 +43,7 @@ async def test_dials_and_store_do_not_starve_each_other(make_settings: Callable[
                 assert not any(f.done() for f in blocked)  # the pressure really was there all along
 
                 # 2. The store's executor is full of blocked work: fabric dials must not need it.
-                target = ctl.ctl.service.target(await ctl.ctl.service.get(live.session_id))
+                target = ctl.ctl.service.boots.target(await ctl.ctl.service.records.get(live.session_id))
                 blocked += [asyncio.ensure_future(ctl.ctl.db.offload(gate.wait)) for _ in range(DB_WORKERS)]
                 init = await readiness.wait_rfb(target, time.monotonic() + 30)
                 assert init.width > 0

@@ -77,7 +77,7 @@ async def booted_spec(settings: Settings) -> SandboxSpec:
         view = await svc.start("user-1", None)
 
         async def boot_over() -> bool:
-            return bool(driver.started) and not svc.is_booting(view.id)
+            return bool(driver.started) and not svc.boots.is_booting(view.id)
 
         await eventually(boot_over, 10, "the boot handed its spec to the driver")
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from hearth.store.models import CliSandboxRow
 from hearth.vault.store import CredentialFile
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 
@@ -29,11 +29,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 async def pooled(pool: WarmPool, timeout: float = 120) -> str:
     """Wait for a ready pooled CLI sandbox; its owner."""
     pool.refill()
-    deadline = time.monotonic() + timeout
-    while not pool.ready("cli"):
-        assert time.monotonic() < deadline, pool.summary()
-        await asyncio.sleep(0.1)
-    return pool.ready("cli")[0].owner
+
+    def ready() -> str:
+        assert pool.ready("cli"), pool.summary()  # the last look, should it time out
+        return pool.ready("cli")[0].owner
+
+    return await eventually(ready, timeout, "a pooled CLI sandbox", interval=0.1)
 
 
 def live_home(ctl: Running, user: str) -> Path:

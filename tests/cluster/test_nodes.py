@@ -109,7 +109,7 @@ async def test_a_nodes_reconciler_never_touches_another_nodes_sessions(
     theirs = admit(db, s1, "b")  # h1 runs it; h0 has never heard of it
     mine = admit(db, s0, "a")  # h0's row, but h0 is not booting it (as after a crash)
     svc = session_service(s0, db, NetnsDriver(s0))
-    report = await Reconciler(svc).run_once()
+    report = await Reconciler(svc, svc.records, svc.boots).run_once()
     assert report.failed_sessions == [mine]
     assert theirs not in report.released_leases
     row = db.call(lambda x: x.get(SessionRow, theirs))

@@ -43,7 +43,7 @@ async def check(live: Case, fn: Check, *, ok: bool, session: bool = False, timeo
     while True:
         ctx = Context(parts, deadline=time.monotonic() + BUDGET)
         if session:
-            ctx.target = await resolve(parts, live.ctl.service, live.session_id)
+            ctx.target = await resolve(parts, live.ctl.service.records, live.ctl.service.boots, live.session_id)
         try:
             found = await fn(ctx)
         except (HearthError, TimeoutError) as exc:

@@ -215,13 +215,13 @@ async def test_host_diagnosis_without_a_fabric_and_unknown_session_verdict(tmp_p
     db = Database(f"sqlite:///{tmp_path / 'h.db'}")
     try:
         records = StoreRecords(s, db, NetnsDriver(s))  # what `hearth doctor` reads: the store only
-        report = await diagnose(Parts(s, records=records, environ={}, env_file=None))
+        report = await diagnose(Parts(s, records=records, specs=records, environ={}, env_file=None))
         first = report.first_failure
         assert first is not None and first.hop is Hop.FABRIC and first.name == "fabric namespace"
         assert "hearth fabric up" in first.hint
         assert report.check("bridge").ok is None and report.check("pool").ok is True
         assert "warm pool: not known here" in report.check("pool").evidence
-        assert await diagnose_session(Parts(s, records=records), "no-such-session") is None
+        assert await diagnose_session(Parts(s, records=records, specs=records), "no-such-session") is None
     finally:
         db.dispose()
 

@@ -127,7 +127,7 @@ async def test_return_url_and_frame_ancestors_through_the_api(make_settings: Cal
         assert r.status_code == 400, r.text
         error = r.json().get("error") or r.json().get("detail")
         assert "https://evil.example is not an allowed origin" in error and "HEARTH_EMBED_ORIGINS" in error, error
-        assert await ctl.ctl.service.list_active() == []  # refused before anything was created
+        assert await ctl.ctl.service.records.list_active() == []  # refused before anything was created
 
         r = await http.post("/api/auth/start", json={**start, "return_url": f"{app}/settings?done=1"})
         assert r.status_code == 201, r.text

@@ -4,7 +4,6 @@ one stays — namespace, processes, lease and row — and the reconciler leaves 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import httpx
@@ -21,6 +20,7 @@ from hearth.session.states import Status
 from hearth.store.models import LeaseRow, SandboxRow
 from tests.conftest import running_controller
 from tests.live import start_ready
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -28,10 +28,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 async def failed_by_the_watchdog(svc: SessionService) -> int:
     """The watchdog's count of sessions it failed, asked again until it finds some: a liveness answer may come from a
     pass over /proc up to ALIVE_SCAN_AGE old (one pass per tick), which can predate the processes' stop."""
-    deadline = time.monotonic() + 30
-    while (found := await svc.check_alive()) == 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return found
+
+    async def found() -> int | None:
+        return await svc.check_alive() or None
+
+    return await eventually(found, 30, "the watchdog failing a session")
 
 
 async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[..., Settings]) -> None:
@@ -48,8 +49,8 @@ async def test_keep_failed_keeps_failed_sandboxes_only(make_settings: Callable[.
 
         await stop_sandbox_processes(failed.netns)  # its desktop dies: the watchdog fails the session
         assert await failed_by_the_watchdog(svc) == 1
-        assert (await svc.get(failed.session_id)).status is Status.FAILED
-        await Reconciler(svc).run_once()
+        assert (await svc.records.get(failed.session_id)).status is Status.FAILED
+        await Reconciler(svc, svc.records, svc.boots).run_once()
         assert netlink.netns_exists(failed.netns), "a failed sandbox is kept for debugging"
         sb = svc.sandboxes.get(failed.session_id)
         assert sb is not None and sb.state is SandboxState.KEPT

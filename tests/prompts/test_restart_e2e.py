@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from hearth.vault.store import CredentialFile
 from tests.prompts.test_e2e import sse, text
 from tests.restartkit import remove_everything, sandbox_pids
 from tests.signinkit import idp_env, issuer, running_idp
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 IDP_PORT = 9415
@@ -30,14 +30,13 @@ USER = "rui"
 
 
 async def status_until(http: httpx.AsyncClient, pid: str, want: set[str], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = (await http.get(f"/api/prompts/{pid}")).json()
-        if body["status"] in want:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"prompt {pid} not {want} within {timeout:.0f}s: {body}")
+
+    async def look() -> dict[str, Any]:
+        body: dict[str, Any] = (await http.get(f"/api/prompts/{pid}")).json()
+        assert body["status"] in want, body  # the last look, should it time out
+        return body
+
+    return await eventually(look, timeout, f"prompt {pid} {sorted(want)}", interval=0.1)
 
 
 async def post(http: httpx.AsyncClient, prompt: str) -> str:

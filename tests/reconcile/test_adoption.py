@@ -86,7 +86,7 @@ async def test_bad_input_is_reconciled_with_reasons(
         foreign_ns = f"{settings.fabric_netns}-x9"
         netlink.create_netns(foreign_ns)
         try:
-            report = await Reconciler(svc).run_once()
+            report = await Reconciler(svc, svc.records, svc.boots).run_once()
 
             assert report.adopted_sessions == [good.session_id]
             assert mgr.secret_of(good.session_id)
@@ -127,7 +127,7 @@ async def test_a_cli_sandbox_is_adopted_with_its_home(make_settings: Callable[..
         assert before is not None
 
         mgr.forget_all()  # the restart
-        report = await Reconciler(ctl.ctl.service).run_once()
+        report = await Reconciler(ctl.ctl.service, ctl.ctl.service.records, ctl.ctl.service.boots).run_once()
         assert report.adopted_cli == [row.owner_id]
         after = mgr.get(row.owner_id)
         assert after is not None and after.pid == before.pid and after.secret == before.secret
@@ -157,7 +157,7 @@ async def test_a_pass_during_a_boot_leaves_that_sandbox_and_its_lease_alone(
                     break
                 await asyncio.sleep(0.005)
             assert mgr.is_booting("boot-in-progress"), "the boot ended before the pass could run during it"
-            report = await Reconciler(svc).run_once()
+            report = await Reconciler(svc, svc.records, svc.boots).run_once()
             assert "boot-in-progress" not in report.released_leases and not report.reclaimed, report
             sb = await asyncio.wait_for(boot, 60)
             assert netlink.netns_exists(sb.spec.slot.netns)

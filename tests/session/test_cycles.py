@@ -49,7 +49,7 @@ async def test_create_ready_cancel_cycles_leak_nothing(make_settings: Callable[.
         fds1, rss1 = open_fds(), rss_kib()
         state = {"boots": len(svc.boots._tasks), "sandboxes": len(svc.sandboxes.owners()), "stops": len(svc._stops)}
         state["viewers"] = ctl.ctl.viewers.total()
-        statuses = svc.counts_by_state()
+        statuses = svc.records.counts_by_state()
         print(
             f"\ncycles: {CYCLES} (+{WARMUP} warm-up) in {elapsed:.1f}s ({CYCLES / elapsed:.2f}/s)"
             f"\nleaks: {found.total} {found}"

@@ -21,7 +21,7 @@ async def explained(settings: Settings, diagnose: Diagnose | None) -> str:
     db = Database(settings.db_url)
     try:
         svc = session_service(settings, db, NetnsDriver(settings), diagnose=diagnose)
-        return await svc.explain("s-1", GATE)
+        return await svc.boots.explain("s-1", GATE)
     finally:
         db.dispose()
 
@@ -51,7 +51,7 @@ async def test_a_service_without_the_signins_codes_scrubs_code_shapes(make_setti
     db = Database(s.db_url)
     try:
         svc = session_service(s, db, NetnsDriver(s))
-        assert svc.codes.scrub("s-1", "enter WDJB-MJHT at the page") == "enter [code] at the page"
-        assert svc.codes.scrub("s-1", None) is None
+        assert svc.records.codes.scrub("s-1", "enter WDJB-MJHT at the page") == "enter [code] at the page"
+        assert svc.records.codes.scrub("s-1", None) is None
     finally:
         db.dispose()

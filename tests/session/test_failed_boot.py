@@ -38,10 +38,10 @@ async def test_failed_boots_forget_their_secrets(tmp_path: Path) -> None:
         view = await svc.start(f"user{i}", None)
         ids.append(view.id)
         for _ in range(500):
-            if not svc.is_booting(view.id):
+            if not svc.boots.is_booting(view.id):
                 break
             await asyncio.sleep(0.01)
-    assert [(await svc.get(i)).status for i in ids] == [Status.FAILED] * 5
+    assert [(await svc.records.get(i)).status for i in ids] == [Status.FAILED] * 5
     assert sorted(driver.destroyed) == sorted(ids)  # the undo stack ran
     assert await svc.ipam.leases() == []
     kept = [i for i in ids if svc.secret_of(i) is not None]

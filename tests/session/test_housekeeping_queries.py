@@ -106,7 +106,7 @@ async def tick(svc: SessionService, reconciler: Reconciler) -> int:
     """One housekeeping pass as `hearth serve` runs it (hearth/controller.py `housekeeping`), its statement count."""
     counter = Statements(svc.db)
     try:
-        await svc.record_pending()
+        await svc.records.record_pending()
         await reconciler.run_once()
         await svc.check_alive()
         await svc.expire_due()
@@ -121,7 +121,7 @@ async def tick(svc: SessionService, reconciler: Reconciler) -> int:
 
 async def test_a_housekeeping_tick_costs_the_same_statements_at_5_and_at_200_sessions(service: SessionService) -> None:
     svc = service
-    reconciler = Reconciler(svc)
+    reconciler = Reconciler(svc, svc.records, svc.boots)
     add_sessions(svc, 5)
     await tick(svc, reconciler)  # the first pass (adoption) warms up
     at_5 = await tick(svc, reconciler)

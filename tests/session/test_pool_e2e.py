@@ -5,7 +5,6 @@ refills, too-old sandboxes are recycled and nothing is left behind."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import httpx
@@ -17,16 +16,15 @@ from hearth.rfb.ws import first_frame
 from hearth.session.pool import WarmPool
 from tests.conftest import Running, running_controller
 from tests.live import descendants, leaks
-from tests.waits import wait_session
+from tests.waits import eventually, wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-async def wait_pool(pool: WarmPool, mode: str, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(pool.ready(mode)) < n:
-        assert time.monotonic() < deadline, pool.summary()
-        await asyncio.sleep(0.1)
+def filled(pool: WarmPool, mode: str, n: int) -> bool:
+    """The probe of the pool's wait: `n` ready sandboxes of `mode` (else the pool's summary, as its last look)."""
+    assert len(pool.ready(mode)) >= n, pool.summary()
+    return True
 
 
 async def agent_status(ctl: Running, ip: str, secret: str) -> int:
@@ -44,7 +42,7 @@ async def test_pool_hand_out_refill_recycle(make_settings: Callable[..., Setting
     ):
         pool = ctl.ctl.service.pool
         mgr = ctl.ctl.service.sandboxes
-        await wait_pool(pool, "remote_browser", 2)
+        await eventually(lambda: filled(pool, "remote_browser", 2), 120, "two warm browsers", interval=0.1)
         pooled = {str(sb.spec.slot.ip): sb.secret for sb in pool.ready("remote_browser")}
 
         # Two starts at once: both served by the pool, never the same sandbox.
@@ -70,7 +68,7 @@ async def test_pool_hand_out_refill_recycle(make_settings: Callable[..., Setting
             assert await agent_status(ctl, str(b["sandbox_ip"]), pooled[str(b["sandbox_ip"])]) == 401
 
         # Refill: the pool boots two fresh sandboxes in the background.
-        await wait_pool(pool, "remote_browser", 2)
+        await eventually(lambda: filled(pool, "remote_browser", 2), 120, "two warm browsers", interval=0.1)
         assert {str(sb.spec.slot.ip) for sb in pool.ready("remote_browser")}.isdisjoint(ips)
 
         # Max idle: a pooled sandbox past HEARTH_POOL_MAX_IDLE is recycled (its age set back instead of waiting).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from hearth.lifecycle.sandbox import SandboxState
 from hearth.store.db import Database
 from hearth.store.models import SandboxRow
 from tests.restartkit import Controller, assert_nothing_left
-from tests.waits import wait_session
+from tests.waits import eventually, wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -27,29 +26,24 @@ def pooled_rows(db: Database) -> dict[str, int | None]:
     )
 
 
-async def wait_pooled(db: Database, timeout: float = 90) -> dict[str, int | None]:
-    deadline = time.monotonic() + timeout
-    while not (rows := pooled_rows(db)):
-        assert time.monotonic() < deadline, "no pooled sandbox was recorded"
-        await asyncio.sleep(0.1)
-    return rows
-
-
 async def test_pooled_sandbox_is_adopted_after_sigkill(restart_settings: Settings, tmp_path: Path) -> None:
     s = restart_settings
     ctl = Controller(s, tmp_path / "controller.log", 2, extra_env={"HEARTH_POOL_SIZE": "remote_browser:1"})
     db = Database(s.db_url)
     try:
         await asyncio.to_thread(ctl.start)
-        before = await wait_pooled(db)
+        before = await eventually(lambda: pooled_rows(db) or None, 90, "a pooled sandbox recorded", interval=0.1)
         assert len(before) == 1
         ctl.kill()  # SIGKILL: no drain, no cleanup
         await asyncio.to_thread(ctl.start)
         async with httpx.AsyncClient(base_url=ctl.base, headers=ctl.headers, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while "pooled sandbox adopted" not in (log := ctl.log.read_text(errors="replace")):
-                assert time.monotonic() < deadline, log[-3000:]
-                await asyncio.sleep(0.2)
+
+            def adopted() -> bool:
+                log = ctl.log.read_text(errors="replace")
+                assert "pooled sandbox adopted" in log, log[-3000:]  # the last look, should it time out
+                return True
+
+            await eventually(adopted, 60, "the pooled sandbox adopted", interval=0.2)
             assert pooled_rows(db) == before  # the same sandbox (same launcher PID), still pooled
             r = await http.post("/api/auth/start", json={"user_id": "after-crash"})
             assert r.status_code == 201, r.text
@@ -61,7 +55,7 @@ async def test_pooled_sandbox_is_adopted_after_sigkill(restart_settings: Setting
             assert 'hearth_pool_handouts_total{result="hit"} 1.0' in metrics
         ctl.stop(signal.SIGTERM)
         await asyncio.to_thread(ctl.start, 60, True)  # --drain: its stop ends the sessions and the pool
-        await wait_pooled(db)
+        await eventually(lambda: pooled_rows(db) or None, 90, "a pooled sandbox recorded", interval=0.1)
         await asyncio.to_thread(ctl.stop, signal.SIGTERM)
         await asyncio.to_thread(assert_nothing_left, s, db)
     finally:

@@ -55,11 +55,11 @@ async def test_session_states_are_written_with_their_transition(make_settings: C
     try:
         svc = session_service(s, db, NetnsDriver(s))
         sid = admit(db, s, "alice")
-        await svc.advance(sid, Status.READY)
+        await svc.records.advance(sid, Status.READY)
         with pytest.raises(IllegalTransition):
-            await svc.advance(sid, Status.DELIVERED)  # refused: no event either
-        await svc.advance(sid, Status.AWAITING_USER, "sign-in link shown")
-        await svc.advance(sid, Status.FAILED, "[agent] the CLI exited", None)
+            await svc.records.advance(sid, Status.DELIVERED)  # refused: no event either
+        await svc.records.advance(sid, Status.AWAITING_USER, "sign-in link shown")
+        await svc.records.advance(sid, Status.FAILED, "[agent] the CLI exited", None)
         got = events(db, sid)
         assert [e["type"] for e in got] == [
             "session.starting",
@@ -96,7 +96,7 @@ async def test_nothing_is_written_while_no_url_is_set(make_settings: Callable[..
     try:
         svc = session_service(s, db, NetnsDriver(s))
         sid = admit(db, s)
-        await svc.advance(sid, Status.READY)
+        await svc.records.advance(sid, Status.READY)
         assert events(db) == []
     finally:
         db.dispose()
