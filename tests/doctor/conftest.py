@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from hearth.serving.local import free_port
 from tests import nsnames
 from tests.conftest import Running, running_controller
 from tests.image.golden import TESTS_BASE
+from tests.waits import eventually, eventually_sync
 
 T = TypeVar("T")
 DATA_ROOT = TESTS_BASE
@@ -97,15 +97,14 @@ class Case:
 
     async def wait_healthy(self, timeout: float = 45.0) -> Report:
         """Until the whole path passes (advisories may still fail, e.g. a full pool)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def healthy() -> Report:
             rep = await self.report()
             on_path = [c for c in rep.checks if c.failed and c.name not in ("pool",)]
-            if not on_path:
-                return rep
-            if time.monotonic() > deadline:
-                raise AssertionError(f"path not healthy after {timeout}s: {on_path[0]}")
-            await asyncio.sleep(0.25)
+            assert not on_path, on_path[0]  # the last observation, should it time out
+            return rep
+
+        return await eventually(healthy, timeout, "the path healthy", interval=0.25)
 
     async def viewer_close(self, timeout: float = 30) -> tuple[int, str]:
         """Open the viewer WebSocket and return the close code and reason the gateway sends."""
@@ -197,13 +196,11 @@ async def nft_list(netns: str, *what: str) -> list[dict[str, Any]]:
 
 
 async def sandbox_proc(live: Case, match: Callable[[Proc], bool], timeout: float = 20.0) -> Proc:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [p for p in await asyncio.to_thread(processes_in, live.slot.netns) if match(p)]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, "sandbox process not found"
-        await asyncio.sleep(0.1)
+
+    async def found() -> Proc | None:
+        return next((p for p in await asyncio.to_thread(processes_in, live.slot.netns) if match(p)), None)
+
+    return await eventually(found, timeout, "the sandbox process", interval=0.1)
 
 
 def is_agent(p: Proc) -> bool:
@@ -223,17 +220,17 @@ def resume(pid: int) -> None:
 def bind_blocker(netns: str, ip: str, port: int, timeout: float = 5.0) -> socket.socket:
     """A socket bound (not listening, no SO_REUSEADDR) to ip:port inside `netns`: connections there are refused
     and no server can take the port until it is closed."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def bound() -> socket.socket:
         sock = call_in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         try:
             sock.bind((ip, port))
-            return sock
         except OSError:
             sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            raise  # not yet (the port still taken): asked again
+        return sock
+
+    return eventually_sync(bound, timeout, f"a socket bound to {ip}:{port} in {netns}", interval=0.02)
 
 
 def first(rep: Report) -> Any:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import secrets
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +40,7 @@ from tests.doctor.conftest import (
     sandbox_proc,
     write_sysctl,
 )
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -106,7 +106,7 @@ class TestPathFaults:
             assert "192.168.0.1/16" in f.evidence and "192.168.100.1/22" in f.evidence
             assert "hearth fabric up" in f.hint and f"addr add 192.168.100.1/22 dev {s.bridge_device}" in f.hint
             # the verdict the service attaches to failures names the same hop
-            reason = await live.ctl.service.explain(live.session_id, HearthError(Hop.VNC, "relay failed"))
+            reason = await live.ctl.service.boots.explain(live.session_id, HearthError(Hop.VNC, "relay failed"))
             assert reason.startswith("[bridge]"), reason
         finally:
             await in_ns(live.fabric, lambda h: readdress(h, "192.168.0.1/16", "192.168.100.1/22"))
@@ -290,11 +290,12 @@ class TestPathFaults:
         for pid in pids_in_netns(live.slot.netns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        spec = live.ctl.service.spec(live.session_id, live.slot)
-        deadline = time.monotonic() + 20
-        while await live.ctl.driver.alive(spec):
-            assert time.monotonic() < deadline, "sandbox survived SIGKILL"
-            await asyncio.sleep(0.05)
+        spec = live.ctl.service.boots.spec(live.session_id, live.slot)
+
+        async def gone() -> bool:
+            return not await live.ctl.driver.alive(spec)
+
+        await eventually(gone, 20, "the sandbox gone after SIGKILL")
         rep = await live.report()
         f = first(rep)
         assert f.hop is Hop.DRIVER and f.name == "driver", f
