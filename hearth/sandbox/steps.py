@@ -55,8 +55,6 @@ class Step:
     partial: bool = False  # `undo` also runs when `do` failed (it may have acquired part of what it makes)
 
 
-
-
 def preflight(checks: Sequence[Check], *, what: str, hint: str = "", hop: Hop = Hop.DRIVER) -> None:
     """Run the validation list in order; the first failure raises, naming its check."""
     for c in checks:
