@@ -99,9 +99,9 @@ async def measure(settings: Settings, n: int, ticks: int) -> tuple[float, float,
         c0 = time.process_time()
         for _ in range(ticks):
             await svc.records.record_pending()
-            await svc.check_alive()
-            await svc.expire_due()
-            await svc.pool_tick()
+            await svc.housekeeping.check_alive()
+            await svc.housekeeping.expire_due()
+            await svc.housekeeping.pool_tick()
             await clis.stop_idle()
             await clis.install_handed_over(vault)
         per_tick = (time.process_time() - c0) / ticks

@@ -211,9 +211,9 @@ async def housekeeping(ctl: Controller, period: float = 2.0) -> None:
                 await reconciler.run_once()
                 if not ctl.prompts.adopted:  # after the sandboxes were adopted
                     await ctl.prompts.adopt()  # prompts that outlived the previous controller: attached, or ended
-            await ctl.service.check_alive()
-            await ctl.service.expire_due()
-            await ctl.service.pool_tick()
+            await ctl.service.housekeeping.check_alive()
+            await ctl.service.housekeeping.expire_due()
+            await ctl.service.housekeeping.pool_tick()
             await ctl.clis.stop_idle()
             await ctl.prompts.check_sandboxes()  # a CLI sandbox that died mid-prompt: failed, naming it
             await ctl.prompts.store.purge()  # answers past HEARTH_PROMPT_RETENTION

@@ -1,8 +1,9 @@
-"""The session service: it ends sessions (also while the store is down), expires them, watches their sandboxes,
-drains and fences, and holds the stop events viewers wait on. It makes the records (hearth/session/records.py:
-transitions, store, queries) and the boots (hearth/session/boots.py: start, queue, pool claim, boot, specs, explain),
-which the API, gateway, doctor, reconciler and sign-in are handed directly (`service.records`, `service.boots`: no
-call is forwarded here); sandboxes belong to the sandbox manager (hearth/lifecycle).
+"""The session service: it ends sessions (also while the store is down), drains and fences, and holds the stop
+events viewers wait on. It makes the records (hearth/session/records.py: transitions, store, queries), the boots
+(hearth/session/boots.py: start, queue, pool claim, boot, specs, explain) and the housekeeping
+(hearth/session/housekeeping.py: expiry, watchdog, warm pool), which their callers are handed directly
+(`service.records`, `service.boots`, `service.housekeeping`: no call is forwarded here); sandboxes belong to the
+sandbox manager (hearth/lifecycle).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from hearth.config import Settings
 from hearth.errors import Hop, StoreError
@@ -26,6 +26,7 @@ from hearth.session.admission import Limit, LimitExceeded
 from hearth.session.bootqueue import BootQueue
 from hearth.session.boots import Diagnose, ReadyHook, SessionBoots
 from hearth.session.browser import BrowserTurns
+from hearth.session.housekeeping import NoViewers, SessionHousekeeping, ViewerCount
 from hearth.session.owner import refuse
 from hearth.session.pool import WarmPool
 from hearth.session.records import Hook, Scrub, SessionRecords
@@ -37,17 +38,6 @@ from hearth.store.db import Database
 
 log = logging.getLogger("hearth.session")
 DRAIN_PARALLEL = 64  # sessions a drain ends at once (their teardowns mostly wait: processes exiting, the store)
-
-
-class ViewerCount(Protocol):
-    """Connected viewers per session (hearth/gateway/gauge.py): a connected viewer is activity."""
-
-    def count(self, session_id: str) -> int: ...
-
-
-class _NoViewers:  # a service built on its own (the doctor's, tests'): nobody watches
-    def count(self, session_id: str) -> int:
-        return 0
 
 
 class SessionService:
@@ -80,7 +70,6 @@ class SessionService:
         self.sandboxes = sandboxes
         self.ipam = sandboxes.ipam
         self.metrics = metrics or Metrics()
-        self.viewers: ViewerCount = viewers or _NoViewers()
         self.records = SessionRecords(
             settings, db, self.ipam, self.metrics, codes, on_terminal=(self._stopped, *on_terminal)
         )
@@ -101,6 +90,17 @@ class SessionService:
             providers or {},
             diagnose,
             on_ready=(self.browsers.for_session, *on_ready),
+        )
+        # expiry, the watchdog and the warm pool's tick, each housekeeping pass (hearth/session/housekeeping.py)
+        self.housekeeping = SessionHousekeeping(
+            settings,
+            self.records,
+            sandboxes,
+            self.pool,
+            self.metrics,
+            viewers or NoViewers(),
+            self.end,
+            lambda: self._closing or self.adopting,
         )
         # Called (in the background) for each session whose sandbox a restarted controller adopted.
         self.on_adopted: tuple[ReadyHook, ...] = (self.browsers.for_session, self._adopted_view, *on_adopted)
@@ -292,45 +292,6 @@ class SessionService:
         self._closing = True
         await self.pool.drain(end=False)  # refills in flight are undone; pooled sandboxes stay for the next one
         await self.boots.cancel_all()
-
-    # ---- housekeeping: expiry, watchdog, warm pool -----------------------------------------------
-    async def expire_due(self) -> int:
-        """End sessions past their absolute lifetime or idle too long; returns how many. One indexed statement finds
-        them (whatever the number of sessions); only those due cost more."""
-        s = self.settings
-        now = datetime.now(UTC)
-        count = 0
-        for sid, created in await self.records.due(now, s.session_ttl, s.idle_timeout):
-            if now - aware(created) > timedelta(seconds=s.session_ttl):
-                await self.end(sid, Status.EXPIRED, f"session lifetime of {s.session_ttl:.0f}s reached")
-                count += 1
-            elif not self.viewers.count(sid):  # a connected viewer is activity
-                await self.end(
-                    sid, Status.EXPIRED, f"idle for more than {s.idle_timeout:.0f}s (no viewer, no heartbeat)"
-                )
-                count += 1
-        return count
-
-    async def check_alive(self) -> int:
-        """Fail ready sessions whose sandbox died; returns how many. One statement (id, status) per tick: only the
-        sandboxes this controller runs are then asked."""
-        failed = 0
-        for sid in await self.records.past_boot():
-            if sid in self.records.unrecorded or self.sandboxes.get(sid) is None:
-                continue  # not (yet) adopted by this controller: the reconciler decides
-            if not await self.sandboxes.alive(sid):
-                await self.end(sid, Status.FAILED, "[driver] the sandbox's processes exited", Hop.DRIVER)
-                failed += 1
-        return failed
-
-    async def pool_tick(self) -> None:
-        """Housekeeping for the warm pool: recycle the too-old, refill to size, publish the gauge."""
-        if not self.pool.enabled or self._closing or self.adopting:
-            return
-        await self.pool.recycle()
-        self.pool.refill()
-        for mode, row in self.pool.summary().items():
-            self.metrics.pool_size.labels(mode).set(row["ready"])
 
 
 def _unrecorded_error() -> StoreError:

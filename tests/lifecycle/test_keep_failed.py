@@ -30,7 +30,7 @@ async def failed_by_the_watchdog(svc: SessionService) -> int:
     pass over /proc up to ALIVE_SCAN_AGE old (one pass per tick), which can predate the processes' stop."""
 
     async def found() -> int | None:
-        return await svc.check_alive() or None
+        return await svc.housekeeping.check_alive() or None
 
     return await eventually(found, 30, "the watchdog failing a session")
 

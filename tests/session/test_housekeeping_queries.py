@@ -108,9 +108,9 @@ async def tick(svc: SessionService, reconciler: Reconciler) -> int:
     try:
         await svc.records.record_pending()
         await reconciler.run_once()
-        await svc.check_alive()
-        await svc.expire_due()
-        await svc.pool_tick()
+        await svc.housekeeping.check_alive()
+        await svc.housekeeping.expire_due()
+        await svc.housekeeping.pool_tick()
         clis = CliSandboxes(svc.settings, svc.db, svc.sandboxes)
         await clis.stop_idle()
         await clis.install_handed_over(Vault(svc.db, svc.sandboxes.ring))
@@ -145,11 +145,11 @@ async def test_expiry_still_ends_exactly_the_sessions_due(service: SessionServic
     idle_booting = add_sessions(svc, 1, Status.STARTING, age=idle + timedelta(seconds=5))
     watched = add_sessions(svc, 1, age=idle + timedelta(seconds=5))
     heartbeat = add_sessions(svc, 1, age=idle + timedelta(seconds=5), seen=timedelta(seconds=1))
-    assert isinstance(svc.viewers, ViewerGauge)
-    svc.viewers.add(watched[0])
+    assert isinstance(svc.housekeeping.viewers, ViewerGauge)
+    svc.housekeeping.viewers.add(watched[0])
     for sid in [*old, *old_booting, *idle_rows]:  # ending removes their (imagined) sandboxes: nothing to remove
         svc.sandboxes._live.pop(sid)
-    assert await svc.expire_due() == 4
+    assert await svc.housekeeping.expire_due() == 4
     status = dict(svc.db.call(lambda db: list(db.execute(select(SessionRow.id, SessionRow.status)))))
     reasons = dict(svc.db.call(lambda db: list(db.execute(select(SessionRow.id, SessionRow.reason)))))
     for sid in [*old, *old_booting]:
