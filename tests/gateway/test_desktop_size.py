@@ -26,13 +26,14 @@ from hearth.gateway.rfbspec import prohibited
 from hearth.rfb.client import handshake
 from hearth.rfb.desktop import REASON_CLIENT, read_layouts, screen_layout
 from hearth.serving.local import free_port
-from tests.conftest import Running, running_controller
+from tests.conftest import running_controller
 from tests.gateway.rfbmsgs import NOVNC_START, desktop_size, fb_request
 from tests.gateway.test_rfb_preconditions import xvnc_pid
 from tests.gateway.test_viewer_browser import CANVAS_SIZE, CHROMIUM, SCREEN_BOX, VIEWER_READY, chromium
 from tests.gateway.test_viewer_signin import DESKTOP, PHONE, context
-from tests.gateway.test_viewers import open_viewer, settle
+from tests.gateway.test_viewers import open_viewer
 from tests.live import Live, start_ready
+from tests.waits import eventually
 from tests.xvnc import local_xvnc
 
 W, H = 1024, 640
@@ -149,15 +150,11 @@ async def size_seen(url: str) -> tuple[int, int]:
     raise AssertionError("no viewer got a ServerInit")
 
 
-async def wait_size(url: str, want: tuple[int, int]) -> tuple[int, int]:
-    """Poll (bounded) until new viewers see `want`; returns the last size seen."""
-    seen = (0, 0)
-    for _ in range(150):
-        seen = await size_seen(url)
-        if seen == want:
-            break
-        await asyncio.sleep(0.1)
-    return seen
+async def sized(url: str, want: tuple[int, int]) -> bool:
+    """The probe of a resize: new viewers see `want` (else the size they saw, as the last look)."""
+    seen = await size_seen(url)
+    assert seen == want, seen
+    return True
 
 
 def x_tool(live: Live, *argv: str) -> str:
@@ -184,19 +181,10 @@ def browser_geometry(live: Live) -> list[tuple[int, int, int, int]]:
     return found
 
 
-async def browser_fits(live: Live, w: int, h: int) -> list[tuple[int, int, int, int]]:
-    """Wait (bounded) until Chromium's window exactly fills a w×h screen; returns the last geometry seen."""
-    seen: list[tuple[int, int, int, int]] = []
-    for _ in range(300):
-        seen = await asyncio.to_thread(browser_geometry, live)
-        if seen and all(g == (0, 0, w, h) for g in seen):
-            break
-        await asyncio.sleep(0.1)
-    return seen
-
-
-async def relayed(ctl: Running, live: Live, count: int) -> bool:
-    return await settle(lambda: ctl.ctl.viewers.count(live.session_id) == count)
+async def fits(live: Live, w: int, h: int) -> list[tuple[int, int, int, int]] | None:
+    """The probe of a kiosk resize: Chromium's windows' geometry once they all exactly fill a w×h screen."""
+    seen = await asyncio.to_thread(browser_geometry, live)
+    return seen if seen and all(g == (0, 0, w, h) for g in seen) else None
 
 
 @pytest.mark.netns
@@ -213,35 +201,45 @@ async def test_the_controlling_viewer_owns_the_size_and_the_default_returns(
         url = live.ws_url(ctl)
         r = await http.post(f"/api/auth/session/{live.session_id}/token", json={"scope": "view"})
         view_url = live.ws_url(ctl, r.json()["viewer_token"])
-        assert await browser_fits(live, W, H) == [(0, 0, W, H)], "Chromium's kiosk window does not fill the screen"
+        assert await eventually(lambda: fits(live, W, H), 60, "Chromium's window filling the screen", interval=0.1) == [
+            (0, 0, W, H)
+        ], "Chromium's kiosk window does not fill the screen"
 
         # The laptop's viewer resizes the desktop: it owns the size.
         laptop, laptop_stream, _ = await open_viewer(url)
         await laptop_stream.write(NOVNC_START + resize_to(900, 560))
-        assert await wait_size(url, (900, 560)) == (900, 560)
-        assert await browser_fits(live, 900, 560) == [(0, 0, 900, 560)], "the kiosk window did not follow"
+        await eventually(lambda: sized(url, (900, 560)), 30, "new viewers seeing (900, 560)", interval=0.1)
+        assert await eventually(
+            lambda: fits(live, 900, 560), 60, "Chromium's window filling the screen", interval=0.1
+        ) == [(0, 0, 900, 560)], "the kiosk window did not follow"
 
         # A phone with a control link, and a view-only viewer, ask for their sizes: dropped.
         for target, (w, h) in ((url, (390, 844)), (view_url, (640, 480))):
             other, other_stream, _ = await open_viewer(target)
             await other_stream.write(NOVNC_START + resize_to(w, h))
             await other.close()
-            assert await relayed(ctl, live, 1)  # its relay ended: everything it sent was judged
+            await eventually(
+                lambda: ctl.ctl.viewers.count(live.session_id) == 1, 15, "one viewer relayed"
+            )  # its relay ended: everything it sent was judged
             assert await size_seen(url) == (900, 560), f"a viewer that does not own the size resized to {w}x{h}"
 
         # The laptop leaves: the default size returns, and Chromium fills it again.
         await laptop.close()
-        assert await wait_size(url, (W, H)) == (W, H), "the desktop did not return to its default size"
-        assert await browser_fits(live, W, H) == [(0, 0, W, H)]
+        await eventually(lambda: sized(url, (W, H)), 30, "the desktop did not return to its default size", interval=0.1)
+        assert await eventually(lambda: fits(live, W, H), 60, "Chromium's window filling the screen", interval=0.1) == [
+            (0, 0, W, H)
+        ]
 
         # The size is free again: the phone's next viewer takes it — enlarged to Chromium's smallest window width
         # (500), same aspect ratio, so the kiosk window is never wider than the screen (noVNC scales the view).
         phone, phone_stream, _ = await open_viewer(url)
         await phone_stream.write(NOVNC_START + resize_to(390, 844))
-        assert await wait_size(url, (500, 1082)) == (500, 1082)
-        assert await browser_fits(live, 500, 1082) == [(0, 0, 500, 1082)], "the kiosk window does not fit"
+        await eventually(lambda: sized(url, (500, 1082)), 30, "new viewers seeing (500, 1082)", interval=0.1)
+        assert await eventually(
+            lambda: fits(live, 500, 1082), 60, "Chromium's window filling the screen", interval=0.1
+        ) == [(0, 0, 500, 1082)], "the kiosk window does not fit"
         await phone.close()
-        assert await wait_size(url, (W, H)) == (W, H)
+        await eventually(lambda: sized(url, (W, H)), 30, "new viewers seeing (W, H)", interval=0.1)
         print(f"\nsizes: laptop 900x560 held against a phone and a view-only viewer; back to {W}x{H} twice")
         assert (await http.get(f"/api/auth/session/{live.session_id}")).json()["status"] == "ready"
         assert Path(f"/proc/{xvnc_pid(live)}").exists()
@@ -293,7 +291,9 @@ async def test_a_laptop_and_a_phone_in_real_browsers(make_settings: Callable[...
             assert await size_seen(url) == tuple(box)
 
             await laptop.close()
-            assert await wait_size(url, (W, H)) == (W, H), "the desktop did not return to its default size"
+            await eventually(
+                lambda: sized(url, (W, H)), 30, "the desktop did not return to its default size", interval=0.1
+            )
 
             await phone.set_viewport_size({"width": 390, "height": 700})  # the phone turns: its size goes through
             canvas: list[int] = []
@@ -305,7 +305,9 @@ async def test_a_laptop_and_a_phone_in_real_browsers(make_settings: Callable[...
             assert canvas[0] == 500 and await size_seen(url) == tuple(canvas), canvas
             shown = await phone.evaluate(CANVAS_BOX)
             assert shown[0] <= 390, f"the phone shows the desktop {shown[0]} px wide in a 390 px viewport"
-            assert await browser_fits(live, *canvas) == [(0, 0, *canvas)]
+            assert await eventually(
+                lambda: fits(live, *canvas), 60, "Chromium's window filling the screen", interval=0.1
+            ) == [(0, 0, *canvas)]
             print(
                 f"\nlaptop {box[0]}x{box[1]} held; phone: desktop {canvas[0]}x{canvas[1]} shown at {shown[0]}x{shown[1]}"
             )

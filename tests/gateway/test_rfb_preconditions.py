@@ -30,8 +30,9 @@ from tests.gateway.rfbmsgs import (
     fb_request,
     set_encodings,
 )
-from tests.gateway.test_viewers import open_viewer, settle
+from tests.gateway.test_viewers import open_viewer
 from tests.live import Live, start_ready
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 W, H = 640, 400
@@ -143,7 +144,7 @@ async def test_forwarded_messages_leave_xvnc_alive_and_refused_ones_close_4403(
             await stream.write(start + payload)
             await ws.close()
             # The relay has ended: everything was written to Xvnc before the gateway's end of the connection.
-            assert await settle(lambda: gauge.count(live.session_id) == 0)
+            await eventually(lambda: gauge.count(live.session_id) == 0, 15, "no viewer counted")
             await still_alive(url, live, pid)
             print(f"forwarded: {name}: Xvnc alive")
         for name, (payload, why) in REFUSED.items():

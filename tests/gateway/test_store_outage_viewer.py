@@ -4,8 +4,6 @@ answering 4503. A real controller on a PostgreSQL server of the test's own, stop
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Callable
 
@@ -20,6 +18,7 @@ from tests.cluster.test_wrong_node import closed_with
 from tests.conftest import running_controller
 from tests.live import start_ready
 from tests.pgcluster import available, cluster, fresh_database
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 LIGHT = {"HEARTH_CHROMIUM": "false", "HEARTH_RATE_LIMIT": "0"}
@@ -79,14 +78,16 @@ async def test_a_viewer_reconnects_to_its_live_session_while_the_store_is_down(
             finally:
                 pg.start()
 
-            deadline = time.monotonic() + 60
-            while (await http.get("/ready")).status_code != 200:
-                assert time.monotonic() < deadline, "the store did not come back within 60 s"
-                await asyncio.sleep(0.5)
+            async def ready() -> bool:
+                return (await http.get("/ready")).status_code == 200
+
+            await eventually(ready, 60, "the store back (/ready)", interval=0.5)
             r = await http.get(f"/api/auth/session/{live.session_id}")
             assert r.status_code == 200 and r.json()["status"] == "ready", r.text
             assert (await first_frame(live.ws_url(ctl), 60)).rects
-            deadline = time.monotonic() + 60  # the end recorded once the store is back (housekeeping, every 2 s)
-            while (await http.get(f"/api/auth/session/{leaver.session_id}")).json()["status"] != "cancelled":
-                assert time.monotonic() < deadline, "the cancel was not recorded within 60 s"
-                await asyncio.sleep(0.5)
+
+            async def cancelled() -> bool:
+                return bool((await http.get(f"/api/auth/session/{leaver.session_id}")).json()["status"] == "cancelled")
+
+            # the end recorded once the store is back (housekeeping, every 2 s)
+            await eventually(cancelled, 60, "the cancel recorded", interval=0.5)

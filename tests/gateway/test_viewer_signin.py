@@ -36,6 +36,7 @@ from hearth_example.idp import IdpState
 from tests.conftest import running_controller
 from tests.gateway.test_viewer_browser import CHROMIUM, chromium
 from tests.signinkit import approve_and_read_code, browse, idp_env, issuer, running_idp
+from tests.waits import eventually
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page
@@ -376,7 +377,9 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 assert said[0] in ("preparing", "sign_in") and said[-1] == "sign_in", said
                 assert said == [s for s in ["preparing", "sign_in"] if s in said], said
                 await plain_page(page)
-            await wait_for(lambda: any(e["kind"] == "authorize_page" for e in idp.events), "the provider's page")
+            await eventually(
+                lambda: any(e["kind"] == "authorize_page" for e in idp.events), 60, "the provider's page", interval=0.1
+            )
 
             async with context(browser, clipboard=False, **PHONE) as ctx:
                 page = await ctx.new_page()
@@ -406,7 +409,7 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
                 await page.wait_for_function("window.hearthPasted >= 2", timeout=10_000)
                 await page.tap("#kbd-button")
                 await page.keyboard.press("Enter")
-                await wait_for(lambda: approved(idp) is not None, "the approval")
+                await eventually(lambda: approved(idp) is not None, 60, "the approval", interval=0.1)
                 assert approved(idp) == "person.one@example.com"
                 await page.wait_for_function("window.hearthStatus.status === 'completed'", timeout=60_000)
                 assert await page.inner_text("#headline") == "You are signed in to Example"
@@ -417,11 +420,3 @@ async def test_remote_browser_desktop_and_phone_typing(make_settings: Callable[.
 def approved(idp: IdpState) -> str | None:
     with idp.lock:
         return next((str(e.get("email")) for e in idp.events if e["kind"] == "approved"), None)
-
-
-async def wait_for(check: Callable[[], bool], what: str, tries: int = 600) -> None:
-    for _ in range(tries):  # bounded: 60 s
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} did not happen")

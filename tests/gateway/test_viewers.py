@@ -12,7 +12,6 @@ import contextlib
 import logging
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -25,6 +24,7 @@ from hearth.rfb.ws import WsByteStream, first_frame
 from tests import rawws
 from tests.conftest import Running, running_controller
 from tests.live import Live, scaled, start_ready
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 SCREEN = "640x400x24"
@@ -73,16 +73,6 @@ async def frame_of(stream: WsByteStream, init: ServerInit, w: int = 0, h: int = 
     return sum(len(r.pixels) // 4 for r in rects)
 
 
-async def settle(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Wait (bounded) until `check()` holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 def no_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -129,9 +119,9 @@ async def test_abrupt_disconnect_and_idle_viewers(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             rude.transport.abort()
             print(f"\nabrupt close after {len(partial)} bytes of a 1 MB update")
-            assert await settle(lambda: gauge.count(live.session_id) == 1), "the aborted viewer was not released"
+            await eventually(lambda: gauge.count(live.session_id) == 1, 15, "the aborted viewer was not released")
             seen = updates
-            assert await settle(lambda: updates >= seen + 3), "the steady viewer stopped getting frames"
+            await eventually(lambda: updates >= seen + 3, 15, "the steady viewer stopped getting frames")
 
             # An idle viewer (never sends; its client library answers the gateway's pings) across 4 intervals…
             idle, idle_stream, idle_init = await open_viewer(url)
@@ -156,7 +146,7 @@ async def test_abrupt_disconnect_and_idle_viewers(
             stop.set()
             await asyncio.wait_for(watcher, 30)
             await steady.close()
-        assert await settle(lambda: gauge.count(live.session_id) == 0)
+        await eventually(lambda: gauge.count(live.session_id) == 0, 15, "no viewer counted")
         assert (await http.get(f"/api/auth/session/{live.session_id}")).json()["status"] == "ready"
         assert (await http.get("/health")).status_code == 200
 
@@ -184,7 +174,7 @@ async def test_many_concurrent_viewers_on_one_session(
         print(f"\nviewers: {len(complete)}/{VIEWERS} handshook and got a framebuffer update; peak connected {peak}")
         assert len(complete) == VIEWERS
         assert all(p == 640 * 400 for p in pixels)
-        assert await settle(lambda: gauge.count(live.session_id) == 0)
+        await eventually(lambda: gauge.count(live.session_id) == 0, 15, "no viewer counted")
         assert (await http.get(f"/api/auth/session/{live.session_id}")).json()["status"] == "ready"
 
 
@@ -216,7 +206,9 @@ async def test_view_only_token_drops_input_at_the_rfb_level(
                 assert await frame_of(stream, init, 16, 16) > 0
                 # The gateway relays a viewer's messages in order, so once both frame requests are counted, so is
                 # (or is not) the input sent before them.
-                assert await settle(lambda: to_sandbox() - before >= 2 * FRAME_REQUEST)
+                await eventually(
+                    lambda: to_sandbox() - before >= 2 * FRAME_REQUEST, 15, "two frame requests at the sandbox"
+                )
                 return to_sandbox() - before - 2 * FRAME_REQUEST
             finally:
                 await ws.close()
