@@ -4,7 +4,6 @@ with a driver error, so sessions exist to look at, cancel and ask tokens for."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from hearth.config import Settings
 from hearth.controller import Controller, build, make_app
 from hearth.errors import DriverError, Hop
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
+from tests.waits import eventually
 
 KEY = "test-key"  # tests/conftest.py make_settings
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,12 +42,9 @@ class Offline:
     session_id: str  # a session of this controller (its boot failed)
 
 
-async def settle(ctl: Controller, rounds: int = 600) -> None:
-    """Until no boot is in flight (bounded)."""
-    for _ in range(rounds):
-        if not any(ctl.service.boots.is_booting(v.id) for v in await ctl.service.records.list_active()):
-            return
-        await asyncio.sleep(0.01)
+async def idle(ctl: Controller) -> bool:
+    """The probe of the offline controller: no boot in flight."""
+    return not any(ctl.service.boots.is_booting(v.id) for v in await ctl.service.records.list_active())
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +56,7 @@ async def offline_app(settings: Settings) -> AsyncIterator[Offline]:
             r = await http.post("/api/auth/start", json={"user_id": "offline-user"}, headers=AUTH)
             assert r.status_code == 201, r.text
             session_id = str(r.json()["session_id"])
-        await settle(ctl)
+        await eventually(lambda: idle(ctl), 6, "no boot in flight", interval=0.01)
         yield Offline(app, ctl, session_id)
     finally:
         with contextlib.suppress(Exception):
