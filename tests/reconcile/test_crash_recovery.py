@@ -23,6 +23,7 @@ from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SessionRow
 from tests.live import scaled
 from tests.restartkit import Controller, sandbox_pids
+from tests.waits import eventually_sync
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 SESSIONS = int(os.environ.get("HEARTH_CHAOS_SESSIONS", str(scaled(20))))  # 20 at HEARTH_CHAOS_SCALE=1
@@ -60,15 +61,17 @@ def test_kill_9_during_creates_then_restart_leaves_nothing(restart_settings: Set
         )
         try:
             ctl.start()  # /health does not wait for the reconciler
-            deadline = time.monotonic() + 120
             db = Database(s.db_url)
-            while time.monotonic() < deadline:
+
+            def recovered() -> bool:
                 rows = db.call(lambda d: [(r.id, r.status, r.reason) for r in d.query(SessionRow).all()])
                 leased = db.call(lambda d: {r.slot for r in d.query(LeaseRow).all()})
                 settled = all(status in ("ready", "failed") for _, status, _ in rows)
-                if settled and scan_sync(s).slots() == leased and not netlink.netns_exists(orphan):
-                    break
-                time.sleep(0.5)
+                slots = scan_sync(s).slots()
+                assert settled and slots == leased and not netlink.netns_exists(orphan), (rows, slots, leased)
+                return True
+
+            eventually_sync(recovered, 120, "every session settled, every leased slot and no other", interval=0.5)
             rows = db.call(lambda d: [(r.id, r.status, r.reason) for r in d.query(SessionRow).all()])
             assert sorted(r[0] for r in rows) == sorted(ids)
             for sid, status, reason in rows:

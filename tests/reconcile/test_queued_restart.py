@@ -11,7 +11,6 @@ waiting for the person, in this process).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from hearth.store.db import Database
 from hearth.store.models import EventRow, LeaseRow, SessionRow
 from tests.conftest import loopback_env
 from tests.restartkit import Controller, remove_everything, sandbox_pids, start_idp
+from tests.waits import eventually_sync
 
 pytestmark = [pytest.mark.slow]
 CREATES = 4
@@ -71,13 +71,14 @@ def test_queued_sessions_boot_after_kill_9(settings: Settings, tmp_path: Path) -
 
     try:
         ctl.start()  # /health does not wait for the reconciler
-        deadline = time.monotonic() + 180
-        rows = _rows(db)
-        while time.monotonic() < deadline:
+
+        def booted() -> bool:
             rows = _rows(db)
-            if all(status in (*BOOTED, "failed") for status, _ in rows.values()):
-                break
-            time.sleep(0.5)
+            assert all(status in (*BOOTED, "failed") for status, _ in rows.values()), rows  # the last look
+            return True
+
+        eventually_sync(booted, 180, "every session booted or failed", interval=0.5)
+        rows = _rows(db)
         for sid in queued:  # every session that was waiting in line was booted, none failed
             status, reason = rows[sid]  # (awaiting_user's reason is the sign-in page it waits on)
             assert status in BOOTED and (reason is None or status == "awaiting_user"), (sid, rows[sid])
