@@ -29,6 +29,7 @@ from hearth.store.models import CliSandboxRow, SessionRow
 from hearth.store.nodestates import NodeState
 from tests.cluster.labkit import new_lab, opened
 from tests.pgcluster import fresh_database
+from tests.waits import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -57,12 +58,12 @@ async def start(http: httpx.AsyncClient, user: str) -> dict[str, Any]:
     r = await http.post("/api/auth/start", json={"user_id": user})
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
-    deadline = time.monotonic() + 90
-    while True:
-        s = (await http.get(f"/api/auth/session/{body['session_id']}")).json()
-        if s["status"] != "starting" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+
+    async def past_starting() -> dict[str, Any] | None:
+        s: dict[str, Any] = (await http.get(f"/api/auth/session/{body['session_id']}")).json()
+        return s if s["status"] != "starting" else None
+
+    s = await eventually(past_starting, 90, "the session past starting", interval=0.2)
     assert s["status"] == "ready", s
     return body
 
@@ -160,9 +161,7 @@ async def test_placement_routing_drain_death_and_edge_failover(lab: Lab) -> None
         await lab.wait_nodes({"h1"})
         views = {v.id: v for v in db.call(nodes.list_nodes)}
         assert views["h1"].reason is None and views["h1"].active == 0
-        deadline = time.monotonic() + 60
-        while lab.sandboxes(1) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        assert lab.sandboxes(1) == []  # the sandboxes that outlived the killed node are removed once it is back
+        # the sandboxes that outlived the killed node are removed once it is back
+        await eventually(lambda: lab.sandboxes(1) == [], 60, "h1's leftover sandboxes removed", interval=0.2)
         assert node_of(lab, (await start(http, "back"))["session_id"]) == "h1"  # and it takes work again
         db.dispose()

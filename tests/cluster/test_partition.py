@@ -34,6 +34,7 @@ from hearth.store.nodestates import NodeState
 from tests.cluster.labkit import new_lab, opened
 from tests.cluster.test_multinode import api, node_of, start, ws_url
 from tests.pgcluster import fresh_database
+from tests.waits import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -133,9 +134,9 @@ async def test_a_node_cut_off_is_fenced_marked_down_and_cleans_up_when_back(lab:
             return db.call(lambda x: list(x.scalars(select(LeaseRow.session_id).where(LeaseRow.node_id == "h1"))))
 
         try:
-            deadline = time.monotonic() + 60
-            while (lab.sandboxes(1) or sid in leased()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            await eventually(
+                lambda: not lab.sandboxes(1) and sid not in leased(), 60, "h1's sandbox and lease gone", interval=0.2
+            )
             print(f"link back: h1's sandbox and lease of the failed session gone {time.monotonic() - back:.2f}s after")
             assert lab.sandboxes(1) == []
             assert sid not in leased()

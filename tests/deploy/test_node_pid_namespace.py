@@ -22,6 +22,7 @@ from hearth.config import Settings
 from hearth.fabric.netlink import list_netns
 from hearth.sandbox.hostscope import in_scope
 from tests.restartkit import Controller, controller_env, sandbox_pids
+from tests.waits import eventually_sync
 
 pytestmark = [pytest.mark.netns]
 AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc"]  # a PID namespace and its own /proc, as in a container
@@ -45,12 +46,21 @@ def start_session(ctl: Controller) -> str:
         r = http.post("/api/auth/start", json={"user_id": "pidns-user"})
         assert r.status_code == 201, r.text
         sid = str(r.json()["session_id"])
-        deadline = time.monotonic() + 90
-        while (status := http.get(f"/api/auth/session/{sid}").json()["status"]) == "starting":
-            assert time.monotonic() < deadline, "the session never became ready"
-            time.sleep(0.2)
+
+        def past_starting() -> str | None:
+            status = str(http.get(f"/api/auth/session/{sid}").json()["status"])
+            return status if status != "starting" else None
+
+        status = eventually_sync(past_starting, 90, "the session past starting", interval=0.2)
         assert status == "ready", status
         return sid
+
+
+def adopted(ctl: Controller) -> bool:
+    """The probe of a restart: the controller's log says it adopted a sandbox (else its tail, as the last look)."""
+    log = ctl.log.read_text(errors="replace")
+    assert "sandbox adopted" in log, log[-3000:]
+    return True
 
 
 @dataclass
@@ -67,19 +77,25 @@ class Pid1Controller(Controller):
             stderr=subprocess.STDOUT,
             cwd=self.settings.data_dir,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"unshare exited with {self.proc.returncode}: {self.log.read_text()}"
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            if children:
-                self.init = int(children[0])
-                try:
-                    if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                        return time.monotonic()
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.05)
-        raise AssertionError(f"controller never became healthy: {self.log.read_text()[-2000:]}")
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:  # not one of NOT_YET: fails at once
+                raise RuntimeError(f"unshare exited with {proc.returncode}: {self.log.read_text()}")
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if not children:
+                return False
+            self.init = int(children[0])
+            try:
+                return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            eventually_sync(healthy, timeout, "the controller healthy")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.log.read_text()[-2000:]}") from None
+        return time.monotonic()
 
     def kill(self) -> None:
         if self.init and Path(f"/proc/{self.init}").exists():
@@ -110,10 +126,13 @@ def test_a_node_as_pid_1_of_a_pid_namespace_takes_its_sandboxes_with_it(
         assert "PID 1 of its PID namespace" in ctl.log.read_text() and "hostPID: true" in ctl.log.read_text()
 
         os.kill(ctl.init, signal.SIGKILL)  # the container's PID 1 dies (an upgrade, a liveness failure, an eviction)
-        deadline = time.monotonic() + 30
-        while left := [p for p in sandboxed if Path(f"/proc/{p}").exists()]:
-            assert time.monotonic() < deadline, f"sandbox processes {left} outlived PID 1"
-            time.sleep(0.1)
+
+        def gone() -> bool:
+            left = [p for p in sandboxed if Path(f"/proc/{p}").exists()]
+            assert not left, f"sandbox processes {left} outlived PID 1"  # the last look, should it time out
+            return True
+
+        eventually_sync(gone, 30, "the sandbox processes gone with PID 1", interval=0.1)
         assert in_pid_namespace(pidns) == []  # the kernel killed every process in the namespace
     finally:
         ctl.kill()
@@ -135,10 +154,7 @@ def test_in_the_host_pid_namespace_sandboxes_outlive_a_sigkilled_node_and_the_ne
         assert sorted(sandbox_pids(s)) == before, "sandboxes died with the node"
         ctl.start(drain=True)  # the next pod; --drain: its stop below ends the session and removes the sandbox
         with httpx.Client(base_url=ctl.base, headers=ctl.headers, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while "sandbox adopted" not in (log := ctl.log.read_text(errors="replace")):
-                assert time.monotonic() < deadline, log[-3000:]
-                time.sleep(0.2)
+            eventually_sync(lambda: adopted(ctl), 60, "the sandbox adopted", interval=0.2)
             assert http.get(f"/api/auth/session/{sid}").json()["status"] == "ready"
         assert sorted(sandbox_pids(s)) == before  # the same sandbox processes, now the new node's
         ctl.stop(signal.SIGTERM)  # --drain: the session ends, its sandbox is removed
@@ -187,16 +203,18 @@ class ScopedController(Controller):
             stderr=subprocess.STDOUT,
             cwd=self.settings.data_dir,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"controller exited: {self.log.read_text()[-2000:]}"
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:  # not one of NOT_YET: fails at once
+                raise RuntimeError(f"controller exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    return time.monotonic()
+                return httpx.get(f"{self.base}/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("controller never became healthy")
+                return False
+
+        eventually_sync(healthy, timeout, "the controller healthy")
+        return time.monotonic()
 
 
 def running(pid: int) -> bool:
@@ -249,10 +267,7 @@ def test_removing_the_node_container_kills_sandboxes_in_its_cgroup_unless_they_h
             return
         assert alive == before, "sandboxes in a cgroup of their own died with the node's container"
         ctl.start(drain=True)  # the next pod adopts them; --drain: its stop ends the session, removes the sandbox
-        deadline = time.monotonic() + 60
-        while "sandbox adopted" not in (log := ctl.log.read_text(errors="replace")):
-            assert time.monotonic() < deadline, log[-3000:]
-            time.sleep(0.2)
+        eventually_sync(lambda: adopted(ctl), 60, "the sandbox adopted", interval=0.2)
         with httpx.Client(base_url=ctl.base, headers=ctl.headers, timeout=30) as http:
             assert http.get(f"/api/auth/session/{sid}").json()["status"] == "ready"
         ctl.stop(signal.SIGTERM)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from hearth.serving.local import free_port
 from hearth.store.models import Base
 from tests.conftest import running_controller
 from tests.proxy.tlskit import BODY, make_certs, tls_server
+from tests.waits import eventually, wait_session
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.sqlite_pass]
 HOST = "signin.provider.test"
@@ -79,13 +79,8 @@ async def test_a_users_browser_and_cli_share_one_port_and_users_differ(
                     r = await http.post("/api/auth/start", json={"user_id": user})
                     assert r.status_code == 201, r.text
                     sids[user] = r.json()["session_id"]
-                deadline = time.monotonic() + WAIT
                 for sid in sids.values():
-                    while time.monotonic() < deadline:
-                        body = (await http.get(f"/api/auth/session/{sid}")).json()
-                        if body["status"] not in ("queued", "starting"):
-                            break
-                        await asyncio.sleep(0.1)
+                    body = await wait_session(http, sid, timeout=WAIT)
                     assert body["status"] == "ready", body
                 cli = await ctl.ctl.clis.ensure("pat")
                 sandboxes = ctl.ctl.service.sandboxes
@@ -170,10 +165,12 @@ async def test_a_pooled_sandbox_leaves_through_its_persons_port(
             try:
                 assert proxy.stdout is not None and b"listening" in await asyncio.wait_for(proxy.stdout.readline(), 30)
                 pool = ctl.ctl.service.pool
-                deadline = time.monotonic() + WAIT
-                while not pool.ready("remote_browser"):
-                    assert time.monotonic() < deadline, pool.summary()
-                    await asyncio.sleep(0.1)
+
+                def warm() -> bool:
+                    assert pool.ready("remote_browser"), pool.summary()  # the last look, should it time out
+                    return True
+
+                await eventually(warm, WAIT, "a warm browser", interval=0.1)
                 pooled = pool.ready("remote_browser")[0]
                 url = f"https://{HOST}:{web.port}/"
                 before = await curl_in(pooled.spec.slot.netns, ca, url + "unowned")
@@ -181,11 +178,7 @@ async def test_a_pooled_sandbox_leaves_through_its_persons_port(
                 r = await http.post("/api/auth/start", json={"user_id": "rae"})
                 assert r.status_code == 201, r.text
                 sid = r.json()["session_id"]
-                while time.monotonic() < deadline:
-                    body = (await http.get(f"/api/auth/session/{sid}")).json()
-                    if body["status"] not in ("queued", "starting"):
-                        break
-                    await asyncio.sleep(0.1)
+                body = await wait_session(http, sid, timeout=WAIT)
                 assert body["status"] == "ready", body
                 sb = ctl.ctl.service.sandboxes.get(sid)
                 assert sb is not None and sb.spec.slot.netns == pooled.spec.slot.netns  # the pooled one, handed out
