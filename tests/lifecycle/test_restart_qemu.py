@@ -31,6 +31,7 @@ from hearth.store.db import Database
 from hearth.store.models import LeaseRow, SandboxRow
 from tests.image.golden import golden_image
 from tests.restartkit import Controller, Fleet, kill_leftovers, viewer_frames, wait_body
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 BOOT_TIMEOUT = 300.0  # a TCG boot on a shared 2-core machine
@@ -69,22 +70,18 @@ def sandbox_row(db: Database, sid: str) -> tuple[int | None, int]:
     return db.call(get)
 
 
-async def adopted_logged(log: Path, offset: int, sid: str, timeout: float = 30) -> bool:
-    """Whether the controller logging to `log` (from `offset`) says it adopted `sid`'s sandbox (its reconciler's
-    first pass runs in the background once it listens)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with log.open("rb") as f:
-            f.seek(offset)
-            lines = f.read().decode(errors="replace").splitlines()
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("msg") == "sandbox adopted" and rec.get("session_id") == sid:
-                    return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
+def adopted_logged(log: Path, offset: int, sid: str) -> bool:
+    """The probe of an adoption: whether the controller logging to `log` (from `offset`) says it adopted `sid`'s
+    sandbox (its reconciler's first pass runs in the background once it listens)."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("msg") == "sandbox adopted" and rec.get("session_id") == sid:
+                return True
+    return False
 
 
 async def test_a_qemu_session_is_adopted_after_sigkill_of_the_controller(
@@ -129,7 +126,12 @@ async def test_a_qemu_session_is_adopted_after_sigkill_of_the_controller(
             assert sandbox_row(db, sid) == (pid, slot), "the same sandbox, adopted"
             assert procs.same_process(pid, started), "the same QEMU process"
             assert qemu_pids(s) == [pid]
-            assert await adopted_logged(ctl.log, offset, sid), "the new controller must log the adoption"
+            await eventually(
+                lambda: adopted_logged(ctl.log, offset, sid),
+                30,
+                "the new controller logging the adoption",
+                interval=0.1,
+            )
             print(
                 f"\nqemu adopted: first frame {adopted_in:.2f}s after the new controller listened ({frames[sid]:.2f}s)"
             )
