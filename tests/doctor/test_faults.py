@@ -282,7 +282,7 @@ class TestPathFaults:
         async def no_watchdog() -> int:
             return 0  # keep the housekeeping from ending the session before the doctor looks
 
-        monkeypatch.setattr(live.ctl.service, "check_alive", no_watchdog)
+        monkeypatch.setattr(live.ctl.service.housekeeping, "check_alive", no_watchdog)
         row = await live.ctl.db.run(lambda db: db.get(SessionRow, live.session_id))
         assert row is not None and row.pid
         # Every process of the sandbox (its launcher's group alone no longer takes the sandbox down: sandboxes run
