@@ -1,7 +1,9 @@
 """Watching for the credential files a CLI writes during its sign-in (in HOME, through homefs: no symlinks).
 
 Complete when every declared file is present, non-empty, new (not the content it had when the sign-in started),
-valid JSON where required, and unchanged for one poll (the CLI finished writing it).
+valid JSON where required, and unchanged since the previous look — for at least `min_stable` seconds while the CLI
+still runs: a CLI may write its file twice (Claude Code writes the tokens, fetches the account's profile, then
+rewrites the file with what it learnt), and on a busy host the second write comes long after one poll.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class CredentialFiles:
         self.home, self.files = home, files
         self.problem = ""  # why the files are not complete yet (for failure reasons)
         self._snapshot: list[bytes | None] | None = None
+        self._since = 0.0  # when the snapshot's contents were first seen
         self._refused: dict[str, str] = {}
         self._initial = {f.source: _digest(self.read(f.source)) for f in files}  # only new content counts
 
@@ -38,8 +41,9 @@ class CredentialFiles:
         """The files looked complete at the last check: the next one (a poll later) tells whether they are stable."""
         return self._snapshot is not None
 
-    def check(self) -> list[tuple[FileDef, bytes]] | None:
-        """The files with their contents when complete, else None (`problem` says why)."""
+    def check(self, now: float = 0.0, min_stable: float = 0.0) -> list[tuple[FileDef, bytes]] | None:
+        """The files with their contents when complete, else None (`problem` says why): unchanged since the last
+        check, and for `min_stable` seconds (by `now`, a monotonic clock)."""
         self._refused = {}
         contents = [self.read(f.source) for f in self.files]
         for f, data in zip(self.files, contents, strict=True):
@@ -63,5 +67,9 @@ class CredentialFiles:
                 return None
         previous, self._snapshot = self._snapshot, contents
         if previous != contents:
+            self._since = now
             return None  # stable for one poll first
+        if now - self._since < min_stable:
+            self.problem = "still being written"
+            return None
         return [(f, d) for f, d in zip(self.files, contents, strict=True) if d is not None]

@@ -35,6 +35,7 @@ from hearth_agent.wakeup import Inotify, Waker, wait_readable
 log = logging.getLogger("hearth_agent")
 
 SPOOL = ".hearth/browser-urls"  # written by browser_hook.py (as $BROWSER and as xdg-open): "<unix time> <url>\n"
+SETTLE = 1.0  # while the CLI still runs, its credential files must be unchanged this long (a second write comes)
 EXIT_GRACE = 1.0  # after the CLI exits, files it just wrote still get this long to appear and settle
 CREDENTIALS_BUDGET = PUSH_BUDGET  # retried across a controller restart
 MAX_RESTARTS = 3  # paste-code CLIs that exit on a wrong code are started again this often
@@ -322,7 +323,8 @@ class LoginRun:
         self._push_prompt()
         if self.unreachable is not None:
             return f"[{self.unreachable.hop}] {self.unreachable.detail}", exited_at, version, code
-        found = self._files.check()
+        # while the CLI runs, its files must hold still for SETTLE (it may rewrite them); once it exited, one poll
+        found = self._files.check(now, SETTLE if exited_at is None else 0.0)
         if found is not None:
             return found, exited_at, version, code
         if exited_at is None:
