@@ -193,13 +193,14 @@ async def _follow(
     stop = asyncio.Event()
     with _on_signal(stop.set):
         while time.monotonic() - t0 < timeout:
+            # the status first, then the events: an end between the two reads is then among the events shown
+            status = str((await http.get(f"/api/auth/session/{sid}")).json()["status"])
             events = (await http.get(f"/api/auth/session/{sid}/events")).json()
             for e in events[shown:]:
                 if e["kind"] == "state":
                     why = f"  {e['detail']}" if e.get("detail") else ""
                     out.print(f"   {time.monotonic() - t0:7.2f}s  {e['name']}{escape(why)}")
             shown = len(events)
-            status = str((await http.get(f"/api/auth/session/{sid}")).json()["status"])
             if status in TERMINAL:
                 return status
             if person is not None and person.done() and person.exception() is not None:
