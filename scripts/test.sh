@@ -12,7 +12,7 @@ V=.venv/bin
   exit 1
 }
 PATHS=(hearth hearth_agent hearth_example tests bench)
-WORKERS=${HEARTH_TEST_WORKERS:-4}
+WORKERS=${HEARTH_TEST_WORKERS:-3}
 XDIST=()
 [ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS" --dist loadgroup)
 failed=()
