@@ -2,7 +2,7 @@
 # The test command: lint, format check, strict typing, then the whole test suite (the root/netns tests too when root)
 # on SQLite, then the tests that touch the store (`-m store`, tests/conftest.py) again on a throwaway PostgreSQL 15
 # cluster (HEARTH_TEST_PG=all: the whole suite there too). pytest runs on HEARTH_TEST_WORKERS pytest-xdist workers
-# (default 4: the tests mostly wait on sandboxes, sockets and timers; 1 runs them in this process).
+# (default 3: the tests mostly wait on sandboxes, sockets and timers; 1 runs them in this process).
 # Every step runs even if an earlier one fails; the exit status is non-zero if any failed. Extra args go to pytest.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
