@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from hearth.config import LEGACY_NAMES, consistency_problems, read_env_file, unknown_variable_problems
 from hearth.doctor import probes
@@ -18,6 +19,8 @@ from hearth.errors import Hop
 from hearth.fabric import netlink, nft
 from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
 from hearth.store.models import OwnerKind
+
+T = TypeVar("T")
 
 UP = "run `hearth fabric up` (the controller does this at start; it repairs drift)"
 
@@ -278,7 +281,7 @@ async def layer2(ctx: Context) -> Finding:
         return Finding.bad("table bridge hearth differs from the ruleset computed from the settings", UP)
     if ctx.target is not None:
         return await _layer2_of_port(ctx, ctx.target.port, nft.l2_drops_by_port(ours))
-    counters = await nft.take_l2_counters(ns, timeout=1.0) or []
+    counters = await _once(ctx, "layer 2 counters", lambda: nft.take_l2_counters(ns, timeout=1.0)) or []
     drops, by_port = nft.l2_drops(counters), nft.l2_drops_by_port(counters)
     if drops["arp_spoof"] or drops["ip_spoof"]:
         return Finding.bad(
@@ -300,7 +303,7 @@ async def _layer2_of_port(ctx: Context, port: str, listed: dict[str, dict[str, i
     """One session's view: the spoofing its own port sent (and any from ports hearth did not name), read and reset;
     what other sandboxes' ports sent is theirs — counted, named, left for their own reports."""
     ns = ctx.fabric
-    taken = await nft.take_port_drops(ns, (port, nft.UNNAMED), timeout=1.0)
+    taken = await _once(ctx, "layer 2 drops", lambda: nft.take_port_drops(ns, (port, nft.UNNAMED), timeout=1.0))
     own, unnamed = taken[port], taken[nft.UNNAMED]
     others = sum(sum(n.values()) for p, n in listed.items() if p not in (port, nft.UNNAMED))
     elsewhere = f"; {others} frame(s) spoofed by other sandboxes' ports are theirs, not this one's" if others else ""
@@ -328,6 +331,15 @@ async def _layer2_of_port(ctx: Context, port: str, listed: dict[str, dict[str, i
         f"check{elsewhere}",
         data=data,
     )
+
+
+async def _once(ctx: Context, key: str, take: Callable[[], Awaitable[T]]) -> T:
+    """A read-and-reset done once per diagnosis: a timeout cancels the wait, not the reset, and the step asked again
+    awaits the same reset (a second one would find the first's drops gone: reported by neither)."""
+    task = ctx.memo.get(key)
+    if task is None:
+        task = ctx.memo[key] = asyncio.ensure_future(take())
+    return await asyncio.shield(task)
 
 
 def _senders(by_port: dict[str, dict[str, int]]) -> str:
