@@ -1,16 +1,20 @@
-"""Waiting, without sleeps of a fixed length, until a sandbox's port accepts a connection — and the bounded retry
+"""Waiting, without sleeps of a fixed length, until a sandbox's port accepts a connection — the agent's start as every
+driver that runs the agent as a process waits for it (its notification pipe, else its port) — and the bounded retry
 with a short, growing back-off that every readiness gate uses (hearth/lifecycle/readiness.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from hearth.errors import Hop, NotReady
+from hearth.errors import DriverError, Hop, NotReady
 from hearth.fabric.dial import open_connection
 from hearth.rfb.client import RfbError
+from hearth.sandbox.procs import tail
 
 BACKOFF = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.25)  # a desktop is up ~50 ms after its agent: look often early
 
@@ -43,3 +47,58 @@ async def wait_listening(
         writer.close()
 
     await retry(deadline, Hop.DRIVER, f"the sandbox agent on {ip}:{port}", hint, attempt)
+
+
+async def notified(fd: int, timeout: float) -> bool:
+    """Whether `listening` arrives on the pipe `fd` within `timeout` (False on EOF: the agent exited; closes `fd`)."""
+    loop = asyncio.get_running_loop()
+    told: asyncio.Future[bool] = loop.create_future()
+    got = bytearray()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        got.extend(chunk)
+        if (not chunk or b"\n" in got) and not told.done():
+            told.set_result(got.startswith(b"listening"))
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(told, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def wait_agent(
+    netns: str | None,
+    ip: str,
+    port: int,
+    proc: asyncio.subprocess.Process,
+    notices: int,
+    timeout: float,
+    log_path: Path,
+    fix: str,
+) -> None:
+    """Until the agent listens (its first act): told by the agent on its notification pipe (`notices`, closed here;
+    -1: none) — or, when the pipe ends without it, until its port answers, failing fast, with its log's tail and
+    `fix`, when it exited."""
+    if notices >= 0 and await notified(notices, timeout):
+        return
+
+    def exited() -> None:
+        if proc.returncode is not None:
+            raise DriverError(
+                Hop.DRIVER,
+                f"the sandbox agent exited with {proc.returncode} during start: {tail(log_path) or 'no output'}",
+                fix,
+            )
+
+    await wait_listening(netns, ip, port, time.monotonic() + timeout, exited, f"see {log_path}")

@@ -41,8 +41,7 @@ from hearth.guest import configdrive
 from hearth.guest import packages as guestpkg
 from hearth.sandbox import listening, steps
 from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.netns import _notified  # the one reader of the agent's `listening` pipe
-from hearth.sandbox.procs import cmdline, is_zombie, tail
+from hearth.sandbox.procs import cmdline, is_zombie
 from hearth.sandbox.steps import Check, Step
 from hearth.sandbox.workdir import remove_workdir
 
@@ -240,20 +239,10 @@ class LoopbackDriver:
 
     async def _wait_agent(self, spec: SandboxSpec, proc: asyncio.subprocess.Process, notices: int) -> None:
         timeout = min(self.s.ready_timeout, AGENT_LISTEN_TIMEOUT)
-        if await _notified(notices, timeout):
-            return
-
-        def exited() -> None:
-            if proc.returncode is not None:
-                raise DriverError(
-                    Hop.DRIVER,
-                    f"the sandbox agent exited with {proc.returncode} during start: "
-                    f"{tail(self.log_path(spec)) or 'no output'}",
-                    f"see {self.log_path(spec)}",
-                )
-
-        deadline, hint = time.monotonic() + timeout, f"see {self.log_path(spec)}"
-        await listening.wait_listening(None, str(spec.slot.ip), spec.agent_port, deadline, exited, hint)
+        path = self.log_path(spec)
+        await listening.wait_agent(
+            None, str(spec.slot.ip), spec.agent_port, proc, notices, timeout, path, f"see {path}"
+        )
 
     # ---- stop -----------------------------------------------------------------------------------
     async def destroy(self, spec: SandboxSpec, grace: float = 3.0, kill_wait: float = 5.0) -> None:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from hearth.guest.clis import GUEST_CLIS
 from hearth.guest.layout import GuestImage
 from hearth.sandbox import hostscope, listening, steps
 from hearth.sandbox.base import Offers, SandboxInfo, SandboxSpec, StageMark
-from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes, tail
+from hearth.sandbox.procs import SharedScan, pids_in_netns, stop_sandbox_processes
 from hearth.sandbox.steps import Check, Step
 from hearth.sandbox.workdir import remove_workdir, rmtree, untraversable
 from hearth_agent.policy import write_policy
@@ -315,23 +314,16 @@ class NetnsDriver:
     async def _wait_agent(
         self, spec: SandboxSpec, proc: asyncio.subprocess.Process, timeout: float, notices: int = -1
     ) -> None:
-        """Until the agent listens (its first act): told by the agent on its notification pipe (`notices`, closed
-        here) — or, when the pipe ends without it, the one agent wait (`hearth.sandbox.listening`), failing fast,
-        with its log, when it exited."""
-        if notices >= 0 and await _notified(notices, timeout):
-            return
-
-        def exited() -> None:
-            if proc.returncode is not None:
-                raise DriverError(
-                    Hop.DRIVER,
-                    f"the sandbox agent exited with {proc.returncode} during start: "
-                    f"{tail(self.log_path(spec)) or 'no output'}",
-                    f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
-                )
-
-        deadline, hint = time.monotonic() + timeout, f"see {self.log_path(spec)}"
-        await listening.wait_listening(self.s.fabric_netns, str(spec.slot.ip), spec.agent_port, deadline, exited, hint)
+        await listening.wait_agent(
+            self.s.fabric_netns,
+            str(spec.slot.ip),
+            spec.agent_port,
+            proc,
+            notices,
+            timeout,
+            self.log_path(spec),
+            f"check bubblewrap (unprivileged user namespaces) and {self.log_path(spec)}",
+        )
 
     # ---- stop -----------------------------------------------------------------------------------
     async def _stop_processes(self, spec: SandboxSpec) -> None:
@@ -361,31 +353,3 @@ class NetnsDriver:
         # one pass over /proc answers every sandbox the watchdog asks about in a tick (after an adoption, none is
         # this controller's child): not one pass per sandbox
         return bool(pids_in_netns(spec.slot.netns, await self._scans.rows(max_age=ALIVE_SCAN_AGE)))
-
-
-async def _notified(fd: int, timeout: float) -> bool:
-    """Whether `listening` arrives on the pipe `fd` within `timeout` (False on EOF: the agent exited; closes `fd`)."""
-    loop = asyncio.get_running_loop()
-    told: asyncio.Future[bool] = loop.create_future()
-    got = bytearray()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        got.extend(chunk)
-        if (not chunk or b"\n" in got) and not told.done():
-            told.set_result(got.startswith(b"listening"))
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        return await asyncio.wait_for(told, timeout)
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)

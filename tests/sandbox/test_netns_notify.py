@@ -11,7 +11,8 @@ import pytest
 from hearth.config import Settings
 from hearth.guest import packages as guestpkg
 from hearth.lifecycle import readiness
-from hearth.sandbox.netns import NetnsDriver, _notified
+from hearth.sandbox.listening import notified as _notified
+from hearth.sandbox.netns import NetnsDriver
 from tests.sandbox.specs import spec_for
 from tests.sandbox.test_netns import health, leftovers
 from tests.waits import eventually
