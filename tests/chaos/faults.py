@@ -76,12 +76,12 @@ async def outage(
         await eventually(is_ready, 60, "/ready after the fault was fixed", interval=0.2)
 
         async def recorded() -> bool:
+            # the cancel is recorded, then its lease released (record_pending: two statements, in that order)
             r = await http.get(f"/api/auth/session/{doomed.session_id}")
-            return r.status_code == 200 and r.json()["status"] == "cancelled"
+            leases = ctl.ctl.db.call(lambda d: list(d.scalars(select(LeaseRow.session_id))))
+            return r.status_code == 200 and r.json()["status"] == "cancelled" and doomed.session_id not in leases
 
-        await eventually(recorded, 60, "the cancel recorded after the outage", interval=0.2)
-        leases = ctl.ctl.db.call(lambda d: list(d.scalars(select(LeaseRow.session_id))))
-        assert doomed.session_id not in leases
+        await eventually(recorded, 60, "the cancel recorded and its lease released after the outage", interval=0.2)
         fresh = await http.post("/api/auth/start", json={"user_id": "after-user"})
         assert fresh.status_code == 201, fresh.text
         body = await wait_session(http, fresh.json()["session_id"])
