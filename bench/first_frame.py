@@ -9,8 +9,10 @@ the pool holds as many sandboxes as the batch creates, up to its size), with the
 of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
 The client — POST, the viewer WebSocket, RFB, the first update — runs in processes of its own (one per parallel
 create), as an independent viewer would; `--in-process` runs it on the controller's event loop instead (the previous
-method: its 4 MB raw frame was then decoded by the loop that also relays it). Each arm also prints the median of every boot stage the API reports (seconds since creation: lease, namespace,
-process, display, vnc, rfb — or pool) and of ready → first frame.
+method: its 4 MB raw frame was then decoded by the loop that also relays it). Each arm also prints the median of every
+boot stage the API reports (seconds since creation: lease, namespace, process, display, vnc, rfb — or pool), of the
+client's own phases (POST answered, viewer WebSocket open, RFB handshake done; measured from the POST, whereas the
+API's stages count from the row's creation) and of the first frame.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -46,10 +48,14 @@ async def main():
             r = await http.post("/api/auth/start", json={"user_id": line.strip()})
             r.raise_for_status()
             body = r.json()
+            answered = time.monotonic() - t0
             url = f"{os.environ['BENCH_WS']}/api/auth/session/{body['session_id']}/novnc/websock"
             frame = await first_frame(f"{url}?token={body['viewer_token']}", 120)
             total = time.monotonic() - t0
-            print(json.dumps({"sid": body["session_id"], "total": total, "non_blank": frame.non_blank}), flush=True)
+            phases = {"answered": answered, "ws open": answered + frame.connect_s,
+                      "rfb handshake": answered + frame.handshake_s}
+            print(json.dumps({"sid": body["session_id"], "total": total, "non_blank": frame.non_blank,
+                              "phases": phases}), flush=True)
 
 asyncio.run(main())
 """
@@ -79,12 +85,14 @@ class Client:
         out: dict[str, object] = json.loads(line)
         return out
 
-    async def create(self, user: str) -> tuple[str, float, bool]:
+    async def create(self, user: str) -> tuple[str, float, bool, dict[str, float]]:
+        """(session id, create → first frame, non-blank, the client's own phases in seconds since the POST)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"{user}\n".encode())
         await self.proc.stdin.drain()
         got = await self._line()
-        return str(got["sid"]), float(got["total"]), bool(got["non_blank"])  # type: ignore[arg-type]
+        phases = {str(k): float(v) for k, v in dict(got["phases"]).items()}  # type: ignore[call-overload]
+        return str(got["sid"]), float(got["total"]), bool(got["non_blank"]), phases  # type: ignore[arg-type]
 
     async def close(self) -> None:
         if self.proc.stdin is not None:
@@ -96,16 +104,22 @@ async def one(
     http: httpx.AsyncClient, ws_base: str, user: str, client: Client | None
 ) -> tuple[float, float, bool, dict[str, float]]:
     if client is not None:
-        sid, total, non_blank = await client.create(user)
+        sid, total, non_blank, phases = await client.create(user)
     else:
         t0 = time.monotonic()
         r = await http.post("/api/auth/start", json={"user_id": user})
         r.raise_for_status()
         body = r.json()
-        sid = body["session_id"]
+        sid, answered = body["session_id"], time.monotonic() - t0
         frame = await first_frame(f"{ws_base}/api/auth/session/{sid}/novnc/websock?token={body['viewer_token']}", 120)
         total, non_blank = time.monotonic() - t0, frame.non_blank
-    timings = (await http.get(f"/api/auth/session/{sid}")).json()["timings"]
+        phases = {
+            "answered": answered,
+            "ws open": answered + frame.connect_s,
+            "rfb handshake": answered + frame.handshake_s,
+        }
+    # the API's boot stages and the client's phases (POST answered, viewer WebSocket open, RFB handshake done)
+    timings = {**(await http.get(f"/api/auth/session/{sid}")).json()["timings"], **phases}
     ready = timings.get("rfb", timings.get("pool", float("nan")))
     await http.post(f"/api/auth/session/{sid}/cancel")
     return total, ready, non_blank, timings
