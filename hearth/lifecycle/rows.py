@@ -107,33 +107,34 @@ class SandboxRows:
     async def claim(self, candidates: Sequence[str], owner: str, kind: OwnerKind, sealed: Sealed) -> str | None:
         """Give the first of the pooled sandboxes `candidates` still pooled in the store to `owner` (of `kind`), its
         agent secret now `sealed`; returns the pooled owner id it had, or None when every one was taken."""
+        return await self.db.run(lambda db: claim_in(db, candidates, owner, kind, sealed)) if candidates else None
 
-        def claim_tx(db: Db) -> str | None:
-            for pooled in candidates:
-                res = db.execute(
-                    update(SandboxRow)
-                    .where(SandboxRow.owner_id == pooled, SandboxRow.state == SandboxState.POOLED.value)
-                    .values(
-                        owner_id=owner,
-                        owner_kind=kind,
-                        state=SandboxState.RUNNING.value,
-                        key_id=sealed.key_id,
-                        nonce=sealed.nonce,
-                        ciphertext=sealed.ciphertext,
-                    )
-                )
-                if res.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # another controller took it first
-                db.execute(delete(LeaseRow).where(LeaseRow.session_id == owner))
-                db.flush()
-                db.execute(
-                    update(LeaseRow).where(LeaseRow.session_id == pooled).values(session_id=owner, owner_kind=kind)
-                )
-                lease = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
-                session = db.get(SessionRow, owner)
-                if session is not None and lease is not None:
-                    session.slot, session.sandbox_ip = lease.slot, lease.ip
-                return pooled
-            return None
 
-        return await self.db.run(claim_tx) if candidates else None
+def claim_in(db: Db, candidates: Sequence[str], owner: str, kind: OwnerKind, sealed: Sealed) -> str | None:
+    """The claim's statements, inside the caller's transaction (`SandboxRows.claim`, or a session's admission that
+    takes a pooled sandbox in the same transaction): the first of `candidates` still pooled becomes `owner`'s, with
+    its lease (the owner's own lease, if it holds one, is given up) and, for a session row, its slot and address."""
+    for pooled in candidates:
+        res = db.execute(
+            update(SandboxRow)
+            .where(SandboxRow.owner_id == pooled, SandboxRow.state == SandboxState.POOLED.value)
+            .values(
+                owner_id=owner,
+                owner_kind=kind,
+                state=SandboxState.RUNNING.value,
+                key_id=sealed.key_id,
+                nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext,
+            )
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            continue  # another controller took it first
+        db.execute(delete(LeaseRow).where(LeaseRow.session_id == owner))
+        db.flush()
+        db.execute(update(LeaseRow).where(LeaseRow.session_id == pooled).values(session_id=owner, owner_kind=kind))
+        lease = db.scalar(select(LeaseRow).where(LeaseRow.session_id == owner))
+        session = db.get(SessionRow, owner)
+        if session is not None and lease is not None:
+            session.slot, session.sandbox_ip = lease.slot, lease.ip
+        return pooled
+    return None
