@@ -213,5 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown: the exit handlers (a running CLI must not outlive the agent) and the
+    log's flush run, but not the module teardown and the collection of every object — ~20 ms of CPU per agent, which
+    a node draining 1,000 sandboxes at once pays in full on its few cores."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
