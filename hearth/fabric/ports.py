@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import os
 import struct
 
@@ -17,6 +18,7 @@ from hearth.config import Settings
 from hearth.errors import FabricError, Hop
 from hearth.fabric import netlink
 from hearth.fabric.dial import call_in_netns
+from hearth.fabric.reaper import reaper
 from hearth.fabric.slot import Slot, link_index, slot_for
 
 GUEST_IFNAME = "eth0"
@@ -129,4 +131,10 @@ async def add_tap(settings: Settings, slot: Slot) -> None:
 
 
 async def remove_port(settings: Settings, ifname: str) -> None:
-    await asyncio.to_thread(remove_port_sync, settings, ifname)
+    """Delete a port of the fabric, in a batch with the others removed at the same time (hearth/fabric/reaper.py);
+    already gone (or no fabric at all) is success."""
+    await reaper(settings, functools.partial(_unpin_port, settings)).remove(ifname)
+
+
+def _unpin_port(settings: Settings, handle: object, ifname: str) -> None:
+    _unpin(handle, settings, ifname)
