@@ -12,6 +12,7 @@ from typing import Any
 
 STEPS = (  # (module, attribute path): wrapped where they are looked up at call time
     ("hearth.session.service", "SessionService.end"),
+    ("hearth.session.records", "SessionRecords.end_many"),  # a drain's group commit: a batch to `cancelled`
     ("hearth.lifecycle.manager", "SandboxManager.end"),
     ("hearth.lifecycle.sandbox", "Sandbox.end"),
     ("hearth.sandbox.netns", "NetnsDriver.destroy"),
@@ -21,6 +22,9 @@ STEPS = (  # (module, attribute path): wrapped where they are looked up at call 
     ("hearth.fabric.netlink", "remove_netns"),
     ("hearth.egress.gate", "EgressGate.revoke"),
     ("hearth.fabric.ipam", "Ipam.release"),
+    ("hearth.fabric.ipam", "Ipam._release"),  # the releases arriving together: one transaction
+    ("hearth.lifecycle.rows", "SandboxRows.delete_quietly"),
+    ("hearth.lifecycle.rows", "SandboxRows._delete"),  # the row deletes arriving together: one transaction
     ("hearth.store.db", "Database.run"),  # queued for the store's executor and run
     ("hearth.store.db", "Database.offload"),
     ("hearth.store.db", "Database.call"),  # run only (every transaction, also those of run/offload)

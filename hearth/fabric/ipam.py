@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, aliased
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.slot import Slot, slot_for
+from hearth.store.coalesce import Coalesced
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, OwnerKind
 
@@ -31,6 +32,7 @@ class Ipam:
     def __init__(self, settings: Settings, db: Database) -> None:
         self._s = settings
         self._db = db
+        self._releases = Coalesced(self._release)  # releases arriving together (a drain): one transaction
 
     def slot(self, index: int) -> Slot:
         s = self._s
@@ -68,8 +70,12 @@ class Ipam:
         return await self._db.offload(lambda: self.acquire_sync(session_id, kind=kind))
 
     async def release(self, session_id: str) -> None:
-        """Release the lease of `session_id`; releasing nothing is success."""
-        await self._db.run(lambda db: db.execute(delete(LeaseRow).where(LeaseRow.session_id == session_id)))
+        """Release the lease of `session_id`; releasing nothing is success. Releases arriving together (a drain's
+        teardowns) are one transaction (hearth/store/coalesce.py); a StoreError reaches each of them."""
+        await self._releases(session_id)
+
+    async def _release(self, owners: list[str]) -> None:
+        await self._db.run(lambda db: db.execute(delete(LeaseRow).where(LeaseRow.session_id.in_(owners))))
 
     @staticmethod
     def lowest_free(fabric: str, node: str) -> Select[int]:

@@ -20,6 +20,7 @@ from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.lifecycle.sandbox import Sandbox, SandboxState
 from hearth.sandbox.procs import start_time
+from hearth.store.coalesce import Coalesced
 from hearth.store.db import Database
 from hearth.store.models import LeaseRow, OwnerKind, SandboxRow, SessionRow
 from hearth.vault.keys import KeyRing
@@ -34,6 +35,11 @@ class SandboxRows:
         self.s = settings
         self.db = db
         self.ring = ring
+        self._deletes = Coalesced(self._delete)  # deletes arriving together (a drain): one transaction
+
+    async def _delete(self, owners: list[str]) -> None:
+        # one statement: a concurrent end that deleted a row first is success, not a race
+        await self.db.run(lambda db: db.execute(delete(SandboxRow).where(SandboxRow.owner_id.in_(owners))))
 
     def seal(self, owner: str, secret: str) -> Sealed:
         return seal(self.ring, secret.encode(), f"sandbox:{owner}", AAD_PURPOSE)
@@ -82,11 +88,9 @@ class SandboxRows:
             log.warning("kept sandbox not marked (store unavailable)", extra={"session_id": owner})
 
     async def delete_quietly(self, owner: str) -> None:
-        def remove(db: Db) -> None:  # one statement: a concurrent end that deleted it first is success, not a race
-            db.execute(delete(SandboxRow).where(SandboxRow.owner_id == owner))
-
+        """Delete `owner`'s row (gone already is success); with the deletes arriving together, in one transaction."""
         try:
-            await self.db.run(remove)
+            await self._deletes(owner)
         except StoreError:
             log.warning("sandbox row not deleted (store unavailable); the reconciler will", extra={"session_id": owner})
 

@@ -253,30 +253,73 @@ class SessionRecords:
             row = db.get(SessionRow, sid, with_for_update=True)
             if row is None:
                 raise SessionNotFound(sid)
-            check_transition(Status(row.status), target)
-            self.outbox.session(
-                db,
-                row,
-                target.value,
-                row.status,
-                None if target is Status.READY else reason,
-                hop.value if hop else None,
-            )
-            if also is not None:
-                also(db)
-            row.status = target.value
-            row.reason = reason
-            row.hop = hop.value if hop else None
-            if target is Status.READY:
-                row.last_seen_at = utcnow()
-            if not target.terminal:
-                row.reason = None if target is Status.READY else row.reason
-            for stage, at in (timings or {}).items():
-                db.add(EventRow(session_id=sid, kind="stage", name=stage, detail=f"{at:.3f}s"))
-            db.add(EventRow(session_id=sid, kind="state", name=target.value, detail=reason))
-            return SessionView.of(row)
+            return self._move(db, row, target, reason, hop, timings, also)
 
         view = await self.db.run(move)
+        await self._moved(view, target, hop)
+        return view
+
+    async def end_many(
+        self, sids: Sequence[str], target: Status, reason: str | None, hop: Hop | None = None
+    ) -> list[SessionView]:
+        """Move this node's sessions `sids` to the terminal `target` in ONE transaction (a drain's group commit),
+        each exactly as `transition` moves one: its webhook event, its timeline entry, then its change notification
+        and the terminal hooks. Sessions already ended, gone or another node's are left out. Returns the views of
+        those moved; StoreError: none was."""
+        reasons = {sid: self.codes.scrub(sid, reason) for sid in sids}
+        node = self.settings.node_id
+
+        def move_all(db: Db) -> list[SessionView]:
+            views = []
+            mine = select(SessionRow).where(SessionRow.id.in_(list(reasons)), SessionRow.node_id == node)
+            for row in db.scalars(mine.order_by(SessionRow.id).with_for_update()):  # one lock order: no deadlock
+                with contextlib.suppress(IllegalTransition):  # ended meanwhile: nothing was written for it
+                    views.append(self._move(db, row, target, reasons[row.id], hop))
+            return views
+
+        views = await self.db.run(move_all)
+        for view in views:
+            await self._moved(view, target, hop)
+        return views
+
+    def _move(
+        self,
+        db: Db,
+        row: SessionRow,
+        target: Status,
+        reason: str | None,
+        hop: Hop | None,
+        timings: dict[str, float] | None = None,
+        also: Callable[[Db], object] | None = None,
+    ) -> SessionView:
+        """Inside a transaction: move `row` to `target` (IllegalTransition before anything is written)."""
+        sid = row.id
+        check_transition(Status(row.status), target)
+        self.outbox.session(
+            db,
+            row,
+            target.value,
+            row.status,
+            None if target is Status.READY else reason,
+            hop.value if hop else None,
+        )
+        if also is not None:
+            also(db)
+        row.status = target.value
+        row.reason = reason
+        row.hop = hop.value if hop else None
+        if target is Status.READY:
+            row.last_seen_at = utcnow()
+        if not target.terminal:
+            row.reason = None if target is Status.READY else row.reason
+        for stage, at in (timings or {}).items():
+            db.add(EventRow(session_id=sid, kind="stage", name=stage, detail=f"{at:.3f}s"))
+        db.add(EventRow(session_id=sid, kind="state", name=target.value, detail=reason))
+        return SessionView.of(row)
+
+    async def _moved(self, view: SessionView, target: Status, hop: Hop | None) -> None:
+        """After a move committed: the live views, the waiters, the failure count, the terminal hooks (in order)."""
+        sid = view.id
         if view.status.booting or view.status.terminal:
             self.live.pop(sid, None)
         else:
@@ -288,4 +331,3 @@ class SessionRecords:
             for callback in self.on_terminal:
                 with contextlib.suppress(Exception):
                     await callback(view)
-        return view

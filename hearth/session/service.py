@@ -37,7 +37,9 @@ from hearth.session.view import aware
 from hearth.store.db import Database
 
 log = logging.getLogger("hearth.session")
-DRAIN_PARALLEL = 64  # sessions a drain ends at once (their teardowns mostly wait: processes exiting, the store)
+DRAIN_PARALLEL = 64  # sandboxes a drain tears down at once (their teardowns mostly wait: processes exiting, the store)
+DRAIN_BATCH = 200  # sessions a drain moves to `cancelled` per transaction
+DRAIN_REASON = "controller shutting down"
 
 
 class SessionService:
@@ -267,22 +269,54 @@ class SessionService:
 
     async def shutdown(self) -> None:
         """End every active session (the demo, `hearth serve --drain`), even while the store is down. A plain
-        controller stop does not call this: sandboxes outlive the controller and the next one adopts them."""
+        controller stop does not call this: sandboxes outlive the controller and the next one adopts them.
+
+        Group commits (1,000 sessions in seconds): the sessions move to `cancelled` DRAIN_BATCH at a time, one
+        transaction each (`records.end_many`: the same events, webhooks and notifications as one by one); their
+        sandboxes are torn down DRAIN_PARALLEL at once, whose row deletes and lease releases arriving together are
+        one transaction each (hearth/store/coalesce.py). When the store cannot take a batch, its sessions take the
+        one-by-one path (`end`), which ends them unrecorded and records them once the store is back."""
         self._closing = True
         with contextlib.suppress(StoreError):
             await self.pool.drain()
-        try:
-            ids = [v.id for v in await self.records.list_active()]
-        except StoreError:
-            ids = self.live_sessions()
         gate = asyncio.Semaphore(DRAIN_PARALLEL)
 
         async def end_one(sid: str) -> None:
             async with gate:
                 with contextlib.suppress(StoreError):
-                    await self.end(sid, Status.CANCELLED, "controller shutting down")
+                    await self.end(sid, Status.CANCELLED, DRAIN_REASON)
 
-        await asyncio.gather(*(end_one(sid) for sid in ids))  # 1,000 in seconds, not one after another
+        try:
+            views = await self.records.list_active()
+        except StoreError:
+            await asyncio.gather(*(end_one(sid) for sid in self.live_sessions()))
+            views = []
+
+        async def cancel_boot(sid: str) -> None:
+            async with gate:
+                await self.boots.cancel(sid)  # as `end` does first: a boot in flight is undone
+
+        async def teardown(view: SessionView) -> None:
+            async with gate:
+                await self.sandboxes.end(view.id, _final(view.status), view.slot)
+                self._framed.discard(view.id)
+
+        await asyncio.gather(*(cancel_boot(v.id) for v in views if v.status.booting))
+        teardowns: list[asyncio.Task[None]] = []
+        try:
+            for at in range(0, len(views), DRAIN_BATCH):
+                batch = [v.id for v in views[at : at + DRAIN_BATCH]]
+                try:
+                    ended = await self.records.end_many(batch, Status.CANCELLED, DRAIN_REASON)
+                except StoreError:
+                    teardowns += [asyncio.create_task(end_one(sid)) for sid in batch]
+                    continue
+                teardowns += [asyncio.create_task(teardown(view)) for view in ended]  # while the next batch commits
+            await asyncio.gather(*teardowns)
+        except BaseException:  # the drain itself was cancelled: so are its teardowns (each sandbox's close finishes)
+            for task in teardowns:
+                task.cancel()
+            raise
         with contextlib.suppress(StoreError):  # and what is left: kept failures, teardowns the stop interrupted
             await self.sandboxes.end_stored()
 
