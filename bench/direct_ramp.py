@@ -82,24 +82,26 @@ async def serve(flow: str, phases: bool = False) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"pid": os.getpid()}), flush=True)
     await stop.wait()
-    t0, cpu0 = time.monotonic(), cpu_seconds()
+    t0, cpu0, own0 = time.monotonic(), cpu_seconds(), cpu_seconds(own=True)
     if phases:
         steps.start()
     srv.should_exit = True
     await task
-    took = {"drained": time.monotonic() - t0, "cpu": cpu_seconds() - cpu0}
+    took = {"drained": time.monotonic() - t0, "cpu": cpu_seconds() - cpu0, "own": cpu_seconds(own=True) - own0}
     print(json.dumps({**took, "phases": steps.report() if phases else {}}), flush=True)
     idp.shutdown()
     idp.server_close()
     await ctl.fabric.down(force=True)
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process (every thread) and of its children it has waited for (nft, ip, bwrap...)."""
+def cpu_seconds(own: bool = False) -> float:
+    """CPU seconds of this process (every thread) and of its children it has waited for (nft, ip, bwrap...), or
+    (`own`) of this process alone. A sandbox's launcher is a child: reaped in the drain, it brings the CPU of its
+    whole life (the agent's and the CLI's start, their idle time) into the children's share."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + (0.0 if own else kids.ru_utime + kids.ru_stime)
 
 
 # ---- measuring (this process) -------------------------------------------------------------------------------
@@ -327,13 +329,14 @@ async def drain_and_report(
 ) -> int:
     line = await asyncio.to_thread(PROC.stdout.readline) if PROC.stdout else ""
     got = json.loads(line) if line.strip() else {}
-    drained, cpu = got.get("drained", float("nan")), got.get("cpu", float("nan"))
+    drained, cpu, own = (got.get(k, float("nan")) for k in ("drained", "cpu", "own"))
     for step, (calls, seconds) in sorted(got.get("phases", {}).items(), key=lambda kv: -kv[1][1]):
         print(f"  drain step {step:28} {calls:6} calls, {seconds:8.1f} s in all ({seconds / drained:5.1f} at a time)")
     left = [n for n in os.listdir("/run/netns") if n.startswith(f"{fabric}-s")]
     print(
         f"drain of {held} sandboxes: {drained:.1f} s (SIGTERM → every session ended), {len(left)} namespaces left; "
-        f"controller CPU {cpu:.1f} s ({cpu / max(1, held) * 1000:.0f} ms per session, its children included)"
+        f"controller CPU {cpu:.1f} s ({cpu / max(1, held) * 1000:.0f} ms per session, its children included; "
+        f"its own {own:.1f} s, {own / max(1, held) * 1000:.0f} ms per session)"
     )
     PROC.wait(120)
     print("\nsummary (ratios against level 1 of this run)")
