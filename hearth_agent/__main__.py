@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -120,6 +121,27 @@ def one_malloc_arena() -> None:
         ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
 
 
+def wcwidth_alone() -> None:
+    """pyte needs one function of wcwidth (`from wcwidth import wcwidth`), but the package's __init__ imports all of
+    it — text wrapping, graphemes, hyperlinks, and through them secrets, hmac, hashlib's OpenSSL, random: ≈1.1 MiB
+    of every agent (issue 25). So the package is registered without running its __init__, holding only the function
+    its __init__ binds when its C extension is absent (wcwidth._wcwidth.wcwidth, the same lru-cached code). With the
+    C extension, another layout of wcwidth, or wcwidth already imported: the package as it is. In the agent's own
+    process only (main), never where other code may use the rest of wcwidth."""
+    spec = importlib.util.find_spec("wcwidth") if "wcwidth" not in sys.modules else None
+    where = spec.submodule_search_locations if spec is not None else None
+    if spec is None or not where or any(n.startswith("_wcwidth_c") for d in where for n in os.listdir(d)):
+        return
+    sys.modules["wcwidth"] = pkg = importlib.util.module_from_spec(spec)
+    try:
+        from wcwidth._wcwidth import wcwidth
+    except ImportError:
+        for name in [m for m in sys.modules if m == "wcwidth" or m.startswith("wcwidth.")]:
+            del sys.modules[name]
+        return
+    vars(pkg)["wcwidth"] = wcwidth
+
+
 USAGE = "usage: hearth_agent --config PATH [--notify-fd FD]"
 
 
@@ -159,6 +181,7 @@ def parse_args(argv: list[str]) -> Args:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     one_malloc_arena()
+    wcwidth_alone()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

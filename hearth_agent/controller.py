@@ -2,7 +2,8 @@
 
 `POST {callback}/agent/v1/sessions/{session_id}/events|credentials` with `Authorization: Bearer <agent secret>`,
 sent in order by one thread, each retried with back-off (connection errors, 5xx, 408, 429) within a time budget.
-Bodies are never logged.
+Bodies are never logged. No proxy, no redirect followed (the bearer secret never goes to another location): one POST
+on a plain socket (hearth_agent/httppost.py), not urllib.request (≈2.7 MiB of every agent).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import Future
 from typing import Any
 
+from hearth_agent import httppost
 from hearth_agent.contract import routes
 
 log = logging.getLogger("hearth_agent")
@@ -25,11 +25,6 @@ log = logging.getLogger("hearth_agent")
 
 class PushFailed(Exception):
     pass
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # never carry the bearer secret to another location
 
 
 PUSH_BUDGET = 120.0  # seconds a push is retried: long enough to outlast a controller restart (sandboxes survive it)
@@ -42,7 +37,6 @@ class Outbox:
         self.base = f"{callback.rstrip('/')}{routes.PUSH_PREFIX}/{urllib.parse.quote(session_id, safe='')}"
         self._secret = secret
         self._timeout = attempt_timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         self._queue: queue.Queue[tuple[str, dict[str, Any], float, Future[None]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -77,25 +71,24 @@ class Outbox:
         data = json.dumps(body).encode()
         deadline = time.monotonic() + budget
         delay = 0.25
+        url = urllib.parse.urlsplit(f"{self.base}/{kind}")
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._secret}"}
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            port = 0
+        if url.scheme not in ("http", "https") or not url.hostname or not port:
+            raise PushFailed(f"the controller callback {url.scheme}://{url.netloc} is not an http(s) URL")
         while True:
-            req = urllib.request.Request(
-                f"{self.base}/{kind}",
-                data=data,
-                method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._secret}"},
-            )
             try:
-                with self._opener.open(req, timeout=self._timeout) as resp:
-                    resp.read()
-                return
-            except urllib.error.HTTPError as exc:
-                exc.close()
-                last = f"HTTP {exc.code}"
-                if exc.code < 500 and exc.code not in (408, 429):
+                status = httppost.post(url.scheme, url.hostname, port, url.path, headers, data, self._timeout)
+                if 200 <= status < 300:
+                    return
+                last = f"HTTP {status}"
+                if status < 500 and status not in (408, 429):  # a 3xx too: never followed
                     raise PushFailed(f"controller refused the {kind} push: {last}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                last = f"{type(reason).__name__}: {reason}"
+            except OSError as exc:
+                last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
                 raise PushFailed(f"controller unreachable for the {kind} push ({last})")
             time.sleep(delay)

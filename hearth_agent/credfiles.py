@@ -8,15 +8,15 @@ rewrites the file with what it learnt), and on a busy host the second write come
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from hearth_agent import homefs
 from hearth_agent.providerdef import FileDef
+from hearth_agent.sha import sha256
 
 
 def _digest(data: bytes | None) -> bytes | None:
-    return None if data is None else hashlib.sha256(data).digest()
+    return None if data is None else sha256(data)
 
 
 class CredentialFiles:

@@ -8,12 +8,12 @@ as for installing and removing. Only a SHA-256 digest leaves the sandbox, never 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from typing import Any
 
 from hearth_agent import homefs
+from hearth_agent.sha import sha256
 
 MAX_TARGETS = 32
 
@@ -36,7 +36,7 @@ def digest(home: str, targets: Any) -> tuple[list[dict[str, Any]], list[str]]:
                 "target": target,
                 "size": len(data),
                 "mode": _mode(home, target),
-                "sha256": hashlib.sha256(data).hexdigest(),
+                "sha256": sha256(data).hex(),
             }
         )
     return present, absent

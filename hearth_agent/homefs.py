@@ -13,7 +13,6 @@ import binascii
 import errno
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -193,7 +192,7 @@ def _install_one(parent: int, f: NewFile) -> None:
             raise PathRefused(f"{f.target} is a symlink")
         if not stat.S_ISREG(st.st_mode):
             raise PathRefused(f"{f.target} exists and is not a regular file")
-    tmp = f".{name}.hearth-{secrets.token_hex(6)}"
+    tmp = f".{name}.hearth-{os.urandom(6).hex()}"  # not secrets: it imports hmac, random
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
     try:
         try:

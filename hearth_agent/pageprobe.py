@@ -9,7 +9,6 @@ showing "This site can't be reached" meanwhile. Stdlib only (the guest package).
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -90,6 +89,8 @@ def probe(
 
 
 def _handshake(sock: socket.socket, host: str, cafiles: tuple[str, ...]) -> Unreachable | None:
+    import ssl  # here, not at the top: ≈0.75 MiB of every agent, and most sign-ins never probe an https page
+
     ctx = ssl.create_default_context()  # the sandbox's trust store (SSL_CERT_FILE when set), as a browser's
     for cafile in cafiles:
         try:

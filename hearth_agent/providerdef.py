@@ -7,7 +7,6 @@ rules: the controller's pydantic model calls it (hearth/providers/model.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 from hearth_agent.contract.signin import FLOWS
 from hearth_agent.homefs import relative_parts
 from hearth_agent.promptdef import PromptSpec, parse_prompt_section
+from hearth_agent.sha import sha256
 
 DEFAULT_URL_PATTERN = r"https?://[^\s\x1b\"'<>]+"
 _NAME = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -140,7 +140,7 @@ def parse_flow(name: str, d: Any) -> FlowDef:
 def definition_digest(d: Any) -> str:
     """sha256 of a provider definition as canonical JSON (the controller names the ones an agent may run)."""
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256(canonical.encode()).hex()
 
 
 def parse_provider(d: Any) -> ProviderDef:

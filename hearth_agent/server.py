@@ -8,11 +8,11 @@ Extensions add routes with `AgentServer.route`; a route returns (status, JSON bo
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import socketserver
 import threading
+from _operator import _compare_digest  # hmac.compare_digest itself, without hashlib's OpenSSL (≈0.5 MiB)
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +106,7 @@ class AgentServer(NoLookupBind, ThreadingHTTPServer):
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, value = (header or "").partition(" ")
-        ok = hmac.compare_digest(value.strip().encode(errors="replace"), self._identity.secret.encode())
+        ok = _compare_digest(value.strip().encode(errors="replace"), self._identity.secret.encode())
         return scheme.lower() == "bearer" and ok
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any
 
 # Everything else is imported where a flow needs it: a CLI waiting for the person (the paste_code prompt, the
-# device-code poll) holds only what it used so far — a node runs 1,000 of them (bench/direct_ramp.py).
+# device-code poll) holds only what it used so far — a node runs 1,000 of them (bench/direct_ramp.py). Not even
+# typing (it brings re, collections, enum: ≈2 MiB of a waiting CLI): mypy reads any `TYPE_CHECKING` constant.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CLIENT_ID = "hearth-example-cli"
 
@@ -66,9 +66,15 @@ def _save(issuer: str, tokens: dict[str, Any]) -> int:
 
 def _token(n: int) -> str:
     """secrets.token_urlsafe(n) without importing secrets (hmac, OpenSSL's libcrypto: megabytes per waiting CLI)."""
-    import base64
+    return _b64url(os.urandom(n))
 
-    return base64.urlsafe_b64encode(os.urandom(n)).rstrip(b"=").decode()
+
+def _b64url(data: bytes) -> str:
+    """base64.urlsafe_b64encode(data) without its padding; binascii only (base64 imports re: ≈1 MiB with what re
+    brings, in every waiting CLI)."""
+    import binascii
+
+    return binascii.b2a_base64(data, newline=False).translate(bytes.maketrans(b"+/", b"-_")).rstrip(b"=").decode()
 
 
 def _sha256(data: bytes) -> bytes:
@@ -84,15 +90,24 @@ def _sha256(data: bytes) -> bytes:
 
 
 def _pkce() -> tuple[str, str]:
-    import base64
-
     verifier = _token(48)
-    return verifier, base64.urlsafe_b64encode(_sha256(verifier.encode())).rstrip(b"=").decode()
+    return verifier, _b64url(_sha256(verifier.encode()))
+
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _urlencode(query: dict[str, str]) -> str:
+    """urllib.parse.urlencode(query) (quote_plus of each key and value), without importing urllib.parse (re,
+    ipaddress, collections: ≈0.5 MiB of a waiting CLI)."""
+
+    def quote(s: str) -> str:
+        return "".join(c if c in _SAFE else "+" if c == " " else "".join(f"%{b:02X}" for b in c.encode()) for c in s)
+
+    return "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
 
 
 def _authorize_url(issuer: str, redirect: str, state: str, challenge: str) -> str:
-    import urllib.parse
-
     query = {
         "response_type": "code",
         "client_id": CLIENT_ID,
@@ -101,7 +116,7 @@ def _authorize_url(issuer: str, redirect: str, state: str, challenge: str) -> st
         "code_challenge": challenge,
         "code_challenge_method": "S256",
     }
-    return issuer + "/authorize?" + urllib.parse.urlencode(query)
+    return issuer + "/authorize?" + _urlencode(query)
 
 
 def _token_form(code: str, redirect: str, verifier: str) -> dict[str, str]:
