@@ -133,7 +133,7 @@ async def add_tap(settings: Settings, slot: Slot) -> None:
 async def remove_port(settings: Settings, ifname: str) -> None:
     """Delete a port of the fabric, in a batch with the others removed at the same time (hearth/fabric/reaper.py);
     already gone (or no fabric at all) is success."""
-    await reaper(settings, functools.partial(_unpin_port, settings)).remove(ifname)
+    await reaper(settings, functools.partial(_unpin_port, settings))(ifname)
 
 
 def _unpin_port(settings: Settings, handle: object, ifname: str) -> None:

@@ -5,8 +5,8 @@ one at a time, ports queue behind that lock (measured here: ~17 ms a veth, one a
 sandboxes spent ~17 s of its wall time only there). Deleted as a group (`ip link del group N`), a batch shares one
 unregistration: 100 veths in 44 ms in all.
 
-So a removal joins a batch: the first one asked for starts at once; those asked for while it runs are removed together
-next, and so on (a group commit). Each port of a batch is moved into the link group `GROUP` — the fabric namespace is
+So a removal joins a batch (hearth/store/coalesce.py's group commit): those asked for together are removed together,
+and those asked for while a batch runs make up the next one. Each port of a batch is moved into the link group `GROUP` — the fabric namespace is
 hearth's own, and only this module sets that group, one batch at a time — then the group is deleted and each port's
 pinned neighbour entry removed. A port already gone is success. A batch that fails fails each of its callers with the
 same error, as one removal would.
@@ -24,6 +24,7 @@ from pyroute2 import NetlinkError
 from hearth.config import Settings
 from hearth.errors import Hop
 from hearth.fabric import netlink
+from hearth.store.coalesce import Coalesced
 
 GROUP = 0x68727468  # "hrth": the link group a batch of ports is deleted by (never any other link's group)
 
@@ -55,51 +56,20 @@ def remove_ports_sync(settings: Settings, ifnames: Sequence[str], unpin: Callabl
             unpin(fab, name)
 
 
-class PortReaper:
-    """The batches of one fabric namespace, on one event loop."""
-
-    def __init__(self, settings: Settings, unpin: Callable[[object, str], None]) -> None:
-        self.settings = settings
-        self._unpin = unpin
-        self._pending: list[tuple[str, asyncio.Future[None]]] = []
-        self._running: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # the size of each batch removed (for tests and benches)
-
-    async def remove(self, ifname: str) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((ifname, done))
-        if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._run(), name=f"port-reaper-{self.settings.fabric_netns}")
-        await asyncio.shield(done)  # a cancelled caller does not cancel the batch it is part of
-
-    async def _run(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            names = list(dict.fromkeys(name for name, _ in batch))
-            self.batches.append(len(names))
-            try:
-                await asyncio.to_thread(remove_ports_sync, self.settings, names, self._unpin)
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            except BaseException:  # the loop is going away: the callers are cancelled with it
-                for _, done in batch + self._pending:
-                    done.cancel()
-                raise
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-
-
-_REAPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, PortReaper]] = weakref.WeakKeyDictionary()
+PortReaper = Coalesced[str]  # `await reaper(settings, unpin)(ifname)`: removed in the batch it joins
+_REAPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[Settings, PortReaper]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def reaper(settings: Settings, unpin: Callable[[object, str], None]) -> PortReaper:
-    """The running loop's reaper of `settings`' fabric namespace."""
+    """The running loop's batches of `settings`' fabric namespace (the group commit of hearth/store/coalesce.py)."""
     per_loop = _REAPERS.setdefault(asyncio.get_running_loop(), {})
     found = per_loop.get(settings.fabric_netns)
-    if found is None or found.settings != settings:
-        found = per_loop[settings.fabric_netns] = PortReaper(settings, unpin)
-    return found
+    if found is None or found[0] != settings:
+
+        async def work(names: list[str]) -> None:
+            await asyncio.to_thread(remove_ports_sync, settings, names, unpin)
+
+        found = per_loop[settings.fabric_netns] = (settings, Coalesced(work))
+    return found[1]

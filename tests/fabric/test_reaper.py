@@ -72,8 +72,7 @@ async def test_ports_removed_together_go_in_batches_and_nothing_else_goes(fabric
         pinned = await asyncio.to_thread(_pinned, s)
         assert not {str(slot.ip) for slot in gone} & pinned
         assert {str(slot.ip) for slot in kept} <= pinned
-        batches = reaper(s, lambda h, n: None).batches
-        assert sum(batches) in (11, 12) and max(batches) > 1  # asked for together: removed together (a name once)
+        assert reaper(s, lambda h, n: None).batches < 11  # asked for together: removed together (a name once)
         await ports.remove_port(s, gone[1].veth_host)  # already gone: success
     finally:
         for slot in slots:
