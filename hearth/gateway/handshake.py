@@ -3,7 +3,8 @@
 Towards the sandbox the gateway is an RFB 3.8 client (hearth/rfb/client.py: security None, always *shared*, so a
 viewer cannot disconnect the others by asking for exclusive access). Towards the viewer it is an RFB server that
 offers 3.8 and follows whichever version the viewer answers, per the specification: 3.7 and 3.8 as such, every
-other version (3.3, 3.5, Apple's 3.889, …) as 3.3. It then hands the viewer the sandbox's own ServerInit.
+other version (3.3, 3.5, Apple's 3.889, …) as 3.3. It then hands the viewer the sandbox's own ServerInit (hearth/gateway/relay.py `Greeting`: the viewer's side runs
+while the sandbox is still being reached).
 
 So the client→server stream the relay frames always begins at a message boundary, whatever the viewer negotiated:
 the view-only filter can never be out of step with the handshake.
@@ -35,8 +36,10 @@ def viewer_version(banner: bytes) -> tuple[int, int]:
     return (3, 3)
 
 
-async def serve_viewer(read: ReadExactly, write: Write, server_init: bytes) -> tuple[int, int]:
-    """Complete the handshake with the viewer (security None) and send it `server_init`; returns the version."""
+async def greet_viewer(read: ReadExactly, write: Write) -> tuple[int, int]:
+    """The viewer's handshake up to its ClientInit (security None); returns the version. Needs nothing of the
+    sandbox: the gateway runs it while the session boots and the sandbox is dialled, and sends the sandbox's
+    ServerInit once it is known."""
     await write(OFFERED)
     version = viewer_version(await read(12))
     if version == (3, 3):  # the server decides the security type
@@ -52,5 +55,4 @@ async def serve_viewer(read: ReadExactly, write: Write, server_init: bytes) -> t
         if version == (3, 8):
             await write(struct.pack(">I", 0))  # SecurityResult OK (3.7 sends none for None)
     await read(1)  # ClientInit: the shared flag is ignored, the sandbox connection is always shared
-    await write(server_init)
     return version

@@ -2,6 +2,10 @@
 
 First the gateway completes the RFB handshake with the sandbox and, separately, with the viewer
 (hearth/gateway/handshake.py), so the viewer's messages are framed from a known boundary whatever version it chose.
+The viewer's side up to its ClientInit needs nothing of the sandbox: it is a `Greeting`, which the route starts as
+soon as the session is known to be one with a desktop — while the session boots, the sandbox is dialled and its
+own handshake done — so only the sandbox's ServerInit is left to send once that is known. Its outcome is looked at
+only where the viewer's handshake used to start: every close code and reason stays what it was.
 Then the relay *splices* the two connections: each viewer message is filtered and written to the sandbox from the
 WebSocket's own `data_received` (hearth/gateway/websocket.py), and each chunk from the VNC server is framed and
 written to the viewer from the sandbox socket's `data_received` (hearth/gateway/sandbox_stream.py) — no task,
@@ -22,7 +26,7 @@ from enum import StrEnum
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hearth.gateway.handshake import ViewerHandshakeError, serve_viewer
+from hearth.gateway.handshake import ViewerHandshakeError, greet_viewer
 from hearth.gateway.rfbspec import XVNC, ServerProfile
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import Forbidden, InputFilter
@@ -90,6 +94,29 @@ class _Viewer:
         return out
 
 
+class Greeting:
+    """The viewer's RFB handshake up to its ClientInit, under way from construction (on the running loop).
+    `finish` sends the sandbox's ServerInit once the greeting is done; `cancel` stops it (before the route closes
+    the viewer for another reason)."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.viewer = _Viewer(ws)
+        self._task = asyncio.create_task(greet_viewer(self.viewer.read, ws.send_bytes), name="viewer-greeting")
+
+    async def finish(self, server_init: bytes, timeout: float) -> None:
+        """Wait (at most `timeout` from now) for the viewer's ClientInit, then send it `server_init`. Raises
+        ViewerHandshakeError, TimeoutError, or _ViewerGone / WebSocketDisconnect / RuntimeError (the viewer left)."""
+        await asyncio.wait_for(self._task, timeout)
+        await self.ws.send_bytes(server_init)
+
+    async def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(BaseException):  # its outcome no longer matters (and is not logged as lost)
+            await self._task
+
+
 async def relay(
     ws: WebSocket,
     sandbox: SandboxStream,
@@ -100,22 +127,25 @@ async def relay(
     on_sandbox_handshake: Callable[[], None] | None = None,
     server: ServerProfile = XVNC,
     may_resize: Callable[[], bool] | None = None,
+    greeting: Greeting | None = None,
 ) -> Outcome:
     """Relay until one side ends or `stop` is set; returns who ended it. `on_sandbox_handshake` is called once the
     sandbox's RFB handshake is done (the route serialises dials to one sandbox until then). The viewer's messages
     are filtered for `server` (hearth/gateway/viewonly.py); `may_resize` says whether its SetDesktopSize goes through
-    (hearth/gateway/desktop_size.py)."""
+    (hearth/gateway/desktop_size.py). `greeting`: the viewer's handshake the route already started (else it starts
+    here, beside the sandbox's); it is cancelled if the relay ends before it is done."""
     filt = InputFilter(drop_input=view_only, server=server, may_resize=may_resize)
+    greeting = greeting or Greeting(ws)
     try:
-        return await _relay(ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake)
+        return await _relay(ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake, greeting)
     finally:
+        await greeting.cancel()
         await sandbox.close()
 
 
 async def _handshakes(
-    ws: WebSocket,
     sandbox: SandboxStream,
-    viewer: _Viewer,
+    greeting: Greeting,
     stats: RelayStats,
     on_sandbox_handshake: Callable[[], None] | None,
 ) -> Outcome | None:
@@ -128,7 +158,7 @@ async def _handshakes(
     if on_sandbox_handshake is not None:
         on_sandbox_handshake()
     try:
-        await asyncio.wait_for(serve_viewer(viewer.read, ws.send_bytes, init.raw), HANDSHAKE_TIMEOUT)
+        await greeting.finish(init.raw, HANDSHAKE_TIMEOUT)
     except ViewerHandshakeError as exc:
         return Outcome(Ended.BAD_VIEWER, str(exc), stats)
     except TimeoutError:
@@ -146,14 +176,15 @@ async def _relay(
     on_first_frame: Callable[[], None] | None,
     on_bytes: Callable[[str, int], None] | None,
     on_sandbox_handshake: Callable[[], None] | None,
+    greeting: Greeting,
 ) -> Outcome:
     stats = RelayStats()
-    viewer = _Viewer(ws)
+    viewer = greeting.viewer
     splice: Splice | None = ws.scope.get("extensions", {}).get(SPLICE)
     if splice is None:
         raise RuntimeError(f"the gateway needs a server that offers {SPLICE} (hearth.gateway.websocket)")
 
-    setup = asyncio.create_task(_handshakes(ws, sandbox, viewer, stats, on_sandbox_handshake))
+    setup = asyncio.create_task(_handshakes(sandbox, greeting, stats, on_sandbox_handshake))
     ended = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait((setup, ended), return_when=asyncio.FIRST_COMPLETED)

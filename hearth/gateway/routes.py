@@ -29,7 +29,7 @@ from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection, open_protocol
 from hearth.gateway.desktop_size import DesktopSizes
 from hearth.gateway.ports import Relaying, Rows, Targets, Viewers
-from hearth.gateway.relay import Ended, relay
+from hearth.gateway.relay import Ended, Greeting, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
@@ -88,10 +88,22 @@ def make_router(
 
     @router.websocket("/api/auth/session/{session_id}/novnc/websock")
     async def websock(ws: WebSocket, session_id: str, token: str = "") -> None:
+        # The viewer's RFB handshake up to ClientInit, started once the session is known to be one with a desktop
+        # and not over: it runs while the session boots and the sandbox is dialled (hearth/gateway/relay.py).
+        greeting: list[Greeting] = []
+        try:
+            await serve(ws, session_id, token, greeting)
+        finally:
+            for g in greeting:  # whatever ended the route (a cancel, a bug) the greeting ends with it
+                await g.cancel()
+
+    async def serve(ws: WebSocket, session_id: str, token: str, greeting: list[Greeting]) -> None:
         offered = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="binary" if "binary" in offered else None)
 
         async def close(code: int, reason: str) -> None:
+            for g in greeting:
+                await g.cancel()
             log.info("viewer closed", extra={"code": code, "close_reason": reason})
             metrics.gateway_closes.labels(str(code)).inc()
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the viewer already went away
@@ -130,6 +142,8 @@ def make_router(
                     return await close(BAD_TOKEN, f"unauthorized: {foreign}")
                 if stored.mode is SigninMode.DIRECT:
                     return await close(NO_DESKTOP, "no desktop: this session signs in in your own browser (direct)")
+                if not stored.status.terminal:
+                    greeting.append(Greeting(ws))
                 view = known or await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")
@@ -174,6 +188,7 @@ def make_router(
                     on_sandbox_handshake=dialled,
                     server=server,
                     may_resize=claim.may_resize,
+                    greeting=greeting[0] if greeting else None,
                 )
                 left = outcome.ended in (Ended.CLIENT_GONE, Ended.FORBIDDEN)
             finally:

@@ -1,0 +1,175 @@
+"""The viewer's RFB handshake runs while its session boots (hearth/gateway/relay.py `Greeting`): a viewer that has
+sent its ClientInit before the sandbox is even dialled gets the sandbox's own ServerInit once it is known, and a
+session that fails while the viewer handshakes closes it exactly as before (4502, the session's reason); one that
+is over when the viewer arrives is refused before any RFB byte.
+
+The route runs on Starlette's test client with the gateway's ports faked (hearth/gateway/ports.py): the session's
+status is the test's to set. The relay case uses the in-memory viewer and recording RFB server of test_handshake.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import cast
+
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from hearth.config import Settings
+from hearth.errors import HearthError
+from hearth.gateway.gauge import ViewerGauge
+from hearth.gateway.handshake import OFFERED
+from hearth.gateway.relay import Ended, Greeting, relay
+from hearth.gateway.routes import UNREACHABLE, make_router
+from hearth.gateway.sandbox_stream import SandboxStream
+from hearth.gateway.tokens.base import Claims, Scope
+from hearth.lifecycle.readiness import Target
+from hearth.observe.metrics import Metrics
+from hearth.session.states import Status
+from hearth.session.view import SessionView
+from hearth.signin.modes import SigninMode
+from hearth.store.db import Database
+from tests.gateway.rfbmsgs import fb_request
+from tests.gateway.test_handshake import SERVER_INIT, FakeViewer, recording_server
+from tests.waits import eventually
+
+SID = "s-early"
+REASON = "[vnc] the desktop did not come up"
+
+
+def view(status: Status, node: str) -> SessionView:
+    now = datetime.now(UTC)
+    reason = REASON if status is Status.FAILED else None
+    return SessionView(
+        SID, "u", None, SigninMode.REMOTE_BROWSER, status, reason, None, "netns", 1, "192.0.2.2", {}, now, now, node
+    )
+
+
+class Session:
+    """The faked ports: one session whose status the test moves (from its own thread)."""
+
+    def __init__(self, status: Status, node: str) -> None:
+        self.status, self.node = status, node
+        self.changed = threading.Event()
+        self.waited = threading.Event()  # the route waits for the session (the viewer may handshake meanwhile)
+
+    def move(self, status: Status) -> None:
+        self.status = status
+        self.changed.set()
+
+    # Relaying
+    draining = False
+    fenced = None
+
+    def live_view(self, session_id: str) -> SessionView | None:
+        return None
+
+    async def wait_until(self, session_id: str, timeout: float) -> SessionView:
+        self.waited.set()
+        deadline = time.monotonic() + timeout
+        while self.status.booting and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return view(self.status, self.node)
+
+    def stop_event(self, session_id: str) -> asyncio.Event:
+        return asyncio.Event()
+
+    def first_frame(self, view: SessionView) -> None:
+        pass
+
+    # Rows
+    async def get(self, session_id: str) -> SessionView:
+        return view(self.status, self.node)
+
+    # Targets
+    def target(self, view: SessionView) -> Target:
+        raise AssertionError("a failed session is never dialled")
+
+    async def explain(self, session_id: str, err: HearthError) -> str:
+        return err.reason
+
+    # TokenStore
+    def verify(self, token: str, session_id: str) -> Claims:
+        return Claims(session_id, Scope.CONTROL, time.time() + 60, self.node)
+
+    def issue(self, session_id: str, scope: Scope, ttl: float) -> str:
+        return "t"
+
+
+@contextmanager
+def gateway(settings: Settings, session: Session) -> Iterator[TestClient]:
+    app = FastAPI()
+    db = cast(Database, None)  # only a session on another node looks its node up
+    app.include_router(make_router(settings, session, session, session, session, db, ViewerGauge(), Metrics()))
+    with TestClient(app) as client:
+        yield client
+
+
+def closed(ws: object) -> tuple[int, str]:
+    with pytest.raises(WebSocketDisconnect) as gone:
+        while True:
+            ws.receive_bytes()  # type: ignore[attr-defined]
+    return gone.value.code, gone.value.reason
+
+
+def test_a_session_failing_while_the_viewer_handshakes_closes_it_as_before(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")  # a gateway without the early greeting fails in 5 s
+    session = Session(Status.STARTING, settings.node_id)
+    with gateway(settings, session) as client, client.websocket_connect(f"/api/auth/session/{SID}/novnc/websock") as ws:
+        assert ws.receive_bytes() == OFFERED  # the viewer's handshake began while the session boots
+        ws.send_bytes(b"RFB 003.008\n")
+        assert ws.receive_bytes() == b"\x01\x01"
+        ws.send_bytes(b"\x01")
+        assert ws.receive_bytes() == b"\x00\x00\x00\x00"
+        ws.send_bytes(b"\x01")  # ClientInit: the viewer now waits for the ServerInit
+        assert session.waited.wait(10)
+        session.move(Status.FAILED)
+        assert closed(ws) == (UNREACHABLE, f"session failed: {REASON}")
+
+
+def test_a_bad_viewer_of_a_session_that_fails_gets_the_sessions_close(make_settings: Callable[..., Settings]) -> None:
+    """The session's outcome is looked at first, as before the greeting ran early: 4502, not the viewer's 4400."""
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")  # a gateway without the early greeting fails in 5 s
+    session = Session(Status.STARTING, settings.node_id)
+    with gateway(settings, session) as client, client.websocket_connect(f"/api/auth/session/{SID}/novnc/websock") as ws:
+        assert ws.receive_bytes() == OFFERED
+        ws.send_bytes(b"HTTP/1.1 200")  # not RFB
+        assert session.waited.wait(10)
+        session.move(Status.FAILED)
+        assert closed(ws) == (UNREACHABLE, f"session failed: {REASON}")
+
+
+def test_a_session_already_over_is_refused_before_any_rfb(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")  # a gateway without the early greeting fails in 5 s
+    session = Session(Status.FAILED, settings.node_id)
+    with gateway(settings, session) as client, client.websocket_connect(f"/api/auth/session/{SID}/novnc/websock") as ws:
+        assert closed(ws) == (UNREACHABLE, f"session failed: {REASON}")  # no banner came first
+
+
+async def test_a_viewer_that_finished_its_handshake_before_the_dial_gets_the_sandboxs_server_init() -> None:
+    preamble = b"RFB 003.008\n\x01\x01"  # version, security None, ClientInit (shared)
+    viewer = FakeViewer([preamble, fb_request()])
+    greeting = Greeting(cast(WebSocket, viewer))
+    greeted = OFFERED + b"\x01\x01\x00\x00\x00\x00"  # version offered, security None, SecurityResult OK
+
+    def handshaken() -> bool:  # the viewer's whole handshake, with no sandbox yet: its ClientInit taken
+        assert bytes(viewer.sent) == greeted and len(viewer.chunks) == 1, (bytes(viewer.sent), viewer.chunks)
+        return True
+
+    await eventually(handshaken, 10, "the viewer's handshake up to ClientInit")
+    async with recording_server() as (port, got, eof):  # only now is the sandbox there to dial
+        _, sandbox = await asyncio.get_running_loop().create_connection(SandboxStream, "127.0.0.1", port)
+        outcome = await relay(cast(WebSocket, viewer), sandbox, asyncio.Event(), greeting=greeting)
+        await asyncio.wait_for(eof.wait(), 10)
+    assert outcome.ended is Ended.CLIENT_GONE, outcome.detail
+    assert bytes(viewer.sent) == greeted + SERVER_INIT  # the sandbox's own ServerInit
+    assert bytes(got) == fb_request()  # what the viewer sent after its ClientInit reached the sandbox, in order
