@@ -7,6 +7,7 @@ read here stay true until the insert commits: exactly the limit gets through, ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 from sqlalchemy import func, select
@@ -16,10 +17,12 @@ from sqlalchemy.orm import Session as Db
 from hearth.config import Settings
 from hearth.errors import PoolExhausted
 from hearth.fabric.ipam import Ipam, Lease
+from hearth.lifecycle.rows import claim_in
 from hearth.session.states import TERMINAL, Status
 from hearth.store.db import Database
-from hearth.store.models import EventRow, NodeRow, SessionRow
+from hearth.store.models import EventRow, NodeRow, OwnerKind, SessionRow
 from hearth.store.nodestates import NodeState
+from hearth.vault.seal import Sealed
 from hearth.webhooks.outbox import Outbox
 
 ATTEMPTS = 16  # a writer outside the admission lock (the reconciler's quarantine) may take a slot first
@@ -86,24 +89,7 @@ def admit(
     def step(session: Db) -> tuple[SessionRow, Lease]:
         check_limits(session, s, user_id)
         lease = ipam.take(session, sid)
-        row = SessionRow(
-            id=sid,
-            user_id=user_id,
-            provider=provider,
-            mode=mode,
-            status=status.value,
-            driver=driver,
-            node_id=s.node_id,
-            fabric=s.fabric_netns,
-            slot=lease.slot.index,
-            sandbox_ip=str(lease.slot.ip),
-            timings={},
-            return_url=return_url,
-        )
-        session.add(row)
-        session.flush()
-        session.add(EventRow(session_id=sid, kind="state", name=status.value))
-        Outbox(s).session(session, row, status.value, None)  # webhooks: `session.starting` (or `.queued`)
+        row = _insert(session, s, sid, user_id, provider, mode, driver, status, return_url, lease)
         return row, lease
 
     for _ in range(ATTEMPTS):
@@ -112,3 +98,73 @@ def admit(
         except IntegrityError:
             continue
     raise PoolExhausted(ipam.size)
+
+
+class _Missed(Exception):
+    """Every pooled candidate was taken meanwhile: the pooled admission's transaction is rolled back."""
+
+
+def admit_pooled(
+    db: Database,
+    s: Settings,
+    sid: str,
+    user_id: str,
+    provider: str | None,
+    mode: str,
+    driver: str,
+    candidates: Sequence[str],
+    sealed: Sealed,
+    return_url: str | None = None,
+) -> tuple[SessionRow, str] | None:
+    """`admit` for a start the warm pool can serve: limits, insert (`starting`: a hand-over waits in no boot queue)
+    and the claim of the first of the pooled sandboxes `candidates` still pooled — its row and lease become the
+    session's, its agent secret `sealed` (hearth/lifecycle/rows.py `claim_in`) — in ONE transaction, instead of a
+    lease taken here and the claim in a second one. Returns the row and the pooled owner id it had; None (nothing
+    written) when every candidate was taken meanwhile: the caller admits it as a miss. Blocking, as `admit`."""
+
+    def step(session: Db) -> tuple[SessionRow, str]:
+        check_limits(session, s, user_id)
+        row = _insert(session, s, sid, user_id, provider, mode, driver, Status.STARTING, return_url, None)
+        pooled = claim_in(session, candidates, sid, OwnerKind.SESSION, sealed)  # also sets the row's slot and address
+        if pooled is None:
+            raise _Missed
+        return row, pooled
+
+    try:
+        return db.admit(step)
+    except _Missed:
+        return None
+
+
+def _insert(
+    session: Db,
+    s: Settings,
+    sid: str,
+    user_id: str,
+    provider: str | None,
+    mode: str,
+    driver: str,
+    status: Status,
+    return_url: str | None,
+    lease: Lease | None,
+) -> SessionRow:
+    """The new session's row, its first state event and its webhook, inside the admission's transaction."""
+    row = SessionRow(
+        id=sid,
+        user_id=user_id,
+        provider=provider,
+        mode=mode,
+        status=status.value,
+        driver=driver,
+        node_id=s.node_id,
+        fabric=s.fabric_netns,
+        slot=lease.slot.index if lease is not None else None,
+        sandbox_ip=str(lease.slot.ip) if lease is not None else None,
+        timings={},
+        return_url=return_url,
+    )
+    session.add(row)
+    session.flush()
+    session.add(EventRow(session_id=sid, kind="state", name=status.value))
+    Outbox(s).session(session, row, status.value, None)  # webhooks: `session.starting` (or `.queued`)
+    return row

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -19,7 +20,7 @@ from hearth.errors import HearthError, Hop
 from hearth.fabric.ipam import Ipam
 from hearth.fabric.slot import Slot
 from hearth.lifecycle import readiness
-from hearth.lifecycle.manager import SandboxManager
+from hearth.lifecycle.manager import Claimed, SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
@@ -31,6 +32,7 @@ from hearth.session.pool import WarmPool
 from hearth.session.records import SessionRecords
 from hearth.session.states import IllegalTransition, Status
 from hearth.session.view import SessionNotFound, SessionView, aware, has_desktop
+from hearth.store.models import SessionRow
 
 log = logging.getLogger("hearth.session")
 Diagnose = Callable[[str], Awaitable[HearthError | None]]  # the doctor's walk of a session's path: its first failure
@@ -124,6 +126,13 @@ class SessionBoots:
         s = self.settings
         sid = str(uuid.uuid4())
         t0 = time.monotonic()
+        pooled = await self._admit_pooled(sid, user_id, provider, mode, return_url)
+        if pooled is not None:  # admitted with a warm-pool sandbox: no lease, no boot queue, no second transaction
+            row, handed = pooled
+            self._tasks[sid] = asyncio.create_task(
+                self._boot(sid, None, mode, t0, provider, handed=handed), name=f"boot-{sid}"
+            )
+            return SessionView.of(row)
         status = Status.STARTING if self.queue.enter(sid) else Status.QUEUED
         # Limits, lease and insert in one transaction under the admission lock: concurrent starts cannot all pass.
         db = self.records.db
@@ -140,6 +149,35 @@ class SessionBoots:
             self._boot(sid, lease.slot, mode, t0, provider, row.status == Status.QUEUED), name=f"boot-{sid}"
         )
         return SessionView.of(row)
+
+    async def _admit_pooled(
+        self, sid: str, user_id: str, provider: str | None, mode: SigninMode, return_url: str | None
+    ) -> tuple[SessionRow, Claimed | HearthError] | None:
+        """Admit `sid` and claim a warm-pool sandbox for it in the same transaction (hearth/session/admission.py
+        `admit_pooled`), when the pool holds one for `mode`: the row and the sandbox handed over (or why it could
+        not be, for the boot to fail the session with). None: no pooled sandbox (the ordinary admission follows)."""
+        pool = self.pool
+        if not pool.enabled or mode.value not in pool.sizes:
+            return None
+        db, s, providers = self.records.db, self.settings, self.digests(provider)
+        async with pool.claiming:
+            candidates = pool.candidates(mode.value)
+            if not candidates:
+                return None  # a miss: counted where the ordinary boot asks the pool (`_from_pool`)
+            secret = secrets.token_urlsafe(32)
+            sealed = self.sandboxes.rows.seal(sid, secret)
+            got = await db.offload(
+                lambda: admission.admit_pooled(
+                    db, s, sid, user_id, provider, mode.value, self._driver_name, candidates, sealed, return_url
+                )
+            )
+            if got is None:
+                return None
+            row, owner = got
+            try:
+                return row, pool.taken(owner, sid, secret, providers)
+            except HearthError as exc:
+                return row, exc
 
     def readmit(self, view: SessionView) -> bool:
         """Boot a session the previous controller admitted but never began to boot (`queued` when it stopped, its
@@ -173,8 +211,16 @@ class SessionBoots:
                 await task
 
     async def _boot(
-        self, sid: str, slot: Slot, mode: SigninMode, t0: float, provider: str | None = None, queued: bool = False
+        self,
+        sid: str,
+        slot: Slot | None,
+        mode: SigninMode,
+        t0: float,
+        provider: str | None = None,
+        queued: bool = False,
+        handed: Claimed | HearthError | None = None,
     ) -> None:
+        """Boot `sid` on `slot`; or, `handed`, personalise the warm-pool sandbox its admission claimed."""
         timings: dict[str, float] = {}
         records = self.records
 
@@ -190,12 +236,17 @@ class SessionBoots:
         with bind_session(sid):
             try:
                 mark("lease")
-                if await self._from_pool(sid, mode, provider):
+                if handed is not None:
+                    await self._personalise(sid, mode, provider, handed)
+                    await self.sandboxes.hand_egress(sid, await self.sandboxes.egress.url_for_session(sid))
+                    mark("pool")
+                elif await self._from_pool(sid, mode, provider):
                     await self.sandboxes.hand_egress(sid, await self.sandboxes.egress.url_for_session(sid))
                     if queued:
                         await records.transition(sid, Status.STARTING, None, None)
                     mark("pool")
                 else:
+                    assert slot is not None  # only a hand-over is admitted without a lease
                     if queued:
                         await self.queue.turn(sid)  # a cancel while waiting: `end` releases the lease
                         await records.transition(sid, Status.STARTING, None, None)
@@ -240,6 +291,15 @@ class SessionBoots:
             finally:
                 self.queue.leave(sid)
                 self._tasks.pop(sid, None)
+
+    async def _personalise(
+        self, sid: str, mode: SigninMode, provider: str | None, handed: Claimed | HearthError
+    ) -> None:
+        """The hand-over its admission made: the sandbox's agent takes the session's identity (HearthError if not)."""
+        self.metrics.pool_handouts.labels("hit").inc()
+        if isinstance(handed, HearthError):
+            raise handed
+        await self.pool.personalise(handed, sid, mode.value, self.digests(provider))
 
     async def _from_pool(self, sid: str, mode: SigninMode, provider: str | None) -> bool:
         """A warm-pool sandbox handed to `sid` (its boot-queue place given up), or False on a miss / pool off."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from hearth.clisandbox.homes import POOL_PREFIX, pooled_home
 from hearth.config import Settings, parse_pool_sizes
 from hearth.errors import HearthError, Hop
-from hearth.lifecycle.manager import SandboxManager
+from hearth.lifecycle.manager import Claimed, SandboxManager
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
 from hearth.session.browser import BrowserTurns
@@ -209,18 +209,56 @@ class WarmPool:
         assert sb.spec.home is not None  # a pooled CLI sandbox is always started with a home of its own
         return sb, sb.spec.home
 
+    @property
+    def claiming(self) -> asyncio.Lock:
+        """Held while a hand-out is decided (a claim in the store, or a retire): see `candidates`."""
+        return self._claiming
+
+    def candidates(self, mode: str) -> list[str]:
+        """The pooled owners a session of `mode` may be handed, oldest first (none with the pool off or no such
+        mode): for a session's admission, which claims one in its own transaction (hearth/session/admission.py
+        `admit_pooled`) while the caller holds `claiming`, then calls `taken`."""
+        return [sb.owner for sb in self.ready(mode)] if mode in self.sizes else []
+
+    def taken(self, pooled: str, sid: str, secret: str, providers: tuple[str, ...]) -> Claimed:
+        """The pooled sandbox `pooled`, claimed in the store for session `sid` with the agent secret `secret`, runs
+        for `sid` from now on in this controller's memory too (call it at once, holding `claiming`); personalise
+        it with `personalise`. Raises HearthError if it is no longer live here."""
+        live = self.mgr.get(pooled)
+        if live is None:
+            raise HearthError(Hop.DRIVER, "the warm-pool sandbox ended while it was handed out", "retry")
+        pool_agent = live.agent()
+        # (The manager's in-memory half of SandboxManager.claim: the store's half ran in the admission.)
+        sb = self.mgr._hand_over(
+            pooled, sid, OwnerKind.SESSION, secret, providers
+        )  # manager.py is h1's: no public name yet
+        self.counted(pooled)
+        return Claimed(sb, pooled, pool_agent)
+
+    def counted(self, pooled: str) -> None:
+        """A hand-out of `pooled` happened: its idle age goes, the hit is counted and a refill replaces it."""
+        self._since.pop(pooled, None)
+        self.hits += 1
+        self.refill()
+
     async def _hand_out(self, sid: str, mode: str, providers: tuple[str, ...], kind: OwnerKind) -> Sandbox | None:
         async with self._claiming:
             candidates = [sb.owner for sb in self.ready(mode)]
             claimed = await self.mgr.claim(candidates, sid, kind, providers) if candidates else None
             if claimed is None:
-                self.misses += 1
-                self.refill()
+                self.missed()
                 return None
-        sb, owner = claimed.sandbox, claimed.pooled
-        self._since.pop(owner, None)
-        self.hits += 1
+        self.counted(claimed.pooled)
+        return await self.personalise(claimed, sid, mode, providers)
+
+    def missed(self) -> None:
+        self.misses += 1
         self.refill()
+
+    async def personalise(self, claimed: Claimed, sid: str, mode: str, providers: tuple[str, ...]) -> Sandbox:
+        """Give the claimed sandbox's agent its new identity (with the pool's secret, which it refuses from then
+        on). Raises HearthError when it does not take it (the sandbox is then ended)."""
+        sb, owner = claimed.sandbox, claimed.pooled
         try:
             await claimed.pool_agent.call(
                 "POST",

@@ -1,0 +1,107 @@
+"""A warm-pool hit is admitted in ONE transaction (hearth/session/admission.py `admit_pooled`): the limits, the
+session's row and the claim of the pooled sandbox (its row and lease become the session's) commit together, so a
+hand-over writes the store twice up to ready — the admission and the move to READY — instead of three times (lease,
+then the claim, then READY). Counted on the engine: every committed transaction that writes and names the session."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from hearth.config import Settings
+from hearth.store.models import LeaseRow, SandboxRow, SessionRow
+from tests.conftest import running_controller
+from tests.waits import eventually, wait_session
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+class Transactions:
+    """The statements (with their parameters) of each committed transaction on an engine, in commit order."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[tuple[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def attach(self, engine: Any) -> None:
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "rollback", self._rollback)
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        conn.info.setdefault("h2-statements", []).append((statement, repr(params)))
+
+    def _commit(self, conn: Any) -> None:
+        done = conn.info.pop("h2-statements", [])
+        with self._lock:
+            self.committed.append(done)
+
+    def _rollback(self, conn: Any) -> None:
+        conn.info.pop("h2-statements", None)
+
+    def naming(self, sid: str) -> list[list[tuple[str, str]]]:
+        """The committed transactions that write and name `sid` (reads are not counted)."""
+        with self._lock:
+            named = [t for t in self.committed if any(sid in p for _, p in t)]
+        return [t for t in named if any(writes(sql) for sql, _ in t)]
+
+
+def writes(sql: str) -> bool:
+    """A write of the boot's: a viewer's or API reader's touch (`last_seen_at`, the session is watched) is not."""
+    return sql.startswith(("INSERT", "UPDATE", "DELETE")) and not sql.startswith(
+        "UPDATE sessions SET updated_at=?, last_seen_at=?"
+    )
+
+
+def up_to_ready(transactions: list[list[tuple[str, str]]]) -> list[list[str]]:
+    """The transactions up to and including the one that moved the session to READY: each as its SQL."""
+    for i, t in enumerate(transactions):
+        if any(sql.startswith("UPDATE sessions SET status") and "'ready'" in p for sql, p in t):
+            return [[sql for sql, _ in x] for x in transactions[: i + 1]]
+    raise AssertionError(f"no move to READY among {transactions}")
+
+
+async def test_a_pool_hit_is_admitted_and_claimed_in_one_transaction(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(HEARTH_POOL_SIZE="remote_browser:1", HEARTH_CHROMIUM="false")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        pool, db = ctl.ctl.service.pool, ctl.ctl.service.records.db
+
+        def filled() -> bool:
+            assert len(pool.ready("remote_browser")) == 1, pool.summary()
+            return True
+
+        await eventually(filled, 120, "a warm desktop", interval=0.1)
+        pooled = pool.ready("remote_browser")[0]
+        seen = Transactions()
+        seen.attach(db.engine)
+
+        r = await http.post("/api/auth/start", json={"user_id": "hit"})
+        assert r.status_code == 201, r.text
+        sid = str(r.json()["session_id"])
+        body = await wait_session(http, sid)
+        assert body["status"] == "ready", body
+        assert pool.hits == 1 and pool.misses == 0
+        assert body["sandbox_ip"] == str(pooled.spec.slot.ip)  # the pooled desktop, its address now the session's
+
+        writes = up_to_ready(seen.naming(sid))
+        assert len(writes) == 2, "\n\n".join(
+            "\n".join(t) for t in writes
+        )  # the admission (with the claim), then READY: no transaction in between
+        admission = " ".join(writes[0])
+        assert "INSERT INTO sessions" in admission and "UPDATE sandboxes" in admission, writes[0]
+
+        def owned(x: Any) -> tuple[object, ...]:
+            lease = x.query(LeaseRow).filter(LeaseRow.session_id == sid).one()
+            row, sb = x.get(SessionRow, sid), x.get(SandboxRow, sid)
+            return lease.slot, row.slot if row else None, sb.state if sb else None, x.get(SandboxRow, pooled.owner)
+
+        lease_slot, row_slot, state, old_row = db.call(owned)
+        assert lease_slot == row_slot == pooled.spec.slot.index and state == "running" and old_row is None
