@@ -22,12 +22,12 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hearth_agent.config import AgentConfig, ConfigError, load_config
 from hearth_agent.contract import routes
+from hearth_agent.record import dataclass  # not dataclasses: it imports inspect (hearth_agent/record.py)
 from hearth_agent.supervisor import Supervisor, Unavailable
 
 if TYPE_CHECKING:  # imported by build_server: after the display started

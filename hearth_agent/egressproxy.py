@@ -17,8 +17,9 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
+
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 log = logging.getLogger("hearth_agent.egress")
 HEAD_MAX = 16 * 1024

@@ -14,8 +14,9 @@ import errno
 import json
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
+
+from hearth_agent.record import dataclass  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 MAX_FILE = 256 * 1024  # a credential file is a few KB; the controller's callback body limit is 1 MiB
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

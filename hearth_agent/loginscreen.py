@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hearth_agent.codes import scrub_codes
 from hearth_agent.contract.redaction import redact
 from hearth_agent.providerdef import FlowDef
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 from hearth_agent.screen import Screen
 
 POLL = 0.1

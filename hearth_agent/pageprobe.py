@@ -11,7 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 import urllib.parse
-from dataclasses import dataclass
+
+from hearth_agent.record import dataclass  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 STEP_TIMEOUT = 5.0  # seconds per step (name lookup, connect, handshake)
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 INPUTS = ("stdin", "argument")
 LEVELS = ("read_only", "workspace_write")

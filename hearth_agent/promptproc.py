@@ -20,7 +20,6 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from hearth_agent import homefs
@@ -30,6 +29,7 @@ from hearth_agent.inotify import Watch
 from hearth_agent.proctree import kill_tree
 from hearth_agent.promptdef import PromptSpec, map_line
 from hearth_agent.providerdef import ProviderDef
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 log = logging.getLogger("hearth_agent")
 MAX_LINE = 1 << 20  # one JSON line; a longer one is skipped

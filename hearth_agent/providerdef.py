@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from hearth_agent.contract.signin import FLOWS
 from hearth_agent.homefs import relative_parts
 from hearth_agent.promptdef import PromptSpec, parse_prompt_section
+from hearth_agent.record import dataclass  # not dataclasses: it imports inspect (hearth_agent/record.py)
 from hearth_agent.sha import sha256
 
 DEFAULT_URL_PATTERN = r"https?://[^\s\x1b\"'<>]+"

@@ -11,9 +11,9 @@ Xvfb (ready at -displayfd) → openbox → x11vnc (ready when its port accepts) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from hearth_agent.config import AgentConfig
+from hearth_agent.record import dataclass  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 CHROMIUM = "chromium"
 # the flags every X server gets after its own (the display number comes back on -displayfd <fd>)

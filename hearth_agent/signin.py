@@ -22,7 +22,6 @@ credentials `{"provider", "files": [{target, mode, data_b64}]}`.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from hearth_agent.contract.signin import CodeRefused, login_timeout
 from hearth_agent.controller import Outbox
 from hearth_agent.loginrun import SPOOL, LoginRun
 from hearth_agent.providerdef import FlowDef, ProviderDef, UnknownFlow, definition_digest, parse_provider, str_map
+from hearth_agent.record import replace
 from hearth_agent.server import AgentServer
 from hearth_agent.supervisor import Supervisor
 
@@ -158,7 +158,7 @@ class SignIn:
             timeout = login_timeout(body)  # the one sign-in timeout: the controller's (hearth_agent/contract/signin.py)
         except ValueError as exc:
             return 400, {"error": str(exc)}
-        p = dataclasses.replace(parse_provider(body.get("provider")), timeout=timeout)
+        p = replace(parse_provider(body.get("provider")), timeout=timeout)
         flow_name = body.get("flow")
         if flow_name is not None and not isinstance(flow_name, str):
             return 400, {"error": "flow must be loopback, paste_code or device_code"}

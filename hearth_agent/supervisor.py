@@ -20,12 +20,12 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from hearth_agent.config import AgentConfig
 from hearth_agent.readiness import read_display, wait_exit, wait_port, window_listed
 from hearth_agent.recipes import X_FLAGS, Context, chromium_argv, chromium_sandbox_available, desktop
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 from hearth_agent.wakeup import Waker, pidfd, wait_readable
 
 log = logging.getLogger("hearth_agent")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from hearth_agent.record import dataclass, field  # not dataclasses: it imports inspect (hearth_agent/record.py)
 
 VERSION = 1
 _SCREEN = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}x(8|15|16|24|30|32)$")

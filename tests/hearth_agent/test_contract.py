@@ -4,7 +4,6 @@ and C1 control characters refused on both sides), the one sign-in timeout, the p
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -22,6 +21,7 @@ from hearth_agent import loginrun, providerdef
 from hearth_agent.contract import document, routes, signin
 from hearth_agent.contract.document import ConfigError, Identity
 from hearth_agent.controller import Outbox
+from hearth_agent.record import FrozenInstanceError
 
 SECRET = "s" * 24
 DIGESTS = ["a" * 64, "b" * 64]
@@ -97,9 +97,9 @@ def test_problems_are_all_named_without_the_secret() -> None:
 
 def test_the_identity_is_immutable_and_replaced_whole() -> None:
     cfg = document.parse(built(ip="127.0.0.1"))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError):
         cfg.identity.secret = "x" * 24  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError):
         cfg.identity = Identity("x" * 24)  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.raw["secret"] = "x" * 24  # type: ignore[index]
