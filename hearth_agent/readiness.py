@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
 import time
 
+from hearth_agent.pathfind import which
 from hearth_agent.wakeup import Waker, wait_readable
 
 READY_TIMEOUT = 15.0  # display number (-displayfd) / RFB port
@@ -63,7 +63,7 @@ def wait_port(proc: subprocess.Popen[bytes], name: str, ip: str, port: int, stop
 def window_listed(display: str) -> bool | None:
     """Whether the window manager lists a client window on `display`; None when this cannot be told here (no
     xprop in this userspace, no display)."""
-    xprop = shutil.which("xprop")
+    xprop = which("xprop")
     if xprop is None or not display:
         return None
     try:

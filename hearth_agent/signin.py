@@ -25,7 +25,6 @@ import atexit
 import logging
 import os
 import re
-import shutil
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from hearth_agent.contract import routes
 from hearth_agent.contract.signin import CodeRefused, login_timeout
 from hearth_agent.controller import Outbox
 from hearth_agent.loginrun import SPOOL, LoginRun
+from hearth_agent.pathfind import which
 from hearth_agent.providerdef import FlowDef, ProviderDef, UnknownFlow, definition_digest, parse_provider, str_map
 from hearth_agent.record import replace
 from hearth_agent.server import AgentServer
@@ -140,7 +140,7 @@ class SignIn:
 
     def missing_cli(self, p: ProviderDef, flow: FlowDef, env: dict[str, str]) -> str | None:
         exe = flow.command[0]
-        if shutil.which(exe, path=env.get("PATH")) is not None:
+        if which(exe, path=env.get("PATH")) is not None:
             return None
         if p.cli_bin is not None:
             return f"{exe} is not installed in this image; run `hearth image build` (or scripts/setup.sh for the netns driver)"
