@@ -6,7 +6,7 @@ lists are exactly the ones the gateway calls:
 - `Relaying` (the session service, for the viewer WebSocket, hearth/gateway/routes.py): draining, fenced, live_view,
   wait_until, stop_event, first_frame.
 - `Rows` (the session records): get.
-- `Targets` (the session boots: where a session's desktop is, why it failed): target, explain.
+- `Targets` (the session boots: where a session's desktop is, why it failed): target, warm, explain.
 - `Viewers` (the viewer gauge: a connected viewer is activity): add, remove.
 """
 
@@ -48,6 +48,11 @@ class Targets(Protocol):
     """Where a session's desktop is, and why a session failed (naming the first broken hop)."""
 
     def target(self, view: SessionView) -> Target: ...
+
+    def warm(self, session_id: str) -> Target | None:
+        """Where a session still starting already has its desktop up (a warm-pool hand-over being personalised):
+        the gateway may dial it before ready (hearth/gateway/predial.py). None for any other session."""
+        ...
 
     async def explain(self, session_id: str, err: HearthError) -> str: ...
 

@@ -31,7 +31,7 @@ from hearth.gateway.rfbspec import XVNC, ServerProfile
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import Forbidden, InputFilter
 from hearth.gateway.websocket import SPLICE, Splice, message_bytes
-from hearth.rfb.client import RfbError, handshake
+from hearth.rfb.client import RfbError, ServerInit, handshake
 
 REPORT_EVERY = 1.0  # seconds between byte-counter reports
 WRITE_STALL = 30.0  # seconds the VNC server may take no input before the relay gives up on it
@@ -128,16 +128,20 @@ async def relay(
     server: ServerProfile = XVNC,
     may_resize: Callable[[], bool] | None = None,
     greeting: Greeting | None = None,
+    sandbox_init: ServerInit | None = None,
 ) -> Outcome:
     """Relay until one side ends or `stop` is set; returns who ended it. `on_sandbox_handshake` is called once the
     sandbox's RFB handshake is done (the route serialises dials to one sandbox until then). The viewer's messages
     are filtered for `server` (hearth/gateway/viewonly.py); `may_resize` says whether its SetDesktopSize goes through
     (hearth/gateway/desktop_size.py). `greeting`: the viewer's handshake the route already started (else it starts
-    here, beside the sandbox's); it is cancelled if the relay ends before it is done."""
+    here, beside the sandbox's); it is cancelled if the relay ends before it is done. `sandbox_init`: the sandbox's
+    handshake is already done (hearth/gateway/predial.py), this its ServerInit."""
     filt = InputFilter(drop_input=view_only, server=server, may_resize=may_resize)
     greeting = greeting or Greeting(ws)
     try:
-        return await _relay(ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake, greeting)
+        return await _relay(
+            ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake, greeting, sandbox_init
+        )
     finally:
         await greeting.cancel()
         await sandbox.close()
@@ -148,10 +152,16 @@ async def _handshakes(
     greeting: Greeting,
     stats: RelayStats,
     on_sandbox_handshake: Callable[[], None] | None,
+    done: ServerInit | None,
 ) -> Outcome | None:
-    """Both sides' RFB handshakes; None when done, else why the relay ends before it began."""
+    """Both sides' RFB handshakes (the sandbox's unless `done`: its ServerInit); None when done, else why the relay
+    ends before it began."""
     try:
-        init = await asyncio.wait_for(handshake(sandbox.readexactly, sandbox.write), HANDSHAKE_TIMEOUT)
+        init = (
+            done
+            if done is not None
+            else await asyncio.wait_for(handshake(sandbox.readexactly, sandbox.write), HANDSHAKE_TIMEOUT)
+        )
     except (RfbError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
         detail = f"RFB handshake with the sandbox failed: {type(exc).__name__} {exc}"
         return Outcome(Ended.SANDBOX_ERROR, detail, stats)
@@ -177,6 +187,7 @@ async def _relay(
     on_bytes: Callable[[str, int], None] | None,
     on_sandbox_handshake: Callable[[], None] | None,
     greeting: Greeting,
+    sandbox_init: ServerInit | None,
 ) -> Outcome:
     stats = RelayStats()
     viewer = greeting.viewer
@@ -184,7 +195,7 @@ async def _relay(
     if splice is None:
         raise RuntimeError(f"the gateway needs a server that offers {SPLICE} (hearth.gateway.websocket)")
 
-    setup = asyncio.create_task(_handshakes(sandbox, greeting, stats, on_sandbox_handshake))
+    setup = asyncio.create_task(_handshakes(sandbox, greeting, stats, on_sandbox_handshake, sandbox_init))
     ended = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait((setup, ended), return_when=asyncio.FIRST_COMPLETED)

@@ -29,6 +29,7 @@ from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection, open_protocol
 from hearth.gateway.desktop_size import DesktopSizes
 from hearth.gateway.ports import Relaying, Rows, Targets, Viewers
+from hearth.gateway.predial import Predial
 from hearth.gateway.relay import Ended, Greeting, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
@@ -90,20 +91,34 @@ def make_router(
     async def websock(ws: WebSocket, session_id: str, token: str = "") -> None:
         # The viewer's RFB handshake up to ClientInit, started once the session is known to be one with a desktop
         # and not over: it runs while the session boots and the sandbox is dialled (hearth/gateway/relay.py).
+        # A warm-pool hand-over's desktop is dialled meanwhile too (hearth/gateway/predial.py).
         greeting: list[Greeting] = []
+        predial: list[Predial] = []
         try:
-            await serve(ws, session_id, token, greeting)
+            await serve(ws, session_id, token, greeting, predial)
         finally:
             for g in greeting:  # whatever ended the route (a cancel, a bug) the greeting ends with it
                 await g.cancel()
+            for p in predial:
+                await p.cancel()
 
-    async def serve(ws: WebSocket, session_id: str, token: str, greeting: list[Greeting]) -> None:
+    def gate_of(session_id: str) -> asyncio.Semaphore:
+        gate = dial_gates.get(session_id)
+        if gate is None:
+            gate = dial_gates[session_id] = asyncio.Semaphore(DIALS_PER_SANDBOX)
+        return gate
+
+    async def serve(
+        ws: WebSocket, session_id: str, token: str, greeting: list[Greeting], predial: list[Predial]
+    ) -> None:
         offered = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="binary" if "binary" in offered else None)
 
         async def close(code: int, reason: str) -> None:
             for g in greeting:
                 await g.cancel()
+            for p in predial:
+                await p.cancel()
             log.info("viewer closed", extra={"code": code, "close_reason": reason})
             metrics.gateway_closes.labels(str(code)).inc()
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the viewer already went away
@@ -144,6 +159,9 @@ def make_router(
                     return await close(NO_DESKTOP, "no desktop: this session signs in in your own browser (direct)")
                 if not stored.status.terminal:
                     greeting.append(Greeting(ws))
+                    warm = None if known else boots.warm(session_id)
+                    if warm is not None:
+                        predial.append(Predial(warm, gate_of(session_id)))
                 view = known or await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
                 return await close(UNKNOWN, f"unknown session {session_id}")
@@ -155,23 +173,28 @@ def make_router(
                 code = UNREACHABLE if view.status is Status.FAILED else 1000
                 return await close(code, f"session {view.status.value}: {view.reason or ''}".strip())
             target = boots.target(view)
-            gate = dial_gates.get(session_id)
-            if gate is None:
-                gate = dial_gates[session_id] = asyncio.Semaphore(DIALS_PER_SANDBOX)
-            await gate.acquire()
-            held = [gate]
+            gate = gate_of(session_id)
+            early = await predial[0].take(target) if predial else None
+            held: list[asyncio.Semaphore] = []
 
             def dialled() -> None:
                 if held:
                     held.pop().release()
 
-            try:
-                sandbox = await open_protocol(target.netns, target.ip, target.rfb_port, 5.0, SandboxStream)
-            except (OSError, TimeoutError) as exc:
-                dialled()
-                err = HearthError(Hop.VNC, f"sandbox {target.ip}:{target.rfb_port} unreachable ({type(exc).__name__})")
-                reason = await boots.explain(session_id, err)
-                return await close(UNREACHABLE, reason)
+            if early is not None:  # dialled and handshaken while the session was being handed over
+                sandbox, init = early
+            else:
+                init = None
+                await gate.acquire()
+                held.append(gate)
+                try:
+                    sandbox = await open_protocol(target.netns, target.ip, target.rfb_port, 5.0, SandboxStream)
+                except (OSError, TimeoutError) as exc:
+                    dialled()
+                    where = f"{target.ip}:{target.rfb_port}"
+                    err = HearthError(Hop.VNC, f"sandbox {where} unreachable ({type(exc).__name__})")
+                    reason = await boots.explain(session_id, err)
+                    return await close(UNREACHABLE, reason)
             stop = service.stop_event(session_id)
             gauge.add(session_id)
             metrics.gateway_connections.inc()
@@ -189,6 +212,7 @@ def make_router(
                     server=server,
                     may_resize=claim.may_resize,
                     greeting=greeting[0] if greeting else None,
+                    sandbox_init=init,
                 )
                 left = outcome.ended in (Ended.CLIENT_GONE, Ended.FORBIDDEN)
             finally:

@@ -69,6 +69,7 @@ class SessionBoots:
         self._diagnose = diagnose
         self._on_ready = tuple(on_ready)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._handing: set[str] = set()  # sessions admitted with a warm-pool sandbox, not yet ready or failed
 
     # ---- naming (pure) ---------------------------------------------------------------------------
     def spec(
@@ -85,6 +86,12 @@ class SessionBoots:
 
     def target(self, view: SessionView) -> readiness.Target:
         return self.sandboxes.target(self.sandbox_spec(view))
+
+    def warm(self, session_id: str) -> readiness.Target | None:
+        """The target of a session being handed a warm-pool sandbox (its desktop already up, the session not ready
+        yet): the gateway dials it meanwhile (hearth/gateway/predial.py). None for any other session."""
+        sb = self.sandboxes.get(session_id) if session_id in self._handing else None
+        return self.sandboxes.target(sb.spec) if sb is not None and sb.spec.desktop else None
 
     def sandbox_spec(self, view: SessionView) -> SandboxSpec:
         """The spec of the sandbox this node runs for the session — looked up by session and node, never by a slot
@@ -129,6 +136,7 @@ class SessionBoots:
         pooled = await self._admit_pooled(sid, user_id, provider, mode, return_url)
         if pooled is not None:  # admitted with a warm-pool sandbox: no lease, no boot queue, no second transaction
             row, handed = pooled
+            self._handing.add(sid)
             self._tasks[sid] = asyncio.create_task(
                 self._boot(sid, None, mode, t0, provider, handed=handed), name=f"boot-{sid}"
             )
@@ -291,6 +299,7 @@ class SessionBoots:
             finally:
                 self.queue.leave(sid)
                 self._tasks.pop(sid, None)
+                self._handing.discard(sid)
 
     async def _personalise(
         self, sid: str, mode: SigninMode, provider: str | None, handed: Claimed | HearthError

@@ -1,7 +1,8 @@
 """The viewer's RFB handshake runs while its session boots (hearth/gateway/relay.py `Greeting`): a viewer that has
 sent its ClientInit before the sandbox is even dialled gets the sandbox's own ServerInit once it is known, and a
 session that fails while the viewer handshakes closes it exactly as before (4502, the session's reason); one that
-is over when the viewer arrives is refused before any RFB byte.
+is over when the viewer arrives is refused before any RFB byte. A warm-pool hand-over's desktop is dialled and
+handshaken before the session is ready (hearth/gateway/predial.py), once, and relayed when it is.
 
 The route runs on Starlette's test client with the gateway's ports faked (hearth/gateway/ports.py): the session's
 status is the test's to set. The relay case uses the in-memory viewer and recording RFB server of test_handshake.py.
@@ -10,6 +11,7 @@ status is the test's to set. The relay case uses the in-memory viewer and record
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +20,12 @@ from datetime import UTC, datetime
 from typing import cast
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from hearth.config import Settings
 from hearth.errors import HearthError
@@ -30,6 +35,7 @@ from hearth.gateway.relay import Ended, Greeting, relay
 from hearth.gateway.routes import UNREACHABLE, make_router
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import Claims, Scope
+from hearth.gateway.websocket import GatewayWebSocket
 from hearth.lifecycle.readiness import Target
 from hearth.observe.metrics import Metrics
 from hearth.session.states import Status
@@ -38,6 +44,8 @@ from hearth.signin.modes import SigninMode
 from hearth.store.db import Database
 from tests.gateway.rfbmsgs import fb_request
 from tests.gateway.test_handshake import SERVER_INIT, FakeViewer, recording_server
+from tests.gateway.test_websocket import SERVER_INIT as VNC_INIT
+from tests.gateway.test_websocket import serve_rfb_handshake
 from tests.waits import eventually
 
 SID = "s-early"
@@ -89,8 +97,14 @@ class Session:
         return view(self.status, self.node)
 
     # Targets
+    desktop: Target | None = None  # where its desktop is (the predial case); None: never to be dialled
+
     def target(self, view: SessionView) -> Target:
-        raise AssertionError("a failed session is never dialled")
+        assert self.desktop is not None, "a failed session is never dialled"
+        return self.desktop
+
+    def warm(self, session_id: str) -> Target | None:
+        return self.desktop
 
     async def explain(self, session_id: str, err: HearthError) -> str:
         return err.reason
@@ -173,3 +187,58 @@ async def test_a_viewer_that_finished_its_handshake_before_the_dial_gets_the_san
     assert outcome.ended is Ended.CLIENT_GONE, outcome.detail
     assert bytes(viewer.sent) == greeted + SERVER_INIT  # the sandbox's own ServerInit
     assert bytes(got) == fb_request()  # what the viewer sent after its ClientInit reached the sandbox, in order
+
+
+async def test_a_handed_over_desktop_is_dialled_before_ready_and_relayed_once_ready(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")
+    session = Session(Status.STARTING, settings.node_id)
+    dialled: list[Status] = []  # the session's status at each connection to the VNC server
+
+    async def vnc(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dialled.append(session.status)
+        try:
+            await serve_rfb_handshake(reader, writer)
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    vnc_server = await asyncio.start_server(vnc, "127.0.0.1", 0)
+    session.desktop = Target(None, "127.0.0.1", vnc_server.sockets[0].getsockname()[1], 0)
+    app = FastAPI()
+    db = cast(Database, None)
+    app.include_router(make_router(settings, session, session, session, session, db, ViewerGauge(), Metrics()))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, ws=GatewayWebSocket, ws_per_message_deflate=False, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started, 10, "uvicorn")
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/api/auth/session/{SID}/novnc/websock?token=t"
+        async with connect(url, subprotocols=[Subprotocol("binary")]) as ws:
+            assert await ws.recv() == OFFERED
+            await ws.send(b"RFB 003.008\n")
+            assert await ws.recv() == b"\x01\x01"
+            await ws.send(b"\x01")
+            assert await ws.recv() == b"\x00\x00\x00\x00"
+            await ws.send(b"\x01")
+
+            def predialled() -> bool:
+                assert dialled == [Status.STARTING], dialled
+                return True
+
+            await eventually(predialled, 10, "the VNC server dialled while the session is handed over")
+            session.move(Status.READY)
+            assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the predialled sandbox's own
+            assert dialled == [Status.STARTING]  # that one connection is the viewer's: no second dial
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+        vnc_server.close()
+        await vnc_server.wait_closed()
