@@ -10,15 +10,14 @@ import base64
 import json
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
-from hearth.config import load_settings
+from hearth.config import Settings
 from hearth.errors import StoreError
 from hearth.lifecycle.sandbox import Kind, SandboxState
 from hearth.sandbox.base import Driver, SandboxInfo, SandboxSpec, StageMark
@@ -48,9 +47,9 @@ class RecordingDriver(Driver):
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[SessionService]:
-    hook = {"HEARTH_WEBHOOK_URL": "http://127.0.0.1:9/hook", "HEARTH_WEBHOOK_SECRET": f"whsec_{WEBHOOK_KEY}"}
-    settings = load_settings({"HEARTH_DATA_DIR": str(tmp_path), **hook}, env_file=None)
+def service(make_settings: Callable[..., Settings]) -> Iterator[SessionService]:
+    """SQLite, or PostgreSQL in scripts/test.sh's second pass (the store marker: tests/conftest.py)."""
+    settings = make_settings(HEARTH_WEBHOOK_URL="http://127.0.0.1:9/hook", HEARTH_WEBHOOK_SECRET=f"whsec_{WEBHOOK_KEY}")
     db = Database(settings.db_url)
     try:
         yield session_service(settings, db, RecordingDriver())
