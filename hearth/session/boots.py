@@ -299,6 +299,8 @@ class SessionBoots:
             finally:
                 self.queue.leave(sid)
                 self._tasks.pop(sid, None)
+                if handed is not None:  # the hand-over is over (ready or not): its replacement boots now
+                    self.pool.refill()
                 self._handing.discard(sid)
 
     async def _personalise(

@@ -223,7 +223,8 @@ class WarmPool:
     def taken(self, pooled: str, sid: str, secret: str, providers: tuple[str, ...]) -> Claimed:
         """The pooled sandbox `pooled`, claimed in the store for session `sid` with the agent secret `secret`, runs
         for `sid` from now on in this controller's memory too (call it at once, holding `claiming`); personalise
-        it with `personalise`. Raises HearthError if it is no longer live here."""
+        it with `personalise`, then call `refill` (not started here: a refill's boot would compete with the
+        hand-over for the CPU and the store). Raises HearthError if it is no longer live here."""
         live = self.mgr.get(pooled)
         if live is None:
             raise HearthError(Hop.DRIVER, "the warm-pool sandbox ended while it was handed out", "retry")
@@ -232,14 +233,16 @@ class WarmPool:
         sb = self.mgr._hand_over(
             pooled, sid, OwnerKind.SESSION, secret, providers
         )  # manager.py is h1's: no public name yet
-        self.counted(pooled)
+        self.counted(pooled, refill=False)
         return Claimed(sb, pooled, pool_agent)
 
-    def counted(self, pooled: str) -> None:
-        """A hand-out of `pooled` happened: its idle age goes, the hit is counted and a refill replaces it."""
+    def counted(self, pooled: str, refill: bool = True) -> None:
+        """A hand-out of `pooled` happened: its idle age goes, the hit is counted and (unless the caller starts it
+        later) a refill replaces it."""
         self._since.pop(pooled, None)
         self.hits += 1
-        self.refill()
+        if refill:
+            self.refill()
 
     async def _hand_out(self, sid: str, mode: str, providers: tuple[str, ...], kind: OwnerKind) -> Sandbox | None:
         async with self._claiming:
