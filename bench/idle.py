@@ -4,10 +4,11 @@ network namespace) are measured: PSS and RSS summed, CPU over --window seconds o
 
     sudo .venv/bin/python bench/idle.py [--settle 15] [--window 20]
 
-`--direct N`: idle CPU per direct-mode sign-in sandbox (the agent and the example provider's CLI waiting for the
-person's pasted code, no desktop) across N of them at once, measured over --window seconds, for this tree's agent and
-for the agent of git revision --before (the ticking one by default) in the same run, each arm with its own
-controller; prints % of one core per sandbox and the ratio:
+`--direct N`: idle CPU and memory per direct-mode sign-in sandbox (the agent and the example provider's CLI waiting
+for the person's pasted code, no desktop) across N of them at once, CPU measured over --window seconds, for this
+tree's agent and example CLI and for those of git revision --before (the ticking one by default) in the same run,
+each arm with its own controller; prints % of one core per sandbox, PSS and USS per sandbox (agent, CLI, all) and
+the ratios:
 
     sudo .venv/bin/python -m bench.idle --direct 100 --window 60 [--before b6bc2a9^]
 
@@ -87,28 +88,52 @@ async def measure(vnc: str, settle: float, window: float) -> tuple[float, float,
 
 @contextlib.contextmanager
 def agent_of(rev: str | None) -> Iterator[str]:
-    """The guest agent sandboxes get: this tree's (None), or `rev`'s (`git archive` of hearth_agent/)."""
+    """The guest agent and example CLI sandboxes get: this tree's (None), or `rev`'s (`git archive` of hearth_agent/
+    and hearth_example/)."""
     if rev is None:
         yield "this tree's agent"
         return
-    saved = guestpkg.PACKAGES
+    saved, saved_packages = guestpkg.PACKAGES, guestpkg.packages
     with tempfile.TemporaryDirectory(prefix="hearth-b-agent-") as tmp:
-        raw = subprocess.run(["git", "-C", str(REPO), "archive", rev, "hearth_agent"], check=True, capture_output=True)
+        argv = ["git", "-C", str(REPO), "archive", rev, "hearth_agent", "hearth_example"]
+        raw = subprocess.run(argv, check=True, capture_output=True)
         tar = Path(tmp) / "agent.tar"
         tar.write_bytes(raw.stdout)
         with tarfile.open(tar) as t:
             t.extractall(tmp, filter="data")
-        old = types.ModuleType("hearth_agent")
+        old, example = types.ModuleType("hearth_agent"), types.ModuleType("hearth_example")
         old.__path__ = [str(Path(tmp) / "hearth_agent")]
-        guestpkg.PACKAGES = (old, *saved[1:])  # the driver installs the guest packages through this tuple
+        example.__path__ = [str(Path(tmp) / "hearth_example")]
+        guestpkg.PACKAGES = (old, *saved[1:])  # the driver installs the guest packages through these
+        guestpkg.packages = lambda for_tests: guestpkg.PACKAGES + ((example,) if for_tests else ())
         try:
             yield f"the agent of {rev}"
         finally:
-            guestpkg.PACKAGES = saved
+            guestpkg.PACKAGES, guestpkg.packages = saved, saved_packages
 
 
-async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> float:
-    """% of one core per idle direct sandbox, over `window` seconds, across `n` of them."""
+Memory = dict[str, tuple[float, float]]  # "agent" | "cli" | "all" → (PSS, USS) MiB per sandbox
+
+
+def memory(pids: list[int], n: int) -> Memory:
+    """PSS and USS (Private_Clean + Private_Dirty) per sandbox of the agents (python3 -P -S -m hearth_agent), the
+    example CLIs, and every process."""
+    out: dict[str, list[float]] = {"agent": [0.0, 0.0], "cli": [0.0, 0.0], "all": [0.0, 0.0]}
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        pss, uss = _kib(pid, "Pss") / 1024, (_kib(pid, "Private_Clean") + _kib(pid, "Private_Dirty")) / 1024
+        kinds = ["all"] + (["agent"] if "-m hearth_agent" in cmd else ["cli"] if "hearth_example.cli" in cmd else [])
+        for kind in kinds:
+            out[kind][0] += pss / n
+            out[kind][1] += uss / n
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> tuple[float, Memory]:
+    """% of one core per idle direct sandbox, over `window` seconds, across `n` of them; their memory."""
     env = idp_env(IDP_PORT) | {"HEARTH_IDLE_TIMEOUT": "3600", "HEARTH_RATE_LIMIT": "0"}  # one client polls N
     with agent_of(rev) as which, scratch_settings(env, "hearth-b") as settings:
         print(f"{userspace(settings)}; {which}")
@@ -146,6 +171,7 @@ async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> f
                 netns.append(lc.ctl.service.ipam.slot(view.slot).netns)
             await asyncio.sleep(settle)
             pids = [p for ns in netns for p in pids_in_netns(ns)]
+            mem = memory(pids, n)
             before = _cpu(pids)
             await asyncio.sleep(window)
             cpu = (_cpu(pids) - before) / window * 100 / n
@@ -155,14 +181,21 @@ async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> f
         f"[{which}] {n} idle direct sandboxes: {cpu:.4f}% of one core each ({len(pids)} processes in all; "
         f"resolution {tick:.5f}%)"
     )
-    return cpu
+    print(f"[{which}] per sandbox, PSS / USS MiB: " + ", ".join(f"{k} {p:.2f} / {u:.2f}" for k, (p, u) in mem.items()))
+    return cpu, mem
 
 
 async def direct(n: int, settle: float, window: float, rev: str) -> None:
     load = os.getloadavg()
-    old = await direct_arm(n, settle, window, rev)
-    new = await direct_arm(n, settle, window, None)
+    old, old_mem = await direct_arm(n, settle, window, rev)
+    new, new_mem = await direct_arm(n, settle, window, None)
     print(f"idle CPU per direct sandbox: {new:.4f}% (this tree) vs {old:.4f}% ({rev}): {new / max(old, 1e-9):.3f}×")
+    for kind, (pss, uss) in new_mem.items():
+        was_pss, was_uss = old_mem[kind]
+        print(
+            f"{kind} per direct sandbox: PSS {pss:.2f} vs {was_pss:.2f} MiB ({pss / max(was_pss, 1e-9):.3f}×), "
+            f"USS {uss:.2f} vs {was_uss:.2f} MiB ({uss / max(was_uss, 1e-9):.3f}×)"
+        )
     print(f"load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f} (a shared machine: noisy)")
 
 
