@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import urllib.parse
-from concurrent.futures import Future
+from collections import deque
 from typing import Any
 
 from hearth_agent import httppost
@@ -27,6 +26,31 @@ class PushFailed(Exception):
     pass
 
 
+class Pushed:
+    """What became of one push: `result(timeout)` returns once it was delivered and raises what stopped it (the part
+    of concurrent.futures.Future the agent uses; that module with queue is ≈0.2 MiB of every agent, issue 25)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def set_result(self, _result: None) -> None:
+        self._done.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._error = exc
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> None:
+        if not self._done.wait(timeout):
+            raise TimeoutError("the push is still being tried")
+        if self._error is not None:
+            raise self._error
+
+
 PUSH_BUDGET = 120.0  # seconds a push is retried: long enough to outlast a controller restart (sandboxes survive it)
 
 
@@ -37,18 +61,20 @@ class Outbox:
         self.base = f"{callback.rstrip('/')}{routes.PUSH_PREFIX}/{urllib.parse.quote(session_id, safe='')}"
         self._secret = secret
         self._timeout = attempt_timeout
-        self._queue: queue.Queue[tuple[str, dict[str, Any], float, Future[None]]] = queue.Queue()
+        self._pending: deque[tuple[str, dict[str, Any], float, Pushed]] = deque()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
 
-    def event(self, event: str, detail: str = "", budget: float = PUSH_BUDGET) -> Future[None]:
+    def event(self, event: str, detail: str = "", budget: float = PUSH_BUDGET) -> Pushed:
         log.info("login event", extra={"event": event})
         return self.submit("events", {"event": event, "detail": detail}, budget)
 
-    def submit(self, kind: str, body: dict[str, Any], budget: float) -> Future[None]:
-        fut: Future[None] = Future()
-        self._queue.put((kind, body, budget, fut))
+    def submit(self, kind: str, body: dict[str, Any], budget: float) -> Pushed:
+        fut = Pushed()
         with self._lock:
+            self._pending.append((kind, body, budget, fut))
+            self._ready.notify()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="controller-push", daemon=True)
                 self._thread.start()
@@ -56,7 +82,10 @@ class Outbox:
 
     def _run(self) -> None:
         while True:
-            kind, body, budget, fut = self._queue.get()
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                kind, body, budget, fut = self._pending.popleft()
             try:
                 self.post(kind, body, budget)
             except Exception as exc:

@@ -55,7 +55,7 @@ def test_prompt_runs_are_imported_at_the_first_prompt() -> None:
 # the code. Each module named here was megabytes across 1,000 sandboxes; none may come back unnoticed.
 AGENT_HEAVY = (
     *("urllib.request", "http.client", "email", "ssl", "_ssl", "hashlib", "_hashlib", "hmac", "secrets", "random"),
-    *("wcwidth.textwrap", "wcwidth.grapheme", "dataclasses", "inspect", "shutil"),
+    *("wcwidth.textwrap", "wcwidth.grapheme", "dataclasses", "inspect", "shutil", "queue", "concurrent.futures"),
 )
 # The agent's main in the probe's main thread; a thread waits for its `listening`, starts a paste_code sign-in of the
 # example CLI (its controller pushes fail: nothing listens on port 9) and stops the agent: what it imported stays.

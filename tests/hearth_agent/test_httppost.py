@@ -98,3 +98,22 @@ def test_what_cannot_be_sent_is_refused_before_a_connection() -> None:
         Outbox("ftp://127.0.0.1:21", "s", SECRET).post("events", {}, 1)
     with pytest.raises(ValueError, match="would split"):
         httppost.post("http", "127.0.0.1", 9, "/x", {"Authorization": "Bearer a\r\nX: y"}, b"", 1)
+
+
+def test_pushes_go_in_order_and_each_says_what_became_of_it(server: tuple[int, list[bytes], list[Answer]]) -> None:
+    port, seen, answers = server
+    answers += [status(200), status(200), status(403), status(200)]
+    outbox = Outbox(f"http://127.0.0.1:{port}", "s", SECRET)
+    pushed = [outbox.event(f"e{i}", budget=5) for i in range(4)]
+    pushed[3].result(timeout=30)
+    pushed[0].result(timeout=0)  # delivered before the last one
+    with pytest.raises(PushFailed, match="HTTP 403"):
+        pushed[2].result(timeout=0)
+    assert [b'"event": "e%d"' % i in seen[i] for i in range(4)] == [True] * 4
+    closed = socket.create_server(("127.0.0.1", 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    waiting = Outbox(f"http://127.0.0.1:{free}", "s", SECRET).event("late", budget=5)
+    with pytest.raises(TimeoutError):
+        waiting.result(timeout=0.01)  # still being retried
+    assert not waiting.done()
