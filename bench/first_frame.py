@@ -5,7 +5,9 @@ is fetched through the gateway WebSocket. Prints each run and the median / max, 
     sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc] [--pool [--pool-size 2]]
 
 `--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<pool-size>, its own flag; each batch starts once
-the pool holds as many sandboxes as the batch creates, up to its size), with the ratio against the cold Xvnc figure
+the pool is full again — no refill boot in flight, as the cold arm has no other boot beside it — or, with
+`--refilling`, as soon as it holds as many sandboxes as the batch creates, while the rest still boot and take CPU
+from the hand-over), with the ratio against the cold Xvnc figure
 of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
 The client — POST, the viewer WebSocket, RFB, the first update — runs in processes of its own (one per parallel
 create), as an independent viewer would; `--in-process` runs it on the controller's event loop instead (the previous
@@ -142,6 +144,7 @@ async def run(
     pool: bool = False,
     pool_size: int = 1,
     in_process: bool = False,
+    refilling: bool = False,
 ) -> tuple[float, float]:
     """`n` sessions on a fresh controller whose sandboxes run `vnc_server`; (p50 create→ready, p50 first frame)."""
     env = {
@@ -151,7 +154,7 @@ async def run(
     }
     if pool:
         env["HEARTH_POOL_SIZE"] = f"remote_browser:{max(pool_size, 1)}"
-    label = f"{vnc_server} pool of {pool_size}" if pool else vnc_server
+    label = f"{vnc_server} pool of {pool_size}{', refilling' if refilling else ''}" if pool else vnc_server
     with scratch_settings(env, "hearth-b") as settings:
         print(userspace(settings))  # the image's userspace (HEARTH_IMAGE_DIR) or the host's
         async with (
@@ -163,7 +166,7 @@ async def run(
             clients = [] if in_process else await asyncio.gather(*(Client.start(lc) for _ in range(parallel)))
             for i in range(0, n, parallel):
                 if pool:
-                    await pool_full(lc, min(parallel, n - i, pool_size))
+                    await pool_full(lc, min(parallel, n - i, pool_size) if refilling else pool_size)
                 batch = await asyncio.gather(
                     *(
                         one(http, lc.ws_base, f"bench{j}", clients[j - i] if clients else None)
@@ -196,12 +199,21 @@ async def run(
 
 
 async def main(
-    n: int, parallel: int, chromium: bool, servers: list[str], pool: bool, pool_size: int, in_process: bool
+    n: int,
+    parallel: int,
+    chromium: bool,
+    servers: list[str],
+    pool: bool,
+    pool_size: int,
+    in_process: bool,
+    refilling: bool = False,
 ) -> None:
     print(f"client: {'on the controller event loop' if in_process else f'{parallel} process(es) of its own'}")
     got = {v: await run(n, parallel, chromium, v, in_process=in_process) for v in servers}
     if pool:
-        _, f_pool = await run(n, parallel, chromium, "xvnc", pool=True, pool_size=pool_size, in_process=in_process)
+        _, f_pool = await run(
+            n, parallel, chromium, "xvnc", pool=True, pool_size=pool_size, in_process=in_process, refilling=refilling
+        )
         if "xvnc" in got:
             f_cold = got["xvnc"][1]
             print(f"create→first-frame p50: pool {f_pool:.3f}s  cold xvnc {f_cold:.3f}s  ratio {f_pool / f_cold:.2f}×")
@@ -223,9 +235,23 @@ if __name__ == "__main__":
     )
     ap.add_argument("--pool", action="store_true", help="also measure hand-outs from the warm pool")
     ap.add_argument("--pool-size", type=int, default=2, help="warm pool size for --pool (independent of --parallel)")
+    ap.add_argument(
+        "--refilling", action="store_true", help="--pool: create while the pool's refills still boot (not when full)"
+    )
     ap.add_argument("--in-process", action="store_true", help="the client on the controller's event loop (old way)")
     args = ap.parse_args()
     if args.pool_size < 1:
         ap.error("--pool-size must be at least 1")
     servers = [v for v in args.vnc.split(",") if v]
-    asyncio.run(main(args.n, args.parallel, not args.no_chromium, servers, args.pool, args.pool_size, args.in_process))
+    asyncio.run(
+        main(
+            args.n,
+            args.parallel,
+            not args.no_chromium,
+            servers,
+            args.pool,
+            args.pool_size,
+            args.in_process,
+            args.refilling,
+        )
+    )
