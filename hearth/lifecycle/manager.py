@@ -350,7 +350,7 @@ class SandboxManager:
         if pooled is None:
             return None
         pool_agent = self._live[pooled].agent()
-        return Claimed(self._hand_over(pooled, owner, kind, secret, providers), pooled, pool_agent)
+        return Claimed(self.hand_over(pooled, owner, kind, secret, providers), pooled, pool_agent)
 
     async def retire(self, pooled: str) -> bool:
         """Take the pooled sandbox `pooled` out of the pool (in the store first: a claim elsewhere wins) to end it."""
@@ -360,7 +360,7 @@ class SandboxManager:
         sb.move(SandboxState.RUNNING)
         return True
 
-    def _hand_over(self, pooled: str, owner: str, kind: OwnerKind, secret: str, providers: tuple[str, ...]) -> Sandbox:
+    def hand_over(self, pooled: str, owner: str, kind: OwnerKind, secret: str, providers: tuple[str, ...]) -> Sandbox:
         """The pooled sandbox `pooled` (claimed in the store) runs for `owner` from now on, with a new agent secret
         and provider digests."""
         old = self._live.pop(pooled)

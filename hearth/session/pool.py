@@ -230,7 +230,7 @@ class WarmPool:
             raise HearthError(Hop.DRIVER, "the warm-pool sandbox ended while it was handed out", "retry")
         pool_agent = live.agent()
         # (The manager's in-memory half of SandboxManager.claim: the store's half ran in the admission.)
-        sb = self.mgr._hand_over(
+        sb = self.mgr.hand_over(
             pooled, sid, OwnerKind.SESSION, secret, providers
         )  # manager.py is h1's: no public name yet
         self.counted(pooled, refill=False)
