@@ -6,11 +6,13 @@ network namespace) are measured: PSS and RSS summed, CPU over --window seconds o
 
 `--direct N`: idle CPU and memory per direct-mode sign-in sandbox (the agent and the example provider's CLI waiting
 for the person's pasted code, no desktop) across N of them at once, CPU measured over --window seconds, for this
-tree's agent and example CLI and for those of git revision --before (the ticking one by default) in the same run,
+tree's agent and example CLI and for those of git revision --before (by default b5e9673^, the agent before its
+memory diet of issue 25; the ticking agent, b6bc2a9^, no longer starts under today's driver: it predates
+--notify-fd) in the same run,
 each arm with its own controller; prints % of one core per sandbox, PSS and USS per sandbox (agent, CLI, all) and
 the ratios:
 
-    sudo .venv/bin/python -m bench.idle --direct 100 --window 60 [--before b6bc2a9^]
+    sudo .venv/bin/python -m bench.idle --direct 100 --window 60 [--before b5e9673^]
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -210,7 +212,7 @@ if __name__ == "__main__":
     ap.add_argument("--settle", type=float, default=15.0)
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--direct", type=int, default=0, help="N idle direct sandboxes (before/after agents) instead")
-    ap.add_argument("--before", default="b6bc2a9^", help="git revision of the agent to compare with (--direct)")
+    ap.add_argument("--before", default="b5e9673^", help="git revision of the agent to compare with (--direct)")
     a = ap.parse_args()
     if a.direct:
         asyncio.run(direct(a.direct, a.settle, a.window, a.before))
