@@ -85,6 +85,7 @@ class Supervisor:
         # the children the supervisor thread waits on → their pidfds (keyed by the Popen: a pid can be reused)
         self._pidfds: dict[subprocess.Popen[bytes], int] = {}
         self._first_url = ""  # the page Chromium starts on when a page is what asked for it
+        self._shown_pid: int | None = None  # the Chromium process whose window was seen listed (browser_shown)
         if "chromium" in self.services and config.browser_on_request:
             self.services["chromium"].state = "waiting"
         else:
@@ -309,8 +310,18 @@ class Supervisor:
 
     def browser_shown(self) -> bool | None:
         """Whether the window manager lists a client window (Chromium's) on the display; None when this cannot be
-        told here (no xprop in this userspace)."""
-        return window_listed(self.display)
+        told here (no xprop in this userspace). Once seen for a Chromium process, that process is not asked about
+        again: a warm-pool sandbox handed to a session answers at once, instead of starting xprop — an X client the
+        display serves — just when the session's first frame is drawn (a Chromium that closes its window exits)."""
+        with self._lock:
+            svc = self.services.get("chromium")
+            pid = svc.pid if svc is not None and svc.state == "running" else None
+        if pid is not None and pid == self._shown_pid:
+            return True
+        shown = window_listed(self.display)
+        if shown and pid is not None:
+            self._shown_pid = pid
+        return shown
 
     def wait_browser(self, timeout: float) -> tuple[str, bool | None]:
         """The one wait for "Chromium runs and its window shows" (through restarts, until `timeout` or the agent

@@ -48,3 +48,28 @@ def test_a_hundred_concurrent_requests_start_the_browser_once(waiting_browser: t
         answers = list(pool.map(lambda _: request(port, "POST", "/v1/browser", b"{}", bearer(SECRET)), range(100)))
     assert {status for status, _ in answers} == {200}
     assert sum(1 for _, body in answers if body["started"]) == 1, json.dumps(answers[:3])
+
+
+def test_a_shown_browser_is_not_asked_about_again_until_it_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm-pool sandbox's browser was seen shown before its hand-over: asked again (POST /v1/browser at READY), the
+    agent answers from what it saw and starts no xprop, the display's client, just when the first frame is drawn."""
+    import hearth_agent.supervisor as supervisor
+
+    looks: list[str] = []
+
+    def window_listed(display: str) -> bool:
+        looks.append(display)
+        return True
+
+    monkeypatch.setattr(supervisor, "window_listed", window_listed)
+    sup = Supervisor(config())
+    chromium = sup.services["chromium"]
+    chromium.state, chromium.pid = "starting", 101
+    assert sup.browser_shown() is True and len(looks) == 1  # not running yet: asked, not remembered
+    assert sup.browser_shown() is True and len(looks) == 2
+    chromium.state = "running"
+    assert sup.browser_shown() is True and len(looks) == 3
+    assert sup.browser_shown() is True and len(looks) == 3  # the same process: remembered
+    chromium.pid = 102  # restarted: its window must be seen again
+    assert sup.browser_shown() is True and len(looks) == 4
+    assert sup.browser_shown() is True and len(looks) == 4
