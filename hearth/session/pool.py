@@ -72,7 +72,8 @@ class WarmPool:
 
     # ---- queries -----------------------------------------------------------------------------------------------
     def ready(self, mode: str) -> list[Sandbox]:
-        """The POOLED sandboxes for `mode`, oldest first."""
+        """The POOLED sandboxes for `mode` whose boot is over, oldest first: a boot moves its sandbox to POOLED, then
+        saves its row, and only a row that says `pooled` can be claimed (offered earlier: a miss, and a cold boot)."""
         desktop, kind = MODES[mode], Kind.CLI if mode == CLI else Kind.SESSION
         out = []
         for owner in self.mgr.owners():
@@ -81,6 +82,7 @@ class WarmPool:
                 sb
                 and sb.owner_kind is OwnerKind.POOL
                 and sb.state is SandboxState.POOLED
+                and sb.boot is None
                 and sb.spec.desktop is desktop
                 and sb.kind is kind
             ):

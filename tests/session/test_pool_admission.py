@@ -5,6 +5,7 @@ then the claim, then READY). Counted on the engine: every committed transaction 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -105,3 +106,44 @@ async def test_a_pool_hit_is_admitted_and_claimed_in_one_transaction(make_settin
 
         lease_slot, row_slot, state, old_row = db.call(owned)
         assert lease_slot == row_slot == pooled.spec.slot.index and state == "running" and old_row is None
+
+
+async def test_a_pooled_sandbox_is_offered_only_once_its_row_says_pooled(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot moves the sandbox to POOLED in memory, then saves its row: a start between the two found it ready in
+    memory, but the claim (`… WHERE state='pooled'`) found nothing — a miss and a cold boot while a warm desktop
+    waited. The pool offers a sandbox only once its boot, row included, is over."""
+    from hearth.lifecycle.rows import SandboxRows
+    from hearth.lifecycle.sandbox import SandboxState
+
+    held = asyncio.Event()
+    reached = asyncio.Event()
+    save = SandboxRows.save
+
+    async def slow_save(self: SandboxRows, sb: Any, driver: str) -> None:
+        if sb.state is SandboxState.POOLED:
+            reached.set()
+            await held.wait()
+        await save(self, sb, driver)
+
+    monkeypatch.setattr(SandboxRows, "save", slow_save)
+    settings = make_settings(HEARTH_POOL_SIZE="remote_browser:1", HEARTH_CHROMIUM="false")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        pool = ctl.ctl.service.pool
+        await asyncio.wait_for(reached.wait(), 120)  # booted, POOLED in memory, its row not saved yet
+        assert pool.ready("remote_browser") == [], pool.summary()
+        held.set()
+
+        def filled() -> bool:
+            assert len(pool.ready("remote_browser")) == 1, pool.summary()
+            return True
+
+        await eventually(filled, 30, "the warm desktop offered once its row is saved", interval=0.05)
+        r = await http.post("/api/auth/start", json={"user_id": "hit"})
+        assert r.status_code == 201, r.text
+        body = await wait_session(http, str(r.json()["session_id"]))
+        assert body["status"] == "ready" and pool.hits == 1 and pool.misses == 0, body
