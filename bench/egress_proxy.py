@@ -55,13 +55,14 @@ async def fetch(proxy_port: int, auth: str, port: int, client: ssl.SSLContext, p
 
 
 async def main(n: int, mib: int) -> None:
-    d = Path(tempfile.mkdtemp(prefix="hearth-bench-proxy-"))
     ca, leaf, key = _certs((HOST,))
-    for name, data in (("ca.pem", ca), ("leaf.pem", leaf), ("key.pem", key)):
-        (d / name).write_bytes(data)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(d / "leaf.pem", d / "key.pem")
-    client = ssl.create_default_context(cafile=str(d / "ca.pem"))
+    with tempfile.TemporaryDirectory(prefix="hearth-bench-proxy-") as tmp:  # read once by the contexts, then removed
+        d = Path(tmp)
+        for name, data in (("ca.pem", ca), ("leaf.pem", leaf), ("key.pem", key)):
+            (d / name).write_bytes(data)
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(d / "leaf.pem", d / "key.pem")
+        client = ssl.create_default_context(cafile=str(d / "ca.pem"))
     tls = await serve_tls(server_ctx, b"x" * (mib << 20))
     port = tls.sockets[0].getsockname()[1]
     upstream = ProxyServer("127.0.0.1", (0,), {"alice": "pw"}, resolve={HOST: "127.0.0.1"})
