@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import shutil
 import signal
 import statistics
 import tempfile
@@ -106,6 +107,7 @@ async def run(sessions: int, port: int) -> int:
         for name in netlink.list_netns():
             if name.startswith(f"{s.fabric_netns}-s"):
                 netlink.remove_netns(name)
+        shutil.rmtree(data, ignore_errors=True)  # its store, logs and sandbox work dirs
 
 
 def main() -> None:
