@@ -113,8 +113,14 @@ class Greeting:
     async def cancel(self) -> None:
         if not self._task.done():
             self._task.cancel()
-        with contextlib.suppress(BaseException):  # its outcome no longer matters (and is not logged as lost)
-            await self._task
+        try:
+            await self._task  # its outcome no longer matters (and is not logged as lost)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller itself is being cancelled: not the greeting's to swallow
+        except Exception:
+            pass
 
 
 async def relay(
