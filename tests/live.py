@@ -15,7 +15,7 @@ from hearth.config import Settings
 from hearth.reconcile.inventory import scan_sync
 from hearth.sandbox.netns import pids_in_netns
 from tests.conftest import Running
-from tests.waits import wait_session
+from tests.waits import polite, wait_session
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def signin_of(body: dict[str, object]) -> dict[str, object]:
 
 async def start_ready(http: httpx.AsyncClient, settings: Settings, user: str) -> Live:
     """POST /api/auth/start and wait until the session is ready (the http client carries the API key)."""
-    r = await http.post("/api/auth/start", json={"user_id": user})
+    r = await polite(lambda: http.post("/api/auth/start", json={"user_id": user}))
     assert r.status_code == 201, r.text
     started = r.json()
     body = await wait_session(http, started["session_id"], timeout=90)

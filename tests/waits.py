@@ -97,6 +97,18 @@ def started(body: Body) -> bool:
     return body["status"] not in ("queued", "starting")
 
 
+def retry_after(r: httpx.Response) -> float:
+    """The pause a 429 asks for (its Retry-After, else 1 s)."""
+    return float(r.headers.get("retry-after", "1"))
+
+
+async def polite(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """`call()` again while the API's rate limit refuses it (429), after the pause each refusal asks for."""
+    while (r := await call()).status_code == 429:
+        await asyncio.sleep(retry_after(r))
+    return r
+
+
 async def wait_session(
     http: httpx.AsyncClient,
     sid: str,
@@ -117,11 +129,7 @@ async def wait_session(
 
     async def get() -> Body:
         nonlocal last
-        while True:
-            r = await http.get(f"/api/auth/session/{sid}")
-            if r.status_code != 429:  # rate limited: do as told
-                break
-            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        r = await polite(lambda: http.get(f"/api/auth/session/{sid}"))
         assert r.status_code == 200, f"GET session {sid}: {r.status_code} {r.text}"
         last = r.json()
         return last
@@ -132,21 +140,29 @@ async def wait_session(
     async def run() -> Body:
         nonlocal token
         if token is None:
-            r = await http.post(f"/api/auth/session/{sid}/token", json={"scope": "control"})
+            r = await polite(lambda: http.post(f"/api/auth/session/{sid}/token", json={"scope": "control"}))
             assert r.status_code == 200, f"a token for session {sid}: {r.status_code} {r.text}"
             token = str(r.json()["viewer_token"])
         # a read timeout above the stream's 15 s keepalive, whatever the client's own (the whole wait is bounded)
         url, params = f"/api/auth/session/{sid}/status", {"token": token}
-        async with http.stream("GET", url, params=params, timeout=60) as stream:
-            assert stream.status_code == 200, f"status stream of {sid}: {stream.status_code}"
-            body = await get()  # after the stream opened: no change can fall between this read and its events
-            if done(body):
-                return body
-            async for line in stream.aiter_lines():
-                if line.startswith(("data:", ": keepalive")):
-                    body = await get()
-                    if done(body):
-                        return body
+        while True:
+            async with http.stream("GET", url, params=params, timeout=60) as stream:
+                if stream.status_code == 429:  # rate limited (many sessions in a row): do as told
+                    pause = retry_after(stream)
+                else:
+                    return await follow(stream)
+            await asyncio.sleep(pause)
+
+    async def follow(stream: httpx.Response) -> Body:
+        assert stream.status_code == 200, f"status stream of {sid}: {stream.status_code}"
+        body = await get()  # after the stream opened: no change can fall between this read and its events
+        if done(body):
+            return body
+        async for line in stream.aiter_lines():
+            if line.startswith(("data:", ": keepalive")):
+                body = await get()
+                if done(body):
+                    return body
         return await get()  # the stream ends with the session
 
     try:

@@ -18,6 +18,7 @@ import pytest
 from hearth.config import Settings
 from tests.conftest import running_controller
 from tests.live import descendants, leaks, open_fds, rss_kib, scaled, start_ready
+from tests.waits import polite
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 CYCLES = scaled(20)
@@ -35,7 +36,7 @@ async def test_create_ready_cancel_cycles_leak_nothing(make_settings: Callable[.
 
         async def cycle(i: int) -> None:
             live = await start_ready(http, settings, f"cycle{i % 3}")
-            r = await http.post(f"/api/auth/session/{live.session_id}/cancel")
+            r = await polite(lambda: http.post(f"/api/auth/session/{live.session_id}/cancel"))
             assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
 
         for i in range(WARMUP):  # first-use allocations (imports, caches, connection pools) are not leaks
