@@ -5,7 +5,8 @@ is fetched through the gateway WebSocket. Prints each run and the median / max, 
     sudo .venv/bin/python bench/first_frame.py -n 5 [--parallel 2] [--vnc xvnc,x11vnc] [--pool [--pool-size 2]]
 
 `--pool`: also from the warm pool (HEARTH_POOL_SIZE=remote_browser:<pool-size>, its own flag; each batch starts once
-the pool is full again — no refill boot in flight, as the cold arm has no other boot beside it — or, with
+the pool is full again — no refill in flight (a pooled desktop is offered before its refill has started its browser:
+such a refill took both cores from the hand-over), as the cold arm has no other boot beside it — or, with
 `--refilling`, as soon as it holds as many sandboxes as the batch creates, while the rest still boot and take CPU
 from the hand-over), with the ratio against the cold Xvnc figure
 of the same run. Sandboxes run this host's image (HEARTH_IMAGE_DIR, as `hearth serve`); the first line says which.
@@ -15,6 +16,10 @@ method: its 4 MB raw frame was then decoded by the loop that also relays it). Ea
 boot stage the API reports (seconds since creation: lease, namespace, process, display, vnc, rfb — or pool), of the
 client's own phases (POST answered, viewer WebSocket open, RFB handshake done; measured from the POST, whereas the
 API's stages count from the row's creation) and of the first frame.
+
+Each batch of creates, in either arm, starts once the machine is quiet (its CPUs ≥ 90 % idle over 100 ms, waited
+for at most 5 s; a run that started without says so): what the previous one left behind — a sandbox still being
+removed, a pooled browser still settling after its refill — does not take the CPU from the next.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -28,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -127,10 +133,32 @@ async def one(
     return total, ready, non_blank, timings
 
 
-async def pool_full(lc: LocalController, size: int, timeout: float = 120) -> None:
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user … steal
+
+
+async def quiet(idle: float = 0.9, window: float = 0.1, timeout: float = 5.0) -> bool:
+    """Until this machine's CPUs were at least `idle` idle over a `window` (at most `timeout`; False if never):
+    each create, in either arm, starts on a quiet machine — not while what the previous one left behind (a pooled
+    browser still settling after its refill, a sandbox still being removed) takes the CPU."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        idle0, total0 = _cpu_times()
+        await asyncio.sleep(window)
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle:
+            return True
+    return False
+
+
+async def pool_full(lc: LocalController, size: int, timeout: float = 120, settled: bool = True) -> None:
+    """Until the pool offers `size` desktops — and, `settled`, no refill is still under way: a pooled sandbox is
+    offered once its desktop is up, while its refill still starts its browser and the gateway's standby connection."""
     pool = lc.ctl.service.pool
     deadline = time.monotonic() + timeout
-    while len(pool.ready("remote_browser")) < size:
+    while len(pool.ready("remote_browser")) < size or (settled and pool.filling("remote_browser")):
         if time.monotonic() > deadline:
             raise SystemExit(f"the warm pool did not fill: {pool.summary()}")
         await asyncio.sleep(0.05)
@@ -166,7 +194,11 @@ async def run(
             clients = [] if in_process else await asyncio.gather(*(Client.start(lc) for _ in range(parallel)))
             for i in range(0, n, parallel):
                 if pool:
-                    await pool_full(lc, min(parallel, n - i, pool_size) if refilling else pool_size)
+                    if refilling:
+                        await pool_full(lc, min(parallel, n - i, pool_size), settled=False)
+                    else:
+                        await pool_full(lc, pool_size)
+                calm = await quiet()
                 batch = await asyncio.gather(
                     *(
                         one(http, lc.ws_base, f"bench{j}", clients[j - i] if clients else None)
@@ -181,6 +213,7 @@ async def run(
                     print(
                         f"[{label}] run {len(results):3d}: create→ready {ready:6.3f}s  "
                         f"create→first-frame {total:6.3f}s  {'non-blank' if non_blank else 'BLANK'}"
+                        f"{'' if calm else '  (the machine was not quiet before it)'}"
                     )
             for client in clients:
                 await client.close()

@@ -5,7 +5,9 @@ agent's personalisation and the move to READY are left. Meanwhile the gateway ma
 server and do its RFB handshake (`Predial`), so once the session is ready the viewer gets the ServerInit at once.
 Nothing but the handshake is exchanged before ready, and the route looks at the result only where it would have
 dialled: a predial that failed, or a session that did not become ready, changes nothing (the ordinary dial then runs,
-or the route closes as before, and the unused connection is closed).
+or the route closes as before, and the unused connection is closed). Usually the gateway already holds a connection
+to a pooled desktop, made while it waited in the pool (hearth/gateway/standby.py), and no predial is needed: this
+covers the desktops without one (adopted after a restart, or whose standby dial failed).
 """
 
 from __future__ import annotations

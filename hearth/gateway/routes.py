@@ -33,6 +33,7 @@ from hearth.gateway.predial import Predial
 from hearth.gateway.relay import Ended, Greeting, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
+from hearth.gateway.standby import Standby
 from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
@@ -67,9 +68,12 @@ def make_router(
     db: Database,
     gauge: Viewers,
     metrics: Metrics,
+    standby: Standby | None = None,
 ) -> APIRouter:
     """The viewer WebSocket. `service`, `records`, `boots`: the sessions as the gateway sees them
-    (hearth/gateway/ports.py); `db` names the node holding another node's session; `gauge` counts connected viewers."""
+    (hearth/gateway/ports.py); `db` names the node holding another node's session; `gauge` counts connected viewers;
+    `standby`: connections held to warm-pool desktops, which a session's viewer takes instead of dialling."""
+    held = standby if standby is not None else Standby()
     router = APIRouter()
 
     # At most DIALS_PER_SANDBOX dials in flight per sandbox, from connect until the sandbox's RFB handshake is done:
@@ -160,7 +164,7 @@ def make_router(
                 if not stored.status.terminal:
                     greeting.append(Greeting(ws))
                     warm = None if known else boots.warm(session_id)
-                    if warm is not None:
+                    if warm is not None and not held.holds(warm):  # no standby connection: dial it meanwhile
                         predial.append(Predial(warm, gate_of(session_id)))
                 view = known or await service.wait_until(session_id, settings.viewer_wait)
             except SessionNotFound:
@@ -174,19 +178,19 @@ def make_router(
                 return await close(code, f"session {view.status.value}: {view.reason or ''}".strip())
             target = boots.target(view)
             gate = gate_of(session_id)
-            early = await predial[0].take(target) if predial else None
-            held: list[asyncio.Semaphore] = []
+            early = held.take(target) or (await predial[0].take(target) if predial else None)
+            gated: list[asyncio.Semaphore] = []
 
             def dialled() -> None:
-                if held:
-                    held.pop().release()
+                if gated:
+                    gated.pop().release()
 
-            if early is not None:  # dialled and handshaken while the session was being handed over
+            if early is not None:  # dialled and handshaken before: while the sandbox was pooled, or being handed over
                 sandbox, init = early
             else:
                 init = None
                 await gate.acquire()
-                held.append(gate)
+                gated.append(gate)
                 try:
                     sandbox = await open_protocol(target.netns, target.ip, target.rfb_port, 5.0, SandboxStream)
                 except (OSError, TimeoutError) as exc:

@@ -231,6 +231,7 @@ class SessionBoots:
         """Boot `sid` on `slot`; or, `handed`, personalise the warm-pool sandbox its admission claimed."""
         timings: dict[str, float] = {}
         records = self.records
+        viewed = False
 
         def mark(stage: str) -> None:
             timings[stage] = round(time.monotonic() - t0, 3)
@@ -274,6 +275,7 @@ class SessionBoots:
                 # one transaction: the pid and timings with the move to READY, whose view is the one returned
                 fields = records.fields(sid, pid=sb.pid if sb else None, timings=timings)
                 ready_view = await records.transition(sid, Status.READY, None, None, timings, also=fields)
+                viewed = has_desktop(mode)  # ready: its first viewer comes next
                 self.metrics.create_to_ready.observe(timings[last])
                 for callback in self._on_ready:
                     self._spawn(callback(ready_view), f"on-ready-{sid}")
@@ -299,8 +301,8 @@ class SessionBoots:
             finally:
                 self.queue.leave(sid)
                 self._tasks.pop(sid, None)
-                if handed is not None:  # the hand-over is over (ready or not): its replacement boots now
-                    self.pool.refill()
+                if handed is not None:  # the hand-over is over (ready or not): its replacement boots
+                    self.pool.handed_over(sid, viewed)
                 self._handing.discard(sid)
 
     async def _personalise(

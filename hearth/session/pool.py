@@ -10,6 +10,9 @@ handed out to a new session in one step instead of a boot.
   sandbox; the row and the lease become the session's, with a NEW agent secret. Then the agent is personalised over
   its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
 - Older than HEARTH_POOL_MAX_IDLE: recycled (destroyed; the refill boots a fresh one). `drain` ends them all.
+- A desktop's refill is over once its browser shows and the gateway holds an RFB connection to it (`standby`, set
+  by the composition root: hearth/gateway/standby.py), which the first viewer of its session takes instead of
+  dialling.
 - `cli:N`: CLI sandboxes (kind cli, no desktop, every prompt definition allowed), each with a home directory of its
   own (hearth/clisandbox/homes.py); `claim_cli` hands one to a user's CLI sandbox, which moves the person's home in.
 """
@@ -22,13 +25,14 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hearth.clisandbox.homes import POOL_PREFIX, pooled_home
 from hearth.config import Settings, parse_pool_sizes
 from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import Claimed, SandboxManager
+from hearth.lifecycle.readiness import Target
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
 from hearth.session.browser import BrowserTurns
@@ -39,6 +43,7 @@ from hearth_agent.contract.document import Identity, personalise_body
 log = logging.getLogger("hearth.pool")
 POOL_OWNER = POOL_PREFIX
 PERSONALISE_TIMEOUT = 5.0
+REFILL_GRACE = 2.0  # seconds a desktop hand-over's refill waits for the session's first frame at most
 MODES = {"remote_browser": True, "direct": False, "cli": False}  # mode → the sandbox has a desktop
 CLI = "cli"  # the mode of pooled CLI sandboxes
 
@@ -61,10 +66,13 @@ class WarmPool:
         self.on_change = on_change
         self._filling: dict[str, tuple[str, asyncio.Task[None]]] = {}  # owner → (mode, its boot): a refill
         self._since: dict[str, float] = {}  # owner → monotonic time it became POOLED (or was adopted)
+        self._grace: dict[str, asyncio.TimerHandle] = {}  # session → its hand-over's refill, waiting for a frame
         self._claiming = asyncio.Lock()
         self.hits = 0
         self.misses = 0
         self.cli_digests = cli_digests  # the prompt definitions a CLI sandbox may run
+        # the gateway's standby connection to a pooled desktop (hearth/gateway/standby.py): set by the composition root
+        self.standby: Callable[[Target], Awaitable[object]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +151,8 @@ class WarmPool:
                 await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
             if self.browsers is not None and mode != CLI:
                 await self.browsers.start(owner)
+            if self.standby is not None and MODES[mode] and (sb := self.mgr.get(owner)) is not None:
+                await self.standby(self.mgr.target(sb.spec))
             self._since[owner] = time.monotonic()
             log.info("pooled sandbox ready", extra={"session_id": owner, "mode": mode})
         except asyncio.CancelledError:
@@ -256,6 +266,25 @@ class WarmPool:
         self.counted(claimed.pooled)
         return await self.personalise(claimed, sid, mode, providers)
 
+    def handed_over(self, sid: str, awaits_viewer: bool) -> None:
+        """The hand-over to `sid` is over: its replacement boots now — or, when the session now waits for its first
+        viewer (a desktop that became ready), once the session's first frame has gone out (`framed`) or
+        REFILL_GRACE later, whichever comes first: a refill's boot takes the CPU that first frame needs."""
+        if not awaits_viewer:
+            self.refill()
+            return
+        stale = self._grace.pop(sid, None)
+        if stale is not None:
+            stale.cancel()
+        self._grace[sid] = asyncio.get_running_loop().call_later(REFILL_GRACE, self.framed, sid)
+
+    def framed(self, sid: str) -> None:
+        """`sid`'s first frame went out to a viewer (or its grace ran out): a refill its hand-over held back starts."""
+        handle = self._grace.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
+            self.refill()
+
     def missed(self) -> None:
         self.misses += 1
         self.refill()
@@ -289,6 +318,9 @@ class WarmPool:
         """Stop refilling (the boots in flight are undone) and, with `end`, end every pooled sandbox (`hearth serve
         --drain`; without: they keep running for the next controller to adopt); returns how many were ended."""
         self.sizes = {}
+        for handle in self._grace.values():
+            handle.cancel()
+        self._grace.clear()
         tasks = [t for _, t in self._filling.values() if not t.done()]
         for t in tasks:
             t.cancel()

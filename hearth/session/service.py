@@ -172,6 +172,7 @@ class SessionService:
         if view.id in self._framed:
             return
         self._framed.add(view.id)
+        self.pool.framed(view.id)  # a hand-over's refill waited for this frame
         self.metrics.create_to_first_frame.observe(max(0.0, time.time() - aware(view.created_at).timestamp()))
 
     # ---- stop events, drain and fence --------------------------------------------------------------

@@ -14,17 +14,17 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import cast
 
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from hearth.config import Settings
@@ -209,9 +209,35 @@ async def test_a_handed_over_desktop_is_dialled_before_ready_and_relayed_once_re
 
     vnc_server = await asyncio.start_server(vnc, "127.0.0.1", 0)
     session.desktop = Target(None, "127.0.0.1", vnc_server.sockets[0].getsockname()[1], 0)
+    try:
+        async with served(
+            make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
+        ) as url:
+            async with connect(url, subprotocols=[Subprotocol("binary")]) as ws:
+                await handshake_up_to_client_init(ws)
+
+                def predialled() -> bool:
+                    assert dialled == [Status.STARTING], dialled
+                    return True
+
+                await eventually(predialled, 10, "the VNC server dialled while the session is handed over")
+                session.move(Status.READY)
+                assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the predialled sandbox's own
+                assert dialled == [Status.STARTING]  # that one connection is the viewer's: no second dial
+    finally:
+        vnc_server.close()
+        await vnc_server.wait_closed()
+
+
+NO_DB = cast(Database, None)  # only a session on another node looks its node up
+
+
+@asynccontextmanager
+async def served(router: APIRouter) -> AsyncIterator[str]:
+    """The gateway's `router` under uvicorn (with the gateway's WebSocket protocol) on a loopback port; yields the
+    viewer WebSocket's URL of session SID."""
     app = FastAPI()
-    db = cast(Database, None)
-    app.include_router(make_router(settings, session, session, session, session, db, ViewerGauge(), Metrics()))
+    app.include_router(router)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, ws=GatewayWebSocket, ws_per_message_deflate=False, log_config=None, lifespan="off")
@@ -219,26 +245,18 @@ async def test_a_handed_over_desktop_is_dialled_before_ready_and_relayed_once_re
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await eventually(lambda: server.started, 10, "uvicorn")
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/api/auth/session/{SID}/novnc/websock?token=t"
-        async with connect(url, subprotocols=[Subprotocol("binary")]) as ws:
-            assert await ws.recv() == OFFERED
-            await ws.send(b"RFB 003.008\n")
-            assert await ws.recv() == b"\x01\x01"
-            await ws.send(b"\x01")
-            assert await ws.recv() == b"\x00\x00\x00\x00"
-            await ws.send(b"\x01")
-
-            def predialled() -> bool:
-                assert dialled == [Status.STARTING], dialled
-                return True
-
-            await eventually(predialled, 10, "the VNC server dialled while the session is handed over")
-            session.move(Status.READY)
-            assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the predialled sandbox's own
-            assert dialled == [Status.STARTING]  # that one connection is the viewer's: no second dial
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/api/auth/session/{SID}/novnc/websock?token=t"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
-        vnc_server.close()
-        await vnc_server.wait_closed()
+
+
+async def handshake_up_to_client_init(ws: ClientConnection) -> None:
+    """The viewer's RFB 3.8 handshake with security None, up to and including its ClientInit (shared)."""
+    assert await ws.recv() == OFFERED
+    await ws.send(b"RFB 003.008\n")
+    assert await ws.recv() == b"\x01\x01"
+    await ws.send(b"\x01")
+    assert await ws.recv() == b"\x00\x00\x00\x00"
+    await ws.send(b"\x01")

@@ -147,3 +147,46 @@ async def test_a_pooled_sandbox_is_offered_only_once_its_row_says_pooled(
         assert r.status_code == 201, r.text
         body = await wait_session(http, str(r.json()["session_id"]))
         assert body["status"] == "ready" and pool.hits == 1 and pool.misses == 0, body
+
+
+async def test_a_hand_over_is_viewed_over_the_standby_connection_before_its_refill_boots(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled desktop's refill ends with the gateway holding an RFB connection to it (hearth/gateway/standby.py);
+    the session it is handed to is viewed over that connection, and its replacement boots only once the session's
+    first frame went out (a refill's boot took the CPU that frame needed), not when the session became ready."""
+    from hearth.rfb.ws import first_frame
+    from hearth.session import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "REFILL_GRACE", 600.0)  # only the first frame can start the refill here
+    settings = make_settings(HEARTH_POOL_SIZE="remote_browser:1", HEARTH_CHROMIUM="false")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
+    ):
+        pool, standby = ctl.ctl.service.pool, ctl.ctl.standby
+
+        def settled() -> bool:
+            assert len(pool.ready("remote_browser")) == 1 and pool.filling("remote_browser") == 0, pool.summary()
+            assert len(standby) == 1, "the gateway holds no connection to the pooled desktop"
+            return True
+
+        await eventually(settled, 120, "a warm desktop with its standby connection", interval=0.1)
+        r = await http.post("/api/auth/start", json={"user_id": "viewed"})
+        assert r.status_code == 201, r.text
+        started = r.json()
+        body = await wait_session(http, started["session_id"])
+        assert body["status"] == "ready" and pool.hits == 1, body
+        await asyncio.sleep(0.5)  # a refill started at ready would be filling by now
+        assert pool.summary()["remote_browser"] == {"size": 1, "ready": 0, "filling": 0}, pool.summary()
+        url = f"{ctl.ws_base}/api/auth/session/{started['session_id']}/novnc/websock?token={started['viewer_token']}"
+        frame = await first_frame(url, 30)
+        assert frame.init.width > 0 and frame.rects, frame
+        assert len(standby) == 0  # taken by the viewer
+
+        def refilling() -> bool:
+            summary = pool.summary()["remote_browser"]
+            assert summary["filling"] + summary["ready"] == 1, summary
+            return True
+
+        await eventually(refilling, 30, "the refill started by the first frame", interval=0.05)
