@@ -3,7 +3,7 @@
 Towards the sandbox the gateway is an RFB 3.8 client (hearth/rfb/client.py: security None, always *shared*, so a
 viewer cannot disconnect the others by asking for exclusive access). Towards the viewer it is an RFB server that
 offers 3.8 and follows whichever version the viewer answers, per the specification: 3.7 and 3.8 as such, every
-other version (3.3, 3.5, Apple's 3.889, …) as 3.3. It then hands the viewer the sandbox's own ServerInit (hearth/gateway/relay.py `Greeting`: the viewer's side runs
+other version (3.3, 3.5, Apple's 3.889, …) as 3.3. It then hands the viewer the sandbox's own ServerInit (hearth/gateway/greeting.py `Greeting`: the viewer's side runs
 while the sandbox is still being reached).
 
 So the client→server stream the relay frames always begins at a message boundary, whatever the viewer negotiated:

@@ -2,10 +2,9 @@
 
 First the gateway completes the RFB handshake with the sandbox and, separately, with the viewer
 (hearth/gateway/handshake.py), so the viewer's messages are framed from a known boundary whatever version it chose.
-The viewer's side up to its ClientInit needs nothing of the sandbox: it is a `Greeting`, which the route starts as
-soon as the session is known to be one with a desktop — while the session boots, the sandbox is dialled and its
-own handshake done — so only the sandbox's ServerInit is left to send once that is known. Its outcome is looked at
-only where the viewer's handshake used to start: every close code and reason stays what it was.
+The viewer's side up to its ClientInit is a `Greeting` (hearth/gateway/greeting.py), under way since the route knew
+the session has a desktop. Its outcome is looked at only where the viewer's handshake used to start: every close code
+and reason stays what it was.
 Then the relay *splices* the two connections: each viewer message is filtered and written to the sandbox from the
 WebSocket's own `data_received` (hearth/gateway/websocket.py), and each chunk from the VNC server is framed and
 written to the viewer from the sandbox socket's `data_received` (hearth/gateway/sandbox_stream.py) — no task,
@@ -26,11 +25,12 @@ from enum import StrEnum
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hearth.gateway.handshake import ViewerHandshakeError, greet_viewer
+from hearth.gateway.greeting import Greeting, Viewer, ViewerGone
+from hearth.gateway.handshake import ViewerHandshakeError
 from hearth.gateway.rfbspec import XVNC, ServerProfile
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import Forbidden, InputFilter
-from hearth.gateway.websocket import SPLICE, Splice, message_bytes
+from hearth.gateway.websocket import SPLICE, Splice
 from hearth.rfb.client import RfbError, ServerInit, handshake
 
 REPORT_EVERY = 1.0  # seconds between byte-counter reports
@@ -60,67 +60,6 @@ class Outcome:
     ended: Ended
     detail: str
     stats: RelayStats
-
-
-class _ViewerGone(Exception):
-    pass
-
-
-class _Viewer:
-    """The viewer's WebSocket as a byte stream for the handshake: exact reads over whole messages."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.buf = bytearray()
-
-    async def message(self) -> bytes | None:
-        """The next message's bytes; None when the viewer has gone."""
-        try:
-            msg = await self.ws.receive()
-        except WebSocketDisconnect:
-            return None
-        if msg["type"] == "websocket.disconnect":
-            return None
-        return message_bytes(msg)
-
-    async def read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            data = await self.message()
-            if data is None:
-                raise _ViewerGone
-            self.buf += data
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-
-class Greeting:
-    """The viewer's RFB handshake up to its ClientInit, under way from construction (on the running loop).
-    `finish` sends the sandbox's ServerInit once the greeting is done; `cancel` stops it (before the route closes
-    the viewer for another reason)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.viewer = _Viewer(ws)
-        self._task = asyncio.create_task(greet_viewer(self.viewer.read, ws.send_bytes), name="viewer-greeting")
-
-    async def finish(self, server_init: bytes, timeout: float) -> None:
-        """Wait (at most `timeout` from now) for the viewer's ClientInit, then send it `server_init`. Raises
-        ViewerHandshakeError, TimeoutError, or _ViewerGone / WebSocketDisconnect / RuntimeError (the viewer left)."""
-        await asyncio.wait_for(self._task, timeout)
-        await self.ws.send_bytes(server_init)
-
-    async def cancel(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-        try:
-            await self._task  # its outcome no longer matters (and is not logged as lost)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the caller itself is being cancelled: not the greeting's to swallow
-        except Exception:
-            pass
 
 
 async def relay(
@@ -179,7 +118,7 @@ async def _handshakes(
         return Outcome(Ended.BAD_VIEWER, str(exc), stats)
     except TimeoutError:
         return Outcome(Ended.BAD_VIEWER, f"no RFB handshake from the viewer within {HANDSHAKE_TIMEOUT:.0f}s", stats)
-    except (_ViewerGone, WebSocketDisconnect, RuntimeError):
+    except (ViewerGone, WebSocketDisconnect, RuntimeError):
         return Outcome(Ended.CLIENT_GONE, "viewer disconnected during the RFB handshake", stats)
     return None
 
@@ -226,7 +165,7 @@ async def _spliced(
     ws: WebSocket,
     splice: Splice,
     sandbox: SandboxStream,
-    viewer: _Viewer,
+    viewer: Viewer,
     stop: asyncio.Event,
     filt: InputFilter,
     on_first_frame: Callable[[], None] | None,

@@ -28,9 +28,10 @@ from hearth.config import Settings
 from hearth.errors import HearthError, Hop, StoreError
 from hearth.fabric.dial import open_connection, open_protocol
 from hearth.gateway.desktop_size import DesktopSizes
+from hearth.gateway.greeting import Greeting
 from hearth.gateway.ports import Relaying, Rows, Targets, Viewers
 from hearth.gateway.predial import Predial
-from hearth.gateway.relay import Ended, Greeting, relay
+from hearth.gateway.relay import Ended, relay
 from hearth.gateway.rfbspec import PROFILES
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.standby import Standby

@@ -1,4 +1,4 @@
-"""The viewer's RFB handshake runs while its session boots (hearth/gateway/relay.py `Greeting`): a viewer that has
+"""The viewer's RFB handshake runs while its session boots (hearth/gateway/greeting.py `Greeting`): a viewer that has
 sent its ClientInit before the sandbox is even dialled gets the sandbox's own ServerInit once it is known, and a
 session that fails while the viewer handshakes closes it exactly as before (4502, the session's reason); one that
 is over when the viewer arrives is refused before any RFB byte. A warm-pool hand-over's desktop is dialled and
@@ -30,8 +30,9 @@ from websockets.typing import Subprotocol
 from hearth.config import Settings
 from hearth.errors import HearthError
 from hearth.gateway.gauge import ViewerGauge
+from hearth.gateway.greeting import Greeting
 from hearth.gateway.handshake import OFFERED
-from hearth.gateway.relay import Ended, Greeting, relay
+from hearth.gateway.relay import Ended, relay
 from hearth.gateway.routes import UNREACHABLE, make_router
 from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import Claims, Scope
