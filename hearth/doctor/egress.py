@@ -19,7 +19,7 @@ from hearth.egress import rules
 from hearth.egress.dns import PORT, upstreams
 from hearth.egress.gate import DNS_REFUSED, EgressGate
 from hearth.errors import Hop
-from hearth.fabric import nft
+from hearth.fabric import nftrun
 from hearth.fabric.dial import acall_in_netns
 from hearth.fabric.slot import outer_where
 from hearth.providers.registry import load as load_providers
@@ -71,7 +71,7 @@ def _gate(ctx: Context) -> EgressGate | None:
 
 
 async def egress_rules(ctx: Context) -> Finding:
-    items = await nft.list_table(ctx.fabric, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS, timeout=1.0)
+    items = await nftrun.list_table(ctx.fabric, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS, timeout=1.0)
     if items is None:
         return Finding.bad(
             f"table inet {rules.TABLE} is missing in {ctx.fabric}: sandboxes go out unguarded (private and metadata "
@@ -132,7 +132,7 @@ async def policy_drops(ctx: Context) -> Finding:
         d = await gate.refresh()
         by_owner = d.live
     else:  # the CLI: the counters only (DNS refusals live in the controller)
-        items = await nft.list_table(ctx.fabric, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS, timeout=1.0)
+        items = await nftrun.list_table(ctx.fabric, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS, timeout=1.0)
         by_owner = rules.drops(items or [])
     t = ctx.target
     if t is None:

@@ -16,7 +16,7 @@ from hearth.doctor.report import Finding
 from hearth.egress.rules import FAMILY as EGRESS_FAMILY
 from hearth.egress.rules import TABLE as EGRESS_TABLE
 from hearth.errors import Hop
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nft, nftrun
 from hearth.fabric.slot import UPLINK_INNER, link_index, outer_where, uplink_outer
 from hearth.store.models import OwnerKind
 
@@ -181,7 +181,7 @@ async def nat(ctx: Context) -> Finding:
             f"egress is on but the uplink's outer {where} (HEARTH_UPLINK_NETNS) does not exist ({'; '.join(seen)})",
             f"create {outer_ns} and connect it to the outside, or unset HEARTH_UPLINK_NETNS; then {UP}",
         )
-    root = await nft.list_table(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT, timeout=1.0)
+    root = await nftrun.list_table(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT, timeout=1.0)
     if root is None or not nft.has_masquerade(root):
         return Finding.bad(
             f"table ip {nft.root_table(ns)} in {where} {'is missing' if root is None else 'has no masquerade'}",
@@ -281,7 +281,7 @@ async def layer2(ctx: Context) -> Finding:
         return Finding.bad("table bridge hearth differs from the ruleset computed from the settings", UP)
     if ctx.target is not None:
         return await _layer2_of_port(ctx, ctx.target.port, nft.l2_drops_by_port(ours))
-    counters = await _once(ctx, "layer 2 counters", lambda: nft.take_l2_counters(ns, timeout=1.0)) or []
+    counters = await _once(ctx, "layer 2 counters", lambda: nftrun.take_l2_counters(ns, timeout=1.0)) or []
     drops, by_port = nft.l2_drops(counters), nft.l2_drops_by_port(counters)
     if drops["arp_spoof"] or drops["ip_spoof"]:
         return Finding.bad(
@@ -303,7 +303,7 @@ async def _layer2_of_port(ctx: Context, port: str, listed: dict[str, dict[str, i
     """One session's view: the spoofing its own port sent (and any from ports hearth did not name), read and reset;
     what other sandboxes' ports sent is theirs — counted, named, left for their own reports."""
     ns = ctx.fabric
-    taken = await _once(ctx, "layer 2 drops", lambda: nft.take_port_drops(ns, (port, nft.UNNAMED), timeout=1.0))
+    taken = await _once(ctx, "layer 2 drops", lambda: nftrun.take_port_drops(ns, (port, nft.UNNAMED), timeout=1.0))
     own, unnamed = taken[port], taken[nft.UNNAMED]
     others = sum(sum(n.values()) for p, n in listed.items() if p not in (port, nft.UNNAMED))
     elsewhere = f"; {others} frame(s) spoofed by other sandboxes' ports are theirs, not this one's" if others else ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.childproc import kill_and_reap
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nftrun
 from hearth.fabric.dial import NETNS_RUN_DIR, call_in_netns, socket_in_netns
 
 IFF_UP = 0x1
@@ -283,7 +283,7 @@ def processes_in(netns: str) -> list[Proc]:
 async def nft_ruleset(netns: str, timeout: float) -> list[dict[str, Any]]:
     """`nft -j list ruleset` inside `netns`, parsed (objects of every table of every family)."""
     proc = await asyncio.create_subprocess_exec(
-        *nft.argv(netns, "list", "ruleset"),
+        *nftrun.argv(netns, "list", "ruleset"),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

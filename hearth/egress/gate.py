@@ -19,7 +19,7 @@ from hearth.config import Settings
 from hearth.egress import rules
 from hearth.egress.policy import Grant
 from hearth.errors import FabricError, Hop
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nftrun
 
 log = logging.getLogger("hearth.egress")
 REFRESH_EVERY = 10.0
@@ -54,7 +54,7 @@ class EgressGate:
         return self.s.fabric_netns
 
     async def _apply(self, payload: dict[str, object]) -> None:
-        await nft.apply(self._ns, payload, hop=Hop.EGRESS)
+        await nftrun.apply(self._ns, payload, hop=Hop.EGRESS)
 
     # ---- table -------------------------------------------------------------------------------------------------
     async def up(self) -> None:
@@ -68,7 +68,7 @@ class EgressGate:
             log.info("egress: table inet %s built (%d sandbox(es) granted)", rules.TABLE, len(self.grants))
 
     async def _drop(self) -> None:
-        if netlink.netns_exists(self._ns) and await nft.table_exists(self._ns, rules.FAMILY, rules.TABLE):
+        if netlink.netns_exists(self._ns) and await nftrun.table_exists(self._ns, rules.FAMILY, rules.TABLE):
             await self._apply(rules.delete())
 
     async def down(self) -> None:
@@ -78,7 +78,7 @@ class EgressGate:
 
     async def listing(self) -> list[dict[str, object]] | None:
         """The table as nft lists it (None: missing)."""
-        return await nft.list_table(self._ns, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS)
+        return await nftrun.list_table(self._ns, rules.FAMILY, rules.TABLE, hop=Hop.EGRESS)
 
     # ---- grants ------------------------------------------------------------------------------------------------
     async def grant(self, g: Grant) -> None:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
-from hearth.fabric import links, netlink, nft
+from hearth.fabric import links, netlink, nft, nftrun
 from hearth.fabric.base import FabricStatus, diagnose
 from hearth.fabric.slot import UPLINK_INNER, outer_where, uplink_outer
 
@@ -56,18 +56,18 @@ class Fabric:
     async def _converge_table(self, netns: str | None, objects: list[nft.Obj], hop: Hop) -> str | None:
         """Replace the table when it is missing or differs from `objects`; what was done, or None."""
         t = objects[0]["table"]
-        current = await nft.list_table(netns, t["family"], t["name"], hop=hop)
+        current = await nftrun.list_table(netns, t["family"], t["name"], hop=hop)
         if current is not None and nft.normalize(current) == nft.normalize(objects):
             return None
-        await nft.apply(netns, nft.replace_table(objects), hop=hop)
+        await nftrun.apply(netns, nft.replace_table(objects), hop=hop)
         return "created" if current is None else "replaced"
 
     async def _drop_table(self, netns: str | None, family: str, name: str, hop: Hop) -> bool:
         if netns is not None and not netlink.netns_exists(netns):
             return False
-        if not await nft.table_exists(netns, family, name, hop=hop):
+        if not await nftrun.table_exists(netns, family, name, hop=hop):
             return False
-        await nft.apply(netns, nft.delete_table(family, name), hop=hop)
+        await nftrun.apply(netns, nft.delete_table(family, name), hop=hop)
         return True
 
     @staticmethod
@@ -177,8 +177,8 @@ class Fabric:
         outer_ns = s.uplink_netns or None
         try:
             host = outer_ns is None or netlink.netns_exists(outer_ns)
-            host = host and await nft.table_exists(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT)
-            items = await nft.list_table(ns, nft.FABRIC_FAMILY, nft.FABRIC_TABLE) if st.netns_exists else None
+            host = host and await nftrun.table_exists(outer_ns, nft.ROOT_FAMILY, nft.root_table(ns), hop=Hop.NAT)
+            items = await nftrun.list_table(ns, nft.FABRIC_FAMILY, nft.FABRIC_TABLE) if st.netns_exists else None
         except FabricError as exc:  # e.g. nft missing, or the namespace vanished meanwhile
             host, items = False, None
             unreadable.append(exc.reason)

@@ -30,7 +30,7 @@ from hearth.config import Settings, load_settings
 from hearth.doctor import Report, diagnose
 from hearth.doctor.probes import Proc, processes_in
 from hearth.errors import HearthError, Hop
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nftrun
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.slot import Slot
 from hearth.serving.local import free_port
@@ -179,7 +179,7 @@ async def write_sysctl(netns: str, path: str, value: str) -> None:
 async def nft_json(netns: str, payload: dict[str, Any]) -> None:
     """Any nftables JSON transaction inside `netns` (tests may touch tables that hearth itself never writes)."""
     proc = await asyncio.create_subprocess_exec(
-        *nft.argv(netns, "-f", "-"), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *nftrun.argv(netns, "-f", "-"), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     _, err = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), 20)
     assert proc.returncode == 0, err.decode()
@@ -187,7 +187,7 @@ async def nft_json(netns: str, payload: dict[str, Any]) -> None:
 
 async def nft_list(netns: str, *what: str) -> list[dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        *nft.argv(netns, "list", *what), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *nftrun.argv(netns, "list", *what), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()

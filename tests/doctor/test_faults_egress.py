@@ -16,7 +16,7 @@ from hearth.doctor.checks import SESSION_STEPS, resolve
 from hearth.doctor.context import Context
 from hearth.egress import rules
 from hearth.errors import HearthError
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nft, nftrun
 from hearth.fabric.slot import uplink_outer
 from tests.doctor.conftest import Case, live_session, nft_json
 from tests.egress import world
@@ -156,7 +156,7 @@ class TestEgressHops:
 
     async def test_egress_rules_missing(self, live: Case) -> None:
         await healthy(live)
-        await nft.apply(live.fabric, rules.delete())
+        await nftrun.apply(live.fabric, rules.delete())
         try:
             f = await check(live, egress.egress_rules, ok=False)
             assert f"table inet {rules.TABLE} is missing" in f.evidence and "unguarded" in f.evidence

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings, load_settings
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nft, nftrun
 from hearth.fabric.fabric import Fabric
 from tests import nsnames, uplinkns
 
@@ -90,7 +90,7 @@ async def fabric_settings(
             finally:
                 netlink.remove_netns(s.fabric_netns)
                 if s.uplink_netns is None:
-                    await nft.apply(None, nft.delete_table(nft.ROOT_FAMILY, nft.root_table(s.fabric_netns)))
+                    await nftrun.apply(None, nft.delete_table(nft.ROOT_FAMILY, nft.root_table(s.fabric_netns)))
             left = await Fabric(s).status()  # down() must have removed every trace
             assert not (left.netns_exists or left.root_nat or left.uplink_conflict), left.as_dict()
             if s.uplink_netns:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from hearth.cli.fabric import fabric_app
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
-from hearth.fabric import dial, netlink, nft, ports
+from hearth.fabric import dial, netlink, nft, nftrun, ports
 from hearth.fabric.base import FabricStatus, PortStatus, diagnose
 from hearth.fabric.dial import call_in_netns
 from hearth.fabric.fabric import Fabric
@@ -107,12 +107,12 @@ async def test_up_is_idempotent_status_complete_down_is_idempotent(
     s = fabric_settings()
     fabric = Fabric(s)
     await fabric.up()
-    table = await nft.list_table(s.fabric_netns, "inet", "hearth")
+    table = await nftrun.list_table(s.fabric_netns, "inet", "hearth")
     caplog.set_level(logging.INFO, logger="hearth.fabric")
     caplog.clear()
     await fabric.up()  # second call: nothing to change
     assert fabric_warnings(caplog) == []
-    assert await nft.list_table(s.fabric_netns, "inet", "hearth") == table  # same handles: not even re-applied
+    assert await nftrun.list_table(s.fabric_netns, "inet", "hearth") == table  # same handles: not even re-applied
     st = await fabric.status()
     assert st.ok, st.problems
     assert (st.netns_exists, st.bridge_exists, st.bridge_up, st.forwarding) == (True, True, True, True)
@@ -163,9 +163,9 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
         return netlink.ipv4_addresses(h, idx), routes
 
     assert await fabric_do(s, fabric_side) == ([f"{me}/30"], [gw])
-    assert await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
+    assert await nftrun.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
     assert not await asyncio.to_thread(root_side)
-    assert not await nft.table_exists(None, "ip", nft.root_table(s.fabric_netns))
+    assert not await nftrun.table_exists(None, "ip", nft.root_table(s.fabric_netns))
     forward = await asyncio.to_thread(
         call_in_netns, s.uplink_netns, lambda: Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
     )
@@ -180,7 +180,7 @@ async def test_egress_uplink_masquerade_and_turning_it_off(fabric_settings: Make
     await Fabric(s).up()
     await Fabric(s).down()
     assert await asyncio.to_thread(host_side) == []
-    assert not await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
+    assert not await nftrun.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
 
 
 @pytest.mark.netns
@@ -198,7 +198,7 @@ async def test_up_repairs_drift_and_reports_it(fabric_settings: Make, caplog: py
 
     await fabric_do(s, vandalise)
     flush = {"flush": {"chain": {"family": "inet", "table": "hearth", "name": "forward"}}}
-    await nft.apply(s.fabric_netns, {"nftables": [flush]})
+    await nftrun.apply(s.fabric_netns, {"nftables": [flush]})
 
     def forwarding_off() -> None:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("0")
@@ -265,7 +265,7 @@ async def test_failed_up_rolls_back_everything_it_created(fabric_settings: Make)
             await Fabric(s).up()
         assert err.value.hop is Hop.NAT and "not the uplink of fabric" in err.value.message
         assert not netlink.netns_exists(s.fabric_netns)  # created by this attempt, so rolled back
-        assert not await nft.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
+        assert not await nftrun.table_exists(s.uplink_netns, "ip", nft.root_table(s.fabric_netns))
         assert await asyncio.to_thread(foreign, "get") == []  # still there, untouched
         st = await Fabric(s).status()
         assert not st.netns_exists and st.uplink_conflict
@@ -301,7 +301,7 @@ async def test_a_non_bridge_link_with_the_bridge_name_is_refused(fabric_settings
     assert err.value.hop is Hop.BRIDGE and "not a bridge" in err.value.message and "BRIDGE_DEVICE" in err.value.hint
     assert netlink.netns_exists(s.fabric_netns)
     assert await fabric_do(s, lambda h: netlink.link_kind(h, netlink.link_index(h, "br0") or 0)) == "veth"
-    assert not await nft.table_exists(s.fabric_netns, "inet", "hearth")
+    assert not await nftrun.table_exists(s.fabric_netns, "inet", "hearth")
     st = await Fabric(s).status()
     assert st.bridge_kind == "veth" and not st.bridge_exists
 

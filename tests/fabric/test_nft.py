@@ -10,7 +10,7 @@ import pytest
 
 from hearth.config import Settings
 from hearth.errors import FabricError, Hop
-from hearth.fabric import netlink, nft
+from hearth.fabric import netlink, nft, nftrun
 from hearth.fabric.slot import UPLINK_INNER, uplink_outer
 from tests import nsnames
 
@@ -143,10 +143,10 @@ def test_normalize_ignores_kernel_additions_but_sees_drift(make_settings_for: Ca
 
 
 def test_argv_enters_the_namespace_with_nsenter() -> None:
-    cmd = nft.argv("hearth-tabc", "-f", "-")
+    cmd = nftrun.argv("hearth-tabc", "-f", "-")
     assert cmd[0].endswith("nsenter") and cmd[1:3] == ["--net=/run/netns/hearth-tabc", "--"]
     assert cmd[3].endswith("nft") and cmd[4:] == ["-j", "-f", "-"]
-    own = nft.argv(None, "list", "tables")
+    own = nftrun.argv(None, "list", "tables")
     assert own[0].endswith("nft") and own[1:] == ["-j", "list", "tables"]
 
 
@@ -168,18 +168,18 @@ async def test_apply_list_and_replace_in_a_namespace(
     scratch_netns: str, make_settings_for: Callable[..., Settings]
 ) -> None:
     s = make_settings_for(scratch_netns, HEARTH_EGRESS="true")
-    assert await nft.list_table(scratch_netns, "inet", "hearth") is None
+    assert await nftrun.list_table(scratch_netns, "inet", "hearth") is None
     objs = nft.fabric_ruleset(s)
-    await nft.apply(scratch_netns, nft.replace_table(objs))
-    first = await nft.list_table(scratch_netns, "inet", "hearth")
+    await nftrun.apply(scratch_netns, nft.replace_table(objs))
+    first = await nftrun.list_table(scratch_netns, "inet", "hearth")
     assert first is not None and nft.normalize(first) == nft.normalize(objs)
     assert nft.has_masquerade(first) and nft.has_isolation(first, "br0")
-    await nft.apply(scratch_netns, nft.replace_table(objs))  # replacing an existing table works the same
-    again = await nft.list_table(scratch_netns, "inet", "hearth")
+    await nftrun.apply(scratch_netns, nft.replace_table(objs))  # replacing an existing table works the same
+    again = await nftrun.list_table(scratch_netns, "inet", "hearth")
     assert again is not None and nft.normalize(again) == nft.normalize(objs)
-    await nft.apply(scratch_netns, nft.delete_table("inet", "hearth"))
-    await nft.apply(scratch_netns, nft.delete_table("inet", "hearth"))  # already gone: success
-    assert not await nft.table_exists(scratch_netns, "inet", "hearth")
+    await nftrun.apply(scratch_netns, nft.delete_table("inet", "hearth"))
+    await nftrun.apply(scratch_netns, nft.delete_table("inet", "hearth"))  # already gone: success
+    assert not await nftrun.table_exists(scratch_netns, "inet", "hearth")
 
 
 @pytest.mark.netns
@@ -190,27 +190,27 @@ async def test_failures_become_fabric_errors(scratch_netns: str) -> None:
                         {"add": {"rule": {"family": "inet", "table": "hearth", "chain": "c",
                                           "expr": [{"masquerade": None}]}}}]}  # fmt: skip
     with pytest.raises(FabricError) as err:
-        await nft.apply(scratch_netns, bad, hop=Hop.NAT)
+        await nftrun.apply(scratch_netns, bad, hop=Hop.NAT)
     assert err.value.hop is Hop.NAT and "failed" in err.value.message and err.value.hint
-    assert not await nft.table_exists(scratch_netns, "inet", "hearth")  # atomic: nothing of it was applied
+    assert not await nftrun.table_exists(scratch_netns, "inet", "hearth")  # atomic: nothing of it was applied
     with pytest.raises(FabricError) as err:
-        await nft.apply(scratch_netns, nft.delete_table("inet", "hearth"), timeout=1e-6)
+        await nftrun.apply(scratch_netns, nft.delete_table("inet", "hearth"), timeout=1e-6)
     assert "did not finish" in err.value.message
     with pytest.raises(FabricError) as err:
-        await nft.list_table(f"{scratch_netns}-missing", "inet", "hearth")
+        await nftrun.list_table(f"{scratch_netns}-missing", "inet", "hearth")
     assert err.value.hop is Hop.FABRIC and "does not exist" in err.value.message
 
 
 @pytest.mark.netns
 def test_apply_works_under_uvloop(scratch_netns: str, make_settings_for: Callable[..., Settings]) -> None:
     """The controller runs on uvloop (uvicorn[standard]), whose subprocess pipes are socketpairs: `nft -f -` cannot
-    open /dev/stdin on those, so nft.apply must hand it a real pipe."""
+    open /dev/stdin on those, so nftrun.apply must hand it a real pipe."""
     uvloop = pytest.importorskip("uvloop")
     objs = nft.fabric_ruleset(make_settings_for(scratch_netns))
 
     async def roundtrip() -> list[dict[str, Any]] | None:
-        await nft.apply(scratch_netns, nft.replace_table(objs))
-        return await nft.list_table(scratch_netns, "inet", "hearth")
+        await nftrun.apply(scratch_netns, nft.replace_table(objs))
+        return await nftrun.list_table(scratch_netns, "inet", "hearth")
 
     listed = uvloop.run(roundtrip())
     assert listed is not None and nft.normalize(listed) == nft.normalize(objs)
@@ -273,6 +273,6 @@ async def test_a_21_loads_in_one_transaction(scratch_netns: str, make_settings_f
     """The kernel takes both tables of a /21 as built, in one transaction each, and lists them back unchanged."""
     s = make_settings_for(scratch_netns, INTERNAL_NETWORK="10.20.0.0/21")
     for family, objs in (("inet", nft.fabric_ruleset(s)), ("bridge", nft.l2_ruleset(s))):
-        await nft.apply(scratch_netns, nft.replace_table(objs), timeout=60)
-        listed = await nft.list_table(scratch_netns, family, "hearth", timeout=60)
+        await nftrun.apply(scratch_netns, nft.replace_table(objs), timeout=60)
+        listed = await nftrun.list_table(scratch_netns, family, "hearth", timeout=60)
         assert listed is not None and nft.normalize(listed) == nft.normalize(objs)
