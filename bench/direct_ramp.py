@@ -37,11 +37,12 @@ from typing import Any
 
 import httpx
 
+from bench.procstat import TICK, cpu_ticks, describe, mem_available_mib, netns_members, smaps_kib
+
 REPO = Path(__file__).resolve().parents[1]
 IDP_PORT = 9407
 SIGNIN_TIMEOUT = 7200.0  # seconds: nobody signs in during a ramp; sessions wait at "URL shown" throughout
 TERMINAL = ("failed", "cancelled", "expired", "completed")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- the controller (child process) -------------------------------------------------------------------------
@@ -117,60 +118,6 @@ class Level:
     available_mib: float = 0.0
 
 
-def mem_available_mib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def netns_members(names: list[str]) -> dict[str, list[int]]:
-    """The PIDs in each of the named network namespaces (one pass over /proc, whatever the count)."""
-    by_inode: dict[int, str] = {}
-    for name in names:
-        try:
-            by_inode[os.stat(f"/run/netns/{name}").st_ino] = name
-        except OSError:
-            continue
-    out: dict[str, list[int]] = {n: [] for n in by_inode.values()}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            ino = os.stat(f"/proc/{entry.name}/ns/net").st_ino
-        except OSError:
-            continue
-        if ino in by_inode:
-            out[by_inode[ino]].append(int(entry.name))
-    return out
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def describe(pid: int) -> str:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return " ".join(a.decode(errors="replace") for a in argv[:4] if a)[:70]
-    except OSError:
-        return "?"
-
-
 class Ramp:
     def __init__(self, http: httpx.AsyncClient, fabric: str, pool_start: IPv4Address) -> None:
         self.http, self.fabric, self.pool_start = http, fabric, pool_start
@@ -239,9 +186,9 @@ class Ramp:
     def memory(self) -> tuple[float, list[tuple[int, str]]]:
         """(PSS MiB per kept sandbox, one sandbox's processes as (PSS KiB, command))."""
         members = netns_members(list(self.kept.values()))
-        total = sum(pss_kib(pid) for pids in members.values() for pid in pids)
+        total = sum(smaps_kib(pid) for pids in members.values() for pid in pids)
         sample = next((pids for pids in members.values() if pids), [])
-        return total / 1024 / max(1, len(members)), sorted(((pss_kib(p), describe(p)) for p in sample), reverse=True)
+        return total / 1024 / max(1, len(members)), sorted(((smaps_kib(p), describe(p)) for p in sample), reverse=True)
 
 
 async def ramp(

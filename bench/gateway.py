@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.procstat import cpu_seconds_of
+
 HERE = Path(__file__).resolve()
 BULK_CHUNK = 64 * 1024
 MSG = 64
@@ -141,8 +143,7 @@ def cpu_of_self() -> float:
 
 
 def cpu_of_pid(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds_of((pid,))
 
 
 async def run_client(sock: socket.socket, url: str, rounds: int, mb: int) -> dict[str, float]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procstat import TICK, cpu_seconds_of, smaps_kib
 from bench.signinkit import idp_env, running_idp
 from hearth.guest import packages as guestpkg
 from hearth.providers.model import FlowName
@@ -41,27 +42,6 @@ from hearth.serving.local import local_controller, scratch_settings, userspace
 
 REPO = Path(__file__).resolve().parents[1]
 IDP_PORT = 9406
-
-
-def _kib(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _cpu(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(vnc: str, settle: float, window: float) -> tuple[float, float, float]:
@@ -77,12 +57,12 @@ async def measure(vnc: str, settle: float, window: float) -> tuple[float, float,
             netns = lc.ctl.service.ipam.slot(view.slot).netns
             await asyncio.sleep(settle)
             pids = pids_in_netns(netns)
-            before = _cpu(pids)
+            before = cpu_seconds_of(pids)
             await asyncio.sleep(window)
             pids = pids_in_netns(netns)
-            cpu = (_cpu(pids) - before) / window * 100
-            pss = sum(_kib(p, "Pss") for p in pids) / 1024
-            rss = sum(_kib(p, "Rss") for p in pids) / 1024
+            cpu = (cpu_seconds_of(pids) - before) / window * 100
+            pss = sum(smaps_kib(p, "Pss") for p in pids) / 1024
+            rss = sum(smaps_kib(p, "Rss") for p in pids) / 1024
             await http.post(f"/api/auth/session/{sid}/cancel")
     print(f"[{vnc}] idle session: PSS {pss:.0f} MiB, RSS {rss:.0f} MiB, CPU {cpu:.2f}% of one core ({len(pids)} procs)")
     return pss, rss, cpu
@@ -126,7 +106,10 @@ def memory(pids: list[int], n: int) -> Memory:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        pss, uss = _kib(pid, "Pss") / 1024, (_kib(pid, "Private_Clean") + _kib(pid, "Private_Dirty")) / 1024
+        pss, uss = (
+            smaps_kib(pid, "Pss") / 1024,
+            (smaps_kib(pid, "Private_Clean") + smaps_kib(pid, "Private_Dirty")) / 1024,
+        )
         kinds = ["all"] + (["agent"] if "-m hearth_agent" in cmd else ["cli"] if "hearth_example.cli" in cmd else [])
         for kind in kinds:
             out[kind][0] += pss / n
@@ -174,11 +157,11 @@ async def direct_arm(n: int, settle: float, window: float, rev: str | None) -> t
             await asyncio.sleep(settle)
             pids = [p for ns in netns for p in pids_in_netns(ns)]
             mem = memory(pids, n)
-            before = _cpu(pids)
+            before = cpu_seconds_of(pids)
             await asyncio.sleep(window)
-            cpu = (_cpu(pids) - before) / window * 100 / n
+            cpu = (cpu_seconds_of(pids) - before) / window * 100 / n
             await asyncio.gather(*(http.post(f"/api/auth/session/{sid}/cancel") for sid in sids))
-    tick = 100 / os.sysconf("SC_CLK_TCK") / window / n  # one clock tick of CPU over the window, per sandbox
+    tick = 100 / TICK / window / n  # one clock tick of CPU over the window, per sandbox
     print(
         f"[{which}] {n} idle direct sandboxes: {cpu:.4f}% of one core each ({len(pids)} processes in all; "
         f"resolution {tick:.5f}%)"
