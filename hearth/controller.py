@@ -32,7 +32,6 @@ from hearth.fabric.fabric import Fabric
 from hearth.fabric.ipam import Ipam
 from hearth.gateway import routes as gateway_routes
 from hearth.gateway.gauge import ViewerGauge
-from hearth.gateway.standby import Standby
 from hearth.gateway.tokens.signed import SignedTokens, load_or_create_key, parse_ring
 from hearth.lifecycle.manager import SandboxManager
 from hearth.observe.listener import serve_metrics
@@ -76,14 +75,13 @@ class Controller:
     egress: EgressRuntime  # hearth/egress: the gate and the DNS forwarder (started with the fabric)
     doctor: Parts  # what this node's diagnoses work with (hearth/doctor)
     viewers: ViewerGauge  # connected viewers per session (hearth/gateway/gauge.py)
-    standby: Standby  # the gateway's held connections to warm-pool desktops (hearth/gateway/standby.py)
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)  # set when this node was marked down
     drain: bool = False  # `hearth serve --drain`: a stop ends every sandbox instead of leaving them to the next one
 
     async def close(self) -> None:
         """Close the store (its executor goes last). Sandboxes keep running for the next controller to adopt —
         unless draining: then every session is ended and every CLI sandbox stopped first."""
-        await self.standby.close()  # before the sandboxes end: no held connection waits for their servers' close
+        await self.service.pool.standby.close()  # before the sandboxes end: no held connection waits for them
         if self.drain:
             await self.service.shutdown()
             with contextlib.suppress(StoreError):
@@ -140,8 +138,6 @@ def build(settings: Settings, driver: Driver | None = None, *, drain: bool = Fal
     vault = Vault(db, ring, Outbox(settings))  # seals, deliveries and revocations are webhook events too
     clis = CliSandboxes(settings, db, sandboxes, providers, pool=service.pool)
     records, boots = service.records, service.boots  # the sessions' rows; their boots (start, specs, explain)
-    standby = Standby()  # a pooled desktop's RFB connection, made while it waits, taken by its first viewer
-    service.pool.standby = standby.hold
     signin = SignInFlow(service, records, vault, clis, providers, codes)
     tokens = SignedTokens(key, node=settings.node_id)  # a viewer token names the node it was issued for
     prompts = PromptService(settings, PromptStore(settings, db, vault.ring), vault, clis, providers)
@@ -174,7 +170,6 @@ def build(settings: Settings, driver: Driver | None = None, *, drain: bool = Fal
         egress,
         doctor,
         gauge,
-        standby,
         drain=drain,
     )
 
@@ -291,7 +286,7 @@ def make_app(ctl: Controller) -> FastAPI:
         webhook_routes.make_router(ctl.db, keys, bool(settings.webhook_url)),
         diagnostics.make_router(ctl.doctor, records.owned, keys),
         gateway_routes.make_router(
-            settings, service, records, boots, ctl.tokens, ctl.db, ctl.viewers, service.metrics, ctl.standby
+            settings, service, records, boots, ctl.tokens, ctl.db, ctl.viewers, service.metrics, service.pool.standby
         ),
         viewer.make_router(records, service.boot_queue, ctl.tokens, ctl.signin, keys),
     ]

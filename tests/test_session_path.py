@@ -1,5 +1,6 @@
 """Follow one session id from `POST /api/auth/start` to its first frame, as a profiler sees it (issue 22, "done when"):
-the call path enters each hop's folder once — api → session → lifecycle → sandbox → fabric — and never climbs back up
+the call path enters each hop's folder once — api → session → lifecycle → sandbox → fabric (a warm-pool hand-over
+boots nothing: there the path goes on to the refill its first frame starts) — and never climbs back up
 (a lower layer calling into a higher one: a callback or hook set from above, the "service → pool → lifecycle →
 service" of before).
 
@@ -161,6 +162,12 @@ async def test_a_session_enters_each_folder_once_and_never_climbs_back(
             try:
                 live = await start_ready(http, settings, "path-user")
                 frame = await first_frame(live.ws_url(ctl), timeout=30)
+                if pool:  # a hand-over boots nothing itself: its first frame starts the refill that replaces it
+
+                    async def refilled() -> bool:
+                        return len(warm.ready("remote_browser")) >= pool and not warm.filling("remote_browser")
+
+                    await eventually(refilled, 120, "the warm pool refilled after the hand-over")
             finally:
                 sys.setprofile(None)
             assert frame.rects, "no first frame"

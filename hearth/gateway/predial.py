@@ -6,7 +6,7 @@ server and do its RFB handshake (`Predial`), so once the session is ready the vi
 Nothing but the handshake is exchanged before ready, and the route looks at the result only where it would have
 dialled: a predial that failed, or a session that did not become ready, changes nothing (the ordinary dial then runs,
 or the route closes as before, and the unused connection is closed). Usually the gateway already holds a connection
-to a pooled desktop, made while it waited in the pool (hearth/gateway/standby.py), and no predial is needed: this
+to a pooled desktop, made while it waited in the pool (hearth/session/standby.py), and no predial is needed: this
 covers the desktops without one (adopted after a restart, or whose standby dial failed).
 """
 
@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 
 from hearth.fabric.dial import open_protocol
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.lifecycle.readiness import Target
 from hearth.rfb.client import ServerInit, handshake
+from hearth.rfb.stream import SandboxStream
 
 DIAL_TIMEOUT = 5.0  # seconds, as the ordinary dial
 PREDIAL_HANDSHAKE = 5.0  # seconds; a slower VNC server is left to the ordinary path (its own, longer bound)

@@ -7,7 +7,7 @@ the session has a desktop. Its outcome is looked at only where the viewer's hand
 and reason stays what it was.
 Then the relay *splices* the two connections: each viewer message is filtered and written to the sandbox from the
 WebSocket's own `data_received` (hearth/gateway/websocket.py), and each chunk from the VNC server is framed and
-written to the viewer from the sandbox socket's `data_received` (hearth/gateway/sandbox_stream.py) — no task,
+written to the viewer from the sandbox socket's `data_received` (hearth/rfb/stream.py) — no task,
 queue or await per message. Backpressure crosses over (a side that cannot take more holds the other's reading), so
 nothing is dropped or buffered without bound. The outcome says who ended the relay so the route can send the right
 close code (1000 on sandbox EOF, never a silent drop).
@@ -28,10 +28,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from hearth.gateway.greeting import Greeting, Viewer, ViewerGone
 from hearth.gateway.handshake import ViewerHandshakeError
 from hearth.gateway.rfbspec import XVNC, ServerProfile
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.viewonly import Forbidden, InputFilter
 from hearth.gateway.websocket import SPLICE, Splice
 from hearth.rfb.client import RfbError, ServerInit, handshake
+from hearth.rfb.stream import SandboxStream
 
 REPORT_EVERY = 1.0  # seconds between byte-counter reports
 WRITE_STALL = 30.0  # seconds the VNC server may take no input before the relay gives up on it

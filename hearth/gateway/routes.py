@@ -33,12 +33,12 @@ from hearth.gateway.ports import Relaying, Rows, Targets, Viewers
 from hearth.gateway.predial import Predial
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.rfbspec import PROFILES
-from hearth.gateway.sandbox_stream import SandboxStream
-from hearth.gateway.standby import Standby
 from hearth.gateway.tokens.base import ForeignToken, Scope, TokenError, TokenStore
 from hearth.log import bind_session
 from hearth.observe.metrics import Metrics
+from hearth.rfb.stream import SandboxStream
 from hearth.session.owner import refuse
+from hearth.session.standby import Standby
 from hearth.session.states import Status
 from hearth.session.view import SessionNotFound, SessionView
 from hearth.signin.modes import SigninMode

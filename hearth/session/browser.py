@@ -8,6 +8,9 @@ sign-in URL) starts a waiting browser at once, whatever its turn; one nobody ask
 (a lost request). A warm-pool sandbox gets its browser while its refill still holds its turn. `at_boot`: Chromium
 starts with the desktop (the previous behaviour).
 
+A desktop that just became ready shows its first frame first: its browser's turn is asked for once that frame went
+out to a viewer (at most FRAME_GRACE later), as the warm pool's refill waits for it (hearth/session/pool.py).
+
 When the browser is up, the session's timings gain `browser` (seconds from create), beside `rfb` (ready).
 """
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hearth.session")
 
 BROWSER_TIMEOUT = 30.0  # the agent answers within its own 20 s bound
+FRAME_GRACE = 2.0  # seconds a ready desktop's browser waits for the session's first frame at most
 
 
 class BrowserTurns:
@@ -39,12 +43,21 @@ class BrowserTurns:
         sandboxes: SandboxManager,
         queue: BootQueue,
         shown: Callable[[str, float], Awaitable[None]] | None = None,
+        framed: Callable[[str, float], Awaitable[None]] | None = None,
     ) -> None:
-        self.s, self.mgr, self.queue, self.shown = settings, sandboxes, queue, shown
+        self.s, self.mgr, self.queue, self.shown, self.framed = settings, sandboxes, queue, shown, framed
 
     def wanted(self, owner: str) -> bool:
         sb = self.mgr.get(owner)
         return sb is not None and sb.spec.chromium and sb.spec.browser_on_request  # set from HEARTH_BROWSER_START
+
+    async def after_first_frame(self, view: SessionView) -> None:
+        """A session turned ready: its browser, once the session's first frame went out to a viewer (FRAME_GRACE at
+        most) — Chromium's start took the CPU that first frame needed — when its turn comes (`for_session`). A page
+        to show starts the browser at once meanwhile (the agent's)."""
+        if self.wanted(view.id) and self.framed is not None:
+            await self.framed(view.id, FRAME_GRACE)
+        await self.for_session(view)
 
     async def for_session(self, view: SessionView) -> None:
         """After a session turned ready (or was adopted): its browser when its turn comes."""

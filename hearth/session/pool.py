@@ -10,9 +10,8 @@ handed out to a new session in one step instead of a boot.
   sandbox; the row and the lease become the session's, with a NEW agent secret. Then the agent is personalised over
   its API with the pool secret (`POST /v1/personalise`), which it refuses from then on.
 - Older than HEARTH_POOL_MAX_IDLE: recycled (destroyed; the refill boots a fresh one). `drain` ends them all.
-- A desktop's refill is over once its browser shows and the gateway holds an RFB connection to it (`standby`, set
-  by the composition root: hearth/gateway/standby.py), which the first viewer of its session takes instead of
-  dialling.
+- A desktop's refill is over once its browser shows and the pool holds an RFB connection to it (`standby`:
+  hearth/session/standby.py), which the gateway hands the first viewer of its session instead of dialling.
 - `cli:N`: CLI sandboxes (kind cli, no desktop, every prompt definition allowed), each with a home directory of its
   own (hearth/clisandbox/homes.py); `claim_cli` hands one to a user's CLI sandbox, which moves the person's home in.
 """
@@ -25,17 +24,17 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from hearth.clisandbox.homes import POOL_PREFIX, pooled_home
 from hearth.config import Settings, parse_pool_sizes
 from hearth.errors import HearthError, Hop
 from hearth.lifecycle.manager import Claimed, SandboxManager
-from hearth.lifecycle.readiness import Target
 from hearth.lifecycle.sandbox import Final, Kind, Sandbox, SandboxState
 from hearth.session.bootqueue import BootQueue, Priority
 from hearth.session.browser import BrowserTurns
+from hearth.session.standby import Standby
 from hearth.store.models import OwnerKind
 from hearth_agent.contract import routes
 from hearth_agent.contract.document import Identity, personalise_body
@@ -71,8 +70,7 @@ class WarmPool:
         self.hits = 0
         self.misses = 0
         self.cli_digests = cli_digests  # the prompt definitions a CLI sandbox may run
-        # the gateway's standby connection to a pooled desktop (hearth/gateway/standby.py): set by the composition root
-        self.standby: Callable[[Target], Awaitable[object]] | None = None
+        self.standby = Standby()  # an RFB connection to each pooled desktop, for its session's first viewer
 
     @property
     def enabled(self) -> bool:
@@ -151,8 +149,8 @@ class WarmPool:
                 await self.mgr.boot(owner, Kind.SESSION, lease.slot, desktop=MODES[mode], ready=SandboxState.POOLED)
             if self.browsers is not None and mode != CLI:
                 await self.browsers.start(owner)
-            if self.standby is not None and MODES[mode] and (sb := self.mgr.get(owner)) is not None:
-                await self.standby(self.mgr.target(sb.spec))
+            if MODES[mode] and (sb := self.mgr.get(owner)) is not None:
+                await self.standby.hold(self.mgr.target(sb.spec))
             self._since[owner] = time.monotonic()
             log.info("pooled sandbox ready", extra={"session_id": owner, "mode": mode})
         except asyncio.CancelledError:

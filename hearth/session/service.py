@@ -80,7 +80,7 @@ class SessionService:
         )
         self.boot_queue = BootQueue(settings.max_boots)  # admission control: boots beyond it wait (`queued`)
         # Chromium after the desktop, when its turn comes (HEARTH_BROWSER_START): hearth/session/browser.py
-        self.browsers = BrowserTurns(settings, sandboxes, self.boot_queue, self.records.browser_shown)
+        self.browsers = BrowserTurns(settings, sandboxes, self.boot_queue, self.records.browser_shown, self.framed)
         self.pool = WarmPool(  # HEARTH_POOL_SIZE
             settings, sandboxes, self.boot_queue, browsers=self.browsers, cli_digests=cli_digests
         )
@@ -94,7 +94,7 @@ class SessionService:
             self.spawn,
             providers or {},
             diagnose,
-            on_ready=(self.browsers.for_session, *on_ready),
+            on_ready=(self.browsers.after_first_frame, *on_ready),
         )
         # expiry, the watchdog and the warm pool's tick, each housekeeping pass (hearth/session/housekeeping.py)
         self.housekeeping = SessionHousekeeping(
@@ -113,7 +113,7 @@ class SessionService:
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.fenced: str | None = None  # set by `fence`: cut off from the cluster, viewers close with 4502 (the reason)
-        self._framed: set[str] = set()
+        self._framed: dict[str, asyncio.Event] = {}  # live session → set once its first frame went out
         self._background: set[asyncio.Task[None]] = set()
         self._stops: dict[str, asyncio.Event] = {}
 
@@ -169,11 +169,21 @@ class SessionService:
 
     def first_frame(self, view: SessionView) -> None:
         """Record create→first-frame once per session (called by the gateway)."""
-        if view.id in self._framed:
+        framed = self._framed.setdefault(view.id, asyncio.Event())
+        if framed.is_set():
             return
-        self._framed.add(view.id)
+        framed.set()
         self.pool.framed(view.id)  # a hand-over's refill waited for this frame
         self.metrics.create_to_first_frame.observe(max(0.0, time.time() - aware(view.created_at).timestamp()))
+
+    async def framed(self, session_id: str, timeout: float) -> None:
+        """Until the session's first frame went out to a viewer, `timeout` at most (at once for a session whose
+        sandbox is not running here: no frame will come)."""
+        if self.sandboxes.get(session_id) is None:
+            return
+        framed = self._framed.setdefault(session_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(framed.wait(), timeout)
 
     # ---- stop events, drain and fence --------------------------------------------------------------
     def stop_event(self, session_id: str) -> asyncio.Event:
@@ -239,7 +249,7 @@ class SessionService:
             await self._end_unrecorded(session_id, status, reason, hop, view.slot)
             raise _unrecorded_error() from None
         await self.sandboxes.end(view.id, _final(view.status), view.slot)
-        self._framed.discard(view.id)
+        self._framed.pop(view.id, None)
         return view
 
     async def _end_unrecorded(
@@ -303,7 +313,7 @@ class SessionService:
         async def teardown(view: SessionView) -> None:
             async with gate:
                 await self.sandboxes.end(view.id, _final(view.status), view.slot)
-                self._framed.discard(view.id)
+                self._framed.pop(view.id, None)
 
         await asyncio.gather(*(cancel_boot(v.id) for v in views if v.status.booting))
         teardowns: list[asyncio.Task[None]] = []

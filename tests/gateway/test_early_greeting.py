@@ -2,7 +2,8 @@
 sent its ClientInit before the sandbox is even dialled gets the sandbox's own ServerInit once it is known, and a
 session that fails while the viewer handshakes closes it exactly as before (4502, the session's reason); one that
 is over when the viewer arrives is refused before any RFB byte. A warm-pool hand-over's desktop is dialled and
-handshaken before the session is ready (hearth/gateway/predial.py), once, and relayed when it is.
+handshaken before the session is ready (hearth/gateway/predial.py), once, and relayed when it is; one the warm pool
+already holds a connection to (hearth/session/standby.py) is relayed over that one, with no dial of the route's.
 
 The route runs on Starlette's test client with the gateway's ports faked (hearth/gateway/ports.py): the session's
 status is the test's to set. The relay case uses the in-memory viewer and recording RFB server of test_handshake.py.
@@ -34,11 +35,12 @@ from hearth.gateway.greeting import Greeting
 from hearth.gateway.handshake import OFFERED
 from hearth.gateway.relay import Ended, relay
 from hearth.gateway.routes import UNREACHABLE, make_router
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.tokens.base import Claims, Scope
 from hearth.gateway.websocket import GatewayWebSocket
 from hearth.lifecycle.readiness import Target
 from hearth.observe.metrics import Metrics
+from hearth.rfb.stream import SandboxStream
+from hearth.session.standby import Standby
 from hearth.session.states import Status
 from hearth.session.view import SessionView
 from hearth.signin.modes import SigninMode
@@ -47,6 +49,7 @@ from tests.gateway.rfbmsgs import fb_request
 from tests.gateway.test_handshake import SERVER_INIT, FakeViewer, recording_server
 from tests.gateway.test_websocket import SERVER_INIT as VNC_INIT
 from tests.gateway.test_websocket import serve_rfb_handshake
+from tests.session.test_standby import Vnc, vnc_server
 from tests.waits import eventually
 
 SID = "s-early"
@@ -261,3 +264,22 @@ async def handshake_up_to_client_init(ws: ClientConnection) -> None:
     await ws.send(b"\x01")
     assert await ws.recv() == b"\x00\x00\x00\x00"
     await ws.send(b"\x01")
+
+
+async def test_the_first_viewer_is_relayed_over_the_held_connection(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")
+    session = Session(Status.READY, settings.node_id)
+    vnc, standby = Vnc(), Standby()
+    async with vnc_server(vnc) as target:
+        session.desktop = target
+        assert await standby.hold(target)
+        router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics(), standby)
+        try:
+            async with served(router) as url, connect(url, subprotocols=[Subprotocol("binary")]) as ws:
+                await handshake_up_to_client_init(ws)
+                assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the held connection's own
+                await ws.send(fb_request())  # relayed to the server over the held connection
+                await eventually(lambda: bytes(vnc.received) == fb_request(), 10, "the request at the server")
+            assert vnc.connections == 1 and len(standby) == 0  # the standby's connection: no dial of the route's
+        finally:
+            await standby.close()

@@ -23,8 +23,8 @@ from starlette.websockets import WebSocket
 
 from hearth.gateway.handshake import OFFERED, ViewerHandshakeError, viewer_version
 from hearth.gateway.relay import Ended, Outcome, relay
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.websocket import SPLICE
+from hearth.rfb.stream import SandboxStream
 from tests.gateway.rfbmsgs import expected, messages, split
 
 SERVER_INIT = struct.pack(">HH16sI", 16, 16, bytes(16), 3) + b"rec"

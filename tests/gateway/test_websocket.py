@@ -26,8 +26,8 @@ from websockets.typing import Subprotocol
 from hearth.fabric.dial import open_protocol
 from hearth.gateway import relay as relay_module
 from hearth.gateway.relay import Ended, Outcome, relay
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.gateway.websocket import GatewayWebSocket, frame_header
+from hearth.rfb.stream import SandboxStream
 from tests import rawws
 from tests.gateway.rfbmsgs import NOVNC_START, desktop_size
 

@@ -94,3 +94,37 @@ async def test_a_page_to_show_starts_a_waiting_browser_at_once_on_that_page(
         finally:
             await mgr.end(owner, Final.DONE)
         assert not pids_in_netns(sb.spec.slot.netns)
+
+
+async def test_a_ready_desktops_browser_waits_for_its_first_frame(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The browser's turn is asked for once the session's first frame went out (Chromium's start took the CPU that
+    frame needed): ready and unviewed, the desktop's browser still waits; the first viewer's frame starts it."""
+    from hearth.rfb.ws import first_frame
+    from hearth.session import browser as browser_module
+
+    monkeypatch.setattr(browser_module, "FRAME_GRACE", 600.0)  # only the first frame can start it here
+    settings = make_settings(HEARTH_SCREEN="800x600x24")
+    async with (
+        running_controller(settings) as ctl,
+        httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=60) as http,
+    ):
+        live = await start_ready(http, settings, "framed")
+        sb = ctl.ctl.service.sandboxes.get(live.session_id)
+        assert sb is not None
+        agent = AgentClient(settings.fabric_netns, str(sb.spec.slot.ip), sb.spec.agent_port, sb.spec.secret)
+        await asyncio.sleep(1.0)  # a browser started at ready would be starting by now
+        health = await agent.call("GET", "/health")
+        assert health["services"]["chromium"]["state"] == "waiting", health
+        assert not chromium_cmdlines(live.netns)
+        url = f"{ctl.ws_base}/api/auth/session/{live.session_id}/novnc/websock?token={live.viewer_token}"
+        frame = await first_frame(url, 30)
+        assert frame.rects
+
+        async def shown() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await http.get(f"/api/auth/session/{live.session_id}")).json()
+            return body if "browser" in body["timings"] else None
+
+        await eventually(shown, 60, "the browser shown after the first frame", interval=0.2)
+        assert chromium_cmdlines(live.netns)

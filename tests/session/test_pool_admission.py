@@ -152,7 +152,7 @@ async def test_a_pooled_sandbox_is_offered_only_once_its_row_says_pooled(
 async def test_a_hand_over_is_viewed_over_the_standby_connection_before_its_refill_boots(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pooled desktop's refill ends with the gateway holding an RFB connection to it (hearth/gateway/standby.py);
+    """A pooled desktop's refill ends with the gateway holding an RFB connection to it (hearth/session/standby.py);
     the session it is handed to is viewed over that connection, and its replacement boots only once the session's
     first frame went out (a refill's boot took the CPU that frame needed), not when the session became ready."""
     from hearth.rfb.ws import first_frame
@@ -164,7 +164,8 @@ async def test_a_hand_over_is_viewed_over_the_standby_connection_before_its_refi
         running_controller(settings) as ctl,
         httpx.AsyncClient(base_url=ctl.base_url, headers=ctl.headers, timeout=30) as http,
     ):
-        pool, standby = ctl.ctl.service.pool, ctl.ctl.standby
+        pool = ctl.ctl.service.pool
+        standby = pool.standby
 
         def settled() -> bool:
             assert len(pool.ready("remote_browser")) == 1 and pool.filling("remote_browser") == 0, pool.summary()

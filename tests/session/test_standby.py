@@ -1,35 +1,22 @@
-"""The gateway's standby connections to warm-pool desktops (hearth/gateway/standby.py): held once dialled and
+"""The warm pool's standby connections to its desktops (hearth/session/standby.py): held once dialled and
 handshaken, taken once (with the server's ServerInit), forgotten when the server closes them, never kept when the
-desktop cannot be reached or does not answer, all closed by `close`. And the viewer route relays a session's first
-viewer over the held connection: no dial of its own.
+desktop cannot be reached or does not answer, all closed by `close`. (The viewer route relaying a session's first
+viewer over one: tests/gateway/test_early_greeting.py.)
 
-Loopback RFB servers (tests/gateway/test_websocket.py's handshake) stand in for the sandbox's Xvnc; the route runs
-under uvicorn with the gateway's ports faked as in test_early_greeting.py.
+Loopback RFB servers (tests/gateway/test_websocket.py's handshake) stand in for the sandbox's Xvnc.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from websockets.asyncio.client import connect
-from websockets.typing import Subprotocol
-
-from hearth.config import Settings
-from hearth.gateway.gauge import ViewerGauge
-from hearth.gateway.routes import make_router
-from hearth.gateway.standby import Standby
 from hearth.lifecycle.readiness import Target
-from hearth.observe.metrics import Metrics
-from hearth.session.states import Status
-from tests.gateway.rfbmsgs import fb_request
-from tests.gateway.test_early_greeting import NO_DB, Session, handshake_up_to_client_init, served
+from hearth.session.standby import Standby
 from tests.gateway.test_websocket import SERVER_INIT, serve_rfb_handshake
 from tests.waits import eventually
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class Vnc:
@@ -125,22 +112,3 @@ async def test_close_ends_every_held_connection_and_holds_no_more() -> None:
         await eventually(lambda: first.ended == second.ended == 1, 10, "both servers seeing the close")
         assert not await standby.hold(a)  # after close nothing is kept
         assert first.connections == 1
-
-
-async def test_the_first_viewer_is_relayed_over_the_held_connection(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(HEARTH_VIEWER_WAIT="5")
-    session = Session(Status.READY, settings.node_id)
-    vnc, standby = Vnc(), Standby()
-    async with vnc_server(vnc) as target:
-        session.desktop = target
-        assert await standby.hold(target)
-        router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics(), standby)
-        try:
-            async with served(router) as url, connect(url, subprotocols=[Subprotocol("binary")]) as ws:
-                await handshake_up_to_client_init(ws)
-                assert await asyncio.wait_for(ws.recv(), 10) == SERVER_INIT  # the held connection's own
-                await ws.send(fb_request())  # relayed to the server over the held connection
-                await eventually(lambda: bytes(vnc.received) == fb_request(), 10, "the request at the server")
-            assert vnc.connections == 1 and len(standby) == 0  # the standby's connection: no dial of the route's
-        finally:
-            await standby.close()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from hearth.fabric.dial import open_protocol
-from hearth.gateway.sandbox_stream import HANDSHAKE_BUFFER, SandboxStream
+from hearth.rfb.stream import HANDSHAKE_BUFFER, SandboxStream
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

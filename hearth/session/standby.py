@@ -1,10 +1,10 @@
-"""Standby connections: the gateway's RFB connection to each warm-pool desktop, made while the sandbox waits.
+"""Standby connections: an RFB connection to each warm-pool desktop, made while the sandbox waits in the pool.
 
-A warm-pool sandbox's desktop is up long before anyone asks for it. Once its refill is over the pool asks the gateway
-to dial the sandbox's VNC server and do the RFB handshake (`hold`); the connection then waits, asking for nothing (a
-VNC server sends no framebuffer update nobody requested). The first viewer of the session the sandbox is handed to
-takes it (`take`) instead of dialling: its ServerInit goes out as soon as the viewer's own handshake is done, and
-the hand-over's critical path holds no dial and no sandbox handshake.
+A warm-pool sandbox's desktop is up long before anyone asks for it. As the last step of its refill the pool dials
+the sandbox's VNC server and does the RFB handshake (`hold`); the connection then waits, asking for nothing (a VNC
+server sends no framebuffer update nobody requested). The gateway hands it to the first viewer of the session the
+sandbox is handed to (`take`, hearth/gateway/routes.py) instead of dialling: its ServerInit goes out as soon as the
+viewer's own handshake is done, and the hand-over's critical path holds no dial and no sandbox handshake.
 
 Keyed by the desktop's address (a pure function of the slot). A held connection is only ever to the VNC server
 listening there now: when that sandbox ends its server closes the connection and the entry goes with it, so a slot
@@ -19,13 +19,13 @@ import contextlib
 import logging
 
 from hearth.fabric.dial import open_protocol
-from hearth.gateway.sandbox_stream import SandboxStream
 from hearth.lifecycle.readiness import Target
 from hearth.rfb.client import RfbError, ServerInit, handshake
+from hearth.rfb.stream import SandboxStream
 
-log = logging.getLogger("hearth.gateway")
+log = logging.getLogger("hearth.pool")
 
-DIAL_TIMEOUT = 5.0  # seconds, as the route's own dial
+DIAL_TIMEOUT = 5.0  # seconds, as the gateway's own dial
 HANDSHAKE_TIMEOUT = 5.0  # seconds; a slower VNC server is left to the route's path (its own, longer bound)
 
 
