@@ -1,6 +1,7 @@
-"""The gateway's TCP connection to a sandbox's VNC server.
+"""A TCP connection to a sandbox's VNC server, as the gateway relays it (and the warm pool holds one ahead:
+hearth/session/standby.py).
 
-Exact reads while the gateway does the RFB handshake (hearth/rfb/client.py), then a splice: each chunk the VNC
+Exact reads while the RFB handshake is done (hearth/rfb/client.py), then a splice: each chunk the VNC
 server sends goes to the relay's callback straight from `data_received` (no reader task, no buffer). `ended`
 resolves when the connection ends — None on the server's EOF, else the error — and `on_writable` reports when the
 server stops or starts taking input again (the relay then holds or resumes the viewer's reading).

@@ -54,8 +54,9 @@ class BrowserTurns:
     async def after_first_frame(self, view: SessionView) -> None:
         """A session turned ready: its browser, once the session's first frame went out to a viewer (FRAME_GRACE at
         most) — Chromium's start took the CPU that first frame needed — when its turn comes (`for_session`). A page
-        to show starts the browser at once meanwhile (the agent's)."""
-        if self.wanted(view.id) and self.framed is not None:
+        to show starts the browser at once meanwhile (the agent's). A warm-pool hand-over's browser is up already
+        (its refill started it): nothing to wait for."""
+        if self.wanted(view.id) and self.framed is not None and "pool" not in view.timings:
             await self.framed(view.id, FRAME_GRACE)
         await self.for_session(view)
 
