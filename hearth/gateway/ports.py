@@ -4,7 +4,7 @@
 lists are exactly the ones the gateway calls:
 
 - `Relaying` (the session service, for the viewer WebSocket, hearth/gateway/routes.py): draining, fenced, live_view,
-  wait_until, stop_event, first_frame.
+  wait_until, stop_event, first_frame, frame_seen.
 - `Rows` (the session records): get.
 - `Targets` (the session boots: where a session's desktop is, why it failed): target, warm, explain.
 - `Viewers` (the viewer gauge: a connected viewer is activity): add, remove.
@@ -36,6 +36,8 @@ class Relaying(Protocol):
     def stop_event(self, session_id: str) -> asyncio.Event: ...
 
     def first_frame(self, view: SessionView) -> None: ...
+
+    def frame_seen(self, view: SessionView) -> None: ...
 
 
 class Rows(Protocol):

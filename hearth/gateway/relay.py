@@ -71,6 +71,7 @@ async def relay(
     on_bytes: Callable[[str, int], None] | None = None,
     on_sandbox_handshake: Callable[[], None] | None = None,
     server: ServerProfile = XVNC,
+    on_frame_seen: Callable[[], None] | None = None,
     may_resize: Callable[[], bool] | None = None,
     greeting: Greeting | None = None,
     sandbox_init: ServerInit | None = None,
@@ -80,12 +81,21 @@ async def relay(
     are filtered for `server` (hearth/gateway/viewonly.py); `may_resize` says whether its SetDesktopSize goes through
     (hearth/gateway/desktop_size.py). `greeting`: the viewer's handshake the route already started (else it starts
     here, beside the sandbox's); it is cancelled if the relay ends before it is done. `sandbox_init`: the sandbox's
-    handshake is already done (hearth/gateway/predial.py), this its ServerInit."""
+    handshake is already done (hearth/gateway/predial.py), this its ServerInit. `on_first_frame`: the first update
+    began to reach the viewer; `on_frame_seen`: the viewer has it whole (it asked for the next one, or left)."""
     filt = InputFilter(drop_input=view_only, server=server, may_resize=may_resize)
     greeting = greeting or Greeting(ws)
     try:
         return await _relay(
-            ws, sandbox, stop, filt, on_first_frame, on_bytes, on_sandbox_handshake, greeting, sandbox_init
+            ws,
+            sandbox,
+            stop,
+            filt,
+            (on_first_frame, on_frame_seen),
+            on_bytes,
+            on_sandbox_handshake,
+            greeting,
+            sandbox_init,
         )
     finally:
         await greeting.cancel()
@@ -128,7 +138,7 @@ async def _relay(
     sandbox: SandboxStream,
     stop: asyncio.Event,
     filt: InputFilter,
-    on_first_frame: Callable[[], None] | None,
+    on_frames: tuple[Callable[[], None] | None, Callable[[], None] | None],
     on_bytes: Callable[[str, int], None] | None,
     on_sandbox_handshake: Callable[[], None] | None,
     greeting: Greeting,
@@ -156,7 +166,7 @@ async def _relay(
     if early is not None:
         return early
     try:
-        return await _spliced(ws, splice, sandbox, viewer, stop, filt, on_first_frame, on_bytes, stats)
+        return await _spliced(ws, splice, sandbox, viewer, stop, filt, on_frames, on_bytes, stats)
     finally:
         splice.unsplice()
 
@@ -168,13 +178,14 @@ async def _spliced(
     viewer: Viewer,
     stop: asyncio.Event,
     filt: InputFilter,
-    on_first_frame: Callable[[], None] | None,
+    on_frames: tuple[Callable[[], None] | None, Callable[[], None] | None],
     on_bytes: Callable[[str, int], None] | None,
     stats: RelayStats,
 ) -> Outcome:
     """Both handshakes are done: relay from the two connections' callbacks until one side ends."""
     loop = asyncio.get_running_loop()
-    first_frame = [on_first_frame] if on_first_frame is not None else []
+    first_frame, frame_seen = ([f] if f is not None else [] for f in on_frames)
+    began = [-1]  # the viewer's update requests when the first update began to reach it (-1: not yet)
     done: asyncio.Future[Outcome] = loop.create_future()
     stall: list[asyncio.TimerHandle] = []
     # Forwarded bytes waiting behind a SetDesktopSize that must start a TCP segment of its own (viewonly.py):
@@ -201,8 +212,16 @@ async def _spliced(
         try:
             splice.send_now(data)
             stats.to_client += len(data)
-            if first_frame and filt.saw_update_request:
-                first_frame.pop()()
+            if began[0] < 0 and filt.saw_update_request:
+                began[0] = filt.update_requests
+                if first_frame:
+                    first_frame.pop()()
+        except Exception as exc:
+            failed(exc)
+
+    def seen() -> None:
+        try:
+            frame_seen.pop()()
         except Exception as exc:
             failed(exc)
 
@@ -271,6 +290,8 @@ async def _spliced(
         except Exception as exc:
             return failed(exc)
         stats.dropped_input += len(data) - len(kept)
+        if frame_seen and 0 <= began[0] < filt.update_requests:  # it asks for the next update: it has the first
+            seen()
         if not kept:
             return
         if sandbox.closing:  # the VNC server closed this connection
@@ -346,6 +367,9 @@ async def _spliced(
         while poll:
             poll.pop().cancel()
         finish(Outcome(Ended.STOPPED, "relay ended", stats))  # later callbacks forward nothing
+        if frame_seen and began[0] >= 0:  # the viewer left (or the relay ended) with its first update under way
+            with contextlib.suppress(Exception):
+                frame_seen.pop()()
         if not done.cancelled():
             done.exception()  # retrieved: a callback's failure after the end is not logged as lost
         for t in tasks[1:]:

@@ -212,6 +212,7 @@ def make_router(
                     stop,
                     view_only=claims.scope is Scope.VIEW,
                     on_first_frame=lambda: service.first_frame(view),
+                    on_frame_seen=lambda: service.frame_seen(view),
                     on_bytes=count_bytes,
                     on_sandbox_handshake=dialled,
                     server=server,

@@ -79,6 +79,7 @@ class InputFilter:
         self.server = server
         self.may_resize = may_resize
         self.saw_update_request = False
+        self.update_requests = 0  # FramebufferUpdateRequests forwarded (a viewer asks for the next once it has one)
         self.resized = False
         self.announced: frozenset[int] = frozenset()
         self._layout_sent = False  # the server has sent an ExtendedDesktopSize rectangle since -308 was announced
@@ -174,6 +175,7 @@ class InputFilter:
                 self._layout_sent = False
         elif kind == Msg.FB_UPDATE_REQUEST:
             self.saw_update_request = True
+            self.update_requests += 1
             if msg[1] == 0 and Pseudo.EXTENDED_DESKTOP_SIZE in self.announced:
                 self._layout_sent = True  # the server answers with its screen layout
         elif kind == Msg.CLIENT_CUT_TEXT:

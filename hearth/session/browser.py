@@ -8,8 +8,8 @@ sign-in URL) starts a waiting browser at once, whatever its turn; one nobody ask
 (a lost request). A warm-pool sandbox gets its browser while its refill still holds its turn. `at_boot`: Chromium
 starts with the desktop (the previous behaviour).
 
-A desktop that just became ready shows its first frame first: its browser's turn is asked for once that frame went
-out to a viewer (at most FRAME_GRACE later), as the warm pool's refill waits for it (hearth/session/pool.py).
+A desktop that just became ready shows its first frame first: its browser's turn is asked for once a viewer has
+that frame whole (at most FRAME_GRACE later), as the warm pool's refill waits for it (hearth/session/pool.py).
 
 When the browser is up, the session's timings gain `browser` (seconds from create), beside `rfb` (ready).
 """
@@ -52,7 +52,7 @@ class BrowserTurns:
         return sb is not None and sb.spec.chromium and sb.spec.browser_on_request  # set from HEARTH_BROWSER_START
 
     async def after_first_frame(self, view: SessionView) -> None:
-        """A session turned ready: its browser, once the session's first frame went out to a viewer (FRAME_GRACE at
+        """A session turned ready: its browser, once a viewer has the session's first frame whole (FRAME_GRACE at
         most) — Chromium's start took the CPU that first frame needed — when its turn comes (`for_session`). A page
         to show starts the browser at once meanwhile (the agent's). A warm-pool hand-over's browser is up already
         (its refill started it): nothing to wait for."""

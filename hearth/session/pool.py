@@ -266,8 +266,9 @@ class WarmPool:
 
     def handed_over(self, sid: str, awaits_viewer: bool) -> None:
         """The hand-over to `sid` is over: its replacement boots now — or, when the session now waits for its first
-        viewer (a desktop that became ready), once the session's first frame has gone out (`framed`) or
-        REFILL_GRACE later, whichever comes first: a refill's boot takes the CPU that first frame needs."""
+        viewer (a desktop that became ready), once that viewer has its first frame whole (`framed`: it asked for the
+        next update, or left) or REFILL_GRACE later, whichever comes first: a refill's boot takes the CPU that first
+        frame needs."""
         if not awaits_viewer:
             self.refill()
             return
@@ -277,7 +278,7 @@ class WarmPool:
         self._grace[sid] = asyncio.get_running_loop().call_later(REFILL_GRACE, self.framed, sid)
 
     def framed(self, sid: str) -> None:
-        """`sid`'s first frame went out to a viewer (or its grace ran out): a refill its hand-over held back starts."""
+        """A viewer of `sid` has its first frame (or the grace ran out): a refill its hand-over held back starts."""
         handle = self._grace.pop(sid, None)
         if handle is not None:
             handle.cancel()

@@ -113,7 +113,8 @@ class SessionService:
         self.adopting = True  # until the first reconciler pass adopted the sandboxes that outlived the last controller
         self.draining = False  # set by `drain`: viewers close with 4503 "controller shutting down — reconnect"
         self.fenced: str | None = None  # set by `fence`: cut off from the cluster, viewers close with 4502 (the reason)
-        self._framed: dict[str, asyncio.Event] = {}  # live session → set once its first frame went out
+        self._first_frames: set[str] = set()  # live sessions whose first frame began to reach a viewer (the metric)
+        self._framed: dict[str, asyncio.Event] = {}  # live session → set once a viewer has its first frame whole
         self._background: set[asyncio.Task[None]] = set()
         self._stops: dict[str, asyncio.Event] = {}
 
@@ -169,16 +170,22 @@ class SessionService:
 
     def first_frame(self, view: SessionView) -> None:
         """Record create→first-frame once per session (called by the gateway)."""
-        framed = self._framed.setdefault(view.id, asyncio.Event())
-        if framed.is_set():
+        if view.id in self._first_frames:
             return
-        framed.set()
-        self.pool.framed(view.id)  # a hand-over's refill waited for this frame
+        self._first_frames.add(view.id)
         self.metrics.create_to_first_frame.observe(max(0.0, time.time() - aware(view.created_at).timestamp()))
 
+    def frame_seen(self, view: SessionView) -> None:
+        """The session's first viewer has its first frame whole (called by the gateway): what waited for it — a
+        hand-over's refill, a new desktop's browser — goes ahead."""
+        framed = self._framed.setdefault(view.id, asyncio.Event())
+        if not framed.is_set():
+            framed.set()
+            self.pool.framed(view.id)
+
     async def framed(self, session_id: str, timeout: float) -> None:
-        """Until the session's first frame went out to a viewer, `timeout` at most (at once for a session whose
-        sandbox is not running here: no frame will come)."""
+        """Until a viewer of the session has its first frame whole (`frame_seen`), `timeout` at most (at once for a
+        session whose sandbox is not running here: no frame will come)."""
         if self.sandboxes.get(session_id) is None:
             return
         framed = self._framed.setdefault(session_id, asyncio.Event())
@@ -250,6 +257,7 @@ class SessionService:
             raise _unrecorded_error() from None
         await self.sandboxes.end(view.id, _final(view.status), view.slot)
         self._framed.pop(view.id, None)
+        self._first_frames.discard(view.id)
         return view
 
     async def _end_unrecorded(
@@ -314,6 +322,7 @@ class SessionService:
             async with gate:
                 await self.sandboxes.end(view.id, _final(view.status), view.slot)
                 self._framed.pop(view.id, None)
+                self._first_frames.discard(view.id)
 
         await asyncio.gather(*(cancel_boot(v.id) for v in views if v.status.booting))
         teardowns: list[asyncio.Task[None]] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -95,6 +96,11 @@ class Session:
 
     def first_frame(self, view: SessionView) -> None:
         pass
+
+    seen: int = 0  # frame_seen calls
+
+    def frame_seen(self, view: SessionView) -> None:
+        self.seen += 1
 
     # Rows
     async def get(self, session_id: str) -> SessionView:
@@ -283,3 +289,47 @@ async def test_the_first_viewer_is_relayed_over_the_held_connection(make_setting
             assert vnc.connections == 1 and len(standby) == 0  # the standby's connection: no dial of the route's
         finally:
             await standby.close()
+
+
+async def test_a_viewer_has_its_first_frame_once_it_asks_for_the_next(make_settings: Callable[..., Settings]) -> None:
+    """`frame_seen` (what a hand-over's refill and a new desktop's browser wait for) comes once the viewer asks for
+    the update after the first one — it has the first whole — and only once; not while the first is under way."""
+    settings = make_settings(HEARTH_VIEWER_WAIT="5")
+    session = Session(Status.READY, settings.node_id)
+    update = struct.pack(">BxH", 0, 1) + struct.pack(">HHHHi", 0, 0, 1, 1, 0) + b"\x00\x00\xff\x00"  # 1x1 raw
+    asked = 0
+
+    async def vnc(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        try:
+            await serve_rfb_handshake(reader, writer)
+            while True:  # every FramebufferUpdateRequest gets a one-pixel update
+                request = await reader.readexactly(10)
+                assert request[0] == 3, request
+                asked += 1
+                writer.write(update)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    vnc_server = await asyncio.start_server(vnc, "127.0.0.1", 0)
+    session.desktop = Target(None, "127.0.0.1", vnc_server.sockets[0].getsockname()[1], 0)
+    router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
+    try:
+        async with served(router) as url, connect(url, subprotocols=[Subprotocol("binary")]) as ws:
+            await handshake_up_to_client_init(ws)
+            assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT
+            await ws.send(fb_request())
+            assert await asyncio.wait_for(ws.recv(), 10) == update
+            assert session.seen == 0  # it reached the viewer, but the gateway cannot know it arrived whole yet
+            await ws.send(fb_request(incremental=1))  # it asks for the next one: it has the first
+            await eventually(lambda: session.seen == 1, 10, "frame_seen after the viewer's next request")
+            assert await asyncio.wait_for(ws.recv(), 10) == update
+            await ws.send(fb_request(incremental=1))
+            assert await asyncio.wait_for(ws.recv(), 10) == update
+            assert asked == 3 and session.seen == 1  # once
+    finally:
+        vnc_server.close()
+        await vnc_server.wait_closed()
