@@ -19,7 +19,8 @@ API's stages count from the row's creation) and of the first frame.
 
 Each batch of creates, in either arm, starts once the machine is quiet (its CPUs ≥ 90 % idle over 100 ms, waited
 for at most 5 s; a run that started without says so): what the previous one left behind — a sandbox still being
-removed, a pooled browser still settling after its refill — does not take the CPU from the next.
+removed, a pooled browser still settling after its refill — does not take the CPU from the next. Except the pool
+arm with `--refilling`, whose point is the CPU the refills take.
 
 Runs its own controller with its own fabric namespace (`hearth-b<hex>`) on a loopback port; removes everything.
 """
@@ -198,7 +199,7 @@ async def run(
                         await pool_full(lc, min(parallel, n - i, pool_size), settled=False)
                     else:
                         await pool_full(lc, pool_size)
-                calm = await quiet()
+                calm = await quiet() if not (pool and refilling) else True  # refilling: beside the refills' CPU
                 batch = await asyncio.gather(
                     *(
                         one(http, lc.ws_base, f"bench{j}", clients[j - i] if clients else None)
