@@ -54,9 +54,10 @@ class BrowserTurns:
     async def after_first_frame(self, view: SessionView) -> None:
         """A session turned ready: its browser, once a viewer has the session's first frame whole (FRAME_GRACE at
         most) — Chromium's start took the CPU that first frame needed — when its turn comes (`for_session`). A page
-        to show starts the browser at once meanwhile (the agent's). A warm-pool hand-over's browser is up already
-        (its refill started it): nothing to wait for."""
-        if self.wanted(view.id) and self.framed is not None and "pool" not in view.timings:
+        to show starts the browser at once meanwhile (the agent's). Nothing to wait for in a sign-in (`provider`: its
+        page starts the browser, and its turn stays at ready as before) nor in a warm-pool hand-over (its browser is
+        up already: its refill started it)."""
+        if self.wanted(view.id) and self.framed is not None and view.provider is None and "pool" not in view.timings:
             await self.framed(view.id, FRAME_GRACE)
         await self.for_session(view)
 

@@ -167,6 +167,7 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
     run.inet.net.approved.clear()
     t0 = time.monotonic()
     page: Page | None = None
+    sid = ""
     context = await run.viewer.new_context(viewport={"width": 1280, "height": 860})
     try:
         r = await run.http.post("/api/auth/start", json={"user_id": user, "provider": provider, "mode": mode.value})
@@ -197,11 +198,18 @@ async def sign_in(run: Run, provider: str, mode: SigninMode, user: str, timeout:
         out.failed = out.failed or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
     finally:
         await context.close()
+        if sid:  # its sandbox gone (Chromium and the CLI with it) before the next sign-in counts what it sees
+            with contextlib.suppress(Exception):
+                await _until("the sandbox removed", 30, lambda: _sandbox_gone(run, sid))
         out.seen = run.inet.traffic.seen[seen_before:]
         out.proxied = run.inet.proxy.seen[proxied_before:]
     if out.ok and TOKEN_ENDPOINTS[provider] not in out.requests:
         out.failed = f"the CLI never reached {TOKEN_ENDPOINTS[provider]} through the stand-in"
     return out
+
+
+async def _sandbox_gone(run: Run, sid: str) -> bool:
+    return run.ctl.ctl.service.sandboxes.get(sid) is None
 
 
 async def _ended(run: Run, sid: str) -> dict[str, Any] | None:
