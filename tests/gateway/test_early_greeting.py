@@ -217,26 +217,19 @@ async def test_a_handed_over_desktop_is_dialled_before_ready_and_relayed_once_re
         finally:
             writer.close()
 
-    vnc_server = await asyncio.start_server(vnc, "127.0.0.1", 0)
-    session.desktop = Target(None, "127.0.0.1", vnc_server.sockets[0].getsockname()[1], 0)
-    try:
-        async with served(
-            make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
-        ) as url:
-            async with connect(url, subprotocols=[Subprotocol("binary")]) as ws:
-                await handshake_up_to_client_init(ws)
+    async with vnc_server(vnc) as session.desktop:
+        router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
+        async with served(router) as url, connect(url, subprotocols=[Subprotocol("binary")]) as ws:
+            await handshake_up_to_client_init(ws)
 
-                def predialled() -> bool:
-                    assert dialled == [Status.STARTING], dialled
-                    return True
+            def predialled() -> bool:
+                assert dialled == [Status.STARTING], dialled
+                return True
 
-                await eventually(predialled, 10, "the VNC server dialled while the session is handed over")
-                session.move(Status.READY)
-                assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the predialled sandbox's own
-                assert dialled == [Status.STARTING]  # that one connection is the viewer's: no second dial
-    finally:
-        vnc_server.close()
-        await vnc_server.wait_closed()
+            await eventually(predialled, 10, "the VNC server dialled while the session is handed over")
+            session.move(Status.READY)
+            assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT  # the predialled sandbox's own
+            assert dialled == [Status.STARTING]  # that one connection is the viewer's: no second dial
 
 
 NO_DB = cast(Database, None)  # only a session on another node looks its node up
@@ -276,7 +269,7 @@ async def test_the_first_viewer_is_relayed_over_the_held_connection(make_setting
     settings = make_settings(HEARTH_VIEWER_WAIT="5")
     session = Session(Status.READY, settings.node_id)
     vnc, standby = Vnc(), Standby()
-    async with vnc_server(vnc) as target:
+    async with vnc_server(vnc.serve) as target:
         session.desktop = target
         assert await standby.hold(target)
         router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics(), standby)
@@ -314,10 +307,8 @@ async def test_a_viewer_has_its_first_frame_once_it_asks_for_the_next(make_setti
         finally:
             writer.close()
 
-    vnc_server = await asyncio.start_server(vnc, "127.0.0.1", 0)
-    session.desktop = Target(None, "127.0.0.1", vnc_server.sockets[0].getsockname()[1], 0)
-    router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
-    try:
+    async with vnc_server(vnc) as session.desktop:
+        router = make_router(settings, session, session, session, session, NO_DB, ViewerGauge(), Metrics())
         async with served(router) as url, connect(url, subprotocols=[Subprotocol("binary")]) as ws:
             await handshake_up_to_client_init(ws)
             assert await asyncio.wait_for(ws.recv(), 10) == VNC_INIT
@@ -330,6 +321,3 @@ async def test_a_viewer_has_its_first_frame_once_it_asks_for_the_next(make_setti
             await ws.send(fb_request(incremental=1))
             assert await asyncio.wait_for(ws.recv(), 10) == update
             assert asked == 3 and session.seen == 1  # once
-    finally:
-        vnc_server.close()
-        await vnc_server.wait_closed()

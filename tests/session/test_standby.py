@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from hearth.lifecycle.readiness import Target
@@ -46,8 +46,11 @@ class Vnc:
 
 
 @asynccontextmanager
-async def vnc_server(vnc: Vnc) -> AsyncIterator[Target]:
-    server = await asyncio.start_server(vnc.serve, "127.0.0.1", 0)
+async def vnc_server(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[Target]:
+    """A loopback server running `serve` per connection, as a desktop's target; closed on exit."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         yield Target(None, "127.0.0.1", server.sockets[0].getsockname()[1], 0)
     finally:
@@ -57,7 +60,7 @@ async def vnc_server(vnc: Vnc) -> AsyncIterator[Target]:
 
 async def test_a_held_connection_is_taken_once_with_its_server_init() -> None:
     vnc, standby = Vnc(), Standby()
-    async with vnc_server(vnc) as target:
+    async with vnc_server(vnc.serve) as target:
         assert await standby.hold(target)
         assert standby.holds(target) and len(standby) == 1
         assert not await standby.hold(target)  # held already: no second dial
@@ -76,7 +79,7 @@ async def test_a_held_connection_is_taken_once_with_its_server_init() -> None:
 
 async def test_a_connection_its_server_closed_is_forgotten() -> None:
     vnc, standby = Vnc(close_after=True), Standby()
-    async with vnc_server(vnc) as target:
+    async with vnc_server(vnc.serve) as target:
         assert await standby.hold(target)  # handshaken, then the server goes (its sandbox ended)
 
         def forgotten() -> bool:
@@ -95,7 +98,7 @@ async def test_an_unreachable_or_silent_desktop_is_not_held() -> None:
     probe.close()  # nothing listens there
     assert not await standby.hold(Target(None, "127.0.0.1", closed_port, 0))
     silent = Vnc(handshake=False)  # accepts, never speaks RFB
-    async with vnc_server(silent) as target:
+    async with vnc_server(silent.serve) as target:
         assert not await standby.hold(target)
         assert len(standby) == 0
         await eventually(lambda: silent.ended == 1, 10, "the silent server's connection closed, not kept")
@@ -105,7 +108,7 @@ async def test_an_unreachable_or_silent_desktop_is_not_held() -> None:
 
 async def test_close_ends_every_held_connection_and_holds_no_more() -> None:
     first, second, standby = Vnc(), Vnc(), Standby()
-    async with vnc_server(first) as a, vnc_server(second) as b:
+    async with vnc_server(first.serve) as a, vnc_server(second.serve) as b:
         assert await standby.hold(a) and await standby.hold(b) and len(standby) == 2
         await standby.close()
         assert len(standby) == 0
